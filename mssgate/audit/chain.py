@@ -1,0 +1,165 @@
+"""Hash chain over the audit table.
+
+Each row's hash covers its own fields and the previous row's hash, so editing or deleting a
+row breaks every later link. The head row (seq, hash of the last entry) makes a truncated
+tail visible too. An attacker who can rewrite the whole table and the head can forge a
+consistent chain: `audit verify` prints the head hash so operators can anchor it elsewhere
+(a ticket, a log server) and compare later with `--expect-head`.
+
+Entries are appended inside the caller's transaction, so a change and its audit row commit
+or vanish together. Details never carry secrets or patient data: callers pass what an
+auditor needs (who, what, which object).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Connection, Engine, select, update
+
+from mssgate.db.schema import audit, audit_head
+
+GENESIS = "0" * 64
+
+
+class AuditEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class VerifyReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    entries: int
+    head_seq: int
+    head_hash: str
+    problems: list[str]
+
+
+def _canonical_time(at: datetime) -> str:
+    # SQLite returns naive datetimes: the chain must hash what will be read back.
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def _digest(
+    seq: int, at: datetime, actor: str, action: str, subject: str, detail: str, prev: str
+) -> str:
+    body = json.dumps(
+        [seq, _canonical_time(at), actor, action, subject, detail, prev],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def append(
+    conn: Connection,
+    *,
+    actor: str,
+    action: str,
+    subject: str,
+    detail: Mapping[str, Any] | None = None,
+) -> int:
+    """Appends one entry in the caller's transaction and returns its sequence number."""
+    # Taking the head's write lock first serialises appenders (see audit_head).
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq + 1))
+    head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1))
+    seq, prev = head.one()
+    at = datetime.now(UTC)
+    detail_text = json.dumps(dict(detail or {}), ensure_ascii=False, sort_keys=True)
+    digest = _digest(seq, at, actor, action, subject, detail_text, prev)
+    conn.execute(
+        audit.insert().values(
+            seq=seq,
+            at=at,
+            actor=actor,
+            action=action,
+            subject=subject,
+            detail=detail_text,
+            prev_hash=prev,
+            hash=digest,
+        )
+    )
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(hash=digest))
+    return int(seq)
+
+
+def _as_aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def entries(engine: Engine, *, since: datetime | None = None) -> Iterator[AuditEntry]:
+    query = select(audit).order_by(audit.c.seq)
+    if since is not None:
+        query = query.where(audit.c.at >= since)
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            yield AuditEntry(
+                seq=row.seq,
+                at=_as_aware(row.at),
+                actor=row.actor,
+                action=row.action,
+                subject=row.subject,
+                detail=json.loads(row.detail),
+                prev_hash=row.prev_hash,
+                hash=row.hash,
+            )
+
+
+def verify(engine: Engine, *, expect_head: str | None = None) -> VerifyReport:
+    """Walks the whole chain; reports every broken link, not just the first."""
+    problems: list[str] = []
+    prev = GENESIS
+    expected_seq = 1
+    count = 0
+    with engine.connect() as conn:
+        for row in conn.execute(select(audit).order_by(audit.c.seq)):
+            count += 1
+            if row.seq != expected_seq:
+                problems.append(f"entries {expected_seq}..{row.seq - 1} are missing")
+            if row.prev_hash != prev:
+                problems.append(f"entry {row.seq} does not link to the entry before it")
+            recomputed = _digest(
+                row.seq,
+                _as_aware(row.at),
+                row.actor,
+                row.action,
+                row.subject,
+                row.detail,
+                row.prev_hash,
+            )
+            if recomputed != row.hash:
+                problems.append(f"entry {row.seq} was modified (its hash does not match)")
+            prev = row.hash
+            expected_seq = row.seq + 1
+        head_seq, head_hash = conn.execute(
+            select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+        ).one()
+    if head_seq != expected_seq - 1 or head_hash != prev:
+        problems.append(
+            f"the chain ends at entry {expected_seq - 1} but the head records entry {head_seq}"
+            " (entries deleted at the end, or the head edited)"
+        )
+    if expect_head is not None and expect_head.lower() != head_hash:
+        problems.append("the head hash differs from the one expected")
+    return VerifyReport(
+        ok=not problems,
+        entries=count,
+        head_seq=int(head_seq),
+        head_hash=str(head_hash),
+        problems=problems,
+    )

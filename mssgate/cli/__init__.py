@@ -1,0 +1,52 @@
+"""Entry point: runs the command tree and turns every error into one line and an exit code.
+
+0 ok, 1 error (one readable line on stderr), 2 usage. No traceback reaches an operator unless
+MSSGATE_DEBUG is set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from mssgate.errors import MssgateError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"mssgate: error: {message}\n")
+    return code
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Runs one command and returns its exit code (tests call this in-process)."""
+    from mssgate.cli.app import app
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # Standalone mode: Typer itself prints usage errors (exit 2) and exits; anything
+        # else propagates here because pretty exceptions are off.
+        app(args=args, prog_name="mssgate")
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return EXIT_OK
+        if isinstance(code, int):
+            return code
+        return _fail(str(code), EXIT_ERROR)
+    except MssgateError as exc:
+        return _fail(str(exc), EXIT_ERROR)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:
+        if os.environ.get("MSSGATE_DEBUG"):
+            traceback.print_exc()
+        return _fail(f"internal error ({exc.__class__.__name__}); set MSSGATE_DEBUG=1", 1)
+    return EXIT_OK
+
+
+def main() -> None:
+    sys.exit(run())

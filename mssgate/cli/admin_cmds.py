@@ -1,0 +1,125 @@
+"""`mssgate init` and `mssgate check`: set a data folder up, and check it."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy import text
+
+from mssgate.cli.context import actor, emit_json, say, state
+from mssgate.config import DEFAULT_CONFIG_NAME, config_from_mapping, render_config
+from mssgate.db import open_engine, upgrade
+from mssgate.db.migrate import current_revision, head_revision
+from mssgate.directory import Directory
+from mssgate.errors import Conflict, MssgateError
+from mssgate.identifiers import normalize_domain
+from mssgate.pki import days_left, init_dev_pki, load_certificate, load_private_key
+
+CERT_WARN_DAYS = 30
+
+
+class CheckFailed(MssgateError):
+    pass
+
+
+def init(
+    data: Annotated[Path, typer.Option("--data", help="The data folder to create.")],
+    domain: Annotated[str, typer.Option("--domain", help="The first local domain.")],
+    hostname: Annotated[
+        str | None, typer.Option("--hostname", help="Public host name (default mx.DOMAIN).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing setup.")] = False,
+) -> None:
+    """Create a data folder: configuration, database, dev PKI, first local domain."""
+    dom = normalize_domain(domain)
+    host = hostname or f"mx.{dom}"
+    data_dir = data.resolve()
+    config_file = data_dir / DEFAULT_CONFIG_NAME
+    if config_file.exists() and not force:
+        raise Conflict(f"{config_file} exists already (use --force to start over)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)  # the folder holds mail and keys
+    content = render_config(data_dir, dom, host)
+    config = config_from_mapping(
+        {"server": {"data_dir": str(data_dir), "domain": dom, "hostname": host}},
+        origin=str(config_file),
+    )
+    pki = init_dev_pki(config.certs_dir, domain=dom, hostname=host, force=force)
+    engine = open_engine(config.database_url)
+    try:
+        upgrade(engine)
+        directory = Directory(engine, actor=actor())
+        if dom not in directory.domains.local_names():
+            directory.domains.add_local(dom)
+    finally:
+        engine.dispose()
+    # Written last: its presence means the folder is complete.
+    tmp = config_file.with_suffix(".toml.tmp")
+    tmp.write_text(content, encoding="utf-8")
+    tmp.replace(config_file)
+    say(f"initialised {data_dir} for {dom} (host {host})")
+    say(f"  configuration  {config_file}")
+    say(f"  dev CA         {pki.ca_cert}")
+    say(f"  server cert    {pki.server_cert}")
+    say(f"  database       {config.database_url}")
+    say(f"next: export MSSGATE_CONFIG={config_file}")
+
+
+def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Validate the configuration, certificates (expiry) and the database."""
+    st = state(ctx)
+    cfg = st.config()  # a broken file fails here, with every bad key listed
+    results: list[dict[str, object]] = []
+
+    def record(name: str, ok: bool, detail: str) -> None:
+        results.append({"check": name, "ok": ok, "detail": detail})
+
+    record("configuration", True, "loaded")
+    now = datetime.now(UTC)
+    for label, path in (("tls certificate", cfg.tls.cert), ("tls ca", cfg.tls.ca)):
+        assert path is not None
+        try:
+            left = days_left(load_certificate(path), now)
+        except MssgateError as exc:
+            record(label, False, str(exc))
+            continue
+        if left < 0:
+            record(label, False, f"{path} expired")
+        else:
+            warn = " (renew soon)" if left < CERT_WARN_DAYS else ""
+            record(label, True, f"{path}: {left} days left{warn}")
+    for label, key_path in (("tls key", cfg.tls.key), ("dkim key", cfg.dkim.key)):
+        assert key_path is not None
+        try:
+            load_private_key(key_path)
+            mode = key_path.stat().st_mode & 0o077
+            record(label, mode == 0, f"{key_path}" + (" readable by others" if mode else ""))
+        except MssgateError as exc:
+            record(label, False, str(exc))
+    try:
+        engine = open_engine(cfg.database_url)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        current = current_revision(engine)
+        engine.dispose()
+        head = head_revision()
+        record(
+            "database",
+            True,
+            f"reachable, schema {current or 'empty'}"
+            + ("" if current == head else f" (will migrate to {head})"),
+        )
+    except Exception as exc:  # any driver failure is a failed check, not a crash
+        record("database", False, f"unreachable: {exc.__class__.__name__}")
+    if json_out:
+        emit_json({"ok": all(r["ok"] for r in results), "checks": results})
+    else:
+        for r in results:
+            say(f"{'ok  ' if r['ok'] else 'FAIL'} {r['check']}: {r['detail']}")
+    failed = [r for r in results if not r["ok"]]
+    if failed:
+        raise CheckFailed(f"{len(failed)} check(s) failed: {failed[0]['check']}")

@@ -1,0 +1,191 @@
+"""`mssgate directory ...`: mailboxes of the local domains and known correspondents."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+from mssgate.cli.context import actor, emit_json, emit_table, read_secret_stdin, say, state
+from mssgate.directory.annuaire import import_annuaire
+from mssgate.directory.models import MailboxKind, NewProfessional, Professional
+from mssgate.errors import ValidationFailed
+
+app = typer.Typer(help="Mailboxes of the local domains.", no_args_is_help=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        reason = err.get("ctx", {}).get("error", err["msg"])
+        parts.append(f"{where}: {reason}")
+    return "; ".join(parts)
+
+
+def _show(p: Professional) -> None:
+    say(f"{p.address}  {p.display_name}")
+    say(f"  kind {p.kind.value}, {p.state.value}, idnat {p.idnat or '-'}")
+    say(f"  profession {p.profession_code or '-'}, password {'set' if p.has_password else '-'}")
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    email: str,
+    name: Annotated[str, typer.Option("--name", help="Display name.")],
+    rpps: Annotated[str | None, typer.Option("--rpps", help="RPPS (11) or ADELI (9).")] = None,
+    profession: Annotated[str | None, typer.Option("--profession")] = None,
+    kind: Annotated[str, typer.Option("--kind", help="person|organisation|application")] = (
+        "person"
+    ),
+    password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Add a mailbox on a local domain."""
+    try:
+        mailbox_kind = MailboxKind.from_cli(kind)
+        new = NewProfessional(
+            address=email,
+            display_name=name,
+            idnat=rpps,
+            profession_code=profession,
+            kind=mailbox_kind,
+        )
+    except ValueError as exc:
+        message = validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise ValidationFailed(message) from None
+    password = read_secret_stdin("password") if password_stdin else None
+    created = state(ctx).directory().professionals.add(new, password=password)
+    if json_out:
+        emit_json(created)
+    else:
+        say(f"added {created.address}")
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    json_out: JsonFlag = False,
+    correspondents: Annotated[
+        bool, typer.Option("--correspondents", help="Include known correspondents.")
+    ] = False,
+) -> None:
+    """List mailboxes."""
+    rows = list(state(ctx).directory().professionals.list(include_correspondents=correspondents))
+    if json_out:
+        emit_json(rows)
+        return
+    emit_table(
+        "Directory",
+        ["address", "name", "kind", "state", "idnat", "local"],
+        [(p.address, p.display_name, p.kind.value, p.state.value, p.idnat, p.local) for p in rows],
+    )
+
+
+@app.command("show")
+def show(ctx: typer.Context, email: str, json_out: JsonFlag = False) -> None:
+    """Show one mailbox."""
+    found = state(ctx).directory().professionals.get(email)
+    if json_out:
+        emit_json(found)
+    else:
+        _show(found)
+
+
+@app.command("suspend")
+def suspend(ctx: typer.Context, email: str) -> None:
+    """Suspend a mailbox: it can no longer log in, send or receive."""
+    say(f"suspended {state(ctx).directory().professionals.suspend(email).address}")
+
+
+@app.command("reactivate")
+def reactivate(ctx: typer.Context, email: str) -> None:
+    """Reactivate a suspended mailbox."""
+    say(f"reactivated {state(ctx).directory().professionals.reactivate(email).address}")
+
+
+@app.command("remove")
+def remove(ctx: typer.Context, email: str) -> None:
+    """Remove a mailbox and its registered certificates."""
+    state(ctx).directory().professionals.remove(email)
+    say(f"removed {email.lower()}")
+
+
+@app.command("passwd")
+def passwd(
+    ctx: typer.Context,
+    email: str,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
+) -> None:
+    """Set a mailbox's password (read from standard input)."""
+    if not password_stdin:
+        raise ValidationFailed("give the password on standard input with --password-stdin")
+    password = read_secret_stdin("password")
+    changed = state(ctx).directory().professionals.set_password(email, password)
+    say(f"password set for {changed.address}")
+
+
+@app.command("import-annuaire")
+def import_annuaire_cmd(
+    ctx: typer.Context,
+    file: Path,
+    domain: Annotated[
+        list[str] | None,
+        typer.Option("--domain", help="Import only addresses of this domain (repeatable)."),
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Import the Annuaire Santé MSSanté extract (.txt or the published .zip).
+
+    Addresses of the local domains become mailboxes; the others are kept as known
+    correspondents. Idempotent: a second run adds and updates nothing.
+    """
+    st = state(ctx)
+    cfg = st.config()
+    directory = st.directory()
+    only = {d.lower() for d in domain} if domain else None
+    show_progress = sys.stderr.isatty() and not json_out
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        disable=not show_progress,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("importing", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        report = import_annuaire(
+            directory.engine,
+            file,
+            local_domains=directory.domains.local_names(),
+            only_domains=only,
+            actor=actor(),
+            max_line_bytes=cfg.annuaire.max_line_bytes,
+            max_rejects_reported=cfg.annuaire.max_rejects_reported,
+            on_progress=on_progress,
+        )
+    if json_out:
+        emit_json(report)
+        return
+    say(
+        f"{report.lines} lines: {report.added} added, {report.updated} updated,"
+        f" {report.unchanged} unchanged, {report.merged} merged (same address),"
+        f" {report.skipped_other_domains} other domains, {report.rejected} rejected;"
+        f" {report.local_mailboxes} local mailboxes"
+    )
+    for rej in report.rejects:
+        say(f"  line {rej.number}: {rej.reason}")
+    if report.rejected > len(report.rejects):
+        say(f"  ... and {report.rejected - len(report.rejects)} more rejected lines")

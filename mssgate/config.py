@@ -1,0 +1,235 @@
+"""Configuration: frozen pydantic models, loaded from TOML plus environment overrides.
+
+The models do not know where their values came from (a file, the environment, a test); the
+loader does. Every limit is a named field so that an operator can see and change it, and so
+that tests can shrink it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from mssgate.errors import ConfigError
+
+CONFIG_ENV = "MSSGATE_CONFIG"
+DEFAULT_CONFIG_NAME = "mssgate.toml"
+
+Port = int
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerConfig(_Section):
+    hostname: str = "localhost"
+    domain: str = "localhost"
+    data_dir: Path = Path("var")
+
+
+class SmtpConfig(_Section):
+    submission_port: Port = Field(10587, ge=0, le=65535)
+    smtps_port: Port = Field(10465, ge=0, le=65535)
+    mta_port: Port = Field(10025, ge=0, le=65535)
+    bind: str = "127.0.0.1"
+    max_message_size: int = Field(26_214_400, gt=0)
+    max_recipients: int = Field(100, gt=0)
+    max_line_length: int = Field(998, ge=78, le=65536)
+    max_commands_before_auth: int = Field(10, gt=0)
+    max_connections_per_ip: int = Field(20, gt=0)
+    idle_timeout_seconds: float = Field(300.0, gt=0)
+    auth_failures_before_delay: int = Field(3, ge=0)
+    auth_failure_delay_max_seconds: float = Field(15.0, ge=0)
+
+
+class ImapConfig(_Section):
+    port: Port = Field(10143, ge=0, le=65535)
+    imaps_port: Port = Field(10993, ge=0, le=65535)
+    bind: str = "127.0.0.1"
+    max_preauth_line: int = Field(8192, gt=0)
+    idle_timeout_seconds: float = Field(60.0, gt=0)
+
+
+class ApiConfig(_Section):
+    port: Port = Field(10443, ge=0, le=65535)
+    bind: str = "127.0.0.1"
+
+
+class DatabaseConfig(_Section):
+    # None means "mssgate.db in the data folder", resolved by Config.
+    url: str | None = None
+
+
+class TlsConfig(_Section):
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+
+class PolicyConfig(_Section):
+    require_signature: bool = True
+    encryption: Literal["required", "opportunistic", "off"] = "opportunistic"
+    allow_test_ins: bool = False
+
+
+class DkimConfig(_Section):
+    selector: str = "mssgate"
+    key: Path | None = None
+
+
+class AnnuaireConfig(_Section):
+    max_line_bytes: int = Field(8192, gt=0)
+    max_rejects_reported: int = Field(1000, ge=0)
+
+
+class Config(BaseSettings):
+    """The whole configuration. Relative paths are relative to the data folder."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MSSGATE_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    server: ServerConfig = ServerConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    imap: ImapConfig = ImapConfig()
+    api: ApiConfig = ApiConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    tls: TlsConfig = TlsConfig()
+    policy: PolicyConfig = PolicyConfig()
+    dkim: DkimConfig = DkimConfig()
+    annuaire: AnnuaireConfig = AnnuaireConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; the environment overrides them.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Config:
+        data = self.server.data_dir
+        certs = data / "certs"
+
+        def under_data(p: Path | None, default: Path) -> Path:
+            if p is None:
+                return default
+            return p if p.is_absolute() else data / p
+
+        tls = TlsConfig(
+            cert=under_data(self.tls.cert, certs / "server.crt.pem"),
+            key=under_data(self.tls.key, certs / "server.key.pem"),
+            ca=under_data(self.tls.ca, certs / "ca.crt.pem"),
+        )
+        dkim = self.dkim.model_copy(
+            update={"key": under_data(self.dkim.key, certs / "dkim.key.pem")}
+        )
+        db = self.database
+        if db.url is None:
+            db = DatabaseConfig(url=f"sqlite:///{data / 'mssgate.db'}")
+        # Frozen model: bypass __setattr__ once, while the object is still being built.
+        object.__setattr__(self, "tls", tls)
+        object.__setattr__(self, "dkim", dkim)
+        object.__setattr__(self, "database", db)
+        return self
+
+    @property
+    def database_url(self) -> str:
+        assert self.database.url is not None  # set by _resolve_paths
+        return self.database.url
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.server.data_dir / "certs"
+
+
+def _format_errors(error: ValidationError, origin: str) -> str:
+    parts = []
+    for err in error.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}")
+    return f"invalid configuration in {origin}: " + "; ".join(parts)
+
+
+def config_from_mapping(data: Mapping[str, Any], *, origin: str = "settings") -> Config:
+    """Builds a Config from a mapping (a parsed TOML file), with environment overrides."""
+    try:
+        return Config(**dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from None
+
+
+def resolve_config_path(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return Path(DEFAULT_CONFIG_NAME)
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Loads the configuration file (see `resolve_config_path`) and the environment.
+
+    A missing file is an error: running with silent defaults against the wrong data folder is
+    how an operator loses track of a directory.
+    """
+    file = resolve_config_path(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"configuration file not found: {file} (run 'mssgate init' or pass --config)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {file}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"configuration file {file} is not valid TOML: {exc}") from None
+    server = data.get("server")
+    if isinstance(server, dict) and "data_dir" in server:
+        # A relative data folder is relative to the file that names it, not to the cwd.
+        data_dir = Path(str(server["data_dir"]))
+        if not data_dir.is_absolute():
+            server["data_dir"] = str((file.parent / data_dir).resolve())
+    return config_from_mapping(data, origin=str(file))
+
+
+def render_config(data_dir: Path, domain: str, hostname: str) -> str:
+    """The TOML that `mssgate init` writes: only what differs from the defaults, commented."""
+    return (
+        "# mssgate configuration. Every key can be overridden by MSSGATE_<SECTION>__<KEY>.\n"
+        "# See docs/operator-guide.md for every section and limit.\n\n"
+        "[server]\n"
+        f"hostname = {_toml_str(hostname)}\n"
+        f"domain = {_toml_str(domain)}\n"
+        f"data_dir = {_toml_str(str(data_dir))}\n\n"
+        "[policy]\n"
+        "require_signature = true\n"
+        'encryption = "opportunistic"\n'
+    )
+
+
+def _toml_str(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,116 @@
+"""Table definitions (SQLAlchemy Core), the one description of the schema the code reads.
+
+Migrations in `migrations/versions/` create the same tables; a test compares the two.
+Types stay portable (no JSON column, no ARRAY) so that SQLite and PostgreSQL behave alike.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+professionals = Table(
+    "professionals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(254), nullable=False, unique=True),
+    Column("display_name", String(200), nullable=False),
+    Column("id_type", String(5)),
+    Column("idnat", String(12)),
+    Column("profession_code", String(16)),
+    Column("kind", String(3), nullable=False),
+    Column("state", String(9), nullable=False),
+    # A local mailbox is hosted here; otherwise a known correspondent (from the Annuaire).
+    Column("local", Boolean, nullable=False),
+    Column("password_hash", String(200)),
+    Column("source", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("kind IN ('PER', 'ORG', 'APP')", name="ck_professionals_kind"),
+    CheckConstraint("state IN ('active', 'suspended')", name="ck_professionals_state"),
+    CheckConstraint("id_type IS NULL OR id_type IN ('RPPS', 'ADELI')", name="ck_prof_idtype"),
+)
+
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "professional_id",
+        Integer,
+        ForeignKey("professionals.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("fingerprint_sha256", String(64), nullable=False),
+    Column("serial", String(64), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("issuer", Text, nullable=False),
+    Column("not_before", DateTime(timezone=True), nullable=False),
+    Column("not_after", DateTime(timezone=True), nullable=False),
+    Column("pem", Text, nullable=False),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("professional_id", "fingerprint_sha256", name="uq_certificates_prof_fp"),
+)
+
+domains = Table(
+    "domains",
+    metadata,
+    Column("name", String(253), primary_key=True),
+    Column("kind", String(7), nullable=False),
+    Column("relay_host", String(253)),
+    Column("relay_port", Integer),
+    Column("ca_pem", Text),
+    Column("operator_dn", Text),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("kind IN ('local', 'trusted')", name="ck_domains_kind"),
+)
+
+consumers = Table(
+    "consumers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("mailbox", String(254), nullable=False),
+    # SHA-256 of a 256-bit random token: a slow hash adds nothing to that much entropy and
+    # would cost every API call.
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("pgp_key", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", String(300), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# One row (id = 1): the chain's head. Appenders update it first, which takes the write lock
+# on SQLite and a row lock on PostgreSQL, so two appenders never fork the chain.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
+)

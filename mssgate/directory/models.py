@@ -1,0 +1,145 @@
+"""Directory records as they cross the edges (CLI JSON, API, server policy)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from mssgate.identifiers import normalize_address, normalize_domain, parse_practitioner_id
+
+
+class MailboxKind(StrEnum):
+    """Mailbox kinds of the MSSanté directory (Type de BAL)."""
+
+    PER = "PER"  # a person: a practitioner with an RPPS or ADELI number
+    ORG = "ORG"  # an organisation or a department
+    APP = "APP"  # an application (a RIS, a DPI) reading and sending by itself
+
+    @classmethod
+    def from_cli(cls, word: str) -> MailboxKind:
+        aliases = {"person": cls.PER, "organisation": cls.ORG, "organization": cls.ORG}
+        aliases["application"] = cls.APP
+        key = word.strip().lower()
+        if key in aliases:
+            return aliases[key]
+        try:
+            return cls(word.strip().upper())
+        except ValueError:
+            raise ValueError(
+                f"unknown mailbox kind {word!r}: use person, organisation or application"
+            ) from None
+
+
+class AccountState(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+_PROFESSION = re.compile(r"[A-Za-z0-9_./-]{1,16}")
+
+
+def _check_profession(code: str | None) -> str | None:
+    if code is not None and not _PROFESSION.fullmatch(code):
+        raise ValueError("profession code: 1 to 16 letters, digits or _ . / -")
+    return code
+
+
+def _check_idnat(value: str | None) -> str | None:
+    return None if value is None else parse_practitioner_id(value).idnat
+
+
+def _check_name(value: str) -> str:
+    v = " ".join(value.split())
+    if not v:
+        raise ValueError("a display name is required")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("control characters are not allowed in a display name")
+    return v
+
+
+Address = Annotated[str, AfterValidator(normalize_address)]
+DomainName = Annotated[str, AfterValidator(normalize_domain)]
+DisplayName = Annotated[str, Field(max_length=200), AfterValidator(_check_name)]
+ProfessionCode = Annotated[str | None, AfterValidator(_check_profession)]
+IdNat = Annotated[str | None, AfterValidator(_check_idnat)]
+
+
+class NewProfessional(BaseModel):
+    """What an administrator or an import supplies for one mailbox."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    address: Address
+    display_name: DisplayName
+    idnat: IdNat = None
+    profession_code: ProfessionCode = None
+    kind: MailboxKind = MailboxKind.PER
+
+
+class Professional(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    address: str
+    display_name: str
+    id_type: str | None
+    idnat: str | None
+    profession_code: str | None
+    kind: MailboxKind
+    state: AccountState
+    local: bool
+    has_password: bool
+    source: str
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def rpps(self) -> str | None:
+        return self.idnat[1:] if self.idnat and self.id_type == "RPPS" else None
+
+
+class CertificateRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    address: str
+    fingerprint_sha256: str
+    serial: str
+    subject: str
+    issuer: str
+    not_before: datetime
+    not_after: datetime
+    added_at: datetime
+
+
+class DomainKind(StrEnum):
+    LOCAL = "local"
+    TRUSTED = "trusted"
+
+
+class Domain(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    kind: DomainKind
+    relay_host: str | None = None
+    relay_port: int | None = None
+    ca_subject: str | None = None
+    operator_dn: str | None = None
+    added_at: datetime
+
+
+class Consumer(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    mailbox: str
+    has_pgp_key: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
