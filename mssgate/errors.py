@@ -7,6 +7,11 @@ keys, patient data, policy internals) goes to the structured log, never into `st
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class MssgateError(Exception):
     """Base of every error the product raises on purpose."""
@@ -16,8 +21,11 @@ class ConfigError(MssgateError):
     """The configuration cannot be loaded or is invalid."""
 
 
-class ValidationFailed(MssgateError):
-    """An input from a user or a peer is malformed (address, RPPS, kind...)."""
+class ValidationFailed(MssgateError, ValueError):
+    """An input from a user or a peer is malformed (address, RPPS, kind...).
+
+    Also a ValueError, so that pydantic validators can raise it and keep its message.
+    """
 
 
 class NotFound(MssgateError):
@@ -34,3 +42,16 @@ class StorageError(MssgateError):
 
 class PKIError(MssgateError):
     """A key or certificate cannot be created, read or used."""
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """One line for a pydantic ValidationError; our own errors speak for themselves."""
+    parts = []
+    for err in exc.errors():
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, MssgateError):
+            parts.append(str(cause))
+            continue
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {cause if cause is not None else err['msg']}")
+    return "; ".join(parts)

@@ -13,20 +13,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from mssgate.cli.context import actor, emit_json, emit_table, read_secret_stdin, say, state
 from mssgate.directory.annuaire import import_annuaire
 from mssgate.directory.models import MailboxKind, NewProfessional, Professional
-from mssgate.errors import ValidationFailed
+from mssgate.errors import ValidationFailed, describe_validation
 
 app = typer.Typer(help="Mailboxes of the local domains.", no_args_is_help=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"])
-        reason = err.get("ctx", {}).get("error", err["msg"])
-        parts.append(f"{where}: {reason}")
-    return "; ".join(parts)
 
 
 def _show(p: Professional) -> None:
@@ -59,7 +50,7 @@ def add(
             kind=mailbox_kind,
         )
     except ValueError as exc:
-        message = validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
+        message = describe_validation(exc) if isinstance(exc, ValidationError) else str(exc)
         raise ValidationFailed(message) from None
     password = read_secret_stdin("password") if password_stdin else None
     created = state(ctx).directory().professionals.add(new, password=password)

@@ -24,7 +24,7 @@ from mssgate.db.schema import professionals
 from mssgate.directory.models import MailboxKind, NewProfessional
 from mssgate.directory.professionals import row_values
 from mssgate.directory.timeutil import now
-from mssgate.errors import ValidationFailed
+from mssgate.errors import ValidationFailed, describe_validation
 
 COLUMNS = 31
 BATCH = 2000
@@ -105,10 +105,7 @@ def parse_line(number: int, text: str) -> AnnuaireLine | Rejected:
             kind=kind,
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        reason = str(first.get("ctx", {}).get("error", first["msg"]))
-        return Rejected(number=number, reason=f"{where}: {reason}")
+        return Rejected(number=number, reason=describe_validation(exc))
     return AnnuaireLine(number=number, professional=prof)
 
 

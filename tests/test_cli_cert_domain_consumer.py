@@ -1,0 +1,166 @@
+"""`mssgate cert|domain|consumer ...` through the real CLI, with openssl as the judge."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from mssgate.pki import create_dev_ca, issue_smime_cert, write_certificate
+from tests.conftest import DOMAIN, Cli
+
+ADDRESS = f"dr.martin@{DOMAIN}"
+
+
+def openssl(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture
+def mailbox(cli: Cli, datadir: Path) -> str:
+    cli.ok("directory", "add", ADDRESS, "--name", "Dr Martin", "--rpps", "99700367909")
+    return ADDRESS
+
+
+def test_cert_issue_is_verified_by_openssl(
+    cli: Cli, datadir: Path, mailbox: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = cli.ok("cert", "issue", mailbox, "--out", str(out), "--json").json()
+    cert, key, p12 = Path(result["cert"]), Path(result["key"]), Path(result["p12"])
+    assert cert == out / f"{mailbox}.crt.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert p12.stat().st_mode & 0o777 == 0o600
+    assert openssl("x509", "-checkend", "86400", "-noout", "-in", cert).returncode == 0
+    ca = datadir / "certs" / "ca.crt.pem"
+    verify = openssl("verify", "-purpose", "smimesign", "-CAfile", ca, cert)
+    assert verify.returncode == 0, verify.stderr
+    text = openssl("x509", "-noout", "-text", "-in", cert).stdout
+    assert f"email:{mailbox}" in text
+    assert "E-mail Protection" in text
+    # Registered: listed, with the fingerprint openssl computes.
+    listed = cli.ok("cert", "list", mailbox, "--json").json()
+    fp = openssl("x509", "-noout", "-fingerprint", "-sha256", "-in", cert).stdout
+    assert listed[0]["fingerprint_sha256"] == fp.split("=")[1].strip().replace(":", "").lower()
+    # A second issue without --force refuses before touching anything.
+    again = cli("cert", "issue", mailbox, "--out", str(out))
+    assert again.code == 1 and "exists" in again.err
+    assert len(cli.ok("cert", "list", mailbox, "--json").json()) == 1
+
+
+def test_cert_issue_for_unknown_mailbox(cli: Cli, datadir: Path, tmp_path: Path) -> None:
+    result = cli("cert", "issue", f"ghost@{DOMAIN}", "--out", str(tmp_path / "o"))
+    assert result.code == 1 and "no mailbox" in result.err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cert_add_checks_the_address_and_purpose(
+    cli: Cli, datadir: Path, mailbox: str, tmp_path: Path
+) -> None:
+    ca_key, ca_cert = create_dev_ca("external test CA")
+    _, other = issue_smime_cert(ca_key, ca_cert, f"someone.else@{DOMAIN}")
+    write_certificate(tmp_path / "other.pem", other)
+    wrong = cli("cert", "add", mailbox, str(tmp_path / "other.pem"))
+    assert wrong.code == 1 and "not an S/MIME certificate for" in wrong.err
+    past = datetime.now(UTC) - timedelta(days=1)
+    _, expired = issue_smime_cert(ca_key, ca_cert, mailbox, not_after=past)
+    write_certificate(tmp_path / "expired.pem", expired)
+    old = cli("cert", "add", mailbox, str(tmp_path / "expired.pem"))
+    assert old.code == 1 and "expired" in old.err
+    _, good = issue_smime_cert(ca_key, ca_cert, mailbox.upper())
+    write_certificate(tmp_path / "good.pem", good)
+    cli.ok("cert", "add", mailbox, str(tmp_path / "good.pem"))
+    dup = cli("cert", "add", mailbox, str(tmp_path / "good.pem"))
+    assert dup.code == 1 and "registered" in dup.err
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    junk = cli("cert", "add", mailbox, str(tmp_path / "junk.pem"))
+    assert junk.code == 1 and "junk.pem" in junk.err
+
+
+def test_domain_add_trust_list_untrust(cli: Cli, datadir: Path, tmp_path: Path) -> None:
+    cli.ok("domain", "add", "Clinique-B.test")
+    _, peer_ca = create_dev_ca("peer CA")
+    write_certificate(tmp_path / "peer-ca.pem", peer_ca)
+    cli.ok(
+        "domain", "trust", "radiologie-c.test", "--relay", "mx.radiologie-c.test:10025",
+        "--ca", str(tmp_path / "peer-ca.pem"),
+    )  # fmt: skip
+    rows = {d["name"]: d for d in cli.ok("domain", "list", "--json").json()}
+    assert rows[DOMAIN]["kind"] == "local"
+    assert rows["clinique-b.test"]["kind"] == "local"
+    peer = rows["radiologie-c.test"]
+    assert (peer["kind"], peer["relay_host"], peer["relay_port"]) == (
+        "trusted",
+        "mx.radiologie-c.test",
+        10025,
+    )
+    assert "peer CA" in peer["ca_subject"]
+    cli.ok("domain", "untrust", "radiologie-c.test")
+    assert "radiologie-c.test" not in {d["name"] for d in cli.ok("domain", "list", "--json").json()}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["domain", "add", DOMAIN], "already a local domain"),
+        (["domain", "add", "nodot"], "at least two labels"),
+        (["domain", "trust", "peer.test", "--relay", "nohost"], "expected HOST:PORT"),
+        (["domain", "trust", "peer.test", "--relay", "h.test:99999"], "port must be"),
+        (["domain", "trust", DOMAIN, "--relay", "h.test:25"], "is a local domain"),
+        (["domain", "untrust", "never.test"], "not on the trust list"),
+    ],
+)
+def test_domain_errors(cli: Cli, datadir: Path, args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert result.code == 1
+    assert message in result.err
+
+
+def test_trust_refuses_a_leaf_as_ca(cli: Cli, datadir: Path, tmp_path: Path) -> None:
+    ca_key, ca_cert = create_dev_ca("x")
+    _, leaf = issue_smime_cert(ca_key, ca_cert, "a@x.test")
+    write_certificate(tmp_path / "leaf.pem", leaf)
+    result = cli(
+        "domain", "trust", "p.test", "--relay", "h.test:25", "--ca", str(tmp_path / "leaf.pem")
+    )
+    assert result.code == 1 and "not a CA certificate" in result.err
+
+
+def test_consumer_add_list_revoke(cli: Cli, datadir: Path, mailbox: str) -> None:
+    from mssgate.config import load_config
+    from mssgate.db import open_engine
+    from mssgate.directory import Directory
+
+    created = cli.ok("consumer", "add", "ris-a", "--mailbox", mailbox, "--json").json()
+    token = created["token"]
+    assert created["name"] == "ris-a" and token.startswith("mssg_") and len(token) > 40
+    text = cli.ok("consumer", "list").out
+    assert "ris-a" in text and token not in text
+    engine = open_engine(load_config(datadir / "mssgate.toml").database_url)
+    try:
+        consumers = Directory(engine, actor="test").consumers
+        found = consumers.by_token(token)
+        assert found is not None and found.mailbox == mailbox
+        assert consumers.by_token(token[:-1] + "x") is None
+        assert token.encode() not in (datadir / "mssgate.db").read_bytes()
+        cli.ok("consumer", "revoke", "ris-a")
+        assert consumers.by_token(token) is None
+    finally:
+        engine.dispose()
+    assert cli.ok("consumer", "list", "--json").json()[0]["revoked_at"] is not None
+    again = cli("consumer", "revoke", "ris-a")
+    assert again.code == 1 and "no active consumer" in again.err
+
+
+def test_consumer_errors(cli: Cli, datadir: Path, mailbox: str, tmp_path: Path) -> None:
+    assert "no mailbox" in cli("consumer", "add", "x", "--mailbox", f"ghost@{DOMAIN}").err
+    assert "invalid consumer name" in cli("consumer", "add", "Bad Name", "--mailbox", mailbox).err
+    cli.ok("consumer", "add", "ris", "--mailbox", mailbox)
+    assert "exists already" in cli("consumer", "add", "ris", "--mailbox", mailbox).err
+    (tmp_path / "k.asc").write_text("hello")
+    bad_key = cli(
+        "consumer", "add", "ris2", "--mailbox", mailbox, "--pgp-key", str(tmp_path / "k.asc")
+    )
+    assert bad_key.code == 1 and "OpenPGP" in bad_key.err

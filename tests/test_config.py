@@ -1,0 +1,154 @@
+"""Configuration loading: TOML, environment overrides, every error reported at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from mssgate.config import Config, load_config
+from mssgate.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mssgate.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("MSSGATE_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_and_derived_paths(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[server]\ndata_dir = "data"\ndomain = "a.test"\n'))
+    data = (tmp_path / "data").resolve()
+    assert cfg.server.data_dir == data
+    assert cfg.smtp.submission_port == 10587
+    assert cfg.smtp.smtps_port == 10465
+    assert cfg.smtp.mta_port == 10025
+    assert cfg.smtp.max_message_size == 26_214_400
+    assert (cfg.imap.port, cfg.imap.imaps_port, cfg.api.port) == (10143, 10993, 10443)
+    assert cfg.database_url == f"sqlite:///{data}/mssgate.db"
+    assert cfg.tls.cert == data / "certs" / "server.crt.pem"
+    assert cfg.tls.ca == data / "certs" / "ca.crt.pem"
+    assert cfg.dkim.key == data / "certs" / "dkim.key.pem"
+    assert cfg.policy.require_signature is True
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "[smtp]\nsubmission_port = 2587\nmta_port = 2525\n")
+    monkeypatch.setenv("MSSGATE_SMTP__SUBMISSION_PORT", "3587")
+    monkeypatch.setenv("MSSGATE_POLICY__ENCRYPTION", "required")
+    monkeypatch.setenv("MSSGATE_DATABASE__URL", "postgresql://u@h/db")
+    cfg = load_config(path)
+    assert cfg.smtp.submission_port == 3587  # env wins
+    assert cfg.smtp.mta_port == 2525  # file kept where env is silent
+    assert cfg.policy.encryption == "required"
+    assert cfg.database_url == "postgresql://u@h/db"
+
+
+def test_every_invalid_key_in_one_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(
+        tmp_path,
+        "[smtp]\nsubmission_port = 70000\nmax_message_size = -1\nbogus = 1\n"
+        '[policy]\nencryption = "sometimes"\n[nosuchsection]\nx = 1\n',
+    )
+    monkeypatch.setenv("MSSGATE_IMAP__PORT", "not-a-port")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message
+    for fragment in (
+        "smtp.submission_port:",
+        "smtp.max_message_size:",
+        "smtp.bogus: unknown key",
+        "policy.encryption:",
+        "nosuchsection: unknown key",
+        "imap.port:",
+    ):
+        assert fragment in message
+    assert "\n" not in message
+
+
+def test_config_is_immutable(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, ""))
+    with pytest.raises(ValidationError):
+        cfg.smtp.submission_port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[smtp\n", "not valid TOML"),
+        (b"\xff\xfe".decode("latin-1"), "not valid TOML"),
+    ],
+)
+def test_unreadable_files(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, '[server]\ndomain = "env.test"\n')
+    monkeypatch.setenv("MSSGATE_CONFIG", str(path))
+    assert load_config().server.domain == "env.test"
+    monkeypatch.delenv("MSSGATE_CONFIG")
+    monkeypatch.chdir(tmp_path)
+    assert load_config().server.domain == "env.test"  # ./mssgate.toml
+
+
+def test_model_has_a_field_for_each_documented_key() -> None:
+    fields = {s: set(type(getattr(Config(), s)).model_fields) for s in Config.model_fields}
+    assert {"hostname", "domain", "data_dir"} <= fields["server"]
+    assert {"submission_port", "smtps_port", "mta_port", "max_message_size"} <= fields["smtp"]
+    assert {"cert", "key", "ca"} <= fields["tls"]
+    assert {"require_signature", "encryption"} <= fields["policy"]
+    assert {"selector", "key"} <= fields["dkim"]
+
+
+def test_init_refuses_to_overwrite(tmp_path: Path, cli: object) -> None:
+    from tests.conftest import Cli
+
+    assert isinstance(cli, Cli)
+    data = tmp_path / "d"
+    cli.ok("init", "--data", str(data), "--domain", "a.test", "--hostname", "mx1.a.test")
+    text = (data / "mssgate.toml").read_text()
+    assert 'hostname = "mx1.a.test"' in text
+    again = cli("init", "--data", str(data), "--domain", "a.test")
+    assert again.code == 1 and "exists already" in again.err
+    assert (data / "mssgate.toml").read_text() == text
+    cli.ok("init", "--data", str(data), "--domain", "a.test", "--force")
+    assert oct((data / "certs" / "ca.key.pem").stat().st_mode & 0o777) == "0o600"
+    assert oct(data.stat().st_mode & 0o777) == "0o700"
+
+
+def test_check_passes_then_reports_a_broken_certificate(tmp_path: Path, cli: object) -> None:
+    from tests.conftest import Cli
+
+    assert isinstance(cli, Cli)
+    data = tmp_path / "d"
+    cli.ok("init", "--data", str(data), "--domain", "a.test")
+    cfg = str(data / "mssgate.toml")
+    report = cli.ok("--config", cfg, "check", "--json").json()
+    assert report["ok"] is True
+    assert {c["check"] for c in report["checks"]} >= {
+        "configuration",
+        "tls certificate",
+        "database",
+    }
+    (data / "certs" / "server.crt.pem").write_text("garbage")
+    (data / "certs" / "dkim.key.pem").chmod(0o644)
+    broken = cli("--config", cfg, "check")
+    assert broken.code == 1
+    assert "FAIL tls certificate" in broken.out
+    assert "readable by others" in broken.out
+    assert "2 check(s) failed" in broken.err
