@@ -1,0 +1,141 @@
+"""Walk a (verified, decrypted) RFC 5322 message and collect its attachments.
+
+The stdlib parser records malformations as defects instead of raising, which is what we want,
+but it recurses once per nesting level, so a message is first sized up with a linear scan:
+every multipart needs a `boundary=` and every encapsulated message a `message/` type, which
+bounds both the depth and the number of containers before the parser runs at all.
+"""
+
+from __future__ import annotations
+
+import binascii
+import email
+import email.errors
+import email.header
+import email.message
+import email.policy
+import re
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict
+
+from mssgate.documents.errors import LimitExceeded, MimeError
+from mssgate.documents.limits import DocumentLimits
+
+_CONTAINER_RE: Final = re.compile(rb"boundary\s*=|message/(?:rfc822|global)", re.IGNORECASE)
+_DELIMITER_RE: Final = re.compile(rb"^--", re.MULTILINE)
+
+
+class Attachment(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    filename: str | None
+    content_type: str
+    data: bytes
+
+    @property
+    def origin(self) -> str:
+        name = self.filename or "(no name)"
+        return f"part {self.path} {name}"
+
+
+class MimeWalk(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    attachments: tuple[Attachment, ...]
+    defects: tuple[str, ...]
+    message_id: str | None
+    subject: str | None
+
+
+def _decode_header(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parts = email.header.decode_header(value)
+        text = str(email.header.make_header(parts))
+    except (email.errors.HeaderParseError, UnicodeError, LookupError, ValueError):
+        text = value
+    return " ".join(text.split()) or None
+
+
+def _filename(part: email.message.Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except (email.errors.MessageError, UnicodeError, LookupError, ValueError, TypeError):
+        return None
+    return _decode_header(name) if name else None
+
+
+def _is_attachment(part: email.message.Message, filename: str | None) -> bool:
+    if filename:
+        return True
+    disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+    if disposition == "attachment":
+        return True
+    # Documents sent without a name still count (application/pdf, XML, zip).
+    return part.get_content_maintype() == "application"
+
+
+def walk_message(raw: bytes, limits: DocumentLimits) -> MimeWalk:
+    """Attachments of a message, depth-first, with defects; `MimeError`/`LimitExceeded` when
+    the structure itself is beyond limits."""
+    if len(raw) > limits.max_message_bytes:
+        raise LimitExceeded("message larger than allowed")
+    containers = len(_CONTAINER_RE.findall(raw))
+    if containers > limits.max_mime_parts:
+        raise MimeError("message has too many MIME containers")
+    if len(_DELIMITER_RE.findall(raw)) > 4 * limits.max_mime_parts:
+        raise MimeError("message has too many MIME boundary lines")
+    try:
+        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    except RecursionError as exc:
+        raise MimeError("MIME structure too deep") from exc
+    defects: list[str] = []
+    attachments: list[Attachment] = []
+    count = 0
+    # Explicit stack rather than recursion: depth is data-controlled.
+    stack: list[tuple[email.message.Message, str, int]] = [(message, "0", 0)]
+    while stack:
+        part, path, depth = stack.pop()
+        count += 1
+        if count > limits.max_mime_parts:
+            raise MimeError("message has too many MIME parts")
+        if depth > limits.max_mime_depth:
+            raise MimeError("MIME structure too deep")
+        if part.is_multipart():
+            defects.extend(f"{path}: {type(d).__name__}" for d in part.defects)
+            payload = part.get_payload()
+            children = payload if isinstance(payload, list) else []
+            for index in range(len(children) - 1, -1, -1):
+                child = children[index]
+                if isinstance(child, email.message.Message):
+                    stack.append((child, f"{path}.{index + 1}", depth + 1))
+            continue
+        filename = _filename(part)
+        if not _is_attachment(part, filename):
+            continue
+        try:
+            data = part.get_payload(decode=True)
+        except (binascii.Error, ValueError, TypeError, AssertionError):
+            data = None
+        if not isinstance(data, bytes):
+            defects.append(f"{path}: undecodable payload")
+            data = b""
+        # Decoding appends its own defects (bad base64 padding...), so collect them after.
+        defects.extend(f"{path}: {type(d).__name__}" for d in part.defects)
+        attachments.append(
+            Attachment(
+                path=path,
+                filename=filename,
+                content_type=part.get_content_type(),
+                data=data,
+            )
+        )
+    return MimeWalk(
+        attachments=tuple(attachments),
+        defects=tuple(dict.fromkeys(defects)),
+        message_id=_decode_header(message.get("Message-ID")),
+        subject=_decode_header(message.get("Subject")),
+    )

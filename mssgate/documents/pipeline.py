@@ -1,0 +1,524 @@
+"""The document pipeline: bytes of a verified, decrypted message in, per-document outcomes out.
+
+What counts as a document:
+- each DocumentEntry of an `IHE_XDM.ZIP` (a CDA, a PDF, or anything else such as a DICOM
+  KOS, which becomes format `xdm`); XDS signature manifests are skipped;
+- each CDA attached directly;
+- PDFs attached next to structured documents are their human-readable companions: checked
+  (readable, and any labelled INS must be the documents' INS) but not separate documents;
+- PDFs are documents of their own only in a message without XDM or CDA.
+
+Every failure is typed and ends as a `Quarantined` outcome keeping the original bytes; no
+exception other than programming errors leaves `process_message`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from mssgate.documents.cda import CdaDocument, format_identifier, is_cda, parse_cda
+from mssgate.documents.errors import DocumentError, QuarantineCode
+from mssgate.documents.hl7values import CX, hl7_ts_to_iso
+from mssgate.documents.imaging import (
+    ImagingPointers,
+    imaging_from_references,
+    imaging_refs,
+    merge_pointers,
+)
+from mssgate.documents.limits import DocumentLimits
+from mssgate.documents.mime import Attachment, walk_message
+from mssgate.documents.pdf import looks_like_pdf, read_pdf
+from mssgate.documents.reconcile import (
+    IdentityClaim,
+    IdentityProblem,
+    ResolvedIdentity,
+    reconcile,
+)
+from mssgate.documents.record import (
+    Accepted,
+    DocumentInfo,
+    DocumentRecord,
+    InsRecord,
+    PatientRecord,
+    PipelineResult,
+    Quarantined,
+    quarantine,
+    sha256_hex,
+)
+from mssgate.documents.xdm import XdmEntry, XdmPackage, XdmSubmission, is_xdm_attachment, read_xdm
+from mssgate.ins import INS_OIDS, PatientTraits
+
+_XML_TYPES: Final = frozenset({"text/xml", "application/xml", "application/hl7-cda+xml"})
+_DEFAULT_LIMITS: Final = DocumentLimits()
+
+
+@dataclass(frozen=True)
+class _Policy:
+    limits: DocumentLimits
+    allow_test_oids: bool
+    require_birthplace: bool
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    outcome: Accepted | Quarantined
+    # Set for CDA documents found inside an IHE_XDM (X-MSS-CODECDA / X-MSS-INS).
+    xdm_cda_code: str | None = None
+    xdm_qualified: bool = False
+
+
+def process_message(
+    raw: bytes,
+    *,
+    limits: DocumentLimits = _DEFAULT_LIMITS,
+    allow_test_oids: bool = False,
+    require_birthplace: bool = True,
+) -> PipelineResult:
+    """Extract, check and reconcile every document of one message.
+
+    `allow_test_oids` accepts INS issued under the test/demo OIDs (fictitious patients).
+    `require_birthplace` makes the birthplace code a required strict trait (else 905).
+    """
+    policy = _Policy(limits, allow_test_oids, require_birthplace)
+    try:
+        walk = walk_message(raw, limits)
+    except DocumentError as exc:
+        held = quarantine(exc.code, str(exc), raw, content_type="message/rfc822", origin="message")
+        return PipelineResult(outcomes=(held,), defects=(str(exc),))
+    evaluated: list[_Evaluated] = []
+    companions: list[Attachment] = []
+    structured = False
+    for attachment in walk.attachments:
+        if is_xdm_attachment(attachment.filename):
+            structured = True
+            evaluated.extend(_process_xdm(attachment, policy))
+        elif _is_pdf_attachment(attachment):
+            companions.append(attachment)
+        elif _is_cda_attachment(attachment):
+            structured = True
+            evaluated.append(_process_cda(attachment.data, attachment, policy))
+    outcomes = [e.outcome for e in evaluated]
+    if structured:
+        outcomes = _check_companions(outcomes, companions, policy)
+    else:
+        for pdf in companions:
+            outcomes.append(_process_pdf(pdf.data, pdf.content_type, pdf.origin, (), policy))
+    return PipelineResult(
+        outcomes=tuple(outcomes),
+        defects=walk.defects,
+        message_id=walk.message_id,
+        subject=walk.subject,
+        xdm_cda_codes=tuple(e.xdm_cda_code for e in evaluated if e.xdm_cda_code),
+        xdm_qualified_ins=any(e.xdm_qualified for e in evaluated),
+    )
+
+
+def _is_pdf_attachment(attachment: Attachment) -> bool:
+    name = (attachment.filename or "").lower()
+    return (
+        attachment.content_type == "application/pdf"
+        or name.endswith(".pdf")
+        or (
+            attachment.content_type == "application/octet-stream"
+            and looks_like_pdf(attachment.data)
+        )
+    )
+
+
+def _is_cda_attachment(attachment: Attachment) -> bool:
+    name = (attachment.filename or "").lower()
+    xml_like = (
+        attachment.content_type in _XML_TYPES
+        or name.endswith(".xml")
+        or attachment.content_type == "application/octet-stream"
+    )
+    return xml_like and is_cda(attachment.data)
+
+
+# -- XDM ---------------------------------------------------------------------------------
+
+
+def _process_xdm(attachment: Attachment, policy: _Policy) -> list[_Evaluated]:
+    try:
+        package = read_xdm(attachment.data, policy.limits)
+    except DocumentError as exc:
+        return [_held_container(exc, attachment)]
+    entries = [e for s in package.submissions for e in s.entries if not e.is_signature]
+    if len(entries) > policy.limits.max_documents:
+        return [
+            _Evaluated(
+                quarantine(
+                    QuarantineCode.OTHER,
+                    "archive lists more documents than allowed",
+                    attachment.data,
+                    content_type=attachment.content_type,
+                    origin=attachment.origin,
+                )
+            )
+        ]
+    results: list[_Evaluated] = []
+    for submission in package.submissions:
+        for entry in submission.entries:
+            if entry.is_signature:
+                continue
+            results.append(_process_xdm_entry(package, submission, entry, attachment, policy))
+    return results
+
+
+def _xdm_claim(submission: XdmSubmission, entry: XdmEntry) -> list[IdentityClaim]:
+    """The XDM's word on the patient: entry and submission set patientId, sourcePatientInfo.
+
+    Both patientIds are INS only under an INS OID (an XDM may carry a local id instead);
+    two different INS there is already a disagreement.
+    """
+    traits = entry.source_patient
+    ids: list[CX] = [
+        cx
+        for cx in (entry.patient_id, submission.submission_patient_id, entry.source_patient_id)
+        if cx is not None and cx.authority_oid in INS_OIDS
+    ]
+    if not ids:
+        return [IdentityClaim(source="xdm", traits=traits)]
+    claims = [
+        IdentityClaim(source="xdm", ins_value=ids[0].value, oid=ids[0].authority_oid, traits=traits)
+    ]
+    claims.extend(
+        IdentityClaim(source="xdm", ins_value=cx.value, oid=cx.authority_oid) for cx in ids[1:]
+    )
+    return claims
+
+
+def _integrity_problem(entry: XdmEntry, data: bytes) -> str | None:
+    if entry.size is not None and entry.size != len(data):
+        return "document size differs from XDM metadata"
+    if entry.hash:
+        digest = hashlib.sha1(data, usedforsecurity=False).hexdigest()
+        if digest != entry.hash.strip().lower():
+            return "document hash differs from XDM metadata"
+    return None
+
+
+def _process_xdm_entry(
+    package: XdmPackage,
+    submission: XdmSubmission,
+    entry: XdmEntry,
+    attachment: Attachment,
+    policy: _Policy,
+) -> _Evaluated:
+    data = package.document_bytes(entry)
+    origin = f"{attachment.origin} > {entry.member_name or entry.uri or entry.entry_id}"
+    content_type = entry.mime_type or "application/octet-stream"
+    info = _xdm_info(entry, fmt="xdm")
+    if data is None:
+        return _Evaluated(
+            quarantine(
+                QuarantineCode.OTHER,
+                "document listed in XDM metadata is missing from the archive",
+                attachment.data,
+                content_type=attachment.content_type,
+                origin=origin,
+                document=info,
+            )
+        )
+    problem = _integrity_problem(entry, data)
+    if problem is not None:
+        return _Evaluated(
+            quarantine(
+                QuarantineCode.OTHER,
+                problem,
+                data,
+                content_type=content_type,
+                origin=origin,
+                document=info,
+            )
+        )
+    claims = _xdm_claim(submission, entry)
+    references = imaging_from_references(entry.reference_ids)
+    if is_cda(data):
+        return _process_cda(data, attachment, policy, entry=entry, claims=claims, origin=origin)
+    if content_type == "application/pdf" or looks_like_pdf(data):
+        outcome = _process_pdf(
+            data,
+            "application/pdf",
+            origin,
+            claims,
+            policy,
+            base=_xdm_info(entry, fmt="pdf"),
+            imaging=references,
+        )
+        return _Evaluated(outcome)
+    return _Evaluated(_decide(data, content_type, origin, claims, info, references, policy))
+
+
+def _xdm_info(entry: XdmEntry, *, fmt: str) -> DocumentInfo:
+    author = next((a.rpps for a in entry.authors if a.rpps), None)
+    return DocumentInfo.model_validate(
+        {
+            "format": fmt,
+            "type_code": entry.type_code.code if entry.type_code else None,
+            "type_code_system": entry.type_code.scheme if entry.type_code else None,
+            "title": entry.title,
+            "effective_time": hl7_ts_to_iso(entry.creation_time),
+            "unique_id": entry.unique_id,
+            "author_rpps": author,
+            "confidentiality": tuple(c.code for c in entry.confidentiality),
+            "class_code": entry.class_code.code if entry.class_code else None,
+            "format_code": entry.format_code.code if entry.format_code else None,
+        }
+    )
+
+
+# -- CDA ---------------------------------------------------------------------------------
+
+
+def _cda_claims(cda: CdaDocument) -> list[IdentityClaim]:
+    header = cda.header
+    ins_ids = [i for i in header.ins_ids if i.extension]
+    if not ins_ids:
+        return [IdentityClaim(source="cda", traits=header.traits)]
+    claims = [
+        IdentityClaim(
+            source="cda", ins_value=ins_ids[0].extension, oid=ins_ids[0].root, traits=header.traits
+        )
+    ]
+    claims.extend(
+        IdentityClaim(source="cda", ins_value=i.extension, oid=i.root) for i in ins_ids[1:]
+    )
+    return claims
+
+
+def _cda_info(cda: CdaDocument, entry: XdmEntry | None) -> DocumentInfo:
+    header = cda.header
+    confidentiality: tuple[str, ...] = (
+        (header.confidentiality_code,) if header.confidentiality_code else ()
+    )
+    if entry is not None:
+        confidentiality += tuple(
+            c.code for c in entry.confidentiality if c.code not in confidentiality
+        )
+    return DocumentInfo(
+        format=cda.format,
+        type_code=header.code,
+        type_code_system=header.code_system,
+        title=header.title,
+        effective_time=header.effective_time,
+        unique_id=format_identifier(header.document_id),
+        set_id=format_identifier(header.set_id),
+        version=header.version,
+        replaces=format_identifier(header.replaces[0]) if header.replaces else None,
+        author_rpps=header.author_rpps[0] if header.author_rpps else None,
+        confidentiality=confidentiality,
+        class_code=entry.class_code.code if entry and entry.class_code else None,
+        format_code=entry.format_code.code if entry and entry.format_code else None,
+        sections=tuple(s.code for s in cda.sections if s.code),
+    )
+
+
+def _process_cda(
+    data: bytes,
+    attachment: Attachment,
+    policy: _Policy,
+    *,
+    entry: XdmEntry | None = None,
+    claims: Sequence[IdentityClaim] = (),
+    origin: str | None = None,
+) -> _Evaluated:
+    where = origin or attachment.origin
+    content_type = "text/xml"
+    try:
+        cda = parse_cda(data, policy.limits)
+    except DocumentError as exc:
+        info = _xdm_info(entry, fmt="xdm") if entry is not None else None
+        return _Evaluated(
+            quarantine(
+                exc.code, str(exc), data, content_type=content_type, origin=where, document=info
+            )
+        )
+    info = _cda_info(cda, entry)
+    imaging = cda.imaging
+    if entry is not None:
+        imaging = merge_pointers(imaging, imaging_from_references(entry.reference_ids))
+    all_claims = [*claims, *_cda_claims(cda)]
+    notes: tuple[str, ...] = ()
+    if cda.level == "N1" and cda.body_media_type == "application/pdf" and cda.body is not None:
+        try:
+            pdf = read_pdf(cda.body, policy.limits)
+        except DocumentError as exc:
+            return _Evaluated(
+                quarantine(
+                    exc.code,
+                    f"embedded {exc}",
+                    data,
+                    content_type=content_type,
+                    origin=where,
+                    document=info,
+                ),
+                xdm_cda_code=info.type_code if entry is not None else None,
+            )
+        all_claims.extend(IdentityClaim(source="pdf", ins_value=v) for v in pdf.labelled_ins)
+        if pdf.truncated:
+            notes = ("embedded PDF text truncated by limits",)
+    outcome = _decide(data, content_type, where, all_claims, info, imaging, policy, notes=notes)
+    return _Evaluated(
+        outcome,
+        xdm_cda_code=info.type_code if entry is not None else None,
+        xdm_qualified=entry is not None and _mss_qualified(outcome),
+    )
+
+
+def _mss_qualified(outcome: Accepted | Quarantined) -> bool:
+    """ECO.2.4.2's qualified INS: matricule, OID, birth name, first name, birth date, sex."""
+    if not isinstance(outcome, Accepted):
+        return False
+    traits = PatientTraits(**outcome.record.patient.model_dump())
+    return not traits.missing(require_birthplace=False)
+
+
+# -- PDF ---------------------------------------------------------------------------------
+
+
+def _process_pdf(
+    data: bytes,
+    content_type: str,
+    origin: str,
+    claims: Sequence[IdentityClaim],
+    policy: _Policy,
+    *,
+    base: DocumentInfo | None = None,
+    imaging: ImagingPointers | None = None,
+) -> Accepted | Quarantined:
+    info = base or DocumentInfo(format="pdf")
+    try:
+        pdf = read_pdf(data, policy.limits)
+    except DocumentError as exc:
+        return quarantine(
+            exc.code, str(exc), data, content_type=content_type, origin=origin, document=info
+        )
+    if info.title is None and pdf.metadata.get("Title"):
+        info = info.model_copy(update={"title": pdf.metadata["Title"]})
+    all_claims = [*claims, *(IdentityClaim(source="pdf", ins_value=v) for v in pdf.labelled_ins)]
+    notes = ("PDF text truncated by limits",) if pdf.truncated else ()
+    return _decide(
+        data,
+        content_type,
+        origin,
+        all_claims,
+        info,
+        imaging or ImagingPointers(),
+        policy,
+        notes=notes,
+    )
+
+
+def _check_companions(
+    outcomes: list[Accepted | Quarantined], companions: Sequence[Attachment], policy: _Policy
+) -> list[Accepted | Quarantined]:
+    """Companion PDFs must be readable and may not name another patient than the documents."""
+    known = {o.record.ins.value for o in outcomes if isinstance(o, Accepted)}
+    extra: list[Accepted | Quarantined] = []
+    conflict = False
+    for pdf_attachment in companions:
+        try:
+            pdf = read_pdf(pdf_attachment.data, policy.limits)
+        except DocumentError as exc:
+            extra.append(
+                quarantine(
+                    exc.code,
+                    str(exc),
+                    pdf_attachment.data,
+                    content_type=pdf_attachment.content_type,
+                    origin=pdf_attachment.origin,
+                )
+            )
+            continue
+        if known and any(value not in known for value in pdf.labelled_ins):
+            conflict = True
+            extra.append(
+                quarantine(
+                    QuarantineCode.INS_MISMATCH,
+                    "companion PDF names another INS",
+                    pdf_attachment.data,
+                    content_type=pdf_attachment.content_type,
+                    origin=pdf_attachment.origin,
+                )
+            )
+    if conflict:
+        # The human-readable copy contradicts the structured documents: none can be trusted.
+        outcomes = [
+            quarantine(
+                QuarantineCode.INS_MISMATCH,
+                "INS differs between documents and companion PDF",
+                o.content,
+                content_type=o.record.content_type,
+                origin=o.record.origin,
+                document=o.record.document,
+            )
+            if isinstance(o, Accepted)
+            else o
+            for o in outcomes
+        ]
+    return [*outcomes, *extra]
+
+
+# -- verdict -----------------------------------------------------------------------------
+
+
+def _decide(
+    data: bytes,
+    content_type: str,
+    origin: str,
+    claims: Sequence[IdentityClaim],
+    info: DocumentInfo,
+    imaging: ImagingPointers,
+    policy: _Policy,
+    *,
+    notes: tuple[str, ...] = (),
+) -> Accepted | Quarantined:
+    verdict: ResolvedIdentity | IdentityProblem = reconcile(
+        claims,
+        allow_test_oids=policy.allow_test_oids,
+        require_birthplace=policy.require_birthplace,
+    )
+    if isinstance(verdict, IdentityProblem):
+        return quarantine(
+            verdict.code,
+            verdict.reason,
+            data,
+            content_type=content_type,
+            origin=origin,
+            document=info,
+        )
+    traits = verdict.traits
+    record = DocumentRecord(
+        ins=InsRecord(
+            value=verdict.ins.value,
+            oid=verdict.ins.oid,
+            kind=verdict.ins.kind,
+            test=verdict.ins.test,
+            qualified=verdict.qualified,
+            source=verdict.source,
+        ),
+        patient=PatientRecord(**traits.model_dump()),
+        document=info,
+        imaging=imaging_refs(imaging),
+        sha256=sha256_hex(data),
+        size=len(data),
+        content_type=content_type,
+        origin=origin,
+    )
+    return Accepted(record=record, content=data, notes=notes)
+
+
+def _held_container(exc: DocumentError, attachment: Attachment) -> _Evaluated:
+    return _Evaluated(
+        quarantine(
+            exc.code,
+            str(exc),
+            attachment.data,
+            content_type=attachment.content_type,
+            origin=attachment.origin,
+        )
+    )
