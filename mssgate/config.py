@@ -47,6 +47,7 @@ class SmtpConfig(_Section):
     idle_timeout_seconds: float = Field(300.0, gt=0)
     auth_failures_before_delay: int = Field(3, ge=0)
     auth_failure_delay_max_seconds: float = Field(15.0, ge=0)
+    drain_seconds: float = Field(30.0, ge=0)
 
 
 class ImapConfig(_Section):

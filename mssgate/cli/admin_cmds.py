@@ -123,3 +123,12 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
     failed = [r for r in results if not r["ok"]]
     if failed:
         raise CheckFailed(f"{len(failed)} check(s) failed: {failed[0]['check']}")
+
+
+def serve(ctx: typer.Context) -> None:
+    """Run every listener (SMTP submission, SMTPS, MTA) until SIGTERM."""
+    from mssgate.serve import serve as run
+
+    code = run(state(ctx).config())
+    if code:
+        raise typer.Exit(code)

@@ -15,6 +15,7 @@ from mssgate.cli import (
     consumer_cmds,
     directory_cmds,
     domain_cmds,
+    spool_cmds,
 )
 from mssgate.cli.context import State
 
@@ -53,8 +54,10 @@ def root(
 
 app.command("init")(admin_cmds.init)
 app.command("check")(admin_cmds.check)
+app.command("serve")(admin_cmds.serve)
 app.add_typer(directory_cmds.app, name="directory")
 app.add_typer(cert_cmds.app, name="cert")
 app.add_typer(domain_cmds.app, name="domain")
 app.add_typer(consumer_cmds.app, name="consumer")
 app.add_typer(audit_cmds.app, name="audit")
+app.add_typer(spool_cmds.app, name="spool")

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -113,4 +114,44 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", Integer, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+# The durable spool: a message's bytes live in a file under the data folder; these rows say
+# who it is for and how far each delivery went. A row exists only once the file is fsynced,
+# and the SMTP 250 is sent only once the row is committed.
+spool_messages = Table(
+    "spool_messages",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("listener", String(16), nullable=False),
+    Column("sender", String(254), nullable=False),
+    Column("identity", String(254)),
+    Column("peer", String(64)),
+    Column("size", Integer, nullable=False),
+    Column("state", String(8), nullable=False),
+    CheckConstraint("state IN ('queued', 'done')", name="ck_spool_messages_state"),
+)
+
+spool_recipients = Table(
+    "spool_recipients",
+    metadata,
+    Column(
+        "spool_id",
+        String(32),
+        ForeignKey("spool_messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("recipient", String(254), primary_key=True),
+    Column("route", String(8), nullable=False),
+    Column("state", String(9), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("route IN ('local', 'relay')", name="ck_spool_recipients_route"),
+    Index("ix_spool_recipients_pending", "state", "next_attempt_at"),
+    CheckConstraint(
+        "state IN ('pending', 'delivered', 'failed')", name="ck_spool_recipients_state"
+    ),
 )

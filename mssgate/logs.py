@@ -1,0 +1,53 @@
+"""Structured logs: one JSON object per line on stderr.
+
+Events carry a name and fields (queue id, listener, peer, reason code). They never carry
+passwords, tokens, message content or patient data: callers pass identifiers, not payloads,
+and `event` drops any field whose name says it holds a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+_SECRET_WORDS = ("password", "token", "secret", "authorization")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            body["event"] = record.getMessage()
+            body.update(fields)
+        else:
+            body["message"] = record.getMessage()
+        if record.exc_info and record.levelno >= logging.ERROR:
+            # One line still: the exception's type and text, never a multi-line traceback.
+            exc = record.exc_info[1]
+            body["error"] = f"{type(exc).__name__}: {exc}" if exc else None
+        return json.dumps(body, ensure_ascii=False, default=str)
+
+
+def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, **fields: Any) -> None:
+    clean = {k: v for k, v in fields.items() if not any(w in k.lower() for w in _SECRET_WORDS)}
+    logger.log(level, name, extra={"fields": clean})
+
+
+def configure(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiosmtpd logs every command at INFO (and tracebacks for failed handshakes): our
+    # protocol class logs what matters, once, as events.
+    logging.getLogger("mail.log").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)

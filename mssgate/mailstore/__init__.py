@@ -1,0 +1,6 @@
+"""Where accepted mail for local mailboxes ends up."""
+
+from mssgate.mailstore.base import DeliveryFailed, MailStore
+from mssgate.mailstore.maildir import MaildirStore
+
+__all__ = ["DeliveryFailed", "MailStore", "MaildirStore"]

@@ -1,0 +1,29 @@
+"""The MailStore contract: hand one message to one local mailbox, durably."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mssgate.errors import MssgateError
+
+
+class DeliveryFailed(MssgateError):
+    """The store refused or failed. `permanent` says whether a retry can help."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class MailStore(Protocol):
+    def deliver(self, recipient: str, message: bytes, *, delivery_id: str) -> None:
+        """Stores `message` for `recipient` and returns only once it is durable.
+
+        `delivery_id` is stable across retries of the same delivery, so that a store can
+        recognise a message it already has (a crash between its write and our bookkeeping)
+        and not store it twice.
+
+        Raises:
+            DeliveryFailed: nothing was stored.
+        """
+        ...

@@ -1,0 +1,49 @@
+"""Maildir delivery under the data folder, in the layout Dovecot reads.
+
+`<root>/<domain>/<local>/Maildir/{tmp,new,cur}`: Dovecot's `mail_location =
+maildir:~/Maildir` with `mail_home = <root>/%d/%n`. Until the gateway's Dovecot receives mail
+over LMTP this store writes the files itself; it stays useful for tests and small setups.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from mssgate.fsutil import ensure_dir, write_durably
+from mssgate.mailstore.base import DeliveryFailed
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._+-'=")
+
+
+class MaildirStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        # Maildir names carry the host name; a ':' or '/' in it would break the name.
+        self._host = socket.gethostname().replace("/", "_").replace(":", "_")
+
+    def maildir(self, recipient: str) -> Path:
+        local, _, domain = recipient.rpartition("@")
+        # The directory accepts only addresses whose characters are all in _SAFE (see
+        # mssgate.identifiers); checking again here keeps a path out of anyone's reach even
+        # if a caller forgot.
+        if not local or not domain or not set(local) <= _SAFE or not set(domain) <= _SAFE:
+            raise DeliveryFailed(f"unsafe mailbox name {recipient!r}", permanent=True)
+        if local.startswith(".") or domain.startswith("."):
+            raise DeliveryFailed(f"unsafe mailbox name {recipient!r}", permanent=True)
+        return self.root / domain / local / "Maildir"
+
+    def deliver(self, recipient: str, message: bytes, *, delivery_id: str) -> None:
+        box = self.maildir(recipient)
+        try:
+            for sub in ("tmp", "new", "cur"):
+                ensure_dir(box / sub)
+            # A stable name per delivery: a retry after a crash finds the file in new/.
+            name = f"{delivery_id}.{self._host},S={len(message)}"
+            target = box / "new" / name
+            if target.exists():
+                return
+            write_durably(target, message, tmp_dir=box / "tmp")
+        except OSError as exc:
+            raise DeliveryFailed(f"maildir write failed: {os.strerror(exc.errno or 0)}") from exc

@@ -1,0 +1,130 @@
+"""`mssgate serve`: every listener of the embedded default in one process.
+
+Start: lock the data folder (one serve per folder), migrate, recover the spool, listen, then
+write `run/serve.json` (pid and bound ports: tests and scripts use port 0 and read it).
+SIGTERM or SIGINT: stop accepting, let sessions in the middle of a transaction finish within
+`smtp.drain_seconds`, close the rest, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from mssgate.config import Config
+from mssgate.db import open_engine, upgrade
+from mssgate.directory import Directory
+from mssgate.errors import Conflict
+from mssgate.fsutil import ensure_dir, write_durably
+from mssgate.logs import event
+from mssgate.mailstore import MaildirStore
+from mssgate.smtp import replies
+from mssgate.smtp.policy import Listener
+from mssgate.smtp.server import Sessions, bound_port, start_smtp
+from mssgate.spool import Spool
+from mssgate.spool.delivery import DeliveryWorker
+
+log = logging.getLogger("mssgate.serve")
+
+
+@contextlib.contextmanager
+def data_dir_lock(run_dir: Path) -> Iterator[None]:
+    path = run_dir / "serve.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise Conflict(
+                f"another 'mssgate serve' (pid {other}) is running on {run_dir.parent}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _banner(config: Config, ports: dict[str, int]) -> str:
+    ca = config.tls.ca
+    return "\n".join(
+        [
+            f"mssgate serving {config.server.domain} as {config.server.hostname}",
+            f"  SMTP submission  {config.smtp.bind}:{ports['submission']}  (STARTTLS, AUTH)",
+            f"  SMTPS            {config.smtp.bind}:{ports['smtps']}  (implicit TLS, AUTH)",
+            f"  SMTP for peers   {config.smtp.bind}:{ports['mta']}  (STARTTLS, client cert)",
+            f"  dev CA           {ca}",
+            f"  data             {config.server.data_dir}",
+            "  stop with Ctrl-C or SIGTERM",
+        ]
+    )
+
+
+async def run_gateway(config: Config) -> int:
+    data = config.server.data_dir
+    run_dir = ensure_dir(data / "run")
+    with data_dir_lock(run_dir):
+        engine = open_engine(config.database_url)
+        upgrade(engine)
+        directory = Directory(engine, actor="serve")
+        spool = Spool(engine, data / "spool")
+        recovered = spool.recover()
+        worker = DeliveryWorker(spool, MaildirStore(data / "mail"))
+        sessions = Sessions()
+        servers = await start_smtp(
+            config, directory, spool, sessions, on_accepted=lambda _qid: worker.wake()
+        )
+        worker_task = asyncio.create_task(worker.run(), name="delivery")
+        ports = {listener.value: bound_port(s) for listener, s in servers.items()}
+        status = run_dir / "serve.json"
+        write_durably(
+            status,
+            json.dumps({"pid": os.getpid(), "ports": ports}).encode(),
+            tmp_dir=run_dir,
+            mode=0o644,
+        )
+        event(log, "serve.started", ports=ports, spool_orphans_removed=recovered)
+        print(_banner(config, ports), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        event(log, "serve.stopping", open_sessions=len(sessions.open), busy=sessions.busy())
+        for server in servers.values():
+            server.close()
+        deadline = time.monotonic() + config.smtp.drain_seconds
+        while sessions.busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(sessions.open):
+            with contextlib.suppress(Exception):
+                await session.reply(replies.SHUTTING_DOWN)
+            session.close("shutting down")
+        worker_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker_task
+        status.unlink(missing_ok=True)
+        engine.dispose()
+        event(log, "serve.stopped", listeners=[listener.value for listener in Listener])
+    return 0
+
+
+def serve(config: Config) -> int:
+    from mssgate.logs import configure
+
+    configure()
+    try:
+        return asyncio.run(run_gateway(config))
+    except KeyboardInterrupt:  # a second Ctrl-C during the drain
+        print("interrupted", file=sys.stderr)
+        return 130

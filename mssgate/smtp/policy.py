@@ -1,0 +1,319 @@
+"""Who may send what to whom: the aiosmtpd handler hooks of our listeners.
+
+Decisions read the directory at each call (no cache), so that a suspension or a new trust
+entry made with the CLI applies to the next command without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.parser import BytesHeaderParser
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import format_datetime, getaddresses
+from enum import StrEnum
+from typing import Any
+
+from aiosmtpd.smtp import Envelope, Session
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from mssgate import audit
+from mssgate.directory import Directory
+from mssgate.directory.models import AccountState
+from mssgate.errors import MssgateError, StorageError, ValidationFailed
+from mssgate.identifiers import normalize_address
+from mssgate.logs import event
+from mssgate.smtp import replies
+from mssgate.smtp.protocol import GatewaySMTP
+from mssgate.smtp.replies import Reply
+from mssgate.spool import Spool, new_queue_id
+from mssgate.spool.store import Route
+
+log = logging.getLogger("mssgate.smtp")
+
+_RELAY_CHARS = frozenset('%!"[]:\\')
+
+
+class Listener(StrEnum):
+    SUBMISSION = "submission"
+    SMTPS = "smtps"
+    MTA = "mta"
+
+    @property
+    def for_clients(self) -> bool:
+        return self is not Listener.MTA
+
+
+@dataclass(frozen=True)
+class PolicyLimits:
+    max_recipients: int
+
+
+def _identity(session: Session) -> str | None:
+    data: object = session.auth_data
+    return data if isinstance(data, str) else None
+
+
+def _peer_certificate(server: GatewaySMTP) -> x509.Certificate | None:
+    obj = server.tls_object()
+    der = obj.getpeercert(binary_form=True) if obj is not None else None
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def _issued_by(cert: x509.Certificate, ca_pem: str) -> bool:
+    ca = x509.load_pem_x509_certificate(ca_pem.encode("ascii"))
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _clean_helo(name: str | None) -> str:
+    # The HELO name goes into a header: keep it to the characters a host name may have.
+    text = name or "unknown"
+    return "".join(c if c.isalnum() or c in ".-_:[]" else "?" for c in text)[:100]
+
+
+class SmtpPolicy:
+    """Handler hooks for one listener (aiosmtpd calls handle_VERB)."""
+
+    def __init__(
+        self,
+        *,
+        listener: Listener,
+        directory: Directory,
+        spool: Spool,
+        hostname: str,
+        limits: PolicyLimits,
+        on_accepted: Callable[[str], None],
+    ) -> None:
+        self.listener = listener
+        self._directory = directory
+        self._spool = spool
+        self._hostname = hostname
+        self._limits = limits
+        self._on_accepted = on_accepted
+
+    async def _reject(self, server: GatewaySMTP, stage: str, reply: Reply, **why: Any) -> str:
+        event(log, "smtp.reject", listener=self.listener.value, peer=server.peer_ip,
+              stage=stage, code=reply.code, status=reply.status, **why)  # fmt: skip
+        return str(reply)
+
+    async def handle_EHLO(
+        self,
+        server: GatewaySMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # Advertise enhanced status codes (RFC 2034) before the final line.
+        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    # ------------------------------------------------------------------ MAIL
+    async def handle_MAIL(
+        self,
+        server: GatewaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        if self.listener.for_clients:
+            reply = self._client_sender(session, address)
+        else:
+            reply = await asyncio.to_thread(self._peer_sender, server, address)
+        if not reply.ok:
+            return await self._reject(server, "MAIL", reply)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return str(replies.SENDER_OK)
+
+    def _client_sender(self, session: Session, address: str) -> Reply:
+        identity = _identity(session)
+        if identity is None:
+            return replies.AUTH_REQUIRED
+        if address in ("", "<>"):
+            return replies.NULL_SENDER_REFUSED
+        try:
+            sender = normalize_address(address)
+        except ValidationFailed:
+            return replies.SENDER_NOT_IDENTITY
+        return replies.SENDER_OK if sender == identity else replies.SENDER_NOT_IDENTITY
+
+    def _peer_sender(self, server: GatewaySMTP, address: str) -> Reply:
+        cert = _peer_certificate(server)
+        if cert is None:
+            return replies.PEER_CERT_REQUIRED
+        peers = {
+            d.name: self._directory.domains.peer_ca_pem(d.name)
+            for d in self._directory.domains.list()
+            if d.kind == "trusted"
+        }
+        if address in ("", "<>"):
+            # A bounce or a receipt: it must come from one of our peers.
+            ok = any(pem and _issued_by(cert, pem) for pem in peers.values())
+            return replies.SENDER_OK if ok else replies.PEER_CERT_MISMATCH
+        try:
+            sender = normalize_address(address)
+        except ValidationFailed:
+            return replies.BAD_ADDRESS
+        domain = sender.rsplit("@", 1)[1]
+        if domain not in peers:
+            return replies.SENDER_DOMAIN_UNTRUSTED
+        pem = peers[domain]
+        if pem is None or not _issued_by(cert, pem):
+            return replies.PEER_CERT_MISMATCH
+        return replies.SENDER_OK
+
+    # ------------------------------------------------------------------ RCPT
+    async def handle_RCPT(
+        self,
+        server: GatewaySMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self._limits.max_recipients:
+            return await self._reject(server, "RCPT", replies.TOO_MANY_RECIPIENTS)
+        reply, normal = await asyncio.to_thread(self._recipient, address)
+        if not reply.ok or normal is None:
+            return await self._reject(server, "RCPT", reply)
+        if normal not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(normal)
+        envelope.rcpt_options.extend(options)
+        return str(replies.RECIPIENT_OK)
+
+    def _recipient(self, address: str) -> tuple[Reply, str | None]:
+        local, at, _ = address.rpartition("@")
+        if not at or not local or set(address) & _RELAY_CHARS or "@" in local:
+            # Unqualified, IP literal, percent hack, bang path, quoted local part: the old
+            # ways to make a server relay. None of them is ours.
+            return replies.RELAY_DENIED, None
+        try:
+            normal = normalize_address(address)
+        except ValidationFailed:
+            return replies.BAD_ADDRESS, None
+        if normal.rsplit("@", 1)[1] not in self._directory.domains.local_names():
+            return replies.RELAY_DENIED, None
+        found = self._directory.professionals.find(normal)
+        if found is None or not found.local:
+            return replies.NO_SUCH_USER, None
+        if found.state is not AccountState.ACTIVE:
+            return replies.MAILBOX_DISABLED, None
+        return replies.RECIPIENT_OK, normal
+
+    # ------------------------------------------------------------------ DATA
+    async def handle_DATA(self, server: GatewaySMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.content
+        assert isinstance(content, bytes)
+        headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(content)
+        if headers.defects:
+            return await self._reject(server, "DATA", replies.MALFORMED_HEADERS)
+        identity = _identity(session)
+        if self.listener.for_clients:
+            froms = headers.get_all("From") or []
+            addresses = getaddresses([str(f) for f in froms])
+            if (
+                identity is None
+                or len(froms) != 1
+                or len(addresses) != 1
+                or _normal_or_none(addresses[0][1]) != identity
+            ):
+                return await self._reject(server, "DATA", replies.FROM_NOT_IDENTITY)
+        queue_id = new_queue_id()
+        message = self._trace_header(server, session, envelope, queue_id) + content
+        recipients: list[tuple[str, Route]] = [(r, "local") for r in envelope.rcpt_tos]
+        try:
+            await asyncio.to_thread(
+                self._spool.accept,
+                queue_id=queue_id,
+                content=message,
+                listener=self.listener.value,
+                sender=envelope.mail_from or "",
+                identity=identity,
+                peer=server.peer_ip,
+                recipients=recipients,
+            )
+        except (StorageError, OSError) as exc:
+            event(log, "smtp.spool_failed", level=logging.ERROR, listener=self.listener.value,
+                  queue_id=queue_id, error=str(exc))  # fmt: skip
+            return str(replies.TEMPORARY_FAILURE)
+        event(log, "smtp.accept", listener=self.listener.value, peer=server.peer_ip,
+              queue_id=queue_id, size=len(message), recipients=len(recipients))  # fmt: skip
+        self._on_accepted(queue_id)
+        return str(replies.queued(queue_id))
+
+    def _trace_header(
+        self, server: GatewaySMTP, session: Session, envelope: Envelope, queue_id: str
+    ) -> bytes:
+        obj = server.tls_object()
+        tls = f" ({obj.version()}:{(obj.cipher() or ('?',))[0]})" if obj is not None else ""
+        proto = "ESMTPSA" if session.authenticated else "ESMTPS" if obj is not None else "ESMTP"
+        single = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
+        when = format_datetime(datetime.now(UTC))
+        return (
+            f"Received: from {_clean_helo(session.host_name)} ([{server.peer_ip}])\r\n"
+            f"\tby {self._hostname} (mssgate) with {proto}{tls}\r\n"
+            f"\tid {queue_id}{single}; {when}\r\n"
+        ).encode("ascii", "replace")
+
+
+def _normal_or_none(address: str) -> str | None:
+    try:
+        return normalize_address(address)
+    except ValidationFailed:
+        return None
+
+
+class DirectoryAuthenticator:
+    """Checks credentials against the directory; every failure is audited with the peer."""
+
+    def __init__(self, directory: Directory, listener: Listener) -> None:
+        self._directory = directory
+        self._listener = listener
+
+    async def password(self, login: str, password: str, peer_ip: str) -> str | None:
+        found = await asyncio.to_thread(self._directory.professionals.authenticate, login, password)
+        return found.address if found is not None else None
+
+    async def certificate(self, authzid: str | None, der: bytes, peer_ip: str) -> str | None:
+        return await asyncio.to_thread(self._certificate, authzid, der)
+
+    def _certificate(self, authzid: str | None, der: bytes) -> str | None:
+        from mssgate.pki import certificate_info
+
+        cert = x509.load_der_x509_certificate(der)
+        info = certificate_info(cert)
+        candidates = [authzid] if authzid else list(info.emails)
+        for candidate in candidates:
+            found = self._directory.professionals.find(candidate)
+            if found is None or not found.local or found.state is not AccountState.ACTIVE:
+                continue
+            registered = self._directory.certificates.list(found.address)
+            if any(r.fingerprint_sha256 == info.fingerprint_sha256 for r in registered):
+                return found.address
+        return None
+
+    async def failed(self, login: str, mechanism: str, peer_ip: str) -> None:
+        def write() -> None:
+            try:
+                with self._directory.engine.begin() as conn:
+                    audit.append(
+                        conn,
+                        actor=f"smtp:{self._listener.value}",
+                        action="auth.failed",
+                        subject=login[:254] or "-",
+                        detail={"mechanism": mechanism, "peer": peer_ip},
+                    )
+            except MssgateError:
+                pass
+
+        await asyncio.to_thread(write)

@@ -1,0 +1,439 @@
+"""Our aiosmtpd subclass: the SMTP wire protocol with the product's rules.
+
+aiosmtpd keeps the parts it does well (STARTTLS machinery, EHLO, MAIL/RCPT argument parsing,
+the AUTH exchange). We replace:
+- the command loop: CRLF-only lines, bounded length, a budget of commands before AUTH, one
+  log event per failure instead of tracebacks, implicit TLS done here so that a failed
+  handshake is logged like any other;
+- DATA: read in chunks through the sans-I/O `DataParser` (strict line ends, limits while
+  reading) instead of one await per line;
+- the AUTH checks: password hashing runs off the event loop, with a penalty per address;
+  SASL EXTERNAL accepts a client certificate registered for the address;
+- every final reply carries an enhanced status code (RFC 2034/3463).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from asyncio import sslproto
+from base64 import b64decode
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, auth_mechanism
+
+from mssgate.logs import event
+from mssgate.smtp import replies
+from mssgate.smtp.data import DataError, DataParser
+from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
+
+log = logging.getLogger("mssgate.smtp")
+
+COMMAND_LINE_LIMIT = 512 + 26 + 10  # RFC 5321 4.5.3.1.4, plus SIZE= and SMTPUTF8 (RFC 1870)
+ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "HELO", "STARTTLS", "QUIT", "RSET"})
+ALLOWED_BEFORE_AUTH = frozenset({"NOOP", "EHLO", "HELO", "STARTTLS", "QUIT", "RSET", "AUTH"})
+
+
+class Authenticator(Protocol):
+    async def password(self, login: str, password: str, peer_ip: str) -> str | None:
+        """The identity (address) if the credentials are right, else None."""
+        ...
+
+    async def certificate(self, authzid: str | None, der: bytes, peer_ip: str) -> str | None:
+        """The identity if the client certificate is registered for it, else None."""
+        ...
+
+    async def failed(self, login: str, mechanism: str, peer_ip: str) -> None: ...
+
+
+class Session:
+    """What one connection knows, beyond aiosmtpd's Session: for policy and trace headers."""
+
+
+class GatewaySMTP(SMTP):
+    # Sized for DATA chunks; command lines are bounded separately (COMMAND_LINE_LIMIT).
+    line_length_limit = 65536
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        listener: str,
+        implicit_tls: bool,
+        limiter: ConnectionLimiter,
+        penalty: AuthPenalty,
+        authenticator: Authenticator | None,
+        max_line: int,
+        max_commands_before_auth: int,
+        on_open: Callable[[GatewaySMTP], None],
+        on_close: Callable[[GatewaySMTP], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, ident="mssgate ESMTP", **kwargs)
+        self.listener = listener
+        self._implicit_tls = implicit_tls
+        self._limiter = limiter
+        self._penalty = penalty
+        self._auth = authenticator
+        self._max_line = max_line
+        self._max_before_auth = max_commands_before_auth
+        self._on_open = on_open
+        self._on_close = on_close
+        self._peer_ip = "?"
+        self._admitted = False
+        self._in_ehlo = False
+        self.busy = False  # in the middle of a transaction (between MAIL and its reply)
+        if authenticator is None:
+            self._auth_methods.clear()
+
+    # ----------------------------------------------------------------- connection
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        if first:
+            peer = transport.get_extra_info("peername")
+            self._peer_ip = str(peer[0]) if peer else "?"
+            if not self._limiter.acquire(self._peer_ip):
+                event(log, "smtp.refused", listener=self.listener, peer=self._peer_ip,
+                      reason="too many connections")  # fmt: skip
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode())
+                transport.close()
+                return
+            self._admitted = True
+            self._on_open(self)
+            event(log, "smtp.connect", listener=self.listener, peer=self._peer_ip)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self._admitted:
+            return
+        self._admitted = False
+        self._limiter.release(self._peer_ip)
+        self._on_close(self)
+        event(log, "smtp.disconnect", listener=self.listener, peer=self._peer_ip)
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if not self._admitted:
+            return False
+        return super().eof_received()
+
+    @property
+    def peer_ip(self) -> str:
+        return self._peer_ip
+
+    def tls_object(self) -> ssl.SSLObject | None:
+        if self.session is None or not self.session.ssl:
+            return None
+        obj = self.session.ssl.get("ssl_object")
+        return obj if isinstance(obj, ssl.SSLObject) else None
+
+    def close(self, reason: str) -> None:
+        event(log, "smtp.close", listener=self.listener, peer=self._peer_ip, reason=reason)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _timeout_cb(self) -> None:
+        if self.transport is not None and isinstance(self.transport, asyncio.WriteTransport):
+            self.transport.write(f"{replies.IDLE_TIMEOUT}\r\n".encode())
+        self.close("idle timeout")
+
+    # ------------------------------------------------------------------- replies
+    async def push(self, status: Any) -> None:
+        line = status.encode("ascii") if isinstance(status, str) else bytes(status)
+        if not self._in_ehlo:
+            line = replies.with_enhanced_status(line)
+        self._writer.write(line + b"\r\n")
+        await self._writer.drain()
+
+    async def reply(self, reply: replies.Reply) -> None:
+        await self.push(str(reply))
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._in_ehlo = True  # RFC 2034: EHLO replies carry no enhanced status
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._in_ehlo = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    # ------------------------------------------------------------------ TLS
+    async def _implicit_handshake(self) -> bool:
+        """SMTPS: TLS first, through the same path as STARTTLS, so failures are ours to log."""
+        assert self.tls_context is not None and self.transport is not None
+        waiter = self.loop.create_future()
+        self._tls_protocol = sslproto.SSLProtocol(
+            self.loop, self, self.tls_context, waiter, server_side=True
+        )
+        self._original_transport = self.transport
+        self._original_transport.set_protocol(self._tls_protocol)
+        self.transport = self._tls_protocol._app_transport
+        self._tls_protocol.connection_made(self._original_transport)
+        try:
+            await asyncio.wait_for(waiter, timeout=self._timeout_duration)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._log_tls_failure(exc)
+            self.close("tls handshake failed")
+            return False
+        self._log_tls()
+        return True
+
+    def _log_tls_failure(self, exc: BaseException) -> None:
+        cause = exc.__cause__ or exc
+        event(log, "smtp.tls_failed", listener=self.listener, peer=self._peer_ip,
+              error=f"{type(cause).__name__}: {cause}"[:200])  # fmt: skip
+
+    def _log_tls(self) -> None:
+        obj = self.tls_object()
+        if obj is not None:
+            event(log, "smtp.tls", listener=self.listener, peer=self._peer_ip,
+                  version=obj.version(), cipher=(obj.cipher() or ("?",))[0])  # fmt: skip
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException as exc:
+            self._log_tls_failure(exc)
+            self.close("tls handshake failed")
+            raise
+        if self._tls_protocol is not None:
+            self._log_tls()
+
+    # -------------------------------------------------------------- command loop
+    async def _read_command(self) -> bytes | None:
+        """One command line, or None after replying to an oversized one."""
+        try:
+            return await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            # Drain the oversized line without keeping it.
+            await self._reader.readexactly(exc.consumed)
+            while True:
+                try:
+                    await self._reader.readuntil(b"\n")
+                    break
+                except asyncio.LimitOverrunError as more:
+                    await self._reader.readexactly(more.consumed)
+            await self.reply(replies.COMMAND_TOO_LONG)
+            return None
+
+    async def _handle_client(self) -> None:
+        assert self.session is not None
+        if self._implicit_tls and not await self._implicit_handshake():
+            return
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        before_auth = 0
+        while self.transport is not None:
+            try:
+                raw = await self._read_command()
+                if raw is None:
+                    continue
+                if not raw.endswith(b"\r\n") or b"\r" in raw[:-2]:
+                    await self.reply(replies.BARE_NEWLINE_COMMAND)
+                    continue
+                line = raw[:-2]
+                if len(line) > COMMAND_LINE_LIMIT:
+                    await self.reply(replies.COMMAND_TOO_LONG)
+                    continue
+                verb_bytes, _, arg_bytes = line.partition(b" ")
+                try:
+                    verb = verb_bytes.upper().decode("ascii")
+                    arg = arg_bytes.strip().decode("ascii") or None
+                except UnicodeDecodeError:
+                    await self.push("500 5.5.2 Commands and arguments must be ASCII")
+                    continue
+                starttls_missing = self.require_starttls and not self._tls_protocol
+                if starttls_missing and verb not in ALLOWED_BEFORE_STARTTLS:
+                    await self.reply(replies.STARTTLS_FIRST)
+                    continue
+                if self._auth is not None and not self.session.authenticated:
+                    before_auth += 1
+                    if before_auth > self._max_before_auth:
+                        await self.reply(replies.TOO_MANY_COMMANDS)
+                        self.close("too many commands before auth")
+                        return
+                method = self._smtp_methods.get(verb)
+                if method is None:
+                    await self.push(f'500 5.5.1 Command "{verb[:16]}" not recognized')
+                    continue
+                self._reset_timeout()
+                await method(arg)
+            except TLSSetupException:
+                return
+            except (asyncio.CancelledError, ConnectionResetError, asyncio.IncompleteReadError):
+                if self._writer is not None:
+                    self._writer.close()
+                return
+            except Exception as exc:
+                event(log, "smtp.error", level=logging.ERROR, listener=self.listener,
+                      peer=self._peer_ip, error=f"{type(exc).__name__}: {exc}"[:300])  # fmt: skip
+                log.debug("smtp exception", exc_info=True)
+                self.busy = False
+                try:
+                    await self.reply(replies.TEMPORARY_FAILURE)
+                except Exception:
+                    return
+
+    # ---------------------------------------------------------------- commands
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.busy = True
+        try:
+            await super().smtp_MAIL(arg)
+        finally:
+            if self.envelope is None or not self.envelope.mail_from:
+                self.busy = False
+
+    async def smtp_RSET(self, arg: str) -> None:
+        self.busy = False
+        await super().smtp_RSET(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        # A source route (<@relay:user@host>) is a relay request, whatever aiosmtpd's parser
+        # would make of it (RFC 5321 C: routes are obsolete and must not be relied on).
+        if arg is not None:
+            rest = arg[3:].lstrip() if arg[:3].upper() == "TO:" else arg
+            if rest.startswith("<@"):
+                await self.reply(replies.RELAY_DENIED)
+                return
+        await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        parser = DataParser(max_size=self.data_size_limit or 2**31, max_line=self._max_line)
+        while not parser.done:
+            chunk = await self._reader.read(65536)
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"", None)
+            used = parser.feed(chunk)
+            if used < len(chunk):
+                # Pipelined commands after the final dot go back to the reader (RFC 2920).
+                self._reader._buffer[0:0] = chunk[used:]  # type: ignore[attr-defined]
+        self._reset_timeout()
+        if parser.error is not None:
+            await self._data_failed(parser.error)
+            return
+        content = parser.message()
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self.envelope = self._create_envelope()
+        self.busy = False
+        await self.push(str(status))
+
+    async def _data_failed(self, error: DataError) -> None:
+        self.envelope = self._create_envelope()
+        self.busy = False
+        event(log, "smtp.reject", listener=self.listener, peer=self._peer_ip,
+              stage="DATA", reason=error.value)  # fmt: skip
+        if error is DataError.TOO_BIG:
+            await self.reply(replies.MESSAGE_TOO_BIG)
+        elif error is DataError.LINE_TOO_LONG:
+            await self.reply(replies.LINE_TOO_LONG)
+        else:
+            # Like Postfix's smtpd_forbid_bare_newline: answer, then close, so that nothing
+            # the client sends next is read as commands.
+            await self.reply(replies.BARE_NEWLINE_DATA)
+            self.close("bare newline in data")
+
+    # -------------------------------------------------------------------- AUTH
+    async def _check(
+        self, mechanism: str, login: str, attempt: Callable[[], Awaitable[str | None]]
+    ) -> AuthResult:
+        assert self._auth is not None
+        delay = self._penalty.delay_for(self._peer_ip)
+        if delay:
+            await asyncio.sleep(delay)
+        identity = await attempt()
+        if identity is None:
+            failures = self._penalty.failed(self._peer_ip)
+            event(log, "smtp.auth_failed", listener=self.listener, peer=self._peer_ip,
+                  mechanism=mechanism, failures=failures)  # fmt: skip
+            await self._auth.failed(login, mechanism, self._peer_ip)
+            return AuthResult(success=False, handled=False)
+        self._penalty.succeeded(self._peer_ip)
+        event(log, "smtp.auth", listener=self.listener, peer=self._peer_ip, mechanism=mechanism)
+        return AuthResult(success=True, auth_data=identity)
+
+    async def _credentials(self, args: list[str], prompt: bytes | str) -> bytes | None:
+        if len(args) == 1:
+            blob = await self.challenge_auth(prompt)
+            return blob if isinstance(blob, bytes) else None
+        try:
+            return b64decode(args[1].encode(), validate=True)
+        except ValueError:
+            await self.push("501 5.5.2 Cannot decode base64")
+            return None
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        blob = await self._credentials(args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await self.push("501 5.5.2 Cannot split AUTH PLAIN value")
+            return AuthResult(success=False, handled=True)
+        return await self._password("PLAIN", LoginPassword(parts[1], parts[2]))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        login = await self._credentials(args, self.AuthLoginUsernameChallenge)
+        if login is None:
+            return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._password("LOGIN", LoginPassword(login, password))
+
+    async def _password(self, mechanism: str, creds: LoginPassword) -> AuthResult:
+        assert self._auth is not None
+        auth = self._auth
+        try:
+            login = creds.login.decode("utf-8")
+            password = creds.password.decode("utf-8")
+        except UnicodeDecodeError:
+            login, password = "", ""
+        return await self._check(
+            mechanism, login, lambda: auth.password(login, password, self._peer_ip)
+        )
+
+    @auth_mechanism("EXTERNAL")
+    async def auth_EXTERNAL(self, _: Any, args: list[str]) -> AuthResult:
+        assert self._auth is not None
+        auth = self._auth
+        obj = self.tls_object()
+        der = obj.getpeercert(binary_form=True) if obj is not None else None
+        authzid: str | None = None
+        if len(args) == 2 and args[1] != "=":
+            try:
+                authzid = b64decode(args[1].encode(), validate=True).decode("utf-8")
+            except ValueError:
+                await self.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        if der is None:
+            return await self._check("EXTERNAL", authzid or "", _none)
+        return await self._check(
+            "EXTERNAL", authzid or "", lambda: auth.certificate(authzid, der, self._peer_ip)
+        )
+
+
+async def _none() -> None:
+    return None

@@ -1,0 +1,88 @@
+"""SMTP replies with RFC 3463 enhanced status codes, and the ones our policy sends.
+
+Texts are client-safe: they say what class of thing went wrong, never which internal check,
+file, policy value or patient datum was involved (those go to the log and the audit trail).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    status: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.text}"
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 400
+
+
+# Default enhanced status per basic code, for replies aiosmtpd builds without one.
+_DEFAULT_STATUS = {
+    211: "2.0.0", 214: "2.0.0", 221: "2.0.0", 235: "2.7.0", 250: "2.0.0", 251: "2.1.5",
+    252: "2.5.0", 421: "4.3.0", 450: "4.2.0", 451: "4.3.0", 452: "4.3.1", 454: "4.7.0",
+    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4", 530: "5.7.0",
+    534: "5.7.9", 535: "5.7.8", 538: "5.7.11", 550: "5.0.0", 551: "5.1.6", 552: "5.3.4",
+    553: "5.1.3", 554: "5.0.0", 555: "5.5.4",
+}  # fmt: skip
+_HAS_STATUS = re.compile(rb"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+
+
+def with_enhanced_status(line: bytes) -> bytes:
+    """Adds the default enhanced status to a final reply that lacks one (RFC 2034 §3)."""
+    if len(line) < 4 or _HAS_STATUS.match(line) or not line[:3].isdigit():
+        return line
+    code = int(line[:3])
+    status = _DEFAULT_STATUS.get(code)
+    if status is None or line[3:4] not in (b" ", b"-"):
+        return line
+    # aiosmtpd's "Error: " prefix tells a client nothing the code does not.
+    text = line[4:].removeprefix(b"Error: ")
+    return line[:4] + status.encode() + b" " + text
+
+
+OK = Reply(250, "2.0.0", "OK")
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+STARTTLS_FIRST = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your address, try later")
+TOO_MANY_COMMANDS = Reply(421, "4.7.0", "Too many commands before authentication, closing")
+IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+BARE_NEWLINE_COMMAND = Reply(500, "5.5.2", "Bare CR or LF in command line (RFC 5321 2.3.8)")
+COMMAND_TOO_LONG = Reply(500, "5.5.6", "Command line too long")
+SENDER_NOT_IDENTITY = Reply(553, "5.7.1", "Sender address must be the address you authenticated as")
+FROM_NOT_IDENTITY = Reply(
+    553, "5.7.1", "From: header must hold exactly one address, the one you authenticated as"
+)
+NULL_SENDER_REFUSED = Reply(553, "5.7.1", "Null sender not accepted from clients")
+ACCOUNT_DISABLED = Reply(535, "5.7.8", "Authentication credentials invalid")
+SENDER_DOMAIN_UNTRUSTED = Reply(550, "5.7.1", "Sender domain is not on the trust list")
+PEER_CERT_MISMATCH = Reply(
+    550, "5.7.1", "Your certificate does not belong to the sender's operator"
+)
+PEER_CERT_REQUIRED = Reply(530, "5.7.0", "A client certificate is required")
+RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
+NO_SUCH_USER = Reply(550, "5.1.1", "No such mailbox here")
+MAILBOX_DISABLED = Reply(550, "5.2.1", "Mailbox disabled")
+BAD_ADDRESS = Reply(553, "5.1.3", "Bad address syntax")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+LINE_TOO_LONG = Reply(550, "5.6.0", "Message has a line longer than allowed (RFC 5322 2.1.1)")
+BARE_NEWLINE_DATA = Reply(
+    550, "5.6.0", "Bare CR or LF in message data is not allowed (RFC 5321 2.3.8), closing"
+)
+MALFORMED_HEADERS = Reply(550, "5.6.0", "Message headers are malformed")
+TEMPORARY_FAILURE = Reply(451, "4.3.0", "Temporary failure, please try again later")
+
+
+def queued(queue_id: str) -> Reply:
+    return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")

@@ -1,0 +1,124 @@
+"""Listeners: one asyncio server per SMTP port, all sharing the TLS factory and limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mssgate.config import Config
+from mssgate.directory import Directory
+from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
+from mssgate.smtp.policy import DirectoryAuthenticator, Listener, PolicyLimits, SmtpPolicy
+from mssgate.smtp.protocol import GatewaySMTP
+from mssgate.spool import Spool
+from mssgate.tls import add_client_cas, server_context
+
+
+@dataclass
+class Sessions:
+    """Open SMTP sessions, for a graceful stop."""
+
+    open: set[GatewaySMTP] = field(default_factory=set)
+
+    def add(self, s: GatewaySMTP) -> None:
+        self.open.add(s)
+
+    def remove(self, s: GatewaySMTP) -> None:
+        self.open.discard(s)
+
+    def busy(self) -> int:
+        return sum(1 for s in self.open if s.busy)
+
+
+def _peer_cas(directory: Directory) -> list[str]:
+    pems = []
+    for d in directory.domains.list():
+        if d.kind == "trusted":
+            pem = directory.domains.peer_ca_pem(d.name)
+            if pem:
+                pems.append(pem)
+    return pems
+
+
+async def start_smtp(
+    config: Config,
+    directory: Directory,
+    spool: Spool,
+    sessions: Sessions,
+    on_accepted: Callable[[str], None],
+) -> dict[Listener, asyncio.Server]:
+    """Starts the three listeners and returns them, by kind, once they accept connections."""
+    smtp = config.smtp
+    assert config.tls.cert is not None and config.tls.key is not None
+    assert config.tls.ca is not None
+    own_ca = config.tls.ca.read_text()
+    client_ctx = server_context(
+        config.tls.cert, config.tls.key, client_cas=[own_ca], request_client_cert=True
+    )
+    peer_cas = _peer_cas(directory)
+    mta_ctx = server_context(
+        config.tls.cert,
+        config.tls.key,
+        client_cas=[own_ca, *peer_cas],
+        request_client_cert=True,
+    )
+    limiter = ConnectionLimiter(smtp.max_connections_per_ip)
+    penalty = AuthPenalty(smtp.auth_failures_before_delay, smtp.auth_failure_delay_max_seconds)
+    limits = PolicyLimits(max_recipients=smtp.max_recipients)
+    loop = asyncio.get_running_loop()
+
+    def factory(listener: Listener) -> Callable[[], GatewaySMTP]:
+        policy = SmtpPolicy(
+            listener=listener,
+            directory=directory,
+            spool=spool,
+            hostname=config.server.hostname,
+            limits=limits,
+            on_accepted=on_accepted,
+        )
+        for_clients = listener.for_clients
+        auth = DirectoryAuthenticator(directory, listener) if for_clients else None
+
+        def make() -> GatewaySMTP:
+            if listener is Listener.MTA:
+                # A peer put on the trust list with the CLI is known from its next connection.
+                add_client_cas(mta_ctx, _peer_cas(directory))
+            return GatewaySMTP(
+                policy,
+                listener=listener.value,
+                implicit_tls=listener is Listener.SMTPS,
+                limiter=limiter,
+                penalty=penalty,
+                authenticator=auth,
+                max_line=smtp.max_line_length,
+                max_commands_before_auth=smtp.max_commands_before_auth,
+                on_open=sessions.add,
+                on_close=sessions.remove,
+                hostname=config.server.hostname,
+                tls_context=client_ctx if for_clients else mta_ctx,
+                require_starttls=listener is not Listener.SMTPS,
+                auth_required=for_clients,
+                auth_require_tls=True,
+                data_size_limit=smtp.max_message_size,
+                timeout=smtp.idle_timeout_seconds,
+                loop=loop,
+            )
+
+        return make
+
+    ports = {
+        Listener.SUBMISSION: smtp.submission_port,
+        Listener.SMTPS: smtp.smtps_port,
+        Listener.MTA: smtp.mta_port,
+    }
+    servers: dict[Listener, asyncio.Server] = {}
+    for listener, port in ports.items():
+        servers[listener] = await loop.create_server(
+            factory(listener), host=smtp.bind, port=port, reuse_address=True
+        )
+    return servers
+
+
+def bound_port(server: asyncio.Server) -> int:
+    return int(server.sockets[0].getsockname()[1])

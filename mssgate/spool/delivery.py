@@ -1,0 +1,72 @@
+"""The delivery worker: drains due local deliveries from the spool into the MailStore."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+from mssgate.logs import event
+from mssgate.mailstore import DeliveryFailed, MailStore
+from mssgate.spool.store import PendingDelivery, Spool
+
+log = logging.getLogger("mssgate.delivery")
+
+MAX_ATTEMPTS = 30
+RETRY_BASE = timedelta(seconds=30)
+RETRY_CAP = timedelta(hours=1)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    delay: timedelta = RETRY_BASE * (2 ** min(attempts, 16))
+    return delay if delay < RETRY_CAP else RETRY_CAP
+
+
+class DeliveryWorker:
+    def __init__(self, spool: Spool, store: MailStore, *, poll_seconds: float = 5.0) -> None:
+        self._spool = spool
+        self._store = store
+        self._poll = poll_seconds
+        self._wake = asyncio.Event()
+        self.delivered = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _deliver_one(self, item: PendingDelivery) -> None:
+        try:
+            content = self._spool.read(item.spool_id)
+            self._store.deliver(item.recipient, content, delivery_id=item.spool_id)
+        except DeliveryFailed as exc:
+            permanent = exc.permanent or item.attempts + 1 >= MAX_ATTEMPTS
+            self._spool.attempt_failed(
+                item, error=str(exc), permanent=permanent, retry_in=retry_delay(item.attempts)
+            )
+            event(
+                log,
+                "delivery.failed",
+                queue_id=item.spool_id,
+                permanent=permanent,
+                attempts=item.attempts + 1,
+                error=str(exc),
+            )
+            return
+        self._spool.delivered(item)
+        self.delivered += 1
+        event(log, "delivery.ok", queue_id=item.spool_id, route=item.route)
+
+    async def run_once(self) -> int:
+        batch = await asyncio.to_thread(self._spool.due, route="local")
+        for item in batch:
+            await asyncio.to_thread(self._deliver_one, item)
+        return len(batch)
+
+    async def run(self) -> None:
+        while True:
+            done = await self.run_once()
+            if done:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)

@@ -1,0 +1,284 @@
+"""Spool storage: message files under `<data>/spool/msg`, delivery state in the database.
+
+Order of an acceptance (see `Spool.accept`): file written and fsynced, then one transaction
+with the message row, its recipients and the audit row; only then may SMTP answer 250.
+A crash before the commit leaves a file without a row: the client got no 250 and will retry,
+so `recover` deletes such files. A crash after the commit and before the 250 makes the client
+retry a message we have: delivered twice, never lost (at least once).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Engine, and_, delete, func, select, update
+
+from mssgate import audit
+from mssgate.db.schema import spool_messages, spool_recipients
+from mssgate.directory.timeutil import aware, now
+from mssgate.errors import NotFound, StorageError
+from mssgate.fsutil import ensure_dir, fsync_dir, write_durably
+
+Route = Literal["local", "relay"]
+_QUEUE_ID = re.compile(r"[0-9A-Z]{12,32}")
+
+
+def new_queue_id() -> str:
+    """Sortable by arrival (milliseconds first), unguessable enough to be no handle."""
+    return f"{int(time.time() * 1000):011X}{secrets.token_hex(5).upper()}"
+
+
+class PendingDelivery(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    spool_id: str
+    recipient: str
+    route: Route
+    attempts: int
+
+
+class SpoolEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    received_at: datetime
+    listener: str
+    sender: str
+    size: int
+    state: str
+    recipients: list[dict[str, object]]
+
+
+class Spool:
+    def __init__(self, engine: Engine, root: Path) -> None:
+        self._engine = engine
+        self.root = root
+        self._msg = ensure_dir(root / "msg")
+        self._tmp = ensure_dir(root / "tmp")
+
+    def path(self, queue_id: str) -> Path:
+        if not _QUEUE_ID.fullmatch(queue_id):
+            raise NotFound(f"no spooled message {queue_id!r}")
+        return self._msg / f"{queue_id}.eml"
+
+    def accept(
+        self,
+        *,
+        queue_id: str,
+        content: bytes,
+        listener: str,
+        sender: str,
+        identity: str | None,
+        peer: str | None,
+        recipients: Sequence[tuple[str, Route]],
+    ) -> None:
+        """Makes the message durable. Returns only when a 250 may be sent."""
+        path = self.path(queue_id)
+        write_durably(path, content, tmp_dir=self._tmp)
+        stamp = now()
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    spool_messages.insert().values(
+                        id=queue_id,
+                        received_at=stamp,
+                        listener=listener,
+                        sender=sender,
+                        identity=identity,
+                        peer=peer,
+                        size=len(content),
+                        state="queued",
+                    )
+                )
+                conn.execute(
+                    spool_recipients.insert(),
+                    [
+                        {
+                            "spool_id": queue_id,
+                            "recipient": rcpt,
+                            "route": route,
+                            "state": "pending",
+                            "attempts": 0,
+                            "last_error": None,
+                            "next_attempt_at": stamp,
+                            "updated_at": stamp,
+                        }
+                        for rcpt, route in recipients
+                    ],
+                )
+                audit.append(
+                    conn,
+                    actor=f"smtp:{listener}",
+                    action="message.accepted",
+                    subject=queue_id,
+                    detail={
+                        "sender": sender,
+                        "identity": identity,
+                        "peer": peer,
+                        "recipients": len(recipients),
+                        "size": len(content),
+                    },
+                )
+        except Exception as exc:
+            path.unlink(missing_ok=True)
+            raise StorageError(f"spool commit failed: {exc.__class__.__name__}") from exc
+
+    def read(self, queue_id: str) -> bytes:
+        try:
+            return self.path(queue_id).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"spool file of {queue_id} is missing") from None
+
+    def due(self, *, route: Route, limit: int = 100) -> list[PendingDelivery]:
+        query = (
+            select(spool_recipients)
+            .where(
+                spool_recipients.c.route == route,
+                spool_recipients.c.state == "pending",
+                spool_recipients.c.next_attempt_at <= now(),
+            )
+            .order_by(spool_recipients.c.spool_id)
+            .limit(limit)
+        )
+        with self._engine.connect() as conn:
+            return [
+                PendingDelivery(
+                    spool_id=r.spool_id, recipient=r.recipient, route=r.route, attempts=r.attempts
+                )
+                for r in conn.execute(query)
+            ]
+
+    def _recipient(self, spool_id: str, recipient: str) -> object:
+        return and_(
+            spool_recipients.c.spool_id == spool_id, spool_recipients.c.recipient == recipient
+        )
+
+    def delivered(self, item: PendingDelivery) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(spool_recipients)
+                .where(self._recipient(item.spool_id, item.recipient))  # type: ignore[arg-type]
+                .values(state="delivered", attempts=item.attempts + 1, updated_at=now())
+            )
+        self._finish_if_complete(item.spool_id)
+
+    def attempt_failed(
+        self, item: PendingDelivery, *, error: str, permanent: bool, retry_in: timedelta
+    ) -> None:
+        stamp = now()
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(spool_recipients)
+                .where(self._recipient(item.spool_id, item.recipient))  # type: ignore[arg-type]
+                .values(
+                    state="failed" if permanent else "pending",
+                    attempts=item.attempts + 1,
+                    last_error=error[:500],
+                    next_attempt_at=stamp + retry_in,
+                    updated_at=stamp,
+                )
+            )
+            if permanent:
+                audit.append(
+                    conn,
+                    actor="spool",
+                    action="delivery.failed",
+                    subject=item.spool_id,
+                    detail={"recipient": item.recipient, "error": error[:200]},
+                )
+        if permanent:
+            self._finish_if_complete(item.spool_id)
+
+    def _finish_if_complete(self, spool_id: str) -> None:
+        with self._engine.begin() as conn:
+            left = conn.execute(
+                select(func.count())
+                .select_from(spool_recipients)
+                .where(
+                    spool_recipients.c.spool_id == spool_id,
+                    spool_recipients.c.state == "pending",
+                )
+            ).scalar_one()
+            if left:
+                return
+            conn.execute(
+                update(spool_messages).where(spool_messages.c.id == spool_id).values(state="done")
+            )
+        # The row says done before the file goes: a crash in between leaves a harmless file,
+        # removed by `recover`.
+        self.path(spool_id).unlink(missing_ok=True)
+
+    def recover(self) -> int:
+        """Removes files without a queued row (never acknowledged, or already done)."""
+        with self._engine.connect() as conn:
+            queued = {
+                r.id
+                for r in conn.execute(
+                    select(spool_messages.c.id).where(spool_messages.c.state == "queued")
+                )
+            }
+        removed = 0
+        for entry in os.scandir(self._msg):
+            queue_id = entry.name.removesuffix(".eml")
+            if entry.name.endswith(".eml") and queue_id not in queued:
+                os.unlink(entry.path)
+                removed += 1
+        for entry in os.scandir(self._tmp):
+            os.unlink(entry.path)
+        if removed:
+            fsync_dir(self._msg)
+        return removed
+
+    def entries(self, *, include_done: bool = False) -> Iterator[SpoolEntry]:
+        query = select(spool_messages).order_by(spool_messages.c.id)
+        if not include_done:
+            query = query.where(spool_messages.c.state == "queued")
+        with self._engine.connect() as conn:
+            for m in conn.execute(query).all():
+                rows = conn.execute(
+                    select(spool_recipients).where(spool_recipients.c.spool_id == m.id)
+                )
+                yield SpoolEntry(
+                    id=m.id,
+                    received_at=aware(m.received_at),
+                    listener=m.listener,
+                    sender=m.sender,
+                    size=m.size,
+                    state=m.state,
+                    recipients=[
+                        {
+                            "recipient": r.recipient,
+                            "route": r.route,
+                            "state": r.state,
+                            "attempts": r.attempts,
+                            "last_error": r.last_error,
+                        }
+                        for r in rows
+                    ],
+                )
+
+    def flush(self) -> int:
+        """Makes every pending delivery due now; returns how many."""
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                update(spool_recipients)
+                .where(spool_recipients.c.state == "pending")
+                .values(next_attempt_at=now())
+            )
+            return int(result.rowcount)
+
+    def purge_done(self) -> int:
+        with self._engine.begin() as conn:
+            return int(
+                conn.execute(
+                    delete(spool_messages).where(spool_messages.c.state == "done")
+                ).rowcount
+            )
