@@ -243,7 +243,7 @@ def test_smime_cert_content(smime: SmimeFiles) -> None:
     san = ext.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.RFC822Name) == [EMAIL]
     eku = ext.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(eku) == [ExtendedKeyUsageOID.EMAIL_PROTECTION]
+    assert list(eku) == [ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.CLIENT_AUTH]
     usage = ext.get_extension_for_class(x509.KeyUsage).value
     assert usage.digital_signature
     assert usage.content_commitment
@@ -482,7 +482,7 @@ def test_certificate_info_matches_openssl(smime: SmimeFiles, dev_pki: DevPKIPath
     assert fingerprint.strip().split("=", 1)[1].replace(":", "").lower() == info.fingerprint_sha256
     assert info.emails == (EMAIL,)
     assert info.key_usage == ("digitalSignature", "nonRepudiation", "keyEncipherment")
-    assert info.eku == ("emailProtection",)
+    assert info.eku == ("emailProtection", "clientAuth")
     assert not info.is_ca
     assert info.issuer == load_certificate(dev_pki.ca_cert).subject.rfc4514_string()
     assert "CN=Secrétariat cardiologie" in info.subject

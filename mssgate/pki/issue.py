@@ -107,7 +107,12 @@ def issue_smime_cert(
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False
+            # clientAuth too: the same certificate opens the mailbox over TLS (SASL EXTERNAL
+            # on SMTP and IMAP), as a practitioner's authentication certificate does.
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
         )
         .sign(ca_key, signature_hash(ca_key))
     )

@@ -1,0 +1,139 @@
+"""Find the signed content and the CMS signature in a raw message.
+
+Two shapes are S/MIME signed (RFC 8551 §3.5): multipart/signed, whose first part is signed as
+transmitted and whose second part holds a detached CMS SignedData; and application/pkcs7-mime
+with smime-type=signed-data, whose body is a SignedData that encapsulates the content. The
+signature must cover the whole message: a signed part nested inside another multipart is not a
+signed message (a list footer or an attacker's extra part would ride along unsigned).
+"""
+
+from __future__ import annotations
+
+import binascii
+import email.policy
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+from mssgate.smime.rawmime import canonical_crlf, split_head_body
+
+SIGNATURE_TYPES = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
+PKCS7_MIME_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+# A bound on what is decoded from base64 before parsing any ASN.1: signatures with a chain are a
+# few kilobytes, opaque messages carry the whole content.
+MAX_CMS_BYTES = 64 * 1024 * 1024
+
+
+class NotSigned(Exception):
+    """The message carries no S/MIME signature over its whole content."""
+
+
+class MalformedSigned(Exception):
+    """The message says it is S/MIME signed but its structure cannot be read."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedParts:
+    """The pieces a CMS verifier needs, and the message headers to check the sender against."""
+
+    headers: EmailMessage
+    cms_der: bytes
+    # multipart/signed: the canonical bytes of the first part; opaque: None (inside the CMS).
+    detached_content: bytes | None
+
+
+def parse_headers(raw: bytes) -> EmailMessage:
+    """The message's header block read by the stdlib parser (modern policy), body excluded."""
+    head, _, _ = split_head_body(raw)
+    parser = BytesParser(_class=EmailMessage, policy=email.policy.default)
+    message = parser.parsebytes(head + b"\r\n", headersonly=True)
+    if not isinstance(message, EmailMessage):  # pragma: no cover - guaranteed by _class
+        raise MalformedSigned("parser returned an unexpected type")
+    return message
+
+
+def extract_signed(raw: bytes) -> SignedParts:
+    """Split `raw` into headers, CMS bytes and (for detached signatures) the signed content."""
+    headers = parse_headers(raw)
+    content_type = headers.get_content_type()
+    if content_type == "multipart/signed":
+        protocol = _param(headers, "protocol")
+        if protocol is None or protocol.lower() not in SIGNATURE_TYPES:
+            raise NotSigned(f"multipart/signed with protocol {protocol!r}")
+        boundary = headers.get_boundary()
+        if not boundary:
+            raise MalformedSigned("multipart/signed without a boundary")
+        _, _, body = split_head_body(raw)
+        content, signature_part = _two_parts(canonical_crlf(body), boundary.encode("latin-1"))
+        return SignedParts(headers, _signature_der(signature_part), content)
+    if content_type in PKCS7_MIME_TYPES:
+        smime_type = (_param(headers, "smime-type") or "").lower()
+        if smime_type and smime_type != "signed-data":
+            raise NotSigned(f"application/pkcs7-mime with smime-type={smime_type}")
+        _, _, body = split_head_body(raw)
+        der = _decode_body(headers, body)
+        return SignedParts(headers, der, None)
+    raise NotSigned(f"top-level content type is {content_type}")
+
+
+def _param(headers: EmailMessage, name: str) -> str | None:
+    value = headers.get_param(name, header="content-type")
+    if value is None or isinstance(value, str):
+        return value
+    # RFC 2231 encoded parameters come back as (charset, language, value).
+    return str(value[2])
+
+
+def _two_parts(body: bytes, boundary: bytes) -> tuple[bytes, bytes]:
+    # RFC 2046 §5.1.1: a delimiter starts a line (its leading CRLF belongs to it), may be
+    # followed by linear white space, and the close delimiter has a trailing "--".
+    delimiter = re.compile(
+        rb"(?:\A|\r\n)--" + re.escape(boundary) + rb"(?P<close>--)?[ \t]*(?=\r\n|\Z)"
+    )
+    matches = list(delimiter.finditer(body))
+    opens = [m for m in matches if m.group("close") is None]
+    closes = [m for m in matches if m.group("close") is not None]
+    if len(opens) != 2 or not closes or closes[0].start() < opens[1].end():
+        raise MalformedSigned(
+            f"multipart/signed needs exactly two parts ({len(opens)} found, "
+            f"{'no' if not closes else 'a'} close delimiter)"
+        )
+    first, second, close = opens[0], opens[1], closes[0]
+    content = body[_after_line(body, first.end()) : second.start()]
+    signature = body[_after_line(body, second.end()) : close.start()]
+    return content, signature
+
+
+def _after_line(body: bytes, position: int) -> int:
+    return position + 2 if body.startswith(b"\r\n", position) else position
+
+
+def _signature_der(part: bytes) -> bytes:
+    parser = BytesParser(_class=EmailMessage, policy=email.policy.default)
+    message = parser.parsebytes(part)
+    if not isinstance(message, EmailMessage):  # pragma: no cover - guaranteed by _class
+        raise MalformedSigned("parser returned an unexpected type")
+    if message.get_content_type() not in SIGNATURE_TYPES:
+        raise MalformedSigned(f"second part is {message.get_content_type()}, not a signature")
+    _, _, body = split_head_body(part)
+    return _decode_body(message, body)
+
+
+def _decode_body(headers: EmailMessage, body: bytes) -> bytes:
+    encoding = str(headers.get("content-transfer-encoding", "")).strip().lower()
+    if encoding == "base64":
+        compact = re.sub(rb"[ \t\r\n]+", b"", body)
+        if len(compact) > MAX_CMS_BYTES * 4 // 3 + 4:
+            raise MalformedSigned("signature too large")
+        try:
+            der = binascii.a2b_base64(compact, strict_mode=True)
+        except binascii.Error as exc:
+            raise MalformedSigned(f"bad base64 in the CMS part: {exc}") from exc
+    elif encoding in ("", "binary", "7bit", "8bit"):
+        der = body
+    else:
+        raise MalformedSigned(f"unexpected transfer encoding {encoding!r} for a CMS part")
+    if not der:
+        raise MalformedSigned("empty CMS part")
+    return der
