@@ -238,8 +238,10 @@ class GatewaySMTP(SMTP):
                 if raw is None:
                     continue
                 if not raw.endswith(b"\r\n") or b"\r" in raw[:-2]:
+                    # What follows a bare newline may be a smuggled command: stop reading.
                     await self.reply(replies.BARE_NEWLINE_COMMAND)
-                    continue
+                    self.close("bare newline in command")
+                    return
                 line = raw[:-2]
                 if len(line) > COMMAND_LINE_LIMIT:
                     await self.reply(replies.COMMAND_TOO_LONG)

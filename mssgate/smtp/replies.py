@@ -57,7 +57,9 @@ TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your addre
 TOO_MANY_COMMANDS = Reply(421, "4.7.0", "Too many commands before authentication, closing")
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
-BARE_NEWLINE_COMMAND = Reply(500, "5.5.2", "Bare CR or LF in command line (RFC 5321 2.3.8)")
+BARE_NEWLINE_COMMAND = Reply(
+    500, "5.5.2", "Bare CR or LF in command line (RFC 5321 2.3.8), closing"
+)
 COMMAND_TOO_LONG = Reply(500, "5.5.6", "Command line too long")
 SENDER_NOT_IDENTITY = Reply(553, "5.7.1", "Sender address must be the address you authenticated as")
 FROM_NOT_IDENTITY = Reply(

@@ -35,6 +35,7 @@ class Gateway:
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    banner_path: Path | None = None
 
     @property
     def ca(self) -> Path:
@@ -45,9 +46,10 @@ class Gateway:
         status.unlink(missing_ok=True)
         self.log_path = self.data / f"serve-{time.monotonic_ns()}.log"
         env = {**self.env, **(extra_env or {})}
-        with self.log_path.open("wb") as log:
+        self.banner_path = self.log_path.with_suffix(".out")
+        with self.log_path.open("wb") as log, self.banner_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                [MSSGATE, "serve"], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+                [MSSGATE, "serve"], env=env, stdout=out, stderr=log, stdin=subprocess.DEVNULL
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
