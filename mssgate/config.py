@@ -56,11 +56,53 @@ class ImapConfig(_Section):
     bind: str = "127.0.0.1"
     max_preauth_line: int = Field(8192, gt=0)
     idle_timeout_seconds: float = Field(60.0, gt=0)
+    # Commands a connection may send before it is logged in (failed logins included).
+    max_preauth_commands: int = Field(20, gt=0)
+    # An existing Dovecot's config file: use its LMTP socket and `imap` sessions instead of
+    # running a private instance under the data folder (docs/imap.md).
+    dovecot_config: Path | None = None
 
 
 class ApiConfig(_Section):
     port: Port = Field(10443, ge=0, le=65535)
     bind: str = "127.0.0.1"
+
+
+class QueueConfig(_Section):
+    """The RIS integration queue (lease/ack API)."""
+
+    # Lease length when a consumer does not ask for one, and the longest it may ask for.
+    visibility_timeout_seconds: int = Field(300, ge=1, le=86_400)
+    max_lease_seconds: int = Field(3600, ge=1, le=86_400)
+    # Deliveries (leases) before a document goes dead; it never blocks the rest meanwhile.
+    max_attempts: int = Field(5, ge=1, le=1000)
+    max_lease_batch: int = Field(100, ge=1, le=1000)
+    # Nack codes that end a document at once (e.g. 902-905, identity problems no retry can
+    # fix); by default every nack is retried until max_attempts.
+    final_nack_codes: tuple[int, ...] = ()
+
+
+class RelayConfig(_Section):
+    """Outgoing relay to peer operators' gateways (mssgate/relay, docs/relay.md)."""
+
+    # Backoff after a temporary failure: first * factor**attempts, capped; jitter shortens a
+    # delay by up to that fraction so that a peer coming back is not hit by every retry at once.
+    retry_first_seconds: float = Field(60.0, gt=0)
+    retry_factor: float = Field(2.0, ge=1.0)
+    retry_max_seconds: float = Field(3600.0, gt=0)
+    retry_jitter: float = Field(0.1, ge=0.0, lt=1.0)
+    # Give up (DSN) this long after arrival: RFC 5321 4.5.4.1 asks for at least 4-5 days.
+    max_age_seconds: float = Field(432_000.0, gt=0)
+    # RFC 5321 4.5.3.2 timeouts; "command" covers EHLO, STARTTLS and its handshake, MAIL, QUIT.
+    connect_timeout_seconds: float = Field(60.0, gt=0)
+    greeting_timeout_seconds: float = Field(300.0, gt=0)
+    command_timeout_seconds: float = Field(300.0, gt=0)
+    rcpt_timeout_seconds: float = Field(300.0, gt=0)
+    data_init_timeout_seconds: float = Field(120.0, gt=0)
+    data_block_timeout_seconds: float = Field(180.0, gt=0)
+    data_end_timeout_seconds: float = Field(600.0, gt=0)
+    poll_seconds: float = Field(5.0, gt=0)
+    batch: int = Field(100, ge=1, le=10_000)
 
 
 class DatabaseConfig(_Section):
@@ -78,11 +120,18 @@ class PolicyConfig(_Section):
     require_signature: bool = True
     encryption: Literal["required", "opportunistic", "off"] = "opportunistic"
     allow_test_ins: bool = False
+    # CRLs (PEM or DER files) of the CAs that issue practitioners' and peers' certificates;
+    # with any given, every certificate of a signer's chain must be covered by one.
+    crl_files: tuple[Path, ...] = ()
 
 
 class DkimConfig(_Section):
     selector: str = "mssgate"
     key: Path | None = None
+    verify: bool = True
+    # TXT records served without DNS ("selector._domainkey.domain" -> "v=DKIM1; ..."): for a
+    # closed network whose peers publish their keys out of band, and for tests.
+    dns_overrides: dict[str, str] = {}
 
 
 class AnnuaireConfig(_Section):
@@ -105,6 +154,8 @@ class Config(BaseSettings):
     smtp: SmtpConfig = SmtpConfig()
     imap: ImapConfig = ImapConfig()
     api: ApiConfig = ApiConfig()
+    queue: QueueConfig = QueueConfig()
+    relay: RelayConfig = RelayConfig()
     database: DatabaseConfig = DatabaseConfig()
     tls: TlsConfig = TlsConfig()
     policy: PolicyConfig = PolicyConfig()

@@ -15,6 +15,8 @@ from mssgate.cli import (
     consumer_cmds,
     directory_cmds,
     domain_cmds,
+    quarantine_cmds,
+    queue_cmds,
     spool_cmds,
 )
 from mssgate.cli.context import State
@@ -61,3 +63,5 @@ app.add_typer(domain_cmds.app, name="domain")
 app.add_typer(consumer_cmds.app, name="consumer")
 app.add_typer(audit_cmds.app, name="audit")
 app.add_typer(spool_cmds.app, name="spool")
+app.add_typer(queue_cmds.app, name="queue")
+app.add_typer(quarantine_cmds.app, name="quarantine")

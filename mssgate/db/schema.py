@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -154,4 +155,101 @@ spool_recipients = Table(
     CheckConstraint(
         "state IN ('pending', 'delivered', 'failed')", name="ck_spool_recipients_state"
     ),
+)
+
+# The RIS integration queue. A document row is written once with its envelope and record;
+# its bytes (and the HL7 MDM built at enqueue time) live in `queue_contents`, apart, so that
+# leasing and listing never drag megabytes of blob through the database.
+queue_documents = Table(
+    "queue_documents",
+    metadata,
+    # Arrival order: the autoincrement key is the per-mailbox order consumers see.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(32), nullable=False, unique=True),
+    Column("mailbox", String(254), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("content_type", String(200), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("sender", String(254), nullable=False),
+    Column("message_id", Text),
+    Column("subject", Text),
+    Column("record", Text, nullable=False),
+    # The original header block, kept for the MDN; `receipt_to` is set only when the sender
+    # asked for one in a way we may honour automatically.
+    Column("headers", Text, nullable=False),
+    Column("receipt_to", String(254)),
+    Column("encrypted", Boolean, nullable=False),
+    Column("state", String(6), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("lease_id", String(32)),
+    Column("lease_consumer", String(64)),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("last_code", Integer),
+    Column("last_reason", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("mailbox", "sha256", name="uq_queue_documents_mailbox_sha256"),
+    CheckConstraint(
+        "state IN ('ready', 'leased', 'done', 'dead')", name="ck_queue_documents_state"
+    ),
+    Index("ix_queue_documents_claim", "mailbox", "state", "seq"),
+)
+
+queue_contents = Table(
+    "queue_contents",
+    metadata,
+    Column(
+        "document_id",
+        String(32),
+        ForeignKey("queue_documents.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("content", LargeBinary, nullable=False),
+    Column("hl7", LargeBinary, nullable=False),
+)
+
+# Documents the pipeline would not pass, held for an operator with the untouched bytes and
+# the whole message they came in (so that `release` can run the pipeline again).
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # One row per (mailbox, message, place in the message, bytes): ingesting twice is a no-op.
+    Column("dedup_key", String(64), nullable=False, unique=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("mailbox", String(254), nullable=False),
+    Column("sender", String(254), nullable=False),
+    Column("message_id", Text),
+    Column("subject", Text),
+    Column("code", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("content_type", String(200), nullable=False),
+    Column("origin", Text, nullable=False),
+    Column("document", Text),
+    Column("state", String(8), nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("message", LargeBinary, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("state IN ('held', 'released')", name="ck_quarantine_state"),
+    CheckConstraint("code BETWEEN 900 AND 999", name="ck_quarantine_code"),
+)
+
+# MDNs built when a RIS acks or gives up on a document; the mail side drains this table (or
+# takes them from the callback) and signs and sends them.
+receipts_outbox = Table(
+    "receipts_outbox",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("document_id", String(32), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("recipient", String(254), nullable=False),
+    Column("sender", String(254), nullable=False),
+    Column("outcome", String(9), nullable=False),
+    Column("mdn", LargeBinary, nullable=False),
+    Column("state", String(7), nullable=False),
+    Column("handed_at", DateTime(timezone=True)),
+    CheckConstraint("state IN ('pending', 'handed')", name="ck_receipts_outbox_state"),
+    CheckConstraint("outcome IN ('processed', 'error')", name="ck_receipts_outbox_outcome"),
 )

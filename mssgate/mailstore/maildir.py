@@ -17,6 +17,21 @@ from mssgate.mailstore.base import DeliveryFailed
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._+-'=")
 
 
+def check_mailbox_name(recipient: str) -> tuple[str, str]:
+    """(local, domain) of a recipient whose parts are safe as path components.
+
+    The directory accepts only addresses whose characters are all in _SAFE (see
+    mssgate.identifiers); checking again here keeps a path out of anyone's reach even if a
+    caller forgot. Dovecot builds the same path from the LMTP recipient.
+    """
+    local, _, domain = recipient.rpartition("@")
+    if not local or not domain or not set(local) <= _SAFE or not set(domain) <= _SAFE:
+        raise DeliveryFailed(f"unsafe mailbox name {recipient!r}", permanent=True)
+    if local.startswith(".") or domain.startswith("."):
+        raise DeliveryFailed(f"unsafe mailbox name {recipient!r}", permanent=True)
+    return local, domain
+
+
 class MaildirStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -24,14 +39,7 @@ class MaildirStore:
         self._host = socket.gethostname().replace("/", "_").replace(":", "_")
 
     def maildir(self, recipient: str) -> Path:
-        local, _, domain = recipient.rpartition("@")
-        # The directory accepts only addresses whose characters are all in _SAFE (see
-        # mssgate.identifiers); checking again here keeps a path out of anyone's reach even
-        # if a caller forgot.
-        if not local or not domain or not set(local) <= _SAFE or not set(domain) <= _SAFE:
-            raise DeliveryFailed(f"unsafe mailbox name {recipient!r}", permanent=True)
-        if local.startswith(".") or domain.startswith("."):
-            raise DeliveryFailed(f"unsafe mailbox name {recipient!r}", permanent=True)
+        local, domain = check_mailbox_name(recipient)
         return self.root / domain / local / "Maildir"
 
     def deliver(self, recipient: str, message: bytes, *, delivery_id: str) -> None:

@@ -22,11 +22,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from mssgate import audit
+from mssgate.authresults import TlsInfo, authentication_results_field, remove_own_results
 from mssgate.directory import Directory
 from mssgate.directory.models import AccountState
+from mssgate.dkim import DkimResult, dkim_verify
 from mssgate.errors import MssgateError, StorageError, ValidationFailed
 from mssgate.identifiers import normalize_address
 from mssgate.logs import event
+from mssgate.smime import SignatureVerdict, verify_signed_message
 from mssgate.smtp import replies
 from mssgate.smtp.protocol import GatewaySMTP
 from mssgate.smtp.replies import Reply
@@ -51,6 +54,18 @@ class Listener(StrEnum):
 @dataclass(frozen=True)
 class PolicyLimits:
     max_recipients: int
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    """What the DATA stage checks beyond the envelope (S/MIME, DKIM)."""
+
+    require_signature: bool
+    # Trust anchors of local practitioners' certificates (the `tls.ca` bundle).
+    local_anchors: tuple[x509.Certificate, ...]
+    crls: tuple[bytes, ...] = ()
+    verify_dkim: bool = True
+    dkim_dns: Callable[[str], bytes | None] | None = None
 
 
 def _identity(session: Session) -> str | None:
@@ -90,6 +105,7 @@ class SmtpPolicy:
         spool: Spool,
         hostname: str,
         limits: PolicyLimits,
+        trust: TrustSettings,
         on_accepted: Callable[[str], None],
     ) -> None:
         self.listener = listener
@@ -97,12 +113,36 @@ class SmtpPolicy:
         self._spool = spool
         self._hostname = hostname
         self._limits = limits
+        self._trust = trust
         self._on_accepted = on_accepted
 
     async def _reject(self, server: GatewaySMTP, stage: str, reply: Reply, **why: Any) -> str:
         event(log, "smtp.reject", listener=self.listener.value, peer=server.peer_ip,
-              stage=stage, code=reply.code, status=reply.status, **why)  # fmt: skip
+              session=server.session_id, stage=stage, code=reply.code, status=reply.status,
+              **why)  # fmt: skip
+        if stage == "DATA":
+            # A refused message is as much an event of the trail as an accepted one.
+            await asyncio.to_thread(self._audit_rejection, server, reply, why)
         return str(reply)
+
+    def _audit_rejection(self, server: GatewaySMTP, reply: Reply, why: dict[str, Any]) -> None:
+        envelope = server.envelope
+        try:
+            with self._directory.engine.begin() as conn:
+                audit.append(
+                    conn,
+                    actor=f"smtp:{self.listener.value}",
+                    action="message.rejected",
+                    subject=server.session_id,
+                    detail={
+                        "status": f"{reply.code} {reply.status}",
+                        "sender": envelope.mail_from if envelope is not None else None,
+                        "peer": server.peer_ip,
+                        **{k: str(v) for k, v in why.items()},
+                    },
+                )
+        except MssgateError:
+            log.warning("audit of a rejection failed", exc_info=True)
 
     async def handle_EHLO(
         self,
@@ -228,8 +268,43 @@ class SmtpPolicy:
                 or _normal_or_none(addresses[0][1]) != identity
             ):
                 return await self._reject(server, "DATA", replies.FROM_NOT_IDENTITY)
+        content = remove_own_results(content, self._hostname)
+        verdict: SignatureVerdict | None = None
+        if self._trust.require_signature:
+            anchors, registered, problem = await asyncio.to_thread(
+                self._signer_expectations, headers.get_all("From") or [], identity
+            )
+            if problem is not None:
+                return await self._reject(server, "DATA", problem, check="smime")
+            verdict = await asyncio.to_thread(
+                verify_signed_message,
+                content,
+                trust_anchors=anchors,
+                registered=registered,
+                crls=self._trust.crls,
+            )
+            if not verdict.ok:
+                assert verdict.reply is not None and verdict.reason is not None
+                line = verdict.reply
+                reply = Reply(line.code, line.enhanced, line.text)
+                return await self._reject(
+                    server, "DATA", reply, check="smime", reason=verdict.reason.value,
+                    signer=verdict.signer_fingerprint,
+                )  # fmt: skip
+        dkim_result: DkimResult | None = None
+        if not self.listener.for_clients and self._trust.verify_dkim:
+            dkim_result = await asyncio.to_thread(self._dkim, content)
+        obj = server.tls_object()
+        tls = TlsInfo(
+            version=obj.version() if obj is not None else None,
+            cipher=(obj.cipher() or (None,))[0] if obj is not None else None,
+            client_certificate_verified=_peer_certificate(server) is not None,
+        )
+        results = authentication_results_field(
+            self._hostname, smime=verdict, dkim=dkim_result, auth_identity=identity, tls=tls
+        )
         queue_id = new_queue_id()
-        message = self._trace_header(server, session, envelope, queue_id) + content
+        message = self._trace_header(server, session, envelope, queue_id) + results + content
         recipients: list[tuple[str, Route]] = [(r, "local") for r in envelope.rcpt_tos]
         try:
             await asyncio.to_thread(
@@ -251,6 +326,33 @@ class SmtpPolicy:
         self._on_accepted(queue_id)
         return str(replies.queued(queue_id))
 
+    def _signer_expectations(
+        self, froms: list[Any], identity: str | None
+    ) -> tuple[list[x509.Certificate], list[x509.Certificate] | None, Reply | None]:
+        """Trust anchors and registered certificates the signature must match.
+
+        A local practitioner signs with a certificate registered for them in the directory,
+        chaining to our trust anchors. A peer's sender is registered at their operator: the
+        signature must chain to the CA configured for that domain on the trust list.
+        """
+        if self.listener.for_clients:
+            assert identity is not None  # the From check ran before
+            pems = self._directory.certificates.registered_pems(identity)
+            registered = [x509.load_pem_x509_certificate(p.encode()) for p in pems]
+            return list(self._trust.local_anchors), registered, None
+        addresses = getaddresses([str(f) for f in froms])
+        author = _normal_or_none(addresses[0][1]) if len(addresses) == 1 else None
+        if author is None:
+            return [], None, replies.FROM_REQUIRED
+        pem = self._directory.domains.peer_ca_pem(author.rsplit("@", 1)[1])
+        if pem is None:
+            return [], None, replies.AUTHOR_DOMAIN_UNTRUSTED
+        return [x509.load_pem_x509_certificate(pem.encode())], None, None
+
+    def _dkim(self, content: bytes) -> DkimResult:
+        lookup = self._trust.dkim_dns or _no_dns
+        return dkim_verify(content, dns_txt=lookup)
+
     def _trace_header(
         self, server: GatewaySMTP, session: Session, envelope: Envelope, queue_id: str
     ) -> bytes:
@@ -264,6 +366,10 @@ class SmtpPolicy:
             f"\tby {self._hostname} (mssgate) with {proto}{tls}\r\n"
             f"\tid {queue_id}{single}; {when}\r\n"
         ).encode("ascii", "replace")
+
+
+def _no_dns(_name: str) -> bytes | None:
+    return None
 
 
 def _normal_or_none(address: str) -> str | None:

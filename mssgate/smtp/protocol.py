@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import ssl
 from asyncio import sslproto
 from base64 import b64decode
@@ -82,6 +83,8 @@ class GatewaySMTP(SMTP):
         self._on_open = on_open
         self._on_close = on_close
         self._peer_ip = "?"
+        # Names the session in every log line and in the audit row of a refused message.
+        self.session_id = secrets.token_hex(6)
         self._admitted = False
         self._in_ehlo = False
         self.busy = False  # in the middle of a transaction (between MAIL and its reply)
@@ -95,15 +98,20 @@ class GatewaySMTP(SMTP):
             peer = transport.get_extra_info("peername")
             self._peer_ip = str(peer[0]) if peer else "?"
             if not self._limiter.acquire(self._peer_ip):
-                event(log, "smtp.refused", listener=self.listener, peer=self._peer_ip,
-                      reason="too many connections")  # fmt: skip
+                self._event("smtp.refused", reason="too many connections")
                 if isinstance(transport, asyncio.WriteTransport):
                     transport.write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode())
                 transport.close()
                 return
             self._admitted = True
             self._on_open(self)
-            event(log, "smtp.connect", listener=self.listener, peer=self._peer_ip)
+            event(
+                log,
+                "smtp.connect",
+                listener=self.listener,
+                peer=self._peer_ip,
+                session=self.session_id,
+            )
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -112,13 +120,30 @@ class GatewaySMTP(SMTP):
         self._admitted = False
         self._limiter.release(self._peer_ip)
         self._on_close(self)
-        event(log, "smtp.disconnect", listener=self.listener, peer=self._peer_ip)
+        event(
+            log,
+            "smtp.disconnect",
+            listener=self.listener,
+            peer=self._peer_ip,
+            session=self.session_id,
+        )
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:
         if not self._admitted:
             return False
         return super().eof_received()
+
+    def _event(self, name: str, *, level: int = logging.INFO, **fields: object) -> None:
+        event(
+            log,
+            name,
+            level=level,
+            listener=self.listener,
+            peer=self._peer_ip,
+            session=self.session_id,
+            **fields,
+        )
 
     @property
     def peer_ip(self) -> str:
@@ -131,7 +156,14 @@ class GatewaySMTP(SMTP):
         return obj if isinstance(obj, ssl.SSLObject) else None
 
     def close(self, reason: str) -> None:
-        event(log, "smtp.close", listener=self.listener, peer=self._peer_ip, reason=reason)
+        event(
+            log,
+            "smtp.close",
+            listener=self.listener,
+            peer=self._peer_ip,
+            session=self.session_id,
+            reason=reason,
+        )
         if self.transport is not None:
             self.transport.close()
 
@@ -190,14 +222,12 @@ class GatewaySMTP(SMTP):
 
     def _log_tls_failure(self, exc: BaseException) -> None:
         cause = exc.__cause__ or exc
-        event(log, "smtp.tls_failed", listener=self.listener, peer=self._peer_ip,
-              error=f"{type(cause).__name__}: {cause}"[:200])  # fmt: skip
+        self._event("smtp.tls_failed", error=f"{type(cause).__name__}: {cause}"[:200])
 
     def _log_tls(self) -> None:
         obj = self.tls_object()
         if obj is not None:
-            event(log, "smtp.tls", listener=self.listener, peer=self._peer_ip,
-                  version=obj.version(), cipher=(obj.cipher() or ("?",))[0])  # fmt: skip
+            self._event("smtp.tls", version=obj.version(), cipher=(obj.cipher() or ("?",))[0])
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         try:
@@ -276,8 +306,9 @@ class GatewaySMTP(SMTP):
                     self._writer.close()
                 return
             except Exception as exc:
-                event(log, "smtp.error", level=logging.ERROR, listener=self.listener,
-                      peer=self._peer_ip, error=f"{type(exc).__name__}: {exc}"[:300])  # fmt: skip
+                self._event(
+                    "smtp.error", level=logging.ERROR, error=f"{type(exc).__name__}: {exc}"[:300]
+                )
                 log.debug("smtp exception", exc_info=True)
                 self.busy = False
                 try:
@@ -345,8 +376,7 @@ class GatewaySMTP(SMTP):
     async def _data_failed(self, error: DataError) -> None:
         self.envelope = self._create_envelope()
         self.busy = False
-        event(log, "smtp.reject", listener=self.listener, peer=self._peer_ip,
-              stage="DATA", reason=error.value)  # fmt: skip
+        self._event("smtp.reject", stage="DATA", reason=error.value)
         if error is DataError.TOO_BIG:
             await self.reply(replies.MESSAGE_TOO_BIG)
         elif error is DataError.LINE_TOO_LONG:
@@ -368,12 +398,18 @@ class GatewaySMTP(SMTP):
         identity = await attempt()
         if identity is None:
             failures = self._penalty.failed(self._peer_ip)
-            event(log, "smtp.auth_failed", listener=self.listener, peer=self._peer_ip,
-                  mechanism=mechanism, failures=failures)  # fmt: skip
+            self._event("smtp.auth_failed", mechanism=mechanism, failures=failures)
             await self._auth.failed(login, mechanism, self._peer_ip)
             return AuthResult(success=False, handled=False)
         self._penalty.succeeded(self._peer_ip)
-        event(log, "smtp.auth", listener=self.listener, peer=self._peer_ip, mechanism=mechanism)
+        event(
+            log,
+            "smtp.auth",
+            listener=self.listener,
+            peer=self._peer_ip,
+            session=self.session_id,
+            mechanism=mechanism,
+        )
         return AuthResult(success=True, auth_data=identity)
 
     async def _credentials(self, args: list[str], prompt: bytes | str) -> bytes | None:

@@ -82,6 +82,8 @@ LINE_TOO_LONG = Reply(550, "5.6.0", "Message has a line longer than allowed (RFC
 BARE_NEWLINE_DATA = Reply(
     550, "5.6.0", "Bare CR or LF in message data is not allowed (RFC 5321 2.3.8), closing"
 )
+FROM_REQUIRED = Reply(550, "5.7.1", "Message must have exactly one From: address")
+AUTHOR_DOMAIN_UNTRUSTED = Reply(550, "5.7.1", "Author domain is not on the trust list")
 MALFORMED_HEADERS = Reply(550, "5.6.0", "Message headers are malformed")
 TEMPORARY_FAILURE = Reply(451, "4.3.0", "Temporary failure, please try again later")
 

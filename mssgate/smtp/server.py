@@ -8,8 +8,16 @@ from dataclasses import dataclass, field
 
 from mssgate.config import Config
 from mssgate.directory import Directory
+from mssgate.errors import ConfigError
+from mssgate.pki import load_certificates
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
-from mssgate.smtp.policy import DirectoryAuthenticator, Listener, PolicyLimits, SmtpPolicy
+from mssgate.smtp.policy import (
+    DirectoryAuthenticator,
+    Listener,
+    PolicyLimits,
+    SmtpPolicy,
+    TrustSettings,
+)
 from mssgate.smtp.protocol import GatewaySMTP
 from mssgate.spool import Spool
 from mssgate.tls import add_client_cas, server_context
@@ -29,6 +37,31 @@ class Sessions:
 
     def busy(self) -> int:
         return sum(1 for s in self.open if s.busy)
+
+
+def trust_settings(config: Config) -> TrustSettings:
+    """What DATA checks, read once at start (certificates and CRLs are files)."""
+    assert config.tls.ca is not None
+    data = config.server.data_dir
+    crls = []
+    for path in config.policy.crl_files:
+        full = path if path.is_absolute() else data / path
+        try:
+            crls.append(full.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"policy.crl_files: cannot read {full}: {exc.strerror}") from None
+    overrides = {k.lower().rstrip("."): v.encode() for k, v in config.dkim.dns_overrides.items()}
+
+    def dns(name: str) -> bytes | None:
+        return overrides.get(name.lower().rstrip("."))
+
+    return TrustSettings(
+        require_signature=config.policy.require_signature,
+        local_anchors=tuple(load_certificates(config.tls.ca)),
+        crls=tuple(crls),
+        verify_dkim=config.dkim.verify,
+        dkim_dns=dns if overrides else None,
+    )
 
 
 def _peer_cas(directory: Directory) -> list[str]:
@@ -66,6 +99,7 @@ async def start_smtp(
     limiter = ConnectionLimiter(smtp.max_connections_per_ip)
     penalty = AuthPenalty(smtp.auth_failures_before_delay, smtp.auth_failure_delay_max_seconds)
     limits = PolicyLimits(max_recipients=smtp.max_recipients)
+    trust = trust_settings(config)
     loop = asyncio.get_running_loop()
 
     def factory(listener: Listener) -> Callable[[], GatewaySMTP]:
@@ -75,6 +109,7 @@ async def start_smtp(
             spool=spool,
             hostname=config.server.hostname,
             limits=limits,
+            trust=trust,
             on_accepted=on_accepted,
         )
         for_clients = listener.for_clients

@@ -57,6 +57,29 @@ class SpoolEntry(BaseModel):
     recipients: list[dict[str, object]]
 
 
+class MessageEnvelope(BaseModel):
+    """What the relay needs of a spooled message besides its bytes: whom to bounce to, and
+    since when it has been waiting (the give-up clock)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    sender: str
+    received_at: datetime
+
+
+class RecipientState(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    spool_id: str
+    recipient: str
+    route: Route
+    state: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime
+
+
 class Spool:
     def __init__(self, engine: Engine, root: Path) -> None:
         self._engine = engine
@@ -196,6 +219,35 @@ class Spool:
                 )
         if permanent:
             self._finish_if_complete(item.spool_id)
+
+    def envelope(self, queue_id: str) -> MessageEnvelope:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(spool_messages.c.id, spool_messages.c.sender, spool_messages.c.received_at)
+                .where(spool_messages.c.id == queue_id)
+            ).first()
+        if row is None:
+            raise NotFound(f"no spooled message {queue_id!r}")
+        return MessageEnvelope(id=row.id, sender=row.sender, received_at=aware(row.received_at))
+
+    def recipient_state(self, spool_id: str, recipient: str) -> RecipientState:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(spool_recipients).where(
+                    self._recipient(spool_id, recipient)  # type: ignore[arg-type]
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"no recipient {recipient!r} in spooled message {spool_id!r}")
+        return RecipientState(
+            spool_id=row.spool_id,
+            recipient=row.recipient,
+            route=row.route,
+            state=row.state,
+            attempts=row.attempts,
+            last_error=row.last_error,
+            next_attempt_at=aware(row.next_attempt_at),
+        )
 
     def _finish_if_complete(self, spool_id: str) -> None:
         with self._engine.begin() as conn:

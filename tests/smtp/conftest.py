@@ -131,10 +131,12 @@ def peer_pki(tmp_path: Path) -> dict[str, Path]:
     key, cert = issue_server_cert(ca_key, ca_cert, f"mx.{PEER_DOMAIN}")
     paths = {
         "ca": tmp_path / "peer-ca.pem",
+        "ca_key": tmp_path / "peer-ca.key.pem",
         "cert": tmp_path / "peer.crt.pem",
         "key": tmp_path / "peer.key.pem",
     }
     write_certificate(paths["ca"], ca_cert)
+    write_private_key(paths["ca_key"], ca_key)
     write_certificate(paths["cert"], cert)
     write_private_key(paths["key"], key)
     return paths
@@ -148,6 +150,9 @@ def free_env(data: Path) -> dict[str, str]:
         MSSGATE_SMTP__SMTPS_PORT="0",
         MSSGATE_SMTP__MTA_PORT="0",
         MSSGATE_SMTP__DRAIN_SECONDS="10",
+        # These tests are about SMTP mechanics with unsigned mail; test_trust.py runs the
+        # gateway with its default, signatures required.
+        MSSGATE_POLICY__REQUIRE_SIGNATURE="false",
     )
     return env
 

@@ -1,0 +1,204 @@
+"""SMTP acceptance benchmark: the gateway's full submission path next to a bare aiosmtpd.
+
+Both servers run on this machine in the same run, behind the same TLS settings (our TLS
+factory), and both are driven by the same load tool: worker processes, each holding one
+STARTTLS + AUTH session (reused for every message unless --no-reuse) and timing each
+transaction from MAIL FROM to the 250 after DATA. The bare aiosmtpd handler accepts and
+drops; the gateway checks the directory and policy, writes, fsyncs, commits the spool row
+and the audit row before answering, then delivers to Maildir.
+
+Usage: .venv/bin/python bench/bench_smtp.py [--messages 300] [--sessions 1 4] [--no-reuse]
+A benchmark, not a test: it prints figures and asserts nothing about them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import smtplib
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PASSWORD = "bench password 123"
+DOMAIN = "bench.test"
+SENDER = f"sender@{DOMAIN}"
+RCPT = f"rcpt@{DOMAIN}"
+BIN = Path(sys.executable).parent
+
+
+def make_message(size: int) -> bytes:
+    head = f"From: {SENDER}\r\nTo: {RCPT}\r\nSubject: bench\r\n\r\n".encode()
+    line = b"x" * 76 + b"\r\n"
+    body = line * max(1, (size - len(head)) // len(line))
+    return head + body
+
+
+def run_bare(port_file: str, cert: str, key: str) -> None:
+    """The reference: aiosmtpd with a handler that accepts and drops."""
+    from aiosmtpd.smtp import SMTP, AuthResult
+
+    from mssgate.tls import server_context
+
+    class Sink:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            return "250 2.0.0 OK"
+
+    def accept(*_args: object) -> AuthResult:
+        return AuthResult(success=True)
+
+    async def main() -> None:
+        ctx = server_context(Path(cert), Path(key))
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SMTP(
+                Sink(),
+                tls_context=ctx,
+                require_starttls=True,
+                auth_required=True,
+                authenticator=accept,
+                data_size_limit=30_000_000,
+                hostname="bare",
+            ),
+            "127.0.0.1",
+            0,
+        )
+        Path(port_file).write_text(str(server.sockets[0].getsockname()[1]))
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def worker(port: int, cafile: str, message: bytes, count: int, reuse: bool, out: mp.Queue) -> None:
+    ctx = ssl.create_default_context(cafile=cafile)
+    latencies = []
+    client = None
+    for _ in range(count):
+        if client is None:
+            client = smtplib.SMTP("127.0.0.1", port, timeout=60)
+            client.starttls(context=ctx)
+            client.login(SENDER, PASSWORD)
+        start = time.perf_counter()
+        client.sendmail(SENDER, [RCPT], message)
+        latencies.append(time.perf_counter() - start)
+        if not reuse:
+            client.quit()
+            client = None
+    if client is not None:
+        client.quit()
+    out.put(latencies)
+
+
+def load(port: int, cafile: str, size: int, sessions: int, total: int, reuse: bool) -> dict:
+    message = make_message(size)
+    per = max(1, total // sessions)
+    queue: mp.Queue = mp.Queue()
+    procs = [
+        mp.Process(target=worker, args=(port, cafile, message, per, reuse, queue))
+        for _ in range(sessions)
+    ]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    lat = [x for _ in procs for x in queue.get(timeout=600)]
+    for p in procs:
+        p.join()
+    elapsed = time.perf_counter() - start
+    lat.sort()
+    return {
+        "msgs_per_s": len(lat) / elapsed,
+        "p50_ms": 1000 * statistics.median(lat),
+        "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+    }
+
+
+def start_gateway(data: Path) -> tuple[subprocess.Popen, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSSGATE_")}
+    env.update(
+        MSSGATE_CONFIG=str(data / "mssgate.toml"),
+        MSSGATE_SMTP__SUBMISSION_PORT="0",
+        MSSGATE_SMTP__SMTPS_PORT="0",
+        MSSGATE_SMTP__MTA_PORT="0",
+        MSSGATE_SMTP__MAX_CONNECTIONS_PER_IP="100",
+        MSSGATE_SMTP__MAX_MESSAGE_SIZE="30000000",
+    )
+    m = str(BIN / "mssgate")
+    subprocess.run([m, "init", "--data", str(data), "--domain", DOMAIN], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    for who in (SENDER, RCPT):
+        subprocess.run([m, "directory", "add", who, "--name", "Bench", "--password-stdin"],
+                       env=env, input=PASSWORD + "\n", text=True, check=True,
+                       capture_output=True)  # fmt: skip
+    proc = subprocess.Popen([m, "serve"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    status = data / "run" / "serve.json"
+    while not status.exists():
+        time.sleep(0.05)
+    return proc, json.loads(status.read_text())["ports"]["submission"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=300)
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 65536])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-reuse", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "gw"
+        gw, gw_port = start_gateway(data)
+        certs = data / "certs"
+        port_file = Path(tmp) / "bare.port"
+        bare = mp.Process(
+            target=run_bare,
+            args=(str(port_file), str(certs / "server.crt.pem"), str(certs / "server.key.pem")),
+        )
+        bare.start()
+        while not port_file.exists() or not port_file.read_text():
+            time.sleep(0.05)
+        bare_port = int(port_file.read_text())
+        ca = str(certs / "ca.crt.pem")
+        print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
+              f"Python {platform.python_version()}, {args.messages} messages per cell, "
+              f"{args.rounds} rounds alternating, reuse={not args.no_reuse}")  # fmt: skip
+        print("| size | sessions | server | msgs/s (median) | min..max | p50 ms | p99 ms |")
+        print("|---|---|---|---|---|---|---|")
+        try:
+            for size in args.sizes:
+                for sessions in args.sessions:
+                    results: dict[str, list[dict]] = {"gateway": [], "bare aiosmtpd": []}
+                    for _ in range(args.rounds):
+                        for name, port in (("gateway", gw_port), ("bare aiosmtpd", bare_port)):
+                            results[name].append(
+                                load(port, ca, size, sessions, args.messages, not args.no_reuse)
+                            )
+                    medians = {}
+                    for name, runs in results.items():
+                        rates = sorted(r["msgs_per_s"] for r in runs)
+                        medians[name] = statistics.median(rates)
+                        p50 = statistics.median(r["p50_ms"] for r in runs)
+                        p99 = statistics.median(r["p99_ms"] for r in runs)
+                        print(f"| {size // 1024} KB | {sessions} | {name} | {medians[name]:.0f} "
+                              f"| {rates[0]:.0f}..{rates[-1]:.0f} | {p50:.1f} | {p99:.1f} |")  # fmt: skip
+                    ratio = medians["gateway"] / medians["bare aiosmtpd"]
+                    print(f"| {size // 1024} KB | {sessions} | ratio gateway/bare | "
+                          f"{ratio:.2f} | | | |")  # fmt: skip
+        finally:
+            gw.send_signal(signal.SIGTERM)
+            gw.wait(timeout=60)
+            bare.terminate()
+            bare.join()
+
+
+if __name__ == "__main__":
+    main()

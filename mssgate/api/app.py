@@ -1,0 +1,203 @@
+"""The consumer API (FastAPI): lease, read, ack, nack; problem+json errors; OpenAPI.
+
+Endpoints are plain functions (FastAPI runs them in its thread pool) because the queue speaks
+to the database through synchronous SQLAlchemy; they stay thin: parse, call the queue, shape.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
+from fastapi.responses import PlainTextResponse, Response
+from sqlalchemy import Engine
+
+from mssgate import __version__
+from mssgate.api import problems
+from mssgate.api.auth import CurrentConsumer
+from mssgate.api.limits import BodyLimit
+from mssgate.api.problems import Problem, responses
+from mssgate.api.schemas import (
+    AckRequest,
+    Health,
+    LeaseOut,
+    LeaseRequest,
+    LeaseResponse,
+    NackRequest,
+    TransitionResponse,
+)
+from mssgate.config import Config
+from mssgate.directory.consumers import Consumers
+from mssgate.documents.record import DocumentRecord
+from mssgate.queue.models import QueueState
+from mssgate.queue.service import DocumentQueue, ReceiptCallback
+
+DocumentId = Annotated[str, PathParam(min_length=1, max_length=64, description="Document id")]
+ORIGINAL_TYPE_HEADER = "X-Original-Content-Type"
+
+
+def _queue(request: Request) -> DocumentQueue:
+    queue: DocumentQueue = request.app.state.queue
+    return queue
+
+
+def _blob_response(data: bytes, media_type: str, original: str | None) -> Response:
+    # Set verbatim: Starlette would append "; charset=utf-8" to a text/* type, a claim about
+    # bytes we serve untouched (an XML document declares its own encoding).
+    headers = {
+        "Content-Type": media_type,
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if original is not None:
+        headers[ORIGINAL_TYPE_HEADER] = original
+    return Response(content=data, headers=headers)
+
+
+def create_app(
+    config: Config,
+    engine: Engine,
+    *,
+    queue: DocumentQueue | None = None,
+    on_receipt: ReceiptCallback | None = None,
+) -> FastAPI:
+    """The ASGI application; `queue` defaults to one built from the configuration."""
+    app = FastAPI(
+        title="mssgate RIS integration API",
+        version=__version__,
+        description=(
+            "Lease/ack queue of documents received by a mailbox (see docs/ris-integration.md)."
+            " Authenticate with `Authorization: Bearer <token>` (mssgate consumer add)."
+        ),
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.queue = queue or DocumentQueue.from_config(config, engine, on_receipt=on_receipt)
+    app.state.consumers = Consumers(engine, actor="api")
+    problems.install(app)
+    app.add_middleware(BodyLimit)
+    auth_errors = responses(401, 422)
+
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["operations"],
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+    def metrics(request: Request) -> PlainTextResponse:
+        counts = _queue(request).counts()
+        lines = ["# TYPE mssgate_queue_documents gauge"]
+        lines += [f'mssgate_queue_documents{{state="{s}"}} {n}' for s, n in counts.items()]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    @app.post(
+        "/v1/leases",
+        response_model=LeaseResponse,
+        tags=["queue"],
+        responses=auth_errors,
+        summary="Lease the next documents of the consumer's mailbox, oldest first",
+    )
+    def lease(
+        request: Request, consumer: CurrentConsumer, body: LeaseRequest | None = None
+    ) -> LeaseResponse:
+        wanted = body or LeaseRequest()
+        leases = _queue(request).lease(
+            consumer, max_documents=wanted.max, lease_seconds=wanted.lease_seconds
+        )
+        return LeaseResponse(
+            leases=[
+                LeaseOut(lease_id=x.lease_id, expires_at=x.expires_at, document=x.document)
+                for x in leases
+            ]
+        )
+
+    @app.get(
+        "/v1/documents/{document_id}",
+        response_model=DocumentRecord,
+        tags=["documents"],
+        responses=responses(401, 404, 422),
+    )
+    def document(request: Request, consumer: CurrentConsumer, document_id: DocumentId) -> Any:
+        return _queue(request).document(consumer, document_id)
+
+    @app.get(
+        "/v1/documents/{document_id}/content",
+        tags=["documents"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The original bytes with their Content-Type, or OpenPGP "
+                "ciphertext (application/pgp-encrypted) for a consumer with a key",
+                "content": {"application/octet-stream": {}},
+            },
+            **responses(401, 404, 422),
+        },
+    )
+    def content(request: Request, consumer: CurrentConsumer, document_id: DocumentId) -> Response:
+        blob, original = _queue(request).content(consumer, document_id)
+        return _blob_response(blob.data, blob.media_type, original)
+
+    @app.get(
+        "/v1/documents/{document_id}/hl7",
+        tags=["documents"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "HL7 v2.6 MDM^T02 (T10 for a replacement), ER7, UTF-8",
+                "content": {"x-application/hl7-v2+er7": {}},
+            },
+            **responses(401, 404, 422),
+        },
+    )
+    def hl7(request: Request, consumer: CurrentConsumer, document_id: DocumentId) -> Response:
+        blob = _queue(request).hl7(consumer, document_id)
+        return _blob_response(blob.data, blob.media_type, None)
+
+    @app.post(
+        "/v1/documents/{document_id}/ack",
+        response_model=TransitionResponse,
+        tags=["queue"],
+        responses=responses(401, 404, 409, 422),
+    )
+    def ack(
+        request: Request, consumer: CurrentConsumer, document_id: DocumentId, body: AckRequest
+    ) -> TransitionResponse:
+        _queue(request).ack(consumer, document_id, body.lease_id)
+        return TransitionResponse(id=document_id, state=QueueState.DONE)
+
+    @app.post(
+        "/v1/documents/{document_id}/nack",
+        response_model=TransitionResponse,
+        tags=["queue"],
+        responses=responses(401, 404, 409, 422),
+    )
+    def nack(
+        request: Request, consumer: CurrentConsumer, document_id: DocumentId, body: NackRequest
+    ) -> TransitionResponse:
+        state = _queue(request).nack(
+            consumer, document_id, body.lease_id, code=body.code, reason=body.reason
+        )
+        return TransitionResponse(id=document_id, state=state)
+
+    _publish_problem_schema(app)
+    return app
+
+
+def _publish_problem_schema(app: FastAPI) -> None:
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
+                Problem.model_json_schema()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,54 @@
+"""Request and response bodies of the consumer API (the OpenAPI schema comes from these)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mssgate.documents.record import DocumentRecord
+from mssgate.queue.models import QueueState
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LeaseRequest(_Body):
+    max: int = Field(10, ge=1, le=1000, description="At most this many documents")
+    lease_seconds: int | None = Field(
+        None, ge=1, le=86_400, description="Lease length; the gateway's default when absent"
+    )
+
+
+class LeaseOut(BaseModel):
+    lease_id: str
+    expires_at: datetime
+    document: DocumentRecord
+
+
+class LeaseResponse(BaseModel):
+    leases: list[LeaseOut]
+
+
+class AckRequest(_Body):
+    lease_id: str = Field(min_length=1, max_length=64)
+
+
+class NackRequest(_Body):
+    lease_id: str = Field(min_length=1, max_length=64)
+    code: Literal[902, 903, 904, 905, 906] = Field(
+        description="ANS integration error: 902 unknown patient, 903 INS absent, "
+        "904 INS or traits mismatch, 905 INS incomplete, 906 other"
+    )
+    reason: str = Field("", max_length=1000)
+
+
+class TransitionResponse(BaseModel):
+    id: str
+    state: QueueState
+
+
+class Health(BaseModel):
+    status: Literal["ok"]

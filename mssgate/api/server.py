@@ -1,0 +1,107 @@
+"""uvicorn serving the API over TLS from our one TLS factory, inside the caller's loop.
+
+The gateway owns signals and logging: uvicorn's signal capture is switched off (SIGTERM is
+`mssgate serve`'s to handle) and `log_config=None` leaves our handlers alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Generator
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from mssgate.api.app import create_app
+from mssgate.config import Config
+from mssgate.errors import StorageError
+from mssgate.queue.service import DocumentQueue, ReceiptCallback
+from mssgate.tls import server_context
+
+
+class _EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StorageError(f"cannot listen on {host}:{port} for the API: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class ApiServer:
+    def __init__(
+        self, server: uvicorn.Server, sock: socket.socket, task: asyncio.Task[None]
+    ) -> None:
+        self._server = server
+        self._sock = sock
+        self._task = task
+        self.host, self.port = sock.getsockname()[:2]
+
+    @property
+    def app(self) -> FastAPI:
+        app = self._server.config.app
+        assert isinstance(app, FastAPI)
+        return app
+
+    async def stop(self, *, grace_seconds: float = 10.0) -> None:
+        """Stops accepting, lets requests in flight finish (up to the grace), closes."""
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=grace_seconds)
+        except TimeoutError:
+            self._server.force_exit = True
+            await self._task
+        finally:
+            self._sock.close()
+
+
+async def start_api(
+    config: Config,
+    engine: Engine,
+    *,
+    queue: DocumentQueue | None = None,
+    on_receipt: ReceiptCallback | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> ApiServer:
+    """Starts serving on [api] bind:port (or `host`/`port`; port 0 picks a free one)."""
+    assert config.tls.cert is not None and config.tls.key is not None  # set by Config
+    context = tls or server_context(config.tls.cert, config.tls.key)
+    app = create_app(config, engine, queue=queue, on_receipt=on_receipt)
+    sock = _bind(host or config.api.bind, config.api.port if port is None else port)
+    uv_config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        lifespan="off",
+        timeout_keep_alive=30,
+        limit_concurrency=256,
+        timeout_graceful_shutdown=10,
+        ssl_context_factory=lambda _cfg, _default: context,
+    )
+    server = _EmbeddedServer(uv_config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            sock.close()
+            task.result()  # raises what stopped it
+            raise StorageError("the API server stopped while starting")
+        await asyncio.sleep(0.01)
+    return ApiServer(server, sock, task)

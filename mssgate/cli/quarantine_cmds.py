@@ -1,0 +1,88 @@
+"""`mssgate quarantine ...`: documents held back from the queue, with their ANS code."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mssgate.cli.context import actor, emit_json, emit_table, say, state
+from mssgate.documents.limits import DocumentLimits
+from mssgate.queue import DocumentQueue, QuarantineEntry, release
+
+app = typer.Typer(help="Documents held for an operator (codes 903-906).", no_args_is_help=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _queue(ctx: typer.Context) -> DocumentQueue:
+    st = state(ctx)
+    return DocumentQueue.from_config(st.config(), st.engine())
+
+
+def _when(entry: QuarantineEntry) -> str:
+    return f"{entry.received_at:%Y-%m-%d %H:%M:%S}"
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """List quarantined documents, oldest first."""
+    rows = _queue(ctx).quarantine.entries()
+    if json_out:
+        emit_json(rows)
+        return
+    emit_table(
+        "Quarantine",
+        ["id", "received_at", "mailbox", "sender", "code", "reason", "state"],
+        [(e.id, _when(e), e.mailbox, e.sender, e.code, e.reason, e.state.value) for e in rows],
+    )
+
+
+@app.command("show")
+def show(ctx: typer.Context, held_id: str, json_out: JsonFlag = False) -> None:
+    """Show one quarantined document."""
+    entry = _queue(ctx).quarantine.get(held_id)
+    if json_out:
+        emit_json(entry)
+        return
+    lines = [
+        ("id", entry.id),
+        ("state", entry.state.value),
+        ("code", entry.code),
+        ("reason", entry.reason),
+        ("mailbox", entry.mailbox),
+        ("sender", entry.sender),
+        ("received", _when(entry)),
+        ("message-id", entry.message_id),
+        ("origin", entry.origin),
+        ("content type", entry.content_type),
+        ("size", entry.size),
+        ("sha256", entry.sha256),
+        ("type", entry.document.type_code if entry.document else None),
+    ]
+    for name, value in lines:
+        if value is not None:
+            say(f"{name:>12}: {value}")
+
+
+@app.command("release")
+def release_(ctx: typer.Context, held_id: str) -> None:
+    """Run the pipeline again on the message it came in, with the current configuration
+    (limits, test INS); what now passes is queued. Fails, leaving it held, if it still fails.
+    """
+    st = state(ctx)
+    queued = release(
+        _queue(ctx),
+        held_id,
+        limits=DocumentLimits(),
+        allow_test_oids=st.config().policy.allow_test_ins,
+        actor=actor(),
+    )
+    say(f"released {held_id}: queued {', '.join(queued) if queued else 'nothing new'}")
+
+
+@app.command("delete")
+def delete(ctx: typer.Context, held_id: str) -> None:
+    """Delete a quarantined document and its bytes for good (the audit keeps its digest)."""
+    entry = _queue(ctx).quarantine.delete(held_id, actor=actor())
+    say(f"deleted {entry.id} ({entry.code}, {entry.mailbox})")

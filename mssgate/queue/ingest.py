@@ -1,0 +1,152 @@
+"""From a delivered message to queued documents and quarantined ones.
+
+Upstream delivery is at-least-once (a crash between our commit and the spool's bookkeeping
+replays the message), so ingesting the same message again must change nothing: documents
+are keyed by (mailbox, sha256), quarantined items by (mailbox, message, place, bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from mssgate.documents.limits import DocumentLimits
+from mssgate.documents.pipeline import process_message
+from mssgate.documents.record import Accepted, Quarantined
+from mssgate.errors import Conflict
+from mssgate.identifiers import normalize_address
+from mssgate.queue.mdn import header_block, receipt_recipient
+from mssgate.queue.service import DocumentQueue, NewDocument
+
+
+@dataclass
+class IngestReport:
+    queued: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    held_outcomes: list[Quarantined] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.queued + self.held
+
+
+def ingest(
+    service: DocumentQueue,
+    raw: bytes,
+    *,
+    mailbox: str,
+    sender: str,
+    message_id: str | None,
+    subject: str | None,
+    received_at: datetime,
+    limits: DocumentLimits,
+    allow_test_oids: bool,
+    actor: str = "queue",
+) -> IngestReport:
+    box = normalize_address(mailbox)
+    result = process_message(raw, limits=limits, allow_test_oids=allow_test_oids)
+    message_id = message_id or result.message_id
+    subject = subject or result.subject
+    headers = header_block(raw).decode("utf-8", "replace")
+    receipt_to = receipt_recipient(raw, sender)
+    report = IngestReport()
+    for outcome in result.outcomes:
+        if isinstance(outcome, Accepted):
+            record = outcome.record.model_copy(
+                update={
+                    "received_at": received_at,
+                    "message_id": message_id,
+                    "subject": subject,
+                    "sender": sender,
+                    "mailbox": box,
+                }
+            )
+            doc_id, _ = service.enqueue(
+                NewDocument(
+                    record=record,
+                    content=outcome.content,
+                    email=raw,
+                    headers=headers,
+                    receipt_to=receipt_to,
+                ),
+                actor=actor,
+            )
+            report.queued.append(doc_id)
+        else:
+            held_id, _ = service.quarantine.hold(
+                outcome,
+                message=raw,
+                mailbox=box,
+                sender=sender,
+                message_id=message_id,
+                subject=subject,
+                received_at=received_at,
+                actor=actor,
+            )
+            report.held.append(held_id)
+            report.held_outcomes.append(outcome)
+    return report
+
+
+def ingest_message(
+    service: DocumentQueue,
+    raw: bytes,
+    *,
+    mailbox: str,
+    sender: str,
+    message_id: str | None,
+    subject: str | None,
+    received_at: datetime,
+    limits: DocumentLimits,
+    allow_test_oids: bool,
+) -> list[str]:
+    """Runs the pipeline over one message for one mailbox; returns the ids of the queued
+    documents, then of the quarantined ones. Safe to call again for the same message."""
+    return ingest(
+        service,
+        raw,
+        mailbox=mailbox,
+        sender=sender,
+        message_id=message_id,
+        subject=subject,
+        received_at=received_at,
+        limits=limits,
+        allow_test_oids=allow_test_oids,
+    ).ids
+
+
+def release(
+    service: DocumentQueue,
+    held_id: str,
+    *,
+    limits: DocumentLimits,
+    allow_test_oids: bool,
+    actor: str,
+) -> list[str]:
+    """Runs the pipeline again over the message a document was held from, with the current
+    settings; the documents that now pass are queued. Returns their ids.
+
+    Raises Conflict, leaving the document held, when it fails again.
+    """
+    store = service.quarantine
+    entry = store.get(held_id)
+    if entry.state != "held":
+        raise Conflict(f"quarantined document {held_id} was released already")
+    message = store.message(held_id)
+    report = ingest(
+        service,
+        message,
+        mailbox=entry.mailbox,
+        sender=entry.sender,
+        message_id=entry.message_id,
+        subject=entry.subject,
+        received_at=entry.received_at,
+        limits=limits,
+        allow_test_oids=allow_test_oids,
+        actor=actor,
+    )
+    for outcome in report.held_outcomes:
+        if outcome.origin == entry.origin and outcome.sha256 == entry.sha256:
+            raise Conflict(f"still quarantined ({int(outcome.code)}): {outcome.reason}")
+    store.mark_released(held_id, actor=actor, detail={"queued": report.queued})
+    return report.queued

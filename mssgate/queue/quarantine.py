@@ -1,0 +1,166 @@
+"""Documents held for an operator: the ANS code, the reason, the untouched bytes.
+
+Nothing is dropped: the held bytes and the whole message they came in are kept, so that
+`release` can run the pipeline again (after the operator raised a limit, allowed test INS, or
+fixed the directory) and `delete` is an explicit, audited act.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Row, delete, select, update
+
+from mssgate import audit
+from mssgate.db.schema import quarantine
+from mssgate.directory.timeutil import aware
+from mssgate.documents.record import DocumentInfo, Quarantined
+from mssgate.errors import Conflict, NotFound
+from mssgate.queue.backend import backend_for
+from mssgate.queue.models import QuarantineEntry, QuarantineState
+
+
+def _entry(row: Row[Any]) -> QuarantineEntry:
+    return QuarantineEntry(
+        id=row.id,
+        received_at=aware(row.received_at),
+        mailbox=row.mailbox,
+        sender=row.sender,
+        message_id=row.message_id,
+        subject=row.subject,
+        code=row.code,
+        reason=row.reason,
+        sha256=row.sha256,
+        size=row.size,
+        content_type=row.content_type,
+        origin=row.origin,
+        state=QuarantineState(row.state),
+        document=DocumentInfo.model_validate_json(row.document) if row.document else None,
+        updated_at=aware(row.updated_at),
+    )
+
+
+def _dedup_key(mailbox: str, message: bytes, held: Quarantined) -> str:
+    message_digest = hashlib.sha256(message).hexdigest()
+    parts = [mailbox, message_digest, held.origin, held.sha256]
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
+
+
+class QuarantineStore:
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] | None = None) -> None:
+        self._engine = engine
+        self._backend = backend_for(engine)
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    def hold(
+        self,
+        held: Quarantined,
+        *,
+        message: bytes,
+        mailbox: str,
+        sender: str,
+        message_id: str | None,
+        subject: str | None,
+        received_at: datetime,
+        actor: str = "queue",
+    ) -> tuple[str, bool]:
+        """Keeps one quarantined outcome; (id, created). Holding the same twice is a no-op."""
+        key = _dedup_key(mailbox, message, held)
+        held_id = secrets.token_hex(16)
+        now = self._clock()
+        with self._engine.begin() as conn:
+            self._backend.begin_write(conn)
+            created = self._backend.insert_ignore(
+                conn,
+                quarantine,
+                {
+                    "id": held_id,
+                    "dedup_key": key,
+                    "received_at": received_at,
+                    "mailbox": mailbox,
+                    "sender": sender,
+                    "message_id": message_id,
+                    "subject": subject,
+                    "code": int(held.code),
+                    "reason": held.reason,
+                    "sha256": held.sha256,
+                    "size": held.size,
+                    "content_type": held.content_type,
+                    "origin": held.origin,
+                    "document": held.document.model_dump_json() if held.document else None,
+                    "state": QuarantineState.HELD.value,
+                    "content": held.content,
+                    "message": message,
+                    "updated_at": now,
+                },
+            )
+            if not created:
+                existing = conn.execute(
+                    select(quarantine.c.id).where(quarantine.c.dedup_key == key)
+                ).scalar_one()
+                return str(existing), False
+            audit.append(
+                conn,
+                actor=actor,
+                action="quarantine.hold",
+                subject=held_id,
+                detail={"mailbox": mailbox, "code": int(held.code), "sha256": held.sha256},
+            )
+        return held_id, True
+
+    def entries(self, *, state: QuarantineState | None = None) -> list[QuarantineEntry]:
+        query = select(quarantine).order_by(quarantine.c.received_at, quarantine.c.id)
+        if state is not None:
+            query = query.where(quarantine.c.state == state.value)
+        with self._engine.connect() as conn:
+            return [_entry(r) for r in conn.execute(query)]
+
+    def _row(self, held_id: str) -> Row[Any]:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(quarantine).where(quarantine.c.id == held_id)).first()
+        if row is None:
+            raise NotFound(f"no quarantined document {held_id!r}")
+        return row
+
+    def get(self, held_id: str) -> QuarantineEntry:
+        return _entry(self._row(held_id))
+
+    def content(self, held_id: str) -> bytes:
+        return bytes(self._row(held_id).content)
+
+    def message(self, held_id: str) -> bytes:
+        return bytes(self._row(held_id).message)
+
+    def mark_released(self, held_id: str, *, actor: str, detail: dict[str, Any]) -> None:
+        with self._engine.begin() as conn:
+            self._backend.begin_write(conn)
+            result = conn.execute(
+                update(quarantine)
+                .where(quarantine.c.id == held_id, quarantine.c.state == "held")
+                .values(state=QuarantineState.RELEASED.value, updated_at=self._clock())
+            )
+            if result.rowcount != 1:
+                raise Conflict(f"quarantined document {held_id} is not held")
+            audit.append(
+                conn, actor=actor, action="quarantine.release", subject=held_id, detail=detail
+            )
+
+    def delete(self, held_id: str, *, actor: str) -> QuarantineEntry:
+        entry = self.get(held_id)
+        with self._engine.begin() as conn:
+            self._backend.begin_write(conn)
+            result = conn.execute(delete(quarantine).where(quarantine.c.id == held_id))
+            if result.rowcount != 1:
+                raise NotFound(f"no quarantined document {held_id!r}")
+            audit.append(
+                conn,
+                actor=actor,
+                action="quarantine.delete",
+                subject=held_id,
+                detail={"mailbox": entry.mailbox, "code": entry.code, "sha256": entry.sha256},
+            )
+        return entry

@@ -1,0 +1,653 @@
+"""The document queue: ready -> leased -> done, or back to ready, or dead.
+
+Every transition is one transaction holding the row change and its audit entry. Attempts
+count deliveries (leases): a nack or an expired lease sends the document back to ready until
+it has been delivered `max_attempts` times, then it goes dead, so one bad document never
+blocks the rest. Consumers see only their mailbox; order is arrival order per mailbox.
+
+Receipts (MDNs) are written to `receipts_outbox` in the transaction that decides them and
+handed to `on_receipt` after the commit; a callback failure leaves them pending there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine, Row, func, select, update
+
+from mssgate import __version__, audit
+from mssgate.config import Config, QueueConfig
+from mssgate.db.schema import consumers, queue_contents, queue_documents, receipts_outbox
+from mssgate.directory.timeutil import aware
+from mssgate.documents.record import DocumentRecord
+from mssgate.errors import Conflict, NotFound, StorageError, ValidationFailed
+from mssgate.queue.backend import Backend, backend_for
+from mssgate.queue.crypto import AtRestCipher
+from mssgate.queue.hl7mdm import MdmEnvelope, build_mdm
+from mssgate.queue.mdn import Outcome, build_mdn, label_for
+from mssgate.queue.models import Blob, Lease, QueueEntry, QueueState, Receipt
+from mssgate.queue.quarantine import QuarantineStore
+
+log = logging.getLogger(__name__)
+
+ReceiptCallback = Callable[[bytes, str], None]
+ENCRYPTED_MEDIA_TYPE = "application/pgp-encrypted"
+HL7_MEDIA_TYPE = "x-application/hl7-v2+er7; charset=utf-8"
+
+
+class LeaseLost(Conflict):
+    """The lease named is not held any more (expired, or the document moved on)."""
+
+
+class Holder(Protocol):
+    """A consumer as the queue needs it: who (for the audit) and which mailbox."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def mailbox(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    visibility_timeout_seconds: int = 300
+    max_lease_seconds: int = 3600
+    max_attempts: int = 5
+    max_lease_batch: int = 100
+    final_nack_codes: tuple[int, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: QueueConfig) -> QueueSettings:
+        return cls(
+            visibility_timeout_seconds=config.visibility_timeout_seconds,
+            max_lease_seconds=config.max_lease_seconds,
+            max_attempts=config.max_attempts,
+            max_lease_batch=config.max_lease_batch,
+            final_nack_codes=config.final_nack_codes,
+        )
+
+
+@dataclass(frozen=True)
+class NewDocument:
+    """One accepted document with its envelope, as ingest hands it over."""
+
+    record: DocumentRecord
+    content: bytes
+    email: bytes
+    headers: str
+    receipt_to: str | None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class _PendingReceipt:
+    id: str
+    recipient: str
+    mdn: bytes
+
+
+class DocumentQueue:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        settings: QueueSettings | None = None,
+        data_dir: Path | None = None,
+        on_receipt: ReceiptCallback | None = None,
+        facility: str = "mssgate",
+        reporting_ua: str = "mssgate",
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._engine = engine
+        self._backend: Backend = backend_for(engine)
+        self.settings = settings or QueueSettings()
+        self._data_dir = data_dir
+        self._cipher: AtRestCipher | None = None
+        self.on_receipt = on_receipt
+        self._facility = facility
+        self._reporting_ua = reporting_ua
+        self._clock = clock
+        self.quarantine = QuarantineStore(engine, clock=self._now)
+
+    @classmethod
+    def from_config(
+        cls, config: Config, engine: Engine, *, on_receipt: ReceiptCallback | None = None
+    ) -> DocumentQueue:
+        return cls(
+            engine,
+            settings=QueueSettings.from_config(config.queue),
+            data_dir=config.server.data_dir,
+            on_receipt=on_receipt,
+            facility=config.server.domain,
+            reporting_ua=f"{config.server.hostname}; mssgate {__version__}",
+        )
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    def _now(self) -> datetime:
+        return self._clock().astimezone(UTC)
+
+    # -- enqueue -------------------------------------------------------------------------
+
+    def _keys_for(self, conn: Connection, mailbox: str) -> list[str]:
+        rows = conn.execute(
+            select(consumers.c.pgp_key).where(
+                consumers.c.mailbox == mailbox,
+                consumers.c.revoked_at.is_(None),
+                consumers.c.pgp_key.is_not(None),
+            )
+        )
+        return sorted(str(r.pgp_key) for r in rows)
+
+    def cipher(self) -> AtRestCipher:
+        if self._cipher is None:
+            if self._data_dir is None:
+                raise StorageError("encryption at rest needs the data folder (its GnuPG home)")
+            self._cipher = AtRestCipher(self._data_dir / "gnupg")
+        return self._cipher
+
+    def find(self, mailbox: str, sha256: str) -> str | None:
+        with self._engine.connect() as conn:
+            found = conn.execute(
+                select(queue_documents.c.id).where(
+                    queue_documents.c.mailbox == mailbox, queue_documents.c.sha256 == sha256
+                )
+            ).scalar_one_or_none()
+        return None if found is None else str(found)
+
+    def enqueue(self, doc: NewDocument, *, actor: str = "queue") -> tuple[str, bool]:
+        """Queues a document; (id, created). The same bytes for the same mailbox twice
+        yield the first record (ingest may run again after a crash)."""
+        record = doc.record
+        if not record.mailbox or not record.sender or record.received_at is None:
+            raise ValidationFailed("a queued document needs its mailbox, sender and date")
+        existing = self.find(record.mailbox, record.sha256)
+        if existing is not None:
+            return existing, False
+        doc_id = _new_id()
+        now = self._now()
+        stored = record.model_copy(update={"id": doc_id, "state": None})
+        hl7_text = build_mdm(
+            stored,
+            doc.content,
+            MdmEnvelope(
+                control_id=doc_id,
+                created_at=now,
+                sending_facility=self._facility,
+                receiving_application=record.mailbox.split("@", 1)[0],
+                receiving_facility=record.mailbox.rsplit("@", 1)[-1],
+                message_id=record.message_id,
+                subject=record.subject,
+                sender=record.sender,
+                mailbox=record.mailbox,
+                email=doc.email,
+            ),
+        ).encode("utf-8")
+        with self._engine.connect() as conn:
+            keys = self._keys_for(conn, record.mailbox)
+        content, hl7_bytes = doc.content, hl7_text
+        if keys:
+            cipher = self.cipher()
+            content, hl7_bytes = cipher.encrypt(content, keys), cipher.encrypt(hl7_bytes, keys)
+        with self._engine.begin() as conn:
+            self._backend.begin_write(conn)
+            created = self._backend.insert_ignore(
+                conn,
+                queue_documents,
+                {
+                    "id": doc_id,
+                    "mailbox": record.mailbox,
+                    "sha256": record.sha256,
+                    "size": record.size,
+                    "content_type": record.content_type,
+                    "received_at": record.received_at,
+                    "sender": record.sender,
+                    "message_id": record.message_id,
+                    "subject": record.subject,
+                    "record": stored.model_dump_json(),
+                    "headers": doc.headers,
+                    "receipt_to": doc.receipt_to,
+                    "encrypted": bool(keys),
+                    "state": QueueState.READY.value,
+                    "attempts": 0,
+                    "updated_at": now,
+                },
+            )
+            if not created:
+                other = conn.execute(
+                    select(queue_documents.c.id).where(
+                        queue_documents.c.mailbox == record.mailbox,
+                        queue_documents.c.sha256 == record.sha256,
+                    )
+                ).scalar_one()
+                return str(other), False
+            conn.execute(
+                queue_contents.insert().values(document_id=doc_id, content=content, hl7=hl7_bytes)
+            )
+            audit.append(
+                conn,
+                actor=actor,
+                action="queue.enqueue",
+                subject=doc_id,
+                detail={
+                    "mailbox": record.mailbox,
+                    "sha256": record.sha256,
+                    "format": record.document.format,
+                    "encrypted": bool(keys),
+                },
+            )
+        return doc_id, True
+
+    # -- lease / ack / nack ------------------------------------------------------------------
+
+    def _expire(
+        self, conn: Connection, now: datetime, mailbox: str | None
+    ) -> tuple[int, list[_PendingReceipt]]:
+        query = select(queue_documents).where(
+            queue_documents.c.state == QueueState.LEASED.value,
+            queue_documents.c.lease_expires_at <= now,
+        )
+        if mailbox is not None:
+            query = query.where(queue_documents.c.mailbox == mailbox)
+        receipts: list[_PendingReceipt] = []
+        rows = conn.execute(self._backend.claim(query.order_by(queue_documents.c.seq))).all()
+        for row in rows:
+            dead = row.attempts >= self.settings.max_attempts
+            target = QueueState.DEAD if dead else QueueState.READY
+            conn.execute(
+                update(queue_documents)
+                .where(queue_documents.c.id == row.id)
+                .values(
+                    state=target.value,
+                    lease_expires_at=None,
+                    last_reason="lease expired" if row.last_reason is None else row.last_reason,
+                    updated_at=now,
+                )
+            )
+            audit.append(
+                conn,
+                actor="queue",
+                action="queue.expire",
+                subject=row.id,
+                detail={"consumer": row.lease_consumer, "attempts": row.attempts, "to": target},
+            )
+            if dead:
+                receipts += self._receipt(conn, row, "error", row.last_code or 906, now)
+        return len(rows), receipts
+
+    def lease(
+        self, holder: Holder, *, max_documents: int = 1, lease_seconds: int | None = None
+    ) -> list[Lease]:
+        if not 1 <= max_documents <= self.settings.max_lease_batch:
+            raise ValidationFailed(f"max must be between 1 and {self.settings.max_lease_batch}")
+        seconds = lease_seconds or self.settings.visibility_timeout_seconds
+        if not 1 <= seconds <= self.settings.max_lease_seconds:
+            raise ValidationFailed(
+                f"lease_seconds must be between 1 and {self.settings.max_lease_seconds}"
+            )
+        leases: list[Lease] = []
+        with self._engine.begin() as conn:
+            self._backend.begin_write(conn)
+            now = self._now()
+            _, receipts = self._expire(conn, now, holder.mailbox)
+            expires = now + timedelta(seconds=seconds)
+            candidates = conn.execute(
+                self._backend.claim(
+                    select(queue_documents)
+                    .where(
+                        queue_documents.c.mailbox == holder.mailbox,
+                        queue_documents.c.state == QueueState.READY.value,
+                    )
+                    .order_by(queue_documents.c.seq)
+                    .limit(max_documents)
+                )
+            ).all()
+            for row in candidates:
+                lease_id = _new_id()
+                changed = conn.execute(
+                    update(queue_documents)
+                    .where(
+                        queue_documents.c.id == row.id,
+                        queue_documents.c.state == QueueState.READY.value,
+                    )
+                    .values(
+                        state=QueueState.LEASED.value,
+                        attempts=queue_documents.c.attempts + 1,
+                        lease_id=lease_id,
+                        lease_consumer=holder.name,
+                        lease_expires_at=expires,
+                        updated_at=now,
+                    )
+                )
+                if changed.rowcount != 1:
+                    continue
+                audit.append(
+                    conn,
+                    actor=f"consumer:{holder.name}",
+                    action="queue.lease",
+                    subject=row.id,
+                    detail={"attempt": row.attempts + 1, "seconds": seconds},
+                )
+                record = self._record(row, QueueState.LEASED)
+                leases.append(Lease(lease_id=lease_id, expires_at=expires, document=record))
+        self._hand_over(receipts)
+        return leases
+
+    def _held_row(self, conn: Connection, holder: Holder, document_id: str) -> Row[Any]:
+        row = conn.execute(
+            self._backend.lock(select(queue_documents).where(queue_documents.c.id == document_id))
+        ).first()
+        # Another mailbox's document answers exactly like a missing one: no existence leak.
+        if row is None or row.mailbox != holder.mailbox:
+            raise NotFound("no such document")
+        return row
+
+    def _check_lease(self, row: Row[Any], lease_id: str, now: datetime) -> None:
+        if row.state != QueueState.LEASED.value or row.lease_id != lease_id:
+            raise LeaseLost("this lease is not held any more (expired or superseded)")
+        if aware(row.lease_expires_at) <= now:
+            raise LeaseLost("this lease has expired")
+
+    def ack(self, holder: Holder, document_id: str, lease_id: str) -> None:
+        with self._engine.begin() as conn:
+            self._backend.begin_write(conn)
+            now = self._now()
+            row = self._held_row(conn, holder, document_id)
+            if row.state == QueueState.DONE.value and row.lease_id == lease_id:
+                return  # a retried ack (the client lost our first answer)
+            self._check_lease(row, lease_id, now)
+            conn.execute(
+                update(queue_documents)
+                .where(queue_documents.c.id == document_id)
+                .values(state=QueueState.DONE.value, lease_expires_at=None, updated_at=now)
+            )
+            audit.append(
+                conn,
+                actor=f"consumer:{holder.name}",
+                action="queue.ack",
+                subject=document_id,
+                detail={"attempts": row.attempts},
+            )
+            receipts = self._receipt(conn, row, "processed", None, now)
+        self._hand_over(receipts)
+
+    def nack(
+        self, holder: Holder, document_id: str, lease_id: str, *, code: int, reason: str
+    ) -> QueueState:
+        """Gives the document back; returns where it went (ready, or dead for good)."""
+        with self._engine.begin() as conn:
+            self._backend.begin_write(conn)
+            now = self._now()
+            row = self._held_row(conn, holder, document_id)
+            self._check_lease(row, lease_id, now)
+            final = code in self.settings.final_nack_codes
+            dead = final or row.attempts >= self.settings.max_attempts
+            target = QueueState.DEAD if dead else QueueState.READY
+            conn.execute(
+                update(queue_documents)
+                .where(queue_documents.c.id == document_id)
+                .values(
+                    state=target.value,
+                    lease_expires_at=None,
+                    last_code=code,
+                    last_reason=reason,
+                    updated_at=now,
+                )
+            )
+            audit.append(
+                conn,
+                actor=f"consumer:{holder.name}",
+                action="queue.nack",
+                subject=document_id,
+                detail={"attempts": row.attempts, "code": code, "to": target.value},
+            )
+            receipts = self._receipt(conn, row, "error", code, now, reason=reason) if dead else []
+        self._hand_over(receipts)
+        return target
+
+    def reap(self) -> int:
+        """Returns every expired lease (all mailboxes) to ready or dead now."""
+        with self._engine.begin() as conn:
+            self._backend.begin_write(conn)
+            count, receipts = self._expire(conn, self._now(), None)
+        self._hand_over(receipts)
+        return count
+
+    def requeue(self, document_id: str, *, actor: str) -> QueueEntry:
+        """An operator sends a document back to ready with a fresh attempt count."""
+        with self._engine.begin() as conn:
+            self._backend.begin_write(conn)
+            row = conn.execute(
+                self._backend.lock(
+                    select(queue_documents).where(queue_documents.c.id == document_id)
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"no queued document {document_id!r}")
+            if row.state == QueueState.READY.value:
+                raise Conflict(f"document {document_id} is ready already")
+            conn.execute(
+                update(queue_documents)
+                .where(queue_documents.c.id == document_id)
+                .values(
+                    state=QueueState.READY.value,
+                    attempts=0,
+                    lease_id=None,
+                    lease_consumer=None,
+                    lease_expires_at=None,
+                    updated_at=self._now(),
+                )
+            )
+            audit.append(
+                conn,
+                actor=actor,
+                action="queue.requeue",
+                subject=document_id,
+                detail={"from": row.state, "attempts": row.attempts},
+            )
+        return self.entry(document_id)
+
+    # -- receipts ----------------------------------------------------------------------------
+
+    def _receipt(
+        self,
+        conn: Connection,
+        row: Row[Any],
+        outcome: Outcome,
+        code: int | None,
+        now: datetime,
+        *,
+        reason: str | None = None,
+    ) -> list[_PendingReceipt]:
+        if not row.receipt_to:
+            return []
+        mdn = build_mdn(
+            row.headers,
+            outcome=outcome,
+            code=code,
+            label=label_for(code) if code is not None else None,
+            reporting_ua=self._reporting_ua,
+            our_address=row.mailbox,
+            reason=reason,
+            now=now,
+        )
+        receipt_id = _new_id()
+        created = self._backend.insert_ignore(
+            conn,
+            receipts_outbox,
+            {
+                "id": receipt_id,
+                "document_id": row.id,
+                "created_at": now,
+                "recipient": row.receipt_to,
+                "sender": row.mailbox,
+                "outcome": outcome,
+                "mdn": mdn,
+                "state": "pending",
+            },
+        )
+        if not created:
+            return []  # one receipt per document, even after a requeue
+        audit.append(
+            conn,
+            actor="queue",
+            action="receipt.create",
+            subject=row.id,
+            detail={"outcome": outcome, "code": code, "to": row.receipt_to},
+        )
+        return [_PendingReceipt(receipt_id, row.receipt_to, mdn)]
+
+    def _hand_over(self, receipts: Iterable[_PendingReceipt]) -> None:
+        callback = self.on_receipt
+        if callback is None:
+            return
+        for receipt in receipts:
+            try:
+                callback(receipt.mdn, receipt.recipient)
+            except Exception:
+                # The row stays pending in the outbox; the mail side drains it later.
+                log.exception("receipt callback failed; the MDN stays in the outbox")
+                continue
+            self.mark_handed(receipt.id)
+
+    def pending_receipts(self) -> list[Receipt]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(receipts_outbox)
+                .where(receipts_outbox.c.state == "pending")
+                .order_by(receipts_outbox.c.created_at)
+            ).all()
+        return [
+            Receipt(
+                id=r.id,
+                document_id=r.document_id,
+                created_at=aware(r.created_at),
+                recipient=r.recipient,
+                sender=r.sender,
+                outcome=r.outcome,
+                mdn=bytes(r.mdn),
+            )
+            for r in rows
+        ]
+
+    def mark_handed(self, receipt_id: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(receipts_outbox)
+                .where(receipts_outbox.c.id == receipt_id)
+                .values(state="handed", handed_at=self._now())
+            )
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _record(self, row: Row[Any], state: QueueState | None = None) -> DocumentRecord:
+        data = json.loads(row.record)
+        data["state"] = (state or QueueState(row.state)).value
+        return DocumentRecord.model_validate(data)
+
+    def _entry(self, row: Row[Any]) -> QueueEntry:
+        return QueueEntry(
+            id=row.id,
+            mailbox=row.mailbox,
+            state=QueueState(row.state),
+            attempts=row.attempts,
+            received_at=aware(row.received_at),
+            sender=row.sender,
+            sha256=row.sha256,
+            size=row.size,
+            content_type=row.content_type,
+            encrypted=row.encrypted,
+            lease_consumer=row.lease_consumer if row.state == "leased" else None,
+            lease_expires_at=aware(row.lease_expires_at) if row.lease_expires_at else None,
+            last_code=row.last_code,
+            last_reason=row.last_reason,
+            receipt_to=row.receipt_to,
+            updated_at=aware(row.updated_at),
+            record=self._record(row),
+        )
+
+    def entry(self, document_id: str) -> QueueEntry:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(queue_documents).where(queue_documents.c.id == document_id)
+            ).first()
+        if row is None:
+            raise NotFound(f"no queued document {document_id!r}")
+        return self._entry(row)
+
+    def entries(
+        self, *, state: QueueState | None = None, mailbox: str | None = None
+    ) -> list[QueueEntry]:
+        query = select(queue_documents).order_by(queue_documents.c.seq)
+        if state is not None:
+            query = query.where(queue_documents.c.state == state.value)
+        if mailbox is not None:
+            query = query.where(queue_documents.c.mailbox == mailbox)
+        with self._engine.connect() as conn:
+            return [self._entry(r) for r in conn.execute(query)]
+
+    def document(self, holder: Holder, document_id: str) -> DocumentRecord:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(queue_documents).where(queue_documents.c.id == document_id)
+            ).first()
+        if row is None or row.mailbox != holder.mailbox:
+            raise NotFound("no such document")
+        return self._record(row)
+
+    def _blob(self, holder: Holder, document_id: str, column: str, media_type: str) -> Blob:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    queue_documents.c.mailbox,
+                    queue_documents.c.encrypted,
+                    queue_contents.c[column].label("data"),
+                )
+                .join(queue_contents, queue_contents.c.document_id == queue_documents.c.id)
+                .where(queue_documents.c.id == document_id)
+            ).first()
+        if row is None or row.mailbox != holder.mailbox:
+            raise NotFound("no such document")
+        if row.encrypted:
+            return Blob(data=bytes(row.data), media_type=ENCRYPTED_MEDIA_TYPE, encrypted=True)
+        return Blob(data=bytes(row.data), media_type=media_type, encrypted=False)
+
+    def content(self, holder: Holder, document_id: str) -> tuple[Blob, str]:
+        """The document's bytes and its original Content-Type."""
+        record = self.document(holder, document_id)
+        return self._blob(holder, document_id, "content", record.content_type), (
+            record.content_type
+        )
+
+    def hl7(self, holder: Holder, document_id: str) -> Blob:
+        return self._blob(holder, document_id, "hl7", HL7_MEDIA_TYPE)
+
+    def counts(self) -> dict[str, int]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(queue_documents.c.state, func.count()).group_by(queue_documents.c.state)
+            ).all()
+        counts = {s.value: 0 for s in QueueState}
+        counts.update({str(state): int(n) for state, n in rows})
+        return counts
