@@ -20,13 +20,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mssgate.api.server import start_api
 from mssgate.config import Config
 from mssgate.db import open_engine, upgrade
 from mssgate.directory import Directory
 from mssgate.errors import Conflict
 from mssgate.fsutil import ensure_dir, write_durably
+from mssgate.integration import DocumentFeed, ReceiptSpooler
 from mssgate.logs import event
-from mssgate.mailstore import MaildirStore
+from mssgate.mailstore.maildir import MaildirStore
+from mssgate.queue.service import DocumentQueue
 from mssgate.smtp import replies
 from mssgate.smtp.policy import Listener
 from mssgate.smtp.server import Sessions, bound_port, start_smtp
@@ -63,6 +66,7 @@ def _banner(config: Config, ports: dict[str, int]) -> str:
             f"  SMTP submission  {config.smtp.bind}:{ports['submission']}  (STARTTLS, AUTH)",
             f"  SMTPS            {config.smtp.bind}:{ports['smtps']}  (implicit TLS, AUTH)",
             f"  SMTP for peers   {config.smtp.bind}:{ports['mta']}  (STARTTLS, client cert)",
+            f"  RIS HTTPS API    https://{config.api.bind}:{ports['api']}/v1/  (bearer token)",
             f"  dev CA           {ca}",
             f"  data             {config.server.data_dir}",
             "  stop with Ctrl-C or SIGTERM",
@@ -79,13 +83,24 @@ async def run_gateway(config: Config) -> int:
         directory = Directory(engine, actor="serve")
         spool = Spool(engine, data / "spool")
         recovered = spool.recover()
-        worker = DeliveryWorker(spool, MaildirStore(data / "mail"))
+        wakers: list[object] = []
+        queue = DocumentQueue.from_config(
+            config, engine, on_receipt=ReceiptSpooler(spool, directory, wakers)
+        )
+        worker = DeliveryWorker(
+            spool,
+            MaildirStore(data / "mail"),
+            after_delivery=DocumentFeed(queue, spool, directory, config),
+        )
+        wakers.append(worker.wake)
         sessions = Sessions()
         servers = await start_smtp(
             config, directory, spool, sessions, on_accepted=lambda _qid: worker.wake()
         )
         worker_task = asyncio.create_task(worker.run(), name="delivery")
+        api = await start_api(config, engine, queue=queue)
         ports = {listener.value: bound_port(s) for listener, s in servers.items()}
+        ports["api"] = api.port
         status = run_dir / "serve.json"
         write_durably(
             status,
@@ -110,6 +125,7 @@ async def run_gateway(config: Config) -> int:
             with contextlib.suppress(Exception):
                 await session.reply(replies.SHUTTING_DOWN)
             session.close("shutting down")
+        await api.stop()
         worker_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await worker_task

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from mssgate.logs import event
@@ -23,11 +24,24 @@ def retry_delay(attempts: int) -> timedelta:
     return delay if delay < RETRY_CAP else RETRY_CAP
 
 
+# Runs after the mailbox has the message and before the delivery is recorded: the document
+# pipeline feeding the RIS queue. It must be idempotent (a crash in between repeats it).
+AfterDelivery = Callable[[PendingDelivery, bytes], None]
+
+
 class DeliveryWorker:
-    def __init__(self, spool: Spool, store: MailStore, *, poll_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        store: MailStore,
+        *,
+        poll_seconds: float = 5.0,
+        after_delivery: AfterDelivery | None = None,
+    ) -> None:
         self._spool = spool
         self._store = store
         self._poll = poll_seconds
+        self._after = after_delivery
         self._wake = asyncio.Event()
         self.delivered = 0
 
@@ -38,6 +52,8 @@ class DeliveryWorker:
         try:
             content = self._spool.read(item.spool_id)
             self._store.deliver(item.recipient, content, delivery_id=item.spool_id)
+            if self._after is not None:
+                self._after(item, content)
         except DeliveryFailed as exc:
             permanent = exc.permanent or item.attempts + 1 >= MAX_ATTEMPTS
             self._spool.attempt_failed(

@@ -150,6 +150,7 @@ def free_env(data: Path) -> dict[str, str]:
         MSSGATE_SMTP__SMTPS_PORT="0",
         MSSGATE_SMTP__MTA_PORT="0",
         MSSGATE_SMTP__DRAIN_SECONDS="10",
+        MSSGATE_API__PORT="0",
         # These tests are about SMTP mechanics with unsigned mail; test_trust.py runs the
         # gateway with its default, signatures required.
         MSSGATE_POLICY__REQUIRE_SIGNATURE="false",
