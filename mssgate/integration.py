@@ -63,6 +63,10 @@ def _header(value: object) -> str | None:
 
 
 class ReceiptSpooler:
+    """Spools a generated notification (MDN, DSN) with a null return path."""
+
+    listener = "receipts"
+
     def __init__(self, spool: Spool, directory: Directory, wake: list[object]) -> None:
         self._spool = spool
         self._directory = directory
@@ -82,7 +86,7 @@ class ReceiptSpooler:
         self._spool.accept(
             queue_id=queue_id,
             content=mdn,
-            listener="receipts",
+            listener=self.listener,
             sender="",
             identity=None,
             peer=None,
@@ -92,3 +96,9 @@ class ReceiptSpooler:
         for callback in self._wake:
             if callable(callback):
                 callback()
+
+
+class BounceSpooler(ReceiptSpooler):
+    """DSNs of the relay (RFC 3464), spooled like receipts; a bounce never bounces."""
+
+    listener = "bounces"

@@ -26,10 +26,11 @@ from mssgate.db import open_engine, upgrade
 from mssgate.directory import Directory
 from mssgate.errors import Conflict
 from mssgate.fsutil import ensure_dir, write_durably
-from mssgate.integration import DocumentFeed, ReceiptSpooler
+from mssgate.integration import BounceSpooler, DocumentFeed, ReceiptSpooler
 from mssgate.logs import event
 from mssgate.mailstore.maildir import MaildirStore
 from mssgate.queue.service import DocumentQueue
+from mssgate.relay import RelayWorker
 from mssgate.smtp import replies
 from mssgate.smtp.policy import Listener
 from mssgate.smtp.server import Sessions, bound_port, start_smtp
@@ -93,11 +94,26 @@ async def run_gateway(config: Config) -> int:
             after_delivery=DocumentFeed(queue, spool, directory, config),
         )
         wakers.append(worker.wake)
-        sessions = Sessions()
-        servers = await start_smtp(
-            config, directory, spool, sessions, on_accepted=lambda _qid: worker.wake()
+        assert config.tls.cert is not None and config.tls.key is not None
+        relay = RelayWorker(
+            spool,
+            directory,
+            our_cert=config.tls.cert,
+            our_key=config.tls.key,
+            config_relay=config.relay,
+            hostname=config.server.hostname,
+            on_dsn=BounceSpooler(spool, directory, wakers),
         )
+        wakers.append(relay.wake)
+        sessions = Sessions()
+
+        def accepted(_queue_id: str) -> None:
+            worker.wake()
+            relay.wake()
+
+        servers = await start_smtp(config, directory, spool, sessions, on_accepted=accepted)
         worker_task = asyncio.create_task(worker.run(), name="delivery")
+        relay_task = asyncio.create_task(relay.run(), name="relay")
         api = await start_api(config, engine, queue=queue)
         ports = {listener.value: bound_port(s) for listener, s in servers.items()}
         ports["api"] = api.port
@@ -126,9 +142,10 @@ async def run_gateway(config: Config) -> int:
                 await session.reply(replies.SHUTTING_DOWN)
             session.close("shutting down")
         await api.stop()
-        worker_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker_task
+        for task in (worker_task, relay_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         status.unlink(missing_ok=True)
         engine.dispose()
         event(log, "serve.stopped", listeners=[listener.value for listener in Listener])

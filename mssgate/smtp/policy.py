@@ -25,7 +25,7 @@ from mssgate import audit
 from mssgate.authresults import TlsInfo, authentication_results_field, remove_own_results
 from mssgate.directory import Directory
 from mssgate.directory.models import AccountState
-from mssgate.dkim import DkimResult, dkim_verify
+from mssgate.dkim import DkimResult, dkim_sign, dkim_verify
 from mssgate.errors import MssgateError, StorageError, ValidationFailed
 from mssgate.identifiers import normalize_address
 from mssgate.logs import event
@@ -66,6 +66,9 @@ class TrustSettings:
     crls: tuple[bytes, ...] = ()
     verify_dkim: bool = True
     dkim_dns: Callable[[str], bytes | None] | None = None
+    # Outgoing mail to peers is DKIM-signed with this key (PEM), d= the author's domain.
+    dkim_selector: str = "mssgate"
+    dkim_key_pem: bytes | None = None
 
 
 def _identity(session: Session) -> str | None:
@@ -241,7 +244,12 @@ class SmtpPolicy:
             normal = normalize_address(address)
         except ValidationFailed:
             return replies.BAD_ADDRESS, None
-        if normal.rsplit("@", 1)[1] not in self._directory.domains.local_names():
+        domain = normal.rsplit("@", 1)[1]
+        if domain not in self._directory.domains.local_names():
+            # Practitioners may write to a trusted peer operator's domain; peers may not use
+            # us to reach a third party (never an open relay).
+            if self.listener.for_clients and self._directory.domains.peer_ca_pem(domain):
+                return replies.RECIPIENT_OK, normal
             return replies.RELAY_DENIED, None
         found = self._directory.professionals.find(normal)
         if found is None or not found.local:
@@ -305,7 +313,12 @@ class SmtpPolicy:
         )
         queue_id = new_queue_id()
         message = self._trace_header(server, session, envelope, queue_id) + results + content
-        recipients: list[tuple[str, Route]] = [(r, "local") for r in envelope.rcpt_tos]
+        locals_ = await asyncio.to_thread(self._directory.domains.local_names)
+        recipients: list[tuple[str, Route]] = [
+            (r, "local" if r.rsplit("@", 1)[1] in locals_ else "relay") for r in envelope.rcpt_tos
+        ]
+        if identity is not None and any(route == "relay" for _, route in recipients):
+            message = await asyncio.to_thread(self._dkim_sign, message, identity)
         try:
             await asyncio.to_thread(
                 self._spool.accept,
@@ -348,6 +361,16 @@ class SmtpPolicy:
         if pem is None:
             return [], None, replies.AUTHOR_DOMAIN_UNTRUSTED
         return [x509.load_pem_x509_certificate(pem.encode())], None, None
+
+    def _dkim_sign(self, message: bytes, identity: str) -> bytes:
+        if self._trust.dkim_key_pem is None:
+            return message
+        return dkim_sign(
+            message,
+            selector=self._trust.dkim_selector,
+            domain=identity.rsplit("@", 1)[1],
+            key_pem=self._trust.dkim_key_pem,
+        )
 
     def _dkim(self, content: bytes) -> DkimResult:
         lookup = self._trust.dkim_dns or _no_dns

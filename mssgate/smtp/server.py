@@ -55,7 +55,12 @@ def trust_settings(config: Config) -> TrustSettings:
     def dns(name: str) -> bytes | None:
         return overrides.get(name.lower().rstrip("."))
 
+    dkim_key = None
+    if config.dkim.key is not None and config.dkim.key.exists():
+        dkim_key = config.dkim.key.read_bytes()
     return TrustSettings(
+        dkim_selector=config.dkim.selector,
+        dkim_key_pem=dkim_key,
         require_signature=config.policy.require_signature,
         local_anchors=tuple(load_certificates(config.tls.ca)),
         crls=tuple(crls),

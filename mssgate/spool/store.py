@@ -223,8 +223,9 @@ class Spool:
     def envelope(self, queue_id: str) -> MessageEnvelope:
         with self._engine.connect() as conn:
             row = conn.execute(
-                select(spool_messages.c.id, spool_messages.c.sender, spool_messages.c.received_at)
-                .where(spool_messages.c.id == queue_id)
+                select(
+                    spool_messages.c.id, spool_messages.c.sender, spool_messages.c.received_at
+                ).where(spool_messages.c.id == queue_id)
             ).first()
         if row is None:
             raise NotFound(f"no spooled message {queue_id!r}")

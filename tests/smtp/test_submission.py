@@ -150,7 +150,8 @@ def test_from_header_must_be_the_identity(gateway: Gateway, headers: bytes) -> N
         ("@example.org:bob@hopital-a.test", 550, b"5.7.1"),
         ("bob@[127.0.0.1]", 550, b"5.7.1"),
         ("bob", 550, b"5.7.1"),
-        ("bob@clinique-b.test", 550, b"5.7.1"),
+        ("bob@unknown-operator.test", 550, b"5.7.1"),
+        ("dr.b@clinique-b.test", 250, b"2.1.5"),  # a trusted peer: relayed
     ],
 )
 def test_recipients(gateway: Gateway, recipient: str, code: int, status: bytes) -> None:
