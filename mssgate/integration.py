@@ -13,13 +13,22 @@ from __future__ import annotations
 import logging
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
+from email.utils import getaddresses
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mssgate.config import Config
 from mssgate.directory import Directory
+from mssgate.dkim import dkim_sign
 from mssgate.documents import DocumentLimits
+from mssgate.errors import ValidationFailed
+from mssgate.identifiers import normalize_address
 from mssgate.logs import event
+from mssgate.pki import load_certificate, load_private_key
 from mssgate.queue.ingest import ingest_message
 from mssgate.queue.service import DocumentQueue
+from mssgate.smime import sign_message
 from mssgate.spool import PendingDelivery, Spool, new_queue_id
 from mssgate.spool.store import Route
 
@@ -62,15 +71,68 @@ def _header(value: object) -> str | None:
     return None if value is None else str(value)[:998]
 
 
+class NotificationSigner:
+    """Signs what the gateway writes itself (MDN, DSN) like any outgoing message.
+
+    The author of an MDN is the mailbox that received the original (an application mailbox
+    such as a RIS has its own key); the author of a DSN is mailer-daemon@ our domain. Their
+    keys live in `certs/mailboxes/<address>.key.pem` with the certificate beside it
+    (`mssgate init` makes the mailer-daemon one; `mssgate cert issue ADDRESS --out
+    DATA/certs/mailboxes` makes one for an application mailbox). Without a key the message
+    goes unsigned, and a peer that requires signatures will refuse it: the log says so.
+    """
+
+    def __init__(self, mailboxes: Path, *, dkim_selector: str, dkim_key: bytes | None) -> None:
+        self._dir = mailboxes
+        self._selector = dkim_selector
+        self._dkim_key = dkim_key
+
+    def __call__(self, message: bytes, *, relay: bool) -> bytes:
+        author = _author(message)
+        if author is not None:
+            key, cert = self._dir / f"{author}.key.pem", self._dir / f"{author}.crt.pem"
+            private = load_private_key(key) if key.exists() and cert.exists() else None
+            if isinstance(private, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+                message = sign_message(message, key=private, cert=load_certificate(cert))
+            else:
+                event(log, "notification.unsigned", reason="no key for the author")
+        if relay and author is not None and self._dkim_key is not None:
+            message = dkim_sign(
+                message,
+                selector=self._selector,
+                domain=author.rsplit("@", 1)[1],
+                key_pem=self._dkim_key,
+            )
+        return message
+
+
+def _author(message: bytes) -> str | None:
+    headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(message)
+    found = getaddresses([str(v) for v in headers.get_all("From") or []])
+    if len(found) != 1:
+        return None
+    try:
+        return normalize_address(found[0][1])
+    except ValidationFailed:
+        return None
+
+
 class ReceiptSpooler:
     """Spools a generated notification (MDN, DSN) with a null return path."""
 
     listener = "receipts"
 
-    def __init__(self, spool: Spool, directory: Directory, wake: list[object]) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        directory: Directory,
+        wake: list[object],
+        signer: NotificationSigner | None = None,
+    ) -> None:
         self._spool = spool
         self._directory = directory
         self._wake = wake
+        self._signer = signer
 
     def __call__(self, mdn: bytes, recipient: str) -> None:
         domain = recipient.rsplit("@", 1)[-1].lower()
@@ -82,6 +144,8 @@ class ReceiptSpooler:
         else:
             event(log, "receipt.dropped", reason="recipient domain neither local nor trusted")
             return
+        if self._signer is not None:
+            mdn = self._signer(mdn, relay=route == "relay")
         queue_id = new_queue_id()
         self._spool.accept(
             queue_id=queue_id,

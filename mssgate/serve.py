@@ -26,7 +26,12 @@ from mssgate.db import open_engine, upgrade
 from mssgate.directory import Directory
 from mssgate.errors import Conflict
 from mssgate.fsutil import ensure_dir, write_durably
-from mssgate.integration import BounceSpooler, DocumentFeed, ReceiptSpooler
+from mssgate.integration import (
+    BounceSpooler,
+    DocumentFeed,
+    NotificationSigner,
+    ReceiptSpooler,
+)
 from mssgate.logs import event
 from mssgate.mailstore.maildir import MaildirStore
 from mssgate.queue.service import DocumentQueue
@@ -85,8 +90,14 @@ async def run_gateway(config: Config) -> int:
         spool = Spool(engine, data / "spool")
         recovered = spool.recover()
         wakers: list[object] = []
+        dkim_key = (
+            config.dkim.key.read_bytes() if config.dkim.key and config.dkim.key.exists() else None
+        )
+        signer = NotificationSigner(
+            config.certs_dir / "mailboxes", dkim_selector=config.dkim.selector, dkim_key=dkim_key
+        )
         queue = DocumentQueue.from_config(
-            config, engine, on_receipt=ReceiptSpooler(spool, directory, wakers)
+            config, engine, on_receipt=ReceiptSpooler(spool, directory, wakers, signer)
         )
         worker = DeliveryWorker(
             spool,
@@ -102,7 +113,7 @@ async def run_gateway(config: Config) -> int:
             our_key=config.tls.key,
             config_relay=config.relay,
             hostname=config.server.hostname,
-            on_dsn=BounceSpooler(spool, directory, wakers),
+            on_dsn=BounceSpooler(spool, directory, wakers, signer),
         )
         wakers.append(relay.wake)
         sessions = Sessions()

@@ -17,7 +17,13 @@ from mssgate.db.migrate import current_revision, head_revision
 from mssgate.directory import Directory
 from mssgate.errors import Conflict, MssgateError
 from mssgate.identifiers import normalize_domain
-from mssgate.pki import days_left, init_dev_pki, load_certificate, load_private_key
+from mssgate.pki import (
+    days_left,
+    init_dev_pki,
+    issue_smime_files,
+    load_certificate,
+    load_private_key,
+)
 
 CERT_WARN_DAYS = 30
 
@@ -49,6 +55,11 @@ def init(
         origin=str(config_file),
     )
     pki = init_dev_pki(config.certs_dir, domain=dom, hostname=host, force=force)
+    # The gateway signs its own DSNs as mailer-daemon@DOMAIN (see mssgate.integration).
+    issue_smime_files(
+        pki.ca_key, pki.ca_cert, f"mailer-daemon@{dom}", config.certs_dir / "mailboxes",
+        common_name=f"mssgate {dom}", force=force,
+    )  # fmt: skip
     engine = open_engine(config.database_url)
     try:
         upgrade(engine)
@@ -130,5 +141,16 @@ def serve(ctx: typer.Context) -> None:
     from mssgate.serve import serve as run
 
     code = run(state(ctx).config())
+    if code:
+        raise typer.Exit(code)
+
+
+def demo(
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the temporary folder.")] = False,
+) -> None:
+    """Two gateways in a temporary folder: a signed imaging report from clinic to RIS."""
+    from mssgate.demo import demo as run_demo
+
+    code = run_demo(keep=keep)
     if code:
         raise typer.Exit(code)

@@ -57,6 +57,7 @@ def root(
 app.command("init")(admin_cmds.init)
 app.command("check")(admin_cmds.check)
 app.command("serve")(admin_cmds.serve)
+app.command("demo")(admin_cmds.demo)
 app.add_typer(directory_cmds.app, name="directory")
 app.add_typer(cert_cmds.app, name="cert")
 app.add_typer(domain_cmds.app, name="domain")

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
-from mssgate.cli.context import emit_json, emit_table, say, state
+from mssgate.cli.context import actor, emit_json, emit_table, say, state
+from mssgate.directory.trustlist import (
+    DEFAULT_RELAY,
+    TrustListRefused,
+    apply_trust_list,
+    check_relay_template,
+    read_trust_list,
+)
+from mssgate.errors import NotFound
 from mssgate.pki import load_certificate
 
 app = typer.Typer(help="Local domains and trusted peer domains.", no_args_is_help=True)
@@ -68,3 +78,81 @@ def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
             for d in rows
         ],
     )
+
+
+@app.command("import-trust-list")
+def import_trust_list(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="The national list (listeblanchemssante.xml).")],
+    allow_unsigned: Annotated[
+        bool,
+        typer.Option("--allow-unsigned", help="Accept a list that carries no signature."),
+    ] = False,
+    ca: Annotated[
+        Path | None,
+        typer.Option("--ca", help="CA bundle (PEM) for the signature; default: [tls] ca."),
+    ] = None,
+    signer_cn: Annotated[
+        str | None,
+        typer.Option("--signer-cn", help="Require this common name on the signing certificate."),
+    ] = None,
+    relay: Annotated[
+        str,
+        typer.Option(
+            "--relay",
+            help="Relay of a newly trusted domain ({domain} is replaced); the list has none.",
+        ),
+    ] = DEFAULT_RELAY,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Make the trust list equal to the MSSanté national list (signed XML "liste blanche").
+
+    Domains of the list become trusted, trusted domains absent from it are removed; each
+    change is audited. A list whose signature does not verify is refused; an unsigned one
+    too, unless --allow-unsigned. Idempotent: a second run changes nothing.
+    """
+    st = state(ctx)
+    template = check_relay_template(relay)
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"no such file: {file}") from None
+    except OSError as exc:
+        raise TrustListRefused(f"cannot read {file}: {exc.strerror}") from None
+    ca_file = ca if ca is not None else st.config().tls.ca
+    trust_list = read_trust_list(
+        data, ca_file=ca_file, allow_unsigned=allow_unsigned, signer_cn=signer_cn
+    )
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        disable=json_out or not sys.stderr.isatty(),
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("applying", total=None)
+        report = apply_trust_list(
+            st.engine(),
+            trust_list,
+            actor=actor(),
+            relay_template=template,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    if json_out:
+        emit_json(report)
+        return
+    origin = f"signed by {report.signer}" if report.signed else "UNSIGNED"
+    say(
+        f"trust list ({origin}): {len(report.added)} added, {len(report.removed)} removed,"
+        f" {len(report.updated)} updated, {len(report.unchanged)} unchanged,"
+        f" {len(report.skipped)} skipped"
+    )
+    for name in report.added:
+        say(f"  + {name}")
+    for name in report.removed:
+        say(f"  - {name}")
+    for name in report.updated:
+        say(f"  ~ {name}")
+    for skipped in report.skipped:
+        say(f"  ! {skipped.name}: {skipped.reason}")

@@ -1,0 +1,5 @@
+"""`python -m mssgate` is the `mssgate` command."""
+
+from mssgate.cli import main
+
+main()
