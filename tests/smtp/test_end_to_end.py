@@ -84,3 +84,37 @@ def test_cr_img_from_smtp_to_the_ris_and_receipt_back(live: tuple[Gateway, str, 
     assert mdn.get_param("report-type") == "disposition-notification"
     parts = [p.get_content_type() for p in mdn.walk()]
     assert "message/disposition-notification" in parts
+
+
+def test_kill_9_mid_lease_loses_nothing(live: tuple[Gateway, str, Path]) -> None:
+    import signal
+    import time
+
+    gateway, token, out = live
+    client = gateway.login()
+    client.sendmail(ALICE, [BOB], cr_img_mail(out))
+    client.quit()
+    gateway.wait_event("documents.ingested", documents=1)
+
+    def api() -> httpx.Client:
+        return httpx.Client(
+            base_url=f"https://127.0.0.1:{gateway.ports['api']}",
+            verify=gateway.client_context(),
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    with api() as first:
+        leases = first.post("/v1/leases", json={"max": 1, "lease_seconds": 2}).json()["leases"]
+    assert len(leases) == 1
+    doc_id = leases[0]["document"]["id"]
+    assert gateway.stop(signal.SIGKILL) == -signal.SIGKILL
+    gateway.start()
+    time.sleep(2.5)  # the lease held by the dead process expires
+    with api() as second:
+        again = second.post("/v1/leases", json={"max": 5, "lease_seconds": 60}).json()["leases"]
+        assert [lease["document"]["id"] for lease in again] == [doc_id]
+        ack = second.post(f"/v1/documents/{doc_id}/ack", json={"lease_id": again[0]["lease_id"]})
+        assert ack.status_code in (200, 204)
+        # The first lease is gone: acking with it is a conflict, not a second success.
+        stale = second.post(f"/v1/documents/{doc_id}/ack", json={"lease_id": leases[0]["lease_id"]})
+        assert stale.status_code in (404, 409)
