@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?= var
 DOMAIN ?= hopital-a.test
 
-.PHONY: run test lint typecheck pytest install clean
+.PHONY: run test lint typecheck pytest install clean dovecot
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) dovecot
 	test -f $(DATA)/mssgate.toml || $(BIN)/mssgate init --data $(DATA) --domain $(DOMAIN)
 	MSSGATE_CONFIG=$(DATA)/mssgate.toml $(BIN)/mssgate serve
+
+# IMAP needs Dovecot: installed here when missing and run as root; otherwise `serve` says
+# in one line what to install (or run with MSSGATE_IMAP__ENABLED=false).
+dovecot:
+	@command -v dovecot >/dev/null 2>&1 || test -x /usr/sbin/dovecot || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd dovecot-lmtpd; \
+	    else echo "IMAP needs Dovecot: sudo apt-get install dovecot-imapd dovecot-lmtpd"; fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -142,6 +142,7 @@ def start_gateway(data: Path) -> tuple[subprocess.Popen, int]:
         MSSGATE_SMTP__SMTPS_PORT="0",
         MSSGATE_SMTP__MTA_PORT="0",
         MSSGATE_API__PORT="0",
+        MSSGATE_IMAP__ENABLED="false",
         MSSGATE_SMTP__MAX_CONNECTIONS_PER_IP="100",
         MSSGATE_SMTP__MAX_MESSAGE_SIZE="30000000",
         # The acceptance path as Postfix's reference has it: S/MIME is measured separately.

@@ -41,6 +41,7 @@ def env_for(data: Path) -> dict[str, str]:
         MSSGATE_SMTP__SMTPS_PORT="0",
         MSSGATE_SMTP__MTA_PORT="0",
         MSSGATE_API__PORT="0",
+        MSSGATE_IMAP__ENABLED="false",
         MSSGATE_POLICY__REQUIRE_SIGNATURE="false",
         MSSGATE_SMTP__MAX_CONNECTIONS_PER_IP="100",
     )

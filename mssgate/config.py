@@ -51,6 +51,9 @@ class SmtpConfig(_Section):
 
 
 class ImapConfig(_Section):
+    # IMAP needs Dovecot (Debian's dovecot-imapd and dovecot-lmtpd). Off: local mail is
+    # written as Maildir under the data folder and nobody can read it over IMAP.
+    enabled: bool = True
     port: Port = Field(10143, ge=0, le=65535)
     imaps_port: Port = Field(10993, ge=0, le=65535)
     bind: str = "127.0.0.1"

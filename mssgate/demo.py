@@ -103,6 +103,8 @@ class Node:
             MSSGATE_API__PORT=str(self.ports["api"]),
             MSSGATE_POLICY__ALLOW_TEST_INS="true",
             MSSGATE_RELAY__RETRY_FIRST_SECONDS="1",
+            # The demo is about the message path; IMAP is shown by the tests (and `serve`).
+            MSSGATE_IMAP__ENABLED="false",
             **extra,
         )
         return env

@@ -24,8 +24,10 @@ from mssgate.api.server import start_api
 from mssgate.config import Config
 from mssgate.db import open_engine, upgrade
 from mssgate.directory import Directory
+from mssgate.dovecot.supervisor import DovecotError, DovecotSupervisor, find_dovecot
 from mssgate.errors import Conflict
 from mssgate.fsutil import ensure_dir, write_durably
+from mssgate.imap.server import ImapService, start_imap
 from mssgate.integration import (
     BounceSpooler,
     DocumentFeed,
@@ -33,10 +35,13 @@ from mssgate.integration import (
     ReceiptSpooler,
 )
 from mssgate.logs import event
+from mssgate.mailstore.base import MailStore
+from mssgate.mailstore.lmtp import LmtpStore
 from mssgate.mailstore.maildir import MaildirStore
 from mssgate.queue.service import DocumentQueue
 from mssgate.relay import RelayWorker
 from mssgate.smtp import replies
+from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
 from mssgate.smtp.policy import Listener
 from mssgate.smtp.server import Sessions, bound_port, start_smtp
 from mssgate.spool import Spool
@@ -73,6 +78,12 @@ def _banner(config: Config, ports: dict[str, int]) -> str:
             f"  SMTPS            {config.smtp.bind}:{ports['smtps']}  (implicit TLS, AUTH)",
             f"  SMTP for peers   {config.smtp.bind}:{ports['mta']}  (STARTTLS, client cert)",
             f"  RIS HTTPS API    https://{config.api.bind}:{ports['api']}/v1/  (bearer token)",
+            (
+                f"  IMAP             {config.imap.bind}:{ports['imaps']} (TLS),"
+                f" {ports['imap']} (STARTTLS)"
+                if "imaps" in ports
+                else "  IMAP             off (imap.enabled = false)"
+            ),
             f"  dev CA           {ca}",
             f"  data             {config.server.data_dir}",
             "  stop with Ctrl-C or SIGTERM",
@@ -99,10 +110,19 @@ async def run_gateway(config: Config) -> int:
         queue = DocumentQueue.from_config(
             config, engine, on_receipt=ReceiptSpooler(spool, directory, wakers, signer)
         )
+        dovecot: DovecotSupervisor | None = None
+        store: MailStore = MaildirStore(data / "mail")
+        if config.imap.enabled:
+            if find_dovecot() is None and config.imap.dovecot_config is None:
+                raise DovecotError(
+                    "IMAP needs Dovecot: apt-get install dovecot-imapd dovecot-lmtpd"
+                    " (or set imap.enabled = false)"
+                )
+            dovecot = DovecotSupervisor(config, data_dir=data)
+            await dovecot.start()
+            store = LmtpStore(dovecot.lmtp_socket)
         worker = DeliveryWorker(
-            spool,
-            MaildirStore(data / "mail"),
-            after_delivery=DocumentFeed(queue, spool, directory, config),
+            spool, store, after_delivery=DocumentFeed(queue, spool, directory, config)
         )
         wakers.append(worker.wake)
         assert config.tls.cert is not None and config.tls.key is not None
@@ -122,12 +142,29 @@ async def run_gateway(config: Config) -> int:
             worker.wake()
             relay.wake()
 
-        servers = await start_smtp(config, directory, spool, sessions, on_accepted=accepted)
+        smtp = config.smtp
+        penalty = AuthPenalty(smtp.auth_failures_before_delay, smtp.auth_failure_delay_max_seconds)
+        servers = await start_smtp(
+            config, directory, spool, sessions, on_accepted=accepted, penalty=penalty
+        )
+        imap: ImapService | None = None
+        dovecot_task: asyncio.Task[None] | None = None
+        if dovecot is not None:
+            imap = await start_imap(
+                config,
+                directory,
+                dovecot.imap_backend,
+                penalty=penalty,
+                limiter=ConnectionLimiter(smtp.max_connections_per_ip),
+            )
+            dovecot_task = asyncio.create_task(dovecot.run(), name="dovecot")
         worker_task = asyncio.create_task(worker.run(), name="delivery")
         relay_task = asyncio.create_task(relay.run(), name="relay")
         api = await start_api(config, engine, queue=queue)
         ports = {listener.value: bound_port(s) for listener, s in servers.items()}
         ports["api"] = api.port
+        if imap is not None:
+            ports.update(imap.ports)
         status = run_dir / "serve.json"
         write_durably(
             status,
@@ -153,10 +190,16 @@ async def run_gateway(config: Config) -> int:
                 await session.reply(replies.SHUTTING_DOWN)
             session.close("shutting down")
         await api.stop()
-        for task in (worker_task, relay_task):
+        if imap is not None:
+            await imap.stop()
+        for task in (worker_task, relay_task, dovecot_task):
+            if task is None:
+                continue
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if dovecot is not None:
+            await dovecot.stop()
         status.unlink(missing_ok=True)
         engine.dispose()
         event(log, "serve.stopped", listeners=[listener.value for listener in Listener])

@@ -10,11 +10,11 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi import Path as PathParam
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import Response
 from sqlalchemy import Engine
 
 from mssgate import __version__
-from mssgate.api import problems
+from mssgate.api import autoconfig, operations, problems
 from mssgate.api.auth import CurrentConsumer
 from mssgate.api.limits import BodyLimit
 from mssgate.api.problems import Problem, responses
@@ -30,6 +30,7 @@ from mssgate.api.schemas import (
 from mssgate.config import Config
 from mssgate.directory.consumers import Consumers
 from mssgate.documents.record import DocumentRecord
+from mssgate.metrics import Metrics, scrape_registry
 from mssgate.queue.models import QueueState
 from mssgate.queue.service import DocumentQueue, ReceiptCallback
 
@@ -61,8 +62,10 @@ def create_app(
     *,
     queue: DocumentQueue | None = None,
     on_receipt: ReceiptCallback | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
-    """The ASGI application; `queue` defaults to one built from the configuration."""
+    """The ASGI application; `queue` defaults to one built from the configuration, `metrics`
+    to the process-wide counters of mssgate.metrics."""
     app = FastAPI(
         title="mssgate RIS integration API",
         version=__version__,
@@ -75,6 +78,9 @@ def create_app(
     )
     app.state.queue = queue or DocumentQueue.from_config(config, engine, on_receipt=on_receipt)
     app.state.consumers = Consumers(engine, actor="api")
+    app.state.config = config
+    app.state.engine = engine
+    app.state.metrics_registry = scrape_registry(engine, metrics)
     problems.install(app)
     app.add_middleware(BodyLimit)
     auth_errors = responses(401, 422)
@@ -82,18 +88,6 @@ def create_app(
     @app.get("/healthz", response_model=Health, tags=["operations"])
     def healthz() -> Health:
         return Health(status="ok")
-
-    @app.get(
-        "/metrics",
-        response_class=PlainTextResponse,
-        tags=["operations"],
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-    )
-    def metrics(request: Request) -> PlainTextResponse:
-        counts = _queue(request).counts()
-        lines = ["# TYPE mssgate_queue_documents gauge"]
-        lines += [f'mssgate_queue_documents{{state="{s}"}} {n}' for s, n in counts.items()]
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     @app.post(
         "/v1/leases",
@@ -184,6 +178,8 @@ def create_app(
         )
         return TransitionResponse(id=document_id, state=state)
 
+    app.include_router(operations.router)
+    app.include_router(autoconfig.router)
     _publish_problem_schema(app)
     return app
 

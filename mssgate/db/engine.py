@@ -40,8 +40,14 @@ def open_engine(url: str) -> Engine:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         db = parsed.database
-        if db and db != ":memory:" and not Path(db).parent.is_dir():
-            raise StorageError(f"database folder does not exist: {Path(db).parent}")
+        if db and db != ":memory:":
+            path = Path(db)
+            if not path.parent.is_dir():
+                raise StorageError(f"database folder does not exist: {path.parent}")
+            # Password hashes and token digests live here: readable by us only. SQLite gives
+            # its -wal and -shm files the database file's mode.
+            path.touch(mode=0o600, exist_ok=True)
+            path.chmod(0o600)
         engine = create_engine(parsed, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from mssgate import metrics
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.pipeline import process_message
 from mssgate.documents.record import Accepted, Quarantined
@@ -61,7 +62,7 @@ def ingest(
                     "mailbox": box,
                 }
             )
-            doc_id, _ = service.enqueue(
+            doc_id, created = service.enqueue(
                 NewDocument(
                     record=record,
                     content=outcome.content,
@@ -71,9 +72,12 @@ def ingest(
                 ),
                 actor=actor,
             )
+            if created:
+                # Counted once: a replayed delivery finds the row and adds nothing.
+                metrics.document(record.document.format, "queued")
             report.queued.append(doc_id)
         else:
-            held_id, _ = service.quarantine.hold(
+            held_id, created = service.quarantine.hold(
                 outcome,
                 message=raw,
                 mailbox=box,
@@ -83,6 +87,9 @@ def ingest(
                 received_at=received_at,
                 actor=actor,
             )
+            if created:
+                kind = outcome.document.format if outcome.document is not None else "unknown"
+                metrics.document(kind, "quarantined")
             report.held.append(held_id)
             report.held_outcomes.append(outcome)
     return report

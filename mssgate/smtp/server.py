@@ -6,13 +6,13 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mssgate.authn import DirectoryAuthenticator
 from mssgate.config import Config
 from mssgate.directory import Directory
 from mssgate.errors import ConfigError
 from mssgate.pki import load_certificates
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
 from mssgate.smtp.policy import (
-    DirectoryAuthenticator,
     Listener,
     PolicyLimits,
     SmtpPolicy,
@@ -85,6 +85,8 @@ async def start_smtp(
     spool: Spool,
     sessions: Sessions,
     on_accepted: Callable[[str], None],
+    *,
+    penalty: AuthPenalty | None = None,
 ) -> dict[Listener, asyncio.Server]:
     """Starts the three listeners and returns them, by kind, once they accept connections."""
     smtp = config.smtp
@@ -102,7 +104,10 @@ async def start_smtp(
         request_client_cert=True,
     )
     limiter = ConnectionLimiter(smtp.max_connections_per_ip)
-    penalty = AuthPenalty(smtp.auth_failures_before_delay, smtp.auth_failure_delay_max_seconds)
+    # One penalty per process, shared with IMAP: a guesser gains nothing by switching protocol.
+    penalty = penalty or AuthPenalty(
+        smtp.auth_failures_before_delay, smtp.auth_failure_delay_max_seconds
+    )
     limits = PolicyLimits(max_recipients=smtp.max_recipients)
     trust = trust_settings(config)
     loop = asyncio.get_running_loop()
@@ -118,7 +123,8 @@ async def start_smtp(
             on_accepted=on_accepted,
         )
         for_clients = listener.for_clients
-        auth = DirectoryAuthenticator(directory, listener) if for_clients else None
+        actor = f"smtp:{listener.value}"
+        auth = DirectoryAuthenticator(directory, actor) if for_clients else None
 
         def make() -> GatewaySMTP:
             if listener is Listener.MTA:

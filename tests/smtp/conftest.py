@@ -151,6 +151,9 @@ def free_env(data: Path) -> dict[str, str]:
         MSSGATE_SMTP__MTA_PORT="0",
         MSSGATE_SMTP__DRAIN_SECONDS="10",
         MSSGATE_API__PORT="0",
+        # Local delivery as Maildir files named by queue id (tests read them); IMAP and its
+        # Dovecot are tested in tests/imap and tests/smtp/test_imap_serve.py.
+        MSSGATE_IMAP__ENABLED="false",
         # These tests are about SMTP mechanics with unsigned mail; test_trust.py runs the
         # gateway with its default, signatures required.
         MSSGATE_POLICY__REQUIRE_SIGNATURE="false",

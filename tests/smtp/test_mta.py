@@ -23,9 +23,13 @@ def peer_context(gateway: Gateway, pki: dict[str, Path] | None) -> ssl.SSLContex
 
 def connect(gateway: Gateway, pki: dict[str, Path] | None) -> smtplib.SMTP:
     client = smtplib.SMTP("127.0.0.1", gateway.ports["mta"], timeout=15)
-    client.ehlo(f"mx.{PEER_DOMAIN}")
-    client.starttls(context=peer_context(gateway, pki))
-    client.ehlo(f"mx.{PEER_DOMAIN}")
+    try:
+        client.ehlo(f"mx.{PEER_DOMAIN}")
+        client.starttls(context=peer_context(gateway, pki))
+        client.ehlo(f"mx.{PEER_DOMAIN}")
+    except BaseException:
+        client.close()  # TLS 1.3: the server's refusal may only show on the next read
+        raise
     return client
 
 
@@ -101,7 +105,10 @@ def test_unknown_peer_certificate_fails_the_handshake(gateway: Gateway, tmp_path
     write_private_key(pki["key"], key)
     with pytest.raises((ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError)):
         client = connect(gateway, pki)
-        client.docmd(f"MAIL FROM:<dr.b@{PEER_DOMAIN}>")
+        try:
+            client.docmd(f"MAIL FROM:<dr.b@{PEER_DOMAIN}>")
+        finally:
+            client.close()
     gateway.wait_event("smtp.tls_failed", listener="mta")
 
 

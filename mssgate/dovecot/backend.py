@@ -1,0 +1,111 @@
+"""Post-login sessions: Dovecot's `imap` binary started pre-authenticated for one user.
+
+`imap -c CONFIG -u USER` asks the running Dovecot's auth-userdb socket for the user, drops
+to the mail uid and speaks IMAP on stdin/stdout, starting with `* PREAUTH [CAPABILITY ...]`.
+No password ever reaches Dovecot: our front door has authenticated the user already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from pathlib import Path
+
+from mssgate.dovecot.logpump import pump
+from mssgate.imap.backend import BackendUnavailable
+from mssgate.logs import event
+
+log = logging.getLogger("mssgate.dovecot")
+
+IMAP_BINARY = Path("/usr/lib/dovecot/imap")
+_GREETING = re.compile(rb"^\* PREAUTH \[CAPABILITY ([\x21-\x7e ]+)\]")
+# The relay reads in chunks; the limit only bounds the greeting line we parse.
+_STREAM_LIMIT = 64 * 1024
+
+
+class DovecotSession:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, capabilities: str, logs: asyncio.Task[None]
+    ) -> None:
+        assert proc.stdout is not None and proc.stdin is not None
+        self._proc = proc
+        self._stdin = proc.stdin
+        self._stdout = proc.stdout
+        self._logs = logs
+        self._capabilities = capabilities
+
+    @property
+    def capabilities(self) -> str:
+        return self._capabilities
+
+    @property
+    def reader(self) -> asyncio.StreamReader:
+        return self._stdout
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    async def write(self, data: bytes) -> None:
+        self._stdin.write(data)
+        await self._stdin.drain()
+
+    async def close(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError):
+            self._stdin.close()
+        # EOF on stdin makes imap log out; one that hangs is not allowed to linger.
+        try:
+            await asyncio.wait_for(self._proc.wait(), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await self._proc.wait()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._logs
+
+
+class DovecotBackend:
+    """Starts pre-authenticated sessions against the Dovecot configured by `config_file`."""
+
+    def __init__(
+        self, config_file: Path, *, imap_binary: Path = IMAP_BINARY, greeting_timeout: float = 30
+    ) -> None:
+        self.config_file = config_file
+        self.imap_binary = imap_binary
+        self._greeting_timeout = greeting_timeout
+
+    def command(self, user: str) -> list[str]:
+        return [str(self.imap_binary), "-c", str(self.config_file), "-u", user]
+
+    async def open(self, user: str, *, peer_ip: str, local_ip: str) -> DovecotSession:
+        # Dovecot reads the client's addresses from IP/LOCAL_IP for its logs and plugins.
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "IP": peer_ip, "LOCAL_IP": local_ip}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.command(user),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                limit=_STREAM_LIMIT,
+            )
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot start {self.imap_binary}: {exc.strerror}") from exc
+        assert proc.stdout is not None and proc.stderr is not None
+        logs = asyncio.create_task(pump(proc.stderr, source="imap"), name="dovecot-imap-log")
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), self._greeting_timeout)
+        except (TimeoutError, ValueError, OSError):
+            line = b""
+        match = _GREETING.match(line)
+        if match is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            with contextlib.suppress(asyncio.CancelledError):
+                await logs
+            event(log, "dovecot.session_failed", level=logging.WARNING, code=proc.returncode)
+            raise BackendUnavailable("the mailbox engine refused the session")
+        return DovecotSession(proc, match.group(1).decode("ascii"), logs)

@@ -1,0 +1,57 @@
+"""Delivery to Dovecot over LMTP on a unix socket.
+
+`deliver` returns only after LMTP's 250 for the recipient: Dovecot answers it once the
+message is saved (and fsynced, `mail_fsync = optimized`), so the spool may then forget it.
+The mailbox, with its special-use folders, is created by the first delivery.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from pathlib import Path
+
+from mssgate.mailstore.base import DeliveryFailed
+from mssgate.mailstore.maildir import check_mailbox_name
+
+
+class LmtpStore:
+    def __init__(self, socket_path: Path, *, timeout: float = 120.0) -> None:
+        self.socket_path = socket_path
+        self._timeout = timeout
+
+    def deliver(self, recipient: str, message: bytes, *, delivery_id: str) -> None:
+        # delivery_id cannot reach Dovecot's dedup (it has none for LMTP): a crash between
+        # Dovecot's 250 and the spool's bookkeeping delivers twice rather than never.
+        check_mailbox_name(recipient)
+        try:
+            client = smtplib.LMTP(str(self.socket_path), timeout=self._timeout)
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryFailed(f"LMTP connect to {self.socket_path} failed: {exc}") from exc
+        try:
+            self._transaction(client, recipient, message)
+        except (OSError, smtplib.SMTPServerDisconnected) as exc:
+            raise DeliveryFailed(f"LMTP session failed: {exc}") from exc
+        finally:
+            try:
+                client.quit()
+            except (OSError, smtplib.SMTPException):
+                client.close()
+
+    @staticmethod
+    def _transaction(client: smtplib.LMTP, recipient: str, message: bytes) -> None:
+        client.ehlo_or_helo_if_needed()  # LHLO, for smtplib.LMTP
+        code, text = client.mail("")
+        if code != 250:
+            _refused(code, text)
+        code, text = client.rcpt(recipient)
+        if code != 250:
+            _refused(code, text)
+        # With one recipient, LMTP's single reply after the data is that recipient's.
+        code, text = client.data(message)
+        if code != 250:
+            _refused(code, text)
+
+
+def _refused(code: int, text: bytes) -> None:
+    reply = text.decode("utf-8", "replace")[:200]
+    raise DeliveryFailed(f"LMTP refused: {code} {reply}", permanent=500 <= code < 600)

@@ -1,0 +1,322 @@
+"""Prometheus metrics: event counters bumped by the mail path, gauges read from the database.
+
+Counters live in a registry of our own, never prometheus_client's global one, so that a test
+(or a second gateway in one process) can hold a fresh `Metrics` and nothing leaks between
+them. The module-level functions bump the process-wide default, which `GET /metrics` serves.
+
+Label values are client-facing text in the end (a scrape is unauthenticated): every value is
+forced into a short token alphabet, so an address, a subject or a patient name handed here by
+mistake becomes "other" instead of a label. Bounded alphabets also bound cardinality.
+
+The gauges (queue depth, quarantine size, spool backlog, ages) are computed at scrape time by
+`DatabaseCollector`, so they are right across several gateway processes sharing PostgreSQL
+and never drift from the rows they describe.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from mssgate.db.schema import quarantine, queue_documents, spool_messages, spool_recipients
+from mssgate.directory.timeutil import aware
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CONTENT_TYPE",
+    "DatabaseCollector",
+    "Metrics",
+    "default",
+    "delivery",
+    "document",
+    "message_accepted",
+    "message_rejected",
+    "render",
+    "scrape_registry",
+    "smime",
+    "tls_session",
+]
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+OTHER: Final = "other"
+
+# Tokens only: letters, digits and . _ - (no "@", no spaces), short. An address or a
+# free-text reason cannot pass, whatever a caller hands over.
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+_ENHANCED_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+# TLS versions as ssl.SSLSocket.version() names them.
+_TLS_VERSIONS: Final = frozenset({"TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", "SSLv3", "none"})
+
+
+def _token(value: object) -> str:
+    text = str(value)
+    if _TOKEN.fullmatch(text) and "@" not in text:
+        return text.lower()
+    return OTHER
+
+
+def _status(value: object) -> str:
+    text = str(value)
+    return text if _ENHANCED_STATUS.fullmatch(text) else OTHER
+
+
+def _tls_version(value: object) -> str:
+    text = str(value) if value is not None else "none"
+    return text if text in _TLS_VERSIONS else OTHER
+
+
+class Metrics:
+    """The gateway's event counters, in a registry of their own."""
+
+    def __init__(self, *, process: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.smtp_messages = Counter(
+            "mssgate_smtp_messages",
+            "Messages that reached the end of DATA, by listener and outcome.",
+            ["listener", "outcome"],
+            registry=reg,
+        )
+        self.smtp_rejections = Counter(
+            "mssgate_smtp_rejections",
+            "SMTP rejections by listener, stage (MAIL, RCPT, DATA...) and enhanced status.",
+            ["listener", "stage", "status"],
+            registry=reg,
+        )
+        self.smime_results = Counter(
+            "mssgate_smime_results",
+            "S/MIME verification results (valid, unsigned, invalid, untrusted...).",
+            ["result"],
+            registry=reg,
+        )
+        self.tls_sessions = Counter(
+            "mssgate_tls_sessions",
+            "TLS sessions established, by listener and protocol version.",
+            ["listener", "version"],
+            registry=reg,
+        )
+        self.documents = Counter(
+            "mssgate_documents",
+            "Documents extracted from delivered mail, by format and outcome.",
+            ["type", "outcome"],
+            registry=reg,
+        )
+        self.delivery_attempts = Counter(
+            "mssgate_delivery_attempts",
+            "Delivery attempts by route (local, relay) and outcome.",
+            ["route", "outcome"],
+            registry=reg,
+        )
+        if process:
+            # Linux /proc figures (CPU, memory, open files) and the Python version: what an
+            # operator checks first when a gateway misbehaves.
+            ProcessCollector(registry=reg)
+            PlatformCollector(registry=reg)
+
+    def message_accepted(self, listener: str) -> None:
+        self.smtp_messages.labels(_token(listener), "accepted").inc()
+
+    def message_rejected(self, listener: str, stage: str, status: str) -> None:
+        """A rejection at any stage; `status` is the enhanced code (RFC 3463), e.g. 5.7.1.
+
+        Every rejection counts in `mssgate_smtp_rejections`; one at DATA (the message was
+        whole and refused) also counts as a rejected message.
+        """
+        lst, stg = _token(listener), _token(stage)
+        # SMTP verbs read best in capitals (MAIL, RCPT, DATA); "other" stays as it is.
+        stg = stg if stg == OTHER else stg.upper()
+        self.smtp_rejections.labels(lst, stg, _status(status)).inc()
+        if stg == "DATA":
+            self.smtp_messages.labels(lst, "rejected").inc()
+
+    def tls_session(self, listener: str, version: str | None) -> None:
+        self.tls_sessions.labels(_token(listener), _tls_version(version)).inc()
+
+    def smime(self, result: str) -> None:
+        self.smime_results.labels(_token(result)).inc()
+
+    def document(self, type: str, outcome: str) -> None:
+        if outcome not in ("queued", "quarantined"):
+            raise ValueError(f"document outcome must be queued or quarantined, not {outcome!r}")
+        self.documents.labels(_token(type), outcome).inc()
+
+    def delivery(self, route: str, outcome: str) -> None:
+        self.delivery_attempts.labels(_token(route), _token(outcome)).inc()
+
+    def collect(self) -> Iterator[Metric]:
+        """So that a Metrics can itself be registered in a scrape registry."""
+        yield from self.registry.collect()
+
+
+def _age(now: datetime, oldest: datetime | None) -> float:
+    if oldest is None:
+        return 0.0
+    return max(0.0, (now - aware(oldest)).total_seconds())
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class DatabaseCollector:
+    """Gauges read at scrape time: a few aggregate queries, no row leaves the database."""
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = _utcnow) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def describe(self) -> Iterable[Metric]:
+        # Describing without querying keeps registration free of database access.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "mssgate_database_up", "1 when the metrics queries reached the database."
+        )
+        try:
+            families = self._read()
+        except SQLAlchemyError as exc:
+            # A scrape must still answer (that is how the outage gets noticed).
+            log.warning("metrics: database unreachable: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _read(self) -> list[Metric]:
+        now = self._clock()
+        qd = queue_documents.c
+        with self._engine.connect() as conn:
+            by_state = {
+                str(state): int(n)
+                for state, n in conn.execute(select(qd.state, func.count()).group_by(qd.state))
+            }
+            oldest_lease = conn.execute(
+                select(func.min(qd.updated_at)).where(qd.state == "leased")
+            ).scalar()
+            oldest_ready = conn.execute(
+                select(func.min(qd.received_at)).where(qd.state == "ready")
+            ).scalar()
+            held, held_bytes = conn.execute(
+                select(func.count(), func.coalesce(func.sum(quarantine.c.size), 0)).where(
+                    quarantine.c.state == "held"
+                )
+            ).one()
+            spooled = conn.execute(
+                select(func.count()).where(spool_messages.c.state == "queued")
+            ).scalar()
+            pending = {
+                str(route): int(n)
+                for route, n in conn.execute(
+                    select(spool_recipients.c.route, func.count())
+                    .where(spool_recipients.c.state == "pending")
+                    .group_by(spool_recipients.c.route)
+                )
+            }
+
+        depth = GaugeMetricFamily(
+            "mssgate_queue_documents", "Documents in the RIS queue, by state.", labels=["state"]
+        )
+        for state in ("ready", "leased", "done", "dead"):
+            depth.add_metric([state], int(by_state.get(state, 0)))
+        lease_age = GaugeMetricFamily(
+            "mssgate_queue_oldest_lease_age_seconds",
+            "Age of the oldest lease still held (0 when none).",
+        )
+        lease_age.add_metric([], _age(now, oldest_lease))
+        ready_age = GaugeMetricFamily(
+            "mssgate_queue_oldest_ready_age_seconds",
+            "How long the oldest ready document has waited for a consumer (0 when none).",
+        )
+        ready_age.add_metric([], _age(now, oldest_ready))
+        held_count = GaugeMetricFamily(
+            "mssgate_quarantine_documents", "Documents held in quarantine for an operator."
+        )
+        held_count.add_metric([], int(held))
+        held_size = GaugeMetricFamily(
+            "mssgate_quarantine_bytes", "Bytes of the documents held in quarantine."
+        )
+        held_size.add_metric([], int(held_bytes))
+        spool = GaugeMetricFamily(
+            "mssgate_spool_messages_queued", "Accepted messages not yet fully delivered."
+        )
+        spool.add_metric([], int(spooled or 0))
+        recipients = GaugeMetricFamily(
+            "mssgate_spool_recipients_pending",
+            "Recipients still waiting for delivery, by route.",
+            labels=["route"],
+        )
+        for route in ("local", "relay"):
+            recipients.add_metric([route], int(pending.get(route, 0)))
+        return [depth, lease_age, ready_age, held_count, held_size, spool, recipients]
+
+
+_default = Metrics()
+
+
+def default() -> Metrics:
+    """The process-wide counters that the module-level functions bump."""
+    return _default
+
+
+def message_accepted(listener: str) -> None:
+    """A message accepted (250 after DATA) on `listener` (submission, smtps, mta)."""
+    _default.message_accepted(listener)
+
+
+def message_rejected(listener: str, stage: str, status: str) -> None:
+    """A rejection on `listener` at `stage` (CONNECT, AUTH, MAIL, RCPT, DATA) with the
+    enhanced status code (e.g. "5.7.1")."""
+    _default.message_rejected(listener, stage, status)
+
+
+def tls_session(listener: str, version: str | None) -> None:
+    """A TLS handshake completed; `version` as ssl.SSLObject.version() gives it."""
+    _default.tls_session(listener, version)
+
+
+def smime(result: str) -> None:
+    """One S/MIME verification result (a short token: valid, unsigned, invalid...)."""
+    _default.smime(result)
+
+
+def document(type: str, outcome: str) -> None:
+    """A document extracted from mail: `type` is its format, `outcome` queued|quarantined."""
+    _default.document(type, outcome)
+
+
+def delivery(route: str, outcome: str) -> None:
+    """One delivery attempt: `route` local|relay, `outcome` delivered|deferred|failed."""
+    _default.delivery(route, outcome)
+
+
+def scrape_registry(engine: Engine, metrics: Metrics | None = None) -> CollectorRegistry:
+    """A registry holding the counters of `metrics` (default: the process's) and the
+    database gauges of `engine`: what one API application serves."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics or _default)
+    registry.register(DatabaseCollector(engine))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition format of everything in `registry`."""
+    return generate_latest(registry)

@@ -1,0 +1,119 @@
+"""Pure parts: pre-auth syntax, the Dovecot config, LMTP replies mapped to DeliveryFailed."""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mssgate.dovecot.conf import Layout, Users, render
+from mssgate.imap.parse import Literal, ParseError, literal_at_end, start_command, tokens
+from mssgate.mailstore import DeliveryFailed, LmtpStore
+
+
+def test_literal_announcements() -> None:
+    assert literal_at_end(b"a LOGIN {5}") == (b"a LOGIN ", Literal(5, True))
+    assert literal_at_end(b"a LOGIN {52428800+}") == (b"a LOGIN ", Literal(52428800, False))
+    assert literal_at_end(b"a LOGIN x y") == (b"a LOGIN x y", None)
+    assert literal_at_end(b"a LOGIN {99999999999}")[1] is None  # too many digits: not a literal
+
+
+def test_tokens() -> None:
+    assert tokens(b'user "p\\"w d" NIL (a b)') == [b"user", b'p"w d', None, b"(", b"a", b"b", b")"]
+    for bad in (b'"open', b'"bad \\x escape"', b"{"):
+        with pytest.raises(ParseError):
+            tokens(bad)
+
+
+def test_start_command() -> None:
+    assert start_command(b"a1 login x y") == ("a1", "LOGIN", b"x y")
+    assert start_command(b"a1 NOOP") == ("a1", "NOOP", b"")
+    for bad in (b"", b"a1", b"* LOGIN", b"a+ NOOP", b"a1 {5}"):
+        with pytest.raises(ParseError):
+            start_command(bad)
+
+
+def _users(privileged: bool) -> Users:
+    return Users(privileged, "mail", 8, 8, "dovecot", "dovecot", "dovenull", "root")
+
+
+def test_config_has_no_network_listener_and_keeps_everything_under_the_data_dir() -> None:
+    text = render(Layout(Path("/srv/gw")), _users(True), instance="mssgate-a")
+    assert 'base_dir = "/srv/gw/dovecot/run"' in text
+    assert 'mail_home = "/srv/gw/mail/%d/%n"' in text
+    assert "mail_location = maildir:~/Maildir" in text
+    assert text.count("port = 0") == 2 and "inet_listener lmtp" not in text
+    for flag in ("\\Sent", "\\Drafts", "\\Trash", "\\Junk"):
+        assert f"special_use = {flag}" in text
+    assert "chroot =" not in text
+    assert "chroot =" in render(Layout(Path("/srv/gw")), _users(False), instance="x")
+    with pytest.raises(ValueError, match="not usable"):
+        render(Layout(Path('/srv/"gw')), _users(True), instance="x")
+
+
+class _FakeLmtp(socketserver.StreamRequestHandler):
+    rcpt_reply = b"250 2.1.5 OK"
+    data_reply = b"250 2.0.0 saved"
+
+    def handle(self) -> None:
+        self.wfile.write(b"220 fake LMTP\r\n")
+        while line := self.rfile.readline():
+            verb = line[:4].upper()
+            if verb == b"LHLO":
+                self.wfile.write(b"250-fake\r\n250 PIPELINING\r\n")
+            elif verb == b"RCPT":
+                self.wfile.write(self.rcpt_reply + b"\r\n")
+            elif verb == b"DATA":
+                self.wfile.write(b"354 go\r\n")
+                while self.rfile.readline() not in (b".\r\n", b""):
+                    pass
+                self.wfile.write(self.data_reply + b"\r\n")
+            elif verb == b"QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 OK\r\n")
+
+
+@pytest.fixture
+def fake_lmtp(tmp_path: Path) -> Iterator[tuple[Path, type[_FakeLmtp]]]:
+    path = tmp_path / "lmtp"
+
+    class Handler(_FakeLmtp):
+        pass
+
+    server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield path, Handler
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_lmtp_replies_map_to_delivery_results(fake_lmtp: tuple[Path, type[_FakeLmtp]]) -> None:
+    path, handler = fake_lmtp
+    store = LmtpStore(path, timeout=5)
+    store.deliver("a@b.test", b"Subject: x\r\n\r\nhi\r\n", delivery_id="1")
+    handler.rcpt_reply = b"550 5.1.1 no such user"
+    with pytest.raises(DeliveryFailed) as exc:
+        store.deliver("a@b.test", b"x\r\n", delivery_id="2")
+    assert exc.value.permanent
+    handler.rcpt_reply = b"250 2.1.5 OK"
+    handler.data_reply = b"451 4.2.0 try later"
+    with pytest.raises(DeliveryFailed) as exc:
+        store.deliver("a@b.test", b"x\r\n", delivery_id="3")
+    assert not exc.value.permanent
+
+
+def test_lmtp_unreachable_or_unsafe(tmp_path: Path) -> None:
+    store = LmtpStore(tmp_path / "nothing-here", timeout=5)
+    with pytest.raises(DeliveryFailed) as exc:
+        store.deliver("a@b.test", b"x\r\n", delivery_id="1")
+    assert not exc.value.permanent
+    with pytest.raises(DeliveryFailed) as exc:
+        store.deliver("../x@b.test", b"x\r\n", delivery_id="1")
+    assert exc.value.permanent

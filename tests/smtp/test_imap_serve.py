@@ -1,0 +1,72 @@
+"""`mssgate serve` with IMAP on: mail sent over SMTP is read back over IMAPS through the
+front door and Dovecot, with the same accounts and the same AUTH penalty."""
+
+from __future__ import annotations
+
+import imaplib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DOMAIN, Cli
+from tests.smtp.conftest import ALICE, BOB, PASSWORD, Gateway, free_env, message
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("dovecot", path="/usr/sbin:/usr/bin:/sbin") is None,
+    reason="Dovecot is not installed (apt-get install dovecot-imapd dovecot-lmtpd)",
+)
+
+
+@pytest.fixture
+def with_imap(cli: Cli) -> Iterator[Gateway]:
+    # Dovecot's mail user must reach the data folder, and pytest keeps its own tmp root 0700:
+    # a folder of our own under /tmp, removed afterwards.
+    root = Path(tempfile.mkdtemp(prefix="mssgate-serve-imap-"))
+    root.chmod(0o711)
+    data = root / "data"
+    try:
+        cli.ok("init", "--data", str(data), "--domain", DOMAIN)
+        cfg = ["--config", str(data / "mssgate.toml")]
+        for who in (ALICE, BOB):
+            cli.ok(*cfg, "directory", "add", who, "--name", "X", "--password-stdin",
+                   stdin=PASSWORD + "\n")  # fmt: skip
+        gateway = Gateway(data=data, env=free_env(data))
+        gateway.env.update(
+            MSSGATE_IMAP__ENABLED="true", MSSGATE_IMAP__PORT="0", MSSGATE_IMAP__IMAPS_PORT="0"
+        )
+        gateway.start()
+        try:
+            yield gateway
+        finally:
+            gateway.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_smtp_in_imap_out(with_imap: Gateway) -> None:
+    gw = with_imap
+    assert {"imaps", "imap"} <= set(gw.ports)
+    client = gw.login()
+    client.sendmail(ALICE, [BOB], message(body="lu par IMAP"))
+    client.quit()
+    gw.wait_event("delivery.ok")
+    imap = imaplib.IMAP4_SSL("127.0.0.1", gw.ports["imaps"], ssl_context=gw.client_context())
+    try:
+        imap.login(BOB, PASSWORD)
+        typ, data = imap.select("INBOX")
+        assert typ == "OK" and int(data[0] or b"0") == 1
+        typ, fetched = imap.fetch("1", "(BODY.PEEK[])")
+        assert typ == "OK"
+        body = fetched[0][1]
+        assert isinstance(body, bytes) and b"lu par IMAP" in body
+        typ, caps = imap.capability()
+        assert b"IDLE" in caps[0] and b"MOVE" in caps[0]
+    finally:
+        imap.logout()
+    bad = imaplib.IMAP4_SSL("127.0.0.1", gw.ports["imaps"], ssl_context=gw.client_context())
+    with pytest.raises(imaplib.IMAP4.error):
+        bad.login(BOB, "wrong password!")
+    bad.shutdown()
