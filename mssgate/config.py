@@ -123,6 +123,11 @@ class PolicyConfig(_Section):
     require_signature: bool = True
     encryption: Literal["required", "opportunistic", "off"] = "opportunistic"
     allow_test_ins: bool = False
+    # "Mon espace santé": patients' mailboxes are <INS>@this domain, reached through the
+    # operator on the trust list for it; the local part must be an INS whose key checks.
+    patient_domain: str = "patient.mssante.fr"
+    # X-MSS-NIL on every message the gateway sends or relays (MSSanté interface level).
+    mss_nil: str = "1"
     # CRLs (PEM or DER files) of the CAs that issue practitioners' and peers' certificates;
     # with any given, every certificate of a signer's chain must be covered by one.
     crl_files: tuple[Path, ...] = ()

@@ -26,10 +26,13 @@ from mssgate.authresults import TlsInfo, authentication_results_field, remove_ow
 from mssgate.directory import Directory
 from mssgate.directory.models import AccountState
 from mssgate.dkim import DkimResult, dkim_sign, dkim_verify
+from mssgate.documents import mss_headers, process_message
 from mssgate.errors import MssgateError, StorageError, ValidationFailed
 from mssgate.identifiers import normalize_address
+from mssgate.ins import is_patient_mailbox_local_part
 from mssgate.logs import event
 from mssgate.smime import SignatureVerdict, verify_signed_message
+from mssgate.smime.rawmime import header_fields, join_fields, split_head_body
 from mssgate.smtp import replies
 from mssgate.smtp.protocol import GatewaySMTP
 from mssgate.smtp.replies import Reply
@@ -39,6 +42,7 @@ from mssgate.spool.store import Route
 log = logging.getLogger("mssgate.smtp")
 
 _RELAY_CHARS = frozenset('%!"[]:\\')
+_OUR_MSS_FIELDS = frozenset({"x-mss-codecda", "x-mss-ins", "x-mss-nil"})
 
 
 class Listener(StrEnum):
@@ -66,6 +70,8 @@ class TrustSettings:
     crls: tuple[bytes, ...] = ()
     verify_dkim: bool = True
     dkim_dns: Callable[[str], bytes | None] | None = None
+    patient_domain: str = "patient.mssante.fr"
+    mss_nil: str = "1"
     # Outgoing mail to peers is DKIM-signed with this key (PEM), d= the author's domain.
     dkim_selector: str = "mssgate"
     dkim_key_pem: bytes | None = None
@@ -245,6 +251,10 @@ class SmtpPolicy:
         except ValidationFailed:
             return replies.BAD_ADDRESS, None
         domain = normal.rsplit("@", 1)[1]
+        if domain == self._trust.patient_domain and not is_patient_mailbox_local_part(
+            normal.rsplit("@", 1)[0]
+        ):
+            return replies.BAD_PATIENT_MAILBOX, None
         if domain not in self._directory.domains.local_names():
             # Practitioners may write to a trusted peer operator's domain; peers may not use
             # us to reach a third party (never an open relay).
@@ -318,7 +328,7 @@ class SmtpPolicy:
             (r, "local" if r.rsplit("@", 1)[1] in locals_ else "relay") for r in envelope.rcpt_tos
         ]
         if identity is not None and any(route == "relay" for _, route in recipients):
-            message = await asyncio.to_thread(self._dkim_sign, message, identity)
+            message = await asyncio.to_thread(self._outgoing, message, identity)
         try:
             await asyncio.to_thread(
                 self._spool.accept,
@@ -361,6 +371,20 @@ class SmtpPolicy:
         if pem is None:
             return [], None, replies.AUTHOR_DOMAIN_UNTRUSTED
         return [x509.load_pem_x509_certificate(pem.encode())], None, None
+
+    def _outgoing(self, message: bytes, identity: str) -> bytes:
+        """What leaves for another operator: the MSSanté headers, then the DKIM signature
+        over them. X-MSS-CODECDA and X-MSS-INS describe the CDA documents of an XDM (read
+        from the message itself, never from the client's own X-MSS fields, which are
+        replaced); X-MSS-NIL goes on every message; X-MSS-MES (the patient's "no reply")
+        passes through untouched."""
+        result = process_message(message, allow_test_oids=True)
+        fields = {"X-MSS-NIL": self._trust.mss_nil, **mss_headers(result)}
+        head, separator, body = split_head_body(message)
+        kept = [f for f in header_fields(head) if f.name not in _OUR_MSS_FIELDS]
+        added = "".join(f"{name}: {value}\r\n" for name, value in fields.items()).encode()
+        message = added + join_fields(kept) + separator + body
+        return self._dkim_sign(message, identity)
 
     def _dkim_sign(self, message: bytes, identity: str) -> bytes:
         if self._trust.dkim_key_pem is None:

@@ -76,6 +76,9 @@ RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
 NO_SUCH_USER = Reply(550, "5.1.1", "No such mailbox here")
 MAILBOX_DISABLED = Reply(550, "5.2.1", "Mailbox disabled")
 BAD_ADDRESS = Reply(553, "5.1.3", "Bad address syntax")
+BAD_PATIENT_MAILBOX = Reply(
+    553, "5.1.3", "A patient mailbox address must be an INS (15 characters) whose key checks"
+)
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 LINE_TOO_LONG = Reply(550, "5.6.0", "Message has a line longer than allowed (RFC 5322 2.1.1)")

@@ -59,6 +59,8 @@ def trust_settings(config: Config) -> TrustSettings:
     if config.dkim.key is not None and config.dkim.key.exists():
         dkim_key = config.dkim.key.read_bytes()
     return TrustSettings(
+        patient_domain=config.policy.patient_domain.lower(),
+        mss_nil=config.policy.mss_nil,
         dkim_selector=config.dkim.selector,
         dkim_key_pem=dkim_key,
         require_signature=config.policy.require_signature,

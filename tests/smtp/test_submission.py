@@ -152,6 +152,9 @@ def test_from_header_must_be_the_identity(gateway: Gateway, headers: bytes) -> N
         ("bob", 550, b"5.7.1"),
         ("bob@unknown-operator.test", 550, b"5.7.1"),
         ("dr.b@clinique-b.test", 250, b"2.1.5"),  # a trusted peer: relayed
+        ("279035121518988@patient.mssante.fr", 553, b"5.1.3"),  # INS key wrong
+        ("dupont@patient.mssante.fr", 553, b"5.1.3"),  # not an INS at all
+        ("279035121518989@patient.mssante.fr", 550, b"5.7.1"),  # valid, operator not trusted
     ],
 )
 def test_recipients(gateway: Gateway, recipient: str, code: int, status: bytes) -> None:

@@ -91,3 +91,34 @@ def test_refused_recipient_bounces_as_a_dsn(pair: tuple[Gateway, Gateway]) -> No
     assert "nobody@hopital-a.test" in text
     assert "Status: 5.1.1" in text
     assert a.mailbox(BOB) == []
+
+
+def test_xdm_relayed_with_mssante_headers(pair: tuple[Gateway, Gateway]) -> None:
+    from email.message import EmailMessage
+    from email.policy import SMTP
+
+    from mssgate.documents.samples import PAT_TROIS, CdaSpec, EntrySpec, make_cda, make_xdm
+
+    a, b = pair
+    out: Path = b.smime  # type: ignore[attr-defined]
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = DR_B, BOB, "XDM/1.0/DDM+CR PAT-TROIS DOMINIQUE"
+    msg["X-MSS-INS"] = "forged by the client"
+    msg.set_content("CR")
+    xdm = make_xdm(PAT_TROIS, [EntrySpec("DOC0001.XML", make_cda(CdaSpec()))])
+    msg.add_attachment(xdm, maintype="application", subtype="zip", filename="IHE_XDM.ZIP")
+    signed = sign_message(
+        msg.as_bytes(policy=SMTP),
+        key=load_private_key(out / f"{DR_B}.key.pem"),
+        cert=load_certificate(out / f"{DR_B}.crt.pem"),
+    )
+    client = b.login(DR_B)
+    client.sendmail(DR_B, [BOB], signed)
+    client.quit()
+    [delivered] = a.wait_delivered(BOB, 1, timeout=60)
+    head = delivered.read_bytes().split(b"\r\n\r\n", 1)[0].decode()
+    assert "X-MSS-CODECDA: 18748-4" in head
+    assert "X-MSS-INS: O" in head
+    assert "X-MSS-NIL: 1" in head
+    assert "forged by the client" not in head
+    assert "smime=pass" in head and f"dkim=pass header.d={PEER_DOMAIN}" in head
