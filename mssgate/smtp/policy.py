@@ -21,7 +21,7 @@ from aiosmtpd.smtp import Envelope, Session
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from mssgate import audit
+from mssgate import audit, metrics
 from mssgate.authresults import TlsInfo, authentication_results_field, remove_own_results
 from mssgate.directory import Directory
 from mssgate.directory.models import AccountState
@@ -129,6 +129,7 @@ class SmtpPolicy:
         event(log, "smtp.reject", listener=self.listener.value, peer=server.peer_ip,
               session=server.session_id, stage=stage, code=reply.code, status=reply.status,
               **why)  # fmt: skip
+        metrics.message_rejected(self.listener.value, stage, reply.status)
         if stage == "DATA":
             # A refused message is as much an event of the trail as an accepted one.
             await asyncio.to_thread(self._audit_rejection, server, reply, why)
@@ -301,6 +302,7 @@ class SmtpPolicy:
                 registered=registered,
                 crls=self._trust.crls,
             )
+            metrics.smime("pass" if verdict.ok else str(verdict.reason))
             if not verdict.ok:
                 assert verdict.reply is not None and verdict.reason is not None
                 line = verdict.reply
@@ -346,6 +348,7 @@ class SmtpPolicy:
             return str(replies.TEMPORARY_FAILURE)
         event(log, "smtp.accept", listener=self.listener.value, peer=server.peer_ip,
               queue_id=queue_id, size=len(message), recipients=len(recipients))  # fmt: skip
+        metrics.message_accepted(self.listener.value)
         self._on_accepted(queue_id)
         return str(replies.queued(queue_id))
 

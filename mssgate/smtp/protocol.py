@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, auth_mechanism
 
+from mssgate import metrics
 from mssgate.logs import event
 from mssgate.smtp import replies
 from mssgate.smtp.data import DataError, DataParser
@@ -227,6 +228,7 @@ class GatewaySMTP(SMTP):
     def _log_tls(self) -> None:
         obj = self.tls_object()
         if obj is not None:
+            metrics.tls_session(self.listener, obj.version())
             self._event("smtp.tls", version=obj.version(), cipher=(obj.cipher() or ("?",))[0])
 
     async def smtp_STARTTLS(self, arg: str) -> None:

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
+from mssgate import metrics
 from mssgate.logs import event
 from mssgate.mailstore import DeliveryFailed, MailStore
 from mssgate.spool.store import PendingDelivery, Spool
@@ -59,6 +60,7 @@ class DeliveryWorker:
             self._spool.attempt_failed(
                 item, error=str(exc), permanent=permanent, retry_in=retry_delay(item.attempts)
             )
+            metrics.delivery(item.route, "failed" if permanent else "deferred")
             event(
                 log,
                 "delivery.failed",
@@ -69,6 +71,7 @@ class DeliveryWorker:
             )
             return
         self._spool.delivered(item)
+        metrics.delivery(item.route, "delivered")
         self.delivered += 1
         event(log, "delivery.ok", queue_id=item.spool_id, route=item.route)
 
