@@ -103,10 +103,23 @@ def worker(
     out.put(latencies)
 
 
+SIGNER: tuple[Path, Path] | None = None  # (key, cert) when --signed
+
+
+def signed_message(size: int) -> bytes:
+    from mssgate.pki import load_certificate, load_private_key
+    from mssgate.smime import sign_message
+
+    raw = make_message(size)
+    if SIGNER is None:
+        return raw
+    return sign_message(raw, key=load_private_key(SIGNER[0]), cert=load_certificate(SIGNER[1]))
+
+
 def load(
     port: int, cafile: str, size: int, sessions: int, total: int, reuse: bool, login: bool = True
 ) -> dict:
-    message = make_message(size)
+    message = signed_message(size)
     per = max(1, total // sessions)
     queue: mp.Queue = mp.Queue()
     procs = [
@@ -134,7 +147,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_gateway(data: Path) -> tuple[subprocess.Popen, int]:
+def start_gateway(data: Path, signed: bool) -> tuple[subprocess.Popen, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSSGATE_")}
     env.update(
         MSSGATE_CONFIG=str(data / "mssgate.toml"),
@@ -145,8 +158,9 @@ def start_gateway(data: Path) -> tuple[subprocess.Popen, int]:
         MSSGATE_IMAP__ENABLED="false",
         MSSGATE_SMTP__MAX_CONNECTIONS_PER_IP="100",
         MSSGATE_SMTP__MAX_MESSAGE_SIZE="30000000",
-        # The acceptance path as Postfix's reference has it: S/MIME is measured separately.
-        MSSGATE_POLICY__REQUIRE_SIGNATURE="false",
+        # --signed: the full path (S/MIME verified, document pipeline for a RIS mailbox,
+        # enqueue); otherwise the acceptance path alone, as Postfix's reference has it.
+        MSSGATE_POLICY__REQUIRE_SIGNATURE="true" if signed else "false",
     )
     m = str(BIN / "mssgate")
     subprocess.run(
@@ -164,6 +178,22 @@ def start_gateway(data: Path) -> tuple[subprocess.Popen, int]:
             check=True,
             capture_output=True,
         )
+    if signed:
+        global SIGNER
+        out = data.parent / "smime"
+        subprocess.run(
+            [m, "cert", "issue", SENDER, "--out", str(out)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [m, "consumer", "add", "ris", "--mailbox", RCPT],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        SIGNER = (out / f"{SENDER}.key.pem", out / f"{SENDER}.crt.pem")
     proc = subprocess.Popen(
         [m, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -181,10 +211,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-reuse", action="store_true")
     parser.add_argument("--no-postfix", action="store_true")
+    parser.add_argument("--signed", action="store_true", help="S/MIME-signed mail, full path")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "gw"
-        gw, gw_port = start_gateway(data)
+        gw, gw_port = start_gateway(data, args.signed)
         certs = data / "certs"
         port_file = Path(tmp) / "bare.port"
         bare = mp.Process(
@@ -216,7 +247,7 @@ def main() -> None:
         print(
             f"# {platform.node()} {platform.machine()} {os.cpu_count()} cores, "
             f"Python {platform.python_version()}, {args.messages} messages per cell, "
-            f"{args.rounds} rounds alternating, reuse={not args.no_reuse}"
+            f"{args.rounds} rounds alternating, reuse={not args.no_reuse}, signed={args.signed}"
         )
         print("| size | sessions | server | msgs/s (median) | min..max | p50 ms | p99 ms |")
         print("|---|---|---|---|---|---|---|")
