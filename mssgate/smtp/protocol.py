@@ -87,6 +87,7 @@ class GatewaySMTP(SMTP):
         # Names the session in every log line and in the audit row of a refused message.
         self.session_id = secrets.token_hex(6)
         self._admitted = False
+        self._opened = False
         self._in_ehlo = False
         self.busy = False  # in the middle of a transaction (between MAIL and its reply)
         if authenticator is None:
@@ -105,6 +106,7 @@ class GatewaySMTP(SMTP):
                 transport.close()
                 return
             self._admitted = True
+            self._opened = True
             self._on_open(self)
             event(
                 log,
@@ -116,19 +118,28 @@ class GatewaySMTP(SMTP):
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if not self._opened:
+            return
+        self._release()
+        self._opened = False
+        super().connection_lost(error)
+
+    def _release(self) -> None:
+        """Gives back the connection's slot, once.
+
+        Also called when a TLS handshake fails: asyncio's SSL layer then never tells the
+        application protocol that the connection is gone, and without this every failed
+        handshake (a TLS scan makes hundreds) would hold a slot of the per-address limit
+        for ever.
+        """
         if not self._admitted:
             return
         self._admitted = False
         self._limiter.release(self._peer_ip)
         self._on_close(self)
-        event(
-            log,
-            "smtp.disconnect",
-            listener=self.listener,
-            peer=self._peer_ip,
-            session=self.session_id,
-        )
-        super().connection_lost(error)
+        self._event("smtp.disconnect")
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
 
     def eof_received(self) -> bool | None:
         if not self._admitted:
@@ -217,6 +228,7 @@ class GatewaySMTP(SMTP):
         except Exception as exc:
             self._log_tls_failure(exc)
             self.close("tls handshake failed")
+            self._release()
             return False
         self._log_tls()
         return True
@@ -237,6 +249,9 @@ class GatewaySMTP(SMTP):
         except TLSSetupException as exc:
             self._log_tls_failure(exc)
             self.close("tls handshake failed")
+            if self._original_transport is not None:
+                self._original_transport.close()
+            self._release()
             raise
         if self._tls_protocol is not None:
             self._log_tls()

@@ -85,3 +85,25 @@ def test_second_serve_on_the_same_data_dir_refuses(gateway: Gateway) -> None:
     assert out.returncode == 1
     assert "another 'mssgate serve'" in out.stderr
     assert out.stderr.count("\n") == 1
+
+
+def test_failed_handshakes_give_their_slot_back(gateway: Gateway) -> None:
+    import subprocess
+
+    gateway.stop()
+    gateway.start(extra_env={"MSSGATE_SMTP__MAX_CONNECTIONS_PER_IP": "3"})
+    for _ in range(10):
+        for args in (
+            ["-connect", f"127.0.0.1:{gateway.ports['smtps']}", "-tls1"],
+            ["-connect", f"127.0.0.1:{gateway.ports['submission']}", "-starttls", "smtp",
+             "-tls1"],
+        ):  # fmt: skip
+            subprocess.run(["openssl", "s_client", *args], input=b"", capture_output=True,
+                           timeout=30)  # fmt: skip
+    time.sleep(0.5)
+    held = [Raw(gateway.ports["submission"]) for _ in range(3)]
+    try:
+        assert all(raw.reply().startswith(b"220 ") for raw in held)
+    finally:
+        for raw in held:
+            raw.close()
