@@ -83,7 +83,12 @@ def test_refused_recipient_bounces_as_a_dsn(pair: tuple[Gateway, Gateway]) -> No
     a, b = pair
     send_from_b(b, "nobody@hopital-a.test")
     [dsn_file] = b.wait_delivered(DR_B, 1, timeout=60)
-    dsn = email.message_from_bytes(dsn_file.read_bytes())
+    outer = email.message_from_bytes(dsn_file.read_bytes())
+    # The gateway signs its own DSNs (as mailer-daemon@clinique-b.test), like any message.
+    assert outer.get_content_type() == "multipart/signed"
+    assert f"<mailer-daemon@{PEER_DOMAIN}>" in str(outer["From"])
+    dsn = outer.get_payload(0)
+    assert isinstance(dsn, email.message.Message)
     assert dsn.get_content_type() == "multipart/report"
     assert dsn.get_param("report-type") == "delivery-status"
     status = next(p for p in dsn.walk() if p.get_content_type() == "message/delivery-status")
