@@ -233,8 +233,11 @@ def main() -> None:
             sys.path.insert(0, str(Path(__file__).parent))
             from postfix_peer import PostfixPeer
 
+            # Postfix's own user must reach its folders: not under the 0700 temporary dir.
+            postfix_root = Path(tempfile.mkdtemp(prefix="mssgate-bench-postfix-"))
+            postfix_root.chmod(0o755)
             postfix = PostfixPeer(
-                Path(tmp) / "postfix",
+                postfix_root,
                 port=free_port(),
                 cert=certs / "server.crt.pem",
                 key=certs / "server.key.pem",
@@ -288,6 +291,7 @@ def main() -> None:
         finally:
             if postfix is not None:
                 postfix.stop()
+                shutil.rmtree(postfix.root, ignore_errors=True)
             gw.send_signal(signal.SIGTERM)
             gw.wait(timeout=60)
             bare.terminate()

@@ -207,9 +207,13 @@ async def run_gateway(config: Config) -> int:
 
 
 def serve(config: Config) -> int:
+    import warnings
+
     from mssgate.logs import configure
 
     configure()
+    # aiosmtpd 1.4 warns on its own AUTH path; stderr carries JSON events only.
+    warnings.filterwarnings("ignore", "Session.login_data is deprecated", DeprecationWarning)
     try:
         return asyncio.run(run_gateway(config))
     except KeyboardInterrupt:  # a second Ctrl-C during the drain
