@@ -193,7 +193,7 @@ def _dkimpy_private_key(key_pem: bytes, algorithm: DkimAlgorithm) -> bytes:
     if algorithm == "rsa-sha256":
         if not isinstance(key, rsa.RSAPrivateKey):
             raise DkimError("rsa-sha256 needs an RSA key")
-        # dkimpy reads PKCS#1 ("BEGIN RSA PRIVATE KEY"), not every PEM flavour.
+        # dkimpy reads PKCS#1 RSA keys only (the "RSA" PEM label), not every PEM flavour.
         return key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.TraditionalOpenSSL,

@@ -10,17 +10,21 @@ import io
 import json
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, create_engine, text
 
 from mssgate.cli import run
+from mssgate.db import open_engine, sqlalchemy_url, upgrade
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+PG_URL = os.environ.get("MSSGATE_TEST_POSTGRES_URL")
 
 
 @dataclass
@@ -77,3 +81,46 @@ def shared_fixture(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"../shared/fixtures not present ({path}): conformance corpus skipped")
     return path
+
+
+# -- databases: SQLite always, PostgreSQL when MSSGATE_TEST_POSTGRES_URL is set -------------
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = open_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    if not PG_URL:
+        pytest.skip("MSSGATE_TEST_POSTGRES_URL is not set: no PostgreSQL to test against")
+    # One schema per test, so runs never see each other's rows.
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(sqlalchemy_url(PG_URL))
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    yield schema
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def pg_engine_for(schema: str) -> Engine:
+    assert PG_URL
+    return create_engine(
+        sqlalchemy_url(PG_URL),
+        connect_args={"options": f"-csearch_path={schema}"},
+        pool_size=10,
+    )
+
+
+@pytest.fixture
+def pg_engine(pg_schema: str) -> Iterator[Engine]:
+    engine = pg_engine_for(pg_schema)
+    upgrade(engine)
+    yield engine
+    engine.dispose()

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine
 
 from mssgate import audit
-from mssgate.db import open_engine, sqlalchemy_url, upgrade
+from mssgate.db import open_engine, upgrade
 from mssgate.db.migrate import current_revision, head_revision
 from mssgate.db.schema import metadata
 from mssgate.directory import Directory
@@ -22,34 +20,6 @@ from mssgate.directory.models import NewProfessional
 from mssgate.errors import Conflict, StorageError
 
 PG_URL = os.environ.get("MSSGATE_TEST_POSTGRES_URL")
-
-
-@pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = open_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def pg_engine() -> Iterator[Engine]:
-    if not PG_URL:
-        pytest.skip("MSSGATE_TEST_POSTGRES_URL is not set: no PostgreSQL to test against")
-    # One schema per test, so runs never see each other's rows.
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(sqlalchemy_url(PG_URL))
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = create_engine(
-        sqlalchemy_url(PG_URL), connect_args={"options": f"-csearch_path={schema}"}
-    )
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

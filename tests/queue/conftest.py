@@ -2,59 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine
 
-from mssgate.db import open_engine, sqlalchemy_url, upgrade
 from mssgate.queue import DocumentQueue, QueueSettings
+from tests.conftest import pg_engine_for
 from tests.queue.helpers import RIS_A, RIS_B, add_mailboxes
 
-PG_URL = os.environ.get("MSSGATE_TEST_POSTGRES_URL")
-
-
-@pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = open_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    if not PG_URL:
-        pytest.skip("MSSGATE_TEST_POSTGRES_URL is not set: no PostgreSQL to test against")
-    # One schema per test, so runs never see each other's rows.
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(sqlalchemy_url(PG_URL))
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    yield schema
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
-
-
-def pg_engine_for(schema: str) -> Engine:
-    assert PG_URL
-    return create_engine(
-        sqlalchemy_url(PG_URL),
-        connect_args={"options": f"-csearch_path={schema}"},
-        pool_size=10,
-    )
-
-
-@pytest.fixture
-def pg_engine(pg_schema: str) -> Iterator[Engine]:
-    engine = pg_engine_for(pg_schema)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
+__all__ = ["pg_engine_for"]  # tests/queue/pg_worker.py imports it from here
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
