@@ -131,6 +131,13 @@ class Domains:
             rows = conn.execute(select(domains.c.name).where(domains.c.kind == "local"))
             return {row.name for row in rows}
 
+    def trusted_cas(self) -> dict[str, str | None]:
+        """Every trusted peer domain with its CA (PEM), in one query: the MTA asks at each
+        connection and each MAIL, so no per-domain lookups and no certificate parsing."""
+        query = select(domains.c.name, domains.c.ca_pem).where(domains.c.kind == "trusted")
+        with self._engine.connect() as conn:
+            return {row.name: row.ca_pem for row in conn.execute(query)}
+
     def peer_ca_pem(self, name: str) -> str | None:
         row = self._existing(normalize_domain(name))
         return row.ca_pem if row is not None and row.kind == "trusted" else None

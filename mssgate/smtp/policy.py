@@ -201,11 +201,7 @@ class SmtpPolicy:
         cert = _peer_certificate(server)
         if cert is None:
             return replies.PEER_CERT_REQUIRED
-        peers = {
-            d.name: self._directory.domains.peer_ca_pem(d.name)
-            for d in self._directory.domains.list()
-            if d.kind == "trusted"
-        }
+        peers = self._directory.domains.trusted_cas()
         if address in ("", "<>"):
             # A bounce or a receipt: it must come from one of our peers.
             ok = any(pem and _issued_by(cert, pem) for pem in peers.values())

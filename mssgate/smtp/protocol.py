@@ -50,10 +50,6 @@ class Authenticator(Protocol):
     async def failed(self, login: str, mechanism: str, peer_ip: str) -> None: ...
 
 
-class Session:
-    """What one connection knows, beyond aiosmtpd's Session: for policy and trace headers."""
-
-
 class GatewaySMTP(SMTP):
     # Sized for DATA chunks; command lines are bounded separately (COMMAND_LINE_LIMIT).
     line_length_limit = 65536

@@ -72,13 +72,7 @@ def trust_settings(config: Config) -> TrustSettings:
 
 
 def _peer_cas(directory: Directory) -> list[str]:
-    pems = []
-    for d in directory.domains.list():
-        if d.kind == "trusted":
-            pem = directory.domains.peer_ca_pem(d.name)
-            if pem:
-                pems.append(pem)
-    return pems
+    return [pem for pem in directory.domains.trusted_cas().values() if pem]
 
 
 async def start_smtp(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy import Engine, and_, func, select, update
 
 from mssgate import audit
 from mssgate.db.schema import spool_messages, spool_recipients
@@ -327,11 +327,3 @@ class Spool:
                 .values(next_attempt_at=now())
             )
             return int(result.rowcount)
-
-    def purge_done(self) -> int:
-        with self._engine.begin() as conn:
-            return int(
-                conn.execute(
-                    delete(spool_messages).where(spool_messages.c.state == "done")
-                ).rowcount
-            )
