@@ -117,6 +117,18 @@ class Gateway:
             time.sleep(0.05)
         raise AssertionError(f"{address}: {len(self.mailbox(address))} of {count} delivered")
 
+    def wait_queue_ids(self, address: str, queue_ids: set[str], timeout: float = 20) -> list[Path]:
+        """Wait until every queue id has a file: a count alone is fooled by duplicates."""
+        deadline = time.monotonic() + timeout
+        while True:
+            files = self.mailbox(address)
+            missing = queue_ids - {p.name.split(".")[0] for p in files}
+            if not missing:
+                return files
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{address}: never delivered: {sorted(missing)}")
+            time.sleep(0.05)
+
 
 def message(sender: str = ALICE, to: str = BOB, body: str = "Bonjour", **headers: str) -> bytes:
     lines = [f"From: {sender}", f"To: {to}", "Subject: test", "Message-ID: <t@client.test>"]

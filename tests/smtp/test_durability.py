@@ -56,10 +56,9 @@ def test_sigkill_during_200_messages_loses_nothing(gateway: Gateway) -> None:
         t.join(timeout=300)
     assert killed_at < 200, "the kill came after the load: the test proved nothing"
     assert len(acknowledged) > killed_at
-    delivered = gateway.wait_delivered(BOB, len(acknowledged), timeout=120)
-    names = {p.name.split(".")[0] for p in delivered}
-    lost = [q for q in acknowledged if q not in names]
-    assert lost == []
+    # Duplicates are allowed (at least once), so a file count can be reached while an
+    # acknowledged message is still missing: wait for every queue id by name.
+    delivered = gateway.wait_queue_ids(BOB, set(acknowledged), timeout=120)
     # Duplicates are bounded by what was in flight at the kill (at most one per sender).
     assert len(delivered) - len(set(acknowledged)) <= 4
 
