@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from mssgate.dkim import DkimResult, DkimStatus
-from mssgate.smime.rawmime import header_fields, join_fields, split_head_body
+from mssgate.headers import header_block
+from mssgate.smime.rawmime import header_fields, join_fields
 from mssgate.smime.verdict import FailureReason, SignatureVerdict
 
 FIELD_NAME = "Authentication-Results"
@@ -100,15 +101,18 @@ def remove_own_results(message: bytes, authserv_id: str) -> bytes:
     Only those fields are cut out; every other byte (other fields, their folding, the body)
     stays as received, so DKIM and S/MIME signatures over the rest still verify.
     """
-    head, separator, body = split_head_body(message)
+    head = header_block(message)
     wanted = _normalise_id(authserv_id)
+    fields = header_fields(head)
     kept = [
         field
-        for field in header_fields(head)
+        for field in fields
         if field.name != FIELD_NAME.lower()
         or _normalise_id(_authserv_id(field.value.decode("utf-8", "replace"))) != wanted
     ]
-    return join_fields(kept) + separator + body
+    if len(kept) == len(fields):
+        return message  # the usual case: no copy of a body that may weigh 25 MB
+    return join_fields(kept) + message[len(head) :]
 
 
 def _smime(verdict: SignatureVerdict) -> str:

@@ -48,6 +48,11 @@ class SmtpConfig(_Section):
     auth_failures_before_delay: int = Field(3, ge=0)
     auth_failure_delay_max_seconds: float = Field(15.0, ge=0)
     drain_seconds: float = Field(30.0, ge=0)
+    # Memory for whole-message work at once (S/MIME, DKIM, the document pipeline), a message
+    # counting six times its size: bounds the peak whatever the number of sessions.
+    processing_memory: int = Field(160 << 20, ge=1 << 20)
+    # A message body larger than this goes to an anonymous file in the spool while it arrives.
+    spill_threshold: int = Field(1 << 20, ge=0)
 
 
 class ImapConfig(_Section):

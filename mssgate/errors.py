@@ -28,6 +28,11 @@ class ValidationFailed(MssgateError, ValueError):
     """
 
 
+class UsageFailed(ValidationFailed):
+    """A command-line option has a value the command does not know (exit 2, like a usage
+    error, but reported as one readable line)."""
+
+
 class NotFound(MssgateError):
     """The named object does not exist."""
 

@@ -36,9 +36,31 @@ def write_durably(target: Path, data: bytes, *, tmp_dir: Path, mode: int = 0o600
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    # The target folder's fsync makes the new name durable. The temporary folder's is not
+    # needed: a name that comes back there after a crash is a stale temporary file.
     fsync_dir(target.parent)
-    if tmp_dir != target.parent:
-        fsync_dir(tmp_dir)
+
+
+def write_new_durably(target: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Creates `target` (never an existing file) with `data`, fsynced, name included.
+
+    No rename: for files that nobody reads before a later commit says they are complete
+    (the spool's message files, read only once their row is committed). A crash midway
+    leaves a file without a row, which recovery deletes.
+    """
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        target.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    fsync_dir(target.parent)
 
 
 def ensure_dir(path: Path, mode: int = 0o700) -> Path:

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import logging
-from email.parser import BytesHeaderParser
-from email.policy import SMTP as SMTP_POLICY
 from email.utils import getaddresses
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from mssgate.directory import Directory
 from mssgate.dkim import dkim_sign
 from mssgate.documents import DocumentLimits
 from mssgate.errors import ValidationFailed
+from mssgate.headers import read_headers
 from mssgate.identifiers import normalize_address
 from mssgate.logs import event
 from mssgate.pki import load_certificate, load_private_key
@@ -52,7 +51,7 @@ class DocumentFeed:
         if not self._consumed(item.recipient):
             return
         envelope = self._spool.envelope(item.spool_id)
-        headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(content)
+        headers = read_headers(content)
         ids = ingest_message(
             self._queue,
             content,
@@ -107,7 +106,7 @@ class NotificationSigner:
 
 
 def _author(message: bytes) -> str | None:
-    headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(message)
+    headers = read_headers(message)
     found = getaddresses([str(v) for v in headers.get_all("From") or []])
     if len(found) != 1:
         return None

@@ -24,6 +24,7 @@ from mssgate.api.server import start_api
 from mssgate.config import Config
 from mssgate.db import open_engine, upgrade
 from mssgate.directory import Directory
+from mssgate.directory.models import EncryptionPolicy
 from mssgate.dovecot.supervisor import DovecotError, DovecotSupervisor, find_dovecot
 from mssgate.errors import Conflict
 from mssgate.fsutil import ensure_dir, write_durably
@@ -38,9 +39,12 @@ from mssgate.logs import event
 from mssgate.mailstore.base import MailStore
 from mssgate.mailstore.lmtp import LmtpStore
 from mssgate.mailstore.maildir import MaildirStore
+from mssgate.malloc import tune_malloc
 from mssgate.queue.service import DocumentQueue
 from mssgate.relay import RelayWorker
+from mssgate.relay.encryption import OutgoingEncryption
 from mssgate.smtp import replies
+from mssgate.smtp.body import MemoryBudget
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
 from mssgate.smtp.policy import Listener
 from mssgate.smtp.server import Sessions, bound_port, start_smtp
@@ -121,8 +125,14 @@ async def run_gateway(config: Config) -> int:
             dovecot = DovecotSupervisor(config, data_dir=data)
             await dovecot.start()
             store = LmtpStore(dovecot.lmtp_socket)
+        # Whole-message work (SMTP checks, the delivery's document pipeline) shares one memory
+        # budget: it bounds the process's peak whatever the number of large messages.
+        budget = MemoryBudget(config.smtp.processing_memory)
         worker = DeliveryWorker(
-            spool, store, after_delivery=DocumentFeed(queue, spool, directory, config)
+            spool,
+            store,
+            after_delivery=DocumentFeed(queue, spool, directory, config),
+            budget=budget,
         )
         wakers.append(worker.wake)
         assert config.tls.cert is not None and config.tls.key is not None
@@ -134,6 +144,12 @@ async def run_gateway(config: Config) -> int:
             config_relay=config.relay,
             hostname=config.server.hostname,
             on_dsn=BounceSpooler(spool, directory, wakers, signer),
+            encryption=OutgoingEncryption(
+                directory,
+                default=EncryptionPolicy(config.policy.encryption),
+                dkim_selector=config.dkim.selector,
+                dkim_key_pem=dkim_key,
+            ),
         )
         wakers.append(relay.wake)
         sessions = Sessions()
@@ -145,8 +161,9 @@ async def run_gateway(config: Config) -> int:
         smtp = config.smtp
         penalty = AuthPenalty(smtp.auth_failures_before_delay, smtp.auth_failure_delay_max_seconds)
         servers = await start_smtp(
-            config, directory, spool, sessions, on_accepted=accepted, penalty=penalty
-        )
+            config, directory, spool, sessions, on_accepted=accepted, penalty=penalty,
+            budget=budget,
+        )  # fmt: skip
         imap: ImapService | None = None
         dovecot_task: asyncio.Task[None] | None = None
         if dovecot is not None:
@@ -214,6 +231,7 @@ def serve(config: Config) -> int:
     configure()
     # aiosmtpd 1.4 warns on its own AUTH path; stderr carries JSON events only.
     warnings.filterwarnings("ignore", "Session.login_data is deprecated", DeprecationWarning)
+    tune_malloc()  # before any worker thread exists: arenas are made per thread
     try:
         return asyncio.run(run_gateway(config))
     except KeyboardInterrupt:  # a second Ctrl-C during the drain

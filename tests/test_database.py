@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -81,3 +82,72 @@ def test_bad_database_urls(tmp_path: Path) -> None:
         open_engine("mysql://x@y/z")
     with pytest.raises(StorageError, match="does not exist"):
         open_engine(f"sqlite:///{tmp_path}/missing/db.sqlite")
+
+
+def test_sqlite_readers_pass_a_held_write_lock_and_writers_queue(tmp_path: Path) -> None:
+    import threading
+
+    from sqlalchemy import text
+
+    engine = open_engine(f"sqlite:///{tmp_path}/lock.db")
+    with engine.begin() as conn:
+        conn.execute(text("create table t (x integer)"))
+    holding, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def first_writer() -> None:
+        with engine.begin() as conn:
+            conn.execute(text("insert into t values (1)"))
+            holding.set()
+            release.wait(10)
+            order.append("first commits")
+
+    def second_writer() -> None:
+        with engine.begin() as conn:
+            conn.execute(text("insert into t values (2)"))
+            order.append("second writes")
+
+    one = threading.Thread(target=first_writer)
+    one.start()
+    assert holding.wait(10)
+    # A read does not wait for the writer (WAL): it would block here if it did.
+    reader_done = threading.Event()
+
+    def reader() -> None:
+        with engine.connect() as conn:
+            conn.execute(text("select count(*) from t")).scalar_one()
+        reader_done.set()
+
+    threading.Thread(target=reader).start()
+    assert reader_done.wait(5)
+    two = threading.Thread(target=second_writer)
+    two.start()
+    two.join(0.3)
+    assert two.is_alive(), "the second writer went in while the first held the lock"
+    release.set()
+    one.join(10)
+    two.join(10)
+    assert order == ["first commits", "second writes"]
+
+
+def test_sqlite_many_concurrent_writers_never_hit_busy(tmp_path: Path) -> None:
+    from sqlalchemy import event, text
+
+    engine = open_engine(f"sqlite:///{tmp_path}/busy.db")
+
+    def no_busy_wait(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=0")  # contention would now raise
+
+    event.listen(engine, "connect", no_busy_wait)
+    with engine.begin() as conn:
+        conn.execute(text("create table t (x integer)"))
+
+    def write(i: int) -> None:
+        with engine.begin() as conn:
+            conn.execute(text("select count(*) from t")).scalar_one()
+            conn.execute(text("insert into t values (:i)"), {"i": i})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(400)))
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from t")).scalar_one() == 400

@@ -1,5 +1,13 @@
 """The append-only, hash-chained audit trail."""
 
-from mssgate.audit.chain import AuditEntry, VerifyReport, append, entries, verify
+from mssgate.audit.chain import (
+    AuditEntry,
+    NewEntry,
+    VerifyReport,
+    append,
+    append_many,
+    entries,
+    verify,
+)
 
-__all__ = ["AuditEntry", "VerifyReport", "append", "entries", "verify"]
+__all__ = ["AuditEntry", "NewEntry", "VerifyReport", "append", "append_many", "entries", "verify"]

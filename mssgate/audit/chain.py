@@ -98,6 +98,48 @@ def append(
     return int(seq)
 
 
+class NewEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    actor: str
+    action: str
+    subject: str
+    detail: dict[str, Any] = {}
+
+
+def append_many(conn: Connection, new: list[NewEntry]) -> None:
+    """Appends several entries in the caller's transaction, with one round of head updates
+    (the spool's group commit: one transaction for every message accepted meanwhile)."""
+    if not new:
+        return
+    conn.execute(
+        update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq + len(new))
+    )
+    head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1))
+    last_seq, prev = head.one()
+    seq = int(last_seq) - len(new) + 1
+    rows = []
+    for entry in new:
+        at = datetime.now(UTC)
+        detail_text = json.dumps(entry.detail, ensure_ascii=False, sort_keys=True)
+        digest = _digest(seq, at, entry.actor, entry.action, entry.subject, detail_text, prev)
+        rows.append(
+            {
+                "seq": seq,
+                "at": at,
+                "actor": entry.actor,
+                "action": entry.action,
+                "subject": entry.subject,
+                "detail": detail_text,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        seq, prev = seq + 1, digest
+    conn.execute(audit.insert(), rows)
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(hash=prev))
+
+
 def _as_aware(at: datetime) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 

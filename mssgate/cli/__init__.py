@@ -11,7 +11,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from mssgate.errors import MssgateError
+from mssgate.errors import MssgateError, UsageFailed
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -37,6 +37,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         if isinstance(code, int):
             return code
         return _fail(str(code), EXIT_ERROR)
+    except UsageFailed as exc:
+        return _fail(str(exc), EXIT_USAGE)
     except MssgateError as exc:
         return _fail(str(exc), EXIT_ERROR)
     except KeyboardInterrupt:

@@ -10,6 +10,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
 from mssgate.cli.context import actor, emit_json, emit_table, say, state
+from mssgate.directory.domains import UNCHANGED
+from mssgate.directory.models import Cipher, Domain, EncryptionPolicy
 from mssgate.directory.trustlist import (
     DEFAULT_RELAY,
     TrustListRefused,
@@ -17,16 +19,67 @@ from mssgate.directory.trustlist import (
     check_relay_template,
     read_trust_list,
 )
-from mssgate.errors import NotFound
+from mssgate.errors import NotFound, UsageFailed
 from mssgate.pki import load_certificate
 
 app = typer.Typer(help="Local domains and trusted peer domains.", no_args_is_help=True)
 
+# "default" puts a domain back on the global policy.encryption (stored as NULL).
+_DEFAULT = "default"
+EncryptionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--encryption",
+        metavar="required|opportunistic|off",
+        help="S/MIME encryption policy of the domain (default: policy.encryption).",
+    ),
+]
+CipherOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cipher",
+        metavar="aes-gcm|aes-cbc",
+        help="What the gateway encrypts with for this peer (default: aes-gcm).",
+    ),
+]
+
+
+def _encryption(value: str, *, allow_default: bool) -> EncryptionPolicy | None:
+    if allow_default and value.strip().lower() == _DEFAULT:
+        return None
+    try:
+        return EncryptionPolicy.from_cli(value)
+    except ValueError as exc:
+        more = " or default" if allow_default else ""
+        raise UsageFailed(f"--encryption: {exc}{more}") from None
+
+
+def _cipher(value: str) -> Cipher | None:
+    if value.strip().lower() == _DEFAULT:
+        return None
+    try:
+        return Cipher.from_cli(value)
+    except ValueError as exc:
+        raise UsageFailed(f"--cipher: {exc} or default") from None
+
+
+def _policy_text(domain: Domain, default: str) -> str:
+    own = domain.encryption.value if domain.encryption is not None else None
+    text = own or f"{default} (default)"
+    if domain.kind == "trusted" and domain.cipher is Cipher.AES_CBC:
+        text += ", aes-cbc"
+    return text
+
 
 @app.command("add")
-def add(ctx: typer.Context, domain: str) -> None:
-    """Add a local domain (one whose mailboxes this gateway hosts)."""
-    say(f"added local domain {state(ctx).directory().domains.add_local(domain).name}")
+def add(ctx: typer.Context, domain: str, encryption: EncryptionOption = None) -> None:
+    """Add a local domain (one whose mailboxes this gateway hosts).
+
+    --encryption required: only S/MIME-encrypted mail is accepted for its mailboxes.
+    """
+    policy = _encryption(encryption, allow_default=False) if encryption is not None else None
+    added = state(ctx).directory().domains.add_local(domain, encryption=policy)
+    say(f"added local domain {added.name}")
 
 
 @app.command("trust")
@@ -40,15 +93,48 @@ def trust(
     operator_dn: Annotated[
         str | None, typer.Option("--operator-dn", help="Expected subject DN of the peer.")
     ] = None,
+    encryption: EncryptionOption = None,
+    cipher: CipherOption = None,
 ) -> None:
-    """Put a peer operator's domain on the trust list (or update it)."""
+    """Put a peer operator's domain on the trust list (or update it).
+
+    --encryption: what the gateway does with mail leaving for it (required: encrypted to
+    each recipient or not sent; opportunistic: encrypted when a certificate is known; off:
+    as written). Left out on an update, the current setting stays.
+    """
+    policy = _encryption(encryption, allow_default=True) if encryption is not None else UNCHANGED
+    chosen = _cipher(cipher) if cipher is not None else UNCHANGED
     ca_cert = load_certificate(ca) if ca is not None else None
     result = (
         state(ctx)
         .directory()
-        .domains.trust(domain, relay=relay, ca=ca_cert, operator_dn=operator_dn)
+        .domains.trust(
+            domain,
+            relay=relay,
+            ca=ca_cert,
+            operator_dn=operator_dn,
+            encryption=policy,
+            cipher=chosen,
+        )
     )
     say(f"trusted {result.name} via {result.relay_host}:{result.relay_port}")
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    domain: str,
+    encryption: EncryptionOption = None,
+    cipher: CipherOption = None,
+) -> None:
+    """Change a domain's encryption policy or cipher ("default": back to the global one)."""
+    if encryption is None and cipher is None:
+        raise UsageFailed("nothing to change: give --encryption and/or --cipher")
+    policy = _encryption(encryption, allow_default=True) if encryption is not None else UNCHANGED
+    chosen = _cipher(cipher) if cipher is not None else UNCHANGED
+    st = state(ctx)
+    result = st.directory().domains.set_encryption(domain, encryption=policy, cipher=chosen)
+    say(f"{result.name}: encryption {_policy_text(result, st.config().policy.encryption)}")
 
 
 @app.command("untrust")
@@ -60,20 +146,26 @@ def untrust(ctx: typer.Context, domain: str) -> None:
 
 @app.command("list")
 def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List local and trusted domains."""
-    rows = state(ctx).directory().domains.list()
+    """List local and trusted domains.
+
+    With --json, "encryption" is null for a domain on the global policy.encryption.
+    """
+    st = state(ctx)
+    rows = st.directory().domains.list()
     if json_out:
         emit_json(rows)
         return
+    default = st.config().policy.encryption
     emit_table(
         "Domains",
-        ["domain", "kind", "relay", "CA"],
+        ["domain", "kind", "relay", "CA", "encryption"],
         [
             (
                 d.name,
                 d.kind.value,
                 f"{d.relay_host}:{d.relay_port}" if d.relay_host else None,
                 d.ca_subject,
+                _policy_text(d, default),
             )
             for d in rows
         ],

@@ -77,7 +77,16 @@ domains = Table(
     Column("ca_pem", Text),
     Column("operator_dn", Text),
     Column("added_at", DateTime(timezone=True), nullable=False),
+    # S/MIME encryption policy of the domain; NULL: the global `policy.encryption`.
+    Column("encryption", String(13)),
+    # Content encryption towards a peer domain; NULL: AES-GCM.
+    Column("cipher", String(7)),
     CheckConstraint("kind IN ('local', 'trusted')", name="ck_domains_kind"),
+    CheckConstraint(
+        "encryption IS NULL OR encryption IN ('required', 'opportunistic', 'off')",
+        name="ck_domains_encryption",
+    ),
+    CheckConstraint("cipher IS NULL OR cipher IN ('aes-gcm', 'aes-cbc')", name="ck_domains_cipher"),
 )
 
 consumers = Table(

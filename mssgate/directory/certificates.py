@@ -6,17 +6,50 @@ from collections.abc import Iterator
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Connection, Engine, Row, select
 from sqlalchemy.exc import IntegrityError
 
 from mssgate import audit
-from mssgate.db.schema import certificates, professionals
+from mssgate.db.schema import certificates, domains, professionals
 from mssgate.directory.models import CertificateRecord
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, ValidationFailed
 from mssgate.identifiers import normalize_address
 from mssgate.pki import certificate_info, is_smime_for
+
+
+def _professional_for_certificate(conn: Connection, key: str, address: str, actor: str) -> int:
+    """The directory row a certificate for `key` hangs on: a local mailbox, a known
+    correspondent, or a new correspondent at a trusted peer domain."""
+    prof = conn.execute(select(professionals.c.id).where(professionals.c.address == key)).first()
+    if prof is not None:
+        return int(prof.id)
+    domain = key.rsplit("@", 1)[1]
+    kind = conn.execute(select(domains.c.kind).where(domains.c.name == domain)).scalar()
+    if kind != "trusted":
+        raise NotFound(
+            f"no mailbox {address!r} in the directory"
+            " (a correspondent's domain must be on the trust list)"
+        )
+    stamp = now()
+    result = conn.execute(
+        professionals.insert().values(
+            address=key,
+            display_name=key,
+            kind="PER",
+            state="active",
+            local=False,
+            source="cert",
+            created_at=stamp,
+            updated_at=stamp,
+        )
+    )
+    audit.append(conn, actor=actor, action="directory.correspondent", subject=key)
+    primary_key = result.inserted_primary_key
+    assert primary_key is not None
+    return int(primary_key[0])
 
 
 def _record(row: Row[Any]) -> CertificateRecord:
@@ -38,8 +71,13 @@ class Certificates:
         self._actor = actor
 
     def register(self, address: str, cert: x509.Certificate) -> CertificateRecord:
-        """Registers `cert` for a local mailbox after checking it is an S/MIME certificate
-        for that very address (EKU emailProtection, rfc822Name in the SAN)."""
+        """Registers `cert` for an address after checking it is an S/MIME certificate for that
+        very address (EKU emailProtection, rfc822Name in the SAN).
+
+        A local mailbox's certificates are the ones it may sign with. A correspondent at a
+        peer operator gets one so that the gateway can encrypt to it (docs/smime.md): such an
+        address is added as a known correspondent when its domain is on the trust list and
+        the directory does not know it yet."""
         key = normalize_address(address)
         if not is_smime_for(cert, key):
             raise ValidationFailed(
@@ -52,16 +90,10 @@ class Certificates:
         pem = cert.public_bytes(Encoding.PEM).decode("ascii")
         try:
             with self._engine.begin() as conn:
-                prof = conn.execute(
-                    select(professionals.c.id).where(
-                        professionals.c.address == key, professionals.c.local.is_(True)
-                    )
-                ).first()
-                if prof is None:
-                    raise NotFound(f"no mailbox {address!r} in the directory")
+                professional_id = _professional_for_certificate(conn, key, address, self._actor)
                 conn.execute(
                     certificates.insert().values(
-                        professional_id=prof.id,
+                        professional_id=professional_id,
                         fingerprint_sha256=info.fingerprint_sha256,
                         serial=info.serial,
                         subject=info.subject,
@@ -101,6 +133,33 @@ class Certificates:
             if exists is None:
                 raise NotFound(f"no mailbox {address!r} in the directory")
             return [_record(row) for row in conn.execute(self._query(key))]
+
+    def encryption_certificate(self, address: str) -> x509.Certificate | None:
+        """The certificate to encrypt to `address`, or None if it has no usable one.
+
+        Usable: valid now, for this address (EKU emailProtection, SAN), an RSA key (the
+        envelope does RSA key transport only) whose key usage, when stated, allows key
+        encipherment. The one that expires last wins: a renewal takes over at once.
+        """
+        stamp = now()
+        best: x509.Certificate | None = None
+        for pem in self.registered_pems(address):
+            cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+            if not (cert.not_valid_before_utc <= stamp < cert.not_valid_after_utc):
+                continue
+            if not isinstance(cert.public_key(), rsa.RSAPublicKey) or not is_smime_for(
+                cert, address
+            ):
+                continue
+            try:
+                usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+            except x509.ExtensionNotFound:
+                usage = None
+            if usage is not None and not usage.key_encipherment:
+                continue
+            if best is None or cert.not_valid_after_utc > best.not_valid_after_utc:
+                best = cert
+        return best
 
     def registered_pems(self, address: str) -> Iterator[str]:
         """PEM of every certificate registered for the address (for signature checks)."""

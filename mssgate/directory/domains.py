@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from cryptography import x509
@@ -10,7 +12,7 @@ from sqlalchemy import Engine, Row, delete, select
 
 from mssgate import audit
 from mssgate.db.schema import domains
-from mssgate.directory.models import Domain, DomainKind
+from mssgate.directory.models import Cipher, Domain, DomainKind, EncryptionPolicy
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, ValidationFailed
 from mssgate.identifiers import normalize_domain
@@ -31,6 +33,32 @@ def parse_relay(value: str) -> tuple[str, int]:
     return normalize_domain(host), port
 
 
+class _Unchanged(Enum):
+    UNCHANGED = "unchanged"
+
+
+# "Leave this setting as it is" for updates: None already means "back to the default".
+UNCHANGED = _Unchanged.UNCHANGED
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionSetting:
+    """A domain's encryption columns as stored (None: the default applies)."""
+
+    kind: DomainKind
+    encryption: EncryptionPolicy | None
+    cipher: Cipher | None
+
+
+def effective_policy(
+    setting: EncryptionSetting | None, default: EncryptionPolicy
+) -> EncryptionPolicy:
+    """A domain's own policy, or `default` (the global `policy.encryption`) when it has none."""
+    if setting is None or setting.encryption is None:
+        return default
+    return setting.encryption
+
+
 def _domain(row: Row[Any]) -> Domain:
     ca_subject = None
     if row.ca_pem:
@@ -42,6 +70,8 @@ def _domain(row: Row[Any]) -> Domain:
         relay_port=row.relay_port,
         ca_subject=ca_subject,
         operator_dn=row.operator_dn,
+        encryption=EncryptionPolicy(row.encryption) if row.encryption else None,
+        cipher=Cipher(row.cipher) if row.cipher else None,
         added_at=aware(row.added_at),
     )
 
@@ -55,14 +85,22 @@ class Domains:
         with self._engine.connect() as conn:
             return conn.execute(select(domains).where(domains.c.name == name)).first()
 
-    def add_local(self, name: str) -> Domain:
+    def add_local(self, name: str, *, encryption: EncryptionPolicy | None = None) -> Domain:
         key = normalize_domain(name)
         with self._engine.begin() as conn:
             row = conn.execute(select(domains).where(domains.c.name == key)).first()
             if row is not None:
                 raise Conflict(f"{key} is already a {row.kind} domain")
-            conn.execute(domains.insert().values(name=key, kind="local", added_at=now()))
-            audit.append(conn, actor=self._actor, action="domain.add", subject=key)
+            conn.execute(
+                domains.insert().values(
+                    name=key,
+                    kind="local",
+                    added_at=now(),
+                    encryption=encryption.value if encryption is not None else None,
+                )
+            )
+            detail = {"encryption": encryption.value} if encryption is not None else None
+            audit.append(conn, actor=self._actor, action="domain.add", subject=key, detail=detail)
         return self.get(key)
 
     def trust(
@@ -72,8 +110,14 @@ class Domains:
         relay: str,
         ca: x509.Certificate | None,
         operator_dn: str | None = None,
+        encryption: EncryptionPolicy | _Unchanged | None = UNCHANGED,
+        cipher: Cipher | _Unchanged | None = UNCHANGED,
     ) -> Domain:
-        """Adds or updates a peer operator's domain on the trust list."""
+        """Adds or updates a peer operator's domain on the trust list.
+
+        `encryption` and `cipher` left UNCHANGED keep what an update found (NULL for a new
+        domain): the national trust-list import updates relays and must not reset them.
+        """
         key = normalize_domain(name)
         host, port = parse_relay(relay)
         if ca is not None:
@@ -87,6 +131,7 @@ class Domains:
             "relay_port": port,
             "ca_pem": ca_pem,
             "operator_dn": operator_dn,
+            **_encryption_values(encryption, cipher),
         }
         with self._engine.begin() as conn:
             row = conn.execute(select(domains).where(domains.c.name == key)).first()
@@ -101,7 +146,36 @@ class Domains:
                 actor=self._actor,
                 action="domain.trust",
                 subject=key,
-                detail={"relay": f"{host}:{port}", "ca": ca is not None},
+                detail={
+                    "relay": f"{host}:{port}",
+                    "ca": ca is not None,
+                    **_encryption_values(encryption, cipher),
+                },
+            )
+        return self.get(key)
+
+    def set_encryption(
+        self,
+        name: str,
+        *,
+        encryption: EncryptionPolicy | _Unchanged | None = UNCHANGED,
+        cipher: Cipher | _Unchanged | None = UNCHANGED,
+    ) -> Domain:
+        """Changes the encryption settings of a local or trusted domain (None: the default)."""
+        key = normalize_domain(name)
+        values = _encryption_values(encryption, cipher)
+        with self._engine.begin() as conn:
+            row = conn.execute(select(domains).where(domains.c.name == key)).first()
+            if row is None:
+                raise NotFound(f"no domain {key!r} (add it with 'mssgate domain add' or 'trust')")
+            if row.kind == "local" and values.get("cipher") is not None:
+                raise ValidationFailed(
+                    "a cipher applies to mail sent to a peer domain, not to a local domain"
+                )
+            if values:
+                conn.execute(domains.update().where(domains.c.name == key).values(**values))
+            audit.append(
+                conn, actor=self._actor, action="domain.encryption", subject=key, detail=values
             )
         return self.get(key)
 
@@ -138,6 +212,30 @@ class Domains:
         with self._engine.connect() as conn:
             return {row.name: row.ca_pem for row in conn.execute(query)}
 
+    def encryption_settings(self) -> dict[str, EncryptionSetting]:
+        """Every domain's stored encryption columns, in one query (asked per message)."""
+        query = select(domains.c.name, domains.c.kind, domains.c.encryption, domains.c.cipher)
+        with self._engine.connect() as conn:
+            return {
+                row.name: EncryptionSetting(
+                    kind=DomainKind(row.kind),
+                    encryption=EncryptionPolicy(row.encryption) if row.encryption else None,
+                    cipher=Cipher(row.cipher) if row.cipher else None,
+                )
+                for row in conn.execute(query)
+            }
+
     def peer_ca_pem(self, name: str) -> str | None:
         row = self._existing(normalize_domain(name))
         return row.ca_pem if row is not None and row.kind == "trusted" else None
+
+
+def _encryption_values(
+    encryption: EncryptionPolicy | _Unchanged | None, cipher: Cipher | _Unchanged | None
+) -> dict[str, str | None]:
+    values: dict[str, str | None] = {}
+    if encryption is not UNCHANGED:
+        values["encryption"] = encryption.value if encryption is not None else None
+    if cipher is not UNCHANGED:
+        values["cipher"] = cipher.value if cipher is not None else None
+    return values

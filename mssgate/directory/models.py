@@ -119,6 +119,41 @@ class DomainKind(StrEnum):
     TRUSTED = "trusted"
 
 
+class EncryptionPolicy(StrEnum):
+    """S/MIME encryption for a domain (docs/smime.md, "Encryption policy").
+
+    On a local domain it governs what may arrive (`required`: encrypted only); on a trusted
+    peer domain, what the gateway does with mail leaving for it.
+    """
+
+    REQUIRED = "required"
+    OPPORTUNISTIC = "opportunistic"
+    OFF = "off"
+
+    @classmethod
+    def from_cli(cls, word: str) -> EncryptionPolicy:
+        try:
+            return cls(word.strip().lower())
+        except ValueError:
+            raise ValueError(
+                f"invalid encryption policy {word!r}: use required, opportunistic or off"
+            ) from None
+
+
+class Cipher(StrEnum):
+    """Content encryption the gateway uses towards a peer domain."""
+
+    AES_GCM = "aes-gcm"  # AuthEnvelopedData (RFC 5083/5084): any modified byte is refused
+    AES_CBC = "aes-cbc"  # EnvelopedData, for peers whose readers lack AuthEnvelopedData
+
+    @classmethod
+    def from_cli(cls, word: str) -> Cipher:
+        try:
+            return cls(word.strip().lower())
+        except ValueError:
+            raise ValueError(f"invalid cipher {word!r}: use aes-gcm or aes-cbc") from None
+
+
 class Domain(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -128,6 +163,10 @@ class Domain(BaseModel):
     relay_port: int | None = None
     ca_subject: str | None = None
     operator_dn: str | None = None
+    # None: the global `policy.encryption` applies.
+    encryption: EncryptionPolicy | None = None
+    # None: AES-GCM. Only meaningful for trusted peer domains (what the gateway sends them).
+    cipher: Cipher | None = None
     added_at: datetime
 
 

@@ -13,6 +13,7 @@ import email
 import email.errors
 import email.header
 import email.message
+import email.parser
 import email.policy
 import re
 from typing import Final
@@ -78,6 +79,22 @@ def _is_attachment(part: email.message.Message, filename: str | None) -> bool:
     return part.get_content_maintype() == "application"
 
 
+def _parse(raw: bytes) -> email.message.Message:
+    """The stdlib's parse of `raw`, fed a slice at a time.
+
+    message_from_bytes decodes the whole message to one str and splits all of it into lines
+    before parsing: for a 25 MB message, about 70 MB more at peak than feeding 1 MB slices.
+    """
+    parser = email.parser.BytesFeedParser(policy=email.policy.compat32)
+    view = memoryview(raw)
+    for start in range(0, len(view), _FEED_SLICE):
+        parser.feed(view[start : start + _FEED_SLICE].tobytes())
+    return parser.close()
+
+
+_FEED_SLICE = 1 << 20
+
+
 def walk_message(raw: bytes, limits: DocumentLimits) -> MimeWalk:
     """Attachments of a message, depth-first, with defects; `MimeError`/`LimitExceeded` when
     the structure itself is beyond limits."""
@@ -89,7 +106,7 @@ def walk_message(raw: bytes, limits: DocumentLimits) -> MimeWalk:
     if len(_DELIMITER_RE.findall(raw)) > 4 * limits.max_mime_parts:
         raise MimeError("message has too many MIME boundary lines")
     try:
-        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        message = _parse(raw)
     except RecursionError as exc:
         raise MimeError("MIME structure too deep") from exc
     defects: list[str] = []

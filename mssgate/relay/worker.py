@@ -35,6 +35,7 @@ from mssgate.logs import event
 from mssgate.relay.backoff import retry_delay
 from mssgate.relay.client import Outcome, RecipientOutcome, Timeouts, relay_message
 from mssgate.relay.dsn import RecipientFailure, build_dsn
+from mssgate.relay.encryption import Batch, OutgoingEncryption, Plan
 from mssgate.spool.store import MessageEnvelope, PendingDelivery, Spool
 from mssgate.tls import client_context
 
@@ -74,10 +75,12 @@ class RelayWorker:
         clock: Clock = now,
         rng: random.Random | None = None,
         tls_server_names: Mapping[str, str] | None = None,
+        encryption: OutgoingEncryption | None = None,
     ) -> None:
         """`postmaster`: the DSN's From; by default mailer-daemon@ the bounced sender's own
         domain when it is local, else @`hostname`. `tls_server_names` maps a peer domain to
-        the name its certificate must carry, when that is not its relay host (an IP)."""
+        the name its certificate must carry, when that is not its relay host (an IP).
+        `encryption`: the S/MIME encryption policy towards peers (None: send as spooled)."""
         self._spool = spool
         self._directory = directory
         self._cert = our_cert
@@ -90,6 +93,7 @@ class RelayWorker:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 (jitter, not crypto)
         self._server_names = dict(tls_server_names or {})
+        self._encryption = encryption
         self._max_age = timedelta(seconds=config_relay.max_age_seconds)
         self._wake = asyncio.Event()
         self._failed_units = 0
@@ -180,8 +184,27 @@ class RelayWorker:
             ]
             await self._fail(envelope, b"", items, failures)
             return
-        outcomes = await self._send(domain, peer, envelope, content, items)
-        await self._record(envelope, content, items, outcomes, peer)
+        plan = Plan([Batch(tuple(i.recipient for i in items), content)])
+        if self._encryption is not None:
+            plan = await asyncio.to_thread(
+                self._encryption.plan, content, domain, [i.recipient for i in items]
+            )
+        by_recipient = {i.recipient: i for i in items}
+        if plan.refused:
+            refused = [by_recipient[r.recipient] for r in plan.refused]
+            failures = [
+                RecipientFailure(r.recipient, r.status, explanation=r.explanation)
+                for r in plan.refused
+            ]
+            await self._fail(envelope, content, refused, failures)
+        for batch in plan.batches:
+            subset = [by_recipient[r] for r in batch.recipients]
+            if batch.encrypted:
+                event(log, "relay.encrypted", queue_id=spool_id, domain=domain)
+            # The DSN of a failure quotes the message as spooled, never a copy made for
+            # another recipient.
+            outcomes = await self._send(domain, peer, envelope, batch.content, subset)
+            await self._record(envelope, content, subset, outcomes, peer)
 
     async def _send(
         self,

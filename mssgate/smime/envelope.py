@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from mssgate.errors import MssgateError
 from mssgate.smime.extract import PKCS7_MIME_TYPES, parse_headers
-from mssgate.smime.rawmime import split_head_body
+from mssgate.smime.rawmime import header_fields, split_head_body
 from mssgate.smime.sign import base64_lines, split_entity
 
 EncryptionMode = Literal["aes-gcm", "aes-cbc"]
@@ -86,6 +86,10 @@ def encrypt(
         if not isinstance(cert.public_key(), rsa.RSAPublicKey):
             raise EncryptionError("only recipients with RSA keys are supported")
     outer, entity = split_entity(mime_entity)
+    if not any(f.name == "content-type" for f in header_fields(split_head_body(entity)[0])):
+        # RFC 2045 §5.2's implicit type made explicit: once encrypted, the entity stands
+        # alone, and a reader (ours: `clean_entity`) wants it to say what it is.
+        entity = b"Content-Type: text/plain; charset=us-ascii\r\n" + entity
     if mode == "aes-gcm":
         der = _auth_enveloped(entity, recipients, key_transport)
         smime_type = b"authEnveloped-data"

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import binascii
 import email.policy
+import functools
 import re
 from dataclasses import dataclass
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.parser import BytesParser
+from typing import Any
 
 from mssgate.smime.rawmime import canonical_crlf, split_head_body
 
@@ -23,6 +26,8 @@ PKCS7_MIME_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mim
 # A bound on what is decoded from base64 before parsing any ASN.1: signatures with a chain are a
 # few kilobytes, opaque messages carry the whole content.
 MAX_CMS_BYTES = 64 * 1024 * 1024
+# Header values longer than this are parsed on each access, as the stdlib does, rather than kept.
+_SHARED_HEADER_MAX_CHARS = 2048
 
 
 class NotSigned(Exception):
@@ -43,10 +48,38 @@ class SignedParts:
     detached_content: bytes | None
 
 
+_REGISTRY = HeaderRegistry()
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_header(name: str, value: str) -> BaseHeader:
+    return _REGISTRY(name, value)
+
+
+class _SharedHeaderRegistry(HeaderRegistry):
+    """The stdlib's header registry, with each parsed (name, value) kept and handed out again.
+
+    `EmailMessage` parses a field again on every access, and `get_content_type`,
+    `get_param` and `get_boundary` each access Content-Type: reading one message's structure
+    parsed the same field half a dozen times. A parsed header is immutable (a str with
+    read-only attributes) and depends only on the name and the value, so sharing it changes no
+    result.
+    """
+
+    def __call__(self, name: str, value: Any) -> BaseHeader:
+        if type(value) is str and len(value) <= _SHARED_HEADER_MAX_CHARS:
+            return _shared_header(name, value)
+        return super().__call__(name, value)
+
+
+# email.policy.default in every respect but the registry above.
+_POLICY = email.policy.default.clone(header_factory=_SharedHeaderRegistry())
+
+
 def parse_headers(raw: bytes) -> EmailMessage:
     """The message's header block read by the stdlib parser (modern policy), body excluded."""
     head, _, _ = split_head_body(raw)
-    parser = BytesParser(_class=EmailMessage, policy=email.policy.default)
+    parser = BytesParser(_class=EmailMessage, policy=_POLICY)
     message = parser.parsebytes(head + b"\r\n", headersonly=True)
     if not isinstance(message, EmailMessage):  # pragma: no cover - guaranteed by _class
         raise MalformedSigned("parser returned an unexpected type")
@@ -65,7 +98,7 @@ def extract_signed(raw: bytes) -> SignedParts:
         if not boundary:
             raise MalformedSigned("multipart/signed without a boundary")
         _, _, body = split_head_body(raw)
-        content, signature_part = _two_parts(canonical_crlf(body), boundary.encode("latin-1"))
+        content, signature_part = _two_parts(_canonical(body), boundary.encode("latin-1"))
         return SignedParts(headers, _signature_der(signature_part), content)
     if content_type in PKCS7_MIME_TYPES:
         smime_type = (_param(headers, "smime-type") or "").lower()
@@ -85,24 +118,53 @@ def _param(headers: EmailMessage, name: str) -> str | None:
     return str(value[2])
 
 
+def _canonical(body: bytes) -> bytes:
+    # Mail from SMTP is already CRLF throughout: two counts (memchr speed) tell, and spare the
+    # regular expression of canonical_crlf a scan of the whole body. Every CRLF holds exactly
+    # one LF, so equal counts mean no bare LF.
+    if body.count(b"\n") == body.count(b"\r\n"):
+        return body
+    return canonical_crlf(body)
+
+
 def _two_parts(body: bytes, boundary: bytes) -> tuple[bytes, bytes]:
     # RFC 2046 §5.1.1: a delimiter starts a line (its leading CRLF belongs to it), may be
     # followed by linear white space, and the close delimiter has a trailing "--".
-    delimiter = re.compile(
-        rb"(?:\A|\r\n)--" + re.escape(boundary) + rb"(?P<close>--)?[ \t]*(?=\r\n|\Z)"
-    )
-    matches = list(delimiter.finditer(body))
-    opens = [m for m in matches if m.group("close") is None]
-    closes = [m for m in matches if m.group("close") is not None]
-    if len(opens) != 2 or not closes or closes[0].start() < opens[1].end():
+    # Each delimiter is (start, end, is_close); start includes the leading CRLF.
+    delimiters = _delimiters(body, boundary)
+    opens = [(start, end) for start, end, close in delimiters if not close]
+    closes = [(start, end) for start, end, close in delimiters if close]
+    if len(opens) != 2 or not closes or closes[0][0] < opens[1][1]:
         raise MalformedSigned(
             f"multipart/signed needs exactly two parts ({len(opens)} found, "
             f"{'no' if not closes else 'a'} close delimiter)"
         )
     first, second, close = opens[0], opens[1], closes[0]
-    content = body[_after_line(body, first.end()) : second.start()]
-    signature = body[_after_line(body, second.end()) : close.start()]
+    content = body[_after_line(body, first[1]) : second[0]]
+    signature = body[_after_line(body, second[1]) : close[0]]
     return content, signature
+
+
+def _delimiters(body: bytes, boundary: bytes) -> list[tuple[int, int, bool]]:
+    tail = rb"(?P<close>--)?[ \t]*(?=\r\n|\Z)"
+    if b"\r" in boundary or b"\n" in boundary:  # (RFC 2231 can encode them) the plain way
+        pattern = re.compile(rb"(?:\A|\r\n)--" + re.escape(boundary) + tail)
+        return [(m.start(), m.end(), m.group("close") is not None) for m in pattern.finditer(body)]
+    # The same delimiters, found faster: a pattern that starts with a literal lets the regular
+    # expression engine skip ahead to each "--boundary", where an alternation first tests every
+    # position. The line start is checked after. Without CR or LF in the boundary no candidate
+    # can overlap a real delimiter's CRLF, so both ways find the same matches.
+    pattern = re.compile(b"--" + re.escape(boundary) + tail)
+    found = []
+    for m in pattern.finditer(body):
+        if m.start() == 0:
+            start = 0
+        elif body[m.start() - 2 : m.start()] == b"\r\n":
+            start = m.start() - 2
+        else:
+            continue
+        found.append((start, m.end(), m.group("close") is not None))
+    return found
 
 
 def _after_line(body: bytes, position: int) -> int:
@@ -110,8 +172,10 @@ def _after_line(body: bytes, position: int) -> int:
 
 
 def _signature_der(part: bytes) -> bytes:
-    parser = BytesParser(_class=EmailMessage, policy=email.policy.default)
-    message = parser.parsebytes(part)
+    # Only the part's header fields are read from the parser (the body is decoded below):
+    # headersonly spares it splitting the base64 into lines it would never use.
+    parser = BytesParser(_class=EmailMessage, policy=_POLICY)
+    message = parser.parsebytes(part, headersonly=True)
     if not isinstance(message, EmailMessage):  # pragma: no cover - guaranteed by _class
         raise MalformedSigned("parser returned an unexpected type")
     if message.get_content_type() not in SIGNATURE_TYPES:
@@ -123,7 +187,7 @@ def _signature_der(part: bytes) -> bytes:
 def _decode_body(headers: EmailMessage, body: bytes) -> bytes:
     encoding = str(headers.get("content-transfer-encoding", "")).strip().lower()
     if encoding == "base64":
-        compact = re.sub(rb"[ \t\r\n]+", b"", body)
+        compact = body.translate(None, b" \t\r\n")
         if len(compact) > MAX_CMS_BYTES * 4 // 3 + 4:
             raise MalformedSigned("signature too large")
         try:

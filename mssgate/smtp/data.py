@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from mssgate.smtp.body import MessageBody
+
 
 class DataError(Enum):
     TOO_BIG = "too big"
@@ -21,10 +23,11 @@ class DataError(Enum):
 
 
 class DataParser:
-    def __init__(self, *, max_size: int, max_line: int) -> None:
+    def __init__(self, *, max_size: int, max_line: int, body: MessageBody | None = None) -> None:
         self._max_size = max_size
         self._max_line = max_line
-        self._out = bytearray()
+        # Without a body given, everything stays in memory (the parser's own tests).
+        self.body = body if body is not None else MessageBody(spill_threshold=max_size + 1)
         self._partial = bytearray()
         self._discarding_line = False
         self._line_start = True  # the previous line ended with a real CRLF
@@ -36,7 +39,7 @@ class DataParser:
         # The first error wins: it is the one the client should hear about.
         if self.error is None:
             self.error = error
-        self._out = bytearray()
+            self.body.discard()
 
     def feed(self, chunk: bytes) -> int:
         """Consumes `chunk`; returns how many of its bytes belong to the DATA phase.
@@ -81,8 +84,8 @@ class DataParser:
             if self.size > self._max_size:
                 self._fail(DataError.TOO_BIG)
             if self.error is None:
-                self._out += line
+                self.body.write(line)
 
     def message(self) -> bytes:
         assert self.done and self.error is None
-        return bytes(self._out)
+        return self.body.read()

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.parser import BytesHeaderParser
-from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime, getaddresses
 from enum import StrEnum
 from typing import Any
@@ -28,12 +26,15 @@ from mssgate.directory.models import AccountState
 from mssgate.dkim import DkimResult, dkim_sign, dkim_verify
 from mssgate.documents import mss_headers, process_message
 from mssgate.errors import MssgateError, StorageError, ValidationFailed
+from mssgate.headers import read_headers
 from mssgate.identifiers import normalize_address
 from mssgate.ins import is_patient_mailbox_local_part
 from mssgate.logs import event
 from mssgate.smime import SignatureVerdict, verify_signed_message
 from mssgate.smime.rawmime import header_fields, join_fields, split_head_body
-from mssgate.smtp import replies
+from mssgate.smtp import encryption, replies
+from mssgate.smtp.body import MemoryBudget
+from mssgate.smtp.encryption import EncryptionSettings
 from mssgate.smtp.protocol import GatewaySMTP
 from mssgate.smtp.replies import Reply
 from mssgate.spool import Spool, new_queue_id
@@ -75,6 +76,8 @@ class TrustSettings:
     # Outgoing mail to peers is DKIM-signed with this key (PEM), d= the author's domain.
     dkim_selector: str = "mssgate"
     dkim_key_pem: bytes | None = None
+    # S/MIME encryption policy: global default and the mailbox keys folder.
+    encryption: EncryptionSettings = field(default_factory=EncryptionSettings)
 
 
 def _identity(session: Session) -> str | None:
@@ -116,8 +119,10 @@ class SmtpPolicy:
         limits: PolicyLimits,
         trust: TrustSettings,
         on_accepted: Callable[[str], None],
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.listener = listener
+        self._budget = budget if budget is not None else MemoryBudget(160 << 20)
         self._directory = directory
         self._spool = spool
         self._hostname = hostname
@@ -256,7 +261,10 @@ class SmtpPolicy:
             # Practitioners may write to a trusted peer operator's domain; peers may not use
             # us to reach a third party (never an open relay).
             if self.listener.for_clients and self._directory.domains.peer_ca_pem(domain):
-                return replies.RECIPIENT_OK, normal
+                refusal = encryption.recipient_refusal(
+                    self._directory, normal, domain, self._trust.encryption
+                )
+                return (refusal, None) if refusal is not None else (replies.RECIPIENT_OK, normal)
             return replies.RELAY_DENIED, None
         found = self._directory.professionals.find(normal)
         if found is None or not found.local:
@@ -267,9 +275,17 @@ class SmtpPolicy:
 
     # ------------------------------------------------------------------ DATA
     async def handle_DATA(self, server: GatewaySMTP, session: Session, envelope: Envelope) -> str:
-        content = envelope.content
-        assert isinstance(content, bytes)
-        headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(content)
+        body = server.body
+        assert body is not None
+        async with self._budget.reserve(body.size):
+            content = await asyncio.to_thread(body.read) if body.spilled else body.read()
+            body.close()  # its memory or file is no longer needed: `content` has it all
+            return await self._check_and_spool(server, session, envelope, content)
+
+    async def _check_and_spool(
+        self, server: GatewaySMTP, session: Session, envelope: Envelope, content: bytes
+    ) -> str:
+        headers = read_headers(content)
         if headers.defects:
             return await self._reject(server, "DATA", replies.MALFORMED_HEADERS)
         identity = _identity(session)
@@ -284,8 +300,15 @@ class SmtpPolicy:
             ):
                 return await self._reject(server, "DATA", replies.FROM_NOT_IDENTITY)
         content = remove_own_results(content, self._hostname)
+        crypt = await asyncio.to_thread(self._encryption, content, envelope, headers, server)
+        if crypt.reply is not None:
+            return await self._reject(
+                server, "DATA", crypt.reply, check="encryption", reason=crypt.reason
+            )
+        # DKIM signed what crossed the wire: the ciphertext, when it is decrypted here.
+        received, content = content, crypt.content
         verdict: SignatureVerdict | None = None
-        if self._trust.require_signature:
+        if self._trust.require_signature and crypt.verify_signature:
             anchors, registered, problem = await asyncio.to_thread(
                 self._signer_expectations, headers.get_all("From") or [], identity
             )
@@ -309,7 +332,7 @@ class SmtpPolicy:
                 )  # fmt: skip
         dkim_result: DkimResult | None = None
         if not self.listener.for_clients and self._trust.verify_dkim:
-            dkim_result = await asyncio.to_thread(self._dkim, content)
+            dkim_result = await asyncio.to_thread(self._dkim, received)
         obj = server.tls_object()
         tls = TlsInfo(
             version=obj.version() if obj is not None else None,
@@ -347,6 +370,26 @@ class SmtpPolicy:
         metrics.message_accepted(self.listener.value)
         self._on_accepted(queue_id)
         return str(replies.queued(queue_id))
+
+    def _encryption(
+        self, content: bytes, envelope: Envelope, headers: Any, server: GatewaySMTP
+    ) -> encryption.IncomingDecision:
+        decision = encryption.incoming(
+            content,
+            recipients=list(envelope.rcpt_tos),
+            froms=[str(f) for f in headers.get_all("From") or []],
+            directory=self._directory,
+            settings=self._trust.encryption,
+            require_signature=self._trust.require_signature,
+            for_clients=self.listener.for_clients,
+            peer_certificate=None if self.listener.for_clients else _peer_certificate(server),
+            null_sender=envelope.mail_from in ("", "<>"),
+        )
+        if decision.decrypted_for is not None or decision.reason == "peer-encrypted":
+            event(log, "smime.encrypted_in", listener=self.listener.value,
+                  session=server.session_id, decrypted=decision.decrypted_for is not None,
+                  reason=decision.reason)  # fmt: skip
+        return decision
 
     def _signer_expectations(
         self, froms: list[Any], identity: str | None

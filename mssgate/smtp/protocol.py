@@ -21,6 +21,7 @@ import ssl
 from asyncio import sslproto
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, auth_mechanism
@@ -28,6 +29,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, au
 from mssgate import metrics
 from mssgate.logs import event
 from mssgate.smtp import replies
+from mssgate.smtp.body import MessageBody
 from mssgate.smtp.data import DataError, DataParser
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
 
@@ -86,6 +88,10 @@ class GatewaySMTP(SMTP):
         self._opened = False
         self._in_ehlo = False
         self.busy = False  # in the middle of a transaction (between MAIL and its reply)
+        # DATA: the message being handled, and where a large one is kept while it arrives.
+        self.body: MessageBody | None = None
+        self.spill_dir: Path | None = None
+        self.spill_threshold = 1 << 20
         if authenticator is None:
             self._auth_methods.clear()
 
@@ -365,23 +371,29 @@ class GatewaySMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        parser = DataParser(max_size=self.data_size_limit or 2**31, max_line=self._max_line)
-        while not parser.done:
-            chunk = await self._reader.read(65536)
-            if not chunk:
-                raise asyncio.IncompleteReadError(b"", None)
-            used = parser.feed(chunk)
-            if used < len(chunk):
-                # Pipelined commands after the final dot go back to the reader (RFC 2920).
-                self._reader._buffer[0:0] = chunk[used:]  # type: ignore[attr-defined]
-        self._reset_timeout()
-        if parser.error is not None:
-            await self._data_failed(parser.error)
-            return
-        content = parser.message()
-        self.envelope.content = content
-        self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+        body = MessageBody(spill_threshold=self.spill_threshold, spill_dir=self.spill_dir)
+        try:
+            parser = DataParser(
+                max_size=self.data_size_limit or 2**31, max_line=self._max_line, body=body
+            )
+            while not parser.done:
+                chunk = await self._reader.read(65536)
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"", None)
+                used = parser.feed(chunk)
+                if used < len(chunk):
+                    # Pipelined commands after the final dot go back to the reader (RFC 2920).
+                    self._reader._buffer[0:0] = chunk[used:]  # type: ignore[attr-defined]
+            self._reset_timeout()
+            if parser.error is not None:
+                await self._data_failed(parser.error)
+                return
+            # The handler takes the body from here (it may be a file: see MessageBody).
+            self.body = body
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self.body = None
+            body.close()
         self.envelope = self._create_envelope()
         self.busy = False
         await self.push(str(status))

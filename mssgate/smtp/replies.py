@@ -89,6 +89,37 @@ FROM_REQUIRED = Reply(550, "5.7.1", "Message must have exactly one From: address
 AUTHOR_DOMAIN_UNTRUSTED = Reply(550, "5.7.1", "Author domain is not on the trust list")
 MALFORMED_HEADERS = Reply(550, "5.6.0", "Message headers are malformed")
 TEMPORARY_FAILURE = Reply(451, "4.3.0", "Temporary failure, please try again later")
+# S/MIME encryption policy (docs/smime.md, "Encryption policy"). 5.7.1: the policy refuses;
+# 5.7.5: a key the check needs is not ours, or decryption failed (RFC 3463).
+ENCRYPTION_REQUIRED = Reply(
+    550, "5.7.1", "Message refused: the recipient's domain accepts only S/MIME-encrypted messages"
+)
+RECIPIENT_CERTIFICATE_MISSING = Reply(
+    550,
+    "5.7.1",
+    "The recipient's domain requires encryption and no certificate is registered for"
+    " this recipient",
+)
+SIGNATURE_INSIDE_ENCRYPTION = Reply(
+    550,
+    "5.7.5",
+    "Message refused: its signature is inside the encryption, where the gateway cannot check"
+    " it; sign the encrypted message (encrypt, then sign) or send it signed and unencrypted",
+)
+CANNOT_DECRYPT = Reply(
+    554, "5.7.5", "Message refused: the gateway cannot decrypt it for the application mailbox"
+)
+CBC_NEEDS_SIGNATURE = Reply(
+    554,
+    "5.7.5",
+    "Message refused: AES-CBC encryption is accepted only around signed content; use AES-GCM",
+)
+ENCRYPTED_MIXED_RECIPIENTS = Reply(
+    550,
+    "5.7.1",
+    "Message refused: encrypted mail for an application mailbox must have no other kind of"
+    " recipient; send it separately",
+)
 
 
 def queued(queue_id: str) -> Reply:

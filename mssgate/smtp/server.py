@@ -9,8 +9,12 @@ from dataclasses import dataclass, field
 from mssgate.authn import DirectoryAuthenticator
 from mssgate.config import Config
 from mssgate.directory import Directory
+from mssgate.directory.models import EncryptionPolicy
 from mssgate.errors import ConfigError
 from mssgate.pki import load_certificates
+from mssgate.smime.mailbox_keys import mailbox_keys_dir
+from mssgate.smtp.body import MemoryBudget
+from mssgate.smtp.encryption import EncryptionSettings
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
 from mssgate.smtp.policy import (
     Listener,
@@ -68,6 +72,10 @@ def trust_settings(config: Config) -> TrustSettings:
         crls=tuple(crls),
         verify_dkim=config.dkim.verify,
         dkim_dns=dns if overrides else None,
+        encryption=EncryptionSettings(
+            default=EncryptionPolicy(config.policy.encryption),
+            mailbox_keys=mailbox_keys_dir(config),
+        ),
     )
 
 
@@ -83,6 +91,7 @@ async def start_smtp(
     on_accepted: Callable[[str], None],
     *,
     penalty: AuthPenalty | None = None,
+    budget: MemoryBudget | None = None,
 ) -> dict[Listener, asyncio.Server]:
     """Starts the three listeners and returns them, by kind, once they accept connections."""
     smtp = config.smtp
@@ -107,6 +116,9 @@ async def start_smtp(
     limits = PolicyLimits(max_recipients=smtp.max_recipients)
     trust = trust_settings(config)
     loop = asyncio.get_running_loop()
+    # One budget for all listeners: it bounds the process, not a port.
+    budget = budget or MemoryBudget(smtp.processing_memory)
+    spill_dir = spool.root / "tmp"
 
     def factory(listener: Listener) -> Callable[[], GatewaySMTP]:
         policy = SmtpPolicy(
@@ -117,6 +129,7 @@ async def start_smtp(
             limits=limits,
             trust=trust,
             on_accepted=on_accepted,
+            budget=budget,
         )
         for_clients = listener.for_clients
         actor = f"smtp:{listener.value}"
@@ -126,7 +139,7 @@ async def start_smtp(
             if listener is Listener.MTA:
                 # A peer put on the trust list with the CLI is known from its next connection.
                 add_client_cas(mta_ctx, _peer_cas(directory))
-            return GatewaySMTP(
+            server = GatewaySMTP(
                 policy,
                 listener=listener.value,
                 implicit_tls=listener is Listener.SMTPS,
@@ -146,6 +159,9 @@ async def start_smtp(
                 timeout=smtp.idle_timeout_seconds,
                 loop=loop,
             )
+            server.spill_dir = spill_dir
+            server.spill_threshold = smtp.spill_threshold
+            return server
 
         return make
 

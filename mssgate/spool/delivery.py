@@ -11,6 +11,7 @@ from datetime import timedelta
 from mssgate import metrics
 from mssgate.logs import event
 from mssgate.mailstore import DeliveryFailed, MailStore
+from mssgate.smtp.body import MemoryBudget
 from mssgate.spool.store import PendingDelivery, Spool
 
 log = logging.getLogger("mssgate.delivery")
@@ -38,11 +39,13 @@ class DeliveryWorker:
         *,
         poll_seconds: float = 5.0,
         after_delivery: AfterDelivery | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self._spool = spool
         self._store = store
         self._poll = poll_seconds
         self._after = after_delivery
+        self._budget = budget
         self._wake = asyncio.Event()
         self.delivered = 0
 
@@ -78,7 +81,13 @@ class DeliveryWorker:
     async def run_once(self) -> int:
         batch = await asyncio.to_thread(self._spool.due, route="local")
         for item in batch:
-            await asyncio.to_thread(self._deliver_one, item)
+            if self._budget is None:
+                await asyncio.to_thread(self._deliver_one, item)
+                continue
+            # The document pipeline reads the whole message, several times over: it waits
+            # for its share of memory like the SMTP checks do.
+            async with self._budget.reserve(self._spool.size(item.spool_id)):
+                await asyncio.to_thread(self._deliver_one, item)
         return len(batch)
 
     async def run(self) -> None:

@@ -1,7 +1,9 @@
 """Spool storage: message files under `<data>/spool/msg`, delivery state in the database.
 
-Order of an acceptance (see `Spool.accept`): file written and fsynced, then one transaction
-with the message row, its recipients and the audit row; only then may SMTP answer 250.
+Order of an acceptance (see `Spool.accept`): file written and fsynced under its final name,
+then one transaction with the message row, its recipients and the audit row (shared with the
+acceptances that wait at the same moment: see groupcommit.py); only then may SMTP answer 250.
+Nothing reads a message file before its row is committed, so no rename is needed.
 A crash before the commit leaves a file without a row: the client got no 250 and will retry,
 so `recover` deletes such files. A crash after the commit and before the 250 makes the client
 retry a message we have: delivered twice, never lost (at least once).
@@ -14,18 +16,20 @@ import re
 import secrets
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy import Connection, Engine, and_, func, select, update
 
 from mssgate import audit
 from mssgate.db.schema import spool_messages, spool_recipients
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import NotFound, StorageError
-from mssgate.fsutil import ensure_dir, fsync_dir, write_durably
+from mssgate.fsutil import ensure_dir, fsync_dir, write_new_durably
+from mssgate.spool.groupcommit import GroupCommitter
 
 Route = Literal["local", "relay"]
 _QUEUE_ID = re.compile(r"[0-9A-Z]{12,32}")
@@ -80,12 +84,25 @@ class RecipientState(BaseModel):
     next_attempt_at: datetime
 
 
+@dataclass(frozen=True)
+class _Acceptance:
+    queue_id: str
+    stamp: datetime
+    listener: str
+    sender: str
+    identity: str | None
+    peer: str | None
+    size: int
+    recipients: tuple[tuple[str, Route], ...]
+
+
 class Spool:
     def __init__(self, engine: Engine, root: Path) -> None:
         self._engine = engine
         self.root = root
         self._msg = ensure_dir(root / "msg")
         self._tmp = ensure_dir(root / "tmp")
+        self._committer = GroupCommitter(self._insert)
 
     def path(self, queue_id: str) -> Path:
         if not _QUEUE_ID.fullmatch(queue_id):
@@ -105,60 +122,90 @@ class Spool:
     ) -> None:
         """Makes the message durable. Returns only when a 250 may be sent."""
         path = self.path(queue_id)
-        write_durably(path, content, tmp_dir=self._tmp)
-        stamp = now()
+        write_new_durably(path, content)
+        acceptance = _Acceptance(
+            queue_id=queue_id,
+            stamp=now(),
+            listener=listener,
+            sender=sender,
+            identity=identity,
+            peer=peer,
+            size=len(content),
+            recipients=tuple(recipients),
+        )
         try:
-            with self._engine.begin() as conn:
-                conn.execute(
-                    spool_messages.insert().values(
-                        id=queue_id,
-                        received_at=stamp,
-                        listener=listener,
-                        sender=sender,
-                        identity=identity,
-                        peer=peer,
-                        size=len(content),
-                        state="queued",
-                    )
-                )
-                conn.execute(
-                    spool_recipients.insert(),
-                    [
-                        {
-                            "spool_id": queue_id,
-                            "recipient": rcpt,
-                            "route": route,
-                            "state": "pending",
-                            "attempts": 0,
-                            "last_error": None,
-                            "next_attempt_at": stamp,
-                            "updated_at": stamp,
-                        }
-                        for rcpt, route in recipients
-                    ],
-                )
-                audit.append(
-                    conn,
-                    actor=f"smtp:{listener}",
-                    action="message.accepted",
-                    subject=queue_id,
-                    detail={
-                        "sender": sender,
-                        "identity": identity,
-                        "peer": peer,
-                        "recipients": len(recipients),
-                        "size": len(content),
-                    },
-                )
+            self._committer.commit(acceptance)
         except Exception as exc:
             path.unlink(missing_ok=True)
             raise StorageError(f"spool commit failed: {exc.__class__.__name__}") from exc
+
+    def _insert(self, group: Sequence[_Acceptance]) -> None:
+        """One transaction for a group of acceptances: their rows and their audit entries."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                spool_messages.insert(),
+                [
+                    {
+                        "id": a.queue_id,
+                        "received_at": a.stamp,
+                        "listener": a.listener,
+                        "sender": a.sender,
+                        "identity": a.identity,
+                        "peer": a.peer,
+                        "size": a.size,
+                        "state": "queued",
+                    }
+                    for a in group
+                ],
+            )
+            conn.execute(
+                spool_recipients.insert(),
+                [
+                    {
+                        "spool_id": a.queue_id,
+                        "recipient": rcpt,
+                        "route": route,
+                        "state": "pending",
+                        "attempts": 0,
+                        "last_error": None,
+                        "next_attempt_at": a.stamp,
+                        "updated_at": a.stamp,
+                    }
+                    for a in group
+                    for rcpt, route in a.recipients
+                ],
+            )
+            audit.append_many(
+                conn,
+                [
+                    audit.NewEntry(
+                        actor=f"smtp:{a.listener}",
+                        action="message.accepted",
+                        subject=a.queue_id,
+                        detail={
+                            "sender": a.sender,
+                            "identity": a.identity,
+                            "peer": a.peer,
+                            "recipients": len(a.recipients),
+                            "size": a.size,
+                        },
+                    )
+                    for a in group
+                ],
+            )
 
     def read(self, queue_id: str) -> bytes:
         try:
             return self.path(queue_id).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"spool file of {queue_id} is missing") from None
+
+    def size(self, queue_id: str) -> int:
+        """Bytes of the spooled file; 0 when it is gone (the delivery then reports that)."""
+        try:
+            return self.path(queue_id).stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def due(self, *, route: Route, limit: int = 100) -> list[PendingDelivery]:
         query = (
@@ -185,13 +232,16 @@ class Spool:
         )
 
     def delivered(self, item: PendingDelivery) -> None:
+        # One transaction for the recipient and, if it was the last one, the message.
         with self._engine.begin() as conn:
             conn.execute(
                 update(spool_recipients)
                 .where(self._recipient(item.spool_id, item.recipient))  # type: ignore[arg-type]
                 .values(state="delivered", attempts=item.attempts + 1, updated_at=now())
             )
-        self._finish_if_complete(item.spool_id)
+            done = self._mark_done_if_complete(conn, item.spool_id)
+        if done:
+            self._unlink(item.spool_id)
 
     def attempt_failed(
         self, item: PendingDelivery, *, error: str, permanent: bool, retry_in: timedelta
@@ -252,21 +302,29 @@ class Spool:
 
     def _finish_if_complete(self, spool_id: str) -> None:
         with self._engine.begin() as conn:
-            left = conn.execute(
-                select(func.count())
-                .select_from(spool_recipients)
-                .where(
-                    spool_recipients.c.spool_id == spool_id,
-                    spool_recipients.c.state == "pending",
-                )
-            ).scalar_one()
-            if left:
-                return
-            conn.execute(
-                update(spool_messages).where(spool_messages.c.id == spool_id).values(state="done")
+            done = self._mark_done_if_complete(conn, spool_id)
+        if done:
+            self._unlink(spool_id)
+
+    def _mark_done_if_complete(self, conn: Connection, spool_id: str) -> bool:
+        left = conn.execute(
+            select(func.count())
+            .select_from(spool_recipients)
+            .where(
+                spool_recipients.c.spool_id == spool_id,
+                spool_recipients.c.state == "pending",
             )
-        # The row says done before the file goes: a crash in between leaves a harmless file,
-        # removed by `recover`.
+        ).scalar_one()
+        if left:
+            return False
+        conn.execute(
+            update(spool_messages).where(spool_messages.c.id == spool_id).values(state="done")
+        )
+        return True
+
+    def _unlink(self, spool_id: str) -> None:
+        # The row says done (committed) before the file goes: a crash in between leaves a
+        # harmless file, removed by `recover`.
         self.path(spool_id).unlink(missing_ok=True)
 
     def recover(self) -> int:

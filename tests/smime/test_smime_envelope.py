@@ -197,3 +197,9 @@ def test_clean_entity_keeps_a_well_formed_multipart() -> None:
         b"--Z--\r\n"
     )
     assert clean_entity(entity) == entity
+
+
+def test_message_without_content_type_decrypts_as_text_plain(pki: Pki) -> None:
+    bare = b"From: <dr.alice.martin@hopital-a.test>\r\nSubject: x\r\n\r\nPlain words.\r\n"
+    opened = decrypt(encrypt(bare, [pki.bob.cert]), rsa_key(pki.bob), pki.bob.cert)
+    assert opened == b"Content-Type: text/plain; charset=us-ascii\r\n\r\nPlain words.\r\n"

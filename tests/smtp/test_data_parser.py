@@ -47,7 +47,8 @@ def test_any_chunking_recovers_the_message(
 def test_a_bare_newline_anywhere_is_an_error(lines: list[bytes], at: int, bare: bytes) -> None:
     i = at % len(lines)
     lines[i] = lines[i] + bare + b"tail"
-    wire = b"".join(ln + b"\r\n" for ln in lines) + b".\r\n"
+    # Stuffed: an unstuffed "." line would end the data before the bare newline is reached.
+    wire = stuff(lines) + b".\r\n"
     parser = DataParser(max_size=1 << 20, max_line=400)
     parser.feed(wire)
     assert parser.done

@@ -107,3 +107,24 @@ def test_failed_handshakes_give_their_slot_back(gateway: Gateway) -> None:
     finally:
         for raw in held:
             raw.close()
+
+
+def test_a_large_message_goes_through_a_spill_file_intact(gateway_setup: Gateway) -> None:
+    # A 64 KB spill threshold: a 3 MB message arrives in an anonymous file, not in memory.
+    gateway_setup.env["MSSGATE_SMTP__SPILL_THRESHOLD"] = str(64 * 1024)
+    gateway_setup.start()
+    try:
+        lines = [f"{i:08d} ".encode() + b"y" * 70 for i in range(40_000)]
+        lines[5] = b".a line that starts with a dot, stuffed on the wire"
+        body = b"\r\n".join(lines).decode()
+        client = gateway_setup.login()
+        client.sendmail(ALICE, [BOB], message(body=body))
+        client.quit()
+        [delivered] = gateway_setup.wait_delivered(BOB, 1)
+        content = delivered.read_bytes()
+        assert content.endswith(body.encode() + b"\r\n")
+        assert b"\r\n.a line that starts with a dot" in content
+        # Nothing of it stays behind in the spool's temporary folder.
+        assert list((gateway_setup.data / "spool" / "tmp").iterdir()) == []
+    finally:
+        gateway_setup.stop()

@@ -1,0 +1,215 @@
+"""The S/MIME encryption policy at RCPT and DATA (docs/smime.md, "Encryption policy").
+
+- RCPT to a peer domain whose policy is `required`: the gateway must hold a certificate to
+  encrypt to that recipient, or the recipient is refused.
+- DATA: a local domain whose policy is `required` takes encrypted mail only; mail encrypted
+  to application mailboxes whose key the gateway holds is decrypted here, before the
+  signature check, so that a sign-then-encrypt message is verified and the document pipeline
+  reads clear MIME; mail encrypted to anyone else has its signature checked only if it is
+  outside the encryption, which decides whether it may pass.
+
+Functions over the message, the envelope and the directory; the SMTP policy sends the reply.
+They run in a worker thread (directory queries, RSA).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import getaddresses
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from mssgate.directory import Directory
+from mssgate.directory.domains import EncryptionSetting, effective_policy
+from mssgate.directory.models import DomainKind, EncryptionPolicy, MailboxKind
+from mssgate.errors import PKIError, ValidationFailed
+from mssgate.identifiers import normalize_address
+from mssgate.logs import event
+from mssgate.smime import DecryptionError, decrypt
+from mssgate.smime.layers import Layering, encrypted_cms_type, layering, replace_entity
+from mssgate.smime.mailbox_keys import MailboxKey, find_mailbox_key
+from mssgate.smtp import replies
+from mssgate.smtp.replies import Reply
+
+log = logging.getLogger("mssgate.smtp")
+
+
+@dataclass(frozen=True)
+class EncryptionSettings:
+    """What the encryption policy needs from the configuration."""
+
+    # `policy.encryption`: the policy of every domain that has none of its own.
+    default: EncryptionPolicy = EncryptionPolicy.OPPORTUNISTIC
+    # DATA/certs/mailboxes; None: the gateway holds no mailbox key (decrypts nothing).
+    mailbox_keys: Path | None = None
+
+
+def recipient_refusal(
+    directory: Directory, address: str, domain: str, settings: EncryptionSettings
+) -> Reply | None:
+    """RCPT to a trusted peer domain: `required` needs a certificate for the recipient.
+
+    Refused here rather than at DATA so that the other recipients of the message still go,
+    and the sender learns which address is the problem. A client that encrypts by itself is
+    held to the same rule: the gateway promises that nothing leaves in clear for that domain,
+    and it can only keep the promise for a recipient it could encrypt to.
+    """
+    setting = directory.domains.encryption_settings().get(domain)
+    if effective_policy(setting, settings.default) is not EncryptionPolicy.REQUIRED:
+        return None
+    if directory.certificates.encryption_certificate(address) is None:
+        return replies.RECIPIENT_CERTIFICATE_MISSING
+    return None
+
+
+@dataclass(frozen=True)
+class IncomingDecision:
+    """What DATA does next: refuse with `reply`, or go on with `content`."""
+
+    content: bytes
+    reply: Reply | None = None
+    # For the log and the audit trail (never sent): which rule decided.
+    reason: str | None = None
+    # False: the signature sits inside an encryption the gateway cannot open, and the peer
+    # operator that sent it is vouched for by its TLS certificate (see `_peer_vouches`).
+    verify_signature: bool = True
+    # The application mailbox whose key opened the message, when it was decrypted here.
+    decrypted_for: str | None = None
+
+
+def incoming(
+    content: bytes,
+    *,
+    recipients: Sequence[str],
+    froms: Sequence[str],
+    directory: Directory,
+    settings: EncryptionSettings,
+    require_signature: bool,
+    for_clients: bool,
+    peer_certificate: x509.Certificate | None,
+    null_sender: bool = False,
+) -> IncomingDecision:
+    """The encryption rules for one message at the end of DATA (before the signature check).
+
+    `null_sender`: the envelope sender is <>, which only delivery and disposition
+    notifications use (RFC 5321 §4.5.5), and only a peer gateway may send us. A `required`
+    domain takes them in clear: the sending operator cannot know our recipients' keys, and
+    refusing a bounce would leave our practitioner thinking a failed message arrived.
+    """
+    shape = layering(content)
+    domains = directory.domains.encryption_settings()
+    local = [r for r in recipients if _kind_of(domains, r) is DomainKind.LOCAL]
+    if not shape.encrypted:
+        if null_sender and not for_clients:
+            return IncomingDecision(content)
+        for recipient in local:
+            policy = effective_policy(domains.get(_domain(recipient)), settings.default)
+            if policy is EncryptionPolicy.REQUIRED:
+                return IncomingDecision(
+                    content, replies.ENCRYPTION_REQUIRED, reason="not-encrypted"
+                )
+        return IncomingDecision(content)
+    if shape is Layering.SIGNED_ENCRYPTED:
+        # Encrypt-then-sign: the signature is outside and is checked as any other.
+        return IncomingDecision(content)
+    keys = _application_keys(directory, recipients, settings)
+    if keys and len(keys) == len(recipients):
+        return _decrypt(content, keys, allow_cbc=require_signature)
+    if keys:
+        return IncomingDecision(
+            content, replies.ENCRYPTED_MIXED_RECIPIENTS, reason="application-and-others"
+        )
+    if not require_signature:
+        return IncomingDecision(content)
+    if not for_clients and _peer_vouches(directory, froms, peer_certificate):
+        return IncomingDecision(content, verify_signature=False, reason="peer-encrypted")
+    return IncomingDecision(
+        content, replies.SIGNATURE_INSIDE_ENCRYPTION, reason="signature-inside-encryption"
+    )
+
+
+def _domain(address: str) -> str:
+    return address.rsplit("@", 1)[1].lower()
+
+
+def _kind_of(domains: dict[str, EncryptionSetting], address: str) -> DomainKind | None:
+    setting = domains.get(_domain(address))
+    return setting.kind if setting is not None else None
+
+
+def _application_keys(
+    directory: Directory, recipients: Sequence[str], settings: EncryptionSettings
+) -> list[MailboxKey]:
+    """The key of every recipient that is a local application mailbox we hold a key for."""
+    if settings.mailbox_keys is None:
+        return []
+    found = []
+    for recipient in recipients:
+        mailbox = directory.professionals.find(recipient)
+        if mailbox is None or not mailbox.local or mailbox.kind is not MailboxKind.APP:
+            continue
+        try:
+            key = find_mailbox_key(settings.mailbox_keys, mailbox.address)
+        except PKIError as exc:
+            event(log, "smime.mailbox_key_unusable", level=logging.ERROR, error=str(exc))
+            key = None
+        if key is not None:
+            found.append(key)
+    return found
+
+
+def _decrypt(content: bytes, keys: Sequence[MailboxKey], *, allow_cbc: bool) -> IncomingDecision:
+    """Opens `content` with the first key it is encrypted to.
+
+    CBC (EnvelopedData) is malleable: a modified ciphertext decrypts to modified plaintext
+    without any error. It is accepted only when the signature check follows, since a
+    signature over the plaintext is then what detects the change; GCM needs no such help.
+    """
+    if not allow_cbc and encrypted_cms_type(content) == "enveloped_data":
+        return IncomingDecision(
+            content, replies.CBC_NEEDS_SIGNATURE, reason="cbc-without-signature"
+        )
+    failure = "the message is not encrypted to any of its application mailboxes"
+    for key in keys:
+        try:
+            entity = decrypt(content, key.key, key.cert, allow_cbc=allow_cbc)
+        except DecryptionError as exc:
+            failure = str(exc)
+            continue
+        return IncomingDecision(replace_entity(content, entity), decrypted_for=key.address)
+    return IncomingDecision(content, replies.CANNOT_DECRYPT, reason=f"undecryptable: {failure}")
+
+
+def _peer_vouches(
+    directory: Directory, froms: Sequence[str], peer_certificate: x509.Certificate | None
+) -> bool:
+    """Whether the peer gateway on this connection operates the author's domain.
+
+    A message another operator's gateway encrypted (sign-then-encrypt, to a recipient whose
+    key only the recipient holds) cannot have its signature checked here. That operator
+    checked it when its practitioner submitted the message, and its CA is the one that
+    vouches for every address of its domain anyway: the TLS client certificate issued by the
+    CA of the From: domain stands for it. The recipient's client verifies the inner signature.
+    """
+    if peer_certificate is None:
+        return False
+    addresses = getaddresses(list(froms))
+    if len(addresses) != 1:
+        return False
+    try:
+        author = normalize_address(addresses[0][1])
+    except ValidationFailed:
+        return False
+    pem = directory.domains.peer_ca_pem(_domain(author))
+    if pem is None:
+        return False
+    ca = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    try:
+        peer_certificate.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
