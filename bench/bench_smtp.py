@@ -141,6 +141,14 @@ def load(
     }
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process and its threads so far (Linux /proc)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -228,6 +236,9 @@ def main() -> None:
         bare_port = int(port_file.read_text())
         ca = str(certs / "ca.crt.pem")
         servers = [("gateway", gw_port, True), ("bare aiosmtpd", bare_port, True)]
+        # CPU per message is read for our two Python servers (one process each); Postfix
+        # spreads its work over several short-lived processes and is left out of that column.
+        pids: dict[str, int | None] = {"gateway": gw.pid, "bare aiosmtpd": bare.pid}
         postfix = None
         if shutil.which("postfix") and os.geteuid() == 0 and not args.no_postfix:
             sys.path.insert(0, str(Path(__file__).parent))
@@ -252,41 +263,48 @@ def main() -> None:
             f"Python {platform.python_version()}, {args.messages} messages per cell, "
             f"{args.rounds} rounds alternating, reuse={not args.no_reuse}, signed={args.signed}"
         )
-        print("| size | sessions | server | msgs/s (median) | min..max | p50 ms | p99 ms |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "| size | sessions | server | msgs/s (median) | min..max | p50 ms | p99 ms "
+            "| server CPU ms/msg |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         try:
             for size in args.sizes:
                 for sessions in args.sessions:
                     results: dict[str, list[dict]] = {name: [] for name, _, _ in servers}
                     for _ in range(args.rounds):
                         for name, port, login in servers:
-                            results[name].append(
-                                load(
-                                    port,
-                                    ca,
-                                    size,
-                                    sessions,
-                                    args.messages,
-                                    not args.no_reuse,
-                                    login,
-                                )
+                            before = cpu_seconds(pids.get(name))
+                            result = load(
+                                port, ca, size, sessions, args.messages, not args.no_reuse, login
                             )
+                            if name == "gateway":
+                                time.sleep(0.5)  # its delivery worker finishes the last ones
+                            spent = cpu_seconds(pids.get(name)) - before
+                            result["cpu_ms"] = 1000 * spent / args.messages
+                            results[name].append(result)
                     medians = {}
                     for name, runs in results.items():
                         rates = sorted(r["msgs_per_s"] for r in runs)
                         medians[name] = statistics.median(rates)
                         p50 = statistics.median(r["p50_ms"] for r in runs)
                         p99 = statistics.median(r["p99_ms"] for r in runs)
+                        cpu = (
+                            f"{statistics.median(r['cpu_ms'] for r in runs):.2f}"
+                            if pids.get(name)
+                            else "-"
+                        )
                         print(
                             f"| {size // 1024} KB | {sessions} | {name} | {medians[name]:.0f} "
-                            f"| {rates[0]:.0f}..{rates[-1]:.0f} | {p50:.1f} | {p99:.1f} |"
+                            f"| {rates[0]:.0f}..{rates[-1]:.0f} | {p50:.1f} | {p99:.1f} "
+                            f"| {cpu} |"
                         )
                     for name in medians:
                         if name != "gateway":
                             ratio = medians["gateway"] / medians[name]
                             print(
                                 f"| {size // 1024} KB | {sessions} | gateway / {name} | "
-                                f"{ratio:.2f} | | | |"
+                                f"{ratio:.2f} | | | | |"
                             )
         finally:
             if postfix is not None:

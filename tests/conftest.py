@@ -17,10 +17,34 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 from sqlalchemy import Engine, create_engine, text
 
 from mssgate.cli import run
 from mssgate.db import open_engine, sqlalchemy_url, upgrade
+
+# -- run length of property and fuzz tests ---------------------------------------------------
+# "ci" (the default) is bounded and derandomized: the suite's time stays flat and a red run is
+# reproducible. "fuzz" is for long runs (bench/fuzz.py sets it): fresh random inputs on every
+# run, no deadline, no health check standing in the way; bench/fuzz.py also stops it on a clock.
+# Pick one with HYPOTHESIS_PROFILE=fuzz or pytest's --hypothesis-profile=fuzz.
+settings.register_profile("ci", max_examples=100, derandomize=True, deadline=2000, print_blob=True)
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("MSSGATE_FUZZ_EXAMPLES", "10000")),
+    derandomize=False,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "fuzz: a fuzz target, run on a clock by bench/fuzz.py (docs/reliability.md)"
+    )
+
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"

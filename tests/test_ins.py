@@ -145,7 +145,9 @@ matricules = st.builds(
 )
 
 
-@settings(max_examples=300)
+# Three times the profile's run (tests/conftest.py): 300 in CI, and scaled in long runs.
+@pytest.mark.fuzz
+@settings(max_examples=3 * settings().max_examples)
 @given(matricules)
 def test_computed_key_round_trips(matricule: str) -> None:
     value = matricule + compute_key(matricule)
@@ -154,7 +156,8 @@ def test_computed_key_round_trips(matricule: str) -> None:
     assert parse_ins(value, OID_INS_NIR, allow_test_oids=False).value == value
 
 
-@settings(max_examples=300)
+@pytest.mark.fuzz
+@settings(max_examples=3 * settings().max_examples)
 @given(matricules, st.integers(min_value=0, max_value=14), st.integers(min_value=1, max_value=9))
 def test_any_single_digit_change_is_detected(matricule: str, position: int, delta: int) -> None:
     value = matricule + compute_key(matricule)
@@ -174,3 +177,59 @@ def test_corsica_substitution(head: str, tail: str) -> None:
         assert compute_key(corsican) == f"{97 - as_digits % 97:02d}"
         # Same thing said another way (documents.md): subtract 1 or 2 million from 20xxx.
         assert as_digits == int(head + "20" + tail) - offset
+
+
+# -- fuzz targets (bench/fuzz.py runs them on a clock) -------------------------------------
+_ins_like = st.text(alphabet="0123456789ABab \u0660\uff11", max_size=17)
+
+
+@pytest.mark.fuzz
+@given(
+    st.one_of(_ins_like, st.text(max_size=20)),
+    st.sampled_from([OID_INS_NIR, OID_INS_NIR_TEST, "x"]),
+)
+def test_any_text_is_an_ins_or_an_invalid_ins(text: str, oid: str) -> None:
+    for check in (
+        lambda: check_value(text),
+        lambda: compute_key(text),
+        lambda: parse_ins(text, oid, allow_test_oids=True),
+    ):
+        try:
+            result = check()
+        except InvalidINS as exc:
+            # Patient data never reaches an error message (it can reach a client or a log).
+            assert not any(c.isdigit() for c in str(exc)), str(exc)
+            continue
+        if isinstance(result, str) and len(result) == 15:
+            assert result == text
+    if is_valid_value(text):
+        assert text.isascii() and text[13:] == compute_key(text[:13])
+
+
+@pytest.mark.fuzz
+@given(matricules, st.integers(min_value=0, max_value=11))
+def test_adjacent_transpositions_are_detected(matricule: str, position: int) -> None:
+    value = matricule + compute_key(matricule)
+    a, b = value[position], value[position + 1]
+    if a == b or not (a.isdigit() and b.isdigit()):
+        return
+    # mod 97 catches them all: the number moves by (a - b) * 9 * 10^k, never a multiple of 97.
+    assert not is_valid_value(value[:position] + b + a + value[position + 2 :])
+
+
+@pytest.mark.fuzz
+@given(
+    matricules,
+    st.lists(st.booleans(), min_size=20, max_size=20),
+    st.one_of(st.text(max_size=30), st.sampled_from(["patient.mssante.fr", "mssante.fr"])),
+)
+def test_patient_mailbox_addresses(matricule: str, upper: list[bool], domain: str) -> None:
+    value = matricule + compute_key(matricule)
+    local = "".join(c.lower() if up else c for c, up in zip(value, upper, strict=False))
+    for address in (f"{local}@{domain}", f"{local}@{domain.upper()}", local, f"x{local}@{domain}"):
+        found = patient_mailbox_ins(address)
+        if found is not None:
+            assert found == value
+            assert address.lower().endswith("@patient.mssante.fr")
+    if domain == "patient.mssante.fr":
+        assert patient_mailbox_ins(f"{local}@{domain.upper()}") == value

@@ -72,7 +72,8 @@ def _filename(part: email.message.Message) -> str | None:
 def _is_attachment(part: email.message.Message, filename: str | None) -> bool:
     if filename:
         return True
-    disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+    # compat32 hands back a Header object, not a str, when the field has 8-bit bytes.
+    disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
     if disposition == "attachment":
         return True
     # Documents sent without a name still count (application/pdf, XML, zip).

@@ -97,8 +97,13 @@ def extract_signed(raw: bytes) -> SignedParts:
         boundary = headers.get_boundary()
         if not boundary:
             raise MalformedSigned("multipart/signed without a boundary")
+        try:
+            # RFC 2046 boundaries are 7-bit; the parser hands 8-bit bytes back as surrogates.
+            delimiter = boundary.encode("ascii")
+        except UnicodeEncodeError:
+            raise MalformedSigned("multipart/signed boundary is not ASCII") from None
         _, _, body = split_head_body(raw)
-        content, signature_part = _two_parts(_canonical(body), boundary.encode("latin-1"))
+        content, signature_part = _two_parts(_canonical(body), delimiter)
         return SignedParts(headers, _signature_der(signature_part), content)
     if content_type in PKCS7_MIME_TYPES:
         smime_type = (_param(headers, "smime-type") or "").lower()

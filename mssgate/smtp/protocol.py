@@ -246,6 +246,10 @@ class GatewaySMTP(SMTP):
             self._event("smtp.tls", version=obj.version(), cipher=(obj.cipher() or ("?",))[0])
 
     async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:
+            # RFC 3207 4.2: never a second handshake inside TLS (it would nest, then die).
+            await self.reply(replies.TLS_ALREADY_ACTIVE)
+            return
         try:
             await super().smtp_STARTTLS(arg)
         except TLSSetupException as exc:
@@ -255,8 +259,7 @@ class GatewaySMTP(SMTP):
                 self._original_transport.close()
             self._release()
             raise
-        if self._tls_protocol is not None:
-            self._log_tls()
+        self._log_tls()  # logs nothing when no handshake happened (a 501 or 454 reply)
 
     # -------------------------------------------------------------- command loop
     async def _read_command(self) -> bytes | None:
@@ -314,7 +317,9 @@ class GatewaySMTP(SMTP):
                         return
                 method = self._smtp_methods.get(verb)
                 if method is None:
-                    await self.push(f'500 5.5.1 Command "{verb[:16]}" not recognized')
+                    # Echoed into a reply: control bytes (a terminal escape, a NUL) are not.
+                    shown = "".join(c if " " <= c <= "~" else "?" for c in verb[:16])
+                    await self.push(f'500 5.5.1 Command "{shown}" not recognized')
                     continue
                 self._reset_timeout()
                 await method(arg)

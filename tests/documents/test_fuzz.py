@@ -1,10 +1,11 @@
-"""Mutation fuzzing: damaged CDA, METADATA.XML and archives only ever give typed errors."""
+"""Mutation fuzzing: damaged CDA, METADATA.XML and archives only ever give typed errors, and
+write no file. (test_fuzz_structured.py checks results against an oracle.)"""
 
 from __future__ import annotations
 
 import contextlib
-import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from mssgate.documents import (
     process_message,
     read_xdm,
 )
+from tests.fuzzing import no_file_writes
 
 from .conftest import DRIMBOX
 from .factory import (
@@ -41,11 +43,12 @@ SEED_METADATA = [
 ]
 SEED_XDM = make_xdm(PAT_TROIS, [EntrySpec("DOC0001.XML", SEEDS_CDA[1])])
 
+pytestmark = pytest.mark.fuzz
+# Run length and randomness come from the Hypothesis profile (tests/conftest.py): bounded in
+# CI, long under bench/fuzz.py.
 FUZZ = settings(
-    max_examples=int(os.environ.get("MSSGATE_FUZZ_EXAMPLES", "150")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=os.environ.get("MSSGATE_FUZZ_EXAMPLES") is None,
 )
 
 
@@ -74,21 +77,21 @@ def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
 @FUZZ
 @given(mutated(SEEDS_CDA))
 def test_cda_parser_only_raises_typed_errors(data: bytes) -> None:
-    with contextlib.suppress(DocumentError):
+    with no_file_writes(), contextlib.suppress(DocumentError):
         parse_cda(data, LIMITS)
 
 
 @FUZZ
 @given(mutated(SEED_METADATA))
 def test_metadata_parser_only_raises_typed_errors(data: bytes) -> None:
-    with contextlib.suppress(DocumentError):
+    with no_file_writes(), contextlib.suppress(DocumentError):
         parse_metadata(data, LIMITS)
 
 
 @FUZZ
 @given(mutated([SEED_XDM]))
 def test_xdm_reader_only_raises_typed_errors(data: bytes) -> None:
-    with contextlib.suppress(DocumentError):
+    with no_file_writes(), contextlib.suppress(DocumentError):
         read_xdm(data, LIMITS)
 
 
@@ -103,6 +106,7 @@ def test_pipeline_never_raises(data: bytes, as_xdm: bool) -> None:
         )
     else:
         attachment = ("cr.xml", data, "text/xml")
-    result = process_message(make_mail([attachment]), allow_test_oids=True)
+    with no_file_writes():
+        result = process_message(make_mail([attachment]), allow_test_oids=True)
     for outcome in result.quarantined:
         assert 903 <= outcome.code <= 906 and outcome.reason and outcome.content is not None

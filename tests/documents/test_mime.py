@@ -86,3 +86,17 @@ def test_part_count_cap() -> None:
 def test_message_size_cap() -> None:
     with pytest.raises(LimitExceeded):
         walk_message(b"x" * 11, DocumentLimits(max_message_bytes=10))
+
+
+def test_eight_bit_bytes_in_a_disposition_are_a_defect_not_a_crash() -> None:
+    # Found by tests/documents/test_mime_fuzz.py: the field came back as an email.header.Header
+    # and the walk (so the whole pipeline) died with AttributeError.
+    raw = (
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n"
+        b"--x\r\nContent-Type: text/plain\r\nContent-Disposition: attachment\xff\r\n\r\n"
+        b"hi\r\n--x\r\nContent-Type: text/plain\r\n"
+        b"Content-Disposition: \xe9attachment; filename=a.txt\r\n\r\nho\r\n--x--\r\n"
+    )
+    walk = walk_message(raw, DocumentLimits())
+    # "attachment\xff" is no disposition we know: that part is a body, the named one is not.
+    assert [(a.filename, a.data) for a in walk.attachments] == [("a.txt", b"ho")]

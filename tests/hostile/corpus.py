@@ -9,6 +9,10 @@ gateway. Kinds:
 - "session": raw bytes from the start of an authenticated session; expected: reply prefix.
 - "recipient": an address for RCPT TO; expected: reply prefix.
 - "signature": a message whose signature is wrong in some way; expected: reply prefix.
+- "imap" / "imap-clear": bytes sent before login to the IMAPS listener, or to the STARTTLS
+  one before STARTTLS; then `stream` bytes of filler, sent without waiting for any answer (a
+  client that ignores the server). Expected: the prefix of the server's last line before it
+  hangs up, and the hang-up itself when `closes`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Case:
     build: Callable[[], bytes]
     expect: str | int
     closes: bool = False
+    stream: int = 0
 
 
 def _zip(members: list[tuple[str, bytes]], method: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -128,8 +133,9 @@ def add(
     build: Callable[[], bytes],
     expect: str | int,
     closes: bool = False,
+    stream: int = 0,
 ) -> None:
-    CASES.append(Case(name, klass, kind, build, expect, closes))
+    CASES.append(Case(name, klass, kind, build, expect, closes, stream))
 
 
 # -- XML: external entities and entity expansion (906) ---------------------------------
@@ -368,3 +374,44 @@ for _sig, _code in {
     "unregistered": "550 5.7.1",
 }.items():
     add(f"signer-{_sig}", "bad-signer", "signature", lambda s=_sig: s.encode(), _code)
+
+# -- IMAP before login: literal bombs (tagged BAD or BYE, connection closed) -----------------
+# The front door's pre-auth budget is imap.max_preauth_line (8192 bytes for a command, its
+# lines and literals together). A literal announced beyond what is left of it must be refused
+# before any "+" and without reading it; whatever is sent anyway dies with the connection.
+# 64 MiB of filler is what a client that ignores the refusal pushes; the test fails if the
+# server is still reading when it is all sent.
+IMAP_FLOOD = 64 << 20
+add("imap-literal-1g-sync", "imap-literal-bomb", "imap",
+    lambda: b"a LOGIN {999999999}\r\n", "a BAD", True)  # fmt: skip
+add("imap-literal-1g-nonsync", "imap-literal-bomb", "imap",
+    lambda: b"a LOGIN {999999999+}\r\n", "a BAD", True, IMAP_FLOOD)  # fmt: skip
+add("imap-literal-1g-cleartext", "imap-literal-bomb", "imap-clear",
+    lambda: b"a LOGIN {999999999+}\r\n", "a BAD", True, IMAP_FLOOD)  # fmt: skip
+add("imap-literal-64k-sync", "imap-literal-bomb", "imap",
+    lambda: b"a LOGIN {65536}\r\n", "a BAD", True)  # fmt: skip
+add("imap-literal-over-budget", "imap-literal-bomb", "imap",
+    lambda: b"a LOGIN {8192+}\r\n", "a BAD", True, 8192)  # fmt: skip
+add("imap-literal-in-authenticate", "imap-literal-bomb", "imap",
+    lambda: b"a AUTHENTICATE PLAIN {999999999+}\r\n", "a BAD", True, IMAP_FLOOD)  # fmt: skip
+# Eleven digits: a parser that does not take this for a literal reads its bytes as commands.
+add("imap-literal-11-digits", "imap-literal-bomb", "imap",
+    lambda: b"a LOGIN {99999999999+}\r\nb LOGOUT\r\n", "a BAD", True, IMAP_FLOOD)  # fmt: skip
+add("imap-literal-untagged", "imap-literal-bomb", "imap",
+    lambda: b"* LOGIN {999999999+}\r\n", "* BYE", True, IMAP_FLOOD)  # fmt: skip
+# Many small literals: each fits, together they exhaust the command's budget.
+add("imap-literals-many-sync", "imap-literal-bomb", "imap",
+    lambda: b"a LOGIN {1}\r\nx" + b" {1}\r\nx" * 20_000 + b"\r\n", "* BYE", True)  # fmt: skip
+add("imap-literals-many-nonsync", "imap-literal-bomb", "imap",
+    lambda: b"a LOGIN {64+}\r\n" + (b"y" * 64 + b" {64+}\r\n") * 2_000, "a BAD", True)  # fmt: skip
+add("imap-literals-many-empty", "imap-literal-bomb", "imap",
+    lambda: b"a LOGIN {0+}\r\n" + b"{0+}\r\n" * 50_000, "* BYE", True)  # fmt: skip
+# Many commands, each with a small literal: the per-connection command budget ends it.
+add("imap-literal-commands", "imap-literal-bomb", "imap",
+    lambda: b"".join(b"n%d NOOP {100+}\r\n%s\r\n" % (i, b"z" * 100) for i in range(100)),
+    "* BYE", True)  # fmt: skip
+# An endless line: no CRLF ever, in the clear and inside TLS.
+add("imap-endless-line", "imap-literal-bomb", "imap",
+    lambda: b"a LOGIN ", "* BYE", True, IMAP_FLOOD)  # fmt: skip
+add("imap-endless-line-cleartext", "imap-literal-bomb", "imap-clear",
+    lambda: b"a LOGIN {", "* BYE", True, IMAP_FLOOD)  # fmt: skip

@@ -1,9 +1,15 @@
-"""Every case of the hostile corpus against one live gateway: the expected outcome for each,
-bounded memory, and no file written outside the data folder."""
+"""Every case of the hostile corpus against a live gateway: the expected outcome for each,
+bounded memory, and no file written outside the data folder. The IMAP cases get a gateway of
+their own, with IMAP (and so Dovecot) on, so that their memory is measured apart."""
 
 from __future__ import annotations
 
 import base64
+import imaplib
+import shutil
+import socket
+import ssl
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from mssgate.dovecot import find_dovecot
 from mssgate.pki import (
     create_dev_ca,
     issue_smime_cert,
@@ -20,13 +27,16 @@ from mssgate.pki import (
     load_private_key,
 )
 from mssgate.smime import sign_message
-from tests.conftest import Cli
+from tests.conftest import DOMAIN, Cli
 from tests.hostile.corpus import CASES, Case
-from tests.smtp.conftest import ALICE, BOB, PASSWORD, Gateway, Raw
+from tests.smtp.conftest import ALICE, BOB, PASSWORD, Gateway, Raw, free_env
 
 AUTH = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode())
 MAX_SIZE = 3 * 1024 * 1024
 MAX_RSS_KB = 400 * 1024
+IMAP_KINDS = ("imap", "imap-clear")
+SMTP_CASES = [c for c in CASES if c.kind not in IMAP_KINDS]
+IMAP_CASES = [c for c in CASES if c.kind in IMAP_KINDS]
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +171,7 @@ def test_hostile_corpus(
     failures: list[str] = []
     documents: dict[str, Case] = {}
     client = hostile.login()
-    for case in CASES:
+    for case in SMTP_CASES:
         payload = corpus_built[case.name]
         if case.kind in ("document", "message"):
             mail = (
@@ -212,3 +222,194 @@ def test_hostile_corpus(
     assert peak_kb < MAX_RSS_KB, f"peak RSS {peak_kb} kB"
     assert "Traceback" not in hostile.logs()
     assert len({c.klass for c in CASES}) >= 12 and len(CASES) >= 60
+
+
+# -- IMAP before login ----------------------------------------------------------------------
+
+
+def _memory_kb(pid: int, field_name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field_name} for {pid}")
+
+
+@pytest.fixture
+def hostile_imap(cli: Cli) -> Iterator[Gateway]:
+    if find_dovecot() is None:
+        pytest.skip("Dovecot is not installed (apt-get install dovecot-imapd dovecot-lmtpd)")
+    # As root, Dovecot's mail user must traverse the data folder's parents, and pytest keeps
+    # its own temporary root 0700: a folder of our own under /tmp, removed afterwards.
+    root = Path(tempfile.mkdtemp(prefix="mssgate-hostile-imap-"))
+    root.chmod(0o711)
+    data = root / "data"
+    scratch = root / "scratch-tmp"
+    scratch.mkdir()
+    try:
+        cli.ok("init", "--data", str(data), "--domain", DOMAIN)
+        cfg = ["--config", str(data / "mssgate.toml")]
+        cli.ok(*cfg, "directory", "add", ALICE, "--name", "A", "--password-stdin",
+               stdin=PASSWORD + "\n")  # fmt: skip
+        gateway = Gateway(data=data, env=free_env(data))
+        gateway.env.update(
+            MSSGATE_IMAP__ENABLED="true",
+            MSSGATE_IMAP__PORT="0",
+            MSSGATE_IMAP__IMAPS_PORT="0",
+            TMPDIR=str(scratch),
+        )
+        gateway.start()
+        gateway.scratch = scratch  # type: ignore[attr-defined]
+        try:
+            yield gateway
+        finally:
+            if gateway.proc is not None:
+                gateway.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class _Wire:
+    """A client connection that keeps whatever the server said before it reset.
+
+    A client that writes into a connection the server has closed gets a reset, and asyncio
+    (or ssl.SSLSocket) then drops the bytes still waiting to be read, the refusal among them.
+    Here TLS runs over memory buffers, and the raw bytes are read apart from the writes.
+    """
+
+    def __init__(self, port: int, ctx: ssl.SSLContext | None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.received = b""
+        self.closed = False
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = ctx.wrap_bio(self._in, self._out, server_hostname="localhost") if ctx else None
+        while self._tls is not None:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self.sock.recv(65536)
+                assert data, "closed during the TLS handshake"
+                self._in.write(data)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._out.pending:
+            self.sock.sendall(self._out.read())
+
+    def send(self, data: bytes) -> bool:
+        """False once the server is gone, or has stopped reading for 10 s."""
+        self.sock.settimeout(10)
+        try:
+            if self._tls is None:
+                self.sock.sendall(data)
+            else:
+                self._tls.write(data)
+                self._flush()
+        except OSError:
+            return False
+        return True
+
+    def poll(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except (TimeoutError, BlockingIOError):
+            return
+        except OSError:
+            self.closed = True
+            return
+        if not data:
+            self.closed = True
+            return
+        if self._tls is None:
+            self.received += data
+            return
+        self._in.write(data)
+        while True:
+            try:
+                clear = self._tls.read(65536)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLError:  # a broken record: the server is done
+                self.closed = True
+                return
+            if not clear:  # close_notify
+                self.closed = True
+                return
+            self.received += clear
+
+    def wait_closed(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.closed and (left := deadline - time.monotonic()) > 0:
+            self.poll(left)
+
+    def lines(self) -> list[bytes]:
+        return self.received.split(b"\r\n")[:-1]
+
+
+def _imap_attack(
+    port: int, ctx: ssl.SSLContext | None, payload: bytes, stream: int
+) -> tuple[list[bytes], bool, int]:
+    """(the server's lines after its greeting, whether it hung up, filler bytes sent)."""
+    wire = _Wire(port, ctx)
+    try:
+        while not wire.lines():
+            wire.poll(10)
+            assert not wire.closed, "closed before its greeting"
+        assert wire.lines()[0].startswith(b"* OK"), wire.received
+        sent = 0
+        if wire.send(payload):
+            chunk = b"x" * 65536
+            while sent < stream:
+                wire.poll(0)
+                if wire.closed or not wire.send(chunk[: stream - sent]):
+                    break
+                sent += min(len(chunk), stream - sent)
+        wire.wait_closed(5)
+        return wire.lines()[1:], wire.closed, sent
+    finally:
+        wire.sock.close()
+
+
+@pytest.mark.slow
+def test_hostile_imap_preauth(hostile_imap: Gateway, corpus_built: dict[str, bytes]) -> None:
+    gw = hostile_imap
+    assert gw.proc is not None and IMAP_CASES
+    before_kb = _memory_kb(gw.proc.pid, "VmRSS")
+    peak_before_kb = _memory_kb(gw.proc.pid, "VmHWM")
+    failures: list[str] = []
+    for case in IMAP_CASES:
+        tls = case.kind == "imap"
+        port = gw.ports["imaps" if tls else "imap"]
+        ctx = gw.client_context() if tls else None
+        lines, closed, sent = _imap_attack(port, ctx, corpus_built[case.name], case.stream)
+        last = lines[-1] if lines else b"(nothing)"
+        if not last.decode(errors="replace").startswith(str(case.expect)):
+            failures.append(f"{case.name}: expected {case.expect}, got {last[:80]!r}")
+        if case.closes and not closed:
+            failures.append(f"{case.name}: the connection stayed open")
+        # More than the kernel's socket buffers can hold: the server was reading it.
+        if case.stream >= 16 << 20 and sent >= case.stream:
+            failures.append(f"{case.name}: the server read all {sent} bytes of filler")
+    assert failures == []
+    # The refused bytes were never held: memory back where it was, and no new peak either
+    # (a 64 MiB literal held for a moment would raise it).
+    grown_kb = _memory_kb(gw.proc.pid, "VmRSS") - before_kb
+    peak_kb = _memory_kb(gw.proc.pid, "VmHWM")
+    assert grown_kb < 20 * 1024, f"RSS grew by {grown_kb} kB"
+    assert peak_kb - peak_before_kb < 20 * 1024, f"peak RSS {peak_before_kb} -> {peak_kb} kB"
+    # Still answering: a real login reaches Dovecot, and SMTP is there too.
+    imap = imaplib.IMAP4_SSL("127.0.0.1", gw.ports["imaps"], ssl_context=gw.client_context())
+    try:
+        assert imap.login(ALICE, PASSWORD)[0] == "OK"
+        assert imap.select("INBOX")[0] == "OK"
+    finally:
+        imap.logout()
+    smtp = gw.login()
+    assert smtp.noop()[0] == 250
+    smtp.quit()
+    reasons = {str(e.get("reason")) for e in gw.events() if e.get("event") == "imap.reject"}
+    assert {"literal_too_big", "line_too_long", "too_many_commands"} <= reasons
+    assert list(gw.scratch.iterdir()) == []  # type: ignore[attr-defined]
+    assert "Traceback" not in gw.logs()

@@ -18,7 +18,16 @@ def test_literal_announcements() -> None:
     assert literal_at_end(b"a LOGIN {5}") == (b"a LOGIN ", Literal(5, True))
     assert literal_at_end(b"a LOGIN {52428800+}") == (b"a LOGIN ", Literal(52428800, False))
     assert literal_at_end(b"a LOGIN x y") == (b"a LOGIN x y", None)
-    assert literal_at_end(b"a LOGIN {99999999999}")[1] is None  # too many digits: not a literal
+    assert literal_at_end(b"a LOGIN {0000000000000000000005+}") == (b"a LOGIN ", Literal(5, False))
+    # Past 32 bits, and past any count at all: still a literal (its bytes follow and must not
+    # be read as commands), one that no limit admits; never a slow int() of the digits.
+    assert literal_at_end(b"a LOGIN {99999999999+}")[1] == Literal(99999999999, False)
+    for digits in (20, 5000):
+        rest, literal = literal_at_end(b"a LOGIN {" + b"9" * digits + b"}")
+        assert rest == b"a LOGIN " and literal is not None and literal.size >= 2**63
+    assert literal_at_end(b"a LOGIN {}")[1] is None
+    assert literal_at_end(b"a LOGIN {-5}")[1] is None
+    assert literal_at_end(b"a LOGIN {\xd9\xa5}")[1] is None  # non-ASCII digits are not digits
 
 
 def test_tokens() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from smime_fixtures import Pki
@@ -16,6 +17,8 @@ MESSAGE = (
     b"\r\n"
     b"Compte rendu.\r\n"
 )
+
+pytestmark = pytest.mark.fuzz
 
 mutations = st.lists(
     st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)),
@@ -36,7 +39,7 @@ def _mutate(raw: bytes, edits: list[tuple[int, int]]) -> tuple[bytes, set[int]]:
 
 
 @settings(
-    max_examples=150,
+    max_examples=3 * settings().max_examples // 2,  # 150 in CI, scaled by the fuzz profile
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
