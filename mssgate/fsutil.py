@@ -24,10 +24,7 @@ def write_durably(target: Path, data: bytes, *, tmp_dir: Path, mode: int = 0o600
     tmp = tmp_dir / f".{target.name}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        _write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -50,10 +47,7 @@ def write_new_durably(target: Path, data: bytes, *, mode: int = 0o600) -> None:
     """
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        _write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -61,6 +55,13 @@ def write_new_durably(target: Path, data: bytes, *, mode: int = 0o600) -> None:
         raise
     os.close(fd)
     fsync_dir(target.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def ensure_dir(path: Path, mode: int = 0o700) -> Path:
