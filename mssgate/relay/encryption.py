@@ -88,9 +88,13 @@ class OutgoingEncryption:
         cipher = setting.cipher if setting is not None and setting.cipher else Cipher.AES_GCM
         plan = Plan()
         clear: list[str] = []
+        # Our DKIM signature is taken off once: each recipient's copy is signed again.
+        stripped, dkim_domain = self._without_our_dkim(content)
         for recipient in recipients:
             cert = self._directory.certificates.encryption_certificate(recipient)
-            sealed = self._encrypt(content, cert, cipher) if cert is not None else None
+            sealed = (
+                self._encrypt(stripped, dkim_domain, cert, cipher) if cert is not None else None
+            )
             if sealed is not None:
                 plan.batches.append(Batch((recipient,), sealed, encrypted=True))
             elif policy is EncryptionPolicy.REQUIRED:
@@ -109,8 +113,9 @@ class OutgoingEncryption:
             plan.batches.append(Batch(tuple(clear), content))
         return plan
 
-    def _encrypt(self, content: bytes, cert: x509.Certificate, cipher: Cipher) -> bytes | None:
-        stripped, dkim_domain = self._without_our_dkim(content)
+    def _encrypt(
+        self, stripped: bytes, dkim_domain: str | None, cert: x509.Certificate, cipher: Cipher
+    ) -> bytes | None:
         mode: EncryptionMode = "aes-gcm" if cipher is Cipher.AES_GCM else "aes-cbc"
         try:
             sealed = encrypt(stripped, [cert], mode=mode)

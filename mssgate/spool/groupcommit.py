@@ -25,7 +25,6 @@ class GroupCommitter(Generic[T]):
         self._cond = threading.Condition()
         self._jobs: list[tuple[T, Future[None]]] = []
         self._running = False
-        self.groups = 0  # how many transactions ran (tests, benchmarks)
 
     def commit(self, item: T) -> None:
         """Returns once `item` is committed; raises what its transaction raised."""
@@ -53,7 +52,6 @@ class GroupCommitter(Generic[T]):
             self._commit(group)
 
     def _commit(self, group: list[tuple[T, Future[None]]]) -> None:
-        self.groups += 1
         try:
             self._write([item for item, _ in group])
         except Exception as exc:
