@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -83,11 +84,15 @@ def test_dovecot_killed_is_restarted_and_no_delivered_message_is_lost(
     store = imap_gateway.store()
     first_pid = imap_gateway.status["dovecot_pid"]
     delivered: list[str] = []
-    retries = 0
+    # Failed attempts per message: at least once allows a message whose 250 was lost in the
+    # kill (saved by an orphaned lmtp process, its reply never sent) to arrive twice, but
+    # only a message that saw a failure, and at most once per failure.
+    failures: Counter[str] = Counter()
     for n in range(60):
         if n == 25:
             os.kill(first_pid, signal.SIGKILL)
         deadline = time.monotonic() + 60
+        mid = f"<m{n}@client.test>"
         while True:
             try:
                 store.deliver(ALICE, message(n), delivery_id=f"d{n}")
@@ -95,17 +100,21 @@ def test_dovecot_killed_is_restarted_and_no_delivered_message_is_lost(
             except DeliveryFailed as exc:
                 assert not exc.permanent, exc  # the spool would retry a temporary failure
                 assert time.monotonic() < deadline, "Dovecot did not come back"
-                retries += 1
+                failures[mid] += 1
                 time.sleep(0.1)
-        delivered.append(f"<m{n}@client.test>")
+        delivered.append(mid)
     status = imap_gateway.reload()
     assert status["restarts"] == 1 and status["dovecot_pid"] != first_pid
     assert imap_gateway.events("dovecot.died") and imap_gateway.events("dovecot.restarted")
     client = imap_gateway.login()
-    assert client.select("INBOX")[1] == [b"60"]
-    _, data = client.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
-    ids = sorted(
+    try:
+        client.select("INBOX")
+        _, data = client.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+    finally:
+        client.logout()
+    found = Counter(
         part[1].decode().split(":", 1)[1].strip() for part in data if isinstance(part, tuple)
     )
-    assert ids == sorted(delivered)
-    client.logout()
+    assert set(found) == set(delivered)
+    for mid, count in found.items():
+        assert count <= 1 + failures[mid], (mid, count, failures[mid])
