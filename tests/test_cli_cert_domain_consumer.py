@@ -155,10 +155,13 @@ def test_consumer_add_list_revoke(cli: Cli, datadir: Path, mailbox: str) -> None
 
 
 def test_consumer_errors(cli: Cli, datadir: Path, mailbox: str, tmp_path: Path) -> None:
-    assert "no mailbox" in cli("consumer", "add", "x", "--mailbox", f"ghost@{DOMAIN}").err
-    assert "invalid consumer name" in cli("consumer", "add", "Bad Name", "--mailbox", mailbox).err
+    ghost = cli("consumer", "add", "x", "--mailbox", f"ghost@{DOMAIN}")
+    assert ghost.code == 1 and "no mailbox" in ghost.err
+    bad_name = cli("consumer", "add", "Bad Name", "--mailbox", mailbox)
+    assert bad_name.code == 1 and "invalid consumer name" in bad_name.err
     cli.ok("consumer", "add", "ris", "--mailbox", mailbox)
-    assert "exists already" in cli("consumer", "add", "ris", "--mailbox", mailbox).err
+    again = cli("consumer", "add", "ris", "--mailbox", mailbox)
+    assert again.code == 1 and "exists already" in again.err
     (tmp_path / "k.asc").write_text("hello")
     bad_key = cli(
         "consumer", "add", "ris2", "--mailbox", mailbox, "--pgp-key", str(tmp_path / "k.asc")

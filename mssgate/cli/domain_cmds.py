@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from cryptography import x509
 from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
 from mssgate.cli.context import actor, emit_json, emit_table, say, state
@@ -20,7 +21,7 @@ from mssgate.directory.trustlist import (
     read_trust_list,
 )
 from mssgate.errors import NotFound, UsageFailed
-from mssgate.pki import load_certificate
+from mssgate.pki import load_certificates
 
 app = typer.Typer(help="Local domains and trusted peer domains.", no_args_is_help=True)
 
@@ -63,6 +64,22 @@ def _cipher(value: str) -> Cipher | None:
         raise UsageFailed(f"--cipher: {exc} or default") from None
 
 
+def _operator_dn(value: str) -> str:
+    """The DN as given, once it parses as RFC 4514: the MTA compares it, parsed, with the
+    subject of the peer's certificate."""
+    text = value.strip()
+    try:
+        name = x509.Name.from_rfc4514_string(text)
+    except ValueError:
+        name = None
+    if name is None or len(name) == 0:
+        raise UsageFailed(
+            f"--operator-dn: {value!r} is not an RFC 4514 distinguished name"
+            " (e.g. CN=mx.operateur.fr,O=Operateur,C=FR, no space after the commas)"
+        )
+    return text
+
+
 def _policy_text(domain: Domain, default: str) -> str:
     own = domain.encryption.value if domain.encryption is not None else None
     text = own or f"{default} (default)"
@@ -88,10 +105,15 @@ def trust(
     domain: str,
     relay: Annotated[str, typer.Option("--relay", help="HOST:PORT of the peer's MTA.")],
     ca: Annotated[
-        Path | None, typer.Option("--ca", help="CA certificate of the peer operator (PEM).")
+        Path | None,
+        typer.Option("--ca", help="CA bundle of the peer operator (PEM: root and intermediates)."),
     ] = None,
     operator_dn: Annotated[
-        str | None, typer.Option("--operator-dn", help="Expected subject DN of the peer.")
+        str | None,
+        typer.Option(
+            "--operator-dn",
+            help="Subject DN (RFC 4514) the peer gateway's certificate must have.",
+        ),
     ] = None,
     encryption: EncryptionOption = None,
     cipher: CipherOption = None,
@@ -101,18 +123,22 @@ def trust(
     --encryption: what the gateway does with mail leaving for it (required: encrypted to
     each recipient or not sent; opportunistic: encrypted when a certificate is known; off:
     as written). Left out on an update, the current setting stays.
+
+    --ca: the peer's gateway certificate must chain to a root of this bundle (its other
+    certificates serve as intermediates). --operator-dn: its subject must also be this name.
     """
     policy = _encryption(encryption, allow_default=True) if encryption is not None else UNCHANGED
     chosen = _cipher(cipher) if cipher is not None else UNCHANGED
-    ca_cert = load_certificate(ca) if ca is not None else None
+    dn = _operator_dn(operator_dn) if operator_dn is not None else None
+    ca_certs = load_certificates(ca) if ca is not None else None
     result = (
         state(ctx)
         .directory()
         .domains.trust(
             domain,
             relay=relay,
-            ca=ca_cert,
-            operator_dn=operator_dn,
+            ca=ca_certs,
+            operator_dn=dn,
             encryption=policy,
             cipher=chosen,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -48,6 +49,33 @@ class EncryptionSetting:
     kind: DomainKind
     encryption: EncryptionPolicy | None
     cipher: Cipher | None
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedPeer:
+    """What the MTA checks a peer gateway's certificate against, as stored for its domain.
+
+    `ca_pem` is the whole bundle given to `domain trust --ca` (root and intermediates, in
+    any order; one certificate in data stored before bundles were kept).
+    """
+
+    ca_pem: str | None
+    operator_dn: str | None
+
+
+def _ca_bundle(ca: x509.Certificate | Sequence[x509.Certificate]) -> str:
+    certs = [ca] if isinstance(ca, x509.Certificate) else list(ca)
+    if not certs:
+        raise ValidationFailed("the --ca file holds no certificate")
+    for cert in certs:
+        try:
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        if constraints is None or not constraints.ca:
+            subject = cert.subject.rfc4514_string()
+            raise ValidationFailed(f"--ca: {subject} is not a CA certificate")
+    return "".join(cert.public_bytes(Encoding.PEM).decode("ascii") for cert in certs)
 
 
 def effective_policy(
@@ -108,7 +136,7 @@ class Domains:
         name: str,
         *,
         relay: str,
-        ca: x509.Certificate | None,
+        ca: x509.Certificate | Sequence[x509.Certificate] | None,
         operator_dn: str | None = None,
         encryption: EncryptionPolicy | _Unchanged | None = UNCHANGED,
         cipher: Cipher | _Unchanged | None = UNCHANGED,
@@ -117,14 +145,12 @@ class Domains:
 
         `encryption` and `cipher` left UNCHANGED keep what an update found (NULL for a new
         domain): the national trust-list import updates relays and must not reset them.
+        `ca` is kept whole: a peer's certificate is validated up to the roots among it, with
+        the others as intermediates.
         """
         key = normalize_domain(name)
         host, port = parse_relay(relay)
-        if ca is not None:
-            constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
-            if not constraints.ca:
-                raise ValidationFailed("the --ca certificate is not a CA certificate")
-        ca_pem = ca.public_bytes(Encoding.PEM).decode("ascii") if ca is not None else None
+        ca_pem = _ca_bundle(ca) if ca is not None else None
         values = {
             "kind": "trusted",
             "relay_host": host,
@@ -149,6 +175,8 @@ class Domains:
                 detail={
                     "relay": f"{host}:{port}",
                     "ca": ca is not None,
+                    "ca_certificates": ca_pem.count("-----BEGIN CERTIFICATE-----") if ca_pem else 0,
+                    "operator_dn": operator_dn,
                     **_encryption_values(encryption, cipher),
                 },
             )
@@ -211,6 +239,24 @@ class Domains:
         query = select(domains.c.name, domains.c.ca_pem).where(domains.c.kind == "trusted")
         with self._engine.connect() as conn:
             return {row.name: row.ca_pem for row in conn.execute(query)}
+
+    def trusted_peers(self) -> dict[str, TrustedPeer]:
+        """Every trusted peer domain with what its gateway's certificate must match, in one
+        query (the MTA asks at each MAIL)."""
+        query = select(domains.c.name, domains.c.ca_pem, domains.c.operator_dn).where(
+            domains.c.kind == "trusted"
+        )
+        with self._engine.connect() as conn:
+            return {
+                row.name: TrustedPeer(ca_pem=row.ca_pem, operator_dn=row.operator_dn)
+                for row in conn.execute(query)
+            }
+
+    def trusted_peer(self, name: str) -> TrustedPeer | None:
+        row = self._existing(normalize_domain(name))
+        if row is None or row.kind != "trusted":
+            return None
+        return TrustedPeer(ca_pem=row.ca_pem, operator_dn=row.operator_dn)
 
     def encryption_settings(self) -> dict[str, EncryptionSetting]:
         """Every domain's stored encryption columns, in one query (asked per message)."""

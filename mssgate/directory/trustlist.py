@@ -278,7 +278,8 @@ def apply_trust_list(
     for entry in plan.update:
         existing = domains.get(entry.name)
         ca_pem = domains.peer_ca_pem(entry.name)
-        ca = x509.load_pem_x509_certificate(ca_pem.encode()) if ca_pem else None
+        # The whole stored bundle: the first certificate alone would drop its intermediates.
+        ca = x509.load_pem_x509_certificates(ca_pem.encode()) if ca_pem else None
         domains.trust(
             entry.name,
             relay=f"{existing.relay_host}:{existing.relay_port}",

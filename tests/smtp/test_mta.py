@@ -3,13 +3,24 @@ operator, local recipients only."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import smtplib
+import sqlite3
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
+from mssgate.directory.domains import TrustedPeer
 from mssgate.pki import create_dev_ca, issue_server_cert, write_certificate, write_private_key
+from mssgate.smtp import peer_trust
 from tests.conftest import Cli
 from tests.smtp.conftest import BOB, PEER_DOMAIN, Gateway
 
@@ -121,12 +132,26 @@ def test_unknown_peer_certificate_fails_the_handshake(gateway: Gateway, tmp_path
         "bob@[127.0.0.1]",
         "@hopital-a.test:bob@example.org",
         "postmaster",
+        "example.org!bob",
+        "example.org!bob@hopital-a.test",
+        '"bob@example.org"@hopital-a.test',
     ],
 )
 def test_never_an_open_relay(gateway: Gateway, peer_pki: dict[str, Path], recipient: str) -> None:
     client = connect(gateway, peer_pki)
     client.mail(f"dr.b@{PEER_DOMAIN}")
     assert client.docmd(f"RCPT TO:<{recipient}>") == (550, b"5.7.1 Relaying denied")
+    client.quit()
+
+
+def test_unknown_local_recipient(gateway: Gateway, peer_pki: dict[str, Path]) -> None:
+    # Our domain but no such mailbox: unknown, not "relaying denied".
+    client = connect(gateway, peer_pki)
+    client.mail(f"dr.b@{PEER_DOMAIN}")
+    assert client.docmd("RCPT TO:<nobody@hopital-a.test>") == (
+        550,
+        b"5.1.1 No such mailbox here",
+    )
     client.quit()
 
 
@@ -137,3 +162,202 @@ def test_untrusting_a_peer_applies_at_once(
     client = connect(gateway, peer_pki)
     assert client.docmd(f"MAIL FROM:<dr.b@{PEER_DOMAIN}>")[0] == 550
     client.quit()
+
+
+# --------------------------------------------------------------- chains and operator DN
+@dataclass
+class Chain:
+    """An operator PKI as IGC-Santé has it: root -> intermediate -> the gateway certificate."""
+
+    root: x509.Certificate
+    intermediate: x509.Certificate
+    leaf: x509.Certificate
+    files: dict[str, Path]
+
+
+def _ca(
+    name: x509.Name, issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    signer_key, issuer_name = (issuer[0], issuer[1].subject) if issuer else (key, name)
+    now = dt.datetime.now(dt.UTC)
+    usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0), critical=True
+        )
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()),
+            critical=False,
+        )
+    )
+    return key, builder.sign(signer_key, SHA256())
+
+
+def make_chain(tmp_path: Path, label: str, host: str, names: str | None = None) -> Chain:
+    """A fresh two-level PKI; `names` picks the CA names (another chain's, for a look-alike)."""
+    names = names or label
+
+    def dn(cn: str) -> x509.Name:
+        return x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"Operateur {names}"),
+                x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            ]
+        )
+
+    root_key, root = _ca(dn(f"AC RACINE {names}"), None)
+    inter_key, inter = _ca(dn(f"AC ORGANISATIONS {names}"), (root_key, root))
+    key, leaf = issue_server_cert(inter_key, inter, host)
+    files = {
+        "root": tmp_path / f"{label}-root.pem",
+        "bundle": tmp_path / f"{label}-bundle.pem",
+        "cert": tmp_path / f"{label}.pem",
+        "chain": tmp_path / f"{label}-chain.pem",
+        "key": tmp_path / f"{label}.key",
+    }
+    pem = {c: c.public_bytes(Encoding.PEM) for c in (root, inter, leaf)}
+    files["root"].write_bytes(pem[root])
+    files["bundle"].write_bytes(pem[inter] + pem[root])  # intermediate first: order is free
+    write_certificate(files["cert"], leaf)
+    files["chain"].write_bytes(pem[leaf] + pem[inter])
+    write_private_key(files["key"], key)
+    return Chain(root=root, intermediate=inter, leaf=leaf, files=files)
+
+
+def send_from(
+    gateway: Gateway, chain: Chain, sender: str, *, present: str = "cert"
+) -> tuple[int, bytes]:
+    """MAIL FROM over STARTTLS with `chain`'s gateway certificate (and its intermediate
+    with present="chain"); the reply."""
+    client = connect(gateway, {"cert": chain.files[present], "key": chain.files["key"]})
+    try:
+        return client.docmd(f"MAIL FROM:<{sender}>")
+    finally:
+        client.close()
+
+
+def audit_details(gateway: Gateway, action: str) -> list[dict[str, object]]:
+    con = sqlite3.connect(gateway.data / "mssgate.db")
+    try:
+        rows = con.execute("SELECT detail FROM audit WHERE action = ?", (action,)).fetchall()
+    finally:
+        con.close()
+    return [json.loads(r[0]) for r in rows]
+
+
+MISMATCH = (550, b"5.7.1 Your certificate does not belong to the sender's operator")
+
+
+def test_two_level_chain_accepted(gateway: Gateway, cli: Cli, tmp_path: Path) -> None:
+    # The bundle holds root and intermediate; the peer presents its certificate alone.
+    bundled = make_chain(tmp_path, "chaine", "mx.chaine.test")
+    cli.ok("domain", "trust", "chaine.test", "--relay", "mx.chaine.test:25",
+           "--ca", str(bundled.files["bundle"]))  # fmt: skip
+    client = connect(gateway, {"cert": bundled.files["cert"], "key": bundled.files["key"]})
+    client.sendmail("dr.c@chaine.test", [BOB], peer_message("dr.c@chaine.test"))
+    client.quit()
+    gateway.wait_delivered(BOB, 1)
+    # Only the root is configured; the peer presents its intermediate in the handshake.
+    presented = make_chain(tmp_path, "racine", "mx.racine.test")
+    cli.ok("domain", "trust", "racine.test", "--relay", "mx.racine.test:25",
+           "--ca", str(presented.files["root"]))  # fmt: skip
+    assert send_from(gateway, presented, "dr.r@racine.test", present="chain")[0] == 250
+    # The whole bundle was kept, not its first certificate.
+    stored = cli.ok("domain", "list", "--json").json()
+    assert {d["name"]: d["ca_subject"] for d in stored}["chaine.test"] == (
+        bundled.intermediate.subject.rfc4514_string()
+    )
+    assert audit_details(gateway, "domain.trust")[-2]["ca_certificates"] == 2
+
+
+def test_unrelated_chain_refused(gateway: Gateway, cli: Cli, tmp_path: Path) -> None:
+    ours = make_chain(tmp_path, "chaine", "mx.chaine.test")
+    # Another trusted operator (its handshake succeeds), whose CAs even carry our peer's
+    # CA names: only a path validated by signature tells them apart.
+    other = make_chain(tmp_path, "autre", "mx.autre.test", names="chaine")
+    for domain, chain in (("chaine.test", ours), ("autre.test", other)):
+        cli.ok("domain", "trust", domain, "--relay", f"mx.{domain}:25",
+               "--ca", str(chain.files["bundle"]))  # fmt: skip
+    assert send_from(gateway, other, "dr.c@chaine.test") == MISMATCH
+    assert send_from(gateway, other, "dr.a@autre.test")[0] == 250
+    assert send_from(gateway, ours, "dr.a@autre.test") == MISMATCH
+    refused = gateway.wait_event("smtp.peer_refused", sender="dr.c@chaine.test")
+    assert refused["reason"] == peer_trust.NO_CHAIN
+    assert refused["certificate"] == "CN=mx.autre.test"
+
+
+def test_operator_dn_enforced(gateway: Gateway, cli: Cli, tmp_path: Path) -> None:
+    chain = make_chain(tmp_path, "chaine", "mx.chaine.test")
+
+    def trust(dn: str) -> None:
+        cli.ok("domain", "trust", "chaine.test", "--relay", "mx.chaine.test:25",
+               "--ca", str(chain.files["bundle"]), "--operator-dn", dn)  # fmt: skip
+
+    trust("CN=mx.chaine.test")
+    assert send_from(gateway, chain, "dr.c@chaine.test")[0] == 250
+    # The certificate chains to the domain's CA, but it is not the named operator's.
+    trust("CN=mx.operateur-c.test,O=Operateur C,C=FR")
+    assert send_from(gateway, chain, "dr.c@chaine.test") == MISMATCH
+    assert send_from(gateway, chain, "") == MISMATCH  # nor for a bounce
+    refused = gateway.wait_event("smtp.peer_refused", sender="dr.c@chaine.test")
+    assert refused["reason"] == peer_trust.WRONG_SUBJECT
+    [audited, _bounce] = [
+        d
+        for d in audit_details(gateway, "message.rejected")
+        if d.get("check") == "peer-certificate"
+    ]
+    assert audited["reason"] == peer_trust.WRONG_SUBJECT
+    assert audited["status"] == "550 5.7.1"
+    assert audited["certificate"] == "CN=mx.chaine.test"
+
+
+@pytest.mark.parametrize(
+    "dn", ["garbage", "CN=mx.test, O=Operateur, C=FR", "CN=a,,C=FR", "", "CN=x\\"]
+)
+def test_operator_dn_must_be_rfc4514(cli: Cli, datadir: Path, dn: str) -> None:
+    result = cli("domain", "trust", "peer.test", "--relay", "mx.peer.test:25", "--operator-dn", dn)
+    assert result.code == 2
+    [line] = result.err.strip().splitlines()
+    assert "--operator-dn" in line and "RFC 4514" in line
+    assert "peer.test" not in {d["name"] for d in cli.ok("domain", "list", "--json").json()}
+
+
+def test_operator_dn_stored(cli: Cli, datadir: Path) -> None:
+    dn = "CN=mx.peer.test,O=Operateur\\, SA,C=FR"
+    cli.ok("domain", "trust", "peer.test", "--relay", "mx.peer.test:25", "--operator-dn", dn)
+    domains = {d["name"]: d for d in cli.ok("domain", "list", "--json").json()}
+    assert domains["peer.test"]["operator_dn"] == dn
+
+
+def test_peer_trust_rules(tmp_path: Path) -> None:
+    chain = make_chain(tmp_path, "chaine", "mx.chaine.test")
+    pem = {c: c.public_bytes(Encoding.PEM).decode() for c in (chain.root, chain.intermediate)}
+    bundle = pem[chain.intermediate] + pem[chain.root]
+
+    def why(ca_pem: str | None, dn: str | None = None, *presented: x509.Certificate) -> str | None:
+        return peer_trust.refusal(chain.leaf, TrustedPeer(ca_pem, dn), presented)
+
+    assert why(bundle) is None
+    # Data stored before bundles were kept: one (intermediate) CA, trusted as it is.
+    assert why(pem[chain.intermediate]) is None
+    assert why(pem[chain.root]) == peer_trust.NO_CHAIN
+    assert why(pem[chain.root], None, chain.intermediate) is None
+    assert why("not a PEM") == peer_trust.NO_CHAIN
+    assert why(None) == peer_trust.NO_CA
+    # Compared as names, not as text.
+    assert why(bundle, "CN=mx.chaine.test") is None
+    assert why(bundle, "2.5.4.3=mx.chaine.test") is None
+    assert why(bundle, "CN=mx.chaine.test,C=FR") == peer_trust.WRONG_SUBJECT
+    # A DN the trust-list import stored as the list wrote it, unreadable: refused, not skipped.
+    assert why(bundle, "C=FR, CN=mx.chaine.test") == peer_trust.BAD_OPERATOR_DN
