@@ -47,6 +47,9 @@ class SmtpConfig(_Section):
     idle_timeout_seconds: float = Field(300.0, gt=0)
     auth_failures_before_delay: int = Field(3, ge=0)
     auth_failure_delay_max_seconds: float = Field(15.0, ge=0)
+    # An address's AUTH failures are forgotten this long after its last one (the penalty,
+    # shared with IMAP, starts again from nothing).
+    auth_failure_forget_seconds: float = Field(900.0, gt=0)
     drain_seconds: float = Field(30.0, ge=0)
     # Memory for whole-message work at once (S/MIME, DKIM, the document pipeline), a message
     # counting six times its size: bounds the peak whatever the number of sessions.
@@ -88,6 +91,9 @@ class QueueConfig(_Section):
     # Nack codes that end a document at once (e.g. 902-905, identity problems no retry can
     # fix); by default every nack is retried until max_attempts.
     final_nack_codes: tuple[int, ...] = ()
+    # `mssgate serve` reaps expired leases (dead documents get their error MDN without
+    # waiting for a consumer of that mailbox) and resends receipts left in the outbox.
+    maintenance_interval_seconds: float = Field(5.0, gt=0, le=3600)
 
 
 class RelayConfig(_Section):
@@ -113,6 +119,20 @@ class RelayConfig(_Section):
     batch: int = Field(100, ge=1, le=10_000)
 
 
+class DeliveryConfig(_Section):
+    """Local delivery from the spool into the mailboxes (Maildir, or LMTP into Dovecot)."""
+
+    # Attempts before a temporary failure becomes permanent; between them a delay of
+    # retry_first * 2**attempts, capped at retry_max.
+    max_attempts: int = Field(30, ge=1, le=1000)
+    retry_first_seconds: float = Field(30.0, gt=0)
+    retry_max_seconds: float = Field(3600.0, gt=0)
+    # How often the worker looks for due deliveries when nothing wakes it.
+    poll_seconds: float = Field(5.0, gt=0)
+    # One LMTP exchange with Dovecot (connect, each command, the data) may take this long.
+    lmtp_timeout_seconds: float = Field(120.0, gt=0)
+
+
 class DatabaseConfig(_Section):
     # None means "mssgate.db in the data folder", resolved by Config.
     url: str | None = None
@@ -128,6 +148,9 @@ class PolicyConfig(_Section):
     require_signature: bool = True
     encryption: Literal["required", "opportunistic", "off"] = "opportunistic"
     allow_test_ins: bool = False
+    # The birthplace code is a strict INS trait: without it a received document is held
+    # (905). Off for senders whose XDS metadata never carries PID-11 (DRIMbox).
+    require_birthplace: bool = True
     # "Mon espace santé": patients' mailboxes are <INS>@this domain, reached through the
     # operator on the trust list for it; the local part must be an INS whose key checks.
     patient_domain: str = "patient.mssante.fr"
@@ -136,6 +159,10 @@ class PolicyConfig(_Section):
     # CRLs (PEM or DER files) of the CAs that issue practitioners' and peers' certificates;
     # with any given, every certificate of a signer's chain must be covered by one.
     crl_files: tuple[Path, ...] = ()
+    # How long a signer's successful path validation answers for later messages (0: never,
+    # every message validated in full), and how many signer paths are remembered.
+    smime_path_cache_seconds: float = Field(300, ge=0, le=3600)
+    smime_path_cache_entries: int = Field(4096, gt=0)
 
 
 class DkimConfig(_Section):
@@ -169,6 +196,7 @@ class Config(BaseSettings):
     api: ApiConfig = ApiConfig()
     queue: QueueConfig = QueueConfig()
     relay: RelayConfig = RelayConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     database: DatabaseConfig = DatabaseConfig()
     tls: TlsConfig = TlsConfig()
     policy: PolicyConfig = PolicyConfig()

@@ -110,6 +110,9 @@ def test_passwd_and_authentication(cli: Cli, datadir: Path) -> None:
     )
     assert cli("directory", "add", f"b@{DOMAIN}", "--name", "B", "--password-stdin").code == 1
     cli.ok("directory", "passwd", f"a@{DOMAIN}", "--password-stdin", stdin=PASSWORD + "\n")
+    # Without --password-stdin there is no way to give the password: a usage error, one line.
+    usage = cli("directory", "passwd", f"a@{DOMAIN}", stdin=PASSWORD + "\n")
+    assert usage.code == 2 and usage.err.count("\n") == 1 and "--password-stdin" in usage.err
     short = cli("directory", "passwd", f"a@{DOMAIN}", "--password-stdin", stdin="short\n")
     assert short.code == 1 and "too short" in short.err
     engine = open_engine(load_config(datadir / "mssgate.toml").database_url)

@@ -152,3 +152,60 @@ def test_check_passes_then_reports_a_broken_certificate(tmp_path: Path, cli: obj
     assert "FAIL tls certificate" in broken.out
     assert "readable by others" in broken.out
     assert "2 check(s) failed" in broken.err
+
+
+def test_delivery_and_penalty_limits_follow_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from mssgate.mailstore import LmtpStore
+    from mssgate.smtp.limits import AuthPenalty
+    from mssgate.spool.delivery import retry_delay
+
+    defaults = Config()
+    assert AuthPenalty.from_config(defaults.smtp).forget_after == 900
+    assert retry_delay(20, defaults.delivery) == timedelta(hours=1)
+    assert LmtpStore(tmp_path / "lmtp")._timeout == defaults.delivery.lmtp_timeout_seconds == 120
+    monkeypatch.setenv("MSSGATE_SMTP__AUTH_FAILURE_FORGET_SECONDS", "60")
+    monkeypatch.setenv("MSSGATE_DELIVERY__RETRY_FIRST_SECONDS", "7")
+    monkeypatch.setenv("MSSGATE_DELIVERY__RETRY_MAX_SECONDS", "20")
+    monkeypatch.setenv("MSSGATE_DELIVERY__MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("MSSGATE_DELIVERY__LMTP_TIMEOUT_SECONDS", "9")
+    cfg = load_config(write(tmp_path, '[server]\ndata_dir = "data"\n'))
+    penalty = AuthPenalty.from_config(cfg.smtp)
+    assert (penalty.forget_after, penalty.free_failures, penalty.max_delay) == (60, 3, 15)
+    assert [retry_delay(n, cfg.delivery).total_seconds() for n in range(3)] == [7, 14, 20]
+    assert cfg.delivery.max_attempts == 2 and cfg.delivery.lmtp_timeout_seconds == 9
+
+
+def _documented_keys() -> dict[tuple[str, str], str]:
+    """(section, key) -> default cell of docs/operator-guide.md's configuration table."""
+    guide = (Path(__file__).parent.parent / "docs" / "operator-guide.md").read_text()
+    head = "| section | key | default | meaning |\n|---|---|---|---|\n"
+    table = guide[guide.index(head) + len(head) :].split("\n\n", 1)[0]
+    rows: dict[tuple[str, str], str] = {}
+    for line in table.splitlines():
+        section, keys, default, _ = (c.strip() for c in line.strip("|").split("|", 3))
+        for key in keys.split(", "):  # "cert, key, ca": one row for related paths
+            rows[(section, key)] = default
+    return rows
+
+
+def test_operator_guide_documents_every_field_with_its_default() -> None:
+    documented = _documented_keys()
+    fields = {
+        (section, key): field.default
+        for section, info in Config.model_fields.items()
+        for key, field in type(getattr(Config(), section)).model_fields.items()
+    }
+    assert sorted(set(fields) - set(documented)) == [], "fields missing from the guide"
+    assert sorted(set(documented) - set(fields)) == [], "documented keys that do not exist"
+    for where, default in fields.items():
+        if isinstance(default, bool):
+            shown = str(default).lower()
+        elif isinstance(default, int | float):
+            shown = str(int(default)) if float(default).is_integer() else str(default)
+        else:
+            continue  # paths, lists and strings: worded for a reader
+        assert documented[where].split()[0] == shown, where

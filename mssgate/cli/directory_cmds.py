@@ -13,7 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from mssgate.cli.context import actor, emit_json, emit_table, read_secret_stdin, say, state
 from mssgate.directory.annuaire import import_annuaire
 from mssgate.directory.models import MailboxKind, NewProfessional, Professional
-from mssgate.errors import ValidationFailed, describe_validation
+from mssgate.errors import UsageFailed, ValidationFailed, describe_validation
 
 app = typer.Typer(help="Mailboxes of the local domains.", no_args_is_help=True)
 
@@ -117,7 +117,8 @@ def passwd(
 ) -> None:
     """Set a mailbox's password (read from standard input)."""
     if not password_stdin:
-        raise ValidationFailed("give the password on standard input with --password-stdin")
+        # Nothing else can carry the password (never argv, where `ps` shows it): a usage error.
+        raise UsageFailed("give the password on standard input with --password-stdin")
     password = read_secret_stdin("password")
     changed = state(ctx).directory().professionals.set_password(email, password)
     say(f"password set for {changed.address}")

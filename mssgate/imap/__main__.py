@@ -31,9 +31,7 @@ async def main(status: Path) -> int:
     dovecot = DovecotSupervisor(config, data_dir=config.server.data_dir)
     await dovecot.start()
     watch = asyncio.create_task(dovecot.run(), name="dovecot")
-    penalty = AuthPenalty(
-        config.smtp.auth_failures_before_delay, config.smtp.auth_failure_delay_max_seconds
-    )
+    penalty = AuthPenalty.from_config(config.smtp)
     limiter = ConnectionLimiter(config.smtp.max_connections_per_ip)
     service = await start_imap(
         config, directory, dovecot.imap_backend, penalty=penalty, limiter=limiter

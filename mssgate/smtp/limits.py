@@ -11,6 +11,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from mssgate.config import SmtpConfig
+
 
 @dataclass
 class ConnectionLimiter:
@@ -36,8 +38,16 @@ class ConnectionLimiter:
 class AuthPenalty:
     free_failures: int
     max_delay: float
-    forget_after: float = 900.0
+    forget_after: float = 900.0  # smtp.auth_failure_forget_seconds (see from_config)
     _failures: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, smtp: SmtpConfig) -> AuthPenalty:
+        return cls(
+            free_failures=smtp.auth_failures_before_delay,
+            max_delay=smtp.auth_failure_delay_max_seconds,
+            forget_after=smtp.auth_failure_forget_seconds,
+        )
 
     def delay_for(self, ip: str) -> float:
         count, last = self._failures.get(ip, (0, 0.0))

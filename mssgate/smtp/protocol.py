@@ -24,7 +24,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, TLSSetupException, auth_mechanism
+from aiosmtpd.smtp import (
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    TLSSetupException,
+    auth_mechanism,
+)
 
 from mssgate import metrics
 from mssgate.logs import event
@@ -38,6 +45,30 @@ log = logging.getLogger("mssgate.smtp")
 COMMAND_LINE_LIMIT = 512 + 26 + 10  # RFC 5321 4.5.3.1.4, plus SIZE= and SMTPUTF8 (RFC 1870)
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "HELO", "STARTTLS", "QUIT", "RSET"})
 ALLOWED_BEFORE_AUTH = frozenset({"NOOP", "EHLO", "HELO", "STARTTLS", "QUIT", "RSET", "AUTH"})
+# Protocol errors logged per session: enough to diagnose a client, too few for one session to
+# flood the log (after AUTH nothing else bounds how many bad commands it may send).
+PROTOCOL_ERRORS_LOGGED = 20
+EXCERPT_BYTES = 32
+
+
+def excerpt(raw: bytes) -> str:
+    """The first bytes a client sent, for a log line: printable ASCII kept, the rest (and the
+    backslash) as \\xNN, so that no control byte or terminal escape reaches the log.
+
+    Arguments are kept only after an SMTP verb that carries no secret: AUTH's is a credential,
+    and an unknown verb may be another protocol's login (a POP3 client's "PASS ...")."""
+    verb, space, _ = raw.partition(b" ")
+    if verb.strip().upper() not in _VERBS_WITH_PUBLIC_ARGUMENTS:
+        raw = verb + space + (b"..." if space else b"")
+    return "".join(
+        chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in raw[:EXCERPT_BYTES]
+    )
+
+
+_VERBS_WITH_PUBLIC_ARGUMENTS = frozenset(
+    {b"EHLO", b"HELO", b"MAIL", b"RCPT", b"DATA", b"RSET", b"NOOP", b"QUIT", b"VRFY", b"EXPN"}
+    | {b"HELP", b"STARTTLS", b"BDAT"}
+)
 
 
 class Authenticator(Protocol):
@@ -50,6 +81,18 @@ class Authenticator(Protocol):
         ...
 
     async def failed(self, login: str, mechanism: str, peer_ip: str) -> None: ...
+
+
+class GatewayEnvelope(Envelope):
+    """aiosmtpd's envelope, plus the queue id its transaction got when MAIL was accepted.
+
+    aiosmtpd makes a new envelope after RSET, HELO/EHLO and DATA: the id goes with it, so
+    that each transaction has its own and nothing carries over to the next.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue_id: str | None = None
 
 
 class GatewaySMTP(SMTP):
@@ -87,6 +130,7 @@ class GatewaySMTP(SMTP):
         self._admitted = False
         self._opened = False
         self._in_ehlo = False
+        self._protocol_errors = 0
         self.busy = False  # in the middle of a transaction (between MAIL and its reply)
         # DATA: the message being handled, and where a large one is kept while it arrives.
         self.body: MessageBody | None = None
@@ -148,7 +192,19 @@ class GatewaySMTP(SMTP):
             return False
         return super().eof_received()
 
+    def _create_envelope(self) -> GatewayEnvelope:
+        return GatewayEnvelope()
+
+    @property
+    def queue_id(self) -> str | None:
+        """The open transaction's queue id (None outside a transaction)."""
+        envelope = self.envelope
+        return envelope.queue_id if isinstance(envelope, GatewayEnvelope) else None
+
     def _event(self, name: str, *, level: int = logging.INFO, **fields: object) -> None:
+        # Inside a transaction the queue id links the line to the message's other lines.
+        if self.queue_id is not None:
+            fields.setdefault("queue_id", self.queue_id)
         event(
             log,
             name,
@@ -170,14 +226,7 @@ class GatewaySMTP(SMTP):
         return obj if isinstance(obj, ssl.SSLObject) else None
 
     def close(self, reason: str) -> None:
-        event(
-            log,
-            "smtp.close",
-            listener=self.listener,
-            peer=self._peer_ip,
-            session=self.session_id,
-            reason=reason,
-        )
+        self._event("smtp.close", reason=reason)
         if self.transport is not None:
             self.transport.close()
 
@@ -262,19 +311,38 @@ class GatewaySMTP(SMTP):
         self._log_tls()  # logs nothing when no handshake happened (a 501 or 454 reply)
 
     # -------------------------------------------------------------- command loop
+    def _protocol_error(self, reason: str, raw: bytes, **fields: object) -> None:
+        """One log line per refused command line; never the line itself, only its start."""
+        self._protocol_errors += 1
+        if self._protocol_errors > PROTOCOL_ERRORS_LOGGED:
+            return
+        if self._protocol_errors == PROTOCOL_ERRORS_LOGGED:
+            fields["further_errors_not_logged"] = True
+        fields.setdefault("length", len(raw))  # an oversized line gives its own: raw is cut
+        self._event(
+            "smtp.protocol_error",
+            level=logging.WARNING,
+            reason=reason,
+            excerpt=excerpt(raw),
+            **fields,
+        )
+
     async def _read_command(self) -> bytes | None:
         """One command line, or None after replying to an oversized one."""
         try:
             return await self._reader.readuntil(b"\n")
         except asyncio.LimitOverrunError as exc:
-            # Drain the oversized line without keeping it.
-            await self._reader.readexactly(exc.consumed)
+            # Drain the oversized line, keeping only its start (for the log line).
+            start = await self._reader.readexactly(exc.consumed)
+            length = len(start)
             while True:
                 try:
-                    await self._reader.readuntil(b"\n")
+                    end = await self._reader.readuntil(b"\n")
+                    length += len(end) - (2 if end.endswith(b"\r\n") else 1)  # as for others
                     break
                 except asyncio.LimitOverrunError as more:
-                    await self._reader.readexactly(more.consumed)
+                    length += len(await self._reader.readexactly(more.consumed))
+            self._protocol_error("command too long", start[:EXCERPT_BYTES], length=length)
             await self.reply(replies.COMMAND_TOO_LONG)
             return None
 
@@ -291,11 +359,13 @@ class GatewaySMTP(SMTP):
                     continue
                 if not raw.endswith(b"\r\n") or b"\r" in raw[:-2]:
                     # What follows a bare newline may be a smuggled command: stop reading.
+                    self._protocol_error("bare newline in command", raw)
                     await self.reply(replies.BARE_NEWLINE_COMMAND)
                     self.close("bare newline in command")
                     return
                 line = raw[:-2]
                 if len(line) > COMMAND_LINE_LIMIT:
+                    self._protocol_error("command too long", line)
                     await self.reply(replies.COMMAND_TOO_LONG)
                     continue
                 verb_bytes, _, arg_bytes = line.partition(b" ")
@@ -303,6 +373,7 @@ class GatewaySMTP(SMTP):
                     verb = verb_bytes.upper().decode("ascii")
                     arg = arg_bytes.strip().decode("ascii") or None
                 except UnicodeDecodeError:
+                    self._protocol_error("non-ASCII command", line)
                     await self.push("500 5.5.2 Commands and arguments must be ASCII")
                     continue
                 starttls_missing = self.require_starttls and not self._tls_protocol
@@ -319,6 +390,7 @@ class GatewaySMTP(SMTP):
                 if method is None:
                     # Echoed into a reply: control bytes (a terminal escape, a NUL) are not.
                     shown = "".join(c if " " <= c <= "~" else "?" for c in verb[:16])
+                    self._protocol_error("unknown command", line)
                     await self.push(f'500 5.5.1 Command "{shown}" not recognized')
                     continue
                 self._reset_timeout()
@@ -359,7 +431,10 @@ class GatewaySMTP(SMTP):
         if arg is not None:
             rest = arg[3:].lstrip() if arg[:3].upper() == "TO:" else arg
             if rest.startswith("<@"):
-                await self.reply(replies.RELAY_DENIED)
+                reply = replies.RELAY_DENIED
+                self._event("smtp.reject", stage="RCPT", code=reply.code, status=reply.status,
+                            reason="source route")  # fmt: skip
+                await self.reply(reply)
                 return
         await super().smtp_RCPT(arg)
 
@@ -404,9 +479,9 @@ class GatewaySMTP(SMTP):
         await self.push(str(status))
 
     async def _data_failed(self, error: DataError) -> None:
+        self._event("smtp.reject", stage="DATA", reason=error.value)
         self.envelope = self._create_envelope()
         self.busy = False
-        self._event("smtp.reject", stage="DATA", reason=error.value)
         if error is DataError.TOO_BIG:
             await self.reply(replies.MESSAGE_TOO_BIG)
         elif error is DataError.LINE_TOO_LONG:
@@ -432,14 +507,7 @@ class GatewaySMTP(SMTP):
             await self._auth.failed(login, mechanism, self._peer_ip)
             return AuthResult(success=False, handled=False)
         self._penalty.succeeded(self._peer_ip)
-        event(
-            log,
-            "smtp.auth",
-            listener=self.listener,
-            peer=self._peer_ip,
-            session=self.session_id,
-            mechanism=mechanism,
-        )
+        self._event("smtp.auth", mechanism=mechanism)
         return AuthResult(success=True, auth_data=identity)
 
     async def _credentials(self, args: list[str], prompt: bytes | str) -> bytes | None:

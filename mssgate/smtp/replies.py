@@ -123,5 +123,15 @@ ENCRYPTED_MIXED_RECIPIENTS = Reply(
 )
 
 
+def sender_ok(queue_id: str) -> Reply:
+    return Reply(250, "2.1.0", f"Sender OK, queue id {queue_id}")
+
+
+def recipient_ok(queue_id: str | None) -> Reply:
+    if queue_id is None:
+        return RECIPIENT_OK
+    return Reply(250, "2.1.5", f"Recipient OK, queue id {queue_id}")
+
+
 def queued(queue_id: str) -> Reply:
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")

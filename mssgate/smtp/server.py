@@ -65,6 +65,7 @@ def trust_settings(config: Config) -> TrustSettings:
     return TrustSettings(
         patient_domain=config.policy.patient_domain.lower(),
         mss_nil=config.policy.mss_nil,
+        allow_test_ins=config.policy.allow_test_ins,
         dkim_selector=config.dkim.selector,
         dkim_key_pem=dkim_key,
         require_signature=config.policy.require_signature,
@@ -110,9 +111,7 @@ async def start_smtp(
     )
     limiter = ConnectionLimiter(smtp.max_connections_per_ip)
     # One penalty per process, shared with IMAP: a guesser gains nothing by switching protocol.
-    penalty = penalty or AuthPenalty(
-        smtp.auth_failures_before_delay, smtp.auth_failure_delay_max_seconds
-    )
+    penalty = penalty or AuthPenalty.from_config(smtp)
     limits = PolicyLimits(max_recipients=smtp.max_recipients)
     trust = trust_settings(config)
     loop = asyncio.get_running_loop()

@@ -122,7 +122,15 @@ class Spool:
     ) -> None:
         """Makes the message durable. Returns only when a 250 may be sent."""
         path = self.path(queue_id)
-        write_new_durably(path, content)
+        try:
+            write_new_durably(path, content)
+        except FileExistsError:
+            raise  # another message's file (never ours to remove)
+        except BaseException:
+            # The directory's fsync may fail after the file is complete: a file whose client
+            # gets a 451 must not stay (recovery would remove it, but only at the next start).
+            path.unlink(missing_ok=True)
+            raise
         acceptance = _Acceptance(
             queue_id=queue_id,
             stamp=now(),

@@ -128,3 +128,24 @@ def test_a_large_message_goes_through_a_spill_file_intact(gateway_setup: Gateway
         assert list((gateway_setup.data / "spool" / "tmp").iterdir()) == []
     finally:
         gateway_setup.stop()
+
+
+def test_delivery_attempts_come_from_the_configuration(gateway_setup: Gateway) -> None:
+    # A file where Bob's mailbox folder should be: every delivery to him fails (even as
+    # root), temporarily; with one attempt allowed, the first failure is the last.
+    bob_local, domain = BOB.split("@")
+    (gateway_setup.data / "mail" / domain).mkdir(parents=True)
+    (gateway_setup.data / "mail" / domain / bob_local).write_bytes(b"")
+    gateway_setup.start(extra_env={"MSSGATE_DELIVERY__MAX_ATTEMPTS": "1"})
+    try:
+        client = gateway_setup.login()
+        client.mail(ALICE)
+        client.rcpt(BOB)
+        code, text = client.data(message())
+        client.quit()
+        assert code == 250
+        queue_id = text.split()[-1].decode()
+        failed = gateway_setup.wait_event("delivery.failed", queue_id=queue_id)
+        assert failed["permanent"] is True and failed["attempts"] == 1
+    finally:
+        gateway_setup.stop()
