@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mssgate.cli import run
+from mssgate.documents.headers import build_ddm_subject
 from mssgate.documents.samples import PAT_TROIS, CdaSpec, EntrySpec, make_cda, make_xdm
 from mssgate.errors import MssgateError
 from mssgate.pki import dkim_dns_record, load_certificate, load_private_key
@@ -175,12 +176,29 @@ def _api(node: Node, token: str, method: str, path: str, body: object = None) ->
         return bytes(answer.read())
 
 
+def _signature(message: EmailMessage, verifier: str) -> str:
+    """What says the message is S/MIME-signed and that `verifier` checked it; raises if not.
+
+    The receipt is evidence for the sender only if a forger could not have written it."""
+    if message.get_content_type() not in ("multipart/signed", "application/pkcs7-mime"):
+        raise DemoFailed(f"the MDN is not signed ({message.get_content_type()})")
+    ours = [
+        str(v)
+        for v in message.get_all("Authentication-Results") or []
+        if str(v).startswith(verifier)
+    ]
+    if not any("smime=pass" in v for v in ours):
+        raise DemoFailed(f"{verifier} did not verify the MDN's signature: {ours}")
+    return f"{message.get_content_type()}, smime=pass at {verifier}"
+
+
 def _report_mail(smime_dir: Path) -> bytes:
     cda = make_cda(CdaSpec())
     xdm = make_xdm(PAT_TROIS, [EntrySpec("DOC0001.XML", cda)])
     msg = EmailMessage()
     msg["From"], msg["To"] = DOCTOR, RIS
-    msg["Subject"] = "XDM/1.0/DDM+CR d'imagerie PAT-TROIS DOMINIQUE 19790328"
+    # The CI-SIS convention wants the birth date as dd/mm/yyyy: built, not written by hand.
+    msg["Subject"] = build_ddm_subject("CR d'imagerie", "PAT-TROIS", "Dominique", "1979-03-28")
     msg["Message-ID"] = f"<demo-cr-img@{B}>"
     msg["Disposition-Notification-To"] = DOCTOR
     msg.set_content("Veuillez trouver ci-joint le compte rendu d'imagerie.")
@@ -244,7 +262,10 @@ def run_demo(root: Path) -> None:
         tls_in = a.event("smtp.tls", listener="mta")
         _say("relay", f"{B} relayed it to {A} over mutual TLS ({tls_in['version']}, "
              f"{tls_in['cipher']}); {A} queued it as {inbound['queue_id']}")  # fmt: skip
-        a.event("documents.ingested", documents=1)
+        ingested = a.event("documents.ingested", documents=1)
+        [queued] = json.loads(_cli(*a.cfg, "queue", "list", "--state", "ready", "--json"))
+        _say("queued", f"{A} queued document {queued['id']} for {queued['mailbox']} "
+             f"(from message {ingested['queue_id']}), ready for the RIS")  # fmt: skip
         [delivered] = a.mailbox(RIS) or [Path()]
         fields = BytesParser(policy=default_policy).parsebytes(delivered.read_bytes())
         ours = next(
@@ -257,6 +278,10 @@ def run_demo(root: Path) -> None:
         leased = json.loads(_api(a, token, "POST", "/v1/leases", {"max": 1, "lease_seconds": 60}))
         lease = leased["leases"][0]
         doc = lease["document"]
+        if doc["id"] != queued["id"]:
+            raise DemoFailed(f"leased {doc['id']}, not the queued {queued['id']}")
+        _say("lease", f"the RIS leased document {doc['id']} until {lease['expires_at']} "
+             "(POST /v1/leases)")  # fmt: skip
         _say("INS", f"patient INS {doc['ins']['value']} ({doc['ins']['kind']}, OID "
              f"{doc['ins']['oid']}, qualified={doc['ins']['qualified']})")  # fmt: skip
         _say("document", f"{doc['document']['format']} {doc['document']['type_code']} "
@@ -274,6 +299,7 @@ def run_demo(root: Path) -> None:
         _wait(lambda: bool(b.mailbox(DOCTOR)), 60, "no MDN came back")
         mdn = BytesParser(policy=default_policy).parsebytes(b.mailbox(DOCTOR)[0].read_bytes())
         _say("receipt", f'{DOCTOR} received the MDN: "{mdn["Subject"]}" from {mdn["From"]}')
+        _say("receipt", f"the MDN is signed: {_signature(mdn, b.host)}")
         _say("done", "every step passed")
     finally:
         for node in (b, a):

@@ -16,7 +16,6 @@ from mssgate.documents.errors import (
     ZipError,
 )
 from mssgate.documents.headers import (
-    DdmSubject,
     build_ddm_subject,
     mss_headers,
     parse_ddm_subject,
@@ -31,6 +30,7 @@ from mssgate.documents.pipeline import process_message
 from mssgate.documents.reconcile import IdentityClaim, IdentityProblem, ResolvedIdentity, reconcile
 from mssgate.documents.record import (
     Accepted,
+    DdmSubject,
     DocumentInfo,
     DocumentRecord,
     InsRecord,

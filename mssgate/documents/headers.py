@@ -14,9 +14,7 @@ import re
 from collections.abc import Iterable
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict
-
-from mssgate.documents.record import PipelineResult
+from mssgate.documents.record import DdmSubject, DocumentRecord, PipelineResult
 
 HEADER_CODECDA: Final = "X-MSS-CODECDA"
 HEADER_INS: Final = "X-MSS-INS"
@@ -53,16 +51,6 @@ def mss_headers(result: PipelineResult) -> dict[str, str]:
     return {HEADER_CODECDA: codecda, HEADER_INS: x_mss_ins(result.xdm_qualified_ins)}
 
 
-class DdmSubject(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    title: str
-    family: str
-    given: str
-    birth_date: str  # ISO YYYY-MM-DD
-    error_code: int | None = None
-
-
 def parse_ddm_subject(subject: str | None) -> DdmSubject | None:
     """Recognise `[KO…][code] XDM/1.0/DDM+<title> <NAME> <first name> <dd/mm/yyyy>`.
 
@@ -86,6 +74,19 @@ def parse_ddm_subject(subject: str | None) -> DdmSubject | None:
         birth_date=f"{year}-{month}-{day}",
         error_code=int(code) if code else None,
     )
+
+
+def with_ddm_subject(record: DocumentRecord) -> DocumentRecord:
+    """The record with its subject read by the convention, or a note when it does not follow it.
+
+    Only a note: the convention is for machine integration, and a message that ignores it
+    still carries a valid document (the INS and traits come from the document itself).
+    """
+    parsed = parse_ddm_subject(record.subject)
+    if parsed is not None:
+        return record.model_copy(update={"ddm_subject": parsed})
+    note = "subject does not follow XDM/1.0/DDM+<title> <NAME> <first name> <dd/mm/yyyy>"
+    return record.model_copy(update={"ddm_subject": None, "notes": (*record.notes, note)})
 
 
 def build_ddm_subject(

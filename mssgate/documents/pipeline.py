@@ -30,7 +30,7 @@ from mssgate.documents.imaging import (
 )
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.mime import Attachment, walk_message
-from mssgate.documents.pdf import looks_like_pdf, read_pdf
+from mssgate.documents.pdf import PdfInfo, looks_like_pdf, read_pdf
 from mssgate.documents.reconcile import (
     IdentityClaim,
     IdentityProblem,
@@ -49,7 +49,7 @@ from mssgate.documents.record import (
     sha256_hex,
 )
 from mssgate.documents.xdm import XdmEntry, XdmPackage, XdmSubmission, is_xdm_attachment, read_xdm
-from mssgate.ins import INS_OIDS, PatientTraits
+from mssgate.ins import INS_OIDS
 
 _XML_TYPES: Final = frozenset({"text/xml", "application/xml", "application/hl7-cda+xml"})
 _DEFAULT_LIMITS: Final = DocumentLimits()
@@ -310,6 +310,8 @@ def _cda_info(cda: CdaDocument, entry: XdmEntry | None) -> DocumentInfo:
         version=header.version,
         replaces=format_identifier(header.replaces[0]) if header.replaces else None,
         author_rpps=header.author_rpps[0] if header.author_rpps else None,
+        custodian=format_identifier(header.custodian_id),
+        custodian_name=header.custodian_name,
         confidentiality=confidentiality,
         class_code=entry.class_code.code if entry and entry.class_code else None,
         format_code=entry.format_code.code if entry and entry.format_code else None,
@@ -359,22 +361,25 @@ def _process_cda(
                 xdm_cda_code=info.type_code if entry is not None else None,
             )
         all_claims.extend(IdentityClaim(source="pdf", ins_value=v) for v in pdf.labelled_ins)
-        if pdf.truncated:
-            notes = ("embedded PDF text truncated by limits",)
+        info = info.model_copy(update={"pdf_metadata": pdf.metadata})
+        notes = _pdf_notes(pdf, "embedded PDF")
     outcome = _decide(data, content_type, where, all_claims, info, imaging, policy, notes=notes)
     return _Evaluated(
         outcome,
         xdm_cda_code=info.type_code if entry is not None else None,
-        xdm_qualified=entry is not None and _mss_qualified(outcome),
+        xdm_qualified=entry is not None and _mss_qualified(all_claims, policy),
     )
 
 
-def _mss_qualified(outcome: Accepted | Quarantined) -> bool:
-    """ECO.2.4.2's qualified INS: matricule, OID, birth name, first name, birth date, sex."""
-    if not isinstance(outcome, Accepted):
-        return False
-    traits = PatientTraits(**outcome.record.patient.model_dump())
-    return not traits.missing(require_birthplace=False)
+def _mss_qualified(claims: Sequence[IdentityClaim], policy: _Policy) -> bool:
+    """ECO.2.4.2's qualified INS: matricule, OID, birth name, first name, birth date, sex.
+
+    Read from the claims, not from the outcome: a document held only for its missing
+    birthplace (our stricter rule) still carries an INS qualified in MSSanté's sense, and the
+    header describes the message, not our verdict on it.
+    """
+    verdict = reconcile(claims, allow_test_oids=policy.allow_test_oids, require_birthplace=False)
+    return isinstance(verdict, ResolvedIdentity)
 
 
 # -- PDF ---------------------------------------------------------------------------------
@@ -397,10 +402,11 @@ def _process_pdf(
         return quarantine(
             exc.code, str(exc), data, content_type=content_type, origin=origin, document=info
         )
-    if info.title is None and pdf.metadata.get("Title"):
-        info = info.model_copy(update={"title": pdf.metadata["Title"]})
+    info = info.model_copy(
+        update={"title": info.title or pdf.metadata.get("Title"), "pdf_metadata": pdf.metadata}
+    )
     all_claims = [*claims, *(IdentityClaim(source="pdf", ins_value=v) for v in pdf.labelled_ins)]
-    notes = ("PDF text truncated by limits",) if pdf.truncated else ()
+    notes = _pdf_notes(pdf, "PDF")
     return _decide(
         data,
         content_type,
@@ -413,6 +419,20 @@ def _process_pdf(
     )
 
 
+def _pdf_notes(pdf: PdfInfo, what: str) -> tuple[str, ...]:
+    notes: list[str] = []
+    if pdf.truncated:
+        notes.append(f"{what} text truncated by limits")
+    if pdf.rejected_ins_candidates:
+        # A labelled number whose key fails is never an identity, but may be a typo in the
+        # human-readable copy that a reader should hear about. The value stays out of it.
+        notes.append(
+            f"{what} text: {pdf.rejected_ins_candidates} labelled INS candidate(s)"
+            " ignored for a bad key"
+        )
+    return tuple(notes)
+
+
 def _check_companions(
     outcomes: list[Accepted | Quarantined], companions: Sequence[Attachment], policy: _Policy
 ) -> list[Accepted | Quarantined]:
@@ -420,6 +440,7 @@ def _check_companions(
     known = {o.record.ins.value for o in outcomes if isinstance(o, Accepted)}
     extra: list[Accepted | Quarantined] = []
     conflict = False
+    notes: list[str] = []
     for pdf_attachment in companions:
         try:
             pdf = read_pdf(pdf_attachment.data, policy.limits)
@@ -434,6 +455,7 @@ def _check_companions(
                 )
             )
             continue
+        notes.extend(_pdf_notes(pdf, "companion PDF"))
         if known and any(value not in known for value in pdf.labelled_ins):
             conflict = True
             extra.append(
@@ -460,7 +482,16 @@ def _check_companions(
             else o
             for o in outcomes
         ]
+    elif notes:
+        outcomes = [
+            _with_notes(o, tuple(notes)) if isinstance(o, Accepted) else o for o in outcomes
+        ]
     return [*outcomes, *extra]
+
+
+def _with_notes(outcome: Accepted, notes: tuple[str, ...]) -> Accepted:
+    record = outcome.record.model_copy(update={"notes": (*outcome.record.notes, *notes)})
+    return outcome.model_copy(update={"record": record, "notes": (*outcome.notes, *notes)})
 
 
 # -- verdict -----------------------------------------------------------------------------
@@ -504,6 +535,8 @@ def _decide(
         patient=PatientRecord(**traits.model_dump()),
         document=info,
         imaging=imaging_refs(imaging),
+        dicom_catalog=imaging.catalog,
+        notes=notes,
         sha256=sha256_hex(data),
         size=len(data),
         content_type=content_type,

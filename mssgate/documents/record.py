@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mssgate.documents.errors import QuarantineCode
-from mssgate.documents.imaging import ImagingRef
+from mssgate.documents.imaging import DicomStudy, ImagingRef
 from mssgate.ins import InsKind, Sex
 
 DocumentFormat = Literal["cda-n1", "cda-n3", "pdf", "xdm"]
@@ -57,10 +57,31 @@ class DocumentInfo(BaseModel):
     version: int | None = None
     replaces: str | None = Field(default=None, description="unique_id of the replaced document")
     author_rpps: str | None = Field(default=None, description="IDNPS of the author (RPPS OID)")
+    custodian: str | None = Field(
+        default=None, description="Custodian organisation id (root^extension), CDA only"
+    )
+    custodian_name: str | None = None
     confidentiality: tuple[str, ...] = ()
     class_code: str | None = None
     format_code: str | None = None
     sections: tuple[str, ...] = Field(default=(), description="N3 section codes, in order")
+    pdf_metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description="PDF document information (Author, Creator, Producer, CreationDate...), "
+        "names without the slash; of the embedded PDF for an N1",
+    )
+
+
+class DdmSubject(BaseModel):
+    """The CI-SIS subject `XDM/1.0/DDM+<title> <NAME> <first name> <dd/mm/yyyy>`, read."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    title: str
+    family: str
+    given: str
+    birth_date: str = Field(description="ISO YYYY-MM-DD")
+    error_code: int | None = Field(default=None, description="From a `[KO...][code]` prefix")
 
 
 class DocumentRecord(BaseModel):
@@ -79,6 +100,18 @@ class DocumentRecord(BaseModel):
     patient: PatientRecord
     document: DocumentInfo
     imaging: tuple[ImagingRef, ...] = ()
+    dicom_catalog: tuple[DicomStudy, ...] = Field(
+        default=(),
+        description="The CDA's DICOM object catalog: studies, series, SOP instances, WADO links",
+    )
+    ddm_subject: DdmSubject | None = Field(
+        default=None, description="The subject, read by the CI-SIS convention, when it follows it"
+    )
+    notes: tuple[str, ...] = Field(
+        default=(),
+        description="What did not stop the document but a reader should know (truncated text, "
+        "rejected INS candidates, a subject off the convention)",
+    )
     sha256: str
     size: int
     content_type: str

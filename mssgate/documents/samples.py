@@ -10,7 +10,7 @@ import base64
 import hashlib
 import io
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 
@@ -83,8 +83,17 @@ def _pdf_string(text: str) -> bytes:
     return b"(" + escaped.encode("latin-1") + b")"
 
 
-def make_pdf(lines: Sequence[str], *, pages: int = 1, title: str | None = None) -> bytes:
-    """A small valid PDF showing `lines` (Helvetica) on each of `pages` pages."""
+def make_pdf(
+    lines: Sequence[str],
+    *,
+    pages: int = 1,
+    title: str | None = None,
+    info: Mapping[str, str] | None = None,
+) -> bytes:
+    """A small valid PDF showing `lines` (Helvetica) on each of `pages` pages.
+
+    `title` and `info` (names without the slash: Author, Producer...) fill the Info dictionary.
+    """
     commands = [b"BT /F1 12 Tf 72 720 Td"]
     for line in lines:
         commands.append(_pdf_string(line) + b" Tj 0 -16 Td")
@@ -109,10 +118,14 @@ def make_pdf(lines: Sequence[str], *, pages: int = 1, title: str | None = None) 
         len(kids),
     )
     pdf = _pdf_from_objects(objects)
-    if title is not None:
+    entries = {**({"Title": title} if title is not None else {}), **(info or {})}
+    if entries:
         # Info dictionary through an incremental-free rewrite is overkill; pypdf reads /Title
         # from the trailer, so add an Info object.
-        objects.append(b"<< /Title " + _pdf_string(title) + b" >>")
+        pairs = b" ".join(
+            b"/" + k.encode("ascii") + b" " + _pdf_string(v) for k, v in entries.items()
+        )
+        objects.append(b"<< " + pairs + b" >>")
         pdf = _pdf_from_objects(objects).replace(
             b"/Root 1 0 R >>", b"/Root 1 0 R /Info %d 0 R >>" % len(objects)
         )

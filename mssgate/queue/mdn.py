@@ -101,8 +101,13 @@ def build_mdn(
     our_address: str,
     reason: str | None = None,
     now: datetime | None = None,
+    mss_nil: str | None = None,
 ) -> bytes:
-    """The MDN, as bytes with CRLF line ends, ready for signing and the outgoing spool."""
+    """The MDN, as bytes with CRLF line ends, ready for signing and the outgoing spool.
+
+    `mss_nil`: the gateway's X-MSS-NIL (ECO.2.4.3), which goes on every message it sends,
+    receipts included.
+    """
     block, headers = _headers(original_headers)
     recipient = _address(headers.get("disposition-notification-to")) or _address(
         headers.get("return-path")
@@ -133,6 +138,8 @@ def build_mdn(
         "MIME-Version: 1.0",
         "Auto-Submitted: auto-replied",
     ]
+    if mss_nil is not None and (nil := _ascii(_fold(mss_nil))):
+        top.append(f"X-MSS-NIL: {nil}")
     if original_id:
         top += [f"In-Reply-To: {original_id}", f"References: {original_id}"]
     top.append(

@@ -105,8 +105,12 @@ def build_dsn(
     arrival: datetime,
     envelope_sender: str,
     date: datetime | None = None,
+    mss_nil: str | None = None,
 ) -> bytes:
     """An RFC 3464 multipart/report for `failures`, addressed to `envelope_sender`.
+
+    `mss_nil`: the gateway's X-MSS-NIL (ECO.2.4.3), which goes on every message it sends,
+    bounces included.
 
     The caller spools it with the null reverse path (MAIL FROM:<>), so that a DSN is never
     answered by another one (RFC 5321 4.5.5).
@@ -126,6 +130,7 @@ def build_dsn(
         f"Date: {format_datetime(when)}",
         f"Message-ID: <{secrets.token_hex(16)}@{_field(reporting_mta)}>",
         "Auto-Submitted: auto-replied",
+        *([f"X-MSS-NIL: {_field(mss_nil, 64)}"] if mss_nil else []),
         "MIME-Version: 1.0",
         f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
         "",

@@ -304,6 +304,23 @@ def test_unqualified_ins_gives_x_mss_ins_n() -> None:
     assert mss_headers(result) == {"X-MSS-CODECDA": "18748-4", "X-MSS-INS": "N"}
 
 
+def test_x_mss_ins_ignores_the_birthplace_even_when_the_document_is_held() -> None:
+    # ECO.2.4.2 names four traits; our 905 for a missing birthplace is a stricter, local rule.
+    no_birthplace = replace(PAT_TROIS, birthplace=None)
+    cda = make_cda(CdaSpec(omit_traits=frozenset({"birthplace"})))
+    entry = EntrySpec("DOC0001.XML", cda, source_patient_info=pid_info(no_birthplace))
+    result = run(xdm_mail([entry]))
+    held(result, QuarantineCode.INS_INCOMPLETE)
+    assert mss_headers(result) == {"X-MSS-CODECDA": "18748-4", "X-MSS-INS": "O"}
+
+
+def test_x_mss_ins_is_n_for_a_test_oid_in_production() -> None:
+    result = process_message(xdm_mail([EntrySpec("DOC0001.XML", make_cda())]))
+    held(result, QuarantineCode.OTHER)
+    assert mss_headers(result)["X-MSS-INS"] == "N"
+    assert mss_headers(run(xdm_mail([EntrySpec("DOC0001.XML", make_cda())])))["X-MSS-INS"] == "O"
+
+
 def test_plain_mail_has_no_documents() -> None:
     result = process_message(make_mail([]))
     assert result.outcomes == () and result.defects == ()

@@ -87,6 +87,7 @@ def test_refused_recipient_bounces_as_a_dsn(pair: tuple[Gateway, Gateway]) -> No
     # The gateway signs its own DSNs (as mailer-daemon@clinique-b.test), like any message.
     assert outer.get_content_type() == "multipart/signed"
     assert f"<mailer-daemon@{PEER_DOMAIN}>" in str(outer["From"])
+    assert outer["X-MSS-NIL"] == "1"  # policy.mss_nil: on what the gateway writes too
     dsn = outer.get_payload(0)
     assert isinstance(dsn, email.message.Message)
     assert dsn.get_content_type() == "multipart/report"
@@ -99,31 +100,50 @@ def test_refused_recipient_bounces_as_a_dsn(pair: tuple[Gateway, Gateway]) -> No
 
 
 def test_xdm_relayed_with_mssante_headers(pair: tuple[Gateway, Gateway]) -> None:
+    from dataclasses import replace
     from email.message import EmailMessage
     from email.policy import SMTP
 
-    from mssgate.documents.samples import PAT_TROIS, CdaSpec, EntrySpec, make_cda, make_xdm
+    from mssgate.documents.samples import (
+        OID_NIR,
+        PAT_TROIS,
+        CdaSpec,
+        EntrySpec,
+        make_cda,
+        make_xdm,
+    )
 
     a, b = pair
     out: Path = b.smime  # type: ignore[attr-defined]
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = DR_B, BOB, "XDM/1.0/DDM+CR PAT-TROIS DOMINIQUE"
-    msg["X-MSS-INS"] = "forged by the client"
-    msg.set_content("CR")
-    xdm = make_xdm(PAT_TROIS, [EntrySpec("DOC0001.XML", make_cda(CdaSpec()))])
-    msg.add_attachment(xdm, maintype="application", subtype="zip", filename="IHE_XDM.ZIP")
-    signed = sign_message(
-        msg.as_bytes(policy=SMTP),
-        key=load_private_key(out / f"{DR_B}.key.pem"),
-        cert=load_certificate(out / f"{DR_B}.crt.pem"),
-    )
-    client = b.login(DR_B)
-    client.sendmail(DR_B, [BOB], signed)
-    client.quit()
-    [delivered] = a.wait_delivered(BOB, 1, timeout=60)
-    head = delivered.read_bytes().split(b"\r\n\r\n", 1)[0].decode()
-    assert "X-MSS-CODECDA: 18748-4" in head
-    assert "X-MSS-INS: O" in head
-    assert "X-MSS-NIL: 1" in head
-    assert "forged by the client" not in head
-    assert "smime=pass" in head and f"dkim=pass header.d={PEER_DOMAIN}" in head
+    # B runs with the default policy.allow_test_ins = false: an INS under the test OID is no
+    # INS there, so only the production-OID patient may be announced as qualified.
+    patients = {"prod": replace(PAT_TROIS, oid=OID_NIR), "test": PAT_TROIS}
+    for tag, patient in patients.items():
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = DR_B, BOB, f"XDM/1.0/DDM+CR {tag}"
+        msg["X-MSS-INS"] = "forged by the client"
+        msg["X-MSS-MES"] = "FIN"
+        msg.set_content("CR")
+        cda = make_cda(CdaSpec(patient=patient))
+        xdm = make_xdm(patient, [EntrySpec("DOC0001.XML", cda)])
+        msg.add_attachment(xdm, maintype="application", subtype="zip", filename="IHE_XDM.ZIP")
+        signed = sign_message(
+            msg.as_bytes(policy=SMTP),
+            key=load_private_key(out / f"{DR_B}.key.pem"),
+            cert=load_certificate(out / f"{DR_B}.crt.pem"),
+        )
+        client = b.login(DR_B)
+        client.sendmail(DR_B, [BOB], signed)
+        client.quit()
+    delivered = a.wait_delivered(BOB, 2, timeout=60)
+    heads = [p.read_bytes().split(b"\r\n\r\n", 1)[0].decode() for p in delivered]
+    by_tag = {tag: next(h for h in heads if f"DDM+CR {tag}" in h) for tag in patients}
+    for head in heads:
+        assert "X-MSS-CODECDA: 18748-4" in head
+        assert "X-MSS-NIL: 1" in head
+        # The practitioner's "no reply" to a patient is theirs to set: it passes untouched.
+        assert "X-MSS-MES: FIN" in head
+        assert "forged by the client" not in head
+        assert "smime=pass" in head and f"dkim=pass header.d={PEER_DOMAIN}" in head
+    assert "X-MSS-INS: O" in by_tag["prod"]
+    assert "X-MSS-INS: N" in by_tag["test"]
