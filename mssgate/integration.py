@@ -3,6 +3,7 @@
 - `DocumentFeed`: after a local delivery to a mailbox that a RIS consumes, the message goes
   through the document pipeline into that mailbox's queue (or quarantine). `ingest_message`
   is idempotent, so the at-least-once delivery upstream never doubles a document.
+- `MailboxSealer`: the copy a mailbox stores, encrypted for a RIS that registered a key.
 - `ReceiptSpooler`: MDN receipts the queue produces (on ack or on a final nack) are spooled
   like any message, with a null return path (RFC 8098 §3.3), to a local mailbox or, once the
   relay runs, to a trusted peer.
@@ -24,7 +25,9 @@ from mssgate.errors import ValidationFailed
 from mssgate.headers import read_headers
 from mssgate.identifiers import normalize_address
 from mssgate.logs import event
+from mssgate.mailstore import DeliveryFailed
 from mssgate.pki import load_certificate, load_private_key
+from mssgate.queue.crypto import EncryptionError
 from mssgate.queue.ingest import ingest_message
 from mssgate.queue.service import DocumentQueue
 from mssgate.smime import sign_message
@@ -43,6 +46,7 @@ class DocumentFeed:
         self._directory = directory
         self._limits = DocumentLimits()
         self._allow_test = config.policy.allow_test_ins
+        self._require_birthplace = config.policy.require_birthplace
 
     def _consumed(self, mailbox: str) -> bool:
         return any(c.mailbox == mailbox and c.active for c in self._directory.consumers.list())
@@ -62,12 +66,29 @@ class DocumentFeed:
             received_at=envelope.received_at,
             limits=self._limits,
             allow_test_oids=self._allow_test,
+            require_birthplace=self._require_birthplace,
         )
         event(log, "documents.ingested", queue_id=item.spool_id, documents=len(ids))
 
 
 def _header(value: object) -> str | None:
     return None if value is None else str(value)[:998]
+
+
+class MailboxSealer:
+    """What a local mailbox stores of a message: for a mailbox whose RIS registered an
+    OpenPGP key, the whole message as PGP/MIME for that key, so that its mailbox on disk
+    (Maildir or Dovecot's) holds ciphertext only and the RIS still reads it over IMAP."""
+
+    def __init__(self, queue: DocumentQueue) -> None:
+        self._queue = queue
+
+    def __call__(self, recipient: str, message: bytes) -> bytes:
+        try:
+            return self._queue.seal_message(recipient, message)
+        except EncryptionError as exc:
+            # Never the clear message instead: the delivery waits for a usable key.
+            raise DeliveryFailed(f"encryption at rest failed: {exc}") from exc
 
 
 class NotificationSigner:

@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 from mssgate.api.server import start_api
@@ -32,6 +33,7 @@ from mssgate.imap.server import ImapService, start_imap
 from mssgate.integration import (
     BounceSpooler,
     DocumentFeed,
+    MailboxSealer,
     NotificationSigner,
     ReceiptSpooler,
 )
@@ -43,6 +45,7 @@ from mssgate.malloc import tune_malloc
 from mssgate.queue.service import DocumentQueue
 from mssgate.relay import RelayWorker
 from mssgate.relay.encryption import OutgoingEncryption
+from mssgate.smime.pathcache import PATH_CACHE
 from mssgate.smtp import replies
 from mssgate.smtp.body import MemoryBudget
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
@@ -95,6 +98,26 @@ def _banner(config: Config, ports: dict[str, int]) -> str:
     )
 
 
+async def queue_maintenance(queue: DocumentQueue, interval: float) -> None:
+    """Reaps expired leases and resends receipts left in the outbox, every `interval` s.
+
+    Without it an expired lease waits for the next lease on its mailbox (a RIS that went
+    away never sends one, so a dead document's error MDN would never leave), and a receipt
+    whose hand-over failed, or was cut by a crash after its commit, would stay pending.
+    """
+    while True:
+        try:
+            reaped = await asyncio.to_thread(queue.reap)
+            resent = await asyncio.to_thread(queue.drain_receipts)
+        except Exception:
+            # The database may be away for a while: the next round tries again.
+            log.exception("queue maintenance failed")
+        else:
+            if reaped or resent:
+                event(log, "queue.maintenance", leases_reaped=reaped, receipts_resent=resent)
+        await asyncio.sleep(interval)
+
+
 async def run_gateway(config: Config) -> int:
     data = config.server.data_dir
     run_dir = ensure_dir(data / "run")
@@ -104,6 +127,10 @@ async def run_gateway(config: Config) -> int:
         directory = Directory(engine, actor="serve")
         spool = Spool(engine, data / "spool")
         recovered = spool.recover()
+        PATH_CACHE.configure(
+            max_entries=config.policy.smime_path_cache_entries,
+            ttl=timedelta(seconds=config.policy.smime_path_cache_seconds),
+        )
         wakers: list[object] = []
         dkim_key = (
             config.dkim.key.read_bytes() if config.dkim.key and config.dkim.key.exists() else None
@@ -124,15 +151,17 @@ async def run_gateway(config: Config) -> int:
                 )
             dovecot = DovecotSupervisor(config, data_dir=data)
             await dovecot.start()
-            store = LmtpStore(dovecot.lmtp_socket)
+            store = LmtpStore(dovecot.lmtp_socket, timeout=config.delivery.lmtp_timeout_seconds)
         # Whole-message work (SMTP checks, the delivery's document pipeline) shares one memory
         # budget: it bounds the process's peak whatever the number of large messages.
         budget = MemoryBudget(config.smtp.processing_memory)
         worker = DeliveryWorker(
             spool,
             store,
+            config=config.delivery,
             after_delivery=DocumentFeed(queue, spool, directory, config),
             budget=budget,
+            seal=MailboxSealer(queue),
         )
         wakers.append(worker.wake)
         assert config.tls.cert is not None and config.tls.key is not None
@@ -144,6 +173,7 @@ async def run_gateway(config: Config) -> int:
             config_relay=config.relay,
             hostname=config.server.hostname,
             on_dsn=BounceSpooler(spool, directory, wakers, signer),
+            mss_nil=config.policy.mss_nil,
             encryption=OutgoingEncryption(
                 directory,
                 default=EncryptionPolicy(config.policy.encryption),
@@ -159,7 +189,7 @@ async def run_gateway(config: Config) -> int:
             relay.wake()
 
         smtp = config.smtp
-        penalty = AuthPenalty(smtp.auth_failures_before_delay, smtp.auth_failure_delay_max_seconds)
+        penalty = AuthPenalty.from_config(smtp)
         servers = await start_smtp(
             config, directory, spool, sessions, on_accepted=accepted, penalty=penalty,
             budget=budget,
@@ -177,6 +207,10 @@ async def run_gateway(config: Config) -> int:
             dovecot_task = asyncio.create_task(dovecot.run(), name="dovecot")
         worker_task = asyncio.create_task(worker.run(), name="delivery")
         relay_task = asyncio.create_task(relay.run(), name="relay")
+        maintenance_task = asyncio.create_task(
+            queue_maintenance(queue, config.queue.maintenance_interval_seconds),
+            name="queue-maintenance",
+        )
         api = await start_api(config, engine, queue=queue)
         ports = {listener.value: bound_port(s) for listener, s in servers.items()}
         ports["api"] = api.port
@@ -209,7 +243,7 @@ async def run_gateway(config: Config) -> int:
         await api.stop()
         if imap is not None:
             await imap.stop()
-        for task in (worker_task, relay_task, dovecot_task):
+        for task in (worker_task, relay_task, maintenance_task, dovecot_task):
             if task is None:
                 continue
             task.cancel()

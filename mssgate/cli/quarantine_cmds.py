@@ -76,6 +76,7 @@ def release_(ctx: typer.Context, held_id: str) -> None:
         held_id,
         limits=DocumentLimits(),
         allow_test_oids=st.config().policy.allow_test_ins,
+        require_birthplace=st.config().policy.require_birthplace,
         actor=actor(),
     )
     say(f"released {held_id}: queued {', '.join(queued) if queued else 'nothing new'}")

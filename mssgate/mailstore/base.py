@@ -8,11 +8,14 @@ from mssgate.errors import MssgateError
 
 
 class DeliveryFailed(MssgateError):
-    """The store refused or failed. `permanent` says whether a retry can help."""
+    """The store refused or failed. `permanent` says whether a retry can help; `ambiguous`
+    that the store may have the message all the same (the connection was lost after it was
+    sent, before the reply), so that a retry may store it twice."""
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, ambiguous: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.ambiguous = ambiguous
 
 
 class MailStore(Protocol):
@@ -24,6 +27,6 @@ class MailStore(Protocol):
         and not store it twice.
 
         Raises:
-            DeliveryFailed: nothing was stored.
+            DeliveryFailed: nothing was stored, unless its `ambiguous` says it may have been.
         """
         ...

@@ -10,12 +10,17 @@ from __future__ import annotations
 import smtplib
 from pathlib import Path
 
+from mssgate.config import DeliveryConfig
 from mssgate.mailstore.base import DeliveryFailed
 from mssgate.mailstore.maildir import check_mailbox_name
 
+_DEFAULTS = DeliveryConfig()  # serve passes delivery.lmtp_timeout_seconds
+
 
 class LmtpStore:
-    def __init__(self, socket_path: Path, *, timeout: float = 120.0) -> None:
+    def __init__(
+        self, socket_path: Path, *, timeout: float = _DEFAULTS.lmtp_timeout_seconds
+    ) -> None:
         self.socket_path = socket_path
         self._timeout = timeout
 
@@ -28,9 +33,16 @@ class LmtpStore:
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryFailed(f"LMTP connect to {self.socket_path} failed: {exc}") from exc
         try:
-            self._transaction(client, recipient, message)
-        except (OSError, smtplib.SMTPServerDisconnected) as exc:
-            raise DeliveryFailed(f"LMTP session failed: {exc}") from exc
+            try:
+                self._envelope(client, recipient)
+            except (OSError, smtplib.SMTPServerDisconnected) as exc:
+                raise DeliveryFailed(f"LMTP session failed: {exc}") from exc
+            try:
+                self._data(client, message)
+            except (OSError, smtplib.SMTPServerDisconnected) as exc:
+                # Lost once DATA was under way: Dovecot may have saved the message and
+                # died (or been killed) before its 250, so the retry may be a duplicate.
+                raise DeliveryFailed(f"LMTP session failed in DATA: {exc}", ambiguous=True) from exc
         finally:
             try:
                 client.quit()
@@ -38,7 +50,7 @@ class LmtpStore:
                 client.close()
 
     @staticmethod
-    def _transaction(client: smtplib.LMTP, recipient: str, message: bytes) -> None:
+    def _envelope(client: smtplib.LMTP, recipient: str) -> None:
         client.ehlo_or_helo_if_needed()  # LHLO, for smtplib.LMTP
         code, text = client.mail("")
         if code != 250:
@@ -46,12 +58,19 @@ class LmtpStore:
         code, text = client.rcpt(recipient)
         if code != 250:
             _refused(code, text)
+
+    @staticmethod
+    def _data(client: smtplib.LMTP, message: bytes) -> None:
         # With one recipient, LMTP's single reply after the data is that recipient's.
-        code, text = client.data(message)
+        text: bytes | str
+        try:
+            code, text = client.data(message)
+        except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
+            code, text = exc.smtp_code, exc.smtp_error
         if code != 250:
             _refused(code, text)
 
 
-def _refused(code: int, text: bytes) -> None:
-    reply = text.decode("utf-8", "replace")[:200]
+def _refused(code: int, text: bytes | str) -> None:
+    reply = (text.decode("utf-8", "replace") if isinstance(text, bytes) else text)[:200]
     raise DeliveryFailed(f"LMTP refused: {code} {reply}", permanent=500 <= code < 600)

@@ -47,8 +47,10 @@ class MaildirStore:
         try:
             for sub in ("tmp", "new", "cur"):
                 ensure_dir(box / sub)
-            # A stable name per delivery: a retry after a crash finds the file in new/.
-            name = f"{delivery_id}.{self._host},S={len(message)}"
+            # A stable name per delivery: a retry after a crash finds the file in new/. No
+            # ",S=<size>" in it: a retry may carry other bytes of the same message (sealed
+            # again for encryption at rest, with a new session key) and must still match.
+            name = f"{delivery_id}.{self._host}"
             target = box / "new" / name
             if target.exists():
                 return

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from mssgate import metrics
+from mssgate.documents.headers import with_ddm_subject
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.pipeline import process_message
 from mssgate.documents.record import Accepted, Quarantined
@@ -43,14 +44,22 @@ def ingest(
     limits: DocumentLimits,
     allow_test_oids: bool,
     actor: str = "queue",
+    require_birthplace: bool = True,
 ) -> IngestReport:
     box = normalize_address(mailbox)
-    result = process_message(raw, limits=limits, allow_test_oids=allow_test_oids)
+    result = process_message(
+        raw,
+        limits=limits,
+        allow_test_oids=allow_test_oids,
+        require_birthplace=require_birthplace,
+    )
     message_id = message_id or result.message_id
     subject = subject or result.subject
     headers = header_block(raw).decode("utf-8", "replace")
     receipt_to = receipt_recipient(raw, sender)
     report = IngestReport()
+    keys = service.encryption_keys(box)
+    sealed_message: bytes | None = None
     for outcome in result.outcomes:
         if isinstance(outcome, Accepted):
             record = outcome.record.model_copy(
@@ -62,6 +71,7 @@ def ingest(
                     "mailbox": box,
                 }
             )
+            record = with_ddm_subject(record)
             doc_id, created = service.enqueue(
                 NewDocument(
                     record=record,
@@ -77,6 +87,14 @@ def ingest(
                 metrics.document(record.document.format, "queued")
             report.queued.append(doc_id)
         else:
+            sealed: tuple[bytes, bytes] | None = None
+            if keys:
+                # Held for an operator, but the RIS asked that its mail be kept encrypted:
+                # the bytes are stored like its mailbox copy, readable with its key only.
+                cipher = service.cipher()
+                if sealed_message is None:
+                    sealed_message = cipher.seal_message(raw, keys)
+                sealed = (cipher.encrypt(outcome.content, keys), sealed_message)
             held_id, created = service.quarantine.hold(
                 outcome,
                 message=raw,
@@ -86,6 +104,7 @@ def ingest(
                 subject=subject,
                 received_at=received_at,
                 actor=actor,
+                sealed=sealed,
             )
             if created:
                 kind = outcome.document.format if outcome.document is not None else "unknown"
@@ -106,6 +125,7 @@ def ingest_message(
     received_at: datetime,
     limits: DocumentLimits,
     allow_test_oids: bool,
+    require_birthplace: bool = True,
 ) -> list[str]:
     """Runs the pipeline over one message for one mailbox; returns the ids of the queued
     documents, then of the quarantined ones. Safe to call again for the same message."""
@@ -119,6 +139,7 @@ def ingest_message(
         received_at=received_at,
         limits=limits,
         allow_test_oids=allow_test_oids,
+        require_birthplace=require_birthplace,
     ).ids
 
 
@@ -129,6 +150,7 @@ def release(
     limits: DocumentLimits,
     allow_test_oids: bool,
     actor: str,
+    require_birthplace: bool = True,
 ) -> list[str]:
     """Runs the pipeline again over the message a document was held from, with the current
     settings; the documents that now pass are queued. Returns their ids.
@@ -139,6 +161,11 @@ def release(
     entry = store.get(held_id)
     if entry.state != "held":
         raise Conflict(f"quarantined document {held_id} was released already")
+    if entry.encrypted:
+        raise Conflict(
+            f"quarantined document {held_id} is stored encrypted to the RIS's OpenPGP key:"
+            " the gateway cannot run the pipeline on it again (the sender must send it again)"
+        )
     message = store.message(held_id)
     report = ingest(
         service,
@@ -151,6 +178,7 @@ def release(
         limits=limits,
         allow_test_oids=allow_test_oids,
         actor=actor,
+        require_birthplace=require_birthplace,
     )
     for outcome in report.held_outcomes:
         if outcome.origin == entry.origin and outcome.sha256 == entry.sha256:

@@ -86,6 +86,8 @@ class QuarantineEntry(BaseModel):
     state: QuarantineState
     document: DocumentInfo | None = None
     updated_at: datetime
+    # Stored encrypted to the mailbox's RIS key: the gateway cannot read or release it.
+    encrypted: bool = False
 
 
 class Receipt(BaseModel):

@@ -21,6 +21,7 @@ from mssgate.directory.timeutil import aware
 from mssgate.documents.record import DocumentInfo, Quarantined
 from mssgate.errors import Conflict, NotFound
 from mssgate.queue.backend import backend_for
+from mssgate.queue.crypto import is_sealed
 from mssgate.queue.models import QuarantineEntry, QuarantineState
 
 
@@ -41,6 +42,7 @@ def _entry(row: Row[Any]) -> QuarantineEntry:
         state=QuarantineState(row.state),
         document=DocumentInfo.model_validate_json(row.document) if row.document else None,
         updated_at=aware(row.updated_at),
+        encrypted=is_sealed(bytes(row.message)),
     )
 
 
@@ -67,9 +69,15 @@ class QuarantineStore:
         subject: str | None,
         received_at: datetime,
         actor: str = "queue",
+        sealed: tuple[bytes, bytes] | None = None,
     ) -> tuple[str, bool]:
-        """Keeps one quarantined outcome; (id, created). Holding the same twice is a no-op."""
+        """Keeps one quarantined outcome; (id, created). Holding the same twice is a no-op.
+
+        `sealed` is (content, message) encrypted to the mailbox's RIS key, stored instead of
+        the clear bytes; the dedup key is still the clear message's, so a replay matches.
+        """
         key = _dedup_key(mailbox, message, held)
+        content, stored_message = sealed if sealed is not None else (held.content, message)
         held_id = secrets.token_hex(16)
         now = self._clock()
         with self._engine.begin() as conn:
@@ -93,8 +101,8 @@ class QuarantineStore:
                     "origin": held.origin,
                     "document": held.document.model_dump_json() if held.document else None,
                     "state": QuarantineState.HELD.value,
-                    "content": held.content,
-                    "message": message,
+                    "content": content,
+                    "message": stored_message,
                     "updated_at": now,
                 },
             )
@@ -108,7 +116,12 @@ class QuarantineStore:
                 actor=actor,
                 action="quarantine.hold",
                 subject=held_id,
-                detail={"mailbox": mailbox, "code": int(held.code), "sha256": held.sha256},
+                detail={
+                    "mailbox": mailbox,
+                    "code": int(held.code),
+                    "sha256": held.sha256,
+                    "encrypted": sealed is not None,
+                },
             )
         return held_id, True
 

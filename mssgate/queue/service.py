@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, Row, func, select, update
+from sqlalchemy import Connection, Engine, Row, func, or_, select, update
 
 from mssgate import __version__, audit
 from mssgate.config import Config, QueueConfig
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 ReceiptCallback = Callable[[bytes, str], None]
 ENCRYPTED_MEDIA_TYPE = "application/pgp-encrypted"
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7; charset=utf-8"
+# A pending receipt older than this was not handed over in line: the outbox drain sends it.
+RECEIPT_RETRY = timedelta(seconds=60)
 
 
 class LeaseLost(Conflict):
@@ -112,6 +114,7 @@ class DocumentQueue:
         facility: str = "mssgate",
         reporting_ua: str = "mssgate",
         clock: Callable[[], datetime] = _utcnow,
+        mss_nil: str | None = None,
     ) -> None:
         self._engine = engine
         self._backend: Backend = backend_for(engine)
@@ -122,6 +125,7 @@ class DocumentQueue:
         self._facility = facility
         self._reporting_ua = reporting_ua
         self._clock = clock
+        self._mss_nil = mss_nil
         self.quarantine = QuarantineStore(engine, clock=self._now)
 
     @classmethod
@@ -135,6 +139,7 @@ class DocumentQueue:
             on_receipt=on_receipt,
             facility=config.server.domain,
             reporting_ua=f"{config.server.hostname}; mssgate {__version__}",
+            mss_nil=config.policy.mss_nil,
         )
 
     @property
@@ -159,6 +164,17 @@ class DocumentQueue:
             )
         )
         return sorted(str(r.pgp_key) for r in rows)
+
+    def encryption_keys(self, mailbox: str) -> list[str]:
+        """The OpenPGP keys of the mailbox's active consumers; empty: stored in clear."""
+        with self._engine.connect() as conn:
+            return self._keys_for(conn, mailbox)
+
+    def seal_message(self, mailbox: str, message: bytes) -> bytes:
+        """What the mailbox itself stores of `message`: the message as it is, or, when its
+        RIS registered a key, the whole message as PGP/MIME for that key (RFC 3156)."""
+        keys = self.encryption_keys(mailbox)
+        return self.cipher().seal_message(message, keys) if keys else message
 
     def cipher(self) -> AtRestCipher:
         if self._cipher is None:
@@ -491,6 +507,7 @@ class DocumentQueue:
             our_address=row.mailbox,
             reason=reason,
             now=now,
+            mss_nil=self._mss_nil,
         )
         receipt_id = _new_id()
         created = self._backend.insert_ignore(
@@ -523,13 +540,50 @@ class DocumentQueue:
         if callback is None:
             return
         for receipt in receipts:
-            try:
-                callback(receipt.mdn, receipt.recipient)
-            except Exception:
-                # The row stays pending in the outbox; the mail side drains it later.
-                log.exception("receipt callback failed; the MDN stays in the outbox")
+            self._send(callback, receipt.id, receipt.mdn, receipt.recipient)
+
+    def _send(self, callback: ReceiptCallback, receipt_id: str, mdn: bytes, to: str) -> bool:
+        """Hands one receipt to the mail side; on failure the row stays pending in the
+        outbox, for `drain_receipts` to try again later."""
+        try:
+            callback(mdn, to)
+        except Exception:
+            log.exception("receipt callback failed; the MDN stays in the outbox")
+            return False
+        self.mark_handed(receipt_id)
+        return True
+
+    def drain_receipts(self, *, retry_after: timedelta = RECEIPT_RETRY) -> int:
+        """Hands over receipts left pending (a failed callback, or a crash between the
+        commit and the hand-over); returns how many went. Each is claimed first by stamping
+        `handed_at` while still pending, so that another gateway process on the same database
+        leaves it alone for `retry_after`; receipts younger than that are still being handed
+        over in line by the request that made them."""
+        callback = self.on_receipt
+        if callback is None:
+            return 0
+        handed = 0
+        for receipt in self.pending_receipts():
+            cutoff = self._now() - retry_after
+            if receipt.created_at > cutoff:
                 continue
-            self.mark_handed(receipt.id)
+            with self._engine.begin() as conn:
+                self._backend.begin_write(conn)
+                claimed = conn.execute(
+                    update(receipts_outbox)
+                    .where(
+                        receipts_outbox.c.id == receipt.id,
+                        receipts_outbox.c.state == "pending",
+                        or_(
+                            receipts_outbox.c.handed_at.is_(None),
+                            receipts_outbox.c.handed_at <= cutoff,
+                        ),
+                    )
+                    .values(handed_at=self._now())
+                ).rowcount
+            if claimed == 1 and self._send(callback, receipt.id, receipt.mdn, receipt.recipient):
+                handed += 1
+        return handed
 
     def pending_receipts(self) -> list[Receipt]:
         with self._engine.connect() as conn:

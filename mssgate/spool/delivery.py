@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from mssgate import metrics
+from mssgate.config import DeliveryConfig
 from mssgate.logs import event
 from mssgate.mailstore import DeliveryFailed, MailStore
 from mssgate.smtp.body import MemoryBudget
@@ -16,19 +17,22 @@ from mssgate.spool.store import PendingDelivery, Spool
 
 log = logging.getLogger("mssgate.delivery")
 
-MAX_ATTEMPTS = 30
-RETRY_BASE = timedelta(seconds=30)
-RETRY_CAP = timedelta(hours=1)
+_DEFAULTS = DeliveryConfig()
 
 
-def retry_delay(attempts: int) -> timedelta:
-    delay: timedelta = RETRY_BASE * (2 ** min(attempts, 16))
-    return delay if delay < RETRY_CAP else RETRY_CAP
+def retry_delay(attempts: int, config: DeliveryConfig = _DEFAULTS) -> timedelta:
+    cap = timedelta(seconds=config.retry_max_seconds)
+    delay: timedelta = timedelta(seconds=config.retry_first_seconds) * (2 ** min(attempts, 16))
+    return delay if delay < cap else cap
 
 
 # Runs after the mailbox has the message and before the delivery is recorded: the document
 # pipeline feeding the RIS queue. It must be idempotent (a crash in between repeats it).
 AfterDelivery = Callable[[PendingDelivery, bytes], None]
+
+# What the mailbox stores of a message (recipient, message): the message itself, or for a
+# RIS with encryption at rest, the message encrypted to its key. Raises DeliveryFailed.
+Seal = Callable[[str, bytes], bytes]
 
 
 class DeliveryWorker:
@@ -37,15 +41,19 @@ class DeliveryWorker:
         spool: Spool,
         store: MailStore,
         *,
-        poll_seconds: float = 5.0,
+        config: DeliveryConfig = _DEFAULTS,
+        poll_seconds: float | None = None,
         after_delivery: AfterDelivery | None = None,
         budget: MemoryBudget | None = None,
+        seal: Seal | None = None,
     ) -> None:
         self._spool = spool
         self._store = store
-        self._poll = poll_seconds
+        self._config = config
+        self._poll = config.poll_seconds if poll_seconds is None else poll_seconds
         self._after = after_delivery
         self._budget = budget
+        self._seal = seal
         self._wake = asyncio.Event()
         self.delivered = 0
 
@@ -55,20 +63,27 @@ class DeliveryWorker:
     def _deliver_one(self, item: PendingDelivery) -> None:
         try:
             content = self._spool.read(item.spool_id)
-            self._store.deliver(item.recipient, content, delivery_id=item.spool_id)
+            stored = content if self._seal is None else self._seal(item.recipient, content)
+            self._store.deliver(item.recipient, stored, delivery_id=item.spool_id)
             if self._after is not None:
                 self._after(item, content)
         except DeliveryFailed as exc:
-            permanent = exc.permanent or item.attempts + 1 >= MAX_ATTEMPTS
+            permanent = exc.permanent or item.attempts + 1 >= self._config.max_attempts
             self._spool.attempt_failed(
-                item, error=str(exc), permanent=permanent, retry_in=retry_delay(item.attempts)
+                item,
+                error=str(exc),
+                permanent=permanent,
+                retry_in=retry_delay(item.attempts, self._config),
             )
             metrics.delivery(item.route, "failed" if permanent else "deferred")
+            if exc.ambiguous and not permanent:
+                metrics.delivery_retried_after_ambiguous_failure(item.route)
             event(
                 log,
                 "delivery.failed",
                 queue_id=item.spool_id,
                 permanent=permanent,
+                ambiguous=exc.ambiguous,
                 attempts=item.attempts + 1,
                 error=str(exc),
             )

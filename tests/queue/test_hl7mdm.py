@@ -179,3 +179,18 @@ def test_matches_the_ans_example_message(name: str) -> None:
     for n in range(3, 7):
         for path in ((2,), (3, 1, 1), (3, 1, 2), (3, 1, 3), (5, 1, 3)):
             assert get(ours, "OBX", *path, n=n) == get(example, "OBX", *path, n=n)
+
+
+@pytest.mark.shared
+def test_the_ans_replacement_example_is_t10_naming_the_replaced_document() -> None:
+    """CR_Radio_CDAN1_v2 replaces v1 (relatedDocument RPLC): MDM^T10, TXA-13 = v1's id."""
+    document = shared_fixture(*EXAMPLES, "CR_Radio_CDAN1_v2.XML").read_bytes()
+    outcome = accepted(document)
+    ours = parse_mdm(build_mdm(outcome.record, outcome.content, envelope(outcome.record)))
+    assert [get(ours, "MSH", 9, 1, c) for c in (1, 2, 3)] == ["MDM", "T10", "MDM_T02"]
+    assert get(ours, "MSH", 12) == "2.6"
+    # HL7 v2.6 TXA-12 unique document number, TXA-13 parent document number (EI, root first).
+    assert get(ours, "TXA", 12, 1, 1) == "1.2.250.1.71.4.2.2.120456789.71024000082"
+    assert get(ours, "TXA", 13, 1, 1) == "1.2.250.1.71.4.2.2.120456789.71024000081"
+    assert str(ours.segment("PID")[3]).startswith("279035121518989^^^ASIP-SANTE-INS-NIR&")
+    assert base64.b64decode(get(ours, "OBX", 5, 1, 5)) == document

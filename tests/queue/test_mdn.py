@@ -81,6 +81,8 @@ def test_error_carries_code_label_and_subject_prefix() -> None:
         (ORIGINAL.replace(b"Disposition-Notification-To", b"X-Other"), None, None),
         (ORIGINAL.split(b"\r\n", 1)[1], "dr.a@hopital.mssante.fr", "dr.a@hopital.mssante.fr"),
         (ORIGINAL.split(b"\r\n", 1)[1], "bounce@elsewhere.test", None),
+        # A null sender (a DSN or an MDN itself) never gets a receipt: no notification loop.
+        (ORIGINAL.split(b"\r\n", 1)[1], "", None),
     ],
 )
 def test_receipt_only_when_asked_by_the_return_path(

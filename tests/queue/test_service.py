@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, select
@@ -223,6 +224,33 @@ def test_receipt_callback_failure_keeps_it_in_the_outbox(engine: Engine, tmp_pat
     )
     queue.mark_handed(pending.id)
     assert queue.pending_receipts() == []
+
+
+def test_drain_hands_over_stranded_receipts_once(engine: Engine, tmp_path) -> None:
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    now = [datetime.now(UTC)]
+    failures = [1]
+    sent: list[str] = []
+
+    def flaky(mdn: bytes, to: str) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError("spool full")
+        sent.append(to)
+
+    queue = DocumentQueue(engine, data_dir=tmp_path, on_receipt=flaky, clock=lambda: now[0])
+    [doc_id] = deliver(queue, mail([cda(1)], receipt=True))
+    [lease] = queue.lease(consumer)
+    queue.ack(consumer, doc_id, lease.lease_id)  # the in-line hand-over fails
+    # Still young: the request that made it could be handing it over right now.
+    assert queue.drain_receipts() == 0 and sent == []
+    now[0] += timedelta(seconds=61)
+    failures[0] = 1
+    assert queue.drain_receipts() == 0  # claimed, and failed again: still pending
+    assert queue.drain_receipts() == 0  # its claim holds: another drain leaves it alone
+    now[0] += timedelta(seconds=61)
+    assert queue.drain_receipts() == 1 and sent == [SENDER]
+    assert queue.pending_receipts() == [] and queue.drain_receipts() == 0
 
 
 def test_quarantine_keeps_bytes_and_is_idempotent(engine: Engine, queue: DocumentQueue) -> None:
