@@ -44,6 +44,7 @@ __all__ = [
     "Metrics",
     "default",
     "delivery",
+    "delivery_retried_after_ambiguous_failure",
     "document",
     "message_accepted",
     "message_rejected",
@@ -123,6 +124,13 @@ class Metrics:
             ["route", "outcome"],
             registry=reg,
         )
+        self.ambiguous_retries = Counter(
+            "mssgate_delivery_retried_after_ambiguous_failure",
+            "Deliveries retried after a failure that may have delivered (connection lost after "
+            "the message was sent, before the reply): each one may be a duplicate.",
+            ["route"],
+            registry=reg,
+        )
         if process:
             # Linux /proc figures (CPU, memory, open files) and the Python version: what an
             # operator checks first when a gateway misbehaves.
@@ -158,6 +166,9 @@ class Metrics:
 
     def delivery(self, route: str, outcome: str) -> None:
         self.delivery_attempts.labels(_token(route), _token(outcome)).inc()
+
+    def delivery_retried_after_ambiguous_failure(self, route: str) -> None:
+        self.ambiguous_retries.labels(_token(route)).inc()
 
     def collect(self) -> Iterator[Metric]:
         """So that a Metrics can itself be registered in a scrape registry."""
@@ -306,6 +317,13 @@ def document(type: str, outcome: str) -> None:
 def delivery(route: str, outcome: str) -> None:
     """One delivery attempt: `route` local|relay, `outcome` delivered|deferred|failed."""
     _default.delivery(route, outcome)
+
+
+def delivery_retried_after_ambiguous_failure(route: str) -> None:
+    """A delivery on `route` failed after the whole message was sent and before the reply
+    (it may have arrived) and will be tried again: at least once makes that a possible
+    duplicate, which this counts."""
+    _default.delivery_retried_after_ambiguous_failure(route)
 
 
 def scrape_registry(engine: Engine, metrics: Metrics | None = None) -> CollectorRegistry:

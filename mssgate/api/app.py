@@ -6,6 +6,7 @@ to the database through synchronous SQLAlchemy; they stay thin: parse, call the 
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
@@ -30,9 +31,12 @@ from mssgate.api.schemas import (
 from mssgate.config import Config
 from mssgate.directory.consumers import Consumers
 from mssgate.documents.record import DocumentRecord
+from mssgate.logs import event
 from mssgate.metrics import Metrics, scrape_registry
 from mssgate.queue.models import QueueState
 from mssgate.queue.service import DocumentQueue, ReceiptCallback
+
+log = logging.getLogger("mssgate.api")
 
 DocumentId = Annotated[str, PathParam(min_length=1, max_length=64, description="Document id")]
 ORIGINAL_TYPE_HEADER = "X-Original-Content-Type"
@@ -103,6 +107,10 @@ def create_app(
         leases = _queue(request).lease(
             consumer, max_documents=wanted.max, lease_seconds=wanted.lease_seconds
         )
+        # Ids and the consumer's name only: the record itself names the patient.
+        for x in leases:
+            event(log, "queue.leased", document_id=x.document.id, consumer=consumer.name,
+                  expires_at=x.expires_at.isoformat())  # fmt: skip
         return LeaseResponse(
             leases=[
                 LeaseOut(lease_id=x.lease_id, expires_at=x.expires_at, document=x.document)
@@ -162,6 +170,7 @@ def create_app(
         request: Request, consumer: CurrentConsumer, document_id: DocumentId, body: AckRequest
     ) -> TransitionResponse:
         _queue(request).ack(consumer, document_id, body.lease_id)
+        event(log, "queue.acked", document_id=document_id, consumer=consumer.name)
         return TransitionResponse(id=document_id, state=QueueState.DONE)
 
     @app.post(
@@ -176,6 +185,9 @@ def create_app(
         state = _queue(request).nack(
             consumer, document_id, body.lease_id, code=body.code, reason=body.reason
         )
+        # The RIS's free-text reason may quote the patient: the code says enough here.
+        event(log, "queue.nacked", document_id=document_id, consumer=consumer.name,
+              code=body.code, state=state.value)  # fmt: skip
         return TransitionResponse(id=document_id, state=state)
 
     app.include_router(operations.router)

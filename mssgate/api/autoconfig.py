@@ -6,10 +6,14 @@ serve the same document, built from the configuration and the local domains, wha
 Host header says. The answer reveals only what a client must know anyway (host names and
 ports); it never says whether a mailbox exists, only whether its domain is ours.
 
-Both servers use implicit TLS (IMAPS, SMTPS) with a password over it. The format also
-defines `TLS-client-cert` authentication, but Mozilla's own description of the format marks
-it "not yet supported by Thunderbird" (and older versions drop a whole file with a value they
-do not know), so it is not offered: a client certificate is configured by hand.
+Both servers use implicit TLS (IMAPS, SMTPS) and offer two `<authentication>` methods, in
+this order: `password-cleartext` (a password inside TLS), then `TLS-client-cert` (a client
+certificate registered for the address: AUTH EXTERNAL on IMAP and SMTP). Thunderbird keeps
+the first value it supports and reads no further, so it sets up the password; it has no
+mapping for `TLS-client-cert`, and its reader (every version since Thunderbird 3) tries
+each `<authentication>` on its own, so an unknown value is skipped, never a reason to drop
+the file. Clients that know client certificates can pick the second method; in Thunderbird
+a certificate is still chosen by hand.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ def _server(parent: etree._Element, tag: str, kind: str, host: str, port: int) -
     etree.SubElement(server, "port").text = str(port)
     etree.SubElement(server, "socketType").text = "SSL"
     etree.SubElement(server, "username").text = EMAIL_ADDRESS
-    etree.SubElement(server, "authentication").text = "password-cleartext"
+    for method in ("password-cleartext", "TLS-client-cert"):
+        etree.SubElement(server, "authentication").text = method
     return server
 
 

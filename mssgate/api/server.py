@@ -15,7 +15,9 @@ from collections.abc import Generator
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Engine
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from mssgate import metrics
 from mssgate.api.app import create_app
 from mssgate.config import Config
 from mssgate.errors import StorageError
@@ -27,6 +29,17 @@ class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+class _CountingH11(H11Protocol):
+    """uvicorn's h11 protocol, counting the TLS version of each connection: the ASGI scope
+    does not carry it, and asyncio calls connection_made once the handshake is done."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        obj = transport.get_extra_info("ssl_object")
+        if isinstance(obj, ssl.SSLObject):
+            metrics.tls_session("api", obj.version())
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -95,6 +108,7 @@ async def start_api(
         limit_concurrency=256,
         timeout_graceful_shutdown=10,
         ssl_context_factory=lambda _cfg, _default: context,
+        http=_CountingH11,
     )
     server = _EmbeddedServer(uv_config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

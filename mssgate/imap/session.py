@@ -19,6 +19,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
+from mssgate import metrics
 from mssgate.imap.backend import Backend, BackendUnavailable
 from mssgate.imap.parse import Command, ParseError, literal_at_end, start_command, tokens
 from mssgate.imap.relay import relay
@@ -94,6 +95,13 @@ class PreauthSession:
             caps.append("AUTH=EXTERNAL")
         return " ".join(caps)
 
+    def _tls_up(self) -> None:
+        obj = self._tls
+        if obj is not None:
+            metrics.tls_session(self._listener, obj.version())
+            event(log, "imap.tls", listener=self._listener, peer=self.peer_ip,
+                  version=obj.version(), cipher=(obj.cipher() or ("?",))[0])  # fmt: skip
+
     # ------------------------------------------------------------------ I/O
     async def _send(self, text: str) -> None:
         self._writer.write(text.encode("utf-8") + b"\r\n")
@@ -159,6 +167,7 @@ class PreauthSession:
     # ------------------------------------------------------------------ main
     async def run(self) -> None:
         try:
+            self._tls_up()  # implicit TLS: the handshake is done before the first byte
             await self._send(f"* OK [CAPABILITY {self.capabilities()}] mssgate IMAP ready.")
             identity = await self._preauth()
             if identity is not None:
@@ -221,6 +230,7 @@ class PreauthSession:
             )
         except (TimeoutError, ssl.SSLError, OSError, ConnectionError):
             raise Closed("TLS handshake failed") from None
+        self._tls_up()
 
     # ------------------------------------------------------------------ auth
     async def _login(self, cmd: Command) -> str | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from mssgate import metrics
 from mssgate.config import RelayConfig
 from mssgate.directory import Directory
 from mssgate.directory.timeutil import now
@@ -76,6 +77,7 @@ class RelayWorker:
         rng: random.Random | None = None,
         tls_server_names: Mapping[str, str] | None = None,
         encryption: OutgoingEncryption | None = None,
+        mss_nil: str | None = None,
     ) -> None:
         """`postmaster`: the DSN's From; by default mailer-daemon@ the bounced sender's own
         domain when it is local, else @`hostname`. `tls_server_names` maps a peer domain to
@@ -94,6 +96,7 @@ class RelayWorker:
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 (jitter, not crypto)
         self._server_names = dict(tls_server_names or {})
         self._encryption = encryption
+        self._mss_nil = mss_nil
         self._max_age = timedelta(seconds=config_relay.max_age_seconds)
         self._wake = asyncio.Event()
         self._failed_units = 0
@@ -267,6 +270,7 @@ class RelayWorker:
             item = by_recipient[o.recipient]
             if o.outcome is Outcome.DELIVERED:
                 self.delivered += 1
+                metrics.delivery("relay", "delivered")
                 event(
                     log,
                     "relay.delivered",
@@ -276,6 +280,7 @@ class RelayWorker:
                     reply=o.reply,
                 )
             elif o.outcome is Outcome.PERMANENT:
+                metrics.delivery("relay", "failed")
                 status = o.status if o.status.startswith("5.") else "5.0.0"
                 failed.append(
                     (
@@ -291,6 +296,7 @@ class RelayWorker:
                     )
                 )
             elif stamp >= deadline:
+                metrics.delivery("relay", "failed")
                 failed.append((item, _expired(o.recipient, o.reply, peer, stamp, self._max_age)))
             else:
                 retry = min(retry_delay(item.attempts, self._config, self._rng), deadline - stamp)
@@ -301,6 +307,9 @@ class RelayWorker:
                     permanent=False,
                     retry_in=max(retry, timedelta(0)),
                 )
+                metrics.delivery("relay", "deferred")
+                if _ambiguous(o):
+                    metrics.delivery_retried_after_ambiguous_failure("relay")
                 event(
                     log,
                     "relay.deferred",
@@ -346,6 +355,7 @@ class RelayWorker:
                 arrival=envelope.received_at,
                 envelope_sender=envelope.sender,
                 date=self._clock(),
+                mss_nil=self._mss_nil,
             )
             try:
                 await asyncio.to_thread(self._on_dsn, dsn, envelope.sender)
@@ -400,6 +410,12 @@ class RelayWorker:
         if domain in self._directory.domains.local_names():
             return f"mailer-daemon@{domain}"
         return f"mailer-daemon@{self._hostname}"
+
+
+def _ambiguous(outcome: RecipientOutcome) -> bool:
+    # Our final dot went out and no reply came: the peer may have queued the message, and
+    # the retry may deliver it twice (RFC 5321 6.1 accepts duplicates over losses).
+    return not outcome.from_server and outcome.reply.startswith("data end:")
 
 
 def _local_temporary(recipient: str, peer: _Peer, text: str, status: str) -> RecipientOutcome:

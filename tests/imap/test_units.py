@@ -1,7 +1,9 @@
-"""Pure parts: pre-auth syntax, the Dovecot config, LMTP replies mapped to DeliveryFailed."""
+"""Pure parts: pre-auth syntax, the Dovecot config, LMTP replies mapped to DeliveryFailed
+(and the delivery worker counting the retries that may deliver twice)."""
 
 from __future__ import annotations
 
+import asyncio
 import socketserver
 import threading
 from collections.abc import Iterator
@@ -9,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from mssgate import metrics
+from mssgate.db import open_engine, upgrade
 from mssgate.dovecot.conf import Layout, Users, render
 from mssgate.imap.parse import Literal, ParseError, literal_at_end, start_command, tokens
 from mssgate.mailstore import DeliveryFailed, LmtpStore
+from mssgate.spool.delivery import DeliveryWorker
+from mssgate.spool.store import Spool, new_queue_id
 
 
 def test_literal_announcements() -> None:
@@ -65,7 +71,10 @@ def test_config_has_no_network_listener_and_keeps_everything_under_the_data_dir(
 
 class _FakeLmtp(socketserver.StreamRequestHandler):
     rcpt_reply = b"250 2.1.5 OK"
-    data_reply = b"250 2.0.0 saved"
+    data_go = b"354 go"
+    # None: read the message to its final dot, then hang up without a word (a Dovecot
+    # killed between saving the message and its 250).
+    data_reply: bytes | None = b"250 2.0.0 saved"
 
     def handle(self) -> None:
         self.wfile.write(b"220 fake LMTP\r\n")
@@ -76,9 +85,13 @@ class _FakeLmtp(socketserver.StreamRequestHandler):
             elif verb == b"RCPT":
                 self.wfile.write(self.rcpt_reply + b"\r\n")
             elif verb == b"DATA":
-                self.wfile.write(b"354 go\r\n")
+                self.wfile.write(self.data_go + b"\r\n")
+                if not self.data_go.startswith(b"354"):
+                    continue
                 while self.rfile.readline() not in (b".\r\n", b""):
                     pass
+                if self.data_reply is None:
+                    return
                 self.wfile.write(self.data_reply + b"\r\n")
             elif verb == b"QUIT":
                 self.wfile.write(b"221 bye\r\n")
@@ -126,3 +139,64 @@ def test_lmtp_unreachable_or_unsafe(tmp_path: Path) -> None:
     with pytest.raises(DeliveryFailed) as exc:
         store.deliver("../x@b.test", b"x\r\n", delivery_id="1")
     assert exc.value.permanent
+
+
+def test_lmtp_lost_after_the_data_is_ambiguous_and_a_refusal_is_not(
+    fake_lmtp: tuple[Path, type[_FakeLmtp]],
+) -> None:
+    path, handler = fake_lmtp
+    store = LmtpStore(path, timeout=5)
+    handler.data_reply = None
+    with pytest.raises(DeliveryFailed) as exc:
+        store.deliver("a@b.test", b"Subject: x\r\n\r\nhi\r\n", delivery_id="1")
+    assert exc.value.ambiguous and not exc.value.permanent
+    handler.data_reply = b"451 4.2.0 try later"
+    with pytest.raises(DeliveryFailed) as exc:
+        store.deliver("a@b.test", b"x\r\n", delivery_id="2")
+    assert not exc.value.ambiguous
+    # DATA refused before any byte of the message: smtplib raises, the store must map it.
+    handler.data_go = b"452 4.3.1 out of space"
+    with pytest.raises(DeliveryFailed) as exc:
+        store.deliver("a@b.test", b"x\r\n", delivery_id="3")
+    assert not exc.value.ambiguous and not exc.value.permanent
+    assert "452" in str(exc.value)
+
+
+def _ambiguous_retries() -> float:
+    value = metrics.default().registry.get_sample_value(
+        "mssgate_delivery_retried_after_ambiguous_failure_total", {"route": "local"}
+    )
+    return value or 0.0
+
+
+def test_the_delivery_worker_counts_retries_that_may_duplicate(
+    fake_lmtp: tuple[Path, type[_FakeLmtp]], tmp_path: Path
+) -> None:
+    path, handler = fake_lmtp
+    engine = open_engine(f"sqlite:///{tmp_path / 'spool.db'}")
+    upgrade(engine)
+    spool = Spool(engine, tmp_path / "spool")
+    worker = DeliveryWorker(spool, LmtpStore(path, timeout=5))
+
+    def submit() -> str:
+        queue_id = new_queue_id()
+        spool.accept(queue_id=queue_id, content=b"Subject: x\r\n\r\nhi\r\n", listener="mta",
+                     sender="s@peer.test", identity=None, peer=None,
+                     recipients=[("a@b.test", "local")])  # fmt: skip
+        return queue_id
+
+    try:
+        before = _ambiguous_retries()
+        handler.data_reply = None
+        lost = submit()
+        assert asyncio.run(worker.run_once()) == 1
+        assert _ambiguous_retries() == before + 1
+        state = spool.recipient_state(lost, "a@b.test")
+        assert (state.state, state.attempts) == ("pending", 1)
+        # A plain refusal delivered nothing: it is retried, but not counted as a risk.
+        handler.data_reply = b"451 4.2.0 try later"
+        submit()
+        assert asyncio.run(worker.run_once()) == 1
+        assert _ambiguous_retries() == before + 1
+    finally:
+        engine.dispose()

@@ -4,6 +4,7 @@ the RIS, leased and acknowledged over HTTPS, and the receipt (MDN) back in the s
 from __future__ import annotations
 
 import email
+import json
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -84,6 +85,31 @@ def test_cr_img_from_smtp_to_the_ris_and_receipt_back(live: tuple[Gateway, str, 
     assert mdn.get_param("report-type") == "disposition-notification"
     parts = [p.get_content_type() for p in mdn.walk()]
     assert "message/disposition-notification" in parts
+    gateway.wait_event("delivery.ok", queue_id=gateway.wait_event("receipt.spooled")["queue_id"])
+    assert_logs_carry_ids_not_patients(gateway, doc["id"])
+
+
+# Each message event names its message; the API's queue events name their document.
+MESSAGE_EVENTS = ("smtp.accept", "delivery.ok", "documents.ingested", "receipt.spooled")
+PATIENT = ("279035121518989", "PAT-TROIS", "DOMINIQUE", "MARIE-LOUISE", "19790328")
+
+
+def assert_logs_carry_ids_not_patients(gateway: Gateway, doc_id: str) -> None:
+    lines = [line for line in gateway.logs().splitlines() if line.strip()]
+    # One JSON object per line, nothing else on stderr.
+    events = [json.loads(line) for line in lines]
+    names = {e.get("event") for e in events}
+    assert set(MESSAGE_EVENTS) <= names, names
+    for e in events:
+        if e.get("event") in MESSAGE_EVENTS or str(e.get("event")).startswith("delivery."):
+            assert isinstance(e.get("queue_id"), str) and e["queue_id"], e
+    [leased] = [e for e in events if e.get("event") == "queue.leased"]
+    [acked] = [e for e in events if e.get("event") == "queue.acked"]
+    for e in (leased, acked):
+        assert (e["document_id"], e["consumer"]) == (doc_id, "ris-a")
+    text = "\n".join(lines)
+    for secret in PATIENT:
+        assert secret not in text, secret
 
 
 def test_kill_9_mid_lease_loses_nothing(live: tuple[Gateway, str, Path]) -> None:

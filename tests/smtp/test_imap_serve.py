@@ -4,11 +4,15 @@ front door and Dovecot, with the same accounts and the same AUTH penalty."""
 from __future__ import annotations
 
 import imaplib
+import re
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import DOMAIN, Cli
@@ -70,3 +74,64 @@ def test_smtp_in_imap_out(with_imap: Gateway) -> None:
     with pytest.raises(imaplib.IMAP4.error):
         bad.login(BOB, "wrong password!")
     bad.shutdown()
+
+
+def _send(gw: Gateway, body: str) -> None:
+    client = gw.login()
+    client.sendmail(ALICE, [BOB], message(body=body))
+    client.quit()
+
+
+def test_idle_is_woken_by_an_smtp_submission(with_imap: Gateway) -> None:
+    gw = with_imap
+    # A bounded wait: an IDLE that is never woken fails here, not at pytest's timeout.
+    imap = imaplib.IMAP4_SSL(
+        "127.0.0.1", gw.ports["imaps"], ssl_context=gw.client_context(), timeout=30
+    )
+    try:
+        imap.login(BOB, PASSWORD)
+        typ, data = imap.select("INBOX")
+        assert typ == "OK" and int(data[0] or b"0") == 0
+        tag = imap._new_tag()  # imaplib has no IDLE before 3.14: speak it by hand
+        imap.send(tag + b" IDLE\r\n")
+        assert imap.readline().startswith(b"+")
+        # Submitted once the client idles: SMTP, spool, LMTP, Dovecot, then the front door.
+        sender = threading.Thread(target=_send, args=(gw, "reveil par IDLE"))
+        started = time.monotonic()
+        sender.start()
+        line = imap.readline()
+        sender.join()
+        assert re.match(rb"\* 1 EXISTS", line), line
+        assert time.monotonic() - started < 15
+        imap.send(b"DONE\r\n")
+        while not (line := imap.readline()).startswith(tag):
+            pass
+        assert b" OK " in line
+        typ, fetched = imap.fetch("1", "(BODY.PEEK[])")
+        body = fetched[0][1]
+        assert isinstance(body, bytes) and b"reveil par IDLE" in body
+    finally:
+        imap.logout()
+
+
+def _tls_counts(gw: Gateway) -> dict[str, float]:
+    text = httpx.get(
+        f"https://127.0.0.1:{gw.ports['api']}/metrics", verify=gw.client_context()
+    ).text
+    line = r'^mssgate_tls_sessions_total\{listener="(imaps?)",version="TLSv1\.3"\} (\S+)$'
+    found = re.findall(line, text, re.MULTILINE)
+    return {listener: float(n) for listener, n in found}
+
+
+def test_imap_tls_sessions_are_counted_for_both_listeners(with_imap: Gateway) -> None:
+    gw = with_imap
+    before = _tls_counts(gw)
+    implicit = imaplib.IMAP4_SSL("127.0.0.1", gw.ports["imaps"], ssl_context=gw.client_context())
+    implicit.logout()
+    upgraded = imaplib.IMAP4("127.0.0.1", gw.ports["imap"], timeout=30)
+    upgraded.starttls(gw.client_context())
+    upgraded.logout()
+    after = _tls_counts(gw)
+    assert after.get("imaps", 0) - before.get("imaps", 0) == 1
+    assert after.get("imap", 0) - before.get("imap", 0) == 1
+    gw.wait_event("imap.tls", listener="imap", version="TLSv1.3")
