@@ -97,13 +97,25 @@ class PathCache:
         """Record a successful validation of `key` at `validated_at`, good until `valid_until`
         (exclusive) at the latest; the TTL shortens it further."""
         until = min(valid_until, validated_at + self.ttl)
-        if until <= validated_at:
+        if until <= validated_at:  # also a zero TTL: the cache is off
             return
         with self._lock:
             self._entries[key] = _Entry(validated_at, until)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+
+    def configure(self, *, max_entries: int, ttl: dt.timedelta) -> None:
+        """Apply the operator's settings (`policy.smime_path_cache_*`); a zero TTL turns the
+        cache off, so that every message gets a full path validation."""
+        if max_entries < 1:
+            raise ValueError("max_entries must be positive")
+        if ttl < dt.timedelta(0):
+            raise ValueError("ttl must not be negative")
+        with self._lock:
+            self.max_entries = max_entries
+            self.ttl = ttl
+            self._entries.clear()
 
     def clear(self) -> None:
         with self._lock:

@@ -21,7 +21,6 @@ from email.utils import getaddresses
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from mssgate.directory import Directory
 from mssgate.directory.domains import EncryptionSetting, effective_policy
@@ -32,7 +31,7 @@ from mssgate.logs import event
 from mssgate.smime import DecryptionError, decrypt
 from mssgate.smime.layers import Layering, encrypted_cms_type, layering, replace_entity
 from mssgate.smime.mailbox_keys import MailboxKey, find_mailbox_key
-from mssgate.smtp import replies
+from mssgate.smtp import peer_trust, replies
 from mssgate.smtp.replies import Reply
 
 log = logging.getLogger("mssgate.smtp")
@@ -79,6 +78,10 @@ class IncomingDecision:
     verify_signature: bool = True
     # The application mailbox whose key opened the message, when it was decrypted here.
     decrypted_for: str | None = None
+    # Encrypt-then-sign (or a triple wrap) to application mailboxes whose keys we hold: the
+    # entity the outer signature covers is opened once that signature checked out
+    # (`open_after_verification`), so the document pipeline reads clear MIME.
+    open_after_verification: tuple[MailboxKey, ...] = ()
 
 
 def incoming(
@@ -113,10 +116,14 @@ def incoming(
                     content, replies.ENCRYPTION_REQUIRED, reason="not-encrypted"
                 )
         return IncomingDecision(content)
-    if shape is Layering.SIGNED_ENCRYPTED:
-        # Encrypt-then-sign: the signature is outside and is checked as any other.
-        return IncomingDecision(content)
     keys = _application_keys(directory, recipients, settings)
+    if shape is Layering.SIGNED_ENCRYPTED:
+        # Encrypt-then-sign: the signature is outside and is checked as any other. With it
+        # checked, the encrypted entity can be opened for application mailboxes; not before,
+        # and not without it (signatures off), when nothing would catch a CBC alteration.
+        if require_signature and keys and len(keys) == len(recipients):
+            return IncomingDecision(content, open_after_verification=tuple(keys))
+        return IncomingDecision(content)
     if keys and len(keys) == len(recipients):
         return _decrypt(content, keys, allow_cbc=require_signature)
     if keys:
@@ -184,6 +191,26 @@ def _decrypt(content: bytes, keys: Sequence[MailboxKey], *, allow_cbc: bool) -> 
     return IncomingDecision(content, replies.CANNOT_DECRYPT, reason=f"undecryptable: {failure}")
 
 
+def open_verified(
+    message: bytes, signed_entity: bytes, keys: Sequence[MailboxKey]
+) -> IncomingDecision:
+    """An encrypt-then-sign `message` whose outer signature passed, with the encrypted
+    `signed_entity` (what that signature covers) opened under the message's own headers.
+
+    The signature covered the ciphertext, so CBC is as safe here as GCM: an altered
+    ciphertext would have failed it. What the entity decrypts to (the inner signed message of
+    a triple wrap, or clear MIME) is what the application mailbox and the pipeline get.
+    """
+    opened = _decrypt(signed_entity, keys, allow_cbc=True)
+    if opened.reply is not None:
+        return opened
+    # `opened.content` is the decrypted entity under the (Content-* only) fields of the
+    # signed entity; only its Content-* fields and body go under the message's headers.
+    return IncomingDecision(
+        replace_entity(message, opened.content), decrypted_for=opened.decrypted_for
+    )
+
+
 def _peer_vouches(
     directory: Directory, froms: Sequence[str], peer_certificate: x509.Certificate | None
 ) -> bool:
@@ -192,8 +219,9 @@ def _peer_vouches(
     A message another operator's gateway encrypted (sign-then-encrypt, to a recipient whose
     key only the recipient holds) cannot have its signature checked here. That operator
     checked it when its practitioner submitted the message, and its CA is the one that
-    vouches for every address of its domain anyway: the TLS client certificate issued by the
-    CA of the From: domain stands for it. The recipient's client verifies the inner signature.
+    vouches for every address of its domain anyway: the TLS client certificate of the From:
+    domain's operator (`peer_trust`) stands for it. The recipient's client verifies the inner
+    signature.
     """
     if peer_certificate is None:
         return False
@@ -204,12 +232,6 @@ def _peer_vouches(
         author = normalize_address(addresses[0][1])
     except ValidationFailed:
         return False
-    pem = directory.domains.peer_ca_pem(_domain(author))
-    if pem is None:
-        return False
-    ca = x509.load_pem_x509_certificate(pem.encode("ascii"))
-    try:
-        peer_certificate.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+    peer = directory.domains.trusted_peer(_domain(author))
+    # The MAIL check of the same certificate, for the From: domain (chain and operator DN).
+    return peer is not None and peer_trust.refusal(peer_certificate, peer) is None

@@ -17,7 +17,6 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from mssgate import audit, metrics
 from mssgate.authresults import TlsInfo, authentication_results_field, remove_own_results
@@ -32,10 +31,10 @@ from mssgate.ins import is_patient_mailbox_local_part
 from mssgate.logs import event
 from mssgate.smime import SignatureVerdict, verify_signed_message
 from mssgate.smime.rawmime import header_fields, join_fields, split_head_body
-from mssgate.smtp import encryption, replies
+from mssgate.smtp import encryption, peer_trust, replies
 from mssgate.smtp.body import MemoryBudget
 from mssgate.smtp.encryption import EncryptionSettings
-from mssgate.smtp.protocol import GatewaySMTP
+from mssgate.smtp.protocol import GatewayEnvelope, GatewaySMTP
 from mssgate.smtp.replies import Reply
 from mssgate.spool import Spool, new_queue_id
 from mssgate.spool.store import Route
@@ -73,6 +72,8 @@ class TrustSettings:
     dkim_dns: Callable[[str], bytes | None] | None = None
     patient_domain: str = "patient.mssante.fr"
     mss_nil: str = "1"
+    # Test/demo INS OIDs count as INS (X-MSS-INS); a production gateway leaves this off.
+    allow_test_ins: bool = False
     # Outgoing mail to peers is DKIM-signed with this key (PEM), d= the author's domain.
     dkim_selector: str = "mssgate"
     dkim_key_pem: bytes | None = None
@@ -89,15 +90,6 @@ def _peer_certificate(server: GatewaySMTP) -> x509.Certificate | None:
     obj = server.tls_object()
     der = obj.getpeercert(binary_form=True) if obj is not None else None
     return x509.load_der_x509_certificate(der) if der else None
-
-
-def _issued_by(cert: x509.Certificate, ca_pem: str) -> bool:
-    ca = x509.load_pem_x509_certificate(ca_pem.encode("ascii"))
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _clean_helo(name: str | None) -> str:
@@ -132,8 +124,8 @@ class SmtpPolicy:
 
     async def _reject(self, server: GatewaySMTP, stage: str, reply: Reply, **why: Any) -> str:
         event(log, "smtp.reject", listener=self.listener.value, peer=server.peer_ip,
-              session=server.session_id, stage=stage, code=reply.code, status=reply.status,
-              **why)  # fmt: skip
+              session=server.session_id, queue_id=server.queue_id, stage=stage,
+              code=reply.code, status=reply.status, **why)  # fmt: skip
         metrics.message_rejected(self.listener.value, stage, reply.status)
         if stage == "DATA":
             # A refused message is as much an event of the trail as an accepted one.
@@ -150,6 +142,7 @@ class SmtpPolicy:
                     action="message.rejected",
                     subject=server.session_id,
                     detail={
+                        "queue_id": server.queue_id,
                         "status": f"{reply.code} {reply.status}",
                         "sender": envelope.mail_from if envelope is not None else None,
                         "peer": server.peer_ip,
@@ -180,15 +173,23 @@ class SmtpPolicy:
         address: str,
         options: list[str],
     ) -> str:
+        # The transaction's id from its first command, so that every line about it (a refused
+        # MAIL included) and the 250s name it; a new MAIL after RSET or DATA gets a new one.
+        queue_id = new_queue_id()
+        if isinstance(envelope, GatewayEnvelope):
+            envelope.queue_id = queue_id
         if self.listener.for_clients:
             reply = self._client_sender(session, address)
         else:
             reply = await asyncio.to_thread(self._peer_sender, server, address)
         if not reply.ok:
-            return await self._reject(server, "MAIL", reply)
+            refusal = await self._reject(server, "MAIL", reply)
+            if isinstance(envelope, GatewayEnvelope):
+                envelope.queue_id = None
+            return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        return str(replies.SENDER_OK)
+        return str(replies.sender_ok(queue_id))
 
     def _client_sender(self, session: Session, address: str) -> Reply:
         identity = _identity(session)
@@ -206,11 +207,15 @@ class SmtpPolicy:
         cert = _peer_certificate(server)
         if cert is None:
             return replies.PEER_CERT_REQUIRED
-        peers = self._directory.domains.trusted_cas()
+        peers = self._directory.domains.trusted_peers()
+        presented = peer_trust.presented_chain(server.tls_object())
         if address in ("", "<>"):
-            # A bounce or a receipt: it must come from one of our peers.
-            ok = any(pem and _issued_by(cert, pem) for pem in peers.values())
-            return replies.SENDER_OK if ok else replies.PEER_CERT_MISMATCH
+            # A bounce or a receipt: it must come from one of our peers (domains sharing a CA
+            # and an operator DN are one check).
+            distinct = {peer for peer in peers.values() if peer.ca_pem}
+            if any(peer_trust.refusal(cert, peer, presented) is None for peer in distinct):
+                return replies.SENDER_OK
+            return self._peer_refused(server, "<>", cert, "no trusted operator's certificate")
         try:
             sender = normalize_address(address)
         except ValidationFailed:
@@ -218,10 +223,27 @@ class SmtpPolicy:
         domain = sender.rsplit("@", 1)[1]
         if domain not in peers:
             return replies.SENDER_DOMAIN_UNTRUSTED
-        pem = peers[domain]
-        if pem is None or not _issued_by(cert, pem):
-            return replies.PEER_CERT_MISMATCH
+        reason = peer_trust.refusal(cert, peers[domain], presented)
+        if reason is not None:
+            return self._peer_refused(server, sender, cert, reason)
         return replies.SENDER_OK
+
+    def _peer_refused(
+        self, server: GatewaySMTP, sender: str, cert: x509.Certificate, reason: str
+    ) -> Reply:
+        """A peer's certificate that may not speak for the sender: why, in the log and the
+        audit trail (the client only reads that it is not the sender's operator's)."""
+        reply = replies.PEER_CERT_MISMATCH
+        why: dict[str, Any] = {
+            "check": "peer-certificate",
+            "reason": reason,
+            "sender": sender,
+            "certificate": cert.subject.rfc4514_string(),
+        }
+        event(log, "smtp.peer_refused", listener=self.listener.value, peer=server.peer_ip,
+              session=server.session_id, queue_id=server.queue_id, **why)  # fmt: skip
+        self._audit_rejection(server, reply, why)
+        return reply
 
     # ------------------------------------------------------------------ RCPT
     async def handle_RCPT(
@@ -240,7 +262,7 @@ class SmtpPolicy:
         if normal not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(normal)
         envelope.rcpt_options.extend(options)
-        return str(replies.RECIPIENT_OK)
+        return str(replies.recipient_ok(server.queue_id))
 
     def _recipient(self, address: str) -> tuple[Reply, str | None]:
         local, at, _ = address.rpartition("@")
@@ -330,6 +352,21 @@ class SmtpPolicy:
                     server, "DATA", reply, check="smime", reason=verdict.reason.value,
                     signer=verdict.signer_fingerprint,
                 )  # fmt: skip
+            if crypt.open_after_verification and verdict.content is not None:
+                opened = await asyncio.to_thread(
+                    encryption.open_verified,
+                    content,
+                    verdict.content,
+                    crypt.open_after_verification,
+                )
+                if opened.reply is not None:
+                    return await self._reject(
+                        server, "DATA", opened.reply, check="encryption", reason=opened.reason
+                    )
+                event(log, "smime.encrypted_in", listener=self.listener.value,
+                      session=server.session_id, queue_id=server.queue_id, decrypted=True,
+                      reason="encrypt-then-sign")  # fmt: skip
+                content = opened.content
         dkim_result: DkimResult | None = None
         if not self.listener.for_clients and self._trust.verify_dkim:
             dkim_result = await asyncio.to_thread(self._dkim, received)
@@ -342,7 +379,7 @@ class SmtpPolicy:
         results = authentication_results_field(
             self._hostname, smime=verdict, dkim=dkim_result, auth_identity=identity, tls=tls
         )
-        queue_id = new_queue_id()
+        queue_id = server.queue_id or new_queue_id()  # set by MAIL; the fallback is for safety
         message = self._trace_header(server, session, envelope, queue_id) + results + content
         locals_ = await asyncio.to_thread(self._directory.domains.local_names)
         recipients: list[tuple[str, Route]] = [
@@ -363,10 +400,12 @@ class SmtpPolicy:
             )
         except (StorageError, OSError) as exc:
             event(log, "smtp.spool_failed", level=logging.ERROR, listener=self.listener.value,
-                  queue_id=queue_id, error=str(exc))  # fmt: skip
+                  peer=server.peer_ip, session=server.session_id, queue_id=queue_id,
+                  error=str(exc))  # fmt: skip
             return str(replies.TEMPORARY_FAILURE)
         event(log, "smtp.accept", listener=self.listener.value, peer=server.peer_ip,
-              queue_id=queue_id, size=len(message), recipients=len(recipients))  # fmt: skip
+              session=server.session_id, queue_id=queue_id, size=len(message),
+              recipients=len(recipients))  # fmt: skip
         metrics.message_accepted(self.listener.value)
         self._on_accepted(queue_id)
         return str(replies.queued(queue_id))
@@ -387,8 +426,8 @@ class SmtpPolicy:
         )
         if decision.decrypted_for is not None or decision.reason == "peer-encrypted":
             event(log, "smime.encrypted_in", listener=self.listener.value,
-                  session=server.session_id, decrypted=decision.decrypted_for is not None,
-                  reason=decision.reason)  # fmt: skip
+                  session=server.session_id, queue_id=server.queue_id,
+                  decrypted=decision.decrypted_for is not None, reason=decision.reason)  # fmt: skip
         return decision
 
     def _signer_expectations(
@@ -412,7 +451,8 @@ class SmtpPolicy:
         pem = self._directory.domains.peer_ca_pem(author.rsplit("@", 1)[1])
         if pem is None:
             return [], None, replies.AUTHOR_DOMAIN_UNTRUSTED
-        return [x509.load_pem_x509_certificate(pem.encode())], None, None
+        # The whole bundle given to `domain trust --ca`: roots and intermediates alike.
+        return x509.load_pem_x509_certificates(pem.encode()), None, None
 
     def _outgoing(self, message: bytes, identity: str) -> bytes:
         """What leaves for another operator: the MSSanté headers, then the DKIM signature
@@ -420,7 +460,7 @@ class SmtpPolicy:
         from the message itself, never from the client's own X-MSS fields, which are
         replaced); X-MSS-NIL goes on every message; X-MSS-MES (the patient's "no reply")
         passes through untouched."""
-        result = process_message(message, allow_test_oids=True)
+        result = process_message(message, allow_test_oids=self._trust.allow_test_ins)
         fields = {"X-MSS-NIL": self._trust.mss_nil, **mss_headers(result)}
         head, separator, body = split_head_body(message)
         kept = [f for f in header_fields(head) if f.name not in _OUR_MSS_FIELDS]

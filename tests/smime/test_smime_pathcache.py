@@ -370,3 +370,32 @@ def test_concurrent_verifications(pki: Pki) -> None:
         assert all(pool.map(one, messages))
     assert PATH_CACHE.hits + PATH_CACHE.misses == len(messages)
     assert len(PATH_CACHE) == 2
+
+
+def test_configure_applies_the_operators_settings_and_zero_turns_it_off(pki: Pki) -> None:
+    cache = PathCache()
+    cache.remember(key(1), validated_at=T0, valid_until=T0 + dt.timedelta(days=1))
+    cache.configure(max_entries=2, ttl=dt.timedelta(seconds=30))
+    assert len(cache) == 0  # old answers were given under other settings
+    cache.remember(key(1), validated_at=T0, valid_until=T0 + dt.timedelta(days=1))
+    assert cache.valid_at(key(1), T0 + dt.timedelta(seconds=29))
+    assert not cache.valid_at(key(1), T0 + dt.timedelta(seconds=30))
+    for n in range(5):
+        cache.remember(key(n), validated_at=T0, valid_until=T0 + dt.timedelta(days=1))
+    assert len(cache) == 2
+    cache.configure(max_entries=2, ttl=dt.timedelta(0))
+    cache.remember(key(9), validated_at=T0, valid_until=T0 + dt.timedelta(days=1))
+    assert len(cache) == 0 and not cache.valid_at(key(9), T0)
+    with pytest.raises(ValueError):
+        cache.configure(max_entries=0, ttl=dt.timedelta(seconds=1))
+    with pytest.raises(ValueError):
+        cache.configure(max_entries=1, ttl=dt.timedelta(seconds=-1))
+    # The process-wide cache, switched off as `policy.smime_path_cache_seconds = 0` does:
+    # every message from a known signer is then validated in full.
+    PATH_CACHE.configure(max_entries=16, ttl=dt.timedelta(0))
+    try:
+        for body in ("un\r\n", "deux\r\n"):
+            assert verify(pki, signed(pki.alice, body=body), registered=[pki.alice]).ok
+        assert (PATH_CACHE.hits, PATH_CACHE.misses, len(PATH_CACHE)) == (0, 2, 0)
+    finally:
+        PATH_CACHE.configure(max_entries=4096, ttl=dt.timedelta(minutes=5))

@@ -183,6 +183,38 @@ def test_application_mailbox_gets_sign_then_encrypt_in_clear_and_the_pipeline_ru
     assert rejections(world.gateway) == []
 
 
+def test_application_mailbox_gets_encrypt_then_sign_and_triple_wrap_opened(
+    world: World,
+) -> None:
+    # Encrypt, then sign: the outer signature is checked, then the encrypted entity it
+    # covers is opened for the RIS. A triple wrap (sign, encrypt, sign) opens to the inner
+    # signed message. CBC is fine there: the outer signature covers the ciphertext.
+    encrypt_then_sign = world.sign(
+        world.encrypt(cr_img(message_id="<cr-3@hopital-a.test>"), RIS, mode="aes-cbc")
+    )
+    triple = world.sign(
+        world.encrypt(world.sign(cr_img(message_id="<cr-4@hopital-a.test>")), RIS),
+        detached=False,
+    )
+    for raw in (encrypt_then_sign, triple):
+        code, text = world.submit(raw, RIS)
+        assert code == 250, text
+    delivered = world.gateway.wait_delivered(RIS, 2)
+    heads = {head_of(p): p for p in delivered}
+    for head, path in heads.items():
+        assert "pkcs7-mime" not in head  # neither the opaque signature nor the encryption
+        assert f"From: {ALICE}" in head and "smime=pass" in head
+        assert b"ClinicalDocument" in readable(path.read_bytes())
+    # The triple wrap's inner signature is kept for the RIS to check again.
+    assert sum("Content-Type: multipart/signed" in head for head in heads) == 1
+    world.gateway.wait_event("documents.ingested", documents=1)
+    # A ciphertext altered under a valid outer signature cannot happen (the signature covers
+    # it); one encrypted to another key, signed by Alice, is refused as undecryptable.
+    other = world.sign(world.encrypt(cr_img(), BOB))
+    assert world.submit(other, RIS) == (554, CANNOT_DECRYPT)
+    assert [r["reason"] for r in rejections(world.gateway)][-1].startswith("undecryptable")
+
+
 def test_tampered_ciphertext_is_refused(world: World) -> None:
     sealed = world.encrypt(world.sign(cr_img()), RIS)
     head, body = sealed.split(b"\r\n\r\n", 1)
