@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import random
 import sqlite3
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -194,3 +198,41 @@ def test_parse_line_org_name_fallbacks() -> None:
     parsed = parse_line(5, "|".join(cols))
     assert not hasattr(parsed, "reason")
     assert parsed.professional.display_name == "Secrétariat imagerie"  # type: ignore[union-attr]
+
+
+def test_progress_bar_on_a_terminal_and_never_on_stdout(
+    extract: tuple[Path, dict[str, int]], tmp_path: Path
+) -> None:
+    """On a terminal (stderr) a long import shows a progress bar; stdout keeps the report."""
+    path, _ = extract
+    mssgate = str(Path(sys.executable).parent / "mssgate")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSSGATE_")}
+    data = tmp_path / "data"
+    subprocess.run([mssgate, "init", "--data", str(data), "--domain", DOMAIN], env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    env.update(MSSGATE_CONFIG=str(data / "mssgate.toml"), COLUMNS="120", TERM="xterm")
+    master, slave = pty.openpty()
+    try:
+        with subprocess.Popen(
+            [mssgate, "directory", "import-annuaire", str(path)],
+            env=env, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL,
+        ) as proc:  # fmt: skip
+            os.close(slave)
+            terminal = b""
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                terminal += chunk
+            assert proc.stdout is not None
+            out = proc.stdout.read().decode()
+            assert proc.wait(timeout=120) == 0
+    finally:
+        os.close(master)
+    assert "importing" in terminal.decode("utf-8", "replace")
+    assert "━" in terminal.decode("utf-8", "replace")  # rich's bar
+    # The report alone on stdout, no control sequence in it.
+    assert out.startswith("50000 lines:") and "\x1b" not in out, out[:200]

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
+from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from mssgate.cli.context import actor, emit_json, emit_table, read_secret_stdin, say, state
@@ -149,6 +150,9 @@ def import_annuaire_cmd(
         BarColumn(),
         DownloadColumn(),
         TimeRemainingColumn(),
+        # On stderr, which is what was checked for a terminal: stdout keeps the report only,
+        # for scripts that read it.
+        console=Console(stderr=True),
         disable=not show_progress,
         transient=True,
     )
