@@ -69,9 +69,37 @@ class ImapConfig(_Section):
     idle_timeout_seconds: float = Field(60.0, gt=0)
     # Commands a connection may send before it is logged in (failed logins included).
     max_preauth_commands: int = Field(20, gt=0)
-    # An existing Dovecot's config file: use its LMTP socket and `imap` sessions instead of
-    # running a private instance under the data folder (docs/imap.md).
+    # An existing Dovecot instead of a private instance under the data folder (docs/imap.md,
+    # "An existing Dovecot"): its config file, from which the LMTP socket (<base_dir>/lmtp)
+    # and the post-login `imap` sessions follow; and/or each of those two set by itself.
     dovecot_config: Path | None = None
+    # Where local delivery goes: an absolute unix socket path, or host:port (LMTP over TCP).
+    lmtp_target: str | None = None
+    # The post-login backend: a command that starts an IMAP session already logged in as
+    # "{user}" (replaced by the authenticated address) on its stdin/stdout and greets with
+    # "* PREAUTH", e.g. ["/usr/lib/dovecot/imap", "-c", "/etc/dovecot/dovecot.conf", "-u",
+    # "{user}"], or the same behind ssh for a Dovecot on another machine.
+    backend_command: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _existing_dovecot(self) -> ImapConfig:
+        if self.lmtp_target is not None:
+            from mssgate.mailstore.lmtp import parse_lmtp_target
+
+            parse_lmtp_target(self.lmtp_target)  # ValueError: reported with the key path
+        if self.backend_command and not any("{user}" in arg for arg in self.backend_command):
+            # Without it every login would open the same mailbox.
+            raise ValueError("imap.backend_command must contain {user}")
+        if self.dovecot_config is None and bool(self.lmtp_target) != bool(self.backend_command):
+            raise ValueError(
+                "an existing Dovecot without imap.dovecot_config needs both imap.lmtp_target"
+                " and imap.backend_command"
+            )
+        return self
+
+    @property
+    def external_dovecot(self) -> bool:
+        return bool(self.dovecot_config or self.lmtp_target or self.backend_command)
 
 
 class ApiConfig(_Section):

@@ -144,7 +144,7 @@ async def run_gateway(config: Config) -> int:
         dovecot: DovecotSupervisor | None = None
         store: MailStore = MaildirStore(data / "mail")
         if config.imap.enabled:
-            if find_dovecot() is None and config.imap.dovecot_config is None:
+            if find_dovecot() is None and not config.imap.external_dovecot:
                 raise DovecotError(
                     "IMAP needs Dovecot: apt-get install dovecot-imapd dovecot-lmtpd"
                     " (or set imap.enabled = false)"

@@ -70,13 +70,27 @@ class DovecotBackend:
     """Starts pre-authenticated sessions against the Dovecot configured by `config_file`."""
 
     def __init__(
-        self, config_file: Path, *, imap_binary: Path = IMAP_BINARY, greeting_timeout: float = 30
+        self,
+        config_file: Path | None,
+        *,
+        imap_binary: Path = IMAP_BINARY,
+        greeting_timeout: float = 30,
+        command: tuple[str, ...] = (),
     ) -> None:
+        if config_file is None and not command:
+            raise ValueError("a Dovecot backend needs a config file or a command")
         self.config_file = config_file
         self.imap_binary = imap_binary
         self._greeting_timeout = greeting_timeout
+        # `imap.backend_command`: an operator's own way to reach its Dovecot (another
+        # binary, another config, ssh to the mail host), "{user}" standing for the login.
+        self._command = command
 
     def command(self, user: str) -> list[str]:
+        if self._command:
+            # The user is an address from the directory (checked syntax, no spaces): it is
+            # passed as one argument, never through a shell.
+            return [arg.replace("{user}", user) for arg in self._command]
         return [str(self.imap_binary), "-c", str(self.config_file), "-u", user]
 
     async def open(self, user: str, *, peer_ip: str, local_ip: str) -> DovecotSession:
@@ -92,7 +106,8 @@ class DovecotBackend:
                 limit=_STREAM_LIMIT,
             )
         except OSError as exc:
-            raise BackendUnavailable(f"cannot start {self.imap_binary}: {exc.strerror}") from exc
+            program = self.command(user)[0]
+            raise BackendUnavailable(f"cannot start {program}: {exc.strerror}") from exc
         assert proc.stdout is not None and proc.stderr is not None
         logs = asyncio.create_task(pump(proc.stderr, source="imap"), name="dovecot-imap-log")
         try:

@@ -1,8 +1,9 @@
 """The gateway's private Dovecot: configured under the data folder, started, watched,
 restarted when it dies, stopped with the gateway.
 
-With `imap.dovecot_config` set, an existing Dovecot is used instead: nothing is started or
-written, the LMTP socket and the `imap` sessions come from that configuration.
+With an existing Dovecot configured (`imap.dovecot_config`, `imap.lmtp_target`,
+`imap.backend_command`) nothing is started or written: delivery goes to that LMTP target and
+post-login sessions come from that backend.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mssgate.dovecot.conf import Layout, Users, render, resolve_users
 from mssgate.dovecot.logpump import pump
 from mssgate.errors import MssgateError
 from mssgate.logs import event
+from mssgate.mailstore.lmtp import parse_lmtp_target
 
 log = logging.getLogger("mssgate.dovecot")
 
@@ -84,7 +86,8 @@ def _doveconf_value(config_file: Path, key: str) -> str:
 
 class DovecotSupervisor:
     def __init__(self, config: Config, *, data_dir: Path) -> None:
-        self._external = config.imap.dovecot_config
+        imap = config.imap
+        self._external = imap.external_dovecot
         self.layout = Layout(data_dir)
         self._instance = f"mssgate-{config.server.domain}"
         self._proc: asyncio.subprocess.Process | None = None
@@ -92,17 +95,22 @@ class DovecotSupervisor:
         self._stopping = asyncio.Event()
         self._started_at = 0.0
         self.restarts = 0
-        if self._external is not None:
-            base = Path(_doveconf_value(self._external, "base_dir"))
-            self.lmtp_socket: Path = base / "lmtp"
-            self.imap_backend = DovecotBackend(self._external)
+        if self._external:
+            # An existing Dovecot: its LMTP target and its post-login sessions, each from the
+            # setting of its own or else from that Dovecot's config file.
+            if imap.lmtp_target is not None:
+                self.lmtp_socket: str | Path = imap.lmtp_target
+            else:
+                assert imap.dovecot_config is not None  # the config model checked it
+                self.lmtp_socket = Path(_doveconf_value(imap.dovecot_config, "base_dir")) / "lmtp"
+            self.imap_backend = DovecotBackend(imap.dovecot_config, command=imap.backend_command)
         else:
             self.lmtp_socket = self.layout.lmtp_socket
             self.imap_backend = DovecotBackend(self.layout.config_file)
 
     @property
     def managed(self) -> bool:
-        return self._external is None
+        return not self._external
 
     @property
     def pid(self) -> int | None:
@@ -275,9 +283,15 @@ class DovecotSupervisor:
         event(log, "dovecot.stopped", code=proc.returncode)
 
 
-async def _lmtp_greets(path: Path) -> bool:
+async def _lmtp_greets(target: str | Path) -> bool:
+    host, port = parse_lmtp_target(target)
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
+        opening = (
+            asyncio.open_unix_connection(host)
+            if port is None
+            else asyncio.open_connection(host, port)
+        )
+        reader, writer = await asyncio.wait_for(opening, 2)
     except (OSError, TimeoutError):
         return False
     try:

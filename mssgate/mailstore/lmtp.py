@@ -1,4 +1,4 @@
-"""Delivery to Dovecot over LMTP on a unix socket.
+"""Delivery to Dovecot over LMTP, on a unix socket or (an existing Dovecot's) host:port.
 
 `deliver` returns only after LMTP's 250 for the recipient: Dovecot answers it once the
 message is saved (and fsynced, `mail_fsync = optimized`), so the spool may then forget it.
@@ -17,11 +17,28 @@ from mssgate.mailstore.maildir import check_mailbox_name
 _DEFAULTS = DeliveryConfig()  # serve passes delivery.lmtp_timeout_seconds
 
 
+def parse_lmtp_target(target: str | Path) -> tuple[str, int | None]:
+    """(unix socket path, None) or (host, port) for `imap.lmtp_target`'s two forms.
+
+    Raises:
+        ValueError: neither an absolute path nor host:port with a port in 1-65535.
+    """
+    text = str(target)
+    if text.startswith("/"):
+        return text, None
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]:24
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"LMTP target {text!r} is neither an absolute socket path nor host:port")
+    return host, int(port)
+
+
 class LmtpStore:
     def __init__(
-        self, socket_path: Path, *, timeout: float = _DEFAULTS.lmtp_timeout_seconds
+        self, target: str | Path, *, timeout: float = _DEFAULTS.lmtp_timeout_seconds
     ) -> None:
-        self.socket_path = socket_path
+        self._host, self._port = parse_lmtp_target(target)
+        self.socket_path = target  # what logs and errors name
         self._timeout = timeout
 
     def deliver(self, recipient: str, message: bytes, *, delivery_id: str) -> None:
@@ -29,7 +46,12 @@ class LmtpStore:
         # Dovecot's 250 and the spool's bookkeeping delivers twice rather than never.
         check_mailbox_name(recipient)
         try:
-            client = smtplib.LMTP(str(self.socket_path), timeout=self._timeout)
+            if self._port is None:
+                client = smtplib.LMTP(self._host, timeout=self._timeout)
+            else:
+                # LMTP over TCP carries mail in clear: loopback or a trusted segment only
+                # (docs/imap.md, "An existing Dovecot").
+                client = smtplib.LMTP(self._host, self._port, timeout=self._timeout)
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryFailed(f"LMTP connect to {self.socket_path} failed: {exc}") from exc
         try:
