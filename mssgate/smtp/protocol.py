@@ -131,6 +131,10 @@ class GatewaySMTP(SMTP):
         self._opened = False
         self._in_ehlo = False
         self._protocol_errors = 0
+        # The command line being answered, and whether anything logged about it yet: a
+        # refusal no other line explains (aiosmtpd's own 501/503/552...) gets one of its own.
+        self._command_line: bytes | None = None
+        self._command_logged = False
         self.busy = False  # in the middle of a transaction (between MAIL and its reply)
         # DATA: the message being handled, and where a large one is kept while it arrives.
         self.body: MessageBody | None = None
@@ -202,6 +206,7 @@ class GatewaySMTP(SMTP):
         return envelope.queue_id if isinstance(envelope, GatewayEnvelope) else None
 
     def _event(self, name: str, *, level: int = logging.INFO, **fields: object) -> None:
+        self._command_logged = True
         # Inside a transaction the queue id links the line to the message's other lines.
         if self.queue_id is not None:
             fields.setdefault("queue_id", self.queue_id)
@@ -238,6 +243,10 @@ class GatewaySMTP(SMTP):
     # ------------------------------------------------------------------- replies
     async def push(self, status: Any) -> None:
         line = status.encode("ascii") if isinstance(status, str) else bytes(status)
+        refusal = line[:1] in (b"4", b"5")
+        if refusal and self._command_line is not None and not self._command_logged:
+            code = line[:3].decode("ascii", "replace")
+            self._protocol_error("refused", self._command_line, status=code)
         if not self._in_ehlo:
             line = replies.with_enhanced_status(line)
         self._writer.write(line + b"\r\n")
@@ -357,6 +366,7 @@ class GatewaySMTP(SMTP):
                 raw = await self._read_command()
                 if raw is None:
                     continue
+                self._command_line, self._command_logged = raw.rstrip(b"\r\n"), False
                 if not raw.endswith(b"\r\n") or b"\r" in raw[:-2]:
                     # What follows a bare newline may be a smuggled command: stop reading.
                     self._protocol_error("bare newline in command", raw)
@@ -411,6 +421,11 @@ class GatewaySMTP(SMTP):
                     await self.reply(replies.TEMPORARY_FAILURE)
                 except Exception:
                     return
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        # The policy's hooks log their own refusals (smtp.reject, with the reason).
+        self._command_logged = True
+        return await super()._call_handler_hook(command, *args)
 
     # ---------------------------------------------------------------- commands
     async def smtp_MAIL(self, arg: str | None) -> None:

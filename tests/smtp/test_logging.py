@@ -7,11 +7,16 @@ excerpt, and never a traceback.
 
 from __future__ import annotations
 
+import base64
 import re
 
 from tests.smtp.conftest import ALICE, BOB, PASSWORD, Gateway, Raw, message
 
 QUEUE_ID = re.compile(rb"queue id ([0-9A-Z]{12,32})$")
+
+
+def plain(user: str, password: str) -> bytes:
+    return base64.b64encode(f"\0{user}\0{password}".encode())
 
 
 def session_events(gateway: Gateway, session: str) -> list[dict[str, object]]:
@@ -99,3 +104,35 @@ def test_each_protocol_error_is_one_log_line(gateway: Gateway) -> None:
     logs = gateway.logs()
     assert "Traceback" not in logs and "QUFB" not in logs and PASSWORD not in logs
     assert all(line.startswith("{") for line in logs.splitlines())
+
+
+def test_refusals_of_the_protocol_layer_are_one_line_each(gateway: Gateway) -> None:
+    # Replies no policy hook gives (aiosmtpd's own syntax and sequence checks, the
+    # STARTTLS-first rule) still leave one line each; a policy refusal is not logged twice.
+    raw = Raw(gateway.ports["submission"])
+    assert raw.reply().startswith(b"220")
+    assert raw.cmd(b"EHLO client.test").startswith(b"250")
+    assert raw.cmd(b"MAIL FROM:<x@y.test>").startswith(b"530")  # STARTTLS first
+    raw.starttls(gateway.client_context())
+    assert raw.cmd(b"EHLO client.test").startswith(b"250")
+    assert raw.cmd(b"AUTH PLAIN " + plain(ALICE, PASSWORD)).startswith(b"235")
+    assert raw.cmd(b"RCPT TO:<" + BOB.encode() + b">").startswith(b"503")  # no MAIL yet
+    assert raw.cmd(b"MAIL TO:<" + ALICE.encode() + b">").startswith(b"501")  # not FROM:
+    assert raw.cmd(b"MAIL FROM:<" + ALICE.encode() + b"> SIZE=999999999999").startswith(b"552")
+    assert raw.cmd(b"MAIL FROM:<" + BOB.encode() + b">").startswith(b"553")  # the policy's
+    assert raw.cmd(b"QUIT").startswith(b"221")
+    raw.close()
+
+    connect = gateway.wait_event("smtp.connect", listener="submission")
+    session = connect["session"]
+    gateway.wait_event("smtp.disconnect", session=session)
+    events = session_events(gateway, session)
+    errors = [e for e in events if e["event"] == "smtp.protocol_error"]
+    assert [(e["reason"], e["status"], str(e["excerpt"])[:4]) for e in errors] == [
+        ("refused", "530", "MAIL"),
+        ("refused", "503", "RCPT"),
+        ("refused", "501", "MAIL"),
+        ("refused", "552", "MAIL"),
+    ]
+    rejects = [e for e in events if e["event"] == "smtp.reject"]
+    assert [r["stage"] for r in rejects] == ["MAIL"]  # the 553, logged by the policy only
