@@ -73,6 +73,10 @@ def read_zip(data: bytes, limits: DocumentLimits) -> ZipContents:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
         raise ZipError("not a readable zip archive") from exc
+    except NotImplementedError as exc:
+        # A central directory asking for a zip version beyond what zipfile reads (found by
+        # fuzzing: "zip file version 6.4"); its members could not be read anyway.
+        raise ZipError("unsupported zip version") from exc
     with archive:
         infos = archive.infolist()
         if len(infos) > limits.max_zip_members:

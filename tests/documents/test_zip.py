@@ -86,3 +86,13 @@ def test_not_a_zip() -> None:
         read_zip(b"PK\x03\x04 truncated", DocumentLimits())
     with pytest.raises(LimitExceeded):
         read_zip(b"x" * 101, DocumentLimits(max_zip_bytes=100))
+
+
+def test_unsupported_zip_version_is_a_zip_error() -> None:
+    # Found by fuzzing: zipfile raises NotImplementedError("zip file version 6.4") from its
+    # constructor when the central directory asks for a version it does not read.
+    data = bytearray(zip_tree([("A", b"abc")]))
+    central = bytes(data).find(b"PK\x01\x02")
+    data[central + 6 : central + 8] = (64).to_bytes(2, "little")  # version needed to extract
+    with pytest.raises(ZipError, match="unsupported zip version"):
+        read_zip(bytes(data), DocumentLimits())
