@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Engine, select
 
+from mssgate import metrics
 from mssgate.config import RelayConfig
 from mssgate.db import open_engine, upgrade
 from mssgate.db.schema import spool_recipients
@@ -318,3 +319,18 @@ async def run_until(worker: RelayWorker, done: Callable[[], bool], *, timeout: f
             raise AssertionError("the worker did not get there in time")
         if not await worker.run_once():
             await asyncio.sleep(0.02)
+
+
+# -- the process-wide metrics registry that GET /metrics serves, read before and after --
+
+
+def count(name: str, **labels: str) -> float:
+    return metrics.default().registry.get_sample_value(name, labels) or 0.0
+
+
+def attempts(outcome: str) -> float:
+    return count("mssgate_delivery_attempts_total", route="relay", outcome=outcome)
+
+
+def ambiguous() -> float:
+    return count("mssgate_delivery_retried_after_ambiguous_failure_total", route="relay")

@@ -22,6 +22,8 @@ from tests.relay.conftest import (
     OUR_HOST,
     PEER,
     World,
+    ambiguous,
+    attempts,
     message,
     run_until,
 )
@@ -406,7 +408,9 @@ def test_an_unroutable_domain_fails_at_once(world: World) -> None:
 
 def test_lost_reply_to_the_final_dot_is_the_other_duplicate_window(world: World) -> None:
     # The peer has the message but we never hear its 250: we must assume it did not, and
-    # send again (RFC 5321 6.1 prefers a duplicate to a loss). docs/relay.md says so.
+    # send again (RFC 5321 6.1 prefers a duplicate to a loss). docs/relay.md says so, and
+    # the metrics count that retry as a possible duplicate.
+    ambiguous_before, deferred_before = ambiguous(), attempts("deferred")
     queue_id = world.submit(message(), DR_B)
 
     async def scenario() -> None:
@@ -426,3 +430,5 @@ def test_lost_reply_to_the_final_dot_is_the_other_duplicate_window(world: World)
         assert len(peer.handler.messages) == 2
 
     asyncio.run(scenario())
+    assert ambiguous() - ambiguous_before == 1
+    assert attempts("deferred") - deferred_before == 1
