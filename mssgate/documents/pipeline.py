@@ -491,7 +491,7 @@ def _check_companions(
 
 def _with_notes(outcome: Accepted, notes: tuple[str, ...]) -> Accepted:
     record = outcome.record.model_copy(update={"notes": (*outcome.record.notes, *notes)})
-    return outcome.model_copy(update={"record": record, "notes": (*outcome.notes, *notes)})
+    return outcome.model_copy(update={"record": record})
 
 
 # -- verdict -----------------------------------------------------------------------------
@@ -542,7 +542,7 @@ def _decide(
         content_type=content_type,
         origin=origin,
     )
-    return Accepted(record=record, content=data, notes=notes)
+    return Accepted(record=record, content=data)
 
 
 def _held_container(exc: DocumentError, attachment: Attachment) -> _Evaluated:

@@ -124,8 +124,6 @@ class Accepted(BaseModel):
     outcome: Literal["accepted"] = "accepted"
     record: DocumentRecord
     content: bytes = Field(repr=False)
-    # Notes that did not stop the document (e.g. truncated PDF text), client-safe.
-    notes: tuple[str, ...] = ()
 
 
 class Quarantined(BaseModel):
