@@ -58,6 +58,22 @@ class SmtpConfig(_Section):
     spill_threshold: int = Field(1 << 20, ge=0)
 
 
+def parse_lmtp_target(target: str | Path) -> tuple[str, int | None]:
+    """(unix socket path, None) or (host, port) for `imap.lmtp_target`'s two forms.
+
+    Raises:
+        ValueError: neither an absolute path nor host:port with a port in 1-65535.
+    """
+    text = str(target)
+    if text.startswith("/"):
+        return text, None
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]:24
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"LMTP target {text!r} is neither an absolute socket path nor host:port")
+    return host, int(port)
+
+
 class ImapConfig(_Section):
     # IMAP needs Dovecot (Debian's dovecot-imapd and dovecot-lmtpd). Off: local mail is
     # written as Maildir under the data folder and nobody can read it over IMAP.
@@ -84,8 +100,6 @@ class ImapConfig(_Section):
     @model_validator(mode="after")
     def _existing_dovecot(self) -> ImapConfig:
         if self.lmtp_target is not None:
-            from mssgate.mailstore.lmtp import parse_lmtp_target
-
             parse_lmtp_target(self.lmtp_target)  # ValueError: reported with the key path
         if self.backend_command and not any("{user}" in arg for arg in self.backend_command):
             # Without it every login would open the same mailbox.

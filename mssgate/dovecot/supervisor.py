@@ -20,13 +20,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from mssgate.config import Config
+from mssgate.config import Config, parse_lmtp_target
 from mssgate.dovecot.backend import DovecotBackend
 from mssgate.dovecot.conf import Layout, Users, render, resolve_users
 from mssgate.dovecot.logpump import pump
 from mssgate.errors import MssgateError
 from mssgate.logs import event
-from mssgate.mailstore.lmtp import parse_lmtp_target
 
 log = logging.getLogger("mssgate.dovecot")
 

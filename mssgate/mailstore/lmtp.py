@@ -10,27 +10,11 @@ from __future__ import annotations
 import smtplib
 from pathlib import Path
 
-from mssgate.config import DeliveryConfig
+from mssgate.config import DeliveryConfig, parse_lmtp_target
 from mssgate.mailstore.base import DeliveryFailed
 from mssgate.mailstore.maildir import check_mailbox_name
 
 _DEFAULTS = DeliveryConfig()  # serve passes delivery.lmtp_timeout_seconds
-
-
-def parse_lmtp_target(target: str | Path) -> tuple[str, int | None]:
-    """(unix socket path, None) or (host, port) for `imap.lmtp_target`'s two forms.
-
-    Raises:
-        ValueError: neither an absolute path nor host:port with a port in 1-65535.
-    """
-    text = str(target)
-    if text.startswith("/"):
-        return text, None
-    host, sep, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]:24
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"LMTP target {text!r} is neither an absolute socket path nor host:port")
-    return host, int(port)
 
 
 class LmtpStore:

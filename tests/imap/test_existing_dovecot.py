@@ -21,9 +21,8 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
 from pydantic import ValidationError
 
-from mssgate.config import ImapConfig
+from mssgate.config import ImapConfig, parse_lmtp_target
 from mssgate.mailstore import LmtpStore
-from mssgate.mailstore.lmtp import parse_lmtp_target
 from tests.imap.conftest import ALICE, IMAP_BINARY, PASSWORD, ImapGateway, message
 
 pytestmark = pytest.mark.slow
