@@ -13,6 +13,7 @@ from typing import Any
 from cryptography import x509
 
 from mssgate import audit
+from mssgate.db.tx import write
 from mssgate.directory import Directory
 from mssgate.directory.models import AccountState
 from mssgate.errors import MssgateError
@@ -51,7 +52,7 @@ def certificate_identity(directory: Directory, authzid: str | None, der: bytes) 
 def record(directory: Directory, *, actor: str, action: str, subject: str, **detail: Any) -> None:
     """One audit row; a database failure never turns into an authentication answer."""
     try:
-        with directory.engine.begin() as conn:
+        with write(directory.engine) as conn:
             audit.append(conn, actor=actor, action=action, subject=subject[:254] or "-",
                          detail=detail)  # fmt: skip
     except MssgateError:

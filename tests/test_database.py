@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from mssgate import audit
 from mssgate.db import open_engine, upgrade
 from mssgate.db.migrate import current_revision, head_revision
+from mssgate.db.tx import write
 from mssgate.db.schema import metadata
 from mssgate.directory import Directory
 from mssgate.directory.models import NewProfessional
@@ -90,20 +91,20 @@ def test_sqlite_readers_pass_a_held_write_lock_and_writers_queue(tmp_path: Path)
     from sqlalchemy import text
 
     engine = open_engine(f"sqlite:///{tmp_path}/lock.db")
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(text("create table t (x integer)"))
     holding, release = threading.Event(), threading.Event()
     order: list[str] = []
 
     def first_writer() -> None:
-        with engine.begin() as conn:
+        with write(engine) as conn:
             conn.execute(text("insert into t values (1)"))
             holding.set()
             release.wait(10)
             order.append("first commits")
 
     def second_writer() -> None:
-        with engine.begin() as conn:
+        with write(engine) as conn:
             conn.execute(text("insert into t values (2)"))
             order.append("second writes")
 
@@ -139,15 +140,89 @@ def test_sqlite_many_concurrent_writers_never_hit_busy(tmp_path: Path) -> None:
         dbapi_connection.execute("PRAGMA busy_timeout=0")  # contention would now raise
 
     event.listen(engine, "connect", no_busy_wait)
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(text("create table t (x integer)"))
 
-    def write(i: int) -> None:
-        with engine.begin() as conn:
+    def one_writer(i: int) -> None:
+        with write(engine) as conn:
             conn.execute(text("select count(*) from t")).scalar_one()
             conn.execute(text("insert into t values (:i)"), {"i": i})
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(write, range(400)))
+        list(pool.map(one_writer, range(400)))
     with engine.connect() as conn:
         assert conn.execute(text("select count(*) from t")).scalar_one() == 400
+
+
+def test_sqlite_transactions_that_read_first_never_deadlock_with_writers(tmp_path: Path) -> None:
+    """The lock-order inversion of issue 12 A.1: queue transitions took SQLite's lock first
+    (BEGIN IMMEDIATE) and the process lock at their first write, while spool writes took the
+    process lock first; each side waited for the other until `database is locked`. With one
+    order for every writer, no writer ever reaches SQLite's busy handler inside one process."""
+    import threading
+
+    from sqlalchemy import event, text
+
+    engine = open_engine(f"sqlite:///{tmp_path}/order.db")
+
+    def no_busy_wait(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=0")
+
+    event.listen(engine, "connect", no_busy_wait)
+    with write(engine) as conn:
+        conn.execute(text("create table t (x integer)"))
+    errors: list[BaseException] = []
+
+    def queue_like(i: int) -> None:  # reads, then writes what it read
+        with write(engine) as conn:
+            n = conn.execute(text("select count(*) from t")).scalar_one()
+            threading.Event().wait(0.0005)
+            conn.execute(text("insert into t values (:n)"), {"n": n + i})
+
+    def spool_like(i: int) -> None:  # writes at once
+        with write(engine) as conn:
+            conn.execute(text("insert into t values (:i)"), {"i": -i})
+
+    def run(fn: Any, i: int) -> None:
+        try:
+            fn(i)
+        except BaseException as exc:  # collected: a thread's exception would be lost
+            errors.append(exc)
+
+    with ThreadPoolExecutor(8) as pool:
+        for i in range(300):
+            pool.submit(run, queue_like if i % 2 else spool_like, i)
+    assert errors == []
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from t")).scalar_one() == 300
+
+
+def test_nested_write_joins_the_outer_transaction(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    engine = open_engine(f"sqlite:///{tmp_path}/nested.db")
+    with write(engine) as conn:
+        conn.execute(text("create table t (x integer)"))
+    with pytest.raises(RuntimeError), write(engine) as outer:
+        outer.execute(text("insert into t values (1)"))
+        with write(engine) as inner:
+            assert inner is outer
+            inner.execute(text("insert into t values (2)"))
+        raise RuntimeError("the outer transaction fails: both rows go")
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from t")).scalar_one() == 0
+
+
+def test_every_writer_goes_through_the_write_api() -> None:
+    """No module opens a write transaction of its own: one place, one lock order."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent / "mssgate"
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.relative_to(root).as_posix() == "db/tx.py":
+            continue
+        text = path.read_text()
+        if re.search(r"\.begin\(\)|BEGIN IMMEDIATE|\.commit\(\)", text):
+            offenders.append(path.relative_to(root).as_posix())
+    assert offenders == []

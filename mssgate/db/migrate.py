@@ -9,6 +9,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from mssgate.db.tx import write
 from mssgate.errors import StorageError
 
 SCRIPT_LOCATION = "mssgate.db:migrations"
@@ -37,7 +38,7 @@ def upgrade(engine: Engine) -> None:
         if current_revision(engine) == head_revision():
             return
         cfg = _alembic_config()
-        with engine.begin() as conn:
+        with write(engine) as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:

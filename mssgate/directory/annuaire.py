@@ -21,6 +21,7 @@ from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, sele
 
 from mssgate import audit
 from mssgate.db.schema import professionals
+from mssgate.db.tx import write_on
 from mssgate.directory.models import MailboxKind, NewProfessional
 from mssgate.directory.professionals import row_values
 from mssgate.directory.timeutil import now
@@ -269,13 +270,13 @@ def import_annuaire(
         with _open_extract(path) as (stream, total), engine.connect() as conn:
             counter = _CountingRaw(stream)
             reader = io.BufferedReader(counter, 1 << 16)
-            seen = _Seen(conn)
-            conn.commit()
+            with write_on(conn):
+                seen = _Seen(conn)
             batch: list[AnnuaireLine] = []
 
             def flush() -> None:
-                _apply(conn, seen, batch, local_domains, report, actor)
-                conn.commit()
+                with write_on(conn):
+                    _apply(conn, seen, batch, local_domains, report, actor)
                 batch.clear()
                 if on_progress is not None:
                     on_progress(counter.position, total)
@@ -295,14 +296,14 @@ def import_annuaire(
                 if len(batch) >= BATCH:
                     flush()
             flush()
-            audit.append(
-                conn,
-                actor=actor,
-                action="directory.import-annuaire",
-                subject=path.name,
-                detail=report.model_dump(exclude={"rejects"}),
-            )
-            conn.commit()
+            with write_on(conn):
+                audit.append(
+                    conn,
+                    actor=actor,
+                    action="directory.import-annuaire",
+                    subject=path.name,
+                    detail=report.model_dump(exclude={"rejects"}),
+                )
     except FileNotFoundError:
         raise ValidationFailed(f"file not found: {path}") from None
     except (OSError, zipfile.BadZipFile) as exc:

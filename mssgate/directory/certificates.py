@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mssgate import audit
 from mssgate.db.schema import certificates, domains, professionals
+from mssgate.db.tx import write
 from mssgate.directory.models import CertificateRecord
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, ValidationFailed
@@ -89,7 +90,7 @@ class Certificates:
             raise ValidationFailed(f"the certificate expired on {info.not_after:%Y-%m-%d}")
         pem = cert.public_bytes(Encoding.PEM).decode("ascii")
         try:
-            with self._engine.begin() as conn:
+            with write(self._engine) as conn:
                 professional_id = _professional_for_certificate(conn, key, address, self._actor)
                 conn.execute(
                     certificates.insert().values(

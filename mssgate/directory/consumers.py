@@ -12,6 +12,7 @@ from sqlalchemy import Engine, Row, select, update
 
 from mssgate import audit
 from mssgate.db.schema import consumers, professionals
+from mssgate.db.tx import write
 from mssgate.directory.models import Consumer
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, ValidationFailed
@@ -48,7 +49,7 @@ class Consumers:
             )
         box = normalize_address(mailbox)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             if conn.execute(select(consumers.c.id).where(consumers.c.name == name)).first():
                 raise Conflict(f"consumer {name!r} exists already")
             owner = conn.execute(
@@ -84,7 +85,7 @@ class Consumers:
             ]
 
     def revoke(self, name: str) -> Consumer:
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             result = conn.execute(
                 update(consumers)
                 .where(consumers.c.name == name, consumers.c.revoked_at.is_(None))

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, Row, delete, select
 
 from mssgate import audit
 from mssgate.db.schema import domains
+from mssgate.db.tx import write
 from mssgate.directory.models import Cipher, Domain, DomainKind, EncryptionPolicy
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, ValidationFailed
@@ -115,7 +116,7 @@ class Domains:
 
     def add_local(self, name: str, *, encryption: EncryptionPolicy | None = None) -> Domain:
         key = normalize_domain(name)
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             row = conn.execute(select(domains).where(domains.c.name == key)).first()
             if row is not None:
                 raise Conflict(f"{key} is already a {row.kind} domain")
@@ -159,7 +160,7 @@ class Domains:
             "operator_dn": operator_dn,
             **_encryption_values(encryption, cipher),
         }
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             row = conn.execute(select(domains).where(domains.c.name == key)).first()
             if row is not None and row.kind == "local":
                 raise Conflict(f"{key} is a local domain: it cannot also be a peer")
@@ -192,7 +193,7 @@ class Domains:
         """Changes the encryption settings of a local or trusted domain (None: the default)."""
         key = normalize_domain(name)
         values = _encryption_values(encryption, cipher)
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             row = conn.execute(select(domains).where(domains.c.name == key)).first()
             if row is None:
                 raise NotFound(f"no domain {key!r} (add it with 'mssgate domain add' or 'trust')")
@@ -209,7 +210,7 @@ class Domains:
 
     def untrust(self, name: str) -> None:
         key = normalize_domain(name)
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             result = conn.execute(
                 delete(domains).where(domains.c.name == key, domains.c.kind == "trusted")
             )

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mssgate import audit
 from mssgate.db.schema import domains, professionals
+from mssgate.db.tx import write
 from mssgate.directory.models import AccountState, MailboxKind, NewProfessional, Professional
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, ValidationFailed
@@ -62,7 +63,7 @@ class Professionals:
         domain = new.address.split("@", 1)[1]
         stamp = now()
         try:
-            with self._engine.begin() as conn:
+            with write(self._engine) as conn:
                 if not is_local_domain(conn, domain):
                     raise ValidationFailed(
                         f"{domain} is not a local domain (add it with 'mssgate domain add')"
@@ -131,7 +132,7 @@ class Professionals:
 
     def _change(self, address: str, action: str, values: dict[str, Any]) -> Professional:
         key = normalize_address(address)
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             result = conn.execute(
                 update(professionals)
                 .where(professionals.c.address == key, professionals.c.local.is_(True))
@@ -155,7 +156,7 @@ class Professionals:
 
     def remove(self, address: str) -> None:
         key = normalize_address(address)
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             result = conn.execute(delete(professionals).where(professionals.c.address == key))
             if result.rowcount == 0:
                 raise NotFound(f"no mailbox {address!r} in the directory")

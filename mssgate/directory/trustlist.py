@@ -37,6 +37,7 @@ from signxml.verifier import SignatureConfiguration, XMLVerifier
 from sqlalchemy import Engine
 
 from mssgate import audit
+from mssgate.db.tx import write
 from mssgate.directory.domains import Domains, parse_relay
 from mssgate.directory.models import DomainKind
 from mssgate.documents.errors import DocumentError
@@ -309,7 +310,7 @@ def apply_trust_list(
         "updated": len(updated),
         "unchanged": len(plan.unchanged),
     }
-    with engine.begin() as conn:
+    with write(engine) as conn:
         audit.append(
             conn,
             actor=actor,

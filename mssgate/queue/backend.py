@@ -1,7 +1,7 @@
 """What differs between SQLite and PostgreSQL for the queue, behind one small interface.
 
-SQLite has one writer at a time: a transition opens with BEGIN IMMEDIATE, so it holds the
-write lock before it reads, and two leasers can never read the same ready rows. PostgreSQL
+SQLite has one writer at a time: a transition runs in `mssgate.db.tx.write`, which holds the
+write lock before it reads, so two leasers can never read the same ready rows. PostgreSQL
 has row locks: candidates are read with FOR UPDATE SKIP LOCKED, so concurrent leasers (other
 processes, other hosts) each take different rows without waiting on one another.
 """
@@ -18,9 +18,6 @@ from mssgate.errors import StorageError
 
 class Backend(Protocol):
     name: str
-
-    def begin_write(self, conn: Connection) -> None:
-        """Called first in a transition's transaction."""
 
     def claim(self, query: Select[Any]) -> Select[Any]:
         """Locks the candidate rows a leaser is about to take, skipping others' rows."""
@@ -41,11 +38,6 @@ def _inserted(conn: Connection, statement: Any) -> bool:
 class SqliteBackend:
     name = "sqlite"
 
-    def begin_write(self, conn: Connection) -> None:
-        # pysqlite would open a deferred transaction at the first write; a read before it
-        # could then act on a stale snapshot (or fail with SQLITE_BUSY_SNAPSHOT in WAL).
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
     def claim(self, query: Select[Any]) -> Select[Any]:
         return query
 
@@ -59,9 +51,6 @@ class SqliteBackend:
 
 class PostgresBackend:
     name = "postgresql"
-
-    def begin_write(self, conn: Connection) -> None:
-        return None
 
     def claim(self, query: Select[Any]) -> Select[Any]:
         return query.with_for_update(skip_locked=True)

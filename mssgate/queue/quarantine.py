@@ -17,6 +17,7 @@ from sqlalchemy import Engine, Row, delete, select, update
 
 from mssgate import audit
 from mssgate.db.schema import quarantine
+from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware
 from mssgate.documents.record import DocumentInfo, Quarantined
 from mssgate.errors import Conflict, NotFound
@@ -80,8 +81,7 @@ class QuarantineStore:
         content, stored_message = sealed if sealed is not None else (held.content, message)
         held_id = secrets.token_hex(16)
         now = self._clock()
-        with self._engine.begin() as conn:
-            self._backend.begin_write(conn)
+        with write(self._engine) as conn:
             created = self._backend.insert_ignore(
                 conn,
                 quarantine,
@@ -149,8 +149,7 @@ class QuarantineStore:
         return bytes(self._row(held_id).message)
 
     def mark_released(self, held_id: str, *, actor: str, detail: dict[str, Any]) -> None:
-        with self._engine.begin() as conn:
-            self._backend.begin_write(conn)
+        with write(self._engine) as conn:
             result = conn.execute(
                 update(quarantine)
                 .where(quarantine.c.id == held_id, quarantine.c.state == "held")
@@ -164,8 +163,7 @@ class QuarantineStore:
 
     def delete(self, held_id: str, *, actor: str) -> QuarantineEntry:
         entry = self.get(held_id)
-        with self._engine.begin() as conn:
-            self._backend.begin_write(conn)
+        with write(self._engine) as conn:
             result = conn.execute(delete(quarantine).where(quarantine.c.id == held_id))
             if result.rowcount != 1:
                 raise NotFound(f"no quarantined document {held_id!r}")

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, Row, func, or_, select, update
 from mssgate import __version__, audit
 from mssgate.config import Config, QueueConfig
 from mssgate.db.schema import consumers, queue_contents, queue_documents, receipts_outbox
+from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware
 from mssgate.documents.record import DocumentRecord
 from mssgate.errors import Conflict, NotFound, StorageError, ValidationFailed
@@ -226,8 +227,7 @@ class DocumentQueue:
         if keys:
             cipher = self.cipher()
             content, hl7_bytes = cipher.encrypt(content, keys), cipher.encrypt(hl7_bytes, keys)
-        with self._engine.begin() as conn:
-            self._backend.begin_write(conn)
+        with write(self._engine) as conn:
             created = self._backend.insert_ignore(
                 conn,
                 queue_documents,
@@ -323,8 +323,7 @@ class DocumentQueue:
                 f"lease_seconds must be between 1 and {self.settings.max_lease_seconds}"
             )
         leases: list[Lease] = []
-        with self._engine.begin() as conn:
-            self._backend.begin_write(conn)
+        with write(self._engine) as conn:
             now = self._now()
             _, receipts = self._expire(conn, now, holder.mailbox)
             expires = now + timedelta(seconds=seconds)
@@ -386,8 +385,7 @@ class DocumentQueue:
             raise LeaseLost("this lease has expired")
 
     def ack(self, holder: Holder, document_id: str, lease_id: str) -> None:
-        with self._engine.begin() as conn:
-            self._backend.begin_write(conn)
+        with write(self._engine) as conn:
             now = self._now()
             row = self._held_row(conn, holder, document_id)
             if row.state == QueueState.DONE.value and row.lease_id == lease_id:
@@ -412,8 +410,7 @@ class DocumentQueue:
         self, holder: Holder, document_id: str, lease_id: str, *, code: int, reason: str
     ) -> QueueState:
         """Gives the document back; returns where it went (ready, or dead for good)."""
-        with self._engine.begin() as conn:
-            self._backend.begin_write(conn)
+        with write(self._engine) as conn:
             now = self._now()
             row = self._held_row(conn, holder, document_id)
             self._check_lease(row, lease_id, now)
@@ -444,16 +441,14 @@ class DocumentQueue:
 
     def reap(self) -> int:
         """Returns every expired lease (all mailboxes) to ready or dead now."""
-        with self._engine.begin() as conn:
-            self._backend.begin_write(conn)
+        with write(self._engine) as conn:
             count, receipts = self._expire(conn, self._now(), None)
         self._hand_over(receipts)
         return count
 
     def requeue(self, document_id: str, *, actor: str) -> QueueEntry:
         """An operator sends a document back to ready with a fresh attempt count."""
-        with self._engine.begin() as conn:
-            self._backend.begin_write(conn)
+        with write(self._engine) as conn:
             row = conn.execute(
                 self._backend.lock(
                     select(queue_documents).where(queue_documents.c.id == document_id)
@@ -567,8 +562,7 @@ class DocumentQueue:
             cutoff = self._now() - retry_after
             if receipt.created_at > cutoff:
                 continue
-            with self._engine.begin() as conn:
-                self._backend.begin_write(conn)
+            with write(self._engine) as conn:
                 claimed = conn.execute(
                     update(receipts_outbox)
                     .where(
@@ -606,7 +600,7 @@ class DocumentQueue:
         ]
 
     def mark_handed(self, receipt_id: str) -> None:
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             conn.execute(
                 update(receipts_outbox)
                 .where(receipts_outbox.c.id == receipt_id)

@@ -20,6 +20,7 @@ from cryptography import x509
 
 from mssgate import audit, metrics
 from mssgate.authresults import TlsInfo, authentication_results_field, remove_own_results
+from mssgate.db.tx import write
 from mssgate.directory import Directory
 from mssgate.directory.models import AccountState
 from mssgate.dkim import DkimResult, dkim_sign, dkim_verify
@@ -135,7 +136,7 @@ class SmtpPolicy:
     def _audit_rejection(self, server: GatewaySMTP, reply: Reply, why: dict[str, Any]) -> None:
         envelope = server.envelope
         try:
-            with self._directory.engine.begin() as conn:
+            with write(self._directory.engine) as conn:
                 audit.append(
                     conn,
                     actor=f"smtp:{self.listener.value}",

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, and_, func, select, update
 
 from mssgate import audit
 from mssgate.db.schema import spool_messages, spool_recipients
+from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import NotFound, StorageError
 from mssgate.fsutil import ensure_dir, fsync_dir, write_new_durably
@@ -149,7 +150,7 @@ class Spool:
 
     def _insert(self, group: Sequence[_Acceptance]) -> None:
         """One transaction for a group of acceptances: their rows and their audit entries."""
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             conn.execute(
                 spool_messages.insert(),
                 [
@@ -241,7 +242,7 @@ class Spool:
 
     def delivered(self, item: PendingDelivery) -> None:
         # One transaction for the recipient and, if it was the last one, the message.
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             conn.execute(
                 update(spool_recipients)
                 .where(self._recipient(item.spool_id, item.recipient))  # type: ignore[arg-type]
@@ -255,7 +256,7 @@ class Spool:
         self, item: PendingDelivery, *, error: str, permanent: bool, retry_in: timedelta
     ) -> None:
         stamp = now()
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             conn.execute(
                 update(spool_recipients)
                 .where(self._recipient(item.spool_id, item.recipient))  # type: ignore[arg-type]
@@ -309,7 +310,7 @@ class Spool:
         )
 
     def _finish_if_complete(self, spool_id: str) -> None:
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             done = self._mark_done_if_complete(conn, spool_id)
         if done:
             self._unlink(spool_id)
@@ -386,7 +387,7 @@ class Spool:
 
     def flush(self) -> int:
         """Makes every pending delivery due now; returns how many."""
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             result = conn.execute(
                 update(spool_recipients)
                 .where(spool_recipients.c.state == "pending")
