@@ -15,8 +15,8 @@ from sqlalchemy import Engine
 from mssgate import audit
 from mssgate.db import open_engine, upgrade
 from mssgate.db.migrate import current_revision, head_revision
-from mssgate.db.tx import write
 from mssgate.db.schema import metadata
+from mssgate.db.tx import write
 from mssgate.directory import Directory
 from mssgate.directory.models import NewProfessional
 from mssgate.errors import Conflict, StorageError
