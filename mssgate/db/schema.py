@@ -162,7 +162,7 @@ spool_recipients = Table(
     CheckConstraint("route IN ('local', 'relay')", name="ck_spool_recipients_route"),
     Index("ix_spool_recipients_pending", "state", "next_attempt_at"),
     CheckConstraint(
-        "state IN ('pending', 'delivered', 'failed')", name="ck_spool_recipients_state"
+        "state IN ('pending', 'delivered', 'failed', 'held')", name="ck_spool_recipients_state"
     ),
 )
 
