@@ -51,6 +51,7 @@ __all__ = [
     "render",
     "scrape_registry",
     "smime",
+    "task_crashed",
     "tls_session",
 ]
 
@@ -131,6 +132,13 @@ class Metrics:
             ["route"],
             registry=reg,
         )
+        self.task_crashes = Counter(
+            "mssgate_task_crashes",
+            "Unexpected ends of a long-running task of serve (delivery, relay...), each"
+            " followed by a restart.",
+            ["task"],
+            registry=reg,
+        )
         if process:
             # Linux /proc figures (CPU, memory, open files) and the Python version: what an
             # operator checks first when a gateway misbehaves.
@@ -169,6 +177,9 @@ class Metrics:
 
     def delivery_retried_after_ambiguous_failure(self, route: str) -> None:
         self.ambiguous_retries.labels(_token(route)).inc()
+
+    def task_crashed(self, task: str) -> None:
+        self.task_crashes.labels(_token(task)).inc()
 
     def collect(self) -> Iterator[Metric]:
         """So that a Metrics can itself be registered in a scrape registry."""
@@ -324,6 +335,11 @@ def delivery_retried_after_ambiguous_failure(route: str) -> None:
     (it may have arrived) and will be tried again: at least once makes that a possible
     duplicate, which this counts."""
     _default.delivery_retried_after_ambiguous_failure(route)
+
+
+def task_crashed(task: str) -> None:
+    """A supervised task of serve ended with an exception (it is restarted)."""
+    _default.task_crashed(task)
 
 
 def scrape_registry(engine: Engine, metrics: Metrics | None = None) -> CollectorRegistry:

@@ -15,19 +15,23 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
-from mssgate.api.server import start_api
+from sqlalchemy.exc import SQLAlchemyError
+
+from mssgate.api.server import ApiServer, start_api
 from mssgate.config import Config
 from mssgate.db import open_engine, upgrade
 from mssgate.directory import Directory
 from mssgate.directory.models import EncryptionPolicy
 from mssgate.dovecot.supervisor import DovecotError, DovecotSupervisor, find_dovecot
-from mssgate.errors import Conflict
+from mssgate.errors import Conflict, MssgateError
 from mssgate.fsutil import ensure_dir, write_durably
 from mssgate.imap.server import ImapService, start_imap
 from mssgate.integration import (
@@ -53,6 +57,7 @@ from mssgate.smtp.policy import Listener
 from mssgate.smtp.server import Sessions, bound_port, start_smtp
 from mssgate.spool import Spool
 from mssgate.spool.delivery import DeliveryWorker
+from mssgate.supervisor import Supervisor
 
 log = logging.getLogger("mssgate.serve")
 
@@ -109,16 +114,56 @@ async def queue_maintenance(queue: DocumentQueue, interval: float) -> None:
         try:
             reaped = await asyncio.to_thread(queue.reap)
             resent = await asyncio.to_thread(queue.drain_receipts)
-        except Exception:
-            # The database may be away for a while: the next round tries again.
-            log.exception("queue maintenance failed")
+        except (MssgateError, SQLAlchemyError, OSError) as exc:
+            # The database may be away for a while: the next round tries again. Anything
+            # else is a bug, for the supervisor to log and restart.
+            event(log, "queue.maintenance_failed", level=logging.ERROR,
+                  error=f"{type(exc).__name__}: {exc}")  # fmt: skip
         else:
             if reaped or resent:
                 event(log, "queue.maintenance", leases_reaped=reaped, receipts_resent=resent)
         await asyncio.sleep(interval)
 
 
+def _loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    """What asyncio would print about a callback or a forgotten task, as one event.
+
+    The `asyncio` logger stays quiet (a TLS scan makes it print a traceback per probe), so
+    without this handler a failure outside any supervised task would leave no trace.
+    """
+    exc = context.get("exception")
+    if isinstance(exc, ssl.SSLError | ConnectionError):
+        return  # one peer's broken connection: the protocol classes log those
+    fields: dict[str, object] = {"message": str(context.get("message", ""))[:300]}
+    if isinstance(exc, BaseException):
+        fields["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        fields["traceback"] = "".join(traceback.format_exception(exc))
+    task = context.get("task") or context.get("future")
+    if isinstance(task, asyncio.Task):
+        fields["task"] = task.get_name()
+    event(log, "loop.error", level=logging.ERROR, **fields)
+
+
+def _watch_listeners(
+    supervisor: Supervisor,
+    servers: dict[str, asyncio.Server],
+    api: ApiServer,
+    dovecot: DovecotSupervisor | None,
+) -> None:
+    def serving(server: asyncio.Server) -> Callable[[], str | None]:
+        return lambda: None if server.is_serving() else "not accepting connections"
+
+    for name, server in servers.items():
+        supervisor.check(f"listener.{name}", serving(server))
+    supervisor.check("listener.api", lambda: None if api.serving else "the API server stopped")
+    if dovecot is not None and dovecot.managed:
+        supervisor.check(
+            "dovecot", lambda: None if dovecot.pid is not None else "Dovecot is not running"
+        )
+
+
 async def run_gateway(config: Config) -> int:
+    asyncio.get_running_loop().set_exception_handler(_loop_error)
     data = config.server.data_dir
     run_dir = ensure_dir(data / "run")
     with data_dir_lock(run_dir):
@@ -195,7 +240,8 @@ async def run_gateway(config: Config) -> int:
             budget=budget,
         )  # fmt: skip
         imap: ImapService | None = None
-        dovecot_task: asyncio.Task[None] | None = None
+        # Every long-running task runs under it: none may end silently (mssgate.supervisor).
+        supervisor = Supervisor()
         if dovecot is not None:
             imap = await start_imap(
                 config,
@@ -204,14 +250,18 @@ async def run_gateway(config: Config) -> int:
                 penalty=penalty,
                 limiter=ConnectionLimiter(smtp.max_connections_per_ip),
             )
-            dovecot_task = asyncio.create_task(dovecot.run(), name="dovecot")
-        worker_task = asyncio.create_task(worker.run(), name="delivery")
-        relay_task = asyncio.create_task(relay.run(), name="relay")
-        maintenance_task = asyncio.create_task(
-            queue_maintenance(queue, config.queue.maintenance_interval_seconds),
-            name="queue-maintenance",
+            supervisor.spawn("dovecot", dovecot.run)
+        supervisor.spawn("delivery", worker.run)
+        supervisor.spawn("relay", relay.run)
+        supervisor.spawn(
+            "queue-maintenance",
+            lambda: queue_maintenance(queue, config.queue.maintenance_interval_seconds),
         )
-        api = await start_api(config, engine, queue=queue)
+        api = await start_api(config, engine, queue=queue, health=supervisor.failing)
+        listening: dict[str, asyncio.Server] = {k.value: v for k, v in servers.items()}
+        if imap is not None:
+            listening.update({f"imap.{k}": v for k, v in imap.servers.items()})
+        _watch_listeners(supervisor, listening, api, dovecot)
         ports = {listener.value: bound_port(s) for listener, s in servers.items()}
         ports["api"] = api.port
         if imap is not None:
@@ -243,12 +293,7 @@ async def run_gateway(config: Config) -> int:
         await api.stop()
         if imap is not None:
             await imap.stop()
-        for task in (worker_task, relay_task, maintenance_task, dovecot_task):
-            if task is None:
-                continue
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await supervisor.stop()
         if dovecot is not None:
             await dovecot.stop()
         status.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ to the database through synchronous SQLAlchemy; they stay thin: parse, call the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
@@ -35,6 +36,9 @@ from mssgate.logs import event
 from mssgate.metrics import Metrics, scrape_registry
 from mssgate.queue.models import QueueState
 from mssgate.queue.service import DocumentQueue, ReceiptCallback
+
+# Name -> reason for each supervised task or check that fails (see mssgate.supervisor).
+HealthProbe = Callable[[], dict[str, str]]
 
 log = logging.getLogger("mssgate.api")
 
@@ -67,6 +71,7 @@ def create_app(
     queue: DocumentQueue | None = None,
     on_receipt: ReceiptCallback | None = None,
     metrics: Metrics | None = None,
+    health: HealthProbe | None = None,
 ) -> FastAPI:
     """The ASGI application; `queue` defaults to one built from the configuration, `metrics`
     to the process-wide counters of mssgate.metrics."""
@@ -89,8 +94,17 @@ def create_app(
     app.add_middleware(BodyLimit)
     auth_errors = responses(401, 422)
 
-    @app.get("/healthz", response_model=Health, tags=["operations"])
-    def healthz() -> Health:
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        tags=["operations"],
+        responses={503: {"model": Health, "description": "A task or listener is failing"}},
+    )
+    def healthz(response: Response) -> Health:
+        failing = health() if health is not None else {}
+        if failing:
+            response.status_code = 503
+            return Health(status="failing", failing=failing)
         return Health(status="ok")
 
     @app.post(

@@ -51,4 +51,7 @@ class TransitionResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "failing"]
+    # Supervised task or check -> why it fails (a task that keeps crashing, a listener that
+    # stopped serving). Empty when the status is ok.
+    failing: dict[str, str] = Field(default_factory=dict)

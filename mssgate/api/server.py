@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mssgate import metrics
-from mssgate.api.app import create_app
+from mssgate.api.app import HealthProbe, create_app
 from mssgate.config import Config
 from mssgate.errors import StorageError
 from mssgate.queue.service import DocumentQueue, ReceiptCallback
@@ -70,6 +70,11 @@ class ApiServer:
         assert isinstance(app, FastAPI)
         return app
 
+    @property
+    def serving(self) -> bool:
+        """False once the server's task has ended (it should run until `stop`)."""
+        return not self._task.done()
+
     async def stop(self, *, grace_seconds: float = 10.0) -> None:
         """Stops accepting, lets requests in flight finish (up to the grace), closes."""
         self._server.should_exit = True
@@ -91,11 +96,12 @@ async def start_api(
     host: str | None = None,
     port: int | None = None,
     tls: ssl.SSLContext | None = None,
+    health: HealthProbe | None = None,
 ) -> ApiServer:
     """Starts serving on [api] bind:port (or `host`/`port`; port 0 picks a free one)."""
     assert config.tls.cert is not None and config.tls.key is not None  # set by Config
     context = tls or server_context(config.tls.cert, config.tls.key)
-    app = create_app(config, engine, queue=queue, on_receipt=on_receipt)
+    app = create_app(config, engine, queue=queue, on_receipt=on_receipt, health=health)
     sock = _bind(host or config.api.bind, config.api.port if port is None else port)
     uv_config = uvicorn.Config(
         app,

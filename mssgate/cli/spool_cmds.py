@@ -1,4 +1,4 @@
-"""`mssgate spool list|flush`: mail accepted and not yet delivered everywhere."""
+"""`mssgate spool list|flush|release`: mail accepted and not yet delivered everywhere."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mssgate.cli.context import emit_json, emit_table, say, state
+from mssgate.cli.context import actor, emit_json, emit_table, say, state
 from mssgate.spool import Spool
 
 app = typer.Typer(help="Mail waiting for delivery.", no_args_is_help=True)
@@ -15,6 +15,12 @@ app = typer.Typer(help="Mail waiting for delivery.", no_args_is_help=True)
 def _spool(ctx: typer.Context) -> Spool:
     st = state(ctx)
     return Spool(st.engine(), st.config().server.data_dir / "spool")
+
+
+def _recipient_cell(r: dict[str, object]) -> str:
+    if r["state"] == "held":
+        return f"{r['recipient']} (held: {r['last_error']})"
+    return f"{r['recipient']} ({r['state']})"
 
 
 @app.command("list")
@@ -37,7 +43,7 @@ def list_(
                 f"{e.received_at:%Y-%m-%d %H:%M:%S}",
                 e.sender,
                 e.size,
-                ", ".join(f"{r['recipient']} ({r['state']})" for r in e.recipients),
+                ", ".join(_recipient_cell(r) for r in e.recipients),
             )
             for e in entries
         ],
@@ -48,3 +54,15 @@ def list_(
 def flush(ctx: typer.Context) -> None:
     """Retry every pending delivery now."""
     say(f"{_spool(ctx).flush()} deliveries due now")
+
+
+@app.command("release")
+def release(
+    ctx: typer.Context,
+    queue_id: Annotated[
+        str, typer.Argument(help="Queue id of the message, as `spool list` shows it.")
+    ],
+) -> None:
+    """Retry the held deliveries of a message (set aside after an unexpected error)."""
+    count = _spool(ctx).release(queue_id, actor=actor())
+    say(f"{count} held deliveries of {queue_id} due now")

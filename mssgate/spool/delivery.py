@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import traceback
 from collections.abc import Callable
 from datetime import timedelta
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from mssgate import metrics
 from mssgate.config import DeliveryConfig
+from mssgate.errors import StorageError
 from mssgate.logs import event
 from mssgate.mailstore import DeliveryFailed, MailStore
 from mssgate.smtp.body import MemoryBudget
@@ -18,6 +22,9 @@ from mssgate.spool.store import PendingDelivery, Spool
 log = logging.getLogger("mssgate.delivery")
 
 _DEFAULTS = DeliveryConfig()
+
+# Failures of the gateway's own footing, not of one entry: holding the entry would be wrong.
+_TRANSIENT = (SQLAlchemyError, StorageError, MemoryError)
 
 
 def retry_delay(attempts: int, config: DeliveryConfig = _DEFAULTS) -> timedelta:
@@ -61,6 +68,26 @@ class DeliveryWorker:
         self._wake.set()
 
     def _deliver_one(self, item: PendingDelivery) -> None:
+        try:
+            self._attempt(item)
+        except _TRANSIENT:
+            raise  # the database or the disk: the pass fails, the entry stays due
+        except Exception as exc:
+            # Anything else belongs to this entry (its file is gone, a part of the pipeline
+            # broke on its bytes): set it aside with its reason so that the others go on.
+            reason = f"{type(exc).__name__}: {exc}"[:480]
+            self._spool.hold(item, reason=reason)
+            metrics.delivery(item.route, "held")
+            event(
+                log,
+                "delivery.held",
+                level=logging.ERROR,
+                queue_id=item.spool_id,
+                reason=reason,
+                traceback="".join(traceback.format_exception(exc)),
+            )
+
+    def _attempt(self, item: PendingDelivery) -> None:
         try:
             content = self._spool.read(item.spool_id)
             stored = content if self._seal is None else self._seal(item.recipient, content)
@@ -107,7 +134,15 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         while True:
-            done = await self.run_once()
+            try:
+                done = await self.run_once()
+            except _TRANSIENT as exc:
+                # The database is away or busy, or the disk failed: nothing to do but wait
+                # and try again. Anything else is a bug: the supervisor logs and restarts.
+                event(log, "delivery.pass_failed", level=logging.ERROR,
+                      error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                done = 0
+                await asyncio.sleep(self._poll)
             if done:
                 continue
             self._wake.clear()

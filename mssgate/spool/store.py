@@ -279,6 +279,48 @@ class Spool:
         if permanent:
             self._finish_if_complete(item.spool_id)
 
+    def hold(self, item: PendingDelivery, *, reason: str) -> None:
+        """Sets a delivery aside after an unexpected error: it keeps its file, is never due,
+        and shows in `spool list` with its reason until an operator releases it."""
+        with write(self._engine) as conn:
+            conn.execute(
+                update(spool_recipients)
+                .where(self._recipient(item.spool_id, item.recipient))  # type: ignore[arg-type]
+                .values(
+                    state="held",
+                    attempts=item.attempts + 1,
+                    last_error=reason[:500],
+                    updated_at=now(),
+                )
+            )
+            audit.append(
+                conn,
+                actor="spool",
+                action="delivery.held",
+                subject=item.spool_id,
+                detail={"recipient": item.recipient, "reason": reason[:200]},
+            )
+
+    def release(self, queue_id: str, *, actor: str) -> int:
+        """Makes the held deliveries of a message due again; returns how many."""
+        self.path(queue_id)  # a malformed id is NotFound, like an unknown one
+        with write(self._engine) as conn:
+            result = conn.execute(
+                update(spool_recipients)
+                .where(
+                    spool_recipients.c.spool_id == queue_id,
+                    spool_recipients.c.state == "held",
+                )
+                .values(state="pending", next_attempt_at=now(), updated_at=now())
+            )
+            released = int(result.rowcount)
+            if released:
+                audit.append(conn, actor=actor, action="spool.release", subject=queue_id,
+                             detail={"deliveries": released})  # fmt: skip
+        if not released:
+            raise NotFound(f"no held delivery in spooled message {queue_id!r}")
+        return released
+
     def envelope(self, queue_id: str) -> MessageEnvelope:
         with self._engine.connect() as conn:
             row = conn.execute(
@@ -321,7 +363,8 @@ class Spool:
             .select_from(spool_recipients)
             .where(
                 spool_recipients.c.spool_id == spool_id,
-                spool_recipients.c.state == "pending",
+                # A held delivery keeps its message (and file) until it is released.
+                spool_recipients.c.state.in_(("pending", "held")),
             )
         ).scalar_one()
         if left:

@@ -1,0 +1,132 @@
+"""Supervision of `serve`'s long-running tasks: none of them may stop silently.
+
+A task that raises is logged once with its traceback (`task.crashed`), counted, and started
+again after a backoff that doubles up to a cap. A task that crashed `unhealthy_after` times
+within `window` seconds makes the gateway unhealthy (`/healthz` answers 503 with its name)
+until it has run `window` seconds without crashing. A task that returns is a crash too: every
+supervised task is meant to run until `serve` stops. Cancellation is the one normal end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from mssgate import metrics
+from mssgate.logs import event
+
+log = logging.getLogger("mssgate.supervisor")
+
+TaskFactory = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class _Supervised:
+    name: str
+    factory: TaskFactory
+    crashes: deque[float] = field(default_factory=deque)
+    last_error: str | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class TaskExited(RuntimeError):
+    """A supervised task returned, which none of them should."""
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        backoff_first: float = 1.0,
+        backoff_max: float = 60.0,
+        unhealthy_after: int = 3,
+        window: float = 300.0,
+    ) -> None:
+        self._first = backoff_first
+        self._max = backoff_max
+        self._threshold = unhealthy_after
+        self._window = window
+        self._tasks: dict[str, _Supervised] = {}
+        self._checks: dict[str, Callable[[], str | None]] = {}
+
+    def spawn(self, name: str, factory: TaskFactory) -> asyncio.Task[None]:
+        """Runs `factory()` under supervision, as a task named `name`."""
+        if name in self._tasks:
+            raise ValueError(f"a task named {name!r} is supervised already")
+        entry = _Supervised(name, factory)
+        self._tasks[name] = entry
+        entry.task = asyncio.create_task(self._keep(entry), name=name)
+        return entry.task
+
+    def check(self, name: str, probe: Callable[[], str | None]) -> None:
+        """A condition that is not a task (a listener still serving, say): `probe` returns
+        None when all is well, else why not."""
+        self._checks[name] = probe
+
+    async def _keep(self, entry: _Supervised) -> None:
+        delay = self._first
+        while True:
+            started = time.monotonic()
+            try:
+                await entry.factory()
+                raise TaskExited(f"task {entry.name} returned")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                stamp = time.monotonic()
+                if stamp - started >= self._window:
+                    delay = self._first  # it ran long enough: a fresh failure, not a loop
+                entry.crashes.append(stamp)
+                entry.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                metrics.task_crashed(entry.name)
+                event(
+                    log,
+                    "task.crashed",
+                    level=logging.ERROR,
+                    task=entry.name,
+                    error=entry.last_error,
+                    restart_in_seconds=delay,
+                    traceback="".join(traceback.format_exception(exc)),
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._max)
+
+    def failing(self) -> dict[str, str]:
+        """Name -> reason, for each task that keeps crashing and each failed check."""
+        horizon = time.monotonic() - self._window
+        out: dict[str, str] = {}
+        for entry in self._tasks.values():
+            while entry.crashes and entry.crashes[0] < horizon:
+                entry.crashes.popleft()
+            if len(entry.crashes) >= self._threshold:
+                out[entry.name] = (
+                    f"crashed {len(entry.crashes)} times in {self._window:.0f} s;"
+                    f" last: {entry.last_error}"
+                )
+        for name, probe in self._checks.items():
+            why = probe()
+            if why is not None:
+                out[name] = why
+        return out
+
+    def crash_counts(self) -> dict[str, int]:
+        return {name: len(e.crashes) for name, e in self._tasks.items()}
+
+    async def stop(self) -> None:
+        """Cancels every task and waits for each to end."""
+        tasks = [e.task for e in self._tasks.values() if e.task is not None]
+        for task in reversed(tasks):
+            task.cancel()
+        for task in reversed(tasks):
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # a task's own clean-up failed: say so, go on
+                event(log, "task.stop_failed", level=logging.ERROR, task=task.get_name(),
+                      error=f"{type(exc).__name__}: {exc}")  # fmt: skip
