@@ -21,6 +21,7 @@ from mssgate import metrics
 from mssgate.api.app import HealthProbe, create_app
 from mssgate.config import Config
 from mssgate.errors import StorageError
+from mssgate.listen import bind_failed
 from mssgate.queue.service import DocumentQueue, ReceiptCallback
 from mssgate.tls import server_context
 
@@ -50,7 +51,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StorageError(f"cannot listen on {host}:{port} for the API: {exc.strerror}") from None
+        raise bind_failed("the RIS API", host, port, "api.port", exc) from None
     sock.setblocking(False)
     return sock
 

@@ -14,6 +14,7 @@ from mssgate.config import Config
 from mssgate.directory import Directory
 from mssgate.imap.backend import Backend
 from mssgate.imap.session import Authenticator, Limits, PreauthSession
+from mssgate.listen import bind_failed
 from mssgate.logs import event
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
 from mssgate.tls import server_context
@@ -119,14 +120,20 @@ async def start_imap(
         return handle
 
     for listener, port, ctx in ((IMAPS, imap.imaps_port, tls), (IMAP, imap.port, None)):
-        service.servers[listener] = await asyncio.start_server(
-            handler(listener),
-            host=imap.bind,
-            port=port,
-            ssl=ctx,
-            ssl_handshake_timeout=imap.idle_timeout_seconds if ctx is not None else None,
-            limit=imap.max_preauth_line,
-            reuse_address=True,
-        )
+        try:
+            service.servers[listener] = await asyncio.start_server(
+                handler(listener),
+                host=imap.bind,
+                port=port,
+                ssl=ctx,
+                ssl_handshake_timeout=imap.idle_timeout_seconds if ctx is not None else None,
+                limit=imap.max_preauth_line,
+                reuse_address=True,
+            )
+        except OSError as exc:
+            for started in service.servers.values():
+                started.close()
+            setting = "imap.imaps_port" if ctx is not None else "imap.port"
+            raise bind_failed(f"IMAP ({listener})", imap.bind, port, setting, exc) from None
     event(log, "imap.started", ports=service.ports)
     return service

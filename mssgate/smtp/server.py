@@ -11,6 +11,7 @@ from mssgate.config import Config
 from mssgate.directory import Directory
 from mssgate.directory.models import EncryptionPolicy
 from mssgate.errors import ConfigError
+from mssgate.listen import bind_failed
 from mssgate.pki import load_certificates
 from mssgate.smime.mailbox_keys import mailbox_keys_dir
 from mssgate.smtp.body import MemoryBudget
@@ -171,9 +172,15 @@ async def start_smtp(
     }
     servers: dict[Listener, asyncio.Server] = {}
     for listener, port in ports.items():
-        servers[listener] = await loop.create_server(
-            factory(listener), host=smtp.bind, port=port, reuse_address=True
-        )
+        try:
+            servers[listener] = await loop.create_server(
+                factory(listener), host=smtp.bind, port=port, reuse_address=True
+            )
+        except OSError as exc:
+            for started in servers.values():
+                started.close()
+            setting = f"smtp.{listener.value}_port"
+            raise bind_failed(f"SMTP {listener.value}", smtp.bind, port, setting, exc) from None
     return servers
 
 

@@ -191,3 +191,36 @@ def test_healthz_answers_503_naming_a_task_that_keeps_crashing(datadir: Path) ->
     assert isinstance(failing, dict)
     assert list(failing) == ["delivery"]
     assert "database is locked" in failing["delivery"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "listener", "setting"),
+    [
+        ("MSSGATE_SMTP__SUBMISSION_PORT", "SMTP submission", "smtp.submission_port"),
+        ("MSSGATE_API__PORT", "the RIS API", "api.port"),
+    ],
+)
+def test_serve_on_a_busy_port_names_the_listener_and_the_port(
+    gateway_setup: Gateway, variable: str, listener: str, setting: str
+) -> None:
+    """Issue 12 item 16: one line naming the listener, its address and the setting; exit 1."""
+    import socket
+    import subprocess
+
+    from tests.smtp.conftest import MSSGATE
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**gateway_setup.env, variable: str(port)}
+        done = subprocess.run(
+            [MSSGATE, "serve"], env=env, capture_output=True, text=True, timeout=60,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"mssgate: error: cannot listen for {listener} on 127.0.0.1:{port}: the port is in use"
+        f" (another program, or another mssgate serve); choose another port with {setting}"
+    )

@@ -1,0 +1,22 @@
+"""One readable line when a listener cannot bind: which listener, which address, why, and the
+setting that chooses its port."""
+
+from __future__ import annotations
+
+import errno
+
+from mssgate.errors import ConfigError
+
+_WHY = {
+    errno.EADDRINUSE: "the port is in use (another program, or another mssgate serve)",
+    errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+    errno.EADDRNOTAVAIL: "this machine has no such address",
+}
+
+
+def bind_failed(listener: str, host: str, port: int, setting: str, exc: OSError) -> ConfigError:
+    why = _WHY.get(exc.errno or 0) or (exc.strerror or str(exc))
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return ConfigError(
+        f"cannot listen for {listener} on {where}: {why}; choose another port with {setting}"
+    )
