@@ -132,6 +132,7 @@ def test_init_refuses_to_overwrite(tmp_path: Path, cli: object) -> None:
 
 
 def test_check_passes_then_reports_a_broken_certificate(tmp_path: Path, cli: object) -> None:
+    from mssgate.dovecot.paths import runtime_dir
     from tests.conftest import Cli
 
     assert isinstance(cli, Cli)
@@ -145,6 +146,9 @@ def test_check_passes_then_reports_a_broken_certificate(tmp_path: Path, cli: obj
         "tls certificate",
         "database",
     }
+    runtime = runtime_dir(data)
+    (dovecot,) = [c for c in report["checks"] if c["check"] == "dovecot"]
+    assert dovecot["detail"] == f"sockets in {runtime}, mail in {data / 'mail'}"
     (data / "certs" / "server.crt.pem").write_text("garbage")
     (data / "certs" / "dkim.key.pem").chmod(0o644)
     broken = cli("--config", cfg, "check")

@@ -126,6 +126,12 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
         )
     except Exception as exc:  # any driver failure is a failed check, not a crash
         record("database", False, f"unreachable: {exc.__class__.__name__}")
+    if cfg.imap.enabled and not cfg.imap.external_dovecot:
+        from mssgate.dovecot.paths import runtime_dir
+
+        # Named so that an operator finds the sockets (and knows they need no backup).
+        data_dir = cfg.server.data_dir
+        record("dovecot", True, f"sockets in {runtime_dir(data_dir)}, mail in {data_dir / 'mail'}")
     if json_out:
         emit_json({"ok": all(r["ok"] for r in results), "checks": results})
     else:

@@ -1,8 +1,9 @@
 """The private Dovecot's configuration: a pure function of paths and users.
 
-Everything Dovecot writes lives under the data folder (sockets, state, mail), no inet
-listener exists (our front door owns the network), and no system-wide file is read or
-touched: Dovecot is always started with `-c` on the file rendered here.
+Dovecot's configuration and state live under the data folder, its sockets in a short
+runtime folder of that data folder (see `mssgate.dovecot.paths`), no inet listener exists
+(our front door owns the network), and no system-wide file is read or touched: Dovecot is
+always started with `-c` on the file rendered here.
 """
 
 from __future__ import annotations
@@ -45,9 +46,13 @@ class Users:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the private instance keeps its files, all under the data folder."""
+    """Where the private instance keeps its files: configuration and state under the data
+    folder, sockets in a short runtime folder (`mssgate.dovecot.paths`), mail in
+    `mail_root` (the data folder's `mail/` unless it had to live elsewhere)."""
 
     data_dir: Path
+    base_dir: Path
+    mail_root: Path
 
     @property
     def root(self) -> Path:
@@ -58,17 +63,8 @@ class Layout:
         return self.root / "dovecot.conf"
 
     @property
-    def base_dir(self) -> Path:
-        # Short on purpose: unix socket paths must fit in 108 bytes.
-        return self.root / "run"
-
-    @property
     def state_dir(self) -> Path:
         return self.root / "state"
-
-    @property
-    def mail_root(self) -> Path:
-        return self.data_dir / "mail"
 
     @property
     def lmtp_socket(self) -> Path:

@@ -24,6 +24,7 @@ from mssgate.config import Config, parse_lmtp_target
 from mssgate.dovecot.backend import DovecotBackend
 from mssgate.dovecot.conf import Layout, Users, render, resolve_users
 from mssgate.dovecot.logpump import pump
+from mssgate.dovecot.paths import UnsafeFolder, runtime_dir
 from mssgate.errors import MssgateError
 from mssgate.logs import event
 
@@ -87,7 +88,7 @@ class DovecotSupervisor:
     def __init__(self, config: Config, *, data_dir: Path) -> None:
         imap = config.imap
         self._external = imap.external_dovecot
-        self.layout = Layout(data_dir)
+        self.layout = Layout(data_dir, runtime_dir(data_dir), data_dir / "mail")
         self._instance = f"mssgate-{config.server.domain}"
         self._proc: asyncio.subprocess.Process | None = None
         self._logs: asyncio.Task[None] | None = None
@@ -130,6 +131,7 @@ class DovecotSupervisor:
         layout = self.layout
         for path in (layout.root, layout.state_dir):
             path.mkdir(mode=0o755, exist_ok=True)
+        runtime_dir(layout.data_dir, create=True)
         layout.mail_root.mkdir(mode=0o700, exist_ok=True)
         if users.privileged:
             self._hand_mail_to(users)
@@ -259,7 +261,7 @@ class DovecotSupervisor:
             try:
                 binary = await asyncio.to_thread(self._prepare)
                 await self._spawn(binary)
-            except (DovecotError, OSError) as exc:
+            except (DovecotError, UnsafeFolder, OSError) as exc:
                 event(log, "dovecot.restart_failed", level=logging.ERROR, error=str(exc))
                 continue
             self.restarts += 1
@@ -279,6 +281,8 @@ class DovecotSupervisor:
         if self._logs is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._logs
+        # Only sockets and a pid file: the next start makes them again.
+        shutil.rmtree(self.layout.base_dir, ignore_errors=True)
         event(log, "dovecot.stopped", code=proc.returncode)
 
 

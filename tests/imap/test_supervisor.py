@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mssgate.dovecot.paths import runtime_dir
 from tests.conftest import Cli
 from tests.imap.conftest import ALICE, PASSWORD, ImapGateway, message, require_dovecot, runner_env
 
@@ -65,9 +66,14 @@ def test_sigterm_stops_dovecot_and_its_config_stays_inside_the_data_dir(
     imap_setup.start()
     config = imap_setup.data / "dovecot" / "dovecot.conf"
     assert _dovecot_pids_for(config)
+    runtime = runtime_dir(imap_setup.data)
     for line in config.read_text().splitlines():
-        if line.split(" = ")[0] in ("base_dir", "state_dir", "mail_home"):
+        if line.split(" = ")[0] in ("state_dir", "mail_home"):
             assert str(imap_setup.data) in line
+        if line.startswith("base_dir = "):
+            # Sockets in the data folder's short runtime folder (108-byte socket names).
+            assert line == f'base_dir = "{runtime}"'
+    assert (runtime / "lmtp").is_socket()
     assert imap_setup.stop() == 0
     deadline = time.monotonic() + 10  # Dovecot's children exit just after their master
     while _dovecot_pids_for(config) and time.monotonic() < deadline:
@@ -75,3 +81,4 @@ def test_sigterm_stops_dovecot_and_its_config_stays_inside_the_data_dir(
     assert _dovecot_pids_for(config) == []
     assert imap_setup.events("dovecot.stopped")
     assert os.path.exists(imap_setup.data / "dovecot" / "state")
+    assert not runtime.exists()  # sockets and pid file go with the instance

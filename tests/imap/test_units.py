@@ -55,18 +55,23 @@ def _users(privileged: bool) -> Users:
     return Users(privileged, "mail", 8, 8, "dovecot", "dovecot", "dovenull", "root")
 
 
-def test_config_has_no_network_listener_and_keeps_everything_under_the_data_dir() -> None:
-    text = render(Layout(Path("/srv/gw")), _users(True), instance="mssgate-a")
-    assert 'base_dir = "/srv/gw/dovecot/run"' in text
+def _layout(data: str) -> Layout:
+    return Layout(Path(data), Path("/run/mssgate/0123456789ab"), Path(data) / "mail")
+
+
+def test_config_has_no_network_listener_and_keeps_its_files_in_the_layout() -> None:
+    text = render(_layout("/srv/gw"), _users(True), instance="mssgate-a")
+    assert 'base_dir = "/run/mssgate/0123456789ab"' in text
+    assert 'state_dir = "/srv/gw/dovecot/state"' in text
     assert 'mail_home = "/srv/gw/mail/%d/%n"' in text
     assert "mail_location = maildir:~/Maildir" in text
     assert text.count("port = 0") == 2 and "inet_listener lmtp" not in text
     for flag in ("\\Sent", "\\Drafts", "\\Trash", "\\Junk"):
         assert f"special_use = {flag}" in text
     assert "chroot =" not in text
-    assert "chroot =" in render(Layout(Path("/srv/gw")), _users(False), instance="x")
+    assert "chroot =" in render(_layout("/srv/gw"), _users(False), instance="x")
     with pytest.raises(ValueError, match="not usable"):
-        render(Layout(Path('/srv/"gw')), _users(True), instance="x")
+        render(_layout('/srv/"gw'), _users(True), instance="x")
 
 
 class _FakeLmtp(socketserver.StreamRequestHandler):

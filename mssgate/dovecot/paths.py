@@ -1,0 +1,120 @@
+"""Where the private Dovecot keeps what cannot live in the data folder, and how those
+folders are made without trusting anything an attacker could have planted.
+
+Its sockets go to a short runtime folder named by a hash of the data folder's path: a
+unix socket's name must fit in 108 bytes (`sun_path`), and a data folder may be anywhere,
+however deep. As root that is `/run/mssgate/<key>`; as a user `$XDG_RUNTIME_DIR/mssgate/<key>`
+when the session has one, else `/tmp/mssgate-<uid>/<key>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from mssgate.errors import MssgateError
+
+RUN_ROOT = Path("/run/mssgate")
+TMP = Path("/tmp")  # noqa: S108 - only ever a parent of a folder checked by private_dir()
+_KEY_HEX = 12  # 48 bits: enough to tell apart the data folders of one machine
+
+
+class UnsafeFolder(MssgateError):
+    """A folder we would use is not what we would have made (symlink, owner, modes)."""
+
+
+def instance_key(data_dir: Path) -> str:
+    """A short, stable name for one data folder (its absolute, resolved path)."""
+    return hashlib.sha256(os.fsencode(data_dir.resolve())).hexdigest()[:_KEY_HEX]
+
+
+def private_dir(path: Path, *, mode: int, uid: int | None = None, gid: int = -1) -> Path:
+    """`path` as a directory owned by `uid` (default: us) that nobody else may write to.
+
+    It is created with `mode` when missing. An existing one is accepted only if it is a
+    real directory (not a symlink: `lstat`), owned by `uid`, and not writable by group or
+    others; anything else is refused, never repaired: in a shared folder such as /tmp it
+    may have been planted by someone else. Its parent must already be trustworthy.
+    """
+    owner = os.geteuid() if uid is None else uid
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    else:
+        # Only we can reach the new folder until these two calls: no window for anyone.
+        if owner != os.geteuid() or gid != -1:
+            os.chown(path, owner, gid)
+        os.chmod(path, mode)  # the umask may have taken bits away
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeFolder(f"{path} exists and is not a folder (a symlink?): remove it")
+    if st.st_uid != owner:
+        raise UnsafeFolder(
+            f"{path} belongs to uid {st.st_uid}, not {owner}: refusing to use it; remove it"
+        )
+    if st.st_mode & 0o022:
+        raise UnsafeFolder(
+            f"{path} is writable by others (mode {stat.S_IMODE(st.st_mode):o}): remove it"
+        )
+    return path
+
+
+def _session_runtime(env: Mapping[str, str], uid: int) -> Path | None:
+    """$XDG_RUNTIME_DIR when it is what the spec says it is: ours, mode 0700."""
+    value = env.get("XDG_RUNTIME_DIR", "")
+    if not value.startswith("/"):
+        return None
+    try:
+        st = os.lstat(value)
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and stat.S_IMODE(st.st_mode) == 0o700:
+        return Path(value)
+    return None
+
+
+def runtime_parent(
+    *,
+    uid: int,
+    env: Mapping[str, str],
+    run_root: Path = RUN_ROOT,
+    tmp: Path = TMP,
+) -> tuple[Path, int]:
+    """(the folder under which each data folder gets its runtime folder, that folder's mode)."""
+    if uid == 0 and os.access(run_root.parent, os.W_OK):
+        # 0755: Dovecot's unprivileged processes (dovecot, dovenull, the mail user) reach
+        # their sockets below, as they do in Debian's own /run/dovecot.
+        return run_root, 0o755
+    session = _session_runtime(env, uid) if uid != 0 else None
+    if session is not None:
+        return session / "mssgate", 0o700
+    # A shared, sticky /tmp: our own folder in it, created atomically or checked by lstat;
+    # once it is ours nobody else can rename or replace it. Root's is searchable (0711) so
+    # that the unprivileged processes can reach the sockets; nobody can list it.
+    return tmp / f"mssgate-{uid}", 0o711 if uid == 0 else 0o700
+
+
+def runtime_dir(
+    data_dir: Path,
+    *,
+    create: bool = False,
+    uid: int | None = None,
+    env: Mapping[str, str] | None = None,
+    run_root: Path = RUN_ROOT,
+    tmp: Path = TMP,
+) -> Path:
+    """The short runtime folder of this data folder; with `create`, made (or checked) with
+    its parent by `private_dir`."""
+    me = os.geteuid() if uid is None else uid
+    parent, parent_mode = runtime_parent(
+        uid=me, env=os.environ if env is None else env, run_root=run_root, tmp=tmp
+    )
+    path = parent / instance_key(data_dir)
+    if create:
+        private_dir(parent, mode=parent_mode, uid=me)
+        private_dir(path, mode=0o755 if me == 0 else 0o700, uid=me)
+    return path

@@ -1,0 +1,103 @@
+"""The private Dovecot's runtime folder: short whatever the data folder's path, one per data
+folder, and never a folder someone else planted (in /tmp above all)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mssgate.dovecot.paths import UnsafeFolder, instance_key, private_dir, runtime_dir
+
+NOBODY = 65534
+
+
+def test_the_key_names_one_data_folder_whatever_its_spelling(tmp_path: Path) -> None:
+    data = tmp_path / ("d" * 200)
+    data.mkdir()
+    (tmp_path / "link").symlink_to(data)
+    key = instance_key(data)
+    assert len(key) == 12 and int(key, 16) >= 0
+    assert instance_key(tmp_path / "link") == key == instance_key(data / ".." / data.name)
+    assert instance_key(tmp_path) != key
+
+
+def test_root_uses_run_and_users_their_session_runtime_or_their_own_tmp_folder(
+    tmp_path: Path,
+) -> None:
+    run, tmp, xdg = tmp_path / "run", tmp_path / "tmp", tmp_path / "xdg"
+    for folder in (run, tmp, xdg):
+        folder.mkdir()
+    xdg.chmod(0o700)
+    data = tmp_path / ("d" * 300)
+    key = instance_key(data)
+    where = {"run_root": run / "mssgate", "tmp": tmp}
+    assert runtime_dir(data, uid=0, env={}, **where) == run / "mssgate" / key
+    user = NOBODY if os.geteuid() == 0 else os.geteuid()
+    if os.geteuid() == 0:
+        os.chown(xdg, user, user)
+    env = {"XDG_RUNTIME_DIR": str(xdg)}
+    assert runtime_dir(data, uid=user, env=env, **where) == xdg / "mssgate" / key
+    # Not the spec's folder (readable by others, or someone else's): not used.
+    xdg.chmod(0o755)
+    assert runtime_dir(data, uid=user, env=env, **where) == tmp / f"mssgate-{user}" / key
+    xdg.chmod(0o700)
+    assert runtime_dir(data, uid=user + 1, env=env, **where) == tmp / f"mssgate-{user + 1}" / key
+    assert runtime_dir(data, uid=user, env={}, **where) == tmp / f"mssgate-{user}" / key
+    # However long the data folder's path, Dovecot's longest socket name stays short.
+    longest = runtime_dir(data) / "token-login" / "tokenlogin"
+    assert len(str(longest).encode()) < 108
+
+
+def test_runtime_folder_is_created_private(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(mode=0o1777)
+    data = tmp_path / "data"
+    path = runtime_dir(
+        data, create=True, uid=os.geteuid(), env={}, run_root=tmp_path / "no" / "run", tmp=tmp
+    )
+    parent = path.parent
+    assert parent == tmp / f"mssgate-{os.geteuid()}"
+    assert oct(parent.stat().st_mode & 0o777) in ("0o711", "0o700")
+    # Again: the existing folders are checked and accepted.
+    assert (
+        runtime_dir(
+            data, create=True, uid=os.geteuid(), env={}, run_root=tmp_path / "no" / "run", tmp=tmp
+        )
+        == path
+    )
+
+
+@pytest.mark.parametrize("plant", ["symlink", "foreign_owner", "group_writable", "file"])
+def test_a_planted_tmp_folder_is_refused_never_followed(tmp_path: Path, plant: str) -> None:
+    if os.geteuid() != 0 and plant == "foreign_owner":
+        pytest.skip("only root can plant a folder owned by someone else")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    planted = tmp / f"mssgate-{os.geteuid()}"
+    if plant == "symlink":
+        planted.symlink_to(victim)
+    elif plant == "file":
+        planted.write_text("")
+    else:
+        planted.mkdir(mode=0o700)
+        if plant == "foreign_owner":
+            os.chown(planted, NOBODY, NOBODY)
+        else:
+            planted.chmod(0o770)
+    with pytest.raises(UnsafeFolder, match="remove it"):
+        runtime_dir(
+            tmp_path / "data", create=True, env={}, run_root=tmp_path / "no" / "run", tmp=tmp
+        )
+    assert list(victim.iterdir()) == []
+
+
+def test_private_dir_hands_a_new_folder_to_its_owner(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can create a folder for another user")
+    made = private_dir(tmp_path / "x", mode=0o700, uid=NOBODY, gid=NOBODY)
+    st = made.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (NOBODY, NOBODY, 0o700)
