@@ -175,6 +175,23 @@ class DeliveryConfig(_Section):
     lmtp_timeout_seconds: float = Field(120.0, gt=0)
 
 
+class DocumentsConfig(_Section):
+    """The document pipeline that feeds the RIS queue: what one message may cost it."""
+
+    # Per message, over all its parts: bytes decoded (MIME, archives, base64 bodies),
+    # documents, XML elements and attributes. Over any, the message is held whole.
+    max_decoded_bytes: int = Field(128 << 20, gt=0)
+    max_documents: int = Field(100, gt=0)
+    max_xml_nodes: int = Field(2_000_000, gt=0)
+    # Wall time of the pipeline for one message, in a worker process that is killed and
+    # replaced when it runs over; the message is then held whole.
+    time_budget_seconds: float = Field(60.0, gt=0)
+    # Worker processes running the pipeline at once (each may use one core).
+    workers: int = Field(1, ge=1, le=64)
+    # How often the document worker looks for pending messages when nothing wakes it.
+    poll_seconds: float = Field(5.0, gt=0)
+
+
 class DatabaseConfig(_Section):
     # None means "mssgate.db in the data folder", resolved by Config.
     url: str | None = None
@@ -239,6 +256,7 @@ class Config(BaseSettings):
     queue: QueueConfig = QueueConfig()
     relay: RelayConfig = RelayConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    documents: DocumentsConfig = DocumentsConfig()
     database: DatabaseConfig = DatabaseConfig()
     tls: TlsConfig = TlsConfig()
     policy: PolicyConfig = PolicyConfig()

@@ -74,7 +74,7 @@ def release_(ctx: typer.Context, held_id: str) -> None:
     queued = release(
         _queue(ctx),
         held_id,
-        limits=DocumentLimits(),
+        limits=DocumentLimits.from_config(st.config().documents),
         allow_test_oids=st.config().policy.allow_test_ins,
         require_birthplace=st.config().policy.require_birthplace,
         actor=actor(),

@@ -14,7 +14,8 @@ from typing import Final, Literal
 from lxml import etree
 from pydantic import BaseModel, ConfigDict
 
-from mssgate.documents.errors import CdaError, LimitExceeded
+from mssgate.documents import budget
+from mssgate.documents.errors import CdaError, LimitExceeded, TwoPatientsError
 from mssgate.documents.hl7values import hl7_ts_to_iso
 from mssgate.documents.imaging import HL7_NS, Identifier, ImagingPointers, imaging_from_cda
 from mssgate.documents.limits import DocumentLimits
@@ -35,6 +36,8 @@ CR_IMG_SECTIONS: Final = {
 }
 _NS: Final = {"h": HL7_NS}
 _MAX_SECTIONS: Final = 500
+# recordTarget elements described in the reason of a CDA held for naming several patients.
+_NAMED_PATIENTS: Final = 4
 
 CdaLevel = Literal["N1", "N3"]
 
@@ -191,6 +194,11 @@ def _header(root: etree._Element) -> CdaHeader:
         if author_id.get("root") == OID_RPPS and extension and extension not in rpps:
             rpps.append(extension)
     custodian = root.find(_h("custodian/assignedCustodian/representedCustodianOrganization"))
+    targets = root.findall(_h("recordTarget"))
+    if len(targets) > 1:
+        # CI-SIS allows one recordTarget; reading the first would file the document under
+        # one patient while it also names another.
+        raise TwoPatientsError(_patients_reason(targets))
     patient_role = root.find(_h("recordTarget/patientRole"))
     patient_ids: tuple[Identifier, ...] = ()
     patient = None
@@ -219,6 +227,30 @@ def _header(root: etree._Element) -> CdaHeader:
         patient_ids=patient_ids,
         traits=_traits(patient),
     )
+
+
+def _patients_reason(targets: list[etree._Element]) -> str:
+    """The patients of a CDA named by place and issuer, never by value: the reason is shown
+    in `quarantine list` and stored in clear even when the document is sealed for its RIS.
+    Whether two of them carry the same INS is said, since it tells a copy from a mix-up."""
+    described: list[str] = []
+    first_seen: dict[str, int] = {}
+    for index, target in enumerate(targets[:_NAMED_PATIENTS], start=1):
+        ids = (_identifier(e) for e in target.iterfind(_h("patientRole/id")))
+        ins = [i for i in ids if i is not None and i.root in INS_OIDS and i.extension]
+        if not ins:
+            described.append(f"recordTarget {index}: no INS")
+            continue
+        root, value = ins[0].root or "", ins[0].extension or ""
+        kind, test = INS_OIDS[root]
+        same = first_seen.setdefault(value, index)
+        described.append(
+            f"recordTarget {index}: INS-{kind}{' (test)' if test else ''} under {root}"
+            + (f", the same INS as recordTarget {same}" if same != index else "")
+        )
+    more = len(targets) - _NAMED_PATIENTS
+    listed = "; ".join(described) + (f"; and {more} more" if more > 0 else "")
+    return f"CDA names {len(targets)} patients ({listed}): a document has one patient"
 
 
 def _sections(body: etree._Element) -> tuple[CdaSection, ...]:
@@ -254,6 +286,7 @@ def _decode_body(text: etree._Element, limits: DocumentLimits) -> bytes:
         raise CdaError("nonXMLBody is empty")
     if len(compact) // 4 * 3 > limits.max_pdf_bytes:
         raise LimitExceeded("nonXMLBody larger than allowed")
+    budget.charge_bytes(len(compact) // 4 * 3, "a CDA nonXMLBody")
     try:
         return base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mssgate.config import DocumentsConfig
+
 
 class DocumentLimits(BaseModel):
     """Caps on hostile input. Defaults fit a 25 MiB MSSanté message with a few documents."""
@@ -25,3 +27,17 @@ class DocumentLimits(BaseModel):
     pdf_time_budget_seconds: float = Field(default=10.0, gt=0)
     max_pdf_text_chars: int = Field(default=2_000_000, gt=0)
     max_documents: int = Field(default=100, gt=0)
+    # Per message, whatever the number of parts (mssgate.documents.budget): bytes decoded
+    # from MIME parts, archives and base64 bodies; documents; XML elements and attributes.
+    max_message_decoded_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+    max_message_documents: int = Field(default=100, gt=0)
+    max_message_xml_nodes: int = Field(default=2_000_000, gt=0)
+
+    @classmethod
+    def from_config(cls, config: DocumentsConfig) -> DocumentLimits:
+        """The defaults, with the per-message budgets an operator set in `[documents]`."""
+        return cls(
+            max_message_decoded_bytes=config.max_decoded_bytes,
+            max_message_documents=config.max_documents,
+            max_message_xml_nodes=config.max_xml_nodes,
+        )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from mssgate.documents.budget import BudgetExceeded, charge_document, message_budget
 from mssgate.documents.cda import CdaDocument, format_identifier, is_cda, parse_cda
 from mssgate.documents.errors import DocumentError, QuarantineCode
 from mssgate.documents.hl7values import CX, hl7_ts_to_iso
@@ -29,7 +30,7 @@ from mssgate.documents.imaging import (
     merge_pointers,
 )
 from mssgate.documents.limits import DocumentLimits
-from mssgate.documents.mime import Attachment, walk_message
+from mssgate.documents.mime import Attachment, MimeWalk, walk_message
 from mssgate.documents.pdf import PdfInfo, looks_like_pdf, read_pdf
 from mssgate.documents.reconcile import (
     IdentityClaim,
@@ -86,8 +87,24 @@ def process_message(
     try:
         walk = walk_message(raw, limits)
     except DocumentError as exc:
-        held = quarantine(exc.code, str(exc), raw, content_type="message/rfc822", origin="message")
-        return PipelineResult(outcomes=(held,), defects=(str(exc),))
+        return hold_message(raw, exc.code, str(exc))
+    try:
+        with message_budget(limits) as budget:
+            budget.charge_bytes(sum(len(a.data) for a in walk.attachments), "its MIME parts")
+            return _process_walk(walk, policy)
+    except BudgetExceeded as exc:
+        # Every part is dropped from memory and the message is held as one entry: holding
+        # the parts one by one is what let such a message fill the database.
+        return hold_message(raw, QuarantineCode.OTHER, str(exc))
+
+
+def hold_message(raw: bytes, code: QuarantineCode, reason: str) -> PipelineResult:
+    """The whole message held as one quarantine entry (it cannot be taken apart safely)."""
+    held = quarantine(code, reason, raw, content_type="message/rfc822", origin="message")
+    return PipelineResult(outcomes=(held,), defects=(reason,))
+
+
+def _process_walk(walk: MimeWalk, policy: _Policy) -> PipelineResult:
     evaluated: list[_Evaluated] = []
     companions: list[Attachment] = []
     structured = False
@@ -99,12 +116,14 @@ def process_message(
             companions.append(attachment)
         elif _is_cda_attachment(attachment):
             structured = True
+            charge_document()
             evaluated.append(_process_cda(attachment.data, attachment, policy))
     outcomes = [e.outcome for e in evaluated]
     if structured:
         outcomes = _check_companions(outcomes, companions, policy)
     else:
         for pdf in companions:
+            charge_document()
             outcomes.append(_process_pdf(pdf.data, pdf.content_type, pdf.origin, (), policy))
     return PipelineResult(
         outcomes=tuple(outcomes),
@@ -164,6 +183,7 @@ def _process_xdm(attachment: Attachment, policy: _Policy) -> list[_Evaluated]:
         for entry in submission.entries:
             if entry.is_signature:
                 continue
+            charge_document()
             results.append(_process_xdm_entry(package, submission, entry, attachment, policy))
     return results
 

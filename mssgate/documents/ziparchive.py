@@ -16,6 +16,7 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict
 
+from mssgate.documents import budget
 from mssgate.documents.errors import LimitExceeded, ZipError
 from mssgate.documents.limits import DocumentLimits
 
@@ -119,6 +120,7 @@ def _read_member(
                 if not chunk:
                     break
                 buffer += chunk
+                budget.charge_bytes(len(chunk), "an archive member")
                 if len(buffer) > limits.max_zip_member_bytes:
                     raise LimitExceeded("archive member larger than allowed")
                 if total_before + len(buffer) > limits.max_zip_total_bytes:
