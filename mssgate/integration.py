@@ -59,6 +59,7 @@ class DocumentFeed:
         ids = ingest_message(
             self._queue,
             content,
+            delivery=item.spool_id,
             mailbox=item.recipient,
             sender=envelope.sender,
             message_id=_header(headers.get("Message-ID")),

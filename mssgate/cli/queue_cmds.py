@@ -40,7 +40,17 @@ def list_(
         return
     emit_table(
         "Queue",
-        ["id", "received", "mailbox", "sender", "state", "attempts", "type", "last code"],
+        [
+            "id",
+            "received",
+            "mailbox",
+            "sender",
+            "state",
+            "attempts",
+            "type",
+            "last code",
+            "resend of",
+        ],
         [
             (
                 e.id,
@@ -51,6 +61,7 @@ def list_(
                 e.attempts,
                 e.record.document.type_code or e.record.document.format,
                 e.last_code,
+                e.duplicate_of,
             )
             for e in rows
         ],
@@ -79,6 +90,7 @@ def show(ctx: typer.Context, document_id: str, json_out: JsonFlag = False) -> No
         ("replaces", doc.replaces),
         ("size", entry.size),
         ("sha256", entry.sha256),
+        ("duplicate of", entry.duplicate_of),
         ("encrypted", "yes" if entry.encrypted else "no"),
         ("leased by", entry.lease_consumer),
         ("lease expires", entry.lease_expires_at),

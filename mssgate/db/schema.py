@@ -175,6 +175,11 @@ queue_documents = Table(
     # Arrival order: the autoincrement key is the per-mailbox order consumers see.
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("id", String(32), nullable=False, unique=True),
+    # One delivery of one document: (mailbox, spool entry, place in the message, bytes),
+    # hashed. Only a replay of that delivery is the same row; a resend is a new one.
+    Column("delivery_key", String(64), nullable=False),
+    # The mailbox's earliest entry with the same bytes, when this one came in a new message.
+    Column("duplicate_of", String(32)),
     Column("mailbox", String(254), nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("size", Integer, nullable=False),
@@ -197,11 +202,12 @@ queue_documents = Table(
     Column("last_code", Integer),
     Column("last_reason", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("mailbox", "sha256", name="uq_queue_documents_mailbox_sha256"),
     CheckConstraint(
         "state IN ('ready', 'leased', 'done', 'dead')", name="ck_queue_documents_state"
     ),
     Index("ix_queue_documents_claim", "mailbox", "state", "seq"),
+    Index("ix_queue_documents_sha256", "mailbox", "sha256", "seq"),
+    UniqueConstraint("delivery_key", name="uq_queue_documents_delivery_key"),
 )
 
 queue_contents = Table(

@@ -96,6 +96,11 @@ class DocumentRecord(BaseModel):
     sender: str | None = None
     mailbox: str | None = None
     state: str | None = None
+    duplicate_of: str | None = Field(
+        default=None,
+        description="The earlier queue entry of this mailbox holding the same bytes (sha256), "
+        "when the document came again in a new message: a resend, kept as its own entry",
+    )
     ins: InsRecord
     patient: PatientRecord
     document: DocumentInfo

@@ -1,12 +1,14 @@
 """From a delivered message to queued documents and quarantined ones.
 
 Upstream delivery is at-least-once (a crash between our commit and the spool's bookkeeping
-replays the message), so ingesting the same message again must change nothing: documents
-are keyed by (mailbox, sha256), quarantined items by (mailbox, message, place, bytes).
+replays the message), so ingesting the same delivery again must change nothing: documents
+are keyed by (mailbox, delivery, place, bytes), quarantined items by (mailbox, message,
+place, bytes). The same bytes in another delivery (a resend) are a new queue entry.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -36,6 +38,7 @@ def ingest(
     service: DocumentQueue,
     raw: bytes,
     *,
+    delivery: str | None = None,
     mailbox: str,
     sender: str,
     message_id: str | None,
@@ -47,6 +50,10 @@ def ingest(
     require_birthplace: bool = True,
 ) -> IngestReport:
     box = normalize_address(mailbox)
+    if delivery is None:
+        # No spool entry to name (a direct call): the bytes themselves, so that the same
+        # message again is a replay and any other message a new delivery.
+        delivery = "sha256:" + hashlib.sha256(raw).hexdigest()
     result = process_message(
         raw,
         limits=limits,
@@ -79,6 +86,7 @@ def ingest(
                     email=raw,
                     headers=headers,
                     receipt_to=receipt_to,
+                    delivery=delivery,
                 ),
                 actor=actor,
             )
@@ -118,6 +126,7 @@ def ingest_message(
     service: DocumentQueue,
     raw: bytes,
     *,
+    delivery: str | None = None,
     mailbox: str,
     sender: str,
     message_id: str | None,
@@ -128,10 +137,12 @@ def ingest_message(
     require_birthplace: bool = True,
 ) -> list[str]:
     """Runs the pipeline over one message for one mailbox; returns the ids of the queued
-    documents, then of the quarantined ones. Safe to call again for the same message."""
+    documents, then of the quarantined ones. Safe to call again for the same delivery
+    (`delivery`: the spool entry's queue id)."""
     return ingest(
         service,
         raw,
+        delivery=delivery,
         mailbox=mailbox,
         sender=sender,
         message_id=message_id,
@@ -170,6 +181,8 @@ def release(
     report = ingest(
         service,
         message,
+        # One delivery per held entry: a release retried after a crash queues nothing twice.
+        delivery=f"release:{held_id}",
         mailbox=entry.mailbox,
         sender=entry.sender,
         message_id=entry.message_id,

@@ -38,6 +38,8 @@ class QueueEntry(BaseModel):
     last_code: int | None = None
     last_reason: str | None = None
     receipt_to: str | None = None
+    # The mailbox's earliest entry with the same bytes (this one came in a new message).
+    duplicate_of: str | None = None
     updated_at: datetime
     record: DocumentRecord
 

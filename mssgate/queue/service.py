@@ -11,6 +11,7 @@ handed to `on_receipt` after the commit; a callback failure leaves them pending 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -29,6 +30,7 @@ from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware
 from mssgate.documents.record import DocumentRecord
 from mssgate.errors import Conflict, NotFound, StorageError, ValidationFailed
+from mssgate.logs import event
 from mssgate.queue.backend import Backend, backend_for
 from mssgate.queue.crypto import AtRestCipher
 from mssgate.queue.hl7mdm import MdmEnvelope, build_mdm
@@ -87,6 +89,14 @@ class NewDocument:
     email: bytes
     headers: str
     receipt_to: str | None
+    # The delivery it came in (the spool entry's queue id): with the mailbox, the place in
+    # the message and the bytes, what a replay of that delivery repeats.
+    delivery: str
+
+
+def delivery_key(mailbox: str, delivery: str, origin: str, sha256: str) -> str:
+    parts = (mailbox, delivery, origin, sha256)
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
 
 
 def _utcnow() -> datetime:
@@ -184,22 +194,31 @@ class DocumentQueue:
             self._cipher = AtRestCipher(self._data_dir / "gnupg")
         return self._cipher
 
-    def find(self, mailbox: str, sha256: str) -> str | None:
-        with self._engine.connect() as conn:
-            found = conn.execute(
-                select(queue_documents.c.id).where(
-                    queue_documents.c.mailbox == mailbox, queue_documents.c.sha256 == sha256
-                )
-            ).scalar_one_or_none()
+    def _delivered(self, conn: Connection, key: str) -> str | None:
+        found = conn.execute(
+            select(queue_documents.c.id).where(queue_documents.c.delivery_key == key)
+        ).scalar_one_or_none()
+        return None if found is None else str(found)
+
+    def _earliest_copy(self, conn: Connection, mailbox: str, sha256: str) -> str | None:
+        found = conn.execute(
+            select(queue_documents.c.id)
+            .where(queue_documents.c.mailbox == mailbox, queue_documents.c.sha256 == sha256)
+            .order_by(queue_documents.c.seq)
+            .limit(1)
+        ).scalar_one_or_none()
         return None if found is None else str(found)
 
     def enqueue(self, doc: NewDocument, *, actor: str = "queue") -> tuple[str, bool]:
-        """Queues a document; (id, created). The same bytes for the same mailbox twice
-        yield the first record (ingest may run again after a crash)."""
+        """Queues a document; (id, created). A replay of the same delivery (ingest runs
+        again after a crash) yields the first record; the same bytes in another delivery
+        are a new entry whose `duplicate_of` names the mailbox's earliest copy."""
         record = doc.record
         if not record.mailbox or not record.sender or record.received_at is None:
             raise ValidationFailed("a queued document needs its mailbox, sender and date")
-        existing = self.find(record.mailbox, record.sha256)
+        key = delivery_key(record.mailbox, doc.delivery, record.origin, record.sha256)
+        with self._engine.connect() as conn:
+            existing = self._delivered(conn, key)
         if existing is not None:
             return existing, False
         doc_id = _new_id()
@@ -228,11 +247,15 @@ class DocumentQueue:
             cipher = self.cipher()
             content, hl7_bytes = cipher.encrypt(content, keys), cipher.encrypt(hl7_bytes, keys)
         with write(self._engine) as conn:
+            # Read under the write transaction: on SQLite no other enqueue runs meanwhile.
+            duplicate_of = self._earliest_copy(conn, record.mailbox, record.sha256)
             created = self._backend.insert_ignore(
                 conn,
                 queue_documents,
                 {
                     "id": doc_id,
+                    "delivery_key": key,
+                    "duplicate_of": duplicate_of,
                     "mailbox": record.mailbox,
                     "sha256": record.sha256,
                     "size": record.size,
@@ -251,13 +274,11 @@ class DocumentQueue:
                 },
             )
             if not created:
-                other = conn.execute(
-                    select(queue_documents.c.id).where(
-                        queue_documents.c.mailbox == record.mailbox,
-                        queue_documents.c.sha256 == record.sha256,
-                    )
-                ).scalar_one()
-                return str(other), False
+                # The same delivery, replayed concurrently, committed first.
+                other = self._delivered(conn, key)
+                if other is None:
+                    raise StorageError("a queue entry collided on its random id; try again")
+                return other, False
             conn.execute(
                 queue_contents.insert().values(document_id=doc_id, content=content, hl7=hl7_bytes)
             )
@@ -271,8 +292,12 @@ class DocumentQueue:
                     "sha256": record.sha256,
                     "format": record.document.format,
                     "encrypted": bool(keys),
+                    "duplicate_of": duplicate_of,
                 },
             )
+        if duplicate_of is not None:
+            # Said out loud: the RIS gets it again, and an operator can see why.
+            event(log, "queue.resent", document_id=doc_id, duplicate_of=duplicate_of)
         return doc_id, True
 
     # -- lease / ack / nack ------------------------------------------------------------------
@@ -612,6 +637,7 @@ class DocumentQueue:
     def _record(self, row: Row[Any], state: QueueState | None = None) -> DocumentRecord:
         data = json.loads(row.record)
         data["state"] = (state or QueueState(row.state)).value
+        data["duplicate_of"] = row.duplicate_of
         return DocumentRecord.model_validate(data)
 
     def _entry(self, row: Row[Any]) -> QueueEntry:
@@ -631,6 +657,7 @@ class DocumentQueue:
             last_code=row.last_code,
             last_reason=row.last_reason,
             receipt_to=row.receipt_to,
+            duplicate_of=row.duplicate_of,
             updated_at=aware(row.updated_at),
             record=self._record(row),
         )

@@ -65,11 +65,19 @@ def mail(
 
 
 def deliver(
-    queue: DocumentQueue, raw: bytes, *, mailbox: str = RIS_A, sender: str = SENDER
+    queue: DocumentQueue,
+    raw: bytes,
+    *,
+    mailbox: str = RIS_A,
+    sender: str = SENDER,
+    delivery: str | None = None,
 ) -> list[str]:
+    """Ingests `raw` as the spool would; `delivery` is the spool entry (queue id) it came
+    from, None for one derived from the bytes (the same bytes again are a replay)."""
     return ingest_message(
         queue,
         raw,
+        delivery=delivery,
         mailbox=mailbox,
         sender=sender,
         message_id=None,

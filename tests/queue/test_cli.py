@@ -36,6 +36,12 @@ def test_queue_list_show_requeue(cli, datadir: Path) -> None:  # type: ignore[no
     shown = cli.ok("queue", "show", first).out
     assert "last code: 906" in shown and "down" in shown
     assert cli.ok("queue", "show", first, "--json").json()["record"]["ins"]["value"]
+    # A resend of the first document: its own entry, which says whose copy it is.
+    [resent] = deliver(queue, mail([cda(1)], n=2))
+    assert "duplicate of: " + first in cli.ok("queue", "show", resent).out
+    listed = {r["id"]: r for r in cli.ok("queue", "list", "--json").json()}
+    assert listed[resent]["duplicate_of"] == first and listed[first]["duplicate_of"] is None
+    assert listed[resent]["record"]["duplicate_of"] == first
     cli.ok("queue", "requeue", first)
     assert queue.entry(first).state.value == "ready"
     assert cli("queue", "requeue", first).code == 1  # ready already

@@ -43,18 +43,20 @@ def test_lease_then_ack_in_arrival_order(engine: Engine, queue: DocumentQueue) -
     assert audit.verify(engine).ok
 
 
-def test_same_document_twice_is_one_record(engine: Engine, queue: DocumentQueue) -> None:
+def test_a_replayed_delivery_is_one_record(engine: Engine, queue: DocumentQueue) -> None:
     raw = mail([cda(1)])
     first = deliver(queue, raw)
     assert deliver(queue, raw) == first
-    # The same bytes in another message for the same mailbox: still one record.
-    assert deliver(queue, mail([cda(1)], n=99)) == first
-    # ... but another mailbox gets its own.
+    # The same bytes in another message are a resend: a record of its own, which names the
+    # first (tests/queue/test_resend.py).
+    [resent] = deliver(queue, mail([cda(1)], n=99))
+    assert [resent] != first and queue.entry(resent).duplicate_of == first[0]
+    # ... and another mailbox gets its own.
     other = deliver(queue, raw, mailbox=RIS_B)
-    assert other != first
+    assert other != first and queue.entry(other[0]).duplicate_of is None
     with engine.connect() as conn:
-        assert len(conn.execute(select(queue_documents.c.id)).all()) == 2
-        assert len(conn.execute(select(queue_contents.c.document_id)).all()) == 2
+        assert len(conn.execute(select(queue_documents.c.id)).all()) == 3
+        assert len(conn.execute(select(queue_contents.c.document_id)).all()) == 3
 
 
 def test_expired_lease_returns_the_document(engine: Engine, queue: DocumentQueue) -> None:
