@@ -46,5 +46,12 @@ class CdaError(DocumentError):
     """The CDA R2 document is not one we can integrate (wrong root, no body, bad base64)."""
 
 
+class TwoPatientsError(CdaError):
+    """The CDA names more than one patient (several recordTarget): whose document it is cannot
+    be told, so the identities disagree (904) even when one of them is valid."""
+
+    code = QuarantineCode.INS_MISMATCH
+
+
 class PdfError(DocumentError):
     """The PDF is not a PDF, cannot be parsed, is encrypted, or exceeds its budget."""
