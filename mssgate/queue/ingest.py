@@ -15,8 +15,8 @@ from datetime import datetime
 from mssgate import metrics
 from mssgate.documents.headers import with_ddm_subject
 from mssgate.documents.limits import DocumentLimits
-from mssgate.documents.pipeline import process_message
 from mssgate.documents.record import Accepted, Quarantined
+from mssgate.documents.signed import process_signed_message
 from mssgate.errors import Conflict
 from mssgate.identifiers import normalize_address
 from mssgate.queue.mdn import header_block, receipt_recipient
@@ -54,7 +54,8 @@ def ingest(
         # No spool entry to name (a direct call): the bytes themselves, so that the same
         # message again is a replay and any other message a new delivery.
         delivery = "sha256:" + hashlib.sha256(raw).hexdigest()
-    result = process_message(
+    # Only what the signature covers is read; `raw` is still what is kept and sealed.
+    result = process_signed_message(
         raw,
         limits=limits,
         allow_test_oids=allow_test_oids,

@@ -24,7 +24,8 @@ from mssgate.db.tx import write
 from mssgate.directory import Directory
 from mssgate.directory.models import AccountState
 from mssgate.dkim import DkimResult, dkim_sign, dkim_verify
-from mssgate.documents import mss_headers, process_message
+from mssgate.documents import mss_headers
+from mssgate.documents.signed import process_signed_message
 from mssgate.errors import MssgateError, StorageError, ValidationFailed
 from mssgate.headers import read_headers
 from mssgate.identifiers import normalize_address
@@ -461,7 +462,7 @@ class SmtpPolicy:
         from the message itself, never from the client's own X-MSS fields, which are
         replaced); X-MSS-NIL goes on every message; X-MSS-MES (the patient's "no reply")
         passes through untouched."""
-        result = process_message(message, allow_test_oids=self._trust.allow_test_ins)
+        result = process_signed_message(message, allow_test_oids=self._trust.allow_test_ins)
         fields = {"X-MSS-NIL": self._trust.mss_nil, **mss_headers(result)}
         head, separator, body = split_head_body(message)
         kept = [f for f in header_fields(head) if f.name not in _OUR_MSS_FIELDS]
