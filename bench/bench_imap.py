@@ -121,7 +121,7 @@ def main() -> None:
         store = LmtpStore(Path(str(status["lmtp"])))
         started = time.perf_counter()
         for n in range(args.messages):
-            store.deliver(USER, make_message(n, args.size), delivery_id=str(n))
+            store.deliver(USER, make_message(n, args.size), delivery_id=str(n), sender=USER)
         delivery = time.perf_counter() - started
         ports = status["ports"]
         assert isinstance(ports, dict)

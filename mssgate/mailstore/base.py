@@ -19,8 +19,12 @@ class DeliveryFailed(MssgateError):
 
 
 class MailStore(Protocol):
-    def deliver(self, recipient: str, message: bytes, *, delivery_id: str) -> None:
+    def deliver(self, recipient: str, message: bytes, *, delivery_id: str, sender: str) -> None:
         """Stores `message` for `recipient` and returns only once it is durable.
+
+        `sender` is the envelope sender (MAIL FROM as spooled, "" for a notification's null
+        sender): the stored message carries it as its one Return-Path (RFC 5321 §4.4), any
+        Return-Path that came with the message being dropped.
 
         `delivery_id` is stable across retries of the same delivery, so that a store can
         recognise a message it already has (a crash between its write and our bookkeeping)

@@ -13,6 +13,7 @@ from pathlib import Path
 from mssgate.config import DeliveryConfig, parse_lmtp_target
 from mssgate.mailstore.base import DeliveryFailed
 from mssgate.mailstore.maildir import check_mailbox_name
+from mssgate.returnpath import return_path_field, strip_return_path
 
 _DEFAULTS = DeliveryConfig()  # serve passes delivery.lmtp_timeout_seconds
 
@@ -25,10 +26,17 @@ class LmtpStore:
         self.socket_path = target  # what logs and errors name
         self._timeout = timeout
 
-    def deliver(self, recipient: str, message: bytes, *, delivery_id: str) -> None:
+    def deliver(self, recipient: str, message: bytes, *, delivery_id: str, sender: str) -> None:
         # delivery_id cannot reach Dovecot's dedup (it has none for LMTP): a crash between
         # Dovecot's 250 and the spool's bookkeeping delivers twice rather than never.
         check_mailbox_name(recipient)
+        try:
+            return_path_field(sender)  # the same check as the Maildir store's
+        except ValueError as exc:
+            raise DeliveryFailed(str(exc), permanent=True) from exc
+        # Dovecot writes Return-Path from MAIL FROM; a copy left in the message would be a
+        # second one, above which a reader cannot tell the true one.
+        message = strip_return_path(message)
         try:
             if self._port is None:
                 client = smtplib.LMTP(self._host, timeout=self._timeout)
@@ -40,7 +48,7 @@ class LmtpStore:
             raise DeliveryFailed(f"LMTP connect to {self.socket_path} failed: {exc}") from exc
         try:
             try:
-                self._envelope(client, recipient)
+                self._envelope(client, sender, recipient)
             except (OSError, smtplib.SMTPServerDisconnected) as exc:
                 raise DeliveryFailed(f"LMTP session failed: {exc}") from exc
             try:
@@ -56,9 +64,10 @@ class LmtpStore:
                 client.close()
 
     @staticmethod
-    def _envelope(client: smtplib.LMTP, recipient: str) -> None:
+    def _envelope(client: smtplib.LMTP, sender: str, recipient: str) -> None:
         client.ehlo_or_helo_if_needed()  # LHLO, for smtplib.LMTP
-        code, text = client.mail("")
+        # The real envelope sender: with MAIL FROM:<> every message read as a bounce.
+        code, text = client.mail(sender)
         if code != 250:
             _refused(code, text)
         code, text = client.rcpt(recipient)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mssgate.fsutil import ensure_dir, write_durably
 from mssgate.mailstore.base import DeliveryFailed
+from mssgate.returnpath import with_return_path
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._+-'=")
 
@@ -42,8 +43,13 @@ class MaildirStore:
         local, domain = check_mailbox_name(recipient)
         return self.root / domain / local / "Maildir"
 
-    def deliver(self, recipient: str, message: bytes, *, delivery_id: str) -> None:
+    def deliver(self, recipient: str, message: bytes, *, delivery_id: str, sender: str) -> None:
         box = self.maildir(recipient)
+        try:
+            # What Dovecot's LMTP does for the other store: the envelope's Return-Path first.
+            message = with_return_path(message, sender)
+        except ValueError as exc:
+            raise DeliveryFailed(str(exc), permanent=True) from exc
         try:
             for sub in ("tmp", "new", "cur"):
                 ensure_dir(box / sub)

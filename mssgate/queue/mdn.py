@@ -15,11 +15,14 @@ import secrets
 import textwrap
 import unicodedata
 from datetime import UTC, datetime
-from email.header import Header
+from email.errors import HeaderParseError
+from email.header import Header, decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import format_datetime, getaddresses, make_msgid
 from typing import Final, Literal
+
+from mssgate.smime.rawmime import ensure_line_end, header_fields
 
 Outcome = Literal["processed", "error"]
 
@@ -65,19 +68,38 @@ def _address(value: str | None) -> str | None:
     return pairs[0].strip().lower() if pairs else None
 
 
-def receipt_recipient(original: bytes | str, envelope_sender: str | None = None) -> str | None:
+def receipt_recipient(original: bytes | str, envelope_sender: str) -> str | None:
     """Where an MDN may go automatically, or None.
 
-    Only when `Disposition-Notification-To` is present and equal to `Return-Path` (the
-    envelope sender when the message has no Return-Path yet): anything else is the loop or
-    forgery case where the ANS guide wants a human to confirm.
+    Only when `Disposition-Notification-To` names the envelope sender (MAIL FROM, as the
+    spool kept it): anything else is the loop or forgery case where the ANS guide wants a
+    human to confirm. A `Return-Path` field in the message is never read: the receiving
+    side writes it (RFC 5321 §4.4), and one that came with the message is the sender's word.
+    A null sender (a DSN, an MDN) gets no receipt.
     """
     _, headers = _headers(original)
     wanted = _address(headers.get("disposition-notification-to"))
     if wanted is None:
         return None
-    return_path = _address(headers.get("return-path")) or _address(envelope_sender)
-    return wanted if wanted == return_path else None
+    return wanted if wanted == _address(envelope_sender) else None
+
+
+def _subject(block: bytes) -> str:
+    """The original Subject as its reader saw it: RFC 2047 decoded once, unfolded.
+
+    Read from the raw field (8-bit bytes taken as UTF-8) so that `build_mdn` encodes it
+    exactly once; an encoded word that does not decode (bad base64, unknown charset, bytes
+    foreign to its charset) is kept as written rather than failing the receipt.
+    """
+    values = [f.value for f in header_fields(ensure_line_end(block)) if f.name == "subject"]
+    if not values:
+        return ""
+    text = values[0].decode("utf-8", "replace")
+    try:
+        decoded = str(make_header(decode_header(text)))
+    except (HeaderParseError, LookupError, UnicodeError, ValueError):
+        decoded = text
+    return _fold(decoded)
 
 
 def _fold(text: str) -> str:
@@ -109,12 +131,11 @@ def build_mdn(
     receipts included.
     """
     block, headers = _headers(original_headers)
-    recipient = _address(headers.get("disposition-notification-to")) or _address(
-        headers.get("return-path")
-    )
+    # The queue builds a receipt only when this names the envelope sender (receipt_recipient).
+    recipient = _address(headers.get("disposition-notification-to"))
     if recipient is None:
         raise ValueError("the original message names no one to send a receipt to")
-    subject = _fold(headers.get("subject", ""))
+    subject = _subject(block)
     disposition = "automatic-action/MDN-sent-automatically; processed"
     error_line: str | None = None
     if outcome == "error":

@@ -31,6 +31,7 @@ from mssgate.headers import read_headers
 from mssgate.identifiers import normalize_address
 from mssgate.ins import is_patient_mailbox_local_part
 from mssgate.logs import event
+from mssgate.returnpath import strip_return_path
 from mssgate.smime import SignatureVerdict, verify_signed_message
 from mssgate.smime.rawmime import header_fields, join_fields, split_head_body
 from mssgate.smtp import encryption, peer_trust, replies
@@ -382,7 +383,13 @@ class SmtpPolicy:
             self._hostname, smime=verdict, dkim=dkim_result, auth_identity=identity, tls=tls
         )
         queue_id = server.queue_id or new_queue_id()  # set by MAIL; the fallback is for safety
-        message = self._trace_header(server, session, envelope, queue_id) + results + content
+        # A Return-Path that came with the message is the sender's claim, not the envelope:
+        # cut it here (RFC 5321 §4.4); the mail store writes the envelope sender's at delivery.
+        message = (
+            self._trace_header(server, session, envelope, queue_id)
+            + results
+            + strip_return_path(content)
+        )
         locals_ = await asyncio.to_thread(self._directory.domains.local_names)
         recipients: list[tuple[str, Route]] = [
             (r, "local" if r.rsplit("@", 1)[1] in locals_ else "relay") for r in envelope.rcpt_tos

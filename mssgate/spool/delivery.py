@@ -91,7 +91,8 @@ class DeliveryWorker:
         try:
             content = self._spool.read(item.spool_id)
             stored = content if self._seal is None else self._seal(item.recipient, content)
-            self._store.deliver(item.recipient, stored, delivery_id=item.spool_id)
+            sender = self._spool.envelope(item.spool_id).sender  # for its Return-Path
+            self._store.deliver(item.recipient, stored, delivery_id=item.spool_id, sender=sender)
             if self._after is not None:
                 self._after(item, content)
         except DeliveryFailed as exc:

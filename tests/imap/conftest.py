@@ -126,7 +126,7 @@ class ImapGateway:
         return LmtpStore(Path(self.status["lmtp"]))
 
     def deliver(self, raw: bytes, to: str = ALICE, delivery_id: str = "d") -> None:
-        self.store().deliver(to, raw, delivery_id=delivery_id)
+        self.store().deliver(to, raw, delivery_id=delivery_id, sender=BOB)
 
     def client_context(self, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=self.ca)

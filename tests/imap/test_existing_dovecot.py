@@ -58,7 +58,7 @@ def test_front_door_and_delivery_through_an_existing_dovecot(
         status = json.loads(status_path.read_text())
         assert status["dovecot_pid"] is None  # nothing started: the existing one is used
         assert status["lmtp"] == lmtp
-        LmtpStore(status["lmtp"]).deliver(ALICE, message(7), delivery_id="x7")
+        LmtpStore(status["lmtp"]).deliver(ALICE, message(7), delivery_id="x7", sender=ALICE)
         client = imaplib.IMAP4_SSL(
             "127.0.0.1", status["ports"]["imaps"], ssl_context=imap_gateway.client_context()
         )
@@ -105,7 +105,7 @@ def test_lmtp_over_tcp_host_and_port() -> None:
     controller = _LmtpController(sink, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        LmtpStore(f"127.0.0.1:{port}").deliver(ALICE, message(3), delivery_id="t3")
+        LmtpStore(f"127.0.0.1:{port}").deliver(ALICE, message(3), delivery_id="t3", sender=ALICE)
     finally:
         controller.stop()
     [(rcpts, content)] = sink.received

@@ -41,7 +41,7 @@ def test_mbsync_finds_200_delivered_messages_byte_for_byte(
     sent = {f"<m{n}@client.test>": _varied(n) for n in range(200)}
     store = imap_gateway.store()
     for n, raw in enumerate(sent.values()):
-        store.deliver(ALICE, raw, delivery_id=f"d{n}")
+        store.deliver(ALICE, raw, delivery_id=f"d{n}", sender=ALICE)
     local = tmp_path / "local"
     local.mkdir()
     config = tmp_path / "mbsyncrc"
@@ -95,7 +95,7 @@ def test_dovecot_killed_is_restarted_and_no_delivered_message_is_lost(
         mid = f"<m{n}@client.test>"
         while True:
             try:
-                store.deliver(ALICE, message(n), delivery_id=f"d{n}")
+                store.deliver(ALICE, message(n), delivery_id=f"d{n}", sender=ALICE)
                 break
             except DeliveryFailed as exc:
                 assert not exc.permanent, exc  # the spool would retry a temporary failure

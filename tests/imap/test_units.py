@@ -124,25 +124,25 @@ def fake_lmtp(tmp_path: Path) -> Iterator[tuple[Path, type[_FakeLmtp]]]:
 def test_lmtp_replies_map_to_delivery_results(fake_lmtp: tuple[Path, type[_FakeLmtp]]) -> None:
     path, handler = fake_lmtp
     store = LmtpStore(path, timeout=5)
-    store.deliver("a@b.test", b"Subject: x\r\n\r\nhi\r\n", delivery_id="1")
+    store.deliver("a@b.test", b"Subject: x\r\n\r\nhi\r\n", delivery_id="1", sender="s@b.test")
     handler.rcpt_reply = b"550 5.1.1 no such user"
     with pytest.raises(DeliveryFailed) as exc:
-        store.deliver("a@b.test", b"x\r\n", delivery_id="2")
+        store.deliver("a@b.test", b"x\r\n", delivery_id="2", sender="s@b.test")
     assert exc.value.permanent
     handler.rcpt_reply = b"250 2.1.5 OK"
     handler.data_reply = b"451 4.2.0 try later"
     with pytest.raises(DeliveryFailed) as exc:
-        store.deliver("a@b.test", b"x\r\n", delivery_id="3")
+        store.deliver("a@b.test", b"x\r\n", delivery_id="3", sender="s@b.test")
     assert not exc.value.permanent
 
 
 def test_lmtp_unreachable_or_unsafe(tmp_path: Path) -> None:
     store = LmtpStore(tmp_path / "nothing-here", timeout=5)
     with pytest.raises(DeliveryFailed) as exc:
-        store.deliver("a@b.test", b"x\r\n", delivery_id="1")
+        store.deliver("a@b.test", b"x\r\n", delivery_id="1", sender="s@b.test")
     assert not exc.value.permanent
     with pytest.raises(DeliveryFailed) as exc:
-        store.deliver("../x@b.test", b"x\r\n", delivery_id="1")
+        store.deliver("../x@b.test", b"x\r\n", delivery_id="1", sender="s@b.test")
     assert exc.value.permanent
 
 
@@ -153,16 +153,16 @@ def test_lmtp_lost_after_the_data_is_ambiguous_and_a_refusal_is_not(
     store = LmtpStore(path, timeout=5)
     handler.data_reply = None
     with pytest.raises(DeliveryFailed) as exc:
-        store.deliver("a@b.test", b"Subject: x\r\n\r\nhi\r\n", delivery_id="1")
+        store.deliver("a@b.test", b"Subject: x\r\n\r\nhi\r\n", delivery_id="1", sender="s@b.test")
     assert exc.value.ambiguous and not exc.value.permanent
     handler.data_reply = b"451 4.2.0 try later"
     with pytest.raises(DeliveryFailed) as exc:
-        store.deliver("a@b.test", b"x\r\n", delivery_id="2")
+        store.deliver("a@b.test", b"x\r\n", delivery_id="2", sender="s@b.test")
     assert not exc.value.ambiguous
     # DATA refused before any byte of the message: smtplib raises, the store must map it.
     handler.data_go = b"452 4.3.1 out of space"
     with pytest.raises(DeliveryFailed) as exc:
-        store.deliver("a@b.test", b"x\r\n", delivery_id="3")
+        store.deliver("a@b.test", b"x\r\n", delivery_id="3", sender="s@b.test")
     assert not exc.value.ambiguous and not exc.value.permanent
     assert "452" in str(exc.value)
 

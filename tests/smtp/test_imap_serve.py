@@ -76,6 +76,28 @@ def test_smtp_in_imap_out(with_imap: Gateway) -> None:
     bad.shutdown()
 
 
+def test_dovecot_stores_the_envelope_sender_as_return_path(with_imap: Gateway) -> None:
+    # Issue 12 C.8: LMTP's MAIL FROM was <>, so every message read as a bounce; and a
+    # Return-Path the sender wrote must not survive beside Dovecot's (RFC 5321 §4.4).
+    gw = with_imap
+    client = gw.login()
+    client.sendmail(ALICE, [BOB], message(body="chemin de retour", Return_Path="<x@evil.test>"))
+    client.quit()
+    gw.wait_event("delivery.ok")
+    imap = imaplib.IMAP4_SSL("127.0.0.1", gw.ports["imaps"], ssl_context=gw.client_context())
+    try:
+        imap.login(BOB, PASSWORD)
+        imap.select("INBOX")
+        typ, fetched = imap.fetch("1", "(BODY.PEEK[HEADER])")
+        assert typ == "OK"
+        head = fetched[0][1]
+        assert isinstance(head, bytes)
+        found = re.findall(rb"^Return-Path:[ \t]*(.*?)\r?$", head, re.MULTILINE | re.IGNORECASE)
+        assert found == [f"<{ALICE}>".encode()], head
+    finally:
+        imap.logout()
+
+
 def _send(gw: Gateway, body: str) -> None:
     client = gw.login()
     client.sendmail(ALICE, [BOB], message(body=body))

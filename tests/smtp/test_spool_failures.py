@@ -157,15 +157,16 @@ def test_recover_removes_orphans_and_keeps_queued_messages(spool: Spool) -> None
 
 def test_maildir_delivery_id_makes_a_retry_a_no_op(tmp_path: Path) -> None:
     store = MaildirStore(tmp_path / "mail")
-    store.deliver(BOB, b"first copy\r\n", delivery_id="Q1")
+    store.deliver(BOB, b"first copy\r\n", delivery_id="Q1", sender=ALICE)
     new = store.maildir(BOB) / "new"
     inode = next(new.iterdir()).stat().st_ino
     # A retry after a crash between the write and the bookkeeping: same id and bytes (the
     # spool file), not stored again.
-    store.deliver(BOB, b"first copy\r\n", delivery_id="Q1")
+    store.deliver(BOB, b"first copy\r\n", delivery_id="Q1", sender=ALICE)
     [only] = list(new.iterdir())
-    assert only.name.startswith("Q1.") and only.read_bytes() == b"first copy\r\n"
+    assert only.name.startswith("Q1.")
+    assert only.read_bytes() == f"Return-Path: <{ALICE}>\r\nfirst copy\r\n".encode()
     assert only.stat().st_ino == inode  # left alone, not written again over itself
-    store.deliver(BOB, b"second\r\n", delivery_id="Q2")
+    store.deliver(BOB, b"second\r\n", delivery_id="Q2", sender=ALICE)
     assert sorted(p.name.split(".")[0] for p in new.iterdir()) == ["Q1", "Q2"]
     assert list((store.maildir(BOB) / "tmp").iterdir()) == []
