@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from mssgate.documents.errors import LimitExceeded, MimeError
 from mssgate.documents.limits import DocumentLimits
+from mssgate.smime.extract import SIGNATURE_TYPES
 
 _CONTAINER_RE: Final = re.compile(rb"boundary\s*=|message/(?:rfc822|global)", re.IGNORECASE)
 _DELIMITER_RE: Final = re.compile(rb"^--", re.MULTILINE)
@@ -70,6 +71,11 @@ def _filename(part: email.message.Message) -> str | None:
 
 
 def _is_attachment(part: email.message.Message, filename: str | None) -> bool:
+    if part.get_content_type() in SIGNATURE_TYPES:
+        # A detached signature (of a signed message forwarded inside the signed content) is
+        # never a document, whatever it calls itself: its part headers and its unsigned
+        # attributes are anyone's to fill without breaking it.
+        return False
     if filename:
         return True
     # compat32 hands back a Header object, not a str, when the field has 8-bit bytes.
