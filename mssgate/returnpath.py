@@ -34,6 +34,8 @@ def return_path_field(sender: str) -> bytes:
     Raises:
         ValueError: the sender could break out of the field (never one MAIL FROM accepted).
     """
+    if sender == "<>":
+        sender = ""  # the null sender as the MTA listener spools it (MAIL FROM:<>)
     if not _SAFE_SENDER.fullmatch(sender):
         raise ValueError(f"unusable envelope sender {sender!r}")
     return b"Return-Path: <" + sender.encode("ascii") + b">\r\n"
