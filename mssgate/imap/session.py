@@ -3,8 +3,9 @@
 Before login every byte is bounded: a command (its lines and literals together) may not
 exceed `max_preauth_line`, a literal announced beyond that is answered with BAD and the
 connection closed *before* the client is invited to send it, each command must arrive
-within `idle_timeout_seconds`, and a connection gets `max_preauth_commands` commands. After
-login the session belongs to the mailbox engine and the front door only relays bytes.
+within `idle_timeout_seconds`, and a connection gets `max_preauth_commands` commands. `ID`
+alone may be as long as RFC 2971 allows (`mssgate.imap.idcmd`), and no longer. After login
+the session belongs to the mailbox engine and the front door only relays bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mssgate import metrics
+from mssgate.imap import idcmd
 from mssgate.imap.backend import Backend, BackendUnavailable
 from mssgate.imap.parse import Command, ParseError, literal_at_end, start_command, tokens
 from mssgate.imap.relay import relay
@@ -113,21 +115,37 @@ class PreauthSession:
             await self._send(f"* BYE {text}")
         return Closed(reason)
 
-    async def _line(self, budget: int) -> bytes:
-        try:
-            raw = await self._reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError:
-            raise Closed("client closed") from None
-        except asyncio.LimitOverrunError:
-            raise await self._bye("Command line too long", "line_too_long") from None
-        if len(raw) > budget:
+    async def _line(self, budget: int, *, id_budget: int = 0) -> bytes:
+        """One line of at most `budget` bytes, or `id_budget` when it opens an ID command.
+
+        The stream holds one `max_preauth_line` at a time: a longer line is taken from it
+        piece by piece, and cut as soon as it is longer than its command may be.
+        """
+        raw = bytearray()
+
+        def over() -> bool:
+            # The tag and the command name lie within the first `budget` bytes or nowhere.
+            is_id = id_budget > 0 and idcmd.opens_id(bytes(raw[:budget]))
+            return len(raw) > (id_budget if is_id else budget)
+
+        while True:
+            try:
+                raw += await self._reader.readuntil(b"\n")
+                break
+            except asyncio.IncompleteReadError:
+                raise Closed("client closed") from None
+            except asyncio.LimitOverrunError as exc:
+                raw += await self._reader.readexactly(exc.consumed)
+            if over():
+                raise await self._bye("Command line too long", "line_too_long")
+        if over():
             raise await self._bye("Command too long", "line_too_long")
-        return raw.rstrip(b"\r\n")
+        return bytes(raw).rstrip(b"\r\n")
 
     async def _read_command(self) -> tuple[str, str, list[bytes | None]]:
         budget = self._limits.max_command
-        line = await self._line(budget)
-        budget -= len(line)
+        id_budget = budget + idcmd.MAX_WIRE
+        line = await self._line(budget, id_budget=id_budget)
         text, literal = literal_at_end(line)
         try:
             tag, name, rest = start_command(text)
@@ -135,6 +153,9 @@ class PreauthSession:
             if literal is not None:
                 raise await self._bye("Malformed command", "malformed") from None
             return "*", "", []
+        if name == "ID":
+            budget = id_budget
+        budget -= len(line)
         args: list[bytes | None] = []
         while True:
             try:
@@ -145,6 +166,12 @@ class PreauthSession:
                 return tag, "", []
             if literal is None:
                 return tag, name, args
+            if name == "ID" and literal.size > idcmd.MAX_VALUE:
+                with contextlib.suppress(OSError, ConnectionError):
+                    await self._send(f"{tag} BAD {idcmd.LITERAL_TOO_BIG}")
+                event(log, "imap.reject", listener=self._listener, peer=self.peer_ip,
+                      reason="literal_too_big", size=literal.size)  # fmt: skip
+                raise Closed("ID literal too big")
             if literal.size > budget:
                 # Refused before '+': a synchronizing client never sends it, and whatever a
                 # non-synchronizing one sends dies with the connection, unread.
@@ -197,6 +224,10 @@ class PreauthSession:
         elif cmd.name == "NOOP":
             await self._send(f"{tag} OK NOOP completed.")
         elif cmd.name == "ID":
+            problem = idcmd.id_problem(cmd.args)
+            if problem is not None:
+                await self._send(f"{tag} BAD {problem}")
+                return None
             await self._send('* ID ("name" "mssgate")')
             await self._send(f"{tag} OK ID completed.")
         elif cmd.name == "LOGOUT":

@@ -410,6 +410,14 @@ add("imap-literals-many-empty", "imap-literal-bomb", "imap",
 add("imap-literal-commands", "imap-literal-bomb", "imap",
     lambda: b"".join(b"n%d NOOP {100+}\r\n%s\r\n" % (i, b"z" * 100) for i in range(100)),
     "* BYE", True)  # fmt: skip
+# ID may be as long as RFC 2971 allows (~63 KB on the wire, values of 1,024 octets), no more.
+add("imap-id-literal-1g", "imap-literal-bomb", "imap",
+    lambda: b'a ID ("name" {999999999+}\r\n', "a BAD", True, IMAP_FLOOD)  # fmt: skip
+add("imap-id-endless-value", "imap-literal-bomb", "imap",
+    lambda: b'a ID ("name" "', "* BYE", True, IMAP_FLOOD)  # fmt: skip
+add("imap-id-many-literals", "imap-literal-bomb", "imap",
+    lambda: b"a ID (" + b'"f" {1024+}\r\n' + b"v" * 1024 + (b' "f" {1024+}\r\n' + b"v" * 1024) * 99,
+    "a BAD", True)  # fmt: skip
 # An endless line: no CRLF ever, in the clear and inside TLS.
 add("imap-endless-line", "imap-literal-bomb", "imap",
     lambda: b"a LOGIN ", "* BYE", True, IMAP_FLOOD)  # fmt: skip
