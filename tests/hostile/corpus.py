@@ -9,6 +9,9 @@ gateway. Kinds:
 - "session": raw bytes from the start of an authenticated session; expected: reply prefix.
 - "recipient": an address for RCPT TO; expected: reply prefix.
 - "signature": a message whose signature is wrong in some way; expected: reply prefix.
+- "outside": a validly signed message with another patient's IHE XDM where no signature
+  covers it (signature part, preamble, a part next to the signed entity...); expected: reply
+  prefix, and never a document queued from it (issue 12 B.4).
 - "imap" / "imap-clear": bytes sent before login to the IMAPS listener, or to the STARTTLS
   one before STARTTLS; then `stream` bytes of filler, sent without waiting for any answer (a
   client that ignores the server). Expected: the prefix of the server's last line before it
@@ -374,6 +377,16 @@ for _sig, _code in {
     "unregistered": "550 5.7.1",
 }.items():
     add(f"signer-{_sig}", "bad-signer", "signature", lambda s=_sig: s.encode(), _code)
+
+# -- Documents outside what the signature covers (250: nothing from them is ever queued) ----
+for _where, _code in {
+    "signature-part": "250",
+    "preamble-epilogue": "250",
+    "opaque-around-signature-part": "250",
+    "part-next-to-signed": "550 5.7.1",
+    "third-part-in-signed": "554 5.7.5",
+}.items():
+    add(f"outside-{_where}", "outside-signature", "outside", lambda w=_where: w.encode(), _code)
 
 # -- IMAP before login: literal bombs (tagged BAD or BYE, connection closed) -----------------
 # The front door's pre-auth budget is imap.max_preauth_line (8192 bytes for a command, its

@@ -27,8 +27,15 @@ from mssgate.pki import (
     load_private_key,
 )
 from mssgate.smime import sign_message
+from mssgate.smime.sign import base64_lines
 from tests.conftest import DOMAIN, Cli
+from tests.documents.factory import NESSI, CdaSpec, EntrySpec, make_cda, make_xdm, with_patient
 from tests.hostile.corpus import CASES, Case
+from tests.signed_mail import (
+    in_preamble_and_epilogue,
+    smuggle_in_signature,
+    wrapped_in_mixed,
+)
 from tests.smtp.conftest import ALICE, BOB, PASSWORD, Gateway, Raw, free_env
 
 AUTH = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode())
@@ -126,6 +133,33 @@ def _signature_case(gw: Gateway, which: str, tmp: Path) -> bytes:
     return signed
 
 
+def _outside_case(gw: Gateway, where: str) -> bytes:
+    """A message Alice validly signed, with another patient's IHE XDM where no signature
+    covers it (tests/signed_mail.py)."""
+    key, cert = _key(gw, ALICE)
+    body = _mail(f"outside-{where}", raw_body=b"\r\nBonjour\r\n")
+    signed = sign_message(body, key=key, cert=cert)  # type: ignore[arg-type]
+    cda = make_cda(with_patient(CdaSpec(doc_root="1.2.250.1.999.1.1.124"), NESSI))
+    xdm = make_xdm(NESSI, [EntrySpec("DOC0001.XML", cda)])
+    if where == "signature-part":
+        return smuggle_in_signature(signed, xdm)
+    if where == "preamble-epilogue":
+        return in_preamble_and_epilogue(signed, xdm)
+    if where == "opaque-around-signature-part":
+        hidden = smuggle_in_signature(signed, xdm)
+        return sign_message(hidden, key=key, cert=cert, detached=False)  # type: ignore[arg-type]
+    if where == "part-next-to-signed":
+        return wrapped_in_mixed(signed, xdm)
+    assert where == "third-part-in-signed"
+    boundary = signed.split(b'boundary="')[1].split(b'"')[0]
+    close = b"\r\n--" + boundary + b"--"
+    third = (
+        b"\r\n--" + boundary + b"\r\nContent-Type: application/zip\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64_lines(xdm)
+    )
+    return signed.replace(close, third + close)
+
+
 def _run_smtp_case(gw: Gateway, case: Case, payload: bytes, tmp: Path) -> tuple[bytes, bool]:
     if case.kind == "starttls":
         raw = Raw(gw.ports["submission"])
@@ -148,8 +182,12 @@ def _run_smtp_case(gw: Gateway, case: Case, payload: bytes, tmp: Path) -> tuple[
             return raw.cmd(b"RCPT TO:<" + payload + b">"), False
         assert raw.cmd(f"RCPT TO:<{BOB}>".encode()).startswith(b"250")
         assert raw.cmd(b"DATA").startswith(b"354")
-        if case.kind == "signature":
-            data = _signature_case(gw, payload.decode(), tmp)
+        if case.kind in ("signature", "outside"):
+            which = payload.decode()
+            if case.kind == "signature":
+                data = _signature_case(gw, which, tmp)
+            else:
+                data = _outside_case(gw, which)
             stuffed = b"\r\n".join(
                 b"." + line if line.startswith(b".") else line for line in data.split(b"\r\n")
             )
@@ -170,6 +208,7 @@ def test_hostile_corpus(
     assert not any(p.exists() for p in slip_targets)
     failures: list[str] = []
     documents: dict[str, Case] = {}
+    outside_accepted = 0
     client = hostile.login()
     for case in SMTP_CASES:
         payload = corpus_built[case.name]
@@ -190,6 +229,8 @@ def test_hostile_corpus(
             documents[f"<hostile-{case.name}@hopital-a.test>"] = case
             continue
         answer, closed = _run_smtp_case(hostile, case, payload, tmp_path)
+        if case.kind == "outside" and answer.startswith(b"250"):
+            outside_accepted += 1
         if not answer.decode(errors="replace").startswith(str(case.expect)):
             failures.append(f"{case.name}: expected {case.expect}, got {answer[:80]!r}")
         if case.closes and not closed:
@@ -210,6 +251,15 @@ def test_hostile_corpus(
         codes = sorted({int(str(r["code"])) for r in held.get(mid, [])})
         if codes != [case.expect]:
             failures.append(f"{case.name}: expected quarantine {case.expect}, got {codes}")
+    # The pipeline has run on every accepted message before the queue is looked at.
+    ingested = 0
+    while time.monotonic() < deadline:
+        ingested = sum(1 for e in hostile.events() if e.get("event") == "documents.ingested")
+        if ingested >= len(documents) + outside_accepted:
+            break
+        time.sleep(0.5)
+    if ingested < len(documents) + outside_accepted:
+        failures.append(f"only {ingested} messages went through the pipeline")
     queued = cli.ok("queue", "list", "--json").json()
     if queued:
         failures.append(f"documents queued from hostile input: {len(queued)}")
