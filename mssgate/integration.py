@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 from email.utils import getaddresses
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from mssgate.config import Config
 from mssgate.directory import Directory
 from mssgate.dkim import dkim_sign
-from mssgate.documents import DocumentLimits
+from mssgate.documents import DocumentLimits, PipelineResult
 from mssgate.errors import ValidationFailed
 from mssgate.headers import read_headers
 from mssgate.identifiers import normalize_address
@@ -44,23 +45,39 @@ class DocumentFeed:
         self._queue = queue
         self._spool = spool
         self._directory = directory
-        self._limits = DocumentLimits()
+        self._limits = DocumentLimits.from_config(config.documents)
         self._allow_test = config.policy.allow_test_ins
         self._require_birthplace = config.policy.require_birthplace
 
-    def _consumed(self, mailbox: str) -> bool:
+    def wants(self, mailbox: str) -> bool:
+        """Whether a RIS consumes `mailbox`: only then do its messages go through the
+        pipeline."""
         return any(c.mailbox == mailbox and c.active for c in self._directory.consumers.list())
 
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of `process_signed_message` (for a worker process)."""
+        return {
+            "limits": self._limits,
+            "allow_test_oids": self._allow_test,
+            "require_birthplace": self._require_birthplace,
+        }
+
     def __call__(self, item: PendingDelivery, content: bytes) -> None:
-        if not self._consumed(item.recipient):
-            return
-        envelope = self._spool.envelope(item.spool_id)
+        """The pipeline and the ingest in this thread, with no time bound (tests, tools);
+        `serve` runs the pipeline in worker processes (mssgate.documents_worker)."""
+        if self.wants(item.recipient):
+            self.ingest(item.spool_id, item.recipient, content)
+
+    def ingest(
+        self, spool_id: str, mailbox: str, content: bytes, result: PipelineResult | None = None
+    ) -> None:
+        envelope = self._spool.envelope(spool_id)
         headers = read_headers(content)
         ids = ingest_message(
             self._queue,
             content,
-            delivery=item.spool_id,
-            mailbox=item.recipient,
+            delivery=spool_id,
+            mailbox=mailbox,
             sender=envelope.sender,
             message_id=_header(headers.get("Message-ID")),
             subject=_header(headers.get("Subject")),
@@ -68,8 +85,9 @@ class DocumentFeed:
             limits=self._limits,
             allow_test_oids=self._allow_test,
             require_birthplace=self._require_birthplace,
+            result=result,
         )
-        event(log, "documents.ingested", queue_id=item.spool_id, documents=len(ids))
+        event(log, "documents.ingested", queue_id=spool_id, documents=len(ids))
 
 
 def _header(value: object) -> str | None:

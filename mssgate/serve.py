@@ -30,6 +30,8 @@ from mssgate.config import Config
 from mssgate.db import open_engine, upgrade
 from mssgate.directory import Directory
 from mssgate.directory.models import EncryptionPolicy
+from mssgate.documents.isolation import PipelinePool
+from mssgate.documents_worker import DocumentWorker
 from mssgate.dovecot.supervisor import DovecotError, DovecotSupervisor, find_dovecot
 from mssgate.errors import Conflict, MssgateError
 from mssgate.fsutil import ensure_dir, write_durably
@@ -57,6 +59,7 @@ from mssgate.smtp.policy import Listener
 from mssgate.smtp.server import Sessions, bound_port, start_smtp
 from mssgate.spool import Spool
 from mssgate.spool.delivery import DeliveryWorker
+from mssgate.spool.jobs import DocumentJobs
 from mssgate.supervisor import Supervisor
 
 log = logging.getLogger("mssgate.serve")
@@ -200,11 +203,22 @@ async def run_gateway(config: Config) -> int:
         # Whole-message work (SMTP checks, the delivery's document pipeline) shares one memory
         # budget: it bounds the process's peak whatever the number of large messages.
         budget = MemoryBudget(config.smtp.processing_memory)
+        # The document pipeline runs apart from delivery, in killable worker processes
+        # under a time budget per message: one slow message never holds a mailbox.
+        pipeline_pool = PipelinePool(config.documents.workers)
+        pipeline_pool.start()
+        documents = DocumentWorker(
+            DocumentJobs(engine),
+            spool,
+            DocumentFeed(queue, spool, directory, config),
+            pipeline_pool,
+            config=config.documents,
+        )
         worker = DeliveryWorker(
             spool,
             store,
             config=config.delivery,
-            after_delivery=DocumentFeed(queue, spool, directory, config),
+            documents=documents,
             budget=budget,
             seal=MailboxSealer(queue),
         )
@@ -252,6 +266,7 @@ async def run_gateway(config: Config) -> int:
             )
             supervisor.spawn("dovecot", dovecot.run)
         supervisor.spawn("delivery", worker.run)
+        supervisor.spawn("documents", documents.run)
         supervisor.spawn("relay", relay.run)
         supervisor.spawn(
             "queue-maintenance",
@@ -294,6 +309,7 @@ async def run_gateway(config: Config) -> int:
         if imap is not None:
             await imap.stop()
         await supervisor.stop()
+        pipeline_pool.stop()
         if dovecot is not None:
             await dovecot.stop()
         status.unlink(missing_ok=True)

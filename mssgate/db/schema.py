@@ -166,6 +166,30 @@ spool_recipients = Table(
     ),
 )
 
+# Messages delivered to a mailbox that a RIS consumes, still to go through the document
+# pipeline. The row is written in the transaction that records the delivery, and the spool
+# keeps the message (and its file) until the row is done: the pipeline runs apart from
+# delivery, in killable worker processes, and a crash in between repeats it (at least once;
+# ingesting the same delivery twice changes nothing).
+spool_documents = Table(
+    "spool_documents",
+    metadata,
+    Column(
+        "spool_id",
+        String(32),
+        ForeignKey("spool_messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("mailbox", String(254), primary_key=True),
+    Column("state", String(7), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("state IN ('pending', 'done', 'held')", name="ck_spool_documents_state"),
+    Index("ix_spool_documents_due", "state", "next_attempt_at"),
+)
+
 # The RIS integration queue. A document row is written once with its envelope and record;
 # its bytes (and the HL7 MDM built at enqueue time) live in `queue_contents`, apart, so that
 # leasing and listing never drag megabytes of blob through the database.

@@ -15,7 +15,7 @@ from datetime import datetime
 from mssgate import metrics
 from mssgate.documents.headers import with_ddm_subject
 from mssgate.documents.limits import DocumentLimits
-from mssgate.documents.record import Accepted, Quarantined
+from mssgate.documents.record import Accepted, PipelineResult, Quarantined
 from mssgate.documents.signed import process_signed_message
 from mssgate.errors import Conflict
 from mssgate.identifiers import normalize_address
@@ -48,19 +48,23 @@ def ingest(
     allow_test_oids: bool,
     actor: str = "queue",
     require_birthplace: bool = True,
+    result: PipelineResult | None = None,
 ) -> IngestReport:
+    """`result`: the pipeline's outcome when it ran already (in a worker process, see
+    mssgate.documents_worker); else it runs here."""
     box = normalize_address(mailbox)
     if delivery is None:
         # No spool entry to name (a direct call): the bytes themselves, so that the same
         # message again is a replay and any other message a new delivery.
         delivery = "sha256:" + hashlib.sha256(raw).hexdigest()
-    # Only what the signature covers is read; `raw` is still what is kept and sealed.
-    result = process_signed_message(
-        raw,
-        limits=limits,
-        allow_test_oids=allow_test_oids,
-        require_birthplace=require_birthplace,
-    )
+    if result is None:
+        # Only what the signature covers is read; `raw` is still what is kept and sealed.
+        result = process_signed_message(
+            raw,
+            limits=limits,
+            allow_test_oids=allow_test_oids,
+            require_birthplace=require_birthplace,
+        )
     message_id = message_id or result.message_id
     subject = subject or result.subject
     headers = header_block(raw).decode("utf-8", "replace")
@@ -136,10 +140,11 @@ def ingest_message(
     limits: DocumentLimits,
     allow_test_oids: bool,
     require_birthplace: bool = True,
+    result: PipelineResult | None = None,
 ) -> list[str]:
-    """Runs the pipeline over one message for one mailbox; returns the ids of the queued
-    documents, then of the quarantined ones. Safe to call again for the same delivery
-    (`delivery`: the spool entry's queue id)."""
+    """Runs the pipeline over one message for one mailbox (or takes its `result`); returns
+    the ids of the queued documents, then of the quarantined ones. Safe to call again for
+    the same delivery (`delivery`: the spool entry's queue id)."""
     return ingest(
         service,
         raw,
@@ -152,6 +157,7 @@ def ingest_message(
         limits=limits,
         allow_test_oids=allow_test_oids,
         require_birthplace=require_birthplace,
+        result=result,
     ).ids
 
 

@@ -8,6 +8,7 @@ import logging
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -33,9 +34,15 @@ def retry_delay(attempts: int, config: DeliveryConfig = _DEFAULTS) -> timedelta:
     return delay if delay < cap else cap
 
 
-# Runs after the mailbox has the message and before the delivery is recorded: the document
-# pipeline feeding the RIS queue. It must be idempotent (a crash in between repeats it).
-AfterDelivery = Callable[[PendingDelivery, bytes], None]
+class DocumentHandoff(Protocol):
+    """The document pipeline's side of a delivery (mssgate.documents_worker): whether a
+    mailbox's messages go through it, and a nudge once one is waiting. The delivery never
+    runs the pipeline itself: it records a job with the delivery, in one transaction."""
+
+    def wants(self, mailbox: str) -> bool: ...
+
+    def wake(self) -> None: ...
+
 
 # What the mailbox stores of a message (recipient, message): the message itself, or for a
 # RIS with encryption at rest, the message encrypted to its key. Raises DeliveryFailed.
@@ -50,7 +57,7 @@ class DeliveryWorker:
         *,
         config: DeliveryConfig = _DEFAULTS,
         poll_seconds: float | None = None,
-        after_delivery: AfterDelivery | None = None,
+        documents: DocumentHandoff | None = None,
         budget: MemoryBudget | None = None,
         seal: Seal | None = None,
     ) -> None:
@@ -58,7 +65,7 @@ class DeliveryWorker:
         self._store = store
         self._config = config
         self._poll = config.poll_seconds if poll_seconds is None else poll_seconds
-        self._after = after_delivery
+        self._documents = documents
         self._budget = budget
         self._seal = seal
         self._wake = asyncio.Event()
@@ -93,8 +100,6 @@ class DeliveryWorker:
             stored = content if self._seal is None else self._seal(item.recipient, content)
             sender = self._spool.envelope(item.spool_id).sender  # for its Return-Path
             self._store.deliver(item.recipient, stored, delivery_id=item.spool_id, sender=sender)
-            if self._after is not None:
-                self._after(item, content)
         except DeliveryFailed as exc:
             permanent = exc.permanent or item.attempts + 1 >= self._config.max_attempts
             self._spool.attempt_failed(
@@ -116,7 +121,10 @@ class DeliveryWorker:
                 error=str(exc),
             )
             return
-        self._spool.delivered(item)
+        wants = self._documents is not None and self._documents.wants(item.recipient)
+        self._spool.delivered(item, documents=wants)
+        if wants and self._documents is not None:
+            self._documents.wake()
         metrics.delivery(item.route, "delivered")
         self.delivered += 1
         event(log, "delivery.ok", queue_id=item.spool_id, route=item.route)

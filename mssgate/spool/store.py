@@ -25,12 +25,13 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, Engine, and_, func, select, update
 
 from mssgate import audit
-from mssgate.db.schema import spool_messages, spool_recipients
+from mssgate.db.schema import spool_documents, spool_messages, spool_recipients
 from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import NotFound, StorageError
 from mssgate.fsutil import ensure_dir, fsync_dir, write_new_durably
 from mssgate.spool.groupcommit import GroupCommitter
+from mssgate.spool.jobs import add_document_job, release_document_jobs
 
 Route = Literal["local", "relay"]
 _QUEUE_ID = re.compile(r"[0-9A-Z]{12,32}")
@@ -240,7 +241,10 @@ class Spool:
             spool_recipients.c.spool_id == spool_id, spool_recipients.c.recipient == recipient
         )
 
-    def delivered(self, item: PendingDelivery) -> None:
+    def delivered(self, item: PendingDelivery, *, documents: bool = False) -> None:
+        """`documents`: the mailbox's RIS wants the documents of the message; the pipeline
+        job is recorded in the same transaction as the delivery (mssgate.spool.jobs),
+        so that a crash can lose neither."""
         # One transaction for the recipient and, if it was the last one, the message.
         with write(self._engine) as conn:
             conn.execute(
@@ -248,6 +252,8 @@ class Spool:
                 .where(self._recipient(item.spool_id, item.recipient))  # type: ignore[arg-type]
                 .values(state="delivered", attempts=item.attempts + 1, updated_at=now())
             )
+            if documents:
+                add_document_job(conn, item.spool_id, item.recipient)
             done = self._mark_done_if_complete(conn, item.spool_id)
         if done:
             self._unlink(item.spool_id)
@@ -314,6 +320,7 @@ class Spool:
                 .values(state="pending", next_attempt_at=now(), updated_at=now())
             )
             released = int(result.rowcount)
+            released += release_document_jobs(conn, queue_id)
             if released:
                 audit.append(conn, actor=actor, action="spool.release", subject=queue_id,
                              detail={"deliveries": released})  # fmt: skip
@@ -351,6 +358,10 @@ class Spool:
             next_attempt_at=aware(row.next_attempt_at),
         )
 
+    def settle(self, spool_id: str) -> None:
+        """Marks the message done, and removes its file, once nothing waits for it."""
+        self._finish_if_complete(spool_id)
+
     def _finish_if_complete(self, spool_id: str) -> None:
         with write(self._engine) as conn:
             done = self._mark_done_if_complete(conn, spool_id)
@@ -368,6 +379,14 @@ class Spool:
             )
         ).scalar_one()
         if left:
+            return False
+        # The document pipeline reads the spool file too: the message waits for it.
+        jobs = conn.execute(
+            select(func.count())
+            .select_from(spool_documents)
+            .where(spool_documents.c.spool_id == spool_id, spool_documents.c.state != "done")
+        ).scalar_one()
+        if jobs:
             return False
         conn.execute(
             update(spool_messages).where(spool_messages.c.id == spool_id).values(state="done")

@@ -1,0 +1,206 @@
+"""The document pipeline in worker processes that can be killed: a time bound per message.
+
+pypdf and lxml run in C or in long pure-Python loops that no in-process check interrupts
+(one PDF page ran 15.8 s past a 10 s budget checked between pages). A worker process is the
+one thing that can be stopped at any instant: the parent waits for its answer up to the
+message's budget, and past it kills the process and starts another. The message is then
+held whole by the caller, with the reason.
+
+The workers are started with `spawn` (never `fork`: the gateway has threads and an event
+loop whose copies would be unsafe in a child), at a lower CPU priority so that SMTP and the
+deliveries keep their share of the machine while a hostile message burns its budget. Each
+reads the message from the spool file itself, so the parent sends a path, not the bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from pathlib import Path
+from typing import Any, Final
+
+from mssgate.documents.record import PipelineResult
+from mssgate.logs import event
+
+log = logging.getLogger("mssgate.documents.isolation")
+
+# A job: a module-level function (pickled by reference) run on the message's bytes.
+PipelineFunction = Callable[..., PipelineResult]
+
+# A worker that has not said it is ready after this long is broken (imports hanging).
+_START_SECONDS: Final = 60.0
+_NICENESS: Final = 10
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: PipelineResult
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The pipeline gave no result: over its time, the worker died, or it raised."""
+
+    reason: str
+    timed_out: bool
+
+
+def _child(conn: Connection) -> None:
+    # Runs in the worker process: everything it needs is imported before it says ready, so
+    # that the time a job is given is spent on the job.
+    import mssgate.documents.pipeline  # noqa: F401  (warms lxml, pypdf and our parsers)
+
+    with contextlib.suppress(OSError):  # a container may forbid it; the job still runs
+        os.nice(_NICENESS)
+    conn.send("ready")
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        function, path, kwargs = job
+        try:
+            answer: tuple[str, Any] = ("ok", function(Path(path).read_bytes(), **kwargs))
+        except Exception as exc:  # the parent holds the message with this reason
+            answer = ("error", f"{type(exc).__name__}: {exc}"[:300])
+        conn.send(answer)
+        del answer  # the next job's memory starts from nothing
+
+
+class _Worker:
+    def __init__(self, context: multiprocessing.context.SpawnContext) -> None:
+        self.conn, child_end = context.Pipe(duplex=True)
+        self.process: SpawnProcess = context.Process(
+            target=_child, args=(child_end,), name="mssgate-documents", daemon=True
+        )
+        self.process.start()
+        child_end.close()
+        self.ready = False
+
+    def wait_ready(self) -> bool:
+        if not self.ready:
+            self.ready = self.conn.poll(_START_SECONDS) and self._recv_ready()
+        return self.ready
+
+    def _recv_ready(self) -> bool:
+        try:
+            return bool(self.conn.recv() == "ready")
+        except (EOFError, OSError):
+            return False
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(timeout=10)
+        self.conn.close()
+
+
+class PipelinePool:
+    """`size` worker processes; `run` blocks until one is free, at most `size` jobs at once."""
+
+    def __init__(self, size: int) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self._size = size
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._all: set[_Worker] = set()
+        self.replaced = 0
+
+    def start(self) -> None:
+        with self._lock:
+            for _ in range(self._size):
+                self._new_worker()
+
+    def run(
+        self, function: PipelineFunction, path: Path, budget_seconds: float, **kwargs: Any
+    ) -> Finished | Failed:
+        worker = self._take()
+        try:
+            if not worker.wait_ready():
+                raise _Broken("the document worker process did not start")
+            started = time.monotonic()
+            try:
+                worker.conn.send((function, str(path), kwargs))
+            except OSError as exc:
+                raise _Broken("the document worker process died") from exc
+            if not worker.conn.poll(budget_seconds):
+                raise _Broken(
+                    f"document processing exceeded its time budget of {budget_seconds:g} s"
+                    " per message",
+                    timed_out=True,
+                )
+            try:
+                status, value = worker.conn.recv()
+            except (EOFError, OSError) as exc:
+                code = worker.process.exitcode
+                raise _Broken(
+                    f"the document worker process died (exit code {code})"
+                    if code is not None
+                    else "the document worker process died"
+                ) from exc
+        except _Broken as broken:
+            self._replace(worker)
+            if self._closed:
+                # Killed by `stop`, not by its message: the job is not this message's fault.
+                raise PoolStopped("the document workers are stopping") from None
+            return Failed(reason=str(broken), timed_out=broken.timed_out)
+        with self._lock:
+            if self._closed:
+                raise PoolStopped("the document workers are stopping")
+            self._idle.put(worker)
+        if status != "ok":
+            return Failed(reason=f"document processing failed: {value}", timed_out=False)
+        return Finished(result=value, seconds=time.monotonic() - started)
+
+    def _take(self) -> _Worker:
+        while True:
+            if self._closed:
+                raise PoolStopped("the document workers are stopping")
+            try:
+                return self._idle.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def _new_worker(self) -> None:
+        worker = _Worker(self._context)
+        self._all.add(worker)
+        self._idle.put(worker)
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        with self._lock:
+            self._all.discard(worker)
+            if self._closed:
+                return
+            self.replaced += 1
+            event(log, "documents.worker_replaced", pid=worker.process.pid)
+            self._new_worker()
+
+    def stop(self) -> None:
+        """Kills every worker, busy or not: a job cut short raises `PoolStopped`."""
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+            self._all.clear()
+        for worker in workers:
+            worker.kill()
+
+
+class PoolStopped(Exception):
+    """The pool was stopped while a job ran: the job was not finished, nor judged."""
+
+
+class _Broken(Exception):
+    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.timed_out = timed_out

@@ -1,0 +1,48 @@
+"""The pipeline in killable worker processes (issue 12 item 13): a message whose parse runs
+over its budget is stopped at the budget, its worker killed and replaced, and the next
+message is served by the new worker."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mssgate.documents.isolation import Failed, Finished, PipelinePool
+from mssgate.documents.pipeline import process_message
+
+from .factory import make_mail, make_pdf
+from .slow_pdf import make_slow_pdf
+
+
+def test_a_slow_pdf_is_stopped_at_the_budget_and_the_worker_replaced(tmp_path: Path) -> None:
+    slow = tmp_path / "slow.eml"
+    slow.write_bytes(make_mail([("CR.pdf", make_slow_pdf(), "application/pdf")]))
+    fine = tmp_path / "fine.eml"
+    fine.write_bytes(make_mail([("CR.pdf", make_pdf(["Compte rendu"]), "application/pdf")]))
+    pool = PipelinePool(1)
+    pool.start()
+    try:
+        started = time.monotonic()
+        outcome = pool.run(process_message, slow, 2.0, allow_test_oids=True)
+        took = time.monotonic() - started
+        assert isinstance(outcome, Failed) and outcome.timed_out, outcome
+        assert "time budget of 2 s per message" in outcome.reason
+        assert took < 2.0 + 5.0, took  # the budget, plus the worker's start-up at most
+        assert pool.replaced == 1
+        after = pool.run(process_message, fine, 30.0, allow_test_oids=True)
+        assert isinstance(after, Finished), after
+        assert len(after.result.outcomes) == 1
+    finally:
+        pool.stop()
+
+
+def test_a_failure_inside_the_worker_is_a_reason_not_a_crash(tmp_path: Path) -> None:
+    pool = PipelinePool(1)
+    pool.start()
+    try:
+        outcome = pool.run(process_message, tmp_path / "gone.eml", 30.0)
+        assert isinstance(outcome, Failed) and not outcome.timed_out
+        assert "FileNotFoundError" in outcome.reason
+        assert pool.replaced == 0
+    finally:
+        pool.stop()
