@@ -36,6 +36,7 @@ _SMIME_RESULT: dict[FailureReason, str] = {
     FailureReason.EXPIRED: "fail",
     FailureReason.NOT_YET_VALID: "fail",
     FailureReason.REVOKED: "fail",
+    FailureReason.REVOCATION_STALE: "temperror",
     FailureReason.BAD_KEY_USAGE: "fail",
     FailureReason.ADDRESS_MISMATCH: "policy",
     FailureReason.NOT_REGISTERED: "policy",

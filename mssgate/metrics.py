@@ -25,6 +25,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
@@ -42,6 +43,8 @@ __all__ = [
     "CONTENT_TYPE",
     "DatabaseCollector",
     "Metrics",
+    "crl_next_update",
+    "crl_reload",
     "default",
     "delivery",
     "delivery_retried_after_ambiguous_failure",
@@ -139,6 +142,20 @@ class Metrics:
             ["task"],
             registry=reg,
         )
+        self.crl_next_update_seconds = Gauge(
+            "mssgate_crl_next_update_seconds",
+            "Seconds until the nextUpdate of each file of policy.crl_files, computed at the"
+            " scrape (negative: past it, and every signer that CA vouches for is refused).",
+            ["crl"],
+            registry=reg,
+        )
+        self.crl_reloads = Counter(
+            "mssgate_crl_reloads",
+            "CRL files read again after they changed, by file and outcome (reloaded, or"
+            " failed: the last good list stays in force).",
+            ["crl", "outcome"],
+            registry=reg,
+        )
         if process:
             # Linux /proc figures (CPU, memory, open files) and the Python version: what an
             # operator checks first when a gateway misbehaves.
@@ -180,6 +197,12 @@ class Metrics:
 
     def task_crashed(self, task: str) -> None:
         self.task_crashes.labels(_token(task)).inc()
+
+    def crl_next_update(self, crl: str, seconds_left: Callable[[], float]) -> None:
+        self.crl_next_update_seconds.labels(_token(crl)).set_function(seconds_left)
+
+    def crl_reload(self, crl: str, outcome: str) -> None:
+        self.crl_reloads.labels(_token(crl), _token(outcome)).inc()
 
     def collect(self) -> Iterator[Metric]:
         """So that a Metrics can itself be registered in a scrape registry."""
@@ -340,6 +363,16 @@ def delivery_retried_after_ambiguous_failure(route: str) -> None:
 def task_crashed(task: str) -> None:
     """A supervised task of serve ended with an exception (it is restarted)."""
     _default.task_crashed(task)
+
+
+def crl_next_update(crl: str, seconds_left: Callable[[], float]) -> None:
+    """The gauge of one CRL file (its label `crl`) reads `seconds_left()` at each scrape."""
+    _default.crl_next_update(crl, seconds_left)
+
+
+def crl_reload(crl: str, outcome: str) -> None:
+    """A changed CRL file was read again: `outcome` reloaded|failed."""
+    _default.crl_reload(crl, outcome)
 
 
 def scrape_registry(engine: Engine, metrics: Metrics | None = None) -> CollectorRegistry:

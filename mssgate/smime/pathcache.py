@@ -141,6 +141,12 @@ class CrlFacts:
     next_update: dt.datetime | None
     # POSIX timestamps of every entry's revocation date, sorted.
     revocation_times: tuple[float, ...]
+    # The issuer Name (DER): which authority's certificates this list speaks for.
+    issuer: bytes | None = None
+
+    def stale_at(self, moment: dt.datetime) -> bool:
+        """Past its nextUpdate at `moment`: it no longer says whether anything is revoked."""
+        return self.next_update is not None and moment >= self.next_update
 
     def valid_until(self, moment: dt.datetime) -> dt.datetime | None:
         """The earliest time from `moment` on at which a validation using this CRL may change
@@ -213,7 +219,14 @@ def _read_crl(data: bytes) -> CrlFacts:
         next_update = crl.next_update_utc
     except ValueError:  # cryptography parses entries lazily
         return CrlFacts(der, digest, parsed=False, next_update=None, revocation_times=())
-    return CrlFacts(der, digest, parsed=True, next_update=next_update, revocation_times=times)
+    return CrlFacts(
+        der,
+        digest,
+        parsed=True,
+        next_update=next_update,
+        revocation_times=times,
+        issuer=crl.issuer.public_bytes(),
+    )
 
 
 PATH_CACHE = PathCache()

@@ -23,6 +23,9 @@ class FailureReason(StrEnum):
     EXPIRED = "expired"
     NOT_YET_VALID = "not-yet-valid"
     REVOKED = "revoked"
+    # The CRL of an authority on the signer's path is past its nextUpdate: nobody can say
+    # whether the certificate was revoked since. Ours to fix (refresh the file), so temporary.
+    REVOCATION_STALE = "revocation-stale"
     BAD_KEY_USAGE = "bad-key-usage"
     ADDRESS_MISMATCH = "address-mismatch"
     NOT_REGISTERED = "not-registered"
@@ -70,6 +73,14 @@ REPLIES: MappingProxyType[FailureReason, SmtpReply] = MappingProxyType(
         ),
         FailureReason.REVOKED: SmtpReply(
             550, "5.7.5", "Message refused: the signing certificate has been revoked"
+        ),
+        # 451 4.7.5 (a temporary cryptographic failure, RFC 3463): the sender's server keeps
+        # the message and tries again, and gets through once our CRL file is refreshed.
+        FailureReason.REVOCATION_STALE: SmtpReply(
+            451,
+            "4.7.5",
+            "Try again later: the revocation list of the signing certificate's authority"
+            " is out of date here",
         ),
         FailureReason.BAD_KEY_USAGE: SmtpReply(
             550, "5.7.1", "Message refused: the certificate is not meant for signing e-mail"

@@ -508,10 +508,25 @@ async def _classify_trust_failure(
     except PathBuildingError as exc:
         return FailureReason.UNTRUSTED_CHAIN, f"no path to a trust anchor: {exc}"
     except InsufficientRevinfoError as exc:
+        if _stale_crl_on_path(signer, cert_info, policy):
+            return FailureReason.REVOCATION_STALE, f"CRL past its nextUpdate: {exc.failure_msg}"
         return FailureReason.UNTRUSTED_CHAIN, f"revocation status unknown: {exc.failure_msg}"
     except Exception as exc:  # any other path validation error: the chain cannot be trusted
         return FailureReason.UNTRUSTED_CHAIN, f"path validation: {exc!r}"
     return _from_indication(indication)
+
+
+def _stale_crl_on_path(
+    signer: asn1_x509.Certificate, cert_info: SignedDataCerts, policy: _Policy
+) -> bool:
+    """Whether a CRL we hold for an authority the signer's path may run through (the issuer
+    of the signer, of a certificate it supplied, or of a known intermediate) is past its
+    nextUpdate: then the status is unknown for want of a fresh list, which is temporary."""
+    issuers = {signer.issuer.dump()}
+    issuers.update(cert.issuer.dump() for cert in cert_info.other_certs)
+    issuers.update(cert.issuer.public_bytes() for cert in policy.intermediates)
+    now = policy.now()
+    return any(crl.issuer in issuers and crl.stale_at(now) for crl in policy.crls)
 
 
 def _from_indication(indication: object) -> tuple[FailureReason, str]:

@@ -33,6 +33,7 @@ from mssgate.ins import is_patient_mailbox_local_part
 from mssgate.logs import event
 from mssgate.returnpath import strip_return_path
 from mssgate.smime import SignatureVerdict, verify_signed_message
+from mssgate.smime.crlfiles import CrlFiles
 from mssgate.smime.rawmime import header_fields, join_fields, split_head_body
 from mssgate.smtp import encryption, peer_trust, replies
 from mssgate.smtp.body import MemoryBudget
@@ -70,7 +71,8 @@ class TrustSettings:
     require_signature: bool
     # Trust anchors of local practitioners' certificates (the `tls.ca` bundle).
     local_anchors: tuple[x509.Certificate, ...]
-    crls: tuple[bytes, ...] = ()
+    # The CRL files, re-read when they change: ask `crls.current()` at each verification.
+    crls: CrlFiles = field(default_factory=CrlFiles.empty)
     verify_dkim: bool = True
     dkim_dns: Callable[[str], bytes | None] | None = None
     patient_domain: str = "patient.mssante.fr"
@@ -344,7 +346,7 @@ class SmtpPolicy:
                 content,
                 trust_anchors=anchors,
                 registered=registered,
-                crls=self._trust.crls,
+                crls=self._trust.crls.current(),
             )
             metrics.smime("pass" if verdict.ok else str(verdict.reason))
             if not verdict.ok:

@@ -10,9 +10,9 @@ from mssgate.authn import DirectoryAuthenticator
 from mssgate.config import Config
 from mssgate.directory import Directory
 from mssgate.directory.models import EncryptionPolicy
-from mssgate.errors import ConfigError
 from mssgate.listen import bind_failed
 from mssgate.pki import load_certificates
+from mssgate.smime.crlfiles import CrlFiles
 from mssgate.smime.mailbox_keys import mailbox_keys_dir
 from mssgate.smtp.body import MemoryBudget
 from mssgate.smtp.encryption import EncryptionSettings
@@ -45,16 +45,13 @@ class Sessions:
 
 
 def trust_settings(config: Config) -> TrustSettings:
-    """What DATA checks, read once at start (certificates and CRLs are files)."""
+    """What DATA checks: certificates read once at start; CRL files read at start and again
+    whenever they change (mssgate.smime.crlfiles)."""
     assert config.tls.ca is not None
     data = config.server.data_dir
-    crls = []
-    for path in config.policy.crl_files:
-        full = path if path.is_absolute() else data / path
-        try:
-            crls.append(full.read_bytes())
-        except OSError as exc:
-            raise ConfigError(f"policy.crl_files: cannot read {full}: {exc.strerror}") from None
+    crls = CrlFiles(
+        [path if path.is_absolute() else data / path for path in config.policy.crl_files]
+    )
     overrides = {k.lower().rstrip("."): v.encode() for k, v in config.dkim.dns_overrides.items()}
 
     def dns(name: str) -> bytes | None:
@@ -71,7 +68,7 @@ def trust_settings(config: Config) -> TrustSettings:
         dkim_key_pem=dkim_key,
         require_signature=config.policy.require_signature,
         local_anchors=tuple(load_certificates(config.tls.ca)),
-        crls=tuple(crls),
+        crls=crls,
         verify_dkim=config.dkim.verify,
         dkim_dns=dns if overrides else None,
         encryption=EncryptionSettings(
