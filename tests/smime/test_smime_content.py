@@ -4,6 +4,7 @@ opaque and nested signatures, with whatever a sender can add without breaking th
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 
 import pytest
@@ -202,3 +203,29 @@ def test_unsigned_attribute_keeps_the_signature_valid(pki: Pki) -> None:
     )
     assert verify_signed_message(again, trust_anchors=[pki.ca.cert], registered=None).ok
     assert signed_content(again) == expected(MESSAGE)
+
+
+@settings(deadline=None)
+@given(
+    content_type=st.sampled_from(
+        [
+            b'multipart/signed; protocol="application/pkcs7-signature"; boundary="b"',
+            b"application/pkcs7-mime; smime-type=signed-data",
+            b"application/pkcs7-mime",
+            b"multipart/mixed; boundary=b",
+        ]
+    ),
+    encoding=st.sampled_from([b"", b"base64", b"binary", b"x-uuencode"]),
+    body=st.binary(max_size=400),
+)
+def test_any_bytes_give_bytes_or_malformed_signed(
+    content_type: bytes, encoding: bytes, body: bytes
+) -> None:
+    """Property: on hostile bytes, `signed_content` returns bytes or raises MalformedSigned,
+    which the pipeline turns into a held message; nothing else escapes."""
+    raw = b"From: a@b.test\r\nContent-Type: " + content_type + b"\r\n"
+    if encoding:
+        raw += b"Content-Transfer-Encoding: " + encoding + b"\r\n"
+    raw += b"\r\n" + body
+    with contextlib.suppress(MalformedSigned):
+        assert isinstance(signed_content(raw), bytes)
