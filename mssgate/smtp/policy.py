@@ -233,6 +233,40 @@ class SmtpPolicy:
             return self._peer_refused(server, sender, cert, reason)
         return replies.SENDER_OK
 
+    def _peer_author(
+        self, server: GatewaySMTP, envelope: Envelope, headers: Any
+    ) -> tuple[Reply | None, dict[str, str]]:
+        """Whether the peer may put this From: on our users' screens; (refusal, why).
+
+        MAIL FROM checked the envelope sender's domain against the certificate; the author
+        is what readers (and the S/MIME check, which trusts the author domain's CA) go by, so
+        it is bound to the same operator: one domain for both, mapped by the trust list to
+        the certificate presented. A null sender (a peer's DSN or MDN) has only its From: to
+        check. Read again here, so that an untrust since MAIL applies.
+        """
+        addresses = getaddresses([str(f) for f in headers.get_all("From") or []])
+        author = _normal_or_none(addresses[0][1]) if len(addresses) == 1 else None
+        if author is None:
+            return replies.FROM_REQUIRED, {}
+        domain = author.rsplit("@", 1)[1]
+        why = {"author_domain": domain}
+        if envelope.mail_from not in (None, "", "<>"):
+            sender = _normal_or_none(envelope.mail_from)
+            sender_domain = sender.rsplit("@", 1)[1] if sender is not None else "?"
+            if sender_domain != domain:
+                return replies.AUTHOR_NOT_SENDER_DOMAIN, why | {"sender_domain": sender_domain}
+        cert = _peer_certificate(server)
+        peer = self._directory.domains.trusted_peers().get(domain)
+        if cert is None or peer is None:
+            return replies.AUTHOR_DOMAIN_UNTRUSTED, why
+        reason = peer_trust.refusal(cert, peer, peer_trust.presented_chain(server.tls_object()))
+        if reason is not None:
+            return replies.AUTHOR_NOT_PEER, why | {
+                "reason": reason,
+                "certificate": cert.subject.rfc4514_string(),
+            }
+        return None, why
+
     def _peer_refused(
         self, server: GatewaySMTP, sender: str, cert: x509.Certificate, reason: str
     ) -> Reply:
@@ -316,6 +350,10 @@ class SmtpPolicy:
         if headers.defects:
             return await self._reject(server, "DATA", replies.MALFORMED_HEADERS)
         identity = _identity(session)
+        if not self.listener.for_clients:
+            refusal, why = await asyncio.to_thread(self._peer_author, server, envelope, headers)
+            if refusal is not None:
+                return await self._reject(server, "DATA", refusal, check="peer-author", **why)
         if self.listener.for_clients:
             froms = headers.get_all("From") or []
             addresses = getaddresses([str(f) for f in froms])

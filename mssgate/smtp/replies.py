@@ -88,6 +88,12 @@ BARE_NEWLINE_DATA = Reply(
 )
 FROM_REQUIRED = Reply(550, "5.7.1", "Message must have exactly one From: address")
 AUTHOR_DOMAIN_UNTRUSTED = Reply(550, "5.7.1", "Author domain is not on the trust list")
+AUTHOR_NOT_SENDER_DOMAIN = Reply(
+    550, "5.7.1", "The From: domain must be the envelope sender's domain"
+)
+AUTHOR_NOT_PEER = Reply(
+    550, "5.7.1", "Your certificate does not belong to the From: domain's operator"
+)
 MALFORMED_HEADERS = Reply(550, "5.6.0", "Message headers are malformed")
 TEMPORARY_FAILURE = Reply(451, "4.3.0", "Temporary failure, please try again later")
 # S/MIME encryption policy (docs/smime.md, "Encryption policy"). 5.7.1: the policy refuses;

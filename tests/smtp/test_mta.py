@@ -10,6 +10,7 @@ import sqlite3
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -19,7 +20,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from mssgate.directory.domains import TrustedPeer
-from mssgate.pki import create_dev_ca, issue_server_cert, write_certificate, write_private_key
+from mssgate.pki import (
+    create_dev_ca,
+    issue_server_cert,
+    issue_smime_cert,
+    load_certificate,
+    load_private_key,
+    write_certificate,
+    write_private_key,
+)
+from mssgate.smime import sign_message
 from mssgate.smtp import peer_trust
 from tests.conftest import Cli
 from tests.smtp.conftest import BOB, PEER_DOMAIN, Gateway
@@ -361,3 +371,87 @@ def test_peer_trust_rules(tmp_path: Path) -> None:
     assert why(bundle, "CN=mx.chaine.test,C=FR") == peer_trust.WRONG_SUBJECT
     # A DN the trust-list import stored as the list wrote it, unreadable: refused, not skipped.
     assert why(bundle, "C=FR, CN=mx.chaine.test") == peer_trust.BAD_OPERATOR_DN
+
+
+# --------------------------------------------------------------- From: bound to the peer
+THIRD_DOMAIN = "clinique-c.test"
+AUTHOR_NOT_SENDER = (550, b"5.7.1 The From: domain must be the envelope sender's domain")
+AUTHOR_NOT_PEER = (550, b"5.7.1 Your certificate does not belong to the From: domain's operator")
+
+
+def signed_by(
+    ca: tuple[Any, x509.Certificate], author: str, sender_line: str | None = None
+) -> bytes:
+    key, cert = issue_smime_cert(ca[0], ca[1], author)
+    raw = f"From: {sender_line or author}\r\nTo: {BOB}\r\nSubject: CR\r\n\r\ncompte rendu\r\n"
+    return sign_message(raw.encode(), key=key, cert=cert)
+
+
+def test_from_is_bound_to_the_presenting_operator(
+    gateway_setup: Gateway, cli: Cli, peer_pki: dict[str, Path], tmp_path: Path
+) -> None:
+    # Issue 12 C.9: B's gateway certificate delivered mail signed by a practitioner of C, a
+    # third trusted operator. A valid signature of C's CA is not C's gateway speaking.
+    c_ca = create_dev_ca("operator C CA")
+    write_certificate(tmp_path / "c-ca.pem", c_ca[1])
+    cli.ok("domain", "trust", THIRD_DOMAIN, "--relay", f"mx.{THIRD_DOMAIN}:25",
+           "--ca", str(tmp_path / "c-ca.pem"))  # fmt: skip
+    b_ca = (load_private_key(peer_pki["ca_key"]), load_certificate(peer_pki["ca"]))
+    gateway_setup.env["MSSGATE_POLICY__REQUIRE_SIGNATURE"] = "true"
+    gateway_setup.start()
+    try:
+        cases = [
+            # (envelope sender, message, expected reply)
+            (f"dr.b@{PEER_DOMAIN}", signed_by(c_ca, f"dr.c@{THIRD_DOMAIN}"), AUTHOR_NOT_SENDER),
+            ("", signed_by(c_ca, f"mailer-daemon@{THIRD_DOMAIN}"), AUTHOR_NOT_PEER),
+            # A display name is no address: the author is C here too.
+            (
+                f"dr.b@{PEER_DOMAIN}",
+                signed_by(
+                    c_ca, f"dr.c@{THIRD_DOMAIN}", f'"dr.b@{PEER_DOMAIN}" <dr.c@{THIRD_DOMAIN}>'
+                ),
+                AUTHOR_NOT_SENDER,
+            ),
+            (
+                f"dr.b@{PEER_DOMAIN}",
+                signed_by(b_ca, f"dr.b@{PEER_DOMAIN}", f"dr.b@{PEER_DOMAIN}, dr.c@{THIRD_DOMAIN}"),
+                (550, b"5.7.1 Message must have exactly one From: address"),
+            ),
+        ]
+        client = connect(gateway_setup, peer_pki)
+        for sender, raw, expected in cases:
+            assert client.mail(sender)[0] == 250
+            assert client.rcpt(BOB)[0] == 250
+            assert client.data(raw) == expected, (sender, raw[:120])
+            client.rset()
+        # Its own practitioners, and its own notifications, B's gateway still delivers.
+        client.sendmail(f"dr.b@{PEER_DOMAIN}", [BOB], signed_by(b_ca, f"dr.b2@{PEER_DOMAIN}"))
+        client.sendmail("", [BOB], signed_by(b_ca, f"mailer-daemon@{PEER_DOMAIN}"))
+        client.quit()
+        gateway_setup.wait_delivered(BOB, 2)
+        refused = [e for e in gateway_setup.events() if e.get("check") == "peer-author"]
+        assert len(refused) == 4
+        assert {e.get("author_domain") for e in refused} == {THIRD_DOMAIN, None}
+        assert len(audit_details(gateway_setup, "message.rejected")) == 4
+        assert len(gateway_setup.mailbox(BOB)) == 2
+    finally:
+        gateway_setup.stop()
+
+
+def test_from_of_a_domain_sharing_the_ca_needs_its_operator_dn(
+    gateway: Gateway, cli: Cli, tmp_path: Path
+) -> None:
+    # IGC-Santé: one CA for every operator, the operator DN tells them apart. B's gateway
+    # (DN CN=mx.b.test) may not write a null-sender notification From: C's domain.
+    chain = make_chain(tmp_path, "igc", "mx.b.test")
+    for domain, host in (("b.test", "mx.b.test"), ("c.test", "mx.c.test")):
+        cli.ok("domain", "trust", domain, "--relay", f"{host}:25", "--ca",
+               str(chain.files["bundle"]), "--operator-dn", f"CN={host}")  # fmt: skip
+    client = connect(gateway, {"cert": chain.files["cert"], "key": chain.files["key"]})
+    client.mail("")
+    client.rcpt(BOB)
+    assert client.data(peer_message("mailer-daemon@c.test")) == AUTHOR_NOT_PEER
+    client.rset()
+    client.sendmail("", [BOB], peer_message("mailer-daemon@b.test"))
+    client.quit()
+    gateway.wait_delivered(BOB, 1)
