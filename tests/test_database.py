@@ -226,3 +226,47 @@ def test_every_writer_goes_through_the_write_api() -> None:
         if re.search(r"\.begin\(\)|BEGIN IMMEDIATE|\.commit\(\)", text):
             offenders.append(path.relative_to(root).as_posix())
     assert offenders == []
+
+
+def test_a_writer_waits_for_a_transaction_paused_between_its_read_and_its_write(
+    tmp_path: Path,
+) -> None:
+    """The shape of issue 12 A.1, made deterministic: a queue-like transaction reads, pauses,
+    then writes; a spool-like one writes meanwhile. SQLite's busy handler is off, so before
+    the write API (the queue's BEGIN IMMEDIATE held SQLite's lock, the spool's commit held the
+    process's) the second failed at once with `database is locked`; now it waits its turn."""
+    import threading
+
+    from sqlalchemy import event, text
+
+    engine = open_engine(f"sqlite:///{tmp_path}/pause.db")
+    with write(engine) as conn:
+        conn.execute(text("create table t (x integer)"))
+    engine.dispose()
+    event.listen(engine, "connect", lambda dbapi, _r: dbapi.execute("PRAGMA busy_timeout=0"))
+    read_done, order, errors = threading.Event(), [], []
+
+    def queue_like() -> None:
+        with write(engine) as conn:
+            conn.execute(text("select count(*) from t")).scalar_one()
+            read_done.set()
+            threading.Event().wait(0.3)
+            conn.execute(text("insert into t values (1)"))
+            order.append("queue")
+
+    def spool_like() -> None:
+        assert read_done.wait(10)
+        try:
+            with write(engine) as conn:
+                conn.execute(text("insert into t values (2)"))
+                order.append("spool")
+        except Exception as exc:  # collected: the thread's exception would be lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=queue_like), threading.Thread(target=spool_like)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert errors == []
+    assert order == ["queue", "spool"]
