@@ -7,8 +7,9 @@ the gateway must see a replaced file without a restart:
 
 - `current()` is what each verification asks for. At most every `CHECK_SECONDS` it stats the
   files (inode, size, mtime, ctime: a file renamed over, or rewritten in place) and reads only
-  a changed one. A file that cannot be read or is not a CRL (a download half written) leaves
-  the last good list in force and is logged; it is tried again at the next check.
+  a changed one. A file that cannot be read, is not a CRL (a download half written) or was
+  issued before the list in force (it would forget revocations) leaves the last good list in
+  force and is logged; the file is tried again once it changes.
 - Every check also looks at each list's nextUpdate: one warning from a day before it, one
   error once past it (logged once per list and nextUpdate), and the Prometheus gauge
   `mssgate_crl_next_update_seconds{crl=...}` computes the time left at each scrape (and makes
@@ -54,6 +55,7 @@ class CrlUnusable(Exception):
 class _Loaded:
     data: bytes
     signature: _Signature
+    last_update: dt.datetime
     next_update: dt.datetime | None
     revoked: int
 
@@ -77,10 +79,10 @@ def _read(path: Path) -> _Loaded:
         else:
             crl = x509.load_der_x509_crl(data)
         revoked = len(crl)  # entries are parsed lazily: this reads them all
-        next_update = crl.next_update_utc
+        last_update, next_update = crl.last_update_utc, crl.next_update_utc
     except ValueError:
         raise CrlUnusable(f"{path}: not a PEM or DER CRL") from None
-    return _Loaded(data, _signature(st), next_update, revoked)
+    return _Loaded(data, _signature(st), last_update, next_update, revoked)
 
 
 def _label(path: Path, taken: set[str]) -> str:
@@ -168,6 +170,10 @@ class CrlFiles:
             return False
         try:
             loaded = _read(file.path)
+            if loaded.last_update < file.loaded.last_update:
+                # An older list (a stale mirror, a backup restored) would forget revocations
+                # the one in force knows of.
+                raise CrlUnusable(f"{file.path}: issued before the list in force")
         except CrlUnusable as exc:
             if file.failed != signature:
                 file.failed = signature

@@ -90,6 +90,13 @@ def test_a_broken_or_missing_file_keeps_the_last_good_list(
     replace(path, fresh)
     clock.t += 5
     assert files.current() == (fresh,)
+    # An older list (a stale mirror) would forget revocations: not taken either.
+    older = build_crl(pki.ca, last_update=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    replace(path, older)
+    clock.t += 5
+    assert files.current() == (fresh,)
+    last = [r for r in caplog.records if r.getMessage() == "crl.reload_failed"][-1]
+    assert "issued before the list in force" in last.fields["reason"]  # type: ignore[attr-defined]
 
 
 def test_unusable_files_at_start_are_a_configuration_error(tmp_path: Path) -> None:
