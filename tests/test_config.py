@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -132,7 +133,7 @@ def test_init_refuses_to_overwrite(tmp_path: Path, cli: object) -> None:
 
 
 def test_check_passes_then_reports_a_broken_certificate(tmp_path: Path, cli: object) -> None:
-    from mssgate.dovecot.paths import runtime_dir
+    from mssgate.dovecot.paths import outside_mail_root, runtime_dir
     from tests.conftest import Cli
 
     assert isinstance(cli, Cli)
@@ -147,8 +148,10 @@ def test_check_passes_then_reports_a_broken_certificate(tmp_path: Path, cli: obj
         "database",
     }
     runtime = runtime_dir(data)
+    # pytest's own tmp root is 0700: as root, Dovecot's mail user could not reach DATA/mail.
+    mail = outside_mail_root(data) if os.geteuid() == 0 else data / "mail"
     (dovecot,) = [c for c in report["checks"] if c["check"] == "dovecot"]
-    assert dovecot["detail"] == f"sockets in {runtime}, mail in {data / 'mail'}"
+    assert dovecot["detail"] == f"sockets in {runtime}, mail in {mail}"
     (data / "certs" / "server.crt.pem").write_text("garbage")
     (data / "certs" / "dkim.key.pem").chmod(0o644)
     broken = cli("--config", cfg, "check")

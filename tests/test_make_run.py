@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mssgate.dovecot.paths import STATE_ROOT, instance_key
 from tests.conftest import REPO
 
 DEFAULT_PORTS = {
@@ -44,8 +45,11 @@ def test_make_run_answers_on_every_port() -> None:
     if shutil.which("dovecot", path="/usr/sbin:/usr/bin") is None:
         ports.pop("imaps")
         ports.pop("imap")
-    data = Path(tempfile.mkdtemp(prefix="mssgate-make-run-"))
-    data.rmdir()  # `mssgate init` creates it
+    # A clone in a private folder (0700, as /root is and as `mktemp -d` makes): as root,
+    # Dovecot's mail user cannot traverse it, and the mail store goes where it can.
+    top = Path(tempfile.mkdtemp(prefix="mssgate-make-run-"))
+    data = top / "clone" / "var"  # `mssgate init` creates it
+    outside = STATE_ROOT / instance_key(data)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSSGATE_")}
     if "imaps" not in ports:
         env["MSSGATE_IMAP__ENABLED"] = "false"
@@ -67,6 +71,7 @@ def test_make_run_answers_on_every_port() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         output = proc.communicate(timeout=60)[0].decode(errors="replace")
-        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(top, ignore_errors=True)
+        shutil.rmtree(outside, ignore_errors=True)
     assert "mssgate serving hopital-a.test" in output
     assert "SMTP submission  127.0.0.1:10587" in output

@@ -127,11 +127,7 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
     except Exception as exc:  # any driver failure is a failed check, not a crash
         record("database", False, f"unreachable: {exc.__class__.__name__}")
     if cfg.imap.enabled and not cfg.imap.external_dovecot:
-        from mssgate.dovecot.paths import runtime_dir
-
-        # Named so that an operator finds the sockets (and knows they need no backup).
-        data_dir = cfg.server.data_dir
-        record("dovecot", True, f"sockets in {runtime_dir(data_dir)}, mail in {data_dir / 'mail'}")
+        record("dovecot", True, _dovecot_places(cfg.server.data_dir))
     if json_out:
         emit_json({"ok": all(r["ok"] for r in results), "checks": results})
     else:
@@ -140,6 +136,22 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
     failed = [r for r in results if not r["ok"]]
     if failed:
         raise CheckFailed(f"{len(failed)} check(s) failed: {failed[0]['check']}")
+
+
+def _dovecot_places(data_dir: Path) -> str:
+    """Where the private Dovecot's sockets and mail are (the mail may live outside the data
+    folder: it must then be in the backups too)."""
+    from mssgate.dovecot.conf import resolve_users
+    from mssgate.dovecot.paths import mail_root, runtime_dir
+
+    try:
+        users = resolve_users(data_dir)
+        mail = mail_root(
+            data_dir, mail_uid=users.mail_uid, mail_gid=users.mail_gid, privileged=users.privileged
+        )
+    except (KeyError, OSError):  # Dovecot's users not installed yet: serve will say so
+        mail = data_dir / "mail"
+    return f"sockets in {runtime_dir(data_dir)}, mail in {mail}"
 
 
 def serve(ctx: typer.Context) -> None:

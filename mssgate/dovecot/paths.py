@@ -18,6 +18,8 @@ from pathlib import Path
 from mssgate.errors import MssgateError
 
 RUN_ROOT = Path("/run/mssgate")
+# As root, for a data folder whose parents the mail user cannot traverse: its mail store.
+STATE_ROOT = Path("/var/lib/mssgate")
 TMP = Path("/tmp")  # noqa: S108 - only ever a parent of a folder checked by private_dir()
 _KEY_HEX = 12  # 48 bits: enough to tell apart the data folders of one machine
 
@@ -118,3 +120,69 @@ def runtime_dir(
         private_dir(parent, mode=parent_mode, uid=me)
         private_dir(path, mode=0o755 if me == 0 else 0o700, uid=me)
     return path
+
+
+def unreachable_parent(path: Path, uid: int, gid: int) -> Path | None:
+    """The first parent of `path` that `uid`/`gid` cannot traverse (mode bits, not ACLs)."""
+    for parent in reversed(path.parents):
+        st = parent.stat()
+        if st.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return parent
+    return None
+
+
+def outside_mail_root(data_dir: Path, *, state_root: Path = STATE_ROOT) -> Path:
+    return state_root / instance_key(data_dir) / "mail"
+
+
+def mail_root(
+    data_dir: Path, *, mail_uid: int, mail_gid: int, privileged: bool, state_root: Path = STATE_ROOT
+) -> Path:
+    """Where this data folder's mail lives: `DATA/mail`, unless a privileged Dovecot's mail
+    user cannot traverse a parent of the data folder (a clone under /root, a `mktemp -d`
+    folder): then `/var/lib/mssgate/<key>/mail`. Once placed there it stays there."""
+    outside = outside_mail_root(data_dir, state_root=state_root)
+    if outside.is_dir():
+        return outside
+    if privileged:
+        blocked = unreachable_parent(data_dir / "mail", mail_uid, mail_gid)
+        # The data folder itself is ours to open to the mail user's group; its parents are
+        # not, and their modes are never changed.
+        if blocked is not None and blocked != data_dir:
+            return outside
+    return data_dir / "mail"
+
+
+def make_outside_mail_root(data_dir: Path, *, state_root: Path = STATE_ROOT) -> bool:
+    """Makes `/var/lib/mssgate/<key>/` (root's, searchable, not listable) with a note naming
+    its data folder, and moves an existing `DATA/mail` into it (same filesystem only).
+    Returns whether mail was moved. The mail folder's owner is the supervisor's business."""
+    mail = outside_mail_root(data_dir, state_root=state_root)
+    private_dir(state_root, mode=0o755)
+    private_dir(mail.parent, mode=0o711)
+    note = mail.parent / "data-folder"
+    tmp = note.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"{data_dir}\n")
+    tmp.replace(note)
+    if mail.exists():
+        return False
+    inside = data_dir / "mail"
+    if inside.is_symlink() or not inside.is_dir():
+        return False
+    try:
+        os.rename(inside, mail)
+    except OSError as exc:
+        raise UnsafeFolder(
+            f"mail in {inside} must move to {mail}, which its mail user can reach, and "
+            f"cannot be renamed there ({exc.strerror}): move it yourself, then start again"
+        ) from None
+    return True

@@ -18,13 +18,19 @@ import signal
 import stat
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from mssgate.config import Config, parse_lmtp_target
 from mssgate.dovecot.backend import DovecotBackend
 from mssgate.dovecot.conf import Layout, Users, render, resolve_users
 from mssgate.dovecot.logpump import pump
-from mssgate.dovecot.paths import UnsafeFolder, runtime_dir
+from mssgate.dovecot.paths import (
+    mail_root,
+    make_outside_mail_root,
+    runtime_dir,
+    unreachable_parent,
+)
 from mssgate.errors import MssgateError
 from mssgate.logs import event
 
@@ -56,18 +62,7 @@ def _die_with_parent() -> None:
 
 
 def _unreachable_parent(path: Path, users: Users) -> Path | None:
-    """The first parent of `path` the mail user cannot traverse (mode bits, not ACLs)."""
-    for parent in reversed(path.parents):
-        st = parent.stat()
-        if st.st_uid == users.mail_uid:
-            bit = stat.S_IXUSR
-        elif st.st_gid == users.mail_gid:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not st.st_mode & bit:
-            return parent
-    return None
+    return unreachable_parent(path, users.mail_uid, users.mail_gid)
 
 
 def _doveconf_value(config_file: Path, key: str) -> str:
@@ -132,7 +127,16 @@ class DovecotSupervisor:
         for path in (layout.root, layout.state_dir):
             path.mkdir(mode=0o755, exist_ok=True)
         runtime_dir(layout.data_dir, create=True)
+        data = layout.data_dir
+        mail = mail_root(
+            data, mail_uid=users.mail_uid, mail_gid=users.mail_gid, privileged=users.privileged
+        )
+        if mail != data / "mail" and make_outside_mail_root(data):
+            event(log, "dovecot.mail_moved", source=str(data / "mail"), path=str(mail))
+        self.layout = layout = replace(layout, mail_root=mail)
         layout.mail_root.mkdir(mode=0o700, exist_ok=True)
+        # Named at each start: outside the data folder it must be in the backups too.
+        event(log, "dovecot.mail_root", path=str(mail), in_data_folder=mail == data / "mail")
         if users.privileged:
             self._hand_mail_to(users)
         render_text = render(layout, users, instance=self._instance)
@@ -261,7 +265,7 @@ class DovecotSupervisor:
             try:
                 binary = await asyncio.to_thread(self._prepare)
                 await self._spawn(binary)
-            except (DovecotError, UnsafeFolder, OSError) as exc:
+            except (MssgateError, OSError) as exc:
                 event(log, "dovecot.restart_failed", level=logging.ERROR, error=str(exc))
                 continue
             self.restarts += 1

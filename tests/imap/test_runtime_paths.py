@@ -4,11 +4,22 @@ folder, and never a folder someone else planted (in /tmp above all)."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mssgate.dovecot.paths import UnsafeFolder, instance_key, private_dir, runtime_dir
+from mssgate.dovecot.paths import (
+    UnsafeFolder,
+    instance_key,
+    mail_root,
+    make_outside_mail_root,
+    outside_mail_root,
+    private_dir,
+    runtime_dir,
+)
 
 NOBODY = 65534
 
@@ -101,3 +112,52 @@ def test_private_dir_hands_a_new_folder_to_its_owner(tmp_path: Path) -> None:
     made = private_dir(tmp_path / "x", mode=0o700, uid=NOBODY, gid=NOBODY)
     st = made.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (NOBODY, NOBODY, 0o700)
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A folder every user may traverse (pytest's own tmp root is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="mssgate-paths-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_mail_moves_out_only_when_a_parent_outside_the_data_folder_blocks_it(
+    open_tmp: Path,
+) -> None:
+    state = open_tmp / "state"
+    top = open_tmp / "top"
+    data = top / "clone" / "var"
+    data.mkdir(parents=True, mode=0o700)
+    top.chmod(0o755)
+    place = {"mail_uid": NOBODY, "mail_gid": NOBODY, "state_root": state}
+    # Only the data folder itself blocks: the supervisor opens it to the mail group.
+    assert mail_root(data, privileged=True, **place) == data / "mail"
+    assert mail_root(data, privileged=False, **place) == data / "mail"
+    top.chmod(0o700)  # a parent the gateway may not change
+    outside = outside_mail_root(data, state_root=state)
+    assert mail_root(data, privileged=True, **place) == outside
+    assert mail_root(data, privileged=False, **place) == data / "mail"
+    # Mail already there (IMAP off before, or a store written by MaildirStore) moves with it.
+    (data / "mail" / "a.test" / "bob" / "Maildir" / "new").mkdir(parents=True)
+    (data / "mail" / "a.test" / "bob" / "Maildir" / "new" / "1.eml").write_text("x")
+    assert make_outside_mail_root(data, state_root=state) is True
+    assert (outside / "a.test" / "bob" / "Maildir" / "new" / "1.eml").read_text() == "x"
+    assert not (data / "mail").exists()
+    assert (outside.parent / "data-folder").read_text() == f"{data}\n"
+    assert oct(outside.parent.stat().st_mode & 0o777) == "0o711"
+    # Once out, it stays out, whatever the parents' modes later.
+    top.chmod(0o755)
+    assert mail_root(data, privileged=True, **place) == outside
+    assert make_outside_mail_root(data, state_root=state) is False
+
+
+def test_a_planted_state_folder_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    state.symlink_to(victim)
+    with pytest.raises(UnsafeFolder, match="remove it"):
+        make_outside_mail_root(tmp_path / "data", state_root=state)
+    assert list(victim.iterdir()) == []

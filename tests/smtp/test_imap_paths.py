@@ -5,13 +5,17 @@ traverse. Mail goes in over SMTP and comes out over IMAPS."""
 from __future__ import annotations
 
 import imaplib
+import os
+import pwd
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from mssgate.dovecot.paths import STATE_ROOT, instance_key
 from tests.conftest import DOMAIN, Cli
 from tests.smtp.conftest import ALICE, BOB, PASSWORD, Gateway, free_env, message
 
@@ -77,5 +81,61 @@ def test_a_150_character_data_path_serves_imap(cli: Cli, long_data: Path) -> Non
         lmtp = str(started["lmtp"])
         assert not lmtp.startswith(str(long_data)) and len(lmtp.encode()) < 108
         _smtp_in_imap_out(gw, "par un long chemin")
+    finally:
+        assert gw.stop() == 0
+
+
+@pytest.fixture
+def under_private_parent() -> Iterator[Path]:
+    """DATA in a clone inside a 0700 folder, as /root is and as `mktemp -d` makes."""
+    if os.geteuid() != 0:
+        pytest.skip("as root only: a user's private Dovecot runs as that user")
+    top = Path(tempfile.mkdtemp(prefix="mssgate-private-"))
+    data = top / "clone" / "var"
+    outside = STATE_ROOT / instance_key(data)
+    try:
+        yield data
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+        shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_root_serves_imap_from_a_data_folder_under_a_private_parent(
+    cli: Cli, under_private_parent: Path
+) -> None:
+    # The mail user could not traverse the 0700 parent: serve refused to start ("mail user
+    # 'mail' cannot reach .../var/mail"). Mail now lives where that user can reach it.
+    data = under_private_parent
+    top = data.parent.parent
+    gw = _gateway(cli, data)
+    gw.start()
+    outside = STATE_ROOT / instance_key(data)
+    try:
+        placed = gw.wait_event("dovecot.mail_root")
+        assert placed["path"] == str(outside / "mail")
+        _smtp_in_imap_out(gw, "sous un dossier prive")
+        assert list((outside / "mail" / DOMAIN / "bob" / "Maildir").rglob("*,*"))
+    finally:
+        assert gw.stop() == 0
+    assert stat.S_IMODE(top.stat().st_mode) == 0o700  # never loosened
+    # Root's folder, searchable and not listable, holding the mail user's private one.
+    st = outside.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o711)
+    st = (outside / "mail").stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (pwd.getpwnam("mail").pw_uid, 0o700)
+    assert (outside / "data-folder").read_text().strip() == str(data)
+    report = cli.ok("--config", str(data / "mssgate.toml"), "check", "--json").json()
+    (row,) = [c for c in report["checks"] if c["check"] == "dovecot"]
+    assert f"mail in {outside / 'mail'}" in row["detail"]
+    # A second start finds the same place.
+    gw.start()
+    try:
+        assert gw.wait_event("dovecot.started")
+        imap = imaplib.IMAP4_SSL(
+            "127.0.0.1", gw.ports["imaps"], ssl_context=gw.client_context(), timeout=30
+        )
+        imap.login(BOB, PASSWORD)
+        assert imap.select("INBOX")[1] == [b"1"]
+        imap.logout()
     finally:
         assert gw.stop() == 0
