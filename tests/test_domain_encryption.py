@@ -50,7 +50,7 @@ def test_migration_0004_keeps_domains_on_the_default_and_checks_values(
             )
         )
     migrate(bare_engine, "0004")
-    assert current_revision(bare_engine) == head_revision() == "0004"
+    assert current_revision(bare_engine) == "0004"
     columns = {c["name"]: c for c in inspect(bare_engine).get_columns("domains")}
     assert columns["encryption"]["nullable"] and columns["cipher"]["nullable"]
     directory = Directory(bare_engine, actor="test")
