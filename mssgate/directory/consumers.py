@@ -6,20 +6,34 @@ import hashlib
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Row, select, update
+from sqlalchemy import Engine, Row, and_, select, update
 
 from mssgate import audit
 from mssgate.db.schema import consumers, professionals
 from mssgate.db.tx import write
-from mssgate.directory.models import Consumer
+from mssgate.directory.models import AccountState, Consumer
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, ValidationFailed
 from mssgate.identifiers import normalize_address
 
 TOKEN_PREFIX = "mssg_"  # noqa: S105 (a public prefix that makes leaked tokens greppable)
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+# The API's answer to a token it refuses: the same text for an unknown, revoked or orphaned
+# token, so that the reply says nothing about which tokens once existed.
+INVALID_TOKEN = "a valid consumer token is required"  # noqa: S105 (a message, not a secret)
+MAILBOX_SUSPENDED = "the consumer's mailbox is suspended"
+
+
+@dataclass(frozen=True)
+class TokenRefused:
+    """Why a token opens nothing (shown to its bearer as the 401's detail)."""
+
+    reason: str
 
 
 def token_digest(token: str) -> str:
@@ -97,17 +111,32 @@ class Consumers:
             row = conn.execute(select(consumers).where(consumers.c.name == name)).one()
         return _consumer(row)
 
-    def by_token(self, token: str) -> Consumer | None:
-        """The active consumer holding this token, or None."""
+    def authenticate(self, token: str) -> Consumer | TokenRefused:
+        """The consumer holding this token, if it is not revoked and its mailbox is hosted
+        and active; else why not. A suspended mailbox's consumer comes back with the mailbox;
+        a removed mailbox's consumers were revoked with it (Professionals.remove)."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
-            return None
+            return TokenRefused(INVALID_TOKEN)
         digest = token_digest(token)
+        mailbox = and_(professionals.c.address == consumers.c.mailbox, professionals.c.local)
+        query = (
+            select(consumers, professionals.c.state.label("mailbox_state"))
+            .outerjoin(professionals, mailbox)
+            .where(consumers.c.token_sha256 == digest)
+        )
         with self._engine.connect() as conn:
-            row = conn.execute(select(consumers).where(consumers.c.token_sha256 == digest)).first()
+            row = conn.execute(query).first()
         # The lookup is by digest (an index hit leaks nothing useful); compare again in
         # constant time so that no future change of the query turns it into an oracle.
         if row is None or not hmac.compare_digest(row.token_sha256, digest):
-            return None
-        if row.revoked_at is not None:
-            return None
+            return TokenRefused(INVALID_TOKEN)
+        if row.revoked_at is not None or row.mailbox_state is None:
+            return TokenRefused(INVALID_TOKEN)
+        if row.mailbox_state != AccountState.ACTIVE.value:
+            return TokenRefused(MAILBOX_SUSPENDED)
         return _consumer(row)
+
+    def by_token(self, token: str) -> Consumer | None:
+        """The consumer this token may act as now, or None (see `authenticate`)."""
+        found = self.authenticate(token)
+        return found if isinstance(found, Consumer) else None

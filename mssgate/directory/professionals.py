@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, delete, select, update
+from sqlalchemy import Connection, Engine, Row, and_, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mssgate import audit
-from mssgate.db.schema import domains, professionals
+from mssgate.db.schema import consumers, domains, professionals
 from mssgate.db.tx import write
 from mssgate.directory.models import AccountState, MailboxKind, NewProfessional, Professional
 from mssgate.directory.timeutil import aware, now
@@ -161,6 +161,20 @@ class Professionals:
             if result.rowcount == 0:
                 raise NotFound(f"no mailbox {address!r} in the directory")
             audit.append(conn, actor=self._actor, action="directory.remove", subject=key)
+            # Its RIS consumers go with it, for good: a mailbox hosted again later under the
+            # same address is a new one, which the old tokens must not open.
+            active = and_(consumers.c.mailbox == key, consumers.c.revoked_at.is_(None))
+            names = conn.execute(select(consumers.c.name).where(active)).scalars().all()
+            if names:
+                conn.execute(update(consumers).where(active).values(revoked_at=now()))
+            for name in names:
+                audit.append(
+                    conn,
+                    actor=self._actor,
+                    action="consumer.revoke",
+                    subject=name,
+                    detail={"reason": "mailbox removed", "mailbox": key},
+                )
 
     def authenticate(self, address: str, password: str) -> Professional | None:
         """The professional if the password is right and the account active, else None.
