@@ -72,6 +72,10 @@ class PreauthSession:
         self._auth = authenticator
         self._penalty = penalty
         self._backend = backend
+        # ID's room beyond `max_command`, for the connection's first ID only: clients
+        # identify themselves once, and a connection repeating 60 KB IDs would cost ten
+        # times the parsing of any other.
+        self._id_room = idcmd.MAX_WIRE
         peer = writer.get_extra_info("peername") or ("?", 0)
         local = writer.get_extra_info("sockname") or ("?", 0)
         self.peer_ip: str = str(peer[0])
@@ -144,7 +148,7 @@ class PreauthSession:
 
     async def _read_command(self) -> tuple[str, str, list[bytes | None]]:
         budget = self._limits.max_command
-        id_budget = budget + idcmd.MAX_WIRE
+        id_budget = budget + self._id_room
         line = await self._line(budget, id_budget=id_budget)
         text, literal = literal_at_end(line)
         try:
@@ -155,6 +159,7 @@ class PreauthSession:
             return "*", "", []
         if name == "ID":
             budget = id_budget
+            self._id_room = 0  # spent by the first ID, whatever comes of it
         budget -= len(line)
         args: list[bytes | None] = []
         while True:
