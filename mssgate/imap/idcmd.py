@@ -2,7 +2,8 @@
 
 A client may send at most 30 field-value pairs, fields of at most 30 octets and values of
 at most 1,024 (as quoted strings or literals): about 32 KB, four times the pre-auth command
-cap, so ID alone gets a budget of its own, sized for the longest conforming list.
+cap, so a connection's first ID gets a budget of its own, sized for the longest conforming
+list.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Before login every byte is bounded: a command (its lines and literals together) may not
 exceed `max_preauth_line`, a literal announced beyond that is answered with BAD and the
 connection closed *before* the client is invited to send it, each command must arrive
-within `idle_timeout_seconds`, and a connection gets `max_preauth_commands` commands. `ID`
-alone may be as long as RFC 2971 allows (`mssgate.imap.idcmd`), and no longer. After login
-the session belongs to the mailbox engine and the front door only relays bytes.
+within `idle_timeout_seconds`, and a connection gets `max_preauth_commands` commands. A
+connection's first `ID` may be as long as RFC 2971 allows (`mssgate.imap.idcmd`), no
+longer. After login the session belongs to the mailbox engine and the front door only
+relays bytes.
 """
 
 from __future__ import annotations
