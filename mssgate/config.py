@@ -182,7 +182,7 @@ class DocumentsConfig(_Section):
     # documents, XML elements and attributes. Over any, the message is held whole.
     max_decoded_bytes: int = Field(128 << 20, gt=0)
     max_documents: int = Field(100, gt=0)
-    max_xml_nodes: int = Field(2_000_000, gt=0)
+    max_xml_nodes: int = Field(1_000_000, gt=0)
     # Wall time of the pipeline for one message, in a worker process that is killed and
     # replaced when it runs over; the message is then held whole.
     time_budget_seconds: float = Field(60.0, gt=0)

@@ -232,6 +232,9 @@ queue_documents = Table(
     Index("ix_queue_documents_claim", "mailbox", "state", "seq"),
     Index("ix_queue_documents_sha256", "mailbox", "sha256", "seq"),
     UniqueConstraint("delivery_key", name="uq_queue_documents_delivery_key"),
+    # The message the document came in (stored_messages); NULL before revision 0008 and for
+    # a mailbox stored encrypted, whose MDM keeps its e-mail inside its own ciphertext.
+    Column("message_ref", String(64)),
 )
 
 queue_contents = Table(
@@ -245,6 +248,25 @@ queue_contents = Table(
     ),
     Column("content", LargeBinary, nullable=False),
     Column("hl7", LargeBinary, nullable=False),
+    # Where the e-mail's base64 (OBX-2) goes back into `hl7` when it is read: the MDM is
+    # stored without it, the message once in stored_messages. NULL: `hl7` is whole.
+    Column("hl7_email_at", Integer),
+)
+
+# Each received message once per mailbox, however many documents and quarantined entries
+# came out of it: they reference it (`message_ref`). Keyed by (mailbox, message digest,
+# clear or sealed), so a replay finds its row; `content` is sealed for a RIS that registered
+# an OpenPGP key when `encrypted`.
+stored_messages = Table(
+    "stored_messages",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("mailbox", String(254), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("encrypted", Boolean, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 # Documents the pipeline would not pass, held for an operator with the untouched bytes and
@@ -268,11 +290,14 @@ quarantine = Table(
     Column("origin", Text, nullable=False),
     Column("document", Text),
     Column("state", String(8), nullable=False),
-    Column("content", LargeBinary, nullable=False),
-    Column("message", LargeBinary, nullable=False),
+    # NULL: the held bytes are the message itself (a message held whole).
+    Column("content", LargeBinary),
+    # Inline only in rows written before revision 0008; since, NULL and `message_ref` set.
+    Column("message", LargeBinary),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     CheckConstraint("state IN ('held', 'released')", name="ck_quarantine_state"),
     CheckConstraint("code BETWEEN 900 AND 999", name="ck_quarantine_code"),
+    Column("message_ref", String(64)),
 )
 
 # MDNs built when a RIS acks or gives up on a document; the mail side drains this table (or

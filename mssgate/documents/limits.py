@@ -31,7 +31,7 @@ class DocumentLimits(BaseModel):
     # from MIME parts, archives and base64 bodies; documents; XML elements and attributes.
     max_message_decoded_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
     max_message_documents: int = Field(default=100, gt=0)
-    max_message_xml_nodes: int = Field(default=2_000_000, gt=0)
+    max_message_xml_nodes: int = Field(default=1_000_000, gt=0)
 
     @classmethod
     def from_config(cls, config: DocumentsConfig) -> DocumentLimits:

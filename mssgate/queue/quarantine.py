@@ -13,16 +13,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Row, delete, select, update
+from sqlalchemy import Engine, Row, Select, delete, select, update
 
 from mssgate import audit
-from mssgate.db.schema import quarantine
+from mssgate.db.schema import quarantine, stored_messages
 from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware
 from mssgate.documents.record import DocumentInfo, Quarantined
 from mssgate.errors import Conflict, NotFound
 from mssgate.queue.backend import backend_for
 from mssgate.queue.crypto import is_sealed
+from mssgate.queue.messages import forget_if_unreferenced, keep_message, read_message
 from mssgate.queue.models import QuarantineEntry, QuarantineState
 
 
@@ -43,7 +44,18 @@ def _entry(row: Row[Any]) -> QuarantineEntry:
         state=QuarantineState(row.state),
         document=DocumentInfo.model_validate_json(row.document) if row.document else None,
         updated_at=aware(row.updated_at),
-        encrypted=is_sealed(bytes(row.message)),
+        encrypted=(
+            bool(row.stored_encrypted)
+            if row.message_ref is not None
+            else is_sealed(bytes(row.message))  # a row written before revision 0008
+        ),
+    )
+
+
+def _select() -> Select[Any]:
+    # The stored message's `encrypted` flag, not its bytes: a listing reads no message.
+    return select(quarantine, stored_messages.c.encrypted.label("stored_encrypted")).outerjoin(
+        stored_messages, stored_messages.c.id == quarantine.c.message_ref
     )
 
 
@@ -78,10 +90,17 @@ class QuarantineStore:
         the clear bytes; the dedup key is still the clear message's, so a replay matches.
         """
         key = _dedup_key(mailbox, message, held)
-        content, stored_message = sealed if sealed is not None else (held.content, message)
+        content: bytes | None
+        content, stored_message = sealed if sealed is not None else (held.content, None)
+        if sealed is None and held.content == message:
+            content = None  # held whole: the message is the content, kept once
         held_id = secrets.token_hex(16)
         now = self._clock()
         with write(self._engine) as conn:
+            ref = keep_message(
+                conn, self._backend, mailbox=mailbox, message=message, stored=stored_message,
+                at=now,
+            )  # fmt: skip
             created = self._backend.insert_ignore(
                 conn,
                 quarantine,
@@ -102,7 +121,8 @@ class QuarantineStore:
                     "document": held.document.model_dump_json() if held.document else None,
                     "state": QuarantineState.HELD.value,
                     "content": content,
-                    "message": stored_message,
+                    "message": None,
+                    "message_ref": ref,
                     "updated_at": now,
                 },
             )
@@ -126,7 +146,7 @@ class QuarantineStore:
         return held_id, True
 
     def entries(self, *, state: QuarantineState | None = None) -> list[QuarantineEntry]:
-        query = select(quarantine).order_by(quarantine.c.received_at, quarantine.c.id)
+        query = _select().order_by(quarantine.c.received_at, quarantine.c.id)
         if state is not None:
             query = query.where(quarantine.c.state == state.value)
         with self._engine.connect() as conn:
@@ -134,7 +154,7 @@ class QuarantineStore:
 
     def _row(self, held_id: str) -> Row[Any]:
         with self._engine.connect() as conn:
-            row = conn.execute(select(quarantine).where(quarantine.c.id == held_id)).first()
+            row = conn.execute(_select().where(quarantine.c.id == held_id)).first()
         if row is None:
             raise NotFound(f"no quarantined document {held_id!r}")
         return row
@@ -143,10 +163,17 @@ class QuarantineStore:
         return _entry(self._row(held_id))
 
     def content(self, held_id: str) -> bytes:
-        return bytes(self._row(held_id).content)
+        row = self._row(held_id)
+        return self._message(row) if row.content is None else bytes(row.content)
 
     def message(self, held_id: str) -> bytes:
-        return bytes(self._row(held_id).message)
+        return self._message(self._row(held_id))
+
+    def _message(self, row: Row[Any]) -> bytes:
+        if row.message is not None:
+            return bytes(row.message)  # inline, written before revision 0008
+        with self._engine.connect() as conn:
+            return read_message(conn, row.message_ref)
 
     def mark_released(self, held_id: str, *, actor: str, detail: dict[str, Any]) -> None:
         with write(self._engine) as conn:
@@ -164,9 +191,14 @@ class QuarantineStore:
     def delete(self, held_id: str, *, actor: str) -> QuarantineEntry:
         entry = self.get(held_id)
         with write(self._engine) as conn:
+            ref = conn.execute(
+                select(quarantine.c.message_ref).where(quarantine.c.id == held_id)
+            ).scalar_one_or_none()
             result = conn.execute(delete(quarantine).where(quarantine.c.id == held_id))
             if result.rowcount != 1:
                 raise NotFound(f"no quarantined document {held_id!r}")
+            if ref is not None:
+                forget_if_unreferenced(conn, ref)
             audit.append(
                 conn,
                 actor=actor,

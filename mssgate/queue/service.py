@@ -35,6 +35,13 @@ from mssgate.queue.backend import Backend, backend_for
 from mssgate.queue.crypto import AtRestCipher
 from mssgate.queue.hl7mdm import MdmEnvelope, build_mdm
 from mssgate.queue.mdn import Outcome, build_mdn, label_for
+from mssgate.queue.messages import (
+    cut_email,
+    email_marker,
+    keep_message,
+    read_message,
+    splice_email,
+)
 from mssgate.queue.models import Blob, Lease, QueueEntry, QueueState, Receipt
 from mssgate.queue.quarantine import QuarantineStore
 
@@ -224,6 +231,11 @@ class DocumentQueue:
         doc_id = _new_id()
         now = self._now()
         stored = record.model_copy(update={"id": doc_id, "state": None})
+        with self._engine.connect() as conn:
+            keys = self._keys_for(conn, record.mailbox)
+        # In clear, the MDM is stored without its e-mail, which is stored once per message
+        # (mssgate.queue.messages); encrypted, it stays whole inside its own ciphertext.
+        marker = None if keys else email_marker()
         hl7_text = build_mdm(
             stored,
             doc.content,
@@ -237,18 +249,24 @@ class DocumentQueue:
                 subject=record.subject,
                 sender=record.sender,
                 mailbox=record.mailbox,
-                email=doc.email,
+                email=doc.email if marker is None else marker,
             ),
         ).encode("utf-8")
-        with self._engine.connect() as conn:
-            keys = self._keys_for(conn, record.mailbox)
         content, hl7_bytes = doc.content, hl7_text
+        email_at: int | None = None
+        if marker is not None:
+            hl7_bytes, email_at = cut_email(hl7_text, marker)
         if keys:
             cipher = self.cipher()
             content, hl7_bytes = cipher.encrypt(content, keys), cipher.encrypt(hl7_bytes, keys)
         with write(self._engine) as conn:
             # Read under the write transaction: on SQLite no other enqueue runs meanwhile.
             duplicate_of = self._earliest_copy(conn, record.mailbox, record.sha256)
+            ref = None
+            if email_at is not None:
+                ref = keep_message(
+                    conn, self._backend, mailbox=record.mailbox, message=doc.email, at=now
+                )
             created = self._backend.insert_ignore(
                 conn,
                 queue_documents,
@@ -271,6 +289,7 @@ class DocumentQueue:
                     "state": QueueState.READY.value,
                     "attempts": 0,
                     "updated_at": now,
+                    "message_ref": ref,
                 },
             )
             if not created:
@@ -280,7 +299,9 @@ class DocumentQueue:
                     raise StorageError("a queue entry collided on its random id; try again")
                 return other, False
             conn.execute(
-                queue_contents.insert().values(document_id=doc_id, content=content, hl7=hl7_bytes)
+                queue_contents.insert().values(
+                    document_id=doc_id, content=content, hl7=hl7_bytes, hl7_email_at=email_at
+                )
             )
             audit.append(
                 conn,
@@ -716,7 +737,17 @@ class DocumentQueue:
         )
 
     def hl7(self, holder: Holder, document_id: str) -> Blob:
-        return self._blob(holder, document_id, "hl7", HL7_MEDIA_TYPE)
+        blob = self._blob(holder, document_id, "hl7", HL7_MEDIA_TYPE)
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(queue_contents.c.hl7_email_at, queue_documents.c.message_ref)
+                .join(queue_documents, queue_contents.c.document_id == queue_documents.c.id)
+                .where(queue_contents.c.document_id == document_id)
+            ).one()
+            if row.hl7_email_at is None or row.message_ref is None:
+                return blob  # whole as stored: encrypted, or written before revision 0008
+            message = read_message(conn, row.message_ref)
+        return blob.model_copy(update={"data": splice_email(blob.data, row.hl7_email_at, message)})
 
     def counts(self) -> dict[str, int]:
         with self._engine.connect() as conn:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from mssgate.db.schema import quarantine, queue_contents
+from mssgate.db.schema import quarantine, queue_contents, stored_messages
 from mssgate.documents.limits import DocumentLimits
 from mssgate.errors import Conflict
 from mssgate.queue import DocumentQueue, release
@@ -57,10 +57,15 @@ def test_quarantine_of_a_mailbox_with_a_key_is_stored_encrypted(
         [held_id] = deliver(queue, message)
         with engine.connect() as conn:
             row = conn.execute(select(quarantine).where(quarantine.c.id == held_id)).one()
-        assert held not in bytes(row.content) and b"PAT-TROIS" not in bytes(row.message)
+            # The message is stored once, apart (issue 12 item 12), sealed like the rest.
+            stored = conn.execute(
+                select(stored_messages.c.content).where(stored_messages.c.id == row.message_ref)
+            ).scalar_one()
+        assert row.message is None
+        assert held not in bytes(row.content) and b"PAT-TROIS" not in bytes(stored)
         assert keys.decrypt(bytes(row.content)) == held
         # The message is kept as its mailbox copy is: PGP/MIME that the RIS's key opens.
-        sealed = email.message_from_bytes(bytes(row.message), policy=policy.SMTP)
+        sealed = email.message_from_bytes(bytes(stored), policy=policy.SMTP)
         assert sealed.get_content_type() == "multipart/encrypted"
         armored = list(sealed.iter_parts())[1].get_payload(decode=True)
         assert isinstance(armored, bytes) and keys.decrypt(armored) == message
