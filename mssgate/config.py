@@ -173,6 +173,9 @@ class DeliveryConfig(_Section):
     poll_seconds: float = Field(5.0, gt=0)
     # One LMTP exchange with Dovecot (connect, each command, the data) may take this long.
     lmtp_timeout_seconds: float = Field(120.0, gt=0)
+    # Mailboxes delivered to at once. One mailbox's messages still go in order, one at a
+    # time; a slow or failing mailbox holds only its own lane.
+    concurrency: int = Field(4, ge=1, le=64)
 
 
 class DocumentsConfig(_Section):

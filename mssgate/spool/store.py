@@ -369,6 +369,13 @@ class Spool:
             self._unlink(spool_id)
 
     def _mark_done_if_complete(self, conn: Connection, spool_id: str) -> bool:
+        # The message row first, locked: two deliveries of one message (two mailboxes, or a
+        # mailbox and the relay) finishing at once on PostgreSQL would each count the other
+        # as pending under READ COMMITTED, and the message would never be done. The second
+        # now waits for the first to commit, then counts. (SQLite has one writer anyway.)
+        conn.execute(
+            select(spool_messages.c.id).where(spool_messages.c.id == spool_id).with_for_update()
+        )
         left = conn.execute(
             select(func.count())
             .select_from(spool_recipients)
