@@ -32,6 +32,7 @@ from mssgate.directory import Directory
 from mssgate.directory.models import EncryptionPolicy
 from mssgate.documents.isolation import PipelinePool
 from mssgate.documents_worker import DocumentWorker
+from mssgate.dovecot.paths import placed_mail_root
 from mssgate.dovecot.supervisor import DovecotError, DovecotSupervisor, find_dovecot
 from mssgate.errors import Conflict, MssgateError
 from mssgate.fsutil import ensure_dir, write_durably
@@ -190,7 +191,7 @@ async def run_gateway(config: Config) -> int:
             config, engine, on_receipt=ReceiptSpooler(spool, directory, wakers, signer)
         )
         dovecot: DovecotSupervisor | None = None
-        store: MailStore = MaildirStore(data / "mail")
+        store: MailStore = MaildirStore(placed_mail_root(data))
         if config.imap.enabled:
             if find_dovecot() is None and not config.imap.external_dovecot:
                 raise DovecotError(

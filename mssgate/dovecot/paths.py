@@ -141,6 +141,13 @@ def outside_mail_root(data_dir: Path, *, state_root: Path = STATE_ROOT) -> Path:
     return state_root / instance_key(data_dir) / "mail"
 
 
+def placed_mail_root(data_dir: Path, *, state_root: Path = STATE_ROOT) -> Path:
+    """`DATA/mail`, or the folder outside it once mail was placed there (see `mail_root`):
+    whatever writes mailboxes (Dovecot, or plain Maildir with IMAP off) writes there."""
+    outside = outside_mail_root(data_dir, state_root=state_root)
+    return outside if outside.is_dir() else data_dir / "mail"
+
+
 def mail_root(
     data_dir: Path, *, mail_uid: int, mail_gid: int, privileged: bool, state_root: Path = STATE_ROOT
 ) -> Path:

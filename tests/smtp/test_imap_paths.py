@@ -139,3 +139,25 @@ def test_root_serves_imap_from_a_data_folder_under_a_private_parent(
         imap.logout()
     finally:
         assert gw.stop() == 0
+
+
+def test_mail_placed_outside_stays_there_with_imap_off(
+    cli: Cli, under_private_parent: Path
+) -> None:
+    # IMAP switched off after Dovecot's mail went to /var/lib/mssgate: local delivery (plain
+    # Maildir) must keep writing where the mailboxes are, not start a second store.
+    data = under_private_parent
+    gw = _gateway(cli, data)
+    gw.env["MSSGATE_IMAP__ENABLED"] = "false"
+    outside = STATE_ROOT / instance_key(data) / "mail"
+    outside.mkdir(parents=True)
+    gw.start()
+    try:
+        client = gw.login()
+        client.sendmail(ALICE, [BOB], message(body="sans IMAP"))
+        client.quit()
+        gw.wait_event("delivery.ok", timeout=20)
+    finally:
+        assert gw.stop() == 0
+    assert len(list((outside / DOMAIN / "bob" / "Maildir" / "new").iterdir())) == 1
+    assert not (data / "mail").exists()
