@@ -189,8 +189,10 @@ class DocumentsConfig(_Section):
     # Wall time of the pipeline for one message, in a worker process that is killed and
     # replaced when it runs over; the message is then held whole.
     time_budget_seconds: float = Field(60.0, gt=0)
-    # Worker processes running the pipeline at once (each may use one core).
+    # Worker processes running the pipeline at once (each may use one core), and the address
+    # space each may map (RLIMIT_AS): past it the message is held, the gateway untouched.
     workers: int = Field(1, ge=1, le=64)
+    worker_memory_bytes: int = Field(2 << 30, ge=256 << 20)
     # How often the document worker looks for pending messages when nothing wakes it.
     poll_seconds: float = Field(5.0, gt=0)
 

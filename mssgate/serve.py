@@ -206,7 +206,9 @@ async def run_gateway(config: Config) -> int:
         budget = MemoryBudget(config.smtp.processing_memory)
         # The document pipeline runs apart from delivery, in killable worker processes
         # under a time budget per message: one slow message never holds a mailbox.
-        pipeline_pool = PipelinePool(config.documents.workers)
+        pipeline_pool = PipelinePool(
+            config.documents.workers, memory_bytes=config.documents.worker_memory_bytes
+        )
         pipeline_pool.start()
         documents = DocumentWorker(
             DocumentJobs(engine),

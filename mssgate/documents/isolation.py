@@ -19,6 +19,8 @@ import logging
 import multiprocessing
 import os
 import queue
+import resource
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -55,13 +57,24 @@ class Failed:
     timed_out: bool
 
 
-def _child(conn: Connection) -> None:
+def _child(conn: Connection, memory_bytes: int | None) -> None:
     # Runs in the worker process: everything it needs is imported before it says ready, so
     # that the time a job is given is spent on the job.
-    import mssgate.documents.pipeline  # noqa: F401  (warms lxml, pypdf and our parsers)
+    import mssgate.documents.pipeline  # warms lxml, pypdf and our parsers
+    import mssgate.documents.signed  # noqa: F401  (and the S/MIME structure readers)
 
+    # Ctrl-C reaches the whole process group, and a service manager's SIGTERM the whole
+    # cgroup: the parent stops its workers itself, and a worker dying of the signal first
+    # would look like a message that killed it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):  # a container may forbid it; the job still runs
         os.nice(_NICENESS)
+    if memory_bytes is not None:
+        # What the per-message budgets do not count (a PDF's own streams) meets this: the
+        # job gets MemoryError, or dies, and the message is held; the gateway is untouched.
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     conn.send("ready")
     while True:
         try:
@@ -78,10 +91,12 @@ def _child(conn: Connection) -> None:
 
 
 class _Worker:
-    def __init__(self, context: multiprocessing.context.SpawnContext) -> None:
+    def __init__(
+        self, context: multiprocessing.context.SpawnContext, memory_bytes: int | None
+    ) -> None:
         self.conn, child_end = context.Pipe(duplex=True)
         self.process: SpawnProcess = context.Process(
-            target=_child, args=(child_end,), name="mssgate-documents", daemon=True
+            target=_child, args=(child_end, memory_bytes), name="mssgate-documents", daemon=True
         )
         self.process.start()
         child_end.close()
@@ -105,11 +120,13 @@ class _Worker:
 
 
 class PipelinePool:
-    """`size` worker processes; `run` blocks until one is free, at most `size` jobs at once."""
+    """`size` worker processes; `run` blocks until one is free, at most `size` jobs at once.
+    `memory_bytes` caps each worker's address space (RLIMIT_AS)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, memory_bytes: int | None = None) -> None:
         self._context = multiprocessing.get_context("spawn")
         self._size = size
+        self._memory = memory_bytes
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
@@ -172,7 +189,7 @@ class PipelinePool:
                 continue
 
     def _new_worker(self) -> None:
-        worker = _Worker(self._context)
+        worker = _Worker(self._context, self._memory)
         self._all.add(worker)
         self._idle.put(worker)
 

@@ -46,6 +46,8 @@ def test_a_job_is_kept_with_its_message_processed_once_and_replayed_harmlessly(
     # Every recipient has the message, but the pipeline has not read it yet: it stays.
     [entry] = spool.entries()
     assert entry.state == "queued" and spool.path(queue_id).exists()
+    assert {"recipient": RIS_A, "route": "documents", "state": "pending", "attempts": 0,
+            "last_error": None} in entry.recipients  # fmt: skip
 
     pool = PipelinePool(1)
     pool.start()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mssgate.documents.isolation import Failed, Finished, PipelinePool
 from mssgate.documents.pipeline import process_message
+from mssgate.documents.record import PipelineResult
 
 from .factory import make_mail, make_pdf
 from .slow_pdf import make_slow_pdf
@@ -44,5 +45,25 @@ def test_a_failure_inside_the_worker_is_a_reason_not_a_crash(tmp_path: Path) -> 
         assert isinstance(outcome, Failed) and not outcome.timed_out
         assert "FileNotFoundError" in outcome.reason
         assert pool.replaced == 0
+    finally:
+        pool.stop()
+
+
+def hog(raw: bytes, **_: object) -> PipelineResult:
+    """A pipeline that wants 1 GiB at once (run in the worker by reference)."""
+    return PipelineResult(outcomes=(), defects=(str(len(bytearray(1 << 30))),))
+
+
+def test_a_worker_over_its_memory_cap_fails_the_message_not_the_gateway(tmp_path: Path) -> None:
+    path = tmp_path / "any.eml"
+    path.write_bytes(make_mail([]))
+    pool = PipelinePool(1, memory_bytes=512 << 20)
+    pool.start()
+    try:
+        outcome = pool.run(hog, path, 30.0)
+        assert isinstance(outcome, Failed) and not outcome.timed_out
+        assert "MemoryError" in outcome.reason or "died" in outcome.reason, outcome.reason
+        after = pool.run(process_message, path, 30.0)
+        assert isinstance(after, Finished)
     finally:
         pool.stop()
