@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, Engine, and_, func, literal, select, update
+from sqlalchemy import Connection, Engine, and_, func, select, update
 
 from mssgate import audit
 from mssgate.db.schema import spool_documents, spool_messages, spool_recipients
@@ -247,6 +247,7 @@ class Spool:
         so that a crash can lose neither."""
         # One transaction for the recipient and, if it was the last one, the message.
         with write(self._engine) as conn:
+            self._lock_message(conn, item.spool_id)
             conn.execute(
                 update(spool_recipients)
                 .where(self._recipient(item.spool_id, item.recipient))  # type: ignore[arg-type]
@@ -368,14 +369,22 @@ class Spool:
         if done:
             self._unlink(spool_id)
 
-    def _mark_done_if_complete(self, conn: Connection, spool_id: str) -> bool:
-        # The message row first, locked: two deliveries of one message (two mailboxes, or a
-        # mailbox and the relay) finishing at once on PostgreSQL would each count the other
-        # as pending under READ COMMITTED, and the message would never be done. The second
-        # now waits for the first to commit, then counts. (SQLite has one writer anyway.)
+    def _lock_message(self, conn: Connection, spool_id: str) -> None:
+        # Two deliveries of one message (two mailboxes, or a mailbox and the relay) finishing
+        # at once on PostgreSQL would each count the other as pending under READ COMMITTED,
+        # and the message would never be done: the message row is locked, so the second
+        # waits for the first to commit, then counts. (SQLite has one writer anyway.)
+        # Taken first in the transaction, and FOR NO KEY UPDATE: a document job's insert
+        # holds KEY SHARE on this row (its foreign key), which FOR UPDATE would wait for;
+        # two lanes each holding one and waiting for the other was a deadlock.
         conn.execute(
-            select(spool_messages.c.id).where(spool_messages.c.id == spool_id).with_for_update()
+            select(spool_messages.c.id)
+            .where(spool_messages.c.id == spool_id)
+            .with_for_update(key_share=True)
         )
+
+    def _mark_done_if_complete(self, conn: Connection, spool_id: str) -> bool:
+        self._lock_message(conn, spool_id)
         left = conn.execute(
             select(func.count())
             .select_from(spool_recipients)
@@ -432,22 +441,9 @@ class Spool:
             query = query.where(spool_messages.c.state == "queued")
         with self._engine.connect() as conn:
             for m in conn.execute(query).all():
-                rows = list(
-                    conn.execute(
-                        select(spool_recipients).where(spool_recipients.c.spool_id == m.id)
-                    )
+                rows = conn.execute(
+                    select(spool_recipients).where(spool_recipients.c.spool_id == m.id)
                 )
-                # The document pipeline's jobs keep the message too: shown beside the
-                # recipients, as route "documents", with their state and reason.
-                rows += conn.execute(
-                    select(
-                        spool_documents.c.mailbox.label("recipient"),
-                        literal("documents").label("route"),
-                        spool_documents.c.state,
-                        spool_documents.c.attempts,
-                        spool_documents.c.last_error,
-                    ).where(spool_documents.c.spool_id == m.id)
-                ).all()
                 yield SpoolEntry(
                     id=m.id,
                     received_at=aware(m.received_at),
