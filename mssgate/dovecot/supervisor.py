@@ -274,20 +274,21 @@ class DovecotSupervisor:
     async def stop(self) -> None:
         self._stopping.set()
         proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        if self._logs is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._logs
-        # Only sockets and a pid file: the next start makes them again.
-        shutil.rmtree(self.layout.base_dir, ignore_errors=True)
-        event(log, "dovecot.stopped", code=proc.returncode)
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            if self._logs is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._logs
+            event(log, "dovecot.stopped", code=proc.returncode)
+        if self.managed and proc is not None:
+            # Only sockets and a pid file, left behind too by a Dovecot that died first (a
+            # SIGTERM to the whole process group): the next start makes them again.
+            shutil.rmtree(self.layout.base_dir, ignore_errors=True)
 
 
 async def _lmtp_greets(target: str | Path) -> bool:
