@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, Engine, and_, func, select, update
+from sqlalchemy import Connection, Engine, and_, func, literal, select, update
 
 from mssgate import audit
 from mssgate.db.schema import spool_documents, spool_messages, spool_recipients
@@ -441,9 +441,22 @@ class Spool:
             query = query.where(spool_messages.c.state == "queued")
         with self._engine.connect() as conn:
             for m in conn.execute(query).all():
-                rows = conn.execute(
-                    select(spool_recipients).where(spool_recipients.c.spool_id == m.id)
+                rows = list(
+                    conn.execute(
+                        select(spool_recipients).where(spool_recipients.c.spool_id == m.id)
+                    )
                 )
+                # The document pipeline's jobs keep the message too: shown beside the
+                # recipients, as route "documents", with their state and reason.
+                rows += conn.execute(
+                    select(
+                        spool_documents.c.mailbox.label("recipient"),
+                        literal("documents").label("route"),
+                        spool_documents.c.state,
+                        spool_documents.c.attempts,
+                        spool_documents.c.last_error,
+                    ).where(spool_documents.c.spool_id == m.id)
+                ).all()
                 yield SpoolEntry(
                     id=m.id,
                     received_at=aware(m.received_at),
