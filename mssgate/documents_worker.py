@@ -107,8 +107,7 @@ class DocumentWorker:
         else:
             result = outcome.result
         self._feed.ingest(job.spool_id, job.mailbox, content, result)
-        self._jobs.done(job)
-        self._spool.settle(job.spool_id)
+        self._spool.settle(job.spool_id, first=lambda conn: self._jobs.mark_done(conn, job))
         self.processed += 1
 
     # -- the loop ---------------------------------------------------------------------------

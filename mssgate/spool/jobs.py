@@ -91,13 +91,13 @@ class DocumentJobs:
             )
             return len(rows.all())
 
-    def done(self, job: DocumentJob) -> None:
-        with write(self._engine) as conn:
-            conn.execute(
-                update(spool_documents)
-                .where(self._key(job))  # type: ignore[arg-type]
-                .values(state="done", attempts=job.attempts + 1, last_error=None, updated_at=now())
-            )
+    def mark_done(self, conn: Connection, job: DocumentJob) -> None:
+        """Inside `Spool.settle`'s transaction, which then finishes the message if it can."""
+        conn.execute(
+            update(spool_documents)
+            .where(self._key(job))  # type: ignore[arg-type]
+            .values(state="done", attempts=job.attempts + 1, last_error=None, updated_at=now())
+        )
 
     def retry(self, job: DocumentJob, *, error: str, delay: timedelta) -> None:
         """The gateway's footing failed (database, disk): the job stays due, later."""

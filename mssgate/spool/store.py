@@ -15,7 +15,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -359,9 +359,16 @@ class Spool:
             next_attempt_at=aware(row.next_attempt_at),
         )
 
-    def settle(self, spool_id: str) -> None:
-        """Marks the message done, and removes its file, once nothing waits for it."""
-        self._finish_if_complete(spool_id)
+    def settle(self, spool_id: str, *, first: Callable[[Connection], object]) -> None:
+        """Runs `first` (a document job's own bookkeeping) and marks the message done once
+        nothing waits for it, in one transaction: a crash in between cannot leave a message
+        that nothing will ever finish. Then removes its file."""
+        with write(self._engine) as conn:
+            self._lock_message(conn, spool_id)  # first, as in a delivery (lock order)
+            first(conn)
+            done = self._mark_done_if_complete(conn, spool_id)
+        if done:
+            self._unlink(spool_id)
 
     def _finish_if_complete(self, spool_id: str) -> None:
         with write(self._engine) as conn:
