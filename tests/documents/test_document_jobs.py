@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+from sqlalchemy import Engine
+
 from mssgate.config import load_config
 from mssgate.db import open_engine, upgrade
 from mssgate.db.tx import write
@@ -22,12 +25,20 @@ from tests.queue.helpers import RIS_A, SENDER, add_consumer, add_mailboxes
 from .factory import CdaSpec, make_cda, make_mail
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 def test_a_job_is_kept_with_its_message_processed_once_and_replayed_harmlessly(
-    datadir: Path,
+    datadir: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     config = load_config(datadir / "mssgate.toml")
-    engine = open_engine(config.database_url)
-    upgrade(engine)
+    if backend == "postgres":
+        engine: Engine = request.getfixturevalue("pg_engine")
+    else:
+        engine = open_engine(config.database_url)
+        upgrade(engine)
     add_mailboxes(engine, RIS_A)
     add_consumer(engine, "ris-a", RIS_A)
     queue = DocumentQueue.from_config(config, engine)
