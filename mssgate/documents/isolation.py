@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mssgate.documents.record import PipelineResult
+from mssgate.errors import StorageError
 from mssgate.logs import event
 
 log = logging.getLogger("mssgate.documents.isolation")
@@ -142,9 +143,12 @@ class PipelinePool:
         self, function: PipelineFunction, path: Path, budget_seconds: float, **kwargs: Any
     ) -> Finished | Failed:
         worker = self._take()
+        if not worker.wait_ready():
+            # The gateway's trouble (an import failing, a memory cap too low), never the
+            # message's: it waits for a worker that starts, it is not held.
+            self._replace(worker)
+            raise WorkerUnavailable("a document worker process did not start")
         try:
-            if not worker.wait_ready():
-                raise _Broken("the document worker process did not start")
             started = time.monotonic()
             try:
                 worker.conn.send((function, str(path), kwargs))
@@ -211,6 +215,10 @@ class PipelinePool:
             self._all.clear()
         for worker in workers:
             worker.kill()
+
+
+class WorkerUnavailable(StorageError):
+    """No worker process could start: the job waits and is tried again later."""
 
 
 class PoolStopped(Exception):
