@@ -88,3 +88,58 @@ def test_document_budget_is_exact(count: int, cap: int) -> None:
         assert len(result.accepted) == count
     else:
         assert [o.origin for o in result.outcomes] == ["message"]
+
+
+_names = st.sampled_from(["a", "b", "x:c", "ClinicalDocument"])
+
+
+@st.composite
+def _xml(draw: st.DrawFn) -> bytes:
+    count = draw(st.integers(1, 300))
+    attrs = draw(st.lists(st.integers(0, 3), min_size=count, max_size=count))
+    parts = [b'<r xmlns:x="urn:x">']
+    for i, n in enumerate(attrs):
+        name = draw(_names).encode()
+        pairs = b"".join(b' k%d="%d"' % (j, i) for j in range(n))
+        parts.append(b"<%s%s>t%d</%s>" % (name, pairs, i, name))
+    parts.append(b"</r>")
+    return b"".join(parts)
+
+
+def _count(xml: bytes) -> int:
+    from lxml import etree
+
+    return sum(1 + len(e.attrib) for e in etree.fromstring(xml).iter())
+
+
+@settings(max_examples=60, deadline=None)
+@given(_xml(), st.integers(-3, 3), st.sampled_from([1, 7, 256 * 1024]))
+def test_xml_node_cap_is_exact_and_the_tree_unchanged(xml: bytes, offset: int, feed: int) -> None:
+    """The slice-fed parser builds the tree `etree.fromstring` builds, and refuses exactly
+    the documents over the cap (elements and attributes), whatever the slice boundaries."""
+    from mssgate.documents import xml as xml_module
+
+    saved, xml_module._FEED = xml_module._FEED, feed  # slices of 1 and 7 bytes too
+    try:
+        _check_cap(xml, offset)
+    finally:
+        xml_module._FEED = saved
+
+
+def _check_cap(xml: bytes, offset: int) -> None:
+    from lxml import etree
+
+    from mssgate.documents.errors import LimitExceeded
+    from mssgate.documents.xml import parse_xml
+
+    nodes = _count(xml)
+    cap = max(1, nodes + offset)
+    limits = DocumentLimits(max_message_xml_nodes=cap)
+    if nodes > cap:
+        try:
+            parse_xml(xml, limits)
+        except LimitExceeded:
+            return
+        raise AssertionError("over the cap, not refused")
+    root = parse_xml(xml, limits)
+    assert etree.tostring(root) == etree.tostring(etree.fromstring(xml))
