@@ -61,7 +61,7 @@ from mssgate.smtp.server import Sessions, bound_port, start_smtp
 from mssgate.spool import Spool
 from mssgate.spool.delivery import DeliveryWorker
 from mssgate.spool.jobs import DocumentJobs
-from mssgate.supervisor import Supervisor
+from mssgate.supervisor import PassHealth, Supervisor
 
 log = logging.getLogger("mssgate.serve")
 
@@ -107,7 +107,9 @@ def _banner(config: Config, ports: dict[str, int]) -> str:
     )
 
 
-async def queue_maintenance(queue: DocumentQueue, interval: float) -> None:
+async def queue_maintenance(
+    queue: DocumentQueue, interval: float, health: PassHealth | None = None
+) -> None:
     """Reaps expired leases and resends receipts left in the outbox, every `interval` s.
 
     Without it an expired lease waits for the next lease on its mailbox (a RIS that went
@@ -123,7 +125,11 @@ async def queue_maintenance(queue: DocumentQueue, interval: float) -> None:
             # else is a bug, for the supervisor to log and restart.
             event(log, "queue.maintenance_failed", level=logging.ERROR,
                   error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            if health is not None:
+                health.failed(type(exc).__name__)
         else:
+            if health is not None:
+                health.succeeded()
             if reaped or resent:
                 event(log, "queue.maintenance", leases_reaped=reaped, receipts_resent=resent)
         await asyncio.sleep(interval)
@@ -271,10 +277,17 @@ async def run_gateway(config: Config) -> int:
         supervisor.spawn("delivery", worker.run)
         supervisor.spawn("documents", documents.run)
         supervisor.spawn("relay", relay.run)
+        maintenance = PassHealth()
         supervisor.spawn(
             "queue-maintenance",
-            lambda: queue_maintenance(queue, config.queue.maintenance_interval_seconds),
+            lambda: queue_maintenance(
+                queue, config.queue.maintenance_interval_seconds, maintenance
+            ),
         )
+        # Tasks that catch their own footing failures never crash: their passes are watched.
+        supervisor.check("delivery", worker.health.probe)
+        supervisor.check("relay", relay.health.probe)
+        supervisor.check("queue-maintenance", maintenance.probe)
         api = await start_api(config, engine, queue=queue, health=supervisor.failing)
         listening: dict[str, asyncio.Server] = {k.value: v for k, v in servers.items()}
         if imap is not None:

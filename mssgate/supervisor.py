@@ -38,6 +38,33 @@ class TaskExited(RuntimeError):
     """A supervised task returned, which none of them should."""
 
 
+class PassHealth:
+    """The health of a task that catches its own footing failures (the database away or
+    refusing writes) and tries again at its next pass. Such a task never crashes, so the
+    supervisor alone would call it healthy while it gets nothing done: `failed_after`
+    passes failed in a row make it failing (registered with `Supervisor.check`), one pass
+    that goes through clears it. Called from the event loop, read from the API's threads."""
+
+    def __init__(self, failed_after: int = 3) -> None:
+        self._after = failed_after
+        self._in_a_row = 0
+        self._last: str | None = None
+
+    def failed(self, why: str) -> None:
+        """`why`: a word for /healthz, never an exception's text (it may quote SQL
+        parameters, addresses); the log has the rest."""
+        self._in_a_row += 1
+        self._last = why
+
+    def succeeded(self) -> None:
+        self._in_a_row = 0
+
+    def probe(self) -> str | None:
+        if self._in_a_row < self._after:
+            return None
+        return f"{self._in_a_row} passes in a row failed; last: {self._last}"
+
+
 class Supervisor:
     def __init__(
         self,

@@ -38,6 +38,7 @@ from mssgate.relay.client import Outcome, RecipientOutcome, Timeouts, relay_mess
 from mssgate.relay.dsn import RecipientFailure, build_dsn
 from mssgate.relay.encryption import Batch, OutgoingEncryption, Plan
 from mssgate.spool.store import MessageEnvelope, PendingDelivery, Spool
+from mssgate.supervisor import PassHealth
 from mssgate.tls import client_context
 
 log = logging.getLogger("mssgate.relay")
@@ -101,6 +102,7 @@ class RelayWorker:
         self._wake = asyncio.Event()
         self._failed_units = 0
         self.delivered = 0
+        self.health = PassHealth()  # for /healthz: passes that keep failing
 
     def wake(self) -> None:
         self._wake.set()
@@ -124,7 +126,14 @@ class RelayWorker:
             except (MssgateError, SQLAlchemyError, OSError) as exc:
                 # The database or the data folder: nothing to do but wait and try again.
                 event(log, "relay.pass_failed", level=logging.ERROR, error=str(exc))
+                self.health.failed(type(exc).__name__)
                 done = 0
+            else:
+                # A unit that failed met the database or the disk (see _domain_queue).
+                if self._failed_units:
+                    self.health.failed(f"{self._failed_units} messages failed (relay.unit_failed)")
+                else:
+                    self.health.succeeded()
             # A unit that broke left its rows due: going round at once would spin on them.
             if done and not self._failed_units:
                 continue

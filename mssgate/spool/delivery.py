@@ -19,6 +19,7 @@ from mssgate.logs import event
 from mssgate.mailstore import DeliveryFailed, MailStore
 from mssgate.smtp.body import MemoryBudget
 from mssgate.spool.store import PendingDelivery, Spool
+from mssgate.supervisor import PassHealth
 
 log = logging.getLogger("mssgate.delivery")
 
@@ -70,6 +71,7 @@ class DeliveryWorker:
         self._seal = seal
         self._wake = asyncio.Event()
         self.delivered = 0
+        self.health = PassHealth()  # for /healthz: passes that keep failing
 
     def wake(self) -> None:
         self._wake.set()
@@ -167,8 +169,11 @@ class DeliveryWorker:
                 # and try again. Anything else is a bug: the supervisor logs and restarts.
                 event(log, "delivery.pass_failed", level=logging.ERROR,
                       error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                self.health.failed(type(exc).__name__)
                 done = 0
                 await asyncio.sleep(self._poll)
+            else:
+                self.health.succeeded()
             if done:
                 continue
             self._wake.clear()

@@ -1,0 +1,76 @@
+"""Review of issue 12 A.2: /healthz must see a delivery that no longer gets anything done.
+
+The delivery worker catches the failures of the gateway's footing (the database, the disk)
+itself and tries again at its next pass: right for the entries, which stay due, but the task
+never crashes, so the supervisor never counted it and /healthz answered 200 for as long as
+the database refused every delivery's commit (the very stall of issue 12 A.2, now silent).
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import sqlite3
+import ssl
+import time
+import urllib.error
+import urllib.request
+
+from tests.smtp.conftest import ALICE, BOB, Gateway, message
+
+
+def _healthz(gw: Gateway) -> tuple[int, dict[str, object]]:
+    ctx = ssl.create_default_context(cafile=gw.ca)
+    ctx.check_hostname = False
+    url = f"https://127.0.0.1:{gw.ports['api']}/healthz"
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _wait_health(gw: Gateway, code: int, timeout: float = 30) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    seen: tuple[int, dict[str, object]] = (0, {})
+    while time.monotonic() < deadline:
+        seen = _healthz(gw)
+        if seen[0] == code:
+            return seen[1]
+        time.sleep(0.2)
+    raise AssertionError(f"/healthz never answered {code}; last {seen}")
+
+
+def test_healthz_names_the_delivery_while_every_pass_fails_and_recovers_after(
+    gateway_setup: Gateway,
+) -> None:
+    gw = gateway_setup
+    gw.start(extra_env={"MSSGATE_DELIVERY__POLL_SECONDS": "0.2"})
+    db = sqlite3.connect(gw.data / "mssgate.db", timeout=30)
+    try:
+        assert _healthz(gw)[0] == 200
+        # The database refuses every change of a delivery's state from now on (a full
+        # disk, say): acceptance still commits (inserts), every delivery pass fails.
+        db.execute(
+            "CREATE TRIGGER refuse_delivery_state BEFORE UPDATE ON spool_recipients"
+            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+        db.commit()
+        client: smtplib.SMTP
+        with gw.login(ALICE) as client:
+            client.sendmail(ALICE, [BOB], message(body="stuck"))
+        gw.wait_event("delivery.pass_failed", timeout=20)
+        body = _wait_health(gw, 503)
+        assert body["status"] == "failing"
+        failing = body["failing"]
+        assert isinstance(failing, dict) and "delivery" in failing
+        assert "passes in a row failed" in failing["delivery"]
+        # /healthz answers anyone: the error's class, never its text (SQL, parameters).
+        assert "spool_recipients" not in failing["delivery"]
+        db.execute("DROP TRIGGER refuse_delivery_state")
+        db.commit()
+        assert _wait_health(gw, 200) == {"status": "ok", "failing": {}}
+        gw.wait_delivered(BOB, 1)
+    finally:
+        db.close()
+        gw.stop()
