@@ -31,6 +31,9 @@ class _Supervised:
     factory: TaskFactory
     crashes: deque[float] = field(default_factory=deque)
     last_error: str | None = None
+    # What /healthz says of it: the class only (an exception's text may quote SQL
+    # parameters or addresses, and /healthz answers anyone); the log has the text.
+    last_class: str | None = None
     task: asyncio.Task[None] | None = None
 
 
@@ -110,6 +113,7 @@ class Supervisor:
                     delay = self._first  # it ran long enough: a fresh failure, not a loop
                 entry.crashes.append(stamp)
                 entry.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                entry.last_class = type(exc).__name__
                 metrics.task_crashed(entry.name)
                 event(
                     log,
@@ -133,7 +137,7 @@ class Supervisor:
             if len(entry.crashes) >= self._threshold:
                 out[entry.name] = (
                     f"crashed {len(entry.crashes)} times in {self._window:.0f} s;"
-                    f" last: {entry.last_error}"
+                    f" last: {entry.last_class} (task.crashed in the log)"
                 )
         for name, probe in self._checks.items():
             why = probe()

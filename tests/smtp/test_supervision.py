@@ -104,7 +104,7 @@ def test_supervisor_restarts_logs_counts_and_reports_a_task_that_keeps_crashing(
         failing = asyncio.run(scenario())
     assert len(runs) >= 4, "the crashed task was not restarted"
     assert list(failing) == ["flaky"]
-    assert "RuntimeError: boom" in failing["flaky"]
+    assert "RuntimeError" in failing["flaky"] and "boom" not in failing["flaky"]
     crashed = [r for r in caplog.records if r.getMessage() == "task.crashed"]
     assert len(crashed) >= 3
     fields = crashed[0].fields  # type: ignore[attr-defined]
@@ -190,7 +190,7 @@ def test_healthz_answers_503_naming_a_task_that_keeps_crashing(datadir: Path) ->
     failing = body2["failing"]
     assert isinstance(failing, dict)
     assert list(failing) == ["delivery"]
-    assert "database is locked" in failing["delivery"]
+    assert "RuntimeError" in failing["delivery"]
 
 
 @pytest.mark.parametrize(

@@ -74,3 +74,33 @@ def test_healthz_names_the_delivery_while_every_pass_fails_and_recovers_after(
     finally:
         db.close()
         gw.stop()
+
+
+def test_a_crash_reason_on_healthz_names_the_error_class_not_its_text() -> None:
+    """/healthz answers anyone who reaches the API port; an exception's text may quote SQL
+    parameters, a mailbox address or a subject. The class names the trouble, the log has
+    the text (task.crashed, with the traceback)."""
+    import asyncio
+
+    from mssgate.supervisor import Supervisor
+
+    async def scenario() -> dict[str, str]:
+        sup = Supervisor(backoff_first=0.01, backoff_max=0.01, unhealthy_after=3, window=60)
+
+        async def delivery() -> None:
+            raise KeyError("dr.martin@hopital.test: Subject: résultats de M. Dupont")
+
+        sup.spawn("delivery", delivery)
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if sup.failing():
+                break
+        failing = sup.failing()
+        await sup.stop()
+        return failing
+
+    failing = asyncio.run(scenario())
+    assert list(failing) == ["delivery"]
+    assert "KeyError" in failing["delivery"]
+    assert "hopital.test" not in failing["delivery"]
+    assert "Dupont" not in failing["delivery"]
