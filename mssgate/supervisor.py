@@ -105,9 +105,14 @@ class Supervisor:
             try:
                 await entry.factory()
                 raise TaskExited(f"task {entry.name} returned")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                current = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and (
+                    current is None or current.cancelling()
+                ):
+                    raise  # stop(): the one normal end
+                # Any other CancelledError came from something the task awaited (a future
+                # another component cancelled): the task ended all the same, so it crashed.
                 stamp = time.monotonic()
                 if stamp - started >= self._window:
                     delay = self._first  # it ran long enough: a fresh failure, not a loop

@@ -104,3 +104,37 @@ def test_a_crash_reason_on_healthz_names_the_error_class_not_its_text() -> None:
     assert "KeyError" in failing["delivery"]
     assert "hopital.test" not in failing["delivery"]
     assert "Dupont" not in failing["delivery"]
+
+
+def test_a_task_ended_by_a_cancellation_it_was_not_sent_is_restarted() -> None:
+    """Only the supervisor's own stop is a normal end. A CancelledError that reaches a task
+    from something it awaited (a future another component cancelled) used to end the task
+    for good, with no log line and no crash counted: the silent stop of issue 12 A.2."""
+    import asyncio
+
+    from mssgate.supervisor import Supervisor
+
+    runs: list[int] = []
+
+    async def scenario() -> dict[str, int]:
+        sup = Supervisor(backoff_first=0.01, backoff_max=0.01)
+        loop = asyncio.get_running_loop()
+
+        async def waits_on_a_shared_future() -> None:
+            runs.append(1)
+            shared: asyncio.Future[None] = loop.create_future()
+            loop.call_later(0.01, shared.cancel)
+            await shared
+
+        sup.spawn("relay", waits_on_a_shared_future)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(runs) >= 3:
+                break
+        counts = sup.crash_counts()
+        await sup.stop()
+        return counts
+
+    counts = asyncio.run(scenario())
+    assert len(runs) >= 3, "the task was not restarted"
+    assert counts["relay"] >= 2
