@@ -74,7 +74,7 @@ def test_mbsync_finds_200_delivered_messages_byte_for_byte(
     for mid, raw in sent.items():
         # What was handed to LMTP, after Dovecot's Return-Path; mbsync keeps the server's
         # line ends as a Maildir (LF) would.
-        expected = b"Return-Path: <>\r\n" + raw
+        expected = f"Return-Path: <{ALICE}>\r\n".encode() + raw
         assert found[mid].replace(b"\r\n", b"\n") == expected.replace(b"\r\n", b"\n"), mid
 
 

@@ -46,7 +46,10 @@ def test_send_and_deliver_with_trace(gateway: Gateway) -> None:
     [delivered] = gateway.wait_delivered(BOB, 1)
     assert delivered.name.startswith(queue_id)
     content = delivered.read_bytes()
-    assert content.startswith(b"Received: from client.test ([127.0.0.1])\r\n")
+    # The envelope sender as Return-Path (written at delivery), then our trace field.
+    assert content.startswith(
+        f"Return-Path: <{ALICE}>\r\nReceived: from client.test ([127.0.0.1])\r\n".encode()
+    )
     assert b"with ESMTPSA (TLSv1.3:TLS_" in content
     assert f"id {queue_id}".encode() in content
     assert b"\r\n.starts with a dot\r\n" in content  # unstuffed exactly once
