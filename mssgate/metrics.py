@@ -34,7 +34,13 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from mssgate.db.schema import quarantine, queue_documents, spool_messages, spool_recipients
+from mssgate.db.schema import (
+    quarantine,
+    queue_documents,
+    spool_documents,
+    spool_messages,
+    spool_recipients,
+)
 from mssgate.directory.timeutil import aware
 
 log = logging.getLogger(__name__)
@@ -276,6 +282,12 @@ class DatabaseCollector:
                     .group_by(spool_recipients.c.route)
                 )
             }
+            # Delivered messages still waiting for the document pipeline: its backlog.
+            pending["documents"] = int(
+                conn.execute(
+                    select(func.count()).where(spool_documents.c.state == "pending")
+                ).scalar_one()
+            )
 
         depth = GaugeMetricFamily(
             "mssgate_queue_documents", "Documents in the RIS queue, by state.", labels=["state"]
@@ -306,10 +318,11 @@ class DatabaseCollector:
         spool.add_metric([], int(spooled or 0))
         recipients = GaugeMetricFamily(
             "mssgate_spool_recipients_pending",
-            "Recipients still waiting for delivery, by route.",
+            "Recipients still waiting for delivery, by route (documents: delivered messages"
+            " waiting for the document pipeline).",
             labels=["route"],
         )
-        for route in ("local", "relay"):
+        for route in ("local", "relay", "documents"):
             recipients.add_metric([route], int(pending.get(route, 0)))
         return [depth, lease_age, ready_age, held_count, held_size, spool, recipients]
 

@@ -17,6 +17,7 @@ from mssgate.directory import Directory
 from mssgate.documents.isolation import PipelinePool
 from mssgate.documents_worker import DocumentWorker
 from mssgate.integration import DocumentFeed
+from mssgate.metrics import DatabaseCollector
 from mssgate.queue import DocumentQueue
 from mssgate.spool import PendingDelivery, Spool, new_queue_id
 from mssgate.spool.jobs import DocumentJobs, add_document_job
@@ -54,6 +55,11 @@ def test_a_job_is_kept_with_its_message_processed_once_and_replayed_harmlessly(
     spool.delivered(item, documents=True)
     jobs = DocumentJobs(engine)
     assert [j.spool_id for j in jobs.due()] == [queue_id]
+    # The backlog is a gauge: route "documents" of the pending recipients.
+    families = {f.name: f for f in DatabaseCollector(engine).collect()}
+    [waiting] = [s for s in families["mssgate_spool_recipients_pending"].samples
+                 if s.labels["route"] == "documents"]  # fmt: skip
+    assert waiting.value == 1
     # Every recipient has the message, but the pipeline has not read it yet: it stays.
     [entry] = spool.entries()
     assert entry.state == "queued" and spool.path(queue_id).exists()
