@@ -11,6 +11,7 @@ retry a message we have: delivered twice, never lost (at least once).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -35,6 +36,9 @@ from mssgate.spool.jobs import add_document_job, release_document_jobs
 
 Route = Literal["local", "relay"]
 _QUEUE_ID = re.compile(r"[0-9A-Z]{12,32}")
+# The process out of descriptors or memory (a flood of connections, say): the gateway's
+# footing, not the message's. Its delivery stays due rather than being held.
+_PROCESS_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 def new_queue_id() -> str:
@@ -209,6 +213,10 @@ class Spool:
             return self.path(queue_id).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"spool file of {queue_id} is missing") from None
+        except OSError as exc:
+            if exc.errno in _PROCESS_EXHAUSTED:
+                raise StorageError(f"cannot read spool files: {exc.strerror}") from exc
+            raise
 
     def size(self, queue_id: str) -> int:
         """Bytes of the spooled file; 0 when it is gone (the delivery then reports that)."""

@@ -138,3 +138,54 @@ def test_a_task_ended_by_a_cancellation_it_was_not_sent_is_restarted() -> None:
     counts = asyncio.run(scenario())
     assert len(runs) >= 3, "the task was not restarted"
     assert counts["relay"] >= 2
+
+
+def test_running_out_of_file_descriptors_holds_no_delivery(gateway_setup: Gateway) -> None:
+    """A gateway out of file descriptors (a flood of connections) cannot open spool files.
+    That is the footing failing, like the database: the deliveries must stay due and go out
+    once descriptors are free again. Before, the OSError counted as the entry's own trouble
+    and every due delivery was held, each waiting for an operator's `spool release`."""
+    import os
+    import resource
+    from datetime import UTC, datetime
+
+    from mssgate.spool import new_queue_id
+
+    gw = gateway_setup
+    gw.start(extra_env={"MSSGATE_DELIVERY__POLL_SECONDS": "0.2"})
+    assert gw.proc is not None
+    pid = gw.proc.pid
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    try:
+        with gw.login(ALICE) as client:
+            client.sendmail(ALICE, [BOB], message(body="warm-up"))
+        gw.wait_delivered(BOB, 1)
+        queue_id = new_queue_id()
+        (gw.data / "spool" / "msg" / f"{queue_id}.eml").write_bytes(message(body="fd"))
+        # From here on the gateway cannot open a new descriptor: the lowest free one is
+        # beyond its limit.
+        used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+        lowest_free = next(n for n in range(len(used) + 1) if n not in used)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, limits[1]))
+        stamp = datetime.now(UTC).isoformat(sep=" ")
+        with sqlite3.connect(gw.data / "mssgate.db", timeout=30) as db:
+            db.execute(
+                "INSERT INTO spool_messages (id, received_at, listener, sender, identity,"
+                " peer, size, state) VALUES (?, ?, 'submission', ?, ?, NULL, 10, 'queued')",
+                (queue_id, stamp, ALICE, ALICE),
+            )
+            db.execute(
+                "INSERT INTO spool_recipients (spool_id, recipient, route, state, attempts,"
+                " next_attempt_at, updated_at) VALUES (?, ?, 'local', 'pending', 0, ?, ?)",
+                (queue_id, BOB, stamp, stamp),
+            )
+        db.close()
+        gw.wait_event("delivery.pass_failed", timeout=20)
+        time.sleep(1)  # a few passes more
+        held = [e for e in gw.events() if e.get("event") == "delivery.held"]
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+        assert held == []
+        gw.wait_queue_ids(BOB, {queue_id})
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+        gw.stop()
