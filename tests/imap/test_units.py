@@ -144,6 +144,10 @@ def test_lmtp_unreachable_or_unsafe(tmp_path: Path) -> None:
     with pytest.raises(DeliveryFailed) as exc:
         store.deliver("../x@b.test", b"x\r\n", delivery_id="1", sender="s@b.test")
     assert exc.value.permanent
+    # An envelope sender that could break out of MAIL FROM or Return-Path: never sent.
+    with pytest.raises(DeliveryFailed, match="unusable envelope sender") as exc:
+        store.deliver("a@b.test", b"x\r\n", delivery_id="1", sender="s@b.test>\r\nRSET")
+    assert exc.value.permanent
 
 
 def test_lmtp_lost_after_the_data_is_ambiguous_and_a_refusal_is_not(
