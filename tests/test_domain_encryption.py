@@ -11,7 +11,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from mssgate.db import open_engine
-from mssgate.db.migrate import _alembic_config, current_revision, head_revision
+from mssgate.db.migrate import _alembic_config, current_revision
 from mssgate.directory import Directory
 from mssgate.directory.models import EncryptionPolicy
 from mssgate.pki import create_dev_ca, issue_smime_cert, write_certificate
