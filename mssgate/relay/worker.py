@@ -20,6 +20,7 @@ import contextlib
 import logging
 import random
 import re
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -116,7 +117,14 @@ class RelayWorker:
                 item
             )
         self._failed_units = 0
-        await asyncio.gather(*(self._domain_queue(d, msgs) for d, msgs in queues.items()))
+        # Every domain's queue ends before the pass does: a failure left running siblings
+        # behind, which the next pass (after a restart) met sending the same messages.
+        results = await asyncio.gather(
+            *(self._domain_queue(d, msgs) for d, msgs in queues.items()), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return len(batch)
 
     async def run(self) -> None:
@@ -154,6 +162,23 @@ class RelayWorker:
                     queue_id=spool_id,
                     domain=domain,
                     error=str(exc),
+                )
+            except Exception as exc:
+                # This message's own trouble (a bug that its bytes or its recipients' records
+                # reach): set aside with the reason, visible to `spool list`, so that the
+                # messages behind it go on. A recipient already delivered stays delivered.
+                reason = f"{type(exc).__name__}: {exc}"[:480]
+                for item in items:
+                    await asyncio.to_thread(self._spool.hold, item, reason=reason)
+                metrics.delivery("relay", "held")
+                event(
+                    log,
+                    "relay.held",
+                    level=logging.ERROR,
+                    queue_id=spool_id,
+                    domain=domain,
+                    reason=reason,
+                    traceback="".join(traceback.format_exception(exc)),
                 )
 
     def _peer(self, domain: str) -> _Peer | None:

@@ -296,18 +296,25 @@ class Spool:
 
     def hold(self, item: PendingDelivery, *, reason: str) -> None:
         """Sets a delivery aside after an unexpected error: it keeps its file, is never due,
-        and shows in `spool list` with its reason until an operator releases it."""
+        and shows in `spool list` with its reason until an operator releases it. Only a
+        delivery still pending: one that the same unit already delivered or failed for good
+        (the relay holds a whole message) keeps its outcome."""
         with write(self._engine) as conn:
-            conn.execute(
+            held = conn.execute(
                 update(spool_recipients)
-                .where(self._recipient(item.spool_id, item.recipient))  # type: ignore[arg-type]
+                .where(
+                    self._recipient(item.spool_id, item.recipient),  # type: ignore[arg-type]
+                    spool_recipients.c.state == "pending",
+                )
                 .values(
                     state="held",
                     attempts=item.attempts + 1,
                     last_error=reason[:500],
                     updated_at=now(),
                 )
-            )
+            ).rowcount
+            if not held:
+                return
             audit.append(
                 conn,
                 actor="spool",
