@@ -17,6 +17,10 @@ _WHY = {
 def bind_failed(listener: str, host: str, port: int, setting: str, exc: OSError) -> ConfigError:
     why = _WHY.get(exc.errno or 0) or (exc.strerror or str(exc))
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return ConfigError(
-        f"cannot listen for {listener} on {where}: {why}; choose another port with {setting}"
-    )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        # The address is the trouble, not the port: its setting is the section's bind.
+        section = setting.split(".", 1)[0]
+        fix = f"set another address with {section}.bind"
+    else:
+        fix = f"choose another port with {setting}"
+    return ConfigError(f"cannot listen for {listener} on {where}: {why}; {fix}")

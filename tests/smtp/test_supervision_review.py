@@ -189,3 +189,23 @@ def test_running_out_of_file_descriptors_holds_no_delivery(gateway_setup: Gatewa
     finally:
         resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
         gw.stop()
+
+
+def test_serve_on_an_address_this_machine_lacks_names_the_bind_setting(
+    gateway_setup: Gateway,
+) -> None:
+    """Issue 12 item 16's sibling: the port is not the trouble when the address is not this
+    machine's; the line must send the operator to the bind setting, not to the port."""
+    import subprocess
+
+    from tests.smtp.conftest import MSSGATE
+
+    env = {**gateway_setup.env, "MSSGATE_SMTP__BIND": "192.0.2.1"}  # TEST-NET-1
+    done = subprocess.run(
+        [MSSGATE, "serve"], env=env, capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("mssgate: error: cannot listen for SMTP submission on 192.0.2.1:")
+    assert last.endswith(": this machine has no such address; set another address with smtp.bind")
