@@ -32,6 +32,11 @@ class DocumentLimits(BaseModel):
     max_message_decoded_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
     max_message_documents: int = Field(default=100, gt=0)
     max_message_xml_nodes: int = Field(default=1_000_000, gt=0)
+    # False where only the XDM and CDA facts are wanted (the MSSanté headers of mail leaving
+    # for a peer, computed inside the SMTP transaction): PDF text extraction is the one step
+    # whose CPU time no in-process check bounds, so it is skipped there rather than run
+    # without a worker process that could be killed.
+    read_pdfs: bool = True
 
     @classmethod
     def from_config(cls, config: DocumentsConfig) -> DocumentLimits:

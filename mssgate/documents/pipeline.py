@@ -367,7 +367,7 @@ def _process_cda(
     notes: tuple[str, ...] = ()
     if cda.level == "N1" and cda.body_media_type == "application/pdf" and cda.body is not None:
         try:
-            pdf = read_pdf(cda.body, policy.limits)
+            pdf = _read_pdf(cda.body, policy)
         except DocumentError as exc:
             return _Evaluated(
                 quarantine(
@@ -417,7 +417,7 @@ def _process_pdf(
 ) -> Accepted | Quarantined:
     info = base or DocumentInfo(format="pdf")
     try:
-        pdf = read_pdf(data, policy.limits)
+        pdf = _read_pdf(data, policy)
     except DocumentError as exc:
         return quarantine(
             exc.code, str(exc), data, content_type=content_type, origin=origin, document=info
@@ -437,6 +437,13 @@ def _process_pdf(
         policy,
         notes=notes,
     )
+
+
+def _read_pdf(data: bytes, policy: _Policy) -> PdfInfo:
+    if not policy.limits.read_pdfs:
+        return PdfInfo(page_count=0, pages_read=0, text="", metadata={}, encrypted=False,
+                       labelled_ins=(), rejected_ins_candidates=0, truncated=False)  # fmt: skip
+    return read_pdf(data, policy.limits)
 
 
 def _pdf_notes(pdf: PdfInfo, what: str) -> tuple[str, ...]:
@@ -463,7 +470,7 @@ def _check_companions(
     notes: list[str] = []
     for pdf_attachment in companions:
         try:
-            pdf = read_pdf(pdf_attachment.data, policy.limits)
+            pdf = _read_pdf(pdf_attachment.data, policy)
         except DocumentError as exc:
             extra.append(
                 quarantine(

@@ -25,6 +25,7 @@ from mssgate.directory import Directory
 from mssgate.directory.models import AccountState
 from mssgate.dkim import DkimResult, dkim_sign, dkim_verify
 from mssgate.documents import mss_headers
+from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.signed import process_signed_message
 from mssgate.errors import MssgateError, StorageError, ValidationFailed
 from mssgate.headers import read_headers
@@ -44,6 +45,10 @@ from mssgate.spool import Spool, new_queue_id
 from mssgate.spool.store import Route
 
 log = logging.getLogger("mssgate.smtp")
+
+# The MSSanté headers of mail leaving for a peer need the XDM and CDA facts only: no PDF text
+# (the one step no in-process check bounds in time), inside the SMTP transaction.
+_HEADER_LIMITS = DocumentLimits(read_pdfs=False)
 
 _RELAY_CHARS = frozenset('%!"[]:\\')
 _OUR_MSS_FIELDS = frozenset({"x-mss-codecda", "x-mss-ins", "x-mss-nil"})
@@ -509,7 +514,9 @@ class SmtpPolicy:
         from the message itself, never from the client's own X-MSS fields, which are
         replaced); X-MSS-NIL goes on every message; X-MSS-MES (the patient's "no reply")
         passes through untouched."""
-        result = process_signed_message(message, allow_test_oids=self._trust.allow_test_ins)
+        result = process_signed_message(
+            message, limits=_HEADER_LIMITS, allow_test_oids=self._trust.allow_test_ins
+        )
         fields = {"X-MSS-NIL": self._trust.mss_nil, **mss_headers(result)}
         head, separator, body = split_head_body(message)
         kept = [f for f in header_fields(head) if f.name not in _OUR_MSS_FIELDS]
