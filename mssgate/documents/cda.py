@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable
 from typing import Final, Literal
 
 from lxml import etree
@@ -199,6 +200,11 @@ def _header(root: etree._Element) -> CdaHeader:
         # CI-SIS allows one recordTarget; reading the first would file the document under
         # one patient while it also names another.
         raise TwoPatientsError(_patients_reason(targets))
+    roles = root.findall(_h("recordTarget/patientRole"))
+    if len(roles) > 1 or any(len(role.findall(_h("patient"))) > 1 for role in roles):
+        # The same mix-up inside one recordTarget (the schema allows one patientRole of one
+        # patient): the first would be read and the other ignored.
+        raise TwoPatientsError(_roles_reason(roles))
     patient_role = root.find(_h("recordTarget/patientRole"))
     patient_ids: tuple[Identifier, ...] = ()
     patient = None
@@ -227,6 +233,29 @@ def _header(root: etree._Element) -> CdaHeader:
         patient_ids=patient_ids,
         traits=_traits(patient),
     )
+
+
+def _roles_reason(roles: list[etree._Element]) -> str:
+    """A recordTarget of several patientRole, or a patientRole of several patient: counted
+    and described by issuer like `_patients_reason`, never by value."""
+    patients = sum(max(1, len(role.findall(_h("patient")))) for role in roles)
+    described = "; ".join(
+        f"patientRole {index}: {_ins_kind(role.iterfind(_h('id')))}"
+        for index, role in enumerate(roles[:_NAMED_PATIENTS], start=1)
+    )
+    return (
+        f"CDA names {patients} patients in one recordTarget ({described}):"
+        " a document has one patient"
+    )
+
+
+def _ins_kind(ids: Iterable[etree._Element]) -> str:
+    found = [i for i in (_identifier(e) for e in ids) if i is not None]
+    ins = [i for i in found if i.root in INS_OIDS and i.extension]
+    if not ins:
+        return "no INS"
+    kind, test = INS_OIDS[ins[0].root or ""]
+    return f"INS-{kind}{' (test)' if test else ''} under {ins[0].root}"
 
 
 def _patients_reason(targets: list[etree._Element]) -> str:
