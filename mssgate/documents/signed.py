@@ -12,7 +12,7 @@ from __future__ import annotations
 from mssgate.documents.errors import QuarantineCode
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.pipeline import hold_message, process_message
-from mssgate.documents.record import PipelineResult
+from mssgate.documents.record import PipelineResult, Quarantined
 from mssgate.smime.content import signed_content
 from mssgate.smime.extract import MalformedSigned
 
@@ -33,9 +33,21 @@ def process_signed_message(
         content = signed_content(raw)
     except MalformedSigned as exc:
         return hold_message(raw, QuarantineCode.OTHER, f"signed content unreadable: {exc}"[:500])
-    return process_message(
+    result = process_message(
         content,
         limits=limits if limits is not None else DocumentLimits(),
         allow_test_oids=allow_test_oids,
         require_birthplace=require_birthplace,
     )
+    if content is raw:
+        return result
+    # Held whole, it is the message received that is held, not the rewrite read here: the
+    # quarantine keeps the message once (its content is the stored message), and its digest
+    # and size are the message's.
+    outcomes = tuple(
+        hold_message(raw, o.code, o.reason).outcomes[0]
+        if isinstance(o, Quarantined) and o.origin == "message" and o.content == content
+        else o
+        for o in result.outcomes
+    )
+    return result.model_copy(update={"outcomes": outcomes})
