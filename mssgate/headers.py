@@ -6,9 +6,12 @@ line: for a 25 MB message that was 180 MB of peak memory to read a From field.
 
 from __future__ import annotations
 
+from email.errors import InvalidHeaderDefect
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import SMTP
+from email.utils import getaddresses
+from typing import Any
 
 
 def header_block(message: bytes) -> bytes:
@@ -22,3 +25,20 @@ def header_block(message: bytes) -> bytes:
 def read_headers(message: bytes) -> Message:
     """The header fields of `message`, parsed with the SMTP policy (defects recorded)."""
     return BytesHeaderParser(policy=SMTP).parsebytes(header_block(message))
+
+
+def sole_address(fields: list[Any]) -> str | None:
+    """The one address these fields (a message's `From:`, as `read_headers` parsed them)
+    name, or None: no field, several, several addresses, or a field the parser could not
+    read whole.
+
+    The SMTP policy's address parser drops what it cannot read and keeps the rest: for
+    `From: a@b.test <c@d.test>` it gives `a@b.test`, where a mail client shows `c@d.test`.
+    Binding the author to such a remainder would check one address and show another.
+    """
+    if len(fields) != 1:
+        return None
+    if any(isinstance(d, InvalidHeaderDefect) for d in getattr(fields[0], "defects", ())):
+        return None
+    addresses = getaddresses([str(fields[0])])
+    return addresses[0][1] if len(addresses) == 1 else None

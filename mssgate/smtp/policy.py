@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import format_datetime, getaddresses
+from email.utils import format_datetime
 from enum import StrEnum
 from typing import Any
 
@@ -28,7 +28,7 @@ from mssgate.documents import mss_headers
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.signed import process_signed_message
 from mssgate.errors import MssgateError, StorageError, ValidationFailed
-from mssgate.headers import read_headers
+from mssgate.headers import read_headers, sole_address
 from mssgate.identifiers import normalize_address
 from mssgate.ins import is_patient_mailbox_local_part
 from mssgate.logs import event
@@ -249,8 +249,7 @@ class SmtpPolicy:
         the certificate presented. A null sender (a peer's DSN or MDN) has only its From: to
         check. Read again here, so that an untrust since MAIL applies.
         """
-        addresses = getaddresses([str(f) for f in headers.get_all("From") or []])
-        author = _normal_or_none(addresses[0][1]) if len(addresses) == 1 else None
+        author = _author(headers.get_all("From") or [])
         if author is None:
             return replies.FROM_REQUIRED, {}
         domain = author.rsplit("@", 1)[1]
@@ -359,16 +358,10 @@ class SmtpPolicy:
             refusal, why = await asyncio.to_thread(self._peer_author, server, envelope, headers)
             if refusal is not None:
                 return await self._reject(server, "DATA", refusal, check="peer-author", **why)
-        if self.listener.for_clients:
-            froms = headers.get_all("From") or []
-            addresses = getaddresses([str(f) for f in froms])
-            if (
-                identity is None
-                or len(froms) != 1
-                or len(addresses) != 1
-                or _normal_or_none(addresses[0][1]) != identity
-            ):
-                return await self._reject(server, "DATA", replies.FROM_NOT_IDENTITY)
+        if self.listener.for_clients and (
+            identity is None or _author(headers.get_all("From") or []) != identity
+        ):
+            return await self._reject(server, "DATA", replies.FROM_NOT_IDENTITY)
         content = remove_own_results(content, self._hostname)
         crypt = await asyncio.to_thread(self._encryption, content, envelope, headers, server)
         if crypt.reply is not None:
@@ -498,8 +491,7 @@ class SmtpPolicy:
             pems = self._directory.certificates.registered_pems(identity)
             registered = [x509.load_pem_x509_certificate(p.encode()) for p in pems]
             return list(self._trust.local_anchors), registered, None
-        addresses = getaddresses([str(f) for f in froms])
-        author = _normal_or_none(addresses[0][1]) if len(addresses) == 1 else None
+        author = _author(froms)
         if author is None:
             return [], None, replies.FROM_REQUIRED
         pem = self._directory.domains.peer_ca_pem(author.rsplit("@", 1)[1])
@@ -562,3 +554,10 @@ def _normal_or_none(address: str) -> str | None:
         return normalize_address(address)
     except ValidationFailed:
         return None
+
+
+def _author(froms: list[Any]) -> str | None:
+    """The message's one From: address, normalised; None when there is not exactly one
+    that the parser read whole."""
+    address = sole_address(froms)
+    return None if address is None else _normal_or_none(address)

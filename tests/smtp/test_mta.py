@@ -455,3 +455,36 @@ def test_from_of_a_domain_sharing_the_ca_needs_its_operator_dn(
     client.sendmail("", [BOB], peer_message("mailer-daemon@b.test"))
     client.quit()
     gateway.wait_delivered(BOB, 1)
+
+
+@pytest.mark.parametrize(
+    "from_line",
+    [
+        f"dr.b@{PEER_DOMAIN} <dr.c@{THIRD_DOMAIN}>",
+        f"dr.b@{PEER_DOMAIN}\r\n\t<dr.c@{THIRD_DOMAIN}>",
+        f"dr.b@{PEER_DOMAIN} dr.c@{THIRD_DOMAIN}",
+    ],
+)
+def test_from_the_parser_cannot_read_whole_is_refused(
+    gateway_setup: Gateway, cli: Cli, peer_pki: dict[str, Path], tmp_path: Path, from_line: str
+) -> None:
+    # Review of issue 12 item 9: for `From: dr.b@b <dr.c@c>` the stdlib's address parser
+    # dropped the part it could not read and bound the author to B, the signature was B's,
+    # and a mail client showed C's practitioner as the author.
+    c_ca = create_dev_ca("operator C CA")
+    write_certificate(tmp_path / "c-ca.pem", c_ca[1])
+    cli.ok("domain", "trust", THIRD_DOMAIN, "--relay", f"mx.{THIRD_DOMAIN}:25",
+           "--ca", str(tmp_path / "c-ca.pem"))  # fmt: skip
+    b_ca = (load_private_key(peer_pki["ca_key"]), load_certificate(peer_pki["ca"]))
+    gateway_setup.env["MSSGATE_POLICY__REQUIRE_SIGNATURE"] = "true"
+    gateway_setup.start()
+    try:
+        client = connect(gateway_setup, peer_pki)
+        assert client.mail(f"dr.b@{PEER_DOMAIN}")[0] == 250
+        assert client.rcpt(BOB)[0] == 250
+        raw = signed_by(b_ca, f"dr.b@{PEER_DOMAIN}", from_line)
+        assert client.data(raw) == (550, b"5.7.1 Message must have exactly one From: address")
+        client.quit()
+        assert gateway_setup.mailbox(BOB) == []
+    finally:
+        gateway_setup.stop()

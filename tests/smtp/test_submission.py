@@ -129,6 +129,11 @@ def test_sender_must_be_the_identity(gateway: Gateway) -> None:
         b"From: alice@hopital-a.test, bob@hopital-a.test\r\n",
         b"",
         b"From: =?utf-8?q?alice=40hopital-a.test?= <bob@hopital-a.test>\r\n",
+        # Review of issue 12 item 9: the stdlib's address parser drops what it cannot read
+        # and returned alice alone, while a mail client shows bob's address.
+        b"From: alice@hopital-a.test <bob@hopital-a.test>\r\n",
+        b"From: alice@hopital-a.test\r\n\t<bob@hopital-a.test>\r\n",
+        b"From: alice@hopital-a.test bob@hopital-a.test\r\n",
     ],
 )
 def test_from_header_must_be_the_identity(gateway: Gateway, headers: bytes) -> None:
