@@ -31,6 +31,7 @@ from mssgate.integration import DocumentFeed
 from mssgate.logs import event
 from mssgate.spool import Spool
 from mssgate.spool.jobs import DocumentJob, DocumentJobs
+from mssgate.supervisor import PassHealth
 
 log = logging.getLogger("mssgate.documents")
 
@@ -57,6 +58,7 @@ class DocumentWorker:
         self._slots = asyncio.Semaphore(config.workers)
         self._threads = ThreadPoolExecutor(config.workers, thread_name_prefix="documents")
         self._wake = asyncio.Event()
+        self.health = PassHealth()  # for /healthz: passes that keep failing
         self._loop: asyncio.AbstractEventLoop | None = None
         self.processed = 0
 
@@ -136,8 +138,11 @@ class DocumentWorker:
             except _TRANSIENT as exc:
                 event(log, "documents.pass_failed", level=logging.ERROR,
                       error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                self.health.failed(type(exc).__name__)
                 done = 0
                 await asyncio.sleep(self._config.poll_seconds)
+            else:
+                self.health.succeeded()
             if done:
                 continue
             self._wake.clear()

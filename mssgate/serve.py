@@ -287,6 +287,7 @@ async def run_gateway(config: Config) -> int:
         # Tasks that catch their own footing failures never crash: their passes are watched.
         supervisor.check("delivery", worker.health.probe)
         supervisor.check("relay", relay.health.probe)
+        supervisor.check("documents", documents.health.probe)
         supervisor.check("queue-maintenance", maintenance.probe)
         api = await start_api(config, engine, queue=queue, health=supervisor.failing)
         listening: dict[str, asyncio.Server] = {k.value: v for k, v in servers.items()}
