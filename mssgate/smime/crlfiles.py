@@ -7,9 +7,10 @@ the gateway must see a replaced file without a restart:
 
 - `current()` is what each verification asks for. At most every `CHECK_SECONDS` it stats the
   files (inode, size, mtime, ctime: a file renamed over, or rewritten in place) and reads only
-  a changed one. A file that cannot be read, is not a CRL (a download half written) or was
-  issued before the list in force (it would forget revocations) leaves the last good list in
-  force and is logged; the file is tried again once it changes.
+  a changed one. A file that cannot be read, is not a CRL (a download half written), is
+  another authority's list or was issued before the list in force (it would forget
+  revocations) leaves the last good list in force and is logged; the file is tried again
+  once it changes.
 - Every check also looks at each list's nextUpdate: one warning from a day before it, one
   error once past it (logged once per list and nextUpdate), and the Prometheus gauge
   `mssgate_crl_next_update_seconds{crl=...}` computes the time left at each scrape (and makes
@@ -55,6 +56,7 @@ class CrlUnusable(Exception):
 class _Loaded:
     data: bytes
     signature: _Signature
+    issuer: x509.Name
     last_update: dt.datetime
     next_update: dt.datetime | None
     revoked: int
@@ -80,9 +82,10 @@ def _read(path: Path) -> _Loaded:
             crl = x509.load_der_x509_crl(data)
         revoked = len(crl)  # entries are parsed lazily: this reads them all
         last_update, next_update = crl.last_update_utc, crl.next_update_utc
+        issuer = crl.issuer
     except ValueError:
         raise CrlUnusable(f"{path}: not a PEM or DER CRL") from None
-    return _Loaded(data, _signature(st), last_update, next_update, revoked)
+    return _Loaded(data, _signature(st), issuer, last_update, next_update, revoked)
 
 
 def _label(path: Path, taken: set[str]) -> str:
@@ -170,6 +173,15 @@ class CrlFiles:
             return False
         try:
             loaded = _read(file.path)
+            if loaded.issuer != file.loaded.issuer:
+                # A refresh job that fetched the wrong URL: taking it would leave the
+                # file's own CA without a list, and every signature it issued refused
+                # for good ("revocation status unknown"), not merely delayed.
+                raise CrlUnusable(
+                    f"{file.path}: issued by another authority"
+                    f" ({loaded.issuer.rfc4514_string()}, not"
+                    f" {file.loaded.issuer.rfc4514_string()})"
+                )
             if loaded.last_update < file.loaded.last_update:
                 # An older list (a stale mirror, a backup restored) would forget revocations
                 # the one in force knows of.

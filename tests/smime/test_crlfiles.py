@@ -148,3 +148,27 @@ def test_a_stale_crl_of_the_signers_authority_is_a_temporary_refusal(pki: Pki) -
     other = build_crl(pki.other_ca, last_update=now - dt.timedelta(days=2))
     verdict = verify(pki, raw, registered=[pki.alice], crls=[other])
     assert verdict.reason is FailureReason.UNTRUSTED_CHAIN
+
+
+def test_a_list_of_another_authority_does_not_replace_the_one_in_force(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Review of issue 12 item 18: an operator's refresh job that wrote another CA's list
+    # into this file left the file's CA without a list, and every signature it issued got
+    # "revocation status unknown", a permanent 550, until someone noticed.
+    path = tmp_path / "ca.crl"
+    good = build_crl(pki.ca)
+    path.write_bytes(good)
+    clock = Clock()
+    files = CrlFiles([path], clock=clock)
+    replace(path, build_crl(pki.other_ca, last_update=dt.datetime.now(dt.UTC)))
+    clock.t += 5
+    assert files.current() == (good,)
+    assert verify(pki, signed(pki.alice), registered=[pki.alice], crls=files.current()).ok
+    [failed] = [r for r in caplog.records if r.getMessage() == "crl.reload_failed"]
+    assert "issued by another authority" in failed.fields["reason"]  # type: ignore[attr-defined]
+    # The same authority's next list is taken as usual.
+    fresh = build_crl(pki.ca, last_update=dt.datetime.now(dt.UTC))
+    replace(path, fresh)
+    clock.t += 5
+    assert files.current() == (fresh,)
