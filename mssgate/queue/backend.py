@@ -63,6 +63,16 @@ class PostgresBackend:
         return _inserted(conn, statement.returning(*table.primary_key.columns))
 
 
+def storable(value: str | None, limit: int | None = None) -> str | None:
+    """A text value from a message (Subject, filename, Content-Type...) as both databases
+    store it: PostgreSQL refuses NUL in text and more than its length in a VARCHAR(n), and a
+    refused INSERT is retried as the database's trouble, forever. NUL becomes U+FFFD."""
+    if value is None:
+        return None
+    value = value.replace("\x00", "\ufffd")
+    return value if limit is None else value[:limit]
+
+
 def backend_for(engine: Engine) -> Backend:
     name = engine.dialect.name
     if name == "sqlite":

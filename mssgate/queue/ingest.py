@@ -19,6 +19,7 @@ from mssgate.documents.record import Accepted, PipelineResult, Quarantined
 from mssgate.documents.signed import process_signed_message
 from mssgate.errors import Conflict
 from mssgate.identifiers import normalize_address
+from mssgate.queue.backend import storable
 from mssgate.queue.mdn import header_block, receipt_recipient
 from mssgate.queue.service import DocumentQueue, NewDocument
 
@@ -65,8 +66,8 @@ def ingest(
             allow_test_oids=allow_test_oids,
             require_birthplace=require_birthplace,
         )
-    message_id = message_id or result.message_id
-    subject = subject or result.subject
+    message_id = storable(message_id or result.message_id)
+    subject = storable(subject or result.subject)
     headers = header_block(raw).decode("utf-8", "replace")
     receipt_to = receipt_recipient(raw, sender)
     report = IngestReport()

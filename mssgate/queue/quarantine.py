@@ -21,7 +21,7 @@ from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware
 from mssgate.documents.record import DocumentInfo, Quarantined
 from mssgate.errors import Conflict, NotFound
-from mssgate.queue.backend import backend_for
+from mssgate.queue.backend import backend_for, storable
 from mssgate.queue.crypto import is_sealed
 from mssgate.queue.messages import forget_if_unreferenced, keep_message, read_message
 from mssgate.queue.models import QuarantineEntry, QuarantineState
@@ -110,14 +110,14 @@ class QuarantineStore:
                     "received_at": received_at,
                     "mailbox": mailbox,
                     "sender": sender,
-                    "message_id": message_id,
-                    "subject": subject,
+                    "message_id": storable(message_id),
+                    "subject": storable(subject),
                     "code": int(held.code),
-                    "reason": held.reason,
+                    "reason": storable(held.reason),
                     "sha256": held.sha256,
                     "size": held.size,
-                    "content_type": held.content_type,
-                    "origin": held.origin,
+                    "content_type": storable(held.content_type, 200),
+                    "origin": storable(held.origin),
                     "document": held.document.model_dump_json() if held.document else None,
                     "state": QuarantineState.HELD.value,
                     "content": content,

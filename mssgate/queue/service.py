@@ -31,7 +31,7 @@ from mssgate.directory.timeutil import aware
 from mssgate.documents.record import DocumentRecord
 from mssgate.errors import Conflict, NotFound, StorageError, ValidationFailed
 from mssgate.logs import event
-from mssgate.queue.backend import Backend, backend_for
+from mssgate.queue.backend import Backend, backend_for, storable
 from mssgate.queue.crypto import AtRestCipher
 from mssgate.queue.hl7mdm import MdmEnvelope, build_mdm
 from mssgate.queue.mdn import Outcome, build_mdn, label_for
@@ -277,13 +277,13 @@ class DocumentQueue:
                     "mailbox": record.mailbox,
                     "sha256": record.sha256,
                     "size": record.size,
-                    "content_type": record.content_type,
+                    "content_type": storable(record.content_type, 200),
                     "received_at": record.received_at,
                     "sender": record.sender,
-                    "message_id": record.message_id,
-                    "subject": record.subject,
+                    "message_id": storable(record.message_id),
+                    "subject": storable(record.subject),
                     "record": stored.model_dump_json(),
-                    "headers": doc.headers,
+                    "headers": storable(doc.headers),
                     "receipt_to": doc.receipt_to,
                     "encrypted": bool(keys),
                     "state": QueueState.READY.value,
