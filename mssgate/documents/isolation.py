@@ -15,6 +15,7 @@ reads the message from the spool file itself, so the parent sends a path, not th
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -42,6 +43,7 @@ PipelineFunction = Callable[..., PipelineResult]
 # A worker that has not said it is ready after this long is broken (imports hanging).
 _START_SECONDS: Final = 60.0
 _NICENESS: Final = 10
+_PR_SET_PDEATHSIG: Final = 1
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,22 @@ class Failed:
     timed_out: bool
 
 
-def _child(conn: Connection, memory_bytes: int | None) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Killed by the kernel when the gateway dies (SIGKILL, the OOM killer): `stop` never runs
+    then, and a worker busy with a hostile message would go on burning a core for as long as
+    the message lasts. A kernel signal reaches it even inside C code holding the GIL.
+
+    Linux sends it when the *thread* that started the worker ends: serve starts workers from
+    its main thread and from the document worker's own threads, which live as long as it."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the gateway died before the line above
+        os._exit(1)
+
+
+def _child(conn: Connection, memory_bytes: int | None, parent: int) -> None:
+    _die_with_parent(parent)
     # Runs in the worker process: everything it needs is imported before it says ready, so
     # that the time a job is given is spent on the job.
     import mssgate.documents.pipeline  # warms lxml, pypdf and our parsers
@@ -97,7 +114,10 @@ class _Worker:
     ) -> None:
         self.conn, child_end = context.Pipe(duplex=True)
         self.process: SpawnProcess = context.Process(
-            target=_child, args=(child_end, memory_bytes), name="mssgate-documents", daemon=True
+            target=_child,
+            args=(child_end, memory_bytes, os.getpid()),
+            name="mssgate-documents",
+            daemon=True,
         )
         self.process.start()
         child_end.close()
