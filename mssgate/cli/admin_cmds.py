@@ -127,7 +127,12 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
     except Exception as exc:  # any driver failure is a failed check, not a crash
         record("database", False, f"unreachable: {exc.__class__.__name__}")
     if cfg.imap.enabled and not cfg.imap.external_dovecot:
-        record("dovecot", True, _dovecot_places(cfg.server.data_dir))
+        from mssgate.dovecot.paths import UnsafeFolder
+
+        try:
+            record("dovecot", True, _dovecot_places(cfg.server.data_dir))
+        except UnsafeFolder as exc:  # serve would refuse to start: say why here too
+            record("dovecot", False, str(exc))
     if json_out:
         emit_json({"ok": all(r["ok"] for r in results), "checks": results})
     else:

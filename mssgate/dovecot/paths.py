@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -141,11 +142,49 @@ def outside_mail_root(data_dir: Path, *, state_root: Path = STATE_ROOT) -> Path:
     return state_root / instance_key(data_dir) / "mail"
 
 
+# The note beside the mail outside names its data folder and a token that the data folder
+# keeps in this file: the key is only the path's hash, and a data folder made again at the
+# same path (or another path of the same hash) must not find the earlier one's mail.
+_NOTE = "data-folder"
+_TOKEN_FILE = "mail-placement"  # noqa: S105 - a file name; its token opens nothing
+
+
+def _data_token(data_dir: Path, *, create: bool) -> str | None:
+    path = data_dir / _TOKEN_FILE
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        if not create:
+            return None
+    token = secrets.token_hex(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"{token}\n")
+    return token
+
+
+def _claimed(data_dir: Path, outside: Path) -> Path:
+    """`outside`, once its note says it is this data folder's; else UnsafeFolder."""
+    try:
+        lines = (outside.parent / _NOTE).read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    if len(lines) < 2:
+        return outside  # placed before the token existed: its folder's, as it was then
+    if _data_token(data_dir, create=False) != lines[1]:
+        raise UnsafeFolder(
+            f"{outside} holds the mail of another data folder (once at {lines[0]}; a data "
+            f"folder made again at this path finds the earlier one's mail there): move "
+            f"{outside.parent} away, keeping it if its mail matters, then start again"
+        )
+    return outside
+
+
 def placed_mail_root(data_dir: Path, *, state_root: Path = STATE_ROOT) -> Path:
     """`DATA/mail`, or the folder outside it once mail was placed there (see `mail_root`):
     whatever writes mailboxes (Dovecot, or plain Maildir with IMAP off) writes there."""
     outside = outside_mail_root(data_dir, state_root=state_root)
-    return outside if outside.is_dir() else data_dir / "mail"
+    return _claimed(data_dir, outside) if outside.is_dir() else data_dir / "mail"
 
 
 def mail_root(
@@ -156,7 +195,7 @@ def mail_root(
     folder): then `/var/lib/mssgate/<key>/mail`. Once placed there it stays there."""
     outside = outside_mail_root(data_dir, state_root=state_root)
     if outside.is_dir():
-        return outside
+        return _claimed(data_dir, outside)
     if privileged:
         blocked = unreachable_parent(data_dir / "mail", mail_uid, mail_gid)
         # The data folder itself is ours to open to the mail user's group; its parents are
@@ -168,17 +207,20 @@ def mail_root(
 
 def make_outside_mail_root(data_dir: Path, *, state_root: Path = STATE_ROOT) -> bool:
     """Makes `/var/lib/mssgate/<key>/` (root's, searchable, not listable) with a note naming
-    its data folder, and moves an existing `DATA/mail` into it (same filesystem only).
-    Returns whether mail was moved. The mail folder's owner is the supervisor's business."""
+    its data folder and the token it keeps (`DATA/mail-placement`), and moves an existing
+    `DATA/mail` into it (same filesystem only). Returns whether mail was moved. The mail
+    folder's owner is the supervisor's business."""
     mail = outside_mail_root(data_dir, state_root=state_root)
     private_dir(state_root, mode=0o755)
     private_dir(mail.parent, mode=0o711)
-    note = mail.parent / "data-folder"
+    _claimed(data_dir, mail)
+    token = _data_token(data_dir, create=True)
+    note = mail.parent / _NOTE
     tmp = note.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w") as out:
-        out.write(f"{data_dir}\n")
+        out.write(f"{data_dir}\n{token}\n")
     tmp.replace(note)
     if mail.exists():
         return False

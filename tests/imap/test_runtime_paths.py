@@ -17,6 +17,7 @@ from mssgate.dovecot.paths import (
     mail_root,
     make_outside_mail_root,
     outside_mail_root,
+    placed_mail_root,
     private_dir,
     runtime_dir,
 )
@@ -145,7 +146,8 @@ def test_mail_moves_out_only_when_a_parent_outside_the_data_folder_blocks_it(
     assert make_outside_mail_root(data, state_root=state) is True
     assert (outside / "a.test" / "bob" / "Maildir" / "new" / "1.eml").read_text() == "x"
     assert not (data / "mail").exists()
-    assert (outside.parent / "data-folder").read_text() == f"{data}\n"
+    token = (data / "mail-placement").read_text()
+    assert (outside.parent / "data-folder").read_text() == f"{data}\n{token}"
     assert oct(outside.parent.stat().st_mode & 0o777) == "0o711"
     # Once out, it stays out, whatever the parents' modes later.
     top.chmod(0o755)
@@ -161,3 +163,36 @@ def test_a_planted_state_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafeFolder, match="remove it"):
         make_outside_mail_root(tmp_path / "data", state_root=state)
     assert list(victim.iterdir()) == []
+
+
+def test_a_data_folder_made_again_at_the_same_path_does_not_inherit_the_mail(
+    open_tmp: Path,
+) -> None:
+    # Review of issue 19: the place outside is named by the data folder's path alone. A data
+    # folder removed and made again there (`rm -rf var; make run` in a clone under /root)
+    # found the earlier folder's mail, and its new mailboxes of the same addresses read it.
+    state = open_tmp / "state"
+    top = open_tmp / "top"
+    data = top / "clone" / "var"
+    data.mkdir(parents=True, mode=0o700)
+    top.chmod(0o700)
+    place = {"mail_uid": NOBODY, "mail_gid": NOBODY, "state_root": state}
+    outside = outside_mail_root(data, state_root=state)
+    assert mail_root(data, privileged=True, **place) == outside
+    make_outside_mail_root(data, state_root=state)
+    (outside / "a.test" / "bob" / "Maildir" / "new").mkdir(parents=True)
+    (outside / "a.test" / "bob" / "Maildir" / "new" / "1.eml").write_text("patient data")
+    # Its own data folder, at every start and after moves of nothing: the same place.
+    assert mail_root(data, privileged=True, **place) == outside
+    make_outside_mail_root(data, state_root=state)
+    assert placed_mail_root(data, state_root=state) == outside
+    shutil.rmtree(data)
+    data.mkdir(mode=0o700)  # `mssgate init` again, same path
+    for where in (
+        lambda: mail_root(data, privileged=True, **place),
+        lambda: placed_mail_root(data, state_root=state),
+    ):
+        with pytest.raises(UnsafeFolder, match="another data folder"):
+            where()
+    # Nothing was lost: the earlier mail is where it was, for the operator to move.
+    assert (outside / "a.test" / "bob" / "Maildir" / "new" / "1.eml").exists()
