@@ -15,6 +15,7 @@ from mssgate.documents.pipeline import hold_message, process_message
 from mssgate.documents.record import PipelineResult, Quarantined
 from mssgate.smime.content import signed_content
 from mssgate.smime.extract import MalformedSigned
+from mssgate.smime.layers import is_encrypted_entity
 
 
 def process_signed_message(
@@ -33,6 +34,16 @@ def process_signed_message(
         content = signed_content(raw)
     except MalformedSigned as exc:
         return hold_message(raw, QuarantineCode.OTHER, f"signed content unreadable: {exc}"[:500])
+    if is_encrypted_entity(content):
+        # Encrypted for its recipient with a key the gateway does not hold: DATA took it from
+        # a trusted peer unverified (the signature is inside), on the word of one Content-Type
+        # parameter. Its body is ciphertext, or the sender's bytes pretending: never documents.
+        return hold_message(
+            raw,
+            QuarantineCode.OTHER,
+            "S/MIME encrypted for its recipient: the gateway can neither open nor verify it,"
+            " its documents are not read",
+        )
     result = process_message(
         content,
         limits=limits if limits is not None else DocumentLimits(),
