@@ -157,7 +157,8 @@ def _data_token(data_dir: Path, *, create: bool) -> str | None:
         if not create:
             return None
     token = secrets.token_hex(16)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    # Not a secret (the note outside repeats it): readable like the note.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w") as out:
         out.write(f"{token}\n")
     return token
