@@ -152,15 +152,20 @@ _TOKEN_FILE = "mail-placement"  # noqa: S105 - a file name; its token opens noth
 def _data_token(data_dir: Path, *, create: bool) -> str | None:
     path = data_dir / _TOKEN_FILE
     try:
-        return path.read_text().strip() or None
+        found = path.read_text().strip() or None
     except FileNotFoundError:
-        if not create:
-            return None
+        found = None
+    if found is not None or not create:
+        return found
     token = secrets.token_hex(16)
-    # Not a secret (the note outside repeats it): readable like the note.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    # Not a secret (the note outside repeats it): readable like the note. Written whole
+    # or not at all.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w") as out:
         out.write(f"{token}\n")
+    tmp.replace(path)
     return token
 
 
