@@ -8,9 +8,9 @@ the gateway must see a replaced file without a restart:
 - `current()` is what each verification asks for. At most every `CHECK_SECONDS` it stats the
   files (inode, size, mtime, ctime: a file renamed over, or rewritten in place) and reads only
   a changed one. A file that cannot be read, is not a CRL (a download half written), is
-  another authority's list or was issued before the list in force (it would forget
-  revocations) leaves the last good list in force and is logged; the file is tried again
-  once it changes.
+  another authority's list, a delta list where a complete one was (or the reverse) or was
+  issued before the list in force (it would forget revocations) leaves the last good list
+  in force and is logged; the file is tried again once it changes.
 - Every check also looks at each list's nextUpdate: one warning from a day before it, one
   error once past it (logged once per list and nextUpdate), and the Prometheus gauge
   `mssgate_crl_next_update_seconds{crl=...}` computes the time left at each scrape (and makes
@@ -57,6 +57,7 @@ class _Loaded:
     data: bytes
     signature: _Signature
     issuer: x509.Name
+    delta: bool  # a delta CRL (RFC 5280 §5.2.4): only the changes since a complete list
     last_update: dt.datetime
     next_update: dt.datetime | None
     revoked: int
@@ -83,9 +84,14 @@ def _read(path: Path) -> _Loaded:
         revoked = len(crl)  # entries are parsed lazily: this reads them all
         last_update, next_update = crl.last_update_utc, crl.next_update_utc
         issuer = crl.issuer
+        try:
+            crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+            delta = True
+        except x509.ExtensionNotFound:
+            delta = False
     except ValueError:
         raise CrlUnusable(f"{path}: not a PEM or DER CRL") from None
-    return _Loaded(data, _signature(st), issuer, last_update, next_update, revoked)
+    return _Loaded(data, _signature(st), issuer, delta, last_update, next_update, revoked)
 
 
 def _label(path: Path, taken: set[str]) -> str:
@@ -182,6 +188,11 @@ class CrlFiles:
                     f" ({loaded.issuer.rfc4514_string()}, not"
                     f" {file.loaded.issuer.rfc4514_string()})"
                 )
+            if loaded.delta != file.loaded.delta:
+                # A delta in place of the complete list leaves the CA with no complete list
+                # (status unknown for all it issued); the reverse drops the changes.
+                kind = "a delta CRL" if loaded.delta else "a complete CRL, not a delta CRL"
+                raise CrlUnusable(f"{file.path}: {kind} where the file held the other kind")
             if loaded.last_update < file.loaded.last_update:
                 # An older list (a stale mirror, a backup restored) would forget revocations
                 # the one in force knows of.

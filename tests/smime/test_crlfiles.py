@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from mssgate.errors import ConfigError
 from mssgate.smime import FailureReason
@@ -172,3 +174,31 @@ def test_a_list_of_another_authority_does_not_replace_the_one_in_force(
     replace(path, fresh)
     clock.t += 5
     assert files.current() == (fresh,)
+
+
+def test_a_delta_list_does_not_replace_a_complete_one(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Review of issue 12 item 18: a refresh job that fetched the CA's delta CRL (newer, same
+    # issuer) into the file of its complete list left no complete list: every signature of
+    # that CA got "revocation status unknown", a permanent 550.
+    path = tmp_path / "ca.crl"
+    good = build_crl(pki.ca)
+    path.write_bytes(good)
+    clock = Clock()
+    files = CrlFiles([path], clock=clock)
+    now = dt.datetime.now(dt.UTC)
+    delta = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(pki.ca.cert.subject)
+        .last_update(now)
+        .next_update(now + dt.timedelta(days=1))
+        .add_extension(x509.DeltaCRLIndicator(1), critical=True)
+        .sign(pki.ca.key, hashes.SHA256())
+    )
+    replace(path, delta.public_bytes(serialization.Encoding.DER))
+    clock.t += 5
+    assert files.current() == (good,)
+    assert verify(pki, signed(pki.alice), registered=[pki.alice], crls=files.current()).ok
+    [failed] = [r for r in caplog.records if r.getMessage() == "crl.reload_failed"]
+    assert "delta CRL" in failed.fields["reason"]  # type: ignore[attr-defined]
