@@ -54,6 +54,8 @@ from mssgate.ins import INS_OIDS
 
 _XML_TYPES: Final = frozenset({"text/xml", "application/xml", "application/hl7-cda+xml"})
 _DEFAULT_LIMITS: Final = DocumentLimits()
+# Names of missing XDM documents given in the reason of the one entry that holds them.
+_NAMED_MISSING: Final = 5
 
 
 @dataclass(frozen=True)
@@ -179,13 +181,42 @@ def _process_xdm(attachment: Attachment, policy: _Policy) -> list[_Evaluated]:
             )
         ]
     results: list[_Evaluated] = []
+    missing: list[XdmEntry] = []
     for submission in package.submissions:
         for entry in submission.entries:
             if entry.is_signature:
                 continue
             charge_document()
+            if package.document_bytes(entry) is None:
+                missing.append(entry)
+                continue
             results.append(_process_xdm_entry(package, submission, entry, attachment, policy))
+    if missing:
+        results.append(_missing_documents(missing, attachment))
     return results
+
+
+def _missing_documents(missing: list[XdmEntry], attachment: Attachment) -> _Evaluated:
+    """The documents an XDM lists and does not carry, held as ONE entry keeping the archive:
+    one entry each, each with the whole archive as its content, multiplied the archive in
+    the database by the number of names its metadata lists."""
+    names = [e.member_name or e.uri or e.entry_id or "?" for e in missing[:_NAMED_MISSING]]
+    more = f" and {len(missing) - _NAMED_MISSING} more" if len(missing) > _NAMED_MISSING else ""
+    what = (
+        "1 document listed in XDM metadata is missing from the archive"
+        if len(missing) == 1
+        else f"{len(missing)} documents listed in XDM metadata are missing from the archive"
+    )
+    return _Evaluated(
+        quarantine(
+            QuarantineCode.OTHER,
+            f"{what} ({', '.join(names)}{more})"[:500],
+            attachment.data,
+            content_type=attachment.content_type,
+            origin=attachment.origin,
+            document=_xdm_info(missing[0], fmt="xdm") if len(missing) == 1 else None,
+        )
+    )
 
 
 def _xdm_claim(submission: XdmSubmission, entry: XdmEntry) -> list[IdentityClaim]:
@@ -229,20 +260,10 @@ def _process_xdm_entry(
     policy: _Policy,
 ) -> _Evaluated:
     data = package.document_bytes(entry)
+    assert data is not None  # the missing ones are held together by `_process_xdm`
     origin = f"{attachment.origin} > {entry.member_name or entry.uri or entry.entry_id}"
     content_type = entry.mime_type or "application/octet-stream"
     info = _xdm_info(entry, fmt="xdm")
-    if data is None:
-        return _Evaluated(
-            quarantine(
-                QuarantineCode.OTHER,
-                "document listed in XDM metadata is missing from the archive",
-                attachment.data,
-                content_type=attachment.content_type,
-                origin=origin,
-                document=info,
-            )
-        )
     problem = _integrity_problem(entry, data)
     if problem is not None:
         return _Evaluated(
