@@ -6,7 +6,7 @@ line: for a 25 MB message that was 180 MB of peak memory to read a From field.
 
 from __future__ import annotations
 
-from email.errors import InvalidHeaderDefect
+from email.errors import InvalidHeaderDefect, MisplacedEnvelopeHeaderDefect
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import SMTP
@@ -24,7 +24,14 @@ def header_block(message: bytes) -> bytes:
 
 def read_headers(message: bytes) -> Message:
     """The header fields of `message`, parsed with the SMTP policy (defects recorded)."""
-    return BytesHeaderParser(policy=SMTP).parsebytes(header_block(message))
+    parsed = BytesHeaderParser(policy=SMTP).parsebytes(header_block(message))
+    envelope = parsed.get_unixfrom()
+    if envelope is not None:
+        # A first line `From ...` is an mbox envelope line to the stdlib, set aside without a
+        # defect; to Dovecot and mail clients `From : x` (obs-syntax) is a From field. Never
+        # valid over SMTP: recorded as the defect it is anywhere else in the block.
+        parsed.defects.append(MisplacedEnvelopeHeaderDefect(envelope))
+    return parsed
 
 
 def sole_address(fields: list[Any]) -> str | None:

@@ -488,3 +488,18 @@ def test_from_the_parser_cannot_read_whole_is_refused(
         assert gateway_setup.mailbox(BOB) == []
     finally:
         gateway_setup.stop()
+
+
+def test_a_first_line_from_with_space_before_the_colon_is_refused(
+    gateway: Gateway, peer_pki: dict[str, Path]
+) -> None:
+    # Review of issue 12 item 9: `From : x` (RFC 5322 obs-syntax, a From field to Dovecot
+    # and mail clients) as the first line is an mbox envelope line to the stdlib's parser,
+    # set aside without a defect: the binding read the second From, B's, and a reader saw C.
+    raw = f"From : dr.c@{THIRD_DOMAIN}\r\n".encode() + peer_message()
+    client = connect(gateway, peer_pki)
+    client.mail(f"dr.b@{PEER_DOMAIN}")
+    client.rcpt(BOB)
+    assert client.data(raw) == (550, b"5.6.0 Message headers are malformed")
+    client.quit()
+    assert gateway.mailbox(BOB) == []
