@@ -20,7 +20,7 @@ from mssgate.documents.signed import process_signed_message
 from mssgate.errors import Conflict
 from mssgate.identifiers import normalize_address
 from mssgate.queue.backend import storable
-from mssgate.queue.mdn import header_block, receipt_recipient
+from mssgate.queue.mdn import receipt_headers, receipt_recipient
 from mssgate.queue.service import DocumentQueue, NewDocument
 
 
@@ -68,7 +68,7 @@ def ingest(
         )
     message_id = storable(message_id or result.message_id)
     subject = storable(subject or result.subject)
-    headers = header_block(raw).decode("utf-8", "replace")
+    headers = receipt_headers(raw).decode("utf-8", "replace")
     receipt_to = receipt_recipient(raw, sender)
     report = IngestReport()
     keys = service.encryption_keys(box)

@@ -53,6 +53,41 @@ def header_block(raw: bytes) -> bytes:
     return raw
 
 
+# What a queued document keeps of its message's header block for its receipt (RFC 8098's
+# text/rfc822-headers): the block whole up to this size; past it, the fields a receipt
+# reads. The sender writes the block, and it was kept once per document and sent back in
+# every receipt.
+MAX_KEPT_HEADERS: Final = 64 * 1024
+_RECEIPT_FIELDS: Final = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "date",
+        "subject",
+        "message-id",
+        "disposition-notification-to",
+        "original-recipient",
+    }
+)
+
+
+def receipt_headers(raw: bytes) -> bytes:
+    """The header block of `raw` to keep with each of its documents, at most
+    `MAX_KEPT_HEADERS` bytes."""
+    block = header_block(raw)
+    if len(block) <= MAX_KEPT_HEADERS:
+        return block
+    kept: list[bytes] = []
+    size = 0
+    for field in header_fields(block):
+        line = ensure_line_end(field.raw)
+        if field.name in _RECEIPT_FIELDS and size + len(line) <= MAX_KEPT_HEADERS:
+            kept.append(line)
+            size += len(line)
+    return b"".join(kept).rstrip(b"\r\n")
+
+
 def _headers(original: bytes | str) -> tuple[bytes, dict[str, str]]:
     data = original.encode("utf-8", "surrogateescape") if isinstance(original, str) else original
     block = header_block(data)
