@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from mssgate.cli.context import actor, emit_json, emit_table, say, state
+from mssgate.config import DocumentsConfig
+from mssgate.documents.isolation import Failed, PipelinePool
 from mssgate.documents.limits import DocumentLimits
+from mssgate.documents.record import PipelineResult
+from mssgate.documents.signed import process_signed_message
+from mssgate.errors import Conflict
 from mssgate.queue import DocumentQueue, QuarantineEntry, release
 
 app = typer.Typer(help="Documents held for an operator (codes 903-906).", no_args_is_help=True)
@@ -71,15 +78,41 @@ def release_(ctx: typer.Context, held_id: str) -> None:
     (limits, test INS); what now passes is queued. Fails, leaving it held, if it still fails.
     """
     st = state(ctx)
+    config = st.config()
+    arguments = {
+        "limits": DocumentLimits.from_config(config.documents),
+        "allow_test_oids": config.policy.allow_test_ins,
+        "require_birthplace": config.policy.require_birthplace,
+    }
     queued = release(
         _queue(ctx),
         held_id,
-        limits=DocumentLimits.from_config(st.config().documents),
-        allow_test_oids=st.config().policy.allow_test_ins,
-        require_birthplace=st.config().policy.require_birthplace,
         actor=actor(),
+        pipeline=lambda message: _isolated(message, config.documents, arguments),
+        **arguments,  # type: ignore[arg-type]
     )
     say(f"released {held_id}: queued {', '.join(queued) if queued else 'nothing new'}")
+
+
+def _isolated(message: bytes, config: DocumentsConfig, arguments: dict[str, Any]) -> PipelineResult:
+    """The pipeline over `message` in a worker process, as serve runs it: under the time
+    budget and memory cap of one message, never in this process without either (a message
+    is often held whole for running over them)."""
+    pool = PipelinePool(1, memory_bytes=config.worker_memory_bytes)
+    pool.start()
+    try:
+        # The worker reads a file (0600, removed at once), as it reads the spool in serve.
+        with tempfile.NamedTemporaryFile(prefix="mssgate-release-", suffix=".eml") as file:
+            file.write(message)
+            file.flush()
+            outcome = pool.run(
+                process_signed_message, Path(file.name), config.time_budget_seconds, **arguments
+            )
+    finally:
+        pool.stop()
+    if isinstance(outcome, Failed):
+        raise Conflict(f"still held: {outcome.reason}")
+    return outcome.result
 
 
 @app.command("delete")

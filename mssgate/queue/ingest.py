@@ -9,6 +9,7 @@ place, bytes). The same bytes in another delivery (a resend) are a new queue ent
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -170,11 +171,14 @@ def release(
     allow_test_oids: bool,
     actor: str,
     require_birthplace: bool = True,
+    pipeline: Callable[[bytes], PipelineResult] | None = None,
 ) -> list[str]:
     """Runs the pipeline again over the message a document was held from, with the current
     settings; the documents that now pass are queued. Returns their ids.
 
-    Raises Conflict, leaving the document held, when it fails again.
+    `pipeline` runs it elsewhere (a worker process under the message's budget: the CLI);
+    it raises Conflict when it gives no result. Raises Conflict, leaving the document held,
+    when it fails again.
     """
     store = service.quarantine
     entry = store.get(held_id)
@@ -186,6 +190,7 @@ def release(
             " the gateway cannot run the pipeline on it again (the sender must send it again)"
         )
     message = store.message(held_id)
+    result = pipeline(message) if pipeline is not None else None
     report = ingest(
         service,
         message,
@@ -200,6 +205,7 @@ def release(
         allow_test_oids=allow_test_oids,
         actor=actor,
         require_birthplace=require_birthplace,
+        result=result,
     )
     for outcome in report.held_outcomes:
         if outcome.origin == entry.origin and outcome.sha256 == entry.sha256:
