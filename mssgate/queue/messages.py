@@ -17,7 +17,7 @@ from typing import Final
 from sqlalchemy import Connection, delete, exists, select
 
 from mssgate.db.schema import quarantine, queue_documents, stored_messages
-from mssgate.errors import NotFound
+from mssgate.errors import NotFound, StorageError
 from mssgate.queue.backend import Backend
 
 # Random bytes whose base64 stands for the e-mail while the MDM is built: found once, cut
@@ -45,20 +45,29 @@ def keep_message(
     `stored` is what to keep instead of the clear `message` (sealed for the RIS's key)."""
     encrypted = stored is not None
     ref = message_ref(mailbox, message, encrypted=encrypted)
-    backend.insert_ignore(
-        conn,
-        stored_messages,
-        {
-            "id": ref,
-            "mailbox": mailbox,
-            "sha256": hashlib.sha256(message).hexdigest(),
-            "size": len(message),
-            "encrypted": encrypted,
-            "content": stored if stored is not None else message,
-            "created_at": at,
-        },
-    )
-    return ref
+    row = {
+        "id": ref,
+        "mailbox": mailbox,
+        "sha256": hashlib.sha256(message).hexdigest(),
+        "size": len(message),
+        "encrypted": encrypted,
+        "content": stored if stored is not None else message,
+        "created_at": at,
+    }
+    # The row is share-locked until the caller's reference commits: `forget_if_unreferenced`
+    # in another process (the CLI beside serve, on PostgreSQL) waits for it, then sees the
+    # reference. Found gone under the lock (deleted as this ran), it is written again.
+    # (SQLite has one writer: the lock clause is not rendered there.)
+    for _ in range(3):
+        backend.insert_ignore(conn, stored_messages, row)
+        found = conn.execute(
+            select(stored_messages.c.id)
+            .where(stored_messages.c.id == ref)
+            .with_for_update(read=True, key_share=True)
+        ).first()
+        if found is not None:
+            return ref
+    raise StorageError(f"stored message {ref} keeps being deleted; try again")
 
 
 def read_message(conn: Connection, ref: str) -> bytes:
@@ -71,7 +80,15 @@ def read_message(conn: Connection, ref: str) -> bytes:
 
 
 def forget_if_unreferenced(conn: Connection, ref: str) -> None:
-    """After a referencing row went: the message goes too once nothing points at it."""
+    """After a referencing row went: the message goes too once nothing points at it.
+
+    The row is locked first, so a transaction that is writing a new reference (and holds
+    `keep_message`'s share lock) commits before the check below looks for references."""
+    locked = conn.execute(
+        select(stored_messages.c.id).where(stored_messages.c.id == ref).with_for_update()
+    ).first()
+    if locked is None:
+        return
     used = conn.execute(
         select(
             exists().where(quarantine.c.message_ref == ref)
