@@ -53,6 +53,8 @@ def test_send_and_deliver_with_trace(gateway: Gateway) -> None:
     assert b"with ESMTPSA (TLSv1.3:TLS_" in content
     assert f"id {queue_id}".encode() in content
     assert b"\r\n.starts with a dot\r\n" in content  # unstuffed exactly once
+    # The file is in the mailbox a moment before the delivery is recorded and logged.
+    gateway.wait_event("delivery.ok", queue_id=queue_id)
     events = [e for e in gateway.events() if e.get("queue_id") == queue_id]
     assert {e["event"] for e in events} >= {"smtp.accept", "delivery.ok"}
     # The accepted message is in the audit trail.
