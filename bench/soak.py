@@ -282,6 +282,25 @@ def spool_times(env: dict[str, str]) -> dict[str, tuple[datetime, datetime | Non
     return out
 
 
+def pipeline_counts(env: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Document jobs and queue entries by state: where the documents not yet leased are."""
+    from sqlalchemy import func, select
+
+    from mssgate.config import load_config
+    from mssgate.db import open_engine
+    from mssgate.db.schema import queue_documents, spool_documents
+
+    config = load_config(Path(env["MSSGATE_CONFIG"]))
+    engine = open_engine(config.database_url)
+    out: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for name, table in (("jobs", spool_documents), ("queue", queue_documents)):
+            rows = conn.execute(select(table.c.state, func.count()).group_by(table.c.state))
+            out[name] = {r[0]: int(r[1]) for r in rows}
+    engine.dispose()
+    return out
+
+
 def pct(values: list[float], q: float) -> str:
     if not values:
         return "-"
@@ -295,6 +314,7 @@ def report(
     ris: dict[str, Any],
     times: dict[str, tuple[datetime, datetime | None, str]],
     elapsed: float,
+    env: dict[str, str],
 ) -> None:
     sent = {q: v for r in smtp for q, v in r["sent"].items()}
     codes: dict[str, int] = {}
@@ -340,6 +360,10 @@ def report(
     print(f"  DATA end -> leased        p50 {pct(leasable, 0.5)}  p99 {pct(leasable, 0.99)}")
     print(
         f"  API calls                 {ris['calls']}   5xx {ris['api_5xx']}   other errors {ris['api_other']}"
+    )
+    counts = pipeline_counts(env)
+    print(
+        f"  document jobs by state    {counts['jobs']}   queue entries by state {counts['queue']}"
     )
     samples = [x for r in smtp for x in r.get("samples", [])][:5] + ris["samples"][:5]
     for line in samples:
@@ -440,7 +464,7 @@ def main() -> None:
 
         asyncio.run(drive())
         elapsed = time.time() - start
-        report(args, smtp_results, ris_stats, spool_times(env), elapsed)
+        report(args, smtp_results, ris_stats, spool_times(env), elapsed, env)
     finally:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
