@@ -12,7 +12,6 @@ and no message can hold another one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ from mssgate.integration import DocumentFeed
 from mssgate.logs import event
 from mssgate.spool import Spool
 from mssgate.spool.jobs import DocumentJob, DocumentJobs
-from mssgate.supervisor import PassHealth
+from mssgate.supervisor import PassHealth, run_in_passes
 
 log = logging.getLogger("mssgate.documents")
 
@@ -132,19 +131,6 @@ class DocumentWorker:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        while True:
-            try:
-                done = await self.run_once()
-            except _TRANSIENT as exc:
-                event(log, "documents.pass_failed", level=logging.ERROR,
-                      error=f"{type(exc).__name__}: {exc}")  # fmt: skip
-                self.health.failed(type(exc).__name__)
-                done = 0
-                await asyncio.sleep(self._config.poll_seconds)
-            else:
-                self.health.succeeded()
-            if done:
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._config.poll_seconds)
+        await run_in_passes("documents", self.run_once, wake=self._wake,
+                            poll_seconds=self._config.poll_seconds, health=self.health,
+                            transient=_TRANSIENT, logger=log)  # fmt: skip

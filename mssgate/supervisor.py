@@ -10,6 +10,7 @@ supervised task is meant to run until `serve` stops. Cancellation is the one nor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import traceback
@@ -66,6 +67,38 @@ class PassHealth:
         if self._in_a_row < self._after:
             return None
         return f"{self._in_a_row} passes in a row failed; last: {self._last}"
+
+
+async def run_in_passes(
+    name: str,
+    run_once: Callable[[], Awaitable[int]],
+    *,
+    wake: asyncio.Event,
+    poll_seconds: float,
+    health: PassHealth,
+    transient: tuple[type[BaseException], ...],
+    logger: logging.Logger,
+) -> None:
+    """A worker's loop: a pass at once again while passes find work, else after `wake` or
+    `poll_seconds`. A pass that fails on the footing (`transient`: the database away or
+    busy, the disk) is logged as `<name>.pass_failed`, told to `health` and tried again after
+    a poll; anything else is a bug, for the supervisor to log and restart."""
+    while True:
+        try:
+            done = await run_once()
+        except transient as exc:
+            event(logger, f"{name}.pass_failed", level=logging.ERROR,
+                  error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            health.failed(type(exc).__name__)
+            done = 0
+            await asyncio.sleep(poll_seconds)
+        else:
+            health.succeeded()
+        if done:
+            continue
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=poll_seconds)
 
 
 class Supervisor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import traceback
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from mssgate.logs import event
 from mssgate.mailstore import DeliveryFailed, MailStore
 from mssgate.smtp.body import MemoryBudget
 from mssgate.spool.store import PendingDelivery, Spool
-from mssgate.supervisor import PassHealth
+from mssgate.supervisor import PassHealth, run_in_passes
 
 log = logging.getLogger("mssgate.delivery")
 
@@ -161,21 +160,6 @@ class DeliveryWorker:
             await asyncio.to_thread(self._deliver_one, item)
 
     async def run(self) -> None:
-        while True:
-            try:
-                done = await self.run_once()
-            except _TRANSIENT as exc:
-                # The database is away or busy, or the disk failed: nothing to do but wait
-                # and try again. Anything else is a bug: the supervisor logs and restarts.
-                event(log, "delivery.pass_failed", level=logging.ERROR,
-                      error=f"{type(exc).__name__}: {exc}")  # fmt: skip
-                self.health.failed(type(exc).__name__)
-                done = 0
-                await asyncio.sleep(self._poll)
-            else:
-                self.health.succeeded()
-            if done:
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+        await run_in_passes("delivery", self.run_once, wake=self._wake,
+                            poll_seconds=self._poll, health=self.health,
+                            transient=_TRANSIENT, logger=log)  # fmt: skip
