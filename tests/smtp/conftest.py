@@ -11,6 +11,8 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +89,17 @@ class Gateway:
                     return e
             time.sleep(0.05)
         raise AssertionError(f"no {name} event with {fields}")
+
+    def healthz(self) -> tuple[int, dict[str, object]]:
+        """GET /healthz over HTTPS: its status code and JSON body, 503 included."""
+        ctx = ssl.create_default_context(cafile=self.ca)
+        ctx.check_hostname = False
+        url = f"https://127.0.0.1:{self.ports['api']}/healthz"
+        try:
+            with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
 
     def client_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca)

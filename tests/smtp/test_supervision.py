@@ -4,12 +4,9 @@ every long-running task of serve is supervised (logged, counted, restarted, seen
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 import ssl
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -130,19 +127,8 @@ def test_a_task_that_returns_counts_as_crashed() -> None:
     assert asyncio.run(scenario())["quits"] >= 2
 
 
-def _healthz(gw: Gateway) -> tuple[int, dict[str, object]]:
-    ctx = ssl.create_default_context(cafile=gw.ca)
-    ctx.check_hostname = False
-    url = f"https://127.0.0.1:{gw.ports['api']}/healthz"
-    try:
-        with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 def test_healthz_of_a_live_gateway_is_ok(gateway: Gateway) -> None:
-    code, body = _healthz(gateway)
+    code, body = gateway.healthz()
     assert code == 200
     assert body == {"status": "ok", "failing": {}}
 

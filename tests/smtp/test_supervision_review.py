@@ -8,33 +8,18 @@ the database refused every delivery's commit (the very stall of issue 12 A.2, no
 
 from __future__ import annotations
 
-import json
 import smtplib
 import sqlite3
-import ssl
 import time
-import urllib.error
-import urllib.request
 
 from tests.smtp.conftest import ALICE, BOB, Gateway, message
-
-
-def _healthz(gw: Gateway) -> tuple[int, dict[str, object]]:
-    ctx = ssl.create_default_context(cafile=gw.ca)
-    ctx.check_hostname = False
-    url = f"https://127.0.0.1:{gw.ports['api']}/healthz"
-    try:
-        with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def _wait_health(gw: Gateway, code: int, timeout: float = 30) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     seen: tuple[int, dict[str, object]] = (0, {})
     while time.monotonic() < deadline:
-        seen = _healthz(gw)
+        seen = gw.healthz()
         if seen[0] == code:
             return seen[1]
         time.sleep(0.2)
@@ -48,7 +33,7 @@ def test_healthz_names_the_delivery_while_every_pass_fails_and_recovers_after(
     gw.start(extra_env={"MSSGATE_DELIVERY__POLL_SECONDS": "0.2"})
     db = sqlite3.connect(gw.data / "mssgate.db", timeout=30)
     try:
-        assert _healthz(gw)[0] == 200
+        assert gw.healthz()[0] == 200
         # The database refuses every change of a delivery's state from now on (a full
         # disk, say): acceptance still commits (inserts), every delivery pass fails.
         db.execute(
