@@ -174,6 +174,10 @@ class ReceiptSpooler:
         self._signer = signer
 
     def __call__(self, mdn: bytes, recipient: str) -> None:
+        self.spool(mdn, recipient)
+
+    def spool(self, mdn: bytes, recipient: str) -> str | None:
+        """Returns the notification's queue id, or None when it was dropped."""
         domain = recipient.rsplit("@", 1)[-1].lower()
         route: Route
         if domain in self._directory.domains.local_names():
@@ -182,7 +186,7 @@ class ReceiptSpooler:
             route = "relay"
         else:
             event(log, "receipt.dropped", reason="recipient domain neither local nor trusted")
-            return
+            return None
         if self._signer is not None:
             mdn = self._signer(mdn, relay=route == "relay")
         queue_id = new_queue_id()
@@ -199,6 +203,7 @@ class ReceiptSpooler:
         for callback in self._wake:
             if callable(callback):
                 callback()
+        return queue_id
 
 
 class BounceSpooler(ReceiptSpooler):

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, Engine, select, update
 
+from mssgate.db.ids import like_prefix
 from mssgate.db.schema import audit, audit_head
 
 GENESIS = "0" * 64
@@ -144,10 +145,34 @@ def _as_aware(at: datetime) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-def entries(engine: Engine, *, since: datetime | None = None) -> Iterator[AuditEntry]:
-    query = select(audit).order_by(audit.c.seq)
+def entries(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    action: str | None = None,
+    actor: str | None = None,
+    subject: str | None = None,
+    limit: int | None = None,
+) -> Iterator[AuditEntry]:
+    """Entries oldest first. `action` is one action, or a family with a trailing `*`
+    (`consumer.*`); `actor` and `subject` match whole; `limit`: only the last so many
+    matching entries (still oldest first)."""
+    query = select(audit)
     if since is not None:
         query = query.where(audit.c.at >= since)
+    if action is not None and action.endswith("*"):
+        query = query.where(audit.c.action.like(like_prefix(action[:-1]), escape="\\"))
+    elif action is not None:
+        query = query.where(audit.c.action == action)
+    if actor is not None:
+        query = query.where(audit.c.actor == actor)
+    if subject is not None:
+        query = query.where(audit.c.subject == subject)
+    if limit is not None:
+        last = query.order_by(audit.c.seq.desc()).limit(limit).subquery()
+        query = select(last).order_by(last.c.seq)
+    else:
+        query = query.order_by(audit.c.seq)
     with engine.connect() as conn:
         for row in conn.execute(query):
             yield AuditEntry(

@@ -9,7 +9,7 @@ import typer
 
 from mssgate import audit
 from mssgate.cli.context import emit_json, emit_table, say, state
-from mssgate.errors import MssgateError, ValidationFailed
+from mssgate.errors import MssgateError, UsageFailed
 
 app = typer.Typer(help="The audit trail.", invoke_without_command=True)
 
@@ -22,7 +22,7 @@ def _parse_since(value: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ValidationFailed(f"invalid --since {value!r}: use an ISO date or date-time") from None
+        raise UsageFailed(f"invalid --since {value!r}: use an ISO date or date-time") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -30,13 +30,35 @@ def _parse_since(value: str) -> datetime:
 def show(
     ctx: typer.Context,
     since: Annotated[str | None, typer.Option("--since", help="ISO date or date-time.")] = None,
+    action: Annotated[
+        str | None,
+        typer.Option("--action", help="One action (spool.delete), or a family: 'consumer.*'."),
+    ] = None,
+    actor_: Annotated[
+        str | None, typer.Option("--actor", help="Who, whole: cli:alice, consumer:ris, spool.")
+    ] = None,
+    subject: Annotated[
+        str | None, typer.Option("--subject", help="What, whole: a queue id, an address.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Only the last N matching entries.")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """List audit entries (oldest first)."""
+    """List audit entries (oldest first), all or those matching every filter given."""
     if ctx.invoked_subcommand is not None:
         return
     engine = state(ctx).engine()
-    rows = list(audit.entries(engine, since=_parse_since(since) if since else None))
+    rows = list(
+        audit.entries(
+            engine,
+            since=_parse_since(since) if since else None,
+            action=action,
+            actor=actor_,
+            subject=subject,
+            limit=limit,
+        )
+    )
     if json_out:
         emit_json(rows)
         return
@@ -44,6 +66,7 @@ def show(
         "Audit",
         ["seq", "at", "actor", "action", "subject"],
         [(e.seq, f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.subject) for e in rows],
+        ids=("seq", "subject"),
     )
 
 

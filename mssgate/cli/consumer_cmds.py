@@ -67,5 +67,14 @@ def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
 
 @app.command("revoke")
 def revoke(ctx: typer.Context, name: str) -> None:
-    """Revoke a consumer's token at once."""
+    """Revoke a consumer's token at once (the consumer stays listed as revoked; its name
+    can be given to a new consumer)."""
     say(f"revoked {state(ctx).directory().consumers.revoke(name).name}")
+
+
+@app.command("remove")
+def remove(ctx: typer.Context, name: str) -> None:
+    """Remove a consumer (active or revoked): its token stops working at once and its name
+    can be given to a new consumer; the audit keeps both apart by id."""
+    removed = state(ctx).directory().consumers.remove(name)
+    say(f"removed consumer {removed.name} (id {removed.id}, {removed.mailbox})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,12 +75,26 @@ def emit_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
-def emit_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def emit_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    *,
+    ids: Collection[str] = ("id",),
+) -> None:
+    """A table whose `ids` columns are never shortened: an operator copies an ID from here
+    into the next command. Other cells wrap, and a word longer than its column folds onto
+    the next line rather than being cut (nothing hidden behind an ellipsis)."""
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
     table = Table(title=title, show_lines=False)
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+    for index, col in enumerate(columns):
+        if col in ids:
+            widest = max((len(row[index]) for row in cells), default=0)
+            table.add_column(col, no_wrap=True, overflow="fold", min_width=max(widest, len(col)))
+        else:
+            table.add_column(col, overflow="fold")
+    for row in cells:
+        table.add_row(*row)
     stdout.print(table)
 
 

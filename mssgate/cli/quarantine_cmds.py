@@ -10,6 +10,8 @@ import typer
 
 from mssgate.cli.context import actor, emit_json, emit_table, say, state
 from mssgate.config import DocumentsConfig
+from mssgate.db.ids import resolve_id
+from mssgate.db.schema import quarantine
 from mssgate.documents.isolation import Failed, PipelinePool
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.record import PipelineResult
@@ -25,6 +27,11 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.
 def _queue(ctx: typer.Context) -> DocumentQueue:
     st = state(ctx)
     return DocumentQueue.from_config(st.config(), st.engine())
+
+
+def _held_id(ctx: typer.Context, given: str) -> str:
+    """The whole ID of the entry `given` (an ID or a unique prefix of one) names."""
+    return resolve_id(state(ctx).engine(), quarantine.c.id, given, what="quarantined document")
 
 
 def _when(entry: QuarantineEntry) -> str:
@@ -47,8 +54,8 @@ def list_(ctx: typer.Context, json_out: JsonFlag = False) -> None:
 
 @app.command("show")
 def show(ctx: typer.Context, held_id: str, json_out: JsonFlag = False) -> None:
-    """Show one quarantined document."""
-    entry = _queue(ctx).quarantine.get(held_id)
+    """Show one quarantined document (its ID, or any unique prefix of 6 or more)."""
+    entry = _queue(ctx).quarantine.get(_held_id(ctx, held_id))
     if json_out:
         emit_json(entry)
         return
@@ -77,6 +84,7 @@ def release_(ctx: typer.Context, held_id: str) -> None:
     """Run the pipeline again on the message it came in, with the current configuration
     (limits, test INS); what now passes is queued. Fails, leaving it held, if it still fails.
     """
+    held_id = _held_id(ctx, held_id)
     st = state(ctx)
     config = st.config()
     arguments = {
@@ -118,5 +126,5 @@ def _isolated(message: bytes, config: DocumentsConfig, arguments: dict[str, Any]
 @app.command("delete")
 def delete(ctx: typer.Context, held_id: str) -> None:
     """Delete a quarantined document and its bytes for good (the audit keeps its digest)."""
-    entry = _queue(ctx).quarantine.delete(held_id, actor=actor())
+    entry = _queue(ctx).quarantine.delete(_held_id(ctx, held_id), actor=actor())
     say(f"deleted {entry.id} ({entry.code}, {entry.mailbox})")

@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from mssgate.cli.context import actor, emit_json, emit_table, say, state
+from mssgate.db.ids import resolve_id
+from mssgate.db.schema import queue_documents
 from mssgate.queue import DocumentQueue, QueueEntry, QueueState
 
 app = typer.Typer(help="The RIS integration queue.", no_args_is_help=True)
@@ -17,6 +19,11 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.
 def _queue(ctx: typer.Context) -> DocumentQueue:
     st = state(ctx)
     return DocumentQueue.from_config(st.config(), st.engine())
+
+
+def _document_id(ctx: typer.Context, given: str) -> str:
+    """The whole ID of the document `given` (an ID or a unique prefix of one) names."""
+    return resolve_id(state(ctx).engine(), queue_documents.c.id, given, what="queued document")
 
 
 def _when(entry: QueueEntry) -> str:
@@ -65,13 +72,14 @@ def list_(
             )
             for e in rows
         ],
+        ids=("id", "resend of"),
     )
 
 
 @app.command("show")
 def show(ctx: typer.Context, document_id: str, json_out: JsonFlag = False) -> None:
-    """Show one queued document and its delivery state."""
-    entry = _queue(ctx).entry(document_id)
+    """Show one queued document and its delivery state (ID or unique prefix of 6 or more)."""
+    entry = _queue(ctx).entry(_document_id(ctx, document_id))
     if json_out:
         emit_json(entry)
         return
@@ -106,5 +114,5 @@ def show(ctx: typer.Context, document_id: str, json_out: JsonFlag = False) -> No
 @app.command("requeue")
 def requeue(ctx: typer.Context, document_id: str) -> None:
     """Send a document back to ready with a fresh attempt count (after fixing the cause)."""
-    entry = _queue(ctx).requeue(document_id, actor=actor())
+    entry = _queue(ctx).requeue(_document_id(ctx, document_id), actor=actor())
     say(f"requeued {entry.id} ({entry.mailbox})")

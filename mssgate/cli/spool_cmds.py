@@ -1,4 +1,5 @@
-"""`mssgate spool list|flush|release`: mail accepted and not yet delivered everywhere."""
+"""`mssgate spool list|flush|release|delete|bounce`: mail accepted and not yet delivered
+everywhere."""
 
 from __future__ import annotations
 
@@ -7,9 +8,25 @@ from typing import Annotated
 import typer
 
 from mssgate.cli.context import actor, emit_json, emit_table, say, state
+from mssgate.db.ids import resolve_id
+from mssgate.db.schema import spool_messages
+from mssgate.errors import Conflict
 from mssgate.spool import Spool
 
 app = typer.Typer(help="Mail waiting for delivery.", no_args_is_help=True)
+
+QueueId = Annotated[
+    str,
+    typer.Argument(help="Queue id of the message as `spool list` shows it, or a unique prefix."),
+]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Even with a delivery due now (only when no gateway is running: it may be"
+        " making that delivery).",
+    ),
+]
 
 
 def _spool(ctx: typer.Context) -> Spool:
@@ -17,10 +34,23 @@ def _spool(ctx: typer.Context) -> Spool:
     return Spool(st.engine(), st.config().server.data_dir / "spool")
 
 
+def _queue_id(ctx: typer.Context, given: str) -> str:
+    """The whole queue id `given` (an id or a unique prefix of one) names."""
+    return resolve_id(
+        state(ctx).engine(), spool_messages.c.id, given, what="spooled message", case="upper"
+    )
+
+
 def _recipient_cell(r: dict[str, object]) -> str:
     if r["state"] == "held":
         return f"{r['recipient']} (held: {r['last_error']})"
-    return f"{r['recipient']} ({r['state']})"
+    return f"{r['recipient']} ({r['state']}, {r['attempts']} attempt(s))"
+
+
+def _last_error(recipients: list[dict[str, object]]) -> str:
+    """The error of the delivery still waiting that failed last (that is why it waits)."""
+    errors = [str(r["last_error"]) for r in recipients if r["last_error"]]
+    return errors[-1] if errors else ""
 
 
 @app.command("list")
@@ -29,14 +59,14 @@ def list_(
     json_out: Annotated[bool, typer.Option("--json")] = False,
     all_: Annotated[bool, typer.Option("--all", help="Include completed messages.")] = False,
 ) -> None:
-    """List spooled messages and the state of each recipient."""
+    """List spooled messages, the state of each recipient and the last error."""
     entries = list(_spool(ctx).entries(include_done=all_))
     if json_out:
         emit_json(entries)
         return
     emit_table(
         "Spool",
-        ["queue id", "received", "sender", "size", "recipients"],
+        ["queue id", "received", "sender", "size", "recipients", "last error"],
         [
             (
                 e.id,
@@ -44,9 +74,11 @@ def list_(
                 e.sender,
                 e.size,
                 ", ".join(_recipient_cell(r) for r in e.recipients),
+                _last_error(e.recipients),
             )
             for e in entries
         ],
+        ids=("queue id",),
     )
 
 
@@ -57,12 +89,87 @@ def flush(ctx: typer.Context) -> None:
 
 
 @app.command("release")
-def release(
-    ctx: typer.Context,
-    queue_id: Annotated[
-        str, typer.Argument(help="Queue id of the message, as `spool list` shows it.")
-    ],
-) -> None:
+def release(ctx: typer.Context, queue_id: QueueId) -> None:
     """Retry the held deliveries of a message (set aside after an unexpected error)."""
+    queue_id = _queue_id(ctx, queue_id)
     count = _spool(ctx).release(queue_id, actor=actor())
     say(f"{count} held deliveries of {queue_id} due now")
+
+
+@app.command("delete")
+def delete(ctx: typer.Context, queue_id: QueueId, force: Force = False) -> None:
+    """Take a message off the pending list and delete it, without telling its sender."""
+    queue_id = _queue_id(ctx, queue_id)
+    spool = _spool(ctx)
+    who = actor()
+    aside = spool.set_aside(queue_id, reason=f"being deleted by {who}", force=force)
+    spool.withdraw(aside, actor=who, action="spool.delete", detail={})
+    say(f"deleted {queue_id}: {_undelivered(aside.recipients, aside.documents)}")
+
+
+@app.command("bounce")
+def bounce(ctx: typer.Context, queue_id: QueueId, force: Force = False) -> None:
+    """Take a message off the pending list and return it to its sender with a DSN."""
+    from mssgate.directory.timeutil import now
+    from mssgate.integration import BounceSpooler, NotificationSigner
+    from mssgate.relay.dsn import RecipientFailure, build_dsn
+    from mssgate.relay.worker import postmaster_for
+
+    st = state(ctx)
+    config = st.config()
+    queue_id = _queue_id(ctx, queue_id)
+    spool = _spool(ctx)
+    envelope = spool.envelope(queue_id)
+    if not envelope.sender:
+        # RFC 5321 4.5.5: a notification (null sender) is never answered by another.
+        raise Conflict(
+            f"spooled message {queue_id} has a null sender (it is a notification): nobody to"
+            " bounce it to; use `mssgate spool delete`"
+        )
+    who = actor()
+    aside = spool.set_aside(queue_id, reason=f"being bounced by {who}", force=force)
+    directory = st.directory()
+    dsn_id = "none"
+    if aside.recipients:
+        try:
+            content = spool.read(queue_id)
+        except Exception:  # the headers are a courtesy: the DSN goes without them
+            content = b""
+        failures = [
+            RecipientFailure(
+                r, "5.0.0", explanation="returned to the sender by the gateway's administrator"
+            )
+            for r in aside.recipients
+        ]
+        dsn = build_dsn(
+            content,
+            reporting_mta=config.server.hostname,
+            failures=failures,
+            postmaster=postmaster_for(directory, config.server.hostname, envelope.sender),
+            arrival=envelope.received_at,
+            envelope_sender=envelope.sender,
+            date=now(),
+            mss_nil=config.policy.mss_nil,
+        )
+        dkim_key = (
+            config.dkim.key.read_bytes() if config.dkim.key and config.dkim.key.exists() else None
+        )
+        signer = NotificationSigner(
+            config.certs_dir / "mailboxes", dkim_selector=config.dkim.selector, dkim_key=dkim_key
+        )
+        # Spooled before the failure is recorded, as the relay does: a crash in between
+        # leaves the deliveries held with their reason, and bounces twice rather than never.
+        spooled = BounceSpooler(spool, directory, [], signer).spool(dsn, envelope.sender)
+        dsn_id = spooled or "dropped"
+    spool.withdraw(aside, actor=who, action="spool.bounce", detail={"dsn": dsn_id})
+    say(
+        f"bounced {queue_id} to {envelope.sender} (DSN {dsn_id}):"
+        f" {_undelivered(aside.recipients, aside.documents)}"
+    )
+
+
+def _undelivered(recipients: list[str], documents: list[str]) -> str:
+    parts = [f"{len(recipients)} recipient(s) not delivered"]
+    if documents:
+        parts.append(f"{len(documents)} document job(s) dropped")
+    return ", ".join(parts)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, delete, func, select, update
 
 from mssgate import audit
+from mssgate.db.schema import audit as audit_table
 from mssgate.db.schema import consumers, professionals
 from mssgate.db.tx import write
 from mssgate.directory.models import AccountState, Consumer
@@ -42,12 +44,31 @@ def token_digest(token: str) -> str:
 
 def _consumer(row: Row[Any]) -> Consumer:
     return Consumer(
+        id=row.id,
         name=row.name,
         mailbox=row.mailbox,
         has_pgp_key=row.pgp_key is not None,
         created_at=aware(row.created_at),
         revoked_at=aware(row.revoked_at) if row.revoked_at is not None else None,
     )
+
+
+def _next_id(conn: Connection) -> int:
+    """An id no consumer ever had, even one removed since. The audit tells a reused name's
+    consumers apart by id, and neither database promises that: SQLite gives a deleted last
+    row's id to the next insert. So the ids the audit names count too (a few rows: one per
+    consumer added or removed)."""
+    highest = conn.execute(select(func.max(consumers.c.id))).scalar_one() or 0
+    named = conn.execute(
+        select(audit_table.c.detail).where(
+            audit_table.c.action.in_(("consumer.add", "consumer.remove"))
+        )
+    ).scalars()
+    for detail in named:
+        given = json.loads(detail).get("id")
+        if isinstance(given, int):
+            highest = max(highest, given)
+    return int(highest) + 1
 
 
 class Consumers:
@@ -64,8 +85,12 @@ class Consumers:
         box = normalize_address(mailbox)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with write(self._engine) as conn:
-            if conn.execute(select(consumers.c.id).where(consumers.c.name == name)).first():
-                raise Conflict(f"consumer {name!r} exists already")
+            same_name = conn.execute(select(consumers).where(consumers.c.name == name)).first()
+            if same_name is not None and same_name.revoked_at is None:
+                raise Conflict(
+                    f"consumer {name!r} exists already (`mssgate consumer remove {name}` frees"
+                    " its name)"
+                )
             owner = conn.execute(
                 select(professionals.c.id).where(
                     professionals.c.address == box, professionals.c.local.is_(True)
@@ -73,8 +98,18 @@ class Consumers:
             ).first()
             if owner is None:
                 raise NotFound(f"no mailbox {mailbox!r} in the directory")
+            detail: dict[str, object] = {"mailbox": box, "pgp": pgp_key is not None}
+            consumer_id = _next_id(conn)  # before the delete below: its id counts
+            if same_name is not None:
+                # A revoked consumer's name is free again (its RIS back with a new token, say):
+                # the revoked row goes, the audit keeps it (consumer.add and consumer.revoke
+                # name its id, and this entry names it as replaced).
+                conn.execute(delete(consumers).where(consumers.c.id == same_name.id))
+                detail["replaces"] = same_name.id
+            detail["id"] = consumer_id
             conn.execute(
                 consumers.insert().values(
+                    id=consumer_id,
                     name=name,
                     mailbox=box,
                     token_sha256=token_digest(token),
@@ -87,7 +122,7 @@ class Consumers:
                 actor=self._actor,
                 action="consumer.add",
                 subject=name,
-                detail={"mailbox": box, "pgp": pgp_key is not None},
+                detail=detail,
             )
             row = conn.execute(select(consumers).where(consumers.c.name == name)).one()
         return _consumer(row), token
@@ -107,8 +142,32 @@ class Consumers:
             )
             if result.rowcount == 0:
                 raise NotFound(f"no active consumer {name!r}")
-            audit.append(conn, actor=self._actor, action="consumer.revoke", subject=name)
             row = conn.execute(select(consumers).where(consumers.c.name == name)).one()
+            audit.append(conn, actor=self._actor, action="consumer.revoke", subject=name,
+                         detail={"id": row.id})  # fmt: skip
+        return _consumer(row)
+
+    def remove(self, name: str) -> Consumer:
+        """Deletes a consumer, active or revoked: its token opens nothing from the next
+        request on (every request looks its token up), and its name is free. The documents
+        it had leased go back to ready when their lease expires, as any lease; the audit
+        keeps what it did, under its id."""
+        with write(self._engine) as conn:
+            row = conn.execute(select(consumers).where(consumers.c.name == name)).first()
+            if row is None:
+                raise NotFound(f"no consumer {name!r}")
+            conn.execute(delete(consumers).where(consumers.c.id == row.id))
+            audit.append(
+                conn,
+                actor=self._actor,
+                action="consumer.remove",
+                subject=name,
+                detail={
+                    "id": row.id,
+                    "mailbox": row.mailbox,
+                    "state": "active" if row.revoked_at is None else "revoked",
+                },
+            )
         return _consumer(row)
 
     def authenticate(self, token: str) -> Consumer | TokenRefused:

@@ -173,6 +173,9 @@ class Domain(BaseModel):
 class Consumer(BaseModel):
     model_config = ConfigDict(frozen=True)
 
+    # Never given twice, even after a removal: what tells apart in the audit two consumers
+    # that bore the same name one after the other.
+    id: int
     name: str
     mailbox: str
     has_pgp_key: bool

@@ -440,10 +440,16 @@ class RelayWorker:
     def _postmaster_for(self, sender: str) -> str:
         if self._postmaster is not None:
             return self._postmaster
-        domain = _domain_of(sender)
-        if domain in self._directory.domains.local_names():
-            return f"mailer-daemon@{domain}"
-        return f"mailer-daemon@{self._hostname}"
+        return postmaster_for(self._directory, self._hostname, sender)
+
+
+def postmaster_for(directory: Directory, hostname: str, sender: str) -> str:
+    """The From of a DSN to `sender`: mailer-daemon@ its own domain when we host it (whose
+    key `mssgate init` makes), else @ our host name."""
+    domain = _domain_of(sender)
+    if domain in directory.domains.local_names():
+        return f"mailer-daemon@{domain}"
+    return f"mailer-daemon@{hostname}"
 
 
 def _ambiguous(outcome: RecipientOutcome) -> bool:

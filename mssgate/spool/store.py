@@ -29,7 +29,7 @@ from mssgate import audit
 from mssgate.db.schema import spool_documents, spool_messages, spool_recipients
 from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware, now
-from mssgate.errors import NotFound, StorageError
+from mssgate.errors import Conflict, NotFound, StorageError
 from mssgate.fsutil import ensure_dir, fsync_dir, write_new_durably
 from mssgate.spool.groupcommit import GroupCommitter
 from mssgate.spool.jobs import add_document_job, release_document_jobs
@@ -76,6 +76,19 @@ class MessageEnvelope(BaseModel):
     id: str
     sender: str
     received_at: datetime
+
+
+class DeliveryDue(Conflict):
+    """A delivery of the message is due now: a worker may be making it."""
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """What `Spool.set_aside` took off the pending list of a message."""
+
+    envelope: MessageEnvelope
+    recipients: list[str]
+    documents: list[str]
 
 
 class RecipientState(BaseModel):
@@ -272,9 +285,14 @@ class Spool:
     ) -> None:
         stamp = now()
         with write(self._engine) as conn:
-            conn.execute(
+            # Only a delivery still pending: one an operator took off the list meanwhile
+            # (`spool delete --force`) must not come back as pending.
+            changed = conn.execute(
                 update(spool_recipients)
-                .where(self._recipient(item.spool_id, item.recipient))  # type: ignore[arg-type]
+                .where(
+                    self._recipient(item.spool_id, item.recipient),  # type: ignore[arg-type]
+                    spool_recipients.c.state == "pending",
+                )
                 .values(
                     state="failed" if permanent else "pending",
                     attempts=item.attempts + 1,
@@ -283,7 +301,7 @@ class Spool:
                     updated_at=stamp,
                 )
             )
-            if permanent:
+            if permanent and changed.rowcount:
                 audit.append(
                     conn,
                     actor="spool",
@@ -343,6 +361,106 @@ class Spool:
         if not released:
             raise NotFound(f"no held delivery in spooled message {queue_id!r}")
         return released
+
+    def set_aside(self, queue_id: str, *, reason: str, force: bool = False) -> SetAside:
+        """First step of taking a message off the pending list (`spool delete`, `spool
+        bounce`): what it still has to deliver (recipients, document jobs) is held with
+        `reason`, so that no worker starts on it, and returned.
+
+        The spool has no lease: a delivery under way is seen only as one that is due (a
+        worker picks due deliveries and moves them out of due when its attempt ends). A
+        message with a delivery due now is refused unless `force` (a gateway that is not
+        running delivers nothing): deleting or bouncing it could cross a delivery that the
+        peer or the mailbox has already taken. Under the message row's lock, as a delivery
+        takes it when it commits."""
+        self.path(queue_id)  # a malformed id is NotFound, like an unknown one
+        still = spool_recipients.c.state.in_(("pending", "held"))
+        jobs_left = spool_documents.c.state != "done"
+        with write(self._engine) as conn:
+            self._lock_message(conn, queue_id)
+            message = conn.execute(
+                select(spool_messages).where(spool_messages.c.id == queue_id)
+            ).first()
+            if message is None or message.state != "queued":
+                raise NotFound(f"no spooled message {queue_id!r} waiting for delivery")
+            recipients = conn.execute(
+                select(spool_recipients).where(spool_recipients.c.spool_id == queue_id, still)
+            ).all()
+            jobs = conn.execute(
+                select(spool_documents).where(spool_documents.c.spool_id == queue_id, jobs_left)
+            ).all()
+            stamp = now()
+            due = [
+                r for r in (*recipients, *jobs)
+                if r.state == "pending" and aware(r.next_attempt_at) <= stamp
+            ]  # fmt: skip
+            if due and not force:
+                raise DeliveryDue(
+                    f"spooled message {queue_id} has {len(due)} delivery(ies) due now, maybe"
+                    " under way: try again once `spool list` shows the attempt over"
+                    " (--force if no gateway is running)"
+                )
+            conn.execute(
+                update(spool_recipients)
+                .where(spool_recipients.c.spool_id == queue_id, still)
+                .values(state="held", last_error=reason[:500], updated_at=stamp)
+            )
+            conn.execute(
+                update(spool_documents)
+                .where(spool_documents.c.spool_id == queue_id, jobs_left)
+                .values(state="held", last_error=reason[:500], updated_at=stamp)
+            )
+        return SetAside(
+            envelope=MessageEnvelope(
+                id=message.id, sender=message.sender, received_at=aware(message.received_at)
+            ),
+            recipients=[r.recipient for r in recipients],
+            documents=[j.mailbox for j in jobs],
+        )
+
+    def withdraw(
+        self, aside: SetAside, *, actor: str, action: str, detail: dict[str, object]
+    ) -> None:
+        """Second step: what `set_aside` held fails for good (recipients) or is dropped
+        (document jobs), audited as `action`; the message is then done and its file gone."""
+        queue_id = aside.envelope.id
+        reason = f"{action} by {actor}"
+        with write(self._engine) as conn:
+            self._lock_message(conn, queue_id)
+            stamp = now()
+            conn.execute(
+                update(spool_recipients)
+                .where(
+                    spool_recipients.c.spool_id == queue_id,
+                    spool_recipients.c.recipient.in_(aside.recipients),
+                    spool_recipients.c.state == "held",
+                )
+                .values(state="failed", last_error=reason, updated_at=stamp)
+            )
+            conn.execute(
+                update(spool_documents)
+                .where(
+                    spool_documents.c.spool_id == queue_id,
+                    spool_documents.c.mailbox.in_(aside.documents),
+                    spool_documents.c.state == "held",
+                )
+                .values(state="done", last_error=reason, updated_at=stamp)
+            )
+            audit.append(
+                conn,
+                actor=actor,
+                action=action,
+                subject=queue_id,
+                detail={
+                    "sender": aside.envelope.sender,
+                    "recipients": aside.recipients,
+                    "documents": aside.documents,
+                    **detail,
+                },
+            )
+            done = self._mark_done_if_complete(conn, queue_id)
+        if done:
+            self._unlink(queue_id)
 
     def envelope(self, queue_id: str) -> MessageEnvelope:
         with self._engine.connect() as conn:
