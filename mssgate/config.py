@@ -121,6 +121,17 @@ class ApiConfig(_Section):
     bind: str = "127.0.0.1"
 
 
+class AdminConfig(_Section):
+    """The read-only admin console at /admin on the API port (docs/operator-guide.md)."""
+
+    # Off: /admin answers 404 like any unknown path.
+    enabled: bool = False
+    # How long a console login (its session cookie) lasts; a new token ends every session.
+    session_seconds: int = Field(3600, ge=60, le=86_400)
+    # Rows per page of each table.
+    page_size: int = Field(50, ge=1, le=500)
+
+
 class QueueConfig(_Section):
     """The RIS integration queue (lease/ack API)."""
 
@@ -258,6 +269,7 @@ class Config(BaseSettings):
     smtp: SmtpConfig = SmtpConfig()
     imap: ImapConfig = ImapConfig()
     api: ApiConfig = ApiConfig()
+    admin: AdminConfig = AdminConfig()
     queue: QueueConfig = QueueConfig()
     relay: RelayConfig = RelayConfig()
     delivery: DeliveryConfig = DeliveryConfig()

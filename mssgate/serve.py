@@ -289,7 +289,9 @@ async def run_gateway(config: Config) -> int:
         supervisor.check("relay", relay.health.probe)
         supervisor.check("documents", documents.health.probe)
         supervisor.check("queue-maintenance", maintenance.probe)
-        api = await start_api(config, engine, queue=queue, health=supervisor.failing)
+        api = await start_api(
+            config, engine, queue=queue, health=supervisor.failing, tasks=supervisor.crash_counts
+        )
         listening: dict[str, asyncio.Server] = {k.value: v for k, v in servers.items()}
         if imap is not None:
             listening.update({f"imap.{k}": v for k, v in imap.servers.items()})

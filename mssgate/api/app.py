@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from sqlalchemy import Engine
 
 from mssgate import __version__
-from mssgate.api import autoconfig, operations, problems
+from mssgate.api import admin, autoconfig, operations, problems
 from mssgate.api.auth import CurrentConsumer
 from mssgate.api.limits import BodyLimit
 from mssgate.api.problems import Problem, responses
@@ -72,9 +72,11 @@ def create_app(
     on_receipt: ReceiptCallback | None = None,
     metrics: Metrics | None = None,
     health: HealthProbe | None = None,
+    tasks: admin.TaskCounts | None = None,
 ) -> FastAPI:
     """The ASGI application; `queue` defaults to one built from the configuration, `metrics`
-    to the process-wide counters of mssgate.metrics."""
+    to the process-wide counters of mssgate.metrics; `tasks` (the supervisor's crash counts)
+    is shown by the admin console."""
     app = FastAPI(
         title="mssgate RIS integration API",
         version=__version__,
@@ -206,6 +208,8 @@ def create_app(
 
     app.include_router(operations.router)
     app.include_router(autoconfig.router)
+    if config.admin.enabled:
+        admin.install(app, config, engine, health=health, tasks=tasks)
     _publish_problem_schema(app)
     return app
 

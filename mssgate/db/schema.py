@@ -298,6 +298,8 @@ quarantine = Table(
     CheckConstraint("state IN ('held', 'released')", name="ck_quarantine_state"),
     CheckConstraint("code BETWEEN 900 AND 999", name="ck_quarantine_code"),
     Column("message_ref", String(64)),
+    # The admin console pages through the entries newest first (keyset on both).
+    Index("ix_quarantine_received", "received_at", "id"),
 )
 
 # MDNs built when a RIS acks or gives up on a document; the mail side drains this table (or
@@ -316,4 +318,17 @@ receipts_outbox = Table(
     Column("handed_at", DateTime(timezone=True)),
     CheckConstraint("state IN ('pending', 'handed')", name="ck_receipts_outbox_state"),
     CheckConstraint("outcome IN ('processed', 'error')", name="ck_receipts_outbox_outcome"),
+)
+
+# The admin console's bearer token (mssgate admin token): one row, the token's SHA-256 only,
+# and the key that signs the console's session cookies; a new token replaces both, so the
+# old token and every session opened with it stop working together.
+admin_token = Table(
+    "admin_token",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("token_sha256", String(64), nullable=False),
+    Column("session_key", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("id = 1", name="ck_admin_token_one"),
 )

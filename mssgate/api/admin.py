@@ -1,0 +1,673 @@
+"""The read-only admin console: HTML pages at /admin on the API port, off by default.
+
+Server-rendered (Jinja2, autoescape on: every value shown comes from senders, peers or
+operators), no JavaScript, one inline stylesheet allowed by its hash in the CSP. Access is
+the token of `mssgate admin token`, as `Authorization: Bearer`, or a session cookie that the
+login form sets (a browser cannot send a bearer header by itself). Every table is read a
+page at a time by keyset on an indexed column, so a page costs the same with 10 rows or
+10 million.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+from sqlalchemy import Engine, and_, func, or_, select
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mssgate import __version__
+from mssgate.api.problems import ApiProblem, problem_response
+from mssgate.config import Config
+from mssgate.db.schema import (
+    audit,
+    consumers,
+    domains,
+    professionals,
+    quarantine,
+    queue_documents,
+    spool_messages,
+    spool_recipients,
+)
+from mssgate.directory.admin_token import AdminToken
+from mssgate.directory.timeutil import aware
+from mssgate.logs import event
+
+log = logging.getLogger("mssgate.api.admin")
+
+HealthProbe = Callable[[], dict[str, str]]
+TaskCounts = Callable[[], dict[str, int]]
+
+PREFIX = "/admin"
+# __Host-: the browser keeps it only if Secure, Path=/ and no Domain (no subdomain can
+# plant or overwrite it).
+COOKIE = "__Host-mssgate-admin"
+OVERVIEW_ROWS = 10
+REALM = 'Bearer realm="mssgate-admin"'
+LOGIN_REQUIRED = "an admin token is required (mssgate admin token), or log in at /admin/login"
+
+_templates = Environment(
+    loader=PackageLoader("mssgate.api", "templates"),
+    autoescape=True,  # on for every template, whatever its name
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_CSS = resources.files("mssgate.api").joinpath("templates/admin/admin.css").read_text("utf-8")
+_CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode("utf-8")).digest()).decode("ascii")
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        f"default-src 'none'; style-src 'sha256-{_CSS_HASH}'; form-action 'self';"
+        " frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+class AdminHeaders:
+    """Sets the console's headers on every answer under /admin, errors included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path != PREFIX and not path.startswith(PREFIX + "/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class LoginRequired(Exception):
+    def __init__(self, detail: str = LOGIN_REQUIRED) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _render(name: str, status: int = 200, **values: Any) -> HTMLResponse:
+    html = _templates.get_template(f"admin/{name}").render(css=Markup(_CSS), **values)  # noqa: S704 (our own stylesheet)
+    return HTMLResponse(html, status_code=status)
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else f"{aware(value):%Y-%m-%d %H:%M:%S}"
+
+
+@dataclass
+class Section:
+    id: str
+    caption: str
+    columns: Sequence[str]
+    rows: Sequence[Sequence[object]]
+    total: int
+    url: str
+    next_url: str | None = None
+    first_url: str | None = None
+    paged: bool = True
+
+
+def _next(url: str, **cursor: str) -> str:
+    return f"{url}?{urlencode(cursor)}"
+
+
+class Views:
+    """The queries behind the pages: one page of rows, by keyset, plus a count."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def _count(self, query: Any) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def directory(self, limit: int, after: str | None) -> Section:
+        p = professionals.c
+        query = (
+            select(
+                p.address,
+                p.display_name,
+                p.kind,
+                p.id_type,
+                p.idnat,
+                p.profession_code,
+                p.state,
+                p.local,
+            )
+            .order_by(p.address)
+            .limit(limit + 1)
+        )
+        if after is not None:
+            query = query.where(p.address > after)
+        with self._engine.connect() as conn:
+            found = conn.execute(query).all()
+        rows = [
+            (
+                r.address,
+                r.display_name,
+                r.kind,
+                f"{r.id_type} {r.idnat}" if r.idnat else "",
+                r.profession_code or "",
+                r.state,
+                "hosted" if r.local else "correspondent",
+            )
+            for r in found[:limit]
+        ]
+        url = PREFIX + "/directory"
+        return Section(
+            "directory",
+            "Directory",
+            ["address", "name", "kind", "identifier", "profession", "state", "mailbox"],
+            rows,
+            self._count(select(func.count()).select_from(professionals)),
+            url,
+            next_url=_next(url, after=found[limit - 1].address) if len(found) > limit else None,
+            first_url=url if after is not None else None,
+        )
+
+    def domains(self, limit: int, after: str | None) -> Section:
+        d = domains.c
+        query = (
+            select(
+                d.name,
+                d.kind,
+                d.relay_host,
+                d.relay_port,
+                d.encryption,
+                d.cipher,
+                d.operator_dn,
+                d.ca_pem.is_not(None).label("has_ca"),
+                d.added_at,
+            )
+            .order_by(d.name)
+            .limit(limit + 1)
+        )
+        if after is not None:
+            query = query.where(d.name > after)
+        with self._engine.connect() as conn:
+            found = conn.execute(query).all()
+        rows = [
+            (
+                r.name,
+                "local" if r.kind == "local" else "trusted peer",
+                f"{r.relay_host}:{r.relay_port}" if r.relay_host else "",
+                r.encryption or "(global policy)",
+                r.cipher or "",
+                r.operator_dn or "",
+                "yes" if r.has_ca else "no",
+                _when(r.added_at),
+            )
+            for r in found[:limit]
+        ]
+        url = PREFIX + "/domains"
+        return Section(
+            "domains",
+            "Domains and trust list",
+            ["domain", "kind", "relay", "encryption", "cipher", "operator", "peer CA", "added"],
+            rows,
+            self._count(select(func.count()).select_from(domains)),
+            url,
+            next_url=_next(url, after=found[limit - 1].name) if len(found) > limit else None,
+            first_url=url if after is not None else None,
+        )
+
+    def spool(self, limit: int, before: str | None) -> Section:
+        m = spool_messages.c
+        # Queue ids begin with the arrival time in hex: by id is newest first.
+        query = (
+            select(m.id, m.received_at, m.listener, m.sender, m.size, m.state)
+            .order_by(m.id.desc())
+            .limit(limit + 1)
+        )
+        if before is not None:
+            query = query.where(m.id < before)
+        r = spool_recipients.c
+        with self._engine.connect() as conn:
+            found = conn.execute(query).all()
+            ids = [x.id for x in found[:limit]]
+            recipients: dict[str, list[str]] = {i: [] for i in ids}
+            if ids:
+                for x in conn.execute(
+                    select(r.spool_id, r.recipient, r.state, r.attempts, r.last_error)
+                    .where(r.spool_id.in_(ids))
+                    .order_by(r.spool_id, r.recipient)
+                ):
+                    cell = f"{x.recipient} ({x.state}, {x.attempts} attempts)"
+                    if x.last_error and x.state != "delivered":
+                        cell += f": {x.last_error}"
+                    recipients[x.spool_id].append(cell)
+        rows = [
+            (
+                x.id,
+                _when(x.received_at),
+                x.listener,
+                x.sender,
+                x.size,
+                x.state,
+                "; ".join(recipients[x.id]),
+            )
+            for x in found[:limit]
+        ]
+        url = PREFIX + "/spool"
+        return Section(
+            "spool",
+            "Spool",
+            [
+                "queue id",
+                "received",
+                "listener",
+                "sender",
+                "size",
+                "state",
+                "recipients (state, attempts: last error)",
+            ],
+            rows,
+            self._count(select(func.count()).select_from(spool_messages)),
+            url,
+            next_url=_next(url, before=found[limit - 1].id) if len(found) > limit else None,
+            first_url=url if before is not None else None,
+        )
+
+    def queue_depth(self) -> Section:
+        q = queue_documents.c
+        c = consumers.c
+        waiting = q.state.in_(("ready", "leased", "dead"))
+        query = (
+            select(c.name, c.mailbox, c.revoked_at, q.state, func.count(q.seq).label("n"))
+            .select_from(
+                consumers.outerjoin(queue_documents, and_(q.mailbox == c.mailbox, waiting))
+            )
+            .group_by(c.name, c.mailbox, c.revoked_at, q.state)
+            .order_by(c.name)
+        )
+        depth: dict[str, dict[str, Any]] = {}
+        with self._engine.connect() as conn:
+            for r in conn.execute(query):
+                entry = depth.setdefault(
+                    r.name,
+                    {
+                        "mailbox": r.mailbox,
+                        "revoked": r.revoked_at is not None,
+                        "ready": 0,
+                        "leased": 0,
+                        "dead": 0,
+                    },
+                )
+                if r.state is not None:
+                    entry[r.state] = r.n
+        rows = [
+            (
+                name,
+                d["mailbox"],
+                "revoked" if d["revoked"] else "active",
+                d["ready"],
+                d["leased"],
+                d["dead"],
+            )
+            for name, d in depth.items()
+        ]
+        return Section(
+            "queue",
+            "Queue depth per consumer",
+            ["consumer", "mailbox", "consumer state", "ready", "leased", "dead"],
+            rows,
+            len(rows),
+            PREFIX + "/queue",
+            paged=False,
+        )
+
+    def quarantine(self, limit: int, before: str | None) -> Section:
+        t = quarantine.c
+        query = (
+            select(
+                t.id,
+                t.received_at,
+                t.mailbox,
+                t.sender,
+                t.subject,
+                t.code,
+                t.reason,
+                t.state,
+            )
+            .order_by(t.received_at.desc(), t.id.desc())
+            .limit(limit + 1)
+        )
+        if before is not None:
+            at, held = _quarantine_cursor(before)
+            query = query.where(or_(t.received_at < at, and_(t.received_at == at, t.id < held)))
+        with self._engine.connect() as conn:
+            found = conn.execute(query).all()
+        rows = [
+            (
+                r.id,
+                _when(r.received_at),
+                r.mailbox,
+                r.sender,
+                r.subject or "",
+                r.code,
+                r.reason,
+                r.state,
+            )
+            for r in found[:limit]
+        ]
+        url = PREFIX + "/quarantine"
+        next_url = None
+        if len(found) > limit:
+            last = found[limit - 1]
+            next_url = _next(url, before=f"{aware(last.received_at).isoformat()}|{last.id}")
+        return Section(
+            "quarantine",
+            "Quarantine",
+            ["id", "received", "mailbox", "sender", "subject", "code", "reason", "state"],
+            rows,
+            self._count(select(func.count()).select_from(quarantine)),
+            url,
+            next_url=next_url,
+            first_url=url if before is not None else None,
+        )
+
+    def audit(self, limit: int, before: int | None) -> Section:
+        a = audit.c
+        query = (
+            select(a.seq, a.at, a.actor, a.action, a.subject, a.detail)
+            .order_by(a.seq.desc())
+            .limit(limit + 1)
+        )
+        if before is not None:
+            query = query.where(a.seq < before)
+        with self._engine.connect() as conn:
+            found = conn.execute(query).all()
+        rows = [
+            (r.seq, _when(r.at), r.actor, r.action, r.subject, _detail(r.detail))
+            for r in found[:limit]
+        ]
+        url = PREFIX + "/audit"
+        return Section(
+            "audit",
+            "Audit trail, newest first",
+            ["seq", "at", "actor", "action", "subject", "detail"],
+            rows,
+            self._count(select(func.count()).select_from(audit)),
+            url,
+            next_url=_next(url, before=str(found[limit - 1].seq)) if len(found) > limit else None,
+            first_url=url if before is not None else None,
+        )
+
+    def counts(self) -> list[tuple[str, int]]:
+        r = spool_recipients.c
+        q = queue_documents.c
+        with self._engine.connect() as conn:
+
+            def count(query: Any) -> int:
+                return int(conn.execute(query).scalar_one())
+
+            return [
+                (
+                    "spooled messages not done",
+                    count(
+                        select(func.count())
+                        .select_from(spool_messages)
+                        .where(spool_messages.c.state == "queued")
+                    ),
+                ),
+                (
+                    "deliveries pending",
+                    count(
+                        select(func.count())
+                        .select_from(spool_recipients)
+                        .where(r.state == "pending")
+                    ),
+                ),
+                (
+                    "deliveries held",
+                    count(
+                        select(func.count()).select_from(spool_recipients).where(r.state == "held")
+                    ),
+                ),
+                (
+                    "documents ready or leased",
+                    count(
+                        select(func.count())
+                        .select_from(queue_documents)
+                        .where(q.state.in_(("ready", "leased")))
+                    ),
+                ),
+                (
+                    "documents dead",
+                    count(
+                        select(func.count()).select_from(queue_documents).where(q.state == "dead")
+                    ),
+                ),
+                (
+                    "quarantined, held",
+                    count(
+                        select(func.count())
+                        .select_from(quarantine)
+                        .where(quarantine.c.state == "held")
+                    ),
+                ),
+            ]
+
+
+def _detail(text: str) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text[:300]
+    shown = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return shown if len(shown) <= 300 else shown[:299] + "…"
+
+
+def _quarantine_cursor(value: str) -> tuple[datetime, str]:
+    at, sep, held = value.partition("|")
+    try:
+        moment = datetime.fromisoformat(at)
+    except ValueError:
+        moment = None
+    if not sep or moment is None or not held:
+        raise ApiProblem(422, "invalid page cursor")
+    return aware(moment), held
+
+
+Cursor = Annotated[str | None, Query(max_length=200)]
+
+
+def install(
+    app: FastAPI,
+    config: Config,
+    engine: Engine,
+    *,
+    health: HealthProbe | None,
+    tasks: TaskCounts | None,
+) -> None:
+    """Adds the console's routes to `app` (only called when [admin] enabled is true: off,
+    /admin is an unknown path like any other)."""
+    tokens = AdminToken(engine, actor="api")
+    views = Views(engine)
+    limit = config.admin.page_size
+    session_seconds = config.admin.session_seconds
+    started = time.time()
+    router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+    def authorise(request: Request) -> None:
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, credentials = header.partition(" ")
+            if scheme.lower() == "bearer" and tokens.check(credentials.strip()):
+                return
+            raise LoginRequired("the admin token is not valid")
+        cookie = request.cookies.get(COOKIE)
+        if cookie and tokens.session_valid(cookie, session_seconds):
+            return
+        raise LoginRequired()
+
+    async def on_login_required(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LoginRequired)
+        headers = {"WWW-Authenticate": REALM}
+        if _wants_html(request):
+            page = _render("login.html", 401, title="Log in", nav=False, error=None)
+            page.headers.update(headers)
+            return page
+        return problem_response(401, exc.detail, instance=request.url.path, headers=headers)
+
+    app.add_exception_handler(LoginRequired, on_login_required)
+
+    def page(name: str, title: str, **values: Any) -> HTMLResponse:
+        return _render(name, title=title, nav=True, **values)
+
+    @router.get("")
+    def overview(request: Request) -> HTMLResponse:
+        authorise(request)
+        failing = health() if health is not None else {}
+        crashes = tasks() if tasks is not None else {}
+        names = sorted(set(crashes) | set(failing))
+        node = [
+            ("host name", config.server.hostname),
+            ("machine", socket.gethostname()),
+            ("process", os.getpid()),
+            ("version", __version__),
+            ("database", engine.dialect.name),
+            ("API up since", _when(datetime.fromtimestamp(started).astimezone())),
+        ]
+        return page(
+            "overview.html",
+            "Overview",
+            node=node,
+            tasks=[(n, crashes.get(n, ""), "failing" if n in failing else "ok") for n in names],
+            failing=sorted(failing.items()),
+            counts=views.counts(),
+            sections=[
+                views.queue_depth(),
+                views.quarantine(OVERVIEW_ROWS, None),
+                views.spool(OVERVIEW_ROWS, None),
+                views.audit(OVERVIEW_ROWS, None),
+                views.domains(OVERVIEW_ROWS, None),
+                views.directory(OVERVIEW_ROWS, None),
+            ],
+        )
+
+    def section(title: str, s: Section, intro: str | None = None) -> HTMLResponse:
+        return page("section.html", title, sections=[s], intro=intro)
+
+    @router.get("/directory")
+    def directory_page(request: Request, after: Cursor = None) -> HTMLResponse:
+        authorise(request)
+        return section("Directory", views.directory(limit, after))
+
+    @router.get("/domains")
+    def domains_page(request: Request, after: Cursor = None) -> HTMLResponse:
+        authorise(request)
+        return section("Domains and trust list", views.domains(limit, after))
+
+    @router.get("/spool")
+    def spool_page(request: Request, before: Cursor = None) -> HTMLResponse:
+        authorise(request)
+        intro = "Newest first; 'done' messages stay until the spool forgets them."
+        return section("Spool", views.spool(limit, before), intro)
+
+    @router.get("/queue")
+    def queue_page(request: Request) -> HTMLResponse:
+        authorise(request)
+        return section(
+            "Queue",
+            views.queue_depth(),
+            "Documents waiting for each RIS consumer (dead: given up, see "
+            "`mssgate queue list --state dead`).",
+        )
+
+    @router.get("/quarantine")
+    def quarantine_page(request: Request, before: Cursor = None) -> HTMLResponse:
+        authorise(request)
+        return section("Quarantine", views.quarantine(limit, before), "Newest first.")
+
+    @router.get("/audit")
+    def audit_page(
+        request: Request, before: Annotated[int | None, Query(ge=1)] = None
+    ) -> HTMLResponse:
+        authorise(request)
+        return section("Audit", views.audit(limit, before))
+
+    @router.get("/login")
+    def login_form() -> HTMLResponse:
+        return _render("login.html", title="Log in", nav=False, error=None)
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        body = await request.body()
+        fields = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=10)
+        token = (fields.get("token") or [""])[0].strip()
+        cookie = await run_in_threadpool(tokens.open_session, token, session_seconds)
+        client = request.client.host if request.client else None
+        if cookie is None:
+            event(log, "admin.login_refused", client=client)
+            if _wants_html(request):
+                refused = _render(
+                    "login.html",
+                    401,
+                    title="Log in",
+                    nav=False,
+                    error="That is not the current admin token.",
+                )
+                refused.headers["WWW-Authenticate"] = REALM
+                return refused
+            return problem_response(
+                401,
+                "the admin token is not valid",
+                instance=request.url.path,
+                headers={"WWW-Authenticate": REALM},
+            )
+        event(log, "admin.login", client=client)
+        # Always to the console itself: no destination is taken from the request, so the
+        # form cannot be made to send a browser elsewhere.
+        done = RedirectResponse(PREFIX, status_code=303)
+        done.set_cookie(
+            COOKIE,
+            cookie,
+            max_age=session_seconds,
+            path="/",
+            secure=True,
+            httponly=True,
+            samesite="strict",
+        )
+        return done
+
+    @router.post("/logout")
+    def logout() -> Response:
+        done = RedirectResponse(PREFIX + "/login", status_code=303)
+        done.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+        return done
+
+    app.include_router(router)
+    app.add_middleware(AdminHeaders)
