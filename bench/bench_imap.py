@@ -54,7 +54,18 @@ def setup(top: Path) -> Path:
     os.environ["MSSGATE_CONFIG"] = str(data / "mssgate.toml")
     stdin, sys.stdin = sys.stdin, io.StringIO(PASSWORD + "\n")
     try:
-        cli(["directory", "add", USER, "--name", "reader", "--password-stdin"])
+        cli(
+            [
+                "directory",
+                "add",
+                USER,
+                "--name",
+                "reader",
+                "--rpps",
+                "99700367909",
+                "--password-stdin",
+            ]
+        )
     finally:
         sys.stdin = stdin
     return data

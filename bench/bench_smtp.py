@@ -231,7 +231,17 @@ def start_gateway(data: Path, signed: bool) -> tuple[subprocess.Popen, int]:
     )
     for who in (SENDER, RCPT):
         subprocess.run(
-            [m, "directory", "add", who, "--name", "Bench", "--password-stdin"],
+            [
+                m,
+                "directory",
+                "add",
+                who,
+                "--name",
+                "Bench",
+                "--rpps",
+                "99700367909",
+                "--password-stdin",
+            ],
             env=env,
             input=PASSWORD + "\n",
             text=True,

@@ -105,7 +105,17 @@ def main() -> None:
         )
         for who in (SENDER, RCPT):
             subprocess.run(
-                [m, "directory", "add", who, "--name", "x", "--password-stdin"],
+                [
+                    m,
+                    "directory",
+                    "add",
+                    who,
+                    "--name",
+                    "x",
+                    "--rpps",
+                    "99700367909",
+                    "--password-stdin",
+                ],
                 env=env,
                 input=PASSWORD + "\n",
                 text=True,

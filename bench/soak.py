@@ -79,7 +79,16 @@ def setup(data: Path, database: str | None, imap: bool) -> tuple[dict[str, str],
     run(["init", "--data", str(data), "--domain", DOMAIN], env)
     for who in SENDERS + PERSONS:
         run(
-            ["directory", "add", who, "--name", who.split("@")[0], "--password-stdin"],
+            [
+                "directory",
+                "add",
+                who,
+                "--name",
+                who.split("@")[0],
+                "--rpps",
+                "99700367909",
+                "--password-stdin",
+            ],
             env,
             stdin=PASSWORD + "\n",
         )

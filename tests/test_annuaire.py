@@ -108,7 +108,7 @@ def test_import_50000_lines_then_idempotent(
     reasons = {r["reason"] for r in first["rejects"]}
     assert any("3 columns instead of 31" in r for r in reasons)
     assert any("check digit" in r for r in reasons)
-    assert any("without a national identifier" in r for r in reasons)
+    assert any("needs a national identifier (RPPS or ADELI)" in r for r in reasons)
     assert any("unsupported mailbox kind 'CAB'" in r for r in reasons)
     assert any("'%' is not allowed" in r for r in reasons)
     assert any("control characters" in r for r in reasons)
@@ -132,7 +132,8 @@ def test_changed_line_updates_and_hosted_mailbox_keeps_its_password(
     cli: Cli, datadir: Path, tmp_path: Path
 ) -> None:
     cli.ok(
-        "directory", "add", f"p1@{DOMAIN}", "--name", "Old", "--password-stdin",
+        "directory", "add", f"p1@{DOMAIN}", "--name", "Old", "--rpps", "99700367909",
+               "--password-stdin",
         stdin="a long enough password\n",
     )  # fmt: skip
     path = tmp_path / "a.txt"

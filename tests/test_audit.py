@@ -13,7 +13,9 @@ from tests.conftest import DOMAIN, Cli
 @pytest.fixture
 def changes(cli: Cli, datadir: Path) -> Path:
     for name in ("a", "b", "c"):
-        cli.ok("directory", "add", f"{name}@{DOMAIN}", "--name", name.upper())
+        cli.ok(
+            "directory", "add", f"{name}@{DOMAIN}", "--name", name.upper(), "--rpps", "99700367909"
+        )
     cli.ok("directory", "suspend", f"b@{DOMAIN}")
     cli.ok("domain", "add", "clinique-b.test")
     return datadir / "mssgate.db"

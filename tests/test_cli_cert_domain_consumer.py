@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mssgate.pki import create_dev_ca, issue_smime_cert, write_certificate
+from mssgate.pki import create_dev_ca, issue_smime_cert, write_certificate, write_private_key
 from tests.conftest import DOMAIN, Cli
 
 ADDRESS = f"dr.martin@{DOMAIN}"
@@ -46,7 +46,7 @@ def test_cert_issue_is_verified_by_openssl(
     assert listed[0]["fingerprint_sha256"] == fp.split("=")[1].strip().replace(":", "").lower()
     # A second issue without --force refuses before touching anything.
     again = cli("cert", "issue", mailbox, "--out", str(out))
-    assert again.code == 1 and "exists" in again.err
+    assert again.code == 1 and "exists (use --force to overwrite)" in again.err
     assert len(cli.ok("cert", "list", mailbox, "--json").json()) == 1
 
 
@@ -106,8 +106,6 @@ def test_domain_add_trust_list_untrust(cli: Cli, datadir: Path, tmp_path: Path) 
     [
         (["domain", "add", DOMAIN], "already a local domain"),
         (["domain", "add", "nodot"], "at least two labels"),
-        (["domain", "trust", "peer.test", "--relay", "nohost"], "expected HOST:PORT"),
-        (["domain", "trust", "peer.test", "--relay", "h.test:99999"], "port must be"),
         (["domain", "trust", DOMAIN, "--relay", "h.test:25"], "is a local domain"),
         (["domain", "untrust", "never.test"], "not on the trust list"),
     ],
@@ -116,6 +114,36 @@ def test_domain_errors(cli: Cli, datadir: Path, args: list[str], message: str) -
     result = cli(*args)
     assert result.code == 1
     assert message in result.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["domain", "trust", "peer.test", "--relay", "h.test:"], "expected HOST or HOST:PORT"),
+        (["domain", "trust", "peer.test", "--relay", "h.test:99999"], "port must be"),
+        (["domain", "add", "peer.test", "--encryption", "maybe"], "--encryption"),
+        (["directory", "add", f"a@{DOMAIN}", "--name", "A", "--kind", "robot"], "--kind: unknown"),
+        (["audit", "--since", "yesterday"], "invalid --since 'yesterday'"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(
+    cli: Cli, datadir: Path, args: list[str], message: str
+) -> None:
+    result = cli(*args)
+    assert result.code == 2, result.err
+    assert result.err.startswith("mssgate: error: ") and message in result.err
+    assert result.err.count("\n") == 1
+
+
+def test_relay_without_port_is_smtp_25(cli: Cli, datadir: Path) -> None:
+    cli.ok("domain", "trust", "peer.test", "--relay", "mx.peer.test")
+    cli.ok("domain", "trust", "six.test", "--relay", "[2001:db8::1]")
+    rows = {d["name"]: d for d in cli.ok("domain", "list", "--json").json()}
+    assert (rows["peer.test"]["relay_host"], rows["peer.test"]["relay_port"]) == (
+        "mx.peer.test",
+        25,
+    )
+    assert (rows["six.test"]["relay_host"], rows["six.test"]["relay_port"]) == ("2001:db8::1", 25)
 
 
 def test_trust_refuses_a_leaf_as_ca(cli: Cli, datadir: Path, tmp_path: Path) -> None:
@@ -167,3 +195,58 @@ def test_consumer_errors(cli: Cli, datadir: Path, mailbox: str, tmp_path: Path) 
         "consumer", "add", "ris2", "--mailbox", mailbox, "--pgp-key", str(tmp_path / "k.asc")
     )
     assert bad_key.code == 1 and "OpenPGP" in bad_key.err
+
+
+def test_consumer_add_gives_its_mailbox_a_signing_key(
+    cli: Cli, datadir: Path, mailbox: str
+) -> None:
+    created = cli.ok("consumer", "add", "ris-a", "--mailbox", mailbox, "--json").json()
+    signing = created["signing_key"]
+    key, cert = Path(signing["key"]), Path(signing["cert"])
+    # Where serve looks for it (mssgate.smime.mailbox_keys): DATA/certs/mailboxes/.
+    assert signing["status"] == "issued"
+    assert (key, cert) == (
+        datadir / "certs" / "mailboxes" / f"{mailbox}.key.pem",
+        datadir / "certs" / "mailboxes" / f"{mailbox}.crt.pem",
+    )
+    assert key.stat().st_mode & 0o777 == 0o600
+    ca = datadir / "certs" / "ca.crt.pem"
+    verify = openssl("verify", "-purpose", "smimesign", "-CAfile", ca, cert)
+    assert verify.returncode == 0, verify.stderr
+    listed = cli.ok("cert", "list", mailbox, "--json").json()
+    assert len(listed) == 1
+    # A second consumer of the same mailbox keeps the pair in place.
+    before = key.read_bytes()
+    again = cli.ok("consumer", "add", "ris-b", "--mailbox", mailbox, "--json").json()
+    assert again["signing_key"]["status"] == "existing" and key.read_bytes() == before
+    assert len(cli.ok("cert", "list", mailbox, "--json").json()) == 1
+
+
+def test_consumer_add_without_a_dev_ca_names_the_import_command(
+    cli: Cli, datadir: Path, mailbox: str, tmp_path: Path
+) -> None:
+    (datadir / "certs" / "ca.key.pem").unlink()  # production: no CA key on the gateway
+    result = cli.ok("consumer", "add", "ris-a", "--mailbox", mailbox)
+    assert "token (shown once" in result.out
+    assert f"mssgate cert install-key {mailbox} --key KEY.pem --cert CERT.pem" in result.err
+    assert not (datadir / "certs" / "mailboxes" / f"{mailbox}.key.pem").exists()
+    # That command puts an operator's key pair where serve finds it.
+    ca_key, ca_cert = create_dev_ca("IGC-Santé stand-in")
+    key, cert = issue_smime_cert(ca_key, ca_cert, mailbox)
+    write_private_key(tmp_path / "k.pem", key)
+    write_certificate(tmp_path / "c.pem", cert)
+    _, other = issue_smime_cert(ca_key, ca_cert, mailbox)
+    write_certificate(tmp_path / "other.pem", other)
+    mismatch = cli("cert", "install-key", mailbox, "--key", str(tmp_path / "k.pem"),
+                   "--cert", str(tmp_path / "other.pem"))  # fmt: skip
+    assert mismatch.code == 1 and "does not match" in mismatch.err
+    cli.ok("cert", "install-key", mailbox, "--key", str(tmp_path / "k.pem"),
+           "--cert", str(tmp_path / "c.pem"))  # fmt: skip
+    held = datadir / "certs" / "mailboxes" / f"{mailbox}.key.pem"
+    assert held.stat().st_mode & 0o777 == 0o600
+    assert len(cli.ok("cert", "list", mailbox, "--json").json()) == 1
+    twice = cli("cert", "install-key", mailbox, "--key", str(tmp_path / "k.pem"),
+                "--cert", str(tmp_path / "c.pem"))  # fmt: skip
+    assert twice.code == 1 and "use --force to overwrite" in twice.err
+    quiet = cli.ok("consumer", "add", "ris-b", "--mailbox", mailbox, "--json")
+    assert quiet.json()["signing_key"]["status"] == "existing" and quiet.err == ""

@@ -72,7 +72,7 @@ def test_json_output_matches_the_operator_guide(cli: Cli, datadir: Path, tmp_pat
     )  # fmt: skip
     engine.dispose()
     runs = {
-        "directory add": ["directory", "add", mailbox, "--name", "A"],
+        "directory add": ["directory", "add", mailbox, "--name", "A", "--rpps", "99700367909"],
         "directory show": ["directory", "show", mailbox],
         "directory list": ["directory", "list"],
         "directory import-annuaire": ["directory", "import-annuaire", str(annuaire)],

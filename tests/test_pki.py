@@ -180,7 +180,9 @@ def test_rsa_server_cert_allows_key_encipherment() -> None:
 
 def test_init_refuses_to_overwrite_without_force(dev_pki: DevPKIPaths) -> None:
     before = {p: p.read_bytes() for p in dev_pki.files()}
-    with pytest.raises(PKIError, match=r"^file exists \(use force to overwrite\): .*ca\.crt\.pem$"):
+    with pytest.raises(
+        PKIError, match=r"^file exists \(use --force to overwrite\): .*ca\.crt\.pem$"
+    ):
         init_dev_pki(dev_pki.certs_dir, domain=DOMAIN, hostname=HOSTNAME)
     assert {p: p.read_bytes() for p in dev_pki.files()} == before
 
@@ -361,7 +363,7 @@ def test_smime_files_refuse_to_overwrite(
     dev_pki: DevPKIPaths, smime: SmimeFiles, tmp_path: Path
 ) -> None:
     before = smime.key_path.read_bytes()
-    with pytest.raises(PKIError, match=r"^file exists \(use force to overwrite\): "):
+    with pytest.raises(PKIError, match=r"^file exists \(use --force to overwrite\): "):
         issue_smime_files(dev_pki.ca_key, dev_pki.ca_cert, EMAIL, tmp_path / "smime")
     assert smime.key_path.read_bytes() == before
     again = issue_smime_files(

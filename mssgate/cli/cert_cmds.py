@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mssgate.cli.context import emit_json, emit_table, say, state
-from mssgate.errors import PKIError
+from mssgate.errors import Conflict, NotFound, PKIError
 from mssgate.pki import issue_smime_files, load_certificate
+from mssgate.smime.mailbox_keys import install_mailbox_key
 
 app = typer.Typer(help="S/MIME certificates.", no_args_is_help=True)
 
@@ -60,6 +62,30 @@ def issue(
         return
     say(f"issued and registered for {owner.address} (sha256 {record.fingerprint_sha256})")
     say(f"  {files.cert_path}\n  {files.key_path}\n  {files.p12_path}")
+
+
+@app.command("install-key")
+def install_key(
+    ctx: typer.Context,
+    email: str,
+    key: Annotated[Path, typer.Option("--key", help="Private key (PEM, RSA).")],
+    cert: Annotated[Path, typer.Option("--cert", help="Its S/MIME certificate (PEM).")],
+    force: Annotated[bool, typer.Option("--force", help="Replace a key pair in place.")] = False,
+) -> None:
+    """Give the gateway the key pair of a local mailbox it acts for (an application such as a
+    RIS): it signs that mailbox's receipts and decrypts mail sent to it. For production, the
+    IGC-Santé key and certificate; the certificate is registered for EMAIL too."""
+    st = state(ctx)
+    directory = st.directory()
+    owner = directory.professionals.get(email)
+    if not owner.local:
+        raise NotFound(f"{owner.address} is not a mailbox of this gateway")
+    installed = install_mailbox_key(st.config(), owner.address, key, cert, force=force)
+    assert installed.certificate is not None
+    # Conflict: registered earlier (a reinstall of the same certificate).
+    with contextlib.suppress(Conflict):
+        directory.certificates.register(owner.address, installed.certificate)
+    say(f"installed for {owner.address}: {installed.key_path}, {installed.cert_path}")
 
 
 @app.command("add")

@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
-from mssgate.cli.context import emit_json, emit_table, say, state
-from mssgate.errors import ValidationFailed
+from mssgate.cli.context import State, emit_json, emit_table, say, state
+from mssgate.directory import Directory
+from mssgate.errors import NotFound, ValidationFailed
+from mssgate.smime.mailbox_keys import EnsuredKey, ensure_mailbox_key
 
 app = typer.Typer(help="RIS consumers of the integration queue.", no_args_is_help=True)
 
@@ -35,12 +37,49 @@ def add(
         if len(data) > MAX_PGP_KEY_BYTES or b"BEGIN PGP PUBLIC KEY BLOCK" not in data:
             raise ValidationFailed(f"{pgp_key} is not an armoured OpenPGP public key")
         key_text = data.decode("ascii", errors="replace")
-    consumer, token = state(ctx).directory().consumers.add(name, mailbox=mailbox, pgp_key=key_text)
+    st = state(ctx)
+    directory = st.directory()
+    signing = _signing_key(st, directory, mailbox)
+    consumer, token = directory.consumers.add(name, mailbox=mailbox, pgp_key=key_text)
     if json_out:
-        emit_json({"name": consumer.name, "mailbox": consumer.mailbox, "token": token})
-        return
-    say(f"consumer {consumer.name} added for {consumer.mailbox}")
-    say(f"token (shown once, keep it secret): {token}")
+        emit_json(
+            {
+                "name": consumer.name,
+                "mailbox": consumer.mailbox,
+                "token": token,
+                "signing_key": {
+                    "status": signing.status,
+                    "key": str(signing.key_path),
+                    "cert": str(signing.cert_path),
+                },
+            }
+        )
+    else:
+        say(f"consumer {consumer.name} added for {consumer.mailbox}")
+        say(f"token (shown once, keep it secret): {token}")
+    if signing.status == "issued" and not json_out:
+        say(f"receipts signed with a dev CA certificate issued now: {signing.cert_path}")
+    elif signing.status == "missing":
+        # stderr: the token above may be read by a script.
+        typer.echo(
+            f"mssgate: warning: no key for {signing.address}, so its receipts go unsigned and mail"
+            " encrypted to it cannot be read; no dev CA here to issue one: import its"
+            f" IGC-Santé key pair with `mssgate cert install-key {signing.address}"
+            " --key KEY.pem --cert CERT.pem`",
+            err=True,
+        )
+
+
+def _signing_key(st: State, directory: Directory, mailbox: str) -> EnsuredKey:
+    """The application mailbox signs its receipts (MDN) and decrypts what is sent to it with
+    the key the gateway holds for it: without one, receipts leave unsigned."""
+    owner = directory.professionals.get(mailbox)
+    if not owner.local:
+        raise NotFound(f"no mailbox {mailbox!r} in the directory")
+    ensured = ensure_mailbox_key(st.config(), owner.address, common_name=owner.display_name)
+    if ensured.status == "issued" and ensured.certificate is not None:
+        directory.certificates.register(owner.address, ensured.certificate)
+    return ensured
 
 
 @app.command("list")

@@ -43,6 +43,9 @@ def add(
     """Add a mailbox on a local domain."""
     try:
         mailbox_kind = MailboxKind.from_cli(kind)
+    except ValueError as exc:
+        raise UsageFailed(f"--kind: {exc}") from None
+    try:
         new = NewProfessional(
             address=email,
             display_name=name,

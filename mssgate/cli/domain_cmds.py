@@ -11,7 +11,7 @@ from cryptography import x509
 from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
 from mssgate.cli.context import actor, emit_json, emit_table, say, state
-from mssgate.directory.domains import UNCHANGED
+from mssgate.directory.domains import UNCHANGED, parse_relay
 from mssgate.directory.models import Cipher, Domain, EncryptionPolicy
 from mssgate.directory.trustlist import (
     DEFAULT_RELAY,
@@ -20,7 +20,7 @@ from mssgate.directory.trustlist import (
     check_relay_template,
     read_trust_list,
 )
-from mssgate.errors import NotFound, UsageFailed
+from mssgate.errors import NotFound, UsageFailed, ValidationFailed
 from mssgate.pki import load_certificates
 
 app = typer.Typer(help="Local domains and trusted peer domains.", no_args_is_help=True)
@@ -103,7 +103,10 @@ def add(ctx: typer.Context, domain: str, encryption: EncryptionOption = None) ->
 def trust(
     ctx: typer.Context,
     domain: str,
-    relay: Annotated[str, typer.Option("--relay", help="HOST:PORT of the peer's MTA.")],
+    relay: Annotated[
+        str,
+        typer.Option("--relay", help="HOST[:PORT] of the peer's MTA (port 25 when left out)."),
+    ],
     ca: Annotated[
         Path | None,
         typer.Option("--ca", help="CA bundle of the peer operator (PEM: root and intermediates)."),
@@ -129,6 +132,10 @@ def trust(
     """
     policy = _encryption(encryption, allow_default=True) if encryption is not None else UNCHANGED
     chosen = _cipher(cipher) if cipher is not None else UNCHANGED
+    try:
+        parse_relay(relay)
+    except ValidationFailed as exc:
+        raise UsageFailed(f"--relay: {exc}") from None
     dn = _operator_dn(operator_dn) if operator_dn is not None else None
     ca_certs = load_certificates(ca) if ca is not None else None
     result = (

@@ -19,12 +19,18 @@ from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, ValidationFailed
 from mssgate.identifiers import normalize_domain
 
+SMTP_PORT = 25
+
 
 def parse_relay(value: str) -> tuple[str, int]:
-    """`host:port` (or `[v6]:port`) of a peer operator's MTA."""
-    host, sep, port_text = value.strip().rpartition(":")
+    """`host[:port]` (or `[v6][:port]`) of a peer operator's MTA; MTAs listen on 25, so a
+    relay given without a port is that."""
+    text = value.strip()
+    if (text.startswith("[") and text.endswith("]")) or (text and ":" not in text):
+        text = f"{text}:{SMTP_PORT}"
+    host, sep, port_text = text.rpartition(":")
     if not sep or not host or not port_text.isdigit():
-        raise ValidationFailed(f"invalid relay {value!r}: expected HOST:PORT")
+        raise ValidationFailed(f"invalid relay {value!r}: expected HOST or HOST:PORT")
     port = int(port_text)
     if not 0 < port < 65536:
         raise ValidationFailed(f"invalid relay {value!r}: port must be 1 to 65535")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from mssgate.errors import ValidationFailed
 from mssgate.identifiers import normalize_address, normalize_domain, parse_practitioner_id
 
 
@@ -78,6 +79,26 @@ class NewProfessional(BaseModel):
     idnat: IdNat = None
     profession_code: ProfessionCode = None
     kind: MailboxKind = MailboxKind.PER
+
+    @model_validator(mode="after")
+    def _identifier_fits_kind(self) -> Self:
+        check_identifier_for_kind(self.kind, self.idnat)
+        return self
+
+
+def check_identifier_for_kind(kind: MailboxKind, idnat: str | None) -> None:
+    """The rule the Annuaire Santé applies: a personal mailbox (PER) belongs to a practitioner
+    known by a national identifier, and only a person has one. `directory add` and the
+    Annuaire import both go through NewProfessional, hence through this one check."""
+    if kind is MailboxKind.PER and idnat is None:
+        raise ValidationFailed(
+            "a person's mailbox (PER) needs a national identifier (RPPS or ADELI);"
+            " a service, a team or an application is an ORG or APP mailbox"
+        )
+    if kind is not MailboxKind.PER and idnat is not None:
+        raise ValidationFailed(
+            f"an RPPS or ADELI number identifies a person: not allowed on an {kind.value} mailbox"
+        )
 
 
 class Professional(BaseModel):

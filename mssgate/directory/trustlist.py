@@ -43,7 +43,7 @@ from mssgate.directory.models import DomainKind
 from mssgate.documents.errors import DocumentError
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.xml import local_name, parse_xml
-from mssgate.errors import MssgateError, ValidationFailed
+from mssgate.errors import MssgateError, UsageFailed, ValidationFailed
 from mssgate.identifiers import normalize_domain
 
 NAMESPACE: Final = "https://listeblanche.mssante.fr/schema"
@@ -326,7 +326,7 @@ def check_relay_template(template: str) -> str:
     try:
         parse_relay(template.format(domain="example.test"))
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValidationFailed(
-            f"invalid relay template {template!r}: expected e.g. {DEFAULT_RELAY!r} ({exc})"
+        raise UsageFailed(
+            f"--relay: invalid relay template {template!r}: expected e.g. {DEFAULT_RELAY!r} ({exc})"
         ) from None
     return template

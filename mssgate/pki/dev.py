@@ -141,4 +141,4 @@ def issue_smime_files(
 def _refuse_existing(paths: tuple[Path, ...]) -> None:
     for path in paths:
         if path.exists() or path.is_symlink():
-            raise PKIError(f"file exists (use force to overwrite): {path}")
+            raise PKIError(f"file exists (use --force to overwrite): {path}")

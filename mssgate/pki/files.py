@@ -90,7 +90,7 @@ def _atomic_write(path: Path, data: bytes, mode: int, *, overwrite: bool) -> Non
             _link_no_clobber(tmp, path)
         _fsync_dir(directory)
     except FileExistsError:
-        raise PKIError(f"file exists (use force to overwrite): {path}") from None
+        raise PKIError(f"file exists (use --force to overwrite): {path}") from None
     except OSError as exc:
         raise PKIError(f"cannot write {path}: {_reason(exc)}") from exc
     finally:

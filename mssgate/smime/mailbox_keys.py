@@ -57,3 +57,86 @@ def find_mailbox_key(directory: Path, address: str) -> MailboxKey | None:
     if not same_key(key, cert.public_key()):
         raise PKIError(f"{key_path.name} does not match {cert_path.name}")
     return MailboxKey(address, key, cert)
+
+
+@dataclass(frozen=True)
+class EnsuredKey:
+    """What `ensure_mailbox_key` found or did for a mailbox."""
+
+    address: str
+    key_path: Path
+    cert_path: Path
+    # "existing": a key pair was in place; "issued": the dev CA issued one now;
+    # "missing": no key and no dev CA to issue one (production: import the IGC-Santé one);
+    # "installed": `mssgate cert install-key` copied one in.
+    status: str
+    certificate: x509.Certificate | None = None
+
+
+def dev_ca_paths(config: Config) -> tuple[Path, Path]:
+    """(key, certificate) of the development CA `mssgate init` lays down."""
+    return config.certs_dir / "ca.key.pem", config.certs_dir / "ca.crt.pem"
+
+
+def ensure_mailbox_key(config: Config, address: str, *, common_name: str) -> EnsuredKey:
+    """Makes sure the gateway holds a key pair for `address` where serve looks for it.
+
+    An existing pair is kept (checked: key and certificate must match); otherwise the dev CA
+    issues one when this installation has its key. A production installation has no CA key:
+    the caller says how to import the IGC-Santé key pair (`mssgate cert install-key`).
+    """
+    from mssgate.pki import issue_smime_cert, write_certificate, write_private_key
+    from mssgate.pki.files import ensure_private_dir
+
+    directory = mailbox_keys_dir(config)
+    key_path, cert_path = key_paths(directory, address)
+    found = find_mailbox_key(directory, address)
+    if found is not None:
+        return EnsuredKey(address, key_path, cert_path, "existing", found.cert)
+    if key_path.exists() or cert_path.exists():
+        # Half a pair, or a key this gateway cannot use: replacing it silently would throw
+        # away what an operator put there.
+        raise PKIError(
+            f"{directory} holds an unusable key or certificate for {address}: fix or remove"
+            f" {key_path.name} and {cert_path.name}"
+        )
+    ca_key_path, ca_cert_path = dev_ca_paths(config)
+    if not ca_key_path.exists():
+        return EnsuredKey(address, key_path, cert_path, "missing")
+    key, cert = issue_smime_cert(
+        load_private_key(ca_key_path),
+        load_certificate(ca_cert_path),
+        address,
+        common_name=common_name,
+    )
+    ensure_private_dir(directory)
+    write_private_key(key_path, key, overwrite=False)
+    write_certificate(cert_path, cert, overwrite=False)
+    return EnsuredKey(address, key_path, cert_path, "issued", cert)
+
+
+def install_mailbox_key(
+    config: Config, address: str, key_file: Path, cert_file: Path, *, force: bool = False
+) -> EnsuredKey:
+    """Copies a production key pair (an IGC-Santé certificate for an application or
+    organisation mailbox) where serve finds it, after checking it is usable."""
+    from mssgate.pki import is_smime_for, write_certificate, write_private_key
+    from mssgate.pki.files import ensure_private_dir
+
+    key = load_private_key(key_file)
+    cert = load_certificate(cert_file)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise PKIError(f"{key_file.name}: only RSA keys can decrypt here (ECDH is not supported)")
+    if not same_key(key, cert.public_key()):
+        raise PKIError(f"{key_file.name} does not match {cert_file.name}")
+    if not is_smime_for(cert, address):
+        raise PKIError(
+            f"{cert_file.name} is not an S/MIME certificate for {address}"
+            " (needs EKU emailProtection and the address in subjectAltName)"
+        )
+    directory = mailbox_keys_dir(config)
+    key_path, cert_path = key_paths(directory, address)
+    ensure_private_dir(directory)
+    write_private_key(key_path, key, overwrite=force)
+    write_certificate(cert_path, cert, overwrite=force)
+    return EnsuredKey(address, key_path, cert_path, "installed", cert)

@@ -298,7 +298,8 @@ def hostile_imap(cli: Cli) -> Iterator[Gateway]:
     try:
         cli.ok("init", "--data", str(data), "--domain", DOMAIN)
         cfg = ["--config", str(data / "mssgate.toml")]
-        cli.ok(*cfg, "directory", "add", ALICE, "--name", "A", "--password-stdin",
+        cli.ok(*cfg, "directory", "add", ALICE, "--name", "A", "--rpps", "99700367909",
+               "--password-stdin",
                stdin=PASSWORD + "\n")  # fmt: skip
         gateway = Gateway(data=data, env=free_env(data))
         gateway.env.update(

@@ -182,7 +182,8 @@ def imap_datadir(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 @pytest.fixture
 def imap_setup(cli: Cli, imap_datadir: Path) -> ImapGateway:
     for who in (ALICE, BOB, CAROL):
-        cli.ok("directory", "add", who, "--name", who.split("@")[0], "--password-stdin",
+        cli.ok("directory", "add", who, "--name", who.split("@")[0], "--rpps", "99700367909",
+               "--password-stdin",
                stdin=PASSWORD + "\n")  # fmt: skip
     cli.ok("directory", "suspend", CAROL)
     return ImapGateway(data=imap_datadir, env=runner_env(imap_datadir))

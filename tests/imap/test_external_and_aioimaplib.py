@@ -53,7 +53,17 @@ def test_external_refused_once_the_certificate_is_unregistered(
     # Issued for Bob, then Bob's account removed and re-created: no certificate registered.
     cert, key = _issue(cli, BOB, tmp_path)
     cli.ok("directory", "remove", BOB)
-    cli.ok("directory", "add", BOB, "--name", "bob", "--password-stdin", stdin=PASSWORD + "\n")
+    cli.ok(
+        "directory",
+        "add",
+        BOB,
+        "--name",
+        "bob",
+        "--rpps",
+        "99700367909",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
     assert cli.ok("cert", "list", BOB, "--json").json() == []
     client = imap_gateway.imaps(imap_gateway.client_context(cert, key))
     with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):

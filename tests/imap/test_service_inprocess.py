@@ -25,7 +25,17 @@ class DownBackend:
 
 
 def test_port_zero_stop_and_an_unavailable_engine(cli: Cli, datadir: Path, monkeypatch) -> None:
-    cli.ok("directory", "add", USER, "--name", "dora", "--password-stdin", stdin=PASSWORD + "\n")
+    cli.ok(
+        "directory",
+        "add",
+        USER,
+        "--name",
+        "dora",
+        "--rpps",
+        "99700367909",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
     monkeypatch.setenv("MSSGATE_IMAP__PORT", "0")
     monkeypatch.setenv("MSSGATE_IMAP__IMAPS_PORT", "0")
     monkeypatch.setenv("MSSGATE_SMTP__MAX_CONNECTIONS_PER_IP", "1")

@@ -40,7 +40,8 @@ def test_two_gateways_on_one_machine_each_have_their_own_dovecot(
         data = top / "data"
         cli.ok("init", "--data", str(data), "--domain", "clinique-b.test")
         monkeypatch.setenv("MSSGATE_CONFIG", str(data / "mssgate.toml"))
-        cli.ok("directory", "add", "eve@clinique-b.test", "--name", "eve", "--password-stdin",
+        cli.ok("directory", "add", "eve@clinique-b.test", "--name", "eve", "--rpps", "99700367909",
+               "--password-stdin",
                stdin=PASSWORD + "\n")  # fmt: skip
         other = ImapGateway(data=data, env=runner_env(data))
         other.start()

@@ -65,7 +65,8 @@ def document_mail(good: bytes, held: bytes) -> bytes:
 @pytest.fixture
 def sealed_gateway(cli: Cli, datadir: Path, tmp_path: Path) -> Iterator[tuple[Gateway, KeyPair]]:
     with key_pair(f"RIS <{RIS}>") as keys:
-        cli.ok("directory", "add", ALICE, "--name", "alice", "--password-stdin",
+        cli.ok("directory", "add", ALICE, "--name", "alice", "--rpps", "99700367909",
+               "--password-stdin",
                stdin=PASSWORD + "\n")  # fmt: skip
         cli.ok("directory", "add", RIS, "--name", "RIS imagerie", "--kind", "application")
         public = tmp_path / "ris.pub.asc"

@@ -27,7 +27,8 @@ RIS = f"ris@{DOMAIN}"
 
 @pytest.fixture
 def seeded(cli: Cli, datadir: Path) -> Iterator[tuple[Gateway, Engine, list[str]]]:
-    cli.ok("directory", "add", ALICE, "--name", "alice", "--password-stdin",
+    cli.ok("directory", "add", ALICE, "--name", "alice", "--rpps", "99700367909",
+           "--password-stdin",
            stdin=PASSWORD + "\n")  # fmt: skip
     cli.ok("directory", "add", RIS, "--name", "RIS imagerie", "--kind", "application")
     cli.ok("consumer", "add", "ris", "--mailbox", RIS)

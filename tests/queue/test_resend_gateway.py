@@ -35,7 +35,8 @@ def report_mail(n: int, cda: bytes) -> bytes:
 
 @pytest.fixture
 def ris_gateway(cli: Cli, datadir: Path) -> Iterator[tuple[Gateway, str]]:
-    cli.ok("directory", "add", ALICE, "--name", "alice", "--password-stdin",
+    cli.ok("directory", "add", ALICE, "--name", "alice", "--rpps", "99700367909",
+           "--password-stdin",
            stdin=PASSWORD + "\n")  # fmt: skip
     cli.ok("directory", "add", RIS, "--name", "RIS imagerie", "--kind", "application")
     token = json.loads(cli.ok("consumer", "add", "ris", "--mailbox", RIS, "--json").out)["token"]

@@ -189,7 +189,8 @@ def free_env(data: Path) -> dict[str, str]:
 @pytest.fixture
 def gateway_setup(cli: Cli, datadir: Path, peer_pki: dict[str, Path]) -> Gateway:
     for who in (ALICE, BOB, CAROL):
-        cli.ok("directory", "add", who, "--name", who.split("@")[0], "--password-stdin",
+        cli.ok("directory", "add", who, "--name", who.split("@")[0], "--rpps", "99700367909",
+               "--password-stdin",
                stdin=PASSWORD + "\n")  # fmt: skip
     cli.ok("directory", "suspend", CAROL)
     cli.ok("domain", "trust", PEER_DOMAIN, "--relay", f"mx.{PEER_DOMAIN}:25",

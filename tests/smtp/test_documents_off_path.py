@@ -39,7 +39,8 @@ def slow_mail() -> bytes:
 @pytest.fixture
 def ris_gateway(cli: Cli, datadir: Path) -> Iterator[Gateway]:
     for who in (ALICE, BOB):
-        cli.ok("directory", "add", who, "--name", who.split("@")[0], "--password-stdin",
+        cli.ok("directory", "add", who, "--name", who.split("@")[0], "--rpps", "99700367909",
+               "--password-stdin",
                stdin=PASSWORD + "\n")  # fmt: skip
     cli.ok("directory", "add", RIS, "--name", "RIS imagerie", "--kind", "application")
     cli.ok("consumer", "add", "ris", "--mailbox", RIS)

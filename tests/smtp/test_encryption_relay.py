@@ -65,7 +65,8 @@ def pair(cli: Cli, gateway_setup: Gateway, tmp_path: Path) -> Iterator[Pair]:
     b_data = tmp_path / "b"
     cli.ok("init", "--data", str(b_data), "--domain", PEER_DOMAIN)
     b_cfg = ["--config", str(b_data / "mssgate.toml")]
-    cli.ok(*b_cfg, "directory", "add", DR_B, "--name", "Dr B", "--password-stdin",
+    cli.ok(*b_cfg, "directory", "add", DR_B, "--name", "Dr B", "--rpps", "99700367909",
+           "--password-stdin",
            stdin=PASSWORD + "\n")  # fmt: skip
     cli.ok(*b_cfg, "cert", "issue", DR_B, "--out", str(tmp_path / "b-smime"))
     cli.ok("domain", "trust", PEER_DOMAIN, "--relay", "127.0.0.1:1",

@@ -29,7 +29,8 @@ def _gateway(cli: Cli, data: Path) -> Gateway:
     cli.ok("init", "--data", str(data), "--domain", DOMAIN)
     cfg = ["--config", str(data / "mssgate.toml")]
     for who in (ALICE, BOB):
-        cli.ok(*cfg, "directory", "add", who, "--name", "X", "--password-stdin",
+        cli.ok(*cfg, "directory", "add", who, "--name", "X", "--rpps", "99700367909",
+               "--password-stdin",
                stdin=PASSWORD + "\n")  # fmt: skip
     gateway = Gateway(data=data, env=free_env(data))
     gateway.env.update(

@@ -24,7 +24,7 @@ DAVE = f"dave@{DOMAIN}"  # the third mailbox a sender would like receipts to lan
 def live(cli: Cli, gateway_setup: Gateway, tmp_path: Path) -> tuple[Gateway, str, Path]:
     out = tmp_path / "smime"
     cli.ok("cert", "issue", ALICE, "--out", str(out))
-    cli.ok("directory", "add", DAVE, "--name", "dave", "--password-stdin",
+    cli.ok("directory", "add", DAVE, "--name", "dave", "--rpps", "99700367909", "--password-stdin",
            stdin=PASSWORD + "\n")  # fmt: skip
     token = cli.ok("consumer", "add", "ris-a", "--mailbox", BOB, "--json").json()["token"]
     gateway_setup.env["MSSGATE_POLICY__REQUIRE_SIGNATURE"] = "true"

@@ -219,7 +219,7 @@ def test_external_with_registered_and_unregistered_certificates(
 
     out = Path(str(tmp_path)) / "certs-out"
     cli.ok("cert", "issue", ALICE, "--out", str(out))
-    cli.ok("directory", "add", f"dave@{DOMAIN}", "--name", "Dave")
+    cli.ok("directory", "add", f"dave@{DOMAIN}", "--name", "Dave", "--rpps", "99700367909")
     from mssgate.pki import issue_smime_files
 
     certs = gateway.data / "certs"
