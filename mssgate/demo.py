@@ -34,7 +34,7 @@ from typing import Any
 
 from mssgate.cli import run
 from mssgate.documents.headers import build_ddm_subject
-from mssgate.documents.samples import PAT_TROIS, CdaSpec, EntrySpec, make_cda, make_xdm
+from mssgate.documents.samples import make_sample_xdm
 from mssgate.errors import MssgateError
 from mssgate.pki import dkim_dns_record, load_certificate, load_private_key
 from mssgate.smime import sign_message
@@ -193,8 +193,7 @@ def _signature(message: EmailMessage, verifier: str) -> str:
 
 
 def _report_mail(smime_dir: Path) -> bytes:
-    cda = make_cda(CdaSpec())
-    xdm = make_xdm(PAT_TROIS, [EntrySpec("DOC0001.XML", cda)])
+    xdm = make_sample_xdm()
     msg = EmailMessage()
     msg["From"], msg["To"] = DOCTOR, RIS
     # The CI-SIS convention wants the birth date as dd/mm/yyyy: built, not written by hand.

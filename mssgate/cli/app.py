@@ -12,12 +12,12 @@ from mssgate.cli import (
     admin_cmds,
     audit_cmds,
     cert_cmds,
-    console_cmds,
     consumer_cmds,
     directory_cmds,
     domain_cmds,
     quarantine_cmds,
     queue_cmds,
+    sample_cmds,
     spool_cmds,
 )
 from mssgate.cli.context import State
@@ -59,11 +59,11 @@ app.command("init")(admin_cmds.init)
 app.command("check")(admin_cmds.check)
 app.command("serve")(admin_cmds.serve)
 app.command("demo")(admin_cmds.demo)
+app.command("sample")(sample_cmds.sample)
 app.add_typer(directory_cmds.app, name="directory")
 app.add_typer(cert_cmds.app, name="cert")
 app.add_typer(domain_cmds.app, name="domain")
 app.add_typer(consumer_cmds.app, name="consumer")
-app.add_typer(console_cmds.app, name="admin")
 app.add_typer(audit_cmds.app, name="audit")
 app.add_typer(spool_cmds.app, name="spool")
 app.add_typer(queue_cmds.app, name="queue")

@@ -27,7 +27,19 @@ from mssgate.directory.professionals import row_values
 from mssgate.directory.timeutil import now
 from mssgate.errors import ValidationFailed, describe_validation
 
-COLUMNS = 31
+# The header line of the published extract, column by column (docs/annuaire.md).
+HEADER = (
+    "Type de BAL", "Adresse BAL", "Type Identifiant PP", "Identifiant PP",
+    "Identification nationale PP", "Type identifiant structure", "Identification Structure",
+    "Service de rattachement", "Civilité d'exercice", "Nom d'exercice", "Prénom d'exercice",
+    "Catégorie profession", "Libellé de catégorie profession", "Code Profession",
+    "Libellé Profession", "Code savoir-faire", "Libellé savoir-faire", "Dématérialisation",
+    "Raison Sociale structure BAL", "Enseigne commerciale structure BAL",
+    "L2COMPLEMENTLOCALISATION", "L3COMPLEMENTDISTRIBUTION", "L4NUMEROVOIE",
+    "L4COMPLEMENTNUMEROVOIE", "NL4TYPEVOIE", "L4LIBELLEVOIE", "L5LIEUDITMENTION",
+    "L6LIGNEACHEMINEMENT", "Code postal", "Département", "Pays",
+)  # fmt: skip
+COLUMNS = len(HEADER)
 BATCH = 2000
 
 # Column positions in the extract (see docs/annuaire.md).
@@ -94,13 +106,13 @@ def parse_line(number: int, text: str) -> AnnuaireLine | Rejected:
         return Rejected(number=number, reason=f"unsupported mailbox kind {kind_text!r}")
     kind = MailboxKind(kind_text)
     idnat = cols[C_IDNAT].strip() or None
+    if kind is MailboxKind.PER and idnat is None:
+        return Rejected(number=number, reason="PER mailbox without a national identifier")
     name = _display_name(kind, cols) or cols[C_ADDRESS].strip()
     try:
         prof = NewProfessional(
             address=cols[C_ADDRESS],
             display_name=name,
-            # The extract fills the practitioner columns of a PER line only; whatever an
-            # ORG line carries there describes no person of that mailbox.
             idnat=idnat if kind is MailboxKind.PER else None,
             profession_code=cols[C_PROFESSION].strip() or None,
             kind=kind,

@@ -510,3 +510,16 @@ def make_mail(
 
 def with_patient(spec: CdaSpec, patient: Patient) -> CdaSpec:
     return replace(spec, patient=patient)
+
+
+# -- the shipped samples (`mssgate sample`, `mssgate demo`) ------------------------------
+
+
+def make_sample_cda() -> bytes:
+    """The CR-IMG report of the test patient PAT-TROIS: accepted with test INS allowed."""
+    return make_cda(CdaSpec())
+
+
+def make_sample_xdm() -> bytes:
+    """An IHE_XDM.ZIP holding `make_sample_cda()` as its one document."""
+    return make_xdm(PAT_TROIS, [EntrySpec("DOC0001.XML", make_sample_cda())])

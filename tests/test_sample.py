@@ -1,0 +1,81 @@
+"""`mssgate sample annuaire|peer-ca|xdm|cda --out DIR`: the README tour's files, made by the
+package itself (issue 18 item 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import zipfile
+from pathlib import Path
+
+from mssgate.directory.annuaire import COLUMNS
+from mssgate.documents import Accepted, Quarantined, process_message
+from tests.conftest import Cli
+from tests.documents.factory import make_mail
+
+
+def test_each_sample_is_written_and_said(cli: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "samples"
+    names = {}
+    for kind in ("annuaire", "peer-ca", "xdm", "cda"):
+        result = cli.ok("sample", kind, "--out", str(out))
+        [path] = [p for p in out.iterdir() if p.name not in names.values()]
+        names[kind] = path.name
+        assert result.out.startswith(f"wrote {path}")
+    assert names == {
+        "annuaire": "Extraction_Correspondance_MSSante_202611280600.zip",
+        "peer-ca": "peer-ca.pem",
+        "xdm": "IHE_XDM.ZIP",
+        "cda": "CR-IMG.xml",
+    }
+    again = cli("sample", "cda", "--out", str(out))
+    assert again.code == 1 and "exists already (use --force to overwrite)" in again.err
+    cli.ok("sample", "cda", "--out", str(out), "--force")
+    assert cli("sample", "bogus", "--out", str(out)).code == 2
+
+
+def test_the_annuaire_extract_imports_with_nothing_rejected(
+    cli: Cli, datadir: Path, tmp_path: Path
+) -> None:
+    cli.ok("sample", "annuaire", "--out", str(tmp_path))
+    [extract] = tmp_path.glob("Extraction_Correspondance_MSSante_*.zip")
+    with zipfile.ZipFile(extract) as archive:
+        [member] = archive.namelist()
+        lines = archive.read(member).decode("utf-8").splitlines()
+    assert member.endswith(".txt") and all(len(line.split("|")) == COLUMNS for line in lines)
+    report = cli.ok("directory", "import-annuaire", str(extract), "--json").json()
+    assert (report["rejected"], report["added"], report["merged"]) == (0, 6, 1)
+    assert report["local_mailboxes"] == 3
+    again = cli.ok("directory", "import-annuaire", str(extract), "--json").json()
+    assert (again["added"], again["unchanged"], again["rejected"]) == (0, 6, 0)
+
+
+def test_the_peer_ca_is_accepted_by_domain_trust(cli: Cli, datadir: Path, tmp_path: Path) -> None:
+    cli.ok("sample", "peer-ca", "--out", str(tmp_path))
+    ca = tmp_path / "peer-ca.pem"
+    text = subprocess.run(
+        ["openssl", "x509", "-in", str(ca), "-noout", "-text"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "CA:TRUE" in text
+    cli.ok(
+        "domain", "trust", "clinique-b.test", "--relay", "mx.clinique-b.test:25", "--ca", str(ca)
+    )
+    [peer] = [
+        d for d in cli.ok("domain", "list", "--json").json() if d["name"] == "clinique-b.test"
+    ]
+    assert peer["kind"] == "trusted" and "sample peer CA clinique-b.test" in peer["ca_subject"]
+
+
+def test_the_documents_pass_a_test_deployments_pipeline(cli: Cli, tmp_path: Path) -> None:
+    cli.ok("sample", "xdm", "--out", str(tmp_path))
+    cli.ok("sample", "cda", "--out", str(tmp_path))
+    for name, content_type in (("IHE_XDM.ZIP", "application/zip"), ("CR-IMG.xml", "text/xml")):
+        raw = make_mail([(name, (tmp_path / name).read_bytes(), content_type)])
+        [accepted] = process_message(raw, allow_test_oids=True).outcomes
+        assert isinstance(accepted, Accepted), getattr(accepted, "reason", None)
+        assert accepted.record.ins.value == "279035121518989" and accepted.record.ins.test
+        # With the defaults (no test INS), held: 906, as the README says.
+        [held] = process_message(raw).outcomes
+        assert isinstance(held, Quarantined) and held.code == 906
