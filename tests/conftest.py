@@ -48,7 +48,37 @@ def pytest_configure(config: pytest.Config) -> None:
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
-PG_URL = os.environ.get("MSSGATE_TEST_POSTGRES_URL")
+
+# -- which PostgreSQL the tests use: the one named, else the local one as .ci/run finds it ---
+PG_ENV = "MSSGATE_TEST_POSTGRES_URL"
+LOCAL_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _find_postgres() -> tuple[str | None, str]:
+    """The server's URL (None: SQLite only) and how it was chosen, for the header line.
+
+    Set and empty means "no PostgreSQL" even when one answers locally."""
+    if PG_ENV in os.environ:
+        url = os.environ[PG_ENV]
+        return (url, f"from {PG_ENV}") if url else (None, f"{PG_ENV} is set empty")
+    import psycopg
+
+    try:
+        psycopg.connect(LOCAL_PG_URL, connect_timeout=2).close()
+    except psycopg.Error:
+        return None, f"none answers at 127.0.0.1:5432; set {PG_ENV} to use another"
+    # Subprocesses (serve, workers) and modules that read the variable see the same choice.
+    os.environ[PG_ENV] = LOCAL_PG_URL
+    return LOCAL_PG_URL, f"found at 127.0.0.1:5432 as {PG_ENV} is unset; set it empty to skip"
+
+
+PG_URL, PG_HOW = _find_postgres()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if PG_URL:
+        return f"databases: SQLite and PostgreSQL {PG_URL} ({PG_HOW})"
+    return f"databases: SQLite only, the PostgreSQL tests skip ({PG_HOW})"
 
 
 @dataclass
@@ -100,10 +130,18 @@ def datadir(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Iterat
     yield data
 
 
+# Said by every test that skips for want of ../shared/fixtures (README, "The tests").
+SHARED_SKIP_WHY = (
+    "the ANS conformance examples (CI-SIS CDA, HL7 v2) state no licence that lets this project"
+    " copy them; the DRIMbox files, MIT, are in tests/fixtures and generated samples cover"
+    " the same code paths"
+)
+
+
 def shared_fixture(*parts: str) -> Path:
     path = SHARED_FIXTURES.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"../shared/fixtures not present ({path}): conformance corpus skipped")
+        pytest.skip(f"needs ../shared/fixtures, absent from a clone: {SHARED_SKIP_WHY}")
     return path
 
 
@@ -121,7 +159,7 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
     if not PG_URL:
-        pytest.skip("MSSGATE_TEST_POSTGRES_URL is not set: no PostgreSQL to test against")
+        pytest.skip(f"no PostgreSQL to test against: {PG_HOW}")
     # One schema per test, so runs never see each other's rows.
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(sqlalchemy_url(PG_URL))
