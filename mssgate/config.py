@@ -8,6 +8,8 @@ that tests can shrink it.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -208,6 +210,50 @@ class DocumentsConfig(_Section):
     poll_seconds: float = Field(5.0, gt=0)
 
 
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _host_name() -> str:
+    # The host name is the default so that one node per machine needs no setting; `init`
+    # writes it into the file all the same, so that a container that gets a new host name
+    # at every start keeps the node (and the spool entries it holds) it had.
+    name = socket.gethostname()
+    return name if NODE_NAME.fullmatch(name) else "localhost"
+
+
+class NodeConfig(_Section):
+    """This gateway among the nodes that share one database (docs/operator-guide.md, Nodes)."""
+
+    name: str = Field(default_factory=_host_name)
+    # The listener for node-to-node traffic, and the address other nodes must use for it
+    # (default 127.0.0.1:port, enough for several nodes on one host).
+    port: Port = Field(10024, ge=0, le=65535)
+    address: str | None = None
+    # How often `serve` writes its heartbeat, and how long a node may stay silent before
+    # `node list` and /healthz call it down.
+    heartbeat_seconds: float = Field(5.0, gt=0, le=300)
+    down_after_seconds: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> NodeConfig:
+        if not NODE_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"node name {self.name!r}: 1 to 63 letters, digits or . _ -, a letter or"
+                " digit first"
+            )
+        if self.address is not None:
+            parse_lmtp_target(self.address)  # host:port, same rules
+            if self.address.startswith("/"):
+                raise ValueError("node.address must be host:port")
+        if self.down_after_seconds <= self.heartbeat_seconds:
+            raise ValueError("node.down_after_seconds must exceed node.heartbeat_seconds")
+        return self
+
+    @property
+    def announced_address(self) -> str:
+        return self.address or f"127.0.0.1:{self.port}"
+
+
 class DatabaseConfig(_Section):
     # None means "mssgate.db in the data folder", resolved by Config.
     url: str | None = None
@@ -266,6 +312,7 @@ class Config(BaseSettings):
     )
 
     server: ServerConfig = ServerConfig()
+    node: NodeConfig = NodeConfig()
     smtp: SmtpConfig = SmtpConfig()
     imap: ImapConfig = ImapConfig()
     api: ApiConfig = ApiConfig()
@@ -385,19 +432,36 @@ def load_config(path: Path | None = None) -> Config:
     return config_from_mapping(data, origin=str(file))
 
 
-def render_config(data_dir: Path, domain: str, hostname: str) -> str:
-    """The TOML that `mssgate init` writes: only what differs from the defaults, commented."""
-    return (
+def render_config(
+    data_dir: Path,
+    domain: str,
+    hostname: str,
+    *,
+    node: str | None = None,
+    node_port: int | None = None,
+    node_address: str | None = None,
+    database_url: str | None = None,
+) -> str:
+    """The TOML that `mssgate init` (and `node add`) writes: only what differs from the
+    defaults, commented."""
+    text = (
         "# mssgate configuration. Every key can be overridden by MSSGATE_<SECTION>__<KEY>.\n"
         "# See docs/operator-guide.md for every section and limit.\n\n"
         "[server]\n"
         f"hostname = {_toml_str(hostname)}\n"
         f"domain = {_toml_str(domain)}\n"
         f"data_dir = {_toml_str(str(data_dir))}\n\n"
-        "[policy]\n"
-        "require_signature = true\n"
-        'encryption = "opportunistic"\n'
     )
+    if node is not None:
+        text += f"[node]\nname = {_toml_str(node)}\n"
+        if node_port is not None:
+            text += f"port = {node_port}\n"
+        if node_address is not None:
+            text += f"address = {_toml_str(node_address)}\n"
+        text += "\n"
+    if database_url is not None:
+        text += f"[database]\nurl = {_toml_str(database_url)}\n\n"
+    return text + '[policy]\nrequire_signature = true\nencryption = "opportunistic"\n'
 
 
 def _toml_str(value: str) -> str:

@@ -49,6 +49,7 @@ from mssgate.mailstore.base import MailStore
 from mssgate.mailstore.lmtp import LmtpStore
 from mssgate.mailstore.maildir import MaildirStore
 from mssgate.malloc import tune_malloc
+from mssgate.nodes import Heartbeat, Nodes
 from mssgate.queue.service import DocumentQueue
 from mssgate.relay import RelayWorker
 from mssgate.relay.encryption import OutgoingEncryption
@@ -180,8 +181,17 @@ async def run_gateway(config: Config) -> int:
         engine = open_engine(config.database_url)
         upgrade(engine)
         directory = Directory(engine, actor="serve")
-        spool = Spool(engine, data / "spool")
-        recovered = spool.recover()
+        node = config.node
+        registry = Nodes(engine, actor="serve")
+        registry.start(
+            node.name,
+            address=node.announced_address,
+            data_dir=data,
+            down_after=timedelta(seconds=node.down_after_seconds),
+        )
+        # Each node delivers, relays and recovers only the entries whose files it holds.
+        spool = Spool(engine, data / "spool", node=node.name)
+        recovered = spool.recover(only_node=registry.names() == {node.name})
         PATH_CACHE.configure(
             max_entries=config.policy.smime_path_cache_entries,
             ttl=timedelta(seconds=config.policy.smime_path_cache_seconds),
@@ -217,7 +227,7 @@ async def run_gateway(config: Config) -> int:
         )
         pipeline_pool.start()
         documents = DocumentWorker(
-            DocumentJobs(engine),
+            DocumentJobs(engine, node=node.name),
             spool,
             DocumentFeed(queue, spool, directory, config),
             pipeline_pool,
@@ -274,6 +284,14 @@ async def run_gateway(config: Config) -> int:
                 limiter=ConnectionLimiter(smtp.max_connections_per_ip),
             )
             supervisor.spawn("dovecot", dovecot.run)
+        heartbeat = Heartbeat(
+            registry,
+            node.name,
+            every=node.heartbeat_seconds,
+            down_after=node.down_after_seconds,
+        )
+        supervisor.spawn("node-heartbeat", heartbeat.run)
+        supervisor.check("node-heartbeat", heartbeat.health.probe)
         supervisor.spawn("delivery", worker.run)
         supervisor.spawn("documents", documents.run)
         supervisor.spawn("relay", relay.run)
@@ -290,7 +308,12 @@ async def run_gateway(config: Config) -> int:
         supervisor.check("documents", documents.health.probe)
         supervisor.check("queue-maintenance", maintenance.probe)
         api = await start_api(
-            config, engine, queue=queue, health=supervisor.failing, tasks=supervisor.crash_counts
+            config,
+            engine,
+            queue=queue,
+            health=supervisor.failing,
+            tasks=supervisor.crash_counts,
+            nodes_down=heartbeat.silent,
         )
         listening: dict[str, asyncio.Server] = {k.value: v for k, v in servers.items()}
         if imap is not None:

@@ -86,6 +86,7 @@ def test_json_output_matches_the_operator_guide(cli: Cli, datadir: Path, tmp_pat
         "audit": ["audit"],
         "audit verify": ["audit", "verify"],
         "spool list": ["spool", "list"],
+        "node list": ["node", "list"],
         "queue list": ["queue", "list"],
         "queue show": ["queue", "show", ready],
         "quarantine list": ["quarantine", "list"],

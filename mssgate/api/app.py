@@ -39,6 +39,8 @@ from mssgate.queue.service import DocumentQueue, ReceiptCallback
 
 # Name -> reason for each supervised task or check that fails (see mssgate.supervisor).
 HealthProbe = Callable[[], dict[str, str]]
+# Name -> since when, for each other node sharing the database that went silent.
+NodesDown = Callable[[], dict[str, str]]
 
 log = logging.getLogger("mssgate.api")
 
@@ -73,6 +75,7 @@ def create_app(
     metrics: Metrics | None = None,
     health: HealthProbe | None = None,
     tasks: admin.TaskCounts | None = None,
+    nodes_down: NodesDown | None = None,
 ) -> FastAPI:
     """The ASGI application; `queue` defaults to one built from the configuration, `metrics`
     to the process-wide counters of mssgate.metrics; `tasks` (the supervisor's crash counts)
@@ -104,10 +107,13 @@ def create_app(
     )
     def healthz(response: Response) -> Health:
         failing = health() if health is not None else {}
+        # Shown, not failing: this node serves; a balancer that took it out because
+        # another node is down would only make things worse.
+        down = nodes_down() if nodes_down is not None else {}
         if failing:
             response.status_code = 503
-            return Health(status="failing", failing=failing)
-        return Health(status="ok")
+            return Health(status="failing", failing=failing, nodes_down=down)
+        return Health(status="ok", nodes_down=down)
 
     @app.post(
         "/v1/leases",

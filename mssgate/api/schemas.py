@@ -55,3 +55,6 @@ class Health(BaseModel):
     # Supervised task or check -> why it fails (a task that keeps crashing, a listener that
     # stopped serving). Empty when the status is ok.
     failing: dict[str, str] = Field(default_factory=dict)
+    # Other nodes sharing the database that sent no heartbeat for `node.down_after_seconds`
+    # (name -> how long, or "never served"). Does not make this node failing.
+    nodes_down: dict[str, str] = Field(default_factory=dict)

@@ -19,7 +19,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mssgate import metrics
 from mssgate.api.admin import TaskCounts
-from mssgate.api.app import HealthProbe, create_app
+from mssgate.api.app import HealthProbe, NodesDown, create_app
 from mssgate.config import Config
 from mssgate.errors import StorageError
 from mssgate.listen import bind_failed
@@ -100,11 +100,20 @@ async def start_api(
     tls: ssl.SSLContext | None = None,
     health: HealthProbe | None = None,
     tasks: TaskCounts | None = None,
+    nodes_down: NodesDown | None = None,
 ) -> ApiServer:
     """Starts serving on [api] bind:port (or `host`/`port`; port 0 picks a free one)."""
     assert config.tls.cert is not None and config.tls.key is not None  # set by Config
     context = tls or server_context(config.tls.cert, config.tls.key)
-    app = create_app(config, engine, queue=queue, on_receipt=on_receipt, health=health, tasks=tasks)
+    app = create_app(
+        config,
+        engine,
+        queue=queue,
+        on_receipt=on_receipt,
+        health=health,
+        tasks=tasks,
+        nodes_down=nodes_down,
+    )
     sock = _bind(host or config.api.bind, config.api.port if port is None else port)
     uv_config = uvicorn.Config(
         app,

@@ -5,18 +5,19 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from sqlalchemy import text
 
 from mssgate.cli.context import actor, emit_json, say, state
-from mssgate.config import DEFAULT_CONFIG_NAME, config_from_mapping, render_config
+from mssgate.config import DEFAULT_CONFIG_NAME, NODE_NAME, config_from_mapping, render_config
 from mssgate.db import open_engine, upgrade
 from mssgate.db.migrate import current_revision, head_revision
 from mssgate.directory import Directory
-from mssgate.errors import Conflict, MssgateError
+from mssgate.errors import Conflict, MssgateError, UsageFailed
 from mssgate.identifiers import normalize_domain
+from mssgate.nodes import Nodes
 from mssgate.pki import (
     days_left,
     init_dev_pki,
@@ -39,21 +40,41 @@ def init(
         str | None, typer.Option("--hostname", help="Public host name (default mx.DOMAIN).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing setup.")] = False,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            help="Database URL (postgresql://user@host/db for several nodes); default SQLite.",
+        ),
+    ] = None,
+    node: Annotated[
+        str | None, typer.Option("--node", help="This node's name (default: the host name).")
+    ] = None,
 ) -> None:
-    """Create a data folder: configuration, database, dev PKI, first local domain."""
+    """Create a data folder: configuration, database, dev PKI, first local domain, first node."""
     dom = normalize_domain(domain)
     host = hostname or f"mx.{dom}"
     data_dir = data.resolve()
     config_file = data_dir / DEFAULT_CONFIG_NAME
     if config_file.exists() and not force:
         raise Conflict(f"{config_file} exists already (use --force to start over)")
+    if node is not None and not NODE_NAME.fullmatch(node):
+        raise UsageFailed(
+            f"--node {node!r}: 1 to 63 letters, digits or . _ -, a letter or digit first"
+        )
+    # Checked before anything is written: a bad URL leaves no half-made folder.
+    mapping: dict[str, Any] = {
+        "server": {"data_dir": str(data_dir), "domain": dom, "hostname": host},
+        "node": {} if node is None else {"name": node},
+    }
+    if database is not None:
+        mapping["database"] = {"url": database}
+    config = config_from_mapping(mapping, origin=str(config_file))
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)  # the folder holds mail and keys
-    content = render_config(data_dir, dom, host)
-    config = config_from_mapping(
-        {"server": {"data_dir": str(data_dir), "domain": dom, "hostname": host}},
-        origin=str(config_file),
-    )
+    # The node's name is written even when it is the host name's default: a host renamed
+    # (a container made again) must not orphan the spool entries the node holds.
+    content = render_config(data_dir, dom, host, node=config.node.name, database_url=database)
     pki = init_dev_pki(config.certs_dir, domain=dom, hostname=host, force=force)
     # The gateway signs its own DSNs as mailer-daemon@DOMAIN (see mssgate.integration).
     issue_smime_files(
@@ -66,6 +87,16 @@ def init(
         directory = Directory(engine, actor=actor())
         if dom not in directory.domains.local_names():
             directory.domains.add_local(dom)
+        registry = Nodes(engine, actor=actor())
+        known = registry.data_dirs()
+        if config.node.name not in known:
+            registry.add(config.node.name, address=config.node.announced_address, data_dir=data_dir)
+        elif known[config.node.name] not in (None, str(data_dir)):
+            # Two data folders under one name would each deliver the other's entries.
+            raise Conflict(
+                f"node {config.node.name!r} exists already in this database (data folder"
+                f" {known[config.node.name]}): give this one another name with --node"
+            )
     finally:
         engine.dispose()
     # Written last: its presence means the folder is complete.
@@ -76,8 +107,19 @@ def init(
     say(f"  configuration  {config_file}")
     say(f"  dev CA         {pki.ca_cert}")
     say(f"  server cert    {pki.server_cert}")
-    say(f"  database       {config.database_url}")
+    say(f"  database       {_shown_url(config.database_url)}")
+    say(f"  node           {config.node.name}")
     say(f"next: export MSSGATE_CONFIG={config_file}")
+
+
+def _shown_url(url: str) -> str:
+    """The URL without its password (the terminal may be shared, scrolled back, logged)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is reported by open_engine, not here
+        return url
 
 
 def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:

@@ -15,6 +15,7 @@ from mssgate.cli import (
     consumer_cmds,
     directory_cmds,
     domain_cmds,
+    node_cmds,
     quarantine_cmds,
     queue_cmds,
     sample_cmds,
@@ -65,6 +66,7 @@ app.add_typer(cert_cmds.app, name="cert")
 app.add_typer(domain_cmds.app, name="domain")
 app.add_typer(consumer_cmds.app, name="consumer")
 app.add_typer(audit_cmds.app, name="audit")
+app.add_typer(node_cmds.app, name="node")
 app.add_typer(spool_cmds.app, name="spool")
 app.add_typer(queue_cmds.app, name="queue")
 app.add_typer(quarantine_cmds.app, name="quarantine")

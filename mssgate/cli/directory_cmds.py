@@ -15,6 +15,7 @@ from mssgate.cli.context import actor, emit_json, emit_table, read_secret_stdin,
 from mssgate.directory.annuaire import import_annuaire
 from mssgate.directory.models import MailboxKind, NewProfessional, Professional
 from mssgate.errors import UsageFailed, ValidationFailed, describe_validation
+from mssgate.nodes import Nodes
 
 app = typer.Typer(help="Mailboxes of the local domains.", no_args_is_help=True)
 
@@ -39,6 +40,10 @@ def add(
     ),
     password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
     json_out: JsonFlag = False,
+    node: Annotated[
+        str | None,
+        typer.Option("--node", help="Home node of the mailbox (default: this config's node)."),
+    ] = None,
 ) -> None:
     """Add a mailbox on a local domain."""
     try:
@@ -57,7 +62,11 @@ def add(
         message = describe_validation(exc) if isinstance(exc, ValidationError) else str(exc)
         raise ValidationFailed(message) from None
     password = read_secret_stdin("password") if password_stdin else None
-    created = state(ctx).directory().professionals.add(new, password=password)
+    st = state(ctx)
+    home = node or st.config().node.name
+    if node is not None and not Nodes(st.engine(), actor=actor()).exists(node):
+        raise ValidationFailed(f"no node named {node!r} (mssgate node list)")
+    created = st.directory().professionals.add(new, password=password, node=home)
     if json_out:
         emit_json(created)
     else:
@@ -79,8 +88,11 @@ def list_(
         return
     emit_table(
         "Directory",
-        ["address", "name", "kind", "state", "idnat", "local"],
-        [(p.address, p.display_name, p.kind.value, p.state.value, p.idnat, p.local) for p in rows],
+        ["address", "name", "kind", "state", "idnat", "local", "node"],
+        [
+            (p.address, p.display_name, p.kind.value, p.state.value, p.idnat, p.local, p.node)
+            for p in rows
+        ],
     )
 
 

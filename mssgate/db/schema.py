@@ -41,6 +41,9 @@ professionals = Table(
     Column("source", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The node whose mail store holds the mailbox (its home); NULL for mailboxes made before
+    # revision 0010 and for correspondents: no home chosen, delivered where they arrive.
+    Column("node", String(63)),
     CheckConstraint("kind IN ('PER', 'ORG', 'APP')", name="ck_professionals_kind"),
     CheckConstraint("state IN ('active', 'suspended')", name="ck_professionals_state"),
     CheckConstraint("id_type IS NULL OR id_type IN ('RPPS', 'ADELI')", name="ck_prof_idtype"),
@@ -141,6 +144,28 @@ spool_messages = Table(
     Column("size", Integer, nullable=False),
     Column("state", String(8), nullable=False),
     CheckConstraint("state IN ('queued', 'done')", name="ck_spool_messages_state"),
+    # The node whose data folder holds the file: only it delivers, relays, recovers the
+    # entry. NULL: written before revision 0010; the node holding the file adopts it at
+    # start (Spool.recover).
+    Column("node", String(63)),
+    Index("ix_spool_messages_node", "node", "state"),
+)
+
+# The gateways sharing this database (docs/operator-guide.md, "Nodes"). A node's row is made
+# by `init` or `node add`; `serve` stamps started_at at start and heartbeat_at every
+# `node.heartbeat_seconds`.
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    # host:port other nodes use for node-to-node traffic.
+    Column("address", String(300), nullable=False),
+    # The data folder the node was last started from: two folders serving under one name
+    # would each deliver the other's entries without their files.
+    Column("data_dir", Text),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("heartbeat_at", DateTime(timezone=True)),
 )
 
 spool_recipients = Table(

@@ -116,6 +116,9 @@ class Professional(BaseModel):
     source: str
     created_at: datetime
     updated_at: datetime
+    # The home node: the one whose mail store holds the mailbox (None: none chosen, for a
+    # mailbox made before nodes existed, an imported one, or a correspondent).
+    node: str | None = None
 
     @property
     def rpps(self) -> str | None:

@@ -32,6 +32,7 @@ def to_professional(row: Row[Any]) -> Professional:
         source=row.source,
         created_at=aware(row.created_at),
         updated_at=aware(row.updated_at),
+        node=row.node,
     )
 
 
@@ -57,8 +58,10 @@ class Professionals:
         self._engine = engine
         self._actor = actor
 
-    def add(self, new: NewProfessional, *, password: str | None = None) -> Professional:
-        """Adds a local mailbox. Its domain must be one of ours."""
+    def add(
+        self, new: NewProfessional, *, password: str | None = None, node: str | None = None
+    ) -> Professional:
+        """Adds a local mailbox. Its domain must be one of ours; `node` is its home."""
         pw_hash = hash_password(password) if password is not None else None
         domain = new.address.split("@", 1)[1]
         stamp = now()
@@ -77,6 +80,7 @@ class Professionals:
                     "password_hash": pw_hash,
                     "source": "cli",
                     "updated_at": stamp,
+                    "node": node,
                 }
                 if existing is None:
                     conn.execute(
@@ -96,7 +100,7 @@ class Professionals:
                     actor=self._actor,
                     action="directory.add",
                     subject=new.address,
-                    detail={"kind": new.kind.value, "idnat": new.idnat},
+                    detail={"kind": new.kind.value, "idnat": new.idnat, "node": node},
                 )
                 row = self._row(conn, new.address)
         except IntegrityError:

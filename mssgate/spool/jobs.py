@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, Engine, and_, select, update
 
 from mssgate import audit
-from mssgate.db.schema import spool_documents
+from mssgate.db.schema import spool_documents, spool_messages
 from mssgate.db.tx import write
 from mssgate.directory.timeutil import now
 
@@ -63,8 +63,10 @@ def release_document_jobs(conn: Connection, spool_id: str) -> int:
 
 
 class DocumentJobs:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, node: str | None = None) -> None:
         self._engine = engine
+        # The pipeline reads the spool file: only jobs of this node's entries (see Spool).
+        self._node = node
 
     def _key(self, job: DocumentJob) -> object:
         return and_(
@@ -72,12 +74,14 @@ class DocumentJobs:
         )
 
     def due(self, *, limit: int = 100) -> list[DocumentJob]:
-        query = (
-            select(spool_documents)
-            .where(spool_documents.c.state == "pending", spool_documents.c.next_attempt_at <= now())
-            .order_by(spool_documents.c.spool_id)
-            .limit(limit)
+        query = select(spool_documents).where(
+            spool_documents.c.state == "pending", spool_documents.c.next_attempt_at <= now()
         )
+        if self._node is not None:
+            query = query.join(
+                spool_messages, spool_messages.c.id == spool_documents.c.spool_id
+            ).where(spool_messages.c.node == self._node)
+        query = query.order_by(spool_documents.c.spool_id).limit(limit)
         with self._engine.connect() as conn:
             return [
                 DocumentJob(spool_id=r.spool_id, mailbox=r.mailbox, attempts=r.attempts)

@@ -4,6 +4,11 @@ Order of an acceptance (see `Spool.accept`): file written and fsynced under its 
 then one transaction with the message row, its recipients and the audit row (shared with the
 acceptances that wait at the same moment: see groupcommit.py); only then may SMTP answer 250.
 Nothing reads a message file before its row is committed, so no rename is needed.
+
+Several nodes may share the database (docs/architecture.md, "Several nodes"): each row names
+the node whose data folder holds its file (`node`), and a node delivers, relays, runs the
+document pipeline on and recovers only its own rows. A Spool made without a node (tests of
+one process) reads and writes every row, as before nodes existed.
 A crash before the commit leaves a file without a row: the client got no 250 and will retry,
 so `recover` deletes such files. A crash after the commit and before the 250 makes the client
 retry a message we have: delivered twice, never lost (at least once).
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, Engine, and_, func, literal, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, literal, select, update
 
 from mssgate import audit
 from mssgate.db.schema import spool_documents, spool_messages, spool_recipients
@@ -64,6 +69,8 @@ class SpoolEntry(BaseModel):
     sender: str
     size: int
     state: str
+    # The node whose data folder holds the file (None: written before nodes existed).
+    node: str | None
     recipients: list[dict[str, object]]
 
 
@@ -116,9 +123,10 @@ class _Acceptance:
 
 
 class Spool:
-    def __init__(self, engine: Engine, root: Path) -> None:
+    def __init__(self, engine: Engine, root: Path, *, node: str | None = None) -> None:
         self._engine = engine
         self.root = root
+        self.node = node
         self._msg = ensure_dir(root / "msg")
         self._tmp = ensure_dir(root / "tmp")
         self._committer = GroupCommitter(self._insert)
@@ -181,6 +189,7 @@ class Spool:
                         "peer": a.peer,
                         "size": a.size,
                         "state": "queued",
+                        "node": self.node,
                     }
                     for a in group
                 ],
@@ -238,17 +247,25 @@ class Spool:
         except FileNotFoundError:
             return 0
 
+    def mine(self) -> ColumnElement[bool]:
+        """The rows whose file is in this node's data folder (every row without a node)."""
+        if self.node is None:
+            return literal(True)
+        return spool_messages.c.node == self.node
+
     def due(self, *, route: Route, limit: int = 100) -> list[PendingDelivery]:
-        query = (
-            select(spool_recipients)
-            .where(
-                spool_recipients.c.route == route,
-                spool_recipients.c.state == "pending",
-                spool_recipients.c.next_attempt_at <= now(),
-            )
-            .order_by(spool_recipients.c.spool_id)
-            .limit(limit)
+        query = select(spool_recipients).where(
+            spool_recipients.c.route == route,
+            spool_recipients.c.state == "pending",
+            spool_recipients.c.next_attempt_at <= now(),
         )
+        if self.node is not None:
+            # Another node's entry has its file in that node's data folder: taking it here
+            # failed it as "the message file was lost" and bounced acknowledged mail.
+            query = query.join(
+                spool_messages, spool_messages.c.id == spool_recipients.c.spool_id
+            ).where(self.mine())
+        query = query.order_by(spool_recipients.c.spool_id).limit(limit)
         with self._engine.connect() as conn:
             return [
                 PendingDelivery(
@@ -554,26 +571,51 @@ class Spool:
         # harmless file, removed by `recover`.
         self.path(spool_id).unlink(missing_ok=True)
 
-    def recover(self) -> int:
-        """Removes files without a queued row (never acknowledged, or already done)."""
+    def recover(self, *, only_node: bool = False) -> int:
+        """Removes files without a queued row (never acknowledged, or already done).
+
+        With a node: adopts the queued rows written before nodes existed (no node) whose
+        file is here, and all of them when `only_node` (no other node is registered: their
+        files can be nowhere else). The other nodes' rows are left alone.
+        """
         with self._engine.connect() as conn:
             queued = {
-                r.id
+                r.id: r.node
                 for r in conn.execute(
-                    select(spool_messages.c.id).where(spool_messages.c.state == "queued")
+                    select(spool_messages.c.id, spool_messages.c.node).where(
+                        spool_messages.c.state == "queued"
+                    )
                 )
             }
         removed = 0
+        here: set[str] = set()
         for entry in os.scandir(self._msg):
             queue_id = entry.name.removesuffix(".eml")
-            if entry.name.endswith(".eml") and queue_id not in queued:
+            if not entry.name.endswith(".eml"):
+                continue
+            if queue_id not in queued:
                 os.unlink(entry.path)
                 removed += 1
+            else:
+                here.add(queue_id)
         for entry in os.scandir(self._tmp):
             os.unlink(entry.path)
         if removed:
             fsync_dir(self._msg)
+        if self.node is not None:
+            orphans = [i for i, node in queued.items() if node is None and (only_node or i in here)]
+            self._adopt(orphans)
         return removed
+
+    def _adopt(self, queue_ids: Sequence[str]) -> None:
+        for start in range(0, len(queue_ids), 500):
+            chunk = queue_ids[start : start + 500]
+            with write(self._engine) as conn:
+                conn.execute(
+                    update(spool_messages)
+                    .where(spool_messages.c.id.in_(chunk), spool_messages.c.node.is_(None))
+                    .values(node=self.node)
+                )
 
     def entries(self, *, include_done: bool = False) -> Iterator[SpoolEntry]:
         query = select(spool_messages).order_by(spool_messages.c.id)
@@ -604,6 +646,7 @@ class Spool:
                     sender=m.sender,
                     size=m.size,
                     state=m.state,
+                    node=m.node,
                     recipients=[
                         {
                             "recipient": r.recipient,

@@ -20,7 +20,7 @@ def test_lease_content_hl7_ack(api: Api) -> None:
     document = cda(1)
     [doc_id] = deliver(api.queue, mail([document]))
     with api.client(api.token_a) as client:
-        assert client.get("/healthz").json() == {"status": "ok", "failing": {}}
+        assert client.get("/healthz").json() == {"status": "ok", "failing": {}, "nodes_down": {}}
         leased = client.post("/v1/leases", json={"max": 10, "lease_seconds": 60})
         assert leased.status_code == 200, leased.text
         [lease] = leased.json()["leases"]

@@ -1,0 +1,253 @@
+"""The nodes that share one database: their registry, heartbeats and spool depth.
+
+A node is one `mssgate serve` with its own data folder (spool files, mail store, listeners);
+everything else lives in the shared database (docs/architecture.md, "Several nodes"). `init`
+and `node add` register a node; `serve` stamps its start and then a heartbeat every
+`node.heartbeat_seconds`; a node silent for longer than `node.down_after_seconds` is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from mssgate import audit
+from mssgate.db.schema import nodes, professionals, spool_messages
+from mssgate.db.tx import write
+from mssgate.directory.timeutil import aware, now
+from mssgate.errors import Conflict, MssgateError, NotFound
+from mssgate.logs import event
+from mssgate.supervisor import PassHealth
+
+log = logging.getLogger("mssgate.nodes")
+
+
+class NodeInfo(BaseModel):
+    """One row of `node list` (its --json shape, docs/operator-guide.md)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    address: str
+    data_dir: str | None
+    added_at: datetime
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    # Seconds since the last heartbeat (None: never served).
+    silent_seconds: float | None
+    up: bool
+    # Spool entries whose file this node holds and that are not done yet.
+    spool_depth: int
+    mailboxes: int
+
+
+class Nodes:
+    def __init__(self, engine: Engine, *, actor: str) -> None:
+        self._engine = engine
+        self._actor = actor
+
+    def add(self, name: str, *, address: str, data_dir: Path | None = None) -> None:
+        """Registers a node that has not served yet (`init`, `node add`)."""
+        with write(self._engine) as conn:
+            found = conn.execute(select(nodes.c.name).where(nodes.c.name == name)).first()
+            if found is not None:
+                raise Conflict(f"a node named {name!r} exists already (mssgate node list)")
+            conn.execute(
+                nodes.insert().values(
+                    name=name,
+                    address=address,
+                    data_dir=None if data_dir is None else str(data_dir),
+                    added_at=now(),
+                )
+            )
+            audit.append(conn, actor=self._actor, action="node.add", subject=name,
+                         detail={"address": address})  # fmt: skip
+
+    def start(self, name: str, *, address: str, data_dir: Path, down_after: timedelta) -> None:
+        """`serve` starts: its row (made now if `init` predates nodes) says where it runs.
+
+        Refuses while another data folder serves under the same name: the two would each
+        deliver the other's spool entries, whose files they do not have.
+        """
+        stamp = now()
+        with write(self._engine) as conn:
+            row = conn.execute(select(nodes).where(nodes.c.name == name).with_for_update()).first()
+            if row is None:
+                conn.execute(
+                    nodes.insert().values(
+                        name=name, address=address, data_dir=str(data_dir), added_at=stamp,
+                        started_at=stamp, heartbeat_at=stamp,
+                    )
+                )  # fmt: skip
+                audit.append(conn, actor=self._actor, action="node.add", subject=name,
+                             detail={"address": address})  # fmt: skip
+                return
+            beat = aware(row.heartbeat_at) if row.heartbeat_at is not None else None
+            if (
+                row.data_dir is not None
+                and row.data_dir != str(data_dir)
+                and beat is not None
+                and stamp - beat < down_after
+            ):
+                raise Conflict(
+                    f"node {name!r} is served from {row.data_dir} (heartbeat"
+                    f" {(stamp - beat).total_seconds():.0f} s ago): give this data folder"
+                    " its own node.name"
+                )
+            conn.execute(
+                update(nodes)
+                .where(nodes.c.name == name)
+                .values(
+                    address=address, data_dir=str(data_dir), started_at=stamp, heartbeat_at=stamp
+                )
+            )
+
+    def beat(self, name: str) -> None:
+        with write(self._engine) as conn:
+            conn.execute(update(nodes).where(nodes.c.name == name).values(heartbeat_at=now()))
+
+    def names(self) -> set[str]:
+        with self._engine.connect() as conn:
+            return {r.name for r in conn.execute(select(nodes.c.name))}
+
+    def exists(self, name: str) -> bool:
+        return name in self.names()
+
+    def data_dirs(self) -> dict[str, str | None]:
+        """Name -> the data folder it was made for or last started from."""
+        with self._engine.connect() as conn:
+            return {
+                r.name: r.data_dir for r in conn.execute(select(nodes.c.name, nodes.c.data_dir))
+            }
+
+    def list(self, *, down_after: timedelta) -> list[NodeInfo]:
+        stamp = now()
+        with self._engine.connect() as conn:
+            depth: dict[str | None, int] = dict(
+                conn.execute(
+                    select(spool_messages.c.node, func.count())
+                    .where(spool_messages.c.state == "queued")
+                    .group_by(spool_messages.c.node)
+                ).all()
+            )
+            homes: dict[str | None, int] = dict(
+                conn.execute(
+                    select(professionals.c.node, func.count())
+                    .where(professionals.c.local.is_(True))
+                    .group_by(professionals.c.node)
+                ).all()
+            )
+            rows = conn.execute(select(nodes).order_by(nodes.c.name)).all()
+        out = []
+        for r in rows:
+            beat = aware(r.heartbeat_at) if r.heartbeat_at is not None else None
+            silent = None if beat is None else max(0.0, (stamp - beat).total_seconds())
+            out.append(
+                NodeInfo(
+                    name=r.name,
+                    address=r.address,
+                    data_dir=r.data_dir,
+                    added_at=aware(r.added_at),
+                    started_at=aware(r.started_at) if r.started_at is not None else None,
+                    heartbeat_at=beat,
+                    silent_seconds=None if silent is None else round(silent, 1),
+                    up=silent is not None and silent < down_after.total_seconds(),
+                    spool_depth=int(depth.get(r.name, 0)),
+                    mailboxes=int(homes.get(r.name, 0)),
+                )
+            )
+        return out
+
+    def remove(self, name: str, *, down_after: timedelta) -> None:
+        """Refuses while the node serves, holds undelivered spool entries (their files are in
+        its data folder and nowhere else) or is the home of mailboxes."""
+        info = {n.name: n for n in self.list(down_after=down_after)}.get(name)
+        if info is None:
+            raise NotFound(f"no node named {name!r} (mssgate node list)")
+        if info.up:
+            raise Conflict(
+                f"node {name!r} is up (heartbeat {info.silent_seconds:.0f} s ago): stop it first"
+            )
+        with write(self._engine) as conn:
+            # Counted again inside the transaction: an entry accepted since the list above
+            # must stop the removal too. The node row is locked first, so `serve` starting
+            # under this name waits for the outcome.
+            conn.execute(select(nodes.c.name).where(nodes.c.name == name).with_for_update())
+            held = conn.execute(
+                select(func.count())
+                .select_from(spool_messages)
+                .where(spool_messages.c.node == name, spool_messages.c.state == "queued")
+            ).scalar_one()
+            if held:
+                raise Conflict(
+                    f"node {name!r} holds {held} undelivered spool"
+                    f" {'entry' if held == 1 else 'entries'}: start it again until they are"
+                    " delivered (mssgate spool list)"
+                )
+            homed = conn.execute(
+                select(func.count())
+                .select_from(professionals)
+                .where(professionals.c.node == name, professionals.c.local.is_(True))
+            ).scalar_one()
+            if homed:
+                raise Conflict(
+                    f"node {name!r} is the home of {homed}"
+                    f" {'mailbox' if homed == 1 else 'mailboxes'}: move them first"
+                )
+            conn.execute(nodes.delete().where(nodes.c.name == name))
+            audit.append(conn, actor=self._actor, action="node.remove", subject=name,
+                         detail={})  # fmt: skip
+
+
+class Heartbeat:
+    """`serve`'s supervised task: stamps the node's heartbeat and keeps the names of the
+    nodes that went silent, for /healthz (which then never waits on the database)."""
+
+    def __init__(self, registry: Nodes, name: str, *, every: float, down_after: float) -> None:
+        self._registry = registry
+        self._name = name
+        self._every = every
+        self._down_after = timedelta(seconds=down_after)
+        self.health = PassHealth()
+        self._silent: dict[str, str] = {}
+
+    def silent(self) -> dict[str, str]:
+        """Node -> since when it is silent, for the nodes other than this one that are down."""
+        return dict(self._silent)
+
+    def once(self) -> None:
+        self._registry.beat(self._name)
+        down = {}
+        for n in self._registry.list(down_after=self._down_after):
+            if n.up or n.name == self._name:
+                continue
+            down[n.name] = (
+                "never served"
+                if n.silent_seconds is None
+                else f"silent for {n.silent_seconds:.0f} s"
+            )
+        self._silent = down
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.once)
+            except (MssgateError, SQLAlchemyError, OSError) as exc:
+                # The database away: the node stays up in its own eyes and tries again; the
+                # other nodes will see it silent, which is the truth they need.
+                event(log, "node.heartbeat_failed", level=logging.ERROR,
+                      error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                self.health.failed(type(exc).__name__)
+            else:
+                self.health.succeeded()
+            await asyncio.sleep(self._every)
+
+
+NodesDown = Callable[[], dict[str, str]]

@@ -1,0 +1,223 @@
+"""Several nodes on one database (issue 13): names, the registry, spool ownership, homes.
+
+The CLI runs in-process against real data folders; PostgreSQL tests get their own schema,
+which the data folders' `database.url` names through libpq's `options`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from mssgate.config import load_config
+from mssgate.db import open_engine
+from mssgate.db.schema import nodes as nodes_table
+from mssgate.db.schema import spool_messages
+from mssgate.db.tx import write
+from mssgate.directory.timeutil import now
+from mssgate.nodes import Nodes
+from mssgate.spool import Spool, new_queue_id
+from mssgate.spool.jobs import DocumentJobs
+from tests.conftest import PG_URL, Cli
+
+DOMAIN = "hopital-a.test"
+
+
+def pg_url(schema: str) -> str:
+    assert PG_URL
+    return f"{PG_URL}?options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    name = "sqlite_engine" if request.param == "sqlite" else "pg_engine"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+def accept(spool: Spool, recipient: str = f"bob@{DOMAIN}", route: str = "local") -> str:
+    queue_id = new_queue_id()
+    spool.accept(queue_id=queue_id, content=b"Subject: x\r\n\r\nbody\r\n", listener="submission",
+                 sender=f"alice@{DOMAIN}", identity=None, peer="127.0.0.1",
+                 recipients=[(recipient, route)])  # type: ignore[list-item]  # fmt: skip
+    return queue_id
+
+
+# -- spool ownership -------------------------------------------------------------------------
+
+
+def test_a_node_takes_only_the_entries_whose_file_it_holds(engine: Engine, tmp_path: Path) -> None:
+    a = Spool(engine, tmp_path / "a", node="a")
+    b = Spool(engine, tmp_path / "b", node="b")
+    local = accept(a)
+    relayed = accept(a, "x@clinique-b.test", "relay")
+    assert [d.spool_id for d in a.due(route="local")] == [local]
+    assert [d.spool_id for d in a.due(route="relay")] == [relayed]
+    # Before: B took A's entries and failed them as "the message file was lost".
+    assert b.due(route="local") == [] and b.due(route="relay") == []
+    [item] = a.due(route="local")
+    a.delivered(item, documents=True)
+    assert [j.spool_id for j in DocumentJobs(engine, node="a").due()] == [local]
+    assert DocumentJobs(engine, node="b").due() == []
+    assert {e.id: e.node for e in a.entries()} == {local: "a", relayed: "a"}
+    # B's recovery leaves A's entries (and files) alone.
+    b.recover()
+    assert a.path(relayed).exists()
+    assert [d.spool_id for d in a.due(route="relay")] == [relayed]
+
+
+def test_entries_written_before_nodes_are_adopted_by_the_node_holding_their_file(
+    engine: Engine, tmp_path: Path
+) -> None:
+    legacy_a = Spool(engine, tmp_path / "a")  # no node: as before revision 0010
+    legacy_b = Spool(engine, tmp_path / "b")
+    in_a, in_b = accept(legacy_a), accept(legacy_b)
+    with engine.connect() as conn:
+        assert set(conn.execute(select(spool_messages.c.node)).scalars()) == {None}
+    a = Spool(engine, tmp_path / "a", node="a")
+    assert a.due(route="local") == []  # not yet adopted: the file might be elsewhere
+    a.recover()
+    assert [d.spool_id for d in a.due(route="local")] == [in_a]
+    b = Spool(engine, tmp_path / "b", node="b")
+    b.recover()
+    assert [d.spool_id for d in b.due(route="local")] == [in_b]
+
+
+def test_the_only_node_adopts_every_entry_written_before_nodes(
+    engine: Engine, tmp_path: Path
+) -> None:
+    legacy = Spool(engine, tmp_path / "spool")
+    queue_id = accept(legacy)
+    legacy.path(queue_id).unlink()  # its file lost: single-node behaviour stays as before
+    only = Spool(engine, tmp_path / "spool", node="solo")
+    only.recover(only_node=True)
+    assert [d.spool_id for d in only.due(route="local")] == [queue_id]
+
+
+# -- the registry ----------------------------------------------------------------------------
+
+
+def test_registry_heartbeat_up_down_and_remove(engine: Engine, tmp_path: Path) -> None:
+    registry = Nodes(engine, actor="test")
+    down_after = timedelta(seconds=30)
+    registry.add("a", address="127.0.0.1:1024", data_dir=tmp_path / "a")
+    registry.start("b", address="127.0.0.1:2048", data_dir=tmp_path / "b", down_after=down_after)
+    rows = {n.name: n for n in registry.list(down_after=down_after)}
+    assert (rows["a"].up, rows["a"].heartbeat_at) == (False, None)
+    assert rows["b"].up and rows["b"].address == "127.0.0.1:2048"
+    # Another data folder serving under b's name while b beats: refused.
+    with pytest.raises(Exception, match="is served from"):
+        registry.start("b", address="x:1", data_dir=tmp_path / "other", down_after=down_after)
+    spool = Spool(engine, tmp_path / "b", node="b")
+    accept(spool)
+    assert {n.name: n.spool_depth for n in registry.list(down_after=down_after)}["b"] == 1
+    with pytest.raises(Exception, match="is up"):
+        registry.remove("b", down_after=down_after)
+    with write(engine) as conn:
+        conn.execute(update(nodes_table).values(heartbeat_at=now() - timedelta(minutes=5)))
+    [b] = [n for n in registry.list(down_after=down_after) if n.name == "b"]
+    assert not b.up and b.silent_seconds is not None and b.silent_seconds >= 299
+    with pytest.raises(Exception, match="holds 1 undelivered spool entry"):
+        registry.remove("b", down_after=down_after)
+    [item] = spool.due(route="local")
+    spool.delivered(item)
+    registry.remove("b", down_after=down_after)
+    assert registry.names() == {"a"}
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+
+def test_init_writes_the_node_name_and_registers_it(cli: Cli, tmp_path: Path) -> None:
+    data = tmp_path / "a"
+    cli.ok("init", "--data", data, "--domain", DOMAIN, "--node", "alpha")
+    config = load_config(data / "mssgate.toml")
+    assert config.node.name == "alpha"
+    assert config.database_url == f"sqlite:///{data}/mssgate.db"  # the default stays
+    listed = cli.ok("--config", data / "mssgate.toml", "node", "list", "--json").json()
+    assert [(n["name"], n["address"], n["up"]) for n in listed] == [
+        ("alpha", "127.0.0.1:10024", False)
+    ]
+    # The environment names the node too.
+    os.environ["MSSGATE_NODE__NAME"] = "beta"
+    try:
+        assert load_config(data / "mssgate.toml").node.name == "beta"
+    finally:
+        del os.environ["MSSGATE_NODE__NAME"]
+    bad = cli("init", "--data", tmp_path / "b", "--domain", DOMAIN, "--node", "no spaces")
+    assert bad.code == 2 and "--node" in bad.err
+
+
+def test_node_add_needs_postgresql(cli: Cli, tmp_path: Path) -> None:
+    cli.ok("init", "--data", tmp_path / "a", "--domain", DOMAIN, "--node", "a")
+    result = cli("--config", tmp_path / "a" / "mssgate.toml", "node", "add", "b",
+                 "--data", tmp_path / "b")  # fmt: skip
+    assert result.code == 1
+    assert "PostgreSQL" in result.err and result.err.count("\n") == 1
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.postgres
+def test_node_add_on_postgresql(cli: Cli, tmp_path: Path, pg_schema: str) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    cli.ok("init", "--data", a, "--domain", DOMAIN, "--database", pg_url(pg_schema),
+           "--node", "a")  # fmt: skip
+    conf_a = a / "mssgate.toml"
+    # A second init on the same database under the same name: refused.
+    again = cli("init", "--data", tmp_path / "c", "--domain", DOMAIN,
+                "--database", pg_url(pg_schema), "--node", "a")  # fmt: skip
+    assert again.code == 1 and "exists already in this database" in again.err
+    cli.ok("--config", conf_a, "node", "add", "b", "--data", b, "--node-port", "23456")
+    config_b = load_config(b / "mssgate.toml")
+    assert (config_b.node.name, config_b.node.port) == ("b", 23456)
+    assert config_b.database_url == pg_url(pg_schema)
+    assert config_b.server.domain == DOMAIN and config_b.server.data_dir == b
+    for name in ("ca.crt.pem", "ca.key.pem", "server.crt.pem", "server.key.pem", "dkim.key.pem"):
+        assert (b / "certs" / name).read_bytes() == (a / "certs" / name).read_bytes()
+    for key in ("ca.key.pem", "server.key.pem", "dkim.key.pem"):
+        assert stat.S_IMODE((b / "certs" / key).stat().st_mode) == 0o600
+    assert sorted(p.name for p in (b / "certs" / "mailboxes").iterdir()) == sorted(
+        p.name for p in (a / "certs" / "mailboxes").iterdir()
+    )
+    listed = cli.ok("--config", b / "mssgate.toml", "node", "list", "--json").json()
+    assert [(n["name"], n["address"]) for n in listed] == [
+        ("a", "127.0.0.1:10024"),
+        ("b", "127.0.0.1:23456"),
+    ]
+    # A free port when none is given; a name taken is refused.
+    cli.ok("--config", conf_a, "node", "add", "c", "--data", tmp_path / "c")
+    port_c = load_config(tmp_path / "c" / "mssgate.toml").node.port
+    assert port_c not in (0, 10024, 23456)
+    taken = cli("--config", conf_a, "node", "add", "b", "--data", tmp_path / "d")
+    assert taken.code == 1 and "exists already" in taken.err
+
+    # Mailbox homes: the config's node, or --node.
+    cli.ok("--config", conf_a, "directory", "add", f"imagerie@{DOMAIN}", "--name", "Imagerie",
+           "--kind", "organisation")  # fmt: skip
+    cli.ok("--config", conf_a, "directory", "add", f"labo@{DOMAIN}", "--name", "Labo",
+           "--kind", "organisation", "--node", "b")  # fmt: skip
+    unknown = cli("--config", conf_a, "directory", "add", f"x@{DOMAIN}", "--name", "X",
+                  "--kind", "organisation", "--node", "nowhere")  # fmt: skip
+    assert unknown.code == 1 and "no node named 'nowhere'" in unknown.err
+    homes = {
+        p["address"]: p["node"]
+        for p in cli.ok("--config", b / "mssgate.toml", "directory", "list", "--json").json()
+    }
+    assert homes == {f"imagerie@{DOMAIN}": "a", f"labo@{DOMAIN}": "b"}
+
+    # remove: refused while the node is home to mailboxes or holds undelivered entries.
+    refused = cli("--config", conf_a, "node", "remove", "b")
+    assert refused.code == 1 and "home of 1 mailbox" in refused.err
+    engine = open_engine(pg_url(pg_schema))
+    try:
+        accept(Spool(engine, tmp_path / "c" / "spool", node="c"))
+    finally:
+        engine.dispose()
+    refused = cli("--config", conf_a, "node", "remove", "c")
+    assert refused.code == 1 and "holds 1 undelivered spool entry" in refused.err
+    gone = cli("--config", conf_a, "node", "remove", "nowhere")
+    assert gone.code == 1 and "no node named" in gone.err
