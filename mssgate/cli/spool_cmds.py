@@ -47,12 +47,6 @@ def _recipient_cell(r: dict[str, object]) -> str:
     return f"{r['recipient']} ({r['state']}, {r['attempts']} attempt(s))"
 
 
-def _last_error(recipients: list[dict[str, object]]) -> str:
-    """The error of the delivery still waiting that failed last (that is why it waits)."""
-    errors = [str(r["last_error"]) for r in recipients if r["last_error"]]
-    return errors[-1] if errors else ""
-
-
 @app.command("list")
 def list_(
     ctx: typer.Context,
@@ -74,7 +68,7 @@ def list_(
                 e.sender,
                 e.size,
                 ", ".join(_recipient_cell(r) for r in e.recipients),
-                _last_error(e.recipients),
+                e.last_error,
             )
             for e in entries
         ],

@@ -72,6 +72,9 @@ class SpoolEntry(BaseModel):
     # The node whose data folder holds the file (None: written before nodes existed).
     node: str | None
     recipients: list[dict[str, object]]
+    # Why it still waits: the error of its latest failed attempt among the deliveries not
+    # made (None when none failed yet).
+    last_error: str | None = None
 
 
 class MessageEnvelope(BaseModel):
@@ -637,8 +640,11 @@ class Spool:
                         spool_documents.c.state,
                         spool_documents.c.attempts,
                         spool_documents.c.last_error,
+                        spool_documents.c.updated_at,
                     ).where(spool_documents.c.spool_id == m.id)
                 ).all()
+                failed = [r for r in rows if r.last_error and r.state not in ("delivered", "done")]
+                latest = max(failed, key=lambda r: aware(r.updated_at), default=None)
                 yield SpoolEntry(
                     id=m.id,
                     received_at=aware(m.received_at),
@@ -657,6 +663,7 @@ class Spool:
                         }
                         for r in rows
                     ],
+                    last_error=latest.last_error if latest is not None else None,
                 )
 
     def flush(self) -> int:
