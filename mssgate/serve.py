@@ -53,6 +53,7 @@ from mssgate.nodes import Heartbeat, Nodes
 from mssgate.queue.service import DocumentQueue
 from mssgate.relay import RelayWorker
 from mssgate.relay.encryption import OutgoingEncryption
+from mssgate.server_policy import DocumentPolicy, publish_policy
 from mssgate.smime.pathcache import PATH_CACHE
 from mssgate.smtp import replies
 from mssgate.smtp.body import MemoryBudget
@@ -180,6 +181,8 @@ async def run_gateway(config: Config) -> int:
     with data_dir_lock(run_dir):
         engine = open_engine(config.database_url)
         upgrade(engine)
+        # Before any listener: a release from the CLI applies this server's policy.
+        publish_policy(engine, config.node.name, DocumentPolicy.of(config))
         directory = Directory(engine, actor="serve")
         node = config.node
         registry = Nodes(engine, actor="serve")

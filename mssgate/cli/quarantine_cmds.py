@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy import Engine
 
 from mssgate.cli.context import actor, emit_json, emit_table, say, state
-from mssgate.config import DocumentsConfig
+from mssgate.config import Config, DocumentsConfig
 from mssgate.db.ids import resolve_id
 from mssgate.db.schema import quarantine
 from mssgate.documents.isolation import Failed, PipelinePool
@@ -18,6 +21,7 @@ from mssgate.documents.record import PipelineResult
 from mssgate.documents.signed import process_signed_message
 from mssgate.errors import Conflict
 from mssgate.queue import DocumentQueue, QuarantineEntry, release
+from mssgate.server_policy import DocumentPolicy, newest_policy
 
 app = typer.Typer(help="Documents held for an operator (codes 903-906).", no_args_is_help=True)
 
@@ -81,25 +85,46 @@ def show(ctx: typer.Context, held_id: str, json_out: JsonFlag = False) -> None:
 
 @app.command("release")
 def release_(ctx: typer.Context, held_id: str) -> None:
-    """Run the pipeline again on the message it came in, with the current configuration
-    (limits, test INS); what now passes is queued. Fails, leaving it held, if it still fails.
+    """Run the pipeline again on the message it came in, with the running server's policy
+    (test INS, birthplace, limits; this command's configuration when no server has published
+    one); what now passes is queued. Fails, leaving it held, if it still fails.
     """
     held_id = _held_id(ctx, held_id)
     st = state(ctx)
-    config = st.config()
+    policy, whose = _policy(st.config(), st.engine())
     arguments = {
-        "limits": DocumentLimits.from_config(config.documents),
-        "allow_test_oids": config.policy.allow_test_ins,
-        "require_birthplace": config.policy.require_birthplace,
+        "limits": DocumentLimits.from_config(policy.documents),
+        "allow_test_oids": policy.allow_test_ins,
+        "require_birthplace": policy.require_birthplace,
     }
-    queued = release(
-        _queue(ctx),
-        held_id,
-        actor=actor(),
-        pipeline=lambda message: _isolated(message, config.documents, arguments),
-        **arguments,  # type: ignore[arg-type]
+    try:
+        queued = release(
+            _queue(ctx),
+            held_id,
+            actor=actor(),
+            pipeline=lambda message: _isolated(message, policy.documents, arguments),
+            **arguments,  # type: ignore[arg-type]
+        )
+    except Conflict as exc:
+        raise Conflict(f"{exc} ({whose})") from None
+    say(f"released {held_id} {whose}: queued {', '.join(queued) if queued else 'nothing new'}")
+
+
+def _policy(config: Config, engine: Engine) -> tuple[DocumentPolicy, str]:
+    """The policy of the newest server to start on this database, and words saying whose it
+    is; this command's own when none has published one (said on stderr)."""
+    published = newest_policy(engine)
+    if published is None:
+        sys.stderr.write(
+            "mssgate: notice: no server has published its policy in this database:"
+            " releasing with this command's configuration\n"
+        )
+        return DocumentPolicy.of(config), "with this command's policy"
+    since = published.published_at.astimezone(UTC)
+    return published.policy, (
+        f"with the policy of the server running on {published.node}"
+        f" since {since:%Y-%m-%d %H:%M:%S} UTC"
     )
-    say(f"released {held_id}: queued {', '.join(queued) if queued else 'nothing new'}")
 
 
 def _isolated(message: bytes, config: DocumentsConfig, arguments: dict[str, Any]) -> PipelineResult:

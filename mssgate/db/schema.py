@@ -357,3 +357,14 @@ admin_token = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     CheckConstraint("id = 1", name="ck_admin_token_one"),
 )
+
+# The document policy each `serve` runs with, published at its start (one row per node):
+# `quarantine release` in the CLI applies the server's policy, not the CLI's own environment
+# (mssgate/server_policy.py). JSON text, as every other structured value here.
+server_policy = Table(
+    "server_policy",
+    metadata,
+    Column("node", String(63), primary_key=True),
+    Column("policy_json", Text, nullable=False),
+    Column("published_at", DateTime(timezone=True), nullable=False),
+)
