@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
@@ -559,7 +559,7 @@ def install(
             ("process", os.getpid()),
             ("version", __version__),
             ("database", engine.dialect.name),
-            ("API up since", _when(datetime.fromtimestamp(started).astimezone())),
+            ("API up since (UTC)", _when(datetime.fromtimestamp(started, UTC))),
         ]
         return page(
             "overview.html",

@@ -93,16 +93,23 @@ def enabled(datadir: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
     return load_config(datadir / "mssgate.toml")
 
 
-@pytest.fixture
-def console(enabled: Config, datadir: Path) -> Iterator[Console]:
-    engine = open_engine(enabled.database_url)
+def serve_console(datadir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Console]:
+    """The console turned on and served (a fixture's body, shared with the browser test)."""
+    monkeypatch.setenv("MSSGATE_ADMIN__ENABLED", "true")
+    config = load_config(datadir / "mssgate.toml")
+    engine = open_engine(config.database_url)
     upgrade(engine)
-    running, found = _start(enabled, engine, datadir)
+    running, found = _start(config, engine, datadir)
     try:
         yield found
     finally:
         running.stop()
         engine.dispose()
+
+
+@pytest.fixture
+def console(datadir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Console]:
+    yield from serve_console(datadir, monkeypatch)
 
 
 def _admin_token(cli: Cli) -> str:
