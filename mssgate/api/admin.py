@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
@@ -49,6 +49,7 @@ from mssgate.db.schema import (
 from mssgate.directory.admin_token import AdminToken
 from mssgate.directory.timeutil import aware
 from mssgate.logs import event
+from mssgate.nodes import Nodes
 
 log = logging.getLogger("mssgate.api.admin")
 
@@ -425,6 +426,21 @@ class Views:
             first_url=url if before is not None else None,
         )
 
+    def nodes(self, down_after: timedelta) -> list[Sequence[object]]:
+        """The gateways sharing this database, as `mssgate node list` shows them (a few)."""
+        return [
+            (
+                n.name,
+                n.address,
+                "up" if n.up else "down",
+                "never" if n.silent_seconds is None else f"{n.silent_seconds:.0f} s ago",
+                _when(n.started_at),
+                n.spool_depth,
+                n.mailboxes,
+            )
+            for n in Nodes(self._engine, actor="api").list(down_after=down_after)
+        ]
+
     def counts(self) -> list[tuple[str, int]]:
         r = spool_recipients.c
         q = queue_documents.c
@@ -554,6 +570,7 @@ def install(
         crashes = tasks() if tasks is not None else {}
         names = sorted(set(crashes) | set(failing))
         node = [
+            ("node", config.node.name),
             ("host name", config.server.hostname),
             ("machine", socket.gethostname()),
             ("process", os.getpid()),
@@ -565,6 +582,7 @@ def install(
             "overview.html",
             "Overview",
             node=node,
+            nodes=views.nodes(timedelta(seconds=config.node.down_after_seconds)),
             tasks=[(n, crashes.get(n, ""), "failing" if n in failing else "ok") for n in names],
             failing=sorted(failing.items()),
             counts=views.counts(),

@@ -213,7 +213,7 @@ def test_a_browser_logs_in_and_sees_every_table(
     # The session cookie is HttpOnly: the page's scripts cannot read it.
     assert browser.evaluate("document.cookie") == ""
     tables = browser.evaluate("[...document.querySelectorAll('table')].map(t => t.id)")
-    assert tables == ["node", "tasks", "failing", "counts", "queue", "quarantine", "spool",
+    assert tables == ["node", "nodes", "tasks", "failing", "counts", "queue", "quarantine", "spool",
                       "audit", "domains", "directory"]  # fmt: skip
     text = browser.evaluate("document.body.innerText")
     for expected in ("Queue depth per consumer", "Quarantine", "Spool", "Audit trail",

@@ -188,8 +188,11 @@ def test_the_token_opens_every_page_with_strict_headers(console: Console, cli: C
     # Health as /healthz sees it, the supervisor's task counts, the consumer's queue.
     assert "failing" in overview and "OperationalError" in overview
     assert re.search(r"<td>delivery</td><td>2</td>", overview)
+    # The node `init` registered, which never served (no heartbeat).
+    node = re.escape(console.config.node.name)
+    assert re.search(rf"<td>{node}</td><td>[^<]+</td><td>down</td><td>never</td>", overview)
     assert re.search(r"<td>ris-a</td><td>ris-a@hopital-a.test</td><td>active</td>", overview)
-    for table in ("node", "tasks", "counts", "queue", "quarantine", "spool", "audit",
+    for table in ("node", "nodes", "tasks", "counts", "queue", "quarantine", "spool", "audit",
                   "domains", "directory"):  # fmt: skip
         assert f'<table id="{table}">' in overview
     # The domain init made and the audit entry of the token just made.
