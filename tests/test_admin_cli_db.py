@@ -1,0 +1,127 @@
+"""What the administrator's commands of issue 18 (items 6, 9) need from the database, on
+SQLite and PostgreSQL: one ID resolver (LIKE with its wildcards escaped, one case), the
+spool's set-aside under a delivery's lock rules, consumer ids never given twice, audit
+filters."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, update
+
+from mssgate import audit
+from mssgate.db.ids import AmbiguousId, resolve_id
+from mssgate.db.schema import consumers as consumers_table
+from mssgate.db.schema import spool_messages, spool_recipients
+from mssgate.db.tx import write
+from mssgate.directory import Directory
+from mssgate.directory.timeutil import now
+from mssgate.errors import NotFound, UsageFailed
+from mssgate.spool import Spool
+from mssgate.spool.store import DeliveryDue, PendingDelivery
+from tests.queue.helpers import RIS_A, add_mailboxes
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    name = "sqlite_engine" if request.param == "sqlite" else "pg_engine"
+    engine: Engine = request.getfixturevalue(name)
+    return engine
+
+
+def accept(spool: Spool, queue_id: str, recipient: str = "dr.y@clinique-b.test") -> None:
+    spool.accept(
+        queue_id=queue_id, content=b"Subject: x\r\n\r\nx\r\n", listener="mta",
+        sender="dr.x@hopital-a.test", identity=None, peer=None, recipients=[(recipient, "relay")],
+    )  # fmt: skip
+
+
+def test_resolver(engine: Engine, tmp_path: Path) -> None:
+    spool = Spool(engine, tmp_path / "spool")
+    for queue_id in ("0123456789AB", "0123456789AC", "0123456789ABCD"):
+        accept(spool, queue_id)
+
+    def resolve(given: str) -> str:
+        return resolve_id(engine, spool_messages.c.id, given, what="spooled message", case="upper")
+
+    assert resolve("0123456789AB") == "0123456789AB"  # whole wins over its longer twin
+    assert resolve("0123456789abc") == "0123456789ABCD"  # either case
+    with pytest.raises(AmbiguousId, match=r"'0123456' matches 3 entries"):
+        resolve("0123456")
+    with pytest.raises(UsageFailed, match="too short"):
+        resolve("01234")
+    with pytest.raises(NotFound):
+        resolve("0123456789AD")
+
+
+def test_resolver_takes_like_wildcards_literally(engine: Engine) -> None:
+    add_mailboxes(engine, RIS_A)
+    consumers = Directory(engine, actor="cli:test").consumers
+    for name in ("ris_a0001", "risxa0002", "risya0003"):
+        consumers.add(name, mailbox=RIS_A)
+
+    def resolve(given: str) -> str:
+        return resolve_id(engine, consumers_table.c.name, given, what="consumer")
+
+    assert resolve("ris_a0") == "ris_a0001"  # _ matched any character: 2 entries
+    with pytest.raises(NotFound):
+        resolve("ris%a0")  # % matched anything: 3 entries
+
+
+def test_set_aside_refuses_a_due_delivery_and_withdraws_the_rest(
+    engine: Engine, tmp_path: Path
+) -> None:
+    spool = Spool(engine, tmp_path / "spool")
+    accept(spool, "0000000000AA")
+    with pytest.raises(DeliveryDue, match="1 delivery"):
+        spool.set_aside("0000000000AA", reason="x")  # due at once: a worker may have it
+    with write(engine) as conn:
+        conn.execute(
+            update(spool_recipients).values(
+                next_attempt_at=now() + timedelta(minutes=5), last_error="451 busy"
+            )
+        )
+    aside = spool.set_aside("0000000000AA", reason="being deleted by cli:test")
+    assert aside.recipients == ["dr.y@clinique-b.test"]
+    assert spool.due(route="relay") == []
+    spool.withdraw(aside, actor="cli:test", action="spool.delete", detail={})
+    assert [e.id for e in spool.entries()] == []
+    assert not spool.path("0000000000AA").exists()
+    # A worker that had it (--force) cannot bring it back as pending.
+    item = PendingDelivery(
+        spool_id="0000000000AA", recipient="dr.y@clinique-b.test", route="relay", attempts=1
+    )
+    spool.attempt_failed(item, error="451 again", permanent=False, retry_in=timedelta(0))
+    assert spool.recipient_state(item.spool_id, item.recipient).state == "failed"
+    [entry] = audit.entries(engine, action="spool.delete")
+    assert entry.detail == {
+        "sender": "dr.x@hopital-a.test",
+        "recipients": ["dr.y@clinique-b.test"],
+        "documents": [],
+    }
+
+
+def test_consumer_ids_never_given_twice(engine: Engine) -> None:
+    add_mailboxes(engine, RIS_A)
+    consumers = Directory(engine, actor="cli:test").consumers
+    first, _ = consumers.add("ris", mailbox=RIS_A)
+    assert consumers.remove("ris").id == first.id  # the last row: SQLite would reuse its id
+    second, token = consumers.add("ris", mailbox=RIS_A)
+    consumers.revoke("ris")
+    third, _ = consumers.add("ris", mailbox=RIS_A)
+    assert (first.id, second.id, third.id) == (1, 2, 3)
+    assert consumers.authenticate(token).__class__.__name__ == "TokenRefused"
+    trail = list(audit.entries(engine, action="consumer.*", subject="ris"))
+    assert [(e.action, e.detail.get("id"), e.detail.get("replaces")) for e in trail] == [
+        ("consumer.add", 1, None),
+        ("consumer.remove", 1, None),
+        ("consumer.add", 2, None),
+        ("consumer.revoke", 2, None),
+        ("consumer.add", 3, 2),
+    ]
+    last_two = list(audit.entries(engine, actor="cli:test", limit=2))
+    assert [e.seq for e in last_two] == [trail[-2].seq, trail[-1].seq]
+    assert list(audit.entries(engine, action="consumer_*")) == []  # _ is literal
+    assert audit.verify(engine).ok
