@@ -12,6 +12,7 @@ from mssgate.cli import (
     admin_cmds,
     audit_cmds,
     cert_cmds,
+    console_cmds,
     consumer_cmds,
     directory_cmds,
     domain_cmds,
@@ -65,6 +66,7 @@ app.add_typer(directory_cmds.app, name="directory")
 app.add_typer(cert_cmds.app, name="cert")
 app.add_typer(domain_cmds.app, name="domain")
 app.add_typer(consumer_cmds.app, name="consumer")
+app.add_typer(console_cmds.app, name="admin")
 app.add_typer(audit_cmds.app, name="audit")
 app.add_typer(node_cmds.app, name="node")
 app.add_typer(spool_cmds.app, name="spool")
