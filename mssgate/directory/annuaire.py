@@ -106,13 +106,13 @@ def parse_line(number: int, text: str) -> AnnuaireLine | Rejected:
         return Rejected(number=number, reason=f"unsupported mailbox kind {kind_text!r}")
     kind = MailboxKind(kind_text)
     idnat = cols[C_IDNAT].strip() or None
-    if kind is MailboxKind.PER and idnat is None:
-        return Rejected(number=number, reason="PER mailbox without a national identifier")
     name = _display_name(kind, cols) or cols[C_ADDRESS].strip()
     try:
         prof = NewProfessional(
             address=cols[C_ADDRESS],
             display_name=name,
+            # The extract fills the practitioner columns of a PER line only; whatever an
+            # ORG line carries there describes no person of that mailbox.
             idnat=idnat if kind is MailboxKind.PER else None,
             profession_code=cols[C_PROFESSION].strip() or None,
             kind=kind,
