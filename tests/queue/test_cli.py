@@ -45,8 +45,10 @@ def test_queue_list_show_requeue(cli, datadir: Path) -> None:  # type: ignore[no
     cli.ok("queue", "requeue", first)
     assert queue.entry(first).state.value == "ready"
     assert cli("queue", "requeue", first).code == 1  # ready already
-    missing = cli("queue", "show", "nope")
+    missing = cli("queue", "show", "nope00")
     assert missing.code == 1 and "no queued document" in missing.err
+    assert cli("queue", "show", "nope").code == 2  # shorter than any prefix taken
+    assert f"id: {first}" in cli.ok("queue", "show", first[:8]).out
     assert cli("queue", "list", "--state", "bogus").code == 2
     queue.engine.dispose()
 
