@@ -376,15 +376,34 @@ class Config(BaseSettings):
         return self.server.data_dir / "certs"
 
 
+def _env_source(loc: tuple[int | str, ...]) -> str | None:
+    """The environment variable that set the value at `loc`, when one did: it overrides the
+    file, so a bad value there must not be blamed on the file."""
+    if not loc:
+        return None
+    name = "MSSGATE_" + "__".join(str(p) for p in loc).upper()
+    found = [key for key in os.environ if key.upper() == name]  # case_sensitive=False
+    return found[0] if found else None
+
+
 def _format_errors(error: ValidationError, origin: str) -> str:
-    parts = []
+    in_file, in_env = [], []
     for err in error.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        parts.append(f"{loc}: {msg}")
-    return f"invalid configuration in {origin}: " + "; ".join(parts)
+        variable = _env_source(err["loc"])
+        if variable is not None:
+            in_env.append(f"{variable} ({loc}): {msg}")
+        else:
+            in_file.append(f"{loc}: {msg}")
+    said = []
+    if in_env:
+        said.append("invalid configuration in the environment: " + "; ".join(in_env))
+    if in_file:
+        said.append(f"invalid configuration in {origin}: " + "; ".join(in_file))
+    return "; ".join(said)
 
 
 def config_from_mapping(data: Mapping[str, Any], *, origin: str = "settings") -> Config:

@@ -98,6 +98,7 @@ class DocumentWorker:
             process_signed_message,
             self._spool.path(job.spool_id),
             self._config.time_budget_seconds,
+            log_context={"queue_id": job.spool_id},
             **self._feed.pipeline_arguments(),
         )
         if isinstance(outcome, Failed):

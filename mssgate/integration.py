@@ -1,7 +1,7 @@
 """Glue between the spool and the RIS integration queue, and back.
 
 - `DocumentFeed`: after a local delivery to a mailbox that a RIS consumes, the message goes
-  through the document pipeline into that mailbox's queue (or quarantine). `ingest_message`
+  through the document pipeline into that mailbox's queue (or quarantine). `ingest`
   is idempotent, so the at-least-once delivery upstream never doubles a document.
 - `MailboxSealer`: the copy a mailbox stores, encrypted for a RIS that registered a key.
 - `ReceiptSpooler`: MDN receipts the queue produces (on ack or on a final nack) are spooled
@@ -29,7 +29,7 @@ from mssgate.logs import event
 from mssgate.mailstore import DeliveryFailed
 from mssgate.pki import load_certificate, load_private_key
 from mssgate.queue.crypto import EncryptionError
-from mssgate.queue.ingest import ingest_message
+from mssgate.queue.ingest import ingest
 from mssgate.queue.service import DocumentQueue
 from mssgate.smime import sign_message
 from mssgate.spool import PendingDelivery, Spool, new_queue_id
@@ -73,7 +73,7 @@ class DocumentFeed:
     ) -> None:
         envelope = self._spool.envelope(spool_id)
         headers = read_headers(content)
-        ids = ingest_message(
+        report = ingest(
             self._queue,
             content,
             delivery=spool_id,
@@ -87,7 +87,19 @@ class DocumentFeed:
             require_birthplace=self._require_birthplace,
             result=result,
         )
-        event(log, "documents.ingested", queue_id=spool_id, documents=len(ids))
+        new = set(report.queued) - set(report.duplicates) - set(report.replayed)
+        # `documents`: every document the message carried; the others say what became of
+        # them, so that quarantined or repeated documents are not read as sent to the RIS.
+        event(
+            log,
+            "documents.ingested",
+            queue_id=spool_id,
+            documents=len(report.ids),
+            queued=len(new),
+            duplicates=len(report.duplicates),
+            quarantined=len(report.held),
+            replayed=len(report.replayed),
+        )
 
 
 def _header(value: object) -> str | None:

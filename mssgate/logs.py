@@ -23,6 +23,11 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
+        context = getattr(record, "context", None)
+        if isinstance(context, dict):
+            # What the record happened during (a document worker's message): a library's
+            # own warning says nothing of which message it was about.
+            body.update(context)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             body["event"] = record.getMessage()

@@ -92,6 +92,9 @@ def _tls_version(value: object) -> str:
     return text if text in _TLS_VERSIONS else OTHER
 
 
+DOCUMENT_OUTCOMES = ("queued", "duplicate", "quarantined")
+
+
 class Metrics:
     """The gateway's event counters, in a registry of their own."""
 
@@ -124,7 +127,8 @@ class Metrics:
         )
         self.documents = Counter(
             "mssgate_documents",
-            "Documents extracted from delivered mail, by format and outcome.",
+            "Documents extracted from delivered mail, by format and outcome (queued; duplicate:"
+            " queued again, same bytes as an earlier one of the mailbox; quarantined).",
             ["type", "outcome"],
             registry=reg,
         )
@@ -191,8 +195,10 @@ class Metrics:
         self.smime_results.labels(_token(result)).inc()
 
     def document(self, type: str, outcome: str) -> None:
-        if outcome not in ("queued", "quarantined"):
-            raise ValueError(f"document outcome must be queued or quarantined, not {outcome!r}")
+        if outcome not in DOCUMENT_OUTCOMES:
+            raise ValueError(
+                f"document outcome must be queued, duplicate or quarantined, not {outcome!r}"
+            )
         self.documents.labels(_token(type), outcome).inc()
 
     def delivery(self, route: str, outcome: str) -> None:
@@ -271,6 +277,11 @@ class DatabaseCollector:
                     quarantine.c.state == "held"
                 )
             ).one()
+            # Released by `mssgate quarantine release`, a process of its own: a counter in
+            # this one would never see it.
+            released = conn.execute(
+                select(func.count()).where(quarantine.c.state == "released")
+            ).scalar_one()
             spooled = conn.execute(
                 select(func.count()).where(spool_messages.c.state == "queued")
             ).scalar()
@@ -308,6 +319,11 @@ class DatabaseCollector:
             "mssgate_quarantine_documents", "Documents held in quarantine for an operator."
         )
         held_count.add_metric([], int(held))
+        released_count = GaugeMetricFamily(
+            "mssgate_quarantine_released_documents",
+            "Documents released from quarantine by an operator, ever (read from the database).",
+        )
+        released_count.add_metric([], int(released))
         held_size = GaugeMetricFamily(
             "mssgate_quarantine_bytes", "Bytes of the documents held in quarantine."
         )
@@ -324,7 +340,16 @@ class DatabaseCollector:
         )
         for route in ("local", "relay", "documents"):
             recipients.add_metric([route], int(pending.get(route, 0)))
-        return [depth, lease_age, ready_age, held_count, held_size, spool, recipients]
+        return [
+            depth,
+            lease_age,
+            ready_age,
+            held_count,
+            released_count,
+            held_size,
+            spool,
+            recipients,
+        ]
 
 
 _default = Metrics()

@@ -58,7 +58,6 @@ from mssgate.smime.pathcache import PATH_CACHE
 from mssgate.smtp import replies
 from mssgate.smtp.body import MemoryBudget
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
-from mssgate.smtp.policy import Listener
 from mssgate.smtp.server import Sessions, bound_port, start_smtp
 from mssgate.spool import Spool
 from mssgate.spool.delivery import DeliveryWorker
@@ -359,7 +358,8 @@ async def run_gateway(config: Config) -> int:
             await dovecot.stop()
         status.unlink(missing_ok=True)
         engine.dispose()
-        event(log, "serve.stopped", listeners=[listener.value for listener in Listener])
+        # Every listener serve.started named (SMTP, API, IMAP...), not only the SMTP ones.
+        event(log, "serve.stopped", listeners=list(ports))
     return 0
 
 

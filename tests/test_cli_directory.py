@@ -159,3 +159,17 @@ def test_installed_console_script(datadir: Path) -> None:
     assert bad.returncode == 1
     assert bad.stderr.startswith("mssgate: error: invalid address")
     assert "Traceback" not in bad.stderr
+
+
+def test_help_shows_no_type_after_plain_flags() -> None:
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "mssgate"
+    env = {"COLUMNS": "120", "PATH": "/usr/bin:/bin"}
+    for args in (["directory", "add", "--help"], ["consumer", "add", "--help"]):
+        shown = subprocess.run([script, *args], capture_output=True, text=True, env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert "--json" in shown.stdout and "--help" in shown.stdout
+        assert "<bool>" not in shown.stdout  # a flag takes no value
+        assert "<str>" in shown.stdout  # options that do still say what they take

@@ -22,6 +22,7 @@ from mssgate.cli import (
     sample_cmds,
     spool_cmds,
 )
+from mssgate.cli import flags as _flags  # noqa: F401  (help: no <bool> after plain flags)
 from mssgate.cli.context import State
 
 app = typer.Typer(

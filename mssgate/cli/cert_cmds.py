@@ -72,9 +72,12 @@ def install_key(
     cert: Annotated[Path, typer.Option("--cert", help="Its S/MIME certificate (PEM).")],
     force: Annotated[bool, typer.Option("--force", help="Replace a key pair in place.")] = False,
 ) -> None:
-    """Give the gateway the key pair of a local mailbox it acts for (an application such as a
-    RIS): it signs that mailbox's receipts and decrypts mail sent to it. For production, the
-    IGC-Santé key and certificate; the certificate is registered for EMAIL too."""
+    """Install the key pair the gateway holds for EMAIL (e.g. the IGC-Santé one of a RIS).
+
+    For a local mailbox the gateway acts for (an application such as a RIS): it signs that
+    mailbox's receipts and decrypts mail sent to it. The certificate is registered for EMAIL
+    too.
+    """
     st = state(ctx)
     directory = st.directory()
     owner = directory.professionals.get(email)

@@ -215,7 +215,7 @@ def import_trust_list(
     ] = False,
     ca: Annotated[
         Path | None,
-        typer.Option("--ca", help="CA bundle (PEM) for the signature; default: [tls] ca."),
+        typer.Option("--ca", help="CA bundle (PEM) for the signature (default: tls.ca)."),
     ] = None,
     signer_cn: Annotated[
         str | None,

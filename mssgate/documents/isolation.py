@@ -22,6 +22,7 @@ import os
 import queue
 import resource
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from typing import Any, Final
 
 from mssgate.documents.record import PipelineResult
 from mssgate.errors import StorageError
-from mssgate.logs import event
+from mssgate.logs import JsonFormatter, event
 
 log = logging.getLogger("mssgate.documents.isolation")
 
@@ -74,8 +75,33 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+# The log fields of the job the worker runs now (its message's queue id).
+_job_context: dict[str, Any] = {}
+
+
+class _JobContext(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.context = dict(_job_context)
+        return True
+
+
+def _child_logging() -> None:
+    """pypdf and lxml warn through `logging` (and `warnings`) about the file they read: as
+    JSON lines, like the gateway's, with the queue id of the message being read. Without
+    this, Python's last-resort handler printed them bare, with nothing saying which message
+    they were about."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(_JobContext())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+
+
 def _child(conn: Connection, memory_bytes: int | None, parent: int) -> None:
     _die_with_parent(parent)
+    _child_logging()
     # Runs in the worker process: everything it needs is imported before it says ready, so
     # that the time a job is given is spent on the job.
     import mssgate.documents.pipeline  # warms lxml, pypdf and our parsers
@@ -99,11 +125,15 @@ def _child(conn: Connection, memory_bytes: int | None, parent: int) -> None:
             job = conn.recv()
         except EOFError:
             return
-        function, path, kwargs = job
+        function, path, kwargs, context = job
+        _job_context.clear()
+        _job_context.update(context)
         try:
             answer: tuple[str, Any] = ("ok", function(Path(path).read_bytes(), **kwargs))
         except Exception as exc:  # the parent holds the message with this reason
             answer = ("error", f"{type(exc).__name__}: {exc}"[:300])
+        finally:
+            _job_context.clear()
         conn.send(answer)
         del answer  # the next job's memory starts from nothing
 
@@ -160,8 +190,15 @@ class PipelinePool:
                 self._new_worker()
 
     def run(
-        self, function: PipelineFunction, path: Path, budget_seconds: float, **kwargs: Any
+        self,
+        function: PipelineFunction,
+        path: Path,
+        budget_seconds: float,
+        *,
+        log_context: dict[str, str] | None = None,
+        **kwargs: Any,
     ) -> Finished | Failed:
+        """`log_context`: fields added to whatever the job logs (e.g. {"queue_id": ...})."""
         worker = self._take()
         if not worker.wait_ready():
             # The gateway's trouble (an import failing, a memory cap too low), never the
@@ -171,7 +208,7 @@ class PipelinePool:
         try:
             started = time.monotonic()
             try:
-                worker.conn.send((function, str(path), kwargs))
+                worker.conn.send((function, str(path), kwargs, log_context or {}))
             except OSError as exc:
                 raise _Broken("the document worker process died") from exc
             if not worker.conn.poll(budget_seconds):

@@ -30,6 +30,10 @@ class IngestReport:
     queued: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
     held_outcomes: list[Quarantined] = field(default_factory=list)
+    # Of `queued`: the ones that repeat bytes the mailbox got before (queued again, with
+    # `duplicate_of`), and the ones an earlier run of this same delivery queued already.
+    duplicates: list[str] = field(default_factory=list)
+    replayed: list[str] = field(default_factory=list)
 
     @property
     def ids(self) -> list[str]:
@@ -97,7 +101,12 @@ def ingest(
                 ),
                 actor=actor,
             )
-            if created:
+            if not created:
+                report.replayed.append(doc_id)
+            elif service.duplicate_of(doc_id) is not None:
+                report.duplicates.append(doc_id)
+                metrics.document(record.document.format, "duplicate")
+            else:
                 # Counted once: a replayed delivery finds the row and adds nothing.
                 metrics.document(record.document.format, "queued")
             report.queued.append(doc_id)

@@ -216,6 +216,14 @@ class DocumentQueue:
         ).scalar_one_or_none()
         return None if found is None else str(found)
 
+    def duplicate_of(self, doc_id: str) -> str | None:
+        """The mailbox's earlier copy of the same bytes that `doc_id` repeats, if any."""
+        with self._engine.connect() as conn:
+            found = conn.execute(
+                select(queue_documents.c.duplicate_of).where(queue_documents.c.id == doc_id)
+            ).scalar_one_or_none()
+        return None if found is None else str(found)
+
     def enqueue(self, doc: NewDocument, *, actor: str = "queue") -> tuple[str, bool]:
         """Queues a document; (id, created). A replay of the same delivery (ingest runs
         again after a crash) yields the first record; the same bytes in another delivery

@@ -330,7 +330,9 @@ class SmtpPolicy:
                     self._directory, normal, domain, self._trust.encryption
                 )
                 return (refusal, None) if refusal is not None else (replies.RECIPIENT_OK, normal)
-            return replies.RELAY_DENIED, None
+            if self.listener.for_clients:
+                return replies.domain_not_trusted(domain), None
+            return replies.not_a_local_domain(domain), None
         found = self._directory.professionals.find(normal)
         if found is None or not found.local:
             return replies.NO_SUCH_USER, None

@@ -133,6 +133,18 @@ def sender_ok(queue_id: str) -> Reply:
     return Reply(250, "2.1.0", f"Sender OK, queue id {queue_id}")
 
 
+def domain_not_trusted(domain: str) -> Reply:
+    """To a practitioner writing to a domain off the trust list: the list is the national
+    one, public, so naming the domain tells nothing a client may not know, and tells the
+    sender what to check (the address, or the operator's `domain import-trust-list`)."""
+    return Reply(550, "5.7.1", f"Relaying denied: domain {domain} is not on the trust list")
+
+
+def not_a_local_domain(domain: str) -> Reply:
+    """To a peer gateway: it may only deliver to our own domains, trust list or not."""
+    return Reply(550, "5.7.1", f"Relaying denied: {domain} is not a domain of this gateway")
+
+
 def recipient_ok(queue_id: str | None) -> Reply:
     if queue_id is None:
         return RECIPIENT_OK

@@ -12,6 +12,7 @@ from sqlalchemy import insert
 from mssgate import metrics
 from mssgate.db import open_engine, upgrade
 from mssgate.db.schema import spool_messages, spool_recipients
+from mssgate.documents.limits import DocumentLimits
 from mssgate.metrics import DatabaseCollector, Metrics, render, scrape_registry
 from tests.api.conftest import Api
 from tests.documents.factory import CdaSpec, make_cda
@@ -179,5 +180,71 @@ def test_a_fresh_metrics_is_isolated_from_the_process_one() -> None:
     own.message_accepted("smtps")
     samples = parse(render(own.registry).decode())
     assert value(samples, "mssgate_smtp_messages_total", listener="smtps", outcome="accepted") == 1
-    with pytest.raises(ValueError, match="queued or quarantined"):
+    with pytest.raises(ValueError, match="queued, duplicate or quarantined"):
         own.document("pdf", "lost")
+
+
+def test_a_release_by_another_process_shows_at_the_next_scrape(api: Api) -> None:
+    from mssgate.queue import DocumentQueue, ingest_message
+    from mssgate.queue.ingest import release
+
+    [held] = ingest_message(
+        api.queue,
+        mail([cda(7)]),
+        mailbox=RIS_A,
+        sender=SENDER,
+        message_id=None,
+        subject=None,
+        received_at=datetime.now(UTC),
+        limits=DocumentLimits(),
+        allow_test_oids=False,  # test INS refused: held
+    )
+    _, before = scrape(api)
+    assert value(before, "mssgate_quarantine_documents") == 1
+    assert value(before, "mssgate_quarantine_released_documents") == 0
+    # What `mssgate quarantine release` does, with its own engine as its own process would:
+    # no counter of the serving process moves, the database does.
+    engine = open_engine(api.config.database_url)
+    try:
+        other = DocumentQueue(engine, data_dir=api.config.server.data_dir)
+        release(other, held, limits=DocumentLimits(), allow_test_oids=True, actor="cli:test")
+    finally:
+        engine.dispose()
+    _, after = scrape(api)
+    assert value(after, "mssgate_quarantine_documents") == 0
+    assert value(after, "mssgate_quarantine_released_documents") == 1
+    assert value(after, "mssgate_queue_documents", state="ready") == 1
+
+
+def test_a_repeated_document_counts_as_duplicate_not_queued(api: Api) -> None:
+    from mssgate.queue.ingest import ingest
+
+    _, before = scrape(api)
+    raw = mail([cda(8)])
+    reports = []
+    for delivery in ("0000000000001FIRST", "0000000000002AGAIN", "0000000000002AGAIN"):
+        reports.append(
+            ingest(
+                api.queue,
+                raw,
+                delivery=delivery,
+                mailbox=RIS_A,
+                sender=SENDER,
+                message_id=None,
+                subject=None,
+                received_at=datetime.now(UTC),
+                limits=DocumentLimits(),
+                allow_test_oids=True,
+            )
+        )
+    first, again, replay = reports
+    assert (len(first.queued), first.duplicates, first.replayed) == (1, [], [])
+    assert again.duplicates == again.queued and again.replayed == []  # same bytes, new mail
+    assert replay.replayed == replay.queued == again.queued  # the same delivery, run again
+    _, after = scrape(api)
+
+    def delta(outcome: str) -> float:
+        name, labels = "mssgate_documents_total", {"type": "cda-n3", "outcome": outcome}
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert (delta("queued"), delta("duplicate")) == (1, 1)

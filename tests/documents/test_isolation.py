@@ -4,8 +4,12 @@ message is served by the new worker."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
+
+import pytest
 
 from mssgate.documents.isolation import Failed, Finished, PipelinePool
 from mssgate.documents.pipeline import process_message
@@ -67,3 +71,29 @@ def test_a_worker_over_its_memory_cap_fails_the_message_not_the_gateway(tmp_path
         assert isinstance(after, Finished)
     finally:
         pool.stop()
+
+
+def test_a_library_warning_in_the_worker_is_a_json_line_with_the_queue_id(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A startxref pointing past its table: pypdf recovers, and warns through `logging`.
+    pdf = make_pdf(["Compte rendu"])
+    broken = re.sub(rb"startxref\s+(\d+)", lambda m: b"startxref\n%d" % (int(m[1]) + 7), pdf)
+    path = tmp_path / "warns.eml"
+    path.write_bytes(make_mail([("CR.pdf", broken, "application/pdf")]))
+    pool = PipelinePool(1)
+    pool.start()
+    try:
+        capfd.readouterr()
+        outcome = pool.run(
+            process_message, path, 30.0, log_context={"queue_id": "Q-1"}, allow_test_oids=True
+        )
+        assert isinstance(outcome, Finished), outcome
+    finally:
+        pool.stop()
+    lines = [line for line in capfd.readouterr().err.splitlines() if "startxref" in line]
+    assert lines, "pypdf said nothing about the broken startxref"
+    for line in lines:
+        record = json.loads(line)  # one JSON object, like every line the gateway writes
+        assert record["queue_id"] == "Q-1" and record["logger"].startswith("pypdf")
+        assert record["level"] == "warning"

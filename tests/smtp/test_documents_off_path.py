@@ -76,6 +76,8 @@ def test_a_slow_pdf_neither_delays_another_mailbox_nor_outlives_its_budget(
     # The budget, the worker's start-up and a loaded CI machine; unbounded it is ~27 s.
     assert held_after < BUDGET + 12, f"held after {held_after:.1f} s"
     assert ingested["documents"] == 1
+    # Held, not sent to the RIS: counted apart from the queued ones.
+    assert (ingested["queued"], ingested["quarantined"], ingested["duplicates"]) == (0, 1, 0)
     [entry] = json.loads(cli.ok("quarantine", "list", "--json").out)
     assert entry["mailbox"] == RIS and entry["code"] == 906
     assert f"time budget of {BUDGET:g} s per message" in entry["reason"]

@@ -51,7 +51,8 @@ def test_cr_img_from_smtp_to_the_ris_and_receipt_back(live: tuple[Gateway, str, 
     client.sendmail(ALICE, [BOB], cr_img_mail(out))
     client.quit()
     gateway.wait_delivered(BOB, 1)
-    gateway.wait_event("documents.ingested", documents=1)
+    ingested = gateway.wait_event("documents.ingested", documents=1)
+    assert (ingested["queued"], ingested["quarantined"], ingested["duplicates"]) == (1, 0, 0)
     api = httpx.Client(
         base_url=f"https://127.0.0.1:{gateway.ports['api']}",
         verify=gateway.client_context(),
@@ -80,7 +81,11 @@ def test_cr_img_from_smtp_to_the_ris_and_receipt_back(live: tuple[Gateway, str, 
         assert bare.status_code == 401
         assert bare.headers["content-type"].startswith("application/problem+json")
     [receipt] = gateway.wait_delivered(ALICE, 1)
-    mdn = email.message_from_bytes(receipt.read_bytes())
+    signed = email.message_from_bytes(receipt.read_bytes())
+    # `consumer add` gave the RIS mailbox its key: the receipt is signed, the report inside.
+    assert signed.get_content_type() == "multipart/signed"
+    mdn = signed.get_payload(0)
+    assert isinstance(mdn, email.message.Message)
     assert mdn.get_content_type() == "multipart/report"
     assert mdn.get_param("report-type") == "disposition-notification"
     parts = [p.get_content_type() for p in mdn.walk()]

@@ -150,8 +150,14 @@ def test_unknown_peer_certificate_fails_the_handshake(gateway: Gateway, tmp_path
 def test_never_an_open_relay(gateway: Gateway, peer_pki: dict[str, Path], recipient: str) -> None:
     client = connect(gateway, peer_pki)
     client.mail(f"dr.b@{PEER_DOMAIN}")
-    assert client.docmd(f"RCPT TO:<{recipient}>") == (550, b"5.7.1 Relaying denied")
+    code, text = client.docmd(f"RCPT TO:<{recipient}>")
     client.quit()
+    assert (code, text.split(b":")[0]) == (550, b"5.7.1 Relaying denied")
+    if recipient in ("someone@example.org", f"dr.b@{PEER_DOMAIN}"):
+        # A well-formed address of another domain: the peer is told why, without being told
+        # about our trust list (it may only deliver to our own domains, trusted or not).
+        domain = recipient.rsplit("@", 1)[1].encode()
+        assert text == b"5.7.1 Relaying denied: %s is not a domain of this gateway" % domain
 
 
 def test_unknown_local_recipient(gateway: Gateway, peer_pki: dict[str, Path]) -> None:

@@ -175,6 +175,15 @@ def test_recipients(gateway: Gateway, recipient: str, code: int, status: bytes) 
     client.quit()
 
 
+def test_a_domain_off_the_trust_list_is_named(gateway: Gateway) -> None:
+    client = gateway.login()
+    client.mail(ALICE)
+    got = client.docmd("RCPT TO:<someone@Unknown-Operator.test>")
+    expected = b"5.7.1 Relaying denied: domain unknown-operator.test is not on the trust list"
+    assert got == (550, expected)
+    client.quit()
+
+
 def test_recipient_limit(gateway: Gateway, cli: Cli) -> None:
     gateway.stop()
     gateway.start(extra_env={"MSSGATE_SMTP__MAX_RECIPIENTS": "2"})
