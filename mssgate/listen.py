@@ -22,5 +22,7 @@ def bind_failed(listener: str, host: str, port: int, setting: str, exc: OSError)
         section = setting.split(".", 1)[0]
         fix = f"set another address with {section}.bind"
     else:
-        fix = f"choose another port with {setting}"
+        # Both places a port is chosen: the file, and the environment that overrides it.
+        variable = "MSSGATE_" + setting.upper().replace(".", "__")
+        fix = f"choose another port with {setting} (or {variable})"
     return ConfigError(f"cannot listen for {listener} on {where}: {why}; {fix}")

@@ -50,6 +50,16 @@ def init(
     node: Annotated[
         str | None, typer.Option("--node", help="This node's name (default: the host name).")
     ] = None,
+    port_base: Annotated[
+        int | None,
+        typer.Option(
+            "--port-base",
+            metavar="N",
+            help="Listen on N + each protocol's number: submission N+587, SMTPS N+465, peers"
+            " N+25, IMAP N+143 and N+993, RIS API N+443, nodes N+24 (default ports: N=10000)."
+            " E.g. 20000 beside a gateway on the defaults (make run).",
+        ),
+    ] = None,
 ) -> None:
     """Create a data folder: configuration, database, dev PKI, first local domain, first node."""
     dom = normalize_domain(domain)
@@ -69,12 +79,22 @@ def init(
     }
     if database is not None:
         mapping["database"] = {"url": database}
+    ports = _ports_from(port_base) if port_base is not None else {}
+    for section, values in ports.items():
+        mapping.setdefault(section, {}).update(values)
     config = config_from_mapping(mapping, origin=str(config_file))
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)  # the folder holds mail and keys
     # The node's name is written even when it is the host name's default: a host renamed
     # (a container made again) must not orphan the spool entries the node holds.
-    content = render_config(data_dir, dom, host, node=config.node.name, database_url=database)
+    content = render_config(
+        data_dir,
+        dom,
+        host,
+        node=config.node.name,
+        node_port=ports["node"]["port"] if ports else None,
+        database_url=database,
+    ) + _ports_toml(ports)
     pki = init_dev_pki(config.certs_dir, domain=dom, hostname=host, force=force)
     # The gateway signs its own DSNs as mailer-daemon@DOMAIN (see mssgate.integration).
     issue_smime_files(
@@ -108,6 +128,13 @@ def init(
     say(f"  dev CA         {pki.ca_cert}")
     say(f"  server cert    {pki.server_cert}")
     say(f"  database       {_shown_url(config.database_url)}")
+    if ports:
+        smtp, imap = config.smtp, config.imap
+        say(
+            f"  ports          submission {smtp.submission_port}, SMTPS {smtp.smtps_port},"
+            f" peers {smtp.mta_port}, IMAP {imap.port}/{imap.imaps_port},"
+            f" RIS API {config.api.port}, nodes {config.node.port}"
+        )
     say(f"  node           {config.node.name}")
     say(f"next: export MSSGATE_CONFIG={config_file}")
 
@@ -120,6 +147,35 @@ def _shown_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # an unparsable URL is reported by open_engine, not here
         return url
+
+
+# `init --port-base N`: each listener on N + the usual number of its protocol, so that the
+# ports of a second gateway on one machine read like the defaults (N = 10000).
+_PORT_OFFSETS = {
+    "smtp": {"submission_port": 587, "smtps_port": 465, "mta_port": 25},
+    "imap": {"port": 143, "imaps_port": 993},
+    "api": {"port": 443},
+    "node": {"port": 24},
+}
+
+
+def _ports_from(base: int) -> dict[str, dict[str, int]]:
+    highest = max(o for offsets in _PORT_OFFSETS.values() for o in offsets.values())
+    if not 1024 <= base <= 65535 - highest:
+        raise UsageFailed(f"--port-base {base}: must be between 1024 and {65535 - highest}")
+    return {
+        section: {key: base + offset for key, offset in offsets.items()}
+        for section, offsets in _PORT_OFFSETS.items()
+    }
+
+
+def _ports_toml(ports: dict[str, dict[str, int]]) -> str:
+    """The sections of the ports, [node] apart (render_config writes that one)."""
+    return "".join(
+        f"\n[{section}]\n" + "".join(f"{key} = {port}\n" for key, port in values.items())
+        for section, values in ports.items()
+        if section != "node"
+    )
 
 
 def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:

@@ -130,7 +130,7 @@ def test_a_task_that_returns_counts_as_crashed() -> None:
 def test_healthz_of_a_live_gateway_is_ok(gateway: Gateway) -> None:
     code, body = gateway.healthz()
     assert code == 200
-    assert body == {"status": "ok", "failing": {}}
+    assert body == {"status": "ok", "failing": {}, "nodes_down": {}}
 
 
 def test_healthz_answers_503_naming_a_task_that_keeps_crashing(datadir: Path) -> None:
@@ -209,4 +209,5 @@ def test_serve_on_a_busy_port_names_the_listener_and_the_port(
     assert last == (
         f"mssgate: error: cannot listen for {listener} on 127.0.0.1:{port}: the port is in use"
         f" (another program, or another mssgate serve); choose another port with {setting}"
+        f" (or {variable})"
     )
