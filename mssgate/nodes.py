@@ -210,8 +210,18 @@ class Heartbeat:
     """`serve`'s supervised task: stamps the node's heartbeat and keeps the names of the
     nodes that went silent, for /healthz (which then never waits on the database)."""
 
-    def __init__(self, registry: Nodes, name: str, *, every: float, down_after: float) -> None:
+    def __init__(
+        self,
+        registry: Nodes,
+        name: str,
+        *,
+        every: float,
+        down_after: float,
+        on_beat: Callable[[bool], object] | None = None,
+    ) -> None:
         self._registry = registry
+        # Called after each beat with whether this is the only registered node.
+        self._on_beat = on_beat
         self._name = name
         self._every = every
         self._down_after = timedelta(seconds=down_after)
@@ -225,7 +235,8 @@ class Heartbeat:
     def once(self) -> None:
         self._registry.beat(self._name)
         down = {}
-        for n in self._registry.list(down_after=self._down_after):
+        listed = self._registry.list(down_after=self._down_after)
+        for n in listed:
             if n.up or n.name == self._name:
                 continue
             down[n.name] = (
@@ -234,6 +245,8 @@ class Heartbeat:
                 else f"silent for {n.silent_seconds:.0f} s"
             )
         self._silent = down
+        if self._on_beat is not None:
+            self._on_beat([n.name for n in listed] == [self._name])
 
     async def run(self) -> None:
         while True:

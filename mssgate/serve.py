@@ -291,6 +291,9 @@ async def run_gateway(config: Config) -> int:
             node.name,
             every=node.heartbeat_seconds,
             down_after=node.down_after_seconds,
+            # Rows that name no node (written by an older `mssgate` beside this serve, or
+            # by a script) would otherwise wait for the next start.
+            on_beat=lambda alone: spool.adopt_unowned(only_node=alone),
         )
         supervisor.spawn("node-heartbeat", heartbeat.run)
         supervisor.check("node-heartbeat", heartbeat.health.probe)

@@ -221,3 +221,16 @@ def test_node_add_on_postgresql(cli: Cli, tmp_path: Path, pg_schema: str) -> Non
     assert refused.code == 1 and "holds 1 undelivered spool entry" in refused.err
     gone = cli("--config", conf_a, "node", "remove", "nowhere")
     assert gone.code == 1 and "no node named" in gone.err
+
+
+def test_rows_without_a_node_are_claimed_while_serving(engine: Engine, tmp_path: Path) -> None:
+    """A row that names no node (a script, an older CLI beside serve) is claimed at the next
+    heartbeat: by the node holding its file, or by the only node whatever it holds."""
+    legacy = Spool(engine, tmp_path / "a")
+    here, elsewhere = accept(legacy), accept(Spool(engine, tmp_path / "b"))
+    a = Spool(engine, tmp_path / "a", node="a")
+    assert a.adopt_unowned(only_node=False) == 1
+    assert [d.spool_id for d in a.due(route="local")] == [here]
+    assert a.adopt_unowned(only_node=True) == 1
+    assert sorted(d.spool_id for d in a.due(route="local")) == sorted([here, elsewhere])
+    assert a.adopt_unowned(only_node=True) == 0

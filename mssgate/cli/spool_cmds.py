@@ -31,7 +31,10 @@ Force = Annotated[
 
 def _spool(ctx: typer.Context) -> Spool:
     st = state(ctx)
-    return Spool(st.engine(), st.config().server.data_dir / "spool")
+    # What the CLI spools (a DSN from `spool bounce`) is written in this data folder: the
+    # row names this folder's node, whose serve delivers it.
+    config = st.config()
+    return Spool(st.engine(), config.server.data_dir / "spool", node=config.node.name)
 
 
 def _queue_id(ctx: typer.Context, given: str) -> str:

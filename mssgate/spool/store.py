@@ -610,6 +610,24 @@ class Spool:
             self._adopt(orphans)
         return removed
 
+    def adopt_unowned(self, *, only_node: bool) -> int:
+        """Claims the queued rows without a node whose file is here (all of them when this
+        is the only node): rows written by something that names no node (an older `mssgate`
+        beside a newer serve, a script). Cheap when there are none: one indexed query."""
+        if self.node is None:
+            return 0
+        with self._engine.connect() as conn:
+            unowned = list(
+                conn.execute(
+                    select(spool_messages.c.id).where(
+                        spool_messages.c.node.is_(None), spool_messages.c.state == "queued"
+                    )
+                ).scalars()
+            )
+        mine = [i for i in unowned if only_node or self.path(i).exists()]
+        self._adopt(mine)
+        return len(mine)
+
     def _adopt(self, queue_ids: Sequence[str]) -> None:
         for start in range(0, len(queue_ids), 500):
             chunk = queue_ids[start : start + 500]
