@@ -128,9 +128,10 @@ class NotificationSigner:
     The author of an MDN is the mailbox that received the original (an application mailbox
     such as a RIS has its own key); the author of a DSN is mailer-daemon@ our domain. Their
     keys live in `certs/mailboxes/<address>.key.pem` with the certificate beside it
-    (`mssgate init` makes the mailer-daemon one; `mssgate cert issue ADDRESS --out
-    DATA/certs/mailboxes` makes one for an application mailbox). Without a key the message
-    goes unsigned, and a peer that requires signatures will refuse it: the log says so.
+    (`mssgate init` makes the mailer-daemon one; `mssgate consumer add` makes one for an
+    application mailbox from the dev CA, `mssgate cert install-key` installs a production
+    one). Without a key the message goes unsigned, and a peer that requires signatures will
+    refuse it: the log says so.
     """
 
     def __init__(self, mailboxes: Path, *, dkim_selector: str, dkim_key: bytes | None) -> None:
@@ -146,7 +147,15 @@ class NotificationSigner:
             if isinstance(private, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
                 message = sign_message(message, key=private, cert=load_certificate(cert))
             else:
-                event(log, "notification.unsigned", reason="no key for the author")
+                event(
+                    log,
+                    "notification.unsigned",
+                    reason="no key for the author",
+                    # The author is our own mailbox (a RIS), not a patient: naming it says
+                    # which key to put in place, and how.
+                    author=author,
+                    fix=f"mssgate consumer add (dev CA) or mssgate cert install-key {author}",
+                )
         if relay and author is not None and self._dkim_key is not None:
             message = dkim_sign(
                 message,
