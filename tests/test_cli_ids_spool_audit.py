@@ -49,6 +49,9 @@ def test_quarantine_ids_whole_at_80_columns_and_taken_by_prefix(datadir: Path) -
     listed = run(datadir, "quarantine", "list")
     assert listed.returncode == 0, listed.stderr
     assert held in listed.stdout  # whole, on one line, at 80 columns
+    assert "…" not in listed.stdout  # and no other cell cut either
+    reason = json.loads(run(datadir, "quarantine", "list", "--json").stdout)[0]["reason"]
+    assert f"reason: {reason}" in listed.stdout  # too wide for 80: one line per column
     shown = run(datadir, "quarantine", "show", held[:9])
     assert shown.returncode == 0, shown.stderr
     assert f"id: {held}" in shown.stdout

@@ -66,7 +66,7 @@ def show(
         "Audit",
         ["seq", "at", "actor", "action", "subject"],
         [(e.seq, f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.subject) for e in rows],
-        ids=("seq", "subject"),
+        ids=("seq",),
     )
 
 

@@ -75,6 +75,11 @@ def emit_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
+# A column wider than this is given no more when deciding whether a table fits: its text
+# wraps inside the table.
+_WRAP_AT = 40
+
+
 def emit_table(
     title: str,
     columns: Sequence[str],
@@ -82,20 +87,44 @@ def emit_table(
     *,
     ids: Collection[str] = ("id",),
 ) -> None:
-    """A table whose `ids` columns are never shortened: an operator copies an ID from here
-    into the next command. Other cells wrap, and a word longer than its column folds onto
-    the next line rather than being cut (nothing hidden behind an ellipsis)."""
+    """A table whose first column of `ids` present is never shortened nor wrapped: an
+    operator copies an ID from here into the next command. Every other cell wraps, and a
+    word longer than its column folds onto the next line rather than being cut (nothing
+    hidden behind an ellipsis).
+
+    On a terminal too narrow for the table (80 columns and a queue's nine), each row is
+    printed as lines of `column: value` instead, as `show` prints one entry: a table
+    squeezed to two letters a column would be complete but unreadable."""
     cells = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [
+        max([len(col), *(len(row[index]) for row in cells)]) for index, col in enumerate(columns)
+    ]
+    natural = sum(min(w, _WRAP_AT) for w in widths) + 3 * len(columns) + 1
+    if cells and natural > stdout.width:
+        _emit_records(title, columns, cells)
+        return
+    whole = next((col for col in columns if col in ids), None)
     table = Table(title=title, show_lines=False)
-    for index, col in enumerate(columns):
-        if col in ids:
-            widest = max((len(row[index]) for row in cells), default=0)
-            table.add_column(col, no_wrap=True, overflow="fold", min_width=max(widest, len(col)))
+    for col, widest in zip(columns, widths, strict=True):
+        # Past _WRAP_AT characters it is no ID of ours (an address in an audit subject, say):
+        # kept on one line it would squeeze the other columns out.
+        if col == whole and widest <= _WRAP_AT:
+            table.add_column(col, no_wrap=True, overflow="fold", min_width=widest)
         else:
             table.add_column(col, overflow="fold")
     for row in cells:
         table.add_row(*row)
     stdout.print(table)
+
+
+def _emit_records(title: str, columns: Sequence[str], cells: Sequence[Sequence[str]]) -> None:
+    width = max(len(col) for col in columns)
+    say(f"{title}: {len(cells)}")
+    for row in cells:
+        say("")
+        for col, value in zip(columns, row, strict=True):
+            if value:
+                say(f"{col:>{width}}: {value}")
 
 
 def say(message: str) -> None:
