@@ -91,9 +91,10 @@ def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
         return
     emit_table(
         "Consumers",
-        ["name", "mailbox", "pgp", "state"],
+        ["id", "name", "mailbox", "pgp", "state"],
         [
             (
+                c.id,
                 c.name,
                 c.mailbox,
                 "yes" if c.has_pgp_key else "no",
