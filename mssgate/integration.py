@@ -197,15 +197,20 @@ class ReceiptSpooler:
     def __call__(self, mdn: bytes, recipient: str) -> None:
         self.spool(mdn, recipient)
 
+    def route(self, recipient: str) -> Route | None:
+        """How a notification reaches `recipient`: None when its domain is neither ours nor
+        on the trust list (it would be dropped)."""
+        domain = recipient.rsplit("@", 1)[-1].lower()
+        if domain in self._directory.domains.local_names():
+            return "local"
+        if self._directory.domains.peer_ca_pem(domain) is not None:
+            return "relay"
+        return None
+
     def spool(self, mdn: bytes, recipient: str) -> str | None:
         """Returns the notification's queue id, or None when it was dropped."""
-        domain = recipient.rsplit("@", 1)[-1].lower()
-        route: Route
-        if domain in self._directory.domains.local_names():
-            route = "local"
-        elif self._directory.domains.peer_ca_pem(domain) is not None:
-            route = "relay"
-        else:
+        route = self.route(recipient)
+        if route is None:
             event(log, "receipt.dropped", reason="recipient domain neither local nor trusted")
             return None
         if self._signer is not None:

@@ -97,7 +97,9 @@ def test_an_ambiguous_prefix_says_how_many_match(datadir: Path) -> None:
     assert run(datadir, "quarantine", "delete", "abcdef0a").returncode == 0
 
 
-def spool_one(datadir: Path, recipient: str, route: str = "local") -> str:
+def spool_one(
+    datadir: Path, recipient: str, route: str = "local", sender: str = f"dr.x@{DOMAIN}"
+) -> str:
     config = load_config(datadir / "mssgate.toml")
     engine = open_engine(config.database_url)
     spool = Spool(engine, datadir / "spool")
@@ -108,7 +110,7 @@ def spool_one(datadir: Path, recipient: str, route: str = "local") -> str:
         queue_id=queue_id,
         content=b"From: a@clinique-b.test\r\nSubject: x\r\n\r\nx\r\n",
         listener="mta",
-        sender=f"dr.x@{DOMAIN}",
+        sender=sender,
         identity=None,
         peer="127.0.0.1",
         recipients=[(recipient, route)],  # type: ignore[list-item]
@@ -212,3 +214,24 @@ def test_consumer_remove_and_name_reuse_audited_apart(datadir: Path, cli: Cli) -
     assert [e["seq"] for e in last] == [entries[3]["seq"], entries[4]["seq"]]
     table = run(datadir, "audit", "--action", "consumer.remove")
     assert "consumer.remove" in table.stdout and "consumer.add" not in table.stdout
+
+
+def test_bounce_refused_when_no_dsn_could_reach_the_sender(datadir: Path) -> None:
+    stranger = spool_one(datadir, f"dr.y@{DOMAIN}", sender="dr.q@untrusted.test")
+    notification = spool_one(datadir, f"dr.y@{DOMAIN}", sender="")
+    for queue_id in (stranger, notification):
+        fail_once(datadir, queue_id, "452 4.2.2 mailbox full")
+    refused = run(datadir, "spool", "bounce", stranger)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"mssgate: error: cannot bounce {stranger}: the sender's domain (dr.q@untrusted.test)"
+        " is neither hosted here nor on the trust list, so no DSN can reach it; use"
+        " `mssgate spool delete`\n"
+    )
+    null = run(datadir, "spool", "bounce", notification)
+    assert null.returncode == 1 and "null sender" in null.stderr
+    left = json.loads(run(datadir, "spool", "list", "--json").stdout)
+    assert {e["id"]: e["recipients"][0]["state"] for e in left} == {
+        stranger: "pending",
+        notification: "pending",
+    }

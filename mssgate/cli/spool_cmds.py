@@ -123,41 +123,48 @@ def bounce(ctx: typer.Context, queue_id: QueueId, force: Force = False) -> None:
             f"spooled message {queue_id} has a null sender (it is a notification): nobody to"
             " bounce it to; use `mssgate spool delete`"
         )
-    who = actor()
-    aside = spool.set_aside(queue_id, reason=f"being bounced by {who}", force=force)
     directory = st.directory()
-    dsn_id = "none"
-    if aside.recipients:
-        try:
-            content = spool.read(queue_id)
-        except Exception:  # the headers are a courtesy: the DSN goes without them
-            content = b""
-        failures = [
-            RecipientFailure(
-                r, "5.0.0", explanation="returned to the sender by the gateway's administrator"
-            )
-            for r in aside.recipients
-        ]
-        dsn = build_dsn(
-            content,
-            reporting_mta=config.server.hostname,
-            failures=failures,
-            postmaster=postmaster_for(directory, config.server.hostname, envelope.sender),
-            arrival=envelope.received_at,
-            envelope_sender=envelope.sender,
-            date=now(),
-            mss_nil=config.policy.mss_nil,
+    dkim_key = (
+        config.dkim.key.read_bytes() if config.dkim.key and config.dkim.key.exists() else None
+    )
+    signer = NotificationSigner(
+        config.certs_dir / "mailboxes", dkim_selector=config.dkim.selector, dkim_key=dkim_key
+    )
+    bounces = BounceSpooler(spool, directory, [], signer)
+    if bounces.route(envelope.sender) is None:
+        raise Conflict(
+            f"cannot bounce {queue_id}: the sender's domain ({envelope.sender}) is neither"
+            " hosted here nor on the trust list, so no DSN can reach it; use `mssgate spool"
+            " delete`"
         )
-        dkim_key = (
-            config.dkim.key.read_bytes() if config.dkim.key and config.dkim.key.exists() else None
+    who = actor()
+    aside = spool.set_aside(
+        queue_id, reason=f"being bounced by {who}", force=force, recipients_only=True
+    )
+    try:
+        content = spool.read(queue_id)
+    except Exception:  # the headers are a courtesy: the DSN goes without them
+        content = b""
+    failures = [
+        RecipientFailure(
+            r, "5.0.0", explanation="returned to the sender by the gateway's administrator"
         )
-        signer = NotificationSigner(
-            config.certs_dir / "mailboxes", dkim_selector=config.dkim.selector, dkim_key=dkim_key
-        )
-        # Spooled before the failure is recorded, as the relay does: a crash in between
-        # leaves the deliveries held with their reason, and bounces twice rather than never.
-        spooled = BounceSpooler(spool, directory, [], signer).spool(dsn, envelope.sender)
-        dsn_id = spooled or "dropped"
+        for r in aside.recipients
+    ]
+    dsn = build_dsn(
+        content,
+        reporting_mta=config.server.hostname,
+        failures=failures,
+        postmaster=postmaster_for(directory, config.server.hostname, envelope.sender),
+        arrival=envelope.received_at,
+        envelope_sender=envelope.sender,
+        date=now(),
+        mss_nil=config.policy.mss_nil,
+    )
+    # Spooled before the failure is recorded, as the relay does: a crash in between leaves
+    # the deliveries held with their reason ("being bounced by"), and bounces twice rather
+    # than never.
+    dsn_id = bounces.spool(dsn, envelope.sender) or "dropped"
     spool.withdraw(aside, actor=who, action="spool.bounce", detail={"dsn": dsn_id})
     say(
         f"bounced {queue_id} to {envelope.sender} (DSN {dsn_id}):"

@@ -382,7 +382,9 @@ class Spool:
             raise NotFound(f"no held delivery in spooled message {queue_id!r}")
         return released
 
-    def set_aside(self, queue_id: str, *, reason: str, force: bool = False) -> SetAside:
+    def set_aside(
+        self, queue_id: str, *, reason: str, force: bool = False, recipients_only: bool = False
+    ) -> SetAside:
         """First step of taking a message off the pending list (`spool delete`, `spool
         bounce`): what it still has to deliver (recipients, document jobs) is held with
         `reason`, so that no worker starts on it, and returned.
@@ -392,7 +394,8 @@ class Spool:
         message with a delivery due now is refused unless `force` (a gateway that is not
         running delivers nothing): deleting or bouncing it could cross a delivery that the
         peer or the mailbox has already taken. Under the message row's lock, as a delivery
-        takes it when it commits."""
+        takes it when it commits. `recipients_only`: refused when every recipient has had
+        its delivery made or failed (a bounce has nobody to report)."""
         self.path(queue_id)  # a malformed id is NotFound, like an unknown one
         still = spool_recipients.c.state.in_(("pending", "held"))
         jobs_left = spool_documents.c.state != "done"
@@ -414,6 +417,11 @@ class Spool:
                 r for r in (*recipients, *jobs)
                 if r.state == "pending" and aware(r.next_attempt_at) <= stamp
             ]  # fmt: skip
+            if recipients_only and not recipients:
+                raise Conflict(
+                    f"spooled message {queue_id} has no recipient left to deliver to: nothing"
+                    " to bounce (`mssgate spool delete` drops what else keeps it)"
+                )
             if due and not force:
                 raise DeliveryDue(
                     f"spooled message {queue_id} has {len(due)} delivery(ies) due now, maybe"
