@@ -18,8 +18,9 @@ from mssgate.db.schema import spool_messages, spool_recipients
 from mssgate.db.tx import write
 from mssgate.directory import Directory
 from mssgate.directory.timeutil import now
-from mssgate.errors import NotFound, UsageFailed
+from mssgate.errors import Conflict, NotFound, UsageFailed
 from mssgate.spool import Spool
+from mssgate.spool.jobs import DocumentJob, DocumentJobs, add_document_job
 from mssgate.spool.store import DeliveryDue, PendingDelivery
 from tests.queue.helpers import RIS_A, add_mailboxes
 
@@ -125,3 +126,28 @@ def test_consumer_ids_never_given_twice(engine: Engine) -> None:
     assert [e.seq for e in last_two] == [trail[-2].seq, trail[-1].seq]
     assert list(audit.entries(engine, action="consumer_*")) == []  # _ is literal
     assert audit.verify(engine).ok
+
+
+def test_a_dropped_document_job_stays_dropped(engine: Engine, tmp_path: Path) -> None:
+    spool = Spool(engine, tmp_path / "spool")
+    accept(spool, "0000000000BB", recipient=RIS_A)
+    with write(engine) as conn:
+        conn.execute(update(spool_recipients).values(state="delivered"))
+        add_document_job(conn, "0000000000BB", RIS_A)
+    with pytest.raises(Conflict, match="nothing to bounce"):
+        spool.set_aside("0000000000BB", reason="x", force=True, recipients_only=True)
+    with pytest.raises(DeliveryDue):
+        spool.set_aside("0000000000BB", reason="x")  # the job is due: the pipeline may run it
+    aside = spool.set_aside("0000000000BB", reason="being deleted by cli:test", force=True)
+    assert (aside.recipients, aside.documents) == ([], [RIS_A])
+    spool.withdraw(aside, actor="cli:test", action="spool.delete", detail={})
+    jobs = DocumentJobs(engine)
+    jobs.hold(DocumentJob(spool_id="0000000000BB", mailbox=RIS_A, attempts=0), reason="boom")
+    assert jobs.pending() == 0 and jobs.due() == []
+    assert [e.id for e in spool.entries()] == []
+    [done] = spool.entries(include_done=True)
+    assert {r["route"]: r["state"] for r in done.recipients} == {
+        "relay": "delivered",
+        "documents": "done",
+    }
+    assert list(audit.entries(engine, action="documents.held")) == []

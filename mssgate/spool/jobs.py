@@ -122,16 +122,23 @@ class DocumentJobs:
         """Set aside after an unexpected error, until `spool release` makes it due again;
         the message and its file stay meanwhile."""
         with write(self._engine) as conn:
-            conn.execute(
+            # Only a job still pending: one an operator dropped meanwhile (`spool delete
+            # --force`) stays dropped.
+            held = conn.execute(
                 update(spool_documents)
-                .where(self._key(job))  # type: ignore[arg-type]
+                .where(
+                    self._key(job),  # type: ignore[arg-type]
+                    spool_documents.c.state == "pending",
+                )
                 .values(
                     state="held",
                     attempts=job.attempts + 1,
                     last_error=reason[:500],
                     updated_at=now(),
                 )
-            )
+            ).rowcount
+            if not held:
+                return
             audit.append(
                 conn,
                 actor="spool",
