@@ -97,15 +97,29 @@ class AdminHeaders:
         if path != PREFIX and not path.startswith(PREFIX + "/"):
             await self.app(scope, receive, send)
             return
+        started = False
 
         async def with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     headers[name] = value
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        try:
+            await self.app(scope, receive, with_headers)
+        except Exception:
+            # Starlette answers an unexpected error from ServerErrorMiddleware, outside every
+            # middleware: that 500 would go without these headers (and uvicorn would drop
+            # the connection). Answered here instead, as problems.py words it.
+            if started:
+                raise
+            log.exception("unexpected error on %s", path)
+            await problem_response(500, "internal error", instance=path)(
+                scope, receive, with_headers
+            )
 
 
 class LoginRequired(Exception):
@@ -509,15 +523,20 @@ def _detail(text: str) -> str:
 def _quarantine_cursor(value: str) -> tuple[datetime, str]:
     at, sep, held = value.partition("|")
     try:
-        moment = datetime.fromisoformat(at)
-    except ValueError:
+        # In UTC: SQLite compares the stored UTC text, so another offset would shift the page
+        # (and a moment at the calendar's edge may not exist in UTC at all).
+        moment: datetime | None = aware(datetime.fromisoformat(at)).astimezone(UTC)
+    except (ValueError, OverflowError):
         moment = None
     if not sep or moment is None or not held:
         raise ApiProblem(422, "invalid page cursor")
-    return aware(moment), held
+    return moment, held
 
 
-Cursor = Annotated[str | None, Query(max_length=200)]
+# No NUL: PostgreSQL refuses it in a text parameter (a 500, not a page).
+Cursor = Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00]*$")]
+# audit.seq is a 32-bit INTEGER on PostgreSQL; beyond it the driver fails, not the query.
+AuditCursor = Annotated[int | None, Query(ge=1, le=2**31 - 1)]
 
 
 def install(
@@ -631,9 +650,7 @@ def install(
         return section("Quarantine", views.quarantine(limit, before), "Newest first.")
 
     @router.get("/audit")
-    def audit_page(
-        request: Request, before: Annotated[int | None, Query(ge=1)] = None
-    ) -> HTMLResponse:
+    def audit_page(request: Request, before: AuditCursor = None) -> HTMLResponse:
         authorise(request)
         return section("Audit", views.audit(limit, before))
 
@@ -644,7 +661,12 @@ def install(
     @router.post("/login")
     async def login(request: Request) -> Response:
         body = await request.body()
-        fields = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=10)
+        try:
+            fields = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=10)
+        except ValueError:  # more fields than the form has: not a login
+            return problem_response(
+                400, "the login form takes one field, token", instance=request.url.path
+            )
         token = (fields.get("token") or [""])[0].strip()
         cookie = await run_in_threadpool(tokens.open_session, token, session_seconds)
         client = request.client.host if request.client else None

@@ -35,6 +35,7 @@ _TITLES = {
     503: "Service unavailable",
 }
 _SLUGS = {
+    400: "bad-request",
     401: "unauthorized",
     404: "not-found",
     409: "conflict",

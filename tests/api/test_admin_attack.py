@@ -1,0 +1,131 @@
+"""The admin console under a hostile client: page cursors out of every range, a login
+form stuffed with fields, error answers, wrong tokens over and over. Each must end in a
+4xx problem with the console's headers, never a 500 or a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from mssgate.config import Config
+from mssgate.db import open_engine, upgrade
+from mssgate.directory.admin_token import AdminToken
+from tests.api.admin_seed import seed
+from tests.api.test_admin_console import Console, _start, enabled  # noqa: F401 (fixture)
+from tests.queue.helpers import RIS_A
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def served(
+    request: pytest.FixtureRequest,
+    enabled: Config,
+    datadir: Path,  # noqa: F811
+) -> Iterator[tuple[Console, str]]:
+    """The console on either database, and an admin token."""
+    engine: Engine
+    if request.param == "sqlite":
+        engine = open_engine(enabled.database_url)
+        upgrade(engine)
+    else:
+        engine = request.getfixturevalue("pg_engine")
+    running, console = _start(enabled, engine, datadir)
+    token, _ = AdminToken(engine, "test").rotate()
+    try:
+        yield console, token
+    finally:
+        running.stop()
+        if request.param == "sqlite":
+            engine.dispose()
+
+
+def _console_headers(response: httpx.Response) -> None:
+    assert "default-src 'none'" in response.headers.get("content-security-policy", ""), (
+        response.status_code,
+        dict(response.headers),
+    )
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def _problem(response: httpx.Response, status: int) -> dict[str, object]:
+    assert response.status_code == status, (response.request.url, response.text)
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert isinstance(body, dict) and body["status"] == status
+    _console_headers(response)
+    return body
+
+
+HOSTILE_CURSORS = (
+    # Past a 32-bit integer column (audit.seq on PostgreSQL), past 64 bits (SQLite, psycopg).
+    "/admin/audit?before=2147483648",
+    "/admin/audit?before=9223372036854775808",
+    "/admin/audit?before=99999999999999999999",
+    # PostgreSQL refuses NUL in a text parameter.
+    "/admin/directory?after=%00",
+    "/admin/domains?after=peer%00.test",
+    "/admin/spool?before=%00",
+    "/admin/quarantine?before=2026-01-01T00:00:00%2B00:00%7Cheld%00",
+    # A moment that leaves the calendar once taken to UTC.
+    "/admin/quarantine?before=0001-01-01T00:00:00%2B05:00%7Cheld000001",
+    "/admin/quarantine?before=9999-12-31T23:59:59-05:00%7Cheld000001",
+)
+
+
+@pytest.mark.parametrize("path", HOSTILE_CURSORS)
+def test_page_cursors_out_of_range_are_422_not_500(served: tuple[Console, str], path: str) -> None:
+    console, token = served
+    with console.client(token) as client:
+        body = _problem(client.get(path), 422)
+    assert "Traceback" not in str(body) and "/" not in str(body.get("detail", ""))
+
+
+def test_a_quarantine_cursor_in_another_offset_is_the_same_moment(
+    served: tuple[Console, str],
+) -> None:
+    console, token = served
+    seed(console.engine, 100, mailbox=RIS_A)
+    # held000050 arrived at 00:00:50 UTC: the same moment written at +05:00.
+    with console.client(token) as client:
+        utc = client.get("/admin/quarantine?before=2026-01-01T00:00:50%2B00:00%7Cheld000050")
+        east = client.get("/admin/quarantine?before=2026-01-01T05:00:50%2B05:00%7Cheld000050")
+    assert utc.status_code == east.status_code == 200
+    for page in (utc.text, east.text):
+        assert "<td>held000049</td>" in page
+        assert "<td>held000050</td>" not in page and "<td>held000099</td>" not in page
+
+
+def test_a_login_form_with_too_many_fields_is_a_400(served: tuple[Console, str]) -> None:
+    console, _ = served
+    stuffed = "&".join(f"f{i}=x" for i in range(50))
+    with console.client() as client:
+        response = client.post(
+            "/admin/login",
+            content=stuffed,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+    _problem(response, 400)
+    assert "set-cookie" not in response.headers
+
+
+def test_a_server_error_under_admin_has_the_console_headers_and_no_traceback(
+    served: tuple[Console, str],
+) -> None:
+    console, token = served
+    # A real failure: the table the page reads is gone.
+    from mssgate.db.tx import write
+
+    with write(console.engine) as conn:
+        conn.execute(text("ALTER TABLE audit RENAME TO audit_gone"))
+    with console.client(token) as client:
+        response = client.get("/admin/audit")
+        body = _problem(response, 500)
+        assert body["detail"] == "internal error"
+        assert "audit_gone" not in response.text and "Traceback" not in response.text
+        # The connection is still good for the next page.
+        assert client.get("/admin/directory").status_code == 200
