@@ -14,9 +14,12 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -61,6 +64,9 @@ PREFIX = "/admin"
 # plant or overwrite it).
 COOKIE = "__Host-mssgate-admin"
 OVERVIEW_ROWS = 10
+# Wrong tokens one client address may present (form or Bearer) per window before it waits.
+LOGIN_FAILURES = 10
+LOGIN_WINDOW_SECONDS = 60
 REALM = 'Bearer realm="mssgate-admin"'
 LOGIN_REQUIRED = "an admin token is required (mssgate admin token), or log in at /admin/login"
 
@@ -126,6 +132,59 @@ class LoginRequired(Exception):
     def __init__(self, detail: str = LOGIN_REQUIRED) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class TooManyFailures(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many wrong admin tokens from this address; retry in {retry_after} s")
+        self.detail = str(self)
+        self.retry_after = retry_after
+
+
+class FailedLogins:
+    """Wrong admin tokens per client address in a sliding window, in this process.
+
+    A 256-bit token cannot be guessed; this bounds what a guesser costs (a database read
+    per guess, a log line) and is what an operator looks for. While an address is held,
+    even the right token is refused, so a guesser learns nothing from the answer. Only a
+    presented token counts: opening a page without one (a browser's first visit) does not.
+    """
+
+    MAX_ADDRESSES = 10_000  # memory bound: a flood of addresses forgets the oldest
+
+    def __init__(self, limit: int = LOGIN_FAILURES, window: float = LOGIN_WINDOW_SECONDS) -> None:
+        self._limit = limit
+        self._window = window
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, at: float) -> deque[float]:
+        times = self._failures.get(client, deque())
+        while times and times[0] <= at - self._window:
+            times.popleft()
+        return times
+
+    def check(self, client: str) -> None:
+        """Raises TooManyFailures while `client` has used up its wrong tokens."""
+        at = time.monotonic()
+        with self._lock:
+            times = self._recent(client, at)
+            if len(times) >= self._limit:
+                raise TooManyFailures(max(1, math.ceil(times[0] + self._window - at)))
+
+    def failed(self, client: str) -> None:
+        at = time.monotonic()
+        with self._lock:
+            times = self._recent(client, at)
+            times.append(at)
+            self._failures.pop(client, None)
+            self._failures[client] = times  # last in the dict: the most recent
+            while len(self._failures) > self.MAX_ADDRESSES:
+                del self._failures[next(iter(self._failures))]
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)
 
 
 def _render(name: str, status: int = 200, **values: Any) -> HTMLResponse:
@@ -554,14 +613,22 @@ def install(
     limit = config.admin.page_size
     session_seconds = config.admin.session_seconds
     started = time.time()
+    failures = FailedLogins()
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+    def client_of(request: Request) -> str:
+        return request.client.host if request.client else ""
 
     def authorise(request: Request) -> None:
         header = request.headers.get("authorization")
         if header is not None:
+            client = client_of(request)
+            failures.check(client)
             scheme, _, credentials = header.partition(" ")
             if scheme.lower() == "bearer" and tokens.check(credentials.strip()):
                 return
+            failures.failed(client)
+            event(log, "admin.token_refused", client=client)
             raise LoginRequired("the admin token is not valid")
         cookie = request.cookies.get(COOKIE)
         if cookie and tokens.session_valid(cookie, session_seconds):
@@ -577,7 +644,18 @@ def install(
             return page
         return problem_response(401, exc.detail, instance=request.url.path, headers=headers)
 
+    async def on_too_many(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, TooManyFailures)
+        headers = {"Retry-After": str(exc.retry_after)}
+        if _wants_html(request):
+            error = f"Too many wrong tokens from your address: try again in {exc.retry_after} s."
+            page = _render("login.html", 429, title="Log in", nav=False, error=error)
+            page.headers.update(headers)
+            return page
+        return problem_response(429, exc.detail, instance=request.url.path, headers=headers)
+
     app.add_exception_handler(LoginRequired, on_login_required)
+    app.add_exception_handler(TooManyFailures, on_too_many)
 
     def page(name: str, title: str, **values: Any) -> HTMLResponse:
         return _render(name, title=title, nav=True, **values)
@@ -668,9 +746,11 @@ def install(
                 400, "the login form takes one field, token", instance=request.url.path
             )
         token = (fields.get("token") or [""])[0].strip()
+        client = client_of(request)
+        failures.check(client)
         cookie = await run_in_threadpool(tokens.open_session, token, session_seconds)
-        client = request.client.host if request.client else None
         if cookie is None:
+            failures.failed(client)
             event(log, "admin.login_refused", client=client)
             if _wants_html(request):
                 refused = _render(
@@ -688,6 +768,7 @@ def install(
                 instance=request.url.path,
                 headers={"WWW-Authenticate": REALM},
             )
+        failures.succeeded(client)
         event(log, "admin.login", client=client)
         # Always to the console itself: no destination is taken from the request, so the
         # form cannot be made to send a browser elsewhere.

@@ -31,6 +31,7 @@ _TITLES = {
     413: "Request too large",
     415: "Unsupported media type",
     422: "Invalid request",
+    429: "Too many requests",
     500: "Internal error",
     503: "Service unavailable",
 }
@@ -41,6 +42,7 @@ _SLUGS = {
     409: "conflict",
     413: "too-large",
     422: "invalid-request",
+    429: "too-many-requests",
     500: "internal",
     503: "unavailable",
 }

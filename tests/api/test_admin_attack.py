@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
+from mssgate.api.admin import LOGIN_FAILURES as LIMIT
 from mssgate.config import Config
 from mssgate.db import open_engine, upgrade
 from mssgate.directory.admin_token import AdminToken
@@ -22,8 +23,8 @@ from tests.queue.helpers import RIS_A
 @pytest.fixture(params=["sqlite", "postgresql"])
 def served(
     request: pytest.FixtureRequest,
-    enabled: Config,
-    datadir: Path,  # noqa: F811
+    enabled: Config,  # noqa: F811 (the fixture imported above)
+    datadir: Path,
 ) -> Iterator[tuple[Console, str]]:
     """The console on either database, and an admin token."""
     engine: Engine
@@ -129,3 +130,42 @@ def test_a_server_error_under_admin_has_the_console_headers_and_no_traceback(
         assert "audit_gone" not in response.text and "Traceback" not in response.text
         # The connection is still good for the next page.
         assert client.get("/admin/directory").status_code == 200
+
+
+# -- wrong tokens over and over ---------------------------------------------------------------
+
+
+def _from(console: Console, address: str, token: str | None = None) -> httpx.Client:
+    """A client whose connections leave from `address` (another loopback address)."""
+    transport = httpx.HTTPTransport(verify=console.ca, local_address=address)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=console.base_url, transport=transport, headers=headers)
+
+
+def test_wrong_tokens_from_one_address_are_throttled(served: tuple[Console, str]) -> None:
+    console, token = served
+    wrong = "mssa_" + "A" * 43
+    with console.client() as anonymous:
+        # Opening a page without a token is no guess: never throttled.
+        for _ in range(LIMIT + 5):
+            assert anonymous.get("/admin").status_code == 401
+    with console.client() as client:
+        for _ in range(LIMIT // 2):
+            _problem(client.post("/admin/login", data={"token": wrong}), 401)
+            _problem(client.get("/admin", headers={"Authorization": f"Bearer {wrong}"}), 401)
+        # One more guess, by either way, is refused before the token is looked at.
+        held = _problem(client.post("/admin/login", data={"token": wrong}), 429)
+        assert "too many" in str(held["detail"])
+        wait = int(client.post("/admin/login", data={"token": wrong}).headers["retry-after"])
+        assert 0 < wait <= 60
+        # The right token too, while the address is held: a guesser cannot tell it worked.
+        right = client.post("/admin/login", data={"token": token})
+        _problem(right, 429)
+        assert "set-cookie" not in right.headers
+        _problem(client.get("/admin", headers={"Authorization": f"Bearer {token}"}), 429)
+        page = client.post("/admin/login", data={"token": token}, headers={"Accept": "text/html"})
+        assert page.status_code == 429 and '<form class="login"' in page.text
+        _console_headers(page)
+    # Another address is not held.
+    with _from(console, "127.0.0.2", token) as other:
+        assert other.get("/admin").status_code == 200
