@@ -71,9 +71,11 @@ def deliver(
     mailbox: str = RIS_A,
     sender: str = SENDER,
     delivery: str | None = None,
+    allow_test_oids: bool = True,
 ) -> list[str]:
     """Ingests `raw` as the spool would; `delivery` is the spool entry (queue id) it came
-    from, None for one derived from the bytes (the same bytes again are a replay)."""
+    from, None for one derived from the bytes (the same bytes again are a replay);
+    `allow_test_oids` False holds a test INS (906), as a gateway's defaults do."""
     return ingest_message(
         queue,
         raw,
@@ -84,7 +86,7 @@ def deliver(
         subject=None,
         received_at=datetime.now(UTC),
         limits=DocumentLimits(),
-        allow_test_oids=True,
+        allow_test_oids=allow_test_oids,
     )
 
 

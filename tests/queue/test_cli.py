@@ -80,23 +80,8 @@ def test_release_after_the_operator_allows_test_ins(  # type: ignore[no-untyped-
 ) -> None:
     queue = _queue(datadir)
     add_mailboxes(queue.engine, RIS_A)
-    from datetime import UTC, datetime
-
-    from mssgate.documents.limits import DocumentLimits
-    from mssgate.queue import ingest_message
-
     # Received while test INS were refused: held.
-    [held] = ingest_message(
-        queue,
-        mail([cda(4)]),
-        mailbox=RIS_A,
-        sender=SENDER,
-        message_id=None,
-        subject=None,
-        received_at=datetime.now(UTC),
-        limits=DocumentLimits(),
-        allow_test_oids=False,
-    )
+    [held] = deliver(queue, mail([cda(4)]), allow_test_oids=False)
     assert queue.quarantine.get(held).state.value == "held"
     monkeypatch.setenv("MSSGATE_POLICY__ALLOW_TEST_INS", "true")
     out = cli.ok("quarantine", "release", held).out

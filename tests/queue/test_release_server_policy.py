@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -11,10 +10,9 @@ import pytest
 
 from mssgate.config import load_config
 from mssgate.db import open_engine, upgrade
-from mssgate.documents.limits import DocumentLimits
-from mssgate.queue import DocumentQueue, ingest_message
+from mssgate.queue import DocumentQueue
 from tests.conftest import PG_URL, Cli
-from tests.queue.helpers import RIS_A, SENDER, add_mailboxes, cda, mail
+from tests.queue.helpers import RIS_A, add_mailboxes, cda, deliver, mail
 from tests.smtp.conftest import Gateway, free_env
 
 
@@ -37,17 +35,7 @@ def _held(datadir: Path) -> tuple[DocumentQueue, str]:
     upgrade(engine)
     queue = DocumentQueue.from_config(config, engine)
     add_mailboxes(engine, RIS_A)
-    [held] = ingest_message(
-        queue,
-        mail([cda(4)]),
-        mailbox=RIS_A,
-        sender=SENDER,
-        message_id=None,
-        subject=None,
-        received_at=datetime.now(UTC),
-        limits=DocumentLimits(),
-        allow_test_oids=False,
-    )
+    [held] = deliver(queue, mail([cda(4)]), allow_test_oids=False)
     assert queue.quarantine.get(held).code == 906
     return queue, held
 
