@@ -228,6 +228,7 @@ class NodeConfig(_Section):
     # The listener for node-to-node traffic, and the address other nodes must use for it
     # (default 127.0.0.1:port, enough for several nodes on one host).
     port: Port = Field(10024, ge=0, le=65535)
+    bind: str = "127.0.0.1"
     address: str | None = None
     # How often `serve` writes its heartbeat, and how long a node may stay silent before
     # `node list` and /healthz call it down.

@@ -70,8 +70,11 @@ class Nodes:
             audit.append(conn, actor=self._actor, action="node.add", subject=name,
                          detail={"address": address})  # fmt: skip
 
-    def start(self, name: str, *, address: str, data_dir: Path, down_after: timedelta) -> None:
+    def start(
+        self, name: str, *, address: str | None, data_dir: Path, down_after: timedelta
+    ) -> None:
         """`serve` starts: its row (made now if `init` predates nodes) says where it runs.
+        `address` None: not known yet (a port picked at bind time, set by `set_address`).
 
         Refuses while another data folder serves under the same name: the two would each
         deliver the other's spool entries, whose files they do not have.
@@ -82,7 +85,7 @@ class Nodes:
             if row is None:
                 conn.execute(
                     nodes.insert().values(
-                        name=name, address=address, data_dir=str(data_dir), added_at=stamp,
+                        name=name, address=address or "", data_dir=str(data_dir), added_at=stamp,
                         started_at=stamp, heartbeat_at=stamp,
                     )
                 )  # fmt: skip
@@ -105,9 +108,16 @@ class Nodes:
                 update(nodes)
                 .where(nodes.c.name == name)
                 .values(
-                    address=address, data_dir=str(data_dir), started_at=stamp, heartbeat_at=stamp
+                    data_dir=str(data_dir),
+                    started_at=stamp,
+                    heartbeat_at=stamp,
+                    **({} if address is None else {"address": address}),
                 )
             )
+
+    def set_address(self, name: str, address: str) -> None:
+        with write(self._engine) as conn:
+            conn.execute(update(nodes).where(nodes.c.name == name).values(address=address))
 
     def beat(self, name: str) -> None:
         with write(self._engine) as conn:

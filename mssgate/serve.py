@@ -49,6 +49,7 @@ from mssgate.mailstore.base import MailStore
 from mssgate.mailstore.lmtp import LmtpStore
 from mssgate.mailstore.maildir import MaildirStore
 from mssgate.malloc import tune_malloc
+from mssgate.nodelink import CrossNodeDelivery, Homes, NodeHandOff, start_node_listener
 from mssgate.nodes import Heartbeat, Nodes
 from mssgate.queue.service import DocumentQueue
 from mssgate.relay import RelayWorker
@@ -187,7 +188,8 @@ async def run_gateway(config: Config) -> int:
         registry = Nodes(engine, actor="serve")
         registry.start(
             node.name,
-            address=node.announced_address,
+            # Port 0 (tests): the address is known once the node listener is bound.
+            address=None if node.port == 0 and node.address is None else node.announced_address,
             data_dir=data,
             down_after=timedelta(seconds=node.down_after_seconds),
         )
@@ -235,6 +237,11 @@ async def run_gateway(config: Config) -> int:
             pipeline_pool,
             config=config.documents,
         )
+        assert config.tls.cert is not None and config.tls.key is not None
+        assert config.tls.ca is not None
+        # Several nodes need PostgreSQL: on SQLite there is one node and nothing to hand over.
+        several = not config.database_url.startswith("sqlite")
+        homes = Homes(engine, node.name)
         worker = DeliveryWorker(
             spool,
             store,
@@ -242,9 +249,20 @@ async def run_gateway(config: Config) -> int:
             documents=documents,
             budget=budget,
             seal=MailboxSealer(queue),
+            cross_node=CrossNodeDelivery(
+                homes,
+                NodeHandOff(
+                    cert=config.tls.cert,
+                    key=config.tls.key,
+                    ca=config.tls.ca,
+                    timeout=config.delivery.lmtp_timeout_seconds,
+                ),
+            )
+            if several
+            else None,
+            give_up_after=timedelta(seconds=config.relay.max_age_seconds),
         )
         wakers.append(worker.wake)
-        assert config.tls.cert is not None and config.tls.key is not None
         relay = RelayWorker(
             spool,
             directory,
@@ -296,6 +314,30 @@ async def run_gateway(config: Config) -> int:
             on_beat=lambda alone: spool.adopt_unowned(only_node=alone),
         )
         supervisor.spawn("node-heartbeat", heartbeat.run)
+        if several:
+
+            async def node_link() -> None:
+                # Opened once another node is registered: one node alone on PostgreSQL keeps
+                # the ports it had.
+                while len(await asyncio.to_thread(registry.names)) < 2:
+                    await asyncio.sleep(node.heartbeat_seconds)
+                assert config.tls.cert and config.tls.key and config.tls.ca
+                server = await start_node_listener(
+                    bind=node.bind, port=node.port, cert=config.tls.cert, key=config.tls.key,
+                    ca=config.tls.ca, hostname=config.server.hostname, spool=spool,
+                    homes=homes, max_size=config.smtp.max_message_size,
+                    on_accepted=lambda _queue_id: worker.wake(),
+                )  # fmt: skip
+                if node.address is None and node.port == 0:  # tests: the port bound
+                    bound = f"127.0.0.1:{bound_port(server)}"
+                    await asyncio.to_thread(registry.set_address, node.name, bound)
+                event(log, "node.listening", port=bound_port(server))
+                try:
+                    await server.serve_forever()
+                finally:
+                    server.close()
+
+            supervisor.spawn("node-link", node_link)
         supervisor.check("node-heartbeat", heartbeat.health.probe)
         supervisor.spawn("delivery", worker.run)
         supervisor.spawn("documents", documents.run)

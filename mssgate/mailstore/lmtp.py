@@ -38,12 +38,7 @@ class LmtpStore:
         # second one, above which a reader cannot tell the true one.
         message = strip_return_path(message)
         try:
-            if self._port is None:
-                client = smtplib.LMTP(self._host, timeout=self._timeout)
-            else:
-                # LMTP over TCP carries mail in clear: loopback or a trusted segment only
-                # (docs/imap.md, "An existing Dovecot").
-                client = smtplib.LMTP(self._host, self._port, timeout=self._timeout)
+            client = self._connect()
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryFailed(f"LMTP connect to {self.socket_path} failed: {exc}") from exc
         try:
@@ -63,8 +58,15 @@ class LmtpStore:
             except (OSError, smtplib.SMTPException):
                 client.close()
 
+    def _connect(self) -> smtplib.SMTP:
+        if self._port is None:
+            return smtplib.LMTP(self._host, timeout=self._timeout)
+        # LMTP over TCP carries mail in clear: loopback or a trusted segment only
+        # (docs/imap.md, "An existing Dovecot").
+        return smtplib.LMTP(self._host, self._port, timeout=self._timeout)
+
     @staticmethod
-    def _envelope(client: smtplib.LMTP, sender: str, recipient: str) -> None:
+    def _envelope(client: smtplib.SMTP, sender: str, recipient: str) -> None:
         client.ehlo_or_helo_if_needed()  # LHLO, for smtplib.LMTP
         # The real envelope sender: with MAIL FROM:<> every message read as a bounce.
         code, text = client.mail(sender)
@@ -75,7 +77,7 @@ class LmtpStore:
             _refused(code, text)
 
     @staticmethod
-    def _data(client: smtplib.LMTP, message: bytes) -> None:
+    def _data(client: smtplib.SMTP, message: bytes) -> None:
         # With one recipient, LMTP's single reply after the data is that recipient's.
         text: bytes | str
         try:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mssgate import metrics
 from mssgate.config import DeliveryConfig
+from mssgate.directory.timeutil import now
 from mssgate.errors import StorageError
 from mssgate.logs import event
 from mssgate.mailstore import DeliveryFailed, MailStore
@@ -49,6 +50,17 @@ class DocumentHandoff(Protocol):
 Seal = Callable[[str, bytes], bytes]
 
 
+class CrossNode(Protocol):
+    """Hand-over to a mailbox's home node when it is another node (mssgate.nodelink)."""
+
+    def home_elsewhere(self, recipient: str) -> str | None:
+        """The home node's address (host:port), or None to deliver here."""
+        ...
+
+    def hand_over(self, address: str, recipient: str, message: bytes, *, queue_id: str,
+                  sender: str) -> None: ...  # fmt: skip
+
+
 class DeliveryWorker:
     def __init__(
         self,
@@ -60,6 +72,8 @@ class DeliveryWorker:
         documents: DocumentHandoff | None = None,
         budget: MemoryBudget | None = None,
         seal: Seal | None = None,
+        cross_node: CrossNode | None = None,
+        give_up_after: timedelta | None = None,
     ) -> None:
         self._spool = spool
         self._store = store
@@ -68,6 +82,10 @@ class DeliveryWorker:
         self._documents = documents
         self._budget = budget
         self._seal = seal
+        self._cross = cross_node
+        # A hand-over that keeps failing temporarily (the home node down) gives up only
+        # after this long since arrival, as the relay does; never by a count of attempts.
+        self._give_up_after = give_up_after
         self._wake = asyncio.Event()
         self.delivered = 0
         self.health = PassHealth()  # for /healthz: passes that keep failing
@@ -96,6 +114,10 @@ class DeliveryWorker:
             )
 
     def _attempt(self, item: PendingDelivery) -> None:
+        home = self._cross.home_elsewhere(item.recipient) if self._cross is not None else None
+        if home is not None:
+            self._hand_over(item, home)
+            return
         try:
             content = self._spool.read(item.spool_id)
             stored = content if self._seal is None else self._seal(item.recipient, content)
@@ -129,6 +151,31 @@ class DeliveryWorker:
         metrics.delivery(item.route, "delivered")
         self.delivered += 1
         event(log, "delivery.ok", queue_id=item.spool_id, route=item.route)
+
+    def _hand_over(self, item: PendingDelivery, address: str) -> None:
+        assert self._cross is not None
+        content = self._spool.read(item.spool_id)
+        envelope = self._spool.envelope(item.spool_id)
+        try:
+            # Unsealed, without a document job: the home node's own delivery does both.
+            self._cross.hand_over(address, item.recipient, content, queue_id=item.spool_id,
+                                  sender=envelope.sender)  # fmt: skip
+        except DeliveryFailed as exc:
+            expired = self._give_up_after is not None and (
+                now() - envelope.received_at > self._give_up_after
+            )
+            permanent = exc.permanent or expired
+            delay = retry_delay(item.attempts, self._config)
+            self._spool.attempt_failed(item, error=f"hand-over to {address}: {exc}",
+                                       permanent=permanent, retry_in=delay)  # fmt: skip
+            metrics.delivery(item.route, "failed" if permanent else "deferred")
+            event(log, "delivery.failed", queue_id=item.spool_id, permanent=permanent,
+                  node=address, attempts=item.attempts + 1, error=str(exc))  # fmt: skip
+            return
+        self._spool.delivered(item)
+        metrics.delivery(item.route, "delivered")
+        self.delivered += 1
+        event(log, "delivery.ok", queue_id=item.spool_id, route=item.route, node=address)
 
     async def run_once(self) -> int:
         batch = await asyncio.to_thread(self._spool.due, route="local")

@@ -9,6 +9,8 @@ bounced the sender, though A still had the file and could have sent it.
 from __future__ import annotations
 
 import signal
+import smtplib
+import ssl
 import time
 from pathlib import Path
 
@@ -22,6 +24,9 @@ pytestmark = pytest.mark.postgres
 ALICE = f"secretariat@{DOMAIN}"
 PEER = f"dr.x@{PEER_DOMAIN}"
 FAST = {
+    "MSSGATE_NODE__PORT": "0",  # each node's listener on a free port, announced as bound
+    "MSSGATE_DELIVERY__RETRY_FIRST_SECONDS": "0.5",
+    "MSSGATE_DELIVERY__RETRY_MAX_SECONDS": "1",
     "MSSGATE_RELAY__POLL_SECONDS": "0.2",
     "MSSGATE_DELIVERY__POLL_SECONDS": "0.2",
     "MSSGATE_NODE__HEARTBEAT_SECONDS": "0.3",
@@ -134,6 +139,70 @@ def test_a_node_never_takes_another_nodes_entry(
         )
         assert relay_state(cli, conf_b, queue_id)["state"] == "pending"
         assert node_a.data.joinpath("spool", "msg", f"{queue_id}.eml").exists()
+    finally:
+        for node in (node_a, node_b):
+            if node.proc is not None:
+                node.stop()
+
+
+BOB = f"imagerie@{DOMAIN}"
+
+
+class _Lmtps(smtplib.SMTP_SSL):
+    ehlo_msg = "lhlo"
+
+
+def test_mail_accepted_by_one_node_reaches_the_mailbox_on_its_home_node(
+    cli: Cli, two_nodes: tuple[Gateway, Gateway]
+) -> None:
+    node_a, node_b = two_nodes
+    conf_a, conf_b = node_a.data / "mssgate.toml", node_b.data / "mssgate.toml"
+    # Homed on A (A's config); its mail submitted on B.
+    cli.ok("--config", conf_a, "directory", "add", BOB, "--name", "Imagerie",
+           "--kind", "organisation")  # fmt: skip
+    node_a.start()
+    node_b.start()
+    try:
+        with node_b.login(ALICE) as client:
+            client.sendmail(ALICE, [BOB], message(ALICE, BOB, body="via B"))
+        [delivered] = node_a.wait_delivered(BOB, 1)
+        assert b"via B" in delivered.read_bytes()
+        assert node_b.mailbox(BOB) == []
+        node_b.wait_event("delivery.ok")
+        # The node listener takes mail from the nodes only: a practitioner's certificate of
+        # the same CA is not enough.
+        [a] = [n for n in cli.ok("--config", conf_a, "node", "list", "--json").json()
+               if n["name"] == "a"]  # fmt: skip
+        host, port = str(a["address"]).rsplit(":", 1)
+        cli.ok("--config", conf_a, "cert", "issue", ALICE, "--out", node_a.data / "out")
+        ctx = ssl.create_default_context(cafile=node_a.ca)
+        ctx.check_hostname = False
+        ctx.load_cert_chain(node_a.data / "out" / f"{ALICE}.crt.pem",
+                            node_a.data / "out" / f"{ALICE}.key.pem")  # fmt: skip
+        intruder = _Lmtps(host, int(port), context=ctx, timeout=10)
+        try:
+            intruder.ehlo()
+            assert intruder.mail(ALICE)[0] == 250
+            code, _ = intruder.rcpt(BOB)
+            assert code == 530
+        finally:
+            intruder.close()
+        # Home node down: the mail waits on B (250 all the same), then arrives.
+        node_a.stop()
+        with node_b.login(ALICE) as client:
+            client.sendmail(ALICE, [BOB], message(ALICE, BOB, body="while A was down"))
+        node_b.wait_event("delivery.failed", permanent=False)
+        pending = [e for e in spool_rows(cli, conf_b) if e["node"] == "b"]
+        assert pending and all(
+            r["state"] == "pending"
+            for e in pending
+            for r in e["recipients"]  # type: ignore[attr-defined]
+        )
+        node_a.start()
+        files = node_a.wait_delivered(BOB, 2, timeout=30)
+        assert any(b"while A was down" in f.read_bytes() for f in files)
+        assert len(node_a.wait_delivered(BOB, 2)) == 2  # once each
+        assert node_b.mailbox(BOB) == []
     finally:
         for node in (node_a, node_b):
             if node.proc is not None:

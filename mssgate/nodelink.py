@@ -1,0 +1,231 @@
+"""Delivery across nodes: a message for a mailbox homed on another node is handed to that
+node over LMTP inside TLS, one recipient per transaction (so LMTP's reply after the data is
+that recipient's), and the home node takes it into its own spool before it answers 250.
+
+Both ends present the installation's server certificate (`node add` copies it to every node)
+and each end requires exactly that certificate of the other: the installation's CA also
+issues practitioners' certificates, and none of those may hand mail in past every check that
+SMTP makes. Exactly once under normal operation; a crash between the home node's commit and
+the sender node's bookkeeping sends it again (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import smtplib
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import Envelope, Session
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Engine, and_, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from mssgate.config import parse_lmtp_target
+from mssgate.db.schema import nodes, professionals
+from mssgate.errors import MssgateError
+from mssgate.identifiers import normalize_address
+from mssgate.logs import event
+from mssgate.mailstore import DeliveryFailed
+from mssgate.mailstore.lmtp import LmtpStore
+from mssgate.pki import load_certificate
+from mssgate.spool import Spool, new_queue_id
+from mssgate.tls import client_context, server_context
+
+log = logging.getLogger("mssgate.nodelink")
+
+
+class RemoteHome(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    node: str
+    address: str
+
+
+class Homes:
+    """Where a mailbox lives, seen from node `me`."""
+
+    def __init__(self, engine: Engine, me: str) -> None:
+        self._engine = engine
+        self._me = me
+
+    def remote(self, recipient: str) -> RemoteHome | None:
+        """The home node when it is another node; None: deliver here (homed here, or no home
+        chosen, or its node unknown: never lose a message to a dangling name)."""
+        query = (
+            select(professionals.c.node, nodes.c.address)
+            .select_from(professionals.join(nodes, nodes.c.name == professionals.c.node))
+            .where(
+                and_(
+                    professionals.c.address == recipient.lower(),
+                    professionals.c.local.is_(True),
+                )
+            )
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None or row.node == self._me:
+            return None
+        return RemoteHome(node=row.node, address=row.address)
+
+    def homed_here(self, recipient: str) -> bool:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(professionals.c.node).where(
+                    professionals.c.address == recipient.lower(),
+                    professionals.c.local.is_(True),
+                )
+            ).first()
+        return row is not None and row.node in (None, self._me)
+
+
+def _der(cert_path: Path) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return load_certificate(cert_path).public_bytes(Encoding.DER)
+
+
+class _LmtpOverTls(smtplib.SMTP_SSL):
+    ehlo_msg = "lhlo"  # as smtplib.LMTP
+
+
+class NodeHandOff(LmtpStore):
+    """The sending side: one recipient's message to its home node (raises DeliveryFailed,
+    temporary while the home node is unreachable)."""
+
+    def __init__(self, *, cert: Path, key: Path, ca: Path, timeout: float) -> None:
+        super().__init__("127.0.0.1:1", timeout=timeout)  # the target is per call
+        ctx = client_context(ca_pem=ca.read_text(), cert=cert, key=key)
+        # Node addresses are whatever the operator announced (an IP on a private segment);
+        # the peer is checked against the one certificate every node has instead.
+        ctx.check_hostname = False
+        self._ctx = ctx
+        self._own = _der(cert)
+
+    def hand_over(self, address: str, recipient: str, message: bytes, *, queue_id: str,
+                  sender: str) -> None:  # fmt: skip
+        try:
+            host, port = parse_lmtp_target(address)
+            if port is None:
+                raise ValueError(address)
+        except ValueError:
+            # The home node has not announced where it listens yet (or its row is damaged):
+            # it may tell at its next start, so the delivery waits rather than being held.
+            raise DeliveryFailed(f"the home node announces no usable address {address!r}") from None
+        self._host, self._port = host, port
+        self.socket_path = address
+        self.deliver(recipient, message, delivery_id=queue_id, sender=sender)
+
+    def _connect(self) -> smtplib.SMTP:
+        assert self._port is not None  # set by hand_over
+        client = _LmtpOverTls(self._host, self._port, timeout=self._timeout, context=self._ctx)
+        sock = client.sock
+        peer = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        if peer is None or not hmac.compare_digest(peer, self._own):
+            client.close()
+            raise smtplib.SMTPException(f"{self.socket_path} is not a node of this installation")
+        return client
+
+
+class _Handler:
+    def __init__(self, spool: Spool, homes: Homes, own: bytes,
+                 on_accepted: Callable[[str], None]) -> None:  # fmt: skip
+        self._spool = spool
+        self._homes = homes
+        self._own = own
+        self._on_accepted = on_accepted
+
+    async def handle_RCPT(self, server: LMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:  # fmt: skip
+        if not _from_a_node(server, self._own):
+            return "530 5.7.0 only the nodes of this installation may deliver here"
+        if envelope.rcpt_tos:
+            return "452 4.5.3 one recipient per transaction"
+        try:
+            recipient = normalize_address(address)
+        except ValueError:
+            return "550 5.1.3 bad recipient address"
+        try:
+            here = await asyncio.to_thread(self._homes.homed_here, recipient)
+        except SQLAlchemyError:
+            return "451 4.3.0 directory unavailable"
+        if not here:
+            return "550 5.1.1 no mailbox of this node"
+        envelope.rcpt_tos.append(recipient)
+        return "250 2.1.5 ok"
+
+    async def handle_DATA(self, server: LMTP, session: Session, envelope: Envelope) -> str:
+        if not _from_a_node(server, self._own) or len(envelope.rcpt_tos) != 1:
+            return "554 5.5.1 no valid recipient"
+        content = envelope.original_content or b""
+        queue_id = new_queue_id()
+        peer: object = session.peer
+        if isinstance(peer, tuple):
+            peer = peer[0]
+        try:
+            await asyncio.to_thread(
+                self._spool.accept, queue_id=queue_id, content=content, listener="node",
+                sender=envelope.mail_from or "", identity=None, peer=str(peer)[:64],
+                recipients=[(envelope.rcpt_tos[0], "local")],
+            )  # fmt: skip
+        except (MssgateError, SQLAlchemyError, OSError) as exc:
+            event(log, "node.accept_failed", level=logging.ERROR,
+                  error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            return "451 4.3.0 cannot spool now, try again"
+        event(log, "node.accepted", queue_id=queue_id, size=len(content))
+        self._on_accepted(queue_id)
+        return f"250 2.0.0 {queue_id} accepted"
+
+
+def _from_a_node(server: LMTP, own: bytes) -> bool:
+    transport: Any = server.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return peer is not None and hmac.compare_digest(peer, own)
+
+
+async def start_node_listener(
+    *,
+    bind: str,
+    port: int,
+    cert: Path,
+    key: Path,
+    ca: Path,
+    hostname: str,
+    spool: Spool,
+    homes: Homes,
+    max_size: int,
+    on_accepted: Callable[[str], None],
+) -> asyncio.Server:
+    """LMTP with implicit TLS; a client must present the installation's server certificate."""
+    ctx = server_context(cert, key, client_cas=[ca.read_text()], request_client_cert=True)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    handler = _Handler(spool, homes, _der(cert), on_accepted)
+    loop = asyncio.get_running_loop()
+
+    def factory() -> LMTP:
+        return LMTP(handler, hostname=hostname, data_size_limit=max_size,
+                    decode_data=False, loop=loop)  # fmt: skip
+
+    return await loop.create_server(factory, host=bind, port=port, ssl=ctx, reuse_address=True)
+
+
+class CrossNodeDelivery:
+    """What the delivery worker asks (mssgate.spool.delivery.CrossNode)."""
+
+    def __init__(self, homes: Homes, handoff: NodeHandOff) -> None:
+        self._homes = homes
+        self._handoff = handoff
+
+    def home_elsewhere(self, recipient: str) -> str | None:
+        home = self._homes.remote(recipient)
+        return None if home is None else home.address
+
+    def hand_over(self, address: str, recipient: str, message: bytes, *, queue_id: str,
+                  sender: str) -> None:  # fmt: skip
+        self._handoff.hand_over(address, recipient, message, queue_id=queue_id, sender=sender)
