@@ -35,6 +35,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from mssgate.db.schema import (
+    nodes,
     quarantine,
     queue_documents,
     spool_documents,
@@ -299,6 +300,15 @@ class DatabaseCollector:
                     select(func.count()).where(spool_documents.c.state == "pending")
                 ).scalar_one()
             )
+            # Several nodes: each one's heartbeat and the entries only it can deliver.
+            node_rows = conn.execute(select(nodes.c.name, nodes.c.heartbeat_at)).all()
+            by_node: dict[str | None, int] = dict(
+                conn.execute(
+                    select(spool_messages.c.node, func.count())
+                    .where(spool_messages.c.state == "queued")
+                    .group_by(spool_messages.c.node)
+                ).all()
+            )
 
         depth = GaugeMetricFamily(
             "mssgate_queue_documents", "Documents in the RIS queue, by state.", labels=["state"]
@@ -340,7 +350,23 @@ class DatabaseCollector:
         )
         for route in ("local", "relay", "documents"):
             recipients.add_metric([route], int(pending.get(route, 0)))
+        silence = GaugeMetricFamily(
+            "mssgate_node_heartbeat_age_seconds",
+            "Seconds since each node's last heartbeat (-1: never served).",
+            labels=["node"],
+        )
+        held_by = GaugeMetricFamily(
+            "mssgate_node_spool_messages_queued",
+            "Accepted messages not yet fully delivered, by the node whose data folder holds"
+            " them (only that node can deliver them).",
+            labels=["node"],
+        )
+        for name, beat in node_rows:
+            silence.add_metric([str(name)], -1.0 if beat is None else _age(now, beat))
+            held_by.add_metric([str(name)], int(by_node.get(name, 0)))
         return [
+            silence,
+            held_by,
             depth,
             lease_age,
             ready_age,

@@ -234,3 +234,23 @@ def test_rows_without_a_node_are_claimed_while_serving(engine: Engine, tmp_path:
     assert a.adopt_unowned(only_node=True) == 1
     assert sorted(d.spool_id for d in a.due(route="local")) == sorted([here, elsewhere])
     assert a.adopt_unowned(only_node=True) == 0
+
+
+def test_metrics_per_node(engine: Engine, tmp_path: Path) -> None:
+    from mssgate.metrics import DatabaseCollector
+
+    registry = Nodes(engine, actor="test")
+    registry.add("a", address="127.0.0.1:1", data_dir=tmp_path / "a")
+    registry.start("b", address="127.0.0.1:2", data_dir=tmp_path / "b",
+                   down_after=timedelta(seconds=30))  # fmt: skip
+    accept(Spool(engine, tmp_path / "b", node="b"))
+    later = now() + timedelta(seconds=40)
+    families = {f.name: f for f in DatabaseCollector(engine, clock=lambda: later).collect()}
+    age = {
+        s.labels["node"]: s.value for s in families["mssgate_node_heartbeat_age_seconds"].samples
+    }
+    assert age["a"] == -1 and 39 < age["b"] < 42
+    queued = {
+        s.labels["node"]: s.value for s in families["mssgate_node_spool_messages_queued"].samples
+    }
+    assert queued == {"a": 0, "b": 1}
