@@ -33,7 +33,7 @@ from mssgate.queue.ingest import ingest
 from mssgate.queue.service import DocumentQueue
 from mssgate.smime import sign_message
 from mssgate.spool import PendingDelivery, Spool, new_queue_id
-from mssgate.spool.store import Route
+from mssgate.spool.store import Notice, Route
 
 log = logging.getLogger("mssgate.integration")
 
@@ -207,18 +207,27 @@ class ReceiptSpooler:
             return "relay"
         return None
 
-    def spool(self, mdn: bytes, recipient: str) -> str | None:
-        """Returns the notification's queue id, or None when it was dropped."""
+    def prepare(self, mdn: bytes, recipient: str) -> Notice | None:
+        """The notification signed and routed as it would be spooled, for a caller that
+        spools it in its own transaction (`Spool.withdraw`); None when it would be dropped."""
         route = self.route(recipient)
         if route is None:
-            event(log, "receipt.dropped", reason="recipient domain neither local nor trusted")
             return None
         if self._signer is not None:
             mdn = self._signer(mdn, relay=route == "relay")
+        return Notice(content=mdn, recipient=recipient, route=route, listener=self.listener)
+
+    def spool(self, mdn: bytes, recipient: str) -> str | None:
+        """Returns the notification's queue id, or None when it was dropped."""
+        notice = self.prepare(mdn, recipient)
+        if notice is None:
+            event(log, "receipt.dropped", reason="recipient domain neither local nor trusted")
+            return None
+        route = notice.route
         queue_id = new_queue_id()
         self._spool.accept(
             queue_id=queue_id,
-            content=mdn,
+            content=notice.content,
             listener=self.listener,
             sender="",
             identity=None,

@@ -9,7 +9,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, text, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from mssgate import audit
 from mssgate.db.ids import AmbiguousId, resolve_id
@@ -21,7 +22,7 @@ from mssgate.directory.timeutil import now
 from mssgate.errors import Conflict, NotFound, UsageFailed
 from mssgate.spool import Spool
 from mssgate.spool.jobs import DocumentJob, DocumentJobs, add_document_job
-from mssgate.spool.store import DeliveryDue, PendingDelivery
+from mssgate.spool.store import DeliveryDue, Notice, PendingDelivery
 from tests.queue.helpers import RIS_A, add_mailboxes
 
 
@@ -151,3 +152,62 @@ def test_a_dropped_document_job_stays_dropped(engine: Engine, tmp_path: Path) ->
         "documents": "done",
     }
     assert list(audit.entries(engine, action="documents.held")) == []
+
+
+def _refuse_audit(engine: Engine, action: str) -> None:
+    """A real database error on one audit action: what a full disk or a dropped
+    connection does to the transaction that writes it."""
+    if engine.dialect.name == "sqlite":
+        sql = [
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit"
+            f" WHEN NEW.action = '{action}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        ]
+    else:
+        sql = [
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit FOR EACH ROW"
+            f" WHEN (NEW.action = '{action}') EXECUTE FUNCTION refuse()",
+        ]
+    with write(engine) as conn:
+        for statement in sql:
+            conn.execute(text(statement))
+
+
+def test_a_bounce_dsn_commits_with_the_failures_or_not_at_all(
+    engine: Engine, tmp_path: Path
+) -> None:
+    spool = Spool(engine, tmp_path / "spool", node="n1")
+    accept(spool, "0000000000AB")
+    with write(engine) as conn:
+        conn.execute(update(spool_recipients).values(next_attempt_at=now() + timedelta(minutes=5)))
+    aside = spool.set_aside("0000000000AB", reason="being bounced by cli:test")
+    notice = Notice(
+        content=b"From: mailer-daemon@hopital-a.test\r\n\r\nreport\r\n",
+        recipient="Dr.X@hopital-a.test",
+        route="local",
+        listener="bounces",
+    )
+    _refuse_audit(engine, "spool.bounce")
+    with pytest.raises(SQLAlchemyError, match="refused"):
+        spool.withdraw(aside, actor="cli:test", action="spool.bounce", detail={}, notice=notice)
+    assert [e.id for e in spool.entries()] == ["0000000000AB"]
+    assert [p.name for p in (tmp_path / "spool" / "msg").iterdir()] == ["0000000000AB.eml"]
+    state = spool.recipient_state("0000000000AB", "dr.y@clinique-b.test")
+    assert state.state == "held"
+
+    with write(engine) as conn:
+        conn.execute(
+            text("DROP TRIGGER refuse" + ("" if engine.dialect.name == "sqlite" else " ON audit"))
+        )
+    dsn_id = spool.withdraw(
+        aside, actor="cli:test", action="spool.bounce", detail={}, notice=notice
+    )
+    assert dsn_id is not None
+    [entry] = spool.entries()
+    assert (entry.id, entry.sender, entry.listener, entry.node) == (dsn_id, "", "bounces", "n1")
+    assert entry.recipients[0]["recipient"] == "dr.x@hopital-a.test"
+    assert spool.read(dsn_id) == notice.content
+    assert not spool.path("0000000000AB").exists()
+    [bounced] = audit.entries(engine, action="spool.bounce")
+    assert bounced.detail["dsn"] == dsn_id

@@ -235,3 +235,37 @@ def test_bounce_refused_when_no_dsn_could_reach_the_sender(datadir: Path) -> Non
         stranger: "pending",
         notification: "pending",
     }
+
+
+def test_a_bounce_that_fails_tells_the_sender_nothing(datadir: Path, cli: Cli) -> None:
+    """The DSN and the recipients' failure commit together: when recording the failure
+    fails (here a trigger refuses the audit row, as a full disk or a lost connection
+    would), no DSN is left spooled to tell the sender while the delivery stays held, ready
+    for `spool release` to deliver after all."""
+    import sqlite3
+
+    cli.ok("directory", "add", f"dr.x@{DOMAIN}", "--name", "X", "--kind", "organisation")
+    queue_id = spool_one(datadir, "dr.z@clinique-b.test", "relay")
+    fail_once(datadir, queue_id, "421 4.7.0 try later")
+    db = sqlite3.connect(datadir / "mssgate.db")
+    with db:
+        db.execute(
+            "CREATE TRIGGER refuse_bounce BEFORE INSERT ON audit"
+            " WHEN NEW.action = 'spool.bounce' BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    failed = run(datadir, "spool", "bounce", queue_id)
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
+    left = json.loads(run(datadir, "spool", "list", "--json").stdout)
+    assert [(e["id"], e["recipients"][0]["state"]) for e in left] == [(queue_id, "held")]
+    assert sorted(p.name for p in (datadir / "spool" / "msg").iterdir()) == [f"{queue_id}.eml"]
+
+    with db:
+        db.execute("DROP TRIGGER refuse_bounce")
+    db.close()
+    again = run(datadir, "spool", "bounce", queue_id)  # held, not due: no --force needed
+    assert again.returncode == 0, again.stderr
+    dsn_id = again.stdout.split("(DSN ", 1)[1].split(")", 1)[0]
+    left = json.loads(run(datadir, "spool", "list", "--json").stdout)
+    assert [(e["id"], e["sender"]) for e in left] == [(dsn_id, "")]
+    [bounce] = json.loads(run(datadir, "audit", "--action", "spool.bounce", "--json").stdout)
+    assert bounce["detail"]["dsn"] == dsn_id

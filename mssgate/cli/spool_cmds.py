@@ -161,11 +161,13 @@ def bounce(ctx: typer.Context, queue_id: QueueId, force: Force = False) -> None:
         date=now(),
         mss_nil=config.policy.mss_nil,
     )
-    # Spooled before the failure is recorded, as the relay does: a crash in between leaves
-    # the deliveries held with their reason ("being bounced by"), and bounces twice rather
-    # than never.
-    dsn_id = bounces.spool(dsn, envelope.sender) or "dropped"
-    spool.withdraw(aside, actor=who, action="spool.bounce", detail={"dsn": dsn_id})
+    notice = bounces.prepare(dsn, envelope.sender)
+    if notice is None:  # the trust list changed since the check above
+        raise Conflict(f"cannot bounce {queue_id}: no DSN can reach {envelope.sender} any more")
+    # The DSN and the failures commit together: a crash or an error leaves either both or
+    # neither (then the deliveries stay held, "being bounced by", and the bounce can be run
+    # again); never a sender told of a message that `spool release` then delivers.
+    dsn_id = spool.withdraw(aside, actor=who, action="spool.bounce", detail={}, notice=notice)
     say(
         f"bounced {queue_id} to {envelope.sender} (DSN {dsn_id}):"
         f" {_undelivered(aside.recipients, aside.documents)}"

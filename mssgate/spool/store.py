@@ -101,6 +101,17 @@ class SetAside:
     documents: list[str]
 
 
+@dataclass(frozen=True)
+class Notice:
+    """A notification to spool in the same transaction as a withdrawal (`spool bounce`'s
+    DSN): signed and routed already, with a null sender."""
+
+    content: bytes
+    recipient: str
+    route: Route
+    listener: str
+
+
 class RecipientState(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -180,58 +191,61 @@ class Spool:
     def _insert(self, group: Sequence[_Acceptance]) -> None:
         """One transaction for a group of acceptances: their rows and their audit entries."""
         with write(self._engine) as conn:
-            conn.execute(
-                spool_messages.insert(),
-                [
-                    {
-                        "id": a.queue_id,
-                        "received_at": a.stamp,
-                        "listener": a.listener,
+            self._insert_rows(conn, group)
+
+    def _insert_rows(self, conn: Connection, group: Sequence[_Acceptance]) -> None:
+        conn.execute(
+            spool_messages.insert(),
+            [
+                {
+                    "id": a.queue_id,
+                    "received_at": a.stamp,
+                    "listener": a.listener,
+                    "sender": a.sender,
+                    "identity": a.identity,
+                    "peer": a.peer,
+                    "size": a.size,
+                    "state": "queued",
+                    "node": self.node,
+                }
+                for a in group
+            ],
+        )
+        conn.execute(
+            spool_recipients.insert(),
+            [
+                {
+                    "spool_id": a.queue_id,
+                    "recipient": rcpt,
+                    "route": route,
+                    "state": "pending",
+                    "attempts": 0,
+                    "last_error": None,
+                    "next_attempt_at": a.stamp,
+                    "updated_at": a.stamp,
+                }
+                for a in group
+                for rcpt, route in a.recipients
+            ],
+        )
+        audit.append_many(
+            conn,
+            [
+                audit.NewEntry(
+                    actor=f"smtp:{a.listener}",
+                    action="message.accepted",
+                    subject=a.queue_id,
+                    detail={
                         "sender": a.sender,
                         "identity": a.identity,
                         "peer": a.peer,
+                        "recipients": len(a.recipients),
                         "size": a.size,
-                        "state": "queued",
-                        "node": self.node,
-                    }
-                    for a in group
-                ],
-            )
-            conn.execute(
-                spool_recipients.insert(),
-                [
-                    {
-                        "spool_id": a.queue_id,
-                        "recipient": rcpt,
-                        "route": route,
-                        "state": "pending",
-                        "attempts": 0,
-                        "last_error": None,
-                        "next_attempt_at": a.stamp,
-                        "updated_at": a.stamp,
-                    }
-                    for a in group
-                    for rcpt, route in a.recipients
-                ],
-            )
-            audit.append_many(
-                conn,
-                [
-                    audit.NewEntry(
-                        actor=f"smtp:{a.listener}",
-                        action="message.accepted",
-                        subject=a.queue_id,
-                        detail={
-                            "sender": a.sender,
-                            "identity": a.identity,
-                            "peer": a.peer,
-                            "recipients": len(a.recipients),
-                            "size": a.size,
-                        },
-                    )
-                    for a in group
-                ],
-            )
+                    },
+                )
+                for a in group
+            ],
+        )
 
     def read(self, queue_id: str) -> bytes:
         try:
@@ -447,14 +461,70 @@ class Spool:
         )
 
     def withdraw(
-        self, aside: SetAside, *, actor: str, action: str, detail: dict[str, object]
-    ) -> None:
+        self,
+        aside: SetAside,
+        *,
+        actor: str,
+        action: str,
+        detail: dict[str, object],
+        notice: Notice | None = None,
+    ) -> str | None:
         """Second step: what `set_aside` held fails for good (recipients) or is dropped
-        (document jobs), audited as `action`; the message is then done and its file gone."""
+        (document jobs), audited as `action`; the message is then done and its file gone.
+
+        `notice` (a bounce's DSN) is spooled in the same transaction, and its queue id
+        returned: spooled first and committed apart, a failure or crash in between left the
+        sender told while the deliveries stayed held, and `spool release` (what a held
+        delivery asks for) then delivered a message already reported undelivered."""
         queue_id = aside.envelope.id
         reason = f"{action} by {actor}"
+        notice_id: str | None = None
+        if notice is not None:
+            notice_id = new_queue_id()
+            # Durable before the commit, as an acceptance: a crash before it leaves a file
+            # without a row, which `recover` removes.
+            write_new_durably(self.path(notice_id), notice.content)
+            detail = {**detail, "dsn": notice_id}
+        try:
+            done = self._withdraw(aside, queue_id, reason, actor, action, detail, notice_id, notice)
+        except BaseException:
+            if notice_id is not None:
+                self.path(notice_id).unlink(missing_ok=True)
+            raise
+        if done:
+            self._unlink(queue_id)
+        return notice_id
+
+    def _withdraw(
+        self,
+        aside: SetAside,
+        queue_id: str,
+        reason: str,
+        actor: str,
+        action: str,
+        detail: dict[str, object],
+        notice_id: str | None,
+        notice: Notice | None,
+    ) -> bool:
         with write(self._engine) as conn:
+            # The message's lock first, as everywhere (lock order), then the notice's rows.
             self._lock_message(conn, queue_id)
+            if notice_id is not None and notice is not None:
+                self._insert_rows(
+                    conn,
+                    [
+                        _Acceptance(
+                            queue_id=notice_id,
+                            stamp=now(),
+                            listener=notice.listener,
+                            sender="",
+                            identity=None,
+                            peer=None,
+                            size=len(notice.content),
+                            recipients=((notice.recipient.lower(), notice.route),),
+                        )
+                    ],
+                )
             stamp = now()
             conn.execute(
                 update(spool_recipients)
@@ -486,9 +556,7 @@ class Spool:
                     **detail,
                 },
             )
-            done = self._mark_done_if_complete(conn, queue_id)
-        if done:
-            self._unlink(queue_id)
+            return self._mark_done_if_complete(conn, queue_id)
 
     def envelope(self, queue_id: str) -> MessageEnvelope:
         with self._engine.connect() as conn:
