@@ -69,6 +69,20 @@ def _free_base() -> int:
     raise AssertionError("no free port base between 21000 and 32000")
 
 
+def _hold_default_ports() -> list[socket.socket]:
+    """Listening sockets on the default ports that are free, as `make run` would hold them."""
+    held = []
+    for port in (10025, 10143, 10443, 10465, 10587, 10993):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+            held.append(s)
+        except OSError:
+            s.close()  # taken already: by a gateway, or something else
+    return held
+
+
 @dataclass
 class Ran:
     command: str
@@ -273,6 +287,7 @@ def test_the_readme_tour_runs_as_written(shell: Shell, tmp_path: Path) -> None:
         # The tour's ports (20000 + n) on the free base.
         return re.sub(r"\b20(\d{3})\b", lambda m: str(base + int(m.group(1))), command)
 
+    make_run = _hold_default_ports()  # the tour runs beside `make run`'s gateway
     try:
         for written in tour_commands():
             if written == "make install" or written.startswith("make install "):
@@ -293,6 +308,8 @@ def test_the_readme_tour_runs_as_written(shell: Shell, tmp_path: Path) -> None:
             if step is not None:
                 step.seen = True
     finally:
+        for held in make_run:
+            held.close()
         for pid in serve_pid:  # a failed step left serve running
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
