@@ -17,10 +17,13 @@ from mssgate.documents.headers import parse_ddm_subject
 from mssgate.documents.hl7values import parse_cx, parse_source_patient_info
 from mssgate.ins import is_valid_value
 
-from .conftest import ANSFORGE, requires_shared
+from .conftest import ANSFORGE, DRIMBOX, requires_shared
 from .factory import make_mail
 
-pytestmark = [pytest.mark.shared, requires_shared]
+# Every test here reads ../shared/fixtures, but for the DRIMbox example (MIT): tests/ has a
+# copy of it, so its row runs in a clone too.
+needs_shared = [pytest.mark.shared, requires_shared]
+DRIMBOX_PREFIX = "DRIM-M_DRIMbox/"
 
 INS = "279035121518989"
 LIMITS = DocumentLimits()
@@ -156,9 +159,22 @@ CORPUS = [
 ]
 
 
-@pytest.mark.parametrize("expected", CORPUS, ids=lambda e: e.path.rsplit("/", 1)[-1])
+def _example(path: str) -> bytes:
+    if path.startswith(DRIMBOX_PREFIX):
+        return (DRIMBOX / path.removeprefix(DRIMBOX_PREFIX)).read_bytes()
+    return (ANSFORGE / path).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "expected",
+    [
+        pytest.param(e, marks=[] if e.path.startswith(DRIMBOX_PREFIX) else needs_shared)
+        for e in CORPUS
+    ],
+    ids=lambda e: e.path.rsplit("/", 1)[-1],
+)
 def test_ans_example_through_the_pipeline(expected: Expected) -> None:
-    data = (ANSFORGE / expected.path).read_bytes()
+    data = _example(expected.path)
     result = process_message(make_mail([("doc.xml", data, "text/xml")]), allow_test_oids=True)
     [outcome] = result.outcomes
     assert isinstance(outcome, Accepted), getattr(outcome, "reason", None)
@@ -193,6 +209,8 @@ def test_ans_example_through_the_pipeline(expected: Expected) -> None:
         assert cda.body is not None and read_pdf(cda.body, LIMITS).page_count >= 1
 
 
+@pytest.mark.shared
+@requires_shared
 def test_cr_img_n3_sections_and_catalog() -> None:
     cda = parse_cda((ANSFORGE / "TestContenuCDA-3-0/IMG_CR_IMG_2024.01.xml").read_bytes(), LIMITS)
     codes = [s.code for s in cda.sections]
@@ -212,6 +230,8 @@ def test_cr_img_n3_sections_and_catalog() -> None:
     ]
 
 
+@pytest.mark.shared
+@requires_shared
 def test_every_ins_of_the_ans_patient_list_verifies() -> None:
     info = read_pdf(
         (ANSFORGE / "hl7V2-exemples/Liste des patients DMP-DV9.pdf").read_bytes(), LIMITS
@@ -224,6 +244,8 @@ def test_every_ins_of_the_ans_patient_list_verifies() -> None:
     assert info.labelled_ins == ()
 
 
+@pytest.mark.shared
+@requires_shared
 def test_hl7_mdm_message() -> None:
     text = (ANSFORGE / "hl7V2-exemples/message_MDM__LPS_MSS_CR_Radio_INIT_N1_Base64.er7").read_text(
         encoding="utf-8"
