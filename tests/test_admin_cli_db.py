@@ -211,3 +211,21 @@ def test_a_bounce_dsn_commits_with_the_failures_or_not_at_all(
     assert not spool.path("0000000000AB").exists()
     [bounced] = audit.entries(engine, action="spool.bounce")
     assert bounced.detail["dsn"] == dsn_id
+
+
+def test_a_delivery_falling_due_within_the_margin_counts_as_due(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A worker may take a delivery that falls due while set_aside runs (its query sees the
+    row pending until set_aside commits), or first on a node whose clock is a little
+    ahead: both would deliver a message the operator withdraws."""
+    spool = Spool(engine, tmp_path / "spool")
+    accept(spool, "0000000000AC")
+    with write(engine) as conn:
+        conn.execute(update(spool_recipients).values(next_attempt_at=now() + timedelta(seconds=3)))
+    with pytest.raises(DeliveryDue, match="within 10 s"):
+        spool.set_aside("0000000000AC", reason="being deleted by cli:test")
+    assert spool.recipient_state("0000000000AC", "dr.y@clinique-b.test").state == "pending"
+    with write(engine) as conn:
+        conn.execute(update(spool_recipients).values(next_attempt_at=now() + timedelta(seconds=30)))
+    assert spool.set_aside("0000000000AC", reason="x").recipients == ["dr.y@clinique-b.test"]

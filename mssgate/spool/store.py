@@ -88,6 +88,13 @@ class MessageEnvelope(BaseModel):
     received_at: datetime
 
 
+# `spool delete|bounce` counts a delivery falling due this soon as due now: a worker whose
+# query runs between the command's reading of the clock and its commit (PostgreSQL's
+# snapshot, SQLite's last commit) still sees it pending, and a node whose clock runs a
+# little ahead takes it first; either then delivers what the command withdraws.
+DUE_MARGIN = timedelta(seconds=10)
+
+
 class DeliveryDue(Conflict):
     """A delivery of the message is due now: a worker may be making it."""
 
@@ -405,11 +412,11 @@ class Spool:
 
         The spool has no lease: a delivery under way is seen only as one that is due (a
         worker picks due deliveries and moves them out of due when its attempt ends). A
-        message with a delivery due now is refused unless `force` (a gateway that is not
-        running delivers nothing): deleting or bouncing it could cross a delivery that the
-        peer or the mailbox has already taken. Under the message row's lock, as a delivery
-        takes it when it commits. `recipients_only`: refused when every recipient has had
-        its delivery made or failed (a bounce has nobody to report)."""
+        message with a delivery due now (or within DUE_MARGIN) is refused unless `force`
+        (a gateway that is not running delivers nothing): deleting or bouncing it could
+        cross a delivery that the peer or the mailbox has already taken. Under the message
+        row's lock, as a delivery takes it when it commits. `recipients_only`: refused when
+        every recipient has had its delivery made or failed (a bounce has nobody to report)."""
         self.path(queue_id)  # a malformed id is NotFound, like an unknown one
         still = spool_recipients.c.state.in_(("pending", "held"))
         jobs_left = spool_documents.c.state != "done"
@@ -429,7 +436,7 @@ class Spool:
             stamp = now()
             due = [
                 r for r in (*recipients, *jobs)
-                if r.state == "pending" and aware(r.next_attempt_at) <= stamp
+                if r.state == "pending" and aware(r.next_attempt_at) <= stamp + DUE_MARGIN
             ]  # fmt: skip
             if recipients_only and not recipients:
                 raise Conflict(
@@ -438,8 +445,9 @@ class Spool:
                 )
             if due and not force:
                 raise DeliveryDue(
-                    f"spooled message {queue_id} has {len(due)} delivery(ies) due now, maybe"
-                    " under way: try again once `spool list` shows the attempt over"
+                    f"spooled message {queue_id} has {len(due)} delivery(ies) due now (or"
+                    f" within {DUE_MARGIN.seconds} s), maybe under way: try again once"
+                    " `spool list` shows the attempt over"
                     " (--force if no gateway is running)"
                 )
             conn.execute(
