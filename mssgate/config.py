@@ -7,16 +7,22 @@ that tests can shrink it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from mssgate.errors import ConfigError
 
@@ -379,12 +385,67 @@ class Config(BaseSettings):
 
 def _env_source(loc: tuple[int | str, ...]) -> str | None:
     """The environment variable that set the value at `loc`, when one did: it overrides the
-    file, so a bad value there must not be blamed on the file."""
-    if not loc:
-        return None
-    name = "MSSGATE_" + "__".join(str(p) for p in loc).upper()
-    found = [key for key in os.environ if key.upper() == name]  # case_sensitive=False
-    return found[0] if found else None
+    file, so a bad value there must not be blamed on the file.
+
+    A list or a table comes from one variable holding JSON (`MSSGATE_QUEUE__FINAL_NACK_CODES`,
+    or a whole section as `MSSGATE_SMTP`), so an error's location may lie below the variable's
+    own: the longest prefix of `loc` naming a set variable is it, provided the rest of the
+    location is inside that variable's JSON (a table from the environment is merged with the
+    file's, whose keys keep their own blame)."""
+    for end in range(len(loc), 0, -1):
+        name = "MSSGATE_" + "__".join(str(p) for p in loc[:end]).upper()
+        found = [key for key in os.environ if key.upper() == name]  # case_sensitive=False
+        if found and (end == len(loc) or _json_has(os.environ[found[0]], loc[end:])):
+            return found[0]
+    return None
+
+
+def _json_has(text: str, path: tuple[int | str, ...]) -> bool:
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        return False
+    for step in path:
+        if isinstance(value, dict) and str(step) in value:
+            value = value[str(step)]
+        elif isinstance(value, list) and isinstance(step, int) and 0 <= step < len(value):
+            value = value[step]
+        else:
+            return False
+    return True
+
+
+def _unparsable_env(error: SettingsError) -> str:
+    """pydantic-settings parses a list, table or section from the environment as JSON and
+    raises its own error, naming only the section, when that fails: name the variable."""
+    section = re.search(r'field "([^"]+)"', str(error))
+    hint = 'a list or table is given as JSON, e.g. [1, 2] or {"key": "value"}'
+    if section is None or section.group(1) not in Config.model_fields:
+        return f"invalid configuration in the environment: {hint}"
+    name = section.group(1)
+    model = Config.model_fields[name].annotation
+    fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+    blamed = []
+    for variable, value in sorted(os.environ.items()):
+        upper = variable.upper()
+        if upper == f"MSSGATE_{name.upper()}":
+            loc = name
+        elif upper.startswith(f"MSSGATE_{name.upper()}__"):
+            key = upper.split("__", 1)[1].lower()
+            if key not in fields or get_origin(fields[key].annotation) not in _JSON_TYPES:
+                continue
+            loc = f"{name}.{key}"
+        else:
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            blamed.append(f"{variable} ({loc})")
+    where = ", ".join(blamed) or f"a MSSGATE_{name.upper()}__ variable"
+    return f"invalid configuration in the environment: {where}: {hint}"
+
+
+_JSON_TYPES = (tuple, list, dict, set, frozenset)
 
 
 def _format_errors(error: ValidationError, origin: str) -> str:
@@ -409,10 +470,32 @@ def _format_errors(error: ValidationError, origin: str) -> str:
 
 def config_from_mapping(data: Mapping[str, Any], *, origin: str = "settings") -> Config:
     """Builds a Config from a mapping (a parsed TOML file), with environment overrides."""
+    unknown = _unknown_env_sections()
     try:
-        return Config(**dict(data))
+        config = Config(**dict(data))
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, origin)) from None
+        raise ConfigError("; ".join([*unknown, _format_errors(exc, origin)])) from None
+    except SettingsError as exc:
+        raise ConfigError("; ".join([*unknown, _unparsable_env(exc)])) from None
+    if unknown:
+        raise ConfigError("; ".join(unknown))
+    return config
+
+
+def _unknown_env_sections() -> list[str]:
+    """pydantic-settings skips a MSSGATE_X__KEY whose X is no section, so a misspelt section
+    (`MSSGATE_SMPT__SUBMISSION_PORT`) would leave the value unset without a word, where the
+    same typo in the file is an error. Variables without `__` (MSSGATE_CONFIG) are no keys."""
+    found = []
+    for variable in sorted(os.environ):
+        if variable.upper().startswith("MSSGATE_") and "__" in variable:
+            section = variable[len("MSSGATE_") :].split("__", 1)[0].lower()
+            if section not in Config.model_fields:
+                found.append(
+                    f"invalid configuration in the environment: {variable} ({section}):"
+                    " unknown section"
+                )
+    return found
 
 
 def resolve_config_path(explicit: Path | None) -> Path:

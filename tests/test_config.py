@@ -234,3 +234,58 @@ def test_operator_guide_documents_every_field_with_its_default() -> None:
         else:
             continue  # paths, lists and strings: worded for a reader
         assert documented[where].split()[0] == shown, where
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        # A list or table is given as JSON: the error's location goes below the variable.
+        ("MSSGATE_QUEUE__FINAL_NACK_CODES", '[903, "x"]', "(queue.final_nack_codes.1)"),
+        ("MSSGATE_DKIM__DNS_OVERRIDES", '{"a.test": 5}', "(dkim.dns_overrides.a.test)"),
+        # A whole section as one JSON variable, which pydantic-settings also reads.
+        ("MSSGATE_SMTP", '{"submission_port": "port"}', "(smtp.submission_port)"),
+    ],
+)
+def test_a_bad_nested_value_from_the_environment_names_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    path = write(tmp_path, "[smtp]\nsubmission_port = 2587\n")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"invalid configuration in the environment: {variable} {named}: ")
+    assert str(path) not in message  # the file is fine
+
+
+def test_a_list_from_the_environment_that_is_not_json_names_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pydantic-settings raises its own SettingsError here, which reached the CLI as
+    # "internal error (SettingsError)".
+    path = write(tmp_path, "")
+    monkeypatch.setenv("MSSGATE_SMTP__SUBMISSION_PORT", "2587")  # a fine one beside it
+    monkeypatch.setenv("MSSGATE_QUEUE__FINAL_NACK_CODES", "903,904")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (
+        "invalid configuration in the environment: MSSGATE_QUEUE__FINAL_NACK_CODES"
+        " (queue.final_nack_codes): a list or table is given as JSON, e.g. [1, 2] or"
+        ' {"key": "value"}'
+    )
+
+
+def test_a_misspelt_section_in_the_environment_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pydantic-settings ignores a variable matching no section: `MSSGATE_SMPT__...` left the
+    # port at the file's value without a word, while `[smpt]` in the file is refused.
+    path = write(tmp_path, "[smtp]\nsubmission_port = 2587\n")
+    monkeypatch.setenv("MSSGATE_SMPT__SUBMISSION_PORT", "3587")
+    monkeypatch.setenv("MSSGATE_TEST_POSTGRES_URL", "postgresql://x")  # not a key: no __
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (
+        "invalid configuration in the environment: MSSGATE_SMPT__SUBMISSION_PORT (smpt):"
+        " unknown section"
+    )
