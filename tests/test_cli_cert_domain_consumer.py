@@ -250,3 +250,55 @@ def test_consumer_add_without_a_dev_ca_names_the_import_command(
     assert twice.code == 1 and "use --force to overwrite" in twice.err
     quiet = cli.ok("consumer", "add", "ris-b", "--mailbox", mailbox, "--json")
     assert quiet.json()["signing_key"]["status"] == "existing" and quiet.err == ""
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        (-400, -30, "expired on"),
+        (30, 400, "not valid before"),
+    ],
+)
+def test_install_key_refuses_a_certificate_out_of_its_validity_leaving_nothing(
+    cli: Cli, datadir: Path, mailbox: str, tmp_path: Path, start: int, end: int, message: str
+) -> None:
+    # Before: the files were written first and the registration refused the expired one
+    # afterwards (exit 1, yet serve signed receipts with it); a certificate not valid yet was
+    # taken without a word. Peers refuse a signature made outside the signer's validity.
+    ca_key, ca_cert = create_dev_ca("IGC-Santé stand-in")
+    now = datetime.now(UTC)
+    key, cert = issue_smime_cert(
+        ca_key, ca_cert, mailbox,
+        not_before=now + timedelta(days=start), not_after=now + timedelta(days=end),
+    )  # fmt: skip
+    write_private_key(tmp_path / "k.pem", key)
+    write_certificate(tmp_path / "c.pem", cert)
+    result = cli("cert", "install-key", mailbox, "--key", str(tmp_path / "k.pem"),
+                 "--cert", str(tmp_path / "c.pem"))  # fmt: skip
+    assert result.code == 1 and message in result.err, result.err
+    assert sorted(p.name for p in (datadir / "certs" / "mailboxes").iterdir()) == sorted(
+        p.name for p in (datadir / "certs" / "mailboxes").iterdir() if "mailer-daemon" in p.name
+    )
+    assert cli.ok("cert", "list", mailbox, "--json").json() == []
+
+
+def test_install_key_beside_a_leftover_certificate_writes_no_half_pair(
+    cli: Cli, datadir: Path, mailbox: str, tmp_path: Path
+) -> None:
+    # Before: the key was written, then the certificate refused ("file exists"): the new key
+    # sat beside the old certificate, a pair that does not match, which serve then raised on
+    # for every message to the mailbox instead of finding no key.
+    ca_key, ca_cert = create_dev_ca("IGC-Santé stand-in")
+    held = datadir / "certs" / "mailboxes"
+    _, old = issue_smime_cert(ca_key, ca_cert, mailbox)
+    write_certificate(held / f"{mailbox}.crt.pem", old)
+    key, cert = issue_smime_cert(ca_key, ca_cert, mailbox)
+    write_private_key(tmp_path / "k.pem", key)
+    write_certificate(tmp_path / "c.pem", cert)
+    result = cli("cert", "install-key", mailbox, "--key", str(tmp_path / "k.pem"),
+                 "--cert", str(tmp_path / "c.pem"))  # fmt: skip
+    assert result.code == 1 and "use --force to overwrite" in result.err
+    assert not (held / f"{mailbox}.key.pem").exists()
+    cli.ok("cert", "install-key", mailbox, "--key", str(tmp_path / "k.pem"),
+           "--cert", str(tmp_path / "c.pem"), "--force")  # fmt: skip
+    assert (held / f"{mailbox}.crt.pem").read_bytes() == (tmp_path / "c.pem").read_bytes()

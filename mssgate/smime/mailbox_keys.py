@@ -8,6 +8,7 @@ or a production key and certificate copied there under the same names.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,8 +135,26 @@ def install_mailbox_key(
             f"{cert_file.name} is not an S/MIME certificate for {address}"
             " (needs EKU emailProtection and the address in subjectAltName)"
         )
+    # Checked before anything is written: a refusal must leave the folder as it was.
+    moment = dt.datetime.now(dt.UTC)
+    if cert.not_valid_after_utc <= moment:
+        raise PKIError(
+            f"{cert_file.name} expired on {cert.not_valid_after_utc:%Y-%m-%d}: peers refuse what"
+            " it signs"
+        )
+    if cert.not_valid_before_utc > moment:
+        raise PKIError(
+            f"{cert_file.name} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}"
+            " UTC: install it from then on"
+        )
     directory = mailbox_keys_dir(config)
     key_path, cert_path = key_paths(directory, address)
+    if not force:
+        # Both, before either is written: a key written beside an old certificate it does
+        # not match is a pair serve fails on, worse than none.
+        for path in (key_path, cert_path):
+            if path.exists() or path.is_symlink():
+                raise PKIError(f"file exists (use --force to overwrite): {path}")
     ensure_private_dir(directory)
     write_private_key(key_path, key, overwrite=force)
     write_certificate(cert_path, cert, overwrite=force)
