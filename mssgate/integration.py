@@ -28,6 +28,7 @@ from mssgate.identifiers import normalize_address
 from mssgate.logs import event
 from mssgate.mailstore import DeliveryFailed
 from mssgate.pki import load_certificate, load_private_key
+from mssgate.pki.keys import same_key
 from mssgate.queue.crypto import EncryptionError
 from mssgate.queue.ingest import ingest
 from mssgate.queue.service import DocumentQueue
@@ -145,7 +146,20 @@ class NotificationSigner:
             key, cert = self._dir / f"{author}.key.pem", self._dir / f"{author}.crt.pem"
             private = load_private_key(key) if key.exists() and cert.exists() else None
             if isinstance(private, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-                message = sign_message(message, key=private, cert=load_certificate(cert))
+                certificate = load_certificate(cert)
+                if same_key(private, certificate.public_key()):
+                    message = sign_message(message, key=private, cert=certificate)
+                else:
+                    # Signing anyway gives a signature no verifier accepts, and says nothing:
+                    # another pair's file copied by hand, or a --force install between files.
+                    event(
+                        log,
+                        "notification.unsigned",
+                        level=logging.ERROR,
+                        reason=f"{key.name} does not match {cert.name}",
+                        author=author,
+                        fix=f"mssgate cert install-key {author} --force, with a matching pair",
+                    )
             else:
                 event(
                     log,
