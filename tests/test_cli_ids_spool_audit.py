@@ -269,3 +269,36 @@ def test_a_bounce_that_fails_tells_the_sender_nothing(datadir: Path, cli: Cli) -
     assert [(e["id"], e["sender"]) for e in left] == [(dsn_id, "")]
     [bounce] = json.loads(run(datadir, "audit", "--action", "spool.bounce", "--json").stdout)
     assert bounce["detail"]["dsn"] == dsn_id
+
+
+def test_force_is_refused_while_the_messages_node_serves(datadir: Path, cli: Cli) -> None:
+    """--force is for a stopped gateway: a serving one may be making the due delivery, and
+    its delivered mark would stand beside the bounce's DSN."""
+    from datetime import timedelta
+
+    from mssgate.db.schema import nodes
+    from mssgate.db.tx import write
+    from mssgate.directory.timeutil import now
+    from mssgate.nodes import Nodes
+
+    cli.ok("directory", "add", f"dr.x@{DOMAIN}", "--name", "X", "--kind", "organisation")
+    queue_id = spool_one(datadir, "dr.z@clinique-b.test", "relay")
+    config = load_config(datadir / "mssgate.toml")
+    engine = open_engine(config.database_url)
+    Nodes(engine, actor="test").beat(config.node.name)  # as a serving node does
+    for command in ("delete", "bounce"):
+        refused = run(datadir, "spool", command, queue_id, "--force")
+        assert refused.returncode == 1, refused.stdout
+        assert refused.stderr.startswith(
+            f"mssgate: error: --force refused: node {config.node.name!r} is serving"
+        ), refused.stderr
+        assert refused.stderr.count("\n") == 1
+    left = json.loads(run(datadir, "spool", "list", "--json").stdout)
+    assert [(e["id"], e["recipients"][0]["state"]) for e in left] == [(queue_id, "pending")]
+
+    with write(engine) as conn:  # the node stopped: silent past node.down_after_seconds
+        conn.execute(nodes.update().values(heartbeat_at=now() - timedelta(minutes=5)))
+    engine.dispose()
+    deleted = run(datadir, "spool", "delete", queue_id, "--force")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.startswith(f"deleted {queue_id}: 1 recipient(s) not delivered")

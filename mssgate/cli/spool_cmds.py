@@ -3,15 +3,19 @@ everywhere."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 import typer
+from sqlalchemy import select
 
 from mssgate.cli.context import actor, emit_json, emit_table, say, state
 from mssgate.db.ids import resolve_id
 from mssgate.db.schema import spool_messages
 from mssgate.errors import Conflict
+from mssgate.nodes import Nodes
 from mssgate.spool import Spool
+from mssgate.spool.store import DeliveryDue, SetAside
 
 app = typer.Typer(help="Mail waiting for delivery.", no_args_is_help=True)
 
@@ -23,8 +27,8 @@ Force = Annotated[
     bool,
     typer.Option(
         "--force",
-        help="Even with a delivery due now (only when no gateway is running: it may be"
-        " making that delivery).",
+        help="Even with a delivery due now: only when no gateway is running (refused while"
+        " the message's node is up: it may be making that delivery).",
     ),
 ]
 
@@ -42,6 +46,40 @@ def _queue_id(ctx: typer.Context, given: str) -> str:
     return resolve_id(
         state(ctx).engine(), spool_messages.c.id, given, what="spooled message", case="upper"
     )
+
+
+def _set_aside(
+    ctx: typer.Context,
+    spool: Spool,
+    queue_id: str,
+    *,
+    reason: str,
+    force: bool,
+    recipients_only: bool = False,
+) -> SetAside:
+    """`Spool.set_aside`, with --force taken only when no gateway that could be making the
+    due delivery is serving: one that is would deliver it anyway (its delivered mark does not
+    ask), and the message would be both delivered and deleted or bounced."""
+    try:
+        return spool.set_aside(queue_id, reason=reason, recipients_only=recipients_only)
+    except DeliveryDue:
+        if not force:
+            raise
+    st = state(ctx)
+    with st.engine().connect() as conn:
+        owner = conn.execute(
+            select(spool_messages.c.node).where(spool_messages.c.id == queue_id)
+        ).scalar_one_or_none()
+    down_after = timedelta(seconds=st.config().node.down_after_seconds)
+    for node in Nodes(st.engine(), actor=actor()).list(down_after=down_after):
+        # A row naming no node is adopted by whichever node serves.
+        if node.up and owner in (None, node.name):
+            raise Conflict(
+                f"--force refused: node {node.name!r} is serving (heartbeat"
+                f" {node.silent_seconds:.0f} s ago) and may be making the delivery due now;"
+                " wait for the attempt to end, or stop it (node list shows it down) first"
+            )
+    return spool.set_aside(queue_id, reason=reason, force=True, recipients_only=recipients_only)
 
 
 def _recipient_cell(r: dict[str, object]) -> str:
@@ -99,7 +137,7 @@ def delete(ctx: typer.Context, queue_id: QueueId, force: Force = False) -> None:
     queue_id = _queue_id(ctx, queue_id)
     spool = _spool(ctx)
     who = actor()
-    aside = spool.set_aside(queue_id, reason=f"being deleted by {who}", force=force)
+    aside = _set_aside(ctx, spool, queue_id, reason=f"being deleted by {who}", force=force)
     spool.withdraw(aside, actor=who, action="spool.delete", detail={})
     say(f"deleted {queue_id}: {_undelivered(aside.recipients, aside.documents)}")
 
@@ -138,8 +176,8 @@ def bounce(ctx: typer.Context, queue_id: QueueId, force: Force = False) -> None:
             " delete`"
         )
     who = actor()
-    aside = spool.set_aside(
-        queue_id, reason=f"being bounced by {who}", force=force, recipients_only=True
+    aside = _set_aside(
+        ctx, spool, queue_id, reason=f"being bounced by {who}", force=force, recipients_only=True
     )
     try:
         content = spool.read(queue_id)
