@@ -149,6 +149,8 @@ spool_messages = Table(
     # start (Spool.recover).
     Column("node", String(63)),
     Index("ix_spool_messages_node", "node", "state"),
+    # The admin console counts queued messages among every done one kept (revision 0012).
+    Index("ix_spool_messages_state", "state"),
 )
 
 # The gateways sharing this database (docs/operator-guide.md, "Nodes"). A node's row is made
@@ -256,6 +258,8 @@ queue_documents = Table(
     ),
     Index("ix_queue_documents_claim", "mailbox", "state", "seq"),
     Index("ix_queue_documents_sha256", "mailbox", "sha256", "seq"),
+    # The admin console counts ready and leased documents among the done ones (0012).
+    Index("ix_queue_documents_state", "state"),
     UniqueConstraint("delivery_key", name="uq_queue_documents_delivery_key"),
     # The message the document came in (stored_messages); NULL before revision 0008 and for
     # a mailbox stored encrypted, whose MDM keeps its e-mail inside its own ciphertext.
@@ -325,6 +329,8 @@ quarantine = Table(
     Column("message_ref", String(64)),
     # The admin console pages through the entries newest first (keyset on both).
     Index("ix_quarantine_received", "received_at", "id"),
+    # ...and counts the held entries among the released ones (revision 0012).
+    Index("ix_quarantine_state", "state"),
 )
 
 # MDNs built when a RIS acks or gives up on a document; the mail side drains this table (or

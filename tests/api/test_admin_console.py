@@ -355,7 +355,7 @@ def test_pages_of_10000_rows(
                 if path in ("/admin/spool", "/admin/quarantine"):
                     assert f"{ROWS} in all" in response.text
                 elif path not in ("/admin", "/admin/queue"):
-                    assert re.search(r"100[0-9]{2} in all", response.text), path
+                    assert "over 10000 in all" in response.text, path  # counts stop at the cap
             # Deep pages: follow "next" from the middle of each table.
             quarantine_page = client.get("/admin/quarantine").text
             assert "<td>held009999</td>" in quarantine_page  # newest first
