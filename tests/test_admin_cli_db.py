@@ -229,3 +229,18 @@ def test_a_delivery_falling_due_within_the_margin_counts_as_due(
     with write(engine) as conn:
         conn.execute(update(spool_recipients).values(next_attempt_at=now() + timedelta(seconds=30)))
     assert spool.set_aside("0000000000AC", reason="x").recipients == ["dr.y@clinique-b.test"]
+
+
+def test_an_action_family_matches_the_same_entries_on_both_databases(engine: Engine) -> None:
+    with write(engine) as conn:
+        for action in ("consumer.add", "consumer.remove", "consumers.x", "queue.ack"):
+            audit.append(conn, actor="cli:test", action=action, subject="s")
+    assert [e.action for e in audit.entries(engine, action="consumer.*")] == [
+        "consumer.add",
+        "consumer.remove",
+    ]
+    # SQLite's LIKE ignored case: the upper-case family matched there and not on PostgreSQL.
+    assert list(audit.entries(engine, action="CONSUMER.*")) == []
+    assert [e.action for e in audit.entries(engine, action="consumer_*")] == []  # _ is no joker
+    assert len(list(audit.entries(engine, action="*"))) == 4
+    assert [e.action for e in audit.entries(engine, action="queue.*", limit=1)] == ["queue.ack"]

@@ -302,3 +302,10 @@ def test_force_is_refused_while_the_messages_node_serves(datadir: Path, cli: Cli
     deleted = run(datadir, "spool", "delete", queue_id, "--force")
     assert deleted.returncode == 0, deleted.stderr
     assert deleted.stdout.startswith(f"deleted {queue_id}: 1 recipient(s) not delivered")
+
+
+def test_audit_limit_past_what_a_database_takes_is_a_usage_error(datadir: Path) -> None:
+    # Past 2^63 it reached the database driver: "internal error (OverflowError)", exit 1.
+    huge = run(datadir, "audit", "--limit", str(10**20))
+    assert huge.returncode == 2 and "--limit" in huge.stderr, huge.stderr
+    assert run(datadir, "audit", "--limit", str(10**9), "--json").returncode == 0

@@ -20,9 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
-from mssgate.db.ids import like_prefix
 from mssgate.db.schema import audit, audit_head
 
 GENESIS = "0" * 64
@@ -161,7 +160,11 @@ def entries(
     if since is not None:
         query = query.where(audit.c.at >= since)
     if action is not None and action.endswith("*"):
-        query = query.where(audit.c.action.like(like_prefix(action[:-1]), escape="\\"))
+        # Not LIKE: SQLite's ignores ASCII case and PostgreSQL's does not, so 'NODE.*' found
+        # entries on one database and none on the other. A plain comparison of the first
+        # characters is exact on both, like the match of a whole action below.
+        family = action[:-1]
+        query = query.where(func.substr(audit.c.action, 1, len(family)) == family)
     elif action is not None:
         query = query.where(audit.c.action == action)
     if actor is not None:

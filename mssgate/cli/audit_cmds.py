@@ -41,7 +41,10 @@ def show(
         str | None, typer.Option("--subject", help="What, whole: a queue id, an address.")
     ] = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Only the last N matching entries.")
+        # The bound keeps the number within both databases' LIMIT (beyond 2^63 it was an
+        # internal error): no audit holds a billion entries to page through.
+        int | None,
+        typer.Option("--limit", min=1, max=10**9, help="Only the last N matching entries."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
