@@ -47,6 +47,9 @@ professionals = Table(
     CheckConstraint("kind IN ('PER', 'ORG', 'APP')", name="ck_professionals_kind"),
     CheckConstraint("state IN ('active', 'suspended')", name="ck_professionals_state"),
     CheckConstraint("id_type IS NULL OR id_type IN ('RPPS', 'ADELI')", name="ck_prof_idtype"),
+    # Hosted mailboxes per node (node list, the admin console) among a whole Annuaire of
+    # correspondents (revision 0012).
+    Index("ix_professionals_local_node", "local", "node"),
 )
 
 certificates = Table(

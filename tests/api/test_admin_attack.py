@@ -5,6 +5,7 @@ form stuffed with fields, error answers, wrong tokens over and over. Each must e
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +212,7 @@ def _with_history(engine: Engine) -> None:
 
 
 def _statements(engine: Engine) -> list[tuple[str, Any]]:
-    """Every statement the console's pages run (but the nodes table's, nodes.py's)."""
+    """Every statement the console's pages run."""
     seen: list[tuple[str, Any]] = []
 
     def keep(_c: Any, _cur: Any, statement: str, parameters: Any, _ctx: Any, _many: Any) -> None:
@@ -221,6 +222,7 @@ def _statements(engine: Engine) -> list[tuple[str, Any]]:
     event.listen(engine, "before_cursor_execute", keep)
     try:
         views.counts()
+        views.nodes(timedelta(seconds=60))  # mailboxes homed: among every correspondent
         views.queue_depth()
         for page in (views.directory, views.domains):
             page(50, None)
