@@ -4,6 +4,7 @@ form stuffed with fields, error answers, wrong tokens over and over. Each must e
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -283,3 +284,40 @@ def test_a_count_past_the_cap_says_over(served: tuple[Console, str]) -> None:
         quarantine = client.get("/admin/quarantine").text
     assert f"over {COUNT_CAP} in all" in audit
     assert f"over {COUNT_CAP} in all" in quarantine
+
+
+# -- every value a sender, a peer or an operator wrote --------------------------------------
+
+XSS = "\"'><script>alert(9)</script><img src=x onerror=alert(8)>javascript:alert(7)"
+
+
+def test_no_stored_value_becomes_markup_or_a_link(served: tuple[Console, str]) -> None:
+    console, token = served
+    from mssgate import audit as audit_trail
+    from mssgate.db.schema import domains, nodes, professionals
+    from mssgate.db.tx import write
+    from mssgate.directory.timeutil import now
+
+    at = now()
+    with write(console.engine) as conn:
+        conn.execute(nodes.insert().values(name="n" + XSS[:40], address=XSS, added_at=at))
+        conn.execute(domains.insert().values(
+            name="a" + XSS[:60], kind="trusted", relay_host=XSS[:200], relay_port=25,
+            operator_dn=XSS, added_at=at))  # fmt: skip
+        conn.execute(professionals.insert().values(
+            address="0" + XSS[:100] + "@x.test", display_name=XSS, kind="PER", state="active",
+            local=False, source="annuaire", created_at=at, updated_at=at))  # fmt: skip
+    # Enough rows that each page's "next" link carries a hostile value as its cursor.
+    seed(console.engine, 120, mailbox=RIS_A, sender=XSS[:200])
+    with write(console.engine) as conn:  # the newest entry, on the audit's first page
+        audit_trail.append(conn, actor=XSS[:60], action=XSS[:60], subject=XSS, detail={XSS: XSS})
+    paths = ["/admin", "/admin/directory", "/admin/domains", "/admin/spool"]
+    paths += ["/admin/quarantine", "/admin/audit"]
+    with console.client(token) as client:
+        pages = {path: client.get(path).text for path in paths}
+    for path, page in pages.items():
+        assert "<script>" not in page and "<img" not in page, path
+        assert "alert(" in page, path  # the value is shown, as text
+        links = [href for href in re.findall(r'href="([^"]*)"', page)]
+        assert links and all(h.startswith("/admin") for h in links), (path, links)
+        assert "javascript:" not in " ".join(links), path
