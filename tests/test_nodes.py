@@ -254,3 +254,23 @@ def test_metrics_per_node(engine: Engine, tmp_path: Path) -> None:
         s.labels["node"]: s.value for s in families["mssgate_node_spool_messages_queued"].samples
     }
     assert queued == {"a": 0, "b": 1}
+
+
+def test_mailboxes_made_by_the_annuaire_import_are_homed_on_the_importing_node(
+    cli: Cli, tmp_path: Path
+) -> None:
+    from tests.test_annuaire import HEADER, per_line
+
+    data = tmp_path / "a"
+    cli.ok("init", "--data", data, "--domain", DOMAIN, "--node", "alpha")
+    conf = data / "mssgate.toml"
+    extract = tmp_path / "extract.txt"
+    extract.write_text(
+        "\n".join([HEADER, per_line(f"p1@{DOMAIN}", 1), per_line("p2@elsewhere.test", 2)])
+    )
+    cli.ok("--config", conf, "directory", "import-annuaire", extract)
+    homes = {
+        p["address"]: p["node"]
+        for p in cli.ok("--config", conf, "directory", "list", "--correspondents", "--json").json()
+    }
+    assert homes == {f"p1@{DOMAIN}": "alpha", "p2@elsewhere.test": None}

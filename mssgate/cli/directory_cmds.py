@@ -186,6 +186,7 @@ def import_annuaire_cmd(
             max_line_bytes=cfg.annuaire.max_line_bytes,
             max_rejects_reported=cfg.annuaire.max_rejects_reported,
             on_progress=on_progress,
+            home_node=cfg.node.name,
         )
     if json_out:
         emit_json(report)

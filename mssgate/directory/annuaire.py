@@ -205,6 +205,7 @@ def _apply(
     local_domains: set[str],
     report: ImportReport,
     actor: str,
+    home_node: str | None = None,
 ) -> None:
     # Within a batch the first line of an address wins, as across batches.
     firsts: dict[str, AnnuaireLine] = {}
@@ -237,12 +238,16 @@ def _apply(
                     "source": "annuaire",
                     "created_at": stamp,
                     "updated_at": stamp,
+                    # A new hosted mailbox lives on the importing node (docs, "Nodes").
+                    "node": home_node if local else None,
                 }
             )
             report.added += 1
         elif any(getattr(old, k) != values[k] for k in _COMPARED):
             if old.local and not local:
                 values["local"] = True  # never demote a hosted mailbox by an import
+            if values["local"] and old.node is None:
+                values["node"] = home_node  # a correspondent made a mailbox gets a home
             conn.execute(
                 update(professionals)
                 .where(professionals.c.address == address)
@@ -275,6 +280,7 @@ def import_annuaire(
     max_line_bytes: int = 8192,
     max_rejects_reported: int = 1000,
     on_progress: Callable[[int, int], None] | None = None,
+    home_node: str | None = None,
 ) -> ImportReport:
     """Imports the extract; each batch commits on its own, so a re-run completes a cut one."""
     report = ImportReport()
@@ -288,7 +294,7 @@ def import_annuaire(
 
             def flush() -> None:
                 with write_on(conn):
-                    _apply(conn, seen, batch, local_domains, report, actor)
+                    _apply(conn, seen, batch, local_domains, report, actor, home_node)
                 batch.clear()
                 if on_progress is not None:
                     on_progress(counter.position, total)
