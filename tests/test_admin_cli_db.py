@@ -244,3 +244,36 @@ def test_an_action_family_matches_the_same_entries_on_both_databases(engine: Eng
     assert [e.action for e in audit.entries(engine, action="consumer_*")] == []  # _ is no joker
     assert len(list(audit.entries(engine, action="*"))) == 4
     assert [e.action for e in audit.entries(engine, action="queue.*", limit=1)] == ["queue.ack"]
+
+
+def test_a_message_withdrawn_meanwhile_is_not_withdrawn_twice(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Two commands on one message (an operator's two terminals, or a bounce run again
+    while the first still runs): both set it aside, since held deliveries are no obstacle
+    (that is how a failed bounce is run again); the second withdrawal must change nothing,
+    above all send no second DSN nor one after a delete."""
+    spool = Spool(engine, tmp_path / "spool")
+    accept(spool, "0000000000AD")
+    with write(engine) as conn:
+        conn.execute(update(spool_recipients).values(next_attempt_at=now() + timedelta(minutes=5)))
+    first = spool.set_aside("0000000000AD", reason="being deleted by cli:a")
+    second = spool.set_aside("0000000000AD", reason="being deleted by cli:b")
+    spool.withdraw(first, actor="cli:a", action="spool.delete", detail={})
+    with pytest.raises(Conflict, match="changed while being withdrawn"):
+        spool.withdraw(second, actor="cli:b", action="spool.delete", detail={})
+    assert [e.actor for e in audit.entries(engine, action="spool.delete")] == ["cli:a"]
+    assert list(spool.entries()) == []
+
+    accept(spool, "0000000000AE")
+    with write(engine) as conn:
+        conn.execute(update(spool_recipients).values(next_attempt_at=now() + timedelta(minutes=5)))
+    first = spool.set_aside("0000000000AE", reason="being bounced by cli:a")
+    second = spool.set_aside("0000000000AE", reason="being bounced by cli:b")
+    notice = Notice(content=b"DSN\r\n", recipient="dr.x@hopital-a.test", route="local",
+                    listener="bounces")  # fmt: skip
+    dsn_id = spool.withdraw(first, actor="cli:a", action="spool.bounce", detail={}, notice=notice)
+    with pytest.raises(Conflict, match="changed while being withdrawn"):
+        spool.withdraw(second, actor="cli:b", action="spool.bounce", detail={}, notice=notice)
+    assert [e.id for e in spool.entries()] == [dsn_id]  # one DSN
+    assert sorted(p.name for p in (tmp_path / "spool" / "msg").iterdir()) == [f"{dsn_id}.eml"]

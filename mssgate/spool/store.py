@@ -534,7 +534,7 @@ class Spool:
                     ],
                 )
             stamp = now()
-            conn.execute(
+            failed = conn.execute(
                 update(spool_recipients)
                 .where(
                     spool_recipients.c.spool_id == queue_id,
@@ -542,8 +542,8 @@ class Spool:
                     spool_recipients.c.state == "held",
                 )
                 .values(state="failed", last_error=reason, updated_at=stamp)
-            )
-            conn.execute(
+            ).rowcount
+            dropped = conn.execute(
                 update(spool_documents)
                 .where(
                     spool_documents.c.spool_id == queue_id,
@@ -551,7 +551,19 @@ class Spool:
                     spool_documents.c.state == "held",
                 )
                 .values(state="done", last_error=reason, updated_at=stamp)
-            )
+            ).rowcount
+            if failed != len(aside.recipients) or dropped != len(aside.documents):
+                # Another `spool delete|bounce` of this message (held rows are no obstacle
+                # to set_aside: that is how a failed one is run again), a `spool release`, or
+                # a delivery made meanwhile (--force): what this command would report is no
+                # longer so. Rolled back whole, its DSN with it: never a second DSN, nor
+                # one for a recipient that got the message.
+                raise Conflict(
+                    f"spooled message {queue_id} changed while being withdrawn ({failed} of"
+                    f" {len(aside.recipients)} recipient(s), {dropped} of"
+                    f" {len(aside.documents)} document job(s) still held): nothing done;"
+                    " see `spool list` and run the command again if it still applies"
+                )
             audit.append(
                 conn,
                 actor=actor,
