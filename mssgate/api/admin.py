@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -113,6 +113,14 @@ class AdminHeaders:
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     headers[name] = value
+                # Starlette's trailing-slash redirect is absolute, its host taken from the
+                # request's Host header: kept to the path and query, it stays on this server.
+                location = headers.get("location")
+                if location is not None:
+                    target = urlsplit(location)
+                    # One leading slash: "//host/..." would be a link to another host.
+                    path = "/" + target.path.lstrip("/")
+                    headers["location"] = urlunsplit(("", "", path, target.query, ""))
             await send(message)
 
         try:

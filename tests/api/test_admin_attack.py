@@ -321,3 +321,18 @@ def test_no_stored_value_becomes_markup_or_a_link(served: tuple[Console, str]) -
         links = [href for href in re.findall(r'href="([^"]*)"', page)]
         assert links and all(h.startswith("/admin") for h in links), (path, links)
         assert "javascript:" not in " ".join(links), path
+
+
+def test_a_trailing_slash_redirect_never_names_the_requests_host(
+    served: tuple[Console, str],
+) -> None:
+    console, token = served
+    # Starlette redirects /admin/x/ to /admin/x, as an absolute URL built from the Host
+    # header: a forged Host (a proxy that passes it on) would send the browser elsewhere.
+    with console.client(token) as client:
+        for path, target in (("/admin/", "/admin"), ("/admin/audit/?before=5", "/admin/audit")):
+            response = client.get(path, headers={"Host": "evil.example"})
+            assert response.status_code == 307, path
+            assert response.headers["location"].startswith(target), response.headers
+            assert "evil.example" not in response.headers["location"]
+            _console_headers(response)
