@@ -21,11 +21,33 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _config_first(args: list[str]) -> list[str]:
+    """`--config FILE` moved before the command: it is the root's option, and Click refuses it
+    after a subcommand (`mssgate directory list --config F`: "No such option"), where users
+    put it when told that every command takes it. Nothing after `--` is touched."""
+    end = args.index("--") if "--" in args else len(args)
+    moved: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < end:
+        arg = args[i]
+        if arg == "--config" and i + 1 < end:
+            moved += args[i : i + 2]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            moved.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return moved + rest + args[end:]
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Runs one command and returns its exit code (tests call this in-process)."""
     from mssgate.cli.app import app
 
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _config_first(list(sys.argv[1:] if argv is None else argv))
     try:
         # Standalone mode: Typer itself prints usage errors (exit 2) and exits; anything
         # else propagates here because pretty exceptions are off.
