@@ -309,3 +309,23 @@ def test_audit_limit_past_what_a_database_takes_is_a_usage_error(datadir: Path) 
     huge = run(datadir, "audit", "--limit", str(10**20))
     assert huge.returncode == 2 and "--limit" in huge.stderr, huge.stderr
     assert run(datadir, "audit", "--limit", str(10**9), "--json").returncode == 0
+
+
+def test_a_peers_reply_in_spool_list_is_shown_as_text(datadir: Path) -> None:
+    """A last error is a peer's SMTP reply: its rich markup killed `spool list` ("[/b]": a
+    MarkupError, internal error) or made links, its escape sequences reached the terminal,
+    and in the narrow layout a line of it could pass for another field."""
+    queue_id = spool_one(datadir, "dr.z@clinique-b.test", "relay")
+    reply = "550 5.1.1 [/b] [link=http://evil.example]x[/link] \x1b]0;owned\x07\n  queue id: FAKE"
+    fail_once(datadir, queue_id, reply)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSSGATE_")}
+    env["MSSGATE_CONFIG"] = str(datadir / "mssgate.toml")
+    for columns in ("80", "400"):  # one row as lines of fields; a table
+        env["COLUMNS"] = columns
+        shown = subprocess.run(
+            [str(MSSGATE), "spool", "list"], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "[/b] [link=http://evil.example]x[/link] \\x1b]0;owned\\x07" in shown.stdout
+        assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+        assert "\n  queue id: FAKE" not in shown.stdout

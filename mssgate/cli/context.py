@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import sys
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import Engine
 
 from mssgate.config import Config, load_config
@@ -95,7 +97,7 @@ def emit_table(
     On a terminal too narrow for the table (80 columns and a queue's nine), each row is
     printed as lines of `column: value` instead, as `show` prints one entry: a table
     squeezed to two letters a column would be complete but unreadable."""
-    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    cells = [["" if v is None else _printable(str(v)) for v in row] for row in rows]
     widths = [
         max([len(col), *(len(row[index]) for row in cells)]) for index, col in enumerate(columns)
     ]
@@ -113,8 +115,20 @@ def emit_table(
         else:
             table.add_column(col, overflow="fold")
     for row in cells:
-        table.add_row(*row)
+        # Text, not markup: a cell's "[/b]" (in a peer's reply, say) made rich raise and the
+        # command die, and a "[link=...]" became a hyperlink on the operator's terminal.
+        table.add_row(*(Text(cell) for cell in row))
     stdout.print(table)
+
+
+# Control characters but the line feed. Cells hold text from outside: a peer's SMTP reply is
+# a spool entry's last error, and its escape sequences reached the operator's terminal
+# as they came (colours, a changed title, text hidden, the clipboard written).
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _emit_records(title: str, columns: Sequence[str], cells: Sequence[Sequence[str]]) -> None:
@@ -124,6 +138,9 @@ def _emit_records(title: str, columns: Sequence[str], cells: Sequence[Sequence[s
         say("")
         for col, value in zip(columns, row, strict=True):
             if value:
+                # A value's further lines are indented under it: at the margin, a line of
+                # it could pass for another field, "queue id: ..." included.
+                value = value.replace("\n", "\n" + " " * (width + 2))
                 say(f"{col:>{width}}: {value}")
 
 
