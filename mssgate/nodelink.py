@@ -73,7 +73,9 @@ class Homes:
             return None
         return RemoteHome(node=row.node, address=row.address)
 
-    def homed_here(self, recipient: str) -> bool:
+    def homed_here(self, recipient: str) -> bool | None:
+        """True: a mailbox homed on this node (or on none); False: a mailbox homed on another
+        node; None: no mailbox of this installation."""
         with self._engine.connect() as conn:
             row = conn.execute(
                 select(professionals.c.node).where(
@@ -81,7 +83,9 @@ class Homes:
                     professionals.c.local.is_(True),
                 )
             ).first()
-        return row is not None and row.node in (None, self._me)
+        if row is None:
+            return None
+        return row.node in (None, self._me)
 
 
 def _der(cert_path: Path) -> bytes:
@@ -154,8 +158,12 @@ class _Handler:
             here = await asyncio.to_thread(self._homes.homed_here, recipient)
         except SQLAlchemyError:
             return "451 4.3.0 directory unavailable"
-        if not here:
+        if here is None:
             return "550 5.1.1 no mailbox of this node"
+        if not here:
+            # Moved to another node since the sender read its home: temporary, so that the
+            # sender reads the home again at its next attempt (a 5xx bounced the message).
+            return "451 4.2.0 this mailbox is homed on another node now"
         envelope.rcpt_tos.append(recipient)
         return "250 2.1.5 ok"
 
@@ -208,9 +216,20 @@ async def start_node_listener(
     handler = _Handler(spool, homes, _der(cert), on_accepted)
     loop = asyncio.get_running_loop()
 
+    # What a node hands over is what it spooled after its own checks, and that may exceed
+    # this node's SMTP limits without being refused: the accepting node checked the size
+    # received, then prepended its Received and Authentication-Results fields (and may have
+    # decrypted, bringing lines no listener saw); nodes may also differ in max_message_size.
+    # A refusal here is permanent for the sender (a bounce for mail it accepted), so the
+    # bound is only against memory exhaustion by a broken node, and lines are not limited.
+    limit = 2 * max_size + (1 << 20)
+
+    class NodeLmtp(LMTP):
+        line_length_limit = limit  # aiosmtpd's default, 1001 bytes, answers 500
+
     def factory() -> LMTP:
-        return LMTP(handler, hostname=hostname, data_size_limit=max_size,
-                    decode_data=False, loop=loop)  # fmt: skip
+        return NodeLmtp(handler, hostname=hostname, data_size_limit=limit,
+                        decode_data=False, loop=loop)  # fmt: skip
 
     return await loop.create_server(factory, host=bind, port=port, ssl=ctx, reuse_address=True)
 

@@ -1,0 +1,133 @@
+"""The node-to-node listener against the node that hands mail over (issue 13, review).
+
+In-process: one node's listener (real TLS, real LMTP) and the sending side as the delivery
+worker uses it, with the installation's certificates from a real `init`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from mssgate.config import load_config
+from mssgate.db import open_engine
+from mssgate.db.schema import professionals, spool_recipients
+from mssgate.db.tx import write
+from mssgate.mailstore import DeliveryFailed
+from mssgate.nodelink import Homes, NodeHandOff, start_node_listener
+from mssgate.nodes import Nodes
+from mssgate.smtp.server import bound_port
+from mssgate.spool import Spool
+from tests.conftest import Cli
+
+DOMAIN = "hopital-a.test"
+BOB = f"imagerie@{DOMAIN}"
+SENDER = f"secretariat@{DOMAIN}"
+
+
+class Link:
+    def __init__(self, data: Path) -> None:
+        self.config = load_config(data / "mssgate.toml")
+        self.engine: Engine = open_engine(self.config.database_url)
+        self.spool = Spool(self.engine, data / "spool", node="a")
+        tls = self.config.tls
+        assert tls.cert is not None and tls.key is not None and tls.ca is not None
+        self.tls = (tls.cert, tls.key, tls.ca)
+        self.accepted: list[str] = []
+
+    def hand_over(self, message: bytes, *, max_size: int) -> None:
+        """Node B hands `message` for BOB to node A's listener (A: the node of this folder)."""
+        cert, key, ca = self.tls
+
+        async def scenario() -> None:
+            server = await start_node_listener(
+                bind="127.0.0.1", port=0, cert=cert, key=key, ca=ca, hostname="a.test",
+                spool=self.spool, homes=Homes(self.engine, "a"), max_size=max_size,
+                on_accepted=self.accepted.append,
+            )  # fmt: skip
+            try:
+                handoff = NodeHandOff(cert=cert, key=key, ca=ca, timeout=10)
+                await asyncio.to_thread(
+                    handoff.hand_over, f"127.0.0.1:{bound_port(server)}", BOB, message,
+                    queue_id="from-b", sender=SENDER,
+                )  # fmt: skip
+            finally:
+                server.close()
+                await server.wait_closed()
+
+        asyncio.run(scenario())
+
+    def spooled_for(self, recipient: str) -> list[bytes]:
+        with self.engine.connect() as conn:
+            ids = conn.execute(
+                select(spool_recipients.c.spool_id).where(spool_recipients.c.recipient == recipient)
+            ).scalars()
+            return [self.spool.read(i) for i in ids]
+
+
+@pytest.fixture
+def link(cli: Cli, tmp_path: Path) -> Link:
+    data = tmp_path / "a"
+    cli.ok("init", "--data", data, "--domain", DOMAIN, "--node", "a")
+    conf = data / "mssgate.toml"
+    cli.ok("--config", conf, "directory", "add", BOB, "--name", "Imagerie",
+           "--kind", "organisation")  # fmt: skip
+    made = Link(data)
+    Nodes(made.engine, actor="test").add("b", address="127.0.0.1:1")
+    return made
+
+
+def message(body: bytes) -> bytes:
+    return (
+        f"From: <{SENDER}>\r\nTo: <{BOB}>\r\nSubject: x\r\n"
+        "Received: from x by the accepting node\r\n"
+        "Authentication-Results: the accepting node's\r\n\r\n"
+    ).encode() + body
+
+
+def test_a_message_the_accepting_node_took_is_taken_whatever_its_size_after_its_headers(
+    link: Link,
+) -> None:
+    """The accepting node checks the size of what it received, then prepends its Received and
+    Authentication-Results (and may decrypt): what it hands over may be larger than
+    smtp.max_message_size. Before: 552 from the home node, a permanent failure, a bounce for
+    a message the gateway had accepted."""
+    body = b"x" * 70 + b"\r\n"
+    content = message(body * 20)
+    link.hand_over(content, max_size=len(content) - 200)
+    assert link.spooled_for(BOB) == [content]
+    assert len(link.accepted) == 1
+
+
+def test_a_long_line_is_handed_over(link: Link) -> None:
+    """Lines inside an encrypted message are not the SMTP listener's to check: once decrypted
+    they may be longer than 998 bytes (or smtp.max_line_length may allow them). Before: the
+    node listener's 1001-byte line limit answered 500, and the message was bounced."""
+    content = message(b"y" * 5000 + b"\r\nend\r\n")
+    link.hand_over(content, max_size=10_000_000)
+    assert link.spooled_for(BOB) == [content]
+
+
+def test_a_mailbox_moved_meanwhile_is_retried_not_bounced(link: Link) -> None:
+    """B read that BOB's home is A, but BOB was moved to C before A's listener saw the
+    hand-over: a temporary refusal, so that B reads the home again at its next attempt. Before:
+    550 5.1.1, a permanent failure and a bounce for a mailbox that exists."""
+    Nodes(link.engine, actor="test").add("c", address="127.0.0.1:1")
+    with write(link.engine) as conn:
+        conn.execute(update(professionals).where(professionals.c.address == BOB).values(node="c"))
+    with pytest.raises(DeliveryFailed) as refused:
+        link.hand_over(message(b"moved\r\n"), max_size=10_000_000)
+    assert not refused.value.permanent, str(refused.value)
+    assert link.spooled_for(BOB) == []
+
+
+def test_an_address_that_is_no_mailbox_is_refused_for_good(link: Link) -> None:
+    with write(link.engine) as conn:
+        gone = update(professionals).where(professionals.c.address == BOB).values(local=False)
+        conn.execute(gone)
+    with pytest.raises(DeliveryFailed) as refused:
+        link.hand_over(message(b"gone\r\n"), max_size=10_000_000)
+    assert refused.value.permanent, str(refused.value)
