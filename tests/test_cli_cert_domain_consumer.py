@@ -302,3 +302,70 @@ def test_install_key_beside_a_leftover_certificate_writes_no_half_pair(
     cli.ok("cert", "install-key", mailbox, "--key", str(tmp_path / "k.pem"),
            "--cert", str(tmp_path / "c.pem"), "--force")  # fmt: skip
     assert (held / f"{mailbox}.crt.pem").read_bytes() == (tmp_path / "c.pem").read_bytes()
+
+
+def test_consumer_add_of_one_mailbox_at_once_from_several_processes(
+    cli: Cli, datadir: Path
+) -> None:
+    # Before: the processes that lost the race to write the key failed with "file exists
+    # (use --force to overwrite)" (an option consumer add does not have), or, seeing the key
+    # before its certificate, with "unusable key ... fix or remove", naming a good pair.
+    import json
+    import sys
+
+    boxes = [f"ris{n}@{DOMAIN}" for n in range(2)]
+    for box in boxes:
+        cli.ok("directory", "add", box, "--name", "RIS", "--kind", "application")
+    runs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mssgate",
+                "consumer",
+                "add",
+                f"c{n}-{i}",
+                "--mailbox",
+                box,
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n, box in enumerate(boxes)
+        for i in range(3)
+    ]
+    answers = [(run.wait(60), *run.communicate()) for run in runs]
+    assert [(code, err) for code, _, err in answers] == [(0, "")] * len(runs)
+    statuses = [json.loads(out)["signing_key"]["status"] for _, out, _ in answers]
+    for n in range(len(boxes)):
+        assert sorted(statuses[n * 3 : n * 3 + 3]) == ["existing"] * 2 + ["issued"]
+    ca = datadir / "certs" / "ca.crt.pem"
+    for box in boxes:
+        cert = datadir / "certs" / "mailboxes" / f"{box}.crt.pem"
+        assert openssl("verify", "-CAfile", ca, cert).returncode == 0
+        assert len(cli.ok("cert", "list", box, "--json").json()) == 1
+
+
+def test_consumer_add_waits_for_a_pair_being_written(cli: Cli, datadir: Path, mailbox: str) -> None:
+    # Another `consumer add` of the mailbox has written the key, not yet its certificate:
+    # the pair is taken once complete, not called unusable (deterministic half of the race
+    # above).
+    import threading
+
+    held = datadir / "certs" / "mailboxes"
+    from mssgate.pki import load_certificate, load_private_key
+
+    ca_key = load_private_key(datadir / "certs" / "ca.key.pem")
+    key, cert = issue_smime_cert(
+        ca_key, load_certificate(datadir / "certs" / "ca.crt.pem"), mailbox
+    )
+    write_private_key(held / f"{mailbox}.key.pem", key)
+    later = threading.Timer(0.5, write_certificate, (held / f"{mailbox}.crt.pem", cert))
+    later.start()
+    try:
+        added = cli.ok("consumer", "add", "ris-a", "--mailbox", mailbox, "--json").json()
+    finally:
+        later.join()
+    assert added["signing_key"]["status"] == "existing"

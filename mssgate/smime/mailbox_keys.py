@@ -9,6 +9,7 @@ or a production key and certificate copied there under the same names.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,9 @@ def ensure_mailbox_key(config: Config, address: str, *, common_name: str) -> Ens
     found = find_mailbox_key(directory, address)
     if found is not None:
         return EnsuredKey(address, key_path, cert_path, "existing", found.cert)
+    if key_path.exists() and not cert_path.exists():
+        # Half a pair: another `consumer add` between its two writes, or a leftover.
+        return _settled(config, address, key_path, cert_path)
     if key_path.exists() or cert_path.exists():
         # Half a pair, or a key this gateway cannot use: replacing it silently would throw
         # away what an operator put there.
@@ -111,9 +115,32 @@ def ensure_mailbox_key(config: Config, address: str, *, common_name: str) -> Ens
         common_name=common_name,
     )
     ensure_private_dir(directory)
-    write_private_key(key_path, key, overwrite=False)
+    try:
+        write_private_key(key_path, key, overwrite=False)
+    except PKIError:
+        if not key_path.exists():
+            raise
+        # Another `consumer add` of the same mailbox won the race (the write refuses a file
+        # that appeared since): its pair is this one's once its certificate is in place.
+        return _settled(config, address, key_path, cert_path)
     write_certificate(cert_path, cert, overwrite=False)
     return EnsuredKey(address, key_path, cert_path, "issued", cert)
+
+
+def _settled(config: Config, address: str, key_path: Path, cert_path: Path) -> EnsuredKey:
+    """The pair another process is writing (key first, then certificate), once written."""
+    directory = mailbox_keys_dir(config)
+    deadline = time.monotonic() + 5
+    while True:
+        found = find_mailbox_key(directory, address)
+        if found is not None:
+            return EnsuredKey(address, key_path, cert_path, "existing", found.cert)
+        if time.monotonic() > deadline:
+            raise PKIError(
+                f"{directory} holds an unusable key or certificate for {address}: fix or remove"
+                f" {key_path.name} and {cert_path.name}"
+            )
+        time.sleep(0.05)
 
 
 def install_mailbox_key(
