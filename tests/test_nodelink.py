@@ -7,6 +7,8 @@ worker uses it, with the installation's certificates from a real `init`.
 from __future__ import annotations
 
 import asyncio
+import smtplib
+import ssl
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,52 @@ def test_an_address_that_is_no_mailbox_is_refused_for_good(link: Link) -> None:
     with pytest.raises(DeliveryFailed) as refused:
         link.hand_over(message(b"gone\r\n"), max_size=10_000_000)
     assert refused.value.permanent, str(refused.value)
+
+
+class _Lmtps(smtplib.SMTP_SSL):
+    ehlo_msg = "lhlo"
+
+
+@pytest.mark.parametrize("client_cert", ["none", "other-installation"])
+def test_only_the_installations_certificate_hands_mail_in(
+    link: Link, cli: Cli, tmp_path: Path, client_cert: str
+) -> None:
+    """No client certificate, or the server certificate of another installation (the same
+    name, another CA): the handshake or the recipient is refused, nothing is spooled."""
+    cert, key, ca = link.tls
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    if client_cert == "other-installation":
+        other = tmp_path / "other"
+        cli.ok("init", "--data", other, "--domain", DOMAIN, "--node", "a")
+        tls = load_config(other / "mssgate.toml").tls
+        assert tls.cert is not None and tls.key is not None and tls.cert != cert
+        ctx.load_cert_chain(tls.cert, tls.key)
+    outcome: list[object] = []
+
+    async def scenario() -> None:
+        server = await start_node_listener(
+            bind="127.0.0.1", port=0, cert=cert, key=key, ca=ca, hostname="a.test",
+            spool=link.spool, homes=Homes(link.engine, "a"), max_size=1_000_000,
+            on_accepted=link.accepted.append,
+        )  # fmt: skip
+
+        def intrude() -> None:
+            try:
+                client = _Lmtps("127.0.0.1", bound_port(server), context=ctx, timeout=10)
+                client.ehlo()
+                client.mail(SENDER)
+                outcome.append(client.rcpt(BOB)[0])
+                outcome.append(client.data(message(b"intruder\r\n"))[0])
+            except (OSError, smtplib.SMTPException) as exc:
+                outcome.append(type(exc).__name__)
+
+        try:
+            await asyncio.to_thread(intrude)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    assert 250 not in outcome, outcome
+    assert link.spooled_for(BOB) == [] and link.accepted == []
