@@ -369,3 +369,36 @@ def test_consumer_add_waits_for_a_pair_being_written(cli: Cli, datadir: Path, ma
     finally:
         later.join()
     assert added["signing_key"]["status"] == "existing"
+
+
+def test_check_reports_the_mailbox_key_pairs_receipts_are_signed_with(
+    cli: Cli, datadir: Path, mailbox: str, tmp_path: Path
+) -> None:
+    # Before: `check` looked at the TLS and DKIM files only; a RIS pair expiring (the dev
+    # CA's lasts 825 days), not matching, or readable by others went unnoticed until peers
+    # refused its receipts.
+    cli.ok("consumer", "add", "ris-a", "--mailbox", mailbox)
+    report = cli.ok("check", "--json").json()
+    (pair,) = [c for c in report["checks"] if c["check"] == f"mailbox key {mailbox}"]
+    assert pair["ok"] is True and "days left" in pair["detail"]
+    held = datadir / "certs" / "mailboxes"
+    ca_key, ca_cert = create_dev_ca("IGC-Santé stand-in")
+    _, other = issue_smime_cert(ca_key, ca_cert, mailbox)
+    write_certificate(held / f"{mailbox}.crt.pem", other)
+    broken = cli("check")
+    assert broken.code == 1
+    assert (
+        f"FAIL mailbox key {mailbox}: {mailbox}.key.pem does not match {mailbox}.crt.pem"
+        in broken.out
+    )
+    now = datetime.now(UTC)
+    key, expired = issue_smime_cert(
+        ca_key, ca_cert, mailbox,
+        not_before=now - timedelta(days=400), not_after=now - timedelta(days=1),
+    )  # fmt: skip
+    write_private_key(held / f"{mailbox}.key.pem", key)
+    write_certificate(held / f"{mailbox}.crt.pem", expired)
+    (held / f"{mailbox}.key.pem").chmod(0o644)
+    out = cli("check").out
+    assert f"FAIL mailbox key {mailbox}: {held / f'{mailbox}.crt.pem'} expired" in out
+    assert "readable by others" in out

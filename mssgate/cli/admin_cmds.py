@@ -178,6 +178,38 @@ def _ports_toml(ports: dict[str, dict[str, int]]) -> str:
     )
 
 
+def _mailbox_key_checks(folder: Path, now: datetime) -> list[tuple[str, bool, str]]:
+    """The pairs in DATA/certs/mailboxes that receipts are signed (and mail to an application
+    decrypted) with: a pair that expired, does not match or is readable by others fails at a
+    peer, not here, unless `check` says so."""
+    from mssgate.pki.keys import same_key
+
+    found = []
+    for key_path in sorted(folder.glob("*.key.pem")) if folder.is_dir() else []:
+        address = key_path.name.removesuffix(".key.pem")
+        cert_path = folder / f"{address}.crt.pem"
+        label = f"mailbox key {address}"
+        try:
+            key = load_private_key(key_path)
+            cert = load_certificate(cert_path)
+        except MssgateError as exc:
+            found.append((label, False, str(exc)))
+            continue
+        problems = []
+        if not same_key(key, cert.public_key()):
+            problems.append(f"{key_path.name} does not match {cert_path.name}")
+        left = days_left(cert, now)
+        if left < 0:
+            problems.append(f"{cert_path} expired")
+        if key_path.stat().st_mode & 0o077:
+            problems.append(f"{key_path} readable by others")
+        warn = " (renew soon)" if 0 <= left < CERT_WARN_DAYS else ""
+        found.append(
+            (label, not problems, "; ".join(problems) or f"{cert_path}: {left} days left{warn}")
+        )
+    return found
+
+
 def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Validate the configuration, certificates (expiry) and the database."""
     st = state(ctx)
@@ -209,6 +241,8 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
             record(label, mode == 0, f"{key_path}" + (" readable by others" if mode else ""))
         except MssgateError as exc:
             record(label, False, str(exc))
+    for label, ok, detail in _mailbox_key_checks(cfg.certs_dir / "mailboxes", now):
+        record(label, ok, detail)
     try:
         engine = open_engine(cfg.database_url)
         with engine.connect() as conn:
