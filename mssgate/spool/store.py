@@ -148,6 +148,11 @@ class Spool:
         self._engine = engine
         self.root = root
         self.node = node
+        # SQLite serves one data folder only (`node add` needs PostgreSQL): there a row's file
+        # can be nowhere else. On PostgreSQL another folder may hold it even while this node
+        # is the only one registered (nodes starting one after the other on an upgraded
+        # database), and adopting it would fail it as lost.
+        self._one_folder = engine.dialect.name == "sqlite"
         self._msg = ensure_dir(root / "msg")
         self._tmp = ensure_dir(root / "tmp")
         self._committer = GroupCommitter(self._insert)
@@ -674,7 +679,7 @@ class Spool:
         """Removes files without a queued row (never acknowledged, or already done).
 
         With a node: adopts the queued rows written before nodes existed (no node) whose
-        file is here, and all of them when `only_node` (no other node is registered: their
+        file is here, and all of them when `only_node` on SQLite (one data folder: their
         files can be nowhere else). The other nodes' rows are left alone.
         """
         with self._engine.connect() as conn:
@@ -702,14 +707,16 @@ class Spool:
         if removed:
             fsync_dir(self._msg)
         if self.node is not None:
-            orphans = [i for i, node in queued.items() if node is None and (only_node or i in here)]
+            anywhere = only_node and self._one_folder
+            orphans = [i for i, node in queued.items() if node is None and (anywhere or i in here)]
             self._adopt(orphans)
         return removed
 
     def adopt_unowned(self, *, only_node: bool) -> int:
         """Claims the queued rows without a node whose file is here (all of them when this
-        is the only node): rows written by something that names no node (an older `mssgate`
-        beside a newer serve, a script). Cheap when there are none: one indexed query."""
+        is the only node, on SQLite): rows written by something that names no node (an older
+        `mssgate` beside a newer serve, a script). Cheap when there are none: one indexed
+        query."""
         if self.node is None:
             return 0
         with self._engine.connect() as conn:
@@ -720,7 +727,8 @@ class Spool:
                     )
                 ).scalars()
             )
-        mine = [i for i in unowned if only_node or self.path(i).exists()]
+        anywhere = only_node and self._one_folder
+        mine = [i for i in unowned if anywhere or self.path(i).exists()]
         self._adopt(mine)
         return len(mine)
 
