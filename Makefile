@@ -8,8 +8,10 @@ DOMAIN ?= hopital-a.test
 
 .PHONY: run test lint typecheck pytest install clean dovecot
 
+# pip, not python: a venv whose ensurepip failed (Debian without python3-venv) has a python
+# and no pip, and must be made again once the package is there.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
@@ -25,7 +27,7 @@ run: $(STAMP) dovecot
 dovecot:
 	@command -v dovecot >/dev/null 2>&1 || test -x /usr/sbin/dovecot || \
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd dovecot-lmtpd; \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd dovecot-lmtpd; \
 	    else echo "IMAP needs Dovecot: sudo apt-get install dovecot-imapd dovecot-lmtpd"; fi; }
 
 lint: $(STAMP)
