@@ -402,3 +402,20 @@ def test_check_reports_the_mailbox_key_pairs_receipts_are_signed_with(
     out = cli("check").out
     assert f"FAIL mailbox key {mailbox}: {held / f'{mailbox}.crt.pem'} expired" in out
     assert "readable by others" in out
+
+
+@pytest.mark.parametrize("name", ["Bad Name", "ris-a"])
+def test_a_refused_consumer_add_issues_no_key(
+    cli: Cli, datadir: Path, mailbox: str, name: str
+) -> None:
+    # Before: the key pair was issued and its certificate registered, then the name was
+    # refused (invalid, or a consumer of that name exists): a failed command left both.
+    held = datadir / "certs" / "mailboxes" / f"{mailbox}.key.pem"
+    if name == "ris-a":
+        other = f"ris@{DOMAIN}"
+        cli.ok("directory", "add", other, "--name", "RIS", "--kind", "application")
+        cli.ok("consumer", "add", "ris-a", "--mailbox", other)
+    refused = cli("consumer", "add", name, "--mailbox", mailbox)
+    assert refused.code == 1, refused.err
+    assert not held.exists()
+    assert cli.ok("cert", "list", mailbox, "--json").json() == []

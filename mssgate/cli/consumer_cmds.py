@@ -39,6 +39,8 @@ def add(
         key_text = data.decode("ascii", errors="replace")
     st = state(ctx)
     directory = st.directory()
+    # Before the key pair: a command refused for its name must leave nothing behind.
+    directory.consumers.check_name(name)
     signing = _signing_key(st, directory, mailbox)
     consumer, token = directory.consumers.add(name, mailbox=mailbox, pgp_key=key_text)
     if json_out:

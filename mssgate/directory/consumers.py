@@ -76,6 +76,21 @@ class Consumers:
         self._engine = engine
         self._actor = actor
 
+    def check_name(self, name: str) -> None:
+        """Refuses what `add` would refuse for the name, before a caller does anything else
+        (`consumer add` issues the mailbox's key pair first). `add` checks again."""
+        if not _NAME.fullmatch(name):
+            raise ValidationFailed(
+                f"invalid consumer name {name!r}: lower-case letters, digits, . _ - (max 64)"
+            )
+        with self._engine.connect() as conn:
+            same_name = conn.execute(select(consumers).where(consumers.c.name == name)).first()
+        if same_name is not None and same_name.revoked_at is None:
+            raise Conflict(
+                f"consumer {name!r} exists already (`mssgate consumer remove {name}` frees"
+                " its name)"
+            )
+
     def add(self, name: str, *, mailbox: str, pgp_key: str | None = None) -> tuple[Consumer, str]:
         """Registers a consumer and returns it with its token, shown once and stored hashed."""
         if not _NAME.fullmatch(name):
