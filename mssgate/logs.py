@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 _SECRET_WORDS = ("password", "token", "secret", "authorization")
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,7 +39,10 @@ class JsonFormatter(logging.Formatter):
             # One line still: the exception's type and text, never a multi-line traceback.
             exc = record.exc_info[1]
             body["error"] = f"{type(exc).__name__}: {exc}" if exc else None
-        return json.dumps(body, ensure_ascii=False, default=str)
+        line = json.dumps(body, ensure_ascii=False, default=str)
+        # JSON leaves these raw outside ASCII, yet each breaks a line for Python's
+        # splitlines, JavaScript and some shippers; a record may carry a document's text.
+        return line.translate(_LINE_BREAKS)
 
 
 def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, **fields: Any) -> None:
