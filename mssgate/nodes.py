@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Engine, func, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from mssgate import audit
 from mssgate.db.schema import nodes, professionals, spool_messages
@@ -55,20 +55,26 @@ class Nodes:
 
     def add(self, name: str, *, address: str, data_dir: Path | None = None) -> None:
         """Registers a node that has not served yet (`init`, `node add`)."""
-        with write(self._engine) as conn:
-            found = conn.execute(select(nodes.c.name).where(nodes.c.name == name)).first()
-            if found is not None:
-                raise Conflict(f"a node named {name!r} exists already (mssgate node list)")
-            conn.execute(
-                nodes.insert().values(
-                    name=name,
-                    address=address,
-                    data_dir=None if data_dir is None else str(data_dir),
-                    added_at=now(),
+        taken = Conflict(f"a node named {name!r} exists already (mssgate node list)")
+        try:
+            with write(self._engine) as conn:
+                found = conn.execute(select(nodes.c.name).where(nodes.c.name == name)).first()
+                if found is not None:
+                    raise taken
+                conn.execute(
+                    nodes.insert().values(
+                        name=name,
+                        address=address,
+                        data_dir=None if data_dir is None else str(data_dir),
+                        added_at=now(),
+                    )
                 )
-            )
-            audit.append(conn, actor=self._actor, action="node.add", subject=name,
-                         detail={"address": address})  # fmt: skip
+                audit.append(conn, actor=self._actor, action="node.add", subject=name,
+                             detail={"address": address})  # fmt: skip
+        except IntegrityError:
+            # Registered by another command between this one's read and its insert (two
+            # `init --node` at once): the same refusal as when it was there before.
+            raise taken from None
 
     def start(
         self, name: str, *, address: str | None, data_dir: Path, down_after: timedelta
@@ -80,40 +86,53 @@ class Nodes:
         deliver the other's spool entries, whose files they do not have.
         """
         stamp = now()
-        with write(self._engine) as conn:
-            row = conn.execute(select(nodes).where(nodes.c.name == name).with_for_update()).first()
-            if row is None:
-                conn.execute(
-                    nodes.insert().values(
-                        name=name, address=address or "", data_dir=str(data_dir), added_at=stamp,
-                        started_at=stamp, heartbeat_at=stamp,
-                    )
-                )  # fmt: skip
-                audit.append(conn, actor=self._actor, action="node.add", subject=name,
-                             detail={"address": address})  # fmt: skip
-                return
-            beat = aware(row.heartbeat_at) if row.heartbeat_at is not None else None
-            if (
-                row.data_dir is not None
-                and row.data_dir != str(data_dir)
-                and beat is not None
-                and stamp - beat < down_after
-            ):
-                raise Conflict(
-                    f"node {name!r} is served from {row.data_dir} (heartbeat"
-                    f" {(stamp - beat).total_seconds():.0f} s ago): give this data folder"
-                    " its own node.name"
-                )
+        try:
+            with write(self._engine) as conn:
+                self._start(conn, name, address=address, data_dir=data_dir, stamp=stamp,
+                            down_after=down_after)  # fmt: skip
+        except IntegrityError:
+            # FOR UPDATE locks an existing row only: two starts under a name without a row
+            # both insert, and the second hits the primary key.
+            raise Conflict(
+                f"node {name!r} was registered by another process starting at the same"
+                " time: give each data folder its own node.name"
+            ) from None
+
+    def _start(self, conn: Connection, name: str, *, address: str | None, data_dir: Path,
+               stamp: datetime, down_after: timedelta) -> None:  # fmt: skip
+        row = conn.execute(select(nodes).where(nodes.c.name == name).with_for_update()).first()
+        if row is None:
             conn.execute(
-                update(nodes)
-                .where(nodes.c.name == name)
-                .values(
-                    data_dir=str(data_dir),
-                    started_at=stamp,
-                    heartbeat_at=stamp,
-                    **({} if address is None else {"address": address}),
+                nodes.insert().values(
+                    name=name, address=address or "", data_dir=str(data_dir), added_at=stamp,
+                    started_at=stamp, heartbeat_at=stamp,
                 )
+            )  # fmt: skip
+            audit.append(conn, actor=self._actor, action="node.add", subject=name,
+                         detail={"address": address})  # fmt: skip
+            return
+        beat = aware(row.heartbeat_at) if row.heartbeat_at is not None else None
+        if (
+            row.data_dir is not None
+            and row.data_dir != str(data_dir)
+            and beat is not None
+            and stamp - beat < down_after
+        ):
+            raise Conflict(
+                f"node {name!r} is served from {row.data_dir} (heartbeat"
+                f" {(stamp - beat).total_seconds():.0f} s ago): give this data folder"
+                " its own node.name"
             )
+        conn.execute(
+            update(nodes)
+            .where(nodes.c.name == name)
+            .values(
+                data_dir=str(data_dir),
+                started_at=stamp,
+                heartbeat_at=stamp,
+                **({} if address is None else {"address": address}),
+            )
+        )
 
     def set_address(self, name: str, address: str) -> None:
         with write(self._engine) as conn:

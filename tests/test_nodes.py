@@ -300,3 +300,43 @@ def test_two_nodes_starting_on_an_upgraded_database_each_keep_their_own_entries(
     b = Spool(pg_engine, tmp_path / "b", node="b")
     b.recover(only_node=False)
     assert [d.spool_id for d in b.due(route="local")] == [in_b]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("how", ["add", "start"])
+def test_two_registrations_of_one_name_at_once_end_in_one_readable_refusal(
+    pg_engine: Engine, tmp_path: Path, how: str
+) -> None:
+    """Two `init --node x` (or `node add x`, or two `serve` of a name without a row) on one
+    database at the same moment: both read no row, both insert; the second waits for the
+    first and then hits the primary key. Before: IntegrityError, an internal error; now a
+    Conflict saying what to do."""
+    import threading
+
+    from mssgate.errors import Conflict
+
+    outcome: list[BaseException | None] = []
+    with write(pg_engine) as conn:
+        conn.execute(nodes_table.insert().values(name="x", address="127.0.0.1:1", added_at=now()))
+
+        def second() -> None:
+            try:
+                registry = Nodes(pg_engine, actor="test")
+                if how == "add":
+                    registry.add("x", address="127.0.0.1:2")
+                else:
+                    registry.start("x", address="127.0.0.1:2", data_dir=tmp_path,
+                                   down_after=timedelta(seconds=10))  # fmt: skip
+            except BaseException as exc:
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        racing = threading.Thread(target=second)
+        racing.start()
+        racing.join(timeout=1)  # its SELECT saw no row; its INSERT waits for this transaction
+        assert racing.is_alive()
+    racing.join(timeout=10)
+    [result] = outcome
+    assert isinstance(result, Conflict), repr(result)
+    assert ("exists already" if how == "add" else "its own node.name") in str(result)
