@@ -277,3 +277,33 @@ def test_a_message_withdrawn_meanwhile_is_not_withdrawn_twice(
         spool.withdraw(second, actor="cli:b", action="spool.bounce", detail={}, notice=notice)
     assert [e.id for e in spool.entries()] == [dsn_id]  # one DSN
     assert sorted(p.name for p in (tmp_path / "spool" / "msg").iterdir()) == [f"{dsn_id}.eml"]
+
+
+@pytest.mark.postgres
+def test_consumers_added_at_once_get_their_own_ids(pg_engine: Engine) -> None:
+    """Each `consumer add` takes the highest id ever given plus one: two at once on
+    PostgreSQL both read the same highest and the second died on the primary key
+    ("internal error"). SQLite has one writer, so only PostgreSQL can show it."""
+    import threading
+
+    add_mailboxes(pg_engine, RIS_A)
+    consumers = Directory(pg_engine, actor="cli:test").consumers
+    errors: list[BaseException] = []
+    for round_ in range(10):
+        start = threading.Barrier(4)
+
+        def add(name: str, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                consumers.add(name, mailbox=RIS_A)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=add, args=(f"ris-{round_}-{n}",)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    ids = [c.id for c in consumers.list()]
+    assert sorted(ids) == list(range(1, 41))

@@ -53,6 +53,19 @@ def _consumer(row: Row[Any]) -> Consumer:
     )
 
 
+# Any constant of this project's own: the key of PostgreSQL's transaction lock below.
+_IDS_LOCK = 0x6D7373_0001
+
+
+def _one_at_a_time(conn: Connection) -> None:
+    """Consumers are added and removed one at a time: `_next_id` reads the highest id ever
+    given, and two adds at once on PostgreSQL both read the same one (the second died on the
+    primary key). A transaction lock, taken first, so that it orders nothing else; SQLite
+    has one writer anyway."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(_IDS_LOCK)))
+
+
 def _next_id(conn: Connection) -> int:
     """An id no consumer ever had, even one removed since. The audit tells a reused name's
     consumers apart by id, and neither database promises that: SQLite gives a deleted last
@@ -100,6 +113,7 @@ class Consumers:
         box = normalize_address(mailbox)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with write(self._engine) as conn:
+            _one_at_a_time(conn)
             same_name = conn.execute(select(consumers).where(consumers.c.name == name)).first()
             if same_name is not None and same_name.revoked_at is None:
                 raise Conflict(
@@ -168,6 +182,7 @@ class Consumers:
         it had leased go back to ready when their lease expires, as any lease; the audit
         keeps what it did, under its id."""
         with write(self._engine) as conn:
+            _one_at_a_time(conn)
             row = conn.execute(select(consumers).where(consumers.c.name == name)).first()
             if row is None:
                 raise NotFound(f"no consumer {name!r}")
