@@ -79,10 +79,34 @@ def _die_with_parent(parent: int) -> None:
 _job_context: dict[str, Any] = {}
 
 
+# A library warns once per broken object, and a document may have as many of those as it
+# likes (a 22 kB PDF: 2,000 warnings): past this many lines per job, they are only counted.
+_JOB_LOG_LINES = 20
+_job_lines = {"logged": 0, "suppressed": 0}
+
+
 class _JobContext(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.context = dict(_job_context)
+        if getattr(record, "uncapped", False):
+            return True
+        if _job_lines["logged"] >= _JOB_LOG_LINES:
+            _job_lines["suppressed"] += 1
+            return False
+        _job_lines["logged"] += 1
         return True
+
+
+def _end_job_log() -> None:
+    if _job_lines["suppressed"]:
+        log.warning(
+            "documents.log_capped",
+            extra={
+                "fields": {"logged": _job_lines["logged"], "suppressed": _job_lines["suppressed"]},
+                "uncapped": True,
+            },
+        )
+    _job_lines.update(logged=0, suppressed=0)
 
 
 def _child_logging() -> None:
@@ -133,6 +157,7 @@ def _child(conn: Connection, memory_bytes: int | None, parent: int) -> None:
         except Exception as exc:  # the parent holds the message with this reason
             answer = ("error", f"{type(exc).__name__}: {exc}"[:300])
         finally:
+            _end_job_log()
             _job_context.clear()
         conn.send(answer)
         del answer  # the next job's memory starts from nothing
