@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import smtplib
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
@@ -36,6 +37,9 @@ from mssgate.mailstore.lmtp import LmtpStore
 from mssgate.pki import load_certificate
 from mssgate.spool import Spool, new_queue_id
 from mssgate.tls import client_context, server_context
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 log = logging.getLogger("mssgate.nodelink")
 
@@ -94,8 +98,29 @@ def _der(cert_path: Path) -> bytes:
     return load_certificate(cert_path).public_bytes(Encoding.DER)
 
 
+# A line's leading dot, lines ending at CRLF only: where the receiving listener
+# (aiosmtpd) splits lines and removes the stuffed dot.
+_LINE_DOT = re.compile(rb"(?:\A|(?<=\r\n))\.")
+
+
 class _LmtpOverTls(smtplib.SMTP_SSL):
     ehlo_msg = "lhlo"  # as smtplib.LMTP
+
+    def data(self, msg: ReadableBuffer | str) -> tuple[int, bytes]:
+        """DATA whose dot-stuffing the node listener undoes exactly. smtplib stuffs a dot
+        after a bare LF too, which aiosmtpd (lines end at CRLF) keeps: decrypted content
+        may hold bare LFs, and the home node got "\n.." for "\n.", bytes a signature no
+        longer covers."""
+        assert isinstance(msg, bytes)  # LmtpStore sends bytes
+        self.putcmd("data")
+        code, reply = self.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        stuffed = _LINE_DOT.sub(b"..", msg)
+        if not stuffed.endswith(b"\r\n"):
+            stuffed += b"\r\n"
+        self.send(stuffed + b".\r\n")
+        return self.getreply()
 
 
 class NodeHandOff(LmtpStore):

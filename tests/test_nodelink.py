@@ -182,3 +182,17 @@ def test_only_the_installations_certificate_hands_mail_in(
     asyncio.run(scenario())
     assert 250 not in outcome, outcome
     assert link.spooled_for(BOB) == [] and link.accepted == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"a\n.b\r\n", b"a\r.\r\nb\r\n", b"bare\nlines\n.\nonly\r\n", b"..lead\r\n.\r\n.x\r\n"],
+    ids=["lf-dot", "cr-dot", "lf-lines", "dots"],
+)
+def test_the_bytes_arrive_unchanged(link: Link, body: bytes) -> None:
+    """What the accepting node spooled (decrypted content may bring bare LF or CR, which no
+    listener checked) reaches the home node's spool byte for byte: a changed byte breaks the
+    signature a recipient verifies."""
+    content = message(body)
+    link.hand_over(content, max_size=10_000_000)
+    assert link.spooled_for(BOB) == [content]
