@@ -23,8 +23,11 @@ def changes(cli: Cli, datadir: Path) -> Path:
 
 def test_every_change_is_audited_in_order(cli: Cli, changes: Path) -> None:
     entries = cli.ok("audit", "--json").json()
+    # `init` records the local domain, then the node it creates (its name is the host's).
+    node = cli.ok("node", "list", "--json").json()[0]["name"]
     assert [(e["action"], e["subject"]) for e in entries] == [
         ("domain.add", DOMAIN),
+        ("node.add", node),
         ("directory.add", f"a@{DOMAIN}"),
         ("directory.add", f"b@{DOMAIN}"),
         ("directory.add", f"c@{DOMAIN}"),
@@ -32,7 +35,7 @@ def test_every_change_is_audited_in_order(cli: Cli, changes: Path) -> None:
         ("domain.add", "clinique-b.test"),
     ]
     assert all(e["actor"].startswith("cli:") for e in entries)
-    assert [e["seq"] for e in entries] == list(range(1, 7))
+    assert [e["seq"] for e in entries] == list(range(1, 8))
     assert cli.ok("audit", "--since", "2000-01-01", "--json").json() == entries
     assert cli.ok("audit", "--since", "2999-01-01", "--json").json() == []
     assert "invalid --since" in cli("audit", "--since", "yesterday").err
@@ -40,7 +43,7 @@ def test_every_change_is_audited_in_order(cli: Cli, changes: Path) -> None:
 
 def test_verify_intact(cli: Cli, changes: Path) -> None:
     report = cli.ok("audit", "verify", "--json").json()
-    assert report["ok"] is True and report["entries"] == 6 and report["problems"] == []
+    assert report["ok"] is True and report["entries"] == 7 and report["problems"] == []
     assert "intact" in cli.ok("audit", "verify").out
     cli.ok("audit", "verify", "--expect-head", report["head_hash"])
     wrong = cli("audit", "verify", "--expect-head", "0" * 64)
@@ -61,8 +64,8 @@ def _tamper(db: Path, sql: str) -> None:
         ('UPDATE audit SET detail = \'{"kind": "ORG"}\' WHERE seq = 2', "entry 2 was modified"),
         ("UPDATE audit SET at = '2020-01-01 00:00:00.000000' WHERE seq = 4", "entry 4 was"),
         ("DELETE FROM audit WHERE seq = 3", "entries 3..3 are missing"),
-        ("DELETE FROM audit WHERE seq = 6", "the head records entry 6"),
-        ("UPDATE audit SET action = 'directory.add' WHERE seq = 5", "entry 5 was modified"),
+        ("DELETE FROM audit WHERE seq = 7", "the head records entry 7"),
+        ("UPDATE audit SET action = 'directory.add' WHERE seq = 6", "entry 6 was modified"),
     ],
 )
 def test_verify_detects_tampering(cli: Cli, changes: Path, sql: str, message: str) -> None:
