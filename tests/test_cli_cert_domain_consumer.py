@@ -402,6 +402,14 @@ def test_check_reports_the_mailbox_key_pairs_receipts_are_signed_with(
     out = cli("check").out
     assert f"FAIL mailbox key {mailbox}: {held / f'{mailbox}.crt.pem'} expired" in out
     assert "readable by others" in out
+    # Another mailbox's valid pair copied under this one's name.
+    key, stranger = issue_smime_cert(ca_key, ca_cert, f"other@{DOMAIN}")
+    write_private_key(held / f"{mailbox}.key.pem", key)
+    write_certificate(held / f"{mailbox}.crt.pem", stranger)
+    assert (
+        f"FAIL mailbox key {mailbox}: {mailbox}.crt.pem is not an S/MIME certificate for"
+        f" {mailbox}" in cli("check").out
+    )
 
 
 @pytest.mark.parametrize("name", ["Bad Name", "ris-a"])

@@ -182,6 +182,7 @@ def _mailbox_key_checks(folder: Path, now: datetime) -> list[tuple[str, bool, st
     """The pairs in DATA/certs/mailboxes that receipts are signed (and mail to an application
     decrypted) with: a pair that expired, does not match or is readable by others fails at a
     peer, not here, unless `check` says so."""
+    from mssgate.pki import is_smime_for
     from mssgate.pki.keys import same_key
 
     found = []
@@ -198,6 +199,10 @@ def _mailbox_key_checks(folder: Path, now: datetime) -> list[tuple[str, bool, st
         problems = []
         if not same_key(key, cert.public_key()):
             problems.append(f"{key_path.name} does not match {cert_path.name}")
+        if not is_smime_for(cert, address):
+            # Another mailbox's pair copied under this name: peers refuse a signer that is
+            # not the From.
+            problems.append(f"{cert_path.name} is not an S/MIME certificate for {address}")
         left = days_left(cert, now)
         if left < 0:
             problems.append(f"{cert_path} expired")
