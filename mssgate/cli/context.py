@@ -97,6 +97,10 @@ def emit_table(
     On a terminal too narrow for the table (80 columns and a queue's nine), each row is
     printed as lines of `column: value` instead, as `show` prints one entry: a table
     squeezed to two letters a column would be complete but unreadable."""
+    if not rows:
+        # An empty bordered box read as an error; the count says what the records form says.
+        say(f"{title}: 0")
+        return
     cells = [["" if v is None else _printable(str(v)) for v in row] for row in rows]
     widths = [
         max([len(col), *(len(row[index]) for row in cells)]) for index, col in enumerate(columns)
