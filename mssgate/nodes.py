@@ -23,8 +23,12 @@ from mssgate.db.schema import nodes, professionals, spool_messages
 from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, MssgateError, NotFound
+from mssgate.fsutil import write_durably
 from mssgate.logs import event
 from mssgate.supervisor import PassHealth
+
+# In each data folder: the name of the node it is (Nodes.claim_folder).
+NODE_NAME_FILE = "node-name"
 
 log = logging.getLogger("mssgate.nodes")
 
@@ -133,6 +137,28 @@ class Nodes:
                 **({} if address is None else {"address": address}),
             )
         )
+
+    def claim_folder(self, name: str, data_dir: Path) -> None:
+        """`serve` starts from `data_dir` as node `name`: refused while the folder belongs to
+        another registered node. A node cannot be renamed by editing node.name: its spool
+        entries and the mailboxes homed on it name it, so under a new name its entries would
+        wait for good and its mailboxes' mail would be handed to the old name's address and
+        refused there. The name is kept in the folder (the database cannot tell folders of
+        the same path on different hosts apart)."""
+        marker = data_dir / NODE_NAME_FILE
+        try:
+            was: str | None = marker.read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            was = None
+        if was == name:
+            return
+        if was is not None and was in self.names():
+            raise Conflict(
+                f"this data folder is node {was!r} (node.name says {name!r}): its spool"
+                f" entries and mailboxes name it; set node.name back to {was!r}, or first"
+                f" remove it (mssgate node remove {was}, refused while it holds mail)"
+            )
+        write_durably(marker, f"{name}\n".encode(), tmp_dir=data_dir)
 
     def set_address(self, name: str, address: str) -> None:
         with write(self._engine) as conn:

@@ -186,6 +186,7 @@ async def run_gateway(config: Config) -> int:
         directory = Directory(engine, actor="serve")
         node = config.node
         registry = Nodes(engine, actor="serve")
+        registry.claim_folder(node.name, data)
         registry.start(
             node.name,
             # Port 0 (tests): the address is known once the node listener is bound.

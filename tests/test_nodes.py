@@ -340,3 +340,29 @@ def test_two_registrations_of_one_name_at_once_end_in_one_readable_refusal(
     [result] = outcome
     assert isinstance(result, Conflict), repr(result)
     assert ("exists already" if how == "add" else "its own node.name") in str(result)
+
+
+def test_a_data_folder_keeps_its_node_name(engine: Engine, tmp_path: Path) -> None:
+    """node.name changed in a node's config (a rename): its spool entries and the mailboxes
+    homed on it name the old node, which stays registered and down. Before: serve started
+    under the new name, left those entries undelivered for good, and handed its mailboxes'
+    mail to the old node's address (itself), refused there until relay.max_age_seconds and
+    then bounced. Now the folder remembers its node and serve refuses the other name while
+    the old node is registered."""
+    from mssgate.errors import Conflict
+
+    registry = Nodes(engine, actor="test")
+    data = tmp_path / "data"
+    data.mkdir()
+    registry.claim_folder("a", data)
+    registry.start("a", address="127.0.0.1:1", data_dir=data, down_after=timedelta(seconds=1))
+    registry.claim_folder("a", data)  # the same name again: fine
+    with pytest.raises(Conflict) as refused:
+        registry.claim_folder("b", data)
+    assert "node 'a'" in str(refused.value) and "node.name" in str(refused.value)
+    with write(engine) as conn:  # as `node remove a` does once a holds nothing
+        conn.execute(nodes_table.delete().where(nodes_table.c.name == "a"))
+    registry.claim_folder("b", data)
+    registry.start("b", address="127.0.0.1:1", data_dir=data, down_after=timedelta(seconds=1))
+    with pytest.raises(Conflict):
+        registry.claim_folder("a", data)  # now the folder is b's
