@@ -23,6 +23,7 @@ from mssgate.cli import (
     spool_cmds,
 )
 from mssgate.cli import flags as _flags  # noqa: F401  (help: no <bool> after plain flags)
+from mssgate.cli import helptext as _helptext  # noqa: F401  (help: a command's line unbroken)
 from mssgate.cli.context import State
 
 app = typer.Typer(
