@@ -5,8 +5,10 @@ from __future__ import annotations
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from mssgate.pki import create_dev_ca, issue_smime_cert, write_certificate, write_private_key
 from tests.conftest import DOMAIN, Cli
@@ -22,6 +24,15 @@ def openssl(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def mailbox(cli: Cli, datadir: Path) -> str:
     cli.ok("directory", "add", ADDRESS, "--name", "Dr Martin", "--rpps", "99700367909")
     return ADDRESS
+
+
+def _igc_standin(datadir: Path) -> tuple[Any, Any]:
+    """A CA standing for IGC-Santé, added to the installation's trust anchors (tls.ca) as a
+    production operator does before installing a key pair it issued."""
+    ca_key, ca_cert = create_dev_ca("IGC-Santé stand-in")
+    with (datadir / "certs" / "ca.crt.pem").open("ab") as bundle:
+        bundle.write(ca_cert.public_bytes(Encoding.PEM))
+    return ca_key, ca_cert
 
 
 def test_cert_issue_is_verified_by_openssl(
@@ -231,7 +242,7 @@ def test_consumer_add_without_a_dev_ca_names_the_import_command(
     assert f"mssgate cert install-key {mailbox} --key KEY.pem --cert CERT.pem" in result.err
     assert not (datadir / "certs" / "mailboxes" / f"{mailbox}.key.pem").exists()
     # That command puts an operator's key pair where serve finds it.
-    ca_key, ca_cert = create_dev_ca("IGC-Santé stand-in")
+    ca_key, ca_cert = _igc_standin(datadir)
     key, cert = issue_smime_cert(ca_key, ca_cert, mailbox)
     write_private_key(tmp_path / "k.pem", key)
     write_certificate(tmp_path / "c.pem", cert)
@@ -265,7 +276,7 @@ def test_install_key_refuses_a_certificate_out_of_its_validity_leaving_nothing(
     # Before: the files were written first and the registration refused the expired one
     # afterwards (exit 1, yet serve signed receipts with it); a certificate not valid yet was
     # taken without a word. Peers refuse a signature made outside the signer's validity.
-    ca_key, ca_cert = create_dev_ca("IGC-Santé stand-in")
+    ca_key, ca_cert = _igc_standin(datadir)
     now = datetime.now(UTC)
     key, cert = issue_smime_cert(
         ca_key, ca_cert, mailbox,
@@ -288,7 +299,7 @@ def test_install_key_beside_a_leftover_certificate_writes_no_half_pair(
     # Before: the key was written, then the certificate refused ("file exists"): the new key
     # sat beside the old certificate, a pair that does not match, which serve then raised on
     # for every message to the mailbox instead of finding no key.
-    ca_key, ca_cert = create_dev_ca("IGC-Santé stand-in")
+    ca_key, ca_cert = _igc_standin(datadir)
     held = datadir / "certs" / "mailboxes"
     _, old = issue_smime_cert(ca_key, ca_cert, mailbox)
     write_certificate(held / f"{mailbox}.crt.pem", old)
@@ -382,7 +393,7 @@ def test_check_reports_the_mailbox_key_pairs_receipts_are_signed_with(
     (pair,) = [c for c in report["checks"] if c["check"] == f"mailbox key {mailbox}"]
     assert pair["ok"] is True and "days left" in pair["detail"]
     held = datadir / "certs" / "mailboxes"
-    ca_key, ca_cert = create_dev_ca("IGC-Santé stand-in")
+    ca_key, ca_cert = _igc_standin(datadir)
     _, other = issue_smime_cert(ca_key, ca_cert, mailbox)
     write_certificate(held / f"{mailbox}.crt.pem", other)
     broken = cli("check")
@@ -427,3 +438,23 @@ def test_a_refused_consumer_add_issues_no_key(
     assert refused.code == 1, refused.err
     assert not held.exists()
     assert cli.ok("cert", "list", mailbox, "--json").json() == []
+
+
+def test_install_key_refuses_a_certificate_from_a_ca_outside_tls_ca(
+    cli: Cli, datadir: Path, mailbox: str, tmp_path: Path
+) -> None:
+    # Before: any CA was taken (a self-signed stand-in too); peers, who trust our operator's
+    # bundle, refused every receipt signed with it.
+    ca_key, ca_cert = create_dev_ca("Unknown CA")
+    key, cert = issue_smime_cert(ca_key, ca_cert, mailbox)
+    write_private_key(tmp_path / "k.pem", key)
+    write_certificate(tmp_path / "c.pem", cert)
+    result = cli("cert", "install-key", mailbox, "--key", str(tmp_path / "k.pem"),
+                 "--cert", str(tmp_path / "c.pem"))  # fmt: skip
+    assert result.code == 1 and "does not chain to the trust anchors" in result.err, result.err
+    assert not (datadir / "certs" / "mailboxes" / f"{mailbox}.key.pem").exists()
+    # Once its CA is among the anchors (an intermediate may follow in the file), it goes in.
+    with (datadir / "certs" / "ca.crt.pem").open("ab") as bundle:
+        bundle.write(ca_cert.public_bytes(Encoding.PEM))
+    cli.ok("cert", "install-key", mailbox, "--key", str(tmp_path / "k.pem"),
+           "--cert", str(tmp_path / "c.pem"))  # fmt: skip

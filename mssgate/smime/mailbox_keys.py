@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -174,6 +176,7 @@ def install_mailbox_key(
             f"{cert_file.name} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}"
             " UTC: install it from then on"
         )
+    _check_chain(config, cert_file, cert)
     directory = mailbox_keys_dir(config)
     key_path, cert_path = key_paths(directory, address)
     if not force:
@@ -186,3 +189,41 @@ def install_mailbox_key(
     write_private_key(key_path, key, overwrite=force)
     write_certificate(cert_path, cert, overwrite=force)
     return EnsuredKey(address, key_path, cert_path, "installed", cert)
+
+
+def _check_chain(config: Config, cert_file: Path, cert: x509.Certificate) -> None:
+    """Refuses a certificate that does not chain to the installation's trust anchors
+    (`tls.ca`): peers trust our operator's bundle, so they would refuse every receipt signed
+    with it. Intermediates may follow the certificate in its file."""
+    import asyncio
+
+    from asn1crypto import x509 as asn1_x509  # type: ignore[import-untyped]
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from pyhanko_certvalidator import CertificateValidator, ValidationContext
+    from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError
+
+    from mssgate.pki import load_certificates
+
+    if config.tls.ca is None:
+        raise PKIError("tls.ca is not set: no trust anchors to check the certificate against")
+
+    def asn1(c: x509.Certificate) -> asn1_x509.Certificate:
+        return asn1_x509.Certificate.load(c.public_bytes(Encoding.DER))
+
+    anchors = load_certificates(config.tls.ca)
+    others = [c for c in load_certificates(cert_file) if c != cert]
+    context = ValidationContext(
+        trust_roots=[asn1(c) for c in anchors],
+        other_certs=[asn1(c) for c in others],
+        allow_fetching=False,
+        revocation_mode="soft-fail",
+    )
+    validator = CertificateValidator(asn1(cert), validation_context=context)
+    try:
+        validate = cast(Callable[..., Coroutine[Any, Any, object]], validator.async_validate_usage)
+        asyncio.run(validate({"digital_signature"}, extended_key_usage={"email_protection"}))
+    except (PathBuildingError, PathValidationError):
+        raise PKIError(
+            f"{cert_file.name} does not chain to the trust anchors of tls.ca ({config.tls.ca}):"
+            " add its CA there first: peers would refuse what it signs"
+        ) from None
