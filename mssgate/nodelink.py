@@ -16,7 +16,10 @@ import hmac
 import logging
 import re
 import smtplib
+import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,6 +109,14 @@ _LINE_DOT = re.compile(rb"(?:\A|(?<=\r\n))\.")
 class _LmtpOverTls(smtplib.SMTP_SSL):
     ehlo_msg = "lhlo"  # as smtplib.LMTP
 
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # smtplib's hook for connect + handshake (not in typeshed).
+        sock: socket.socket = super()._get_socket(  # type: ignore[misc]
+            host, port, min(timeout, HANDSHAKE_SECONDS)
+        )
+        sock.settimeout(timeout)  # the LMTP exchange: the full timeout
+        return sock
+
     def data(self, msg: ReadableBuffer | str) -> tuple[int, bytes]:
         """DATA whose dot-stuffing the node listener undoes exactly. smtplib stuffs a dot
         after a bare LF too, which aiosmtpd (lines end at CRLF) keeps: decrypted content
@@ -123,36 +134,74 @@ class _LmtpOverTls(smtplib.SMTP_SSL):
         return self.getreply()
 
 
-class NodeHandOff(LmtpStore):
+# Connecting and the TLS handshake: a live node answers within this, whatever the LMTP
+# timeout (delivery.lmtp_timeout_seconds, made for Dovecot writing a large message). A hung
+# node (stopped, a frozen host) accepts TCP in its kernel and never answers the handshake.
+HANDSHAKE_SECONDS = 5.0
+# After a node could not be reached, its other messages fail at once (temporarily) for this
+# long instead of each waiting for the handshake bound in its mailbox's lane, and the pass
+# (which waits for every lane) holding up this node's own deliveries behind them.
+UNREACHABLE_SECONDS = 10.0
+
+
+class NodeHandOff:
     """The sending side: one recipient's message to its home node (raises DeliveryFailed,
-    temporary while the home node is unreachable)."""
+    temporary while the home node is unreachable). Called from several delivery lanes
+    (threads) at once: the target is per call, never kept on this shared object."""
 
     def __init__(self, *, cert: Path, key: Path, ca: Path, timeout: float) -> None:
-        super().__init__("127.0.0.1:1", timeout=timeout)  # the target is per call
         ctx = client_context(ca_pem=ca.read_text(), cert=cert, key=key)
         # Node addresses are whatever the operator announced (an IP on a private segment);
         # the peer is checked against the one certificate every node has instead.
         ctx.check_hostname = False
         self._ctx = ctx
         self._own = _der(cert)
+        self._timeout = timeout
+        self._unreachable: dict[str, float] = {}  # address -> monotonic time of the failure
+        self._lock = threading.Lock()
 
     def hand_over(self, address: str, recipient: str, message: bytes, *, queue_id: str,
                   sender: str) -> None:  # fmt: skip
         try:
-            host, port = parse_lmtp_target(address)
+            _host, port = parse_lmtp_target(address)
             if port is None:
                 raise ValueError(address)
         except ValueError:
             # The home node has not announced where it listens yet (or its row is damaged):
             # it may tell at its next start, so the delivery waits rather than being held.
             raise DeliveryFailed(f"the home node announces no usable address {address!r}") from None
-        self._host, self._port = host, port
-        self.socket_path = address
-        self.deliver(recipient, message, delivery_id=queue_id, sender=sender)
+        with self._lock:
+            failed_at = self._unreachable.get(address)
+        if failed_at is not None and time.monotonic() - failed_at < UNREACHABLE_SECONDS:
+            raise DeliveryFailed(f"the home node {address} was unreachable moments ago")
+        link = _NodeLmtp(address, ctx=self._ctx, own=self._own, timeout=self._timeout)
+        try:
+            link.deliver(recipient, message, delivery_id=queue_id, sender=sender)
+        finally:
+            with self._lock:
+                if link.connect_failed:
+                    self._unreachable[address] = time.monotonic()
+                else:
+                    self._unreachable.pop(address, None)
+
+
+class _NodeLmtp(LmtpStore):
+    """One hand-over's connection to one node."""
+
+    def __init__(self, address: str, *, ctx: ssl.SSLContext, own: bytes, timeout: float) -> None:
+        super().__init__(address, timeout=timeout)
+        self._ctx = ctx
+        self._own = own
+        self.connect_failed = False
 
     def _connect(self) -> smtplib.SMTP:
-        assert self._port is not None  # set by hand_over
-        client = _LmtpOverTls(self._host, self._port, timeout=self._timeout, context=self._ctx)
+        assert self._port is not None  # checked by NodeHandOff.hand_over
+        try:
+            client = _LmtpOverTls(self._host, self._port, timeout=self._timeout,
+                                  context=self._ctx)  # fmt: skip
+        except (OSError, smtplib.SMTPException):
+            self.connect_failed = True
+            raise
         sock = client.sock
         peer = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
         if peer is None or not hmac.compare_digest(peer, self._own):

@@ -18,6 +18,7 @@ from mssgate.config import load_config
 from mssgate.db import open_engine
 from mssgate.db.schema import professionals, spool_recipients
 from mssgate.db.tx import write
+from mssgate.directory.timeutil import now
 from mssgate.mailstore import DeliveryFailed
 from mssgate.nodelink import Homes, NodeHandOff, start_node_listener
 from mssgate.nodes import Nodes
@@ -196,3 +197,118 @@ def test_the_bytes_arrive_unchanged(link: Link, body: bytes) -> None:
     content = message(body)
     link.hand_over(content, max_size=10_000_000)
     assert link.spooled_for(BOB) == [content]
+
+
+def test_a_hung_home_node_holds_up_no_other_delivery(link: Link, tmp_path: Path) -> None:
+    """The home node hangs (SIGSTOP, a frozen host): its kernel completes TCP, nothing answers
+    TLS. Before: each hand-over of each of its messages waited the whole
+    delivery.lmtp_timeout_seconds (120 s by default), one after the other in its mailbox's
+    lane, and the pass (which waits for every lane) held every local delivery behind them.
+    Now the handshake has a short bound and, once it failed, the node's other messages of
+    the pass wait for their next attempt without trying."""
+    import socket
+    import time
+
+    from mssgate.config import DeliveryConfig
+    from mssgate.mailstore.maildir import MaildirStore
+    from mssgate.nodelink import CrossNodeDelivery
+    from mssgate.spool import new_queue_id
+    from mssgate.spool.delivery import DeliveryWorker
+
+    cert, key, ca = link.tls
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)  # never accepted: connects complete, the ClientHello is never answered
+    try:
+        Nodes(link.engine, actor="test").add("c", address=f"127.0.0.1:{hung.getsockname()[1]}")
+        with write(link.engine) as conn:
+            conn.execute(
+                update(professionals).where(professionals.c.address == BOB).values(node="c")
+            )
+        for body in (b"one\r\n", b"two\r\n", b"three\r\n"):
+            link.spool.accept(queue_id=new_queue_id(), content=message(body), listener="mta",
+                              sender=SENDER, identity=None, peer="127.0.0.1",
+                              recipients=[(BOB, "local")])  # fmt: skip
+        local = f"secretariat@{DOMAIN}"
+        link.spool.accept(queue_id=new_queue_id(), content=message(b"local\r\n"),
+                          listener="mta", sender=SENDER, identity=None, peer="127.0.0.1",
+                          recipients=[(local, "local")])  # fmt: skip
+        config = DeliveryConfig(lmtp_timeout_seconds=12, concurrency=1)
+        worker = DeliveryWorker(
+            link.spool, MaildirStore(tmp_path / "mail"), config=config,
+            cross_node=CrossNodeDelivery(
+                Homes(link.engine, "a"),
+                NodeHandOff(cert=cert, key=key, ca=ca, timeout=config.lmtp_timeout_seconds),
+            ),
+        )  # fmt: skip
+        started = time.monotonic()
+        asyncio.run(worker.run_once())
+        took = time.monotonic() - started
+    finally:
+        hung.close()
+    assert worker.delivered == 1  # the local message
+    assert took < 12, f"the pass took {took:.0f} s"
+    with link.engine.connect() as conn:
+        states = conn.execute(
+            select(spool_recipients.c.state, spool_recipients.c.attempts).where(
+                spool_recipients.c.recipient == BOB
+            )
+        ).all()
+    assert sorted(states) == [("pending", 1)] * 3  # each waits for its next attempt
+
+
+def test_hand_overs_to_two_nodes_at_once_each_reach_their_node(link: Link) -> None:
+    """The delivery lanes hand over from several threads through one NodeHandOff. Before, it
+    kept the target on itself: a lane could connect to the node another lane had just set,
+    whose listener refused a mailbox it is not the home of."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cert, key, ca = link.tls
+    registry = Nodes(link.engine, actor="test")
+    boxes = {"c": f"c-box@{DOMAIN}", "d": f"d-box@{DOMAIN}"}
+    for node, box in boxes.items():
+        registry.add(node, address="127.0.0.1:1")
+        with write(link.engine) as conn:
+            conn.execute(
+                professionals.insert().values(
+                    address=box, display_name=box, kind="ORG", state="active", local=True,
+                    source="manual", created_at=now(), updated_at=now(), node=node,
+                )
+            )  # fmt: skip
+
+    async def scenario() -> list[str]:
+        ports = {}
+        servers = []
+        for node in boxes:
+            server = await start_node_listener(
+                bind="127.0.0.1", port=0, cert=cert, key=key, ca=ca, hostname=f"{node}.test",
+                spool=link.spool, homes=Homes(link.engine, node), max_size=1_000_000,
+                on_accepted=link.accepted.append,
+            )  # fmt: skip
+            servers.append(server)
+            ports[node] = bound_port(server)
+        handoff = NodeHandOff(cert=cert, key=key, ca=ca, timeout=10)
+
+        def one(i: int) -> str:
+            node = "cd"[i % 2]
+            try:
+                handoff.hand_over(f"127.0.0.1:{ports[node]}", boxes[node], message(b"x\r\n"),
+                                  queue_id=f"q{i}", sender=SENDER)  # fmt: skip
+            except DeliveryFailed as exc:
+                return str(exc)
+            return "ok"
+
+        def all_of_them() -> list[str]:
+            with ThreadPoolExecutor(8) as pool:
+                return list(pool.map(one, range(60)))
+
+        try:
+            return await asyncio.to_thread(all_of_them)
+        finally:
+            for server in servers:
+                server.close()
+                await server.wait_closed()
+
+    outcomes = asyncio.run(scenario())
+    assert [o for o in outcomes if o != "ok"] == []
+    assert len(link.spooled_for(boxes["c"])) == len(link.spooled_for(boxes["d"])) == 30
