@@ -366,3 +366,25 @@ def test_a_data_folder_keeps_its_node_name(engine: Engine, tmp_path: Path) -> No
     registry.start("b", address="127.0.0.1:1", data_dir=data, down_after=timedelta(seconds=1))
     with pytest.raises(Conflict):
         registry.claim_folder("a", data)  # now the folder is b's
+
+
+@pytest.mark.postgres
+def test_init_refuses_a_database_that_has_nodes_already(
+    cli: Cli, tmp_path: Path, pg_schema: str
+) -> None:
+    """A second `init --database URL` on an installation's database made a node with a PKI of
+    its own (another CA, another server certificate): the nodes pin each other to one server
+    certificate, so its hand-overs were refused for good and mail waited until
+    relay.max_age_seconds, then bounced; the domain had two CAs. `node add` makes a second
+    node; init says so, and writes nothing."""
+    url = pg_url(pg_schema)
+    cli.ok("init", "--data", tmp_path / "a", "--domain", DOMAIN, "--database", url, "--node", "a")
+    refused = cli("init", "--data", tmp_path / "b", "--domain", DOMAIN, "--database", url,
+                  "--node", "b")  # fmt: skip
+    assert refused.code == 1, refused.out + refused.err
+    assert "node add" in refused.err and len(refused.err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists() or list((tmp_path / "b").iterdir()) == []
+    # The first node's own folder may be made again (--force) under its name.
+    again = cli("init", "--data", tmp_path / "a", "--domain", DOMAIN, "--database", url,
+                "--node", "a", "--force")  # fmt: skip
+    assert again.code == 0, again.err

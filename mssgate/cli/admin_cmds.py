@@ -83,6 +83,8 @@ def init(
     for section, values in ports.items():
         mapping.setdefault(section, {}).update(values)
     config = config_from_mapping(mapping, origin=str(config_file))
+    if database is not None:
+        _check_database_nodes(database, config.node.name, data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)  # the folder holds mail and keys
     # The node's name is written even when it is the host name's default: a host renamed
@@ -108,15 +110,9 @@ def init(
         if dom not in directory.domains.local_names():
             directory.domains.add_local(dom)
         registry = Nodes(engine, actor=actor())
-        known = registry.data_dirs()
-        if config.node.name not in known:
+        _refuse_other_nodes(registry, config.node.name, data_dir)
+        if config.node.name not in registry.data_dirs():
             registry.add(config.node.name, address=config.node.announced_address, data_dir=data_dir)
-        elif known[config.node.name] not in (None, str(data_dir)):
-            # Two data folders under one name would each deliver the other's entries.
-            raise Conflict(
-                f"node {config.node.name!r} exists already in this database (data folder"
-                f" {known[config.node.name]}): give this one another name with --node"
-            )
     finally:
         engine.dispose()
     # Written last: its presence means the folder is complete.
@@ -157,6 +153,35 @@ _PORT_OFFSETS = {
     "api": {"port": 443},
     "node": {"port": 24},
 }
+
+
+def _check_database_nodes(database: str, name: str, data_dir: Path) -> None:
+    """Before anything is written: a database of another installation's nodes is refused."""
+    engine = open_engine(database)
+    try:
+        upgrade(engine)
+        _refuse_other_nodes(Nodes(engine, actor=actor()), name, data_dir)
+    finally:
+        engine.dispose()
+
+
+def _refuse_other_nodes(registry: Nodes, name: str, data_dir: Path) -> None:
+    known = registry.data_dirs()
+    if name in known and known[name] not in (None, str(data_dir)):
+        # Two data folders under one name would each deliver the other's entries.
+        raise Conflict(
+            f"node {name!r} exists already in this database (data folder {known[name]}):"
+            " give this one another name with --node"
+        )
+    others = sorted(n for n in known if n != name)
+    if others:
+        # init makes a PKI of its own: its server certificate would not be the one the
+        # other nodes pin (mssgate.nodelink), and the domain would have a second CA.
+        raise Conflict(
+            f"this database has node {', '.join(repr(n) for n in others)} already: make"
+            " another node with `mssgate --config <its mssgate.toml> node add NAME --data"
+            " DIR`, which copies the installation's certificates"
+        )
 
 
 def _ports_from(base: int) -> dict[str, dict[str, int]]:
