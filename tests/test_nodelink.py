@@ -312,3 +312,29 @@ def test_hand_overs_to_two_nodes_at_once_each_reach_their_node(link: Link) -> No
     outcomes = asyncio.run(scenario())
     assert [o for o in outcomes if o != "ok"] == []
     assert len(link.spooled_for(boxes["c"])) == len(link.spooled_for(boxes["d"])) == 30
+
+
+def test_a_notification_keeps_its_null_sender(link: Link) -> None:
+    """A DSN or MDN (MAIL FROM:<>) handed over stays one on the home node: the envelope sender
+    it spools is empty, so its delivery writes Return-Path: <> and nothing answers it."""
+    cert, key, ca = link.tls
+
+    async def scenario() -> None:
+        server = await start_node_listener(
+            bind="127.0.0.1", port=0, cert=cert, key=key, ca=ca, hostname="a.test",
+            spool=link.spool, homes=Homes(link.engine, "a"), max_size=1_000_000,
+            on_accepted=link.accepted.append,
+        )  # fmt: skip
+        try:
+            handoff = NodeHandOff(cert=cert, key=key, ca=ca, timeout=10)
+            await asyncio.to_thread(
+                handoff.hand_over, f"127.0.0.1:{bound_port(server)}", BOB,
+                message(b"dsn\r\n"), queue_id="from-b", sender="",
+            )  # fmt: skip
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    [queue_id] = link.accepted
+    assert link.spool.envelope(queue_id).sender == ""
