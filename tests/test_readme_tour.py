@@ -5,7 +5,8 @@ one bash as a user types them, each checked against what the README says it does
 Only two things differ from a user's terminal: /tmp/gw is a fresh temporary folder, and the
 tour's port base 20000 becomes a base whose ports are free here (so that the tour runs beside
 anything, as it runs beside `make run`). `make install` is not run: this test runs inside the
-virtual environment it made (tests/test_make_run.py covers it).
+virtual environment it made (tests/test_make_run.py covers it). NeoMutt asks at its compose
+screen: it runs in a terminal of its own (a pty), and the test types what the README says.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import queue
 import re
+import select
 import signal
 import socket
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,10 +37,13 @@ TOUR_DATA = "/tmp/gw"
 TOUR_BASE = 20000
 # The ports the tour's gateway listens on, relative to its base (mssgate init --port-base).
 OFFSETS = (24, 25, 143, 443, 465, 587, 993)
+# A heredoc's opening (`cat > f <<'EOF'`): its lines up to the terminator are one command.
+HEREDOC = re.compile(r"<<-?\s*'?(\w+)'?")
 
 
 def tour_commands() -> list[str]:
-    """Every command of the tour's blocks (after the demo's), continuation lines joined."""
+    """Every command of the tour's blocks (after the demo's), continuation lines joined and a
+    heredoc kept with its command (its lines as written, comments included)."""
     text = README.read_text(encoding="utf-8")
     section = text[text.index("## A five-minute tour") :]
     section = section[: section.index("\n## ", 1)]
@@ -44,10 +51,22 @@ def tour_commands() -> list[str]:
     assert len(blocks) >= 2, "the tour lost its blocks"
     commands = []
     for block in blocks[1:]:  # the first is `mssgate demo` (tests/test_demo.py)
-        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+        lines = iter(re.sub(r"\\\n\s*", " ", block).splitlines())
+        for line in lines:
             line = line.strip()
-            if line and not line.startswith("#"):
-                commands.append(line)
+            if not line or line.startswith("#"):
+                continue
+            here = HEREDOC.search(line)
+            if here is not None:
+                body = []
+                for more in lines:
+                    body.append(more)
+                    if more.strip() == here.group(1):
+                        break
+                else:
+                    raise AssertionError(f"heredoc without its {here.group(1)}: {line}")
+                line = "\n".join([line, *body])
+            commands.append(line)
     return commands
 
 
@@ -151,6 +170,59 @@ class Shell:
             self.proc.stdout.close()
 
 
+ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][0-9A-Za-z]|[=>])")
+
+
+def in_a_terminal(command: str, answers: tuple[tuple[str, bytes], ...], timeout: float = 60) -> Ran:
+    """`command` in a terminal of its own (a pty, 24x100) as a user runs it: each answer is typed
+    once its prompt shows on the screen. What the screen showed is `out`, escapes removed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSSGATE_")}
+    env["TERM"] = "xterm"
+    main, side = pty.openpty()
+    termios.tcsetwinsize(side, (24, 100))
+    proc = subprocess.Popen(
+        ["bash", "--norc", "--noprofile", "-c", command],
+        cwd=REPO,
+        env=env,
+        stdin=side,
+        stdout=side,
+        stderr=side,
+        start_new_session=True,
+    )
+    os.close(side)
+    screen = ""
+    answered = 0  # where the screen stood at the last answer: its prompt must show after it
+    pending = list(answers)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if pending and pending[0][0] in ESCAPES.sub("", screen[answered:]):
+                time.sleep(0.5)  # the screen is drawn: the key lands in the prompt, not before it
+                os.write(main, pending.pop(0)[1])
+                answered = len(screen)
+            ready, _, _ = select.select([main], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # EIO: the terminal's last process is gone
+                    chunk = b""
+                if not chunk:
+                    break
+                screen += chunk.decode(errors="replace")
+            if time.monotonic() > deadline:
+                shown = ESCAPES.sub("", screen)
+                raise AssertionError(f"no end after {timeout} s: {command}\n{shown}")
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main)
+    out = ESCAPES.sub("", screen)
+    assert not pending, f"{command}: never asked {pending[0][0]!r}\n{out}"
+    return Ran(command, code, out, "")
+
+
 @pytest.fixture
 def shell(tmp_path: Path) -> Iterator[Shell]:
     outputs = tmp_path / "outputs"
@@ -182,6 +254,8 @@ class Step:
     check: Callable[[Ran], None]
     retry: bool = False
     seen: bool = False
+    # Prompts and what a user types at each: the command runs in a terminal (in_a_terminal).
+    typed: tuple[tuple[str, bytes], ...] = ()
 
 
 def test_the_readme_tour_runs_as_written(shell: Shell, tmp_path: Path) -> None:
@@ -281,9 +355,13 @@ def test_the_readme_tour_runs_as_written(shell: Shell, tmp_path: Path) -> None:
         Step(lambda c: c == "mssgate check", has("ok   configuration")),
         Step(lambda c: c.startswith("mssgate serve"), serving),
         Step(lambda c: "/healthz" in c, healthy),
+        Step(lambda c: c.startswith("cat > /tmp/gw/muttrc <<"), ok),
         Step(
-            lambda c: c.startswith("curl") and "--mail-rcpt dr.martin@" in c,
-            ok,
+            lambda c: c.startswith("neomutt "),
+            # y at the compose screen sends; Enter at the passphrase prompt (none). The
+            # gateway refuses an unsigned message, so "Mail sent" means signed.
+            has("Security: Sign (S/MIME)", "Mail sent"),
+            typed=(("Security: Sign (S/MIME)", b"y"), ("Enter S/MIME passphrase:", b"\r")),
         ),
         Step(
             lambda c: "imaps://" in c,
@@ -312,7 +390,10 @@ def test_the_readme_tour_runs_as_written(shell: Shell, tmp_path: Path) -> None:
             step = next((s for s in steps if s.matches(bare)), None)
             deadline = time.monotonic() + 30
             while True:
-                ran = shell.run(command)
+                if step is not None and step.typed:
+                    ran = in_a_terminal(command, step.typed)
+                else:
+                    ran = shell.run(command)
                 try:
                     (step.check if step is not None else ok)(ran)
                     break
