@@ -442,7 +442,9 @@ class SmtpPolicy:
                 queue_id=queue_id,
                 content=message,
                 listener=self.listener.value,
-                sender=envelope.mail_from or "",
+                # The null sender is "" in the spool, as the gateway's own notifications
+                # have it: aiosmtpd gives "<>", which `if sender` checks take for an address.
+                sender="" if envelope.mail_from in (None, "", "<>") else envelope.mail_from,
                 identity=identity,
                 peer=server.peer_ip,
                 recipients=recipients,

@@ -509,3 +509,20 @@ def test_a_first_line_from_with_space_before_the_colon_is_refused(
     assert client.data(raw) == (550, b"5.6.0 Message headers are malformed")
     client.quit()
     assert gateway.mailbox(BOB) == []
+
+
+def test_a_peers_null_sender_is_spooled_as_the_null_sender(
+    gateway: Gateway, peer_pki: dict[str, Path]
+) -> None:
+    # Before: aiosmtpd's "<>" was spooled as the sender, a non-empty string that every
+    # `if envelope.sender` check (DSN of a failure, spool bounce) took for an address.
+    client = connect(gateway, peer_pki)
+    client.sendmail("", [BOB], peer_message(f"mailer-daemon@{PEER_DOMAIN}"))
+    client.quit()
+    gateway.wait_delivered(BOB, 1)
+    con = sqlite3.connect(gateway.data / "mssgate.db")
+    try:
+        rows = con.execute("SELECT sender FROM spool_messages WHERE listener = 'mta'").fetchall()
+    finally:
+        con.close()
+    assert rows == [("",)]
