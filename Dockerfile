@@ -11,9 +11,9 @@ RUN apt-get update \
 # No shell, no home to speak of: the gateway only needs its data folder.
 RUN groupadd --system mssgate \
     && useradd --system --gid mssgate --home-dir /var/lib/mssgate --shell /usr/sbin/nologin mssgate \
-    && mkdir -p /var/lib/mssgate/certs \
-    && chown -R mssgate:mssgate /var/lib/mssgate \
-    && chmod 0700 /var/lib/mssgate /var/lib/mssgate/certs
+    && mkdir -p /var/lib/mssgate/certs /var/lib/mssgate-b \
+    && chown -R mssgate:mssgate /var/lib/mssgate /var/lib/mssgate-b \
+    && chmod 0700 /var/lib/mssgate /var/lib/mssgate/certs /var/lib/mssgate-b
 
 WORKDIR /src
 COPY pyproject.toml README.md ./

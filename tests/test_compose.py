@@ -4,10 +4,12 @@ image installs what CI installs."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +56,8 @@ def compose() -> dict[str, Any]:
     return data
 
 
-def gateway_env() -> dict[str, str]:
-    env = compose()["services"]["gateway"]["environment"]
+def gateway_env(service: str = "gateway") -> dict[str, str]:
+    env = compose()["services"][service]["environment"]
     assert isinstance(env, dict), "environment as a mapping keeps each key checkable"
     return {k: interpolate(str(v), DOTENV) for k, v in env.items()}
 
@@ -169,7 +171,7 @@ def test_published_ports_are_the_configured_and_exposed_ones(
 
 def test_services_have_healthchecks_and_postgres() -> None:
     services = compose()["services"]
-    assert set(services) == {"gateway", "db"}
+    assert set(services) == {"gateway", "gateway-b", "db"}
     for name, service in services.items():
         check = service.get("healthcheck")
         assert check and check.get("test"), f"{name} has no healthcheck"
@@ -219,3 +221,76 @@ def test_image_installs_what_ci_installs() -> None:
     installed = _apt_installed()
     assert wanted <= installed, f"the image lacks {sorted(wanted - installed)}"
     assert {"dovecot-imapd", "dovecot-lmtpd", "gnupg", "openssl"} <= installed
+
+
+def test_the_two_node_profile_adds_a_second_gateway_on_the_same_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = compose()["services"]
+    first, second = services["gateway"], services["gateway-b"]
+    assert "profiles" not in first and second["profiles"] == ["two-nodes"]
+    assert second["image"] == first["image"]
+    assert second["depends_on"]["gateway"]["condition"] == "service_healthy"
+    env_a, env_b = gateway_env(), gateway_env("gateway-b")
+    a, b = build_config(env_a, monkeypatch), build_config(env_b, monkeypatch)
+    assert a.database_url == b.database_url and a.database_url.startswith("postgresql://")
+    # The first keeps the name init wrote in its folder (an existing one must not be renamed).
+    assert "MSSGATE_NODE__NAME" not in env_a and b.node.name == "b"
+    # Each announces its compose service name, where the other reaches its node listener.
+    for service, config in (("gateway", a), ("gateway-b", b)):
+        assert config.node.bind == "0.0.0.0"  # noqa: S104 (the compose network)
+        assert config.node.announced_address == f"{service}:{config.node.port}"
+    mounts = {}
+    for entry in second["volumes"]:
+        source, target, *mode = str(entry).split(":")
+        mounts[Path(target)] = (source, mode)
+    # Its own data volume (certificates inside: `node add` writes them there); the first
+    # node's volumes read-only, for `node add` to read the first node's configuration.
+    assert mounts[b.server.data_dir] == ("mssgate-b-data", [])
+    assert b.certs_dir.is_relative_to(b.server.data_dir)
+    assert mounts[a.server.data_dir] == ("mssgate-data", ["ro"])
+    assert mounts[a.certs_dir] == ("mssgate-certs", ["ro"])
+    assert Path(env_b["NODE_ADD_FROM"]) == a.server.data_dir / "mssgate.toml"
+    assert "mssgate-b-data" in compose()["volumes"]
+    # The image makes the second data folder, owned by the unprivileged user.
+    assert any(str(b.server.data_dir) in line and "chown" in line for line in dockerfile_lines())
+
+
+@pytest.mark.postgres
+def test_the_entrypoint_adds_the_second_node_with_node_add(tmp_path: Path, pg_schema: str) -> None:
+    """The entrypoint run as compose runs it, for each node, on one PostgreSQL schema. Before,
+    the second container ran `init`, which refuses a database that has a node already."""
+    from tests.conftest import PG_URL
+
+    assert PG_URL
+    url = f"{PG_URL}?options=-csearch_path%3D{pg_schema}"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MSSGATE_")}
+    base["PATH"] = f"{Path(sys.executable).parent}:{base.get('PATH', '')}"
+    base |= {
+        "MSSGATE_SERVER__DOMAIN": "hopital-a.test",
+        "MSSGATE_SERVER__HOSTNAME": "mx.hopital-a.test",
+        "MSSGATE_DATABASE__URL": url,
+        "MSSGATE_NODE__PORT": "10024",
+    }
+
+    def entrypoint(node: str, data: Path, *args: str, **env: str) -> str:
+        done = subprocess.run(
+            ["sh", str(ENTRYPOINT), *args],
+            env={**base, "MSSGATE_CONFIG": str(data / "mssgate.toml"),
+                 "MSSGATE_SERVER__DATA_DIR": str(data), "MSSGATE_NODE__NAME": node,
+                 "MSSGATE_NODE__ADDRESS": f"gateway-{node}:10024", **env},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout[done.stdout.find("\n[") + 1 :]  # the JSON after `node add`'s lines
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    entrypoint("a", a, "node", "list", "--json")
+    listed = entrypoint("b", b, "node", "list", "--json", NODE_ADD_FROM=str(a / "mssgate.toml"))
+    nodes = {n["name"]: n["address"] for n in json.loads(listed)}
+    assert nodes == {"a": "gateway-a:10024", "b": "gateway-b:10024"}
+    for name in ("ca.crt.pem", "server.crt.pem", "dkim.key.pem"):
+        assert (b / "certs" / name).read_bytes() == (a / "certs" / name).read_bytes()
+    # Started again, the entrypoint finds its configuration and adds nothing.
+    again = entrypoint("b", b, "node", "list", "--json", NODE_ADD_FROM=str(a / "mssgate.toml"))
+    assert len(json.loads(again)) == 2
