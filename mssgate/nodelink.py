@@ -12,7 +12,9 @@ the sender node's bookkeeping sends it again (at least once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import ipaddress
 import logging
 import re
 import smtplib
@@ -34,6 +36,8 @@ from mssgate.config import parse_lmtp_target
 from mssgate.db.schema import nodes, professionals
 from mssgate.errors import MssgateError
 from mssgate.identifiers import normalize_address
+from mssgate.imap.backend import Backend, BackendSession, BackendUnavailable
+from mssgate.imap.relay import relay
 from mssgate.logs import event
 from mssgate.mailstore import DeliveryFailed
 from mssgate.mailstore.lmtp import LmtpStore
@@ -101,6 +105,20 @@ def _der(cert_path: Path) -> bytes:
     return load_certificate(cert_path).public_bytes(Encoding.DER)
 
 
+def _node_client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    ctx = client_context(ca_pem=ca.read_text(), cert=cert, key=key)
+    # Node addresses are whatever the operator announced (an IP on a private segment);
+    # the peer is checked against the one certificate every node has instead (`_is_node`).
+    ctx.check_hostname = False
+    return ctx
+
+
+def _is_node(peer_der: bytes | None, own: bytes) -> bool:
+    """The pinning: the installation's CA also issues practitioners' certificates, so
+    verifying against it is not enough; only the nodes' one server certificate opens a link."""
+    return peer_der is not None and hmac.compare_digest(peer_der, own)
+
+
 # A line's leading dot, lines ending at CRLF only: where the receiving listener
 # (aiosmtpd) splits lines and removes the stuffed dot.
 _LINE_DOT = re.compile(rb"(?:\A|(?<=\r\n))\.")
@@ -150,11 +168,7 @@ class NodeHandOff:
     (threads) at once: the target is per call, never kept on this shared object."""
 
     def __init__(self, *, cert: Path, key: Path, ca: Path, timeout: float) -> None:
-        ctx = client_context(ca_pem=ca.read_text(), cert=cert, key=key)
-        # Node addresses are whatever the operator announced (an IP on a private segment);
-        # the peer is checked against the one certificate every node has instead.
-        ctx.check_hostname = False
-        self._ctx = ctx
+        self._ctx = _node_client_context(cert, key, ca)
         self._own = _der(cert)
         self._timeout = timeout
         self._unreachable: dict[str, float] = {}  # address -> monotonic time of the failure
@@ -204,7 +218,7 @@ class _NodeLmtp(LmtpStore):
             raise
         sock = client.sock
         peer = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-        if peer is None or not hmac.compare_digest(peer, self._own):
+        if not _is_node(peer, self._own):
             client.close()
             raise smtplib.SMTPException(f"{self.socket_path} is not a node of this installation")
         return client
@@ -274,7 +288,7 @@ def _from_a_node(server: LMTP, own: bytes) -> bool:
     transport: Any = server.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    return peer is not None and hmac.compare_digest(peer, own)
+    return _is_node(peer, own)
 
 
 async def start_node_listener(
@@ -289,11 +303,14 @@ async def start_node_listener(
     homes: Homes,
     max_size: int,
     on_accepted: Callable[[str], None],
+    imap_backend: Backend | None = None,
 ) -> asyncio.Server:
-    """LMTP with implicit TLS; a client must present the installation's server certificate."""
+    """LMTP with implicit TLS; a client must present the installation's server certificate.
+    With `imap_backend`, it also serves the IMAP sessions other nodes relay (`XIMAP`)."""
     ctx = server_context(cert, key, client_cas=[ca.read_text()], request_client_cert=True)
     ctx.verify_mode = ssl.CERT_REQUIRED
-    handler = _Handler(spool, homes, _der(cert), on_accepted)
+    own = _der(cert)
+    handler = _Handler(spool, homes, own, on_accepted)
     loop = asyncio.get_running_loop()
 
     # What a node hands over is what it spooled after its own checks, and that may exceed
@@ -306,6 +323,12 @@ async def start_node_listener(
 
     class NodeLmtp(LMTP):
         line_length_limit = limit  # aiosmtpd's default, 1001 bytes, answers 500
+
+        async def smtp_XIMAP(self, arg: str | None) -> None:
+            """`XIMAP <user> <client ip>`: another node's IMAP front door authenticated `user`
+            and relays the session here, where the mailbox lives (`NodeImap`, the client).
+            250 carries the engine's capabilities; then the connection is that IMAP session."""
+            await _serve_imap(self, arg, homes=homes, own=own, backend=imap_backend)
 
     def factory() -> LMTP:
         return NodeLmtp(handler, hostname=hostname, data_size_limit=limit,
@@ -328,3 +351,164 @@ class CrossNodeDelivery:
     def hand_over(self, address: str, recipient: str, message: bytes, *, queue_id: str,
                   sender: str) -> None:  # fmt: skip
         self._handoff.hand_over(address, recipient, message, queue_id=queue_id, sender=sender)
+
+
+# ---------------------------------------------------------------------- IMAP on any node
+
+# The whole node-to-node opening (greeting, LHLO, XIMAP and the home node's Dovecot start):
+# bounded, so that a client never waits on a node that accepts and never answers.
+IMAP_OPEN_SECONDS = 30.0
+
+
+async def _serve_imap(
+    server: LMTP, arg: str | None, *, homes: Homes, own: bytes, backend: Backend | None
+) -> None:
+    """The home node's side of `XIMAP`: after 250 the connection carries IMAP bytes both
+    ways until either side closes; then the LMTP session ends."""
+    if not _from_a_node(server, own):
+        await server.push("530 5.7.0 only the nodes of this installation may open IMAP here")
+        return
+    if backend is None:
+        await server.push("502 5.5.1 IMAP is not served on this node")
+        return
+    user, _, peer_ip = (arg or "").partition(" ")
+    try:
+        user = normalize_address(user)
+        ipaddress.ip_address(peer_ip)
+    except ValueError:
+        await server.push("501 5.5.4 Syntax: XIMAP <user> <client ip>")
+        return
+    try:
+        here = await asyncio.to_thread(homes.homed_here, user)
+    except SQLAlchemyError:
+        await server.push("451 4.3.0 directory unavailable")
+        return
+    if not here:
+        await server.push("550 5.1.1 no mailbox homed on this node")
+        return
+    sock = server.transport.get_extra_info("sockname") if server.transport else None
+    try:
+        session = await backend.open(user, peer_ip=peer_ip, local_ip=str((sock or ("?",))[0]))
+    except BackendUnavailable:
+        await server.push("451 4.3.0 mailbox engine unavailable")
+        return
+    try:
+        await server.push(f"250 2.0.0 {session.capabilities}")
+        event(log, "node.imap_open", peer=peer_ip)
+        # aiosmtpd's idle timer is for LMTP commands; an IMAP client may IDLE for longer,
+        # and the engine's own autologout bounds the session.
+        timer = getattr(server, "_timeout_handle", None)
+        if timer is not None:
+            timer.cancel()
+        await relay(server._reader, server._writer, session)
+    finally:
+        # Also when the other node closes first: aiosmtpd then cancels this command.
+        event(log, "node.imap_closed", peer=peer_ip)
+        await session.close()
+        if server.transport is not None:
+            server.transport.close()
+
+
+class _NodeImapSession:
+    """An IMAP session on the home node, spoken to through the node link."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, capabilities: str
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._capabilities = capabilities
+
+    @property
+    def capabilities(self) -> str:
+        return self._capabilities
+
+    @property
+    def reader(self) -> asyncio.StreamReader:
+        return self._reader
+
+    async def write(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError, ConnectionError, ssl.SSLError, TimeoutError):
+            await asyncio.wait_for(self._writer.wait_closed(), 5)
+
+
+class NodeImap:
+    """The front door's mailbox engine on a node of several: a mailbox homed here opens in
+    this node's Dovecot (`local`), one homed on another node is relayed to that node over
+    the node link (implicit TLS, the nodes' pinned certificate both ways, `XIMAP`)."""
+
+    def __init__(
+        self, local: Backend, homes: Homes, *, cert: Path, key: Path, ca: Path, hostname: str
+    ) -> None:
+        self._local = local
+        self._homes = homes
+        self._ctx = _node_client_context(cert, key, ca)
+        self._own = _der(cert)
+        self._hostname = hostname
+
+    async def open(self, user: str, *, peer_ip: str, local_ip: str) -> BackendSession:
+        try:
+            home = await asyncio.to_thread(self._homes.remote, user)
+        except SQLAlchemyError as exc:
+            raise BackendUnavailable(f"directory unavailable: {type(exc).__name__}") from exc
+        if home is None:
+            return await self._local.open(user, peer_ip=peer_ip, local_ip=local_ip)
+        try:
+            host, port = parse_lmtp_target(home.address)
+            if port is None:
+                raise ValueError(home.address)
+        except ValueError:
+            raise BackendUnavailable(f"node {home.node} announces no usable address") from None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=self._ctx, limit=_REPLY_LIMIT),
+                HANDSHAKE_SECONDS,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            event(log, "node.imap_unreachable", level=logging.WARNING, node=home.node,
+                  error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            raise BackendUnavailable(f"node {home.node} unreachable") from exc
+        try:
+            ssl_object = writer.get_extra_info("ssl_object")
+            peer = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+            if not _is_node(peer, self._own):
+                raise BackendUnavailable(f"{home.address} is not a node of this installation")
+            capabilities = await asyncio.wait_for(
+                self._ximap(reader, writer, user, peer_ip), IMAP_OPEN_SECONDS
+            )
+        except BaseException as exc:
+            writer.close()
+            if isinstance(exc, BackendUnavailable):
+                raise
+            if isinstance(exc, (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError,
+                                ValueError)):  # fmt: skip
+                raise BackendUnavailable(f"node {home.node}: {type(exc).__name__}") from exc
+            raise
+        return _NodeImapSession(reader, writer, capabilities)
+
+    async def _ximap(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     user: str, peer_ip: str) -> str:  # fmt: skip
+        await _expect(reader, 220)
+        writer.write(f"LHLO {self._hostname}\r\n".encode())
+        await _expect(reader, 250)
+        writer.write(f"XIMAP {user} {peer_ip}\r\n".encode())
+        return await _expect(reader, 250)
+
+
+_REPLY_LIMIT = 64 * 1024
+
+
+async def _expect(reader: asyncio.StreamReader, code: int) -> str:
+    """Reads one (possibly multi-line) reply; its last line's text, or BackendUnavailable."""
+    while True:
+        line = (await reader.readuntil(b"\n")).decode("utf-8", "replace").rstrip("\r\n")
+        if line[3:4] != "-":
+            break
+    if not line[:3].isdigit() or int(line[:3]) != code:
+        raise BackendUnavailable(f"the home node answered {line[:200]!r}")
+    return line[4:].removeprefix("2.0.0 ").strip()

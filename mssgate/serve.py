@@ -49,7 +49,13 @@ from mssgate.mailstore.base import MailStore
 from mssgate.mailstore.lmtp import LmtpStore
 from mssgate.mailstore.maildir import MaildirStore
 from mssgate.malloc import tune_malloc
-from mssgate.nodelink import CrossNodeDelivery, Homes, NodeHandOff, start_node_listener
+from mssgate.nodelink import (
+    CrossNodeDelivery,
+    Homes,
+    NodeHandOff,
+    NodeImap,
+    start_node_listener,
+)
 from mssgate.nodes import Heartbeat, Nodes
 from mssgate.queue.service import DocumentQueue
 from mssgate.relay import RelayWorker
@@ -300,7 +306,17 @@ async def run_gateway(config: Config) -> int:
             imap = await start_imap(
                 config,
                 directory,
-                dovecot.imap_backend,
+                # On several nodes a mailbox homed elsewhere is relayed to its home node.
+                NodeImap(
+                    dovecot.imap_backend,
+                    homes,
+                    cert=config.tls.cert,
+                    key=config.tls.key,
+                    ca=config.tls.ca,
+                    hostname=config.server.hostname,
+                )
+                if several
+                else dovecot.imap_backend,
                 penalty=penalty,
                 limiter=ConnectionLimiter(smtp.max_connections_per_ip),
             )
@@ -328,6 +344,7 @@ async def run_gateway(config: Config) -> int:
                     ca=config.tls.ca, hostname=config.server.hostname, spool=spool,
                     homes=homes, max_size=config.smtp.max_message_size,
                     on_accepted=lambda _queue_id: worker.wake(),
+                    imap_backend=None if dovecot is None else dovecot.imap_backend,
                 )  # fmt: skip
                 if node.address is None and node.port == 0:  # tests: the port bound
                     bound = f"127.0.0.1:{bound_port(server)}"
