@@ -8,6 +8,7 @@ from __future__ import annotations
 import imaplib
 import shutil
 import smtplib
+import socket
 import ssl
 import tempfile
 import time
@@ -130,13 +131,28 @@ def test_a_mailbox_homed_on_a_reads_the_same_on_a_and_b(
 
     # Home node down: B's front door answers the login at once, cleanly.
     node_a.stop()
+    assert login_unavailable_within(node_b) < 3
+    # A home node that accepts TCP and never answers TLS (a frozen host): bounded too.
+    hung = socket.socket()
+    hung.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hung.bind((host, int(port)))
+    hung.listen(8)
+    try:
+        # The node link's handshake bound (5 s), not a hang and not a refusal.
+        assert 4 < login_unavailable_within(node_b) < 10
+    finally:
+        hung.close()
+
+
+def login_unavailable_within(node: Gateway) -> float:
+    """Seconds until the login is refused with NO [UNAVAILABLE]."""
     imap = imaplib.IMAP4_SSL(
-        "127.0.0.1", node_b.ports["imaps"], ssl_context=node_b.client_context(), timeout=30
+        "127.0.0.1", node.ports["imaps"], ssl_context=node.client_context(), timeout=30
     )
     try:
         started = time.monotonic()
         with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
             imap.login(BOB, PASSWORD)
-        assert time.monotonic() - started < 5
+        return time.monotonic() - started
     finally:
         imap.shutdown()
