@@ -483,12 +483,13 @@ class NodeImap:
             )
         except BaseException as exc:
             writer.close()
+            if not isinstance(exc, _OPENING_FAILED):
+                raise
+            event(log, "node.imap_unreachable", level=logging.WARNING, node=home.node,
+                  error=f"{type(exc).__name__}: {exc}")  # fmt: skip
             if isinstance(exc, BackendUnavailable):
                 raise
-            if isinstance(exc, (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError,
-                                ValueError)):  # fmt: skip
-                raise BackendUnavailable(f"node {home.node}: {type(exc).__name__}") from exc
-            raise
+            raise BackendUnavailable(f"node {home.node}: {type(exc).__name__}") from exc
         return _NodeImapSession(reader, writer, capabilities)
 
     async def _ximap(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -501,6 +502,16 @@ class NodeImap:
 
 
 _REPLY_LIMIT = 64 * 1024
+# What may go wrong between the TLS handshake and the 250 to XIMAP: the node link's errors,
+# a reply out of bounds, the home node's refusal (BackendUnavailable).
+_OPENING_FAILED = (
+    OSError,
+    TimeoutError,
+    asyncio.IncompleteReadError,
+    asyncio.LimitOverrunError,
+    ValueError,
+    BackendUnavailable,
+)
 
 
 async def _expect(reader: asyncio.StreamReader, code: int) -> str:

@@ -132,6 +132,7 @@ def test_a_mailbox_homed_on_a_reads_the_same_on_a_and_b(
     # Home node down: B's front door answers the login at once, cleanly.
     node_a.stop()
     assert login_unavailable_within(node_b) < 3
+    node_b.wait_event("node.imap_unreachable", node="a")
     # A home node that accepts TCP and never answers TLS (a frozen host): bounded too.
     hung = socket.socket()
     hung.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
