@@ -19,6 +19,7 @@ from mssgate.db import open_engine
 from mssgate.db.schema import professionals, spool_recipients
 from mssgate.db.tx import write
 from mssgate.directory.timeutil import now
+from mssgate.dovecot.backend import DovecotBackend
 from mssgate.mailstore import DeliveryFailed
 from mssgate.nodelink import Homes, NodeHandOff, start_node_listener
 from mssgate.nodes import Nodes
@@ -338,3 +339,77 @@ def test_a_notification_keeps_its_null_sender(link: Link) -> None:
     asyncio.run(scenario())
     [queue_id] = link.accepted
     assert link.spool.envelope(queue_id).sender == ""
+
+
+@pytest.mark.parametrize("client_cert", ["node", "none", "practitioner", "other-installation"])
+def test_only_a_node_opens_an_imap_session_through_the_node_link(
+    link: Link, cli: Cli, tmp_path: Path, client_cert: str
+) -> None:
+    """XIMAP (IMAP on any node) starts the mailbox engine for a node only: without a client
+    certificate, with a practitioner's of the same CA or with another installation's, no
+    session is opened. The engine is a real
+    process standing in for Dovecot (imap.backend_command's mechanism)."""
+    cert, key, ca = link.tls
+    opened = tmp_path / "opened"
+    engine = DovecotBackend(
+        None,
+        command=("/bin/sh", "-c", f"echo {{user}} >> {opened}; echo"
+                 " '* PREAUTH [CAPABILITY IMAP4rev1 IDLE] ready'; cat"),
+    )  # fmt: skip
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    if client_cert == "node":
+        ctx.load_cert_chain(cert, key)
+    elif client_cert == "practitioner":
+        out = tmp_path / "out"
+        cli.ok("--config", tmp_path / "a" / "mssgate.toml", "cert", "issue", BOB, "--out", out)
+        ctx.load_cert_chain(out / f"{BOB}.crt.pem", out / f"{BOB}.key.pem")
+    elif client_cert == "other-installation":
+        other = tmp_path / "other"
+        cli.ok("init", "--data", other, "--domain", DOMAIN, "--node", "a")
+        tls = load_config(other / "mssgate.toml").tls
+        assert tls.cert is not None and tls.key is not None
+        ctx.load_cert_chain(tls.cert, tls.key)
+    outcome: list[object] = []
+
+    async def scenario() -> None:
+        server = await start_node_listener(
+            bind="127.0.0.1", port=0, cert=cert, key=key, ca=ca, hostname="a.test",
+            spool=link.spool, homes=Homes(link.engine, "a"), max_size=1_000_000,
+            on_accepted=link.accepted.append, imap_backend=engine,
+        )  # fmt: skip
+
+        def open_imap() -> None:
+            try:
+                client = _Lmtps("127.0.0.1", bound_port(server), context=ctx, timeout=10)
+                client.ehlo()
+                code, text = client.docmd("XIMAP", f"{BOB} 192.0.2.7")
+                outcome.append((code, text))
+                if code == 250:  # the connection is the IMAP session now
+                    client.send(b"a1 NOOP\r\n")
+                    outcome.append(client.file.readline())  # type: ignore[union-attr]
+                client.close()
+            except (OSError, smtplib.SMTPException) as exc:
+                outcome.append(type(exc).__name__)
+
+        try:
+            await asyncio.to_thread(open_imap)
+            # The session ends on the listener's side too (the engine process reaped) before
+            # the loop closes: else its transports are left for the garbage collector.
+            for _ in range(200):
+                if asyncio.all_tasks() == {asyncio.current_task()}:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    if client_cert == "node":
+        assert outcome == [(250, b"2.0.0 IMAP4rev1 IDLE"), b"a1 NOOP\r\n"], outcome
+        assert opened.read_text() == f"{BOB}\n"
+    else:
+        assert not any(isinstance(o, tuple) and o[0] == 250 for o in outcome), outcome
+        assert not opened.exists()
+        if client_cert == "practitioner":  # past TLS (the CA is ours), refused by the pin
+            assert [o[0] for o in outcome if isinstance(o, tuple)] == [530], outcome
