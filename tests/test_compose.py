@@ -26,9 +26,10 @@ CI_RUN = REPO / ".ci" / "run"
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 
 # What an operator would put in .env; the interpolation below fills compose's ${...}.
-# Packages .ci/run installs for the tests alone, not for the gateway (mbsync, a stock IMAP
-# client the IMAP tests drive): the image leaves them out.
-TEST_ONLY_PACKAGES = frozenset({"isync"})
+# Packages .ci/run installs for the tests alone, not for the gateway: the stock clients the
+# tests drive (mbsync, NeoMutt, swaks, curl, jq of the README tour) and the admin console's
+# browser. The image leaves them out.
+TEST_ONLY_PACKAGES = frozenset({"isync", "neomutt", "swaks", "curl", "jq", "chromium"})
 
 DOTENV = {
     "MSSGATE_DOMAIN": "hopital-a.test",
