@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
@@ -285,6 +285,8 @@ def _null_as_empty(mail_from: str | None) -> str:
 
 
 def _from_a_node(server: LMTP, own: bytes) -> bool:
+    if getattr(server, _SPENT, False):
+        return False
     transport: Any = server.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -355,6 +357,9 @@ class CrossNodeDelivery:
 
 # ---------------------------------------------------------------------- IMAP on any node
 
+# Set on a connection once it has carried an IMAP session: it never speaks for a node again.
+_SPENT = "_mssgate_ximap_spent"
+
 # The whole node-to-node opening (greeting, LHLO, XIMAP and the home node's Dovecot start):
 # bounded, so that a client never waits on a node that accepts and never answers.
 IMAP_OPEN_SECONDS = 30.0
@@ -374,7 +379,12 @@ async def _serve_imap(
     user, _, peer_ip = (arg or "").partition(" ")
     try:
         user = normalize_address(user)
-        ipaddress.ip_address(peer_ip)
+        address = ipaddress.ip_address(peer_ip)
+        # Canonical, and no IPv6 scope: "fe80::1%<anything>" parses, spaces and NUL included,
+        # and the text goes into the engine's environment.
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            raise ValueError("scoped address")
+        peer_ip = str(address)
     except ValueError:
         await server.push("501 5.5.4 Syntax: XIMAP <user> <client ip>")
         return
@@ -392,6 +402,11 @@ async def _serve_imap(
     except BackendUnavailable:
         await server.push("451 4.3.0 mailbox engine unavailable")
         return
+    # From here on the bytes are the IMAP client's, relayed by the other node: whatever of
+    # them is still buffered when the session ends must never be read as LMTP commands with
+    # the node's authority (a MAIL/RCPT/DATA pipelined behind LOGOUT would be spooled with
+    # trusted headers). Spent, then aborted: no command after it is served.
+    setattr(server, _SPENT, True)
     try:
         await server.push(f"250 2.0.0 {session.capabilities}")
         event(log, "node.imap_open", peer=peer_ip)
@@ -405,8 +420,11 @@ async def _serve_imap(
         # Also when the other node closes first: aiosmtpd then cancels this command.
         event(log, "node.imap_closed", peer=peer_ip)
         await session.close()
-        if server.transport is not None:
-            server.transport.close()
+        transport = cast(asyncio.Transport | None, server.transport)
+        if transport is not None:
+            # abort, not close: a close waits to flush output the client may never read,
+            # and aiosmtpd's command loop would go on reading meanwhile.
+            transport.abort()
 
 
 class _NodeImapSession:
