@@ -42,6 +42,7 @@ from mssgate.logs import event
 from mssgate.mailstore import DeliveryFailed
 from mssgate.mailstore.lmtp import LmtpStore
 from mssgate.pki import load_certificate
+from mssgate.returnpath import spooled_sender
 from mssgate.spool import Spool, new_queue_id
 from mssgate.tls import client_context, server_context
 
@@ -266,7 +267,7 @@ class _Handler:
         try:
             await asyncio.to_thread(
                 self._spool.accept, queue_id=queue_id, content=content, listener="node",
-                sender=_null_as_empty(envelope.mail_from), identity=None, peer=str(peer)[:64],
+                sender=spooled_sender(envelope.mail_from), identity=None, peer=str(peer)[:64],
                 recipients=[(envelope.rcpt_tos[0], "local")],
             )  # fmt: skip
         except (MssgateError, SQLAlchemyError, OSError) as exc:
@@ -276,12 +277,6 @@ class _Handler:
         event(log, "node.accepted", queue_id=queue_id, size=len(content))
         self._on_accepted(queue_id)
         return f"250 2.0.0 {queue_id} accepted"
-
-
-def _null_as_empty(mail_from: str | None) -> str:
-    # aiosmtpd gives "<>" for MAIL FROM:<>; a notification spooled by the gateway has "",
-    # which is what every "is this a notification" test (`if envelope.sender`) reads.
-    return "" if mail_from in (None, "", "<>") else str(mail_from)
 
 
 def _from_a_node(server: LMTP, own: bytes) -> bool:

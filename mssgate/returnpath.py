@@ -18,6 +18,13 @@ FIELD = "return-path"
 _SAFE_SENDER = re.compile(r"[!-;=?-~]*")
 
 
+def spooled_sender(mail_from: str | None) -> str:
+    """The envelope sender as the spool keeps it: "" for the null sender, as the gateway's
+    own notifications have it. aiosmtpd gives "<>" for MAIL FROM:<>, which every "is this a
+    notification" test (`if envelope.sender`) would take for an address."""
+    return "" if mail_from in (None, "", "<>") else str(mail_from)
+
+
 def strip_return_path(message: bytes) -> bytes:
     """`message` without top-level Return-Path fields; every other byte as received."""
     head, _, _ = split_head_body(message)

@@ -32,7 +32,7 @@ from mssgate.headers import read_headers, sole_address
 from mssgate.identifiers import normalize_address
 from mssgate.ins import is_patient_mailbox_local_part
 from mssgate.logs import event
-from mssgate.returnpath import strip_return_path
+from mssgate.returnpath import spooled_sender, strip_return_path
 from mssgate.smime import SignatureVerdict, verify_signed_message
 from mssgate.smime.crlfiles import CrlFiles
 from mssgate.smime.rawmime import header_fields, join_fields, split_head_body
@@ -442,9 +442,7 @@ class SmtpPolicy:
                 queue_id=queue_id,
                 content=message,
                 listener=self.listener.value,
-                # The null sender is "" in the spool, as the gateway's own notifications
-                # have it: aiosmtpd gives "<>", which `if sender` checks take for an address.
-                sender="" if envelope.mail_from in (None, "", "<>") else envelope.mail_from,
+                sender=spooled_sender(envelope.mail_from),
                 identity=identity,
                 peer=server.peer_ip,
                 recipients=recipients,
