@@ -9,7 +9,6 @@ with the reason, within its time budget (the worker process killed at the budget
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
@@ -59,22 +58,23 @@ def test_a_slow_pdf_neither_delays_another_mailbox_nor_outlives_its_budget(
 ) -> None:
     gateway = ris_gateway
     client = gateway.login()
-    sent_slow = time.monotonic()
     client.sendmail(ALICE, [RIS], slow_mail())
-    sent_plain = time.monotonic()
     client.sendmail(ALICE, [BOB], message(to=BOB))
     client.quit()
 
+    # Causal, not timed (a loaded CI machine stretches every duration): the person's message
+    # is in its mailbox while the slow PDF's job is still running, so it did not wait behind
+    # it. Before, delivery ran the pipeline inline and serially: the budget ran out first.
     gateway.wait_delivered(BOB, 1, timeout=60)
-    waited = time.monotonic() - sent_plain
-    assert waited < 8, f"the person's message waited {waited:.1f} s behind the slow PDF"
+    assert not [e for e in gateway.events() if e.get("event") == "documents.budget_exceeded"], (
+        "the person's message waited behind the slow PDF"
+    )
     gateway.wait_delivered(RIS, 1, timeout=10)  # the RIS's mailbox copy is not held either
 
+    # The budget cut the job (unbounded it runs ~27 s and ends otherwise): its event, and the
+    # quarantine reason below, say so.
     over = gateway.wait_event("documents.budget_exceeded", timeout=60)
     ingested = gateway.wait_event("documents.ingested", timeout=10, queue_id=over["queue_id"])
-    held_after = time.monotonic() - sent_slow
-    # The budget, the worker's start-up and a loaded CI machine; unbounded it is ~27 s.
-    assert held_after < BUDGET + 12, f"held after {held_after:.1f} s"
     assert ingested["documents"] == 1
     # Held, not sent to the RIS: counted apart from the queued ones.
     assert (ingested["queued"], ingested["quarantined"], ingested["duplicates"]) == (0, 1, 0)
