@@ -53,19 +53,23 @@ def test_migration_0004_keeps_domains_on_the_default_and_checks_values(
     assert current_revision(bare_engine) == "0004"
     columns = {c["name"]: c for c in inspect(bare_engine).get_columns("domains")}
     assert columns["encryption"]["nullable"] and columns["cipher"]["nullable"]
-    directory = Directory(bare_engine, actor="test")
-    [existing] = directory.domains.list()
-    assert existing.encryption is None and existing.cipher is None  # the global default
+    # Raw SQL at 0004: the Directory reads columns later migrations add.
+    with bare_engine.connect() as conn:
+        existing = conn.execute(text("SELECT encryption, cipher FROM domains")).one()
+    assert tuple(existing) == (None, None)  # the global default
     for statement in ("UPDATE domains SET encryption = :v", "UPDATE domains SET cipher = :v"):
         with pytest.raises(IntegrityError), bare_engine.begin() as conn:
             conn.execute(text(statement), {"v": "weak"})
-    changed = directory.domains.set_encryption(DOMAIN, encryption=EncryptionPolicy.REQUIRED)
-    assert changed.encryption is EncryptionPolicy.REQUIRED
+    with bare_engine.begin() as conn:
+        conn.execute(text("UPDATE domains SET encryption = 'required'"))
     # Down and up again: the columns go and come back, the domain stays.
     migrate(bare_engine, "0003", down=True)
     assert "encryption" not in {c["name"] for c in inspect(bare_engine).get_columns("domains")}
     migrate(bare_engine, "head")
+    directory = Directory(bare_engine, actor="test")
     assert [d.name for d in directory.domains.list()] == [DOMAIN]
+    changed = directory.domains.set_encryption(DOMAIN, encryption=EncryptionPolicy.REQUIRED)
+    assert changed.encryption is EncryptionPolicy.REQUIRED
 
 
 def test_domain_add_and_list_with_encryption(cli: Cli, datadir: Path) -> None:
@@ -144,3 +148,46 @@ def test_cert_add_for_a_correspondent_at_a_trusted_peer(
     entry = next(p for p in shown if p["address"] == remote)
     assert entry["local"] is False
     assert remote not in {p["address"] for p in cli.ok("directory", "list", "--json").json()}
+
+
+def test_migration_0013_and_the_signature_inside_encryption_option(
+    bare_engine: Engine, cli: Cli, datadir: Path
+) -> None:
+    migrate(bare_engine, "0012")
+    with bare_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO domains (name, kind, added_at)"
+                " VALUES ('hopital-a.test', 'local', CURRENT_TIMESTAMP)"
+            )
+        )
+    migrate(bare_engine, "0013")
+    directory = Directory(bare_engine, actor="test")
+    [existing] = directory.domains.list()
+    assert existing.signature_inside_encryption is None  # accept, the default
+    with pytest.raises(IntegrityError), bare_engine.begin() as conn:
+        conn.execute(text("UPDATE domains SET signature_inside_encryption = 'maybe'"))
+    migrate(bare_engine, "0012", down=True)
+    columns = {c["name"] for c in inspect(bare_engine).get_columns("domains")}
+    assert "signature_inside_encryption" not in columns
+    migrate(bare_engine, "head")
+    # The CLI on an initialised data folder: set, shown, back to the default, audited.
+    table = cli.ok("domain", "list").out
+    assert "accept (default)" in table
+    out = cli.ok("domain", "set", DOMAIN, "--signature-inside-encryption", "refuse").out
+    assert "signature inside encryption refuse" in out
+    local = {d["name"]: d for d in cli.ok("domain", "list", "--json").json()}[DOMAIN]
+    assert local["signature_inside_encryption"] == "refuse"
+    cli.ok("domain", "set", DOMAIN, "--signature-inside-encryption", "default")
+    local = {d["name"]: d for d in cli.ok("domain", "list", "--json").json()}[DOMAIN]
+    assert local["signature_inside_encryption"] is None
+    assert cli("domain", "set", DOMAIN, "--signature-inside-encryption", "maybe").code == 2
+    cli.ok("domain", "trust", PEER, "--relay", "mx.clinique-b.test:25")
+    wrong = cli("domain", "set", PEER, "--signature-inside-encryption", "refuse")
+    assert wrong.code == 1 and "local domain" in wrong.err
+    audit = cli.ok("audit", "--json").json()
+    assert any(
+        e["action"] == "domain.encryption"
+        and (e.get("detail") or {}).get("signature_inside_encryption") == "refuse"
+        for e in audit
+    )

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
 from mssgate.cli.context import actor, emit_json, emit_table, say, state
 from mssgate.directory.domains import UNCHANGED, parse_relay
-from mssgate.directory.models import Cipher, Domain, EncryptionPolicy
+from mssgate.directory.models import Cipher, Domain, DomainKind, EncryptionPolicy, InnerSignature
 from mssgate.directory.trustlist import (
     DEFAULT_RELAY,
     TrustListRefused,
@@ -43,6 +43,35 @@ CipherOption = Annotated[
         help="What the gateway encrypts with for this peer (default: aes-gcm).",
     ),
 ]
+InnerSignatureOption = Annotated[
+    str | None,
+    typer.Option(
+        "--signature-inside-encryption",
+        metavar="accept|refuse",
+        help=(
+            "Sign-then-encrypt from a local user to a mailbox whose key the gateway does not"
+            " hold: delivered still encrypted, unseen signature (accept, the default) or"
+            " refused 550 5.7.5. Local domains only."
+        ),
+    ),
+]
+
+
+def _inner_signature(value: str) -> InnerSignature | None:
+    if value.strip().lower() == _DEFAULT:
+        return None
+    try:
+        return InnerSignature.from_cli(value)
+    except ValueError as exc:
+        raise UsageFailed(f"--signature-inside-encryption: {exc} or default") from None
+
+
+def _inner_text(domain: Domain) -> str | None:
+    if domain.kind is not DomainKind.LOCAL:
+        return None
+    if domain.signature_inside_encryption is None:
+        return "accept (default)"
+    return domain.signature_inside_encryption.value
 
 
 def _encryption(value: str, *, allow_default: bool) -> EncryptionPolicy | None:
@@ -159,15 +188,35 @@ def set_(
     domain: str,
     encryption: EncryptionOption = None,
     cipher: CipherOption = None,
+    signature_inside_encryption: InnerSignatureOption = None,
 ) -> None:
-    """Change a domain's encryption policy or cipher ("default": back to the global one)."""
-    if encryption is None and cipher is None:
-        raise UsageFailed("nothing to change: give --encryption and/or --cipher")
+    """Change a domain's encryption policy or cipher ("default": back to the global one).
+
+    --signature-inside-encryption (local domains): what happens to a message a local user
+    signed and then encrypted (the Encrypt button of Thunderbird, Outlook, NeoMutt) for a
+    mailbox whose key the gateway does not hold. accept: delivered as sent, still encrypted,
+    when every recipient it is encrypted to is registered for one of its recipients (or the
+    sender); the reader's client checks the signature. refuse: 550 5.7.5.
+    """
+    if encryption is None and cipher is None and signature_inside_encryption is None:
+        raise UsageFailed(
+            "nothing to change: give --encryption, --cipher or --signature-inside-encryption"
+        )
     policy = _encryption(encryption, allow_default=True) if encryption is not None else UNCHANGED
     chosen = _cipher(cipher) if cipher is not None else UNCHANGED
+    inner = (
+        _inner_signature(signature_inside_encryption)
+        if signature_inside_encryption is not None
+        else UNCHANGED
+    )
     st = state(ctx)
-    result = st.directory().domains.set_encryption(domain, encryption=policy, cipher=chosen)
-    say(f"{result.name}: encryption {_policy_text(result, st.config().policy.encryption)}")
+    result = st.directory().domains.set_encryption(
+        domain, encryption=policy, cipher=chosen, signature_inside_encryption=inner
+    )
+    text = f"{result.name}: encryption {_policy_text(result, st.config().policy.encryption)}"
+    if result.kind is DomainKind.LOCAL:
+        text += f", signature inside encryption {_inner_text(result)}"
+    say(text)
 
 
 @app.command("untrust")
@@ -191,7 +240,7 @@ def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
     default = st.config().policy.encryption
     emit_table(
         "Domains",
-        ["domain", "kind", "relay", "CA", "encryption"],
+        ["domain", "kind", "relay", "CA", "encryption", "signature inside encryption"],
         [
             (
                 d.name,
@@ -199,6 +248,7 @@ def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
                 f"{d.relay_host}:{d.relay_port}" if d.relay_host else None,
                 d.ca_subject,
                 _policy_text(d, default),
+                _inner_text(d),
             )
             for d in rows
         ],

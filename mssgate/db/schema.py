@@ -87,12 +87,20 @@ domains = Table(
     Column("encryption", String(13)),
     # Content encryption towards a peer domain; NULL: AES-GCM.
     Column("cipher", String(7)),
+    # Sign-then-encrypt from a local user whose recipient's key the gateway does not hold:
+    # 'accept' (NULL) delivers it still encrypted, 'refuse' keeps the 550 5.7.5.
+    Column("signature_inside_encryption", String(6)),
     CheckConstraint("kind IN ('local', 'trusted')", name="ck_domains_kind"),
     CheckConstraint(
         "encryption IS NULL OR encryption IN ('required', 'opportunistic', 'off')",
         name="ck_domains_encryption",
     ),
     CheckConstraint("cipher IS NULL OR cipher IN ('aes-gcm', 'aes-cbc')", name="ck_domains_cipher"),
+    CheckConstraint(
+        "signature_inside_encryption IS NULL"
+        " OR signature_inside_encryption IN ('accept', 'refuse')",
+        name="ck_domains_signature_inside_encryption",
+    ),
 )
 
 consumers = Table(
@@ -376,4 +384,36 @@ server_policy = Table(
     Column("node", String(63), primary_key=True),
     Column("policy_json", Text, nullable=False),
     Column("published_at", DateTime(timezone=True), nullable=False),
+)
+
+# Practitioners' S/MIME signing keys the gateway signs with for them (revision 0014): one
+# per mailbox, the PKCS#8 key sealed with AES-256-GCM under the installation's key
+# encryption key (`smime.key_encryption_key_file`, named by `kek_id`), never in clear here.
+escrowed_keys = Table(
+    "escrowed_keys",
+    metadata,
+    Column(
+        "professional_id",
+        Integer,
+        ForeignKey("professionals.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("fingerprint_sha256", String(64), nullable=False),
+    Column("cert_pem", Text, nullable=False),
+    Column("kek_id", String(32), nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+)
+
+# Whether the gateway signs unsigned submissions for a local domain's users (revision
+# 0014); no row: `missing`, the default.
+domain_signing = Table(
+    "domain_signing",
+    metadata,
+    Column("name", String(253), ForeignKey("domains.name", ondelete="CASCADE"), primary_key=True),
+    Column("sign_for_users", String(7), nullable=False),
+    CheckConstraint(
+        "sign_for_users IN ('off', 'missing', 'always')", name="ck_domain_signing_mode"
+    ),
 )

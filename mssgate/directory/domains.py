@@ -14,7 +14,13 @@ from sqlalchemy import Engine, Row, delete, select
 from mssgate import audit
 from mssgate.db.schema import domains
 from mssgate.db.tx import write
-from mssgate.directory.models import Cipher, Domain, DomainKind, EncryptionPolicy
+from mssgate.directory.models import (
+    Cipher,
+    Domain,
+    DomainKind,
+    EncryptionPolicy,
+    InnerSignature,
+)
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, ValidationFailed
 from mssgate.identifiers import normalize_domain
@@ -56,6 +62,12 @@ class EncryptionSetting:
     kind: DomainKind
     encryption: EncryptionPolicy | None
     cipher: Cipher | None
+    # None: accept (see `InnerSignature`).
+    signature_inside_encryption: InnerSignature | None = None
+
+    @property
+    def refuses_signature_inside_encryption(self) -> bool:
+        return self.signature_inside_encryption is InnerSignature.REFUSE
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +106,10 @@ def effective_policy(
     return setting.encryption
 
 
+def _inner(value: str | None) -> InnerSignature | None:
+    return InnerSignature(value) if value else None
+
+
 def _domain(row: Row[Any]) -> Domain:
     ca_subject = None
     if row.ca_pem:
@@ -107,6 +123,7 @@ def _domain(row: Row[Any]) -> Domain:
         operator_dn=row.operator_dn,
         encryption=EncryptionPolicy(row.encryption) if row.encryption else None,
         cipher=Cipher(row.cipher) if row.cipher else None,
+        signature_inside_encryption=_inner(row.signature_inside_encryption),
         added_at=aware(row.added_at),
     )
 
@@ -195,10 +212,17 @@ class Domains:
         *,
         encryption: EncryptionPolicy | _Unchanged | None = UNCHANGED,
         cipher: Cipher | _Unchanged | None = UNCHANGED,
+        signature_inside_encryption: InnerSignature | _Unchanged | None = UNCHANGED,
     ) -> Domain:
         """Changes the encryption settings of a local or trusted domain (None: the default)."""
         key = normalize_domain(name)
         values = _encryption_values(encryption, cipher)
+        if signature_inside_encryption is not UNCHANGED:
+            values["signature_inside_encryption"] = (
+                signature_inside_encryption.value
+                if signature_inside_encryption is not None
+                else None
+            )
         with write(self._engine) as conn:
             row = conn.execute(select(domains).where(domains.c.name == key)).first()
             if row is None:
@@ -206,6 +230,11 @@ class Domains:
             if row.kind == "local" and values.get("cipher") is not None:
                 raise ValidationFailed(
                     "a cipher applies to mail sent to a peer domain, not to a local domain"
+                )
+            if row.kind != "local" and values.get("signature_inside_encryption") is not None:
+                raise ValidationFailed(
+                    "--signature-inside-encryption applies to a local domain (what its users"
+                    " send and its mailboxes receive), not to a peer domain"
                 )
             if values:
                 conn.execute(domains.update().where(domains.c.name == key).values(**values))
@@ -267,13 +296,20 @@ class Domains:
 
     def encryption_settings(self) -> dict[str, EncryptionSetting]:
         """Every domain's stored encryption columns, in one query (asked per message)."""
-        query = select(domains.c.name, domains.c.kind, domains.c.encryption, domains.c.cipher)
+        query = select(
+            domains.c.name,
+            domains.c.kind,
+            domains.c.encryption,
+            domains.c.cipher,
+            domains.c.signature_inside_encryption,
+        )
         with self._engine.connect() as conn:
             return {
                 row.name: EncryptionSetting(
                     kind=DomainKind(row.kind),
                     encryption=EncryptionPolicy(row.encryption) if row.encryption else None,
                     cipher=Cipher(row.cipher) if row.cipher else None,
+                    signature_inside_encryption=_inner(row.signature_inside_encryption),
                 )
                 for row in conn.execute(query)
             }

@@ -164,6 +164,21 @@ class EncryptionPolicy(StrEnum):
             ) from None
 
 
+class InnerSignature(StrEnum):
+    """Sign-then-encrypt from a local user to a mailbox whose key the gateway does not hold
+    (docs/smime.md): delivered still encrypted (`accept`, the default) or refused."""
+
+    ACCEPT = "accept"
+    REFUSE = "refuse"
+
+    @classmethod
+    def from_cli(cls, word: str) -> InnerSignature:
+        try:
+            return cls(word.strip().lower())
+        except ValueError:
+            raise ValueError(f"invalid choice {word!r}: use accept or refuse") from None
+
+
 class Cipher(StrEnum):
     """Content encryption the gateway uses towards a peer domain."""
 
@@ -191,6 +206,9 @@ class Domain(BaseModel):
     encryption: EncryptionPolicy | None = None
     # None: AES-GCM. Only meaningful for trusted peer domains (what the gateway sends them).
     cipher: Cipher | None = None
+    # None: accept. Only meaningful for local domains (what their users and mailboxes may
+    # exchange encrypted with the signature inside, unseen by the gateway).
+    signature_inside_encryption: InnerSignature | None = None
     added_at: datetime
 
 
