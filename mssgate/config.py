@@ -302,6 +302,15 @@ class DkimConfig(_Section):
     dns_overrides: dict[str, str] = {}
 
 
+class SmimeConfig(_Section):
+    """S/MIME the gateway does for its users (docs/smime.md, "Signed by the gateway")."""
+
+    # The key that seals the practitioners' signing keys the gateway holds in the database
+    # (32 random bytes in base64, mode 0600): made by `init`, copied by `node add`, the same
+    # file on every node. Default: certs/escrow.kek in the data folder.
+    key_encryption_key_file: Path | None = None
+
+
 class AnnuaireConfig(_Section):
     max_line_bytes: int = Field(8192, gt=0)
     max_rejects_reported: int = Field(1000, ge=0)
@@ -333,6 +342,7 @@ class Config(BaseSettings):
     policy: PolicyConfig = PolicyConfig()
     dkim: DkimConfig = DkimConfig()
     annuaire: AnnuaireConfig = AnnuaireConfig()
+    smime: SmimeConfig = SmimeConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -364,6 +374,12 @@ class Config(BaseSettings):
         dkim = self.dkim.model_copy(
             update={"key": under_data(self.dkim.key, certs / "dkim.key.pem")}
         )
+        smime = SmimeConfig(
+            key_encryption_key_file=under_data(
+                self.smime.key_encryption_key_file, certs / "escrow.kek"
+            )
+        )
+        object.__setattr__(self, "smime", smime)
         db = self.database
         if db.url is None:
             db = DatabaseConfig(url=f"sqlite:///{data / 'mssgate.db'}")

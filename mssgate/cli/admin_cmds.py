@@ -25,6 +25,7 @@ from mssgate.pki import (
     load_certificate,
     load_private_key,
 )
+from mssgate.smime.escrow import create_kek, kek_path
 
 CERT_WARN_DAYS = 30
 
@@ -103,6 +104,11 @@ def init(
         pki.ca_key, pki.ca_cert, f"mailer-daemon@{dom}", config.certs_dir / "mailboxes",
         common_name=f"mssgate {dom}", force=force,
     )  # fmt: skip
+    # The key that seals the practitioners' signing keys the gateway holds (smime/escrow.py);
+    # kept by --force: keys held in the database were sealed with it.
+    kek = kek_path(config)
+    if not kek.exists():
+        create_kek(kek)
     engine = open_engine(config.database_url)
     try:
         upgrade(engine)

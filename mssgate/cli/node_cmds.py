@@ -150,6 +150,11 @@ def add(
         if not source.exists():
             raise ValidationFailed(f"{source} is missing: the new node needs a copy of it")
         shutil.copy2(source, certs / file)  # keeps the 0600 of the keys
+    # Every node signs for the practitioners with the keys held in the database: they open
+    # only with the installation's key encryption key.
+    kek = cfg.smime.key_encryption_key_file
+    if kek is not None and kek.exists():
+        shutil.copy2(kek, certs / "escrow.kek")
     mailboxes = cfg.certs_dir / "mailboxes"
     if mailboxes.is_dir():
         shutil.copytree(mailboxes, certs / "mailboxes", dirs_exist_ok=True)

@@ -385,3 +385,35 @@ server_policy = Table(
     Column("policy_json", Text, nullable=False),
     Column("published_at", DateTime(timezone=True), nullable=False),
 )
+
+# Practitioners' S/MIME signing keys the gateway signs with for them (revision 0014): one
+# per mailbox, the PKCS#8 key sealed with AES-256-GCM under the installation's key
+# encryption key (`smime.key_encryption_key_file`, named by `kek_id`), never in clear here.
+escrowed_keys = Table(
+    "escrowed_keys",
+    metadata,
+    Column(
+        "professional_id",
+        Integer,
+        ForeignKey("professionals.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("fingerprint_sha256", String(64), nullable=False),
+    Column("cert_pem", Text, nullable=False),
+    Column("kek_id", String(32), nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+)
+
+# Whether the gateway signs unsigned submissions for a local domain's users (revision
+# 0014); no row: `missing`, the default.
+domain_signing = Table(
+    "domain_signing",
+    metadata,
+    Column("name", String(253), ForeignKey("domains.name", ondelete="CASCADE"), primary_key=True),
+    Column("sign_for_users", String(7), nullable=False),
+    CheckConstraint(
+        "sign_for_users IN ('off', 'missing', 'always')", name="ck_domain_signing_mode"
+    ),
+)
