@@ -17,11 +17,14 @@ from mssgate.db.tx import write
 from mssgate.directory import Directory
 from mssgate.directory.models import AccountState
 from mssgate.errors import MssgateError
+from mssgate.logincache import LoginCache
 
 
-def password_identity(directory: Directory, login: str, password: str) -> str | None:
+def password_identity(
+    directory: Directory, login: str, password: str, cache: LoginCache | None = None
+) -> str | None:
     """The account's address if the password is right and the account active."""
-    found = directory.professionals.authenticate(login, password)
+    found = directory.professionals.authenticate(login, password, cache=cache)
     return found.address if found is not None else None
 
 
@@ -62,12 +65,15 @@ def record(directory: Directory, *, actor: str, action: str, subject: str, **det
 class DirectoryAuthenticator:
     """The checks above off the event loop, audited as `actor` (e.g. "imap:imaps")."""
 
-    def __init__(self, directory: Directory, actor: str) -> None:
+    def __init__(self, directory: Directory, actor: str, cache: LoginCache | None = None) -> None:
         self._directory = directory
         self.actor = actor
+        self.cache = cache
 
     async def password(self, login: str, password: str, peer_ip: str) -> str | None:
-        return await asyncio.to_thread(password_identity, self._directory, login, password)
+        return await asyncio.to_thread(
+            password_identity, self._directory, login, password, self.cache
+        )
 
     async def certificate(self, authzid: str | None, der: bytes, peer_ip: str) -> str | None:
         return await asyncio.to_thread(certificate_identity, self._directory, authzid, der)

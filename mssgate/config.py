@@ -311,6 +311,28 @@ class SmimeConfig(_Section):
     key_encryption_key_file: Path | None = None
 
 
+class AuthConfig(_Section):
+    """Password logins on SMTP submission and IMAP (docs/security-model.md, "Logins")."""
+
+    # A successful password login is remembered this long (0: never; every login pays one
+    # Argon2id verification): a keyed digest bound to the stored hash, re-checked against
+    # the account row at each login, so a change made on any node ends it at once.
+    cache_seconds: float = Field(300.0, ge=0, le=86_400)
+    # Accounts remembered at most (least recently used forgotten first): bounds memory.
+    cache_entries: int = Field(10_000, gt=0, le=1_000_000)
+    # Argon2id cost of new hashes (RFC 9106's second recommendation by default). Existing
+    # hashes keep the cost they were made with, which each hash records.
+    argon2_memory_kib: int = Field(65_536, ge=8, le=4 << 20)
+    argon2_time_cost: int = Field(3, ge=1, le=100)
+    argon2_parallelism: int = Field(4, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _argon2_minimum(self) -> AuthConfig:
+        if self.argon2_memory_kib < 8 * self.argon2_parallelism:
+            raise ValueError("auth.argon2_memory_kib must be at least 8 x auth.argon2_parallelism")
+        return self
+
+
 class AnnuaireConfig(_Section):
     max_line_bytes: int = Field(8192, gt=0)
     max_rejects_reported: int = Field(1000, ge=0)
@@ -342,6 +364,7 @@ class Config(BaseSettings):
     policy: PolicyConfig = PolicyConfig()
     dkim: DkimConfig = DkimConfig()
     annuaire: AnnuaireConfig = AnnuaireConfig()
+    auth: AuthConfig = AuthConfig()
     smime: SmimeConfig = SmimeConfig()
 
     @classmethod

@@ -50,6 +50,7 @@ __all__ = [
     "CONTENT_TYPE",
     "DatabaseCollector",
     "Metrics",
+    "auth_cache",
     "crl_next_update",
     "crl_reload",
     "default",
@@ -167,6 +168,13 @@ class Metrics:
             ["crl", "outcome"],
             registry=reg,
         )
+        self.auth_cache_lookups = Counter(
+            "mssgate_auth_cache_lookups",
+            "Password logins checked against the login cache ([auth] cache_seconds), by"
+            " outcome: hit (no Argon2id verification) or miss.",
+            ["outcome"],
+            registry=reg,
+        )
         if process:
             # Linux /proc figures (CPU, memory, open files) and the Python version: what an
             # operator checks first when a gateway misbehaves.
@@ -216,6 +224,9 @@ class Metrics:
 
     def crl_reload(self, crl: str, outcome: str) -> None:
         self.crl_reloads.labels(_token(crl), _token(outcome)).inc()
+
+    def auth_cache(self, outcome: str) -> None:
+        self.auth_cache_lookups.labels(_token(outcome)).inc()
 
     def collect(self) -> Iterator[Metric]:
         """So that a Metrics can itself be registered in a scrape registry."""
@@ -451,3 +462,8 @@ def scrape_registry(engine: Engine, metrics: Metrics | None = None) -> Collector
 def render(registry: CollectorRegistry) -> bytes:
     """The text exposition format of everything in `registry`."""
     return generate_latest(registry)
+
+
+def auth_cache(outcome: str) -> None:
+    """A password login looked up in the login cache: "hit" or "miss"."""
+    _default.auth_cache(outcome)

@@ -44,6 +44,7 @@ from mssgate.integration import (
     NotificationSigner,
     ReceiptSpooler,
 )
+from mssgate.logincache import LoginCache
 from mssgate.logs import event
 from mssgate.mailstore.base import MailStore
 from mssgate.mailstore.lmtp import LmtpStore
@@ -57,6 +58,7 @@ from mssgate.nodelink import (
     start_node_listener,
 )
 from mssgate.nodes import Heartbeat, Nodes
+from mssgate.passwords import configure as configure_passwords
 from mssgate.queue.service import DocumentQueue
 from mssgate.relay import RelayWorker
 from mssgate.relay.encryption import OutgoingEncryption
@@ -184,6 +186,7 @@ async def run_gateway(config: Config) -> int:
     asyncio.get_running_loop().set_exception_handler(_loop_error)
     data = config.server.data_dir
     run_dir = ensure_dir(data / "run")
+    configure_passwords(config.auth)
     with data_dir_lock(run_dir):
         engine = open_engine(config.database_url)
         upgrade(engine)
@@ -295,9 +298,11 @@ async def run_gateway(config: Config) -> int:
 
         smtp = config.smtp
         penalty = AuthPenalty.from_config(smtp)
+        # One for SMTP and IMAP: a login verified on one protocol serves the other.
+        login_cache = LoginCache.from_config(config.auth)
         servers = await start_smtp(
             config, directory, spool, sessions, on_accepted=accepted, penalty=penalty,
-            budget=budget,
+            budget=budget, login_cache=login_cache,
         )  # fmt: skip
         imap: ImapService | None = None
         # Every long-running task runs under it: none may end silently (mssgate.supervisor).
@@ -319,6 +324,7 @@ async def run_gateway(config: Config) -> int:
                 else dovecot.imap_backend,
                 penalty=penalty,
                 limiter=ConnectionLimiter(smtp.max_connections_per_ip),
+                login_cache=login_cache,
             )
             supervisor.spawn("dovecot", dovecot.run)
         heartbeat = Heartbeat(

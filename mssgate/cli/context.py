@@ -22,6 +22,7 @@ from mssgate.config import Config, load_config
 from mssgate.db import open_engine, upgrade
 from mssgate.directory import Directory
 from mssgate.errors import ValidationFailed
+from mssgate.passwords import configure as configure_passwords
 
 
 @dataclass
@@ -33,6 +34,8 @@ class State:
     def config(self) -> Config:
         if self._config is None:
             self._config = load_config(self.config_path)
+            # New passwords (directory add, passwd) are hashed at the configured cost.
+            configure_passwords(self._config.auth)
         return self._config
 
     def engine(self) -> Engine:

@@ -15,6 +15,7 @@ from mssgate.directory.models import AccountState, MailboxKind, NewProfessional,
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, ValidationFailed
 from mssgate.identifiers import normalize_address, parse_practitioner_id
+from mssgate.logincache import LoginCache
 from mssgate.passwords import burn_verification, hash_password, verify_password
 
 
@@ -180,11 +181,14 @@ class Professionals:
                     detail={"reason": "mailbox removed", "mailbox": key},
                 )
 
-    def authenticate(self, address: str, password: str) -> Professional | None:
+    def authenticate(
+        self, address: str, password: str, *, cache: LoginCache | None = None
+    ) -> Professional | None:
         """The professional if the password is right and the account active, else None.
 
         The caller records the failure (audit, penalty); this function tells nothing about
-        which part failed, so no caller can leak it.
+        which part failed, so no caller can leak it. With a `cache`, a password that verified
+        recently against the very hash read now skips Argon2id (mssgate.logincache).
         """
         try:
             key = normalize_address(address)
@@ -196,8 +200,15 @@ class Professionals:
         if row is None or row.password_hash is None or not row.local:
             burn_verification(password)
             return None
+        active = row.state == AccountState.ACTIVE.value
+        # Only an active account consults the cache: a suspended one answers as slowly as
+        # before, so a quick refusal never tells that a password was right.
+        if cache is not None and active and cache.knows(key, password, row.password_hash):
+            return to_professional(row)
         if not verify_password(row.password_hash, password):
             return None
-        if row.state != AccountState.ACTIVE.value:
+        if not active:
             return None
+        if cache is not None:
+            cache.remember(key, password, row.password_hash)
         return to_professional(row)

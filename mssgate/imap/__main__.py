@@ -21,11 +21,13 @@ from mssgate.dovecot import DovecotSupervisor
 from mssgate.errors import MssgateError
 from mssgate.imap.server import start_imap
 from mssgate.logs import configure
+from mssgate.passwords import configure as configure_passwords
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
 
 
 async def main(status: Path) -> int:
     config = load_config()
+    configure_passwords(config.auth)
     engine = open_engine(config.database_url)
     directory = Directory(engine, actor="imap")
     dovecot = DovecotSupervisor(config, data_dir=config.server.data_dir)

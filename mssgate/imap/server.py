@@ -15,6 +15,7 @@ from mssgate.directory import Directory
 from mssgate.imap.backend import Backend
 from mssgate.imap.session import Authenticator, Limits, PreauthSession
 from mssgate.listen import bind_failed
+from mssgate.logincache import LoginCache
 from mssgate.logs import event
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
 from mssgate.tls import server_context
@@ -61,6 +62,7 @@ async def start_imap(
     penalty: AuthPenalty,
     limiter: ConnectionLimiter,
     authenticator: Authenticator | None = None,
+    login_cache: LoginCache | None = None,
 ) -> ImapService:
     """Listens on `imap.imaps_port` and `imap.port` (0: any free port; see `.ports`)."""
     imap = config.imap
@@ -78,11 +80,12 @@ async def start_imap(
         max_commands=imap.max_preauth_commands,
     )
     service = ImapService(servers={})
+    login_cache = login_cache or LoginCache.from_config(config.auth)
 
     def handler(
         listener: str,
     ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-        auth = authenticator or DirectoryAuthenticator(directory, f"imap:{listener}")
+        auth = authenticator or DirectoryAuthenticator(directory, f"imap:{listener}", login_cache)
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()

@@ -11,6 +11,7 @@ from mssgate.config import Config
 from mssgate.directory import Directory
 from mssgate.directory.models import EncryptionPolicy
 from mssgate.listen import bind_failed
+from mssgate.logincache import LoginCache
 from mssgate.pki import load_certificates
 from mssgate.smime.crlfiles import CrlFiles
 from mssgate.smime.mailbox_keys import mailbox_keys_dir
@@ -91,6 +92,7 @@ async def start_smtp(
     *,
     penalty: AuthPenalty | None = None,
     budget: MemoryBudget | None = None,
+    login_cache: LoginCache | None = None,
 ) -> dict[Listener, asyncio.Server]:
     """Starts the three listeners and returns them, by kind, once they accept connections."""
     smtp = config.smtp
@@ -110,6 +112,8 @@ async def start_smtp(
     limiter = ConnectionLimiter(smtp.max_connections_per_ip)
     # One penalty per process, shared with IMAP: a guesser gains nothing by switching protocol.
     penalty = penalty or AuthPenalty.from_config(smtp)
+    # Shared with IMAP by serve, like the penalty: one verification serves both protocols.
+    login_cache = login_cache or LoginCache.from_config(config.auth)
     limits = PolicyLimits(max_recipients=smtp.max_recipients)
     trust = trust_settings(config)
     loop = asyncio.get_running_loop()
@@ -130,7 +134,7 @@ async def start_smtp(
         )
         for_clients = listener.for_clients
         actor = f"smtp:{listener.value}"
-        auth = DirectoryAuthenticator(directory, actor) if for_clients else None
+        auth = DirectoryAuthenticator(directory, actor, login_cache) if for_clients else None
 
         def make() -> GatewaySMTP:
             if listener is Listener.MTA:
