@@ -56,7 +56,9 @@ class LoginCache:
     def enabled(self) -> bool:
         return self._ttl > 0
 
-    def __len__(self) -> int:
+    @property
+    def size(self) -> int:
+        # Not __len__: an empty cache must stay truthy where `cache or default` is written.
         return len(self._entries)
 
     def _digest(self, address: str, password: str, stored_hash: str) -> bytes:

@@ -160,7 +160,7 @@ def test_ttl_zero_turns_the_cache_off(two_nodes: tuple[Engine, Engine]) -> None:
     cache = LoginCache(0, 100)
     for _ in range(3):
         assert login(here, cache)
-    assert (cache.hits, cache.misses, len(cache)) == (0, 0, 0) and not cache.enabled
+    assert (cache.hits, cache.misses, cache.size) == (0, 0, 0) and not cache.enabled
 
 
 def test_an_entry_lives_ttl_after_its_verification() -> None:
@@ -170,17 +170,17 @@ def test_an_entry_lives_ttl_after_its_verification() -> None:
     now[0] += 299
     assert cache.knows(ALICE, PASSWORD, "h")  # a hit does not extend it
     now[0] += 1
-    assert not cache.knows(ALICE, PASSWORD, "h") and len(cache) == 0
+    assert not cache.knows(ALICE, PASSWORD, "h") and cache.size == 0
 
 
 def test_failed_checks_are_never_remembered_and_size_is_bounded() -> None:
     cache = LoginCache(300, 3)
     for n in range(1000):
         assert not cache.knows(f"user{n}@{DOMAIN}", PASSWORD, "h")
-    assert len(cache) == 0
+    assert cache.size == 0
     for n in range(10):
         cache.remember(f"user{n}@{DOMAIN}", PASSWORD, "h")
-    assert len(cache) == 3
+    assert cache.size == 3
     assert cache.knows(f"user9@{DOMAIN}", PASSWORD, "h")
     assert not cache.knows(f"user0@{DOMAIN}", PASSWORD, "h")  # least recently used, gone
     # Other fields never stand in for one another.
