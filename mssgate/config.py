@@ -240,6 +240,9 @@ class NodeConfig(_Section):
     # `node list` and /healthz call it down.
     heartbeat_seconds: float = Field(5.0, gt=0, le=300)
     down_after_seconds: float = Field(30.0, gt=0)
+    # Node-link connections served at once: hand-overs (up to delivery.concurrency per other
+    # node) and the IMAP sessions other nodes relay here (one each, for their whole length).
+    max_connections: int = Field(500, ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _check(self) -> NodeConfig:

@@ -125,6 +125,29 @@ def _is_node(peer_der: bytes | None, own: bytes) -> bool:
 _LINE_DOT = re.compile(rb"(?:\A|(?<=\r\n))\.")
 
 
+# TCP keepalive on every node-link socket, both ends: a relayed IMAP session may sit idle
+# (IDLE) for as long as Dovecot's autologout, and a peer that vanished (power cut, a
+# partition: no FIN, no RST) would otherwise hold its connection, its Dovecot process and
+# one of node.max_connections until then. Dead after about 60 + 5 x 10 s of silence.
+KEEPALIVE_IDLE_SECONDS = 60
+KEEPALIVE_INTERVAL_SECONDS = 10
+KEEPALIVE_PROBES = 5
+
+
+def keepalive(sock: Any) -> None:
+    """Turns TCP keepalive on for a node-link socket (a socket, an SSLSocket or asyncio's
+    TransportSocket); the timings where the platform has them (Linux does)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 class _LmtpOverTls(smtplib.SMTP_SSL):
     ehlo_msg = "lhlo"  # as smtplib.LMTP
 
@@ -134,6 +157,7 @@ class _LmtpOverTls(smtplib.SMTP_SSL):
             host, port, min(timeout, HANDSHAKE_SECONDS)
         )
         sock.settimeout(timeout)  # the LMTP exchange: the full timeout
+        keepalive(sock)
         return sock
 
     def data(self, msg: ReadableBuffer | str) -> tuple[int, bytes]:
@@ -288,6 +312,12 @@ def _from_a_node(server: LMTP, own: bytes) -> bool:
     return _is_node(peer, own)
 
 
+def _transport_is_node(transport: asyncio.BaseTransport, own: bytes) -> bool:
+    ssl_object = transport.get_extra_info("ssl_object")
+    peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return _is_node(peer, own)
+
+
 async def start_node_listener(
     *,
     bind: str,
@@ -301,9 +331,11 @@ async def start_node_listener(
     max_size: int,
     on_accepted: Callable[[str], None],
     imap_backend: Backend | None = None,
+    max_connections: int = 500,
 ) -> asyncio.Server:
     """LMTP with implicit TLS; a client must present the installation's server certificate.
-    With `imap_backend`, it also serves the IMAP sessions other nodes relay (`XIMAP`)."""
+    With `imap_backend`, it also serves the IMAP sessions other nodes relay (`XIMAP`).
+    At most `max_connections` node connections at once (node.max_connections)."""
     ctx = server_context(cert, key, client_cas=[ca.read_text()], request_client_cert=True)
     ctx.verify_mode = ssl.CERT_REQUIRED
     own = _der(cert)
@@ -317,9 +349,45 @@ async def start_node_listener(
     # A refusal here is permanent for the sender (a bounce for mail it accepted), so the
     # bound is only against memory exhaustion by a broken node, and lines are not limited.
     limit = 2 * max_size + (1 << 20)
+    open_links = 0
 
     class NodeLmtp(LMTP):
         line_length_limit = limit  # aiosmtpd's default, 1001 bytes, answers 500
+        _counted = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            # Called once the TLS handshake is done, the peer's certificate known. Anyone
+            # our CA issued a certificate to (every practitioner) gets past TLS: such a peer
+            # is cut here, before the greeting, instead of holding a connection (and a slot)
+            # until its first command is refused.
+            nonlocal open_links
+            transport = cast(asyncio.Transport, transport)
+            peer = str(transport.get_extra_info("peername"))[:80]
+            if not _transport_is_node(transport, own):
+                event(log, "node.link_refused", level=logging.WARNING, peer=peer,
+                      reason="not a node of this installation")  # fmt: skip
+                transport.abort()
+                return
+            if open_links >= max_connections:
+                event(log, "node.link_refused", level=logging.WARNING, peer=peer,
+                      reason="too many connections", limit=max_connections)  # fmt: skip
+                transport.write(b"421 4.3.2 too many node-link connections, try again later\r\n")
+                transport.close()
+                return
+            open_links += 1
+            self._counted = True
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                keepalive(sock)
+            super().connection_made(transport)
+
+        def connection_lost(self, error: Exception | None) -> None:
+            nonlocal open_links
+            if not self._counted:
+                return  # refused in connection_made: aiosmtpd never saw it
+            self._counted = False
+            open_links -= 1
+            super().connection_lost(error)
 
         async def smtp_XIMAP(self, arg: str | None) -> None:
             """`XIMAP <user> <client ip>`: another node's IMAP front door authenticated `user`
@@ -331,7 +399,9 @@ async def start_node_listener(
         return NodeLmtp(handler, hostname=hostname, data_size_limit=limit,
                         decode_data=False, loop=loop)  # fmt: skip
 
-    return await loop.create_server(factory, host=bind, port=port, ssl=ctx, reuse_address=True)
+    # A peer that connects and never completes TLS holds no slot, but a socket: bounded.
+    return await loop.create_server(factory, host=bind, port=port, ssl=ctx, reuse_address=True,
+                                    ssl_handshake_timeout=2 * HANDSHAKE_SECONDS)  # fmt: skip
 
 
 class CrossNodeDelivery:
@@ -487,6 +557,9 @@ class NodeImap:
                   error=f"{type(exc).__name__}: {exc}")  # fmt: skip
             raise BackendUnavailable(f"node {home.node} unreachable") from exc
         try:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                keepalive(sock)
             ssl_object = writer.get_extra_info("ssl_object")
             peer = ssl_object.getpeercert(binary_form=True) if ssl_object else None
             if not _is_node(peer, self._own):

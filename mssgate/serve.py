@@ -351,6 +351,7 @@ async def run_gateway(config: Config) -> int:
                     homes=homes, max_size=config.smtp.max_message_size,
                     on_accepted=lambda _queue_id: worker.wake(),
                     imap_backend=None if dovecot is None else dovecot.imap_backend,
+                    max_connections=node.max_connections,
                 )  # fmt: skip
                 if node.address is None and node.port == 0:  # tests: the port bound
                     bound = f"127.0.0.1:{bound_port(server)}"

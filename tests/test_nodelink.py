@@ -411,5 +411,175 @@ def test_only_a_node_opens_an_imap_session_through_the_node_link(
     else:
         assert not any(isinstance(o, tuple) and o[0] == 250 for o in outcome), outcome
         assert not opened.exists()
-        if client_cert == "practitioner":  # past TLS (the CA is ours), refused by the pin
-            assert [o[0] for o in outcome if isinstance(o, tuple)] == [530], outcome
+        if client_cert == "practitioner":
+            # Past TLS (the CA is ours), cut by the pin as the handshake ends: no greeting,
+            # no command (before: greeted, and XIMAP answered 530).
+            assert outcome == ["SMTPServerDisconnected"], outcome
+
+
+def _practitioner_context(cli: Cli, link: Link, tmp_path: Path) -> ssl.SSLContext:
+    _cert, _key, ca = link.tls
+    out = tmp_path / "practitioner"
+    cli.ok("--config", tmp_path / "a" / "mssgate.toml", "cert", "issue", BOB, "--out", out)
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(out / f"{BOB}.crt.pem", out / f"{BOB}.key.pem")
+    return ctx
+
+
+def _node_context(link: Link) -> ssl.SSLContext:
+    cert, key, ca = link.tls
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _first_bytes(ctx: ssl.SSLContext, port: int) -> bytes:
+    """What the listener says first to a client that says nothing (b"": closed)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            with ctx.wrap_socket(raw) as tls:
+                return tls.recv(1024)
+        except (ConnectionResetError, ssl.SSLError):
+            return b""
+
+
+def _listening(link: Link, **extra: object) -> object:
+    cert, key, ca = link.tls
+    return start_node_listener(
+        bind="127.0.0.1", port=0, cert=cert, key=key, ca=ca, hostname="a.test",
+        spool=link.spool, homes=Homes(link.engine, "a"), max_size=1_000_000,
+        on_accepted=link.accepted.append, **extra,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.fields["reason"]  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage() == "node.link_refused"
+    ]
+
+
+def test_a_practitioner_is_cut_before_the_greeting(
+    link: Link, cli: Cli, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A practitioner's certificate (our CA issued it) passes TLS: before, the listener
+    greeted it and let it hold the connection until its first command got 530. Now the pin
+    is checked as the handshake ends and the connection closed without a greeting."""
+    practitioner = _practitioner_context(cli, link, tmp_path)
+    got: dict[str, bytes] = {}
+
+    async def scenario() -> None:
+        server = await _listening(link)  # type: ignore[misc]
+        try:
+            port = bound_port(server)
+            got["practitioner"] = await asyncio.to_thread(_first_bytes, practitioner, port)
+            got["node"] = await asyncio.to_thread(_first_bytes, _node_context(link), port)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    with caplog.at_level("INFO", logger="mssgate.nodelink"):
+        asyncio.run(scenario())
+    assert got["practitioner"] == b"", got
+    assert got["node"].startswith(b"220 "), got
+    assert _refusals(caplog) == ["not a node of this installation"]
+
+
+def test_node_link_connections_are_capped(link: Link, caplog: pytest.LogCaptureFixture) -> None:
+    """node.max_connections: past it a node's connection gets 421 and is closed (an event
+    says so); a closed connection frees its slot."""
+    import socket
+
+    node = _node_context(link)
+    seen: list[bytes] = []
+
+    async def scenario() -> None:
+        server = await _listening(link, max_connections=2)  # type: ignore[misc]
+        port = bound_port(server)
+
+        def clients() -> None:
+            held = []
+            for _ in range(2):
+                tls = node.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+                seen.append(tls.recv(1024)[:4])
+                held.append(tls)
+            seen.append(_first_bytes(node, port)[:4])  # the third: refused
+            held.pop().close()
+            # The slot is freed once the listener has seen the close: retried, bounded.
+            for _ in range(100):
+                again = _first_bytes(node, port)[:4]
+                if again != b"421 ":
+                    break
+            seen.append(again)
+            for tls in held:
+                tls.close()
+
+        try:
+            await asyncio.to_thread(clients)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    with caplog.at_level("INFO", logger="mssgate.nodelink"):
+        asyncio.run(scenario())
+    assert seen == [b"220 ", b"220 ", b"421 ", b"220 "], seen
+    assert "too many connections" in _refusals(caplog)
+
+
+def _keepalive_timers(port: int) -> list[str]:
+    """The timer kind of each established loopback TCP socket with `port` at either end, as
+    the kernel lists it ("2": keepalive; "0": none)."""
+    hex_port = f"{port:04X}"
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, timer = fields[1], fields[2], fields[3], fields[5]
+        if state == "01" and hex_port in (local.split(":")[1], remote.split(":")[1]):
+            found.append(str(int(timer.split(":")[0], 16)))
+    return found
+
+
+def test_node_link_sockets_keep_alive_at_both_ends(link: Link) -> None:
+    """A peer that vanished without FIN or RST (power cut, partition) is found dead by TCP
+    keepalive on both ends of a node link, instead of holding the connection for good."""
+    import socket
+
+    from mssgate.nodelink import _der, _NodeLmtp
+
+    cert, _key, _ca = link.tls
+    node = _node_context(link)
+    timers: list[list[str]] = []
+
+    async def scenario() -> None:
+        server = await _listening(link)  # type: ignore[misc]
+        port = bound_port(server)
+
+        def clients() -> None:
+            # Server side: a plain client (no keepalive of its own), the listener's socket.
+            with node.wrap_socket(socket.create_connection(("127.0.0.1", port))) as tls:
+                tls.recv(1024)
+                timers.append(_keepalive_timers(port))
+            # Client side: the hand-over's connection.
+            sender = _NodeLmtp(f"127.0.0.1:{port}", ctx=node, own=_der(cert), timeout=10)
+            client = sender._connect()
+            try:
+                assert client.sock is not None
+                timers.append([str(client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))])
+            finally:
+                client.close()
+
+        try:
+            await asyncio.to_thread(clients)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    # One end keeps alive (the listener's), the plain client's does not.
+    assert sorted(timers[0]) == ["0", "2"], timers
+    assert timers[1] == ["1"], timers

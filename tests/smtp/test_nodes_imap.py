@@ -121,13 +121,11 @@ def test_a_mailbox_homed_on_a_reads_the_same_on_a_and_b(
     ctx.check_hostname = False
     ctx.load_cert_chain(node_a.data / "out" / f"{BOB}.crt.pem",
                         node_a.data / "out" / f"{BOB}.key.pem")  # fmt: skip
-    intruder = _Lmtps(host, int(port), context=ctx, timeout=10)
-    try:
-        intruder.ehlo()
-        code, _ = intruder.docmd("XIMAP", f"{BOB} 127.0.0.1")
-        assert code == 530
-    finally:
-        intruder.close()
+    # Past TLS (our CA issued it), cut by the pin as the handshake ends: no greeting, so
+    # no XIMAP (before: greeted, XIMAP answered 530).
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        _Lmtps(host, int(port), context=ctx, timeout=10)
+    node_a.wait_event("node.link_refused", reason="not a node of this installation")
 
     # Home node down: B's front door answers the login at once, cleanly.
     node_a.stop()

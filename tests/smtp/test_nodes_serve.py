@@ -179,14 +179,10 @@ def test_mail_accepted_by_one_node_reaches_the_mailbox_on_its_home_node(
         ctx.check_hostname = False
         ctx.load_cert_chain(node_a.data / "out" / f"{ALICE}.crt.pem",
                             node_a.data / "out" / f"{ALICE}.key.pem")  # fmt: skip
-        intruder = _Lmtps(host, int(port), context=ctx, timeout=10)
-        try:
-            intruder.ehlo()
-            assert intruder.mail(ALICE)[0] == 250
-            code, _ = intruder.rcpt(BOB)
-            assert code == 530
-        finally:
-            intruder.close()
+        # Past TLS (our CA issued it), cut by the pin before the greeting.
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            _Lmtps(host, int(port), context=ctx, timeout=10)
+        node_a.wait_event("node.link_refused", reason="not a node of this installation")
         # Home node down: the mail waits on B (250 all the same), then arrives.
         node_a.stop()
         with node_b.login(ALICE) as client:
