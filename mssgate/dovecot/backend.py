@@ -111,16 +111,26 @@ class DovecotBackend:
         assert proc.stdout is not None and proc.stderr is not None
         logs = asyncio.create_task(pump(proc.stderr, source="imap"), name="dovecot-imap-log")
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), self._greeting_timeout)
-        except (TimeoutError, ValueError, OSError):
-            line = b""
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), self._greeting_timeout)
+            except (TimeoutError, ValueError, OSError):
+                line = b""
+        except BaseException:
+            # Cancelled while the engine starts (the client went away, the node link closed,
+            # serve stopping): nobody will ever close this session, so the process goes now.
+            await asyncio.shield(_end(proc, logs))
+            raise
         match = _GREETING.match(line)
         if match is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            with contextlib.suppress(asyncio.CancelledError):
-                await logs
+            await _end(proc, logs)
             event(log, "dovecot.session_failed", level=logging.WARNING, code=proc.returncode)
             raise BackendUnavailable("the mailbox engine refused the session")
         return DovecotSession(proc, match.group(1).decode("ascii"), logs)
+
+
+async def _end(proc: asyncio.subprocess.Process, logs: asyncio.Task[None]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await proc.wait()
+    with contextlib.suppress(asyncio.CancelledError):
+        await logs

@@ -214,8 +214,32 @@ class DovecotSupervisor:
         self._proc = proc
         self._logs = asyncio.create_task(pump(proc.stdout, source="master"), name="dovecot-log")
         self._started_at = time.monotonic()
-        await self._wait_ready(proc)
+        try:
+            await self._wait_ready(proc)
+        except BaseException:
+            # Not ready in time, or the start cancelled (serve stopping during its start):
+            # `stop()` may never run, so this Dovecot is stopped here rather than left
+            # holding the data folder's sockets. `run()` then sees it ended.
+            await asyncio.shield(self._end(proc))
+            raise
         event(log, "dovecot.started", pid=proc.pid, lmtp=str(self.lmtp_socket))
+
+    async def _end(self, proc: asyncio.subprocess.Process) -> None:
+        """Stops a Dovecot master the way `stop()` does: SIGTERM first, so that it takes its
+        children (auth, lmtp, imap) with it; SIGKILL if it does not end in time."""
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._logs is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._logs
+        event(log, "dovecot.start_abandoned", level=logging.WARNING, code=proc.returncode)
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> None:
         deadline = time.monotonic() + _READY_TIMEOUT

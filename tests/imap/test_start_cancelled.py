@@ -1,0 +1,86 @@
+"""A start cancelled half-way leaves no process behind (issue 13, review): the task starting
+a node's Dovecot (serve stopping during its start) or a post-login session (the client or
+the node link gone while the engine starts) may be cancelled before the process is ready;
+nobody would then stop it, and a Dovecot master kept the data folder's sockets busy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from mssgate.config import load_config
+from mssgate.dovecot.backend import DovecotBackend
+from mssgate.dovecot.supervisor import DovecotSupervisor
+from tests.imap.test_supervisor import _dovecot_pids_for
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie is dead, only not yet reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_session_cancelled_while_the_engine_starts_leaves_no_process(tmp_path: Path) -> None:
+    """The engine here never greets (a real process standing in for a slow `imap`)."""
+    pid_file = tmp_path / "pid"
+    backend = DovecotBackend(
+        None, command=("/bin/sh", "-c", f"echo $$ > {pid_file}; exec sleep 300")
+    )
+
+    async def scenario() -> int:
+        opening = asyncio.create_task(backend.open("x@h.test", peer_ip="192.0.2.1", local_ip="::1"))
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            await asyncio.sleep(0.01)
+        assert not opening.done()
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        pid = int(pid_file.read_text())
+        # Checked with the loop still running: closing the loop would kill it anyway.
+        try:
+            assert not _running(pid), "the engine process outlived its cancelled start"
+        finally:
+            if _running(pid):
+                os.kill(pid, 9)
+        return pid
+
+    asyncio.run(scenario())
+
+
+def test_dovecot_cancelled_during_its_start_is_stopped(imap_datadir: Path) -> None:
+    config = load_config(imap_datadir / "mssgate.toml")
+    supervisor = DovecotSupervisor(config, data_dir=imap_datadir)
+    conf = imap_datadir / "dovecot" / "dovecot.conf"
+
+    async def scenario() -> int:
+        starting = asyncio.create_task(supervisor.start())
+        # The master is spawned, not ready yet (its LMTP socket does not greet yet).
+        while supervisor.pid is None and not starting.done():
+            await asyncio.sleep(0)
+        assert not starting.done(), "Dovecot was ready before the test could cancel its start"
+        pid = supervisor.pid
+        assert pid is not None
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        return pid
+
+    master = asyncio.run(scenario())
+    try:
+        assert not _running(master), "the Dovecot master outlived its cancelled start"
+        assert supervisor.pid is None
+        # Its children (started by the master before the cancel) end with it.
+        deadline = time.monotonic() + 10
+        while _dovecot_pids_for(conf) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _dovecot_pids_for(conf) == []
+    finally:
+        for pid in _dovecot_pids_for(conf):
+            os.kill(pid, 9)
