@@ -119,6 +119,8 @@ def remove_own_results(message: bytes, authserv_id: str) -> bytes:
 def _smime(verdict: SignatureVerdict) -> str:
     if verdict.reason is None:
         result = "smime=pass"
+        if verdict.signed_by_gateway:
+            result += " (signed by gateway for authenticated user)"
     else:
         result = f'smime={_SMIME_RESULT[verdict.reason]} reason="{verdict.reason.value}"'
     cert = verdict.signer_certificate

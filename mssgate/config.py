@@ -341,6 +341,50 @@ class AnnuaireConfig(_Section):
     max_rejects_reported: int = Field(1000, ge=0)
 
 
+class OidcConfig(_Section):
+    """Pro Santé Connect (OpenID Connect) bearer tokens on SMTP and IMAP (docs/clients.md).
+
+    Absent: OAUTHBEARER and XOAUTH2 are neither advertised nor accepted."""
+
+    # The provider's issuer URL (https); its /.well-known/openid-configuration names the JWKS.
+    issuer: str
+    # What the token's `aud` must contain: the gateway's client id or resource at the issuer.
+    audience: str = Field(min_length=1)
+    # PEM bundle trusting the issuer's TLS certificate (a private issuer); None: system CAs.
+    ca: Path | None = None
+    jwks_cache_seconds: float = Field(300.0, ge=0, le=86_400)
+    # An unknown `kid` refetches the JWKS at most this often (a forged kid costs one fetch).
+    jwks_refetch_min_seconds: float = Field(30.0, ge=0, le=3600)
+    # The claim holding the national identifier ("8" + RPPS as PSC writes it, or the RPPS).
+    id_claim: str = Field("preferred_username", min_length=1)
+    # `acr` values accepted (PSC: "eidas1" for strong authentication); empty: any.
+    acr_values: tuple[str, ...] = ()
+    clock_skew_seconds: float = Field(60.0, ge=0, le=600)
+    algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "RS384", "RS512", "ES384", "EdDSA")
+    # RFC 7662 introspection instead of local JWT checks: the endpoint (default: the one the
+    # discovery document names) is asked with these client credentials.
+    introspection: bool = False
+    introspection_endpoint: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    # Local domains whose mailboxes may log in with a token; empty: every local domain.
+    domains: tuple[str, ...] = ()
+    http_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    max_document_bytes: int = Field(256 << 10, ge=1024, le=16 << 20)
+
+    @model_validator(mode="after")
+    def _check(self) -> OidcConfig:
+        if not self.issuer.startswith("https://"):
+            raise ValueError("oidc.issuer must be an https:// URL")
+        if self.introspection and not (self.client_id and self.client_secret):
+            raise ValueError("oidc.introspection needs oidc.client_id and oidc.client_secret")
+        bad = [a for a in self.algorithms if a == "none" or a.startswith("HS")]
+        if bad:
+            # A shared-secret or unsigned token could be made by anyone who knows the JWKS.
+            raise ValueError(f"oidc.algorithms: {', '.join(bad)} not allowed")
+        return self
+
+
 class Config(BaseSettings):
     """The whole configuration. Relative paths are relative to the data folder."""
 
@@ -367,6 +411,7 @@ class Config(BaseSettings):
     policy: PolicyConfig = PolicyConfig()
     dkim: DkimConfig = DkimConfig()
     annuaire: AnnuaireConfig = AnnuaireConfig()
+    oidc: OidcConfig | None = None
     auth: AuthConfig = AuthConfig()
     smime: SmimeConfig = SmimeConfig()
 
@@ -413,6 +458,9 @@ class Config(BaseSettings):
         object.__setattr__(self, "tls", tls)
         object.__setattr__(self, "dkim", dkim)
         object.__setattr__(self, "database", db)
+        if self.oidc is not None and self.oidc.ca is not None:
+            oidc = self.oidc.model_copy(update={"ca": under_data(self.oidc.ca, certs)})
+            object.__setattr__(self, "oidc", oidc)
         return self
 
     @property

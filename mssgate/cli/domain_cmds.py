@@ -13,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress
 from mssgate.cli.context import actor, emit_json, emit_table, say, state
 from mssgate.directory.domains import UNCHANGED, parse_relay
 from mssgate.directory.models import Cipher, Domain, DomainKind, EncryptionPolicy, InnerSignature
+from mssgate.directory.signing import SignForUsers, set_sign_for_users
+from mssgate.directory.signing import sign_for_users as sign_for_users_of
 from mssgate.directory.trustlist import (
     DEFAULT_RELAY,
     TrustListRefused,
@@ -189,6 +191,18 @@ def set_(
     encryption: EncryptionOption = None,
     cipher: CipherOption = None,
     signature_inside_encryption: InnerSignatureOption = None,
+    sign_for_users: Annotated[
+        str | None,
+        typer.Option(
+            "--sign-for-users",
+            metavar="off|missing|always",
+            help=(
+                "Local domains: sign what a user submits unsigned with the key the gateway"
+                " holds for them (missing, the default; always: also a message signed in"
+                " one part only) or refuse it (off)."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Change a domain's encryption policy or cipher ("default": back to the global one).
 
@@ -198,10 +212,18 @@ def set_(
     when every recipient it is encrypted to is registered for one of its recipients (or the
     sender); the reader's client checks the signature. refuse: 550 5.7.5.
     """
-    if encryption is None and cipher is None and signature_inside_encryption is None:
+    changes = (encryption, cipher, signature_inside_encryption)
+    if all(c is None for c in changes) and sign_for_users is None:
         raise UsageFailed(
-            "nothing to change: give --encryption, --cipher or --signature-inside-encryption"
+            "nothing to change: give --encryption, --cipher, --signature-inside-encryption"
+            " or --sign-for-users"
         )
+    mode = None
+    if sign_for_users is not None:
+        try:
+            mode = SignForUsers.from_cli(sign_for_users)
+        except ValueError as exc:
+            raise UsageFailed(f"--sign-for-users: {exc}") from None
     policy = _encryption(encryption, allow_default=True) if encryption is not None else UNCHANGED
     chosen = _cipher(cipher) if cipher is not None else UNCHANGED
     inner = (
@@ -210,12 +232,18 @@ def set_(
         else UNCHANGED
     )
     st = state(ctx)
-    result = st.directory().domains.set_encryption(
-        domain, encryption=policy, cipher=chosen, signature_inside_encryption=inner
-    )
+    if mode is not None:
+        set_sign_for_users(st.engine(), actor(), domain, mode)
+    if any(c is not None for c in changes):
+        result = st.directory().domains.set_encryption(
+            domain, encryption=policy, cipher=chosen, signature_inside_encryption=inner
+        )
+    else:
+        result = st.directory().domains.get(domain)
     text = f"{result.name}: encryption {_policy_text(result, st.config().policy.encryption)}"
     if result.kind is DomainKind.LOCAL:
         text += f", signature inside encryption {_inner_text(result)}"
+        text += f", sign for users {sign_for_users_of(st.engine(), result.name).value}"
     say(text)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mssgate.authn import DirectoryAuthenticator
+from mssgate.bearer import from_config as bearer_from_config
 from mssgate.config import Config
 from mssgate.directory import Directory
 from mssgate.imap.backend import Backend
@@ -80,6 +81,7 @@ async def start_imap(
         max_commands=imap.max_preauth_commands,
     )
     service = ImapService(servers={})
+    bearer = bearer_from_config(directory, config.oidc)  # None without [oidc]
     login_cache = login_cache or LoginCache.from_config(config.auth)
 
     def handler(
@@ -111,6 +113,7 @@ async def start_imap(
                         authenticator=auth,
                         penalty=penalty,
                         backend=backend,
+                        bearer=bearer,
                     ).run()
                 finally:
                     limiter.release(peer)

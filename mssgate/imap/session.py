@@ -16,12 +16,13 @@ import binascii
 import contextlib
 import logging
 import ssl
-from base64 import b64decode
+from base64 import b64decode, b64encode
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
-from mssgate import metrics
+from mssgate import metrics, sasl
+from mssgate.bearer import BearerAuthenticator
 from mssgate.imap import idcmd
 from mssgate.imap.backend import Backend, BackendUnavailable
 from mssgate.imap.parse import Command, ParseError, literal_at_end, start_command, tokens
@@ -64,6 +65,7 @@ class PreauthSession:
         authenticator: Authenticator,
         penalty: AuthPenalty,
         backend: Backend,
+        bearer: BearerAuthenticator | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
@@ -73,6 +75,7 @@ class PreauthSession:
         self._auth = authenticator
         self._penalty = penalty
         self._backend = backend
+        self._bearer = bearer
         # ID's room beyond `max_command`, for the connection's first ID only: clients
         # identify themselves once, and a connection repeating 60 KB IDs would cost ten
         # times the parsing of any other.
@@ -100,6 +103,8 @@ class PreauthSession:
         caps.append("AUTH=PLAIN")
         if self._client_cert():
             caps.append("AUTH=EXTERNAL")
+        if self._bearer is not None:
+            caps += [f"AUTH={name}" for name in sasl.MECHANISMS]
         return " ".join(caps)
 
     def _tls_up(self) -> None:
@@ -130,8 +135,12 @@ class PreauthSession:
 
         def over() -> bool:
             # The tag and the command name lie within the first `budget` bytes or nowhere.
-            is_id = id_budget > 0 and idcmd.opens_id(bytes(raw[:budget]))
-            return len(raw) > (id_budget if is_id else budget)
+            head = bytes(raw[:budget])
+            if id_budget > 0 and idcmd.opens_id(head):
+                return len(raw) > id_budget
+            if id_budget > 0 and _opens_authenticate(head):  # SASL-IR: a token on the line
+                return len(raw) > max(budget, sasl.MAX_LINE)
+            return len(raw) > budget
 
         while True:
             try:
@@ -292,13 +301,16 @@ class PreauthSession:
         if self._tls is None:
             await self._send(f"{cmd.tag} NO [PRIVACYREQUIRED] Use STARTTLS first.")
             return None
-        if mechanism not in ("PLAIN", "EXTERNAL"):
+        bearer = mechanism in sasl.MECHANISMS and self._bearer is not None
+        if mechanism not in ("PLAIN", "EXTERNAL") and not bearer:
             await self._send(f"{cmd.tag} NO Unsupported authentication mechanism.")
             return None
         blob = await self._sasl_response(cmd.args[1] if len(cmd.args) > 1 else None)
         if blob is None:
             await self._send(f"{cmd.tag} BAD Invalid or cancelled authentication.")
             return None
+        if bearer:
+            return await self._bearer_auth(cmd.tag, mechanism, blob)
         if mechanism == "PLAIN":
             parts = blob.split(b"\x00")
             if len(parts) != 3:
@@ -327,7 +339,8 @@ class PreauthSession:
             await self._send("+ ")
             try:
                 initial = await asyncio.wait_for(
-                    self._line(self._limits.max_command), self._limits.idle_timeout
+                    self._line(max(self._limits.max_command, sasl.MAX_LINE)),
+                    self._limits.idle_timeout,
                 )
             except TimeoutError:
                 raise await self._bye("Disconnected for inactivity", "idle_timeout") from None
@@ -340,8 +353,25 @@ class PreauthSession:
         except (binascii.Error, ValueError):
             return None
 
+    async def _bearer_auth(self, tag: str, mechanism: str, blob: bytes) -> str | None:
+        bearer = self._bearer
+        assert bearer is not None
+        response = sasl.parse(mechanism, blob)
+        attempt = bearer.identity(response, self.peer_ip) if response is not None else _none()
+        login = (response.authzid if response is not None else None) or ""
+        # RFC 7628 3.2.2: a failed OAUTHBEARER gets the error document, the client answers
+        # with a lone \x01, then comes the NO.
+        challenge = bearer.challenge if mechanism == sasl.OAUTHBEARER else None
+        return await self._check(tag, mechanism, login, attempt, challenge=challenge)
+
     async def _check(
-        self, tag: str, mechanism: str, login: str, attempt: Awaitable[str | None]
+        self,
+        tag: str,
+        mechanism: str,
+        login: str,
+        attempt: Awaitable[str | None],
+        *,
+        challenge: bytes | None = None,
     ) -> str | None:
         delay = self._penalty.delay_for(self.peer_ip)
         if delay:
@@ -352,6 +382,12 @@ class PreauthSession:
             event(log, "imap.auth_failed", listener=self._listener, peer=self.peer_ip,
                   mechanism=mechanism, failures=failures)  # fmt: skip
             await self._auth.failed(login, mechanism, self.peer_ip)
+            if challenge is not None:
+                await self._send("+ " + b64encode(challenge).decode("ascii"))
+                with contextlib.suppress(TimeoutError):  # silent or not, the answer is NO
+                    await asyncio.wait_for(
+                        self._line(self._limits.max_command), self._limits.idle_timeout
+                    )
             await self._send(f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed.")
             return None
         self._penalty.succeeded(self.peer_ip)
@@ -386,6 +422,11 @@ async def _none() -> str | None:
 
 def _text(value: bytes | None) -> str:
     return (value or b"").decode("utf-8", "replace")
+
+
+def _opens_authenticate(line: bytes) -> bool:
+    parts = line.split(b" ", 2)
+    return len(parts) == 3 and parts[1].upper() == b"AUTHENTICATE"
 
 
 def _buffered(reader: asyncio.StreamReader) -> bool:

@@ -246,13 +246,16 @@ def kek_for_writing(config: Config, escrow: KeyEscrow) -> tuple[Kek, bool]:
     return create_kek(path), True
 
 
-def escrowed_key(engine: Engine, config: Config, address: str) -> EscrowedKey | None:
+def escrowed_key(engine: Engine, config: Config | Path, address: str) -> EscrowedKey | None:
     """The signing key and certificate the gateway holds for `address`, or None.
 
-    Raises EscrowUnavailable when a key is held but cannot be opened on this node (no KEK
-    file, another KEK): a configuration fault, not a missing key.
+    `config`: the configuration, or the KEK file itself. Raises EscrowUnavailable when a key
+    is held but cannot be opened on this node (no KEK file, another KEK): a configuration
+    fault, not a missing key. The KEK file is read at each call: a file put in place
+    applies to the next message.
     """
     escrow = KeyEscrow(engine, actor="gateway")
     if not escrow.holds(address):
         return None
-    return escrow.open(load_kek(kek_path(config)), address)
+    path = config if isinstance(config, Path) else kek_path(config)
+    return escrow.open(load_kek(path), address)

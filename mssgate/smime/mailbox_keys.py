@@ -195,6 +195,17 @@ def _check_chain(config: Config, cert_file: Path, cert: x509.Certificate) -> Non
     """Refuses a certificate that does not chain to the installation's trust anchors
     (`tls.ca`): peers trust our operator's bundle, so they would refuse every receipt signed
     with it. Intermediates may follow the certificate in its file."""
+    from mssgate.pki import load_certificates
+
+    others = [c for c in load_certificates(cert_file) if c != cert]
+    check_chain(config, cert_file.name, cert, others)
+
+
+def check_chain(
+    config: Config, name: str, cert: x509.Certificate, others: list[x509.Certificate]
+) -> None:
+    """`_check_chain` for a certificate from anywhere (`name` for the message), with
+    `others` as intermediates (a .p12's extra certificates)."""
     import asyncio
 
     from asn1crypto import x509 as asn1_x509  # type: ignore[import-untyped]
@@ -211,7 +222,6 @@ def _check_chain(config: Config, cert_file: Path, cert: x509.Certificate) -> Non
         return asn1_x509.Certificate.load(c.public_bytes(Encoding.DER))
 
     anchors = load_certificates(config.tls.ca)
-    others = [c for c in load_certificates(cert_file) if c != cert]
     context = ValidationContext(
         trust_roots=[asn1(c) for c in anchors],
         other_certs=[asn1(c) for c in others],
@@ -224,6 +234,6 @@ def _check_chain(config: Config, cert_file: Path, cert: x509.Certificate) -> Non
         asyncio.run(validate({"digital_signature"}, extended_key_usage={"email_protection"}))
     except (PathBuildingError, PathValidationError):
         raise PKIError(
-            f"{cert_file.name} does not chain to the trust anchors of tls.ca ({config.tls.ca}):"
+            f"{name} does not chain to the trust anchors of tls.ca ({config.tls.ca}):"
             " add its CA there first: peers would refuse what it signs"
         ) from None

@@ -115,6 +115,9 @@ class SignatureVerdict:
     signer_certificate: x509.Certificate | None = None
     signing_time: dt.datetime | None = None
     content: bytes | None = None
+    # The gateway signed the message itself, for the user who authenticated (their key,
+    # held here): shown in Authentication-Results so the difference stays visible.
+    signed_by_gateway: bool = False
 
     def __post_init__(self) -> None:
         if self.ok is (self.reason is not None):

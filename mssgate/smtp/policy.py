@@ -7,12 +7,14 @@ entry made with the CLI applies to the next command without a restart.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
@@ -35,6 +37,7 @@ from mssgate.logs import event
 from mssgate.returnpath import spooled_sender, strip_return_path
 from mssgate.smime import SignatureVerdict, verify_signed_message
 from mssgate.smime.crlfiles import CrlFiles
+from mssgate.smime.gateway_sign import GatewaySigning, sign_for_sender
 from mssgate.smime.rawmime import header_fields, join_fields, split_head_body
 from mssgate.smtp import encryption, peer_trust, replies
 from mssgate.smtp.body import MemoryBudget
@@ -89,6 +92,8 @@ class TrustSettings:
     dkim_key_pem: bytes | None = None
     # S/MIME encryption policy: global default and the mailbox keys folder.
     encryption: EncryptionSettings = field(default_factory=EncryptionSettings)
+    # Opens the practitioners' keys the gateway signs with for them; None: it signs nothing.
+    key_encryption_key_file: Path | None = None
 
 
 def _identity(session: Session) -> str | None:
@@ -365,6 +370,12 @@ class SmtpPolicy:
         ):
             return await self._reject(server, "DATA", replies.FROM_NOT_IDENTITY)
         content = remove_own_results(content, self._hostname)
+        signing = await self._sign_for_user(server, content, identity)
+        if signing.reply is not None:
+            return await self._reject(
+                server, "DATA", signing.reply, check="smime", reason=signing.reason
+            )
+        content = signing.content
         crypt = await asyncio.to_thread(self._encryption, content, envelope, headers, server)
         if crypt.reply is not None:
             return await self._reject(
@@ -387,6 +398,8 @@ class SmtpPolicy:
                 crls=self._trust.crls.current(),
             )
             metrics.smime("pass" if verdict.ok else str(verdict.reason))
+            if verdict.ok and signing.signed:
+                verdict = dataclasses.replace(verdict, signed_by_gateway=True)
             if not verdict.ok:
                 assert verdict.reply is not None and verdict.reason is not None
                 line = verdict.reply
@@ -458,6 +471,31 @@ class SmtpPolicy:
         metrics.message_accepted(self.listener.value)
         self._on_accepted(queue_id)
         return str(replies.queued(queue_id))
+
+    async def _sign_for_user(
+        self, server: GatewaySMTP, content: bytes, identity: str | None
+    ) -> GatewaySigning:
+        """The submission signed with its sender's key held here, when the sender's domain
+        asks for it (mssgate.smime.gateway_sign); only where signatures are required."""
+        kek_file = self._trust.key_encryption_key_file
+        if (
+            not self.listener.for_clients
+            or identity is None
+            or not self._trust.require_signature
+            or kek_file is None
+        ):
+            return GatewaySigning(content)
+        signing = await asyncio.to_thread(
+            sign_for_sender,
+            content,
+            identity=identity,
+            engine=self._directory.engine,
+            kek_file=kek_file,
+        )
+        if signing.signed:
+            event(log, "smime.signed_for_user", listener=self.listener.value,
+                  session=server.session_id, queue_id=server.queue_id)  # fmt: skip
+        return signing
 
     def _encryption(
         self, content: bytes, envelope: Envelope, headers: Any, server: GatewaySMTP

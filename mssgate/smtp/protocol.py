@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import (
+    MISSING,
     SMTP,
     AuthResult,
     Envelope,
@@ -33,7 +34,8 @@ from aiosmtpd.smtp import (
     auth_mechanism,
 )
 
-from mssgate import metrics
+from mssgate import metrics, sasl
+from mssgate.bearer import BearerAuthenticator
 from mssgate.logs import event
 from mssgate.smtp import replies
 from mssgate.smtp.body import MessageBody
@@ -112,6 +114,7 @@ class GatewaySMTP(SMTP):
         max_commands_before_auth: int,
         on_open: Callable[[GatewaySMTP], None],
         on_close: Callable[[GatewaySMTP], None],
+        bearer: BearerAuthenticator | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, ident="mssgate ESMTP", **kwargs)
@@ -140,8 +143,12 @@ class GatewaySMTP(SMTP):
         self.body: MessageBody | None = None
         self.spill_dir: Path | None = None
         self.spill_threshold = 1 << 20
+        self._bearer = bearer
         if authenticator is None:
             self._auth_methods.clear()
+        elif bearer is None:  # no [oidc]: the token mechanisms are neither offered nor taken
+            for name in sasl.MECHANISMS:
+                self._auth_methods.pop(name, None)
 
     # ----------------------------------------------------------------- connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -374,7 +381,9 @@ class GatewaySMTP(SMTP):
                     self.close("bare newline in command")
                     return
                 line = raw[:-2]
-                if len(line) > COMMAND_LINE_LIMIT:
+                # AUTH may carry an initial response (a bearer token) on its line.
+                is_auth = line[:5].upper() == b"AUTH "
+                if len(line) > (sasl.MAX_LINE if is_auth else COMMAND_LINE_LIMIT):
                     self._protocol_error("command too long", line)
                     await self.reply(replies.COMMAND_TOO_LONG)
                     continue
@@ -584,6 +593,35 @@ class GatewaySMTP(SMTP):
         return await self._check(
             "EXTERNAL", authzid or "", lambda: auth.certificate(authzid, der, self._peer_ip)
         )
+
+    async def auth_OAUTHBEARER(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._bearer_auth(sasl.OAUTHBEARER, args)
+
+    async def auth_XOAUTH2(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._bearer_auth(sasl.XOAUTH2, args)
+
+    async def _bearer_auth(self, mechanism: str, args: list[str]) -> AuthResult:
+        bearer = self._bearer
+        assert bearer is not None
+        blob = await self._credentials(args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        response = sasl.parse(mechanism, blob)
+        if response is None:
+            result = await self._check(mechanism, "", _none)
+        else:
+            presented = response
+            result = await self._check(
+                mechanism,
+                response.authzid or "",
+                lambda: bearer.identity(presented, self._peer_ip),
+            )
+        if result.success or mechanism != sasl.OAUTHBEARER:
+            return result
+        # RFC 7628 3.2.2: the error document, the client's lone \x01, then the 535.
+        if await self.challenge_auth(bearer.challenge) is MISSING:
+            return AuthResult(success=False, handled=True)
+        return result
 
 
 async def _none() -> None:

@@ -113,6 +113,17 @@ SIGNATURE_INSIDE_ENCRYPTION = Reply(
     "Message refused: its signature is inside the encryption, where the gateway cannot check"
     " it; sign the encrypted message (encrypt, then sign) or send it signed and unencrypted",
 )
+# An unsigned submission from a user whose domain lets the gateway sign for its users, but
+# who has no key held here: the reply says how to get one (docs/smime.md).
+NO_SIGNING_KEY = Reply(
+    550,
+    "5.7.1",
+    "Message refused: an S/MIME signature is required and the gateway holds no signing key"
+    " for you: ask your administrator to issue one (mssgate cert issue) or to import your"
+    " .p12 (mssgate cert import), or sign with your mail client",
+)
+# The key is held but this node cannot open it (its key encryption key file): ours to fix.
+SIGNING_UNAVAILABLE = Reply(451, "4.3.5", "Try again later: the gateway cannot sign for you now")
 CANNOT_DECRYPT = Reply(
     554, "5.7.5", "Message refused: the gateway cannot decrypt it for the application mailbox"
 )

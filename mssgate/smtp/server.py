@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mssgate.authn import DirectoryAuthenticator
+from mssgate.bearer import from_config as bearer_from_config
 from mssgate.config import Config
 from mssgate.directory import Directory
 from mssgate.directory.models import EncryptionPolicy
@@ -120,6 +121,8 @@ async def start_smtp(
     # One budget for all listeners: it bounds the process, not a port.
     budget = budget or MemoryBudget(smtp.processing_memory)
     spill_dir = spool.root / "tmp"
+    # Bearer tokens (Pro Santé Connect) when [oidc] is set; one verifier, one JWKS cache.
+    bearer = bearer_from_config(directory, config.oidc)
 
     def factory(listener: Listener) -> Callable[[], GatewaySMTP]:
         policy = SmtpPolicy(
@@ -147,6 +150,7 @@ async def start_smtp(
                 limiter=limiter,
                 penalty=penalty,
                 authenticator=auth,
+                bearer=bearer if for_clients else None,
                 max_line=smtp.max_line_length,
                 max_commands_before_auth=smtp.max_commands_before_auth,
                 on_open=sessions.add,

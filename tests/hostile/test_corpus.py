@@ -54,8 +54,9 @@ def corpus_built() -> dict[str, bytes]:
 @pytest.fixture
 def hostile(cli: Cli, gateway_setup: Gateway, tmp_path: Path) -> Iterator[Gateway]:
     out = tmp_path / "smime"
-    cli.ok("cert", "issue", ALICE, "--out", str(out))
-    cli.ok("cert", "issue", BOB, "--out", str(out))
+    # --no-escrow: the gateway holds no key to sign an unsigned message for them (refused).
+    cli.ok("cert", "issue", ALICE, "--out", str(out), "--no-escrow")
+    cli.ok("cert", "issue", BOB, "--out", str(out), "--no-escrow")
     cli.ok("consumer", "add", "ris", "--mailbox", BOB)
     scratch = tmp_path / "scratch-tmp"
     scratch.mkdir()

@@ -32,8 +32,10 @@ PEER_SENDER = f"dr.b@{PEER_DOMAIN}"
 @pytest.fixture
 def keys(cli: Cli, gateway_setup: Gateway, tmp_path: Path) -> dict[str, tuple[Path, Path]]:
     out = tmp_path / "smime"
-    cli.ok("cert", "issue", ALICE, "--out", str(out))
-    cli.ok("cert", "issue", BOB, "--out", str(out))
+    # --no-escrow: these users sign with their own client, so an unsigned message is refused
+    # (with a key held, the gateway would sign it: tests/smtp/test_gateway_sign.py).
+    cli.ok("cert", "issue", ALICE, "--out", str(out), "--no-escrow")
+    cli.ok("cert", "issue", BOB, "--out", str(out), "--no-escrow")
     return {who: (out / f"{who}.key.pem", out / f"{who}.crt.pem") for who in (ALICE, BOB)}
 
 

@@ -1,0 +1,193 @@
+"""`cert issue` keeps the key (sealed) and protects the .p12; `cert import` takes a real
+openssl .p12; `domain set --sign-for-users` (issue 14 parts 1 and 5). openssl is the judge
+of the .p12 files."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+
+from mssgate.config import load_config
+from mssgate.db import open_engine
+from mssgate.db.schema import escrowed_keys
+from mssgate.directory.signing import SignForUsers, sign_for_users
+from mssgate.pki import (
+    issue_smime_cert,
+    load_certificate,
+    load_private_key,
+    write_certificate,
+    write_private_key,
+)
+from mssgate.smime.escrow import (
+    EscrowUnavailable,
+    Kek,
+    escrowed_key,
+    fingerprint,
+    load_kek,
+    unseal,
+)
+from tests.conftest import DOMAIN, Cli
+
+ADDRESS = f"dr.martin@{DOMAIN}"
+OTHER = f"dr.durand@{DOMAIN}"
+
+
+def openssl(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True, input=stdin)
+
+
+@pytest.fixture
+def mailboxes(cli: Cli, datadir: Path) -> Path:
+    for who in (ADDRESS, OTHER):
+        cli.ok("directory", "add", who, "--name", who.split("@")[0], "--rpps", "99700367909")
+    return datadir
+
+
+def test_init_makes_a_private_key_encryption_key(datadir: Path) -> None:
+    kek = datadir / "certs" / "escrow.kek"
+    assert kek.stat().st_mode & 0o777 == 0o600
+    assert load_config(datadir / "mssgate.toml").smime.key_encryption_key_file == kek
+
+
+def test_cert_issue_without_a_flag_prints_a_passphrase_once_that_opens_the_p12(
+    cli: Cli, mailboxes: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = cli.ok("cert", "issue", ADDRESS, "--out", str(out), stdin="ignored\n")
+    [line] = [x for x in result.out.splitlines() if ".p12 passphrase" in x]
+    passphrase = line.rsplit(": ", 1)[1].strip()
+    assert len(passphrase) >= 20 and result.out.count(passphrase) == 1
+    p12 = out / f"{ADDRESS}.p12"
+    opened = openssl("pkcs12", "-in", p12, "-noout", "-passin", f"pass:{passphrase}")
+    assert opened.returncode == 0, opened.stderr
+    assert openssl("pkcs12", "-in", p12, "-noout", "-passin", "pass:").returncode != 0
+    # The JSON form gives it once too, for scripts.
+    again = cli.ok("cert", "issue", OTHER, "--out", str(out), "--json").json()
+    assert again["p12_passphrase"] and again["escrowed"] is True
+
+
+def test_cert_issue_passphrase_from_stdin_or_none(
+    cli: Cli, mailboxes: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = cli.ok(
+        "cert", "issue", ADDRESS, "--out", str(out), "--passphrase-stdin", stdin="s3cret pass\n"
+    )
+    assert ".p12 passphrase" not in result.out
+    p12 = out / f"{ADDRESS}.p12"
+    assert openssl("pkcs12", "-in", p12, "-noout", "-passin", "pass:s3cret pass").returncode == 0
+    cli.ok("cert", "issue", OTHER, "--out", str(out), "--no-passphrase")
+    bare = openssl("pkcs12", "-in", out / f"{OTHER}.p12", "-noout", "-passin", "pass:")
+    assert bare.returncode == 0, bare.stderr
+    both = cli("cert", "issue", OTHER, "--out", str(out), "--no-passphrase", "--passphrase-stdin",
+               "--force", stdin="x\n")  # fmt: skip
+    assert both.code == 2 and "exclude each other" in both.err
+
+
+def test_the_held_key_is_sealed_and_opens_only_with_the_installations_kek(
+    cli: Cli, mailboxes: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    cli.ok("cert", "issue", ADDRESS, "--out", str(out), "--no-passphrase")
+    cli.ok("cert", "issue", OTHER, "--out", str(out), "--no-passphrase", "--no-escrow")
+    config = load_config(mailboxes / "mssgate.toml")
+    engine = open_engine(config.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(escrowed_keys)).all()
+        assert len(rows) == 1  # --no-escrow kept nothing
+        key = load_private_key(out / f"{ADDRESS}.key.pem")
+        der = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        pem_body = (out / f"{ADDRESS}.key.pem").read_text().splitlines()[1].encode()
+        sealed = bytes(rows[0].wrapped_key)
+        for secret in (der, der[32:96], pem_body):
+            assert secret not in sealed
+        held = escrowed_key(engine, config, ADDRESS)
+        assert held is not None and held.cert == load_certificate(out / f"{ADDRESS}.crt.pem")
+        assert held.key.private_numbers() == key.private_numbers()  # type: ignore[union-attr]
+        assert escrowed_key(engine, config, OTHER) is None
+        # Another KEK does not open it; nor does the row moved onto another mailbox.
+        with pytest.raises(EscrowUnavailable):
+            unseal(Kek.of(b"\x01" * 32), ADDRESS, held.cert, sealed)
+        kek_file = config.smime.key_encryption_key_file
+        assert kek_file is not None
+        with pytest.raises(EscrowUnavailable):
+            unseal(load_kek(kek_file), OTHER, held.cert, sealed)
+        # A KEK file others can read is refused rather than used.
+        kek_file.chmod(0o644)
+        with pytest.raises(EscrowUnavailable, match="readable by other users"):
+            escrowed_key(engine, config, ADDRESS)
+        kek_file.chmod(0o600)
+        # Neither the audit trail nor anything it says holds the key.
+        audit = cli.ok("audit", "--json").out
+        assert "key.escrow" in audit and pem_body.decode() not in audit
+    finally:
+        engine.dispose()
+
+
+def _openssl_p12(datadir: Path, tmp_path: Path, address: str, passphrase: str) -> Path:
+    """What a practitioner's CA hands over: a .p12 written by openssl itself."""
+    certs = datadir / "certs"
+    key, cert = issue_smime_cert(
+        load_private_key(certs / "ca.key.pem"), load_certificate(certs / "ca.crt.pem"), address
+    )
+    write_private_key(tmp_path / "own.key.pem", key)
+    write_certificate(tmp_path / "own.crt.pem", cert)
+    p12 = tmp_path / "own.p12"
+    made = openssl("pkcs12", "-export", "-inkey", tmp_path / "own.key.pem",
+                   "-in", tmp_path / "own.crt.pem", "-certfile", certs / "ca.crt.pem",
+                   "-out", p12, "-passout", f"pass:{passphrase}")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return p12
+
+
+def test_cert_import_of_an_openssl_p12(cli: Cli, mailboxes: Path, tmp_path: Path) -> None:
+    p12 = _openssl_p12(mailboxes, tmp_path, ADDRESS, "the passphrase")
+    wrong = cli("cert", "import", ADDRESS, str(p12), "--passphrase-stdin", stdin="not it\n")
+    assert wrong.code == 1
+    assert wrong.err.strip().count("\n") == 0 and "wrong passphrase" in wrong.err
+    assert "not it" not in wrong.err
+    done = cli.ok(
+        "cert", "import", ADDRESS, str(p12), "--passphrase-stdin", stdin="the passphrase\n"
+    )
+    assert "imported for" in done.out
+    config = load_config(mailboxes / "mssgate.toml")
+    engine = open_engine(config.database_url)
+    try:
+        held = escrowed_key(engine, config, ADDRESS)
+    finally:
+        engine.dispose()
+    assert held is not None and held.cert == load_certificate(tmp_path / "own.crt.pem")
+    listed = cli.ok("cert", "list", ADDRESS, "--json").json()
+    assert [c["fingerprint_sha256"] for c in listed] == [fingerprint(held.cert)]
+    # Someone else's identity is refused for this address.
+    theirs = _openssl_p12(mailboxes, tmp_path, OTHER, "p")
+    refused = cli("cert", "import", ADDRESS, str(theirs), "--passphrase-stdin", stdin="p\n")
+    assert refused.code == 1 and "not an S/MIME certificate for" in refused.err
+
+
+def test_domain_set_sign_for_users(cli: Cli, datadir: Path) -> None:
+    config = load_config(datadir / "mssgate.toml")
+    engine = open_engine(config.database_url)
+    try:
+        assert sign_for_users(engine, DOMAIN) is SignForUsers.MISSING  # the default
+        out = cli.ok("domain", "set", DOMAIN, "--sign-for-users", "off").out
+        assert "sign for users off" in out
+        assert sign_for_users(engine, DOMAIN) is SignForUsers.OFF
+        cli.ok("domain", "set", DOMAIN, "--sign-for-users", "always")
+        assert sign_for_users(engine, DOMAIN) is SignForUsers.ALWAYS
+    finally:
+        engine.dispose()
+    bad = cli("domain", "set", DOMAIN, "--sign-for-users", "sometimes")
+    assert bad.code == 2 and "off, missing or always" in bad.err
+    cli.ok("domain", "trust", "peer.test", "--relay", "mx.peer.test")
+    peer = cli("domain", "set", "peer.test", "--sign-for-users", "off")
+    assert peer.code == 1 and "local domain" in peer.err
