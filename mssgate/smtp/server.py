@@ -77,6 +77,7 @@ def trust_settings(config: Config) -> TrustSettings:
             default=EncryptionPolicy(config.policy.encryption),
             mailbox_keys=mailbox_keys_dir(config),
         ),
+        key_encryption_key_file=config.smime.key_encryption_key_file,
     )
 
 
