@@ -24,6 +24,10 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")
 _DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _ADDRESS = re.compile(rf"(?:{_DOT_ATOM})?@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A message encrypted with the signature inside (sign-then-encrypt to a mailbox whose key the
+# gateway does not hold): no result the gateway could vouch for, and a reader must not take
+# the absence of `smime=` for a message nobody signed.
+SEALED = "smime=none (encrypted, signature not visible to the gateway)"
 
 # RFC 7281 §3 result values for the smime method: "policy" is a good signature that local
 # policy refuses (not the sender's certificate), "permerror" one that cannot be evaluated.
@@ -59,17 +63,21 @@ def authentication_results(
     dkim: DkimResult | None = None,
     auth_identity: str | None = None,
     tls: TlsInfo | None = None,
+    smime_sealed: bool = False,
 ) -> str:
     """The field value (after `Authentication-Results:`), resinfos folded one per line.
 
     Each argument left None is left out; with none at all the value says `none` (RFC 8601
-    §2.2: no authentication was done).
+    §2.2: no authentication was done). `smime_sealed` (without `smime`): the message passed
+    encrypted with its signature inside, which the reader's client checks, not the gateway.
     """
     if not _TOKEN.fullmatch(authserv_id):
         raise ValueError(f"authserv-id must be a host name token: {authserv_id!r}")
     results: list[str] = []
     if smime is not None:
         results.append(_smime(smime))
+    elif smime_sealed:
+        results.append(SEALED)
     if dkim is not None:
         results.extend(_dkim(dkim))
     if auth_identity is not None:
@@ -88,10 +96,16 @@ def authentication_results_field(
     dkim: DkimResult | None = None,
     auth_identity: str | None = None,
     tls: TlsInfo | None = None,
+    smime_sealed: bool = False,
 ) -> bytes:
     """The whole header field, name and CRLF included, ready to prepend to a message."""
     value = authentication_results(
-        authserv_id, smime=smime, dkim=dkim, auth_identity=auth_identity, tls=tls
+        authserv_id,
+        smime=smime,
+        dkim=dkim,
+        auth_identity=auth_identity,
+        tls=tls,
+        smime_sealed=smime_sealed,
     )
     return f"{FIELD_NAME}: {value}\r\n".encode()
 

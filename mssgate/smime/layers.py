@@ -76,7 +76,7 @@ def encrypted_cms_type(raw: bytes) -> str | None:
         if headers.get_content_type() not in PKCS7_MIME_TYPES:
             return None
         _, _, body = split_head_body(raw)
-        kind = cms.ContentInfo.load(_cms_bytes(headers, body))["content_type"].native
+        kind = cms.ContentInfo.load(cms_bytes(headers, body))["content_type"].native
     except (MalformedSigned, ValueError, TypeError, KeyError, binascii.Error):
         return None
     return kind if kind in _ENCRYPTED_CMS_TYPES else None
@@ -98,7 +98,7 @@ def is_encrypted_entity(raw: bytes) -> bool:
     return encrypted_cms_type(raw) is not None
 
 
-def _cms_bytes(headers: EmailMessage, body: bytes) -> bytes:
+def cms_bytes(headers: EmailMessage, body: bytes) -> bytes:
     encoding = str(headers.get("content-transfer-encoding", "")).strip().lower()
     if encoding != "base64":
         return body

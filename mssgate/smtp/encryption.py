@@ -5,8 +5,11 @@
 - DATA: a local domain whose policy is `required` takes encrypted mail only; mail encrypted
   to application mailboxes whose key the gateway holds is decrypted here, before the
   signature check, so that a sign-then-encrypt message is verified and the document pipeline
-  reads clear MIME; mail encrypted to anyone else has its signature checked only if it is
-  outside the encryption, which decides whether it may pass.
+  reads clear MIME; mail for persons whose key the gateway holds (escrow) is decrypted and
+  verified the same way, then encrypted again to their certificate; mail encrypted to anyone
+  else has its signature checked if it is outside the encryption, and otherwise passes
+  unopened only from a local user's own client, encrypted to its recipients alone
+  (`_sealed_for_recipients`), or from a peer operator that vouches for its author.
 
 Functions over the message, the envelope and the directory; the SMTP policy sends the reply.
 They run in a worker thread (directory queries, RSA).
@@ -15,8 +18,8 @@ They run in a worker thread (directory queries, RSA).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from email.utils import getaddresses
 from pathlib import Path
 
@@ -28,9 +31,10 @@ from mssgate.directory.models import DomainKind, EncryptionPolicy, MailboxKind
 from mssgate.errors import PKIError, ValidationFailed
 from mssgate.identifiers import normalize_address
 from mssgate.logs import event
-from mssgate.smime import DecryptionError, decrypt
+from mssgate.smime import DecryptionError, EncryptionMode, decrypt, encrypt
 from mssgate.smime.layers import Layering, encrypted_cms_type, layering, replace_entity
 from mssgate.smime.mailbox_keys import MailboxKey, find_mailbox_key
+from mssgate.smime.recipients import KnownCertificates, UnreadableEnvelope, recipients_of
 from mssgate.smtp import peer_trust, replies
 from mssgate.smtp.replies import Reply
 
@@ -45,6 +49,9 @@ class EncryptionSettings:
     default: EncryptionPolicy = EncryptionPolicy.OPPORTUNISTIC
     # DATA/certs/mailboxes; None: the gateway holds no mailbox key (decrypts nothing).
     mailbox_keys: Path | None = None
+    # The key the gateway holds for a person's mailbox (key escrow, where its domain opts
+    # in), by normalised address; None or a None answer: not held, mail passes unopened.
+    personal_key: Callable[[str], MailboxKey | None] | None = None
 
 
 def recipient_refusal(
@@ -82,6 +89,13 @@ class IncomingDecision:
     # entity the outer signature covers is opened once that signature checked out
     # (`open_after_verification`), so the document pipeline reads clear MIME.
     open_after_verification: tuple[MailboxKey, ...] = ()
+    # Decrypted with keys held for persons: once its signature is verified, the message is
+    # encrypted again to these certificates (`reencrypt`), the way it came (GCM or CBC).
+    reencrypt_to: tuple[x509.Certificate, ...] = ()
+    reencrypt_mode: EncryptionMode = "aes-gcm"
+    # Delivered still encrypted, its signature inside where the gateway cannot see it: a
+    # local user's own message, encrypted to its recipients' registered certificates only.
+    sealed: bool = False
 
 
 def incoming(
@@ -95,8 +109,11 @@ def incoming(
     for_clients: bool,
     peer_certificate: x509.Certificate | None,
     null_sender: bool = False,
+    sender: str | None = None,
 ) -> IncomingDecision:
     """The encryption rules for one message at the end of DATA (before the signature check).
+
+    `sender`: the authenticated identity on the submission listeners (None on the MTA's).
 
     `null_sender`: the envelope sender is <>, which only delivery and disposition
     notifications use (RFC 5321 §4.5.5), and only a peer gateway may send us. A `required`
@@ -132,10 +149,114 @@ def incoming(
         )
     if not require_signature:
         return IncomingDecision(content)
+    held = _personal_keys(directory, recipients, settings)
+    if held and len(held) == len(recipients):
+        return _decrypt_for_persons(content, held)
     if not for_clients and _peer_vouches(directory, froms, peer_certificate):
         return IncomingDecision(content, verify_signature=False, reason="peer-encrypted")
+    if for_clients and sender is not None:
+        return _sealed_for_recipients(content, sender, recipients, directory, domains)
     return IncomingDecision(
         content, replies.SIGNATURE_INSIDE_ENCRYPTION, reason="signature-inside-encryption"
+    )
+
+
+def _personal_keys(
+    directory: Directory, recipients: Sequence[str], settings: EncryptionSettings
+) -> list[MailboxKey]:
+    """The key of every recipient that is a local person's mailbox the gateway holds one for."""
+    if settings.personal_key is None:
+        return []
+    found = []
+    for recipient in recipients:
+        mailbox = directory.professionals.find(recipient)
+        if mailbox is None or not mailbox.local or mailbox.kind is MailboxKind.APP:
+            continue
+        key = settings.personal_key(mailbox.address)
+        if key is not None:
+            found.append(key)
+    return found
+
+
+def _decrypt_for_persons(content: bytes, keys: Sequence[MailboxKey]) -> IncomingDecision:
+    """Sign-then-encrypt for persons whose keys the gateway holds: opened so that the
+    signature inside is verified like any other, then sealed again for them alone
+    (`reencrypt`). CBC is opened because that verification follows (`policy.require_signature`
+    is on whenever this runs) and the sender's client chose it: the copy made again is CBC too,
+    which is what the readers of that client's correspondents can open."""
+    mode: EncryptionMode = (
+        "aes-cbc" if encrypted_cms_type(content) == "enveloped_data" else "aes-gcm"
+    )
+    opened = _decrypt(content, keys, allow_cbc=True)
+    if opened.reply is not None:
+        return opened
+    return replace(opened, reencrypt_to=tuple(key.cert for key in keys), reencrypt_mode=mode)
+
+
+def reencrypt(message: bytes, decision: IncomingDecision) -> bytes:
+    """The verified `message` encrypted again to the persons it was opened for."""
+    return encrypt(message, list(decision.reencrypt_to), mode=decision.reencrypt_mode)
+
+
+def _sealed_for_recipients(
+    content: bytes,
+    sender: str,
+    recipients: Sequence[str],
+    directory: Directory,
+    domains: dict[str, EncryptionSetting],
+) -> IncomingDecision:
+    """Sign-then-encrypt from a local user's own client for mailboxes whose keys the gateway
+    does not hold (the Encrypt button of Thunderbird, Outlook, NeoMutt): delivered as sent.
+
+    The gateway cannot see the signature; the reader's client checks it. What the gateway
+    can check: the author is the authenticated user (the From check ran before), the local
+    domains involved (the sender's, each local recipient's) accept such mail, and the message
+    is encrypted to nobody but its recipients: each RecipientInfo names a certificate
+    registered for an envelope recipient or for the sender (clients encrypt to themselves, so
+    that the copy in their Sent folder stays readable). Without that last check a user could
+    send through the gateway, unseen, a message readable by someone it was not addressed to.
+    """
+    involved = {_domain(sender), *(_domain(r) for r in recipients)}
+    for name in sorted(involved):
+        setting = domains.get(name)
+        # Only a local domain can hold the setting (`domain set` refuses it for a peer).
+        if setting is not None and setting.refuses_signature_inside_encryption:
+            return IncomingDecision(
+                content,
+                replies.SIGNATURE_INSIDE_ENCRYPTION,
+                reason=f"signature-inside-encryption: refused by {name}",
+            )
+    try:
+        named = recipients_of(content)
+    except UnreadableEnvelope as exc:
+        return IncomingDecision(
+            content, replies.ENCRYPTION_UNREADABLE, reason=f"envelope-unreadable: {exc}"
+        )
+    registered = {
+        address: KnownCertificates.of(
+            x509.load_pem_x509_certificate(pem.encode("ascii"))
+            for pem in directory.certificates.registered_pems(address)
+        )
+        for address in {sender, *recipients}
+    }
+    strangers = [r.description for r in named if not any(k.names(r) for k in registered.values())]
+    if strangers:
+        return IncomingDecision(
+            content,
+            replies.ENCRYPTED_TO_OTHERS,
+            reason=f"encrypted-to-unregistered: {'; '.join(strangers[:3])[:300]}",
+        )
+    # And each recipient can read it: a client that encrypted to an old certificate, or only
+    # to its own user, would have the gateway deliver what its reader cannot open.
+    unreadable = [a for a in recipients if not any(registered[a].names(r) for r in named)]
+    if unreadable:
+        return IncomingDecision(
+            content,
+            replies.ENCRYPTED_TO_OTHERS,
+            reason=f"not-encrypted-for-recipient: {', '.join(sorted(unreadable)[:3])}",
+        )
+    return IncomingDecision(
+        content, verify_signature=False, reason="sealed-for-recipients", sealed=True
     )
 
 

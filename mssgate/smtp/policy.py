@@ -376,7 +376,9 @@ class SmtpPolicy:
                 server, "DATA", signing.reply, check="smime", reason=signing.reason
             )
         content = signing.content
-        crypt = await asyncio.to_thread(self._encryption, content, envelope, headers, server)
+        crypt = await asyncio.to_thread(
+            self._encryption, content, envelope, headers, server, identity
+        )
         if crypt.reply is not None:
             return await self._reject(
                 server, "DATA", crypt.reply, check="encryption", reason=crypt.reason
@@ -423,6 +425,11 @@ class SmtpPolicy:
                       session=server.session_id, queue_id=server.queue_id, decrypted=True,
                       reason="encrypt-then-sign")  # fmt: skip
                 content = opened.content
+            if crypt.reencrypt_to:
+                # Verified inside; sealed again for the persons it was opened for.
+                content = await asyncio.to_thread(encryption.reencrypt, content, crypt)
+        elif crypt.sealed:
+            metrics.smime("sealed")
         dkim_result: DkimResult | None = None
         if not self.listener.for_clients and self._trust.verify_dkim:
             dkim_result = await asyncio.to_thread(self._dkim, received)
@@ -433,8 +440,9 @@ class SmtpPolicy:
             client_certificate_verified=_peer_certificate(server) is not None,
         )
         results = authentication_results_field(
-            self._hostname, smime=verdict, dkim=dkim_result, auth_identity=identity, tls=tls
-        )
+            self._hostname, smime=verdict, dkim=dkim_result, auth_identity=identity, tls=tls,
+            smime_sealed=crypt.sealed,
+        )  # fmt: skip
         queue_id = server.queue_id or new_queue_id()  # set by MAIL; the fallback is for safety
         # A Return-Path that came with the message is the sender's claim, not the envelope:
         # cut it here (RFC 5321 §4.4); the mail store writes the envelope sender's at delivery.
@@ -498,7 +506,12 @@ class SmtpPolicy:
         return signing
 
     def _encryption(
-        self, content: bytes, envelope: Envelope, headers: Any, server: GatewaySMTP
+        self,
+        content: bytes,
+        envelope: Envelope,
+        headers: Any,
+        server: GatewaySMTP,
+        identity: str | None,
     ) -> encryption.IncomingDecision:
         decision = encryption.incoming(
             content,
@@ -510,8 +523,12 @@ class SmtpPolicy:
             for_clients=self.listener.for_clients,
             peer_certificate=None if self.listener.for_clients else _peer_certificate(server),
             null_sender=envelope.mail_from in ("", "<>"),
+            sender=identity if self.listener.for_clients else None,
         )
-        if decision.decrypted_for is not None or decision.reason == "peer-encrypted":
+        if decision.decrypted_for is not None or decision.reason in (
+            "peer-encrypted",
+            "sealed-for-recipients",
+        ):
             event(log, "smime.encrypted_in", listener=self.listener.value,
                   session=server.session_id, queue_id=server.queue_id,
                   decrypted=decision.decrypted_for is not None, reason=decision.reason)  # fmt: skip

@@ -113,6 +113,15 @@ SIGNATURE_INSIDE_ENCRYPTION = Reply(
     "Message refused: its signature is inside the encryption, where the gateway cannot check"
     " it; sign the encrypted message (encrypt, then sign) or send it signed and unencrypted",
 )
+ENCRYPTED_TO_OTHERS = Reply(
+    550,
+    "5.7.1",
+    "Message refused: it must be encrypted to the registered certificate of each of its"
+    " recipients (and may be to yours), and to no other key",
+)
+ENCRYPTION_UNREADABLE = Reply(
+    554, "5.7.5", "Message refused: the recipients of its S/MIME encryption cannot be read"
+)
 # An unsigned submission from a user whose domain lets the gateway sign for its users, but
 # who has no key held here: the reply says how to get one (docs/smime.md).
 NO_SIGNING_KEY = Reply(

@@ -247,10 +247,16 @@ def test_required_local_domain_refuses_clear_mail(world: World, cli: Cli) -> Non
     assert world.submit(signed, BOB)[0] == 250
 
 
-def test_person_mailbox_needs_the_signature_outside_the_encryption(world: World) -> None:
+def test_person_mailbox_needs_the_signature_outside_the_encryption_when_refused(
+    world: World, cli: Cli
+) -> None:
+    # The domain's choice; by default it is delivered still encrypted
+    # (tests/smtp/test_sign_then_encrypt.py).
+    cli.ok("domain", "set", DOMAIN, "--signature-inside-encryption", "refuse")
     sign_then_encrypt = world.encrypt(world.sign(cr_img(to=BOB)), BOB)
     assert world.submit(sign_then_encrypt, BOB) == (550, INSIDE)
-    assert rejections(world.gateway)[0]["reason"] == "signature-inside-encryption"
+    reason = rejections(world.gateway)[0]["reason"]
+    assert reason == f"signature-inside-encryption: refused by {DOMAIN}"
     # Encrypt, then sign (opaque or detached): the outer signature is Alice's and is checked.
     for detached in (True, False):
         triple = world.sign(world.encrypt(cr_img(to=BOB), BOB), detached=detached)

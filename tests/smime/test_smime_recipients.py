@@ -1,0 +1,125 @@
+"""Whom an encrypted message is encrypted to, read from RecipientInfos made by openssl: by
+issuer and serial (`smime -encrypt`), by subject key identifier (`cms -keyid`), by key
+agreement (an EC certificate), and RecipientInfos that name no certificate (a password)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from mssgate.pki import create_dev_ca, issue_smime_cert, write_certificate
+from mssgate.smime import sign_message
+from mssgate.smime.recipients import (
+    KnownCertificates,
+    UnreadableEnvelope,
+    recipients_of,
+)
+
+ENTITY = b"Content-Type: text/plain\r\n\r\nBonjour\r\n"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, x509.Certificate]]:
+    folder = tmp_path_factory.mktemp("recipients")
+    ca_key, ca_cert = create_dev_ca("recipients test CA")
+    other_key, other_ca = create_dev_ca("another CA")
+    made = {
+        "bob": issue_smime_cert(ca_key, ca_cert, "bob@hopital-a.test")[1],
+        "alice": issue_smime_cert(ca_key, ca_cert, "alice@hopital-a.test")[1],
+        "ec": issue_smime_cert(ca_key, ca_cert, "ec@hopital-a.test", key_type="ec")[1],
+        # Same serial space, another issuer: must not pass for bob.
+        "stranger": issue_smime_cert(other_key, other_ca, "bob@hopital-a.test")[1],
+    }
+    out = {}
+    for name, cert in made.items():
+        path = folder / f"{name}.pem"
+        write_certificate(path, cert)
+        out[name] = (path, cert)
+    return out
+
+
+def openssl(tmp_path: Path, tool: str, *args: str | Path) -> bytes:
+    """`openssl TOOL -in ENTITY ARGS...` (options first, the recipients' files last)."""
+    (tmp_path / "in.eml").write_bytes(ENTITY)
+    command = ["openssl", tool, "-in", str(tmp_path / "in.eml"), *map(str, args)]
+    result = subprocess.run(command, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
+
+
+def test_issuer_and_serial_from_smime_encrypt(
+    certs: dict[str, tuple[Path, x509.Certificate]], tmp_path: Path
+) -> None:
+    sealed = openssl(tmp_path, "smime", "-encrypt", "-aes256", certs["bob"][0], certs["alice"][0])
+    found = recipients_of(sealed)
+    assert len(found) == 2 and all(r.issuer_serial is not None for r in found)
+    both = KnownCertificates.of([certs["bob"][1], certs["alice"][1]])
+    assert all(both.names(r) for r in found)
+    only_bob = KnownCertificates.of([certs["bob"][1]])
+    assert [only_bob.names(r) for r in found] == [True, False]
+    # Another CA's certificate for the same address is another certificate.
+    assert not any(KnownCertificates.of([certs["stranger"][1]]).names(r) for r in found)
+
+
+def test_key_identifier_and_gcm_from_cms(
+    certs: dict[str, tuple[Path, x509.Certificate]], tmp_path: Path
+) -> None:
+    sealed = openssl(tmp_path, "cms", "-encrypt", "-aes-256-gcm", "-keyid", certs["bob"][0])
+    assert b"authEnveloped-data" in sealed
+    [found] = recipients_of(sealed)
+    assert found.issuer_serial is None and found.key_id is not None
+    assert KnownCertificates.of([certs["bob"][1]]).names(found)
+    assert not KnownCertificates.of([certs["alice"][1]]).names(found)
+
+
+def test_key_agreement_names_the_ec_certificate(
+    certs: dict[str, tuple[Path, x509.Certificate]], tmp_path: Path
+) -> None:
+    sealed = openssl(tmp_path, "cms", "-encrypt", "-aes256", certs["ec"][0], certs["bob"][0])
+    found = recipients_of(sealed)
+    assert len(found) == 2
+    assert all(KnownCertificates.of([certs["ec"][1], certs["bob"][1]]).names(r) for r in found)
+    assert [KnownCertificates.of([certs["bob"][1]]).names(r) for r in found].count(True) == 1
+
+
+def test_a_password_recipient_names_no_certificate(
+    certs: dict[str, tuple[Path, x509.Certificate]], tmp_path: Path
+) -> None:
+    sealed = openssl(
+        tmp_path, "cms", "-encrypt", "-aes256", "-pwri_password", "secret", certs["bob"][0]
+    )
+    found = recipients_of(sealed)
+    known = KnownCertificates.of([certs["bob"][1]])
+    assert sorted(known.names(r) for r in found) == [False, True]
+    assert any("pwri" in r.description for r in found)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        ENTITY,
+        b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n!!!not base64\r\n",
+        b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nMAMCAQE=\r\n",
+    ],
+)
+def test_anything_else_is_unreadable(raw: bytes) -> None:
+    with pytest.raises(UnreadableEnvelope):
+        recipients_of(raw)
+
+
+def test_signed_data_is_not_an_envelope(
+    certs: dict[str, tuple[Path, x509.Certificate]], tmp_path: Path
+) -> None:
+    ca_key, ca_cert = create_dev_ca("signer CA")
+    key, cert = issue_smime_cert(ca_key, ca_cert, "alice@hopital-a.test")
+    assert isinstance(key, rsa.RSAPrivateKey)
+    opaque = sign_message(b"From: alice@hopital-a.test\r\n" + ENTITY, key=key, cert=cert,
+                          detached=False)  # fmt: skip
+    with pytest.raises(UnreadableEnvelope, match="signed_data"):
+        recipients_of(opaque)
