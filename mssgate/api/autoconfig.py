@@ -14,6 +14,11 @@ mapping for `TLS-client-cert`, and its reader (every version since Thunderbird 3
 each `<authentication>` on its own, so an unknown value is skipped, never a reason to drop
 the file. Clients that know client certificates can pick the second method; in Thunderbird
 a certificate is still chosen by hand.
+
+With `[oidc]` (Pro Santé Connect) a third method, `OAuth2`, comes last: Thunderbird signs in
+with OAuth2 only at providers it knows (PSC is not among them), so first it would break the
+password set-up; last, a client that can use the issuer's tokens (OAUTHBEARER/XOAUTH2) sees
+it is offered, and the others keep the password.
 """
 
 from __future__ import annotations
@@ -44,13 +49,16 @@ def provider_domains(config: Config, local: set[str]) -> list[str]:
     return [main, *rest] if main in local else rest
 
 
-def _server(parent: etree._Element, tag: str, kind: str, host: str, port: int) -> etree._Element:
+def _server(
+    parent: etree._Element, tag: str, kind: str, host: str, port: int, *, oauth2: bool
+) -> etree._Element:
     server = etree.SubElement(parent, tag, type=kind)
     etree.SubElement(server, "hostname").text = host
     etree.SubElement(server, "port").text = str(port)
     etree.SubElement(server, "socketType").text = "SSL"
     etree.SubElement(server, "username").text = EMAIL_ADDRESS
-    for method in ("password-cleartext", "TLS-client-cert"):
+    methods = ("password-cleartext", "TLS-client-cert")
+    for method in (*methods, "OAuth2") if oauth2 else methods:
         etree.SubElement(server, "authentication").text = method
     return server
 
@@ -64,8 +72,11 @@ def client_config(config: Config, domains: list[str]) -> bytes:
     etree.SubElement(provider, "displayName").text = f"{domains[0]} (MSSanté)"
     etree.SubElement(provider, "displayShortName").text = domains[0]
     host = config.server.hostname
-    _server(provider, "incomingServer", "imap", host, config.imap.imaps_port)
-    _server(provider, "outgoingServer", "smtp", host, config.smtp.smtps_port)
+    oidc = config.oidc
+    # Only when every domain listed takes tokens: the document is one for all of them.
+    oauth2 = oidc is not None and (not oidc.domains or set(domains) <= set(oidc.domains))
+    _server(provider, "incomingServer", "imap", host, config.imap.imaps_port, oauth2=oauth2)
+    _server(provider, "outgoingServer", "smtp", host, config.smtp.smtps_port, oauth2=oauth2)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
