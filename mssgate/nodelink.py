@@ -49,6 +49,8 @@ from mssgate.tls import client_context, server_context
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
+    from mssgate.mailmove import Doveadm, MailboxMover
+
 log = logging.getLogger("mssgate.nodelink")
 
 
@@ -332,6 +334,8 @@ async def start_node_listener(
     on_accepted: Callable[[str], None],
     imap_backend: Backend | None = None,
     max_connections: int = 500,
+    mover: MailboxMover | None = None,
+    doveadm: Doveadm | None = None,
 ) -> asyncio.Server:
     """LMTP with implicit TLS; a client must present the installation's server certificate.
     With `imap_backend`, it also serves the IMAP sessions other nodes relay (`XIMAP`).
@@ -394,6 +398,20 @@ async def start_node_listener(
             and relays the session here, where the mailbox lives (`NodeImap`, the client).
             250 carries the engine's capabilities; then the connection is that IMAP session."""
             await _serve_imap(self, arg, homes=homes, own=own, backend=imap_backend)
+
+        async def smtp_XMOVE(self, arg: str | None) -> None:
+            """`XMOVE <user> <target node>`: `directory move` asks the mailbox's home node
+            to move it (mssgate.mailmove); the reply comes when the move is done."""
+            from mssgate.nodemove import serve_move
+
+            await serve_move(self, arg, own=own, mover=mover)
+
+        async def smtp_XDSYNC(self, arg: str | None) -> None:
+            """`XDSYNC <user>`: the moving node's dsync; then the connection carries the
+            dsync stream to this node's `doveadm dsync-server -u <user>`."""
+            from mssgate.nodemove import serve_dsync
+
+            await serve_dsync(self, arg, homes=homes, own=own, doveadm=doveadm)
 
     def factory() -> LMTP:
         return NodeLmtp(handler, hostname=hostname, data_size_limit=limit,

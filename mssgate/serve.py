@@ -46,6 +46,7 @@ from mssgate.integration import (
 )
 from mssgate.logincache import LoginCache
 from mssgate.logs import event
+from mssgate.mailmove import Doveadm, MailboxGates, MailboxMover, TrackedBackend
 from mssgate.mailstore.base import MailStore
 from mssgate.mailstore.lmtp import LmtpStore
 from mssgate.mailstore.maildir import MaildirStore
@@ -252,6 +253,24 @@ async def run_gateway(config: Config) -> int:
         # Several nodes need PostgreSQL: on SQLite there is one node and nothing to hand over.
         several = not config.database_url.startswith("sqlite")
         homes = Homes(engine, node.name)
+        # Moving a mailbox to another node (mssgate.mailmove): its local deliveries and
+        # its Dovecot sessions here are held while its home switches.
+        gates = MailboxGates() if several else None
+        tracked: TrackedBackend | None = None
+        mover = doveadm = None
+        if dovecot is not None:
+            tracked = TrackedBackend(dovecot.imap_backend) if several else None
+            dovecot_conf = dovecot.layout.config_file if dovecot.managed else None
+            dovecot_conf = dovecot_conf or config.imap.dovecot_config
+            doveadm = Doveadm(dovecot_conf) if several and dovecot_conf is not None else None
+        if several and gates is not None:
+            mover = MailboxMover(
+                engine, me=node.name, doveadm=doveadm,
+                mail_root=dovecot.layout.mail_root if dovecot and dovecot.managed else None,
+                gates=gates, sessions=tracked,
+                link=(config.tls.cert, config.tls.key, config.tls.ca),
+                down_after=timedelta(seconds=node.down_after_seconds),
+            )  # fmt: skip
         worker = DeliveryWorker(
             spool,
             store,
@@ -271,6 +290,7 @@ async def run_gateway(config: Config) -> int:
             if several
             else None,
             give_up_after=timedelta(seconds=config.relay.max_age_seconds),
+            gates=gates,
         )
         wakers.append(worker.wake)
         relay = RelayWorker(
@@ -313,7 +333,7 @@ async def run_gateway(config: Config) -> int:
                 directory,
                 # On several nodes a mailbox homed elsewhere is relayed to its home node.
                 NodeImap(
-                    dovecot.imap_backend,
+                    tracked or dovecot.imap_backend,
                     homes,
                     cert=config.tls.cert,
                     key=config.tls.key,
@@ -350,7 +370,8 @@ async def run_gateway(config: Config) -> int:
                     ca=config.tls.ca, hostname=config.server.hostname, spool=spool,
                     homes=homes, max_size=config.smtp.max_message_size,
                     on_accepted=lambda _queue_id: worker.wake(),
-                    imap_backend=None if dovecot is None else dovecot.imap_backend,
+                    imap_backend=tracked,
+                    mover=mover, doveadm=doveadm,
                     max_connections=node.max_connections,
                 )  # fmt: skip
                 if node.address is None and node.port == 0:  # tests: the port bound

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,16 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from mssgate.cli.context import actor, emit_json, emit_table, read_secret_stdin, say, state
 from mssgate.directory.annuaire import import_annuaire
 from mssgate.directory.models import MailboxKind, NewProfessional, Professional
-from mssgate.errors import UsageFailed, ValidationFailed, describe_validation
+from mssgate.errors import (
+    Conflict,
+    MssgateError,
+    NotFound,
+    UsageFailed,
+    ValidationFailed,
+    describe_validation,
+)
+from mssgate.mailmove import MoveRefused
+from mssgate.nodemove import request_move
 from mssgate.nodes import Nodes
 
 app = typer.Typer(help="Mailboxes of the local domains.", no_args_is_help=True)
@@ -71,6 +81,52 @@ def add(
         emit_json(created)
     else:
         say(f"added {created.address}")
+
+
+@app.command("move")
+def move(
+    ctx: typer.Context,
+    email: str,
+    node: Annotated[str, typer.Option("--node", help="The mailbox's new home node.")],
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the outcome.", min=1)
+    ] = 600.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Move a mailbox and its mail to another node (both nodes must be up)."""
+    st = state(ctx)
+    cfg = st.config()
+    found = st.directory().professionals.get(email)
+    down_after = timedelta(seconds=cfg.node.down_after_seconds)
+    listed = {n.name: n for n in Nodes(st.engine(), actor=actor()).list(down_after=down_after)}
+    if node not in listed:
+        raise NotFound(f"no node named {node!r} (mssgate node list)")
+    # A mailbox made before nodes existed has no home: it is this config's node's.
+    source = found.node or cfg.node.name
+    if source == node:
+        raise Conflict(f"{found.address} is homed on node {node} already")
+    if source not in listed:
+        raise Conflict(f"the home node of {found.address}, {source!r}, is not registered")
+    for name in (source, node):
+        info = listed[name]
+        if not info.up:
+            silent = "never served" if info.silent_seconds is None else (
+                f"silent for {info.silent_seconds:.0f} s")  # fmt: skip
+            raise Conflict(f"node {name} is down ({silent}): both nodes must be up to move mail")
+    assert cfg.tls.cert is not None and cfg.tls.key is not None and cfg.tls.ca is not None
+    try:
+        outcome = request_move(listed[source].address, found.address, node, cert=cfg.tls.cert,
+                               key=cfg.tls.key, ca=cfg.tls.ca, timeout=timeout)  # fmt: skip
+    except MoveRefused as exc:
+        raise MssgateError(f"node {source} refused the move: {exc}") from None
+    if json_out:
+        emit_json(outcome)
+        return
+    say(
+        f"moved {outcome.address} from {outcome.source} to {outcome.target}:"
+        f" {outcome.messages} messages in {outcome.folders} folders, {outcome.seconds} s;"
+        f" the copy on {outcome.source} {outcome.source_copy}"
+    )
 
 
 @app.command("list")

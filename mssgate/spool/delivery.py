@@ -6,6 +6,7 @@ import asyncio
 import logging
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Protocol
 
@@ -61,6 +62,12 @@ class CrossNode(Protocol):
                   sender: str) -> None: ...  # fmt: skip
 
 
+class Gates(Protocol):
+    """mssgate.mailmove.MailboxGates."""
+
+    def hold(self, address: str) -> AbstractContextManager[None]: ...
+
+
 class DeliveryWorker:
     def __init__(
         self,
@@ -74,6 +81,7 @@ class DeliveryWorker:
         seal: Seal | None = None,
         cross_node: CrossNode | None = None,
         give_up_after: timedelta | None = None,
+        gates: Gates | None = None,
     ) -> None:
         self._spool = spool
         self._store = store
@@ -86,6 +94,10 @@ class DeliveryWorker:
         # A hand-over that keeps failing temporarily (the home node down) gives up only
         # after this long since arrival, as the relay does; never by a count of attempts.
         self._give_up_after = give_up_after
+        # A mailbox moving to another node (mssgate.mailmove): its home is read and its
+        # message written to the local store under its gate, so that none lands here after
+        # the move's final sync has read this node's copy.
+        self._gates = gates
         self._wake = asyncio.Event()
         self.delivered = 0
         self.health = PassHealth()  # for /healthz: passes that keep failing
@@ -114,6 +126,13 @@ class DeliveryWorker:
             )
 
     def _attempt(self, item: PendingDelivery) -> None:
+        if self._gates is None:
+            self._attempt_now(item)
+            return
+        with self._gates.hold(item.recipient):
+            self._attempt_now(item)
+
+    def _attempt_now(self, item: PendingDelivery) -> None:
         home = self._cross.home_elsewhere(item.recipient) if self._cross is not None else None
         if home is not None:
             self._hand_over(item, home)

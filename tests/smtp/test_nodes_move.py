@@ -1,0 +1,155 @@
+"""`mssgate directory move ADDRESS --node NAME` (issue 13): a mailbox and its mail (folders,
+flags, UIDs) move from node A to node B over the node link with Dovecot's dsync; afterwards
+both nodes show the same mailbox (B's, A relaying), new mail lands on B, A's copy is gone.
+Two real `serve` processes, each with its Dovecot, on one PostgreSQL schema."""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import time
+
+from tests.conftest import Cli
+from tests.smtp.conftest import DOMAIN, PASSWORD, Gateway, message
+from tests.smtp.test_nodes_imap import (  # noqa: F401 (the fixture)
+    ALICE,
+    BOB,
+    pytestmark,
+    two_imap_nodes,
+)
+
+FOLDER = "Dossiers"
+
+
+def imap_on(node: Gateway) -> imaplib.IMAP4_SSL:
+    imap = imaplib.IMAP4_SSL(
+        "127.0.0.1", node.ports["imaps"], ssl_context=node.client_context(), timeout=30
+    )
+    imap.login(BOB, PASSWORD)
+    return imap
+
+
+def snapshot(node: Gateway) -> dict[str, list[tuple[int, str, bytes]]]:
+    """Folder -> [(UID, flags, body)] as a client of `node` sees the mailbox."""
+    imap = imap_on(node)
+    try:
+        typ, listed = imap.list()
+        assert typ == "OK"
+        folders = sorted(
+            re.sub(rb'^.*"[./]" ', b"", line).strip(b'"').decode()
+            for line in listed
+            if isinstance(line, bytes)
+        )
+        out: dict[str, list[tuple[int, str, bytes]]] = {}
+        for folder in folders:
+            typ, _ = imap.select(f'"{folder}"', readonly=True)
+            assert typ == "OK", folder
+            typ, data = imap.uid("FETCH", "1:*", "(UID FLAGS BODY.PEEK[TEXT])")
+            items = []
+            for item in data:
+                if not isinstance(item, tuple):
+                    continue
+                head = item[0].decode()
+                uid = int(re.search(r"UID (\d+)", head).group(1))  # type: ignore[union-attr]
+                flags = " ".join(sorted(re.search(r"FLAGS \(([^)]*)\)", head).group(1).split()))  # type: ignore[union-attr]
+                items.append((uid, flags, item[1].strip()))
+            out[folder] = sorted(items)
+        return out
+    finally:
+        imap.logout()
+
+
+def send(node: Gateway, body: str) -> None:
+    with node.login(ALICE) as client:
+        client.sendmail(ALICE, [BOB], message(ALICE, BOB, body=body))
+
+
+def wait_inbox(node: Gateway, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(snapshot(node).get("INBOX", [])) >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"INBOX never reached {count} messages")
+
+
+def test_a_mailbox_moves_with_its_mail_to_another_node(
+    cli: Cli,
+    two_imap_nodes: tuple[Gateway, Gateway],  # noqa: F811
+) -> None:
+    node_a, node_b = two_imap_nodes
+    conf_a = node_a.data / "mssgate.toml"
+    conf_b = node_b.data / "mssgate.toml"
+    node_a.start()
+    node_b.start()
+    node_a.wait_event("node.listening", timeout=20)
+    node_b.wait_event("node.listening", timeout=20)
+    for body in ("premier compte rendu", "second compte rendu", "troisieme"):
+        send(node_a, body)
+    wait_inbox(node_a, 3)
+
+    # A folder of its own, a message copied there, flags in both.
+    imap = imap_on(node_a)
+    try:
+        assert imap.create(FOLDER)[0] == "OK"
+        imap.select("INBOX")
+        assert imap.uid("COPY", "1", FOLDER)[0] == "OK"
+        assert imap.uid("STORE", "2", "+FLAGS", r"(\Flagged \Seen)")[0] == "OK"
+        assert imap.uid("STORE", "3", "+FLAGS", r"(\Answered)")[0] == "OK"
+        imap.select(FOLDER)
+        assert imap.uid("STORE", "1", "+FLAGS", r"(\Seen)")[0] == "OK"
+    finally:
+        imap.logout()
+    before = snapshot(node_a)
+    assert len(before["INBOX"]) == 3 and len(before[FOLDER]) == 1
+    home_on_a = node_a.data / "mail" / DOMAIN / BOB.split("@")[0]
+    assert (home_on_a / "Maildir").is_dir()
+
+    moved = cli.ok("--config", conf_a, "directory", "move", BOB, "--node", "b", "--json").json()
+    assert (moved["source"], moved["target"], moved["messages"]) == ("a", "b", 4)
+    assert moved["folders"] >= 2 and moved["source_copy"] == "removed"
+
+    [row] = [p for p in cli.ok("--config", conf_b, "directory", "list", "--json").json()
+             if p["address"] == BOB]  # fmt: skip
+    assert row["node"] == "b"
+    # The same folders, messages, flags and UIDs on B, and on A (relayed to B now).
+    assert snapshot(node_b) == before
+    assert snapshot(node_a) == before
+    assert not home_on_a.exists()
+    node_a.wait_event("move.done", address=BOB)
+    # The audit trail has the move.
+    audit = cli.ok("--config", conf_a, "audit", "--action", "directory.move", "--json").json()
+    assert [(e["subject"], e["detail"]["from"], e["detail"]["to"]) for e in audit] == [
+        (BOB, "a", "b")
+    ]
+
+    # New mail submitted on A lands on B.
+    send(node_a, "apres le demenagement")
+    wait_inbox(node_b, 4)
+    assert b"apres le demenagement" in snapshot(node_b)["INBOX"][-1][2]
+    assert not home_on_a.exists()
+
+    # Already there, unknown node, unknown address: one line each, nothing done.
+    for args, said in (
+        ((BOB, "--node", "b"), "homed on node b already"),
+        ((BOB, "--node", "z"), "no node named 'z'"),
+        ((f"nobody@{DOMAIN}", "--node", "a"), "nobody"),
+    ):
+        result = cli("--config", conf_a, "directory", "move", *args)
+        assert result.code != 0 and said in result.err, result.err
+
+    # The target down: refused at once, the home unchanged.
+    node_a.stop()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listed = cli.ok("--config", conf_b, "node", "list", "--json").json()
+        if not next(n for n in listed if n["name"] == "a")["up"]:
+            break
+        time.sleep(0.2)
+    result = cli("--config", conf_b, "directory", "move", BOB, "--node", "a")
+    assert "node a is down" in result.err, result.err
+    assert result.code != 0 and "both nodes must be up" in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1
+    [row] = [p for p in cli.ok("--config", conf_b, "directory", "list", "--json").json()
+             if p["address"] == BOB]  # fmt: skip
+    assert row["node"] == "b"
