@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select
+from sqlalchemy import Engine, create_engine, select
 
 from mssgate.config import load_config
 from mssgate.db import open_engine
 from mssgate.db.schema import escrowed_keys
+from mssgate.directory import Directory
+from mssgate.directory.models import NewProfessional
 from mssgate.directory.signing import SignForUsers, sign_for_users
 from mssgate.pki import (
+    create_dev_ca,
     issue_smime_cert,
     load_certificate,
     load_private_key,
@@ -25,12 +28,14 @@ from mssgate.pki import (
 from mssgate.smime.escrow import (
     EscrowUnavailable,
     Kek,
+    KeyEscrow,
+    create_kek,
     escrowed_key,
     fingerprint,
     load_kek,
     unseal,
 )
-from tests.conftest import DOMAIN, Cli
+from tests.conftest import DOMAIN, Cli, pg_engine_for
 
 ADDRESS = f"dr.martin@{DOMAIN}"
 OTHER = f"dr.durand@{DOMAIN}"
@@ -191,3 +196,38 @@ def test_domain_set_sign_for_users(cli: Cli, datadir: Path) -> None:
     cli.ok("domain", "trust", "peer.test", "--relay", "mx.peer.test")
     peer = cli("domain", "set", "peer.test", "--sign-for-users", "off")
     assert peer.code == 1 and "local domain" in peer.err
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_a_key_held_by_one_node_opens_on_another_with_the_same_kek(
+    db: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The sealed key lives in the shared database: a second engine (another node) with a
+    copy of the KEK file opens it; with another KEK it does not."""
+    engine: Engine = request.getfixturevalue("pg_engine" if db == "postgresql" else "sqlite_engine")
+    directory = Directory(engine, actor="test")
+    directory.domains.add_local(DOMAIN)
+    directory.professionals.add(
+        NewProfessional(address=ADDRESS, display_name="Dr Martin", idnat="899700367909")
+    )
+    ca_key, ca_cert = create_dev_ca("test CA")
+    key, cert = issue_smime_cert(ca_key, ca_cert, ADDRESS)
+    kek_a = create_kek(tmp_path / "a" / "escrow.kek")
+    KeyEscrow(engine, "test").put(kek_a, ADDRESS, key, cert)  # type: ignore[arg-type]
+    copy = tmp_path / "b" / "escrow.kek"
+    copy.parent.mkdir()
+    copy.write_bytes((tmp_path / "a" / "escrow.kek").read_bytes())
+    copy.chmod(0o600)
+    # Another node: its own engine on the same database.
+    if db == "postgresql":
+        other = pg_engine_for(request.getfixturevalue("pg_schema"))
+    else:
+        other = create_engine(engine.url)
+    try:
+        held = escrowed_key(other, copy, ADDRESS)
+        assert held is not None and held.cert == cert
+        create_kek(tmp_path / "c" / "escrow.kek")
+        with pytest.raises(EscrowUnavailable, match="another key encryption key"):
+            escrowed_key(other, tmp_path / "c" / "escrow.kek", ADDRESS)
+    finally:
+        other.dispose()
