@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import imaplib
 import re
+import threading
 import time
 
 from tests.conftest import Cli
@@ -105,16 +106,42 @@ def test_a_mailbox_moves_with_its_mail_to_another_node(
     home_on_a = node_a.data / "mail" / DOMAIN / BOB.split("@")[0]
     assert (home_on_a / "Maildir").is_dir()
 
-    moved = cli.ok("--config", conf_a, "directory", "move", BOB, "--node", "b", "--json").json()
-    assert (moved["source"], moved["target"], moved["messages"]) == ("a", "b", 4)
-    assert moved["folders"] >= 2 and moved["source_copy"] == "removed"
+    # Mail keeps coming, through A and through B, while the move runs.
+    moving = threading.Event()
+    sent: list[str] = []
+
+    def traffic() -> None:
+        while moving.is_set() and len(sent) < 40:
+            body = f"pendant le demenagement {len(sent)}"
+            send((node_a, node_b)[len(sent) % 2], body)
+            sent.append(body)
+
+    moving.set()
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        moved = cli.ok("--config", conf_a, "directory", "move", BOB, "--node", "b", "--json")
+    finally:
+        moving.clear()
+        sender.join()
+    outcome = moved.json()
+    assert (outcome["source"], outcome["target"]) == ("a", "b")
+    assert outcome["messages"] >= 4 and outcome["source_copy"] == "removed"
+    assert outcome["folders"] >= 2
 
     [row] = [p for p in cli.ok("--config", conf_b, "directory", "list", "--json").json()
              if p["address"] == BOB]  # fmt: skip
     assert row["node"] == "b"
-    # The same folders, messages, flags and UIDs on B, and on A (relayed to B now).
-    assert snapshot(node_b) == before
-    assert snapshot(node_a) == before
+    # Every message sent during the move is in the new home, once.
+    wait_inbox(node_b, 3 + len(sent))
+    after = snapshot(node_b)
+    bodies = [body for _uid, _flags, body in after["INBOX"]]
+    assert sorted(bodies[3:]) == sorted(b.encode() for b in sent)
+    # The same folders, messages, flags and UIDs on B as on A before, and on A (relayed).
+    assert after[FOLDER] == before[FOLDER]
+    assert after["INBOX"][:3] == before["INBOX"]
+    assert set(after) == set(before)
+    assert snapshot(node_a) == after
     assert not home_on_a.exists()
     node_a.wait_event("move.done", address=BOB)
     # The audit trail has the move.
@@ -125,7 +152,7 @@ def test_a_mailbox_moves_with_its_mail_to_another_node(
 
     # New mail submitted on A lands on B.
     send(node_a, "apres le demenagement")
-    wait_inbox(node_b, 4)
+    wait_inbox(node_b, 4 + len(sent))
     assert b"apres le demenagement" in snapshot(node_b)["INBOX"][-1][2]
     assert not home_on_a.exists()
 
