@@ -49,11 +49,11 @@ InnerSignatureOption = Annotated[
     str | None,
     typer.Option(
         "--signature-inside-encryption",
-        metavar="accept|refuse",
+        metavar="accept|verify|refuse",
         help=(
-            "Sign-then-encrypt from a local user to a mailbox whose key the gateway does not"
-            " hold: delivered still encrypted, unseen signature (accept, the default) or"
-            " refused 550 5.7.5. Local domains only."
+            "Sign-then-encrypt for a person: delivered still encrypted, its signature unseen"
+            " (accept, the default); opened, verified and encrypted again when the gateway"
+            " holds the recipient's key (verify); or refused 550 5.7.5. Local domains only."
         ),
     ),
 ]
@@ -206,11 +206,13 @@ def set_(
 ) -> None:
     """Change a domain's encryption policy or cipher ("default": back to the global one).
 
-    --signature-inside-encryption (local domains): what happens to a message a local user
-    signed and then encrypted (the Encrypt button of Thunderbird, Outlook, NeoMutt) for a
-    mailbox whose key the gateway does not hold. accept: delivered as sent, still encrypted,
-    when every recipient it is encrypted to is registered for one of its recipients (or the
-    sender); the reader's client checks the signature. refuse: 550 5.7.5.
+    --signature-inside-encryption (local domains): what happens to a message signed and
+    then encrypted (the Encrypt button of Thunderbird, Outlook, NeoMutt) for a person.
+    accept: delivered as sent, still encrypted, when a local user sent it and it is
+    encrypted to the registered certificates of its recipients (or the sender) only; the
+    reader's client checks the signature. verify: the same, except that when the gateway
+    holds every recipient's key (cert issue, cert import) it opens the message, verifies the
+    signature like any other and encrypts it again to the recipient. refuse: 550 5.7.5.
     """
     changes = (encryption, cipher, signature_inside_encryption)
     if all(c is None for c in changes) and sign_for_users is None:

@@ -87,8 +87,8 @@ domains = Table(
     Column("encryption", String(13)),
     # Content encryption towards a peer domain; NULL: AES-GCM.
     Column("cipher", String(7)),
-    # Sign-then-encrypt from a local user whose recipient's key the gateway does not hold:
-    # 'accept' (NULL) delivers it still encrypted, 'refuse' keeps the 550 5.7.5.
+    # Sign-then-encrypt for a person: 'accept' (NULL) delivers it still encrypted, 'verify'
+    # opens it first with the person's key when the gateway holds it, 'refuse' refuses it.
     Column("signature_inside_encryption", String(6)),
     CheckConstraint("kind IN ('local', 'trusted')", name="ck_domains_kind"),
     CheckConstraint(
@@ -98,7 +98,7 @@ domains = Table(
     CheckConstraint("cipher IS NULL OR cipher IN ('aes-gcm', 'aes-cbc')", name="ck_domains_cipher"),
     CheckConstraint(
         "signature_inside_encryption IS NULL"
-        " OR signature_inside_encryption IN ('accept', 'refuse')",
+        " OR signature_inside_encryption IN ('accept', 'verify', 'refuse')",
         name="ck_domains_signature_inside_encryption",
     ),
 )

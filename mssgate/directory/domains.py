@@ -69,6 +69,10 @@ class EncryptionSetting:
     def refuses_signature_inside_encryption(self) -> bool:
         return self.signature_inside_encryption is InnerSignature.REFUSE
 
+    @property
+    def verifies_signature_inside_encryption(self) -> bool:
+        return self.signature_inside_encryption is InnerSignature.VERIFY
+
 
 @dataclass(frozen=True, slots=True)
 class TrustedPeer:

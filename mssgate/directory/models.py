@@ -165,10 +165,12 @@ class EncryptionPolicy(StrEnum):
 
 
 class InnerSignature(StrEnum):
-    """Sign-then-encrypt from a local user to a mailbox whose key the gateway does not hold
-    (docs/smime.md): delivered still encrypted (`accept`, the default) or refused."""
+    """Sign-then-encrypt for a person's mailbox (docs/smime.md): delivered still encrypted
+    when the gateway holds no key for it (`accept`, the default); also opened, verified and
+    encrypted again when it holds the recipient's key (`verify`); or refused."""
 
     ACCEPT = "accept"
+    VERIFY = "verify"
     REFUSE = "refuse"
 
     @classmethod
@@ -176,7 +178,7 @@ class InnerSignature(StrEnum):
         try:
             return cls(word.strip().lower())
         except ValueError:
-            raise ValueError(f"invalid choice {word!r}: use accept or refuse") from None
+            raise ValueError(f"invalid choice {word!r}: use accept, verify or refuse") from None
 
 
 class Cipher(StrEnum):

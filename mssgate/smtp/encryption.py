@@ -18,12 +18,13 @@ They run in a worker thread (directory queries, RSA).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from email.utils import getaddresses
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mssgate.directory import Directory
 from mssgate.directory.domains import EncryptionSetting, effective_policy
@@ -32,6 +33,7 @@ from mssgate.errors import PKIError, ValidationFailed
 from mssgate.identifiers import normalize_address
 from mssgate.logs import event
 from mssgate.smime import DecryptionError, EncryptionMode, decrypt, encrypt
+from mssgate.smime.escrow import EscrowUnavailable, escrowed_key
 from mssgate.smime.layers import Layering, encrypted_cms_type, layering, replace_entity
 from mssgate.smime.mailbox_keys import MailboxKey, find_mailbox_key
 from mssgate.smime.recipients import KnownCertificates, UnreadableEnvelope, recipients_of
@@ -49,9 +51,6 @@ class EncryptionSettings:
     default: EncryptionPolicy = EncryptionPolicy.OPPORTUNISTIC
     # DATA/certs/mailboxes; None: the gateway holds no mailbox key (decrypts nothing).
     mailbox_keys: Path | None = None
-    # The key the gateway holds for a person's mailbox (key escrow, where its domain opts
-    # in), by normalised address; None or a None answer: not held, mail passes unopened.
-    personal_key: Callable[[str], MailboxKey | None] | None = None
 
 
 def recipient_refusal(
@@ -110,10 +109,12 @@ def incoming(
     peer_certificate: x509.Certificate | None,
     null_sender: bool = False,
     sender: str | None = None,
+    kek_file: Path | None = None,
 ) -> IncomingDecision:
     """The encryption rules for one message at the end of DATA (before the signature check).
 
     `sender`: the authenticated identity on the submission listeners (None on the MTA's).
+    `kek_file`: opens the keys the gateway holds for persons (`smime.escrow`); None: none.
 
     `null_sender`: the envelope sender is <>, which only delivery and disposition
     notifications use (RFC 5321 §4.5.5), and only a peer gateway may send us. A `required`
@@ -149,9 +150,14 @@ def incoming(
         )
     if not require_signature:
         return IncomingDecision(content)
-    held = _personal_keys(directory, recipients, settings)
+    held = _personal_keys(directory, recipients, domains, kek_file)
     if held and len(held) == len(recipients):
-        return _decrypt_for_persons(content, held)
+        opened = _decrypt_for_persons(content, held)
+        if opened.reply is None:
+            return opened
+        # Encrypted to another certificate of theirs (an old one a correspondent's address
+        # book still has): not opened here, it goes on as if no key were held.
+        event(log, "smime.held_key_unused", level=logging.INFO, reason=opened.reason)
     if not for_clients and _peer_vouches(directory, froms, peer_certificate):
         return IncomingDecision(content, verify_signature=False, reason="peer-encrypted")
     if for_clients and sender is not None:
@@ -162,19 +168,33 @@ def incoming(
 
 
 def _personal_keys(
-    directory: Directory, recipients: Sequence[str], settings: EncryptionSettings
+    directory: Directory,
+    recipients: Sequence[str],
+    domains: dict[str, EncryptionSetting],
+    kek_file: Path | None,
 ) -> list[MailboxKey]:
-    """The key of every recipient that is a local person's mailbox the gateway holds one for."""
-    if settings.personal_key is None:
+    """The key of every recipient that is a person's mailbox of a local domain set to
+    `verify`, when the gateway holds it (`cert issue`, `cert import`: smime/escrow.py)."""
+    if kek_file is None:
         return []
     found = []
     for recipient in recipients:
+        setting = domains.get(_domain(recipient))
+        if setting is None or not setting.verifies_signature_inside_encryption:
+            continue
         mailbox = directory.professionals.find(recipient)
         if mailbox is None or not mailbox.local or mailbox.kind is MailboxKind.APP:
             continue
-        key = settings.personal_key(mailbox.address)
-        if key is not None:
-            found.append(key)
+        try:
+            held = escrowed_key(directory.engine, kek_file, mailbox.address)
+        except EscrowUnavailable as exc:
+            # The operator's to fix; meanwhile the message is handled as for a key not held.
+            event(log, "smime.escrow_unusable", level=logging.ERROR, recipient=mailbox.address,
+                  error=str(exc))  # fmt: skip
+            continue
+        # ECDH key agreement is not implemented: an EC key opens nothing here.
+        if held is not None and isinstance(held.key, rsa.RSAPrivateKey):
+            found.append(MailboxKey(held.address, held.key, held.cert))
     return found
 
 

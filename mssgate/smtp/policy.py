@@ -524,6 +524,7 @@ class SmtpPolicy:
             peer_certificate=None if self.listener.for_clients else _peer_certificate(server),
             null_sender=envelope.mail_from in ("", "<>"),
             sender=identity if self.listener.for_clients else None,
+            kek_file=self._trust.key_encryption_key_file,
         )
         if decision.decrypted_for is not None or decision.reason in (
             "peer-encrypted",

@@ -7,7 +7,8 @@ submission, with messages made by openssl as the clients make them:
 To an application mailbox the gateway holds the key of: decrypted, the inner signature
 verified, delivered clear, documents read. To a person whose key it does not hold: delivered
 as sent, still encrypted, when it is encrypted to the recipients' registered certificates (and
-the sender's) only; the recipient decrypts and verifies it with openssl.
+the sender's) only; the recipient decrypts and verifies it with openssl. To a person whose key
+it holds, in a domain set to `verify`: opened, verified, encrypted again to the person.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 from mssgate.pki import issue_smime_cert, load_certificate, load_private_key, write_certificate
 from mssgate.smime import split_entity
+from mssgate.smime.recipients import KnownCertificates, recipients_of
 from tests.conftest import DOMAIN, Cli
 from tests.smtp.conftest import ALICE, BOB, Gateway
 from tests.smtp.test_encryption import (
@@ -215,3 +217,35 @@ def test_the_refusal_stays_a_domain_option(world: World, cli: Cli, tmp_path: Pat
     cli.ok("domain", "set", DOMAIN, "--signature-inside-encryption", "accept")
     assert world.submit(raw, BOB)[0] == 250
     world.gateway.wait_delivered(BOB, 1)
+
+
+def test_a_domain_set_to_verify_opens_with_the_held_key_verifies_and_seals_again(
+    world: World, cli: Cli, tmp_path: Path
+) -> None:
+    # `cert issue` kept Bob's key (escrow): with `verify`, the gateway opens what is
+    # encrypted to him, checks Alice's signature with the full policy, and encrypts it again
+    # to his certificate alone.
+    cli.ok("domain", "set", DOMAIN, "--signature-inside-encryption", "verify")
+    bob_cert, alice_cert = world.key(BOB)[1], world.key(ALICE)[1]
+    for opaque in (False, True):
+        raw = client_message(
+            world, tmp_path, to=BOB, encrypt_to=(bob_cert, alice_cert), opaque=opaque
+        )
+        code, text = world.submit(raw, BOB)
+        assert code == 250, text
+    tampered = client_message(world, tmp_path, to=BOB, encrypt_to=(bob_cert,), tamper=True)
+    assert world.submit(tampered, BOB) == (554, TAMPERED)
+    delivered = world.gateway.wait_delivered(BOB, 2)
+    for path in delivered:
+        head = head_of(path)
+        # Sealed again the way it came (CBC), verified by the gateway this time.
+        assert "smime-type=enveloped-data" in head
+        assert "smime=pass body.smime-identifier=" + ALICE in head and SEALED not in head
+        [only] = recipients_of(path.read_bytes())
+        assert KnownCertificates.of([load_certificate(bob_cert)]).names(only)
+        content = recipient_reads(world, path, tmp_path)
+        assert b"ClinicalDocument" in readable(crlf(content))
+    event = world.gateway.wait_event("smime.encrypted_in", decrypted=True)
+    assert event["listener"] == "submission"
+    [refused] = rejections(world.gateway)
+    assert refused["status"] == "554 5.7.7"

@@ -1,5 +1,6 @@
-"""Per local domain: accept or refuse sign-then-encrypt mail whose signature the gateway
-cannot see (docs/smime.md, "Sign-then-encrypt from stock clients").
+"""Per local domain: what happens to sign-then-encrypt mail whose signature the gateway
+cannot see (accept, verify with a key it holds, refuse; docs/smime.md, "Sign-then-encrypt
+from stock clients").
 
 Revision ID: 0013
 Revises: 0012
@@ -23,7 +24,7 @@ def upgrade() -> None:
             sa.String(6),
             sa.CheckConstraint(
                 "signature_inside_encryption IS NULL"
-                " OR signature_inside_encryption IN ('accept', 'refuse')",
+                " OR signature_inside_encryption IN ('accept', 'verify', 'refuse')",
                 name="ck_domains_signature_inside_encryption",
             ),
         ),
