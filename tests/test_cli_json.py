@@ -94,7 +94,11 @@ def test_json_output_matches_the_operator_guide(cli: Cli, datadir: Path, tmp_pat
         "quarantine show": ["quarantine", "show", held],
     }
     docs = documented()
-    assert sorted(docs) == sorted(runs), "the guide documents other commands than these"
+    # Needs two serving nodes: tests/smtp/test_nodes_move.py checks its keys against the guide.
+    several_nodes = {"directory move"}
+    assert sorted(docs) == sorted([*runs, *several_nodes]), "the guide documents other commands"
+    for command in several_nodes:
+        del docs[command]
     for command, args in runs.items():
         kinds, keys = docs[command]
         printed = cli.ok(*args, "--json").json()

@@ -18,6 +18,7 @@ from tests.smtp.test_nodes_imap import (  # noqa: F401 (the fixture)
     pytestmark,
     two_imap_nodes,
 )
+from tests.test_cli_json import documented
 
 FOLDER = "Dossiers"
 
@@ -125,6 +126,7 @@ def test_a_mailbox_moves_with_its_mail_to_another_node(
         moving.clear()
         sender.join()
     outcome = moved.json()
+    assert set(outcome) == documented()["directory move"][1]  # the guide's JSON table
     assert (outcome["source"], outcome["target"]) == ("a", "b")
     assert outcome["messages"] >= 4 and outcome["source_copy"] == "removed"
     assert outcome["folders"] >= 2
