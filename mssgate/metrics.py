@@ -34,6 +34,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from mssgate.db.clock import database_now
 from mssgate.db.schema import (
     nodes,
     quarantine,
@@ -313,6 +314,8 @@ class DatabaseCollector:
             )
             # Several nodes: each one's heartbeat and the entries only it can deliver.
             node_rows = conn.execute(select(nodes.c.name, nodes.c.heartbeat_at)).all()
+            # Heartbeats are stamped with the database's clock (mssgate.nodes): read so.
+            beat_clock = database_now(conn)
             by_node: dict[str | None, int] = dict(
                 conn.execute(
                     select(spool_messages.c.node, func.count())
@@ -373,7 +376,7 @@ class DatabaseCollector:
             labels=["node"],
         )
         for name, beat in node_rows:
-            silence.add_metric([str(name)], -1.0 if beat is None else _age(now, beat))
+            silence.add_metric([str(name)], -1.0 if beat is None else _age(beat_clock, beat))
             held_by.add_metric([str(name)], int(by_node.get(name, 0)))
         return [
             silence,

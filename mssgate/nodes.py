@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from mssgate import audit
+from mssgate.db.clock import database_now
 from mssgate.db.schema import nodes, professionals, spool_messages
 from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware, now
@@ -89,9 +90,10 @@ class Nodes:
         Refuses while another data folder serves under the same name: the two would each
         deliver the other's spool entries, whose files they do not have.
         """
-        stamp = now()
         try:
             with write(self._engine) as conn:
+                # The database's clock: heartbeats are compared across machines.
+                stamp = database_now(conn)
                 self._start(conn, name, address=address, data_dir=data_dir, stamp=stamp,
                             down_after=down_after)  # fmt: skip
         except IntegrityError:
@@ -166,7 +168,10 @@ class Nodes:
 
     def beat(self, name: str) -> None:
         with write(self._engine) as conn:
-            conn.execute(update(nodes).where(nodes.c.name == name).values(heartbeat_at=now()))
+            # The database's clock, which every node reads the heartbeats against: a node's
+            # own clock running behind would make it look silent (mssgate.db.clock).
+            stamp = database_now(conn)
+            conn.execute(update(nodes).where(nodes.c.name == name).values(heartbeat_at=stamp))
 
     def names(self) -> set[str]:
         with self._engine.connect() as conn:
@@ -183,8 +188,8 @@ class Nodes:
             }
 
     def list(self, *, down_after: timedelta) -> list[NodeInfo]:
-        stamp = now()
         with self._engine.connect() as conn:
+            stamp = database_now(conn)
             depth: dict[str | None, int] = dict(
                 conn.execute(
                     select(spool_messages.c.node, func.count())

@@ -132,6 +132,36 @@ def test_registry_heartbeat_up_down_and_remove(engine: Engine, tmp_path: Path) -
     assert registry.names() == {"a"}
 
 
+@pytest.mark.parametrize("skew", [-600, 600], ids=["behind", "ahead"])
+def test_a_live_node_is_up_whatever_its_clock(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, skew: int
+) -> None:
+    """Node b's machine clock runs ten minutes behind (or ahead of) the others'. Before, b
+    stamped its heartbeats with its own clock and the others compared them with theirs: b,
+    beating every few seconds, was down for every other node (or, ahead, looked alive for
+    ten minutes after it died). Heartbeats are stamped and read with the database's clock."""
+    import mssgate.nodes
+
+    down_after = timedelta(seconds=30)
+    registry = Nodes(engine, actor="test")
+    registry.start("a", address="127.0.0.1:1", data_dir=tmp_path / "a", down_after=down_after)
+    real_now = mssgate.nodes.now
+    with monkeypatch.context() as on_b:  # what b's process sees as the time
+        on_b.setattr(mssgate.nodes, "now", lambda: real_now() + timedelta(seconds=skew))
+        registry.start("b", address="127.0.0.1:2", data_dir=tmp_path / "b", down_after=down_after)
+        registry.beat("b")
+    listed = {n.name: n for n in registry.list(down_after=down_after)}
+    assert listed["b"].up, listed["b"]
+    assert listed["b"].silent_seconds is not None and listed["b"].silent_seconds < 30
+    # And read by b, whose clock is off, a's fresh heartbeat is fresh too.
+    with monkeypatch.context() as on_b:
+        on_b.setattr(mssgate.nodes, "now", lambda: real_now() + timedelta(seconds=skew))
+        assert {n.name: n.up for n in registry.list(down_after=down_after)} == {
+            "a": True,
+            "b": True,
+        }
+
+
 # -- the CLI ---------------------------------------------------------------------------------
 
 
@@ -250,12 +280,17 @@ def test_metrics_per_node(engine: Engine, tmp_path: Path) -> None:
     registry.start("b", address="127.0.0.1:2", data_dir=tmp_path / "b",
                    down_after=timedelta(seconds=30))  # fmt: skip
     accept(Spool(engine, tmp_path / "b", node="b"))
-    later = now() + timedelta(seconds=40)
-    families = {f.name: f for f in DatabaseCollector(engine, clock=lambda: later).collect()}
+    with write(engine) as conn:  # b's last beat 40 s ago
+        b = nodes_table.c.name == "b"
+        beat = conn.execute(select(nodes_table.c.heartbeat_at).where(b)).scalar_one()
+        conn.execute(update(nodes_table).where(b).values(heartbeat_at=beat - timedelta(seconds=40)))
+    # The scraping node's own clock (an hour ahead here) plays no part in a heartbeat's age.
+    ahead = now() + timedelta(hours=1)
+    families = {f.name: f for f in DatabaseCollector(engine, clock=lambda: ahead).collect()}
     age = {
         s.labels["node"]: s.value for s in families["mssgate_node_heartbeat_age_seconds"].samples
     }
-    assert age["a"] == -1 and 39 < age["b"] < 42
+    assert age["a"] == -1 and 39 < age["b"] < 60
     queued = {
         s.labels["node"]: s.value for s in families["mssgate_node_spool_messages_queued"].samples
     }
