@@ -35,13 +35,13 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine, and_, or_, select, update
 
 from mssgate import audit
-from mssgate.db.schema import nodes, professionals
+from mssgate.db.schema import professionals
 from mssgate.db.tx import write
-from mssgate.directory.timeutil import aware, now
 from mssgate.dovecot.logpump import pump
 from mssgate.errors import MssgateError
 from mssgate.imap.backend import Backend, BackendSession, BackendUnavailable
 from mssgate.logs import event
+from mssgate.nodes import Nodes
 
 log = logging.getLogger("mssgate.mailmove")
 
@@ -267,17 +267,19 @@ class MailboxMover:
                     professionals.c.address == user, professionals.c.local.is_(True)
                 )
             ).first()
-            found = conn.execute(select(nodes).where(nodes.c.name == target)).first()
         if row is None:
             raise MoveRefused(550, f"no mailbox {user}")
         if row.node not in (None, self._me):
             raise MoveRefused(550, f"{user} is homed on node {row.node}, not on {self._me}")
+        # Up or down as `node list` says (heartbeats read with the database's clock).
+        listed = {n.name: n for n in Nodes(self._engine, actor="serve").list(
+            down_after=self._down_after)}  # fmt: skip
+        found = listed.get(target)
         if found is None:
             raise MoveRefused(550, f"no node named {target!r}")
-        beat = aware(found.heartbeat_at) if found.heartbeat_at is not None else None
-        if beat is None or now() - beat >= self._down_after:
+        if not found.up:
             raise MoveRefused(451, f"node {target} is down: both nodes must be up to move mail")
-        return str(found.address)
+        return found.address
 
     async def move(self, user: str, target: str) -> MoveOutcome:
         if self._doveadm is None:
