@@ -132,3 +132,15 @@ def test_remove_own_results_without_any_is_identity() -> None:
     message = b"From: a@b.test\nSubject: lf endings\n\nbody\n"
     assert remove_own_results(message, HOST) == message
     assert remove_own_results(b"Subject: no body", HOST) == b"Subject: no body"
+
+
+def test_sealed_message_says_the_signature_is_not_visible() -> None:
+    field = authentication_results_field(HOST, auth_identity="a@b.test", smime_sealed=True)
+    value = field.decode()
+    assert "smime=none (encrypted, signature not visible to the gateway);" in value
+    message = BytesParser(policy=email.policy.default).parsebytes(field + b"\r\nbody\r\n")
+    assert not message.defects and len(message.get_all("Authentication-Results") or []) == 1
+    # A verdict, when there is one, is what is reported.
+    assert "smime=none (encrypted" not in authentication_results(
+        HOST, smime=SignatureVerdict(ok=False, reason=FailureReason.UNSIGNED), smime_sealed=True
+    )
