@@ -178,3 +178,38 @@ def test_off_sends_as_written_even_with_a_certificate(pair: Pair) -> None:
     pair.send(BOB)
     [to_bob] = pair.a.wait_delivered(BOB, 1, timeout=60)
     assert "pkcs7-mime" not in head_of(to_bob.read_bytes())
+
+
+def test_sign_then_encrypt_from_a_client_on_b_reaches_a_person_on_a_unopened(pair: Pair) -> None:
+    # Dr B's client signs, then encrypts to Bob (whose certificate B holds: cert add) and to
+    # Dr B, as NeoMutt does (issue 14 part 2). B passes it unopened, A on B's word.
+    pair.on_b("cert", "add", BOB, str(pair.a_key(BOB)[1]))
+    out = pair.tmp / "b-smime"
+    (pair.tmp / "entity.eml").write_bytes(
+        b"Content-Type: text/plain\r\n\r\nCompte rendu confidentiel.\r\n"
+    )
+    key_b, cert_b = out / f"{DR_B}.key.pem", out / f"{DR_B}.crt.pem"
+    signed = openssl("smime", "-sign", "-in", pair.tmp / "entity.eml", "-signer", cert_b,
+                     "-inkey", key_b)  # fmt: skip
+    (pair.tmp / "signed.eml").write_bytes(signed)
+    sealed = openssl("smime", "-encrypt", "-aes256", "-in", pair.tmp / "signed.eml",
+                     "-from", DR_B, "-to", BOB, "-subject", "CR",
+                     pair.a_key(BOB)[1], cert_b)  # fmt: skip
+    client = pair.b.login(DR_B)
+    client.sendmail(DR_B, [BOB], sealed.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    client.quit()
+    [to_bob] = pair.a.wait_delivered(BOB, 1, timeout=60)
+    head = head_of(to_bob.read_bytes())
+    assert "smime-type=enveloped-data" in head
+    # B said it could not see the signature; A reports none of its own (B's certificate
+    # vouched for the author's domain) and checked B's DKIM over the ciphertext.
+    assert "smime=none (encrypted, signature not visible to the gateway)" in head
+    assert "smime=" not in results_of_a(head)
+    assert f"dkim=pass header.d={PEER_DOMAIN}" in results_of_a(head)
+    pair.b.wait_event("smime.encrypted_in", listener="submission", reason="sealed-for-recipients")
+    key, cert = pair.a_key(BOB)
+    opened = openssl("smime", "-decrypt", "-in", to_bob, "-recip", cert, "-inkey", key)
+    (pair.tmp / "opened.eml").write_bytes(opened)
+    b_ca = pair.b.data / "certs" / "ca.crt.pem"
+    content = openssl("smime", "-verify", "-in", pair.tmp / "opened.eml", "-CAfile", b_ca)
+    assert b"Compte rendu confidentiel." in content
