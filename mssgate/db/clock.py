@@ -12,15 +12,15 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, func, select
 
-from mssgate.directory.timeutil import aware
-
 
 def database_now(conn: Connection) -> datetime:
     """The database server's current time, aware UTC."""
     if conn.dialect.name == "postgresql":
         # clock_timestamp(), not now(): now() is the transaction's start.
         value: datetime = conn.execute(select(func.clock_timestamp())).scalar_one()
-        return aware(value).astimezone(UTC)
+        # Naive read as UTC (directory.timeutil.aware; not imported: mssgate.directory's
+        # package imports metrics, which imports this module, a cycle when entered here).
+        return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).astimezone(UTC)
     # SQLite runs inside this process: its clock is this machine's, as precise as SQLite
     # gives it (milliseconds), in the text form SQLAlchemy reads back for DateTime columns.
     text: str = conn.execute(select(func.strftime("%Y-%m-%d %H:%M:%f", "now"))).scalar_one()

@@ -1,0 +1,136 @@
+"""The node link's commands for moving a mailbox (issue 13): `XDSYNC` pipes the connection to
+the mailbox engine's dsync-server for a node only, and only for a mailbox of this
+installation; `XMOVE` is refused to anyone but a node, and by a node that moves nothing.
+
+In-process: one node's listener (real TLS, real LMTP); the engine is a real process standing
+in for `doveadm` (it records its arguments and echoes the stream)."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import ssl
+from pathlib import Path
+
+import pytest
+
+from mssgate.config import load_config
+from mssgate.mailmove import Doveadm
+from mssgate.nodelink import Homes, start_node_listener
+from mssgate.smtp.server import bound_port
+from tests.conftest import Cli
+from tests.test_nodelink import BOB, DOMAIN, Link, link  # noqa: F401 (the fixture)
+
+
+class _Lmtps(smtplib.SMTP_SSL):
+    ehlo_msg = "lhlo"
+
+
+def _context(who: str, link: Link, cli: Cli, tmp_path: Path) -> ssl.SSLContext:  # noqa: F811
+    cert, key, ca = link.tls
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    if who == "node":
+        ctx.load_cert_chain(cert, key)
+    elif who == "practitioner":
+        out = tmp_path / "out"
+        cli.ok("--config", tmp_path / "a" / "mssgate.toml", "cert", "issue", BOB, "--out", out)
+        ctx.load_cert_chain(out / f"{BOB}.crt.pem", out / f"{BOB}.key.pem")
+    elif who == "other-installation":
+        other = tmp_path / "other"
+        cli.ok("init", "--data", other, "--domain", DOMAIN, "--node", "a")
+        tls = load_config(other / "mssgate.toml").tls
+        assert tls.cert is not None and tls.key is not None
+        ctx.load_cert_chain(tls.cert, tls.key)
+    return ctx
+
+
+def _exchange(link: Link, ctx: ssl.SSLContext, doveadm: Doveadm,  # noqa: F811
+              commands: list[str]) -> list[object]:  # fmt: skip
+    cert, key, ca = link.tls
+    outcome: list[object] = []
+
+    async def scenario() -> None:
+        server = await start_node_listener(
+            bind="127.0.0.1", port=0, cert=cert, key=key, ca=ca, hostname="a.test",
+            spool=link.spool, homes=Homes(link.engine, "a"), max_size=1_000_000,
+            on_accepted=link.accepted.append, doveadm=doveadm,
+        )  # fmt: skip
+
+        def talk() -> None:
+            try:
+                client = _Lmtps("127.0.0.1", bound_port(server), context=ctx, timeout=10)
+                client.ehlo()
+                for command in commands:
+                    verb, _, arg = command.partition(" ")
+                    code, text = client.docmd(verb, arg)
+                    outcome.append((code, text))
+                    if code == 250 and verb == "XDSYNC":  # the connection is dsync's stream now
+                        client.send(b"dsync bytes\n")
+                        outcome.append(client.file.readline())  # type: ignore[union-attr]
+                        break
+                client.close()
+            except (OSError, smtplib.SMTPException) as exc:
+                outcome.append(type(exc).__name__)
+
+        try:
+            await asyncio.to_thread(talk)
+            for _ in range(200):  # the engine process reaped before the loop closes
+                if asyncio.all_tasks() == {asyncio.current_task()}:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    return outcome
+
+
+@pytest.fixture
+def engine_script(tmp_path: Path) -> tuple[Doveadm, Path]:
+    ran = tmp_path / "ran"
+    script = tmp_path / "doveadm"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {ran}\nexec cat\n')
+    script.chmod(0o755)
+    return Doveadm(tmp_path / "dovecot.conf", binary=str(script)), ran
+
+
+@pytest.mark.parametrize("who", ["node", "none", "practitioner", "other-installation"])
+def test_only_a_node_opens_a_dsync_stream_for_a_mailbox_of_this_installation(
+    link: Link,  # noqa: F811
+    cli: Cli,
+    tmp_path: Path,
+    who: str,
+    engine_script: tuple[Doveadm, Path],
+) -> None:
+    doveadm, ran = engine_script
+    ctx = _context(who, link, cli, tmp_path)
+    commands = [f"XDSYNC nobody@{DOMAIN}", "XDSYNC not an address", f"XDSYNC {BOB}"]
+    outcome = _exchange(link, ctx, doveadm, commands)
+    if who == "node":
+        assert outcome[0][0] == 550 and outcome[1][0] == 501, outcome  # type: ignore[index]
+        assert outcome[2:] == [(250, b"2.0.0 dsync"), b"dsync bytes\n"], outcome
+        conf = tmp_path / "dovecot.conf"
+        assert ran.read_text() == f"-c {conf} dsync-server -u {BOB}\n"
+    else:
+        assert not any(isinstance(o, tuple) and o[0] == 250 for o in outcome), outcome
+        assert not ran.exists()
+
+
+@pytest.mark.parametrize("who", ["node", "practitioner"])
+def test_xmove_is_refused_to_anyone_but_a_node_and_by_a_node_that_moves_nothing(
+    link: Link,  # noqa: F811
+    cli: Cli,
+    tmp_path: Path,
+    who: str,
+    engine_script: tuple[Doveadm, Path],
+) -> None:
+    doveadm, ran = engine_script
+    outcome = _exchange(link, _context(who, link, cli, tmp_path), doveadm, [f"XMOVE {BOB} b"])
+    if who == "node":
+        # This listener was given no mover (a node without Dovecot, say).
+        assert outcome == [(502, b"5.5.1 this node moves no mailboxes")], outcome
+    else:
+        assert outcome == ["SMTPServerDisconnected"], outcome
+    assert not ran.exists()
