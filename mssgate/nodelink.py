@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mssgate.config import parse_lmtp_target
 from mssgate.db.schema import nodes, professionals
 from mssgate.errors import MssgateError
+from mssgate.handovers import HandOvers
 from mssgate.identifiers import normalize_address
 from mssgate.imap.backend import Backend, BackendSession, BackendUnavailable
 from mssgate.imap.relay import relay
@@ -67,6 +68,10 @@ class Homes:
     def __init__(self, engine: Engine, me: str) -> None:
         self._engine = engine
         self._me = me
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
 
     def remote(self, recipient: str) -> RemoteHome | None:
         """The home node when it is another node; None: deliver here (homed here, or no home
@@ -234,6 +239,19 @@ class _NodeLmtp(LmtpStore):
         self._ctx = ctx
         self._own = own
         self.connect_failed = False
+        self._handover_id = ""
+
+    def deliver(self, recipient: str, message: bytes, *, delivery_id: str, sender: str) -> None:
+        self._handover_id = delivery_id  # the sending node's spool queue id
+        super().deliver(recipient, message, delivery_id=delivery_id, sender=sender)
+
+    def _envelope(self, client: smtplib.SMTP, sender: str, recipient: str) -> None:  # type: ignore[override]
+        client.ehlo_or_helo_if_needed()
+        # Names the hand-over, so that the home node takes a resend (this attempt's 250 lost)
+        # once (mssgate.handovers). A node without the command (an older version) answers
+        # 5xx: the hand-over goes on as before, without that protection.
+        client.docmd("XHANDOVER", self._handover_id)
+        LmtpStore._envelope(client, sender, recipient)
 
     def _connect(self) -> smtplib.SMTP:
         assert self._port is not None  # checked by NodeHandOff.hand_over
@@ -251,6 +269,12 @@ class _NodeLmtp(LmtpStore):
         return client
 
 
+# What XHANDOVER accepts: a spool queue id (new_queue_id), with room for other forms.
+_HANDOVER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Set on a connection by XHANDOVER, for its next transaction.
+_HANDOVER = "_mssgate_handover"
+
+
 class _Handler:
     def __init__(self, spool: Spool, homes: Homes, own: bytes,
                  on_accepted: Callable[[str], None]) -> None:  # fmt: skip
@@ -258,6 +282,10 @@ class _Handler:
         self._homes = homes
         self._own = own
         self._on_accepted = on_accepted
+        self._handovers = HandOvers(homes.engine)
+        # Hand-overs being taken now: a resend arriving while the first is still being
+        # spooled waits for it, then finds it taken.
+        self._taking: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     async def handle_RCPT(self, server: LMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:  # fmt: skip
@@ -283,8 +311,41 @@ class _Handler:
         return "250 2.1.5 ok"
 
     async def handle_DATA(self, server: LMTP, session: Session, envelope: Envelope) -> str:
+        handover_id: str | None = getattr(server, _HANDOVER, None)
+        setattr(server, _HANDOVER, None)  # one transaction's
         if not _from_a_node(server, self._own) or len(envelope.rcpt_tos) != 1:
             return "554 5.5.1 no valid recipient"
+        if handover_id is None:
+            return await self._take(session, envelope)
+        key = (handover_id, envelope.rcpt_tos[0])
+        while (earlier := self._taking.get(key)) is not None:
+            await asyncio.shield(earlier)
+        taking = asyncio.get_running_loop().create_future()
+        self._taking[key] = taking
+        try:
+            try:
+                taken = await asyncio.to_thread(self._handovers.taken, *key)
+            except SQLAlchemyError:
+                return "451 4.3.0 cannot spool now, try again"
+            if taken is not None:
+                # This node spooled it already; the sender did not hear the 250.
+                event(log, "node.handover_repeated", queue_id=taken, handover=handover_id)
+                return f"250 2.0.0 {taken} accepted"
+            reply = await self._take(session, envelope)
+            if reply.startswith("250 "):
+                queue_id = reply.split()[2]
+                try:
+                    await asyncio.to_thread(self._handovers.record, *key, queue_id)
+                except SQLAlchemyError as exc:
+                    # Spooled: 250 all the same. Only a resend would be taken twice.
+                    event(log, "node.handover_unrecorded", level=logging.ERROR,
+                          queue_id=queue_id, error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            return reply
+        finally:
+            del self._taking[key]
+            taking.set_result(None)
+
+    async def _take(self, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
         queue_id = new_queue_id()
         peer: object = session.peer
@@ -398,6 +459,18 @@ async def start_node_listener(
             and relays the session here, where the mailbox lives (`NodeImap`, the client).
             250 carries the engine's capabilities; then the connection is that IMAP session."""
             await _serve_imap(self, arg, homes=homes, own=own, backend=imap_backend)
+
+        async def smtp_XHANDOVER(self, arg: str | None) -> None:
+            """`XHANDOVER <id>`: the sending node's name for the hand-over that follows (its
+            spool queue id), by which a resend is recognized (mssgate.handovers)."""
+            if not _from_a_node(self, own):
+                await self.push("530 5.7.0 only the nodes of this installation may deliver here")
+                return
+            if arg is None or not _HANDOVER_ID.fullmatch(arg):
+                await self.push("501 5.5.4 Syntax: XHANDOVER <id>")
+                return
+            setattr(self, _HANDOVER, arg)
+            await self.push("250 2.0.0 ok")
 
         async def smtp_XMOVE(self, arg: str | None) -> None:
             """`XMOVE <user> <target node>`: `directory move` asks the mailbox's home node

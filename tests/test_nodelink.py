@@ -583,3 +583,51 @@ def test_node_link_sockets_keep_alive_at_both_ends(link: Link) -> None:
     # One end keeps alive (the listener's), the plain client's does not.
     assert sorted(timers[0]) == ["0", "2"], timers
     assert timers[1] == ["1"], timers
+
+
+def test_a_hand_over_sent_again_is_taken_once(link: Link, caplog: pytest.LogCaptureFixture) -> None:
+    """The home node spooled a hand-over, and its 250 never reached the sender (a timeout, a
+    cut connection): the sender sends it again at its next attempt, with the same spool queue
+    id. Before: spooled and delivered twice. Now the second gets 250 and nothing new; the
+    same queue id for another recipient (one hand-over per recipient) is taken."""
+    content = message(b"once\r\n")
+    with caplog.at_level("INFO", logger="mssgate.nodelink"):
+        link.hand_over(content, max_size=1_000_000)
+        link.hand_over(content, max_size=1_000_000)  # the resend: no exception, a 250
+    assert link.spooled_for(BOB) == [content]
+    assert len(link.accepted) == 1
+    [repeated] = [r for r in caplog.records if r.getMessage() == "node.handover_repeated"]
+    assert repeated.fields["queue_id"] == link.accepted[0]  # type: ignore[attr-defined]
+
+
+def test_hand_overs_sent_twice_at_once_are_taken_once(link: Link) -> None:
+    """A resend may reach the home node while the first copy is still being spooled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cert, key, ca = link.tls
+    content = message(b"at once\r\n")
+
+    async def scenario() -> list[str]:
+        server = await _listening(link)  # type: ignore[misc]
+        handoff = NodeHandOff(cert=cert, key=key, ca=ca, timeout=10)
+
+        def one(_: int) -> str:
+            try:
+                handoff.hand_over(f"127.0.0.1:{bound_port(server)}", BOB, content,
+                                  queue_id="same-id", sender=SENDER)  # fmt: skip
+            except DeliveryFailed as exc:
+                return str(exc)
+            return "ok"
+
+        def both() -> list[str]:
+            with ThreadPoolExecutor(4) as pool:
+                return list(pool.map(one, range(4)))
+
+        try:
+            return await asyncio.to_thread(both)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(scenario()) == ["ok"] * 4
+    assert link.spooled_for(BOB) == [content]

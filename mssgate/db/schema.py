@@ -417,3 +417,17 @@ domain_signing = Table(
         "sign_for_users IN ('off', 'missing', 'always')", name="ck_domain_signing_mode"
     ),
 )
+
+# The hand-overs a home node took from other nodes (revision 0015, mssgate.handovers): the
+# sending node's spool queue id and the recipient; a resend after a lost 250 (a timeout once
+# the home node had spooled it) finds its row and is answered 250 without a second copy.
+# Rows expire (handovers.REMEMBER).
+node_handovers = Table(
+    "node_handovers",
+    metadata,
+    Column("handover_id", String(64), primary_key=True),
+    Column("recipient", String(320), primary_key=True),
+    Column("queue_id", String(64), nullable=False),
+    Column("accepted_at", DateTime(timezone=True), nullable=False),
+    Index("ix_node_handovers_accepted_at", "accepted_at"),
+)
