@@ -221,6 +221,55 @@ def test_smtp_refusals(smtp_gateway: Gateway, oidc_provider: OidcProvider) -> No
         client.quit()
     failed = [e for e in smtp_gateway.events() if e.get("event") == "smtp.auth_failed"]
     assert [e["failures"] for e in failed] == [1, 2, 3]  # each counts toward the penalty
+    reasons = [e["reason"] for e in smtp_gateway.events() if e.get("event") == "oidc.refused"]
+    assert reasons == [
+        "RPPS not in the directory",
+        "wrong audience",
+        "authorization identity is not this practitioner's",
+    ]
+
+
+def test_smtp_token_of_a_suspended_or_ambiguous_practitioner(
+    smtp_gateway: Gateway, oidc_provider: OidcProvider, cli: Cli
+) -> None:
+    token = oidc_provider.token("alice")
+    cli.ok("directory", "suspend", ALICE)
+    client = smtp_gateway.submission()
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        client.auth("OAUTHBEARER", sasl_client(oauthbearer(token)))
+    client.quit()
+    cli.ok("directory", "reactivate", ALICE)
+    # A second mailbox under Alice's RPPS: without a name the token cannot choose.
+    second = f"alice.cabinet@{DOMAIN}"
+    cli.ok("directory", "add", second, "--name", "cabinet", "--rpps", ALICE_RPPS,
+           "--password-stdin", stdin=PASSWORD + "\n")  # fmt: skip
+    client = smtp_gateway.submission()
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        client.auth("OAUTHBEARER", sasl_client(oauthbearer(token)))
+    client.quit()
+    client = smtp_gateway.submission()
+    assert client.auth("OAUTHBEARER", sasl_client(oauthbearer(token, second)))[0] == 235
+    client.quit()
+    reasons = [e["reason"] for e in smtp_gateway.events() if e.get("event") == "oidc.refused"]
+    assert reasons == [
+        "account suspended",
+        "several mailboxes for this RPPS: the client must name one",
+    ]
+
+
+def test_smtp_line_limits(smtp_gateway: Gateway) -> None:
+    client = smtp_gateway.submission()
+    # An AUTH line may carry 12 KiB; one byte more is refused like any long command.
+    room = (12 * 1024 - len("AUTH OAUTHBEARER ")) // 4 * 4  # valid base64, just fits
+    code, _ = client.docmd("AUTH", "OAUTHBEARER " + "A" * room)
+    assert code == 334  # read whole, refused as credentials: the error challenge, then 535
+    assert client.docmd("AQ==")[0] == 535
+    code, _ = client.docmd("AUTH", "OAUTHBEARER " + "A" * (12 * 1024))
+    assert code == 500
+    # Other commands keep the short limit.
+    code, _ = client.docmd("NOOP", "x" * 1024)
+    assert code == 500
+    client.close()
 
 
 def test_smtp_without_oidc_offers_no_token_mechanism(cli: Cli, datadir: Path) -> None:
@@ -297,6 +346,14 @@ def test_imap_sasl_ir_and_refusals(imap_oidc: ImapGateway, oidc_provider: OidcPr
             client.authenticate("OAUTHBEARER", answer)
         assert challenges and b"invalid_token" in challenges[0]
         client.logout()
+
+
+def test_imap_authenticate_line_limit(imap_oidc: ImapGateway) -> None:
+    client = imap_oidc.imaps()
+    tag = client._new_tag().decode()  # type: ignore[attr-defined]
+    client.send(f"{tag} AUTHENTICATE OAUTHBEARER {'A' * (13 * 1024)}\r\n".encode())
+    assert client.readline().startswith(b"* BYE")
+    client.shutdown()
 
 
 def test_imap_without_oidc(imap_datadir: Path, cli: Cli) -> None:
