@@ -249,15 +249,15 @@ class MailboxMover:
         self._moving: set[str] = set()
         self._tasks: set[asyncio.Task[MoveOutcome]] = set()
 
-    async def request(self, user: str, target: str) -> MoveOutcome:
+    async def request(self, user: str, target: str, *, finish: bool = False) -> MoveOutcome:
         """Runs the move in a task of its own: a requester that goes away (its timeout) does
         not stop it halfway."""
-        task = asyncio.create_task(self.move(user, target), name=f"move-{user}")
+        task = asyncio.create_task(self.move(user, target, finish=finish), name=f"move-{user}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(task)
 
-    def _check(self, user: str, target: str) -> str:
+    def _check(self, user: str, target: str, finish: bool) -> str:
         """The target's announced address, or MoveRefused."""
         if target == self._me:
             raise MoveRefused(550, f"{user} is homed on node {target} already")
@@ -269,7 +269,12 @@ class MailboxMover:
             ).first()
         if row is None:
             raise MoveRefused(550, f"no mailbox {user}")
-        if row.node not in (None, self._me):
+        if finish and row.node != target:
+            raise MoveRefused(550, f"{user} is homed on node {row.node}, not on {target}: no"
+                              " move to finish")  # fmt: skip
+        if finish and self._mail_root is not None and not self._home(user).exists():
+            raise MoveRefused(550, f"node {self._me} holds no copy of {user}")
+        if not finish and row.node not in (None, self._me):
             raise MoveRefused(550, f"{user} is homed on node {row.node}, not on {self._me}")
         # Up or down as `node list` says (heartbeats read with the database's clock).
         listed = {n.name: n for n in Nodes(self._engine, actor="serve").list(
@@ -281,7 +286,9 @@ class MailboxMover:
             raise MoveRefused(451, f"node {target} is down: both nodes must be up to move mail")
         return found.address
 
-    async def move(self, user: str, target: str) -> MoveOutcome:
+    async def move(self, user: str, target: str, *, finish: bool = False) -> MoveOutcome:
+        """`finish`: the home is the target already (a move whose source stopped after the
+        switch): only the final sync and the removal of this node's copy."""
         if self._doveadm is None:
             raise MoveRefused(502, f"node {self._me} serves no Dovecot: it cannot move mail")
         if user in self._moving:
@@ -289,20 +296,28 @@ class MailboxMover:
         self._moving.add(user)
         started = time.monotonic()
         try:
-            address = await asyncio.to_thread(self._check, user, target)
-            event(log, "move.started", user=user, target=target)
-            await self._sync(user, address, "first")
+            address = await asyncio.to_thread(self._check, user, target, finish)
+            event(log, "move.started", user=user, target=target, finish=finish)
+            if not finish:
+                await self._sync(user, address, "first")
             async with self._gates.hold_async(user), self._closed_for(user) as closed:
-                await asyncio.to_thread(self._switch, user, target, closed)
+                if not finish:
+                    await asyncio.to_thread(self._switch, user, target, closed)
                 try:
                     await self._sync(user, address, "final")
                 except MoveRefused as exc:
+                    if finish:
+                        raise MoveRefused(
+                            exc.code, f"{exc}; nothing was removed: run it again"
+                        ) from None
                     await asyncio.to_thread(self._undo, user, target, str(exc))
                     raise MoveRefused(
                         exc.code,
                         f"{exc}; the home of {user} is {self._me} again and nothing was"
                         " removed: run the move again",
                     ) from None
+                if finish:
+                    await asyncio.to_thread(self._audit_finish, user, target, closed)
                 messages, folders = await self._count(user)
                 kept = await self._remove_copy(user)
         finally:
@@ -357,6 +372,12 @@ class MailboxMover:
             audit.append(conn, actor="serve", action="directory.move", subject=user,
                          detail=detail)  # fmt: skip
 
+    def _audit_finish(self, user: str, target: str, closed: int) -> None:
+        with write(self._engine) as conn:
+            detail = {"from": self._me, "to": target, "sessions_closed": closed}
+            audit.append(conn, actor="serve", action="directory.move_finished", subject=user,
+                         detail=detail)  # fmt: skip
+
     def _undo(self, user: str, target: str, reason: str) -> None:
         with write(self._engine) as conn:
             conn.execute(
@@ -383,14 +404,18 @@ class MailboxMover:
                     messages += int(item[9:])
         return messages, folders
 
+    def _home(self, user: str) -> Path:
+        """The home the private Dovecot's userdb gives (mssgate.dovecot.conf: mail_root/%d/%n)."""
+        assert self._mail_root is not None
+        local, _, domain = user.rpartition("@")
+        return self._mail_root / domain / (local or "-")
+
     async def _remove_copy(self, user: str) -> bool:
         """True when the copy is kept (not a mail store this node manages)."""
         if self._mail_root is None:
             return True
-        local, _, domain = user.rpartition("@")
-        # The home the private Dovecot's userdb gives (mssgate.dovecot.conf: mail_root/%d/%n).
-        home = self._mail_root / domain / local
-        if home.parent.parent != self._mail_root or not local or "/" in user or ".." in user:
+        home = self._home(user)
+        if home.parent.parent != self._mail_root or "/" in user or ".." in user:
             return True
         await asyncio.to_thread(shutil.rmtree, home, ignore_errors=True)
         event(log, "move.source_removed", user=user, path=str(home))

@@ -46,18 +46,19 @@ async def serve_move(server: LMTP, arg: str | None, *, own: bytes,
     if mover is None:
         await server.push("502 5.5.1 this node moves no mailboxes")
         return
-    user, _, target = (arg or "").partition(" ")
+    user, _, rest = (arg or "").partition(" ")
+    target, _, mode = rest.strip().partition(" ")
     try:
         user = normalize_address(user)
     except ValueError:
-        await server.push("501 5.5.4 Syntax: XMOVE <user> <node>")
+        await server.push("501 5.5.4 Syntax: XMOVE <user> <node> [finish]")
         return
     # A move takes as long as its mail: the LMTP idle timer is for commands.
     timer = getattr(server, "_timeout_handle", None)
     if timer is not None:
         timer.cancel()
     try:
-        outcome = await mover.request(user, target.strip())
+        outcome = await mover.request(user, target, finish=mode.strip() == "finish")
     except MoveRefused as exc:
         await server.push(f"{exc.code} {_one_line(str(exc))}")
         return
@@ -74,7 +75,7 @@ class MoveTimedOut(MssgateError):
 
 
 def request_move(address: str, user: str, target: str, *, cert: Path, key: Path, ca: Path,
-                 timeout: float) -> MoveOutcome:  # fmt: skip
+                 timeout: float, finish: bool = False) -> MoveOutcome:  # fmt: skip
     """`directory move`'s side: asks the home node at `address` to move `user` to `target`
     and waits for the outcome (MoveRefused with the node's reply, or MoveTimedOut)."""
     host, port = parse_lmtp_target(address)
@@ -91,7 +92,7 @@ def request_move(address: str, user: str, target: str, *, cert: Path, key: Path,
         if not _is_node(peer, _der(cert)):
             raise MoveRefused(451, f"{address} is not a node of this installation")
         client.ehlo()
-        code, reply = client.docmd("XMOVE", f"{user} {target}")
+        code, reply = client.docmd("XMOVE", f"{user} {target}{' finish' if finish else ''}")
     except TimeoutError:
         raise MoveTimedOut(
             f"no outcome within {timeout:.0f} s: the move of {user} goes on on its home node"

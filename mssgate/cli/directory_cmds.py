@@ -92,6 +92,14 @@ def move(
         float, typer.Option("--timeout", help="Seconds to wait for the outcome.", min=1)
     ] = 600.0,
     json_out: JsonFlag = False,
+    from_node: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="The node holding the mail (default: the home); with the home already"
+            " --node, finishes a move whose source stopped after the switch.",
+        ),
+    ] = None,
 ) -> None:
     """Move a mailbox and its mail to another node (both nodes must be up)."""
     st = state(ctx)
@@ -102,9 +110,19 @@ def move(
     if node not in listed:
         raise NotFound(f"no node named {node!r} (mssgate node list)")
     # A mailbox made before nodes existed has no home: it is this config's node's.
-    source = found.node or cfg.node.name
-    if source == node:
-        raise Conflict(f"{found.address} is homed on node {node} already")
+    home = found.node or cfg.node.name
+    source = from_node or home
+    # The home switched already and `--from` names another node: take what it still holds.
+    finish = home == node and from_node is not None and from_node != node
+    if source == node or (home == node and not finish):
+        raise Conflict(
+            f"{found.address} is homed on node {node} already (a move whose source stopped"
+            " after the switch: --from SOURCE takes what that node still holds)"
+        )
+    if from_node is not None and from_node not in listed:
+        raise NotFound(f"no node named {from_node!r} (mssgate node list)")
+    if not finish and source != home:
+        raise Conflict(f"{found.address} is homed on node {home}, not {source}")
     if source not in listed:
         raise Conflict(f"the home node of {found.address}, {source!r}, is not registered")
     for name in (source, node):
@@ -116,7 +134,8 @@ def move(
     assert cfg.tls.cert is not None and cfg.tls.key is not None and cfg.tls.ca is not None
     try:
         outcome = request_move(listed[source].address, found.address, node, cert=cfg.tls.cert,
-                               key=cfg.tls.key, ca=cfg.tls.ca, timeout=timeout)  # fmt: skip
+                               key=cfg.tls.key, ca=cfg.tls.ca, timeout=timeout,
+                               finish=finish)  # fmt: skip
     except MoveRefused as exc:
         raise MssgateError(f"node {source} refused the move: {exc}") from None
     if json_out:

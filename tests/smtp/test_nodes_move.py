@@ -7,9 +7,18 @@ from __future__ import annotations
 
 import imaplib
 import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
+from sqlalchemy import update
+
+from mssgate.config import load_config
+from mssgate.db import open_engine
+from mssgate.db.schema import professionals
+from mssgate.db.tx import write
 from tests.conftest import Cli
 from tests.smtp.conftest import DOMAIN, PASSWORD, Gateway, message
 from tests.smtp.test_nodes_imap import (  # noqa: F401 (the fixture)
@@ -59,6 +68,17 @@ def snapshot(node: Gateway) -> dict[str, list[tuple[int, str, bytes]]]:
         return out
     finally:
         imap.logout()
+
+
+def set_home(config: Path, node: str) -> None:
+    engine = open_engine(load_config(config).database_url)
+    try:
+        with write(engine) as conn:
+            conn.execute(
+                update(professionals).where(professionals.c.address == BOB).values(node=node)
+            )
+    finally:
+        engine.dispose()
 
 
 def send(node: Gateway, body: str) -> None:
@@ -156,6 +176,35 @@ def test_a_mailbox_moves_with_its_mail_to_another_node(
     send(node_a, "apres le demenagement")
     wait_inbox(node_b, 4 + len(sent))
     assert b"apres le demenagement" in snapshot(node_b)["INBOX"][-1][2]
+    assert not home_on_a.exists()
+
+    # A move whose source stopped between the switch and the final sync: A holds a copy from
+    # the first sync and mail delivered there before the switch. Made by hand: the first sync
+    # (the command the mover runs, here from B, two-way: the same), a delivery while A is the
+    # home, then the switch.
+    [a_row] = [n for n in cli.ok("--config", conf_b, "node", "list", "--json").json()
+               if n["name"] == "a"]  # fmt: skip
+    certs = node_b.data / "certs"
+    subprocess.run(
+        ["doveadm", "-c", str(node_b.data / "dovecot" / "dovecot.conf"), "sync", "-u", BOB,
+         "--", sys.executable, "-m", "mssgate.nodesync", str(a_row["address"]), BOB,
+         str(certs / "server.crt.pem"), str(certs / "server.key.pem"), str(certs / "ca.crt.pem")],
+        check=True, timeout=120,
+    )  # fmt: skip
+    assert (home_on_a / "Maildir").is_dir()
+    set_home(conf_a, "a")
+    send(node_a, "reste sur a")
+    wait_inbox(node_a, 5 + len(sent))
+    set_home(conf_a, "b")
+    refused = cli("--config", conf_a, "directory", "move", BOB, "--node", "b")
+    assert refused.code == 1 and "--from SOURCE" in refused.err, refused.err
+    finished = cli.ok(
+        "--config", conf_a, "directory", "move", BOB, "--node", "b", "--from", "a", "--json"
+    ).json()
+    assert (finished["source"], finished["source_copy"]) == ("a", "removed")
+    assert finished["messages"] == 6 + len(sent)  # INBOX and Dossiers, as A held them
+    wait_inbox(node_b, 5 + len(sent))
+    assert b"reste sur a" in snapshot(node_b)["INBOX"][-1][2]
     assert not home_on_a.exists()
 
     # Already there, unknown node, unknown address: one line each, nothing done.
