@@ -27,6 +27,10 @@ from mssgate.sasl import BearerResponse, error_challenge
 log = logging.getLogger("mssgate.oidc")
 
 
+class BearerUnavailable(Exception):
+    """The provider could not be asked: a temporary failure, not the client's fault."""
+
+
 class BearerAuthenticator:
     def __init__(self, directory: Directory, verifier: TokenVerifier, config: OidcConfig) -> None:
         self._directory = directory
@@ -39,17 +43,24 @@ class BearerAuthenticator:
         return error_challenge(self._verifier.issuer)
 
     async def identity(self, response: BearerResponse, peer_ip: str) -> str | None:
-        """The mailbox the token lets in, else None (the reason is logged, never told)."""
+        """The mailbox the token lets in, else None (the reason is logged, never told).
+
+        Raises:
+            BearerUnavailable: the provider (discovery, keys, introspection) did not answer.
+        """
         return await asyncio.to_thread(self._identity, response, peer_ip)
 
     def _identity(self, response: BearerResponse, peer_ip: str) -> str | None:
         try:
             token = self._verifier.verify(response.token)
             return self._mailbox(token.idnat, response.authzid)
-        except TokenRejected as exc:
-            level = logging.WARNING if isinstance(exc, ProviderError) else logging.INFO
-            event(log, "oidc.refused", level=level, mechanism=response.mechanism,
+        except ProviderError as exc:
+            event(log, "oidc.unavailable", level=logging.WARNING, mechanism=response.mechanism,
                   peer=peer_ip, reason=exc.reason)  # fmt: skip
+            raise BearerUnavailable(exc.reason) from None
+        except TokenRejected as exc:
+            event(log, "oidc.refused", mechanism=response.mechanism, peer=peer_ip,
+                  reason=exc.reason)  # fmt: skip
             return None
 
     def _mailbox(self, idnat: str, authzid: str | None) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mssgate import metrics, sasl
-from mssgate.bearer import BearerAuthenticator
+from mssgate.bearer import BearerAuthenticator, BearerUnavailable
 from mssgate.imap import idcmd
 from mssgate.imap.backend import Backend, BackendUnavailable
 from mssgate.imap.parse import Command, ParseError, literal_at_end, start_command, tokens
@@ -362,7 +362,12 @@ class PreauthSession:
         # RFC 7628 3.2.2: a failed OAUTHBEARER gets the error document, the client answers
         # with a lone \x01, then comes the NO.
         challenge = bearer.challenge if mechanism == sasl.OAUTHBEARER else None
-        return await self._check(tag, mechanism, login, attempt, challenge=challenge)
+        try:
+            return await self._check(tag, mechanism, login, attempt, challenge=challenge)
+        except BearerUnavailable:
+            # The provider is down: no penalty, and the client may try again later.
+            await self._send(f"{tag} NO [UNAVAILABLE] Authentication temporarily unavailable.")
+            return None
 
     async def _check(
         self,

@@ -35,7 +35,7 @@ from aiosmtpd.smtp import (
 )
 
 from mssgate import metrics, sasl
-from mssgate.bearer import BearerAuthenticator
+from mssgate.bearer import BearerAuthenticator, BearerUnavailable
 from mssgate.logs import event
 from mssgate.smtp import replies
 from mssgate.smtp.body import MessageBody
@@ -611,11 +611,16 @@ class GatewaySMTP(SMTP):
             result = await self._check(mechanism, "", _none)
         else:
             presented = response
-            result = await self._check(
-                mechanism,
-                response.authzid or "",
-                lambda: bearer.identity(presented, self._peer_ip),
-            )
+            try:
+                result = await self._check(
+                    mechanism,
+                    response.authzid or "",
+                    lambda: bearer.identity(presented, self._peer_ip),
+                )
+            except BearerUnavailable:
+                # The provider is down: no penalty, and the client may try again later.
+                await self.push("454 4.7.0 Temporary authentication failure")
+                return AuthResult(success=False, handled=True)
         if result.success or mechanism != sasl.OAUTHBEARER:
             return result
         # RFC 7628 3.2.2: the error document, the client's lone \x01, then the 535.

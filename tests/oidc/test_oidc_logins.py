@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import imaplib
 import smtplib
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -255,6 +256,39 @@ def test_smtp_token_of_a_suspended_or_ambiguous_practitioner(
         "account suspended",
         "several mailboxes for this RPPS: the client must name one",
     ]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_provider_down_is_a_temporary_failure(
+    cli: Cli, datadir: Path, oidc_provider: OidcProvider
+) -> None:
+    add_practitioners(cli)
+    env = oidc_provider.env(MSSGATE_OIDC__ISSUER=f"https://127.0.0.1:{closed_port()}")
+    gateway = Gateway(data=datadir, env={**free_env(datadir), **env})
+    gateway.start()
+    try:
+        token = oidc_provider.token("alice")
+        for _ in range(2):
+            client = gateway.submission()
+            with pytest.raises(smtplib.SMTPAuthenticationError) as caught:
+                client.auth("OAUTHBEARER", sasl_client(oauthbearer(token)))
+            assert caught.value.smtp_code == 454
+            client.quit()
+        events = gateway.events()
+        assert [e["event"] for e in events if str(e.get("event")).startswith("oidc.")] == [
+            "oidc.unavailable",
+            "oidc.unavailable",
+        ]
+        # Not the client's fault: nothing counted toward its penalty.
+        assert not [e for e in events if e.get("event") == "smtp.auth_failed"]
+    finally:
+        gateway.stop()
 
 
 def test_smtp_line_limits(smtp_gateway: Gateway) -> None:
