@@ -402,3 +402,20 @@ def test_imap_without_oidc(imap_datadir: Path, cli: Cli) -> None:
         client.logout()
     finally:
         gateway.stop()
+
+
+def test_imap_provider_down(imap_datadir: Path, cli: Cli, oidc_provider: OidcProvider) -> None:
+    add_practitioners(cli)
+    env = oidc_provider.env(MSSGATE_OIDC__ISSUER=f"https://127.0.0.1:{closed_port()}")
+    gateway = ImapGateway(data=imap_datadir, env={**runner_env(imap_datadir), **env})
+    gateway.start()
+    try:
+        client = gateway.imaps()
+        token = oidc_provider.token("alice")
+        with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
+            client.authenticate("OAUTHBEARER", sasl_client(oauthbearer(token)))
+        client.logout()
+        assert gateway.events("oidc.unavailable")
+        assert not gateway.events("imap.auth_failed")  # no penalty for the provider's fault
+    finally:
+        gateway.stop()
