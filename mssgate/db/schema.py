@@ -431,3 +431,37 @@ node_handovers = Table(
     Column("accepted_at", DateTime(timezone=True), nullable=False),
     Index("ix_node_handovers_accepted_at", "accepted_at"),
 )
+
+# Messages a RIS sent through the gateway (mssgate.outbound, revision 0016): unique per
+# consumer and MSH-10, so that a submission posted twice is sent once, on any node.
+outbound_messages = Table(
+    "outbound_messages",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("consumer_id", Integer, nullable=False),
+    Column("control_id", String(64), nullable=False),
+    Column("event", String(8), nullable=False),
+    Column("sender", String(254), nullable=False),
+    Column("unique_id", String(300)),
+    Column("submitted_at", DateTime(timezone=True), nullable=False),
+    # The ACK answered the first time, answered again to a repeat.
+    Column("ack", Text, nullable=False),
+    UniqueConstraint("consumer_id", "control_id", name="uq_outbound_consumer_control"),
+)
+
+# One per recipient: the spool entry carrying its copy (its state is the status) and the
+# copy's Message-ID (what a receipt names in Original-Message-ID).
+outbound_recipients = Table(
+    "outbound_recipients",
+    metadata,
+    Column(
+        "outbound_id",
+        String(32),
+        ForeignKey("outbound_messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("recipient", String(254), primary_key=True),
+    Column("spool_id", String(32), nullable=False),
+    Column("message_id", String(300), nullable=False),
+    Index("ix_outbound_recipients_message_id", "message_id"),
+)
