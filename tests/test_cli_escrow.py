@@ -231,3 +231,20 @@ def test_a_key_held_by_one_node_opens_on_another_with_the_same_kek(
             escrowed_key(other, tmp_path / "c" / "escrow.kek", ADDRESS)
     finally:
         other.dispose()
+
+
+def test_check_says_whether_this_node_opens_the_held_keys(
+    cli: Cli, mailboxes: Path, tmp_path: Path
+) -> None:
+    line = "signing keys held"
+    assert "no signing key held yet" not in cli.ok("check").out  # init made the file
+    cli.ok("cert", "issue", ADDRESS, "--out", str(tmp_path / "out"), "--no-passphrase")
+    assert f"ok   {line}: 1 signing key(s) held" in cli.ok("check").out
+    kek = mailboxes / "certs" / "escrow.kek"
+    kek.rename(tmp_path / "kek.away")
+    failed = cli("check")
+    assert failed.code == 1 and f"FAIL {line}: no key encryption key at {kek}" in failed.out
+    # Another file (another installation's) does not open them either.
+    create_kek(kek)
+    failed = cli("check")
+    assert failed.code == 1 and "this node cannot open them" in failed.out

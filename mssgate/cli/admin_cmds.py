@@ -25,7 +25,7 @@ from mssgate.pki import (
     load_certificate,
     load_private_key,
 )
-from mssgate.smime.escrow import create_kek, kek_path
+from mssgate.smime.escrow import create_kek, escrow_status, kek_path
 
 CERT_WARN_DAYS = 30
 
@@ -292,6 +292,14 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
             f"reachable, schema {current or 'empty'}"
             + ("" if current == head else f" (will migrate to {head})"),
         )
+        if current == head:
+            # The keys the gateway signs with for its users open only with the installation's
+            # key encryption key: a node without its copy would answer those users 451.
+            engine = open_engine(cfg.database_url)
+            try:
+                record("signing keys held", *escrow_status(engine, kek_path(cfg)))
+            finally:
+                engine.dispose()
     except Exception as exc:  # any driver failure is a failed check, not a crash
         record("database", False, f"unreachable: {exc.__class__.__name__}")
     if cfg.imap.enabled and not cfg.imap.external_dovecot:

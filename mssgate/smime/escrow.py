@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Engine, Row, delete, select
+from sqlalchemy import Engine, Row, delete, func, select
 
 from mssgate import audit
 from mssgate.config import Config
@@ -259,3 +259,23 @@ def escrowed_key(engine: Engine, config: Config | Path, address: str) -> Escrowe
         return None
     path = config if isinstance(config, Path) else kek_path(config)
     return escrow.open(load_kek(path), address)
+
+
+def escrow_status(engine: Engine, path: Path) -> tuple[bool, str]:
+    """`mssgate check`'s line: whether this node can open the keys held in the database."""
+    escrow = KeyEscrow(engine, actor="check")
+    with engine.connect() as conn:
+        held = conn.execute(select(func.count()).select_from(escrowed_keys)).scalar_one()
+    try:
+        kek = load_kek(path)
+    except EscrowUnavailable as exc:
+        if held == 0 and not path.exists():
+            return True, f"no signing key held yet ({path} is made by the first cert issue)"
+        return False, str(exc)
+    foreign = escrow.kek_ids() - {kek.kek_id}
+    if foreign:
+        return False, (
+            f"{len(foreign)} other key encryption key(s) sealed keys held here: this node"
+            f" cannot open them with {path}"
+        )
+    return True, f"{held} signing key(s) held, opened with {path}"
