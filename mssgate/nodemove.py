@@ -70,6 +70,10 @@ async def serve_move(server: LMTP, arg: str | None, *, own: bytes,
     await server.push(f"250 {outcome.model_dump_json()}")
 
 
+# The outcome is one line of JSON (MoveOutcome) or one refusal.
+_REPLY_LINE = 8192
+
+
 class MoveTimedOut(MssgateError):
     """The home node did not answer within the requester's timeout (the move goes on)."""
 
@@ -92,7 +96,12 @@ def request_move(address: str, user: str, target: str, *, cert: Path, key: Path,
         if not _is_node(peer, _der(cert)):
             raise MoveRefused(451, f"{address} is not a node of this installation")
         client.ehlo()
-        code, reply = client.docmd("XMOVE", f"{user} {target}{' finish' if finish else ''}")
+        client.putcmd("XMOVE", f"{user} {target}{' finish' if finish else ''}")
+        # Read here rather than by smtplib, which turns a timeout into "connection closed".
+        line = client.file.readline(_REPLY_LINE) if client.file else b""
+        if not line.endswith(b"\n"):
+            raise smtplib.SMTPServerDisconnected("the home node closed the link")
+        code, reply = int(line[:3]) if line[:3].isdigit() else 0, line[4:].strip()
     except TimeoutError:
         raise MoveTimedOut(
             f"no outcome within {timeout:.0f} s: the move of {user} goes on on its home node"

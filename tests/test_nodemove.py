@@ -11,12 +11,14 @@ import asyncio
 import smtplib
 import ssl
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from mssgate.config import load_config
-from mssgate.mailmove import Doveadm
+from mssgate.mailmove import Doveadm, MailboxMover, MoveRefused
 from mssgate.nodelink import Homes, start_node_listener
+from mssgate.nodemove import MoveTimedOut, request_move
 from mssgate.smtp.server import bound_port
 from tests.conftest import Cli
 from tests.test_nodelink import BOB, DOMAIN, Link, link  # noqa: F401 (the fixture)
@@ -134,3 +136,58 @@ def test_xmove_is_refused_to_anyone_but_a_node_and_by_a_node_that_moves_nothing(
     else:
         assert outcome == ["SMTPServerDisconnected"], outcome
     assert not ran.exists()
+
+
+class _SlowMover:
+    """Stands in for MailboxMover: a move that takes longer than the requester waits, or one
+    the home node refuses."""
+
+    def __init__(self, refuse: bool) -> None:
+        self._refuse = refuse
+        self.asked: list[tuple[str, str, bool]] = []
+
+    async def request(self, user: str, target: str, *, finish: bool = False) -> object:
+        self.asked.append((user, target, finish))
+        if self._refuse:
+            raise MoveRefused(451, "node b is down: both nodes must be up to move mail")
+        await asyncio.sleep(30)
+        raise AssertionError("the requester should have given up")
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_the_requester_gets_the_refusal_or_gives_up_at_its_timeout(
+    link: Link,  # noqa: F811
+    refuse: bool,
+) -> None:
+    cert, key, ca = link.tls
+    mover = _SlowMover(refuse)
+    caught: list[BaseException] = []
+
+    async def scenario() -> None:
+        server = await start_node_listener(
+            bind="127.0.0.1", port=0, cert=cert, key=key, ca=ca, hostname="a.test",
+            spool=link.spool, homes=Homes(link.engine, "a"), max_size=1_000_000,
+            on_accepted=link.accepted.append, mover=cast(MailboxMover, mover),
+        )  # fmt: skip
+        try:
+            await asyncio.to_thread(
+                request_move, f"127.0.0.1:{bound_port(server)}", BOB, "b", cert=cert, key=key,
+                ca=ca, timeout=2, finish=True,
+            )  # fmt: skip
+        except (MoveRefused, MoveTimedOut) as exc:
+            caught.append(exc)
+        finally:
+            server.close()
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    assert mover.asked == [(BOB, "b", True)]
+    [exc] = caught
+    if refuse:
+        assert isinstance(exc, MoveRefused) and exc.code == 451
+        assert str(exc) == "node b is down: both nodes must be up to move mail", str(exc)
+    else:
+        assert isinstance(exc, MoveTimedOut), exc
+        assert "goes on on its home node" in str(exc)
