@@ -10,6 +10,7 @@ drops; the gateway checks the directory and policy, writes, fsyncs, commits the 
 and the audit row before answering, then delivers to Maildir.
 
 Usage: .venv/bin/python bench/bench_smtp.py [--messages 300] [--sessions 1 4] [--no-reuse]
+       [--signed] [--auth-cache-seconds 0]
 A benchmark, not a test: it prints figures and asserts nothing about them.
 """
 
@@ -207,7 +208,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_gateway(data: Path, signed: bool) -> tuple[subprocess.Popen, int]:
+def start_gateway(
+    data: Path, signed: bool, auth_cache_seconds: float | None = None
+) -> tuple[subprocess.Popen, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSSGATE_")}
     env.update(
         MSSGATE_CONFIG=str(data / "mssgate.toml"),
@@ -222,6 +225,9 @@ def start_gateway(data: Path, signed: bool) -> tuple[subprocess.Popen, int]:
         # enqueue); otherwise the acceptance path alone, as Postfix's reference has it.
         MSSGATE_POLICY__REQUIRE_SIGNATURE="true" if signed else "false",
     )
+    if auth_cache_seconds is not None:
+        # --no-reuse pays one login per message: 0 makes each one an Argon2id verification.
+        env["MSSGATE_AUTH__CACHE_SECONDS"] = str(auth_cache_seconds)
     m = str(BIN / "mssgate")
     subprocess.run(
         [m, "init", "--data", str(data), "--domain", DOMAIN],
@@ -283,12 +289,15 @@ def main() -> None:
     parser.add_argument("--no-postfix", action="store_true")
     parser.add_argument("--signed", action="store_true", help="S/MIME-signed mail, full path")
     parser.add_argument("--processes", type=int, default=4, help="load-tool processes")
+    parser.add_argument(
+        "--auth-cache-seconds", type=float, help="the gateway's [auth] cache_seconds (0: off)"
+    )
     args = parser.parse_args()
     global PROCESSES
     PROCESSES = max(1, args.processes)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "gw"
-        gw, gw_port = start_gateway(data, args.signed)
+        gw, gw_port = start_gateway(data, args.signed, args.auth_cache_seconds)
         certs = data / "certs"
         port_file = Path(tmp) / "bare.port"
         bare = mp.Process(
