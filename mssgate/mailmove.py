@@ -52,6 +52,8 @@ STALL_SECONDS = 120
 # dsync exits 2 when it synced without error but not perfectly ("running again usually
 # fixes this", doveadm-sync(1)): a pass is tried this many times.
 SYNC_ATTEMPTS = 3
+# What is kept of a doveadm command's standard output (a mailbox status line per folder).
+_OUTPUT_LIMIT = 1 << 20
 
 
 class MoveRefused(MssgateError):
@@ -209,8 +211,17 @@ class Doveadm:
         )
         assert proc.stdout is not None and proc.stderr is not None
         logs = asyncio.create_task(pump(proc.stderr, source="doveadm"))
+        stdout = proc.stdout
+
+        async def output() -> bytes:
+            # Until EOF (read(n) returns what is there now), kept up to _OUTPUT_LIMIT.
+            kept = bytearray()
+            while chunk := await stdout.read(65536):
+                kept += chunk[: max(0, _OUTPUT_LIMIT - len(kept))]
+            return bytes(kept)
+
         try:
-            out = await asyncio.wait_for(proc.stdout.read(1 << 20), timeout)
+            out = await asyncio.wait_for(output(), timeout)
             code = await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
