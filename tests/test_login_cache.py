@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, select, update
 
 from mssgate import metrics, passwords
 from mssgate.config import AuthConfig, config_from_mapping
@@ -21,7 +21,7 @@ from mssgate.db.tx import write
 from mssgate.directory import Directory
 from mssgate.directory.models import NewProfessional
 from mssgate.logincache import LoginCache
-from tests.conftest import pg_engine_for
+from tests.conftest import Cli, pg_engine_for
 
 DOMAIN = "hopital-a.test"
 ALICE = f"alice@{DOMAIN}"
@@ -211,3 +211,27 @@ def test_argon2_cost_is_configurable_and_old_hashes_keep_verifying() -> None:
         assert passwords._dummy_hash is not None and "m=19456" in passwords._dummy_hash
     finally:
         passwords.configure(AuthConfig())
+
+
+def test_the_cli_hashes_new_passwords_at_the_configured_cost(
+    cli: Cli, datadir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MSSGATE_AUTH__ARGON2_MEMORY_KIB", "19456")
+    monkeypatch.setenv("MSSGATE_AUTH__ARGON2_TIME_COST", "2")
+    monkeypatch.setenv("MSSGATE_AUTH__ARGON2_PARALLELISM", "1")
+    try:
+        cli.ok("directory", "add", ALICE, "--name", "A", "--rpps", "99700367909",
+               "--password-stdin", stdin=PASSWORD + "\n")  # fmt: skip
+    finally:
+        passwords.configure(AuthConfig())  # the CLI ran in this process
+    engine = open_engine(f"sqlite:///{datadir / 'mssgate.db'}")
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(
+                select(professionals.c.password_hash).where(professionals.c.address == ALICE)
+            ).scalar_one()
+        assert "$m=19456,t=2,p=1$" in stored
+        # Verified at whatever cost the process now has: the hash carries its own.
+        assert Directory(engine, actor="test").professionals.authenticate(ALICE, PASSWORD)
+    finally:
+        engine.dispose()
