@@ -248,3 +248,21 @@ def test_check_says_whether_this_node_opens_the_held_keys(
     create_kek(kek)
     failed = cli("check")
     assert failed.code == 1 and "this node cannot open them" in failed.out
+
+
+def test_drop_key_ends_the_gateways_signing_for_that_user(
+    cli: Cli, mailboxes: Path, tmp_path: Path
+) -> None:
+    cli.ok("cert", "issue", ADDRESS, "--out", str(tmp_path / "out"), "--no-passphrase")
+    config = load_config(mailboxes / "mssgate.toml")
+    engine = open_engine(config.database_url)
+    try:
+        assert escrowed_key(engine, config, ADDRESS) is not None
+        assert "is deleted" in cli.ok("cert", "drop-key", ADDRESS).out
+        assert escrowed_key(engine, config, ADDRESS) is None
+    finally:
+        engine.dispose()
+    again = cli("cert", "drop-key", ADDRESS)
+    assert again.code == 1 and "no signing key is held" in again.err
+    assert "key.unescrow" in cli.ok("audit", "--json").out
+    assert len(cli.ok("cert", "list", ADDRESS, "--json").json()) == 1

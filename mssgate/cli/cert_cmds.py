@@ -168,6 +168,17 @@ def import_(
         say(f"  made the key encryption key {kek_path(config)}: copy it to every other node")
 
 
+@app.command("drop-key")
+def drop_key(ctx: typer.Context, email: str) -> None:
+    """Stop holding EMAIL's signing key: the gateway signs nothing more for EMAIL (an
+    unsigned message is refused, saying how to get a key). The certificate stays registered."""
+    st = state(ctx)
+    owner = st.directory().professionals.get(email)
+    if not KeyEscrow(st.engine(), actor()).remove(owner.address):
+        raise NotFound(f"no signing key is held for {owner.address}")
+    say(f"the key held for {owner.address} is deleted")
+
+
 @app.command("install-key")
 def install_key(
     ctx: typer.Context,
