@@ -211,7 +211,9 @@ def test_node_add_on_postgresql(cli: Cli, tmp_path: Path, pg_schema: str) -> Non
     assert config_b.server.domain == DOMAIN and config_b.server.data_dir == b
     for name in ("ca.crt.pem", "ca.key.pem", "server.crt.pem", "server.key.pem", "dkim.key.pem"):
         assert (b / "certs" / name).read_bytes() == (a / "certs" / name).read_bytes()
-    for key in ("ca.key.pem", "server.key.pem", "dkim.key.pem"):
+    # The key encryption key too: node b opens the signing keys a's `cert issue` held.
+    assert (b / "certs" / "escrow.kek").read_bytes() == (a / "certs" / "escrow.kek").read_bytes()
+    for key in ("ca.key.pem", "server.key.pem", "dkim.key.pem", "escrow.kek"):
         assert stat.S_IMODE((b / "certs" / key).stat().st_mode) == 0o600
     assert sorted(p.name for p in (b / "certs" / "mailboxes").iterdir()) == sorted(
         p.name for p in (a / "certs" / "mailboxes").iterdir()
