@@ -285,7 +285,7 @@ class _Handler:
         self._handovers = HandOvers(homes.engine)
         # Hand-overs being taken now: a resend arriving while the first is still being
         # spooled waits for it, then finds it taken.
-        self._taking: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._taking: dict[tuple[str, str], asyncio.Task[str]] = {}
 
     async def handle_RCPT(self, server: LMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:  # fmt: skip
@@ -319,31 +319,36 @@ class _Handler:
             return await self._take(session, envelope)
         key = (handover_id, envelope.rcpt_tos[0])
         while (earlier := self._taking.get(key)) is not None:
-            await asyncio.shield(earlier)
-        taking = asyncio.get_running_loop().create_future()
+            await asyncio.wait({earlier})  # its outcome is read from the table below
+        # In a task of its own: a sender that gives up (its LMTP timeout while a large message
+        # is being spooled, a cut connection) makes aiosmtpd cancel this handler, and a
+        # hand-over cancelled between the spool's commit and its row was spooled again at the
+        # resend: the very duplicate the row is for.
+        taking = asyncio.create_task(self._take_once(key, session, envelope))
         self._taking[key] = taking
+        taking.add_done_callback(lambda _: self._taking.pop(key, None))
+        return await asyncio.shield(taking)
+
+    async def _take_once(self, key: tuple[str, str], session: Session,
+                         envelope: Envelope) -> str:  # fmt: skip
         try:
+            taken = await asyncio.to_thread(self._handovers.taken, *key)
+        except SQLAlchemyError:
+            return "451 4.3.0 cannot spool now, try again"
+        if taken is not None:
+            # This node spooled it already; the sender did not hear the 250.
+            event(log, "node.handover_repeated", queue_id=taken, handover=key[0])
+            return f"250 2.0.0 {taken} accepted"
+        reply = await self._take(session, envelope)
+        if reply.startswith("250 "):
+            queue_id = reply.split()[2]
             try:
-                taken = await asyncio.to_thread(self._handovers.taken, *key)
-            except SQLAlchemyError:
-                return "451 4.3.0 cannot spool now, try again"
-            if taken is not None:
-                # This node spooled it already; the sender did not hear the 250.
-                event(log, "node.handover_repeated", queue_id=taken, handover=handover_id)
-                return f"250 2.0.0 {taken} accepted"
-            reply = await self._take(session, envelope)
-            if reply.startswith("250 "):
-                queue_id = reply.split()[2]
-                try:
-                    await asyncio.to_thread(self._handovers.record, *key, queue_id)
-                except SQLAlchemyError as exc:
-                    # Spooled: 250 all the same. Only a resend would be taken twice.
-                    event(log, "node.handover_unrecorded", level=logging.ERROR,
-                          queue_id=queue_id, error=f"{type(exc).__name__}: {exc}")  # fmt: skip
-            return reply
-        finally:
-            del self._taking[key]
-            taking.set_result(None)
+                await asyncio.to_thread(self._handovers.record, *key, queue_id)
+            except SQLAlchemyError as exc:
+                # Spooled: 250 all the same. Only a resend would be taken twice.
+                event(log, "node.handover_unrecorded", level=logging.ERROR,
+                      queue_id=queue_id, error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        return reply
 
     async def _take(self, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""

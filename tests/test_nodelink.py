@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import ssl
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select, update
@@ -630,4 +632,77 @@ def test_hand_overs_sent_twice_at_once_are_taken_once(link: Link) -> None:
             await server.wait_closed()
 
     assert asyncio.run(scenario()) == ["ok"] * 4
+    assert link.spooled_for(BOB) == [content]
+
+
+class _HeldSpool(Spool):
+    """The real spool, whose accept waits to be let go once it is under way: a large message
+    being written while its sender gives up."""
+
+    def __init__(self, spool: Spool) -> None:
+        super().__init__(spool._engine, spool.root, node=spool.node)
+        self.entered = threading.Event()
+        self.go = threading.Event()
+        self.done = threading.Event()
+
+    def accept(self, **kwargs: Any) -> None:
+        self.entered.set()
+        assert self.go.wait(60), "never let go"
+        try:
+            super().accept(**kwargs)
+        finally:
+            self.done.set()
+
+
+def test_a_hand_over_whose_sender_gave_up_while_it_was_spooled_is_taken_once(
+    link: Link,
+) -> None:
+    """The lost 250 XHANDOVER is for: the sender's timeout fires while the home node is
+    still writing the message, and its connection closes. aiosmtpd then cancels the
+    handler; before, the cancellation fell between the spool's commit and the hand-over's
+    row, and the resend (here arriving while the first copy is still being written) was
+    spooled a second time."""
+    cert, key, ca = link.tls
+    held = _HeldSpool(link.spool)
+    content = message(b"given up on\r\n")
+
+    async def scenario() -> str:
+        server = await start_node_listener(
+            bind="127.0.0.1", port=0, cert=cert, key=key, ca=ca, hostname="a.test",
+            spool=held, homes=Homes(link.engine, "a"), max_size=1_000_000,
+            on_accepted=link.accepted.append,
+        )  # fmt: skip
+        port = bound_port(server)
+
+        def give_up() -> None:
+            ctx = _node_context(link)
+            client = _Lmtps("127.0.0.1", port, context=ctx, timeout=10)
+            client.ehlo()
+            assert client.docmd("XHANDOVER", "given-up")[0] == 250
+            assert client.mail(SENDER)[0] == 250 and client.rcpt(BOB)[0] == 250
+            assert client.docmd("DATA")[0] == 354
+            client.send(content + b".\r\n")
+            assert held.entered.wait(60)
+            client.close()  # the sender's timeout: no 250 heard
+
+        def resend() -> str:
+            handoff = NodeHandOff(cert=cert, key=key, ca=ca, timeout=30)
+            try:
+                handoff.hand_over(f"127.0.0.1:{port}", BOB, content, queue_id="given-up",
+                                  sender=SENDER)  # fmt: skip
+            except DeliveryFailed as exc:
+                return str(exc)
+            return "ok"
+
+        try:
+            await asyncio.to_thread(give_up)
+            again = asyncio.create_task(asyncio.to_thread(resend))
+            held.go.set()
+            return await again
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(scenario()) == "ok"
+    assert held.done.wait(60)
     assert link.spooled_for(BOB) == [content]
