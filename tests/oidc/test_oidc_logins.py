@@ -125,6 +125,35 @@ def expired_token(provider: OidcProvider) -> str:
     return token
 
 
+class CountingVerifier(TokenVerifier):
+    """The real verifier, counting its JWKS fetches."""
+
+    fetches = 0
+
+    def _fetch_keys(self) -> dict[str | None, dict[str, object]]:
+        self.fetches += 1
+        return super()._fetch_keys()
+
+
+@pytest.mark.parametrize(("refetch_min", "fetches"), [(3600, 1), (0, 3)])
+def test_an_unknown_kid_refetches_the_keys_at_most_so_often(
+    oidc_provider: OidcProvider, refetch_min: int, fetches: int
+) -> None:
+    config = OidcConfig(issuer=oidc_provider.issuer, audience=AUDIENCE, ca=oidc_provider.ca,
+                        jwks_refetch_min_seconds=refetch_min)  # fmt: skip
+    checker = CountingVerifier(config)
+    good = oidc_provider.token("alice")
+    assert checker.verify(good).idnat == "8" + ALICE_RPPS
+    claims = jwt.decode(good, options={"verify_signature": False})
+    for _ in range(2):  # a forger trying kids the provider never had
+        forged = jwt.encode(claims, _other_rsa_key(), algorithm="RS256", headers={"kid": "x"})
+        with pytest.raises(TokenRejected, match="unknown signing key"):
+            checker.verify(forged)
+    assert checker.fetches == fetches
+    assert checker.verify(good).idnat == "8" + ALICE_RPPS  # the known key still works
+    checker.close()
+
+
 def test_an_expired_token_is_refused(oidc_provider: OidcProvider) -> None:
     token = expired_token(oidc_provider)
     checker = verifier(oidc_provider)
