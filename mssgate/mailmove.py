@@ -38,6 +38,7 @@ from mssgate import audit
 from mssgate.db.schema import professionals
 from mssgate.db.tx import write
 from mssgate.dovecot.logpump import pump
+from mssgate.dovecot.supervisor import _die_with_parent
 from mssgate.errors import MssgateError
 from mssgate.imap.backend import Backend, BackendSession, BackendUnavailable
 from mssgate.logs import event
@@ -208,6 +209,9 @@ class Doveadm:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            # A node killed outright mid-move must not leave its dsync running on: after the
+            # restart it would sync (and read a copy being removed) beside the next attempt.
+            preexec_fn=_die_with_parent,
         )
         assert proc.stdout is not None and proc.stderr is not None
         logs = asyncio.create_task(pump(proc.stderr, source="doveadm"))

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mssgate.config import parse_lmtp_target
 from mssgate.dovecot.logpump import pump
+from mssgate.dovecot.supervisor import _die_with_parent
 from mssgate.errors import MssgateError
 from mssgate.identifiers import normalize_address
 from mssgate.imap.relay import relay
@@ -185,6 +186,7 @@ async def serve_dsync(server: LMTP, arg: str | None, *, homes: Homes, own: bytes
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            preexec_fn=_die_with_parent,  # dies with this node, as its Dovecot does
         )
     except OSError as exc:
         await server.push(f"451 4.3.0 cannot start dsync-server: {exc.strerror}")

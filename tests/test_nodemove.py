@@ -8,6 +8,7 @@ in for `doveadm` (it records its arguments and echoes the stream)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import smtplib
 import ssl
 from pathlib import Path
@@ -191,3 +192,49 @@ def test_the_requester_gets_the_refusal_or_gives_up_at_its_timeout(
     else:
         assert isinstance(exc, MoveTimedOut), exc
         assert "goes on on its home node" in str(exc)
+
+
+def test_a_dsync_started_by_a_node_dies_when_the_node_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the moving node mid-sync: before, its `doveadm sync` ran on, and after the
+    restart synced beside the next attempt (and read a copy being removed)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "engine.pid"
+    script = tmp_path / "doveadm"
+    script.write_text(f"#!/bin/sh\necho $$ > {pidfile}.tmp\nmv {pidfile}.tmp {pidfile}\n"
+                      "exec sleep 300\n")  # fmt: skip
+    script.chmod(0o755)
+    node = subprocess.Popen(
+        [sys.executable, "-c", "import asyncio, sys; from pathlib import Path;"
+         " from mssgate.mailmove import Doveadm;"
+         " asyncio.run(Doveadm(Path(sys.argv[1]), binary=sys.argv[2]).run('sync'))",
+         str(tmp_path / "dovecot.conf"), str(script)],
+    )  # fmt: skip
+    engine = 0
+    try:
+        while not pidfile.exists():  # the engine started (no bound: the test's own timeout)
+            assert node.poll() is None, "the node ended before starting its engine"
+            time.sleep(0.05)
+        engine = int(pidfile.read_text())
+        node.send_signal(signal.SIGKILL)
+        node.wait()
+        # Liveness, not speed: the signal is sent by the kernel when the node dies.
+        for _ in range(600):
+            try:
+                os.kill(engine, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"the engine (pid {engine}) outlived its node")
+        engine = 0
+    finally:
+        if node.poll() is None:
+            node.kill()
+        if engine:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(engine, signal.SIGKILL)
