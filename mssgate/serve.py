@@ -59,6 +59,7 @@ from mssgate.nodelink import (
     start_node_listener,
 )
 from mssgate.nodes import Heartbeat, Nodes
+from mssgate.outbound.service import Outbound
 from mssgate.passwords import configure as configure_passwords
 from mssgate.queue.service import DocumentQueue
 from mssgate.relay import RelayWorker
@@ -407,7 +408,10 @@ async def run_gateway(config: Config) -> int:
             health=supervisor.failing,
             tasks=supervisor.crash_counts,
             nodes_down=heartbeat.silent,
-        )
+            # The RIS's sending (issue 15): its copies are spooled like a submission's.
+            outbound=Outbound(config, directory, spool, on_spooled=lambda: accepted(""),
+                              dkim_key=dkim_key),
+        )  # fmt: skip
         listening: dict[str, asyncio.Server] = {k.value: v for k, v in servers.items()}
         if imap is not None:
             listening.update({f"imap.{k}": v for k, v in imap.servers.items()})

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sqlalchemy import Engine
 
@@ -19,7 +20,7 @@ from mssgate import __version__
 from mssgate.api import admin, autoconfig, operations, problems
 from mssgate.api.auth import CurrentConsumer
 from mssgate.api.limits import BodyLimit
-from mssgate.api.problems import Problem, responses
+from mssgate.api.problems import ApiProblem, Problem, responses
 from mssgate.api.schemas import (
     AckRequest,
     Health,
@@ -34,6 +35,8 @@ from mssgate.directory.consumers import Consumers
 from mssgate.documents.record import DocumentRecord
 from mssgate.logs import event
 from mssgate.metrics import Metrics, scrape_registry
+from mssgate.outbound.service import Outbound
+from mssgate.outbound.store import OutboundStatus
 from mssgate.queue.models import QueueState
 from mssgate.queue.service import DocumentQueue, ReceiptCallback
 
@@ -45,7 +48,9 @@ NodesDown = Callable[[], dict[str, str]]
 log = logging.getLogger("mssgate.api")
 
 DocumentId = Annotated[str, PathParam(min_length=1, max_length=64, description="Document id")]
+OutboundId = Annotated[str, PathParam(min_length=1, max_length=32, description="Outbound id")]
 ORIGINAL_TYPE_HEADER = "X-Original-Content-Type"
+HL7_MEDIA_TYPES = frozenset({"application/hl7-v2", "x-application/hl7-v2+er7"})
 
 
 def _queue(request: Request) -> DocumentQueue:
@@ -76,10 +81,12 @@ def create_app(
     health: HealthProbe | None = None,
     tasks: admin.TaskCounts | None = None,
     nodes_down: NodesDown | None = None,
+    outbound: Outbound | None = None,
 ) -> FastAPI:
     """The ASGI application; `queue` defaults to one built from the configuration, `metrics`
     to the process-wide counters of mssgate.metrics; `tasks` (the supervisor's crash counts)
-    is shown by the admin console."""
+    is shown by the admin console; `outbound` (the RIS's sending, which needs the spool) is
+    given by `mssgate serve`: without it /v1/outbound answers 503."""
     app = FastAPI(
         title="mssgate RIS integration API",
         version=__version__,
@@ -96,7 +103,9 @@ def create_app(
     app.state.engine = engine
     app.state.metrics_registry = scrape_registry(engine, metrics)
     problems.install(app)
-    app.add_middleware(BodyLimit)
+    app.state.outbound = outbound
+    # An HL7 message with its CDA and PDF is as large as the mail that will carry it.
+    app.add_middleware(BodyLimit, routes={("POST", "/v1/outbound"): config.smtp.max_message_size})
     auth_errors = responses(401, 422)
 
     @app.get(
@@ -211,6 +220,57 @@ def create_app(
         event(log, "queue.nacked", document_id=document_id, consumer=consumer.name,
               code=body.code, state=state.value)  # fmt: skip
         return TransitionResponse(id=document_id, state=state)
+
+    @app.post(
+        "/v1/outbound",
+        tags=["outbound"],
+        response_class=Response,
+        summary="Send a document: one HL7 v2 message (MDM^T02, MDM^T10, ORU^R01), ER7",
+        responses={
+            202: {"description": "Accepted: ACK MSA|AA, Location /v1/outbound/{id}",
+                  "content": {"application/hl7-v2": {}}},
+            400: {"description": "Not HL7: ACK MSA|AR with ERR",
+                  "content": {"application/hl7-v2": {}}},
+            422: {"description": "Refused: ACK MSA|AE or AR with ERR; nothing was sent",
+                  "content": {"application/hl7-v2": {}}},
+            **responses(401, 413, 415, 503),
+        },
+    )  # fmt: skip
+    async def submit(request: Request, consumer: CurrentConsumer) -> Response:
+        sender: Outbound | None = request.app.state.outbound
+        if sender is None:
+            raise ApiProblem(503, "sending is not enabled on this server")
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in HL7_MEDIA_TYPES:
+            raise ApiProblem(415, "the body must be Content-Type: application/hl7-v2 (ER7)")
+        body = await request.body()
+        answer = await run_in_threadpool(sender.submit, consumer, body)
+        headers = {"Cache-Control": "no-store"}
+        if answer.outbound_id is not None:
+            headers["Location"] = f"/v1/outbound/{answer.outbound_id}"
+        return Response(
+            content=answer.ack.encode(),
+            status_code=answer.status,
+            headers={**headers, "Content-Type": "application/hl7-v2; charset=utf-8"},
+        )
+
+    @app.get(
+        "/v1/outbound/{outbound_id}",
+        response_model=OutboundStatus,
+        tags=["outbound"],
+        responses=responses(401, 404, 422, 503),
+        summary="Status per recipient of a message sent with POST /v1/outbound",
+    )
+    def outbound_status(
+        request: Request, consumer: CurrentConsumer, outbound_id: OutboundId
+    ) -> OutboundStatus:
+        sender: Outbound | None = request.app.state.outbound
+        if sender is None:
+            raise ApiProblem(503, "sending is not enabled on this server")
+        found = sender.status(consumer, outbound_id)
+        if found is None:
+            raise ApiProblem(404, f"no outbound message {outbound_id}")
+        return found
 
     app.include_router(operations.router)
     app.include_router(autoconfig.router)

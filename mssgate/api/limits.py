@@ -1,4 +1,6 @@
-"""A bound on request bodies, enforced before any parsing (the API takes small JSON only)."""
+"""A bound on request bodies, enforced before any parsing (the API takes small JSON only,
+except the routes given a bound of their own: `POST /v1/outbound` takes an HL7 message up
+to the SMTP message size limit)."""
 
 from __future__ import annotations
 
@@ -14,17 +16,24 @@ class _TooLarge(Exception):
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int = MAX_BODY_BYTES,
+        routes: dict[tuple[str, str], int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # (method, exact path) -> its own bound.
+        self.routes = routes or {}
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, max_bytes: int) -> None:
         body = json.dumps(
             {
                 "type": "https://mssgate.invalid/problems/too-large",
                 "title": "Request too large",
                 "status": 413,
-                "detail": f"request bodies are limited to {self.max_bytes} bytes",
+                "detail": f"request bodies are limited to {max_bytes} bytes",
             }
         ).encode()
         await send(
@@ -44,14 +53,15 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.routes.get((scope.get("method", ""), scope.get("path", "")), self.max_bytes)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    declared = self.max_bytes + 1
-                if declared > self.max_bytes:
-                    await self._reject(send)
+                    declared = limit + 1
+                if declared > limit:
+                    await self._reject(send, limit)
                     return
         seen = 0
         started = False
@@ -61,7 +71,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     raise _TooLarge
             return message
 
@@ -75,4 +85,4 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, limit)

@@ -23,6 +23,7 @@ from mssgate.api.app import HealthProbe, NodesDown, create_app
 from mssgate.config import Config
 from mssgate.errors import StorageError
 from mssgate.listen import bind_failed
+from mssgate.outbound.service import Outbound
 from mssgate.queue.service import DocumentQueue, ReceiptCallback
 from mssgate.tls import server_context
 
@@ -104,6 +105,7 @@ async def start_api(
     health: HealthProbe | None = None,
     tasks: TaskCounts | None = None,
     nodes_down: NodesDown | None = None,
+    outbound: Outbound | None = None,
 ) -> ApiServer:
     """Starts serving on [api] bind:port (or `host`/`port`; port 0 picks a free one)."""
     assert config.tls.cert is not None and config.tls.key is not None  # set by Config
@@ -116,6 +118,7 @@ async def start_api(
         health=health,
         tasks=tasks,
         nodes_down=nodes_down,
+        outbound=outbound,
     )
     sock = _bind(host or config.api.bind, config.api.port if port is None else port)
     uv_config = uvicorn.Config(

@@ -16,7 +16,10 @@ from sqlalchemy import Engine
 from mssgate.api.app import create_app
 from mssgate.api.openapi import openapi_document, render
 from mssgate.config import Config
+from mssgate.directory import Directory
+from mssgate.outbound.service import Outbound
 from mssgate.queue import DocumentQueue, QueueSettings
+from mssgate.spool import Spool
 from tests.queue.helpers import RIS_A, add_consumer, fill
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
@@ -50,7 +53,10 @@ def fuzz_target(gateway: tuple[Config, Engine]) -> Iterator[tuple[schemathesis.S
     _, token = add_consumer(engine, "ris-a", RIS_A)
     queue = DocumentQueue(engine, settings=QueueSettings(), data_dir=config.server.data_dir)
     fill(queue, 3)
-    app = create_app(config, engine, queue=queue)
+    # The RIS's sending with a real spool: generated HL7 bodies go through the real parser.
+    spool = Spool(engine, config.server.data_dir / "spool")
+    outbound = Outbound(config, Directory(engine, actor="test"), spool)
+    app = create_app(config, engine, queue=queue, outbound=outbound)
     yield schemathesis.openapi.from_asgi("/openapi.json", app), token
 
 

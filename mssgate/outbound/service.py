@@ -1,0 +1,235 @@
+"""A RIS's submission end to end: read and check the HL7, build one signed message per
+recipient, record the submission (once per consumer and MSH-10), spool the copies.
+
+The copies go to the spool as a submission does (mssgate.smtp.policy): a trace field, the
+Return-Path cut, the MSSanté fields and DKIM on what leaves for a peer, then `Spool.accept`
+(file fsynced, row committed) before the 202; local delivery or the relay (with its
+encryption policy) takes them from there like any accepted message.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+
+from mssgate.config import Config
+from mssgate.directory import Directory
+from mssgate.directory.models import AccountState, Consumer, EncryptionPolicy
+from mssgate.dkim import dkim_sign
+from mssgate.documents import mss_headers
+from mssgate.documents.limits import DocumentLimits
+from mssgate.documents.pipeline import process_message
+from mssgate.errors import PKIError, StorageError
+from mssgate.logs import event
+from mssgate.outbound import hl7in
+from mssgate.outbound.ack import build_ack
+from mssgate.outbound.compose import build_message, xdm_archive
+from mssgate.outbound.hl7in import OTHER, Rejection, Rules, Submission, refuse
+from mssgate.outbound.store import NewRecipient, OutboundStatus, OutboundStore
+from mssgate.returnpath import strip_return_path
+from mssgate.smime import sign_message
+from mssgate.smime.mailbox_keys import find_mailbox_key, mailbox_keys_dir
+from mssgate.smtp import encryption
+from mssgate.smtp.encryption import EncryptionSettings
+from mssgate.spool import Spool, new_queue_id
+from mssgate.spool.store import Route
+
+log = logging.getLogger("mssgate.outbound")
+LISTENER = "api"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the API answers: HTTP status, the HL7 ACK, and the Location of a submission."""
+
+    status: int
+    ack: str
+    outbound_id: str | None = None
+
+
+@dataclass(frozen=True)
+class _Copy:
+    recipient: str
+    route: Route
+    queue_id: str
+    message_id: str
+    content: bytes
+
+
+class Outbound:
+    def __init__(
+        self,
+        config: Config,
+        directory: Directory,
+        spool: Spool,
+        *,
+        on_spooled: Callable[[], None] = lambda: None,
+        dkim_key: bytes | None = None,
+    ) -> None:
+        self._config = config
+        self._directory = directory
+        self._spool = spool
+        self._store = OutboundStore(directory.engine)
+        self._on_spooled = on_spooled
+        self._dkim_key = dkim_key
+        self._keys: Path = mailbox_keys_dir(config)
+        self._limits = DocumentLimits.from_config(config.documents)
+        self._rules = Rules(
+            limits=self._limits,
+            allow_test_oids=config.policy.allow_test_ins,
+            patient_domain=config.policy.patient_domain,
+        )
+        self._encryption = EncryptionSettings(
+            default=EncryptionPolicy(config.policy.encryption), mailbox_keys=self._keys
+        )
+        self._hostname = config.server.hostname
+
+    def submit(self, consumer: Consumer, body: bytes) -> Answer:
+        try:
+            message = hl7in.parse_er7(body)
+            envelope = hl7in.envelope_of(message)
+            stored = self._store.find(consumer.id, envelope.control_id)
+            if stored is not None:
+                event(log, "outbound.repeated", outbound_id=stored.id, consumer=consumer.name)
+                return Answer(202, stored.ack, stored.id)
+            submission = hl7in.read_submission(message, self._rules)
+            routes = self._routes(submission)
+            return self._send(consumer, submission, routes)
+        except Rejection as exc:
+            event(log, "outbound.refused", consumer=consumer.name, ack=exc.ack_code,
+                  codes=[p.code for p in exc.problems])  # fmt: skip
+            ack = build_ack(exc.ack_code, exc.envelope, facility=self._hostname,
+                            problems=exc.problems)  # fmt: skip
+            return Answer(exc.status, ack)
+
+    def status(self, consumer: Consumer, outbound_id: str) -> OutboundStatus | None:
+        return self._store.status(consumer.id, outbound_id)
+
+    def _routes(self, submission: Submission) -> list[tuple[str, Route]]:
+        """Each recipient's route, checked as RCPT checks a practitioner's: a local mailbox
+        must exist and be active, a peer's domain be trusted (and its encryption policy
+        met); anything else refuses the whole submission."""
+        env = submission.envelope
+        locals_ = self._directory.domains.local_names()
+        routes: list[tuple[str, Route]] = []
+        for address in submission.recipients:
+            domain = address.rsplit("@", 1)[1]
+            if domain in locals_:
+                found = self._directory.professionals.find(address)
+                if found is None or not found.local or found.state is not AccountState.ACTIVE:
+                    raise refuse(OTHER, "PRT", 15, f"no active mailbox {address}", env)
+                routes.append((address, "local"))
+            elif self._directory.domains.peer_ca_pem(domain) is not None:
+                refusal = encryption.recipient_refusal(
+                    self._directory, address, domain, self._encryption
+                )
+                if refusal is not None:
+                    raise refuse(OTHER, "PRT", 15, f"{address}: {refusal.text}", env)
+                routes.append((address, "relay"))
+            else:
+                text = f"{domain} is neither a local domain nor a trusted peer"
+                raise refuse(OTHER, "PRT", 15, text, env)
+        return routes
+
+    def _send(
+        self, consumer: Consumer, submission: Submission, routes: list[tuple[str, Route]]
+    ) -> Answer:
+        env = submission.envelope
+        sender = consumer.mailbox
+        try:
+            key = find_mailbox_key(self._keys, sender)
+        except PKIError as exc:
+            raise refuse(OTHER, "MSH", None, f"signing key unusable: {exc}", env,
+                         ack="AR", status=503) from None  # fmt: skip
+        if key is None:
+            text = f"no signing key for {sender} (mssgate consumer add, or cert install-key)"
+            raise refuse(OTHER, "MSH", None, text, env, ack="AR", status=503)
+        now = datetime.now(UTC)
+        xdm = xdm_archive(submission, now, sender=sender)
+        mss_fields = self._mss_fields(submission, sender, xdm, now)
+        copies: list[_Copy] = []
+        for recipient, route in routes:
+            queue_id = new_queue_id()
+            message_id = f"<{uuid.uuid4().hex}@{sender.rsplit('@', 1)[1]}>"
+            unsigned = build_message(
+                submission, sender=sender, recipient=recipient, message_id=message_id,
+                mss_fields=mss_fields, now=now, xdm=xdm,
+            )  # fmt: skip
+            signed = sign_message(unsigned, key=key.key, cert=key.cert)
+            content = self._trace(queue_id, recipient, now) + strip_return_path(signed)
+            if route == "relay":
+                content = self._outgoing(content, sender)
+            copies.append(_Copy(recipient, route, queue_id, message_id, content))
+        outbound_id = new_queue_id()
+        ack = build_ack("AA", env, facility=self._hostname)
+        stored = self._store.record(
+            outbound_id=outbound_id, consumer_id=consumer.id, consumer_name=consumer.name,
+            control_id=env.control_id, event=submission.event, sender=sender,
+            unique_id=submission.unique_id, submitted_at=now, ack=ack,
+            recipients=[NewRecipient(c.recipient, c.queue_id, c.message_id) for c in copies],
+        )  # fmt: skip
+        if stored is None:  # the same MSH-10 posted at the same moment, on this or another node
+            again = self._store.find(consumer.id, env.control_id)
+            assert again is not None
+            return Answer(202, again.ack, again.id)
+        try:
+            for copy in copies:
+                self._spool.accept(
+                    queue_id=copy.queue_id, content=copy.content, listener=LISTENER,
+                    sender=sender, identity=sender, peer=None,
+                    recipients=[(copy.recipient, copy.route)],
+                )  # fmt: skip
+        except (StorageError, OSError) as exc:
+            self._store.forget(outbound_id)
+            event(log, "outbound.spool_failed", level=logging.ERROR, outbound_id=outbound_id,
+                  error=str(exc))  # fmt: skip
+            raise StorageError("the message could not be spooled; submit it again") from exc
+        event(log, "outbound.accepted", outbound_id=outbound_id, consumer=consumer.name,
+              event_type=submission.event, recipients=len(copies))  # fmt: skip
+        self._on_spooled()
+        return Answer(202, ack, outbound_id)
+
+    def _mss_fields(
+        self, submission: Submission, sender: str, xdm: bytes, now: datetime
+    ) -> dict[str, str]:
+        """X-MSS-CODECDA / X-MSS-INS as the pipeline reads them from the message itself;
+        and the message must pass our own pipeline, or nothing is sent."""
+        probe = build_message(
+            submission, sender=sender, recipient=sender, message_id="<probe@invalid>",
+            mss_fields={}, now=now, xdm=xdm,
+        )  # fmt: skip
+        result = process_message(
+            probe,
+            limits=self._limits,
+            allow_test_oids=self._rules.allow_test_oids,
+            require_birthplace=self._config.policy.require_birthplace,
+        )
+        if result.quarantined:
+            held = result.quarantined[0]
+            raise refuse(int(held.code), "OBX", 5, f"our own pipeline would hold the "
+                         f"document: {held.reason}", submission.envelope)  # fmt: skip
+        return mss_headers(result)
+
+    def _trace(self, queue_id: str, recipient: str, now: datetime) -> bytes:
+        return (
+            f"Received: from api (HL7 v2 over HTTPS)\r\n"
+            f"\tby {self._hostname} (mssgate) with HTTPS\r\n"
+            f"\tid {queue_id}\r\n\tfor <{recipient}>; {format_datetime(now)}\r\n"
+        ).encode("ascii", "replace")
+
+    def _outgoing(self, message: bytes, sender: str) -> bytes:
+        """What leaves for a peer: X-MSS-NIL, then DKIM over it (as a submission's)."""
+        message = f"X-MSS-NIL: {self._config.policy.mss_nil}\r\n".encode() + message
+        if self._dkim_key is None:
+            return message
+        return dkim_sign(
+            message,
+            selector=self._config.dkim.selector,
+            domain=sender.rsplit("@", 1)[1],
+            key_pem=self._dkim_key,
+        )

@@ -1,0 +1,176 @@
+"""Outbound messages in the database: the submission row (unique per consumer and MSH-10),
+its recipients, and their status read from the spool rows that carry them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Engine, and_, delete, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from mssgate import audit
+from mssgate.db.schema import outbound_messages, outbound_recipients, spool_recipients
+from mssgate.db.tx import write
+
+Status = Literal["queued", "sent", "delivered", "failed", "read"]
+_ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+
+
+class RecipientStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    address: str
+    status: Status
+    code: str | None = None
+    detail: str | None = None
+
+
+class OutboundStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    event: str
+    recipients: list[RecipientStatus]
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: str
+    ack: str
+
+
+@dataclass(frozen=True)
+class NewRecipient:
+    address: str
+    spool_id: str
+    message_id: str
+
+
+class OutboundStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def find(self, consumer_id: int, control_id: str) -> Stored | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(outbound_messages.c.id, outbound_messages.c.ack).where(
+                    outbound_messages.c.consumer_id == consumer_id,
+                    outbound_messages.c.control_id == control_id,
+                )
+            ).first()
+        return None if row is None else Stored(row.id, row.ack)
+
+    def record(
+        self,
+        *,
+        outbound_id: str,
+        consumer_id: int,
+        consumer_name: str,
+        control_id: str,
+        event: str,
+        sender: str,
+        unique_id: str | None,
+        submitted_at: datetime,
+        ack: str,
+        recipients: list[NewRecipient],
+    ) -> Stored | None:
+        """Claims the (consumer, MSH-10) pair; None when it was taken (the caller answers with
+        the stored submission, and spools nothing)."""
+        try:
+            with write(self._engine) as conn:
+                conn.execute(
+                    insert(outbound_messages).values(
+                        id=outbound_id, consumer_id=consumer_id, control_id=control_id,
+                        event=event, sender=sender, unique_id=unique_id,
+                        submitted_at=submitted_at, ack=ack,
+                    )
+                )  # fmt: skip
+                for r in recipients:
+                    conn.execute(
+                        insert(outbound_recipients).values(
+                            outbound_id=outbound_id, recipient=r.address, spool_id=r.spool_id,
+                            message_id=r.message_id,
+                        )
+                    )  # fmt: skip
+                # Ids only: the recipients' addresses may name the patient (INS@patient).
+                audit.append(
+                    conn,
+                    actor=f"consumer:{consumer_name}",
+                    action="outbound.submitted",
+                    subject=outbound_id,
+                    detail={"event": event, "recipients": len(recipients)},
+                )
+        except IntegrityError:
+            return None
+        return Stored(outbound_id, ack)
+
+    def forget(self, outbound_id: str) -> None:
+        """Removes a submission whose spooling failed: the RIS's retry submits it anew."""
+        with write(self._engine) as conn:
+            conn.execute(
+                delete(outbound_recipients).where(outbound_recipients.c.outbound_id == outbound_id)
+            )
+            conn.execute(delete(outbound_messages).where(outbound_messages.c.id == outbound_id))
+
+    def status(self, consumer_id: int, outbound_id: str) -> OutboundStatus | None:
+        """None for an id unknown or another consumer's (the API answers 404 to both)."""
+        with self._engine.connect() as conn:
+            head = conn.execute(
+                select(outbound_messages.c.event).where(
+                    outbound_messages.c.id == outbound_id,
+                    outbound_messages.c.consumer_id == consumer_id,
+                )
+            ).first()
+            if head is None:
+                return None
+            rows = conn.execute(
+                select(
+                    outbound_recipients.c.recipient,
+                    spool_recipients.c.route,
+                    spool_recipients.c.state,
+                    spool_recipients.c.last_error,
+                )
+                .select_from(
+                    outbound_recipients.outerjoin(
+                        spool_recipients,
+                        and_(
+                            spool_recipients.c.spool_id == outbound_recipients.c.spool_id,
+                            spool_recipients.c.recipient == outbound_recipients.c.recipient,
+                        ),
+                    )
+                )
+                .where(outbound_recipients.c.outbound_id == outbound_id)
+                .order_by(outbound_recipients.c.recipient)
+            ).all()
+        return OutboundStatus(
+            id=outbound_id,
+            event=head.event,
+            recipients=[_recipient(r.recipient, r.route, r.state, r.last_error) for r in rows],
+        )
+
+
+def _recipient(
+    address: str, route: str | None, state: str | None, error: str | None
+) -> RecipientStatus:
+    """The spool's state in the API's words: a relayed copy the peer took is `sent` (its
+    delivery there is the peer's), a local one written to the mailbox `delivered`."""
+    if state == "delivered":
+        return RecipientStatus(address=address, status="sent" if route == "relay" else "delivered")
+    if state == "failed":
+        found = _ENHANCED.search(error or "")
+        return RecipientStatus(
+            address=address,
+            status="failed",
+            code=found.group(1) if found else None,
+            detail=(error or "")[:300] or None,
+        )
+    detail = None
+    if state == "held":
+        detail = "held by the operator"
+    elif error:
+        detail = f"retrying: {error[:300]}"
+    return RecipientStatus(address=address, status="queued", detail=detail)
