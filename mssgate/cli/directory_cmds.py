@@ -23,8 +23,6 @@ from mssgate.errors import (
     ValidationFailed,
     describe_validation,
 )
-from mssgate.mailmove import MoveRefused
-from mssgate.nodemove import request_move
 from mssgate.nodes import Nodes
 
 app = typer.Typer(help="Mailboxes of the local domains.", no_args_is_help=True)
@@ -102,6 +100,11 @@ def move(
     ] = None,
 ) -> None:
     """Move a mailbox and its mail to another node (both nodes must be up)."""
+    # Here, not at the top: the node link brings the LMTP, IMAP and S/MIME stacks, which
+    # every other directory command (`list` the first) would pay for at start-up.
+    from mssgate.mailmove import MoveRefused
+    from mssgate.nodemove import request_move
+
     st = state(ctx)
     cfg = st.config()
     found = st.directory().professionals.get(email)
