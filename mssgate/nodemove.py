@@ -51,6 +51,9 @@ async def serve_move(server: LMTP, arg: str | None, *, own: bytes,
     target, _, mode = rest.strip().partition(" ")
     try:
         user = normalize_address(user)
+        # Anything but "finish" after the node was read as a whole move, switch included.
+        if not target or mode.strip() not in ("", "finish"):
+            raise ValueError(mode)
     except ValueError:
         await server.push("501 5.5.4 Syntax: XMOVE <user> <node> [finish]")
         return

@@ -238,3 +238,37 @@ def test_a_dsync_started_by_a_node_dies_when_the_node_is_killed(tmp_path: Path) 
         if engine:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(engine, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("arg", [f"{BOB} b finsh", f"{BOB} b finish now", f"{BOB}"])
+def test_an_xmove_with_words_it_does_not_know_moves_nothing(link: Link, arg: str) -> None:  # noqa: F811
+    """Before, a mistyped 'finish' started a whole move (the home switched)."""
+    cert, key, ca = link.tls
+    mover = _SlowMover(refuse=True)
+    replies: list[tuple[int, bytes]] = []
+
+    async def scenario() -> None:
+        server = await start_node_listener(
+            bind="127.0.0.1", port=0, cert=cert, key=key, ca=ca, hostname="a.test",
+            spool=link.spool, homes=Homes(link.engine, "a"), max_size=1_000_000,
+            on_accepted=link.accepted.append, mover=cast(MailboxMover, mover),
+        )  # fmt: skip
+
+        def talk() -> None:
+            ctx = ssl.create_default_context(cafile=str(ca))
+            ctx.check_hostname = False
+            ctx.load_cert_chain(cert, key)
+            client = _Lmtps("127.0.0.1", bound_port(server), context=ctx, timeout=10)
+            client.ehlo()
+            replies.append(client.docmd("XMOVE", arg))
+            client.close()
+
+        try:
+            await asyncio.to_thread(talk)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    assert mover.asked == []
+    assert [code for code, _ in replies] == [501], replies
