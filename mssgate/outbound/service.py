@@ -205,7 +205,9 @@ class Outbound:
         )  # fmt: skip
         result = process_message(
             probe,
-            limits=self._limits,
+            # No PDF text: the one step no in-process check bounds in time, and this runs in
+            # the request (the SMTP path reads these headers the same way).
+            limits=self._limits.model_copy(update={"read_pdfs": False}),
             allow_test_oids=self._rules.allow_test_oids,
             require_birthplace=self._config.policy.require_birthplace,
         )

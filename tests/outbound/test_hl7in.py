@@ -1,0 +1,86 @@
+"""The HL7 reading and checks of mssgate.outbound without a gateway: the guide's MetaDMPMSS
+matrix, the events, ORU^R01's OBX-11, MDM^T10's RPLC, and the ACK's shape."""
+
+from __future__ import annotations
+
+import pytest
+
+from mssgate.documents.limits import DocumentLimits
+from mssgate.documents.samples import CdaSpec, make_cda
+from mssgate.outbound.ack import build_ack
+from mssgate.outbound.hl7in import Rejection, Rules, matrix_row, parse_er7, read_submission
+from tests.smtp.conftest import ALICE
+from tests.smtp.test_outbound_gateway import INS, mdm
+
+RULES = Rules(limits=DocumentLimits(), allow_test_oids=True, patient_domain="patient.test")
+
+
+@pytest.mark.parametrize(
+    ("flags", "row"),
+    [
+        ({}, (True, False)),
+        ({"DESTMSSANTEPS": "Y", "DESTMSSANTEPAT": "Y"}, (True, True)),
+        ({"DESTMSSANTEPS": "Y", "DESTMSSANTEPAT": "N", "INVISIBLE_PATIENT": "Y"}, (True, False)),
+        ({"DESTMSSANTEPS": "N", "DESTMSSANTEPAT": "Y", "MASQUE_PS": "Y"}, (False, True)),
+        # The patient's mailbox while the document is invisible to the patient: no row.
+        ({"DESTMSSANTEPAT": "Y", "INVISIBLE_PATIENT": "Y", "DESTMSSANTEPS": "Y"}, None),
+        # Professionals only but visible to the patient: not in the guide's matrix either.
+        ({"DESTMSSANTEPS": "Y", "DESTMSSANTEPAT": "N"}, None),
+        ({"DESTMSSANTEPS": "Y", "DESTMSSANTEPAT": "Y", "CONNEXION_SECRETE": "Y"}, None),
+        ({"DESTMSSANTEPS": "N", "DESTMSSANTEPAT": "Y", "DESTDMP": "Y"}, None),
+    ],
+)
+def test_the_guides_matrix(flags: dict[str, str], row: tuple[bool, bool] | None) -> None:
+    assert matrix_row(flags) == row
+
+
+def test_the_patient_mailbox_is_added_when_the_flags_allow_it() -> None:
+    body = mdm(flags=(("DESTMSSANTEPS", "Y"), ("DESTMSSANTEPAT", "Y")))
+    submission = read_submission(parse_er7(body), RULES)
+    assert submission.recipients == (ALICE, f"{INS}@patient.test")
+    only = mdm(recipients=(), flags=(("DESTMSSANTEPS", "N"), ("DESTMSSANTEPAT", "Y")))
+    assert read_submission(parse_er7(only), RULES).recipients == (f"{INS}@patient.test",)
+
+
+def test_prt_recipients_with_destmssanteps_n_are_refused() -> None:
+    body = mdm(flags=(("DESTMSSANTEPS", "N"), ("DESTMSSANTEPAT", "Y")))
+    with pytest.raises(Rejection):
+        read_submission(parse_er7(body), RULES)
+
+
+def test_oru_r01_is_read_and_a_non_final_obx_refused() -> None:
+    body = mdm(event="ORU^R01^ORU_R01")
+    assert read_submission(parse_er7(body), RULES).event == "ORU^R01"
+    preliminary = body.replace(b"||||||F", b"||||||P")
+    with pytest.raises(Rejection) as caught:
+        read_submission(parse_er7(preliminary), RULES)
+    assert caught.value.problems[0].field == 11
+
+
+def test_t10_needs_a_replacing_cda_and_t04_is_refused_for_now() -> None:
+    with pytest.raises(Rejection):
+        read_submission(parse_er7(mdm(event="MDM^T10^MDM_T02")), RULES)
+    replacing = make_cda(
+        CdaSpec(doc_root="1.2.250.1.999.1.1.45.2", replaces="1.2.250.1.999.1.1.45.1")
+    )
+    submission = read_submission(parse_er7(mdm(event="MDM^T10^MDM_T02", cda=replacing)), RULES)
+    assert submission.event == "MDM^T10"
+    with pytest.raises(Rejection) as caught:
+        read_submission(parse_er7(mdm(event="MDM^T04^MDM_T02")), RULES)
+    assert caught.value.ack_code == "AR"
+
+
+def test_an_ack_echoes_msh10_and_carries_an_err_per_problem() -> None:
+    body = mdm("A-1", recipients=())
+    with pytest.raises(Rejection) as caught:
+        read_submission(parse_er7(body), RULES)
+    ack = build_ack("AE", caught.value.envelope, facility="gw.test", problems=caught.value.problems)
+    segments = ack.rstrip("\r").split("\r")
+    assert segments[0].startswith("MSH|^~\\&|MSSGATE|gw.test|RIS|CENTRE|")
+    assert segments[1] == "MSA|AE|A-1"
+    assert segments[2].startswith("ERR||PRT^1^4|101^Required field missing^HL70357|E|")
+
+
+def test_lines_ending_in_lf_are_read_like_cr() -> None:
+    body = mdm().replace(b"\r", b"\n")
+    assert read_submission(parse_er7(body), RULES).recipients == (ALICE,)
