@@ -124,8 +124,15 @@ class MailboxGates:
         key = address.lower()
         lock = self._take(key)
         try:
-            # Not cancellable once asked for: a cancelled wait would leave the lock taken.
-            await asyncio.shield(asyncio.to_thread(lock.acquire))
+            # The waiting thread cannot be stopped: cancelled (serve stopping), the lock it
+            # takes afterwards is given back. Before, it kept it, and this mailbox's next
+            # deliveries waited for it for ever (their threads too, holding up the stop).
+            acquiring = asyncio.ensure_future(asyncio.to_thread(lock.acquire))
+            try:
+                await asyncio.shield(acquiring)
+            except asyncio.CancelledError:
+                acquiring.add_done_callback(lambda _: lock.release())
+                raise
             try:
                 yield
             finally:

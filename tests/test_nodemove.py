@@ -272,3 +272,49 @@ def test_an_xmove_with_words_it_does_not_know_moves_nothing(link: Link, arg: str
     asyncio.run(scenario())
     assert mover.asked == []
     assert [code for code, _ in replies] == [501], replies
+
+
+def test_a_move_stopped_while_it_waits_for_a_mailbox_gate_leaves_it_open() -> None:
+    """serve stopping cancels a move waiting for a mailbox's gate (a delivery holds it).
+    Before, the thread that waited took the lock once the delivery gave it back and kept it:
+    the mailbox's next deliveries waited for ever."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mssgate.mailmove import MailboxGates
+
+    gates = MailboxGates()
+    held, go = threading.Event(), threading.Event()
+
+    def delivery() -> None:
+        with gates.hold(BOB):
+            held.set()
+            go.wait()
+
+    async def scenario() -> bool:
+        # One worker: a call made after the gate's waiting thread runs once it has returned.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
+        deliverer = threading.Thread(target=delivery)
+        deliverer.start()
+        await asyncio.to_thread(held.wait)
+        lock = gates._locks[BOB].lock
+
+        async def move() -> None:
+            async with gates.hold_async(BOB):
+                raise AssertionError("the gate was the delivery's")
+
+        moving = asyncio.create_task(move())
+        while gates._locks[BOB].users < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # the move waits in the gate's thread
+        moving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await moving
+        go.set()
+        await asyncio.to_thread(deliverer.join)  # after the gate's waiting thread took it
+        await asyncio.to_thread(lambda: None)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return lock.locked()
+
+    assert asyncio.run(scenario()) is False
