@@ -5,15 +5,22 @@ hold passes unopened (docs/smime.md, "Sign-then-encrypt from stock clients"). Th
 cannot see inside, but it can see who can: each RecipientInfo of the EnvelopedData or
 AuthEnvelopedData names a certificate by issuer and serial number or by subject key
 identifier (RFC 5652 §6.2). Every one of them must name a certificate the gateway expects
-(registered for a recipient, or for the sender: clients encrypt to themselves too), so that
-what is delivered can be read by its recipients and by nobody else the sender chose.
+(registered for a recipient, or for the sender: clients encrypt to themselves too; valid now
+and not revoked), so that what is delivered can be read by its recipients.
+
+What this cannot promise: a RecipientInfo's identifier is a label the sender writes, and
+nothing without the private key tells whether the content key under it was encrypted to that
+certificate's public key or to another one. An honest client's mistakes are caught (a
+stranger's certificate, an old one, one forgotten recipient); a sender set on letting someone
+else read the message is not stopped by this check (nor by encrypt-then-sign, which skips it).
 """
 
 from __future__ import annotations
 
 import binascii
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from asn1crypto import cms  # type: ignore[import-untyped]
 from asn1crypto import x509 as asn1_x509
@@ -66,6 +73,42 @@ class KnownCertificates:
         if recipient.issuer_serial is not None:
             return recipient.issuer_serial in self.issuer_serials
         return recipient.key_id is not None and recipient.key_id in self.key_ids
+
+
+def usable_for_encryption(
+    certificates: Iterable[x509.Certificate], *, moment: datetime, crls: Sequence[bytes]
+) -> list[x509.Certificate]:
+    """The certificates a message may be encrypted to at `moment`: valid then and not on
+    any of the `crls` (the lists in force, PEM or DER bytes, as `policy.crl_files` has them).
+
+    Registered is not enough. An expired certificate's key may be gone (the holder renewed
+    and threw the old one away), so its recipient cannot read what is delivered; a revoked
+    one's key may be in someone else's hands (keyCompromise). The gateway encrypts to neither
+    (`Certificates.encryption_certificate`, RFC 8550 §4.1) and takes neither as a
+    recipient's either. A CRL that cannot be read, or names another issuer, revokes nothing
+    here: the signature check is where an unusable CRL refuses mail.
+    """
+    lists = []
+    for data in crls:
+        try:
+            if data.lstrip().startswith(b"-----BEGIN"):
+                lists.append(x509.load_pem_x509_crl(data))
+            else:
+                lists.append(x509.load_der_x509_crl(data))
+        except ValueError:
+            continue
+    usable = []
+    for cert in certificates:
+        if not (cert.not_valid_before_utc <= moment < cert.not_valid_after_utc):
+            continue
+        if any(
+            crl.issuer == cert.issuer
+            and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+            for crl in lists
+        ):
+            continue
+        usable.append(cert)
+    return usable
 
 
 def recipients_of(raw: bytes) -> list[Recipient]:

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mssgate.directory import Directory
 from mssgate.directory.domains import EncryptionSetting, effective_policy
 from mssgate.directory.models import DomainKind, EncryptionPolicy, MailboxKind
+from mssgate.directory.timeutil import now
 from mssgate.errors import PKIError, ValidationFailed
 from mssgate.identifiers import normalize_address
 from mssgate.logs import event
@@ -36,7 +37,12 @@ from mssgate.smime import DecryptionError, EncryptionMode, decrypt, encrypt
 from mssgate.smime.escrow import EscrowUnavailable, escrowed_key
 from mssgate.smime.layers import Layering, encrypted_cms_type, layering, replace_entity
 from mssgate.smime.mailbox_keys import MailboxKey, find_mailbox_key
-from mssgate.smime.recipients import KnownCertificates, UnreadableEnvelope, recipients_of
+from mssgate.smime.recipients import (
+    KnownCertificates,
+    UnreadableEnvelope,
+    recipients_of,
+    usable_for_encryption,
+)
 from mssgate.smtp import peer_trust, replies
 from mssgate.smtp.replies import Reply
 
@@ -110,11 +116,13 @@ def incoming(
     null_sender: bool = False,
     sender: str | None = None,
     kek_file: Path | None = None,
+    crls: Sequence[bytes] = (),
 ) -> IncomingDecision:
     """The encryption rules for one message at the end of DATA (before the signature check).
 
     `sender`: the authenticated identity on the submission listeners (None on the MTA's).
     `kek_file`: opens the keys the gateway holds for persons (`smime.escrow`); None: none.
+    `crls`: the revocation lists in force; a certificate on one is no recipient's.
 
     `null_sender`: the envelope sender is <>, which only delivery and disposition
     notifications use (RFC 5321 §4.5.5), and only a peer gateway may send us. A `required`
@@ -161,7 +169,7 @@ def incoming(
     if not for_clients and _peer_vouches(directory, froms, peer_certificate):
         return IncomingDecision(content, verify_signature=False, reason="peer-encrypted")
     if for_clients and sender is not None:
-        return _sealed_for_recipients(content, sender, recipients, directory, domains)
+        return _sealed_for_recipients(content, sender, recipients, directory, domains, crls)
     return IncomingDecision(
         content, replies.SIGNATURE_INSIDE_ENCRYPTION, reason="signature-inside-encryption"
     )
@@ -224,6 +232,7 @@ def _sealed_for_recipients(
     recipients: Sequence[str],
     directory: Directory,
     domains: dict[str, EncryptionSetting],
+    crls: Sequence[bytes],
 ) -> IncomingDecision:
     """Sign-then-encrypt from a local user's own client for mailboxes whose keys the gateway
     does not hold (the Encrypt button of Thunderbird, Outlook, NeoMutt): delivered as sent.
@@ -233,8 +242,9 @@ def _sealed_for_recipients(
     domains involved (the sender's, each local recipient's) accept such mail, and the message
     is encrypted to nobody but its recipients: each RecipientInfo names a certificate
     registered for an envelope recipient or for the sender (clients encrypt to themselves, so
-    that the copy in their Sent folder stays readable). Without that last check a user could
-    send through the gateway, unseen, a message readable by someone it was not addressed to.
+    that the copy in their Sent folder stays readable), valid now and not revoked. It catches
+    a client's mistakes (a stranger's or an old certificate); the identifiers are the
+    sender's to write, so it cannot prove who else holds the content key (smime/recipients.py).
     """
     involved = {_domain(sender), *(_domain(r) for r in recipients)}
     for name in sorted(involved):
@@ -252,10 +262,19 @@ def _sealed_for_recipients(
         return IncomingDecision(
             content, replies.ENCRYPTION_UNREADABLE, reason=f"envelope-unreadable: {exc}"
         )
+    # Registered, valid now and not revoked (`usable_for_encryption`): an expired or revoked
+    # certificate counts as a stranger's, and does not make a message readable by its owner.
+    moment = now()
     registered = {
         address: KnownCertificates.of(
-            x509.load_pem_x509_certificate(pem.encode("ascii"))
-            for pem in directory.certificates.registered_pems(address)
+            usable_for_encryption(
+                (
+                    x509.load_pem_x509_certificate(pem.encode("ascii"))
+                    for pem in directory.certificates.registered_pems(address)
+                ),
+                moment=moment,
+                crls=crls,
+            )
         )
         for address in {sender, *recipients}
     }

@@ -525,6 +525,7 @@ class SmtpPolicy:
             null_sender=envelope.mail_from in ("", "<>"),
             sender=identity if self.listener.for_clients else None,
             kek_file=self._trust.key_encryption_key_file,
+            crls=self._trust.crls.current(),
         )
         if decision.decrypted_for is not None or decision.reason in (
             "peer-encrypted",

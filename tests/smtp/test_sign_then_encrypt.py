@@ -13,18 +13,33 @@ it holds, in a domain set to `verify`: opened, verified, encrypted again to the 
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
 
-from mssgate.pki import issue_smime_cert, load_certificate, load_private_key, write_certificate
+from mssgate.config import load_config
+from mssgate.db import open_engine
+from mssgate.db.schema import certificates, professionals
+from mssgate.db.tx import write
+from mssgate.pki import (
+    certificate_info,
+    issue_smime_cert,
+    load_certificate,
+    load_private_key,
+    write_certificate,
+)
 from mssgate.smime import split_entity
 from mssgate.smime.recipients import KnownCertificates, recipients_of
 from tests.conftest import DOMAIN, Cli
 from tests.smtp.conftest import ALICE, BOB, Gateway
+from tests.smtp.test_crl_reload import write_crl
 from tests.smtp.test_encryption import (
     INSIDE,
     RIS,
@@ -249,3 +264,61 @@ def test_a_domain_set_to_verify_opens_with_the_held_key_verifies_and_seals_again
     assert event["listener"] == "submission"
     [refused] = rejections(world.gateway)
     assert refused["status"] == "554 5.7.7"
+
+
+@pytest.fixture
+def crl_gateway(gateway_setup: Gateway, tmp_path: Path) -> Iterator[Gateway]:
+    """A gateway whose `policy.crl_files` names the dev CA's list (the test writes it, then
+    starts the gateway)."""
+    gateway_setup.env["MSSGATE_POLICY__CRL_FILES"] = json.dumps([str(tmp_path / "dev-ca.crl")])
+    yield gateway_setup
+    gateway_setup.stop()
+
+
+def test_an_expired_or_revoked_registered_certificate_is_no_recipient(
+    crl_gateway: Gateway, cli: Cli, tmp_path: Path
+) -> None:
+    # Bob has three certificates registered: his current one, one that expired yesterday
+    # (registered while it was valid), one his CA revoked. A message encrypted to either of
+    # the last two is not one the gateway passes unseen: the expired key may be gone, the
+    # revoked one in someone else's hands; the relay encrypts to neither either.
+    data = crl_gateway.data
+    ca_key = load_private_key(data / "certs" / "ca.key.pem")
+    ca_cert = load_certificate(data / "certs" / "ca.crt.pem")
+    stamp = dt.datetime.now(dt.UTC)
+    _, expired = issue_smime_cert(ca_key, ca_cert, BOB, not_before=stamp - dt.timedelta(days=400),
+                                  not_after=stamp - dt.timedelta(days=1))  # fmt: skip
+    _, revoked = issue_smime_cert(ca_key, ca_cert, BOB)
+    old, bad = tmp_path / "bob-expired.pem", tmp_path / "bob-revoked.pem"
+    write_certificate(old, expired)
+    write_certificate(bad, revoked)
+    cli.ok("cert", "add", BOB, str(bad))
+    # `cert add` refuses an expired certificate: this one was registered before it expired.
+    engine = open_engine(load_config(data / "mssgate.toml").database_url)
+    try:
+        info = certificate_info(expired)
+        with write(engine) as conn:
+            bob_id = conn.execute(
+                select(professionals.c.id).where(professionals.c.address == BOB)
+            ).scalar_one()
+            conn.execute(certificates.insert().values(
+                professional_id=bob_id, fingerprint_sha256=info.fingerprint_sha256,
+                serial=info.serial, subject=info.subject, issuer=info.issuer,
+                not_before=info.not_before, not_after=info.not_after, added_at=stamp,
+                pem=expired.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+            ))  # fmt: skip
+    finally:
+        engine.dispose()
+    write_crl(data, tmp_path / "dev-ca.crl", revoked=(revoked,))
+    world = start(cli, crl_gateway, tmp_path, require_signature=True)
+    bob_cert = world.key(BOB)[1]
+    for encrypt_to in ((old,), (bad,), (bob_cert, old), (bob_cert, bad)):
+        raw = client_message(world, tmp_path, to=BOB, encrypt_to=encrypt_to)
+        assert world.submit(raw, BOB) == (550, TO_OTHERS), encrypt_to
+    # His current certificate, with Alice's, still goes.
+    raw = client_message(world, tmp_path, to=BOB, encrypt_to=(bob_cert, world.key(ALICE)[1]))
+    assert world.submit(raw, BOB)[0] == 250
+    world.gateway.wait_delivered(BOB, 1)
+    reasons = [r["reason"] for r in rejections(world.gateway)]
+    assert len(reasons) == 4
+    assert all(r.startswith("encrypted-to-unregistered: issuer=") for r in reasons), reasons
