@@ -272,6 +272,24 @@ def create_app(
             raise ApiProblem(404, f"no outbound message {outbound_id}")
         return found
 
+    @app.get(
+        "/v1/outbound/{outbound_id}/acks",
+        response_model=list[str],
+        tags=["outbound"],
+        responses=responses(401, 404, 422, 503),
+        summary="Business acknowledgements so far: ZAM^Z02 (reception), ZAM^Z03 (read), ER7",
+    )
+    def outbound_acks(
+        request: Request, consumer: CurrentConsumer, outbound_id: OutboundId
+    ) -> list[str]:
+        sender: Outbound | None = request.app.state.outbound
+        if sender is None:
+            raise ApiProblem(503, "sending is not enabled on this server")
+        found = sender.acks(consumer, outbound_id)
+        if found is None:
+            raise ApiProblem(404, f"no outbound message {outbound_id}")
+        return found
+
     app.include_router(operations.router)
     app.include_router(autoconfig.router)
     if config.admin.enabled:

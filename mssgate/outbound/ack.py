@@ -18,7 +18,7 @@ from mssgate.queue.hl7mdm import ENCODING_CHARACTERS, FieldValue, escape
 SENDING_APPLICATION = "MSSGATE"
 
 
-def _field(item: FieldValue) -> hl7.Field:
+def hl7_field(item: FieldValue) -> hl7.Field:
     if isinstance(item, str):
         return hl7.Field(sequence=[item])
     components: list[object] = []
@@ -30,8 +30,8 @@ def _field(item: FieldValue) -> hl7.Field:
     return hl7.Field(sequence=[hl7.Repetition(sequence=components)])
 
 
-def _segment(name: str, *fields: FieldValue) -> hl7.Segment:
-    return hl7.Segment(sequence=[hl7.Field(sequence=[name]), *(_field(f) for f in fields)])
+def hl7_segment(name: str, *fields: FieldValue) -> hl7.Segment:
+    return hl7.Segment(sequence=[hl7.Field(sequence=[name]), *(hl7_field(f) for f in fields)])
 
 
 def _table(code: int) -> str:
@@ -72,15 +72,15 @@ def build_ack(
             hl7.Field(sequence=["MSH"]),
             hl7.Field(sequence=["|"]),
             hl7.Field(sequence=[ENCODING_CHARACTERS]),
-            *(_field(f) for f in msh_fields),
+            *(hl7_field(f) for f in msh_fields),
         ]
     )
-    segments = [msh, _segment("MSA", code, escape(envelope.control_id))]
+    segments = [msh, hl7_segment("MSA", code, escape(envelope.control_id))]
     for problem in problems:
         where: FieldValue = [problem.segment, "1", str(problem.field or "")]
         label = LABELS.get(problem.code, "")
         segments.append(
-            _segment(
+            hl7_segment(
                 "ERR",
                 "",
                 where,

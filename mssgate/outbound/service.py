@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 
+import hl7  # type: ignore[import-untyped]
+
 from mssgate.config import Config
 from mssgate.directory import Directory
 from mssgate.directory.models import AccountState, Consumer, EncryptionPolicy
@@ -31,6 +33,7 @@ from mssgate.outbound.ack import build_ack
 from mssgate.outbound.compose import build_message, xdm_archive
 from mssgate.outbound.hl7in import OTHER, Rejection, Rules, Submission, refuse
 from mssgate.outbound.store import NewRecipient, OutboundStatus, OutboundStore
+from mssgate.outbound.zam import acknowledgements
 from mssgate.returnpath import strip_return_path
 from mssgate.smime import sign_message
 from mssgate.smime.mailbox_keys import find_mailbox_key, mailbox_keys_dir
@@ -109,6 +112,22 @@ class Outbound:
 
     def status(self, consumer: Consumer, outbound_id: str) -> OutboundStatus | None:
         return self._store.status(consumer.id, outbound_id)
+
+    def acks(self, consumer: Consumer, outbound_id: str) -> list[str] | None:
+        """The ZAM business acknowledgements produced so far (None: unknown or another's)."""
+        status = self._store.status(consumer.id, outbound_id)
+        head = self._store.submitted(consumer.id, outbound_id)
+        if status is None or head is None:
+            return None
+        # The RIS's application and facility, as the ACK answered them (its MSH-5 and -6).
+        control_id, ack = head
+        msh = hl7.parse(ack).segment("MSH")
+        return acknowledgements(
+            status,
+            original_control_id=control_id,
+            facility=self._hostname,
+            ris=(hl7in.value(msh, 5), hl7in.value(msh, 6)),
+        )
 
     def _routes(self, submission: Submission) -> list[tuple[str, Route]]:
         """Each recipient's route, checked as RCPT checks a practitioner's: a local mailbox

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, and_, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -18,6 +18,7 @@ from mssgate.db.tx import write
 
 Status = Literal["queued", "sent", "delivered", "failed", "read"]
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+_BASIC = re.compile(r"^([245]\d\d)\b")
 
 
 class RecipientStatus(BaseModel):
@@ -27,6 +28,9 @@ class RecipientStatus(BaseModel):
     status: Status
     code: str | None = None
     detail: str | None = None
+    # For the business acknowledgements (mssgate.outbound.zam), not shown in the status.
+    reply_code: int | None = Field(default=None, exclude=True)
+    changed_at: datetime | None = Field(default=None, exclude=True)
 
 
 class OutboundStatus(BaseModel):
@@ -116,6 +120,17 @@ class OutboundStore:
             )
             conn.execute(delete(outbound_messages).where(outbound_messages.c.id == outbound_id))
 
+    def submitted(self, consumer_id: int, outbound_id: str) -> tuple[str, str] | None:
+        """(MSH-10, ACK) of a consumer's submission (None: unknown or another's)."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(outbound_messages.c.control_id, outbound_messages.c.ack).where(
+                    outbound_messages.c.id == outbound_id,
+                    outbound_messages.c.consumer_id == consumer_id,
+                )
+            ).first()
+        return None if row is None else (row.control_id, row.ack)
+
     def status(self, consumer_id: int, outbound_id: str) -> OutboundStatus | None:
         """None for an id unknown or another consumer's (the API answers 404 to both)."""
         with self._engine.connect() as conn:
@@ -133,6 +148,7 @@ class OutboundStore:
                     spool_recipients.c.route,
                     spool_recipients.c.state,
                     spool_recipients.c.last_error,
+                    spool_recipients.c.updated_at,
                 )
                 .select_from(
                     outbound_recipients.outerjoin(
@@ -149,24 +165,34 @@ class OutboundStore:
         return OutboundStatus(
             id=outbound_id,
             event=head.event,
-            recipients=[_recipient(r.recipient, r.route, r.state, r.last_error) for r in rows],
+            recipients=[
+                _recipient(r.recipient, r.route, r.state, r.last_error, r.updated_at) for r in rows
+            ],
         )
 
 
 def _recipient(
-    address: str, route: str | None, state: str | None, error: str | None
+    address: str,
+    route: str | None,
+    state: str | None,
+    error: str | None,
+    changed_at: datetime | None,
 ) -> RecipientStatus:
     """The spool's state in the API's words: a relayed copy the peer took is `sent` (its
     delivery there is the peer's), a local one written to the mailbox `delivered`."""
     if state == "delivered":
-        return RecipientStatus(address=address, status="sent" if route == "relay" else "delivered")
+        status: Status = "sent" if route == "relay" else "delivered"
+        return RecipientStatus(address=address, status=status, changed_at=changed_at)
     if state == "failed":
         found = _ENHANCED.search(error or "")
+        basic = _BASIC.match(error or "")
         return RecipientStatus(
             address=address,
             status="failed",
             code=found.group(1) if found else None,
             detail=(error or "")[:300] or None,
+            reply_code=int(basic.group(1)) if basic else None,
+            changed_at=changed_at,
         )
     detail = None
     if state == "held":

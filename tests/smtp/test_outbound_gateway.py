@@ -122,8 +122,18 @@ def test_mdm_t02_reaches_a_local_practitioner_signed_and_readable_by_our_pipelin
     assert status["recipients"] == [
         {"address": ALICE, "status": "delivered", "code": None, "detail": None}
     ]
+    # The reception acknowledgement: ZAM^Z02, OBX-4 the MDM's MSH-10, Y, the recipient.
+    [zam] = api.get(f"{location}/acks").json()
+    zam_message = hl7.parse(zam)
+    assert str(zam_message.segment("MSH")[9]) == "ZAM^Z02^ZAM_Z01"
+    assert str(zam_message.segment("MSH")[5]) == "RIS"
+    [reception, recipient] = zam_message.segments("OBX")
+    assert str(reception[3]) == "ACK_RECEPTION_MSS^Accusé de réception MSSanté^AckMetierZAM"
+    assert str(reception[4]) == "CTL-0001" and str(reception[5]) == "Y^^expandedYes-NoIndicator"
+    assert str(recipient[5]) == f"^^X.400^{ALICE}"
     # Another consumer (even of the same mailbox) does not see it.
     assert other.get(location).status_code == 404
+    assert other.get(f"{location}/acks").status_code == 404
     assert api.get("/v1/outbound/NOSUCHID").status_code == 404
 
     # The same MSH-10 again: the same answer, nothing spooled.

@@ -1,0 +1,54 @@
+"""ZAM business acknowledgements from a status: Z02 Y once taken, Z02 N with the
+SMTPERRORCODE in ERR-5 on a failure, Z03 once read; stable control ids."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import hl7  # type: ignore[import-untyped]
+
+from mssgate.outbound.store import OutboundStatus, RecipientStatus
+from mssgate.outbound.zam import acknowledgements, smtp_error_code
+
+AT = datetime(2026, 12, 4, 16, 0, tzinfo=UTC)
+
+
+def test_failure_read_and_reception() -> None:
+    status = OutboundStatus(
+        id="OUT1",
+        event="MDM^T02",
+        recipients=[
+            RecipientStatus(address="a@peer.test", status="failed", code="5.1.1",
+                            detail="550 5.1.1 no such user", reply_code=550, changed_at=AT),
+            RecipientStatus(address="b@local.test", status="read", changed_at=AT),
+            RecipientStatus(address="c@peer.test", status="queued"),
+        ],
+    )  # fmt: skip
+    made = acknowledgements(
+        status, original_control_id="CTL-9", facility="gw.test", ris=("RIS", "C")
+    )
+    zams = [hl7.parse(z) for z in made]
+    assert [str(z.segment("MSH")[9]) for z in zams] == [
+        "ZAM^Z02^ZAM_Z01", "ZAM^Z02^ZAM_Z01", "ZAM^Z03^ZAM_Z01"
+    ]  # fmt: skip
+    assert [str(z.segment("MSH")[10]) for z in zams] == ["OUT1-1-Z02", "OUT1-2-Z02", "OUT1-2-Z03"]
+    failed = zams[0]
+    assert str(failed.segments("OBX")[0][5]) == "N^^expandedYes-NoIndicator"
+    err = failed.segment("ERR")
+    assert str(err[3]) == "207^Application error^messageErrorCondition"
+    # 5.1.1 is not in the table: the basic reply code is.
+    assert str(err[5]).startswith("550^550 5.1.1 no such user^SMTPERRORCODE")
+    read = zams[2]
+    assert str(read.segments("OBX")[0][3]).startswith("ACK_LECTURE_MSS^")
+    assert str(read.segments("OBX")[1][5]) == "^^X.400^b@local.test"
+
+
+def test_smtp_error_code_folds_the_enhanced_status_when_the_table_has_it() -> None:
+    def failed(code: str | None, reply: int | None) -> RecipientStatus:
+        return RecipientStatus(address="x@y.test", status="failed", code=code, reply_code=reply)
+
+    assert smtp_error_code(failed("5.1.0", 550)) == 510
+    assert smtp_error_code(failed("5.2.3", 552)) == 523
+    assert smtp_error_code(failed("5.7.1", 554)) == 554
+    assert smtp_error_code(failed(None, None)) == 554
+    assert smtp_error_code(failed("4.2.1", 421)) == 421
