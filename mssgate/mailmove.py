@@ -32,7 +32,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Connection, Engine, and_, or_, select, text, update
 
 from mssgate import audit
 from mssgate.db.schema import professionals
@@ -317,7 +317,9 @@ class MailboxMover:
             raise MoveRefused(451, f"a move of {user} is under way already")
         self._moving.add(user)
         started = time.monotonic()
+        locked: Connection | None = None
         try:
+            locked = await asyncio.to_thread(self._lock, user)
             address = await asyncio.to_thread(self._check, user, target, finish)
             event(log, "move.started", user=user, target=target, finish=finish)
             if not finish:
@@ -343,12 +345,51 @@ class MailboxMover:
                 messages, folders = await self._count(user)
                 kept = await self._remove_copy(user)
         finally:
+            if locked is not None:
+                await asyncio.to_thread(self._unlock, locked, user)
             self._moving.discard(user)
         outcome = MoveOutcome(address=user, source=self._me, target=target, messages=messages,
                               folders=folders, seconds=round(time.monotonic() - started, 1),
                               source_copy="kept" if kept else "removed")  # fmt: skip
         event(log, "move.done", **outcome.model_dump())
         return outcome
+
+    # One move of a mailbox at a time in the installation, whichever node runs it. The home
+    # switches before the final sync: without it, a second move asked meanwhile (by another
+    # operator, or by one whose first `directory move` gave up waiting and who read the new
+    # home in `directory show`) ran on the target, which removed its copy while the first
+    # move's final sync was still bringing it the last mail. A session lock of PostgreSQL's:
+    # a node killed mid-move loses its connection and, with it, the lock.
+    _LOCK = (
+        "SELECT pg_try_advisory_lock(hashtext('mssgate.move:' || current_schema()),"
+        " hashtext(:user))"
+    )
+    _UNLOCK = (
+        "SELECT pg_advisory_unlock(hashtext('mssgate.move:' || current_schema()), hashtext(:user))"
+    )
+
+    def _lock(self, user: str) -> Connection | None:
+        if self._engine.dialect.name != "postgresql":
+            return None  # SQLite: one node
+        conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            got = conn.execute(text(self._LOCK), {"user": user}).scalar()
+        except BaseException:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            raise MoveRefused(451, f"a move of {user} is under way on another node")
+        return conn
+
+    def _unlock(self, conn: Connection, user: str) -> None:
+        try:
+            conn.execute(text(self._UNLOCK), {"user": user})
+        except Exception:
+            # Never back in the pool still holding the lock: the connection is dropped.
+            conn.invalidate()
+        finally:
+            conn.close()
 
     @contextlib.asynccontextmanager
     async def _closed_for(self, user: str) -> AsyncIterator[int]:

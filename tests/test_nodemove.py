@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import smtplib
 import ssl
+from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
 import pytest
+from sqlalchemy import Engine
 
 from mssgate.config import load_config
 from mssgate.mailmove import Doveadm, MailboxMover, MoveRefused
@@ -318,3 +320,65 @@ def test_a_move_stopped_while_it_waits_for_a_mailbox_gate_leaves_it_open() -> No
         return lock.locked()
 
     assert asyncio.run(scenario()) is False
+
+
+def test_a_second_move_of_a_mailbox_waits_for_the_first_whichever_node_is_asked(
+    pg_engine: Engine, tmp_path: Path
+) -> None:
+    """A's move of BOB to B has switched its home (directory show names B) and its final sync
+    is still running. Before, a second move asked of B (BOB -> C) went ahead: B removed its
+    copy while A's final sync was still bringing it the last mail. Now B refuses (451)
+    until A's move is done, on the database all nodes share."""
+    from mssgate.directory import Directory
+    from mssgate.directory.models import MailboxKind, NewProfessional
+    from mssgate.mailmove import MailboxGates
+    from mssgate.nodes import Nodes
+
+    directory = Directory(pg_engine, actor="test")
+    directory.domains.add_local(DOMAIN)
+    new = NewProfessional(address=BOB, display_name="Imagerie", kind=MailboxKind.ORG)
+    directory.professionals.add(new, node="a")
+    registry = Nodes(pg_engine, actor="test")
+    for name in ("a", "b", "c"):
+        registry.add(name, address="127.0.0.1:1")
+        registry.beat(name)
+    # The engine stand-in: A's second sync (its final one) waits to be let go.
+    conf_a, release, synced = tmp_path / "a.conf", tmp_path / "release", tmp_path / "synced"
+    script = tmp_path / "doveadm"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$2" = "{conf_a}" ] && [ "$3" = sync ]; then\n'
+        f"  if [ -e {synced} ]; then while [ ! -e {release} ]; do sleep 0.05; done; fi\n"
+        f"  touch {synced}\n"
+        "fi\nexit 0\n"
+    )  # fmt: skip
+    script.chmod(0o755)
+    tls = (tmp_path / "cert", tmp_path / "key", tmp_path / "ca")  # not read by the stand-in
+
+    def mover(me: str, conf: Path) -> MailboxMover:
+        return MailboxMover(
+            pg_engine, me=me, doveadm=Doveadm(conf, binary=str(script)), mail_root=None,
+            gates=MailboxGates(), sessions=None, link=tls, down_after=timedelta(hours=1),
+        )  # fmt: skip
+
+    def home() -> str | None:
+        return directory.professionals.get(BOB).node
+
+    async def scenario() -> BaseException | object:
+        first = asyncio.create_task(mover("a", conf_a).move(BOB, "b"))
+        try:
+            while await asyncio.to_thread(home) != "b":  # A switched; its final sync runs
+                assert not first.done(), first
+                await asyncio.sleep(0.05)
+            try:
+                return await mover("b", tmp_path / "b.conf").move(BOB, "c")
+            except MoveRefused as exc:
+                return exc
+        finally:
+            release.touch()
+            await first
+
+    second = asyncio.run(scenario())
+    assert isinstance(second, MoveRefused), second
+    assert second.code == 451 and "under way" in str(second), second
+    assert home() == "b"
