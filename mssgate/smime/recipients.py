@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from asn1crypto import cms  # type: ignore[import-untyped]
+from asn1crypto import parser as asn1_parser
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -118,13 +119,17 @@ def recipients_of(raw: bytes) -> list[Recipient]:
     unknown kind) is returned without identifiers: no certificate matches it.
     """
     content_info = _content_info(raw)
-    infos = content_info["content"]["recipient_infos"]
-    if len(infos) == 0:
-        raise UnreadableEnvelope("no RecipientInfo")
-    if len(infos) > MAX_RECIPIENT_INFOS:
-        raise UnreadableEnvelope(f"more than {MAX_RECIPIENT_INFOS} RecipientInfos")
     found: list[Recipient] = []
     try:
+        infos = content_info["content"]["recipient_infos"]
+        # Counted from the element headers before asn1crypto parses any: len() would build
+        # every one of them, and a 25 MB message holds some 500,000 minimal RecipientInfos
+        # (over a second of CPU to refuse it).
+        count = _count_at_most(infos.contents or b"", MAX_RECIPIENT_INFOS)
+        if count == 0:
+            raise UnreadableEnvelope("no RecipientInfo")
+        if count > MAX_RECIPIENT_INFOS:
+            raise UnreadableEnvelope(f"more than {MAX_RECIPIENT_INFOS} RecipientInfos")
         for info in infos:
             if info.name == "ktri":
                 found.append(_named(info.chosen["rid"]))
@@ -141,6 +146,15 @@ def recipients_of(raw: bytes) -> list[Recipient]:
             raise
         raise UnreadableEnvelope(f"a RecipientInfo cannot be read: {exc}") from exc
     return found
+
+
+def _count_at_most(contents: bytes, limit: int) -> int:
+    """How many elements the contents of a SET OF hold, counted up to `limit` + 1 only."""
+    pointer, count, end = 0, 0, len(contents)
+    while pointer < end and count <= limit:
+        _, pointer = asn1_parser._parse(contents, end, pointer, lengths_only=True)
+        count += 1
+    return count
 
 
 def _content_info(raw: bytes) -> cms.ContentInfo:

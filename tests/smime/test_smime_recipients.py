@@ -4,16 +4,19 @@ agreement (an EC certificate), and RecipientInfos that name no certificate (a pa
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from pathlib import Path
 
 import pytest
+from asn1crypto import cms, core  # type: ignore[import-untyped]
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mssgate.pki import create_dev_ca, issue_smime_cert, write_certificate
 from mssgate.smime import sign_message
 from mssgate.smime.recipients import (
+    MAX_RECIPIENT_INFOS,
     KnownCertificates,
     UnreadableEnvelope,
     recipients_of,
@@ -123,3 +126,74 @@ def test_signed_data_is_not_an_envelope(
                           detached=False)  # fmt: skip
     with pytest.raises(UnreadableEnvelope, match="signed_data"):
         recipients_of(opaque)
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    size = len(content)
+    if size < 128:
+        return bytes([tag, size]) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(length)]) + length + content
+
+
+def _enveloped(recipient_infos: bytes, *, tail: bytes | None = None) -> bytes:
+    """An EnvelopedData message whose RecipientInfos SET holds `recipient_infos` as they are
+    (hand-made DER: what a sender, not a library, writes)."""
+    tail = (
+        cms.EncryptedContentInfo(
+            {
+                "content_type": "data",
+                "content_encryption_algorithm": {
+                    "algorithm": "aes256_cbc",
+                    "parameters": b"\x00" * 16,
+                },
+            }
+        ).dump()
+        if tail is None
+        else tail
+    )
+    enveloped = _tlv(0x30, core.Integer(0).dump() + _tlv(0x31, recipient_infos) + tail)
+    info = _tlv(0x30, core.ObjectIdentifier("1.2.840.113549.1.7.3").dump() + _tlv(0xA0, enveloped))
+    return (
+        b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(info)
+    )
+
+
+KTRI = cms.RecipientInfo(
+    name="ktri",
+    value=cms.KeyTransRecipientInfo(
+        {
+            "version": "v2",
+            "rid": cms.RecipientIdentifier(name="subject_key_identifier", value=b"\x01" * 20),
+            "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
+            "encrypted_key": b"\x00" * 8,
+        }
+    ),
+).dump()
+
+
+def test_recipient_infos_are_counted_up_to_the_bound_only() -> None:
+    # MAX_RECIPIENT_INFOS + 1 of them, then bytes that are no element: counting stops at the
+    # bound, and nothing past it is parsed (asn1crypto's len() parsed every element first,
+    # a second of CPU for a 25 MB message, and raised on the broken one).
+    raw = _enveloped(KTRI * (MAX_RECIPIENT_INFOS + 1) + b"\x30\x05\x02\x01")
+    with pytest.raises(UnreadableEnvelope, match=f"more than {MAX_RECIPIENT_INFOS}"):
+        recipients_of(raw)
+    assert len(recipients_of(_enveloped(KTRI * 3))) == 3
+
+
+@pytest.mark.parametrize(
+    ("infos", "tail"),
+    [
+        (KTRI, b""),  # no EncryptedContentInfo
+        (b"\x30\x05\x02\x01", None),  # an element longer than its SET
+        (b"", None),  # no RecipientInfo at all
+    ],
+    ids=["no-content-info", "element-overruns", "empty"],
+)
+def test_a_broken_envelope_is_unreadable_not_an_error(infos: bytes, tail: bytes | None) -> None:
+    # Raised as a bare ValueError before, outside the function's own handling: an SMTP
+    # session would have answered 500 with the parser's message instead of 554 5.7.5.
+    with pytest.raises(UnreadableEnvelope):
+        recipients_of(_enveloped(infos, tail=tail))
