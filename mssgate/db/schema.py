@@ -463,5 +463,8 @@ outbound_recipients = Table(
     Column("recipient", String(254), primary_key=True),
     Column("spool_id", String(32), nullable=False),
     Column("message_id", String(300), nullable=False),
+    # The recipient's read receipt (MDN), revision 0017.
+    Column("read_at", DateTime(timezone=True)),
+    Column("disposition", String(200)),
     Index("ix_outbound_recipients_message_id", "message_id"),
 )
