@@ -158,7 +158,7 @@ def incoming(
         )
     if not require_signature:
         return IncomingDecision(content)
-    held = _personal_keys(directory, recipients, domains, kek_file)
+    held = _personal_keys(directory, recipients, domains, kek_file, crls)
     if held and len(held) == len(recipients):
         opened = _decrypt_for_persons(content, held)
         if opened.reply is None:
@@ -180,9 +180,12 @@ def _personal_keys(
     recipients: Sequence[str],
     domains: dict[str, EncryptionSetting],
     kek_file: Path | None,
+    crls: Sequence[bytes],
 ) -> list[MailboxKey]:
     """The key of every recipient that is a person's mailbox of a local domain set to
-    `verify`, when the gateway holds it (`cert issue`, `cert import`: smime/escrow.py)."""
+    `verify`, when the gateway holds it (`cert issue`, `cert import`: smime/escrow.py) and
+    its certificate is valid and not revoked: the message opened with it is encrypted again
+    to that certificate, and the gateway encrypts to no expired or revoked one."""
     if kek_file is None:
         return []
     found = []
@@ -201,8 +204,13 @@ def _personal_keys(
                   error=str(exc))  # fmt: skip
             continue
         # ECDH key agreement is not implemented: an EC key opens nothing here.
-        if held is not None and isinstance(held.key, rsa.RSAPrivateKey):
-            found.append(MailboxKey(held.address, held.key, held.cert))
+        if held is None or not isinstance(held.key, rsa.RSAPrivateKey):
+            continue
+        if not usable_for_encryption([held.cert], moment=now(), crls=crls):
+            event(log, "smime.held_key_unused", level=logging.INFO, recipient=mailbox.address,
+                  reason="held certificate expired or revoked")  # fmt: skip
+            continue
+        found.append(MailboxKey(held.address, held.key, held.cert))
     return found
 
 

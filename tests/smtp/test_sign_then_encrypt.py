@@ -322,3 +322,26 @@ def test_an_expired_or_revoked_registered_certificate_is_no_recipient(
     reasons = [r["reason"] for r in rejections(world.gateway)]
     assert len(reasons) == 4
     assert all(r.startswith("encrypted-to-unregistered: issuer=") for r in reasons), reasons
+
+
+def test_verify_encrypts_again_to_no_revoked_held_certificate(
+    crl_gateway: Gateway, cli: Cli, tmp_path: Path
+) -> None:
+    # Bob's key is held and his domain set to `verify`, but his CA revoked the certificate
+    # (a lost laptop): what is encrypted to it is not opened and sealed again to that same
+    # certificate, for whoever has the key now; and, named by a revoked certificate only,
+    # it does not pass unopened either.
+    smime = tmp_path / "smime"
+    cli.ok("cert", "issue", ALICE, "--out", str(smime))
+    cli.ok("cert", "issue", BOB, "--out", str(smime))
+    cli.ok("domain", "set", DOMAIN, "--signature-inside-encryption", "verify")
+    bob_cert = smime / f"{BOB}.crt.pem"
+    write_crl(crl_gateway.data, tmp_path / "dev-ca.crl", revoked=(load_certificate(bob_cert),))
+    crl_gateway.env["MSSGATE_POLICY__REQUIRE_SIGNATURE"] = "true"
+    crl_gateway.start()
+    world = World(crl_gateway, "", smime)
+    raw = client_message(world, tmp_path, to=BOB, encrypt_to=(bob_cert, world.key(ALICE)[1]))
+    assert world.submit(raw, BOB) == (550, TO_OTHERS)
+    [refused] = rejections(world.gateway)
+    assert refused["reason"].startswith("encrypted-to-unregistered: issuer=")
+    assert world.gateway.mailbox(BOB) == []
