@@ -109,7 +109,7 @@ def request_move(address: str, user: str, target: str, *, cert: Path, key: Path,
     except TimeoutError:
         raise MoveTimedOut(
             f"no outcome within {timeout:.0f} s: the move of {user} goes on on its home node"
-            f" (mssgate directory show {user} --json names its home once it is done)"
+            f" (its log says move.done; another move of {user} is refused until then)"
         ) from None
     except (OSError, smtplib.SMTPException) as exc:
         raise MoveRefused(451, f"the home node closed the link: {exc}") from None
