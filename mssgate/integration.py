@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,17 @@ log = logging.getLogger("mssgate.integration")
 
 class DocumentFeed:
     def __init__(
-        self, queue: DocumentQueue, spool: Spool, directory: Directory, config: Config
+        self,
+        queue: DocumentQueue,
+        spool: Spool,
+        directory: Directory,
+        config: Config,
+        *,
+        on_message: Callable[[str, bytes], None] | None = None,
     ) -> None:
+        # Shown every message delivered to a consumed mailbox, after its documents are
+        # queued: the read receipts of what the RIS sent (mssgate.outbound).
+        self._on_message = on_message
         self._queue = queue
         self._spool = spool
         self._directory = directory
@@ -88,6 +98,8 @@ class DocumentFeed:
             require_birthplace=self._require_birthplace,
             result=result,
         )
+        if self._on_message is not None:
+            self._on_message(mailbox, content)
         new = set(report.queued) - set(report.duplicates) - set(report.replayed)
         # `documents`: every document the message carried; the others say what became of
         # them, so that quarantined or repeated documents are not read as sent to the RIS.

@@ -242,10 +242,15 @@ async def run_gateway(config: Config) -> int:
             config.documents.workers, memory_bytes=config.documents.worker_memory_bytes
         )
         pipeline_pool.start()
+        # The RIS's sending (issue 15): its copies are spooled like a submission's; read
+        # receipts coming back to its mailbox are seen by the document feed.
+        outbound = Outbound(
+            config, directory, spool, on_spooled=lambda: accepted(""), dkim_key=dkim_key
+        )
         documents = DocumentWorker(
             DocumentJobs(engine, node=node.name),
             spool,
-            DocumentFeed(queue, spool, directory, config),
+            DocumentFeed(queue, spool, directory, config, on_message=outbound.observe),
             pipeline_pool,
             config=config.documents,
         )
@@ -408,10 +413,8 @@ async def run_gateway(config: Config) -> int:
             health=supervisor.failing,
             tasks=supervisor.crash_counts,
             nodes_down=heartbeat.silent,
-            # The RIS's sending (issue 15): its copies are spooled like a submission's.
-            outbound=Outbound(config, directory, spool, on_spooled=lambda: accepted(""),
-                              dkim_key=dkim_key),
-        )  # fmt: skip
+            outbound=outbound,
+        )
         listening: dict[str, asyncio.Server] = {k.value: v for k, v in servers.items()}
         if imap is not None:
             listening.update({f"imap.{k}": v for k, v in imap.servers.items()})

@@ -32,6 +32,7 @@ from mssgate.outbound import hl7in
 from mssgate.outbound.ack import build_ack
 from mssgate.outbound.compose import build_message, xdm_archive
 from mssgate.outbound.hl7in import OTHER, Rejection, Rules, Submission, refuse
+from mssgate.outbound.receipts import read_receipt
 from mssgate.outbound.store import NewRecipient, OutboundStatus, OutboundStore
 from mssgate.outbound.zam import acknowledgements
 from mssgate.returnpath import strip_return_path
@@ -112,6 +113,22 @@ class Outbound:
 
     def status(self, consumer: Consumer, outbound_id: str) -> OutboundStatus | None:
         return self._store.status(consumer.id, outbound_id)
+
+    def observe(self, mailbox: str, content: bytes) -> None:
+        """A message delivered to an application mailbox: a read receipt (MDN) for one of
+        its copies marks that copy read (mssgate.outbound.receipts)."""
+        receipt = read_receipt(content)
+        if receipt is None or not receipt.read:
+            return
+        found = self._store.mark_read(
+            mailbox=mailbox,
+            message_id=receipt.original_message_id,
+            reader=receipt.reader,
+            disposition=receipt.disposition,
+            at=datetime.now(UTC),
+        )
+        if found is not None:
+            event(log, "outbound.read", outbound_id=found)
 
     def acks(self, consumer: Consumer, outbound_id: str) -> list[str] | None:
         """The ZAM business acknowledgements produced so far (None: unknown or another's)."""

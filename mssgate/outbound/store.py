@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Engine, and_, delete, insert, select
+from sqlalchemy import Engine, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mssgate import audit
@@ -120,6 +120,46 @@ class OutboundStore:
             )
             conn.execute(delete(outbound_messages).where(outbound_messages.c.id == outbound_id))
 
+    def mark_read(
+        self, *, mailbox: str, message_id: str, reader: str, disposition: str, at: datetime
+    ) -> str | None:
+        """Records a read receipt for the copy `message_id` sent from `mailbox` to `reader`;
+        the outbound id, or None when no such copy exists (or it was read already)."""
+        with write(self._engine) as conn:
+            row = conn.execute(
+                select(outbound_recipients.c.outbound_id)
+                .select_from(
+                    outbound_recipients.join(
+                        outbound_messages,
+                        outbound_messages.c.id == outbound_recipients.c.outbound_id,
+                    )
+                )
+                .where(
+                    outbound_recipients.c.message_id == message_id,
+                    outbound_recipients.c.recipient == reader,
+                    outbound_recipients.c.read_at.is_(None),
+                    outbound_messages.c.sender == mailbox,
+                )
+            ).first()
+            if row is None:
+                return None
+            conn.execute(
+                update(outbound_recipients)
+                .where(
+                    outbound_recipients.c.outbound_id == row.outbound_id,
+                    outbound_recipients.c.recipient == reader,
+                )
+                .values(read_at=at, disposition=disposition)
+            )
+            audit.append(
+                conn,
+                actor="outbound",
+                action="outbound.read",
+                subject=row.outbound_id,
+                detail={"disposition": disposition[:100]},
+            )
+        return str(row.outbound_id)
+
     def submitted(self, consumer_id: int, outbound_id: str) -> tuple[str, str] | None:
         """(MSH-10, ACK) of a consumer's submission (None: unknown or another's)."""
         with self._engine.connect() as conn:
@@ -149,6 +189,8 @@ class OutboundStore:
                     spool_recipients.c.state,
                     spool_recipients.c.last_error,
                     spool_recipients.c.updated_at,
+                    outbound_recipients.c.read_at,
+                    outbound_recipients.c.disposition,
                 )
                 .select_from(
                     outbound_recipients.outerjoin(
@@ -166,7 +208,12 @@ class OutboundStore:
             id=outbound_id,
             event=head.event,
             recipients=[
-                _recipient(r.recipient, r.route, r.state, r.last_error, r.updated_at) for r in rows
+                RecipientStatus(
+                    address=r.recipient, status="read", detail=r.disposition, changed_at=r.read_at
+                )
+                if r.read_at is not None
+                else _recipient(r.recipient, r.route, r.state, r.last_error, r.updated_at)
+                for r in rows
             ],
         )
 

@@ -208,3 +208,37 @@ def test_a_peer_recipient_is_accepted_and_queued_for_the_relay(
     # The peer of the fixture does not listen: the copy waits for the relay (or failed).
     assert recipient["address"] == f"dr@{PEER_DOMAIN}"
     assert recipient["status"] in ("queued", "failed")
+
+
+def mdn(original_message_id: str, *, sender: str = ALICE, to: str = BOB) -> bytes:
+    """A read receipt as a mail client writes it (RFC 8098)."""
+    lines = [
+        f"From: {sender}", f"To: {to}", "Subject: Lu : compte rendu",
+        "Message-ID: <mdn-1@client.test>", "MIME-Version: 1.0",
+        'Content-Type: multipart/report; report-type=disposition-notification; boundary="b1"',
+        "", "--b1", "Content-Type: text/plain; charset=utf-8", "",
+        "Votre message a ete lu.", "--b1", "Content-Type: message/disposition-notification", "",
+        f"Final-Recipient: rfc822; {sender}", f"Original-Message-ID: {original_message_id}",
+        "Disposition: manual-action/MDN-sent-manually; displayed", "", "--b1--", "",
+    ]  # fmt: skip
+    return "\r\n".join(lines).encode()
+
+
+def test_a_read_receipt_from_the_recipient_marks_the_copy_read_and_yields_a_z03(
+    live: tuple[Gateway, httpx.Client, httpx.Client],
+) -> None:
+    gateway, api, _ = live
+    response, _ = post(api, mdm("READ-1"))
+    assert response.status_code == 202, response.text
+    location = response.headers["Location"]
+    [delivered] = gateway.wait_delivered(ALICE, 1)
+    copy_id = email.message_from_bytes(delivered.read_bytes())["Message-ID"]
+    smtp = gateway.login()
+    smtp.sendmail(ALICE, [BOB], mdn(copy_id))
+    smtp.quit()
+    gateway.wait_event("outbound.read", timeout=30)
+    [recipient] = api.get(location).json()["recipients"]
+    assert recipient["status"] == "read"
+    assert recipient["detail"] == "manual-action/MDN-sent-manually; displayed"
+    kinds = [str(hl7.parse(z).segment("MSH")[9]) for z in api.get(f"{location}/acks").json()]
+    assert kinds == ["ZAM^Z02^ZAM_Z01", "ZAM^Z03^ZAM_Z01"]

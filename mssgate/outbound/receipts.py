@@ -1,0 +1,85 @@
+"""Read receipts (MDN, RFC 8098) for copies a RIS sent: found in what its application mailbox
+receives, matched by Original-Message-ID, and counted only from the recipient itself.
+
+Every copy's Message-ID is random (unguessable) and a receipt counts only when its `From` is
+the very recipient the copy went to, so a third party cannot mark a copy read. The walk is
+bounded in depth and parts: what arrives is hostile like any mail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email import message_from_bytes
+from email.message import Message
+from email.parser import HeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+from typing import Final
+
+from mssgate.errors import ValidationFailed
+from mssgate.identifiers import normalize_address
+
+_MAX_DEPTH: Final = 6
+_MAX_PARTS: Final = 50
+
+
+@dataclass(frozen=True)
+class ReadReceipt:
+    original_message_id: str
+    reader: str
+    disposition: str
+
+    @property
+    def read(self) -> bool:
+        """displayed (a person opened it) or processed (software integrated it)."""
+        kind = self.disposition.split(";")[-1].strip().lower()
+        return kind.startswith(("displayed", "processed"))
+
+
+def _report(part: Message, depth: int, budget: list[int]) -> Message | None:
+    budget[0] -= 1
+    if budget[0] < 0 or depth > _MAX_DEPTH:
+        return None
+    if part.get_content_type() == "message/disposition-notification":
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            return payload[0] if payload and isinstance(payload[0], Message) else None
+        text = part.get_payload(decode=True)
+        if not isinstance(text, bytes):
+            return None
+        return HeaderParser(policy=compat32).parsestr(text.decode("utf-8", "replace"))
+    if part.get_content_maintype() != "multipart":
+        return None
+    payload = part.get_payload()
+    if not isinstance(payload, list):
+        return None
+    for sub in payload:
+        if isinstance(sub, Message):
+            found = _report(sub, depth + 1, budget)
+            if found is not None:
+                return found
+    return None
+
+
+def _address(value: str | None) -> str | None:
+    found = getaddresses([value or ""])
+    if len(found) != 1:
+        return None
+    try:
+        return normalize_address(found[0][1])
+    except ValidationFailed:
+        return None
+
+
+def read_receipt(raw: bytes) -> ReadReceipt | None:
+    """The MDN `raw` carries (signed or not), or None when it is none."""
+    message = message_from_bytes(raw, policy=compat32)
+    fields = _report(message, 0, [_MAX_PARTS])
+    if fields is None:
+        return None
+    original = (fields.get("Original-Message-ID") or "").strip()
+    reader = _address(message.get("From"))
+    disposition = " ".join((fields.get("Disposition") or "").split())
+    if not original or reader is None or not disposition:
+        return None
+    return ReadReceipt(original[:300], reader, disposition[:200])
