@@ -3,7 +3,8 @@
 The archive has the shape our own pipeline accepts (and common producers write): README.TXT
 and INDEX.HTM at the root, IHE_XDM/SUBSET01/METADATA.XML (an ebRIM SubmitObjectsRequest built
 with lxml) and the documents named 8.3 upper case: DOC0001.XML the CDA, DOC0002.PDF the PDF.
-The INS is the patientId (CX `<INS>^^^&<oid>&ISO^NH`), the author comes from TXA or the CDA.
+The INS is the patientId (CX `<INS>^^^&<oid>&ISO^NH`), the author comes from TXA or the CDA;
+an MDM^T10 adds the replacement association (RPLC) to the document its CDA replaces.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Final
 
 from lxml import etree
 
+from mssgate.documents.cda import format_identifier
 from mssgate.documents.headers import build_ddm_subject
 from mssgate.documents.xdm import XDM_ATTACHMENT_NAME
 from mssgate.outbound.hl7in import Submission
@@ -35,6 +37,7 @@ _SCHEME_FORMAT: Final = "urn:uuid:a09d5840-386c-46f2-b5ad-9c3699a4309d"
 _SCHEME_CONFIDENTIALITY: Final = "urn:uuid:f4f85eac-e6cb-4883-b524-f2705394840f"
 _DOCUMENT_ENTRY: Final = "urn:uuid:7edca82f-054d-47f2-a032-9b2a5b5186c1"
 OID_RPPS: Final = "1.2.250.1.71.4.2.1"
+ASSOCIATION_RPLC: Final = "urn:ihe:iti:2007:AssociationType:RPLC"
 
 
 def _rim(tag: str) -> str:
@@ -132,6 +135,14 @@ def metadata(submission: Submission, entries: list[tuple[str, bytes, str]], now:
         _external(element, _ID_PATIENT, cx, obj, 2)
         # The CDA keeps its own id (receivers deduplicate on it); the PDF gets one beside it.
         _external(element, _ID_UNIQUE, unique if index == 1 else f"{unique}.PDF", obj, 3)
+    for n, replaced in enumerate(header.replaces, start=1):
+        # MDM^T10: the new version replaces the one its CDA names (relatedDocument RPLC).
+        target = format_identifier(replaced)
+        if target:
+            etree.SubElement(
+                objects, _rim("Association"), id=f"Association{n:02d}",
+                associationType=ASSOCIATION_RPLC, sourceObject="Document01", targetObject=target,
+            )  # fmt: skip
     return etree.tostring(request, xml_declaration=True, encoding="UTF-8")
 
 

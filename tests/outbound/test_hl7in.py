@@ -3,11 +3,17 @@ matrix, the events, ORU^R01's OBX-11, MDM^T10's RPLC, and the ACK's shape."""
 
 from __future__ import annotations
 
-import pytest
+from datetime import UTC, datetime
 
+import pytest
+from lxml import etree
+
+from mssgate.documents import process_message
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.samples import CdaSpec, make_cda
+from mssgate.documents.ziparchive import read_zip
 from mssgate.outbound.ack import build_ack
+from mssgate.outbound.compose import ASSOCIATION_RPLC, build_message, xdm_archive
 from mssgate.outbound.hl7in import Rejection, Rules, matrix_row, parse_er7, read_submission
 from tests.smtp.conftest import ALICE
 from tests.smtp.test_outbound_gateway import INS, mdm
@@ -84,3 +90,22 @@ def test_an_ack_echoes_msh10_and_carries_an_err_per_problem() -> None:
 def test_lines_ending_in_lf_are_read_like_cr() -> None:
     body = mdm().replace(b"\r", b"\n")
     assert read_submission(parse_er7(body), RULES).recipients == (ALICE,)
+
+
+def test_t10_sends_the_new_version_with_the_rplc_association_and_our_pipeline_reads_it() -> None:
+    old_id, new_id = "1.2.250.1.999.1.1.45.1", "1.2.250.1.999.1.1.45.2"
+    replacing = make_cda(CdaSpec(doc_root=new_id, version=2, replaces=old_id))
+    submission = read_submission(parse_er7(mdm(event="MDM^T10^MDM_T02", cda=replacing)), RULES)
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    xdm = xdm_archive(submission, now, sender="ris@hopital-a.test")
+    metadata = read_zip(xdm, DocumentLimits()).get("IHE_XDM/SUBSET01/METADATA.XML")
+    assert metadata is not None
+    [association] = etree.fromstring(metadata.data).iter("{*}Association")
+    assert association.get("associationType") == ASSOCIATION_RPLC
+    assert association.get("targetObject") == old_id
+    raw = build_message(submission, sender="ris@hopital-a.test", recipient=ALICE,
+                        message_id="<t10@test>", mss_fields={}, now=now, xdm=xdm)  # fmt: skip
+    result = process_message(raw, allow_test_oids=True)
+    [accepted] = result.accepted
+    assert accepted.record.document.replaces == old_id
+    assert accepted.record.document.unique_id == new_id
