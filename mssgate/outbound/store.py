@@ -18,7 +18,8 @@ from mssgate.db.tx import write
 
 Status = Literal["queued", "sent", "delivered", "failed", "read"]
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-_BASIC = re.compile(r"^([245]\d\d)\b")
+# The reply code: the relay records "<enhanced> <reply>" ("5.1.1 550 5.1.1 No such user").
+_BASIC = re.compile(r"(?<![.\d])([245]\d\d)(?![.\d])")
 
 
 class RecipientStatus(BaseModel):
@@ -232,7 +233,7 @@ def _recipient(
         return RecipientStatus(address=address, status=status, changed_at=changed_at)
     if state == "failed":
         found = _ENHANCED.search(error or "")
-        basic = _BASIC.match(error or "")
+        basic = _BASIC.search(error or "")
         return RecipientStatus(
             address=address,
             status="failed",

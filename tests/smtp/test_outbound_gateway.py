@@ -35,6 +35,7 @@ def mdm(
     recipients: tuple[str, ...] = (ALICE,),
     flags: tuple[tuple[str, str], ...] = (),
     pdf: bytes | None = None,
+    oid: str = OID,
 ) -> bytes:
     """An MDM^T02 as a RIS writes it (test data, written as ER7 text on purpose)."""
     payload = cda_b64 if cda_b64 is not None else base64.b64encode(cda or make_cda()).decode()
@@ -42,7 +43,7 @@ def mdm(
         f"MSH|^~\\&|RIS|CENTRE|MSSGATE|GW|20240116151112||{event}|{control}|P|2.6"
         "|||||FRA|UNICODE UTF-8",
         "EVN||20240116151112",
-        f"PID|1||{ins}^^^ASIP-SANTE-INS-NIR&{OID}&ISO^INS||PAT-TROIS^DOMINIQUE^^^^^L||19790328|F",
+        f"PID|1||{ins}^^^ASIP-SANTE-INS-NIR&{oid}&ISO^INS||PAT-TROIS^DOMINIQUE^^^^^L||19790328|F",
         "PV1|1|N",
         "TXA|1|18748-4|TEXT|20240116||||||||1.2.250.1.999.1.1.45.1||||||AU|||||801234560801^DOC^KIT",
         f"OBX|1|ED|18748-4^CR d'imagerie^LN||^text^XML^Base64^{payload}||||||F",

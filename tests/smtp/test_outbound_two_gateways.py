@@ -1,0 +1,58 @@
+"""A RIS on gateway B sends through B to practitioners of gateway A over the real relay
+(issue 15): the copy reaches A's mailbox with B's application mailbox signature and DKIM
+verified by A; a recipient A does not know ends `failed` with A's code, and its ZAM^Z02 says N
+with the SMTPERRORCODE; the one A took has a ZAM^Z02 Y."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import hl7  # type: ignore[import-untyped]
+import httpx
+
+from mssgate.documents.samples import OID_NIR, PAT_TROIS, CdaSpec, make_cda
+from tests.conftest import Cli
+from tests.smtp.conftest import BOB, Gateway
+from tests.smtp.test_outbound_gateway import mdm
+from tests.smtp.test_two_gateways import DR_B, pair  # noqa: F401  (the fixture)
+
+NOBODY = "nobody@hopital-a.test"
+
+
+def test_a_ris_on_b_sends_to_a_over_the_relay(cli: Cli, pair: tuple[Gateway, Gateway]) -> None:  # noqa: F811
+    a, b = pair
+    b_cfg = ["--config", str(b.data / "mssgate.toml")]
+    # DR_B's mailbox stands for B's application mailbox; consumer add gives it its key.
+    token = cli.ok(*b_cfg, "consumer", "add", "ris-b", "--mailbox", DR_B, "--json").json()["token"]
+    # B runs without test INS: the production-OID patient.
+    cda = make_cda(CdaSpec(patient=replace(PAT_TROIS, oid=OID_NIR)))
+    body = mdm("B-0001", cda=cda, oid=OID_NIR, recipients=(BOB, NOBODY))
+    with httpx.Client(
+        base_url=f"https://127.0.0.1:{b.ports['api']}",
+        verify=b.client_context(),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    ) as api:
+        response = api.post("/v1/outbound", content=body,
+                            headers={"Content-Type": "application/hl7-v2"})  # fmt: skip
+        assert response.status_code == 202, response.text
+        location = response.headers["Location"]
+        [delivered] = a.wait_delivered(BOB, 1, timeout=60)
+        head = delivered.read_bytes().split(b"\r\n\r\n", 1)[0].decode()
+        assert "smime=pass" in head
+        assert "dkim=pass header.d=clinique-b.test" in head
+        assert "X-MSS-CODECDA: 18748-4" in head
+        # Both outcomes are known once the relay has reported them (250, and 550 at RCPT).
+        b.wait_event("relay.delivered", timeout=60)
+        b.wait_event("relay.failed", timeout=60)
+        statuses = {r["address"]: r for r in api.get(location).json()["recipients"]}
+        assert statuses[BOB]["status"] == "sent"
+        assert statuses[NOBODY]["status"] == "failed"
+        assert statuses[NOBODY]["code"] == "5.1.1"
+        zams = [hl7.parse(z) for z in api.get(f"{location}/acks").json()]
+    by_address = {str(z.segments("OBX")[1][5]).split("^")[-1]: z for z in zams}
+    ok, refused = by_address[BOB], by_address[NOBODY]
+    assert str(ok.segments("OBX")[0][5]).startswith("Y^")
+    assert str(refused.segments("OBX")[0][5]).startswith("N^")
+    assert str(refused.segment("ERR")[5]).startswith("550^")
+    assert str(refused.segment("ERR")[5]).endswith("^SMTPERRORCODE")
