@@ -6,6 +6,12 @@ signing keys (JWKS) fetched over HTTPS with the configured CA and kept for
 most once per `oidc.jwks_refetch_min_seconds` (the provider rotated its keys, or a forger
 is trying kids: either way one fetch). Signatures are checked by PyJWT, never here.
 
+A provider that fails to answer (discovery, JWKS, introspection) is not asked again for
+`oidc.jwks_refetch_min_seconds`: meanwhile what needs it fails at once (ProviderError), while
+tokens signed by keys already held go on being checked. A failure counts nothing toward a
+client's login penalty, so without this every made-up token would cost one more connection and
+a worker thread for up to `http_timeout_seconds`.
+
 With `oidc.introspection` the provider is asked instead (RFC 7662), for opaque tokens or an
 operator who wants revocation seen at once; the same claims are checked on its answer.
 
@@ -69,6 +75,8 @@ class TokenVerifier:
         self._keys: dict[str | None, dict[str, Any]] = {}
         self._keys_at = 0.0
         self._keys_tried_at = float("-inf")
+        # Until when (time.monotonic) the provider is not asked: set by a failure.
+        self._down_until = float("-inf")
 
     @property
     def issuer(self) -> str:
@@ -168,7 +176,7 @@ class TokenVerifier:
         document = self._get_json("GET", uri)
         keys = document.get("keys")
         if not isinstance(keys, list):
-            raise ProviderError("JWKS without keys")
+            raise self._failed(ProviderError("JWKS without keys"))
         found: dict[str | None, dict[str, Any]] = {}
         for key in keys:
             if isinstance(key, dict) and key.get("use") in (None, "sig"):
@@ -214,14 +222,28 @@ class TokenVerifier:
             metadata = self._get_json("GET", url)
             if str(metadata.get("issuer", "")).rstrip("/") != self._issuer:
                 # OpenID Connect Discovery 4.3: a document for another issuer is not ours.
-                raise ProviderError("discovery names another issuer")
+                raise self._failed(ProviderError("discovery names another issuer"))
             self._metadata, self._metadata_at = metadata, now
         value = self._metadata.get(name)
         if not isinstance(value, str) or not value.startswith("https://"):
-            raise ProviderError(f"discovery gives no https {name}")
+            raise self._failed(ProviderError(f"discovery gives no https {name}"))
         return value
 
+    def _failed(self, error: ProviderError) -> ProviderError:
+        """`error`, after which the provider rests for `jwks_refetch_min_seconds`."""
+        self._down_until = time.monotonic() + self._config.jwks_refetch_min_seconds
+        return error
+
     def _get_json(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        if time.monotonic() < self._down_until:
+            raise ProviderError("the provider failed to answer lately: not asked again yet")
+        try:
+            return self._ask(method, url, **kwargs)
+        except ProviderError as exc:
+            self._failed(exc)
+            raise
+
+    def _ask(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         limit = self._config.max_document_bytes
         deadline = time.monotonic() + self._config.http_timeout_seconds
         body = bytearray()
