@@ -506,6 +506,7 @@ class CrossNodeDelivery:
     def __init__(self, homes: Homes, handoff: NodeHandOff) -> None:
         self._homes = homes
         self._handoff = handoff
+        self._handovers = HandOvers(homes.engine)
 
     def home_elsewhere(self, recipient: str) -> str | None:
         home = self._homes.remote(recipient)
@@ -514,6 +515,9 @@ class CrossNodeDelivery:
     def hand_over(self, address: str, recipient: str, message: bytes, *, queue_id: str,
                   sender: str) -> None:  # fmt: skip
         self._handoff.hand_over(address, recipient, message, queue_id=queue_id, sender=sender)
+
+    def taken_elsewhere(self, queue_id: str, recipient: str) -> bool:
+        return self._handovers.taken(queue_id, recipient) is not None
 
 
 # ---------------------------------------------------------------------- IMAP on any node

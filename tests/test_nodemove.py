@@ -382,3 +382,45 @@ def test_a_second_move_of_a_mailbox_waits_for_the_first_whichever_node_is_asked(
     assert isinstance(second, MoveRefused), second
     assert second.code == 451 and "under way" in str(second), second
     assert home() == "b"
+
+
+def test_a_message_whose_lost_hand_over_was_taken_is_not_delivered_again_once_home_here(
+    link: Link,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """This node (a) handed an entry to BOB's home then, b, which took it (its row in
+    node_handovers) but whose 250 was lost; BOB moved back to a before a's next attempt.
+    Before, a delivered its own copy here, and b's copy came by b's hand-over: twice."""
+    from sqlalchemy import update
+
+    from mssgate.db.schema import professionals
+    from mssgate.db.tx import write
+    from mssgate.handovers import HandOvers
+    from mssgate.mailstore.maildir import MaildirStore
+    from mssgate.nodelink import CrossNodeDelivery, NodeHandOff
+    from mssgate.spool import new_queue_id
+    from mssgate.spool.delivery import DeliveryWorker
+    from tests.test_nodelink import SENDER, message
+
+    cert, key, ca = link.tls
+    queue_id = new_queue_id()
+    link.spool.accept(queue_id=queue_id, content=message(b"handed over once\r\n"),
+                      listener="mta", sender=SENDER, identity=None, peer="127.0.0.1",
+                      recipients=[(BOB, "local")])  # fmt: skip
+    [item] = link.spool.due(route="local")
+    # The first attempt: b took it (b's listener records this), a heard no 250.
+    HandOvers(link.engine).record(queue_id, BOB, "B-SPOOL-ID")
+    link.spool.attempt_failed(item, error="LMTP session failed in DATA: timed out",
+                              permanent=False, retry_in=timedelta(0))  # fmt: skip
+    with write(link.engine) as conn:  # BOB is homed here (a) again
+        conn.execute(update(professionals).where(professionals.c.address == BOB)
+                     .values(node="a"))  # fmt: skip
+    store = MaildirStore(tmp_path / "mail")
+    worker = DeliveryWorker(
+        link.spool, store,
+        cross_node=CrossNodeDelivery(Homes(link.engine, "a"),
+                                     NodeHandOff(cert=cert, key=key, ca=ca, timeout=10)),
+    )  # fmt: skip
+    assert asyncio.run(worker.run_once()) == 1
+    assert link.spool.due(route="local") == []
+    assert not list((tmp_path / "mail").rglob("new/*")), "delivered a second copy here"

@@ -61,6 +61,10 @@ class CrossNode(Protocol):
     def hand_over(self, address: str, recipient: str, message: bytes, *, queue_id: str,
                   sender: str) -> None: ...  # fmt: skip
 
+    def taken_elsewhere(self, queue_id: str, recipient: str) -> bool:
+        """Whether a node took an earlier hand-over of this entry (mssgate.handovers)."""
+        ...
+
 
 class Gates(Protocol):
     """mssgate.mailmove.MailboxGates."""
@@ -136,6 +140,19 @@ class DeliveryWorker:
         home = self._cross.home_elsewhere(item.recipient) if self._cross is not None else None
         if home is not None:
             self._hand_over(item, home)
+            return
+        # Only after a failed attempt: an earlier one may have handed it to the then home
+        # node, which took it but whose 250 was lost, and the mailbox has come back here
+        # since. That node's copy comes here by its own hand-over (or was synced with the
+        # mailbox): this one would be a second.
+        if (
+            self._cross is not None
+            and item.attempts > 0
+            and self._cross.taken_elsewhere(item.spool_id, item.recipient)
+        ):
+            self._spool.delivered(item)
+            metrics.delivery(item.route, "delivered")
+            event(log, "delivery.taken_elsewhere", queue_id=item.spool_id)
             return
         try:
             content = self._spool.read(item.spool_id)
