@@ -385,7 +385,7 @@ class PreauthSession:
         if identity is None:
             failures = self._penalty.failed(self.peer_ip)
             event(log, "imap.auth_failed", listener=self._listener, peer=self.peer_ip,
-                  mechanism=mechanism, failures=failures)  # fmt: skip
+                  mechanism=mechanism, failures=failures, delay=delay)  # fmt: skip
             await self._auth.failed(login, mechanism, self.peer_ip)
             if challenge is not None:
                 await self._send("+ " + b64encode(challenge).decode("ascii"))

@@ -527,7 +527,9 @@ class GatewaySMTP(SMTP):
         identity = await attempt()
         if identity is None:
             failures = self._penalty.failed(self._peer_ip)
-            self._event("smtp.auth_failed", mechanism=mechanism, failures=failures)
+            # `delay` is the penalty this attempt waited: the log shows the penalty applied,
+            # whatever the machine's load added to it.
+            self._event("smtp.auth_failed", mechanism=mechanism, failures=failures, delay=delay)
             await self._auth.failed(login, mechanism, self._peer_ip)
             return AuthResult(success=False, handled=False)
         self._penalty.succeeded(self._peer_ip)
