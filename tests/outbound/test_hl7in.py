@@ -4,6 +4,7 @@ matrix, the events, ORU^R01's OBX-11, MDM^T10's RPLC, and the ACK's shape."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -109,3 +110,22 @@ def test_t10_sends_the_new_version_with_the_rplc_association_and_our_pipeline_re
     [accepted] = result.accepted
     assert accepted.record.document.replaces == old_id
     assert accepted.record.document.unique_id == new_id
+
+
+def test_a_cda_with_an_external_entity_or_a_dtd_is_refused_unread() -> None:
+    secret = Path("/etc/hostname")
+    xxe = (
+        f'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file://{secret}">]>'
+        '<ClinicalDocument xmlns="urn:hl7-org:v3"><title>&x;</title></ClinicalDocument>'
+    ).encode()
+    with pytest.raises(Rejection) as caught:
+        read_submission(parse_er7(mdm(cda=xxe)), RULES)
+    assert [p.code for p in caught.value.problems] == [906]
+    assert "CDA refused" in caught.value.problems[0].text
+
+
+def test_more_than_the_recipient_bound_is_refused_not_truncated() -> None:
+    many = tuple(f"dr{n}@hopital-a.test" for n in range(51))
+    with pytest.raises(Rejection) as caught:
+        read_submission(parse_er7(mdm(recipients=many)), RULES)
+    assert "more than 50 recipients" in caught.value.problems[0].text
