@@ -131,7 +131,7 @@ def unseal(kek: Kek, address: str, cert: x509.Certificate, sealed: bytes) -> Sig
     nonce, body = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
     try:
         der = AESGCM(kek.key).decrypt(nonce, body, _aad(address, fingerprint(cert)))
-    except InvalidTag:
+    except (InvalidTag, ValueError):  # ValueError: a row cut short (no whole nonce)
         # `from None`: nothing of the key or the ciphertext rides along in a traceback.
         raise EscrowUnavailable(
             f"the signing key held for {address} does not open with this key encryption key"
@@ -218,7 +218,10 @@ class KeyEscrow:
                 f"the signing key held for {owner} was sealed with another key encryption key"
                 f" ({row.kek_id}, this node has {kek.kek_id}): copy the installation's file"
             )
-        cert = x509.load_pem_x509_certificate(row.cert_pem.encode("ascii"))
+        try:
+            cert = x509.load_pem_x509_certificate(row.cert_pem.encode("ascii"))
+        except ValueError:
+            raise EscrowUnavailable(f"the certificate held for {owner} is unreadable") from None
         key = unseal(kek, owner, cert, bytes(row.wrapped_key))
         return EscrowedKey(owner, key, cert)
 
