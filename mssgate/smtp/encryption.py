@@ -264,6 +264,17 @@ def _sealed_for_recipients(
                 replies.SIGNATURE_INSIDE_ENCRYPTION,
                 reason=f"signature-inside-encryption: refused by {name}",
             )
+    for recipient in recipients:
+        # An application mailbox is read by a RIS, which verifies no S/MIME: it relies on the
+        # gateway having checked the signature, and the pipeline could read nothing of it.
+        # Passing unopened is for persons, whose own clients check what is inside.
+        mailbox = directory.professionals.find(recipient)
+        if mailbox is not None and mailbox.local and mailbox.kind is MailboxKind.APP:
+            return IncomingDecision(
+                content,
+                replies.SIGNATURE_INSIDE_ENCRYPTION,
+                reason=f"signature-inside-encryption: application mailbox {mailbox.address}",
+            )
     try:
         named = recipients_of(content)
     except UnreadableEnvelope as exc:

@@ -345,3 +345,24 @@ def test_verify_encrypts_again_to_no_revoked_held_certificate(
     [refused] = rejections(world.gateway)
     assert refused["reason"].startswith("encrypted-to-unregistered: issuer=")
     assert world.gateway.mailbox(BOB) == []
+
+
+def test_an_application_mailbox_without_a_held_key_gets_no_sealed_mail(
+    world: World, cli: Cli, tmp_path: Path
+) -> None:
+    # A RIS mailbox whose key is not in certs/mailboxes (the RIS keeps it) with a registered
+    # certificate: sign-then-encrypt to it would pass unopened, its signature checked by
+    # nobody (a RIS verifies no S/MIME: it trusts the gateway to have), and fill the
+    # quarantine at will. Passing unopened is for persons, whose clients check the signature.
+    ris2 = f"ris-b@{DOMAIN}"
+    cli.ok("directory", "add", ris2, "--name", "RIS B", "--kind", "application")
+    cli.ok("cert", "issue", ris2, "--out", str(tmp_path / "ris-b"))
+    ris2_cert = tmp_path / "ris-b" / f"{ris2}.crt.pem"
+    raw = client_message(world, tmp_path, to=ris2, encrypt_to=(ris2_cert,))
+    assert world.submit(raw, ris2) == (550, INSIDE)
+    # With a person beside it, the same.
+    both = client_message(world, tmp_path, to=ris2, encrypt_to=(ris2_cert, world.key(BOB)[1]))
+    assert world.submit(both, ris2, BOB) == (550, INSIDE)
+    reasons = [r["reason"] for r in rejections(world.gateway)]
+    assert reasons == [f"signature-inside-encryption: application mailbox {ris2}"] * 2
+    assert world.gateway.mailbox(ris2) == [] and world.gateway.mailbox(BOB) == []
