@@ -10,6 +10,7 @@ import email
 import email.policy
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import hl7  # type: ignore[import-untyped]
@@ -243,3 +244,21 @@ def test_a_read_receipt_from_the_recipient_marks_the_copy_read_and_yields_a_z03(
     assert recipient["detail"] == "manual-action/MDN-sent-manually; displayed"
     kinds = [str(hl7.parse(z).segment("MSH")[9]) for z in api.get(f"{location}/acks").json()]
     assert kinds == ["ZAM^Z02^ZAM_Z01", "ZAM^Z03^ZAM_Z01"]
+
+
+def test_the_same_msh10_posted_four_times_at_once_is_sent_once(
+    live: tuple[Gateway, httpx.Client, httpx.Client],
+) -> None:
+    gateway, api, _ = live
+    body = mdm("RACE-1")
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: post(api, body)[0], range(4)))
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.headers["Location"] for a in answers}) == 1
+    assert all("MSA|AA|RACE-1" in a.text for a in answers)
+    gateway.wait_delivered(ALICE, 1)
+    accepted = [e for e in gateway.events() if e.get("event") == "outbound.accepted"]
+    assert len(accepted) == 1
+    [recipient] = api.get(answers[0].headers["Location"]).json()["recipients"]
+    assert recipient["status"] == "delivered"
+    assert len(gateway.mailbox(ALICE)) == 1
