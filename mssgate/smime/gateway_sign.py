@@ -59,10 +59,8 @@ _SIGNATURE_FIELD = re.compile(
     rb"(?:^|\r)content-type:[\s\x1c-\x1f]*(?:multipart/signed|application/(?:x-)?pkcs7-)",
     re.IGNORECASE | re.MULTILINE,
 )
-# Lines a part boundary may be (the parser also splits lines at a bare CR): an upper bound on
-# the parts the parser would make. Beyond it the message is not parsed: taken as signed in a
-# part, so the gateway does not sign it (the verifier then refuses it as unsigned).
-_BOUNDARY_LINE = re.compile(rb"(?:^|\r)--", re.MULTILINE)
+# Beyond this many lines that may be a part boundary the message is not parsed: taken as
+# signed in a part, so the gateway does not sign it (the verifier then refuses it unsigned).
 _MAX_PARTS = 1000
 
 
@@ -126,13 +124,20 @@ def _signed_in_part(content: bytes) -> bool:
     Bounded for any input: a structure too large or too deep to read counts as signed."""
     if _SIGNATURE_FIELD.search(content) is None:
         return False
-    if len(_BOUNDARY_LINE.findall(content)) > _MAX_PARTS:
+    if _boundary_lines(content) > _MAX_PARTS:
         return True
     try:
         parsed = message_from_bytes(content, policy=compat32)
     except RecursionError:
         return True
     return _walk(parsed, 0)
+
+
+def _boundary_lines(content: bytes) -> int:
+    """Lines starting with "--" (the parser also ends lines at a bare CR): an upper bound on
+    the parts the parser would make. Counted in C, with no list of matches (a 25 MB message
+    of "\\n--" would make 8 million)."""
+    return content.count(b"\n--") + content.count(b"\r--") + content.startswith(b"--")
 
 
 def _walk(part: Message, depth: int) -> bool:

@@ -61,6 +61,15 @@ def test_many_parts_are_not_parsed_into_memory() -> None:
     finally:
         tracemalloc.stop()
     assert found is False and peak < 2 * len(raw), (peak, len(raw))
+    # Nothing but lines that could be boundaries: counted, not listed.
+    raw = many_parts(0, SIGNATURE_PART + b"--\r\n" * 500_000)
+    tracemalloc.start()
+    try:
+        found = _signed_in_part(raw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found is True and peak < len(raw), (peak, len(raw))
 
 
 def test_what_a_client_sends_is_still_told_apart() -> None:
