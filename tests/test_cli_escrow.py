@@ -198,6 +198,26 @@ def test_domain_set_sign_for_users(cli: Cli, datadir: Path) -> None:
     assert peer.code == 1 and "local domain" in peer.err
 
 
+def test_domain_list_shows_sign_for_users(cli: Cli, datadir: Path) -> None:
+    """Issue 14 part 1: the per-domain setting was audited and applied but shown nowhere."""
+    cli.ok("domain", "add", "clinique-a.test")
+    cli.ok("domain", "trust", "peer.test", "--relay", "mx.peer.test")
+    cli.ok("domain", "set", DOMAIN, "--sign-for-users", "always")
+
+    def listed() -> dict[str, object]:
+        return {d["name"]: d["sign_for_users"] for d in cli.ok("domain", "list", "--json").json()}
+
+    # Stored, the default where none is (never null for a local domain), null for a peer.
+    assert listed() == {DOMAIN: "always", "clinique-a.test": "missing", "peer.test": None}
+    table = cli.ok("domain", "list").out
+    assert "sign for users" in table
+    rows = {line.split("│")[1].strip(): line for line in table.splitlines() if "│" in line}
+    assert rows[DOMAIN].rstrip(" │").endswith("always"), table
+    assert rows["clinique-a.test"].rstrip(" │").endswith("missing"), table
+    cli.ok("domain", "set", DOMAIN, "--sign-for-users", "off")
+    assert listed()[DOMAIN] == "off"
+
+
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"])
 def test_a_key_held_by_one_node_opens_on_another_with_the_same_kek(
     db: str, request: pytest.FixtureRequest, tmp_path: Path

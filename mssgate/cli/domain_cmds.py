@@ -260,7 +260,8 @@ def untrust(ctx: typer.Context, domain: str) -> None:
 def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List local and trusted domains.
 
-    With --json, "encryption" is null for a domain on the global policy.encryption.
+    With --json, "encryption" is null for a domain on the global policy.encryption, and
+    "sign_for_users" null for a peer domain (the setting is a local domain's).
     """
     st = state(ctx)
     rows = st.directory().domains.list()
@@ -270,7 +271,15 @@ def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
     default = st.config().policy.encryption
     emit_table(
         "Domains",
-        ["domain", "kind", "relay", "CA", "encryption", "signature inside encryption"],
+        [
+            "domain",
+            "kind",
+            "relay",
+            "CA",
+            "encryption",
+            "signature inside encryption",
+            "sign for users",
+        ],
         [
             (
                 d.name,
@@ -279,6 +288,7 @@ def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
                 d.ca_subject,
                 _policy_text(d, default),
                 _inner_text(d),
+                d.sign_for_users.value if d.sign_for_users is not None else None,
             )
             for d in rows
         ],

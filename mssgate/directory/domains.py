@@ -9,10 +9,10 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Engine, Row, delete, select
+from sqlalchemy import Engine, Row, Select, delete, select
 
 from mssgate import audit
-from mssgate.db.schema import domains
+from mssgate.db.schema import domain_signing, domains
 from mssgate.db.tx import write
 from mssgate.directory.models import (
     Cipher,
@@ -20,7 +20,9 @@ from mssgate.directory.models import (
     DomainKind,
     EncryptionPolicy,
     InnerSignature,
+    SignForUsers,
 )
+from mssgate.directory.signing import DEFAULT as SIGN_FOR_USERS_DEFAULT
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, ValidationFailed
 from mssgate.identifiers import normalize_domain
@@ -114,6 +116,18 @@ def _inner(value: str | None) -> InnerSignature | None:
     return InnerSignature(value) if value else None
 
 
+def _sign_for_users(row: Row[Any]) -> SignForUsers | None:
+    if row.kind != DomainKind.LOCAL.value:
+        return None
+    return SignForUsers(row.sign_for_users) if row.sign_for_users else SIGN_FOR_USERS_DEFAULT
+
+
+def _with_signing() -> Select[Any]:
+    """Domain rows with their `sign_for_users` (null: none stored, or a peer domain)."""
+    joined = domains.outerjoin(domain_signing, domain_signing.c.name == domains.c.name)
+    return select(domains, domain_signing.c.sign_for_users).select_from(joined)
+
+
 def _domain(row: Row[Any]) -> Domain:
     ca_subject = None
     if row.ca_pem:
@@ -128,6 +142,7 @@ def _domain(row: Row[Any]) -> Domain:
         encryption=EncryptionPolicy(row.encryption) if row.encryption else None,
         cipher=Cipher(row.cipher) if row.cipher else None,
         signature_inside_encryption=_inner(row.signature_inside_encryption),
+        sign_for_users=_sign_for_users(row),
         added_at=aware(row.added_at),
     )
 
@@ -139,7 +154,7 @@ class Domains:
 
     def _existing(self, name: str) -> Row[Any] | None:
         with self._engine.connect() as conn:
-            return conn.execute(select(domains).where(domains.c.name == name)).first()
+            return conn.execute(_with_signing().where(domains.c.name == name)).first()
 
     def add_local(self, name: str, *, encryption: EncryptionPolicy | None = None) -> Domain:
         key = normalize_domain(name)
@@ -265,7 +280,7 @@ class Domains:
 
     def list(self) -> list[Domain]:
         with self._engine.connect() as conn:
-            rows = conn.execute(select(domains).order_by(domains.c.kind, domains.c.name))
+            rows = conn.execute(_with_signing().order_by(domains.c.kind, domains.c.name))
             return [_domain(row) for row in rows]
 
     def local_names(self) -> set[str]:

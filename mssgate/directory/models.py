@@ -195,6 +195,27 @@ class Cipher(StrEnum):
             raise ValueError(f"invalid cipher {word!r}: use aes-gcm or aes-cbc") from None
 
 
+class SignForUsers(StrEnum):
+    """Per local domain: whether the gateway signs its users' unsigned submissions
+    (mssgate.directory.signing)."""
+
+    # Today's rule: an unsigned submission is refused.
+    OFF = "off"
+    # The default: a submission that carries no signature at all is signed for its sender.
+    MISSING = "missing"
+    # Every submission whose whole message is not signed is signed for its sender (a client
+    # signature over one part only gets the gateway's around the whole); a message the user
+    # signed as a whole is left as it is.
+    ALWAYS = "always"
+
+    @classmethod
+    def from_cli(cls, word: str) -> SignForUsers:
+        try:
+            return cls(word.strip().lower())
+        except ValueError:
+            raise ValueError(f"invalid choice {word!r}: use off, missing or always") from None
+
+
 class Domain(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -211,6 +232,9 @@ class Domain(BaseModel):
     # None: accept. Only meaningful for local domains (what their users and mailboxes may
     # exchange encrypted with the signature inside, unseen by the gateway).
     signature_inside_encryption: InnerSignature | None = None
+    # A local domain's setting (its default when none is stored); None for a peer domain,
+    # whose users are not ours to sign for.
+    sign_for_users: SignForUsers | None = None
     added_at: datetime
 
 

@@ -3,34 +3,14 @@ it holds for them (`domain set D --sign-for-users`; docs/smime.md, "Signed by th
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from sqlalchemy import Engine, delete, select
 
 from mssgate import audit
 from mssgate.db.schema import domain_signing, domains
 from mssgate.db.tx import write
+from mssgate.directory.models import SignForUsers as SignForUsers
 from mssgate.errors import NotFound, ValidationFailed
 from mssgate.identifiers import normalize_domain
-
-
-class SignForUsers(StrEnum):
-    # Today's rule: an unsigned submission is refused.
-    OFF = "off"
-    # The default: a submission that carries no signature at all is signed for its sender.
-    MISSING = "missing"
-    # Every submission whose whole message is not signed is signed for its sender (a client
-    # signature over one part only gets the gateway's around the whole); a message the user
-    # signed as a whole is left as it is.
-    ALWAYS = "always"
-
-    @classmethod
-    def from_cli(cls, word: str) -> SignForUsers:
-        try:
-            return cls(word.strip().lower())
-        except ValueError:
-            raise ValueError(f"invalid choice {word!r}: use off, missing or always") from None
-
 
 DEFAULT = SignForUsers.MISSING
 
