@@ -136,7 +136,9 @@ def recipients_of(raw: bytes) -> list[Recipient]:
             elif info.name == "kari":
                 # Key agreement (ECDH): each encrypted key names its recipient's certificate.
                 keys = info.chosen["recipient_encrypted_keys"]
-                if len(keys) == 0 or len(found) + len(keys) > MAX_RECIPIENT_INFOS:
+                room = MAX_RECIPIENT_INFOS - len(found)
+                count = _count_at_most(keys.contents or b"", room)
+                if count == 0 or count > room:
                     raise UnreadableEnvelope("bad number of key-agreement recipients")
                 found.extend(_named(key["rid"]) for key in keys)
             else:
@@ -190,6 +192,7 @@ def _named(rid: object) -> Recipient:
         key_id = bytes(chosen.native)
         return Recipient(key_id=key_id, description=f"subjectKeyIdentifier={key_id.hex()}")
     if name == "r_key_id" and chosen is not None:
-        key_id = bytes(chosen["subjectKeyIdentifier"].native)
+        # asn1crypto has two RecipientKeyIdentifier classes; key agreement uses the snake_case one.
+        key_id = bytes(chosen["subject_key_identifier"].native)
         return Recipient(key_id=key_id, description=f"subjectKeyIdentifier={key_id.hex()}")
     return Recipient(description=f"{name}: unknown recipient identifier")

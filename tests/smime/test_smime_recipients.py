@@ -197,3 +197,41 @@ def test_a_broken_envelope_is_unreadable_not_an_error(infos: bytes, tail: bytes 
     # session would have answered 500 with the parser's message instead of 554 5.7.5.
     with pytest.raises(UnreadableEnvelope):
         recipients_of(_enveloped(infos, tail=tail))
+
+
+def test_key_agreement_recipients_are_counted_up_to_the_bound_only() -> None:
+    # One KeyAgreeRecipientInfo holding MAX_RECIPIENT_INFOS + 1 encrypted keys, then bytes
+    # that are no element: refused on the count, nothing past the bound parsed.
+    # RecipientEncryptedKey: rid rKeyId [0] IMPLICIT { subjectKeyIdentifier }, encryptedKey.
+    key = _tlv(0x30, _tlv(0xA0, _tlv(0x04, b"\x02" * 20)) + _tlv(0x04, b"\x00" * 8))
+    head = cms.KeyAgreeRecipientInfo(
+        {
+            "version": "v3",
+            "originator": cms.OriginatorIdentifierOrKey(
+                name="subject_key_identifier", value=b"\x03" * 20
+            ),
+            "key_encryption_algorithm": {"algorithm": "aes256_wrap"},
+            "recipient_encrypted_keys": [],
+        }
+    ).dump()
+    # The same KeyAgreeRecipientInfo with its (last) SEQUENCE OF keys filled by hand.
+    fields = head[2:] if head[1] < 0x80 else head[2 + (head[1] & 0x7F) :]
+    assert fields.endswith(b"\x30\x00")
+    many = fields[:-2] + _tlv(0x30, key * (MAX_RECIPIENT_INFOS + 1) + b"\x30\x05\x02\x01")
+    kari = _tlv(0xA1, many)  # [1] IMPLICIT: the RecipientInfo choice for key agreement
+    with pytest.raises(UnreadableEnvelope, match="key-agreement"):
+        recipients_of(_enveloped(kari))
+    few = _tlv(0xA1, fields[:-2] + _tlv(0x30, key * 2))
+    assert len(recipients_of(_enveloped(few))) == 2
+
+
+def test_key_agreement_by_key_identifier_names_the_ec_certificate(
+    certs: dict[str, tuple[Path, x509.Certificate]], tmp_path: Path
+) -> None:
+    # `cms -keyid` with an EC certificate: rKeyId in the KeyAgreeRecipientInfo. It was read
+    # with the wrong field name and refused as unreadable (554 5.7.5).
+    sealed = openssl(tmp_path, "cms", "-encrypt", "-aes256", "-keyid", certs["ec"][0])
+    [found] = recipients_of(sealed)
+    assert found.key_id is not None
+    assert KnownCertificates.of([certs["ec"][1]]).names(found)
+    assert not KnownCertificates.of([certs["bob"][1]]).names(found)
