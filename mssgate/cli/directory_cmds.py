@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from mssgate.cli.context import actor, emit_json, emit_table, read_secret_stdin, say, state
 from mssgate.directory.annuaire import import_annuaire
@@ -233,6 +231,9 @@ def import_annuaire_cmd(
     Addresses of the local domains become mailboxes; the others are kept as known
     correspondents. Idempotent: a second run adds and updates nothing.
     """
+    from rich.console import Console  # here: the other commands start without rich.progress
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
     st = state(ctx)
     cfg = st.config()
     directory = st.directory()
