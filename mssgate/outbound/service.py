@@ -10,10 +10,11 @@ encryption policy) takes them from there like any accepted message.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from mssgate.outbound.ack import build_ack
 from mssgate.outbound.compose import build_message, xdm_archive
 from mssgate.outbound.hl7in import OTHER, Rejection, Rules, Submission, refuse
 from mssgate.outbound.receipts import read_receipt
-from mssgate.outbound.store import NewRecipient, OutboundStatus, OutboundStore
+from mssgate.outbound.store import NewRecipient, OutboundStatus, OutboundStore, Stored
 from mssgate.outbound.zam import acknowledgements
 from mssgate.returnpath import strip_return_path
 from mssgate.smime import sign_message
@@ -45,6 +46,15 @@ from mssgate.spool.store import Route
 
 log = logging.getLogger("mssgate.outbound")
 LISTENER = "api"
+# A submission recorded this long ago with a copy still not in the spool was cut short by a
+# crash: a repeat of its MSH-10 spools what is missing. Spooling takes well under a second.
+RESUME_AFTER = timedelta(seconds=60)
+# How long a repeat waits for the first request to finish spooling before answering 503.
+_REPEAT_WAIT_SECONDS = 5.0
+
+
+def _new_message_id(sender: str) -> str:
+    return f"<{uuid.uuid4().hex}@{sender.rsplit('@', 1)[1]}>"
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,9 @@ class Outbound:
         *,
         on_spooled: Callable[[], None] = lambda: None,
         dkim_key: bytes | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._clock = clock
         self._config = config
         self._directory = directory
         self._spool = spool
@@ -99,8 +111,7 @@ class Outbound:
             envelope = hl7in.envelope_of(message)
             stored = self._store.find(consumer.id, envelope.control_id)
             if stored is not None:
-                event(log, "outbound.repeated", outbound_id=stored.id, consumer=consumer.name)
-                return Answer(202, stored.ack, stored.id)
+                return self._repeat(consumer, message, stored)
             submission = hl7in.read_submission(message, self._rules)
             routes = self._routes(submission)
             return self._send(consumer, submission, routes)
@@ -110,6 +121,40 @@ class Outbound:
             ack = build_ack(exc.ack_code, exc.envelope, facility=self._hostname,
                             problems=exc.problems)  # fmt: skip
             return Answer(exc.status, ack)
+
+    def _repeat(self, consumer: Consumer, message: hl7.Message, stored: Stored) -> Answer:
+        """The same MSH-10 again: the first answer, once every copy is in the spool.
+
+        A copy recorded but not spooled is either being spooled now (by the first request,
+        maybe on another node: wait a little) or was lost to a crash between the record and
+        the spool; past RESUME_AFTER it is the latter, and this request spools it."""
+        waited = 0.0
+        missing = self._store.unspooled(stored.id)
+        while missing and waited < _REPEAT_WAIT_SECONDS:
+            time.sleep(0.05)
+            waited += 0.05
+            missing = self._store.unspooled(stored.id)
+        if missing:
+            if self._clock() - stored.submitted_at < RESUME_AFTER:
+                raise StorageError("the first submission of this MSH-10 is still being spooled")
+            submission = hl7in.read_submission(message, self._rules)
+            wanted = {m.address: m for m in missing}
+            routes = [r for r in self._routes(submission) if r[0] in wanted]
+            ids = {a: wanted[a].message_id for a, _ in routes}
+            for copy in self._copies(submission, consumer.mailbox, routes, ids, self._clock()):
+                # The row first: a crash before the spool leaves it missing, resumed again.
+                self._store.respooled(stored.id, copy.recipient, copy.queue_id)
+                self._accept(copy, consumer.mailbox)
+            event(log, "outbound.resumed", outbound_id=stored.id, recipients=len(routes))
+            self._on_spooled()
+        event(log, "outbound.repeated", outbound_id=stored.id, consumer=consumer.name)
+        return Answer(202, stored.ack, stored.id)
+
+    def _accept(self, copy: _Copy, sender: str) -> None:
+        self._spool.accept(
+            queue_id=copy.queue_id, content=copy.content, listener=LISTENER, sender=sender,
+            identity=sender, peer=None, recipients=[(copy.recipient, copy.route)],
+        )  # fmt: skip
 
     def status(self, consumer: Consumer, outbound_id: str) -> OutboundStatus | None:
         return self._store.status(consumer.id, outbound_id)
@@ -125,7 +170,7 @@ class Outbound:
             message_id=receipt.original_message_id,
             reader=receipt.reader,
             disposition=receipt.disposition,
-            at=datetime.now(UTC),
+            at=self._clock(),
         )
         if found is not None:
             event(log, "outbound.read", outbound_id=found)
@@ -172,11 +217,16 @@ class Outbound:
                 raise refuse(OTHER, "PRT", 15, text, env)
         return routes
 
-    def _send(
-        self, consumer: Consumer, submission: Submission, routes: list[tuple[str, Route]]
-    ) -> Answer:
+    def _copies(
+        self,
+        submission: Submission,
+        sender: str,
+        routes: list[tuple[str, Route]],
+        message_ids: dict[str, str],
+        now: datetime,
+    ) -> list[_Copy]:
+        """One signed copy per recipient, each under a new queue id."""
         env = submission.envelope
-        sender = consumer.mailbox
         try:
             key = find_mailbox_key(self._keys, sender)
         except PKIError as exc:
@@ -185,13 +235,12 @@ class Outbound:
         if key is None:
             text = f"no signing key for {sender} (mssgate consumer add, or cert install-key)"
             raise refuse(OTHER, "MSH", None, text, env, ack="AR", status=503)
-        now = datetime.now(UTC)
         xdm = xdm_archive(submission, now, sender=sender)
         mss_fields = self._mss_fields(submission, sender, xdm, now)
         copies: list[_Copy] = []
         for recipient, route in routes:
             queue_id = new_queue_id()
-            message_id = f"<{uuid.uuid4().hex}@{sender.rsplit('@', 1)[1]}>"
+            message_id = message_ids[recipient]
             unsigned = build_message(
                 submission, sender=sender, recipient=recipient, message_id=message_id,
                 mss_fields=mss_fields, now=now, xdm=xdm,
@@ -201,6 +250,17 @@ class Outbound:
             if route == "relay":
                 content = self._outgoing(content, sender)
             copies.append(_Copy(recipient, route, queue_id, message_id, content))
+        return copies
+
+    def _send(
+        self, consumer: Consumer, submission: Submission, routes: list[tuple[str, Route]]
+    ) -> Answer:
+        env = submission.envelope
+        sender = consumer.mailbox
+        now = self._clock()
+        copies = self._copies(
+            submission, sender, routes, {r: _new_message_id(sender) for r, _ in routes}, now
+        )
         outbound_id = new_queue_id()
         ack = build_ack("AA", env, facility=self._hostname)
         stored = self._store.record(
@@ -213,17 +273,18 @@ class Outbound:
             again = self._store.find(consumer.id, env.control_id)
             assert again is not None
             return Answer(202, again.ack, again.id)
+        spooled = 0
         try:
             for copy in copies:
-                self._spool.accept(
-                    queue_id=copy.queue_id, content=copy.content, listener=LISTENER,
-                    sender=sender, identity=sender, peer=None,
-                    recipients=[(copy.recipient, copy.route)],
-                )  # fmt: skip
+                self._accept(copy, sender)
+                spooled += 1
         except (StorageError, OSError) as exc:
-            self._store.forget(outbound_id)
+            if spooled == 0:
+                # Nothing went: the RIS's retry submits it anew at once.
+                self._store.forget(outbound_id)
+            # Else the retry, past RESUME_AFTER, spools the copies still missing.
             event(log, "outbound.spool_failed", level=logging.ERROR, outbound_id=outbound_id,
-                  error=str(exc))  # fmt: skip
+                  spooled=spooled, error=str(exc))  # fmt: skip
             raise StorageError("the message could not be spooled; submit it again") from exc
         event(log, "outbound.accepted", outbound_id=outbound_id, consumer=consumer.name,
               event_type=submission.event, recipients=len(copies))  # fmt: skip

@@ -13,8 +13,14 @@ from sqlalchemy import Engine, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mssgate import audit
-from mssgate.db.schema import outbound_messages, outbound_recipients, spool_recipients
+from mssgate.db.schema import (
+    outbound_messages,
+    outbound_recipients,
+    spool_messages,
+    spool_recipients,
+)
 from mssgate.db.tx import write
+from mssgate.directory.timeutil import aware
 
 Status = Literal["queued", "sent", "delivered", "failed", "read"]
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
@@ -46,6 +52,13 @@ class OutboundStatus(BaseModel):
 class Stored:
     id: str
     ack: str
+    submitted_at: datetime
+
+
+@dataclass(frozen=True)
+class Unspooled:
+    address: str
+    message_id: str
 
 
 @dataclass(frozen=True)
@@ -62,12 +75,44 @@ class OutboundStore:
     def find(self, consumer_id: int, control_id: str) -> Stored | None:
         with self._engine.connect() as conn:
             row = conn.execute(
-                select(outbound_messages.c.id, outbound_messages.c.ack).where(
+                select(
+                    outbound_messages.c.id,
+                    outbound_messages.c.ack,
+                    outbound_messages.c.submitted_at,
+                ).where(
                     outbound_messages.c.consumer_id == consumer_id,
                     outbound_messages.c.control_id == control_id,
                 )
             ).first()
-        return None if row is None else Stored(row.id, row.ack)
+        return None if row is None else Stored(row.id, row.ack, aware(row.submitted_at))
+
+    def unspooled(self, outbound_id: str) -> list[Unspooled]:
+        """The copies of a submission whose spool entry does not exist (yet)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(outbound_recipients.c.recipient, outbound_recipients.c.message_id)
+                .select_from(
+                    outbound_recipients.outerjoin(
+                        spool_messages, spool_messages.c.id == outbound_recipients.c.spool_id
+                    )
+                )
+                .where(
+                    outbound_recipients.c.outbound_id == outbound_id,
+                    spool_messages.c.id.is_(None),
+                )
+            ).all()
+        return [Unspooled(r.recipient, r.message_id) for r in rows]
+
+    def respooled(self, outbound_id: str, recipient: str, spool_id: str) -> None:
+        with write(self._engine) as conn:
+            conn.execute(
+                update(outbound_recipients)
+                .where(
+                    outbound_recipients.c.outbound_id == outbound_id,
+                    outbound_recipients.c.recipient == recipient,
+                )
+                .values(spool_id=spool_id)
+            )
 
     def record(
         self,
@@ -111,7 +156,7 @@ class OutboundStore:
                 )
         except IntegrityError:
             return None
-        return Stored(outbound_id, ack)
+        return Stored(outbound_id, ack, submitted_at)
 
     def forget(self, outbound_id: str) -> None:
         """Removes a submission whose spooling failed: the RIS's retry submits it anew."""

@@ -1,0 +1,66 @@
+"""A submission cut short between its record and the spool (a crash) is completed by the
+repeat of its MSH-10 once RESUME_AFTER has passed, never twice; a repeat while the first
+request may still be spooling gets 503, not a 202 for copies that are not in the spool."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from mssgate.config import Config
+from mssgate.directory import Directory
+from mssgate.documents.samples import OID_NIR, PAT_TROIS, CdaSpec, make_cda
+from mssgate.errors import StorageError
+from mssgate.outbound.service import RESUME_AFTER, Outbound
+from mssgate.smime.mailbox_keys import ensure_mailbox_key
+from mssgate.spool import Spool
+from tests.queue.helpers import RIS_A, RIS_B, add_consumer
+from tests.smtp.test_outbound_gateway import mdm
+
+
+class Crash(BaseException):
+    """The process dying between the record and the spool (not an error it handles)."""
+
+
+def test_a_crash_before_the_spool_is_resumed_by_the_repeat(
+    gateway: tuple[Config, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, engine = gateway
+    ensure_mailbox_key(config, RIS_A, common_name="RIS A")
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    spool = Spool(engine, config.server.data_dir / "spool")
+    now = [datetime.now(UTC)]
+    outbound = Outbound(config, Directory(engine, actor="test"), spool, clock=lambda: now[0])
+    # This configuration takes no test INS: the production-OID patient.
+    cda = make_cda(CdaSpec(patient=replace(PAT_TROIS, oid=OID_NIR)))
+    body = mdm("CRASH-1", recipients=(RIS_B,), cda=cda, oid=OID_NIR)
+
+    def crash(**_: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(spool, "accept", crash)
+    with pytest.raises(Crash):
+        outbound.submit(consumer, body)
+    monkeypatch.undo()
+    assert list(spool.entries()) == []
+
+    # Soon after: the first request may still be spooling; no 202 for a copy not spooled.
+    with pytest.raises(StorageError):
+        outbound.submit(consumer, body)
+    assert list(spool.entries()) == []
+
+    now[0] += RESUME_AFTER + timedelta(seconds=1)
+    answer = outbound.submit(consumer, body)
+    assert answer.status == 202 and "MSA|AA|CRASH-1" in answer.ack
+    [entry] = list(spool.entries())
+    assert [r["recipient"] for r in entry.recipients] == [RIS_B]
+    assert answer.outbound_id is not None
+    [recipient] = outbound.status(consumer, answer.outbound_id).recipients  # type: ignore[union-attr]
+    assert recipient.status == "queued" and recipient.detail is None
+    # And once spooled, a further repeat sends nothing more.
+    again = outbound.submit(consumer, body)
+    assert again.outbound_id == answer.outbound_id
+    assert len(list(spool.entries())) == 1
