@@ -57,7 +57,17 @@ def _command_modules(modules: set[str]) -> set[str]:
     return {m for m in modules if m.startswith("mssgate.cli.") and m.endswith("_cmds")}
 
 
-HEAVY = ("fastapi", "pyhanko", "lxml", "alembic", "aiohttp", "pypdf", "aiosmtpd", "uvicorn")
+HEAVY = (
+    "fastapi",
+    "pyhanko",
+    "lxml",
+    "alembic",
+    "aiohttp",
+    "pypdf",
+    "aiosmtpd",
+    "uvicorn",
+    "cryptography",
+)
 
 
 def test_version_imports_no_command_and_no_database() -> None:

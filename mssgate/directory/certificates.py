@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Connection, Engine, Row, select
 from sqlalchemy.exc import IntegrityError
 
@@ -18,7 +15,12 @@ from mssgate.directory.models import CertificateRecord
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, ValidationFailed
 from mssgate.identifiers import normalize_address
-from mssgate.pki import certificate_info, is_smime_for
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# cryptography and mssgate.pki are imported by the methods that read certificates: every CLI
+# command builds a Directory, and most of them (`directory list`...) read none (issue 17).
 
 
 def _professional_for_certificate(conn: Connection, key: str, address: str, actor: str) -> int:
@@ -79,6 +81,10 @@ class Certificates:
         peer operator gets one so that the gateway can encrypt to it (docs/smime.md): such an
         address is added as a known correspondent when its domain is on the trust list and
         the directory does not know it yet."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from mssgate.pki import certificate_info, is_smime_for
+
         key = normalize_address(address)
         if not is_smime_for(cert, key):
             raise ValidationFailed(
@@ -142,6 +148,11 @@ class Certificates:
         envelope does RSA key transport only) whose key usage, when stated, allows key
         encipherment. The one that expires last wins: a renewal takes over at once.
         """
+        from cryptography import x509
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        from mssgate.pki import is_smime_for
+
         stamp = now()
         best: x509.Certificate | None = None
         for pem in self.registered_pems(address):

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Engine, Row, Select, delete, select
 
 from mssgate import audit
@@ -26,6 +24,12 @@ from mssgate.directory.signing import DEFAULT as SIGN_FOR_USERS_DEFAULT
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, ValidationFailed
 from mssgate.identifiers import normalize_domain
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# cryptography is imported where a certificate is read: every CLI command builds a Directory,
+# and most of them read none (issue 17, start-up time).
 
 SMTP_PORT = 25
 
@@ -89,6 +93,9 @@ class TrustedPeer:
 
 
 def _ca_bundle(ca: x509.Certificate | Sequence[x509.Certificate]) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     certs = [ca] if isinstance(ca, x509.Certificate) else list(ca)
     if not certs:
         raise ValidationFailed("the --ca file holds no certificate")
@@ -131,6 +138,8 @@ def _with_signing() -> Select[Any]:
 def _domain(row: Row[Any]) -> Domain:
     ca_subject = None
     if row.ca_pem:
+        from cryptography import x509
+
         ca_subject = x509.load_pem_x509_certificate(row.ca_pem.encode()).subject.rfc4514_string()
     return Domain(
         name=row.name,
