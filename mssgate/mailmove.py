@@ -87,6 +87,16 @@ class _Gate:
     users: int = 0
 
 
+# Whether a move's lock (MailboxMover._LOCK) is held, read without taking it: a delivery's
+# shared lock, even for a moment, would make a move starting then refuse itself.
+_HELD = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND classid = hashtext('mssgate.move:' || current_schema())::oid"
+    " AND objid = hashtext(:user)::oid AND objsubid = 2)"
+)
+
+
 class MailboxGates:
     """One lock per mailbox between this node's local deliveries and a move's switch: a
     delivery reads the home and writes to the local store under it, so none lands here after
@@ -95,6 +105,25 @@ class MailboxGates:
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._locks: dict[str, _Gate] = {}
+        self._engine: Engine | None = None
+        self._moving_here: set[str] = set()
+
+    def attach(self, engine: Engine, moving_here: set[str]) -> None:
+        """This node's mover: the shared database and the moves this node runs."""
+        if engine.dialect.name == "postgresql":
+            self._engine = engine
+            self._moving_here = moving_here
+
+    def moving_elsewhere(self, address: str) -> bool:
+        """Whether another node is moving this mailbox (holds its move lock, MailboxMover).
+        Its target must not write to the mailbox meanwhile: the final sync runs two-way into
+        it, and a delivery landing in the same Maildir during the sync's UID-conflict
+        resolution is seen by dsync as an expunged message reappearing, kept twice."""
+        key = address.lower()
+        if self._engine is None or key in self._moving_here:
+            return False
+        with self._engine.connect() as conn:
+            return bool(conn.execute(text(_HELD), {"user": key}).scalar())
 
     def _take(self, key: str) -> threading.Lock:
         with self._guard:
@@ -270,6 +299,7 @@ class MailboxMover:
         self._down_after = down_after
         self._moving: set[str] = set()
         self._tasks: set[asyncio.Task[MoveOutcome]] = set()
+        gates.attach(engine, self._moving)
 
     async def request(self, user: str, target: str, *, finish: bool = False) -> MoveOutcome:
         """Runs the move in a task of its own: a requester that goes away (its timeout) does

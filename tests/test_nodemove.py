@@ -424,3 +424,51 @@ def test_a_message_whose_lost_hand_over_was_taken_is_not_delivered_again_once_ho
     assert asyncio.run(worker.run_once()) == 1
     assert link.spool.due(route="local") == []
     assert not list((tmp_path / "mail").rglob("new/*")), "delivered a second copy here"
+
+
+def test_the_target_holds_its_deliveries_while_another_node_finishes_the_move(
+    pg_engine: Engine, tmp_path: Path
+) -> None:
+    """After the switch the target (b) is the home and delivers BOB's mail, while the moving
+    node's final sync writes into the same Maildir. Before, such a delivery raced dsync's
+    UID-conflict resolution ("Expunged message reappeared, giving a new UID") and the
+    message was kept twice (tests/smtp/test_nodes_move.py failed so, now and then). Now b
+    waits until the move is done; a node's own move does not hold its deliveries."""
+    from sqlalchemy import update
+
+    from mssgate.db.schema import spool_recipients
+    from mssgate.db.tx import write
+    from mssgate.directory.timeutil import now
+    from mssgate.mailmove import MailboxGates
+    from mssgate.mailstore.maildir import MaildirStore
+    from mssgate.spool import Spool, new_queue_id
+    from mssgate.spool.delivery import DeliveryWorker
+    from tests.test_nodelink import SENDER, message
+
+    tls = (tmp_path / "cert", tmp_path / "key", tmp_path / "ca")  # not read here
+
+    def mover(me: str, gates: MailboxGates) -> MailboxMover:
+        return MailboxMover(
+            pg_engine, me=me, doveadm=None, mail_root=None, gates=gates, sessions=None,
+            link=tls, down_after=timedelta(hours=1),
+        )  # fmt: skip
+
+    moving = mover("a", MailboxGates())._lock(BOB)  # a's move under way
+    assert moving is not None
+    gates_b = MailboxGates()
+    mover("b", gates_b)
+    spool = Spool(pg_engine, tmp_path / "spool", node="b")
+    spool.accept(queue_id=new_queue_id(), content=message(b"during the final sync\r\n"),
+                 listener="node", sender=SENDER, identity=None, peer=None,
+                 recipients=[(BOB, "local")])  # fmt: skip
+    store = MaildirStore(tmp_path / "mail")
+    worker = DeliveryWorker(spool, store, gates=gates_b)
+    asyncio.run(worker.run_once())
+    delivered = list((tmp_path / "mail").rglob("new/*"))
+    assert delivered == [], "delivered while another node's final sync wrote to the mailbox"
+    assert spool.due(route="local") == []  # waiting for its retry
+    mover("a", MailboxGates())._unlock(moving, BOB)  # the move is done
+    with write(pg_engine) as conn:  # its retry is due now
+        conn.execute(update(spool_recipients).values(next_attempt_at=now() - timedelta(1)))
+    asyncio.run(worker.run_once())
+    assert len(list((tmp_path / "mail").rglob("new/*"))) == 1

@@ -71,6 +71,8 @@ class Gates(Protocol):
 
     def hold(self, address: str) -> AbstractContextManager[None]: ...
 
+    def moving_elsewhere(self, address: str) -> bool: ...
+
 
 class DeliveryWorker:
     def __init__(
@@ -153,6 +155,19 @@ class DeliveryWorker:
             self._spool.delivered(item)
             metrics.delivery(item.route, "delivered")
             event(log, "delivery.taken_elsewhere", queue_id=item.spool_id)
+            return
+        if self._gates is not None and self._gates.moving_elsewhere(item.recipient):
+            # Homed here by a move that another node is still finishing (its final sync
+            # writes into this mailbox): waits, as for any temporary failure, until it is done.
+            self._spool.attempt_failed(
+                item,
+                error="the mailbox is moving to this node: waiting for the move's final sync",
+                permanent=False,
+                retry_in=retry_delay(item.attempts, self._config),
+            )
+            metrics.delivery(item.route, "deferred")
+            event(log, "delivery.failed", queue_id=item.spool_id, permanent=False,
+                  attempts=item.attempts + 1, error="mailbox moving")  # fmt: skip
             return
         try:
             content = self._spool.read(item.spool_id)
