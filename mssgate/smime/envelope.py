@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from mssgate.errors import MssgateError
 from mssgate.smime.extract import PKCS7_MIME_TYPES, parse_headers
 from mssgate.smime.rawmime import header_fields, split_head_body
+from mssgate.smime.recipients import MAX_RECIPIENT_INFOS, count_at_most
 from mssgate.smime.sign import base64_lines, split_entity
 
 EncryptionMode = Literal["aes-gcm", "aes-cbc"]
@@ -306,7 +307,12 @@ def _our_recipient_info(
     auth_enveloped: cms.AuthEnvelopedData, cert: x509.Certificate
 ) -> cms.KeyTransRecipientInfo:
     asn1_cert = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
-    for recipient in auth_enveloped["recipient_infos"]:
+    infos = auth_enveloped["recipient_infos"]
+    # Counted from the element headers first, as recipients_of does: iterating would parse
+    # every RecipientInfo a peer chose to send (hundreds of thousands in 25 MB).
+    if count_at_most(infos.contents or b"", MAX_RECIPIENT_INFOS) > MAX_RECIPIENT_INFOS:
+        raise DecryptionError(f"more than {MAX_RECIPIENT_INFOS} RecipientInfos")
+    for recipient in infos:
         if recipient.name != "ktri":
             continue
         info = recipient.chosen

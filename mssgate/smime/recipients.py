@@ -125,7 +125,7 @@ def recipients_of(raw: bytes) -> list[Recipient]:
         # Counted from the element headers before asn1crypto parses any: len() would build
         # every one of them, and a 25 MB message holds some 500,000 minimal RecipientInfos
         # (over a second of CPU to refuse it).
-        count = _count_at_most(infos.contents or b"", MAX_RECIPIENT_INFOS)
+        count = count_at_most(infos.contents or b"", MAX_RECIPIENT_INFOS)
         if count == 0:
             raise UnreadableEnvelope("no RecipientInfo")
         if count > MAX_RECIPIENT_INFOS:
@@ -137,7 +137,7 @@ def recipients_of(raw: bytes) -> list[Recipient]:
                 # Key agreement (ECDH): each encrypted key names its recipient's certificate.
                 keys = info.chosen["recipient_encrypted_keys"]
                 room = MAX_RECIPIENT_INFOS - len(found)
-                count = _count_at_most(keys.contents or b"", room)
+                count = count_at_most(keys.contents or b"", room)
                 if count == 0 or count > room:
                     raise UnreadableEnvelope("bad number of key-agreement recipients")
                 found.extend(_named(key["rid"]) for key in keys)
@@ -150,7 +150,7 @@ def recipients_of(raw: bytes) -> list[Recipient]:
     return found
 
 
-def _count_at_most(contents: bytes, limit: int) -> int:
+def count_at_most(contents: bytes, limit: int) -> int:
     """How many elements the contents of a SET OF hold, counted up to `limit` + 1 only."""
     pointer, count, end = 0, 0, len(contents)
     while pointer < end and count <= limit:

@@ -203,3 +203,23 @@ def test_message_without_content_type_decrypts_as_text_plain(pki: Pki) -> None:
     bare = b"From: <dr.alice.martin@hopital-a.test>\r\nSubject: x\r\n\r\nPlain words.\r\n"
     opened = decrypt(encrypt(bare, [pki.bob.cert]), rsa_key(pki.bob), pki.bob.cert)
     assert opened == b"Content-Type: text/plain; charset=us-ascii\r\n\r\nPlain words.\r\n"
+
+
+def test_too_many_recipient_infos_are_refused_before_parsing(pki: Pki) -> None:
+    """A peer's AuthEnvelopedData with 1,001 RecipientInfos is refused from the count alone
+    (iterating would parse every one of them), even when ours is among them."""
+    from asn1crypto import cms  # type: ignore[import-untyped]
+
+    raw = encrypt(MESSAGE, [pki.bob.cert], mode="aes-gcm")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    info = cms.ContentInfo.load(base64.b64decode(b"".join(body.split())))
+    ours = info["content"]["recipient_infos"][0]
+    info["content"]["recipient_infos"] = [ours] * 1001
+    der = info.dump(force=True)
+    flooded = head + b"\r\n\r\n" + base64.encodebytes(der).replace(b"\n", b"\r\n")
+    with pytest.raises(DecryptionError, match="more than 1000 RecipientInfos"):
+        decrypt(flooded, rsa_key(pki.bob), pki.bob.cert)
+    info["content"]["recipient_infos"] = [ours] * 1000
+    der = info.dump(force=True)
+    at_the_cap = head + b"\r\n\r\n" + base64.encodebytes(der).replace(b"\n", b"\r\n")
+    assert decrypt(at_the_cap, rsa_key(pki.bob), pki.bob.cert) == ENTITY
