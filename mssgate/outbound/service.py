@@ -296,10 +296,15 @@ class Outbound:
     ) -> dict[str, str]:
         """X-MSS-CODECDA / X-MSS-INS as the pipeline reads them from the message itself;
         and the message must pass our own pipeline, or nothing is sent."""
-        probe = build_message(
-            submission, sender=sender, recipient=sender, message_id="<probe@invalid>",
-            mss_fields={}, now=now, xdm=xdm,
-        )  # fmt: skip
+        try:
+            probe = build_message(
+                submission, sender=sender, recipient=sender, message_id="<probe@invalid>",
+                mss_fields={}, now=now, xdm=xdm,
+            )  # fmt: skip
+        except ValueError:
+            # A line break in a name or title of the CDA: no mail header may carry it.
+            text = "the CDA's title or patient names cannot be written in a Subject"
+            raise refuse(OTHER, "OBX", 5, text, submission.envelope) from None
         result = process_message(
             probe,
             # No PDF text: the one step no in-process check bounds in time, and this runs in
@@ -312,7 +317,11 @@ class Outbound:
             held = result.quarantined[0]
             raise refuse(int(held.code), "OBX", 5, f"our own pipeline would hold the "
                          f"document: {held.reason}", submission.envelope)  # fmt: skip
-        return mss_headers(result)
+        try:
+            return mss_headers(result)
+        except ValueError:
+            text = "the CDA's code cannot be written in X-MSS-CODECDA"
+            raise refuse(OTHER, "OBX", 5, text, submission.envelope) from None
 
     def _trace(self, queue_id: str, recipient: str, now: datetime) -> bytes:
         return (

@@ -64,3 +64,23 @@ def test_a_crash_before_the_spool_is_resumed_by_the_repeat(
     again = outbound.submit(consumer, body)
     assert again.outbound_id == answer.outbound_id
     assert len(list(spool.entries())) == 1
+
+
+def test_a_cda_whose_code_cannot_go_in_a_header_is_refused_not_a_500(
+    gateway: tuple[Config, Engine],
+) -> None:
+    config, engine = gateway
+    ensure_mailbox_key(config, RIS_A, common_name="RIS A")
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    outbound = Outbound(
+        config, Directory(engine, actor="test"), Spool(engine, config.server.data_dir / "spool")
+    )
+    patient = replace(PAT_TROIS, oid=OID_NIR)
+    # A comma would forge another code in X-MSS-CODECDA. (Line breaks in names and titles
+    # never reach a header: the CDA parser folds whitespace.)
+    cda = make_cda(CdaSpec(patient=patient, overrides={'code="18748-4"': 'code="18748-4,X"'}))
+    answer = outbound.submit(consumer, mdm("HDR-1", recipients=(RIS_B,), cda=cda, oid=OID_NIR))
+    assert answer.status == 422, answer.ack
+    assert "MSA|AE|HDR-1" in answer.ack
+    assert "cannot be written in X-MSS-CODECDA" in answer.ack
+    assert list(Spool(engine, config.server.data_dir / "spool").entries()) == []
