@@ -25,7 +25,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from mssgate import metrics
 from mssgate.config import AuthConfig
 
 
@@ -87,6 +86,10 @@ class LoginCache:
                 if entry is not None and entry[1] <= now:
                     del self._entries[address]
                 self.misses += 1
+        # Here: the metrics registry (prometheus_client) is the server's; a CLI command
+        # builds a Directory, hence this cache, and exports nothing.
+        from mssgate import metrics
+
         metrics.auth_cache("hit" if hit else "miss")
         return hit
 

@@ -26,7 +26,6 @@ from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, MssgateError, NotFound
 from mssgate.fsutil import write_durably
 from mssgate.logs import event
-from mssgate.supervisor import PassHealth
 
 # In each data folder: the name of the node it is (Nodes.claim_folder).
 NODE_NAME_FILE = "node-name"
@@ -285,6 +284,10 @@ class Heartbeat:
         self._name = name
         self._every = every
         self._down_after = timedelta(seconds=down_after)
+        # Here: the supervisor brings the metrics registry, which the CLI's node and
+        # directory commands (that use Nodes, not the heartbeat) would import at start-up.
+        from mssgate.supervisor import PassHealth
+
         self.health = PassHealth()
         self._silent: dict[str, str] = {}
 
