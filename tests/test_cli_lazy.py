@@ -67,6 +67,7 @@ HEAVY = (
     "aiosmtpd",
     "uvicorn",
     "cryptography",
+    "prometheus_client",
 )
 
 
