@@ -17,7 +17,7 @@ from mssgate.errors import StorageError
 from mssgate.outbound.service import RESUME_AFTER, Outbound
 from mssgate.smime.mailbox_keys import ensure_mailbox_key
 from mssgate.spool import Spool
-from tests.queue.helpers import RIS_A, RIS_B, add_consumer
+from tests.queue.helpers import RIS_A, RIS_B, add_consumer, add_mailboxes
 from tests.smtp.test_outbound_gateway import mdm
 
 
@@ -25,10 +25,21 @@ class Crash(BaseException):
     """The process dying between the record and the spool (not an error it handles)."""
 
 
-def test_a_crash_before_the_spool_is_resumed_by_the_repeat(
-    gateway: tuple[Config, Engine], monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either(request: pytest.FixtureRequest, gateway: tuple[Config, Engine]) -> tuple[Config, Engine]:
+    """The data folder's configuration over SQLite, or over a PostgreSQL schema of its own."""
     config, engine = gateway
+    if request.param == "sqlite":
+        return config, engine
+    pg: Engine = request.getfixturevalue("pg_engine")
+    add_mailboxes(pg, RIS_A, RIS_B)
+    return config, pg
+
+
+def test_a_crash_before_the_spool_is_resumed_by_the_repeat(
+    either: tuple[Config, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, engine = either
     ensure_mailbox_key(config, RIS_A, common_name="RIS A")
     consumer, _ = add_consumer(engine, "ris-a", RIS_A)
     spool = Spool(engine, config.server.data_dir / "spool")
