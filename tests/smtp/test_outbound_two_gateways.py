@@ -1,25 +1,32 @@
 """A RIS on gateway B sends through B to practitioners of gateway A over the real relay
 (issue 15): the copy reaches A's mailbox with B's application mailbox signature and DKIM
 verified by A; a recipient A does not know ends `failed` with A's code, and its ZAM^Z02 says N
-with the SMTPERRORCODE; the one A took has a ZAM^Z02 Y."""
+with the SMTPERRORCODE; the one A took has a ZAM^Z02 Y, and once its reader's receipt came
+back from A, a ZAM^Z03."""
 
 from __future__ import annotations
 
+import email
 from dataclasses import replace
+from pathlib import Path
 
 import hl7  # type: ignore[import-untyped]
 import httpx
 
 from mssgate.documents.samples import OID_NIR, PAT_TROIS, CdaSpec, make_cda
 from tests.conftest import Cli
-from tests.smtp.conftest import BOB, Gateway
-from tests.smtp.test_outbound_gateway import mdm
+from tests.smtp.conftest import BOB, PEER_DOMAIN, Gateway
+from tests.smtp.test_outbound_gateway import mdm, mdn
 from tests.smtp.test_two_gateways import DR_B, pair  # noqa: F401  (the fixture)
 
 NOBODY = "nobody@hopital-a.test"
 
 
-def test_a_ris_on_b_sends_to_a_over_the_relay(cli: Cli, pair: tuple[Gateway, Gateway]) -> None:  # noqa: F811
+def test_a_ris_on_b_sends_to_a_over_the_relay(
+    cli: Cli,
+    pair: tuple[Gateway, Gateway],  # noqa: F811
+    tmp_path: Path,
+) -> None:
     a, b = pair
     b_cfg = ["--config", str(b.data / "mssgate.toml")]
     # DR_B's mailbox stands for B's application mailbox; consumer add gives it its key.
@@ -50,6 +57,22 @@ def test_a_ris_on_b_sends_to_a_over_the_relay(cli: Cli, pair: tuple[Gateway, Gat
         assert statuses[NOBODY]["status"] == "failed"
         assert statuses[NOBODY]["code"] == "5.1.1"
         zams = [hl7.parse(z) for z in api.get(f"{location}/acks").json()]
+        # Bob reads it and his client sends a read receipt back to B (A signs it for him
+        # with the key cert issue left it): B marks the copy read, a ZAM^Z03 follows.
+        cli.ok("cert", "issue", BOB, "--out", str(tmp_path / "bob"))
+        # A learns where B's MTA listens (the fixture gave A a placeholder relay).
+        cli.ok("domain", "trust", PEER_DOMAIN, "--relay", f"127.0.0.1:{b.ports['mta']}",
+               "--ca", str(b.data / "certs" / "ca.crt.pem"))  # fmt: skip
+        copy_id = email.message_from_bytes(delivered.read_bytes())["Message-ID"]
+        smtp = a.login(BOB)
+        smtp.sendmail(BOB, [DR_B], mdn(copy_id, sender=BOB, to=DR_B))
+        smtp.quit()
+        b.wait_event("outbound.read", timeout=60)
+        after = {r["address"]: r["status"] for r in api.get(location).json()["recipients"]}
+        assert after == {BOB: "read", NOBODY: "failed"}
+        read = [hl7.parse(z) for z in api.get(f"{location}/acks").json()]
+        [z03] = [z for z in read if str(z.segment("MSH")[9]) == "ZAM^Z03^ZAM_Z01"]
+        assert str(z03.segments("OBX")[1][5]) == f"^^X.400^{BOB}"
     by_address = {str(z.segments("OBX")[1][5]).split("^")[-1]: z for z in zams}
     ok, refused = by_address[BOB], by_address[NOBODY]
     assert str(ok.segments("OBX")[0][5]).startswith("Y^")
