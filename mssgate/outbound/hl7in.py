@@ -483,11 +483,24 @@ def _recipients(
             TABLE_VALUE, "OBX", 5, f"MetaDMPMSS flags outside the guide's matrix: {shown}", env
         )
     to_professionals, to_patient = row
+    patient_domain = rules.patient_domain.lower()
+    if any(a.rsplit("@", 1)[1] == patient_domain for a in professionals):
+        # The flags alone decide whether the patient receives (INVISIBLE_PATIENT): a PRT at
+        # the patient domain would bypass them, or send this patient's document to another.
+        raise refuse(
+            OTHER,
+            "PRT",
+            15,
+            f"an address at {patient_domain} is not a PRT recipient: the patient's mailbox "
+            "is named by the MetaDMPMSS flags (DESTMSSANTEPAT)",
+            env,
+        )
     if professionals and not to_professionals:
         raise refuse(OTHER, "PRT", 4, "PRT recipients given with DESTMSSANTEPS=N", env)
     recipients = list(professionals)
     if to_patient:
-        recipients.append(f"{ins.value}@{rules.patient_domain}")
+        # Lower case as every address the gateway routes (an INS of Corsica holds 2A/2B).
+        recipients.append(f"{ins.value}@{patient_domain}".lower())
     if not recipients:
         raise refuse(
             REQUIRED_MISSING,

@@ -129,3 +129,31 @@ def test_more_than_the_recipient_bound_is_refused_not_truncated() -> None:
     with pytest.raises(Rejection) as caught:
         read_submission(parse_er7(mdm(recipients=many)), RULES)
     assert "more than 50 recipients" in caught.value.problems[0].text
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        (),  # no MetaDMPMSS: professionals only
+        (("DESTMSSANTEPS", "Y"), ("DESTMSSANTEPAT", "N"), ("INVISIBLE_PATIENT", "Y")),
+    ],
+)
+@pytest.mark.parametrize("mailbox", [INS, "282052B00107734", "1" * 15])
+def test_a_prt_at_the_patient_domain_does_not_bypass_the_metadmpmss_gate(
+    flags: tuple[tuple[str, str], ...], mailbox: str
+) -> None:
+    """The patient's mailbox (this patient's or another's) is a recipient only through the
+    flags: a PRT naming an address at the patient domain is refused, whatever they say."""
+    body = mdm(recipients=(ALICE, f"{mailbox}@patient.test"), flags=flags)
+    with pytest.raises(Rejection) as caught:
+        read_submission(parse_er7(body), RULES)
+    assert [(p.segment, p.field) for p in caught.value.problems] == [("PRT", 15)]
+
+
+def test_the_patient_mailbox_allowed_by_the_flags_is_not_doubled_by_a_prt() -> None:
+    body = mdm(
+        recipients=(ALICE, f"{INS}@patient.test"),
+        flags=(("DESTMSSANTEPS", "Y"), ("DESTMSSANTEPAT", "Y")),
+    )
+    with pytest.raises(Rejection):
+        read_submission(parse_er7(body), RULES)
