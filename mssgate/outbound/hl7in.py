@@ -308,7 +308,7 @@ def read_submission(message: hl7.Message, rules: Rules) -> Submission:
         recipients=recipients,
         reply_to=reply_to,
         flags=flags,
-        author=_author(message, document),
+        author=_author(message, env, document),
     )
 
 
@@ -512,16 +512,22 @@ def _recipients(
     return tuple(recipients)
 
 
-def _author(message: hl7.Message, document: CdaDocument) -> Author:
+# What an author's id or name may not hold once unescaped: HL7 separators (it is written
+# into the XCN of METADATA.XML's authorPerson, where a `^` or `&` would shift its components
+# and name another assigning authority) and control characters (no XML carries them).
+_NOT_IN_XCN: Final = re.compile(r"[|^~\\&\x00-\x1f\x7f]")
+
+
+def _author(message: hl7.Message, env: Envelope, document: CdaDocument) -> Author:
     """The author: TXA-5 (or TXA-22), else the CDA's first author RPPS."""
     for txa in _segments(message, "TXA"):
         for number in (5, 22):
             rpps = value(txa, number, 1)
             if rpps:
-                return Author(
-                    rpps=unescape(message, rpps),
-                    family=unescape(message, value(txa, number, 2)) or None,
-                    given=unescape(message, value(txa, number, 3)) or None,
-                )
+                parts = [unescape(message, value(txa, number, c)) for c in (1, 2, 3)]
+                if any(_NOT_IN_XCN.search(p) for p in parts):
+                    text = f"TXA-{number}: the author holds an HL7 separator or control character"
+                    raise refuse(DATA_TYPE, "TXA", number, text, env)
+                return Author(rpps=parts[0], family=parts[1] or None, given=parts[2] or None)
     first = document.header.author_rpps[0] if document.header.author_rpps else None
     return Author(rpps=first, family=None, given=None)

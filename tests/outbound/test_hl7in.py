@@ -157,3 +157,28 @@ def test_the_patient_mailbox_allowed_by_the_flags_is_not_doubled_by_a_prt() -> N
     )
     with pytest.raises(Rejection):
         read_submission(parse_er7(body), RULES)
+
+
+@pytest.mark.parametrize(
+    "txa5",
+    [
+        # An escaped ^ and & in TXA-5.2: unescaped, they would shift the XCN of authorPerson
+        # in METADATA.XML and name another assigning authority than the RPPS.
+        b"801234560801^DOC\\S\\\\S\\\\S\\\\S\\\\S\\\\S\\\\T\\9.9.9\\T\\ISO^KIT",
+        b"801234560801\\S\\X^DOC^KIT",
+        # A control character (escaped \\X01\\): no XML may carry it (lxml raised, a 500).
+        b"801234560801^DOC\\X01\\^KIT",
+    ],
+)
+def test_a_txa_author_with_separators_or_control_characters_is_refused(txa5: bytes) -> None:
+    body = mdm().replace(b"|20240116||", b"|20240116|" + txa5 + b"|")
+    with pytest.raises(Rejection) as caught:
+        submission = read_submission(parse_er7(body), RULES)
+        xdm_archive(submission, datetime(2026, 12, 4, tzinfo=UTC), sender="ris@hopital-a.test")
+    assert [(p.segment, p.field) for p in caught.value.problems] == [("TXA", 5)]
+
+
+def test_a_txa_author_is_the_author_person_of_the_metadata() -> None:
+    body = mdm().replace(b"|20240116||", b"|20240116|801234560801^DOC^KIT|")
+    submission = read_submission(parse_er7(body), RULES)
+    assert (submission.author.rpps, submission.author.family) == ("801234560801", "DOC")
