@@ -38,7 +38,7 @@ from mssgate.outbound.store import NewRecipient, OutboundStatus, OutboundStore, 
 from mssgate.outbound.zam import acknowledgements
 from mssgate.returnpath import strip_return_path
 from mssgate.smime import sign_message
-from mssgate.smime.mailbox_keys import find_mailbox_key, mailbox_keys_dir
+from mssgate.smime.mailbox_keys import MailboxKey, find_mailbox_key, mailbox_keys_dir
 from mssgate.smtp import encryption
 from mssgate.smtp.encryption import EncryptionSettings
 from mssgate.spool import Spool, new_queue_id
@@ -68,11 +68,25 @@ class Answer:
 
 @dataclass(frozen=True)
 class _Copy:
+    """One recipient's copy before its content is built: its content is made (signed) only
+    when it is spooled, so a request holds one copy at a time, not one per recipient."""
+
     recipient: str
     route: Route
     queue_id: str
     message_id: str
-    content: bytes
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What every copy shares: checked (refusals happen here, before any record)."""
+
+    submission: Submission
+    sender: str
+    key: MailboxKey
+    xdm: bytes
+    mss_fields: dict[str, str]
+    now: datetime
 
 
 class Outbound:
@@ -140,19 +154,20 @@ class Outbound:
             submission = hl7in.read_submission(message, self._rules)
             wanted = {m.address: m for m in missing}
             routes = [r for r in self._routes(submission) if r[0] in wanted]
-            ids = {a: wanted[a].message_id for a, _ in routes}
-            for copy in self._copies(submission, consumer.mailbox, routes, ids, self._clock()):
+            prepared = self._prepare(submission, consumer.mailbox, self._clock())
+            for recipient, route in routes:
+                copy = _Copy(recipient, route, new_queue_id(), wanted[recipient].message_id)
                 # The row first: a crash before the spool leaves it missing, resumed again.
                 self._store.respooled(stored.id, copy.recipient, copy.queue_id)
-                self._accept(copy, consumer.mailbox)
+                self._accept(copy, self._content(prepared, copy), consumer.mailbox)
             event(log, "outbound.resumed", outbound_id=stored.id, recipients=len(routes))
             self._on_spooled()
         event(log, "outbound.repeated", outbound_id=stored.id, consumer=consumer.name)
         return Answer(202, stored.ack, stored.id)
 
-    def _accept(self, copy: _Copy, sender: str) -> None:
+    def _accept(self, copy: _Copy, content: bytes, sender: str) -> None:
         self._spool.accept(
-            queue_id=copy.queue_id, content=copy.content, listener=LISTENER, sender=sender,
+            queue_id=copy.queue_id, content=content, listener=LISTENER, sender=sender,
             identity=sender, peer=None, recipients=[(copy.recipient, copy.route)],
         )  # fmt: skip
 
@@ -217,15 +232,8 @@ class Outbound:
                 raise refuse(OTHER, "PRT", 15, text, env)
         return routes
 
-    def _copies(
-        self,
-        submission: Submission,
-        sender: str,
-        routes: list[tuple[str, Route]],
-        message_ids: dict[str, str],
-        now: datetime,
-    ) -> list[_Copy]:
-        """One signed copy per recipient, each under a new queue id."""
+    def _prepare(self, submission: Submission, sender: str, now: datetime) -> _Prepared:
+        """The signing key, the archive and the MSSanté fields every copy shares."""
         env = submission.envelope
         try:
             key = find_mailbox_key(self._keys, sender)
@@ -237,20 +245,23 @@ class Outbound:
             raise refuse(OTHER, "MSH", None, text, env, ack="AR", status=503)
         xdm = xdm_archive(submission, now, sender=sender)
         mss_fields = self._mss_fields(submission, sender, xdm, now)
-        copies: list[_Copy] = []
-        for recipient, route in routes:
-            queue_id = new_queue_id()
-            message_id = message_ids[recipient]
-            unsigned = build_message(
-                submission, sender=sender, recipient=recipient, message_id=message_id,
-                mss_fields=mss_fields, now=now, xdm=xdm,
-            )  # fmt: skip
-            signed = sign_message(unsigned, key=key.key, cert=key.cert)
-            content = self._trace(queue_id, recipient, now) + strip_return_path(signed)
-            if route == "relay":
-                content = self._outgoing(content, sender)
-            copies.append(_Copy(recipient, route, queue_id, message_id, content))
-        return copies
+        return _Prepared(submission, sender, key, xdm, mss_fields, now)
+
+    def _content(self, prepared: _Prepared, copy: _Copy) -> bytes:
+        """The signed copy to `copy.recipient`, as it goes to the spool."""
+        unsigned = build_message(
+            prepared.submission, sender=prepared.sender, recipient=copy.recipient,
+            message_id=copy.message_id, mss_fields=prepared.mss_fields, now=prepared.now,
+            xdm=prepared.xdm,
+        )  # fmt: skip
+        signed = sign_message(unsigned, key=prepared.key.key, cert=prepared.key.cert)
+        del unsigned
+        content = self._trace(copy.queue_id, copy.recipient, prepared.now)
+        content += strip_return_path(signed)
+        del signed
+        if copy.route == "relay":
+            content = self._outgoing(content, prepared.sender)
+        return content
 
     def _send(
         self, consumer: Consumer, submission: Submission, routes: list[tuple[str, Route]]
@@ -258,9 +269,8 @@ class Outbound:
         env = submission.envelope
         sender = consumer.mailbox
         now = self._clock()
-        copies = self._copies(
-            submission, sender, routes, {r: _new_message_id(sender) for r, _ in routes}, now
-        )
+        prepared = self._prepare(submission, sender, now)
+        copies = [_Copy(r, route, new_queue_id(), _new_message_id(sender)) for r, route in routes]
         outbound_id = new_queue_id()
         ack = build_ack("AA", env, facility=self._hostname)
         stored = self._store.record(
@@ -276,7 +286,7 @@ class Outbound:
         spooled = 0
         try:
             for copy in copies:
-                self._accept(copy, sender)
+                self._accept(copy, self._content(prepared, copy), sender)
                 spooled += 1
         except (StorageError, OSError) as exc:
             if spooled == 0:
