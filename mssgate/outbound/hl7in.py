@@ -56,6 +56,9 @@ META_FLAGS: Final = frozenset(
 # Recipients per message: PRT segments beyond this are refused, not truncated.
 MAX_RECIPIENTS: Final = 50
 _SEGMENT_SPLIT: Final = re.compile(r"\r\n|\n|\r")
+# Control characters ER7 never carries raw (HL7 escapes them, \Xhh\): a NUL reached the
+# MSH-10 lookup, which PostgreSQL's text refuses (a 500), and would be echoed in the ACK.
+_RAW_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 # HL7 table 0357 and the guide's integration codes (error-codes).
 SEGMENT_SEQUENCE = 100
@@ -196,6 +199,8 @@ def parse_er7(body: bytes) -> hl7.Message:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise _not_hl7("the body is not UTF-8 (MSH-18 UNICODE UTF-8)") from None
+    if _RAW_CONTROL.search(text):
+        raise _not_hl7("the body holds a control character (escape it: \\Xhh\\)")
     segments = [s for s in _SEGMENT_SPLIT.split(text.strip("\r\n")) if s]
     if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 8:
         raise _not_hl7("the body does not start with an MSH segment")
