@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from mssgate import __version__
 from mssgate.api import admin, autoconfig, operations, problems
 from mssgate.api.auth import CurrentConsumer
-from mssgate.api.limits import BodyLimit
+from mssgate.api.limits import BodyLimit, Slots
 from mssgate.api.problems import ApiProblem, Problem, responses
 from mssgate.api.schemas import (
     AckRequest,
@@ -104,6 +104,7 @@ def create_app(
     app.state.metrics_registry = scrape_registry(engine, metrics)
     problems.install(app)
     app.state.outbound = outbound
+    app.state.outbound_slots = Slots()
     # An HL7 message with its CDA and PDF is as large as the mail that will carry it.
     app.add_middleware(BodyLimit, routes={("POST", "/v1/outbound"): config.smtp.max_message_size})
     auth_errors = responses(401, 422)
@@ -243,8 +244,15 @@ def create_app(
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in HL7_MEDIA_TYPES:
             raise ApiProblem(415, "the body must be Content-Type: application/hl7-v2 (ER7)")
-        body = await request.body()
-        answer = await run_in_threadpool(sender.submit, consumer, body)
+        slots: Slots = request.app.state.outbound_slots
+        if not await slots.take():
+            raise ApiProblem(503, "too many submissions in progress; submit it again shortly",
+                             headers={"Retry-After": "5"})  # fmt: skip
+        try:
+            body = await request.body()
+            answer = await run_in_threadpool(sender.submit, consumer, body)
+        finally:
+            slots.give()
         headers = {"Cache-Control": "no-store"}
         if answer.outbound_id is not None:
             headers["Location"] = f"/v1/outbound/{answer.outbound_id}"

@@ -4,6 +4,7 @@ to the SMTP message size limit)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -86,3 +87,35 @@ class BodyLimit:
         except _TooLarge:
             if not started:
                 await self._reject(send, limit)
+
+
+# Submissions to POST /v1/outbound read and processed at once. Each holds its body (up to
+# the SMTP size limit) and several times it while building and signing its copies (a 1 MiB
+# PDF peaked near 19 MB): without a bound, the server's 256 connections did so together.
+OUTBOUND_SLOTS = 4
+# How long a submission waits for a slot before 503 (its body is not read meanwhile).
+OUTBOUND_WAIT_SECONDS = 30.0
+
+
+class Slots:
+    """A bound on requests in progress, taken before the body is read."""
+
+    def __init__(self, count: int = OUTBOUND_SLOTS, *, wait: float = OUTBOUND_WAIT_SECONDS) -> None:
+        self._free = asyncio.Semaphore(count)
+        self._wait = wait
+
+    async def take(self) -> bool:
+        """True once a slot is held (give it back with `give`); False after `wait` s."""
+        if not self._free.locked():
+            await self._free.acquire()  # a free slot: never suspends
+            return True
+        if self._wait <= 0:
+            return False
+        try:
+            await asyncio.wait_for(self._free.acquire(), self._wait)
+        except TimeoutError:
+            return False
+        return True
+
+    def give(self) -> None:
+        self._free.release()
