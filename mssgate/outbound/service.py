@@ -154,6 +154,13 @@ class Outbound:
             submission = hl7in.read_submission(message, self._rules)
             wanted = {m.address: m for m in missing}
             routes = [r for r in self._routes(submission) if r[0] in wanted]
+            if (submission.event, submission.unique_id) != (stored.event, stored.unique_id) or len(
+                routes
+            ) != len(wanted):
+                # The copies still owed are the first message's: another document (or a
+                # list without them) under this MSH-10 would send that instead, or lose them.
+                text = "this MSH-10 was first submitted with another document or recipients"
+                raise refuse(OTHER, "MSH", 10, text, submission.envelope)
             prepared = self._prepare(submission, consumer.mailbox, self._clock())
             for recipient, route in routes:
                 copy = _Copy(recipient, route, new_queue_id(), wanted[recipient].message_id)

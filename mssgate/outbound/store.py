@@ -53,6 +53,8 @@ class Stored:
     id: str
     ack: str
     submitted_at: datetime
+    event: str = ""
+    unique_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,12 +81,16 @@ class OutboundStore:
                     outbound_messages.c.id,
                     outbound_messages.c.ack,
                     outbound_messages.c.submitted_at,
+                    outbound_messages.c.event,
+                    outbound_messages.c.unique_id,
                 ).where(
                     outbound_messages.c.consumer_id == consumer_id,
                     outbound_messages.c.control_id == control_id,
                 )
             ).first()
-        return None if row is None else Stored(row.id, row.ack, aware(row.submitted_at))
+        if row is None:
+            return None
+        return Stored(row.id, row.ack, aware(row.submitted_at), row.event, row.unique_id)
 
     def unspooled(self, outbound_id: str) -> list[Unspooled]:
         """The copies of a submission whose spool entry does not exist (yet)."""
