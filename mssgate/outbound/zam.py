@@ -10,6 +10,7 @@ message that carried the document, OBX-5 `Y` or `N` ^expandedYes-NoIndicator; OB
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Final
 
@@ -26,6 +27,11 @@ SMTP_ERROR_CODES: Final = frozenset(
     {101, 111, 251, 252, 420, 421, 422, 431, 432, 441, 442, 450, 451, 452, 500, 501, 502, 503,
      504, 510, 512, 513, 523, 530, 541, 550, 551, 552, 553, 554}
 )  # fmt: skip
+
+
+# The peer's words go into ERR-5.2: escape() takes the separators and line ends; any other
+# control character (MLLP frames with VT and FS) or Unicode line break becomes a space.
+_CONTROL: Final = re.compile("[\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def smtp_error_code(status: RecipientStatus) -> int:
@@ -76,7 +82,7 @@ def _zam(
     ]  # fmt: skip
     if error is not None:
         smtp = smtp_error_code(error)
-        detail = escape((error.detail or "delivery failed")[:200])
+        detail = escape(_CONTROL.sub(" ", (error.detail or "delivery failed")[:200]))
         segments.append(
             hl7_segment("ERR", "", "", ["207", "Application error", "messageErrorCondition"], "E",
                      [str(smtp), detail, "SMTPERRORCODE"])

@@ -52,3 +52,22 @@ def test_smtp_error_code_folds_the_enhanced_status_when_the_table_has_it() -> No
     assert smtp_error_code(failed("5.7.1", 554)) == 554
     assert smtp_error_code(failed(None, None)) == 554
     assert smtp_error_code(failed("4.2.1", 421)) == 421
+
+
+def test_a_peers_failure_text_cannot_add_a_segment_or_break_a_frame() -> None:
+    """ERR-5.2 is the peer's words: separators, line ends and control characters (MLLP's
+    VT and FS frame bytes among them) are escaped or dropped, never a segment or field."""
+    text = "550 no\r\nPID|1||X\\E\\~&^|\x0b\x1c\x00\u2028end"
+    status = OutboundStatus(
+        id="OUT2", event="MDM^T02",
+        recipients=[RecipientStatus(address="a@peer.test", status="failed", code="5.1.1",
+                                    detail=text, reply_code=550, changed_at=AT)],
+    )  # fmt: skip
+    [zam] = acknowledgements(status, original_control_id="C", facility="gw", ris=("R", "C"))
+    body = zam.rstrip("\r")
+    assert not any(ord(c) < 32 and c != "\r" for c in body)
+    assert "\u2028" not in body
+    parsed = hl7.parse(zam)
+    assert [str(s[0]) for s in parsed] == ["MSH", "OBX", "OBX", "ERR"]
+    err = parsed.segment("ERR")
+    assert len(err) == 6 and str(err[5][0][2]) == "SMTPERRORCODE"
