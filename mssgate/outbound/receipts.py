@@ -8,6 +8,7 @@ bounded in depth and parts: what arrives is hostile like any mail.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import Message
@@ -61,6 +62,19 @@ def _report(part: Message, depth: int, budget: list[int]) -> Message | None:
     return None
 
 
+# Our copies' Message-IDs are printable ASCII without spaces: anything else (a NUL, which
+# PostgreSQL's text refuses, 8-bit bytes) can match none of them and is no receipt.
+_MESSAGE_ID: Final = re.compile(r"<[\x21-\x7e]{1,298}>")
+_NOT_PRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
+
+
+def _text(value: object) -> str:
+    """A header value as text: compat32 hands a Header object for raw 8-bit bytes."""
+    if value is None:
+        return ""
+    return str(value) if not isinstance(value, str) else value
+
+
 def _address(value: str | None) -> str | None:
     found = getaddresses([value or ""])
     if len(found) != 1:
@@ -77,9 +91,10 @@ def read_receipt(raw: bytes) -> ReadReceipt | None:
     fields = _report(message, 0, [_MAX_PARTS])
     if fields is None:
         return None
-    original = (fields.get("Original-Message-ID") or "").strip()
-    reader = _address(message.get("From"))
-    disposition = " ".join((fields.get("Disposition") or "").split())
-    if not original or reader is None or not disposition:
+    original = _text(fields.get("Original-Message-ID")).strip()
+    reader = _address(_text(message.get("From")))
+    # The disposition is only recorded and shown: what is not printable ASCII is dropped.
+    disposition = " ".join(_NOT_PRINTABLE.sub("", _text(fields.get("Disposition"))).split())
+    if not _MESSAGE_ID.fullmatch(original) or reader is None or not disposition:
         return None
     return ReadReceipt(original[:300], reader, disposition[:200])

@@ -33,3 +33,16 @@ def test_a_deleted_disposition_or_no_report_is_not_a_read() -> None:
     assert found is not None and not found.read
     assert read_receipt(b"From: a@b.test\r\nSubject: x\r\n\r\nhello\r\n") is None
     assert read_receipt(mdn("")) is None
+
+
+def test_a_report_with_raw_8bit_or_control_bytes_is_no_receipt_not_an_error() -> None:
+    """What anyone may mail the RIS's mailbox: 8-bit bytes made compat32 hand a Header (an
+    AttributeError out of the document feed), and a NUL reached the copy lookup, which
+    PostgreSQL's text refuses (a DataError the feed retried every 30 s, for ever)."""
+    for original in (b"<a\xff\xfeb@x>", b"<a\x00b@x>", b"<a\x1cb@x>", b"<a b@x>"):
+        raw = mdn("<placeholder@x>").replace(b"<placeholder@x>", original)
+        assert read_receipt(raw) is None, original
+    weird = mdn("<copy-1@ris.test>").replace(b"; displayed", b"; displayed\x00\xff")
+    found = read_receipt(weird)
+    assert found is not None and found.read
+    assert found.disposition.isascii() and found.disposition.isprintable()
