@@ -24,7 +24,7 @@ from mssgate.queue.service import DocumentQueue
 from mssgate.smime.mailbox_keys import ensure_mailbox_key
 from mssgate.spool import Spool
 from tests.api.conftest import Running
-from tests.queue.helpers import RIS_A, RIS_B, add_consumer
+from tests.queue.helpers import RIS_A, RIS_B, add_consumer, add_mailboxes
 from tests.smtp.test_outbound_gateway import mdm
 
 HL7 = {"Content-Type": "application/hl7-v2"}
@@ -82,3 +82,28 @@ def test_a_submission_past_the_bound_gets_503_until_a_slot_is_free(
         again = client.post("/v1/outbound", content=body("SLOT-2"), headers=HL7)
         assert again.status_code == 202, again.text
     assert len(list(spool.entries())) == 2
+
+
+@pytest.mark.parametrize("path", ["%00", "A%00B", "..%2F..", "x" * 33])
+def test_an_outbound_id_that_is_none_of_ours_is_refused_before_the_database(
+    gateway: tuple[Config, Engine], datadir: Path, pg_engine: Engine, path: str
+) -> None:
+    """On PostgreSQL a NUL in the id reached the query (DataError, a 500)."""
+    config, _ = gateway
+    add_mailboxes(pg_engine, RIS_A, RIS_B)
+    _, token = add_consumer(pg_engine, "ris-a", RIS_A)
+    server = Running(config, pg_engine, DocumentQueue(pg_engine, data_dir=config.server.data_dir))
+    try:
+        spool = Spool(pg_engine, config.server.data_dir / "spool")
+        server.server.app.state.outbound = Outbound(
+            config, Directory(pg_engine, actor="test"), spool
+        )
+        ca = ssl.create_default_context(cafile=str(datadir / "certs" / "ca.crt.pem"))
+        base = f"https://127.0.0.1:{server.server.port}"
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=base, verify=ca, headers=auth, timeout=60) as client:
+            for suffix in ("", "/acks"):
+                response = client.get(f"/v1/outbound/{path}{suffix}")
+                assert response.status_code in (404, 422), response.text
+    finally:
+        server.stop()
