@@ -55,6 +55,8 @@ META_FLAGS: Final = frozenset(
 )
 # Recipients per message: PRT segments beyond this are refused, not truncated.
 MAX_RECIPIENTS: Final = 50
+# ERR segments in a refusal's ACK.
+MAX_PROBLEMS: Final = 20
 _SEGMENT_SPLIT: Final = re.compile(r"\r\n|\n|\r")
 # Control characters ER7 never carries raw (HL7 escapes them, \Xhh\): a NUL reached the
 # MSH-10 lookup, which PostgreSQL's text refuses (a 500), and would be echoed in the ACK.
@@ -120,6 +122,11 @@ class Rejection(ValidationFailed):
         ack_code: Literal["AE", "AR"] = "AE",
         status: int = 422,
     ) -> None:
+        if len(problems) > MAX_PROBLEMS:
+            # One ERR per bad segment would make an ACK as large as the body.
+            more = len(problems) - MAX_PROBLEMS + 1
+            last = Problem(OTHER, "MSH", None, f"{more} more problems not listed")
+            problems = [*problems[: MAX_PROBLEMS - 1], last]
         super().__init__("; ".join(p.text for p in problems))
         self.problems = problems
         self.envelope = envelope
@@ -438,11 +445,12 @@ def _participants(message: hl7.Message, env: Envelope) -> tuple[list[str], str |
         if role == "REPLY":
             reply_to = normal
         elif normal not in recipients:
+            if len(recipients) == MAX_RECIPIENTS:
+                # Refused at once: a body at the cap holds ~400,000 PRT segments.
+                raise refuse(OTHER, "PRT", None, f"more than {MAX_RECIPIENTS} recipients", env)
             recipients.append(normal)
     if problems:
         raise Rejection(problems, envelope=env)
-    if len(recipients) > MAX_RECIPIENTS:
-        raise refuse(OTHER, "PRT", None, f"more than {MAX_RECIPIENTS} recipients", env)
     return recipients, reply_to
 
 

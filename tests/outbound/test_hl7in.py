@@ -15,7 +15,14 @@ from mssgate.documents.samples import CdaSpec, make_cda
 from mssgate.documents.ziparchive import read_zip
 from mssgate.outbound.ack import build_ack
 from mssgate.outbound.compose import ASSOCIATION_RPLC, build_message, xdm_archive
-from mssgate.outbound.hl7in import Rejection, Rules, matrix_row, parse_er7, read_submission
+from mssgate.outbound.hl7in import (
+    MAX_PROBLEMS,
+    Rejection,
+    Rules,
+    matrix_row,
+    parse_er7,
+    read_submission,
+)
 from tests.smtp.conftest import ALICE
 from tests.smtp.test_outbound_gateway import INS, mdm
 
@@ -182,3 +189,18 @@ def test_a_txa_author_is_the_author_person_of_the_metadata() -> None:
     body = mdm().replace(b"|20240116||", b"|20240116|801234560801^DOC^KIT|")
     submission = read_submission(parse_er7(body), RULES)
     assert (submission.author.rpps, submission.author.family) == ("801234560801", "DOC")
+
+
+def test_the_recipient_bound_stops_the_reading_and_problems_are_bounded() -> None:
+    """Thousands of PRT (a body at the cap holds ~400,000): the reading stops at the bound
+    (the duplicate check walked a list: quadratic), and a refusal lists a bounded number of
+    problems (one ERR per bad segment made an ACK as large as the body)."""
+    many = tuple(f"dr{n}@hopital-a.test" for n in range(60)) + ("not an address",) * 5000
+    with pytest.raises(Rejection) as caught:
+        read_submission(parse_er7(mdm(recipients=many)), RULES)
+    assert [p.text for p in caught.value.problems] == ["more than 50 recipients"]
+    bad = ("not an address",) * 5000
+    with pytest.raises(Rejection) as caught:
+        read_submission(parse_er7(mdm(recipients=bad)), RULES)
+    assert 1 < len(caught.value.problems) <= MAX_PROBLEMS
+    assert "more problems not listed" in caught.value.problems[-1].text
