@@ -48,9 +48,7 @@ NodesDown = Callable[[], dict[str, str]]
 log = logging.getLogger("mssgate.api")
 
 DocumentId = Annotated[str, PathParam(min_length=1, max_length=64, description="Document id")]
-# Ours are hex (mssgate.spool.new_queue_id): anything else is refused before the database
-# (a NUL reached PostgreSQL, a 500).
-OutboundId = Annotated[str, PathParam(pattern=r"^[0-9A-Fa-f]{1,32}$", description="Outbound id")]
+OutboundId = Annotated[str, PathParam(min_length=1, max_length=32, description="Outbound id")]
 ORIGINAL_TYPE_HEADER = "X-Original-Content-Type"
 HL7_MEDIA_TYPES = frozenset({"application/hl7-v2", "x-application/hl7-v2+er7"})
 

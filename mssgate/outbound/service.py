@@ -10,6 +10,7 @@ encryption policy) takes them from there like any accepted message.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -51,6 +52,9 @@ LISTENER = "api"
 RESUME_AFTER = timedelta(seconds=60)
 # How long a repeat waits for the first request to finish spooling before answering 503.
 _REPEAT_WAIT_SECONDS = 5.0
+# Our ids (mssgate.spool.new_queue_id): any other is unknown without asking the database,
+# where a NUL made PostgreSQL raise (a 500 instead of the 404).
+_OUTBOUND_ID = re.compile(r"[0-9A-F]{1,32}")
 
 
 def _new_message_id(sender: str) -> str:
@@ -179,6 +183,8 @@ class Outbound:
         )  # fmt: skip
 
     def status(self, consumer: Consumer, outbound_id: str) -> OutboundStatus | None:
+        if not _OUTBOUND_ID.fullmatch(outbound_id):
+            return None
         return self._store.status(consumer.id, outbound_id)
 
     def observe(self, mailbox: str, content: bytes) -> None:
@@ -199,6 +205,8 @@ class Outbound:
 
     def acks(self, consumer: Consumer, outbound_id: str) -> list[str] | None:
         """The ZAM business acknowledgements produced so far (None: unknown or another's)."""
+        if not _OUTBOUND_ID.fullmatch(outbound_id):
+            return None
         status = self._store.status(consumer.id, outbound_id)
         head = self._store.submitted(consumer.id, outbound_id)
         if status is None or head is None:

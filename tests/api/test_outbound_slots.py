@@ -84,7 +84,7 @@ def test_a_submission_past_the_bound_gets_503_until_a_slot_is_free(
     assert len(list(spool.entries())) == 2
 
 
-@pytest.mark.parametrize("path", ["%00", "A%00B", "..%2F..", "x" * 33])
+@pytest.mark.parametrize("path", ["%00", "A%00B", "..%2F..", "NOSUCHID"])
 def test_an_outbound_id_that_is_none_of_ours_is_refused_before_the_database(
     gateway: tuple[Config, Engine], datadir: Path, pg_engine: Engine, path: str
 ) -> None:
@@ -104,6 +104,6 @@ def test_an_outbound_id_that_is_none_of_ours_is_refused_before_the_database(
         with httpx.Client(base_url=base, verify=ca, headers=auth, timeout=60) as client:
             for suffix in ("", "/acks"):
                 response = client.get(f"/v1/outbound/{path}{suffix}")
-                assert response.status_code in (404, 422), response.text
+                assert response.status_code == 404, response.text
     finally:
         server.stop()
