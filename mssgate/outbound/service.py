@@ -50,8 +50,10 @@ LISTENER = "api"
 # A submission recorded this long ago with a copy still not in the spool was cut short by a
 # crash: a repeat of its MSH-10 spools what is missing. Spooling takes well under a second.
 RESUME_AFTER = timedelta(seconds=60)
-# How long a repeat waits for the first request to finish spooling before answering 503.
-_REPEAT_WAIT_SECONDS = 5.0
+# How long a repeat waits for the first request to finish spooling before answering 503: the
+# first one signs a copy per recipient, which a loaded machine makes slow; a repeat that
+# answered 503 too soon would make a RIS retry what is already being sent.
+_REPEAT_WAIT_SECONDS = 30.0
 # Our ids (mssgate.spool.new_queue_id): any other is unknown without asking the database,
 # where a NUL made PostgreSQL raise (a 500 instead of the 404).
 _OUTBOUND_ID = re.compile(r"[0-9A-F]{1,32}")
@@ -146,11 +148,10 @@ class Outbound:
         A copy recorded but not spooled is either being spooled now (by the first request,
         maybe on another node: wait a little) or was lost to a crash between the record and
         the spool; past RESUME_AFTER it is the latter, and this request spools it."""
-        waited = 0.0
+        deadline = time.monotonic() + _REPEAT_WAIT_SECONDS
         missing = self._store.unspooled(stored.id)
-        while missing and waited < _REPEAT_WAIT_SECONDS:
+        while missing and time.monotonic() < deadline:
             time.sleep(0.05)
-            waited += 0.05
             missing = self._store.unspooled(stored.id)
         if missing:
             if self._clock() - stored.submitted_at < RESUME_AFTER:
