@@ -85,10 +85,24 @@ def _address(value: str | None) -> str | None:
         return None
 
 
+# A receipt is a multipart/report (RFC 8098), bare or inside a multipart/signed: only those
+# are parsed whole. Any other message delivered to the mailbox (a nested-multipart bomb
+# included: the stdlib parser recurses once per level) is no receipt and costs a header read.
+_RECEIPT_TOPS: Final = frozenset({"multipart/report", "multipart/signed"})
+_MDN_MARK: Final = re.compile(rb"disposition-notification", re.IGNORECASE)
+
+
 def read_receipt(raw: bytes) -> ReadReceipt | None:
     """The MDN `raw` carries (signed or not), or None when it is none."""
-    message = message_from_bytes(raw, policy=compat32)
-    fields = _report(message, 0, [_MAX_PARTS])
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    top = HeaderParser(policy=compat32).parsestr(head.decode("ascii", "replace"))
+    if top.get_content_type() not in _RECEIPT_TOPS or not _MDN_MARK.search(raw):
+        return None
+    try:
+        message = message_from_bytes(raw, policy=compat32)
+        fields = _report(message, 0, [_MAX_PARTS])
+    except (RecursionError, ValueError, LookupError, TypeError):
+        return None
     if fields is None:
         return None
     original = _text(fields.get("Original-Message-ID")).strip()

@@ -46,3 +46,19 @@ def test_a_report_with_raw_8bit_or_control_bytes_is_no_receipt_not_an_error() ->
     found = read_receipt(weird)
     assert found is not None and found.read
     assert found.disposition.isascii() and found.disposition.isprintable()
+
+
+def test_a_nested_multipart_bomb_is_no_receipt_not_an_error() -> None:
+    """Anyone may mail the RIS's mailbox: 1,200 nested multiparts made the stdlib parser
+    recurse past Python's limit, and the RecursionError held the document job (the hostile
+    corpus caught it), whether or not the message claims to be a report."""
+    nested = b"".join(
+        f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'.encode()
+        for i in range(1200)
+    )
+    for top in (b"multipart/mixed", b"multipart/report; report-type=disposition-notification"):
+        bomb = (
+            b"From: a@b.test\r\nMIME-Version: 1.0\r\nContent-Type: " + top
+            + b'; boundary="top"\r\n\r\n--top\r\n' + nested + b"x\r\n--top--\r\n"
+        )  # fmt: skip
+        assert read_receipt(bomb) is None
