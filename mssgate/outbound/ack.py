@@ -13,25 +13,9 @@ from datetime import UTC, datetime
 import hl7  # type: ignore[import-untyped]
 
 from mssgate.outbound.hl7in import LABELS, Envelope, Problem
-from mssgate.queue.hl7mdm import ENCODING_CHARACTERS, FieldValue, escape
+from mssgate.queue.hl7mdm import ENCODING_CHARACTERS, FieldValue, escape, hl7_field, hl7_segment
 
 SENDING_APPLICATION = "MSSGATE"
-
-
-def hl7_field(item: FieldValue) -> hl7.Field:
-    if isinstance(item, str):
-        return hl7.Field(sequence=[item])
-    components: list[object] = []
-    for component in item:
-        if isinstance(component, str):
-            components.append(component)
-        else:
-            components.append(hl7.Component(sequence=list(component)))
-    return hl7.Field(sequence=[hl7.Repetition(sequence=components)])
-
-
-def hl7_segment(name: str, *fields: FieldValue) -> hl7.Segment:
-    return hl7.Segment(sequence=[hl7.Field(sequence=[name]), *(hl7_field(f) for f in fields)])
 
 
 def _table(code: int) -> str:

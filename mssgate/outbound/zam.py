@@ -16,9 +16,9 @@ from typing import Final
 
 import hl7  # type: ignore[import-untyped]
 
-from mssgate.outbound.ack import SENDING_APPLICATION, hl7_field, hl7_segment
+from mssgate.outbound.ack import SENDING_APPLICATION
 from mssgate.outbound.store import OutboundStatus, RecipientStatus
-from mssgate.queue.hl7mdm import ENCODING_CHARACTERS, FieldValue, escape
+from mssgate.queue.hl7mdm import ENCODING_CHARACTERS, FieldValue, escape, hl7_field, hl7_segment
 
 PROFILE: Final = ("2.1", "CISIS_CDA_HL7_V2")
 # The guide's SMTPERRORCODE table (error-codes): basic reply codes, or an enhanced status

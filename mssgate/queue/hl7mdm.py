@@ -100,7 +100,7 @@ def _ei(identifier: str | None) -> FieldValue:
     return [escape(extension), "", escape(root), "ISO"]
 
 
-def _field(value: FieldValue) -> hl7.Field:
+def hl7_field(value: FieldValue) -> hl7.Field:
     if isinstance(value, str):
         return hl7.Field(sequence=[value])
     components: list[object] = []
@@ -112,8 +112,8 @@ def _field(value: FieldValue) -> hl7.Field:
     return hl7.Field(sequence=[hl7.Repetition(sequence=components)])
 
 
-def _segment(name: str, *fields: FieldValue) -> hl7.Segment:
-    return hl7.Segment(sequence=[hl7.Field(sequence=[name]), *(_field(f) for f in fields)])
+def hl7_segment(name: str, *fields: FieldValue) -> hl7.Segment:
+    return hl7.Segment(sequence=[hl7.Field(sequence=[name]), *(hl7_field(f) for f in fields)])
 
 
 def _msh(env: MdmEnvelope, trigger: str) -> hl7.Segment:
@@ -143,7 +143,7 @@ def _msh(env: MdmEnvelope, trigger: str) -> hl7.Segment:
             hl7.Field(sequence=["MSH"]),
             hl7.Field(sequence=["|"]),
             hl7.Field(sequence=[ENCODING_CHARACTERS]),
-            *(_field(f) for f in fields),
+            *(hl7_field(f) for f in fields),
         ]
     )
 
@@ -178,7 +178,7 @@ def _pid(record: DocumentRecord) -> hl7.Segment:
     fields[30] = "N"  # PID-31, identity unknown indicator: the INS identifies the patient
     # PID-32, identity reliability: the INS identity was received qualified (VALI) or not.
     fields[31] = "VALI" if record.ins.qualified else "PROV"
-    return _segment("PID", *fields)
+    return hl7_segment("PID", *fields)
 
 
 def _txa(record: DocumentRecord) -> hl7.Segment:
@@ -192,7 +192,7 @@ def _txa(record: DocumentRecord) -> hl7.Segment:
     fields[12] = _ei(doc.replaces)
     fields[16] = "AU"
     fields[21] = escape(doc.author_rpps or "")
-    return _segment("TXA", *fields)
+    return hl7_segment("TXA", *fields)
 
 
 def _document_type(record: DocumentRecord) -> FieldValue:
@@ -217,11 +217,11 @@ def _prt(role: str, address: str, person: FieldValue = "") -> hl7.Segment:
     fields[3] = [role, "", "participation"]
     fields[4] = person
     fields[14] = ["", "", "X.400", escape(address)]
-    return _segment("PRT", *fields)
+    return hl7_segment("PRT", *fields)
 
 
 def _obx(set_id: int, kind: str, code: FieldValue, value: FieldValue) -> hl7.Segment:
-    return _segment("OBX", str(set_id), kind, code, "", value, "", "", "", "", "", "F", "")
+    return hl7_segment("OBX", str(set_id), kind, code, "", value, "", "", "", "", "", "F", "")
 
 
 def build_mdm(record: DocumentRecord, content: bytes, envelope: MdmEnvelope) -> str:
@@ -248,11 +248,11 @@ def build_mdm(record: DocumentRecord, content: bytes, envelope: MdmEnvelope) -> 
     confidentiality = set(record.document.confidentiality)
     segments = [
         _msh(envelope, trigger),
-        _segment("EVN", "", _dtm(envelope.created_at), "", "", "", _dtm(envelope.created_at)),
+        hl7_segment("EVN", "", _dtm(envelope.created_at), "", "", "", _dtm(envelope.created_at)),
         _pid(record),
-        _segment("PV1", "1", "N"),
-        _segment("ORC", "NW"),
-        _segment("OBR", "1", "", "", _document_type(record)),
+        hl7_segment("PV1", "1", "N"),
+        hl7_segment("ORC", "NW"),
+        hl7_segment("OBR", "1", "", "", _document_type(record)),
         _txa(record),
         _obx(1, "ED", _document_type(record), ["", major, minor, "Base64", _b64(content)]),
         _prt("SB", envelope.sender, author),
