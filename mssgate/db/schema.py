@@ -115,6 +115,12 @@ consumers = Table(
     Column("pgp_key", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
+    # The SHA-256 of the client certificate its MLLP connections present (mssgate.mllp).
+    Column("mllp_cert_sha256", String(64)),
+    # mllp://host:port its mailbox's queue is pushed to, and the CA (PEM) checking that server.
+    Column("push_url", String(300)),
+    Column("push_ca", Text),
+    UniqueConstraint("mllp_cert_sha256", name="uq_consumers_mllp_cert"),
 )
 
 audit = Table(
@@ -160,6 +166,9 @@ spool_messages = Table(
     # start (Spool.recover).
     Column("node", String(63)),
     Index("ix_spool_messages_node", "node", "state"),
+    # RFC 3461 RET and ENVID (decoded) of MAIL FROM, revision 0018.
+    Column("dsn_ret", String(4)),
+    Column("dsn_envid", String(100)),
     # The admin console counts queued messages among every done one kept (revision 0012).
     Index("ix_spool_messages_state", "state"),
 )
@@ -197,6 +206,9 @@ spool_recipients = Table(
     Column("last_error", Text),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # RFC 3461 NOTIFY ("SUCCESS,FAILURE") and ORCPT ("rfc822;xtext") of RCPT, revision 0018.
+    Column("dsn_notify", String(32)),
+    Column("dsn_orcpt", Text),
     CheckConstraint("route IN ('local', 'relay')", name="ck_spool_recipients_route"),
     Index("ix_spool_recipients_pending", "state", "next_attempt_at"),
     CheckConstraint(
@@ -466,5 +478,11 @@ outbound_recipients = Table(
     # The recipient's read receipt (MDN), revision 0017.
     Column("read_at", DateTime(timezone=True)),
     Column("disposition", String(200)),
+    # What a DSN from the recipient's domain reported (Action delivered or failed, its
+    # Status and Diagnostic-Code), revision 0018.
+    Column("dsn_action", String(16)),
+    Column("dsn_status", String(16)),
+    Column("dsn_detail", String(400)),
+    Column("dsn_at", DateTime(timezone=True)),
     Index("ix_outbound_recipients_message_id", "message_id"),
 )

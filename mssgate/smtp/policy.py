@@ -176,8 +176,9 @@ class SmtpPolicy:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        # Advertise enhanced status codes (RFC 2034) before the final line.
-        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+        # Advertise enhanced status codes (RFC 2034) and DSN (RFC 3461: NOTIFY, ORCPT, RET,
+        # ENVID, read by GatewaySMTP) before the final line.
+        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", "250-DSN", responses[-1]]
 
     # ------------------------------------------------------------------ MAIL
     async def handle_MAIL(
@@ -467,6 +468,8 @@ class SmtpPolicy:
                 identity=identity,
                 peer=server.peer_ip,
                 recipients=recipients,
+                dsn=envelope.dsn if isinstance(envelope, GatewayEnvelope) else None,
+                rcpt_dsn=envelope.rcpt_dsn if isinstance(envelope, GatewayEnvelope) else None,
             )
         except (StorageError, OSError) as exc:
             event(log, "smtp.spool_failed", level=logging.ERROR, listener=self.listener.value,

@@ -40,6 +40,16 @@ from mssgate.logs import event
 from mssgate.smtp import replies
 from mssgate.smtp.body import MessageBody
 from mssgate.smtp.data import DataError, DataParser
+from mssgate.smtp.dsnparams import (
+    MAIL_KEYS,
+    RCPT_KEYS,
+    DsnSyntaxError,
+    MessageDsn,
+    RecipientDsn,
+    parse_mail,
+    parse_rcpt,
+    split_params,
+)
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
 
 log = logging.getLogger("mssgate.smtp")
@@ -95,6 +105,9 @@ class GatewayEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.queue_id: str | None = None
+        # RFC 3461: MAIL FROM's RET/ENVID and each accepted recipient's NOTIFY/ORCPT.
+        self.dsn = MessageDsn()
+        self.rcpt_dsn: dict[str, RecipientDsn] = {}
 
 
 class GatewaySMTP(SMTP):
@@ -437,10 +450,44 @@ class GatewaySMTP(SMTP):
         return await super()._call_handler_hook(command, *args)
 
     # ---------------------------------------------------------------- commands
+    def _dsn_params(
+        self, arg: str | None, keyword: str, keys: frozenset[str]
+    ) -> tuple[str | None, dict[str, str]]:
+        """`arg` without its DSN parameters, and those parameters (values as sent: aiosmtpd
+        upper-cases what it parses, and ENVID/ORCPT are case-sensitive). Raises
+        DsnSyntaxError. Left to aiosmtpd when the line is not one it would read."""
+        if arg is None or self.session is None or not self.session.extended_smtp:
+            return arg, {}
+        rest = self._strip_command_keyword(keyword, arg)
+        if rest is None:
+            return arg, {}
+        address, params = self._getaddr(rest)
+        if address is None or not params:
+            return arg, {}
+        ours, others = split_params(params.split(), keys)
+        if not ours:
+            return arg, {}
+        head = arg[: len(arg) - len(params)].rstrip()
+        return " ".join([head, *others]), ours
+
+    async def _dsn_syntax_error(self, exc: DsnSyntaxError) -> None:
+        self._protocol_error("DSN parameter", self._command_line or b"", detail=str(exc))
+        await self.push(f"501 5.5.4 {exc}")
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         self.busy = True
         try:
+            try:
+                arg, params = self._dsn_params(arg, "FROM:", MAIL_KEYS)
+                dsn = parse_mail(params)
+            except DsnSyntaxError as exc:
+                await self._dsn_syntax_error(exc)
+                return
+            had_sender = self.envelope is not None and bool(self.envelope.mail_from)
             await super().smtp_MAIL(arg)
+            envelope = self.envelope
+            if not had_sender and isinstance(envelope, GatewayEnvelope) and envelope.mail_from:
+                envelope.dsn = dsn
         finally:
             if self.envelope is None or not self.envelope.mail_from:
                 self.busy = False
@@ -460,7 +507,18 @@ class GatewaySMTP(SMTP):
                             reason="source route")  # fmt: skip
                 await self.reply(reply)
                 return
+        try:
+            arg, params = self._dsn_params(arg, "TO:", RCPT_KEYS)
+            dsn = parse_rcpt(params)
+        except DsnSyntaxError as exc:
+            await self._dsn_syntax_error(exc)
+            return
+        envelope = self.envelope
+        before = len(envelope.rcpt_tos) if envelope is not None else 0
         await super().smtp_RCPT(arg)
+        # The policy adds a recipient once (a repeat of it is accepted, not added again).
+        if isinstance(envelope, GatewayEnvelope) and len(envelope.rcpt_tos) > before:
+            envelope.rcpt_dsn[envelope.rcpt_tos[-1]] = dsn
 
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed():

@@ -21,7 +21,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,6 +36,7 @@ from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, StorageError
 from mssgate.fsutil import ensure_dir, fsync_dir, write_new_durably
+from mssgate.smtp.dsnparams import MessageDsn, RecipientDsn, stored_rcpt
 from mssgate.spool.groupcommit import GroupCommitter
 from mssgate.spool.jobs import add_document_job, release_document_jobs
 
@@ -58,6 +59,13 @@ class PendingDelivery(BaseModel):
     recipient: str
     route: Route
     attempts: int
+    # RFC 3461 NOTIFY and ORCPT as stored ("SUCCESS,FAILURE", "rfc822;xtext"); None: not given.
+    notify: str | None = None
+    orcpt: str | None = None
+
+    @property
+    def dsn(self) -> RecipientDsn:
+        return stored_rcpt(self.notify, self.orcpt)
 
 
 class SpoolEntry(BaseModel):
@@ -86,6 +94,13 @@ class MessageEnvelope(BaseModel):
     id: str
     sender: str
     received_at: datetime
+    # RFC 3461 RET and ENVID (decoded) of MAIL FROM.
+    ret: str | None = None
+    envid: str | None = None
+
+    @property
+    def dsn(self) -> MessageDsn:
+        return MessageDsn(ret=self.ret, envid=self.envid)
 
 
 # `spool delete|bounce` counts a delivery falling due this soon as due now: a worker whose
@@ -141,6 +156,8 @@ class _Acceptance:
     peer: str | None
     size: int
     recipients: tuple[tuple[str, Route], ...]
+    dsn: MessageDsn = MessageDsn()
+    rcpt_dsn: tuple[tuple[str, RecipientDsn], ...] = ()
 
 
 class Spool:
@@ -172,8 +189,11 @@ class Spool:
         identity: str | None,
         peer: str | None,
         recipients: Sequence[tuple[str, Route]],
+        dsn: MessageDsn | None = None,
+        rcpt_dsn: Mapping[str, RecipientDsn] | None = None,
     ) -> None:
-        """Makes the message durable. Returns only when a 250 may be sent."""
+        """Makes the message durable. Returns only when a 250 may be sent. `dsn` and
+        `rcpt_dsn` (by recipient): the RFC 3461 parameters it came with, kept with it."""
         path = self.path(queue_id)
         try:
             write_new_durably(path, content)
@@ -193,6 +213,8 @@ class Spool:
             peer=peer,
             size=len(content),
             recipients=tuple(recipients),
+            dsn=dsn or MessageDsn(),
+            rcpt_dsn=tuple((rcpt_dsn or {}).items()),
         )
         try:
             self._committer.commit(acceptance)
@@ -219,6 +241,8 @@ class Spool:
                     "size": a.size,
                     "state": "queued",
                     "node": self.node,
+                    "dsn_ret": a.dsn.ret,
+                    "dsn_envid": a.dsn.envid,
                 }
                 for a in group
             ],
@@ -235,9 +259,12 @@ class Spool:
                     "last_error": None,
                     "next_attempt_at": a.stamp,
                     "updated_at": a.stamp,
+                    "dsn_notify": params.notify_text(),
+                    "dsn_orcpt": params.orcpt_text(),
                 }
                 for a in group
                 for rcpt, route in a.recipients
+                for params in (dict(a.rcpt_dsn).get(rcpt, RecipientDsn()),)
             ],
         )
         audit.append_many(
@@ -298,8 +325,9 @@ class Spool:
         with self._engine.connect() as conn:
             return [
                 PendingDelivery(
-                    spool_id=r.spool_id, recipient=r.recipient, route=r.route, attempts=r.attempts
-                )
+                    spool_id=r.spool_id, recipient=r.recipient, route=r.route,
+                    attempts=r.attempts, notify=r.dsn_notify, orcpt=r.dsn_orcpt,
+                )  # fmt: skip
                 for r in conn.execute(query)
             ]
 
@@ -587,12 +615,22 @@ class Spool:
         with self._engine.connect() as conn:
             row = conn.execute(
                 select(
-                    spool_messages.c.id, spool_messages.c.sender, spool_messages.c.received_at
+                    spool_messages.c.id,
+                    spool_messages.c.sender,
+                    spool_messages.c.received_at,
+                    spool_messages.c.dsn_ret,
+                    spool_messages.c.dsn_envid,
                 ).where(spool_messages.c.id == queue_id)
             ).first()
         if row is None:
             raise NotFound(f"no spooled message {queue_id!r}")
-        return MessageEnvelope(id=row.id, sender=row.sender, received_at=aware(row.received_at))
+        return MessageEnvelope(
+            id=row.id,
+            sender=row.sender,
+            received_at=aware(row.received_at),
+            ret=row.dsn_ret,
+            envid=row.dsn_envid,
+        )
 
     def recipient_state(self, spool_id: str, recipient: str) -> RecipientState:
         with self._engine.connect() as conn:
