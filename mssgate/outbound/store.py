@@ -4,12 +4,13 @@ its recipients, and their status read from the spool rows that carry them."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Engine, and_, delete, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mssgate import audit
@@ -173,10 +174,18 @@ class OutboundStore:
             conn.execute(delete(outbound_messages).where(outbound_messages.c.id == outbound_id))
 
     def mark_read(
-        self, *, mailbox: str, message_id: str, reader: str, disposition: str, at: datetime
+        self,
+        *,
+        mailbox: str,
+        message_id: str,
+        reader: str,
+        disposition: str,
+        at: datetime,
+        then: Callable[[Connection, str], object] = lambda _conn, _id: None,
     ) -> str | None:
         """Records a read receipt for the copy `message_id` sent from `mailbox` to `reader`;
-        the outbound id, or None when no such copy exists (or it was read already)."""
+        the outbound id, or None when no such copy exists (or it was read already). `then`
+        runs in the same transaction with the outbound id (its ZAMs: a crash loses neither)."""
         with write(self._engine) as conn:
             row = conn.execute(
                 select(outbound_recipients.c.outbound_id)
@@ -210,6 +219,7 @@ class OutboundStore:
                 subject=row.outbound_id,
                 detail={"disposition": disposition[:100]},
             )
+            then(conn, str(row.outbound_id))
         return str(row.outbound_id)
 
     def submitted(self, consumer_id: int, outbound_id: str) -> tuple[str, str] | None:
@@ -226,36 +236,41 @@ class OutboundStore:
     def status(self, consumer_id: int, outbound_id: str) -> OutboundStatus | None:
         """None for an id unknown or another consumer's (the API answers 404 to both)."""
         with self._engine.connect() as conn:
-            head = conn.execute(
-                select(outbound_messages.c.event).where(
-                    outbound_messages.c.id == outbound_id,
-                    outbound_messages.c.consumer_id == consumer_id,
+            return self.status_in(conn, outbound_id, consumer_id=consumer_id)
+
+    def status_in(
+        self, conn: Connection, outbound_id: str, *, consumer_id: int | None = None
+    ) -> OutboundStatus | None:
+        """`status` read on the caller's connection (inside its transaction: the ZAMs of a
+        change are made in the transaction that records it); any consumer's when None."""
+        query = select(outbound_messages.c.event).where(outbound_messages.c.id == outbound_id)
+        if consumer_id is not None:
+            query = query.where(outbound_messages.c.consumer_id == consumer_id)
+        head = conn.execute(query).first()
+        if head is None:
+            return None
+        rows = conn.execute(
+            select(
+                outbound_recipients.c.recipient,
+                spool_recipients.c.route,
+                spool_recipients.c.state,
+                spool_recipients.c.last_error,
+                spool_recipients.c.updated_at,
+                outbound_recipients.c.read_at,
+                outbound_recipients.c.disposition,
+            )
+            .select_from(
+                outbound_recipients.outerjoin(
+                    spool_recipients,
+                    and_(
+                        spool_recipients.c.spool_id == outbound_recipients.c.spool_id,
+                        spool_recipients.c.recipient == outbound_recipients.c.recipient,
+                    ),
                 )
-            ).first()
-            if head is None:
-                return None
-            rows = conn.execute(
-                select(
-                    outbound_recipients.c.recipient,
-                    spool_recipients.c.route,
-                    spool_recipients.c.state,
-                    spool_recipients.c.last_error,
-                    spool_recipients.c.updated_at,
-                    outbound_recipients.c.read_at,
-                    outbound_recipients.c.disposition,
-                )
-                .select_from(
-                    outbound_recipients.outerjoin(
-                        spool_recipients,
-                        and_(
-                            spool_recipients.c.spool_id == outbound_recipients.c.spool_id,
-                            spool_recipients.c.recipient == outbound_recipients.c.recipient,
-                        ),
-                    )
-                )
-                .where(outbound_recipients.c.outbound_id == outbound_id)
-                .order_by(outbound_recipients.c.recipient)
-            ).all()
+            )
+            .where(outbound_recipients.c.outbound_id == outbound_id)
+            .order_by(outbound_recipients.c.recipient)
+        ).all()
         return OutboundStatus(
             id=outbound_id,
             event=head.event,

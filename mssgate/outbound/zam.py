@@ -11,6 +11,7 @@ message that carried the document, OBX-5 `Y` or `N` ^expandedYes-NoIndicator; OB
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
@@ -90,27 +91,47 @@ def _zam(
     return str(hl7.Message(sequence=segments)) + "\r"
 
 
-def acknowledgements(
+@dataclass(frozen=True)
+class Zam:
+    """One business acknowledgement with what the queue keeps beside its ER7."""
+
+    control_id: str  # MSH-10, stable: `<outbound id>-<n>-Z02` (or Z03)
+    trigger: str  # Z02 (reception) or Z03 (reading)
+    position: int  # n, the recipient's place in the status
+    recipient: str
+    accepted: bool  # OBX-5: Y, or N with an ERR
+    er7: str
+
+
+def zam_items(
     status: OutboundStatus, *, original_control_id: str, facility: str, ris: tuple[str, str]
-) -> list[str]:
+) -> list[Zam]:
     """Every ZAM the status warrants so far, in recipient order, reception before reading.
     Their MSH-10 is stable (`<id>-<n>-Z02`), so a RIS that polls twice sees the same ones."""
-    out: list[str] = []
+    out: list[Zam] = []
     for n, r in enumerate(status.recipients, start=1):
         moment = r.changed_at or datetime.now(UTC)
         common = {"original": original_control_id, "address": r.address, "moment": moment,
                   "facility": facility, "ris": ris}  # fmt: skip
         if r.status in ("sent", "delivered", "read", "failed"):
             failed = r.status == "failed"
-            out.append(
-                _zam(trigger="Z02", code="ACK_RECEPTION_MSS", label="Accusé de réception MSSanté",
-                     who="DESTINATAIRE_MSS", who_label="Destinataire MSSanté", ok=not failed,
-                     control_id=f"{status.id}-{n}-Z02", error=r if failed else None, **common)  # type: ignore[arg-type]
-            )  # fmt: skip
+            control_id = f"{status.id}-{n}-Z02"
+            er7 = _zam(trigger="Z02", code="ACK_RECEPTION_MSS", label="Accusé de réception MSSanté",
+                       who="DESTINATAIRE_MSS", who_label="Destinataire MSSanté", ok=not failed,
+                       control_id=control_id, error=r if failed else None, **common)  # type: ignore[arg-type]  # fmt: skip
+            out.append(Zam(control_id, "Z02", n, r.address, not failed, er7))
         if r.status == "read":
-            out.append(
-                _zam(trigger="Z03", code="ACK_LECTURE_MSS", label="Accusé de lecture",
-                     who="LECTEUR_MSS", who_label="Lecteur du courriel MSSanté", ok=True,
-                     control_id=f"{status.id}-{n}-Z03", **common)  # type: ignore[arg-type]
-            )  # fmt: skip
+            control_id = f"{status.id}-{n}-Z03"
+            er7 = _zam(trigger="Z03", code="ACK_LECTURE_MSS", label="Accusé de lecture",
+                       who="LECTEUR_MSS", who_label="Lecteur du courriel MSSanté", ok=True,
+                       control_id=control_id, **common)  # type: ignore[arg-type]  # fmt: skip
+            out.append(Zam(control_id, "Z03", n, r.address, True, er7))
     return out
+
+
+def acknowledgements(
+    status: OutboundStatus, *, original_control_id: str, facility: str, ris: tuple[str, str]
+) -> list[str]:
+    """The ER7 of `zam_items`."""
+    items = zam_items(status, original_control_id=original_control_id, facility=facility, ris=ris)
+    return [z.er7 for z in items]
