@@ -34,13 +34,15 @@ from mssgate.outbound import hl7in
 from mssgate.outbound.ack import build_ack
 from mssgate.outbound.compose import build_message, xdm_archive
 from mssgate.outbound.hl7in import OTHER, Rejection, Rules, Submission, refuse
-from mssgate.outbound.receipts import read_receipt
+from mssgate.outbound.receipts import DeliveryReport, delivery_report, may_report, read_receipt
 from mssgate.outbound.store import NewRecipient, OutboundStatus, OutboundStore, Stored
-from mssgate.outbound.zam import acknowledgements
+from mssgate.outbound.zamqueue import ZamQueue
+from mssgate.queue.service import QueueSettings
 from mssgate.returnpath import strip_return_path
 from mssgate.smime import sign_message
 from mssgate.smime.mailbox_keys import MailboxKey, find_mailbox_key, mailbox_keys_dir
 from mssgate.smtp import encryption
+from mssgate.smtp.dsnparams import MessageDsn, RecipientDsn
 from mssgate.smtp.encryption import EncryptionSettings
 from mssgate.spool import Spool, new_queue_id
 from mssgate.spool.store import Route
@@ -124,6 +126,13 @@ class Outbound:
             default=EncryptionPolicy(config.policy.encryption), mailbox_keys=self._keys
         )
         self._hostname = config.server.hostname
+        # The ZAMs of this gateway's outbound messages, leasable as items of kind `ack`.
+        self.zams = ZamQueue(
+            directory.engine,
+            facility=self._hostname,
+            settings=QueueSettings.from_config(config.queue),
+            clock=clock,
+        )
 
     def submit(self, consumer: Consumer, body: bytes) -> Answer:
         try:
@@ -178,9 +187,20 @@ class Outbound:
         return Answer(202, stored.ack, stored.id)
 
     def _accept(self, copy: _Copy, content: bytes, sender: str) -> None:
+        # A relayed copy asks its peer for DSNs (RFC 3461): the success one turns it
+        # `delivered` and gives the RIS its ACK_RECEPTION_MSS; ENVID is the copy's spool id,
+        # which the DSN echoes (docs/relay.md, "DSN").
+        rcpt_dsn = (
+            {copy.recipient: RecipientDsn(frozenset({"SUCCESS", "FAILURE"}),
+                                          ("rfc822", copy.recipient))}
+            if copy.route == "relay"
+            else None
+        )  # fmt: skip
         self._spool.accept(
             queue_id=copy.queue_id, content=content, listener=LISTENER, sender=sender,
             identity=sender, peer=None, recipients=[(copy.recipient, copy.route)],
+            dsn=MessageDsn(ret="HDRS", envid=copy.queue_id) if rcpt_dsn else None,
+            rcpt_dsn=rcpt_dsn,
         )  # fmt: skip
 
     def status(self, consumer: Consumer, outbound_id: str) -> OutboundStatus | None:
@@ -190,7 +210,12 @@ class Outbound:
 
     def observe(self, mailbox: str, content: bytes) -> None:
         """A message delivered to an application mailbox: a read receipt (MDN) for one of
-        its copies marks that copy read (mssgate.outbound.receipts)."""
+        its copies marks that copy read, a DSN from the recipient's domain marks it
+        delivered or failed (mssgate.outbound.receipts)."""
+        report = delivery_report(content)
+        if report is not None:
+            self._observe_dsn(mailbox, report)
+            return
         receipt = read_receipt(content)
         if receipt is None or not receipt.read:
             return
@@ -200,27 +225,42 @@ class Outbound:
             reader=receipt.reader,
             disposition=receipt.disposition,
             at=self._clock(),
+            then=self.zams.materialise,
         )
         if found is not None:
             event(log, "outbound.read", outbound_id=found)
 
+    def _observe_dsn(self, mailbox: str, report: DeliveryReport) -> None:
+        for r in report.recipients:
+            if not may_report(report.reporter, r.recipient):
+                # Anyone may mail the RIS's mailbox: only the recipient's own domain's mail
+                # system may say what became of its copy.
+                event(log, "outbound.dsn_ignored", reason="reporter is not the recipient's"
+                      " domain's mail system")  # fmt: skip
+                continue
+            found = self._store.mark_delivery(
+                mailbox=mailbox, recipient=r.recipient, action=r.action, status=r.status,
+                detail=r.diagnostic, at=self._clock(), envid=report.envid,
+                message_id=report.original_message_id,
+            )  # fmt: skip
+            if found is not None:
+                event(log, f"outbound.{r.action}", outbound_id=found, status=r.status)
+
     def acks(self, consumer: Consumer, outbound_id: str) -> list[str] | None:
-        """The ZAM business acknowledgements produced so far (None: unknown or another's)."""
+        """The ZAM business acknowledgements produced so far (None: unknown or another's):
+        those the status warrants are recorded first, so this list and the items of kind
+        `ack` a consumer leases are the same ZAMs, byte for byte."""
         if not _OUTBOUND_ID.fullmatch(outbound_id):
             return None
-        status = self._store.status(consumer.id, outbound_id)
-        head = self._store.submitted(consumer.id, outbound_id)
-        if status is None or head is None:
+        if self._store.submitted(consumer.id, outbound_id) is None:
             return None
-        # The RIS's application and facility, as the ACK answered them (its MSH-5 and -6).
-        control_id, ack = head
-        msh = hl7.parse(ack).segment("MSH")
-        return acknowledgements(
-            status,
-            original_control_id=control_id,
-            facility=self._hostname,
-            ris=(hl7in.value(msh, 5), hl7in.value(msh, 6)),
-        )
+        self.zams.status_changed(outbound_id)
+        return self.zams.listed(outbound_id)
+
+    def status_changed(self, outbound_id: str) -> None:
+        """Any change of a copy's status (a DSN, a delivery) calls this after its commit:
+        the ZAMs it warrants become items of kind `ack` (a crash before: the sweeper's)."""
+        self.zams.status_changed(outbound_id)
 
     def _routes(self, submission: Submission) -> list[tuple[str, Route]]:
         """Each recipient's route, checked as RCPT checks a practitioner's: a local mailbox

@@ -204,6 +204,13 @@ class OutboundStore:
             ).first()
             if row is None:
                 return None
+            # The message's row before the copy's: the order its ZAMs' makers lock in
+            # (mssgate.outbound.zamqueue), so that on PostgreSQL they never deadlock.
+            conn.execute(
+                select(outbound_messages.c.id)
+                .where(outbound_messages.c.id == row.outbound_id)
+                .with_for_update()
+            )
             conn.execute(
                 update(outbound_recipients)
                 .where(
@@ -218,6 +225,65 @@ class OutboundStore:
                 action="outbound.read",
                 subject=row.outbound_id,
                 detail={"disposition": disposition[:100]},
+            )
+            then(conn, str(row.outbound_id))
+        return str(row.outbound_id)
+
+    def mark_delivery(
+        self,
+        *,
+        mailbox: str,
+        recipient: str,
+        action: str,
+        status: str,
+        detail: str | None,
+        at: datetime,
+        envid: str | None,
+        message_id: str | None,
+        then: Callable[[Connection, str], object] = lambda _conn, _id: None,
+    ) -> str | None:
+        """Records what a DSN reported for the copy sent from `mailbox` to `recipient`,
+        named by its ENVID (the copy's spool id) or else its Message-ID; the outbound id,
+        or None when no such copy exists or a DSN already decided it. The caller has
+        checked who reported (receipts.may_report). `then` as for mark_read."""
+        if envid is not None:
+            which = outbound_recipients.c.spool_id == envid
+        elif message_id is not None:
+            which = outbound_recipients.c.message_id == message_id
+        else:
+            return None
+        with write(self._engine) as conn:
+            row = conn.execute(
+                select(outbound_recipients.c.outbound_id)
+                .select_from(
+                    outbound_recipients.join(
+                        outbound_messages,
+                        outbound_messages.c.id == outbound_recipients.c.outbound_id,
+                    )
+                )
+                .where(
+                    which,
+                    outbound_recipients.c.recipient == recipient,
+                    outbound_recipients.c.dsn_action.is_(None),
+                    outbound_messages.c.sender == mailbox,
+                )
+            ).first()
+            if row is None:
+                return None
+            conn.execute(
+                update(outbound_recipients)
+                .where(
+                    outbound_recipients.c.outbound_id == row.outbound_id,
+                    outbound_recipients.c.recipient == recipient,
+                )
+                .values(dsn_action=action, dsn_status=status, dsn_detail=detail, dsn_at=at)
+            )
+            audit.append(
+                conn,
+                actor="outbound",
+                action=f"outbound.{action}",
+                subject=row.outbound_id,
+                detail={"status": status, "by": "dsn"},
             )
             then(conn, str(row.outbound_id))
         return str(row.outbound_id)
@@ -258,6 +324,10 @@ class OutboundStore:
                 spool_recipients.c.updated_at,
                 outbound_recipients.c.read_at,
                 outbound_recipients.c.disposition,
+                outbound_recipients.c.dsn_action,
+                outbound_recipients.c.dsn_status,
+                outbound_recipients.c.dsn_detail,
+                outbound_recipients.c.dsn_at,
             )
             .select_from(
                 outbound_recipients.outerjoin(
@@ -279,10 +349,30 @@ class OutboundStore:
                     address=r.recipient, status="read", detail=r.disposition, changed_at=r.read_at
                 )
                 if r.read_at is not None
+                else _from_dsn(r.recipient, r.dsn_action, r.dsn_status, r.dsn_detail, r.dsn_at)
+                if r.dsn_action is not None and r.state != "failed"
                 else _recipient(r.recipient, r.route, r.state, r.last_error, r.updated_at)
                 for r in rows
             ],
         )
+
+
+def _from_dsn(
+    address: str, action: str, status: str | None, detail: str | None, at: datetime | None
+) -> RecipientStatus:
+    """What the recipient's operator reported by DSN: the copy reached the mailbox
+    (`delivered`), or failed there after the relay's 250, with its status and diagnostic."""
+    if action == "delivered":
+        return RecipientStatus(address=address, status="delivered", changed_at=at)
+    basic = _BASIC.search(detail or "")
+    return RecipientStatus(
+        address=address,
+        status="failed",
+        code=status,
+        detail=(detail or f"{status} reported by the recipient's operator")[:300],
+        reply_code=int(basic.group(1)) if basic else None,
+        changed_at=at,
+    )
 
 
 def _recipient(
@@ -293,7 +383,8 @@ def _recipient(
     changed_at: datetime | None,
 ) -> RecipientStatus:
     """The spool's state in the API's words: a relayed copy the peer took is `sent` (its
-    delivery there is the peer's), a local one written to the mailbox `delivered`."""
+    delivery there is the peer's, reported by DSN: see _from_dsn), a local one written to
+    the mailbox `delivered`."""
     if state == "delivered":
         status: Status = "sent" if route == "relay" else "delivered"
         return RecipientStatus(address=address, status=status, changed_at=changed_at)

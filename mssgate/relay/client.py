@@ -17,11 +17,12 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 from mssgate.config import RelayConfig
+from mssgate.smtp.dsnparams import MessageDsn, RecipientDsn, encode_xtext
 
 # RFC 5321 4.5.3.1.5 caps a reply line at 512 octets; leave room for sloppy servers but
 # never let a hostile one make us buffer without end.
@@ -55,6 +56,9 @@ class RecipientOutcome:
     # The server's reply ("550 5.1.1 no such user"), or our description of what went wrong.
     reply: str
     remote_mta: str
+    # The peer offers DSN (RFC 3461) and was passed the recipient's NOTIFY/ORCPT: reporting
+    # its delivery is the peer's from here (else a requested success is reported "relayed").
+    peer_dsn: bool = False
 
     @property
     def from_server(self) -> bool:
@@ -248,13 +252,22 @@ class SmtpSession:
         self.extensions = extensions
 
     async def send(
-        self, sender: str, recipients: Sequence[str], content: bytes
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        content: bytes,
+        *,
+        dsn: MessageDsn | None = None,
+        rcpt_dsn: Mapping[str, RecipientDsn] | None = None,
     ) -> list[RecipientOutcome]:
         """MAIL, RCPT for each recipient, DATA. Never raises for a session failure: every
-        recipient gets an outcome (transport failures make the undecided ones temporary)."""
+        recipient gets an outcome (transport failures make the undecided ones temporary).
+        `dsn`, `rcpt_dsn`: RFC 3461 parameters, sent when the peer offers DSN."""
         decided: dict[str, RecipientOutcome] = {}
         try:
-            await self._transaction(sender, recipients, content, decided)
+            await self._transaction(
+                sender, recipients, content, decided, dsn or MessageDsn(), rcpt_dsn or {}
+            )
         except SessionFailed as exc:
             for rcpt in recipients:
                 if rcpt not in decided:
@@ -267,8 +280,11 @@ class SmtpSession:
         recipients: Sequence[str],
         content: bytes,
         decided: dict[str, RecipientOutcome],
+        dsn: MessageDsn,
+        rcpt_dsn: Mapping[str, RecipientDsn],
     ) -> None:
         check_address(sender, allow_null=True)
+        peer_dsn = "DSN" in self.extensions
         data = wire_data(content)
         size = len(data) - 3  # the terminating dot line is no part of the message
         params = ""
@@ -284,6 +300,12 @@ class SmtpSession:
             if "8BITMIME" not in self.extensions:
                 raise SessionFailed("8-bit message and the peer lacks 8BITMIME", status="5.6.3")
             params += " BODY=8BITMIME"
+        if peer_dsn:
+            # Values are decoded in the spool: encoded here, nothing in them can end the line.
+            if dsn.ret:
+                params += f" RET={dsn.ret}"
+            if dsn.envid:
+                params += f" ENVID={encode_xtext(dsn.envid)}"
         reply = await self._command(f"MAIL FROM:<{sender}>{params}", "mail", self._timeouts.command)
         if reply.code != 250:
             raise _from_reply(reply, "mail")
@@ -294,7 +316,13 @@ class SmtpSession:
             except SessionFailed as exc:
                 decided[rcpt] = exc.outcome(rcpt, self.remote_mta)
                 continue
-            reply = await self._command(f"RCPT TO:<{rcpt}>", "rcpt", self._timeouts.rcpt)
+            wanted = rcpt_dsn.get(rcpt, RecipientDsn())
+            extra = ""
+            if peer_dsn and wanted.notify is not None:
+                extra += f" NOTIFY={wanted.notify_text()}"
+            if peer_dsn and wanted.orcpt is not None:
+                extra += f" ORCPT={wanted.orcpt_text()}"
+            reply = await self._command(f"RCPT TO:<{rcpt}>{extra}", "rcpt", self._timeouts.rcpt)
             if reply.code in (250, 251):
                 accepted.append(rcpt)
             else:
@@ -317,6 +345,7 @@ class SmtpSession:
                 status=reply.status,
                 reply=str(reply),
                 remote_mta=self.remote_mta,
+                peer_dsn=peer_dsn,
             )
 
     async def quit(self) -> None:
@@ -388,6 +417,8 @@ async def relay_message(
     timeouts: Timeouts,
     tls_server_name: str | None = None,
     on_result: OnResult | None = None,
+    dsn: MessageDsn | None = None,
+    rcpt_dsn: Mapping[str, RecipientDsn] | None = None,
 ) -> list[RecipientOutcome]:
     """One message to its recipients at one peer, one connection. Never raises for an SMTP,
     TLS or network failure: those are outcomes.
@@ -407,7 +438,7 @@ async def relay_message(
     except SessionFailed as exc:
         return [exc.outcome(r, host) for r in recipients]
     try:
-        outcomes = await session.send(sender, recipients, content)
+        outcomes = await session.send(sender, recipients, content, dsn=dsn, rcpt_dsn=rcpt_dsn)
         if on_result is not None:
             await on_result(outcomes)
         return outcomes

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import re
@@ -286,6 +287,8 @@ class RelayWorker:
             timeouts=self._timeouts,
             tls_server_name=self._server_names.get(domain),
             on_result=commit_delivered,
+            dsn=envelope.dsn,
+            rcpt_dsn={i.recipient: i.dsn for i in items},
         )
 
     async def _record(
@@ -298,6 +301,7 @@ class RelayWorker:
     ) -> None:
         by_recipient = {i.recipient: i for i in items}
         failed: list[tuple[PendingDelivery, RecipientFailure]] = []
+        relayed: list[RecipientFailure] = []
         stamp = self._clock()
         deadline = envelope.received_at + self._max_age
         for o in outcomes:
@@ -313,6 +317,14 @@ class RelayWorker:
                     remote=peer.host,
                     reply=o.reply,
                 )
+                if item.dsn.wants_success and not o.peer_dsn:
+                    # RFC 3461 5.2.2: the next hop will not report; we say it left us.
+                    relayed.append(
+                        RecipientFailure(o.recipient, "2.0.0", remote_mta=o.remote_mta,
+                                         diagnostic=o.reply, last_attempt=stamp,
+                                         action="relayed",
+                                         original_recipient=item.dsn.orcpt_text())
+                    )  # fmt: skip
             elif o.outcome is Outcome.PERMANENT:
                 metrics.delivery("relay", "failed")
                 status = o.status if o.status.startswith("5.") else "5.0.0"
@@ -353,8 +365,35 @@ class RelayWorker:
                     retry_in=retry.total_seconds(),
                     error=o.reply,
                 )
+        if relayed and envelope.sender:
+            await self._report_success(envelope, content, relayed)
         if failed:
             await self._fail(envelope, content, [i for i, _ in failed], [f for _, f in failed])
+
+    async def _report_success(
+        self, envelope: MessageEnvelope, content: bytes, reports: list[RecipientFailure]
+    ) -> None:
+        """A success DSN (Action relayed): the deliveries are committed already, so a DSN
+        that cannot be spooled is logged, not retried (the sender asked; nothing is lost)."""
+        dsn = build_dsn(
+            content,
+            reporting_mta=self._hostname,
+            failures=reports,
+            postmaster=await asyncio.to_thread(self._postmaster_for, envelope.sender),
+            arrival=envelope.received_at,
+            envelope_sender=envelope.sender,
+            date=self._clock(),
+            mss_nil=self._mss_nil,
+            envid=envelope.envid,
+        )
+        try:
+            await asyncio.to_thread(self._on_dsn, dsn, envelope.sender)
+        except Exception as exc:  # whatever the sink raised
+            event(log, "relay.dsn_failed", level=logging.ERROR, queue_id=envelope.id,
+                  action="relayed", error=f"{exc.__class__.__name__}: {exc}")  # fmt: skip
+            return
+        event(log, "relay.dsn", queue_id=envelope.id, to=envelope.sender,
+              recipients=len(reports), action="relayed")  # fmt: skip
 
     async def _expire(
         self,
@@ -380,11 +419,19 @@ class RelayWorker:
         items: list[PendingDelivery],
         failures: list[RecipientFailure],
     ) -> None:
-        if envelope.sender:
+        # RFC 3461: NOTIFY=NEVER (or a NOTIFY without FAILURE) asks for no failure report;
+        # without NOTIFY, failures are reported as they always were.
+        failures = [
+            dataclasses.replace(f, original_recipient=i.dsn.orcpt_text())
+            for i, f in zip(items, failures, strict=True)
+        ]
+        reported = [f for i, f in zip(items, failures, strict=True) if i.dsn.wants_failure]
+        if envelope.sender and reported:
             dsn = build_dsn(
                 content or b"",
                 reporting_mta=self._hostname,
-                failures=failures,
+                failures=reported,
+                envid=envelope.envid,
                 postmaster=await asyncio.to_thread(self._postmaster_for, envelope.sender),
                 arrival=envelope.received_at,
                 envelope_sender=envelope.sender,
@@ -414,8 +461,11 @@ class RelayWorker:
                     )
                 return
             event(
-                log, "relay.dsn", queue_id=envelope.id, to=envelope.sender, recipients=len(failures)
+                log, "relay.dsn", queue_id=envelope.id, to=envelope.sender, recipients=len(reported)
             )
+        elif envelope.sender:
+            event(log, "relay.dsn_suppressed", queue_id=envelope.id, recipients=len(failures),
+                  reason="NOTIFY asks for no failure report")  # fmt: skip
         else:
             # RFC 5321 4.5.5: a message with a null sender (itself a DSN or a receipt) is
             # never answered by another DSN; the failure is logged and audited only.

@@ -77,7 +77,9 @@ def decode_xtext(value: str, *, what: str) -> str:
 
 
 def encode_xtext(value: str) -> str:
-    return "".join(c if 0x21 <= ord(c) <= 0x7E and c not in "+=" else f"+{ord(c):02X}" for c in value)
+    return "".join(
+        c if 0x21 <= ord(c) <= 0x7E and c not in "+=" else f"+{ord(c):02X}" for c in value
+    )
 
 
 def _once(seen: set[str], key: str) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import traceback
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
@@ -18,8 +20,9 @@ from mssgate.directory.timeutil import now
 from mssgate.errors import StorageError
 from mssgate.logs import event
 from mssgate.mailstore import DeliveryFailed, MailStore
+from mssgate.relay.dsn import RecipientReport, build_dsn
 from mssgate.smtp.body import MemoryBudget
-from mssgate.spool.store import PendingDelivery, Spool
+from mssgate.spool.store import MessageEnvelope, PendingDelivery, Spool
 from mssgate.supervisor import PassHealth, run_in_passes
 
 log = logging.getLogger("mssgate.delivery")
@@ -28,6 +31,21 @@ _DEFAULTS = DeliveryConfig()
 
 # Failures of the gateway's own footing, not of one entry: holding the entry would be wrong.
 _TRANSIENT = (SQLAlchemyError, StorageError, MemoryError)
+_ENHANCED = re.compile(r"\b(5\.\d{1,3}\.\d{1,3})\b")
+_REPLY = re.compile(r"\b(5\d\d [^\r\n]*)")
+
+# (DSN bytes, its recipient: the envelope sender); spools it with a null sender, durably.
+OnDsn = Callable[[bytes, str], None]
+
+
+@dataclass(frozen=True)
+class Notifications:
+    """What local delivery needs to send DSNs (RFC 3461/3464): where they go (the relay's
+    BounceSpooler) and the gateway's names. Without it, delivery reports nothing."""
+
+    on_dsn: OnDsn
+    hostname: str
+    mss_nil: str | None = None
 
 
 def retry_delay(attempts: int, config: DeliveryConfig = _DEFAULTS) -> timedelta:
@@ -88,8 +106,10 @@ class DeliveryWorker:
         cross_node: CrossNode | None = None,
         give_up_after: timedelta | None = None,
         gates: Gates | None = None,
+        notifications: Notifications | None = None,
     ) -> None:
         self._spool = spool
+        self._notify = notifications
         self._store = store
         self._config = config
         self._poll = config.poll_seconds if poll_seconds is None else poll_seconds
@@ -169,13 +189,18 @@ class DeliveryWorker:
             event(log, "delivery.failed", queue_id=item.spool_id, permanent=False,
                   attempts=item.attempts + 1, error="mailbox moving")  # fmt: skip
             return
+        envelope = self._spool.envelope(item.spool_id)  # its sender for the Return-Path
         try:
             content = self._spool.read(item.spool_id)
             stored = content if self._seal is None else self._seal(item.recipient, content)
-            sender = self._spool.envelope(item.spool_id).sender  # for its Return-Path
-            self._store.deliver(item.recipient, stored, delivery_id=item.spool_id, sender=sender)
+            self._store.deliver(
+                item.recipient, stored, delivery_id=item.spool_id, sender=envelope.sender
+            )
         except DeliveryFailed as exc:
             permanent = exc.permanent or item.attempts + 1 >= self._config.max_attempts
+            if permanent:
+                # Before the failure is committed: a crash in between reports twice, not never.
+                self._report(item, envelope, _failure(item, str(exc)))
             self._spool.attempt_failed(
                 item,
                 error=str(exc),
@@ -195,6 +220,9 @@ class DeliveryWorker:
                 error=str(exc),
             )
             return
+        if item.dsn.wants_success:
+            # Before the delivery is committed, as for a failure (at least once).
+            self._report(item, envelope, _success(item))
         wants = self._documents is not None and self._documents.wants(item.recipient)
         self._spool.delivered(item, documents=wants)
         if wants and self._documents is not None:
@@ -202,6 +230,33 @@ class DeliveryWorker:
         metrics.delivery(item.route, "delivered")
         self.delivered += 1
         event(log, "delivery.ok", queue_id=item.spool_id, route=item.route)
+
+    def _report(
+        self, item: PendingDelivery, envelope: MessageEnvelope, report: RecipientReport
+    ) -> None:
+        """The DSN the recipient's NOTIFY asks for (none for a null sender, RFC 5321 4.5.5),
+        from mailer-daemon@ the recipient's domain: ours, whose key signs it, and the domain
+        a peer receiving it expects to speak for that recipient. Raises what spooling it
+        raised: the delivery's outcome is then not committed, and comes back."""
+        wanted = item.dsn.wants_failure if report.action == "failed" else item.dsn.wants_success
+        if self._notify is None or not envelope.sender or not wanted:
+            if report.action == "failed" and envelope.sender and self._notify is not None:
+                event(log, "delivery.dsn_suppressed", queue_id=item.spool_id,
+                      reason="NOTIFY asks for no failure report")  # fmt: skip
+            return
+        dsn = build_dsn(
+            self._spool.read(item.spool_id),
+            reporting_mta=self._notify.hostname,
+            failures=[report],
+            postmaster=f"mailer-daemon@{item.recipient.rpartition('@')[2]}",
+            arrival=envelope.received_at,
+            envelope_sender=envelope.sender,
+            date=now(),
+            mss_nil=self._notify.mss_nil,
+            envid=envelope.envid,
+        )
+        self._notify.on_dsn(dsn, envelope.sender)
+        event(log, "delivery.dsn", queue_id=item.spool_id, action=report.action)
 
     def _hand_over(self, item: PendingDelivery, address: str) -> None:
         assert self._cross is not None
@@ -261,3 +316,26 @@ class DeliveryWorker:
         await run_in_passes("delivery", self.run_once, wake=self._wake,
                             poll_seconds=self._poll, health=self.health,
                             transient=_TRANSIENT, logger=log)  # fmt: skip
+
+
+def _success(item: PendingDelivery) -> RecipientReport:
+    return RecipientReport(
+        item.recipient, "2.0.0", action="delivered", last_attempt=now(),
+        original_recipient=item.dsn.orcpt_text(),
+    )  # fmt: skip
+
+
+def _failure(item: PendingDelivery, error: str) -> RecipientReport:
+    """A local failure as a DSN reports it: the store's reply when it gave one (an LMTP
+    refusal), else 5.2.0 (the mailbox could not take it)."""
+    found = _ENHANCED.search(error)
+    reply = _REPLY.search(error)
+    status = found.group(1) if found else "5.2.0"
+    # Our own words go out as a reply would: which file or socket failed stays in our log.
+    return RecipientReport(
+        item.recipient,
+        status,
+        diagnostic=reply.group(1)[:300] if reply else f"550 {status} Mailbox unavailable",
+        last_attempt=now(),
+        original_recipient=item.dsn.orcpt_text(),
+    )

@@ -22,7 +22,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -156,7 +156,7 @@ class _Acceptance:
     peer: str | None
     size: int
     recipients: tuple[tuple[str, Route], ...]
-    dsn: MessageDsn = MessageDsn()
+    dsn: MessageDsn = field(default_factory=MessageDsn)
     rcpt_dsn: tuple[tuple[str, RecipientDsn], ...] = ()
 
 
@@ -325,9 +325,13 @@ class Spool:
         with self._engine.connect() as conn:
             return [
                 PendingDelivery(
-                    spool_id=r.spool_id, recipient=r.recipient, route=r.route,
-                    attempts=r.attempts, notify=r.dsn_notify, orcpt=r.dsn_orcpt,
-                )  # fmt: skip
+                    spool_id=r.spool_id,
+                    recipient=r.recipient,
+                    route=r.route,
+                    attempts=r.attempts,
+                    notify=r.dsn_notify,
+                    orcpt=r.dsn_orcpt,
+                )
                 for r in conn.execute(query)
             ]
 
