@@ -69,8 +69,7 @@ def fill(queue: DocumentQueue, outcome: Accepted, count: int, tag: str) -> None:
         )
         queue.enqueue(
             NewDocument(
-                record=record, content=outcome.content, email=b"", headers="", receipt_to=None,
-                delivery=f"bench-{tag}-{n}",
+                record=record, content=outcome.content, email=b"", headers="", receipt_to=None
             )
         )
 

@@ -129,6 +129,32 @@ class ApiConfig(_Section):
     bind: str = "127.0.0.1"
 
 
+class Hl7Config(_Section):
+    """MLLP over TLS for RIS products that speak no HTTPS (mssgate.mllp, docs/ris-integration.md).
+
+    The listener takes the same HL7 messages as POST /v1/outbound from clients holding a
+    certificate of `mssgate consumer cert`; the push sends a consumer's queue to its RIS."""
+
+    # Off by default: a port nobody asked for stays closed.
+    enabled: bool = False
+    port: Port = Field(10575, ge=0, le=65535)
+    bind: str = "127.0.0.1"
+    # One frame's HL7 at most; None: the SMTP message size limit (the same documents).
+    max_message_size: int | None = Field(None, gt=0)
+    # Each read (the TLS handshake, a frame's next bytes, the next frame) may wait this long.
+    read_timeout_seconds: float = Field(60.0, gt=0)
+    # Connections served at once: each may hold one frame (up to max_message_size) in memory.
+    max_connections: int = Field(8, ge=1, le=1000)
+    # The push (consumer add --push mllp://host:port): connecting, then waiting for the ACK.
+    push_connect_timeout_seconds: float = Field(30.0, gt=0)
+    push_ack_timeout_seconds: float = Field(60.0, gt=0)
+    # After a refusal (AE/AR), a timeout or a connection that fails: first * 2**n, capped.
+    push_retry_first_seconds: float = Field(10.0, gt=0)
+    push_retry_max_seconds: float = Field(600.0, gt=0)
+    # How often a push lane with nothing to send looks at its queue again.
+    push_poll_seconds: float = Field(5.0, gt=0)
+
+
 class AdminConfig(_Section):
     """The read-only admin console at /admin on the API port (docs/operator-guide.md)."""
 
@@ -401,6 +427,7 @@ class Config(BaseSettings):
     smtp: SmtpConfig = SmtpConfig()
     imap: ImapConfig = ImapConfig()
     api: ApiConfig = ApiConfig()
+    hl7: Hl7Config = Hl7Config()
     admin: AdminConfig = AdminConfig()
     queue: QueueConfig = QueueConfig()
     relay: RelayConfig = RelayConfig()

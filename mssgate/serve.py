@@ -51,6 +51,8 @@ from mssgate.mailstore.base import MailStore
 from mssgate.mailstore.lmtp import LmtpStore
 from mssgate.mailstore.maildir import MaildirStore
 from mssgate.malloc import tune_malloc
+from mssgate.mllp.listener import MllpListener
+from mssgate.mllp.push import MllpPush
 from mssgate.nodelink import (
     CrossNodeDelivery,
     Homes,
@@ -71,7 +73,7 @@ from mssgate.smtp.body import MemoryBudget
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
 from mssgate.smtp.server import Sessions, bound_port, start_smtp
 from mssgate.spool import Spool
-from mssgate.spool.delivery import DeliveryWorker, Notifications
+from mssgate.spool.delivery import DeliveryWorker
 from mssgate.spool.jobs import DocumentJobs
 from mssgate.supervisor import PassHealth, Supervisor
 
@@ -106,6 +108,11 @@ def _banner(config: Config, ports: dict[str, int]) -> str:
             f"  SMTPS            {config.smtp.bind}:{ports['smtps']}  (implicit TLS, AUTH)",
             f"  SMTP for peers   {config.smtp.bind}:{ports['mta']}  (STARTTLS, client cert)",
             f"  RIS HTTPS API    https://{config.api.bind}:{ports['api']}/v1/  (bearer token)",
+            (
+                f"  RIS HL7 MLLP     {config.hl7.bind}:{ports['hl7']}  (TLS, consumer certificate)"
+                if "hl7" in ports
+                else "  RIS HL7 MLLP     off (hl7.enabled = false)"
+            ),
             (
                 f"  IMAP             {config.imap.bind}:{ports['imaps']} (TLS),"
                 f" {ports['imap']} (STARTTLS)"
@@ -297,13 +304,6 @@ async def run_gateway(config: Config) -> int:
             else None,
             give_up_after=timedelta(seconds=config.relay.max_age_seconds),
             gates=gates,
-            # RFC 3461 DSNs of local deliveries (NOTIFY=SUCCESS, failures), spooled as the
-            # relay's bounces are.
-            notifications=Notifications(
-                BounceSpooler(spool, directory, wakers, signer),
-                hostname=config.server.hostname,
-                mss_nil=config.policy.mss_nil,
-            ),
         )
         wakers.append(worker.wake)
         relay = RelayWorker(
@@ -413,6 +413,11 @@ async def run_gateway(config: Config) -> int:
         supervisor.check("relay", relay.health.probe)
         supervisor.check("documents", documents.health.probe)
         supervisor.check("queue-maintenance", maintenance.probe)
+        # A consumer's queue pushed to its RIS over MLLP (consumer add --push): lanes follow
+        # the consumers table, so the CLI's changes need no restart.
+        pusher = MllpPush(config, directory, queue)
+        supervisor.spawn("mllp-push", pusher.run)
+        supervisor.check("mllp-push", pusher.health.probe)
         api = await start_api(
             config,
             engine,
@@ -423,11 +428,20 @@ async def run_gateway(config: Config) -> int:
             outbound=outbound,
         )
         listening: dict[str, asyncio.Server] = {k.value: v for k, v in servers.items()}
+        mllp: MllpListener | None = None
+        hl7_port = 0
+        if config.hl7.enabled:
+            mllp = MllpListener(config, directory.consumers, outbound)
+            hl7_port = await mllp.start()
+            assert mllp.server is not None
+            listening["hl7"] = mllp.server
         if imap is not None:
             listening.update({f"imap.{k}": v for k, v in imap.servers.items()})
         _watch_listeners(supervisor, listening, api, dovecot)
         ports = {listener.value: bound_port(s) for listener, s in servers.items()}
         ports["api"] = api.port
+        if mllp is not None:
+            ports["hl7"] = hl7_port
         if imap is not None:
             ports.update(imap.ports)
         status = run_dir / "serve.json"
@@ -454,6 +468,8 @@ async def run_gateway(config: Config) -> int:
             with contextlib.suppress(Exception):
                 await session.reply(replies.SHUTTING_DOWN)
             session.close("shutting down")
+        if mllp is not None:
+            await mllp.stop()
         await api.stop()
         if imap is not None:
             await imap.stop()

@@ -6,18 +6,8 @@ from mssgate.audit.chain import (
     VerifyReport,
     append,
     append_many,
-    batched,
     entries,
     verify,
 )
 
-__all__ = [
-    "AuditEntry",
-    "NewEntry",
-    "VerifyReport",
-    "append",
-    "append_many",
-    "batched",
-    "entries",
-    "verify",
-]
+__all__ = ["AuditEntry", "NewEntry", "VerifyReport", "append", "append_many", "entries", "verify"]

@@ -6,10 +6,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509 import load_pem_x509_certificates
 
 from mssgate.cli.context import State, emit_json, emit_table, say, state
 from mssgate.directory import Directory
-from mssgate.errors import NotFound, ValidationFailed
+from mssgate.errors import NotFound, PKIError, UsageFailed, ValidationFailed
+from mssgate.mllp.target import parse_push_url
+from mssgate.pki import issue_client_cert, load_certificate, load_private_key
+from mssgate.pki.files import ensure_private_dir, write_certificate, write_private_key
 from mssgate.smime.mailbox_keys import EnsuredKey, ensure_mailbox_key
 
 app = typer.Typer(help="RIS consumers of the integration queue.", no_args_is_help=True)
@@ -25,6 +30,8 @@ def add(
     pgp_key: Annotated[
         Path | None, typer.Option("--pgp-key", help="OpenPGP public key (armoured).")
     ] = None,
+    push: PushOption = None,
+    push_ca: PushCaOption = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Register a consumer; its API token is printed once, now."""
@@ -37,18 +44,22 @@ def add(
         if len(data) > MAX_PGP_KEY_BYTES or b"BEGIN PGP PUBLIC KEY BLOCK" not in data:
             raise ValidationFailed(f"{pgp_key} is not an armoured OpenPGP public key")
         key_text = data.decode("ascii", errors="replace")
+    push_url, push_pem = _push_settings(push, push_ca, has_pgp_key=key_text is not None)
     st = state(ctx)
     directory = st.directory()
     # Before the key pair: a command refused for its name must leave nothing behind.
     directory.consumers.check_name(name)
     signing = _signing_key(st, directory, mailbox)
     consumer, token = directory.consumers.add(name, mailbox=mailbox, pgp_key=key_text)
+    if push_url is not None:
+        consumer = directory.consumers.set_push(name, push_url, push_pem)
     if json_out:
         emit_json(
             {
                 "name": consumer.name,
                 "mailbox": consumer.mailbox,
                 "token": token,
+                "push": consumer.push_url,
                 "signing_key": {
                     "status": signing.status,
                     "key": str(signing.key_path),
@@ -59,6 +70,8 @@ def add(
     else:
         say(f"consumer {consumer.name} added for {consumer.mailbox}")
         say(f"token (shown once, keep it secret): {token}")
+        if consumer.push_url is not None:
+            say(f"its queue is pushed to {consumer.push_url} (MLLP over TLS)")
     if signing.status == "issued" and not json_out:
         say(f"receipts signed with a dev CA certificate issued now: {signing.cert_path}")
     elif signing.status == "missing":
@@ -70,6 +83,44 @@ def add(
             " --key KEY.pem --cert CERT.pem`",
             err=True,
         )
+
+
+PushOption = Annotated[
+    str | None,
+    typer.Option("--push", help="Push its mailbox's queue to the RIS at mllp://host:port."),
+]
+PushCaOption = Annotated[
+    Path | None,
+    typer.Option("--push-ca", help="CA (PEM) of the RIS's TLS server; default: tls.ca."),
+]
+MAX_CA_BYTES = 256 * 1024
+
+
+def _push_settings(
+    push: str | None, push_ca: Path | None, *, has_pgp_key: bool
+) -> tuple[str | None, str | None]:
+    """The push address checked, and the CA file's PEM text."""
+    if push is None:
+        if push_ca is not None:
+            raise UsageFailed("--push-ca goes with --push")
+        return None, None
+    if has_pgp_key:
+        # Its documents are stored encrypted for that key: the gateway cannot read the MDM.
+        raise UsageFailed("a consumer with --pgp-key polls the API; it cannot be pushed to")
+    url = str(parse_push_url(push))
+    if push_ca is None:
+        return url, None
+    try:
+        data = push_ca.read_bytes()
+    except OSError as exc:
+        raise ValidationFailed(f"cannot read {push_ca}: {exc.strerror}") from None
+    if len(data) > MAX_CA_BYTES or b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ValidationFailed(f"{push_ca} is not a PEM certificate")
+    try:
+        load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValidationFailed(f"{push_ca} is not a PEM certificate") from None
+    return url, data.decode("ascii", errors="replace")
 
 
 def _signing_key(st: State, directory: Directory, mailbox: str) -> EnsuredKey:
@@ -120,3 +171,71 @@ def remove(ctx: typer.Context, name: str) -> None:
     can be given to a new consumer; the audit keeps both apart by id."""
     removed = state(ctx).directory().consumers.remove(name)
     say(f"removed consumer {removed.name} (id {removed.id}, {removed.mailbox})")
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    name: str,
+    push: PushOption = None,
+    push_ca: PushCaOption = None,
+    no_push: Annotated[bool, typer.Option("--no-push", help="Stop pushing its queue.")] = False,
+) -> None:
+    """Change a consumer: where its queue is pushed (--push mllp://host:port, --no-push)."""
+    if no_push == (push is not None):
+        raise UsageFailed("give either --push mllp://host:port or --no-push")
+    directory = state(ctx).directory()
+    current = next((c for c in directory.consumers.list() if c.name == name and c.active), None)
+    if current is None:
+        raise NotFound(f"no active consumer {name!r}")
+    url, pem = _push_settings(push, push_ca, has_pgp_key=current.has_pgp_key)
+    changed = directory.consumers.set_push(name, url, pem)
+    if changed.push_url is None:
+        say(f"consumer {name}: queue no longer pushed (poll the API)")
+    else:
+        say(f"consumer {name}: queue pushed to {changed.push_url} (MLLP over TLS)")
+
+
+@app.command("cert")
+def cert(
+    ctx: typer.Context,
+    name: str,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for NAME.crt.pem and NAME.key.pem.")
+    ] = Path("."),
+    days: Annotated[int, typer.Option("--days", min=1, max=3650, help="Lifetime.")] = 825,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Issue the TLS client certificate NAME's RIS presents to the MLLP listener ([hl7]),
+    from the dev CA, and bind it to NAME: the one issued before stops working."""
+    st = state(ctx)
+    directory = st.directory()
+    if not any(c.name == name and c.active for c in directory.consumers.list()):
+        raise NotFound(f"no active consumer {name!r}")
+    certs = st.config().certs_dir
+    ca_key_path, ca_cert_path = certs / "ca.key.pem", certs / "ca.crt.pem"
+    if not ca_key_path.exists():
+        raise PKIError(f"no dev CA key at {ca_key_path}: issue certificates from your real PKI")
+    cert_path, key_path = out / f"{name}.crt.pem", out / f"{name}.key.pem"
+    for path in (cert_path, key_path):
+        if not force and (path.exists() or path.is_symlink()):
+            raise PKIError(f"file exists (use --force to overwrite): {path}")
+    key, issued = issue_client_cert(
+        load_private_key(ca_key_path),
+        load_certificate(ca_cert_path),
+        f"mssgate consumer {name}",
+        valid_days=days,
+    )
+    ensure_private_dir(out)
+    write_private_key(key_path, key, overwrite=force)
+    write_certificate(cert_path, issued, overwrite=force)
+    sha256 = issued.fingerprint(hashes.SHA256()).hex()
+    directory.consumers.bind_certificate(name, sha256)
+    if json_out:
+        emit_json({"name": name, "cert": str(cert_path), "key": str(key_path),
+                   "ca": str(ca_cert_path), "sha256": sha256,
+                   "not_after": issued.not_valid_after_utc.isoformat()})  # fmt: skip
+        return
+    say(f"issued and bound to consumer {name} (sha256 {sha256})")
+    say(f"  {cert_path}\n  {key_path}  (keep it secret)\n  server CA: {ca_cert_path}")

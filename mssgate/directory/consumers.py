@@ -7,6 +7,7 @@ import hmac
 import json
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 # token, so that the reply says nothing about which tokens once existed.
 INVALID_TOKEN = "a valid consumer token is required"  # noqa: S105 (a message, not a secret)
 MAILBOX_SUSPENDED = "the consumer's mailbox is suspended"
+UNBOUND_CERTIFICATE = "this certificate is not bound to an active consumer (consumer cert)"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ def _consumer(row: Row[Any]) -> Consumer:
         has_pgp_key=row.pgp_key is not None,
         created_at=aware(row.created_at),
         revoked_at=aware(row.revoked_at) if row.revoked_at is not None else None,
+        mllp_cert_sha256=row.mllp_cert_sha256,
+        push_url=row.push_url,
     )
 
 
@@ -221,6 +225,74 @@ class Consumers:
             return TokenRefused(INVALID_TOKEN)
         if row.revoked_at is not None or row.mailbox_state is None:
             return TokenRefused(INVALID_TOKEN)
+        if row.mailbox_state != AccountState.ACTIVE.value:
+            return TokenRefused(MAILBOX_SUSPENDED)
+        return _consumer(row)
+
+    def bind_certificate(self, name: str, sha256: str) -> Consumer:
+        """The client certificate (its SHA-256) the consumer's MLLP connections present; the
+        one bound before, if any, opens nothing from now on."""
+        with write(self._engine) as conn:
+            row = self._active_row(conn, name)
+            previous = row.mllp_cert_sha256
+            conn.execute(
+                update(consumers)
+                .where(consumers.c.id == row.id)
+                .values(mllp_cert_sha256=sha256.lower())
+            )
+            audit.append(conn, actor=self._actor, action="consumer.cert", subject=name,
+                         detail={"id": row.id, "sha256": sha256.lower(),
+                                 "replaces": previous})  # fmt: skip
+            row = conn.execute(select(consumers).where(consumers.c.id == row.id)).one()
+        return _consumer(row)
+
+    def set_push(self, name: str, url: str | None, ca_pem: str | None) -> Consumer:
+        """Where the consumer's mailbox queue is pushed over MLLP (None: not pushed), and the
+        CA its server is checked against (None: the gateway's own, tls.ca)."""
+        with write(self._engine) as conn:
+            row = self._active_row(conn, name)
+            conn.execute(
+                update(consumers)
+                .where(consumers.c.id == row.id)
+                .values(push_url=url, push_ca=ca_pem if url is not None else None)
+            )
+            audit.append(conn, actor=self._actor, action="consumer.push", subject=name,
+                         detail={"id": row.id, "url": url,
+                                 "own_ca": ca_pem is not None})  # fmt: skip
+            row = conn.execute(select(consumers).where(consumers.c.id == row.id)).one()
+        return _consumer(row)
+
+    def pushed(self) -> Sequence[tuple[Consumer, str | None]]:
+        """Active consumers whose queue is pushed, each with its server's CA (PEM) if set."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(consumers)
+                .where(consumers.c.push_url.is_not(None), consumers.c.revoked_at.is_(None))
+                .order_by(consumers.c.id)
+            ).all()
+        return [(_consumer(r), r.push_ca) for r in rows]
+
+    def _active_row(self, conn: Connection, name: str) -> Row[Any]:
+        row = conn.execute(
+            select(consumers).where(consumers.c.name == name, consumers.c.revoked_at.is_(None))
+        ).first()
+        if row is None:
+            raise NotFound(f"no active consumer {name!r}")
+        return row
+
+    def by_certificate(self, sha256: str) -> Consumer | TokenRefused:
+        """The consumer an MLLP client certificate is bound to, on the same terms as a
+        token (`authenticate`): not revoked, its mailbox hosted and active."""
+        mailbox = and_(professionals.c.address == consumers.c.mailbox, professionals.c.local)
+        query = (
+            select(consumers, professionals.c.state.label("mailbox_state"))
+            .outerjoin(professionals, mailbox)
+            .where(consumers.c.mllp_cert_sha256 == sha256.lower())
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None or row.revoked_at is not None or row.mailbox_state is None:
+            return TokenRefused(UNBOUND_CERTIFICATE)
         if row.mailbox_state != AccountState.ACTIVE.value:
             return TokenRefused(MAILBOX_SUSPENDED)
         return _consumer(row)

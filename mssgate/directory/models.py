@@ -249,6 +249,9 @@ class Consumer(BaseModel):
     has_pgp_key: bool
     created_at: datetime
     revoked_at: datetime | None
+    # MLLP (mssgate.mllp): its client certificate's SHA-256, where its queue is pushed.
+    mllp_cert_sha256: str | None = None
+    push_url: str | None = None
 
     @property
     def active(self) -> bool:

@@ -20,7 +20,7 @@ from mssgate.pki.files import (
     write_public_file,
 )
 from mssgate.pki.inspect import CertificateInfo, certificate_info, days_left, is_smime_for
-from mssgate.pki.issue import issue_server_cert, issue_smime_cert
+from mssgate.pki.issue import issue_client_cert, issue_server_cert, issue_smime_cert
 from mssgate.pki.keys import dkim_dns_record, generate_dkim_key, generate_key
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "generate_key",
     "init_dev_pki",
     "is_smime_for",
+    "issue_client_cert",
     "issue_server_cert",
     "issue_smime_cert",
     "issue_smime_files",

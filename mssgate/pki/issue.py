@@ -119,6 +119,35 @@ def issue_smime_cert(
     return key, cert
 
 
+def issue_client_cert(
+    ca_key: PrivateKey,
+    ca_cert: x509.Certificate,
+    common_name: str,
+    *,
+    valid_days: int = 825,
+    key_type: KeyType = "ec",
+) -> tuple[PrivateKey, x509.Certificate]:
+    """A TLS client certificate (clientAuth only) for a system such as a RIS: it names no
+    host and no mailbox, so it opens neither a server role nor a mailbox; what it opens is
+    decided by the fingerprint the gateway binds to it (mssgate consumer cert)."""
+    check_issuer(ca_key, ca_cert)
+    if not common_name.strip():
+        raise PKIError("the common name must not be blank")
+    key = generate_key(key_type)
+    not_before, not_after = validity(valid_days, issuer=ca_cert)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name.strip())])
+    cert = (
+        _leaf_builder(ca_cert, key, subject, not_before, not_after)
+        .add_extension(
+            _key_usage(digital_signature=True, key_encipherment=isinstance(key, rsa.RSAPrivateKey)),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, signature_hash(ca_key))
+    )
+    return key, cert
+
+
 def _leaf_builder(
     ca_cert: x509.Certificate,
     key: PrivateKey,

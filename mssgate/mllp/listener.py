@@ -1,0 +1,207 @@
+"""The MLLP listener ([hl7]): a RIS that speaks no HTTPS submits over MLLP inside TLS.
+
+TLS with a client certificate is required and verified against tls.ca; the certificate's
+SHA-256 then names one consumer (`mssgate consumer cert NAME` binds it), looked up again for
+every frame so that a re-issued certificate, `consumer revoke` or `remove`, or a suspended
+mailbox takes effect at once. A certificate of our CA bound to no consumer (a practitioner's,
+a peer gateway's) is refused: the connection is closed after the handshake.
+
+Each frame goes to `Outbound.submit`, as POST /v1/outbound does (in a thread: it is
+synchronous), and its ACK is framed back. A frame over the size limit is answered AR and the
+connection closed without reading the rest; a connection silent for read_timeout_seconds is
+closed; bytes between frames are dropped and logged; an unfinished frame at EOF is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import ssl
+
+from mssgate.api.limits import Slots
+from mssgate.config import Config
+from mssgate.directory.consumers import Consumers, TokenRefused
+from mssgate.directory.models import Consumer
+from mssgate.errors import MssgateError, StorageError
+from mssgate.listen import bind_failed
+from mssgate.logs import event
+from mssgate.mllp import framing
+from mssgate.outbound import hl7in
+from mssgate.outbound.ack import build_ack
+from mssgate.outbound.hl7in import OTHER, Envelope, Problem, Rejection
+from mssgate.outbound.service import Outbound
+from mssgate.tls import server_context
+
+log = logging.getLogger("mssgate.mllp")
+READ_CHUNK = 64 * 1024
+# HL7 table 0357: the receiving application failed for a reason that is not the message's.
+INTERNAL_ERROR = 207
+
+
+def peer_sha256(writer: asyncio.StreamWriter) -> str | None:
+    ssl_object = writer.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return hashlib.sha256(der).hexdigest() if der else None
+
+
+def envelope_of(body: bytes) -> Envelope:
+    """The MSH fields an ACK echoes, read from whatever of the message there is."""
+    head = body.split(b"\r", 1)[0]
+    try:
+        return hl7in.envelope_of(hl7in.parse_er7(head))
+    except Rejection:
+        return Envelope()
+
+
+class MllpListener:
+    def __init__(self, config: Config, consumers: Consumers, outbound: Outbound) -> None:
+        self._config = config
+        self._consumers = consumers
+        self._outbound = outbound
+        hl7 = config.hl7
+        self._max_size = hl7.max_message_size or config.smtp.max_message_size
+        self._timeout = hl7.read_timeout_seconds
+        self._facility = config.server.hostname
+        # As the API's: each submission holds its body and several times it while signing.
+        self._slots = Slots()
+        self._open: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+
+    def context(self) -> ssl.SSLContext:
+        tls = self._config.tls
+        assert tls.cert is not None and tls.key is not None and tls.ca is not None
+        ctx = server_context(
+            tls.cert, tls.key, client_cas=[tls.ca.read_text()], request_client_cert=True
+        )
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    async def start(self) -> int:
+        hl7 = self._config.hl7
+        try:
+            self.server = await asyncio.start_server(
+                self._accept, host=hl7.bind, port=hl7.port, ssl=self.context(),
+                ssl_handshake_timeout=self._timeout, reuse_address=True,
+            )  # fmt: skip
+        except OSError as exc:
+            raise bind_failed("HL7 MLLP", hl7.bind, hl7.port, "hl7.port", exc) from None
+        port = int(self.server.sockets[0].getsockname()[1])
+        event(log, "mllp.listening", port=port, max_message_size=self._max_size)
+        return port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._open):
+            task.cancel()
+        for task in list(self._open):
+            with contextlib.suppress(BaseException):
+                await task
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        peer = str(writer.get_extra_info("peername"))
+        if len(self._open) >= self._config.hl7.max_connections:
+            event(log, "mllp.refused", level=logging.WARNING, peer=peer,
+                  reason="too many connections (hl7.max_connections)")  # fmt: skip
+            writer.close()
+            return
+        self._open.add(task)
+        try:
+            await self._session(reader, writer, peer)
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            event(log, "mllp.closed", peer=peer, reason=f"{type(exc).__name__}: {exc}"[:200])
+        finally:
+            self._open.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 5)
+
+    async def _consumer(self, sha256: str, peer: str) -> Consumer | None:
+        found = await asyncio.to_thread(self._consumers.by_certificate, sha256)
+        if isinstance(found, TokenRefused):
+            event(log, "mllp.refused", level=logging.WARNING, peer=peer, cert_sha256=sha256,
+                  reason=found.reason)  # fmt: skip
+            return None
+        return found
+
+    async def _session(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+    ) -> None:
+        sha256 = peer_sha256(writer)
+        if sha256 is None:  # CERT_REQUIRED makes this unreachable; never serve without one
+            event(log, "mllp.refused", level=logging.WARNING, peer=peer, reason="no certificate")
+            return
+        consumer = await self._consumer(sha256, peer)
+        if consumer is None:
+            return
+        event(log, "mllp.connected", peer=peer, consumer=consumer.name)
+        decoder = framing.Decoder(self._max_size)
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), self._timeout)
+            except TimeoutError:
+                event(log, "mllp.timeout", peer=peer, consumer=consumer.name,
+                      unfinished_bytes=decoder.pending)  # fmt: skip
+                return
+            if not data:
+                if decoder.pending:
+                    event(log, "mllp.partial_frame", level=logging.WARNING, peer=peer,
+                          consumer=consumer.name, bytes=decoder.pending)  # fmt: skip
+                else:
+                    event(log, "mllp.closed", peer=peer, consumer=consumer.name, reason="eof")
+                return
+            for item in decoder.feed(data):
+                if isinstance(item, framing.Garbage | framing.Restarted):
+                    what = "bytes outside a frame" if isinstance(item, framing.Garbage) else (
+                        "a frame cut by a new <VT>")  # fmt: skip
+                    event(log, "mllp.dropped", level=logging.WARNING, peer=peer,
+                          consumer=consumer.name, bytes=item.size, what=what)  # fmt: skip
+                    continue
+                if isinstance(item, framing.Oversize):
+                    text = f"the message exceeds {self._max_size} bytes (hl7.max_message_size)"
+                    event(log, "mllp.oversize", level=logging.WARNING, peer=peer,
+                          consumer=consumer.name, limit=self._max_size)  # fmt: skip
+                    await self._answer(writer, self._refusal(item.head, OTHER, text))
+                    return  # the rest of it is not read
+                # Looked up again: a certificate re-issued or a consumer revoked since.
+                current = await self._consumer(sha256, peer)
+                if current is None:
+                    text = "this certificate is not bound to an active consumer any more"
+                    await self._answer(writer, self._refusal(item.body, OTHER, text))
+                    return
+                await self._answer(writer, await self._submit(current, item.body))
+
+    async def _answer(self, writer: asyncio.StreamWriter, ack: str) -> None:
+        writer.write(framing.frame(ack.encode("utf-8")))
+        await asyncio.wait_for(writer.drain(), self._timeout)
+
+    def _refusal(self, body: bytes, code: int, text: str) -> str:
+        return build_ack("AR", envelope_of(body), facility=self._facility,
+                         problems=[Problem(code, "MSH", None, text)])  # fmt: skip
+
+    async def _submit(self, consumer: Consumer, body: bytes) -> str:
+        if not await self._slots.take():
+            text = "too many submissions in progress; send it again shortly"
+            return self._refusal(body, INTERNAL_ERROR, text)
+        try:
+            answer = await asyncio.to_thread(self._outbound.submit, consumer, body)
+        except StorageError as exc:
+            event(log, "mllp.not_stored", level=logging.ERROR, consumer=consumer.name,
+                  error=str(exc)[:300])  # fmt: skip
+            return self._refusal(body, INTERNAL_ERROR, f"{exc}; send it again")
+        except MssgateError as exc:
+            event(log, "mllp.failed", level=logging.ERROR, consumer=consumer.name,
+                  error=f"{type(exc).__name__}: {exc}"[:300])  # fmt: skip
+            return self._refusal(body, INTERNAL_ERROR, "the gateway failed; send it again")
+        finally:
+            self._slots.give()
+        event(log, "mllp.answered", consumer=consumer.name, status=answer.status,
+              outbound_id=answer.outbound_id)  # fmt: skip
+        return answer.ack
