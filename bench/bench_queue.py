@@ -69,7 +69,8 @@ def fill(queue: DocumentQueue, outcome: Accepted, count: int, tag: str) -> None:
         )
         queue.enqueue(
             NewDocument(
-                record=record, content=outcome.content, email=b"", headers="", receipt_to=None
+                record=record, content=outcome.content, email=b"", headers="", receipt_to=None,
+                delivery=f"bench-{tag}-{n}",
             )
         )
 

@@ -73,7 +73,7 @@ from mssgate.smtp.body import MemoryBudget
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
 from mssgate.smtp.server import Sessions, bound_port, start_smtp
 from mssgate.spool import Spool
-from mssgate.spool.delivery import DeliveryWorker
+from mssgate.spool.delivery import DeliveryWorker, Notifications
 from mssgate.spool.jobs import DocumentJobs
 from mssgate.supervisor import PassHealth, Supervisor
 
@@ -304,6 +304,13 @@ async def run_gateway(config: Config) -> int:
             else None,
             give_up_after=timedelta(seconds=config.relay.max_age_seconds),
             gates=gates,
+            # RFC 3461 DSNs of local deliveries (NOTIFY=SUCCESS, failures), spooled as the
+            # relay's bounces are.
+            notifications=Notifications(
+                BounceSpooler(spool, directory, wakers, signer),
+                hostname=config.server.hostname,
+                mss_nil=config.policy.mss_nil,
+            ),
         )
         wakers.append(worker.wake)
         relay = RelayWorker(

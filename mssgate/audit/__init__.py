@@ -6,8 +6,18 @@ from mssgate.audit.chain import (
     VerifyReport,
     append,
     append_many,
+    batched,
     entries,
     verify,
 )
 
-__all__ = ["AuditEntry", "NewEntry", "VerifyReport", "append", "append_many", "entries", "verify"]
+__all__ = [
+    "AuditEntry",
+    "NewEntry",
+    "VerifyReport",
+    "append",
+    "append_many",
+    "batched",
+    "entries",
+    "verify",
+]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,7 +75,20 @@ def append(
     subject: str,
     detail: Mapping[str, Any] | None = None,
 ) -> int:
-    """Appends one entry in the caller's transaction and returns its sequence number."""
+    """Appends one entry in the caller's transaction and returns its sequence number (0 inside
+    `batched`, where entries are numbered when the batch is written)."""
+    pending: list[NewEntry] | None = conn.info.get(_BATCH)
+    if pending is not None:
+        pending.append(
+            NewEntry(
+                actor=actor,
+                action=action,
+                subject=subject,
+                detail=dict(detail or {}),
+                at=datetime.now(UTC),
+            )
+        )
+        return 0
     # Taking the head's write lock first serialises appenders (see audit_head).
     conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq + 1))
     head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1))
@@ -105,6 +119,34 @@ class NewEntry(BaseModel):
     action: str
     subject: str
     detail: dict[str, Any] = {}
+    # When the change happened, if not when the entry is written (a batch written later).
+    at: datetime | None = None
+
+
+# conn.info key of the entries a `batched` block holds back.
+_BATCH = "mssgate.audit.batch"
+
+
+@contextmanager
+def batched(conn: Connection) -> Iterator[list[NewEntry]]:
+    """Holds back the entries `append` makes on `conn` and writes them with `append_many` when
+    the block ends without raising, in the same transaction: one round of head updates for a
+    whole group of transitions instead of one per entry, so the head row is taken once per
+    group. The chain written is the one `append` would have written, entry for entry.
+
+    The list yielded is the pending entries: a caller that rolls back part of its work (a
+    savepoint) truncates it to what it held before that part."""
+    if conn.info.get(_BATCH) is not None:
+        raise RuntimeError("audit entries are already batched on this connection")
+    pending: list[NewEntry] = []
+    conn.info[_BATCH] = pending
+    try:
+        yield pending
+    except BaseException:
+        conn.info.pop(_BATCH, None)
+        raise
+    conn.info.pop(_BATCH, None)
+    append_many(conn, pending)
 
 
 def append_many(conn: Connection, new: list[NewEntry]) -> None:
@@ -120,7 +162,7 @@ def append_many(conn: Connection, new: list[NewEntry]) -> None:
     seq = int(last_seq) - len(new) + 1
     rows = []
     for entry in new:
-        at = datetime.now(UTC)
+        at = entry.at or datetime.now(UTC)
         detail_text = json.dumps(entry.detail, ensure_ascii=False, sort_keys=True)
         digest = _digest(seq, at, entry.actor, entry.action, entry.subject, detail_text, prev)
         rows.append(

@@ -1,7 +1,8 @@
 """HL7 v2 data types as XDS metadata carries them: CX, XCN, XON and PID-n strings.
 
 Only the pieces the pipeline needs; components are `^`, sub-components `&`. The XML layer has
-already turned `&amp;` back into `&`.
+already turned `&amp;` back into `&`. A value holding a separator travels escaped (`\\S\\` for
+`^`...): split first, then unescape each piece, or a `^` in a name shifts the components.
 """
 
 from __future__ import annotations
@@ -30,8 +31,33 @@ class CX(BaseModel):
     type_code: str | None = None
 
 
+_ESCAPES: Final = {"F": "|", "S": "^", "T": "&", "R": "~", "E": "\\", ".br": "\n"}
+_ESCAPED: Final = re.compile(r"\\(F|S|T|R|E|\.br)\\")
+
+
+def escape(value: str) -> str:
+    """HL7 escape sequences for the separators; line ends become \\.br\\."""
+    out = value.replace("\\", "\\E\\")
+    for char, code in (("|", "F"), ("^", "S"), ("&", "T"), ("~", "R")):
+        out = out.replace(char, f"\\{code}\\")
+    return re.sub(r"\r\n|\r|\n", r"\\.br\\", out)
+
+
+def unescape(value: str) -> str:
+    """The separators' escape sequences (and \\.br\\) back; any other left as sent."""
+    if "\\" not in value:
+        return value
+    return _ESCAPED.sub(lambda m: _ESCAPES[m.group(1)], value)
+
+
 def _component(parts: list[str], index: int) -> str:
-    return parts[index] if index < len(parts) else ""
+    return unescape(parts[index]) if index < len(parts) else ""
+
+
+def _subcomponent(component: str, index: int) -> str:
+    """Sub-component `index` of a component split raw (its `&` not yet unescaped)."""
+    pieces = component.split("&")
+    return unescape(pieces[index]) if index < len(pieces) else ""
 
 
 def parse_cx(text: str) -> CX | None:
@@ -39,9 +65,9 @@ def parse_cx(text: str) -> CX | None:
     value = _component(parts, 0).strip()
     if not value:
         return None
-    authority = _component(parts, 3).split("&")
-    name = authority[0] or None
-    oid = authority[1] if len(authority) > 1 and authority[1] else None
+    authority = parts[3] if len(parts) > 3 else ""
+    name = _subcomponent(authority, 0) or None
+    oid = _subcomponent(authority, 1) or None
     type_code = _component(parts, 4) or None
     return CX(value=value, authority_oid=oid, authority_name=name, type_code=type_code)
 
@@ -59,12 +85,12 @@ class XCN(BaseModel):
 
 def parse_xcn(text: str) -> XCN:
     parts = text.strip().split("^")
-    authority = _component(parts, 8).split("&")
+    authority = parts[8] if len(parts) > 8 else ""
     return XCN(
         id=_component(parts, 0) or None,
         family=_component(parts, 1) or None,
         given=_component(parts, 2) or None,
-        authority_oid=authority[1] if len(authority) > 1 and authority[1] else None,
+        authority_oid=_subcomponent(authority, 1) or None,
     )
 
 

@@ -308,6 +308,7 @@ def _xdm_info(entry: XdmEntry, *, fmt: str) -> DocumentInfo:
             "confidentiality": tuple(c.code for c in entry.confidentiality),
             "class_code": entry.class_code.code if entry.class_code else None,
             "format_code": entry.format_code.code if entry.format_code else None,
+            "withdrawn": entry.deprecated,
         }
     )
 
@@ -357,6 +358,7 @@ def _cda_info(cda: CdaDocument, entry: XdmEntry | None) -> DocumentInfo:
         class_code=entry.class_code.code if entry and entry.class_code else None,
         format_code=entry.format_code.code if entry and entry.format_code else None,
         sections=tuple(s.code for s in cda.sections if s.code),
+        withdrawn=entry is not None and entry.deprecated,
     )
 
 

@@ -65,6 +65,11 @@ class DocumentInfo(BaseModel):
     class_code: str | None = None
     format_code: str | None = None
     sections: tuple[str, ...] = Field(default=(), description="N3 section codes, in order")
+    withdrawn: bool = Field(
+        default=False,
+        description="The sender withdrew this document (XDM status Deprecated): the RIS gets "
+        "it as MDM^T04, OBX-11 D",
+    )
     pdf_metadata: dict[str, str] = Field(
         default_factory=dict,
         description="PDF document information (Author, Creator, Producer, CreationDate...), "

@@ -39,6 +39,9 @@ _ID_UNIQUE: Final = "urn:uuid:2e82c1f6-a085-4c72-9da3-8640a32e42ab"
 _ID_SUBMISSION_PATIENT: Final = "urn:uuid:6b5aea1a-874d-4603-a4bc-96a0a7b38446"
 # classCode of the XDS "Digital Signature" document (DSG), a manifest, not a clinical document.
 SIGNATURE_CLASS_CODE: Final = "urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1"
+# A withdrawn document (ebRIM status; XDS metadata update, ITI-57, for the association).
+_STATUS_DEPRECATED: Final = "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated"
+_ASSOCIATION_STATUS: Final = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
 
 
 _METADATA_RE: Final = re.compile(r"^(?:[^/]+/)?IHE_XDM/([^/]+)/METADATA\.XML$", re.IGNORECASE)
@@ -93,6 +96,9 @@ class XdmEntry(BaseModel):
     size: int | None = None
     # Resolved name of the document inside the archive (None when the URI points nowhere).
     member_name: str | None = None
+    # The sender withdraws this document: its status Deprecated, or an availability status
+    # update to Deprecated naming it.
+    deprecated: bool = False
 
     @property
     def is_signature(self) -> bool:
@@ -248,7 +254,19 @@ def _parse_entry(element: etree._Element) -> XdmEntry:
         uri=_first_slot(element, "URI"),
         hash=_first_slot(element, "hash"),
         size=_int_or_none(_first_slot(element, "size")),
+        deprecated=(element.get("status") or "").strip() == _STATUS_DEPRECATED,
     )
+
+
+def _deprecated_ids(request: etree._Element) -> set[str]:
+    """Entries an UpdateAvailabilityStatus association of this request moves to Deprecated."""
+    return {
+        target
+        for association in _descendants(request, "Association")
+        if association.get("associationType") == _ASSOCIATION_STATUS
+        and _first_slot(association, "NewStatus") == _STATUS_DEPRECATED
+        and (target := association.get("targetObject"))
+    }
 
 
 def parse_metadata(data: bytes, limits: DocumentLimits) -> tuple[CX | None, tuple[XdmEntry, ...]]:
@@ -264,7 +282,12 @@ def parse_metadata(data: bytes, limits: DocumentLimits) -> tuple[CX | None, tupl
             value = _external_id(package, _ID_SUBMISSION_PATIENT)
             if value and submission_patient is None:
                 submission_patient = parse_cx(value)
-        entries.extend(_parse_entry(e) for e in _descendants(request, "ExtrinsicObject"))
+        withdrawn = _deprecated_ids(request)
+        for element in _descendants(request, "ExtrinsicObject"):
+            entry = _parse_entry(element)
+            if entry.entry_id in withdrawn and not entry.deprecated:
+                entry = entry.model_copy(update={"deprecated": True})
+            entries.append(entry)
     return submission_patient, tuple(entries)
 
 

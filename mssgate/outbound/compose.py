@@ -5,6 +5,13 @@ and INDEX.HTM at the root, IHE_XDM/SUBSET01/METADATA.XML (an ebRIM SubmitObjects
 with lxml) and the documents named 8.3 upper case: DOC0001.XML the CDA, DOC0002.PDF the PDF.
 The INS is the patientId (CX `<INS>^^^&<oid>&ISO^NH`), the author comes from TXA or the CDA;
 an MDM^T10 adds the replacement association (RPLC) to the document its CDA replaces.
+
+A withdrawal (MDM^T04, ORU^R01 OBX-11 D) carries the withdrawn CDA itself (the guide has the
+RIS send its last version), its DocumentEntry `status` Deprecated and an XDS metadata update
+(ITI-57) association UpdateAvailabilityStatus, Approved to Deprecated, from the submission set
+to that entry: a registry or an integrating LPS reads which document, by its uniqueId, is
+withdrawn; the text body and the Subject say it to the practitioner reading the mail. No PDF
+travels with it: a readable copy attached to a withdrawal would be taken for a document.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from lxml import etree
 
 from mssgate.documents.cda import format_identifier
 from mssgate.documents.headers import build_ddm_subject
+from mssgate.documents.hl7values import escape
 from mssgate.documents.xdm import XDM_ATTACHMENT_NAME
 from mssgate.outbound.hl7in import Submission
 
@@ -38,6 +46,10 @@ _SCHEME_CONFIDENTIALITY: Final = "urn:uuid:f4f85eac-e6cb-4883-b524-f2705394840f"
 _DOCUMENT_ENTRY: Final = "urn:uuid:7edca82f-054d-47f2-a032-9b2a5b5186c1"
 OID_RPPS: Final = "1.2.250.1.71.4.2.1"
 ASSOCIATION_RPLC: Final = "urn:ihe:iti:2007:AssociationType:RPLC"
+ASSOCIATION_STATUS: Final = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
+STATUS_APPROVED: Final = "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
+STATUS_DEPRECATED: Final = "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated"
+WITHDRAWN_PREFIX: Final = "Annulation : "
 
 
 def _rim(tag: str) -> str:
@@ -73,14 +85,20 @@ def patient_cx(submission: Submission) -> str:
 
 
 def _patient_info(submission: Submission) -> list[str]:
+    # Every value is the CDA's, escaped: a `^` or `&` in a name would shift its components
+    # (our pipeline then found the names differing from the CDA's and held the document).
     traits = submission.document.header.traits
+    family, given = (
+        escape(traits.birth_family or ""),
+        escape(traits.first_given or traits.given or ""),
+    )
     info = [
-        f"PID-5|{traits.birth_family or ''}^{traits.first_given or traits.given or ''}^^^^^L",
-        f"PID-7|{(traits.birth_date or '').replace('-', '')}",
-        f"PID-8|{traits.sex or ''}",
+        f"PID-5|{family}^{given}^^^^^L",
+        f"PID-7|{escape((traits.birth_date or '').replace('-', ''))}",
+        f"PID-8|{escape(traits.sex or '')}",
     ]
     if traits.birthplace:
-        info.append(f"PID-11|^^^^^^BDL^^{traits.birthplace}")
+        info.append(f"PID-11|^^^^^^BDL^^{escape(traits.birthplace)}")
     return info
 
 
@@ -88,8 +106,9 @@ def _author_xcn(submission: Submission) -> str | None:
     author = submission.author
     if not author.rpps:
         return None
-    family, given = author.family or "", author.given or ""
-    return f"{author.rpps}^{family}^{given}^^^^^^&{OID_RPPS}&ISO^D^^^IDNPS"
+    # TXA's author is refused with a separator (hl7in); the CDA's RPPS is escaped here.
+    rpps, family, given = (escape(v or "") for v in (author.rpps, author.family, author.given))
+    return f"{rpps}^{family}^{given}^^^^^^&{OID_RPPS}&ISO^D^^^IDNPS"
 
 
 def metadata(submission: Submission, entries: list[tuple[str, bytes, str]], now: datetime) -> bytes:
@@ -101,11 +120,14 @@ def metadata(submission: Submission, entries: list[tuple[str, bytes, str]], now:
     package = etree.SubElement(objects, _rim("RegistryPackage"), id="SubmissionSet01")
     _external(package, _ID_SUBMISSION_PATIENT, cx, "SubmissionSet01", 1)
     unique = submission.unique_id or ""
+    withdrawn = submission.action == "delete"
     for index, (name, data, mime) in enumerate(entries, start=1):
         obj = f"Document{index:02d}"
         element = etree.SubElement(
             objects, _rim("ExtrinsicObject"), id=obj, mimeType=mime, objectType=_DOCUMENT_ENTRY
         )
+        if withdrawn:
+            element.set("status", STATUS_DEPRECATED)
         _slot(element, "creationTime", [now.astimezone(UTC).strftime("%Y%m%d%H%M%S")])
         _slot(element, "hash", [hashlib.sha1(data, usedforsecurity=False).hexdigest()])
         _slot(element, "size", [str(len(data))])
@@ -135,6 +157,17 @@ def metadata(submission: Submission, entries: list[tuple[str, bytes, str]], now:
         _external(element, _ID_PATIENT, cx, obj, 2)
         # The CDA keeps its own id (receivers deduplicate on it); the PDF gets one beside it.
         _external(element, _ID_UNIQUE, unique if index == 1 else f"{unique}.PDF", obj, 3)
+    if withdrawn:
+        for n in range(1, len(entries) + 1):
+            update = etree.SubElement(
+                objects, _rim("Association"), id=f"StatusUpdate{n:02d}",
+                associationType=ASSOCIATION_STATUS, sourceObject="SubmissionSet01",
+                targetObject=f"Document{n:02d}",
+            )  # fmt: skip
+            _slot(update, "OriginalStatus", [STATUS_APPROVED])
+            _slot(update, "NewStatus", [STATUS_DEPRECATED])
+        # The document withdrawn may itself have replaced another: that is no news here.
+        return etree.tostring(request, xml_declaration=True, encoding="UTF-8")
     for n, replaced in enumerate(header.replaces, start=1):
         # MDM^T10: the new version replaces the one its CDA names (relatedDocument RPLC).
         target = format_identifier(replaced)
@@ -146,13 +179,20 @@ def metadata(submission: Submission, entries: list[tuple[str, bytes, str]], now:
     return etree.tostring(request, xml_declaration=True, encoding="UTF-8")
 
 
+def _attached_pdf(submission: Submission) -> bytes | None:
+    return None if submission.action == "delete" else submission.pdf
+
+
 def xdm_archive(submission: Submission, now: datetime, *, sender: str) -> bytes:
     entries = [("DOC0001.XML", submission.cda, "text/xml")]
-    if submission.pdf is not None:
-        entries.append(("DOC0002.PDF", submission.pdf, "application/pdf"))
+    pdf = _attached_pdf(submission)
+    if pdf is not None:
+        entries.append(("DOC0002.PDF", pdf, "application/pdf"))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         tree = "\n".join(f"  IHE_XDM/{SUBSET}/{name}" for name, _, _ in entries)
+        if submission.action == "delete":
+            tree = f"Annulation du document {submission.unique_id} (statut Deprecated)\n{tree}"
         archive.writestr("README.TXT", f"Emetteur : {sender}\nLogiciel : mssgate\n\n{tree}\n")
         archive.writestr("INDEX.HTM", "<html><body>IHE XDM</body></html>")
         archive.writestr(f"IHE_XDM/{SUBSET}/METADATA.XML", metadata(submission, entries, now))
@@ -165,11 +205,32 @@ def subject(submission: Submission) -> str:
     """`XDM/1.0/DDM+<title> <NAME> <first name> <dd/mm/yyyy>` (the form our parser reads)."""
     header = submission.document.header
     traits = header.traits
+    title = header.title or "Document"
+    if submission.action == "delete":
+        # Inside the convention's title: a reader sees it first, and the DDM form still reads.
+        title = WITHDRAWN_PREFIX + title
     birth = traits.birth_date or ""
     if len(birth) != 10:
-        return f"XDM/1.0/DDM+{' '.join((header.title or 'Document').split())}"
+        return f"XDM/1.0/DDM+{' '.join(title.split())}"
     given = traits.first_given or (traits.given or "").split(" ")[0]
-    return build_ddm_subject(header.title or "Document", traits.birth_family or "", given, birth)
+    return build_ddm_subject(title, traits.birth_family or "", given, birth)
+
+
+def _text(submission: Submission, sender: str) -> str:
+    if submission.action != "delete":
+        return "Veuillez trouver ci-joint le document.\n"
+    header = submission.document.header
+    title = " ".join((header.title or "Document").split())
+    iso = header.effective_time or ""
+    when = f"{iso[8:10]}/{iso[5:7]}/{iso[:4]}" if len(iso) >= 10 else "date inconnue"
+    return (
+        "ANNULATION DE DOCUMENT\n\n"
+        f"Le document « {title} » du {when}, identifiant {submission.unique_id},\n"
+        f"que {sender} vous a adressé, a été annulé par son émetteur.\n"
+        "Il ne doit plus être utilisé ; s'il a été intégré à un dossier, retirez-le.\n\n"
+        "L'archive IHE_XDM.ZIP jointe décrit le document retiré (statut Deprecated, mise à\n"
+        "jour de métadonnées XDS UpdateAvailabilityStatus) pour les logiciels qui l'intègrent.\n"
+    )
 
 
 def build_message(
@@ -194,10 +255,11 @@ def build_message(
         message["Reply-To"] = submission.reply_to
     for name, text in mss_fields.items():
         message[name] = text
-    message.set_content("Veuillez trouver ci-joint le document.\n")
+    message.set_content(_text(submission, sender))
     message.add_attachment(xdm, maintype="application", subtype="zip",
                            filename=XDM_ATTACHMENT_NAME)  # fmt: skip
-    if submission.pdf is not None:
-        message.add_attachment(submission.pdf, maintype="application", subtype="pdf",
+    pdf = _attached_pdf(submission)
+    if pdf is not None:
+        message.add_attachment(pdf, maintype="application", subtype="pdf",
                                filename="DOC0002.PDF")  # fmt: skip
     return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))

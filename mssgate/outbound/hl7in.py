@@ -1,7 +1,8 @@
 """One submitted HL7 v2 message (ER7) read into what the gateway sends, or refused.
 
 The profile is the ANS guide "Transmission de documents CDA R2 en HL7 v2": MDM^T02 (new),
-MDM^T10 (replacement), ORU^R01 (OBX-11 F); the CDA base64 in an OBX of type ED, an N1
+MDM^T10 (replacement), MDM^T04 (deletion), ORU^R01 whose document OBX-11 says which of the
+three (F, C, D: evenements-declenchants); the CDA base64 in an OBX of type ED, an N1
 document's PDF likewise; recipients in PRT (PRT-4 RCT, address in PRT-15); the MetaDMPMSS
 OBX flags deciding whether the patient's own mailbox is a recipient (the guide's matrix,
 regles-gestion-mssante: any other combination is an error). Every refusal names the HL7
@@ -32,8 +33,14 @@ from mssgate.ins import INS, INS_OIDS, InvalidINS, parse_ins
 
 Event = Literal["MDM^T02", "MDM^T10", "MDM^T04", "ORU^R01"]
 EVENTS: Final[frozenset[str]] = frozenset({"MDM^T02", "MDM^T10", "MDM^T04", "ORU^R01"})
-# Events this version sends; MDM^T04 (cancellation) is recognised and refused for now.
-SENT_EVENTS: Final[frozenset[str]] = frozenset({"MDM^T02", "MDM^T10", "ORU^R01"})
+# What the RIS asks for the document it carries: send it, send it as the replacement of
+# the one its CDA names (relatedDocument RPLC), or withdraw it (the guide: the last version
+# of the document to delete travels in the message, with its own id).
+Action = Literal["new", "replace", "delete"]
+# OBX-11 of the document's OBX (HL7 table 0085) per action; an MDM's event already says
+# which, and an OBX-11 saying otherwise is refused rather than guessed from.
+ACTION_STATUS: Final[dict[str, Action]] = {"F": "new", "C": "replace", "D": "delete"}
+MDM_STATUS: Final[dict[str, str]] = {"MDM^T02": "F", "MDM^T10": "C", "MDM^T04": "D"}
 CDA_SUBTYPES: Final = frozenset({"HL7CDA", "XML"})
 META_SYSTEM: Final = "MetaDMPMSS"
 # The guide's MetaDMP/MSS table (meta-dmp-mss).
@@ -153,6 +160,7 @@ class Submission:
     reply_to: str | None
     flags: dict[str, str] = field(default_factory=dict)
     author: Author = Author(None, None, None)
+    action: Action = "new"
 
     @property
     def unique_id(self) -> str | None:
@@ -279,16 +287,7 @@ def read_submission(message: hl7.Message, rules: Rules) -> Submission:
             code,
             "MSH",
             9,
-            f"event {event[:20]!r} is not accepted: MDM^T02, MDM^T10, ORU^R01",
-            env,
-            ack="AR",
-        )
-    if event not in SENT_EVENTS:
-        raise refuse(
-            UNSUPPORTED_EVENT,
-            "MSH",
-            9,
-            f"{event} (cancellation) is not handled by this gateway yet",
+            f"event {event[:20]!r} is not accepted: MDM^T02, MDM^T10, MDM^T04, ORU^R01",
             env,
             ack="AR",
         )
@@ -297,15 +296,16 @@ def read_submission(message: hl7.Message, rules: Rules) -> Submission:
             UNSUPPORTED_VERSION, "MSH", 12, "MSH-12 must be an HL7 v2 version", env, ack="AR"
         )
     ins = _patient_ins(message, env, rules)
-    cda, pdf, flags = _observations(message, env, event)
+    cda, pdf, flags, action = _observations(message, env, event)
     document = _document(cda, env, rules)
     _same_patient(document, ins, env)
-    if event == "MDM^T10" and not document.header.replaces:
+    if action == "replace" and not document.header.replaces:
         raise refuse(
             OTHER,
             "OBX",
             5,
-            'MDM^T10 needs a CDA with relatedDocument typeCode="RPLC" naming the replaced document',
+            f'{event} (OBX-11 C) needs a CDA with relatedDocument typeCode="RPLC" naming '
+            "the replaced document",
             env,
         )
     professionals, reply_to = _participants(message, env)
@@ -321,6 +321,7 @@ def read_submission(message: hl7.Message, rules: Rules) -> Submission:
         reply_to=reply_to,
         flags=flags,
         author=_author(message, env, document),
+        action=action,
     )
 
 
@@ -349,15 +350,18 @@ def _decode(data: str, env: Envelope, what: str) -> bytes:
 
 def _observations(
     message: hl7.Message, env: Envelope, event: str
-) -> tuple[bytes, bytes | None, dict[str, str]]:
+) -> tuple[bytes, bytes | None, dict[str, str], Action]:
     cdas: list[bytes] = []
     pdfs: list[bytes] = []
     flags: dict[str, str] = {}
+    statuses: list[str] = []  # OBX-11 of each OBX carrying a document
     problems: list[Problem] = []
     for obx in _segments(message, "OBX"):
         kind = value(obx, 2)
-        if event == "ORU^R01" and value(obx, 11) not in ("F", ""):
-            problems.append(Problem(TABLE_VALUE, "OBX", 11, "ORU^R01: OBX-11 must be F"))
+        status = value(obx, 11)
+        if status not in ("F", "C", "D", ""):
+            text = f"{event}: OBX-11 must be F (new), C (replacement) or D (deletion)"
+            problems.append(Problem(TABLE_VALUE, "OBX", 11, text))
             continue
         if value(obx, 3, 3) == META_SYSTEM:
             code, flag = value(obx, 3, 1), value(obx, 5, 1)
@@ -378,6 +382,8 @@ def _observations(
             problems.append(Problem(DATA_TYPE, "OBX", 5, "OBX-5 ED data must be Base64"))
             continue
         data = value(obx, 5, 5)
+        if subtype in CDA_SUBTYPES or subtype == "PDF":
+            statuses.append(status or "F")
         if subtype in CDA_SUBTYPES:
             cdas.append(_decode(data, env, "CDA"))
         elif subtype == "PDF":
@@ -385,6 +391,7 @@ def _observations(
             if not looks_like_pdf(pdf):
                 problems.append(Problem(DATA_TYPE, "OBX", 5, "OBX-5 PDF is not a PDF"))
             pdfs.append(pdf)
+    problems.extend(_status_problems(event, statuses))
     if problems:
         raise Rejection(problems, envelope=env)
     if len(cdas) != 1:
@@ -392,7 +399,30 @@ def _observations(
         raise refuse(REQUIRED_MISSING, "OBX", 5, text, env)
     if len(pdfs) > 1:
         raise refuse(OTHER, "OBX", 5, "more than one PDF", env)
-    return cdas[0], (pdfs[0] if pdfs else None), flags
+    return cdas[0], (pdfs[0] if pdfs else None), flags, ACTION_STATUS[statuses[0]]
+
+
+def _status_problems(event: str, statuses: list[str]) -> list[Problem]:
+    """The documents' OBX-11 against the event: an MDM's event fixes it (a T02 whose OBX
+    says D would send as new what the RIS means to withdraw); an ORU takes it from there,
+    the same for every document it carries (N1 and N3 of one document)."""
+    expected = MDM_STATUS.get(event)
+    if expected is not None:
+        return [
+            Problem(
+                TABLE_VALUE,
+                "OBX",
+                11,
+                f"{event} needs OBX-11 {expected} on the document's OBX, not {status}",
+            )
+            for status in dict.fromkeys(statuses)
+            if status != expected
+        ]
+    if len(set(statuses)) > 1:
+        shown = ", ".join(sorted(set(statuses)))
+        text = f"{event}: the documents' OBX carry different OBX-11 ({shown})"
+        return [Problem(TABLE_VALUE, "OBX", 11, text)]
+    return []
 
 
 def _document(cda: bytes, env: Envelope, rules: Rules) -> CdaDocument:

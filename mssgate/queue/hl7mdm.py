@@ -1,4 +1,4 @@
-"""HL7 v2.6 MDM^T02 / MDM^T10 for one queued document (pure: record and bytes in, text out).
+"""HL7 v2.6 MDM^T02 / T10 / T04 for one queued document (pure: record and bytes in, text out).
 
 The shape follows the ANS profile "transmission au LPS de documents CDA reçus par courriel
 MSSanté" and its example message: MSH, EVN, PID (INS in PID-3), PV1, ORC, OBR, TXA, the
@@ -21,6 +21,7 @@ from typing import Final
 import hl7  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict
 
+from mssgate.documents.hl7values import escape as escape  # re-exported: ack, zam
 from mssgate.documents.record import DocumentRecord
 from mssgate.ins import OID_INS_NIA
 
@@ -58,14 +59,6 @@ class MdmEnvelope(BaseModel):
     sender: str
     mailbox: str
     email: bytes
-
-
-def escape(value: str) -> str:
-    """HL7 escape sequences for the separators; line ends become \\.br\\."""
-    out = value.replace("\\", "\\E\\")
-    for char, code in (("|", "F"), ("^", "S"), ("&", "T"), ("~", "R")):
-        out = out.replace(char, f"\\{code}\\")
-    return re.sub(r"\r\n|\r|\n", r"\\.br\\", out)
 
 
 def hl7_timestamp(iso: str | None) -> str:
@@ -220,13 +213,17 @@ def _prt(role: str, address: str, person: FieldValue = "") -> hl7.Segment:
     return hl7_segment("PRT", *fields)
 
 
-def _obx(set_id: int, kind: str, code: FieldValue, value: FieldValue) -> hl7.Segment:
-    return hl7_segment("OBX", str(set_id), kind, code, "", value, "", "", "", "", "", "F", "")
+def _obx(
+    set_id: int, kind: str, code: FieldValue, value: FieldValue, status: str = "F"
+) -> hl7.Segment:
+    return hl7_segment("OBX", str(set_id), kind, code, "", value, "", "", "", "", "", status, "")
 
 
 def build_mdm(record: DocumentRecord, content: bytes, envelope: MdmEnvelope) -> str:
     """The MDM message, segments separated by CR as HL7 v2 requires."""
-    trigger = "T10" if record.document.replaces else "T02"
+    # A withdrawn document (its sender's MDM^T04) is withdrawn here too: T04, OBX-11 D.
+    withdrawn = record.document.withdrawn
+    trigger = "T04" if withdrawn else "T10" if record.document.replaces else "T02"
     major, minor = _ed_type(record)
     author: FieldValue = ""
     if record.document.author_rpps:
@@ -254,7 +251,13 @@ def build_mdm(record: DocumentRecord, content: bytes, envelope: MdmEnvelope) -> 
         hl7_segment("ORC", "NW"),
         hl7_segment("OBR", "1", "", "", _document_type(record)),
         _txa(record),
-        _obx(1, "ED", _document_type(record), ["", major, minor, "Base64", _b64(content)]),
+        _obx(
+            1,
+            "ED",
+            _document_type(record),
+            ["", major, minor, "Base64", _b64(content)],
+            "D" if withdrawn else "F",
+        ),
         _prt("SB", envelope.sender, author),
         _prt("RCT", envelope.mailbox),
         _obx(

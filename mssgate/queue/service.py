@@ -44,6 +44,7 @@ from mssgate.queue.messages import (
 )
 from mssgate.queue.models import Blob, Lease, QueueEntry, QueueState, Receipt
 from mssgate.queue.quarantine import QuarantineStore
+from mssgate.queue.transitions import TransitionGroup
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ ENCRYPTED_MEDIA_TYPE = "application/pgp-encrypted"
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7; charset=utf-8"
 # A pending receipt older than this was not handed over in line: the outbox drain sends it.
 RECEIPT_RETRY = timedelta(seconds=60)
+# How often a lease looks for its mailbox's lapsed leases (serve's reaper covers all of them).
+EXPIRY_SCAN_INTERVAL = timedelta(seconds=1)
 
 
 class LeaseLost(Conflict):
@@ -145,6 +148,8 @@ class DocumentQueue:
         self._clock = clock
         self._mss_nil = mss_nil
         self.quarantine = QuarantineStore(engine, clock=self._now)
+        self._transitions = TransitionGroup(engine)
+        self._expiry_scanned: dict[str, datetime] = {}
 
     @classmethod
     def from_config(
@@ -366,9 +371,30 @@ class DocumentQueue:
                 receipts += self._receipt(conn, row, "error", row.last_code or 906, now)
         return len(rows), receipts
 
+    def _expire_due(self, conn: Connection, now: datetime, mailbox: str) -> list[_PendingReceipt]:
+        """Expires the mailbox's lapsed leases, at most once per EXPIRY_SCAN_INTERVAL: a
+        scan in every lease cost as much as the lease itself. A lease lapsed since the last
+        scan waits for the next one (or serve's reaper), under a second more."""
+        last = self._expiry_scanned.get(mailbox)
+        if last is not None and last <= now < last + EXPIRY_SCAN_INTERVAL:
+            return []
+        self._expiry_scanned[mailbox] = now
+        return self._expire(conn, now, mailbox)[1]
+
     def lease(
         self, holder: Holder, *, max_documents: int = 1, lease_seconds: int | None = None
     ) -> list[Lease]:
+        """Leases the mailbox's oldest ready documents (committed with whatever transitions
+        other consumers make meanwhile: mssgate.queue.transitions)."""
+        leases, receipts = self._transitions.run(
+            lambda: self._lease_tx(holder, max_documents, lease_seconds)
+        )
+        self._hand_over(receipts)
+        return leases
+
+    def _lease_tx(
+        self, holder: Holder, max_documents: int, lease_seconds: int | None
+    ) -> tuple[list[Lease], list[_PendingReceipt]]:
         if not 1 <= max_documents <= self.settings.max_lease_batch:
             raise ValidationFailed(f"max must be between 1 and {self.settings.max_lease_batch}")
         seconds = lease_seconds or self.settings.visibility_timeout_seconds
@@ -379,7 +405,7 @@ class DocumentQueue:
         leases: list[Lease] = []
         with write(self._engine) as conn:
             now = self._now()
-            _, receipts = self._expire(conn, now, holder.mailbox)
+            receipts = self._expire_due(conn, now, holder.mailbox)
             expires = now + timedelta(seconds=seconds)
             candidates = conn.execute(
                 self._backend.claim(
@@ -420,8 +446,7 @@ class DocumentQueue:
                 )
                 record = self._record(row, QueueState.LEASED)
                 leases.append(Lease(lease_id=lease_id, expires_at=expires, document=record))
-        self._hand_over(receipts)
-        return leases
+        return leases, receipts
 
     def _held_row(self, conn: Connection, holder: Holder, document_id: str) -> Row[Any]:
         row = conn.execute(
@@ -439,11 +464,14 @@ class DocumentQueue:
             raise LeaseLost("this lease has expired")
 
     def ack(self, holder: Holder, document_id: str, lease_id: str) -> None:
+        self._hand_over(self._transitions.run(lambda: self._ack_tx(holder, document_id, lease_id)))
+
+    def _ack_tx(self, holder: Holder, document_id: str, lease_id: str) -> list[_PendingReceipt]:
         with write(self._engine) as conn:
             now = self._now()
             row = self._held_row(conn, holder, document_id)
             if row.state == QueueState.DONE.value and row.lease_id == lease_id:
-                return  # a retried ack (the client lost our first answer)
+                return []  # a retried ack (the client lost our first answer)
             self._check_lease(row, lease_id, now)
             conn.execute(
                 update(queue_documents)
@@ -457,13 +485,21 @@ class DocumentQueue:
                 subject=document_id,
                 detail={"attempts": row.attempts},
             )
-            receipts = self._receipt(conn, row, "processed", None, now)
-        self._hand_over(receipts)
+            return self._receipt(conn, row, "processed", None, now)
 
     def nack(
         self, holder: Holder, document_id: str, lease_id: str, *, code: int, reason: str
     ) -> QueueState:
         """Gives the document back; returns where it went (ready, or dead for good)."""
+        target, receipts = self._transitions.run(
+            lambda: self._nack_tx(holder, document_id, lease_id, code, reason)
+        )
+        self._hand_over(receipts)
+        return target
+
+    def _nack_tx(
+        self, holder: Holder, document_id: str, lease_id: str, code: int, reason: str
+    ) -> tuple[QueueState, list[_PendingReceipt]]:
         with write(self._engine) as conn:
             now = self._now()
             row = self._held_row(conn, holder, document_id)
@@ -490,8 +526,7 @@ class DocumentQueue:
                 detail={"attempts": row.attempts, "code": code, "to": target.value},
             )
             receipts = self._receipt(conn, row, "error", code, now, reason=reason) if dead else []
-        self._hand_over(receipts)
-        return target
+        return target, receipts
 
     def reap(self) -> int:
         """Returns every expired lease (all mailboxes) to ready or dead now."""

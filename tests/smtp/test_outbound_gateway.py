@@ -40,6 +40,8 @@ def mdm(
 ) -> bytes:
     """An MDM^T02 as a RIS writes it (test data, written as ER7 text on purpose)."""
     payload = cda_b64 if cda_b64 is not None else base64.b64encode(cda or make_cda()).decode()
+    # OBX-11 as the guide pairs it with the event (an ORU's F: a new document).
+    status = {"MDM^T10": "C", "MDM^T04": "D"}.get(event[:7], "F")
     segments = [
         f"MSH|^~\\&|RIS|CENTRE|MSSGATE|GW|20240116151112||{event}|{control}|P|2.6"
         "|||||FRA|UNICODE UTF-8",
@@ -47,11 +49,12 @@ def mdm(
         f"PID|1||{ins}^^^ASIP-SANTE-INS-NIR&{oid}&ISO^INS||PAT-TROIS^DOMINIQUE^^^^^L||19790328|F",
         "PV1|1|N",
         "TXA|1|18748-4|TEXT|20240116||||||||1.2.250.1.999.1.1.45.1||||||AU|||||801234560801^DOC^KIT",
-        f"OBX|1|ED|18748-4^CR d'imagerie^LN||^text^XML^Base64^{payload}||||||F",
+        f"OBX|1|ED|18748-4^CR d'imagerie^LN||^text^XML^Base64^{payload}||||||{status}",
     ]
     if pdf is not None:
         segments.append(
-            f"OBX|2|ED|18748-4^CR^LN||^application^PDF^Base64^{base64.b64encode(pdf).decode()}||||||F"
+            f"OBX|2|ED|18748-4^CR^LN||^application^PDF^Base64^{base64.b64encode(pdf).decode()}"
+            f"||||||{status}"
         )
     for address in recipients:
         segments.append(f"PRT|1|UC||RCT^^participation|||||||||||^^X.400^{address}")

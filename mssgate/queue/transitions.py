@@ -1,0 +1,116 @@
+"""Queue transitions that arrive together share one write transaction.
+
+A lease or an ack is a few row changes and an audit entry; alone, each pays a whole commit
+(SQLite's WAL fsync; PostgreSQL's WAL flush) and takes the audit head row for the length of
+that commit, so concurrent consumers queued behind one another's commits. Here the first
+caller with no group running leads: it runs its own transition and every one queued
+meanwhile in one transaction, one savepoint each, with their audit entries written by one
+`audit.append_many` (the same chain, entry for entry), then commits once. Every caller returns
+only when its own change is committed, with its own result or exception.
+
+A transition that raises is rolled back to its savepoint alone (and its audit entries
+dropped); the others commit. If the group itself fails (the audit write, the commit), each
+transition that had succeeded runs again alone, so one bad row cannot fail its neighbours.
+Leadership passes on after one group, so no caller serves others for ever.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Engine
+
+from mssgate import audit
+from mssgate.db.tx import in_write, write
+
+T = TypeVar("T")
+
+# Bounds one transaction's length (and the time its leader spends on others' work).
+MAX_GROUP = 64
+
+
+@dataclass
+class _Job(Generic[T]):
+    run: Callable[[], T]
+    result: Any = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class TransitionGroup:
+    def __init__(self, engine: Engine, *, max_group: int = MAX_GROUP) -> None:
+        self._engine = engine
+        self._max_group = max_group
+        self._cond = threading.Condition()
+        self._queue: list[_Job[Any]] = []
+        self._leading = False
+
+    def run(self, transition: Callable[[], T]) -> T:
+        """Runs `transition` (which opens `write(engine)` itself: inside a group that joins
+        the group's transaction) and returns once it is committed."""
+        if in_write(self._engine):
+            # The caller's own transaction: the change commits with it, not with a group.
+            return transition()
+        job: _Job[T] = _Job(transition)
+        with self._cond:
+            self._queue.append(job)
+        while True:
+            with self._cond:
+                while self._leading and not job.done:
+                    self._cond.wait()
+                if job.done:
+                    break
+                self._leading = True
+                group = self._queue[: self._max_group]
+                del self._queue[: self._max_group]
+            try:
+                self._commit(group)
+            finally:
+                with self._cond:
+                    self._leading = False
+                    self._cond.notify_all()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[no-any-return]
+
+    def _commit(self, group: list[_Job[Any]]) -> None:
+        if len(group) == 1:
+            self._alone(group[0])
+            return
+        try:
+            with write(self._engine) as conn, audit.batched(conn) as pending:
+                for job in group:
+                    held = len(pending)
+                    savepoint = conn.begin_nested()
+                    try:
+                        job.result = job.run()
+                    except Exception as exc:
+                        savepoint.rollback()
+                        del pending[held:]
+                        job.error = exc
+                    else:
+                        savepoint.commit()
+        except Exception:
+            for job in group:
+                if job.error is None:
+                    self._alone(job)
+                job.done = True
+            return
+        except BaseException as exc:
+            # Interrupted (KeyboardInterrupt...): nothing committed; no waiter waits for ever.
+            for job in group:
+                job.error, job.done = exc, True
+            raise
+        for job in group:
+            job.done = True
+
+    @staticmethod
+    def _alone(job: _Job[Any]) -> None:
+        try:
+            job.result = job.run()
+        except Exception as exc:
+            job.error = exc
+        job.done = True

@@ -1,0 +1,225 @@
+"""Transitions of concurrent consumers share one transaction (mssgate.queue.transitions): each
+still commits or fails on its own, and the audit chain they write in one batch is the chain
+`audit verify` checks, so an edit, an insertion or a deletion among them is still found."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, delete, insert, select, update
+
+from mssgate import audit
+from mssgate.db.schema import audit as audit_table
+from mssgate.db.schema import audit_head
+from mssgate.db.tx import write
+from mssgate.queue import DocumentQueue, LeaseLost, QueueState
+from mssgate.queue.transitions import TransitionGroup
+from tests.queue.helpers import RIS_A, add_consumer, fill
+
+
+def _grouped(group: TransitionGroup, first: Callable[[], Any], rest: list[Callable[[], Any]]):
+    """Runs `first` alone, holding it until every one of `rest` waits behind it: they then
+    run as one group. Returns the futures of `rest`, in order."""
+    release = threading.Event()
+
+    def held() -> Any:
+        release.wait(30)
+        return first()
+
+    with ThreadPoolExecutor(max_workers=len(rest) + 1) as pool:
+        lead = pool.submit(group.run, held)
+        while not group._leading:
+            time.sleep(0.01)
+        futures: list[Future[Any]] = []
+        for transition in rest:
+            futures.append(pool.submit(group.run, transition))
+            # In this order in the queue: the chain's order is the queue's.
+            while len(group._queue) < len(futures):
+                time.sleep(0.01)
+        release.set()
+        lead.result(30)
+        for future in futures:
+            future.exception(30)
+    return futures
+
+
+def _actions(engine: Engine, ids: list[str]) -> list[tuple[str, str]]:
+    return [(e.action, e.subject) for e in audit.entries(engine) if e.subject in ids]
+
+
+def _record_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    real = audit.chain.append_many
+    sizes: list[int] = []
+
+    def recorded(conn: Any, new: list[audit.NewEntry]) -> None:
+        sizes.append(len(new))
+        real(conn, new)
+
+    monkeypatch.setattr(audit.chain, "append_many", recorded)
+    return sizes
+
+
+def test_a_group_commits_each_transition_and_chains_its_entries(
+    engine: Engine, queue: DocumentQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    ids = fill(queue, 4)
+    leases = queue.lease(consumer, max_documents=4)
+    group = queue._transitions
+    batches = _record_batches(monkeypatch)
+    acks = [lambda lease=lease: queue._ack_tx(consumer, lease.document.id, lease.lease_id)
+            for lease in leases[1:]]  # fmt: skip
+    stale = lambda: queue._ack_tx(consumer, ids[0], "0" * 32)  # noqa: E731
+    futures = _grouped(group, lambda: queue._ack_tx(consumer, ids[0], leases[0].lease_id),
+                       [acks[0], stale, acks[1], acks[2]])  # fmt: skip
+    # The stale ack failed alone; the three beside it in its transaction committed.
+    assert isinstance(futures[1].exception(), LeaseLost)
+    assert [f.exception() for f in (futures[0], futures[2], futures[3])] == [None] * 3
+    assert all(queue.entry(i).state is QueueState.DONE for i in ids)
+    assert batches == [3]  # one transaction, one audit write, for the three
+    assert _actions(engine, ids)[-4:] == [("queue.ack", i) for i in ids]
+    report = audit.verify(engine)
+    assert report.ok, report.problems
+    seqs = [e.seq for e in audit.entries(engine)]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_a_failing_group_runs_each_transition_again_alone(
+    engine: Engine, queue: DocumentQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    ids = fill(queue, 3)
+    leases = queue.lease(consumer, max_documents=3)
+    group = queue._transitions
+    real = audit.chain.append_many
+    calls: list[int] = []
+
+    def failing_once(conn: Any, new: list[audit.NewEntry]) -> None:
+        # The group's audit write fails once (as a dropped connection would); alone, each
+        # transition writes its entry with `append` and never comes here.
+        calls.append(len(new))
+        if len(calls) == 1:
+            raise RuntimeError("the group's write failed")
+        real(conn, new)
+
+    monkeypatch.setattr(audit.chain, "append_many", failing_once)
+    futures = _grouped(
+        group,
+        lambda: queue._ack_tx(consumer, ids[0], leases[0].lease_id),
+        [lambda lease=lease: queue._ack_tx(consumer, lease.document.id, lease.lease_id)
+         for lease in leases[1:]],
+    )  # fmt: skip
+    assert calls == [2]
+    assert [f.exception() for f in futures] == [None, None]
+    assert all(queue.entry(i).state is QueueState.DONE for i in ids)
+    assert [a for a, _ in _actions(engine, ids)].count("queue.ack") == 3
+    assert audit.verify(engine).ok
+
+
+def test_concurrent_consumers_lease_each_document_once(
+    engine: Engine, queue: DocumentQueue
+) -> None:
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    ids = fill(queue, 24)
+
+    def drain() -> list[str]:
+        done: list[str] = []
+        while leases := queue.lease(consumer, max_documents=1):
+            for lease in leases:
+                queue.ack(consumer, lease.document.id or "", lease.lease_id)
+                done.append(lease.document.id or "")
+        return done
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        done = [d for part in pool.map(lambda _: drain(), range(4)) for d in part]
+    assert sorted(done) == sorted(ids)
+    actions = [a for a, _ in _actions(engine, ids)]
+    assert actions.count("queue.lease") == 24 and actions.count("queue.ack") == 24
+    report = audit.verify(engine)
+    assert report.ok, report.problems
+
+
+def _tamper(engine: Engine, change: Callable[[Any], None]) -> list[str]:
+    with write(engine) as conn:
+        change(conn)
+    return audit.verify(engine).problems
+
+
+@pytest.mark.parametrize("how", ["edit", "delete", "insert", "truncate"])
+def test_verify_finds_tampering_inside_a_batch(
+    engine: Engine, queue: DocumentQueue, how: str
+) -> None:
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    ids = fill(queue, 4)
+    leases = queue.lease(consumer, max_documents=4)
+    _grouped(
+        queue._transitions,
+        lambda: queue._ack_tx(consumer, ids[0], leases[0].lease_id),
+        [lambda lease=lease: queue._ack_tx(consumer, lease.document.id, lease.lease_id)
+         for lease in leases[1:]],
+    )  # fmt: skip
+    # The last three acks were written by one append_many: tamper with the middle one.
+    batch = [e for e in audit.entries(engine) if e.action == "queue.ack"][-3:]
+    middle = batch[1]
+    assert audit.verify(engine).ok
+    if how == "edit":
+        problems = _tamper(engine, lambda c: c.execute(
+            update(audit_table).where(audit_table.c.seq == middle.seq)
+            .values(actor="consumer:someone-else")))  # fmt: skip
+        assert f"entry {middle.seq} was modified" in " ".join(problems)
+    elif how == "delete":
+        problems = _tamper(engine, lambda c: c.execute(
+            delete(audit_table).where(audit_table.c.seq == middle.seq)))  # fmt: skip
+        assert f"entries {middle.seq}..{middle.seq} are missing" in " ".join(problems)
+    elif how == "insert":
+        # A forged entry slipped in after the middle one, the later ones renumbered.
+        def forge(conn: Any) -> None:
+            later = conn.execute(
+                select(audit_table.c.seq).where(audit_table.c.seq > middle.seq)
+                .order_by(audit_table.c.seq.desc())
+            ).scalars().all()  # fmt: skip
+            for seq in later:
+                conn.execute(update(audit_table).where(audit_table.c.seq == seq)
+                             .values(seq=seq + 1))  # fmt: skip
+            conn.execute(insert(audit_table).values(
+                seq=middle.seq + 1, at=middle.at, actor="queue", action="queue.ack",
+                subject=ids[0], detail="{}", prev_hash=middle.hash, hash=middle.hash))  # fmt: skip
+            conn.execute(update(audit_head).values(seq=audit_head.c.seq + 1))
+
+        problems = _tamper(engine, forge)
+        assert f"entry {middle.seq + 1} was modified" in " ".join(problems)
+    else:
+        problems = _tamper(engine, lambda c: c.execute(
+            delete(audit_table).where(audit_table.c.seq == batch[-1].seq)))  # fmt: skip
+        assert "the head records entry" in " ".join(problems)
+
+
+def test_a_transition_failing_after_its_writes_leaves_nothing(
+    engine: Engine, queue: DocumentQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    ids = fill(queue, 3)
+    leases = queue.lease(consumer, max_documents=3)
+    batches = _record_batches(monkeypatch)
+
+    def broken() -> None:
+        # Writes a row change and an audit entry, then fails: both must go.
+        queue._ack_tx(consumer, ids[1], leases[1].lease_id)
+        raise RuntimeError("failed after writing")
+
+    futures = _grouped(
+        queue._transitions,
+        lambda: queue._ack_tx(consumer, ids[0], leases[0].lease_id),
+        [broken, lambda: queue._ack_tx(consumer, ids[2], leases[2].lease_id)],
+    )
+    assert isinstance(futures[0].exception(), RuntimeError) and futures[1].exception() is None
+    assert batches == [1]
+    states = [queue.entry(i).state for i in ids]
+    assert states == [QueueState.DONE, QueueState.LEASED, QueueState.DONE]
+    assert ("queue.ack", ids[1]) not in _actions(engine, ids)
+    assert audit.verify(engine).ok
