@@ -24,6 +24,9 @@ class DocumentLimits(BaseModel):
     max_xml_bytes: int = Field(default=48 * 1024 * 1024, gt=0)
     max_pdf_bytes: int = Field(default=48 * 1024 * 1024, gt=0)
     max_pdf_pages: int = Field(default=200, gt=0)
+    # Text is read for the labelled INS only, which a report prints in the header of its
+    # first pages: the pages read from the first, stopping after the one that carries it.
+    pdf_ins_pages: int = Field(default=3, gt=0)
     pdf_time_budget_seconds: float = Field(default=10.0, gt=0)
     max_pdf_text_chars: int = Field(default=2_000_000, gt=0)
     max_documents: int = Field(default=100, gt=0)

@@ -1,5 +1,12 @@
 """PDF reading with pypdf: magic check, page and time caps, text, metadata, labelled INS.
 
+Text is read for one purpose: the labelled INS, compared with the structured documents'
+(reconcile.py). A report names its patient in the header of its first pages, so only the first
+`pdf_ins_pages` pages are read, and reading stops after the first page that carries a labelled
+INS (that page is read whole: a second patient named on it is still seen). Text extraction is
+nearly all of a PDF's cost (one page of a Word report: ~40 ms of pypdf), so a 500-page PDF
+costs its first page, not 200 pages.
+
 pypdf is pure Python and well fuzzed, but on hostile files it can raise nearly any exception
 type (KeyError, TypeError, RecursionError...), so the whole read sits behind one boundary that
 turns every failure into `PdfError`. Time is checked between pages: one pathological page can
@@ -37,11 +44,20 @@ _LABELLED_INS_RE: Final = re.compile(
 )
 
 
+# Longer than any labelled INS the pattern matches ("matricule INS (NIR) : " and 15 digits
+# with their spaces): the text of earlier pages searched again with a new one.
+_LABELLED_SPAN: Final = 120
+
+
 class PdfInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     page_count: int
+    # Pages whose text was extracted, from the first: bounded by `pdf_ins_pages`,
+    # `max_pdf_pages`, and the page where the first labelled INS was found.
     pages_read: int
+    # That page (1-based), or None when the pages read carry no labelled valid INS.
+    ins_page: int | None = None
     text: str
     metadata: dict[str, str]
     encrypted: bool
@@ -49,7 +65,12 @@ class PdfInfo(BaseModel):
     labelled_ins: tuple[str, ...]
     # Labelled numbers with a failing key: reported, never used as an identity.
     rejected_ins_candidates: int
+    # A hard cap cut the text short: more pages than `max_pdf_pages`, or the text cap.
     truncated: bool
+
+    @property
+    def unread_pages(self) -> int:
+        return self.page_count - self.pages_read
 
 
 def looks_like_pdf(data: bytes) -> bool:
@@ -111,18 +132,28 @@ def _read(data: bytes, limits: DocumentLimits, started: float) -> PdfInfo:
     texts: list[str] = []
     chars = 0
     pages_read = 0
+    ins_page: int | None = None
+    tail = ""
     truncated = page_count > limits.max_pdf_pages
-    for index in range(min(page_count, limits.max_pdf_pages)):
+    for index in range(min(page_count, limits.max_pdf_pages, limits.pdf_ins_pages)):
         if time.monotonic() - started > limits.pdf_time_budget_seconds:
             raise LimitExceeded("PDF text extraction exceeded its time budget")
         page_text = reader.pages[index].extract_text() or ""
         pages_read += 1
-        if chars + len(page_text) > limits.max_pdf_text_chars:
-            texts.append(page_text[: limits.max_pdf_text_chars - chars])
+        kept = page_text[: limits.max_pdf_text_chars - chars]
+        texts.append(kept)
+        chars += len(kept)
+        # With the end of the text before it: a label may end one page and its number open
+        # the next. Only a valid INS stops the reading (a bad key is no identity).
+        window = f"{tail}\n{kept}"
+        if find_labelled_ins(window)[0]:
+            ins_page = pages_read
+        if len(kept) < len(page_text):
             truncated = True
             break
-        texts.append(page_text)
-        chars += len(page_text)
+        if ins_page is not None:
+            break
+        tail = window[-_LABELLED_SPAN:]
     if time.monotonic() - started > limits.pdf_time_budget_seconds:
         raise LimitExceeded("PDF text extraction exceeded its time budget")
     text = "\n".join(texts)
@@ -130,6 +161,7 @@ def _read(data: bytes, limits: DocumentLimits, started: float) -> PdfInfo:
     return PdfInfo(
         page_count=page_count,
         pages_read=pages_read,
+        ins_page=ins_page,
         text=text,
         metadata=_metadata(reader),
         encrypted=encrypted,

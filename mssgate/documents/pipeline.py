@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from mssgate.documents.budget import BudgetExceeded, charge_document, message_budget
@@ -63,6 +63,9 @@ class _Policy:
     limits: DocumentLimits
     allow_test_oids: bool
     require_birthplace: bool
+    # The PDFs read for this message, by SHA-256: the same PDF embedded in an N1 and
+    # attached beside it as its companion (or carried twice) is parsed once.
+    pdf_reads: dict[bytes, PdfInfo | DocumentError] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -466,13 +469,30 @@ def _read_pdf(data: bytes, policy: _Policy) -> PdfInfo:
     if not policy.limits.read_pdfs:
         return PdfInfo(page_count=0, pages_read=0, text="", metadata={}, encrypted=False,
                        labelled_ins=(), rejected_ins_candidates=0, truncated=False)  # fmt: skip
-    return read_pdf(data, policy.limits)
+    key = hashlib.sha256(data).digest()
+    read = policy.pdf_reads.get(key)
+    if read is None:
+        try:
+            read = read_pdf(data, policy.limits)
+        except DocumentError as exc:
+            read = exc
+        policy.pdf_reads[key] = read
+    if isinstance(read, DocumentError):
+        raise read
+    return read
 
 
 def _pdf_notes(pdf: PdfInfo, what: str) -> tuple[str, ...]:
     notes: list[str] = []
     if pdf.truncated:
         notes.append(f"{what} text truncated by limits")
+    if pdf.ins_page is None and pdf.unread_pages > 0:
+        # Its identity was looked for on the first pages only (a report prints it there):
+        # a reader should know the rest was not compared with the documents'.
+        notes.append(
+            f"{what} text: no labelled INS on its first {pdf.pages_read} of"
+            f" {pdf.page_count} pages; later pages not read"
+        )
     if pdf.rejected_ins_candidates:
         # A labelled number whose key fails is never an identity, but may be a typo in the
         # human-readable copy that a reader should hear about. The value stays out of it.

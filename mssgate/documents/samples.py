@@ -89,21 +89,22 @@ def make_pdf(
     pages: int = 1,
     title: str | None = None,
     info: Mapping[str, str] | None = None,
+    page_lines: Sequence[Sequence[str]] = (),
 ) -> bytes:
     """A small valid PDF showing `lines` (Helvetica) on each of `pages` pages.
 
+    `page_lines`, when given, are the lines of each page instead (one page per item).
     `title` and `info` (names without the slash: Author, Producer...) fill the Info dictionary.
     """
-    commands = [b"BT /F1 12 Tf 72 720 Td"]
-    for line in lines:
-        commands.append(_pdf_string(line) + b" Tj 0 -16 Td")
-    commands.append(b"ET")
-    content = b" ".join(commands)
     objects: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
     kids = []
     font_number = 3
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    for _ in range(pages):
+    for shown in page_lines or [lines] * pages:
+        commands = [b"BT /F1 12 Tf 72 720 Td"]
+        commands.extend(_pdf_string(line) + b" Tj 0 -16 Td" for line in shown)
+        commands.append(b"ET")
+        content = b" ".join(commands)
         content_number = len(objects) + 1
         objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
         page_number = len(objects) + 1

@@ -213,7 +213,9 @@ def test_cda_header_round_trip(
 
 
 # -- PDF ---------------------------------------------------------------------------------------
-PDF_LIMITS = DocumentLimits(max_pdf_pages=3, max_pdf_text_chars=400, pdf_time_budget_seconds=5)
+PDF_LIMITS = DocumentLimits(
+    max_pdf_pages=3, pdf_ins_pages=2, max_pdf_text_chars=400, pdf_time_budget_seconds=5
+)
 PDF_SEEDS = [
     make_pdf(["Compte rendu", "INS : 279035121518989"], pages=2, title="CR"),
     make_pdf(["x" * 80] * 6, pages=5),
@@ -244,7 +246,13 @@ def test_damaged_pdfs_give_typed_errors_and_bounded_output(data: bytes) -> None:
         except (PdfError, LimitExceeded):
             return
     assert 1 <= info.pages_read <= min(info.page_count, PDF_LIMITS.max_pdf_pages)
-    assert info.truncated or info.pages_read == info.page_count
+    assert info.pages_read <= PDF_LIMITS.pdf_ins_pages
+    # Reading stops at a cap, at the last page, or after the page that carries the INS.
+    assert (
+        info.truncated
+        or info.pages_read in (info.page_count, PDF_LIMITS.pdf_ins_pages)
+        or (info.ins_page == info.pages_read and info.labelled_ins)
+    )
     # Page texts are joined with one newline each.
     assert len(info.text) <= PDF_LIMITS.max_pdf_text_chars + info.pages_read
     assert len(info.metadata) <= 32 and all(len(v) <= 1000 for v in info.metadata.values())
@@ -265,7 +273,8 @@ def test_generated_pdfs_give_their_text_back(lines: list[str], pages: int, matri
     data = make_pdf([*lines, f"INS : {ins}"], pages=pages, title=lines[0])
     with no_file_writes():
         info = read_pdf(data, DocumentLimits())
-    assert (info.page_count, info.pages_read, info.truncated) == (pages, pages, False)
+    # The INS is on every page: the first is the only one read.
+    assert (info.page_count, info.pages_read, info.ins_page, info.truncated) == (pages, 1, 1, False)
     text = " ".join(info.text.split())
     for line in lines:
         assert line in text
