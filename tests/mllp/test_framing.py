@@ -24,7 +24,7 @@ bodies = st.binary(max_size=300).map(lambda b: b.replace(b"\x0b", b"").replace(b
 def feed_in_chunks(decoder: Decoder, stream: bytes, cuts: list[int]) -> list[Event]:
     events: list[Event] = []
     at = 0
-    for cut in sorted({c % (len(stream) + 1) for c in cuts}) + [len(stream)]:
+    for cut in [*sorted({c % (len(stream) + 1) for c in cuts}), len(stream)]:
         events += decoder.feed(stream[at:cut])
         at = cut
     return events

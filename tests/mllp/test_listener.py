@@ -1,0 +1,207 @@
+"""The MLLP listener of a running `mssgate serve` ([hl7], issue 15): python-hl7's asyncio MLLP
+client inside TLS with a certificate of `mssgate consumer cert` gets the answers
+POST /v1/outbound gives; certificates bound to no consumer are refused; frames past the size
+limit, bytes outside frames, unfinished frames and silent connections are dealt with."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import hl7  # type: ignore[import-untyped]
+import pytest
+from hl7.mllp import open_hl7_connection  # type: ignore[import-untyped]
+
+from tests.conftest import Cli
+from tests.smtp.conftest import ALICE, BOB, Gateway, gateway_setup, peer_pki  # noqa: F401
+from tests.smtp.test_outbound_gateway import mdm
+
+VT, FS, CR = b"\x0b", b"\x1c", b"\r"
+
+
+def tls(gateway: Gateway, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=gateway.ca)
+    if cert is not None and key is not None:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def exchange(gateway: Gateway, ctx: ssl.SSLContext, *messages: bytes) -> list[hl7.Message]:
+    """Each message over one MLLP connection (python-hl7's client), its ACK parsed."""
+
+    async def run() -> list[hl7.Message]:
+        reader, writer = await open_hl7_connection(
+            "127.0.0.1", gateway.ports["hl7"], ssl=ctx, server_hostname="localhost",
+            encoding="utf-8",
+        )  # fmt: skip
+        acks = []
+        try:
+            for message in messages:
+                writer.writeblock(message)
+                await writer.drain()
+                acks.append(await asyncio.wait_for(reader.readmessage(), 60))
+        finally:
+            writer.close()
+            with contextlib.suppress(ssl.SSLError, ConnectionError, OSError):
+                await writer.wait_closed()
+        return acks
+
+    return asyncio.run(run())
+
+
+def issue(cli: Cli, name: str, out: Path, *extra: str) -> tuple[Path, Path]:
+    result = cli.ok("consumer", "cert", name, "--out", str(out), "--json", *extra).json()
+    return Path(result["cert"]), Path(result["key"])
+
+
+@pytest.fixture
+def live(
+    cli: Cli,
+    gateway_setup: Gateway,  # noqa: F811
+    tmp_path: Path,
+) -> Iterator[tuple[Gateway, dict[str, tuple[Path, Path]]]]:
+    cli.ok("consumer", "add", "ris-a", "--mailbox", BOB)
+    cli.ok("consumer", "add", "ris-b", "--mailbox", BOB)
+    certs = {name: issue(cli, name, tmp_path / name) for name in ("ris-a", "ris-b")}
+    gateway_setup.env.update(
+        MSSGATE_POLICY__ALLOW_TEST_INS="true",
+        MSSGATE_HL7__ENABLED="true",
+        MSSGATE_HL7__PORT="0",
+        MSSGATE_HL7__MAX_MESSAGE_SIZE="200000",
+        MSSGATE_HL7__READ_TIMEOUT_SECONDS="3",
+    )
+    gateway_setup.start()
+    try:
+        yield gateway_setup, certs
+    finally:
+        gateway_setup.stop()
+
+
+def msa(ack: hl7.Message) -> tuple[str, str]:
+    segment = ack.segment("MSA")
+    return str(segment[1]), str(segment[2])
+
+
+def test_mdm_over_mllp_gets_the_api_answers_and_is_sent_once(
+    live: tuple[Gateway, dict[str, tuple[Path, Path]]],
+) -> None:
+    gateway, certs = live
+    ctx = tls(gateway, *certs["ris-a"])
+    first, again, bad_key, not_hl7 = exchange(
+        gateway, ctx, mdm("MLLP-1"), mdm("MLLP-1"), mdm("MLLP-2", ins="279035121518900"),
+        b"hello",
+    )  # fmt: skip
+    assert msa(first) == ("AA", "MLLP-1") and msa(again) == ("AA", "MLLP-1")
+    assert str(first.segment("MSH")[9]) == "ACK^T02^ACK"
+    assert msa(bad_key) == ("AE", "MLLP-2")
+    assert "102" in [str(e[3][0][0]) for e in bad_key.segments("ERR")]
+    assert msa(not_hl7)[0] == "AR" and not_hl7.segments("ERR")
+    gateway.wait_delivered(ALICE, 1)
+    gateway.wait_event("outbound.repeated")
+    accepted = [e for e in gateway.events() if e.get("event") == "outbound.accepted"]
+    assert [e["consumer"] for e in accepted] == ["ris-a"]
+    # Another consumer's certificate is that consumer: the same MSH-10 is its own message.
+    [other] = exchange(gateway, tls(gateway, *certs["ris-b"]), mdm("MLLP-1"))
+    assert msa(other) == ("AA", "MLLP-1")
+    gateway.wait_event("outbound.accepted", consumer="ris-b")
+    gateway.wait_delivered(ALICE, 2)
+    assert gateway.wait_event("mllp.connected", consumer="ris-b")
+
+
+def refused(gateway: Gateway, ctx: ssl.SSLContext) -> bool:
+    """The gateway ends the connection without answering a valid message."""
+    try:
+        exchange(gateway, ctx, mdm("NEVER-SENT"))
+    except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError, OSError):
+        return True
+    return False
+
+
+def test_certificates_bound_to_no_active_consumer_are_refused(
+    cli: Cli, live: tuple[Gateway, dict[str, tuple[Path, Path]]], tmp_path: Path
+) -> None:
+    gateway, certs = live
+    assert refused(gateway, tls(gateway, None, None))  # no certificate at all
+    # A practitioner's certificate of the same CA (clientAuth too) is no consumer's.
+    cli.ok("cert", "issue", ALICE, "--out", str(tmp_path / "alice"), "--no-passphrase")
+    alice = (tmp_path / "alice" / f"{ALICE}.crt.pem", tmp_path / "alice" / f"{ALICE}.key.pem")
+    assert refused(gateway, tls(gateway, *alice))
+    gateway.wait_event("mllp.refused")
+    # Re-issued: the old certificate stops working at once, the new one works.
+    old = certs["ris-a"]
+    new = issue(cli, "ris-a", tmp_path / "new")
+    assert refused(gateway, tls(gateway, *old))
+    [ack] = exchange(gateway, tls(gateway, *new), b"hello")
+    assert msa(ack)[0] == "AR"
+    # Revoked, then removed: refused.
+    cli.ok("consumer", "revoke", "ris-a")
+    assert refused(gateway, tls(gateway, *new))
+    cli.ok("consumer", "remove", "ris-b")
+    assert refused(gateway, tls(gateway, *certs["ris-b"]))
+    assert not [e for e in gateway.events() if e.get("event") == "outbound.accepted"]
+
+
+class Raw:
+    """The MLLP byte stream by hand (framing faults python-hl7's client cannot make)."""
+
+    def __init__(self, gateway: Gateway, ctx: ssl.SSLContext) -> None:
+        sock = socket.create_connection(("127.0.0.1", gateway.ports["hl7"]), timeout=20)
+        self.sock = ctx.wrap_socket(sock, server_hostname="localhost")
+
+    def answer(self) -> hl7.Message:
+        data = b""
+        while not data.endswith(FS + CR):
+            chunk = self.sock.recv(65536)
+            assert chunk, f"closed after {data!r}"
+            data += chunk
+        assert data.startswith(VT)
+        return hl7.parse(data[1:-2].decode())
+
+    def closed(self) -> bool:
+        try:
+            data = self.sock.recv(65536)
+        except (ConnectionError, ssl.SSLError):
+            return True
+        return data == b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_oversize_garbage_unfinished_frames_and_silence(
+    live: tuple[Gateway, dict[str, tuple[Path, Path]]],
+) -> None:
+    gateway, certs = live
+    ctx = tls(gateway, *certs["ris-a"])
+    # Bytes before the frame are dropped (and logged); the frame is answered.
+    raw = Raw(gateway, ctx)
+    raw.sock.sendall(b"junk\r\n" + VT + b"hello" + FS + CR)
+    assert msa(raw.answer())[0] == "AR"
+    gateway.wait_event("mllp.dropped", bytes=4)
+    # The same connection goes on.
+    # Past hl7.max_message_size: AR echoing its MSH-10, and the connection is closed with
+    # the rest unread (a client still sending sees its writes fail).
+    big = mdm("BIG-1", pdf=b"%PDF-1.4\n" + b"0" * 300_000)
+    raw.sock.sendall(VT + big[:250_000])
+    ack = raw.answer()
+    assert msa(ack) == ("AR", "BIG-1") and "200000" in str(ack.segment("ERR"))
+    assert raw.closed()
+    raw.close()
+    gateway.wait_event("mllp.oversize")
+    # A frame cut by the end of the connection (TLS close_notify): logged, nothing answered.
+    raw = Raw(gateway, ctx)
+    raw.sock.sendall(VT + mdm("CUT-1")[:500])
+    with contextlib.suppress(OSError):
+        raw.sock.unwrap()
+    raw.close()
+    gateway.wait_event("mllp.partial_frame", bytes=501)
+    # Silent past hl7.read_timeout_seconds: closed.
+    raw = Raw(gateway, ctx)
+    assert raw.closed()
+    raw.close()
+    gateway.wait_event("mllp.timeout", consumer="ris-a")
+    assert not [e for e in gateway.events() if e.get("event") == "outbound.accepted"]
