@@ -62,6 +62,7 @@ from mssgate.nodelink import (
 )
 from mssgate.nodes import Heartbeat, Nodes
 from mssgate.outbound.service import Outbound
+from mssgate.outbound.zamqueue import sweep_forever
 from mssgate.passwords import configure as configure_passwords
 from mssgate.queue.service import DocumentQueue
 from mssgate.relay import RelayWorker
@@ -420,6 +421,15 @@ async def run_gateway(config: Config) -> int:
         supervisor.check("relay", relay.health.probe)
         supervisor.check("documents", documents.health.probe)
         supervisor.check("queue-maintenance", maintenance.probe)
+        # The ZAMs owed to the RIS as items of kind `ack` that no request made in line.
+        zam_sweep = PassHealth()
+        supervisor.spawn(
+            "outbound-acks",
+            lambda: sweep_forever(
+                outbound.zams, config.queue.maintenance_interval_seconds, zam_sweep
+            ),
+        )
+        supervisor.check("outbound-acks", zam_sweep.probe)
         # A consumer's queue pushed to its RIS over MLLP (consumer add --push): lanes follow
         # the consumers table, so the CLI's changes need no restart.
         pusher = MllpPush(config, directory, queue)

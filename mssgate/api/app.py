@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -22,6 +22,8 @@ from mssgate.api.auth import CurrentConsumer
 from mssgate.api.limits import BodyLimit, Slots
 from mssgate.api.problems import ApiProblem, Problem, responses
 from mssgate.api.schemas import (
+    AckLeaseOut,
+    AckLeaseResponse,
     AckRequest,
     Health,
     LeaseOut,
@@ -32,11 +34,13 @@ from mssgate.api.schemas import (
 )
 from mssgate.config import Config
 from mssgate.directory.consumers import Consumers
+from mssgate.directory.models import Consumer
 from mssgate.documents.record import DocumentRecord
 from mssgate.logs import event
 from mssgate.metrics import Metrics, scrape_registry
 from mssgate.outbound.service import Outbound
 from mssgate.outbound.store import OutboundStatus
+from mssgate.outbound.zamqueue import ACK_MEDIA_TYPE, AckItem, ZamQueue
 from mssgate.queue.models import QueueState
 from mssgate.queue.service import DocumentQueue, ReceiptCallback
 
@@ -49,6 +53,14 @@ log = logging.getLogger("mssgate.api")
 
 DocumentId = Annotated[str, PathParam(min_length=1, max_length=64, description="Document id")]
 OutboundId = Annotated[str, PathParam(min_length=1, max_length=32, description="Outbound id")]
+AckId = Annotated[
+    str, PathParam(min_length=1, max_length=64, description="The ZAM's MSH-10 (ack item id)")
+]
+LeaseKind = Annotated[
+    str | None,
+    Query(max_length=16, description="document (the default: documents only) or ack "
+          "(business acknowledgements of the consumer's outbound messages)"),
+]  # fmt: skip
 ORIGINAL_TYPE_HEADER = "X-Original-Content-Type"
 HL7_MEDIA_TYPES = frozenset({"application/hl7-v2", "x-application/hl7-v2+er7"})
 
@@ -107,7 +119,6 @@ def create_app(
     app.state.outbound_slots = Slots()
     # An HL7 message with its CDA and PDF is as large as the mail that will carry it.
     app.add_middleware(BodyLimit, routes={("POST", "/v1/outbound"): config.smtp.max_message_size})
-    auth_errors = responses(401, 422)
 
     @app.get(
         "/healthz",
@@ -127,15 +138,23 @@ def create_app(
 
     @app.post(
         "/v1/leases",
-        response_model=LeaseResponse,
+        response_model=LeaseResponse | AckLeaseResponse,
         tags=["queue"],
-        responses=auth_errors,
-        summary="Lease the next documents of the consumer's mailbox, oldest first",
+        responses=responses(400, 401, 422, 503),
+        summary="Lease the next documents (or, with kind=ack, business acknowledgements) of "
+        "the consumer, oldest first",
     )
     def lease(
-        request: Request, consumer: CurrentConsumer, body: LeaseRequest | None = None
-    ) -> LeaseResponse:
+        request: Request,
+        consumer: CurrentConsumer,
+        body: LeaseRequest | None = None,
+        kind: LeaseKind = None,
+    ) -> LeaseResponse | AckLeaseResponse:
         wanted = body or LeaseRequest()
+        if kind == "ack":
+            return _lease_acks(request, consumer, wanted)
+        if kind not in (None, "document"):
+            raise ApiProblem(400, "kind must be document (the default) or ack")
         leases = _queue(request).lease(
             consumer, max_documents=wanted.max, lease_seconds=wanted.lease_seconds
         )
@@ -149,6 +168,8 @@ def create_app(
                 for x in leases
             ]
         )
+
+    _install_ack_routes(app)
 
     @app.get(
         "/v1/documents/{document_id}",
@@ -304,6 +325,70 @@ def create_app(
         admin.install(app, config, engine, health=health, tasks=tasks)
     _publish_problem_schema(app)
     return app
+
+
+def _zams(request: Request) -> ZamQueue:
+    sender: Outbound | None = request.app.state.outbound
+    if sender is None:
+        raise ApiProblem(503, "sending is not enabled on this server")
+    return sender.zams
+
+
+def _lease_acks(request: Request, consumer: Consumer, wanted: LeaseRequest) -> AckLeaseResponse:
+    leases = _zams(request).lease(
+        consumer, max_items=wanted.max, lease_seconds=wanted.lease_seconds
+    )
+    for x in leases:
+        event(log, "zam.leased", ack_id=x.ack.id, consumer=consumer.name,
+              expires_at=x.expires_at.isoformat())  # fmt: skip
+    return AckLeaseResponse(
+        leases=[
+            AckLeaseOut(lease_id=x.lease_id, expires_at=x.expires_at, ack=x.ack) for x in leases
+        ]
+    )
+
+
+def _install_ack_routes(app: FastAPI) -> None:
+    """Business acknowledgements (ZAM) of the consumer's outbound messages, as queue items
+    of kind `ack` (mssgate.outbound.zamqueue): read, read as ER7, acknowledged."""
+
+    @app.get(
+        "/v1/acks/{ack_id}",
+        response_model=AckItem,
+        tags=["queue"],
+        responses=responses(401, 404, 422, 503),
+        summary="A business acknowledgement (ZAM) leased with kind=ack",
+    )
+    def ack_item(request: Request, consumer: CurrentConsumer, ack_id: AckId) -> AckItem:
+        return _zams(request).item(consumer, ack_id)
+
+    @app.get(
+        "/v1/acks/{ack_id}/content",
+        tags=["queue"],
+        response_class=Response,
+        responses={
+            200: {"description": "The ZAM^Z01 message, HL7 v2.6 ER7, UTF-8",
+                  "content": {ACK_MEDIA_TYPE: {}}},
+            **responses(401, 404, 422, 503),
+        },
+    )  # fmt: skip
+    def ack_content(request: Request, consumer: CurrentConsumer, ack_id: AckId) -> Response:
+        item = _zams(request).item(consumer, ack_id)
+        return _blob_response(item.content.encode(), f"{ACK_MEDIA_TYPE}; charset=utf-8", None)
+
+    @app.post(
+        "/v1/acks/{ack_id}/ack",
+        response_model=TransitionResponse,
+        tags=["queue"],
+        responses=responses(401, 404, 409, 422, 503),
+        summary="Acknowledge a leased business acknowledgement: it is not offered again",
+    )
+    def ack_ack(
+        request: Request, consumer: CurrentConsumer, ack_id: AckId, body: AckRequest
+    ) -> TransitionResponse:
+        _zams(request).ack(consumer, ack_id, body.lease_id)
+        event(log, "zam.acked", ack_id=ack_id, consumer=consumer.name)
+        return TransitionResponse(id=ack_id, state=QueueState.DONE)
 
 
 def _publish_problem_schema(app: FastAPI) -> None:

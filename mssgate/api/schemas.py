@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mssgate.documents.record import DocumentRecord
+from mssgate.outbound.zamqueue import AckItem
 from mssgate.queue.models import QueueState
 
 
@@ -30,6 +31,18 @@ class LeaseOut(BaseModel):
 
 class LeaseResponse(BaseModel):
     leases: list[LeaseOut]
+
+
+class AckLeaseOut(BaseModel):
+    lease_id: str
+    expires_at: datetime
+    ack: AckItem
+
+
+class AckLeaseResponse(BaseModel):
+    """POST /v1/leases?kind=ack: business acknowledgements (ZAM) instead of documents."""
+
+    leases: list[AckLeaseOut]
 
 
 class AckRequest(_Body):

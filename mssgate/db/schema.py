@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -485,4 +486,42 @@ outbound_recipients = Table(
     Column("dsn_detail", String(400)),
     Column("dsn_at", DateTime(timezone=True)),
     Index("ix_outbound_recipients_message_id", "message_id"),
+    # Its ZAM^Z02 is in outbound_acks (revision 0020): the sweeper looks only at copies
+    # without one, the few in flight, not at every copy ever sent.
+    Column("reception_zam", Boolean, nullable=False, server_default=false()),
+    Index("ix_outbound_recipients_reception_zam", "reception_zam"),
+)
+
+# The business acknowledgements (ZAM) of outbound messages, each once, leasable by the
+# consumer that sent the message (POST /v1/leases?kind=ack, mssgate.outbound.zamqueue).
+# `id` is the ZAM's MSH-10: unique, so that a ZAM made twice (two sweepers, a sweeper and
+# a read receipt) is one item.
+outbound_acks = Table(
+    "outbound_acks",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False),
+    Column(
+        "outbound_id",
+        String(32),
+        ForeignKey("outbound_messages.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("consumer_id", Integer, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("trigger", String(3), nullable=False),
+    Column("recipient", String(254), nullable=False),
+    Column("accepted", Boolean, nullable=False),
+    Column("er7", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(6), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("lease_id", String(32)),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("state IN ('ready', 'leased', 'done')", name="ck_outbound_acks_state"),
+    CheckConstraint("trigger IN ('Z02', 'Z03')", name="ck_outbound_acks_trigger"),
+    UniqueConstraint("id", name="uq_outbound_acks_id"),
+    Index("ix_outbound_acks_claim", "consumer_id", "state", "seq"),
+    Index("ix_outbound_acks_outbound", "outbound_id", "position", "trigger"),
 )
