@@ -176,7 +176,7 @@ def build_dsn(
         f"To: <{_field(envelope_sender)}>",
         "Subject: Undelivered Mail Returned to Sender (message non remis)"
         if any(f.action == "failed" for f in failures)
-        else "Successful Mail Delivery Report (message remis)",
+        else "Subject: Successful Mail Delivery Report (message remis)",
         f"Date: {format_datetime(when)}",
         f"Message-ID: <{secrets.token_hex(16)}@{_field(reporting_mta)}>",
         "Auto-Submitted: auto-replied",
