@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from mssgate.db.schema import audit, audit_head
 
@@ -67,6 +67,18 @@ def _digest(
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
+# Built once: building a statement cost several times executing it (issue 17's profile).
+# Taking the head (its row lock, or SQLite's write lock) and reading it is one statement.
+_TAKE_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.id == 1)
+    .values(seq=audit_head.c.seq + bindparam("count"))
+    .returning(audit_head.c.seq, audit_head.c.hash)
+)
+_SET_HEAD = update(audit_head).where(audit_head.c.id == 1).values(hash=bindparam("head_hash"))
+_INSERT = audit.insert()
+
+
 def append(
     conn: Connection,
     *,
@@ -90,25 +102,26 @@ def append(
         )
         return 0
     # Taking the head's write lock first serialises appenders (see audit_head).
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq + 1))
-    head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1))
-    seq, prev = head.one()
+    seq, prev = conn.execute(_TAKE_HEAD, {"count": 1}).one()
     at = datetime.now(UTC)
     detail_text = json.dumps(dict(detail or {}), ensure_ascii=False, sort_keys=True)
     digest = _digest(seq, at, actor, action, subject, detail_text, prev)
     conn.execute(
-        audit.insert().values(
-            seq=seq,
-            at=at,
-            actor=actor,
-            action=action,
-            subject=subject,
-            detail=detail_text,
-            prev_hash=prev,
-            hash=digest,
-        )
+        _INSERT,
+        [
+            {
+                "seq": seq,
+                "at": at,
+                "actor": actor,
+                "action": action,
+                "subject": subject,
+                "detail": detail_text,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        ],
     )
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(hash=digest))
+    conn.execute(_SET_HEAD, {"head_hash": digest})
     return int(seq)
 
 
@@ -154,11 +167,7 @@ def append_many(conn: Connection, new: list[NewEntry]) -> None:
     (the spool's group commit: one transaction for every message accepted meanwhile)."""
     if not new:
         return
-    conn.execute(
-        update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq + len(new))
-    )
-    head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1))
-    last_seq, prev = head.one()
+    last_seq, prev = conn.execute(_TAKE_HEAD, {"count": len(new)}).one()
     seq = int(last_seq) - len(new) + 1
     rows = []
     for entry in new:
@@ -178,8 +187,8 @@ def append_many(conn: Connection, new: list[NewEntry]) -> None:
             }
         )
         seq, prev = seq + 1, digest
-    conn.execute(audit.insert(), rows)
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(hash=prev))
+    conn.execute(_INSERT, rows)
+    conn.execute(_SET_HEAD, {"head_hash": prev})
 
 
 def _as_aware(at: datetime) -> datetime:

@@ -44,6 +44,7 @@ from mssgate.queue.messages import (
 )
 from mssgate.queue.models import Blob, Lease, QueueEntry, QueueState, Receipt
 from mssgate.queue.quarantine import QuarantineStore
+from mssgate.queue.statements import QueueStatements
 from mssgate.queue.transitions import TransitionGroup
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class DocumentQueue:
         self._mss_nil = mss_nil
         self.quarantine = QuarantineStore(engine, clock=self._now)
         self._transitions = TransitionGroup(engine)
+        self._statements = QueueStatements.for_backend(self._backend)
         self._expiry_scanned: dict[str, datetime] = {}
 
     @classmethod
@@ -408,32 +410,19 @@ class DocumentQueue:
             receipts = self._expire_due(conn, now, holder.mailbox)
             expires = now + timedelta(seconds=seconds)
             candidates = conn.execute(
-                self._backend.claim(
-                    select(queue_documents)
-                    .where(
-                        queue_documents.c.mailbox == holder.mailbox,
-                        queue_documents.c.state == QueueState.READY.value,
-                    )
-                    .order_by(queue_documents.c.seq)
-                    .limit(max_documents)
-                )
+                self._statements.claim_ready, {"mailbox": holder.mailbox, "limit": max_documents}
             ).all()
             for row in candidates:
                 lease_id = _new_id()
                 changed = conn.execute(
-                    update(queue_documents)
-                    .where(
-                        queue_documents.c.id == row.id,
-                        queue_documents.c.state == QueueState.READY.value,
-                    )
-                    .values(
-                        state=QueueState.LEASED.value,
-                        attempts=queue_documents.c.attempts + 1,
-                        lease_id=lease_id,
-                        lease_consumer=holder.name,
-                        lease_expires_at=expires,
-                        updated_at=now,
-                    )
+                    self._statements.take_lease,
+                    {
+                        "doc_id": row.id,
+                        "new_lease_id": lease_id,
+                        "consumer": holder.name,
+                        "expires": expires,
+                        "now": now,
+                    },
                 )
                 if changed.rowcount != 1:
                     continue
@@ -449,9 +438,7 @@ class DocumentQueue:
         return leases, receipts
 
     def _held_row(self, conn: Connection, holder: Holder, document_id: str) -> Row[Any]:
-        row = conn.execute(
-            self._backend.lock(select(queue_documents).where(queue_documents.c.id == document_id))
-        ).first()
+        row = conn.execute(self._statements.lock_document, {"doc_id": document_id}).first()
         # Another mailbox's document answers exactly like a missing one: no existence leak.
         if row is None or row.mailbox != holder.mailbox:
             raise NotFound("no such document")
@@ -473,11 +460,7 @@ class DocumentQueue:
             if row.state == QueueState.DONE.value and row.lease_id == lease_id:
                 return []  # a retried ack (the client lost our first answer)
             self._check_lease(row, lease_id, now)
-            conn.execute(
-                update(queue_documents)
-                .where(queue_documents.c.id == document_id)
-                .values(state=QueueState.DONE.value, lease_expires_at=None, updated_at=now)
-            )
+            conn.execute(self._statements.mark_done, {"doc_id": document_id, "now": now})
             audit.append(
                 conn,
                 actor=f"consumer:{holder.name}",
