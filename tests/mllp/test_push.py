@@ -1,0 +1,208 @@
+"""The push of a consumer's queue to its RIS over MLLP and TLS (`consumer add --push`): a
+small RIS (python-hl7's asyncio MLLP server inside TLS, asking for our client certificate)
+answers as each test says; a document is acked once the RIS answered AA, sent again after AE
+or silence, and none is lost when the gateway is killed in the middle."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hl7.mllp import start_hl7_server  # type: ignore[import-untyped]
+from sqlalchemy import Engine
+
+from mssgate.config import load_config
+from mssgate.db import open_engine
+from mssgate.pki import create_dev_ca, issue_server_cert, write_certificate, write_private_key
+from mssgate.queue import DocumentQueue, QueueState
+from tests.conftest import DOMAIN, Cli
+from tests.queue.helpers import cda, deliver, mail
+from tests.smtp.conftest import Gateway, free_env
+
+RIS = f"ris@{DOMAIN}"
+# What the RIS answers to the n-th frame (from 0) carrying a given MSH-10; None: nothing.
+Script = Callable[[str, int], str | None]
+
+
+@dataclass
+class Ris:
+    """An MLLP server inside TLS that records every MSH-10 it reads."""
+
+    script: Script
+    received: list[str] = field(default_factory=list)
+    port: int = 0
+
+    def serve(self, cert: Path, key: Path, client_ca: Path) -> Callable[[], None]:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED  # the gateway presents its own certificate
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        handlers: set[asyncio.Task[None]] = set()
+
+        async def handle(reader: object, writer: object) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            handlers.add(task)
+            try:
+                while True:
+                    message = await reader.readmessage()  # type: ignore[attr-defined]
+                    control = str(message.segment("MSH")[10])
+                    seen = self.received.count(control)
+                    self.received.append(control)
+                    code = self.script(control, seen)
+                    if code is not None:
+                        writer.writemessage(message.create_ack(code))  # type: ignore[attr-defined]
+                        await writer.drain()  # type: ignore[attr-defined]
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()  # type: ignore[attr-defined]
+
+        async def main(stopping: asyncio.Event) -> None:
+            server = await start_hl7_server(
+                handle, "127.0.0.1", self.port, ssl=ctx, encoding="utf-8", limit=16 << 20
+            )
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            await stopping.wait()
+            server.close()
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+            await server.wait_closed()
+
+        stopping = asyncio.Event()
+        thread = threading.Thread(
+            target=lambda: (loop.run_until_complete(main(stopping)), loop.close()), daemon=True
+        )
+        thread.start()
+        assert ready.wait(10)
+
+        def stop() -> None:
+            loop.call_soon_threadsafe(stopping.set)
+            thread.join(10)
+
+        return stop
+
+
+@pytest.fixture
+def setup(cli: Cli, datadir: Path, tmp_path: Path) -> Iterator[tuple[Gateway, Engine, Path]]:
+    ca_key, ca_cert = create_dev_ca("RIS vendor CA")
+    key, cert = issue_server_cert(ca_key, ca_cert, "localhost")
+    for path, item in ((tmp_path / "ris-ca.pem", ca_cert), (tmp_path / "ris.crt.pem", cert)):
+        write_certificate(path, item)
+    write_private_key(tmp_path / "ris.key.pem", key)
+    cli.ok("directory", "add", RIS, "--name", "RIS imagerie", "--kind", "application")
+    engine = open_engine(load_config(datadir / "mssgate.toml").database_url)
+    gateway = Gateway(data=datadir, env=free_env(datadir))
+    gateway.env.update(
+        MSSGATE_POLICY__ALLOW_TEST_INS="true",
+        MSSGATE_HL7__PUSH_POLL_SECONDS="0.2",
+        MSSGATE_HL7__PUSH_RETRY_FIRST_SECONDS="0.2",
+        MSSGATE_HL7__PUSH_ACK_TIMEOUT_SECONDS="1",
+        MSSGATE_HL7__PUSH_CONNECT_TIMEOUT_SECONDS="2",
+    )
+    try:
+        yield gateway, engine, tmp_path
+    finally:
+        if gateway.proc is not None:
+            gateway.stop()
+        engine.dispose()
+
+
+def start_ris(
+    tmp: Path, gateway: Gateway, script: Script, port: int = 0
+) -> tuple[Ris, Callable[[], None]]:
+    ris = Ris(script, port=port)
+    stop = ris.serve(tmp / "ris.crt.pem", tmp / "ris.key.pem", gateway.ca)
+    return ris, stop
+
+
+def queued(engine: Engine, datadir: Path, count: int) -> list[str]:
+    queue = DocumentQueue(engine, data_dir=datadir)
+    return [deliver(queue, mail([cda(n)], n=n, to=RIS), mailbox=RIS)[0] for n in range(count)]
+
+
+def wait_done(engine: Engine, ids: list[str], timeout: float = 30) -> None:
+    queue = DocumentQueue(engine)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(queue.entry(i).state is QueueState.DONE for i in ids):
+            return
+        time.sleep(0.1)
+    raise AssertionError({i: queue.entry(i).state for i in ids})
+
+
+def test_a_document_is_acked_once_the_ris_answers_aa_after_an_ae(
+    cli: Cli, setup: tuple[Gateway, Engine, Path]
+) -> None:
+    gateway, engine, tmp = setup
+    ids = queued(engine, gateway.data, 3)
+
+    def script(control: str, seen: int) -> str:
+        return "AE" if control == ids[0] and seen == 0 else "AA"
+
+    ris, stop = start_ris(tmp, gateway, script)
+    try:
+        cli.ok("consumer", "add", "ris", "--mailbox", RIS, "--push",
+               f"mllp://localhost:{ris.port}", "--push-ca", str(tmp / "ris-ca.pem"))  # fmt: skip
+        gateway.start()
+        wait_done(engine, ids)
+    finally:
+        stop()
+    # The MDM's MSH-10 is the document's id; the refused one went twice, in queue order.
+    assert ris.received == [ids[0], ids[0], ids[1], ids[2]]
+    queue = DocumentQueue(engine)
+    assert [queue.entry(i).attempts for i in ids] == [2, 1, 1]
+    assert queue.entry(ids[0]).last_code == 906
+    assert "AE" in (queue.entry(ids[0]).last_reason or "")
+    gateway.wait_event("mllp.push_refused", document_id=ids[0])
+    assert len([e for e in gateway.events() if e.get("event") == "mllp.pushed"]) == 3
+
+
+def test_a_ris_down_costs_no_attempt_and_nothing_is_lost_when_the_gateway_is_killed(
+    cli: Cli, setup: tuple[Gateway, Engine, Path]
+) -> None:
+    gateway, engine, tmp = setup
+    ids = queued(engine, gateway.data, 2)
+    # Long enough to kill the gateway while it waits for the ACK (the lease: 2 x + 10 s).
+    gateway.env["MSSGATE_HL7__PUSH_ACK_TIMEOUT_SECONDS"] = "3"
+    cli.ok("consumer", "add", "ris", "--mailbox", RIS, "--push", "mllp://localhost:1",
+           "--push-ca", str(tmp / "ris-ca.pem"))  # fmt: skip
+    gateway.start()
+    gateway.wait_event("mllp.push_unreachable")
+    queue = DocumentQueue(engine)
+    assert [queue.entry(i).attempts for i in ids] == [0, 0]  # nothing leased while down
+
+    # The RIS comes up and reads the first document but never answers; the gateway is
+    # killed while it waits (its lease held).
+    ris, stop = start_ris(tmp, gateway, lambda control, seen: None)
+    cli.ok("consumer", "set", "ris", "--push", f"mllp://localhost:{ris.port}",
+           "--push-ca", str(tmp / "ris-ca.pem"))  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not ris.received and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ris.received[:1] == [ids[0]]
+    gateway.stop(signal.SIGKILL)
+    stop()
+    assert queue.entry(ids[0]).state is QueueState.LEASED
+
+    # Restarted, the RIS now answering: the lease lapses and both go, each acked once.
+    ris, stop = start_ris(tmp, gateway, lambda control, seen: "AA", port=ris.port)
+    try:
+        gateway.start()
+        wait_done(engine, ids, timeout=60)
+    finally:
+        stop()
+    # The second went first: the first waited for its lease to lapse.
+    assert sorted(ris.received) == sorted(ids)
+    assert len([e for e in gateway.events() if e.get("event") == "mllp.pushed"]) == 2
