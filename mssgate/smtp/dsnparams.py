@@ -132,7 +132,7 @@ def parse_notify(value: str) -> frozenset[str]:
         if item not in NOTIFY_VALUES:
             raise DsnSyntaxError("NOTIFY takes NEVER, or any of SUCCESS, FAILURE, DELAY")
         _once(seen, f"NOTIFY value {item}")
-    if "NEVER" in seen and len(seen) > 1:
+    if "NEVER" in items and len(items) > 1:
         raise DsnSyntaxError("NOTIFY=NEVER cannot be combined with other values")
     return frozenset(items)
 
