@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import load_pem_x509_certificates
 
@@ -37,12 +38,8 @@ def add(
     """Register a consumer; its API token is printed once, now."""
     key_text = None
     if pgp_key is not None:
-        try:
-            data = pgp_key.read_bytes()
-        except OSError as exc:
-            raise ValidationFailed(f"cannot read {pgp_key}: {exc.strerror}") from None
-        if len(data) > MAX_PGP_KEY_BYTES or b"BEGIN PGP PUBLIC KEY BLOCK" not in data:
-            raise ValidationFailed(f"{pgp_key} is not an armoured OpenPGP public key")
+        data = _read_small(pgp_key, MAX_PGP_KEY_BYTES, b"BEGIN PGP PUBLIC KEY BLOCK",
+                           "an armoured OpenPGP public key")  # fmt: skip
         key_text = data.decode("ascii", errors="replace")
     push_url, push_pem = _push_settings(push, push_ca, has_pgp_key=key_text is not None)
     st = state(ctx)
@@ -94,6 +91,7 @@ PushCaOption = Annotated[
     typer.Option("--push-ca", help="CA (PEM) of the RIS's TLS server; default: tls.ca."),
 ]
 MAX_CA_BYTES = 256 * 1024
+PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 
 
 def _push_settings(
@@ -110,17 +108,27 @@ def _push_settings(
     url = str(parse_push_url(push))
     if push_ca is None:
         return url, None
-    try:
-        data = push_ca.read_bytes()
-    except OSError as exc:
-        raise ValidationFailed(f"cannot read {push_ca}: {exc.strerror}") from None
-    if len(data) > MAX_CA_BYTES or b"-----BEGIN CERTIFICATE-----" not in data:
-        raise ValidationFailed(f"{push_ca} is not a PEM certificate")
-    try:
-        load_pem_x509_certificates(data)
-    except ValueError:
-        raise ValidationFailed(f"{push_ca} is not a PEM certificate") from None
+    data = _read_small(push_ca, MAX_CA_BYTES, PEM_CERTIFICATE, "a PEM certificate")
+    _certificates(push_ca, data)
     return url, data.decode("ascii", errors="replace")
+
+
+def _read_small(path: Path, limit: int, marker: bytes, what: str) -> bytes:
+    """A small file given on the command line, refused unless it holds `marker`."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValidationFailed(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > limit or marker not in data:
+        raise ValidationFailed(f"{path} is not {what}")
+    return data
+
+
+def _certificates(path: Path, data: bytes) -> list[x509.Certificate]:
+    try:
+        return load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValidationFailed(f"{path} is not a PEM certificate") from None
 
 
 def _signing_key(st: State, directory: Directory, mailbox: str) -> EnsuredKey:
@@ -205,14 +213,31 @@ def cert(
     ] = Path("."),
     days: Annotated[int, typer.Option("--days", min=1, max=3650, help="Lifetime.")] = 825,
     force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+    existing: Annotated[
+        Path | None,
+        typer.Option("--cert", help="Bind this certificate (PEM, from your PKI) instead."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Issue the TLS client certificate NAME's RIS presents to the MLLP listener ([hl7]),
-    from the dev CA, and bind it to NAME: the one issued before stops working."""
+    from the dev CA, and bind it to NAME: the one bound before stops working. With --cert,
+    bind a certificate issued elsewhere (its CA must be in [tls] ca)."""
     st = state(ctx)
     directory = st.directory()
     if not any(c.name == name and c.active for c in directory.consumers.list()):
         raise NotFound(f"no active consumer {name!r}")
+    if existing is not None:
+        data = _read_small(existing, MAX_CA_BYTES, PEM_CERTIFICATE, "a PEM certificate")
+        leaf = _certificates(existing, data)[0]
+        sha256 = leaf.fingerprint(hashes.SHA256()).hex()
+        directory.consumers.bind_certificate(name, sha256)
+        if json_out:
+            after = leaf.not_valid_after_utc.isoformat()
+            emit_json({"name": name, "cert": str(existing), "key": None, "ca": None,
+                       "sha256": sha256, "not_after": after})  # fmt: skip
+        else:
+            say(f"bound to consumer {name}: {existing} (sha256 {sha256})")
+        return
     certs = st.config().certs_dir
     ca_key_path, ca_cert_path = certs / "ca.key.pem", certs / "ca.crt.pem"
     if not ca_key_path.exists():

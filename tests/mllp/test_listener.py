@@ -16,6 +16,13 @@ import hl7  # type: ignore[import-untyped]
 import pytest
 from hl7.mllp import open_hl7_connection  # type: ignore[import-untyped]
 
+from mssgate.pki import (
+    issue_client_cert,
+    load_certificate,
+    load_private_key,
+    write_certificate,
+    write_private_key,
+)
 from tests.conftest import Cli
 from tests.smtp.conftest import ALICE, BOB, Gateway, gateway_setup, peer_pki  # noqa: F401
 from tests.smtp.test_outbound_gateway import mdm
@@ -137,11 +144,21 @@ def test_certificates_bound_to_no_active_consumer_are_refused(
     assert refused(gateway, tls(gateway, *old))
     [ack] = exchange(gateway, tls(gateway, *new), b"hello")
     assert msa(ack)[0] == "AR"
+    # A certificate issued elsewhere (here by the same CA, as a real PKI in [tls] ca would)
+    # is bound with --cert.
+    ca_key = load_private_key(gateway.data / "certs" / "ca.key.pem")
+    key, elsewhere = issue_client_cert(ca_key, load_certificate(gateway.ca), "RIS B")
+    write_certificate(tmp_path / "b.crt.pem", elsewhere)
+    write_private_key(tmp_path / "b.key.pem", key)
+    cli.ok("consumer", "cert", "ris-b", "--cert", str(tmp_path / "b.crt.pem"))
+    [ack] = exchange(gateway, tls(gateway, tmp_path / "b.crt.pem", tmp_path / "b.key.pem"), b"x")
+    assert msa(ack)[0] == "AR"
+    assert refused(gateway, tls(gateway, *certs["ris-b"]))
     # Revoked, then removed: refused.
     cli.ok("consumer", "revoke", "ris-a")
     assert refused(gateway, tls(gateway, *new))
     cli.ok("consumer", "remove", "ris-b")
-    assert refused(gateway, tls(gateway, *certs["ris-b"]))
+    assert refused(gateway, tls(gateway, tmp_path / "b.crt.pem", tmp_path / "b.key.pem"))
     assert not [e for e in gateway.events() if e.get("event") == "outbound.accepted"]
 
 
