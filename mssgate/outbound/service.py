@@ -241,7 +241,7 @@ class Outbound:
             found = self._store.mark_delivery(
                 mailbox=mailbox, recipient=r.recipient, action=r.action, status=r.status,
                 detail=r.diagnostic, at=self._clock(), envid=report.envid,
-                message_id=report.original_message_id,
+                message_id=report.original_message_id, then=self.zams.materialise,
             )  # fmt: skip
             if found is not None:
                 event(log, f"outbound.{r.action}", outbound_id=found, status=r.status)

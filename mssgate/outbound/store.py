@@ -204,13 +204,7 @@ class OutboundStore:
             ).first()
             if row is None:
                 return None
-            # The message's row before the copy's: the order its ZAMs' makers lock in
-            # (mssgate.outbound.zamqueue), so that on PostgreSQL they never deadlock.
-            conn.execute(
-                select(outbound_messages.c.id)
-                .where(outbound_messages.c.id == row.outbound_id)
-                .with_for_update()
-            )
+            self._lock_message(conn, str(row.outbound_id))
             conn.execute(
                 update(outbound_recipients)
                 .where(
@@ -270,6 +264,7 @@ class OutboundStore:
             ).first()
             if row is None:
                 return None
+            self._lock_message(conn, str(row.outbound_id))
             conn.execute(
                 update(outbound_recipients)
                 .where(
@@ -287,6 +282,15 @@ class OutboundStore:
             )
             then(conn, str(row.outbound_id))
         return str(row.outbound_id)
+
+    def _lock_message(self, conn: Connection, outbound_id: str) -> None:
+        # The message's row before its copies': the order the makers of its ZAMs lock in
+        # (mssgate.outbound.zamqueue), so that on PostgreSQL they never deadlock.
+        conn.execute(
+            select(outbound_messages.c.id)
+            .where(outbound_messages.c.id == outbound_id)
+            .with_for_update()
+        )
 
     def submitted(self, consumer_id: int, outbound_id: str) -> tuple[str, str] | None:
         """(MSH-10, ACK) of a consumer's submission (None: unknown or another's)."""

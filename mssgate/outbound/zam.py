@@ -95,7 +95,7 @@ def _zam(
 class Zam:
     """One business acknowledgement with what the queue keeps beside its ER7."""
 
-    control_id: str  # MSH-10, stable: `<outbound id>-<n>-Z02` (or Z03)
+    control_id: str  # MSH-10, stable: `<outbound id>-<n>-Z02` (Z02N a failure, Z03)
     trigger: str  # Z02 (reception) or Z03 (reading)
     position: int  # n, the recipient's place in the status
     recipient: str
@@ -107,7 +107,8 @@ def zam_items(
     status: OutboundStatus, *, original_control_id: str, facility: str, ris: tuple[str, str]
 ) -> list[Zam]:
     """Every ZAM the status warrants so far, in recipient order, reception before reading.
-    Their MSH-10 is stable (`<id>-<n>-Z02`), so a RIS that polls twice sees the same ones."""
+    Their MSH-10 is stable (`<id>-<n>-Z02`, `-Z02N` for a failure, `-Z03`), so a RIS that
+    polls twice sees the same ones."""
     out: list[Zam] = []
     for n, r in enumerate(status.recipients, start=1):
         moment = r.changed_at or datetime.now(UTC)
@@ -115,7 +116,9 @@ def zam_items(
                   "facility": facility, "ris": ris}  # fmt: skip
         if r.status in ("sent", "delivered", "read", "failed"):
             failed = r.status == "failed"
-            control_id = f"{status.id}-{n}-Z02"
+            # A failure has its own MSH-10: one reported after the peer's 250 (a DSN) is a
+            # new ZAM beside the Y already given, not the same one made again.
+            control_id = f"{status.id}-{n}-Z02" + ("N" if failed else "")
             er7 = _zam(trigger="Z02", code="ACK_RECEPTION_MSS", label="Accusé de réception MSSanté",
                        who="DESTINATAIRE_MSS", who_label="Destinataire MSSanté", ok=not failed,
                        control_id=control_id, error=r if failed else None, **common)  # type: ignore[arg-type]  # fmt: skip

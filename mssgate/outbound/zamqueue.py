@@ -59,7 +59,7 @@ ACK_MEDIA_TYPE: Final = "application/hl7-v2"
 _CODES: Final = {"Z02": "ACK_RECEPTION_MSS", "Z03": "ACK_LECTURE_MSS"}
 # A ZAM's MSH-10 (mssgate.outbound.zam): any other id is unknown without asking the
 # database, where a NUL would make PostgreSQL raise (a 500 instead of the 404).
-_ACK_ID: Final = re.compile(r"[0-9A-F]{1,32}-[0-9]{1,4}-Z0[23]")
+_ACK_ID: Final = re.compile(r"[0-9A-F]{1,32}-[0-9]{1,4}-Z0(?:2N?|3)")
 SWEEP_BATCH: Final = 100
 
 
@@ -262,7 +262,7 @@ class ZamQueue:
             rows = conn.execute(
                 select(outbound_acks.c.er7)
                 .where(outbound_acks.c.outbound_id == outbound_id)
-                .order_by(outbound_acks.c.position, outbound_acks.c.trigger)
+                .order_by(outbound_acks.c.position, outbound_acks.c.trigger, outbound_acks.c.seq)
             )
             return [str(r.er7) for r in rows]
 

@@ -198,7 +198,7 @@ def test_a_failed_copy_gives_a_zam_with_err_and_an_expired_lease_offers_it_again
     [lease] = s.lease_acks(lease_seconds=1)
     item = lease["ack"]
     # Recipients in address order: dr.reader first, ris-b second.
-    assert item["id"] == f"{outbound_id}-2-Z02" and item["accepted"] is False
+    assert item["id"] == f"{outbound_id}-2-Z02N" and item["accepted"] is False
     zam = hl7.parse(item["content"])
     assert str(zam.segments("OBX")[0][5]).startswith("N^")
     assert str(zam.segment("ERR")[5]).startswith("550^")
@@ -247,3 +247,53 @@ def test_the_lease_kinds_are_published(sending: Sending, tmp_path: Path) -> None
     assert [p["name"] for p in parameters] == ["kind"]
     for path in ("/v1/acks/{ack_id}", "/v1/acks/{ack_id}/content", "/v1/acks/{ack_id}/ack"):
         assert path in schema["paths"]
+
+
+def _dsn(*, envid: str, recipient: str, action: str, status: str, diagnostic: str) -> bytes:
+    """A DSN (RFC 3464) from the recipient's domain's mail system."""
+    domain = recipient.rsplit("@", 1)[1]
+    lines = [
+        f"From: mailer-daemon@{domain}", f"To: {RIS_A}", "Subject: Delivery report",
+        "Message-ID: <dsn-1@mx.test>", "MIME-Version: 1.0",
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"',
+        "", "--b1", "Content-Type: text/plain", "", "Report.", "--b1",
+        "Content-Type: message/delivery-status", "", f"Reporting-MTA: dns; mx.{domain}",
+        f"Original-Envelope-Id: {envid}", "", f"Final-Recipient: rfc822; {recipient}",
+        f"Action: {action}", f"Status: {status}", f"Diagnostic-Code: smtp; {diagnostic}",
+        "", "--b1--", "",
+    ]  # fmt: skip
+    return "\r\n".join(lines).encode()
+
+
+def test_a_failure_reported_by_dsn_after_the_reception_zam_is_a_zam_of_its_own(
+    sending: Sending,
+) -> None:
+    """The copy was taken (a ZAM^Z02 Y, leased and acked), then the recipient's operator
+    reports by DSN that it failed there: the RIS gets a ZAM^Z02 N as a new item (its own
+    MSH-10), made in the DSN's transaction, and /acks lists both, Y first."""
+    s = sending
+    outbound_id = s.submit("ZQ-4", RIS_B)
+    _deliver(s.spool, RIS_B)
+    [first] = s.lease_acks()
+    assert first["ack"]["accepted"] is True
+    s.api.post(f"/v1/acks/{first['ack']['id']}/ack", json={"lease_id": first["lease_id"]})
+    with s.engine.connect() as conn:
+        spool_id = conn.execute(
+            select(outbound_recipients.c.spool_id).where(
+                outbound_recipients.c.outbound_id == outbound_id
+            )
+        ).scalar_one()
+    report = _dsn(envid=spool_id, recipient=RIS_B, action="failed", status="5.2.2",
+                  diagnostic="552 5.2.2 mailbox full")  # fmt: skip
+    s.outbound.observe(RIS_A, report)
+    # Made in line: no sweeper, no lease has run since.
+    with s.engine.connect() as conn:
+        ids = conn.execute(select(outbound_acks.c.id).order_by(outbound_acks.c.seq)).scalars()
+        assert list(ids) == [f"{outbound_id}-1-Z02", f"{outbound_id}-1-Z02N"]
+    [failure] = s.lease_acks()
+    assert failure["ack"]["id"] == f"{outbound_id}-1-Z02N"
+    assert failure["ack"]["accepted"] is False
+    err = hl7.parse(failure["ack"]["content"]).segment("ERR")
+    assert str(err[5]).startswith("552^") and str(err[5]).endswith("^SMTPERRORCODE")
+    listed = s.api.get(f"/v1/outbound/{outbound_id}/acks").json()
+    assert listed == [first["ack"]["content"], failure["ack"]["content"]]

@@ -31,7 +31,7 @@ def test_failure_read_and_reception() -> None:
     assert [str(z.segment("MSH")[9]) for z in zams] == [
         "ZAM^Z02^ZAM_Z01", "ZAM^Z02^ZAM_Z01", "ZAM^Z03^ZAM_Z01"
     ]  # fmt: skip
-    assert [str(z.segment("MSH")[10]) for z in zams] == ["OUT1-1-Z02", "OUT1-2-Z02", "OUT1-2-Z03"]
+    assert [str(z.segment("MSH")[10]) for z in zams] == ["OUT1-1-Z02N", "OUT1-2-Z02", "OUT1-2-Z03"]
     failed = zams[0]
     assert str(failed.segments("OBX")[0][5]) == "N^^expandedYes-NoIndicator"
     err = failed.segment("ERR")
