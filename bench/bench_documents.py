@@ -12,9 +12,13 @@ Documents (built once by this tree, the same bytes for every tree measured):
 - N3 CR-IMG: the ANS CR-IMG 2024.01 example when ../shared/fixtures is present, else a
   generated CR-IMG N3.
 
-Columns: bare `lxml.etree.fromstring`/s; parse/s = CDA parse + PDF text (`parse_cda` and
+Rates are per second of the measuring process's CPU time (not wall time, which on a busy
+machine measures the neighbours). Columns: bare `lxml.etree.fromstring`/s; parse/s = CDA parse + PDF text (`parse_cda` and
 `read_pdf`); mail/s = `process_message` of a mail carrying the document (MIME walk, CDA, PDF,
-reconciliation); pages = PDF pages whose text was extracted.
+reconciliation); pages = PDF pages whose text was extracted. Where the optional pypdfium2 is
+importable (it is no dependency of mssgate: `pip install --target DIR pypdfium2`, then
+`PYTHONPATH=DIR` for this script), "pdfium parse/s" adds a reference: the same CDA parse and
+the same pages' text extracted by PDFium instead of pypdf.
 
 Each tree runs in a process of its own, the rounds alternating between trees so that a load
 change on this shared machine falls on both; the median of the rounds is printed, with the
@@ -40,13 +44,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def rate(work: Callable[[], object], seconds: float) -> float:
+    """Runs per second of this process's CPU time: on this shared 2-core machine wall time
+    mostly measured the neighbours (the same bare lxml parse varied 4x within one run)."""
     work()  # warm up
     count = 0
     started = time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds:
+    cpu = time.process_time()
+    while time.perf_counter() - started < seconds:
         work()
         count += 1
-    return count / elapsed
+    return count / max(time.process_time() - cpu, 1e-9)
 
 
 def build(folder: Path) -> list[str]:
@@ -94,7 +101,7 @@ def child(folder: Path, index: int, name: str, seconds: float) -> None:
     def pipeline() -> object:
         return process_message(mail, allow_test_oids=True)
 
-    figures = {
+    figures: dict[str, object] = {
         "name": name,
         "bytes": len(data),
         "lxml": rate(bare, seconds),
@@ -102,7 +109,41 @@ def child(folder: Path, index: int, name: str, seconds: float) -> None:
         "mail": rate(pipeline, seconds),
         "pages": full(),
     }
+    pdfium = _pdfium_reference(data, limits, int(str(figures["pages"])))
+    if pdfium is not None:
+        figures["pdfium"] = rate(pdfium, seconds)
     print(json.dumps(figures), flush=True)
+
+
+def _pdfium_reference(data: bytes, limits: object, pages: int) -> Callable[[], object] | None:
+    """A reference, where the optional pypdfium2 (PDFium, C++) is importable: the same CDA
+    parse and the text of the same pages, extracted by PDFium instead of pypdf. Not used by
+    mssgate: it says what an engine change would buy, measured in the same run."""
+    try:
+        import pypdfium2  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    from mssgate.documents import parse_cda
+
+    if pages == 0:
+        return None
+
+    def work() -> str:
+        cda = parse_cda(data, limits)  # type: ignore[arg-type]
+        document = pypdfium2.PdfDocument(cda.body)
+        try:
+            texts = []
+            for index in range(min(pages, len(document))):
+                page = document[index]
+                textpage = page.get_textpage()
+                texts.append(textpage.get_text_range())
+                textpage.close()
+                page.close()
+            return "\n".join(texts)
+        finally:
+            document.close()
+
+    return work
 
 
 def profile() -> None:
@@ -153,7 +194,8 @@ def main() -> None:
     for round_number in range(args.rounds):
         for index, name in enumerate(names):
             for label, tree in trees.items():
-                env = {**os.environ, "PYTHONPATH": str(tree)}
+                path = [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
                 argv = [sys.executable, __file__, "--child", str(folder), "--index", str(index),
                         "--name", name, "--seconds", str(args.seconds)]  # fmt: skip
                 out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
@@ -167,8 +209,10 @@ def main() -> None:
         for label in trees:
             rows = results[(name, label)]
             cells = [_spread([r[key] for r in rows]) for key in ("lxml", "parse", "mail")]
+            pdfium = [r["pdfium"] for r in rows if "pdfium" in r]
+            reference = f"  pdfium parse/s {_spread(pdfium)}" if pdfium else ""
             print(f"{name:<18} {label:<10} {rows[0]['bytes']:>7} {cells[0]:>14} {cells[1]:>14}"
-                  f" {cells[2]:>14} {rows[0]['pages']:>5}")  # fmt: skip
+                  f" {cells[2]:>14} {rows[0]['pages']:>5}{reference}")  # fmt: skip
         if args.baseline is not None:
             ratios = []
             for key in ("parse", "mail"):
