@@ -135,7 +135,7 @@ def test_a_withdrawal_sends_the_deprecated_entry_and_its_status_update() -> None
     assert association.get("targetObject") == entry.get("id")
     slots = {s.get("name"): s.findtext("{*}ValueList/{*}Value") for s in association}
     assert slots["NewStatus"] == STATUS_DEPRECATED
-    assert slots["OriginalStatus"].endswith(":Approved")
+    assert str(slots["OriginalStatus"]).endswith(":Approved")
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert str(message["Subject"]).startswith("XDM/1.0/DDM+Annulation : ")
     names = [p.get_filename() for p in message.iter_attachments()]
