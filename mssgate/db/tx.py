@@ -97,3 +97,17 @@ def write_on(conn: Connection, *, wait_seconds: float = LOCK_WAIT_SECONDS) -> It
     finally:
         if lock is not None:
             lock.release()
+
+
+@contextmanager
+def savepoint(conn: Connection) -> Iterator[None]:
+    """A part of the current write transaction that may fail alone (one queue transition of a
+    group, mssgate.queue.transitions): rolled back to its start if the block raises, and the
+    exception goes on; kept, to commit with the transaction, otherwise."""
+    nested = conn.begin_nested()
+    try:
+        yield
+    except BaseException:
+        nested.rollback()
+        raise
+    nested.commit()

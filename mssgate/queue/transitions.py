@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Engine
 
 from mssgate import audit
-from mssgate.db.tx import in_write, write
+from mssgate.db.tx import in_write, savepoint, write
 
 T = TypeVar("T")
 
@@ -84,15 +84,12 @@ class TransitionGroup:
             with write(self._engine) as conn, audit.batched(conn) as pending:
                 for job in group:
                     held = len(pending)
-                    savepoint = conn.begin_nested()
                     try:
-                        job.result = job.run()
+                        with savepoint(conn):
+                            job.result = job.run()
                     except Exception as exc:
-                        savepoint.rollback()
                         del pending[held:]
                         job.error = exc
-                    else:
-                        savepoint.commit()
         except Exception:
             for job in group:
                 if job.error is None:
