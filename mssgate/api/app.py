@@ -58,7 +58,7 @@ AckId = Annotated[
 ]
 LeaseKind = Annotated[
     str | None,
-    Query(max_length=16, description="document (the default: documents only) or ack "
+    Query(description="document (the default: documents only) or ack "
           "(business acknowledgements of the consumer's outbound messages)"),
 ]  # fmt: skip
 ORIGINAL_TYPE_HEADER = "X-Original-Content-Type"

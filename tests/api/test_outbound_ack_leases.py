@@ -150,9 +150,10 @@ def test_zams_are_leased_once_acked_and_offered_to_their_consumer_only(
     # A lease without kind stays documents only (none here); kind=document the same.
     assert s.api.post("/v1/leases", json={"max": 10}).json() == {"leases": []}
     assert s.api.post("/v1/leases?kind=document", json={}).json() == {"leases": []}
-    unknown = s.api.post("/v1/leases?kind=zam", json={})
-    assert unknown.status_code == 400
-    assert unknown.headers["content-type"].startswith("application/problem+json")
+    for kind in ("zam", "ACK", "x" * 100, ""):
+        unknown = s.api.post("/v1/leases", params={"kind": kind}, json={})
+        assert unknown.status_code == 400, kind
+        assert unknown.headers["content-type"].startswith("application/problem+json")
 
     acked = s.api.post(f"/v1/acks/{item['id']}/ack", json={"lease_id": lease["lease_id"]})
     assert acked.status_code == 200 and acked.json() == {"id": item["id"], "state": "done"}
