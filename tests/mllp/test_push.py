@@ -22,7 +22,7 @@ from mssgate.config import load_config
 from mssgate.db import open_engine
 from mssgate.pki import create_dev_ca, issue_server_cert, write_certificate, write_private_key
 from mssgate.queue import DocumentQueue, QueueState
-from tests.conftest import DOMAIN, Cli
+from tests.conftest import DOMAIN, PG_URL, Cli
 from tests.queue.helpers import cda, deliver, mail
 from tests.smtp.conftest import Gateway, free_env
 
@@ -94,8 +94,18 @@ class Ris:
         return stop
 
 
-@pytest.fixture
-def setup(cli: Cli, datadir: Path, tmp_path: Path) -> Iterator[tuple[Gateway, Engine, Path]]:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def setup(
+    request: pytest.FixtureRequest, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Gateway, Engine, Path]]:
+    datadir = tmp_path / "data"
+    init = ["init", "--data", str(datadir), "--domain", DOMAIN]
+    if request.param == "postgresql":
+        schema = request.getfixturevalue("pg_schema")
+        assert PG_URL
+        init += ["--database", f"{PG_URL}?options=-csearch_path%3D{schema}"]
+    cli.ok(*init)
+    monkeypatch.setenv("MSSGATE_CONFIG", str(datadir / "mssgate.toml"))
     ca_key, ca_cert = create_dev_ca("RIS vendor CA")
     key, cert = issue_server_cert(ca_key, ca_cert, "localhost")
     for path, item in ((tmp_path / "ris-ca.pem", ca_cert), (tmp_path / "ris.crt.pem", cert)):
