@@ -21,6 +21,7 @@ from mssgate.documents import process_message
 from mssgate.documents.hl7values import escape, parse_source_patient_info, parse_xcn, unescape
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.samples import PAT_TROIS, CdaSpec, make_cda
+from mssgate.documents.xdm import XdmEntry, parse_metadata
 from mssgate.documents.ziparchive import read_zip
 from mssgate.outbound.compose import (
     ASSOCIATION_STATUS,
@@ -172,6 +173,28 @@ def test_our_pipeline_reads_a_withdrawal_and_the_ris_gets_mdm_t04() -> None:
     assert str(message.segment("TXA")[12]) == f"^^{OLD_ID}^ISO" or OLD_ID in str(
         message.segment("TXA")[12]
     )
+
+
+def test_either_the_status_or_the_status_update_marks_an_entry_withdrawn() -> None:
+    xdm, _ = cancellation(read(mdm(event="MDM^T04^MDM_T02")))
+    member = read_zip(xdm, DocumentLimits()).get("IHE_XDM/SUBSET01/METADATA.XML")
+    assert member is not None
+    root = etree.fromstring(member.data)
+    [entry] = root.iter("{*}ExtrinsicObject")
+    [association] = root.iter("{*}Association")
+    del entry.attrib["status"]
+    assert metadata_entry(root).deprecated  # the association alone
+    parent = association.getparent()
+    assert parent is not None
+    parent.remove(association)
+    assert not metadata_entry(root).deprecated  # neither: a document like any other
+    entry.set("status", STATUS_DEPRECATED)
+    assert metadata_entry(root).deprecated  # the status alone
+
+
+def metadata_entry(root: etree._Element) -> XdmEntry:
+    _, [entry] = parse_metadata(etree.tostring(root), DocumentLimits())
+    return entry
 
 
 # -- HL7 separators in CDA-sourced values -----------------------------------------------------
