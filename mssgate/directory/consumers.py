@@ -234,6 +234,14 @@ class Consumers:
         one bound before, if any, opens nothing from now on."""
         with write(self._engine) as conn:
             row = self._active_row(conn, name)
+            holder = conn.execute(
+                select(consumers.c.name).where(
+                    consumers.c.mllp_cert_sha256 == sha256.lower(), consumers.c.id != row.id
+                )
+            ).scalar_one_or_none()
+            if holder is not None:
+                # One certificate, one consumer: else a frame could not say who sent it.
+                raise Conflict(f"this certificate is bound to consumer {holder!r} already")
             previous = row.mllp_cert_sha256
             conn.execute(
                 update(consumers)
