@@ -20,6 +20,8 @@ import hashlib
 import logging
 import ssl
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from mssgate.api.limits import Slots
 from mssgate.config import Config
 from mssgate.directory.consumers import Consumers, TokenRefused
@@ -196,7 +198,9 @@ class MllpListener:
             event(log, "mllp.not_stored", level=logging.ERROR, consumer=consumer.name,
                   error=str(exc)[:300])  # fmt: skip
             return self._refusal(body, INTERNAL_ERROR, f"{exc}; send it again")
-        except MssgateError as exc:
+        except (MssgateError, SQLAlchemyError, OSError) as exc:
+            # The database or the disk away: the RIS is told to send it again, as the API
+            # answers 503, rather than left without an ACK.
             event(log, "mllp.failed", level=logging.ERROR, consumer=consumer.name,
                   error=f"{type(exc).__name__}: {exc}"[:300])  # fmt: skip
             return self._refusal(body, INTERNAL_ERROR, "the gateway failed; send it again")

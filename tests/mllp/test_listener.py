@@ -15,7 +15,10 @@ from pathlib import Path
 import hl7  # type: ignore[import-untyped]
 import pytest
 from hl7.mllp import open_hl7_connection  # type: ignore[import-untyped]
+from sqlalchemy import text
 
+from mssgate.config import load_config
+from mssgate.db import open_engine
 from mssgate.pki import (
     issue_client_cert,
     load_certificate,
@@ -221,4 +224,16 @@ def test_oversize_garbage_unfinished_frames_and_silence(
     assert raw.closed()
     raw.close()
     gateway.wait_event("mllp.timeout", consumer="ris-a")
+    # The database failing under a submission: AR 207 (send it again), not a silent close.
+    engine = open_engine(load_config(gateway.data / "mssgate.toml").database_url)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE outbound_messages RENAME TO outbound_messages_away"))
+    try:
+        [ack] = exchange(gateway, ctx, mdm("DB-AWAY"))
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE outbound_messages_away RENAME TO outbound_messages"))
+        engine.dispose()
+    assert msa(ack) == ("AR", "DB-AWAY") and "207" in str(ack.segment("ERR"))
+    gateway.wait_event("mllp.failed", consumer="ris-a")
     assert not [e for e in gateway.events() if e.get("event") == "outbound.accepted"]
