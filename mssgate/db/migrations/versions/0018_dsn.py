@@ -16,27 +16,23 @@ branch_labels = None
 depends_on = None
 
 
+# Plain ADD/DROP COLUMN, never batch mode: on SQLite a batch rebuilds the table, and
+# rebuilding spool_messages cascades (ON DELETE CASCADE) through its recipients.
 def upgrade() -> None:
-    with op.batch_alter_table("spool_messages") as batch:
-        batch.add_column(sa.Column("dsn_ret", sa.String(4)))
-        batch.add_column(sa.Column("dsn_envid", sa.String(100)))
-    with op.batch_alter_table("spool_recipients") as batch:
-        batch.add_column(sa.Column("dsn_notify", sa.String(32)))
-        batch.add_column(sa.Column("dsn_orcpt", sa.Text))
-    with op.batch_alter_table("outbound_recipients") as batch:
-        batch.add_column(sa.Column("dsn_action", sa.String(16)))
-        batch.add_column(sa.Column("dsn_status", sa.String(16)))
-        batch.add_column(sa.Column("dsn_detail", sa.String(400)))
-        batch.add_column(sa.Column("dsn_at", sa.DateTime(timezone=True)))
+    op.add_column("spool_messages", sa.Column("dsn_ret", sa.String(4)))
+    op.add_column("spool_messages", sa.Column("dsn_envid", sa.String(100)))
+    op.add_column("spool_recipients", sa.Column("dsn_notify", sa.String(32)))
+    op.add_column("spool_recipients", sa.Column("dsn_orcpt", sa.Text))
+    op.add_column("outbound_recipients", sa.Column("dsn_action", sa.String(16)))
+    op.add_column("outbound_recipients", sa.Column("dsn_status", sa.String(16)))
+    op.add_column("outbound_recipients", sa.Column("dsn_detail", sa.String(400)))
+    op.add_column("outbound_recipients", sa.Column("dsn_at", sa.DateTime(timezone=True)))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("outbound_recipients") as batch:
-        for name in ("dsn_at", "dsn_detail", "dsn_status", "dsn_action"):
-            batch.drop_column(name)
-    with op.batch_alter_table("spool_recipients") as batch:
-        batch.drop_column("dsn_orcpt")
-        batch.drop_column("dsn_notify")
-    with op.batch_alter_table("spool_messages") as batch:
-        batch.drop_column("dsn_envid")
-        batch.drop_column("dsn_ret")
+    for name in ("dsn_at", "dsn_detail", "dsn_status", "dsn_action"):
+        op.drop_column("outbound_recipients", name)
+    op.drop_column("spool_recipients", "dsn_orcpt")
+    op.drop_column("spool_recipients", "dsn_notify")
+    op.drop_column("spool_messages", "dsn_envid")
+    op.drop_column("spool_messages", "dsn_ret")
