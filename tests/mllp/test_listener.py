@@ -88,7 +88,8 @@ def live(
     try:
         yield gateway_setup, certs
     finally:
-        gateway_setup.stop()
+        if gateway_setup.proc is not None:
+            gateway_setup.stop()
 
 
 def msa(ack: hl7.Message) -> tuple[str, str]:
@@ -120,6 +121,13 @@ def test_mdm_over_mllp_gets_the_api_answers_and_is_sent_once(
     gateway.wait_event("outbound.accepted", consumer="ris-b")
     gateway.wait_delivered(ALICE, 2)
     assert gateway.wait_event("mllp.connected", consumer="ris-b")
+    # Listed as the other listeners are, and stopped cleanly with a connection still open.
+    assert "hl7" in gateway.wait_event("serve.started")["ports"]  # type: ignore[operator]
+    idle = Raw(gateway, ctx)
+    assert gateway.stop() == 0
+    assert "hl7" in gateway.wait_event("serve.stopped")["listeners"]  # type: ignore[operator]
+    assert idle.closed()
+    idle.close()
 
 
 def refused(gateway: Gateway, ctx: ssl.SSLContext) -> bool:

@@ -152,14 +152,16 @@ def wait_done(engine: Engine, ids: list[str], timeout: float = 30) -> None:
     raise AssertionError({i: queue.entry(i).state for i in ids})
 
 
-def test_a_document_is_acked_once_the_ris_answers_aa_after_an_ae(
+def test_a_document_is_acked_once_the_ris_answers_aa_after_ae_silence_or_ar(
     cli: Cli, setup: tuple[Gateway, Engine, Path]
 ) -> None:
     gateway, engine, tmp = setup
     ids = queued(engine, gateway.data, 3)
 
-    def script(control: str, seen: int) -> str:
-        return "AE" if control == ids[0] and seen == 0 else "AA"
+    def script(control: str, seen: int) -> str | None:
+        # First time: the first refused (AE), the second unanswered, the third rejected (AR).
+        first = {ids[0]: "AE", ids[1]: None, ids[2]: "AR"}
+        return first[control] if seen == 0 else "AA"
 
     ris, stop = start_ris(tmp, gateway, script)
     try:
@@ -169,12 +171,13 @@ def test_a_document_is_acked_once_the_ris_answers_aa_after_an_ae(
         wait_done(engine, ids)
     finally:
         stop()
-    # The MDM's MSH-10 is the document's id; the refused one went twice, in queue order.
-    assert ris.received == [ids[0], ids[0], ids[1], ids[2]]
+    # The MDM's MSH-10 is the document's id; each went twice, in queue order.
+    assert ris.received == [ids[0], ids[0], ids[1], ids[1], ids[2], ids[2]]
     queue = DocumentQueue(engine)
-    assert [queue.entry(i).attempts for i in ids] == [2, 1, 1]
-    assert queue.entry(ids[0]).last_code == 906
-    assert "AE" in (queue.entry(ids[0]).last_reason or "")
+    assert [queue.entry(i).attempts for i in ids] == [2, 2, 2]
+    reasons = [queue.entry(i).last_reason or "" for i in ids]
+    assert "answered AE" in reasons[0] and "no ACK" in reasons[1] and "answered AR" in reasons[2]
+    assert {queue.entry(i).last_code for i in ids} == {906}
     gateway.wait_event("mllp.push_refused", document_id=ids[0])
     assert len([e for e in gateway.events() if e.get("event") == "mllp.pushed"]) == 3
 
