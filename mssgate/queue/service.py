@@ -234,7 +234,8 @@ class DocumentQueue:
     def enqueue(self, doc: NewDocument, *, actor: str = "queue") -> tuple[str, bool]:
         """Queues a document; (id, created). A replay of the same delivery (ingest runs
         again after a crash) yields the first record; the same bytes in another delivery
-        are a new entry whose `duplicate_of` names the mailbox's earliest copy."""
+        are a new entry whose `duplicate_of` names the mailbox's earliest copy (never for a
+        withdrawal, whose bytes are the document's it withdraws)."""
         record = doc.record
         if not record.mailbox or not record.sender or record.received_at is None:
             raise ValidationFailed("a queued document needs its mailbox, sender and date")
@@ -276,7 +277,13 @@ class DocumentQueue:
             content, hl7_bytes = cipher.encrypt(content, keys), cipher.encrypt(hl7_bytes, keys)
         with write(self._engine) as conn:
             # Read under the write transaction: on SQLite no other enqueue runs meanwhile.
-            duplicate_of = self._earliest_copy(conn, record.mailbox, record.sha256)
+            # A withdrawal carries the very CDA it withdraws: the same bytes, not a repeat
+            # (a RIS that skips `duplicate_of` entries would never see it).
+            duplicate_of = (
+                None
+                if record.document.withdrawn
+                else self._earliest_copy(conn, record.mailbox, record.sha256)
+            )
             ref = None
             if email_at is not None:
                 ref = keep_message(

@@ -83,7 +83,12 @@ def test_a_withdrawal_reaches_the_other_gateways_ris_as_t04_and_its_reader(
             assert isinstance(doc, dict)
             text = ris.get(f"/v1/documents/{doc['id']}/hl7").text
             message = hl7.parse(text)
-            triggers[str(message.segment("MSH")[9][0][1])] = message
+            trigger = str(message.segment("MSH")[9][0][1])
+            triggers[trigger] = message
+            # The record says it too; and a withdrawal is no mere repeat of the report it
+            # withdraws (same CDA bytes): a RIS skipping `duplicate_of` items would miss it.
+            assert doc["document"]["withdrawn"] is (trigger == "T04")
+            assert doc["duplicate_of"] is None
         assert set(triggers) == {"T02", "T04"}
         withdrawal = triggers["T04"]
         [document_obx] = [o for o in withdrawal.segments("OBX") if str(o[1]) == "1"]
