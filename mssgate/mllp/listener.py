@@ -83,6 +83,9 @@ class MllpListener:
     async def start(self) -> int:
         hl7 = self._config.hl7
         try:
+            # TLS by the server itself: upgrading each accepted connection in its handler
+            # (to log a failed handshake) lost a ClientHello that had already been read into
+            # the stream's buffer. A handshake that fails is closed by asyncio, unlogged.
             self.server = await asyncio.start_server(
                 self._accept, host=hl7.bind, port=hl7.port, ssl=self.context(),
                 ssl_handshake_timeout=self._timeout, reuse_address=True,
