@@ -226,3 +226,25 @@ def test_escaped_values_come_back_whole(family: str, given_name: str) -> None:
     xcn = parse_xcn(f"{escape(family)}^{escape(given_name)}^^^^^^^&1.2.250.1.71.4.2.1&ISO")
     assert (xcn.id, xcn.family) == (family or None, given_name or None)
     assert xcn.authority_oid == "1.2.250.1.71.4.2.1"
+
+
+# Letters, the separators, the escape character and inner spaces: what a CDA name may hold.
+_NAME = (
+    st.text(st.sampled_from("AÉZ az-'^&|~\\"), min_size=1, max_size=20).map(str.strip).filter(bool)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(family=_NAME, given_name=_NAME)
+def test_the_xdm_metadata_carries_the_cdas_names_whatever_they_hold(
+    family: str, given_name: str
+) -> None:
+    patient = replace(PAT_TROIS, family=family, first_given=given_name, given_list=given_name)
+    submission = read(mdm(cda=make_cda(CdaSpec(patient=patient))))
+    xdm = xdm_archive(submission, NOW, sender=SENDER)
+    member = read_zip(xdm, DocumentLimits()).get("IHE_XDM/SUBSET01/METADATA.XML")
+    assert member is not None
+    _, [entry] = parse_metadata(member.data, DocumentLimits())
+    traits = submission.document.header.traits
+    assert entry.source_patient.birth_family == traits.birth_family
+    assert entry.source_patient.first_given == traits.first_given
