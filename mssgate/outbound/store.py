@@ -7,10 +7,20 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    and_,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from mssgate import audit
@@ -187,24 +197,15 @@ class OutboundStore:
         the outbound id, or None when no such copy exists (or it was read already). `then`
         runs in the same transaction with the outbound id (its ZAMs: a crash loses neither)."""
         with write(self._engine) as conn:
-            row = conn.execute(
-                select(outbound_recipients.c.outbound_id)
-                .select_from(
-                    outbound_recipients.join(
-                        outbound_messages,
-                        outbound_messages.c.id == outbound_recipients.c.outbound_id,
-                    )
-                )
-                .where(
-                    outbound_recipients.c.message_id == message_id,
-                    outbound_recipients.c.recipient == reader,
-                    outbound_recipients.c.read_at.is_(None),
-                    outbound_messages.c.sender == mailbox,
-                )
-            ).first()
+            row = self._copy(
+                conn,
+                mailbox,
+                reader,
+                outbound_recipients.c.message_id == message_id,
+                outbound_recipients.c.read_at.is_(None),
+            )
             if row is None:
                 return None
-            self._lock_message(conn, str(row.outbound_id))
             conn.execute(
                 update(outbound_recipients)
                 .where(
@@ -247,24 +248,11 @@ class OutboundStore:
         else:
             return None
         with write(self._engine) as conn:
-            row = conn.execute(
-                select(outbound_recipients.c.outbound_id)
-                .select_from(
-                    outbound_recipients.join(
-                        outbound_messages,
-                        outbound_messages.c.id == outbound_recipients.c.outbound_id,
-                    )
-                )
-                .where(
-                    which,
-                    outbound_recipients.c.recipient == recipient,
-                    outbound_recipients.c.dsn_action.is_(None),
-                    outbound_messages.c.sender == mailbox,
-                )
-            ).first()
+            row = self._copy(
+                conn, mailbox, recipient, which, outbound_recipients.c.dsn_action.is_(None)
+            )
             if row is None:
                 return None
-            self._lock_message(conn, str(row.outbound_id))
             conn.execute(
                 update(outbound_recipients)
                 .where(
@@ -282,6 +270,29 @@ class OutboundStore:
             )
             then(conn, str(row.outbound_id))
         return str(row.outbound_id)
+
+    def _copy(
+        self, conn: Connection, mailbox: str, recipient: str, *which: ColumnElement[bool]
+    ) -> Row[Any] | None:
+        """The copy to `recipient` sent from `mailbox` that `which` names, its message
+        locked (its outbound_id), or None."""
+        row = conn.execute(
+            select(outbound_recipients.c.outbound_id)
+            .select_from(
+                outbound_recipients.join(
+                    outbound_messages,
+                    outbound_messages.c.id == outbound_recipients.c.outbound_id,
+                )
+            )
+            .where(
+                *which,
+                outbound_recipients.c.recipient == recipient,
+                outbound_messages.c.sender == mailbox,
+            )
+        ).first()
+        if row is not None:
+            self._lock_message(conn, str(row.outbound_id))
+        return row
 
     def _lock_message(self, conn: Connection, outbound_id: str) -> None:
         # The message's row before its copies': the order the makers of its ZAMs lock in

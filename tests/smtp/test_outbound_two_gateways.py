@@ -22,28 +22,37 @@ from tests.smtp.test_two_gateways import DR_B, pair  # noqa: F401  (the fixture)
 NOBODY = "nobody@hopital-a.test"
 
 
+def ris_on_b(cli: Cli, b: Gateway) -> httpx.Client:
+    """The API client of a RIS on B, whose application mailbox is DR_B's (consumer add gives
+    it its key)."""
+    b_cfg = ["--config", str(b.data / "mssgate.toml")]
+    token = cli.ok(*b_cfg, "consumer", "add", "ris-b", "--mailbox", DR_B, "--json").json()["token"]
+    return httpx.Client(
+        base_url=f"https://127.0.0.1:{b.ports['api']}",
+        verify=b.client_context(),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+
+
+def submit(api: httpx.Client, body: bytes) -> str:
+    response = api.post("/v1/outbound", content=body,
+                        headers={"Content-Type": "application/hl7-v2"})  # fmt: skip
+    assert response.status_code == 202, response.text
+    return str(response.headers["Location"])
+
+
 def test_a_ris_on_b_sends_to_a_over_the_relay(
     cli: Cli,
     pair: tuple[Gateway, Gateway],  # noqa: F811
     tmp_path: Path,
 ) -> None:
     a, b = pair
-    b_cfg = ["--config", str(b.data / "mssgate.toml")]
-    # DR_B's mailbox stands for B's application mailbox; consumer add gives it its key.
-    token = cli.ok(*b_cfg, "consumer", "add", "ris-b", "--mailbox", DR_B, "--json").json()["token"]
     # B runs without test INS: the production-OID patient.
     cda = make_cda(CdaSpec(patient=replace(PAT_TROIS, oid=OID_NIR)))
     body = mdm("B-0001", cda=cda, oid=OID_NIR, recipients=(BOB, NOBODY))
-    with httpx.Client(
-        base_url=f"https://127.0.0.1:{b.ports['api']}",
-        verify=b.client_context(),
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=60,
-    ) as api:
-        response = api.post("/v1/outbound", content=body,
-                            headers={"Content-Type": "application/hl7-v2"})  # fmt: skip
-        assert response.status_code == 202, response.text
-        location = response.headers["Location"]
+    with ris_on_b(cli, b) as api:
+        location = submit(api, body)
         [delivered] = a.wait_delivered(BOB, 1, timeout=60)
         head = delivered.read_bytes().split(b"\r\n\r\n", 1)[0].decode()
         assert "smime=pass" in head
@@ -106,7 +115,6 @@ def test_a_copy_ends_delivered_or_failed_by_the_peers_dsn(
     and a ZAM with ERR-5. A DSN-shaped report from a practitioner changes nothing."""
     a, b = pair
     b_cfg = ["--config", str(b.data / "mssgate.toml")]
-    token = cli.ok(*b_cfg, "consumer", "add", "ris-b", "--mailbox", DR_B, "--json").json()["token"]
     # A reaches B's MTA listener for its DSNs; A fails a delivery at the first error, and
     # Alice's mailbox cannot be written (a file where her folder goes).
     cli.ok("domain", "trust", PEER_DOMAIN, "--relay", f"127.0.0.1:{b.ports['mta']}",
@@ -119,16 +127,8 @@ def test_a_copy_ends_delivered_or_failed_by_the_peers_dsn(
            "--ca", str(a.data / "certs" / "ca.crt.pem"))  # fmt: skip
     cda = make_cda(CdaSpec(patient=replace(PAT_TROIS, oid=OID_NIR)))
     body = mdm("B-0002", cda=cda, oid=OID_NIR, recipients=(BOB, ALICE))
-    with httpx.Client(
-        base_url=f"https://127.0.0.1:{b.ports['api']}",
-        verify=b.client_context(),
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=60,
-    ) as api:
-        response = api.post("/v1/outbound", content=body,
-                            headers={"Content-Type": "application/hl7-v2"})  # fmt: skip
-        assert response.status_code == 202, response.text
-        location = response.headers["Location"]
+    with ris_on_b(cli, b) as api:
+        location = submit(api, body)
         # B passed the DSN parameters on: A echoes the ENVID and ORCPT in its reports.
         b.wait_event("outbound.delivered", timeout=90)
         b.wait_event("outbound.failed", timeout=90)
