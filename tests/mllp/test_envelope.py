@@ -34,7 +34,7 @@ def test_any_answer_of_a_ris_is_an_outcome_or_refused(text: str) -> None:
         code, words = ack_outcome(text)
     except Refused:
         return
-    assert isinstance(code, str) and len(words) <= 300
+    assert len(code) <= len(text) and len(words) <= 300
 
 
 def test_ack_outcomes() -> None:
