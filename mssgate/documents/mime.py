@@ -24,8 +24,7 @@ from mssgate.documents.errors import LimitExceeded, MimeError
 from mssgate.documents.limits import DocumentLimits
 from mssgate.smime.extract import SIGNATURE_TYPES
 
-_CONTAINER_RE: Final = re.compile(rb"boundary\s*=|message/(?:rfc822|global)", re.IGNORECASE)
-_DELIMITER_RE: Final = re.compile(rb"^--", re.MULTILINE)
+_BOUNDARY_RE: Final = re.compile(rb"boundary\s*=")
 
 
 class Attachment(BaseModel):
@@ -102,15 +101,33 @@ def _parse(raw: bytes) -> email.message.Message:
 _FEED_SLICE = 1 << 20
 
 
+def count_containers(raw: bytes) -> int:
+    """`boundary=` parameters and message/rfc822|global parts, in any case: what the parser
+    would nest. One case-insensitive regular expression with alternatives took 7 ms on a
+    476 KB message (no literal prefix to search for); lower-casing first lets the regular
+    expression search for its literal, and the two others are plain counts (no match of one
+    can overlap a match of another)."""
+    lowered = raw.lower()
+    return (
+        len(_BOUNDARY_RE.findall(lowered))
+        + lowered.count(b"message/rfc822")
+        + lowered.count(b"message/global")
+    )
+
+
+def count_delimiter_lines(raw: bytes) -> int:
+    """Lines that open with `--` (2 ms as a multi-line regular expression on 476 KB)."""
+    return raw.count(b"\n--") + raw.startswith(b"--")
+
+
 def walk_message(raw: bytes, limits: DocumentLimits) -> MimeWalk:
     """Attachments of a message, depth-first, with defects; `MimeError`/`LimitExceeded` when
     the structure itself is beyond limits."""
     if len(raw) > limits.max_message_bytes:
         raise LimitExceeded("message larger than allowed")
-    containers = len(_CONTAINER_RE.findall(raw))
-    if containers > limits.max_mime_parts:
+    if count_containers(raw) > limits.max_mime_parts:
         raise MimeError("message has too many MIME containers")
-    if len(_DELIMITER_RE.findall(raw)) > 4 * limits.max_mime_parts:
+    if count_delimiter_lines(raw) > 4 * limits.max_mime_parts:
         raise MimeError("message has too many MIME boundary lines")
     try:
         message = _parse(raw)
