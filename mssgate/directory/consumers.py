@@ -271,11 +271,18 @@ class Consumers:
         return _consumer(row)
 
     def pushed(self) -> Sequence[tuple[Consumer, str | None]]:
-        """Active consumers whose queue is pushed, each with its server's CA (PEM) if set."""
+        """Consumers whose queue is pushed, each with its server's CA (PEM) if set: on the
+        terms of a token (`authenticate`), not revoked and their mailbox hosted and active."""
+        mailbox = and_(professionals.c.address == consumers.c.mailbox, professionals.c.local)
         with self._engine.connect() as conn:
             rows = conn.execute(
                 select(consumers)
-                .where(consumers.c.push_url.is_not(None), consumers.c.revoked_at.is_(None))
+                .join(professionals, mailbox)
+                .where(
+                    consumers.c.push_url.is_not(None),
+                    consumers.c.revoked_at.is_(None),
+                    professionals.c.state == AccountState.ACTIVE.value,
+                )
                 .order_by(consumers.c.id)
             ).all()
         return [(_consumer(r), r.push_ca) for r in rows]

@@ -65,6 +65,9 @@ def test_the_push_list_follows_set_push_and_revocation(directory: Directory) -> 
         ("ris-a", "mllp://ris.test:2575", "PEM"),
         ("ris-b", "mllp://other.test:2575", None),
     ]
+    directory.professionals.suspend(RIS_A)  # as its token, a suspended mailbox's push stops
+    assert [c.name for c, _ in consumers.pushed()] == ["ris-b"]
+    directory.professionals.reactivate(RIS_A)
     consumers.set_push("ris-b", None, None)
     consumers.revoke("ris-a")
     assert consumers.pushed() == []
