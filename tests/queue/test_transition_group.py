@@ -22,7 +22,9 @@ from mssgate.queue.transitions import TransitionGroup
 from tests.queue.helpers import RIS_A, add_consumer, fill
 
 
-def _grouped(group: TransitionGroup, first: Callable[[], Any], rest: list[Callable[[], Any]]):
+def _grouped(
+    group: TransitionGroup, first: Callable[[], Any], rest: list[Callable[[], Any]]
+) -> list[Future[Any]]:
     """Runs `first` alone, holding it until every one of `rest` waits behind it: they then
     run as one group. Returns the futures of `rest`, in order."""
     release = threading.Event()
@@ -48,6 +50,22 @@ def _grouped(group: TransitionGroup, first: Callable[[], Any], rest: list[Callab
     return futures
 
 
+def _leased(engine: Engine, queue: DocumentQueue, count: int) -> tuple[Any, list[str], list[Any]]:
+    """A consumer holding leases on `count` new documents."""
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    ids = fill(queue, count)
+    return consumer, ids, queue.lease(consumer, max_documents=count)
+
+
+def _acks(queue: DocumentQueue, consumer: Any, leases: list[Any]) -> list[Callable[[], Any]]:
+    """One ack transition per lease, to run through the queue's group."""
+
+    def ack(lease: Any) -> Callable[[], Any]:
+        return lambda: queue._ack_tx(consumer, lease.document.id, lease.lease_id)
+
+    return [ack(lease) for lease in leases]
+
+
 def _actions(engine: Engine, ids: list[str]) -> list[tuple[str, str]]:
     return [(e.action, e.subject) for e in audit.entries(engine) if e.subject in ids]
 
@@ -67,16 +85,12 @@ def _record_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_a_group_commits_each_transition_and_chains_its_entries(
     engine: Engine, queue: DocumentQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
-    ids = fill(queue, 4)
-    leases = queue.lease(consumer, max_documents=4)
+    consumer, ids, leases = _leased(engine, queue, 4)
     group = queue._transitions
     batches = _record_batches(monkeypatch)
-    acks = [lambda lease=lease: queue._ack_tx(consumer, lease.document.id, lease.lease_id)
-            for lease in leases[1:]]  # fmt: skip
+    acks = _acks(queue, consumer, leases)
     stale = lambda: queue._ack_tx(consumer, ids[0], "0" * 32)  # noqa: E731
-    futures = _grouped(group, lambda: queue._ack_tx(consumer, ids[0], leases[0].lease_id),
-                       [acks[0], stale, acks[1], acks[2]])  # fmt: skip
+    futures = _grouped(group, acks[0], [acks[1], stale, acks[2], acks[3]])
     # The stale ack failed alone; the three beside it in its transaction committed.
     assert isinstance(futures[1].exception(), LeaseLost)
     assert [f.exception() for f in (futures[0], futures[2], futures[3])] == [None] * 3
@@ -92,9 +106,7 @@ def test_a_group_commits_each_transition_and_chains_its_entries(
 def test_a_failing_group_runs_each_transition_again_alone(
     engine: Engine, queue: DocumentQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
-    ids = fill(queue, 3)
-    leases = queue.lease(consumer, max_documents=3)
+    consumer, ids, leases = _leased(engine, queue, 3)
     group = queue._transitions
     real = audit.chain.append_many
     calls: list[int] = []
@@ -108,12 +120,8 @@ def test_a_failing_group_runs_each_transition_again_alone(
         real(conn, new)
 
     monkeypatch.setattr(audit.chain, "append_many", failing_once)
-    futures = _grouped(
-        group,
-        lambda: queue._ack_tx(consumer, ids[0], leases[0].lease_id),
-        [lambda lease=lease: queue._ack_tx(consumer, lease.document.id, lease.lease_id)
-         for lease in leases[1:]],
-    )  # fmt: skip
+    acks = _acks(queue, consumer, leases)
+    futures = _grouped(group, acks[0], acks[1:])
     assert calls == [2]
     assert [f.exception() for f in futures] == [None, None]
     assert all(queue.entry(i).state is QueueState.DONE for i in ids)
@@ -154,15 +162,9 @@ def _tamper(engine: Engine, change: Callable[[Any], None]) -> list[str]:
 def test_verify_finds_tampering_inside_a_batch(
     engine: Engine, queue: DocumentQueue, how: str
 ) -> None:
-    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
-    ids = fill(queue, 4)
-    leases = queue.lease(consumer, max_documents=4)
-    _grouped(
-        queue._transitions,
-        lambda: queue._ack_tx(consumer, ids[0], leases[0].lease_id),
-        [lambda lease=lease: queue._ack_tx(consumer, lease.document.id, lease.lease_id)
-         for lease in leases[1:]],
-    )  # fmt: skip
+    consumer, ids, leases = _leased(engine, queue, 4)
+    acks = _acks(queue, consumer, leases)
+    _grouped(queue._transitions, acks[0], acks[1:])
     # The last three acks were written by one append_many: tamper with the middle one.
     batch = [e for e in audit.entries(engine) if e.action == "queue.ack"][-3:]
     middle = batch[1]
@@ -202,9 +204,7 @@ def test_verify_finds_tampering_inside_a_batch(
 def test_a_transition_failing_after_its_writes_leaves_nothing(
     engine: Engine, queue: DocumentQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
-    ids = fill(queue, 3)
-    leases = queue.lease(consumer, max_documents=3)
+    consumer, ids, leases = _leased(engine, queue, 3)
     batches = _record_batches(monkeypatch)
 
     def broken() -> None:
@@ -212,11 +212,8 @@ def test_a_transition_failing_after_its_writes_leaves_nothing(
         queue._ack_tx(consumer, ids[1], leases[1].lease_id)
         raise RuntimeError("failed after writing")
 
-    futures = _grouped(
-        queue._transitions,
-        lambda: queue._ack_tx(consumer, ids[0], leases[0].lease_id),
-        [broken, lambda: queue._ack_tx(consumer, ids[2], leases[2].lease_id)],
-    )
+    acks = _acks(queue, consumer, leases)
+    futures = _grouped(queue._transitions, acks[0], [broken, acks[2]])
     assert isinstance(futures[0].exception(), RuntimeError) and futures[1].exception() is None
     assert batches == [1]
     states = [queue.entry(i).state for i in ids]
