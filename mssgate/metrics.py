@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mssgate.db.clock import database_now
 from mssgate.db.schema import (
     nodes,
+    outbound_acks,
     quarantine,
     queue_documents,
     spool_documents,
@@ -312,6 +313,17 @@ class DatabaseCollector:
                     select(func.count()).where(spool_documents.c.state == "pending")
                 ).scalar_one()
             )
+            # ZAMs a RIS leases with kind=ack (mssgate.outbound.zamqueue): one that stopped
+            # taking them shows here before it complains.
+            acks = {
+                str(state): int(n)
+                for state, n in conn.execute(
+                    select(outbound_acks.c.state, func.count()).group_by(outbound_acks.c.state)
+                )
+            }
+            oldest_ack = conn.execute(
+                select(func.min(outbound_acks.c.created_at)).where(outbound_acks.c.state == "ready")
+            ).scalar()
             # Several nodes: each one's heartbeat and the entries only it can deliver.
             node_rows = conn.execute(select(nodes.c.name, nodes.c.heartbeat_at)).all()
             # Heartbeats are stamped with the database's clock (mssgate.nodes): read so.
@@ -364,6 +376,18 @@ class DatabaseCollector:
         )
         for route in ("local", "relay", "documents"):
             recipients.add_metric([route], int(pending.get(route, 0)))
+        zams = GaugeMetricFamily(
+            "mssgate_outbound_acks",
+            "Business acknowledgements (ZAM) of outbound messages, items of kind ack, by state.",
+            labels=["state"],
+        )
+        for state in ("ready", "leased", "done"):
+            zams.add_metric([state], int(acks.get(state, 0)))
+        zam_age = GaugeMetricFamily(
+            "mssgate_outbound_acks_oldest_ready_age_seconds",
+            "How long the oldest ready ZAM has waited for its RIS to lease it (0 when none).",
+        )
+        zam_age.add_metric([], _age(now, oldest_ack))
         silence = GaugeMetricFamily(
             "mssgate_node_heartbeat_age_seconds",
             "Seconds since each node's last heartbeat (-1: never served).",
@@ -389,6 +413,8 @@ class DatabaseCollector:
             held_size,
             spool,
             recipients,
+            zams,
+            zam_age,
         ]
 
 

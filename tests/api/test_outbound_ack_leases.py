@@ -298,3 +298,35 @@ def test_a_failure_reported_by_dsn_after_the_reception_zam_is_a_zam_of_its_own(
     assert str(err[5]).startswith("552^") and str(err[5]).endswith("^SMTPERRORCODE")
     listed = s.api.get(f"/v1/outbound/{outbound_id}/acks").json()
     assert listed == [first["ack"]["content"], failure["ack"]["content"]]
+
+
+def _gauges(s: Sending) -> dict[tuple[str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = s.api.get("/metrics").text
+    return {
+        (sample.name, sample.labels.get("state", "")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("mssgate_outbound_acks")
+    }
+
+
+def test_an_operator_sees_zams_piling_up_unacknowledged_in_the_metrics(sending: Sending) -> None:
+    """A RIS that stopped taking its ZAMs must show somewhere before it complains: the items
+    by state and how long the oldest ready one has waited, read at scrape time."""
+    s = sending
+    s.submit("ZQ-5", RIS_B, READER)
+    _deliver(s.spool, RIS_B)
+    _deliver(s.spool, READER)
+    assert s.outbound.zams.sweep() == 1
+    gauges = _gauges(s)
+    assert gauges[("mssgate_outbound_acks", "ready")] == 2
+    assert gauges[("mssgate_outbound_acks", "leased")] == 0
+    assert gauges[("mssgate_outbound_acks", "done")] == 0
+    assert gauges[("mssgate_outbound_acks_oldest_ready_age_seconds", "")] >= 0
+    [lease] = s.lease_acks(max=1)
+    s.api.post(f"/v1/acks/{lease['ack']['id']}/ack", json={"lease_id": lease["lease_id"]})
+    gauges = _gauges(s)
+    assert gauges[("mssgate_outbound_acks", "ready")] == 1
+    assert gauges[("mssgate_outbound_acks", "done")] == 1
