@@ -14,15 +14,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from mssgate import metrics
+from mssgate.documents.errors import QuarantineCode
 from mssgate.documents.headers import with_ddm_subject
 from mssgate.documents.limits import DocumentLimits
-from mssgate.documents.record import Accepted, PipelineResult, Quarantined
+from mssgate.documents.record import Accepted, PipelineResult, Quarantined, quarantine
 from mssgate.documents.signed import process_signed_message
 from mssgate.errors import Conflict
 from mssgate.identifiers import normalize_address
 from mssgate.queue.backend import storable
 from mssgate.queue.mdn import receipt_headers, receipt_recipient
 from mssgate.queue.service import DocumentQueue, NewDocument
+from mssgate.queue.withdrawal import withdrawal_refusal
 
 
 @dataclass
@@ -78,7 +80,8 @@ def ingest(
     report = IngestReport()
     keys = service.encryption_keys(box)
     sealed_message: bytes | None = None
-    for outcome in result.outcomes:
+    for found in result.outcomes:
+        outcome = _withdrawal_checked(service, found, mailbox=box, sender=sender)
         if isinstance(outcome, Accepted):
             record = outcome.record.model_copy(
                 update={
@@ -136,6 +139,27 @@ def ingest(
             report.held.append(held_id)
             report.held_outcomes.append(outcome)
     return report
+
+
+def _withdrawal_checked(
+    service: DocumentQueue, outcome: Accepted | Quarantined, *, mailbox: str, sender: str
+) -> Accepted | Quarantined:
+    """A withdrawal not from the withdrawn document's sender, held (906) instead of queued:
+    the RIS would take it for its sender's MDM^T04 (mssgate.queue.withdrawal)."""
+    if not isinstance(outcome, Accepted) or not outcome.record.document.withdrawn:
+        return outcome
+    record = outcome.record
+    reason = withdrawal_refusal(service.engine, record, mailbox=mailbox, sender=sender)
+    if reason is None:
+        return outcome
+    return quarantine(
+        QuarantineCode.OTHER,
+        reason,
+        outcome.content,
+        content_type=record.content_type,
+        origin=record.origin,
+        document=record.document,
+    )
 
 
 def ingest_message(

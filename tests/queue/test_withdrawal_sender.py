@@ -1,0 +1,90 @@
+"""A withdrawal is honoured (MDM^T04 for the RIS) only from whoever sent the document.
+
+Any practitioner can mail an IHE_XDM.ZIP whose entry is Deprecated: without a check, someone
+who was only copied on a report (or never saw it) could make a RIS withdraw it from the
+patient's record. A withdrawal reaches the RIS as T04 only when this mailbox got the document
+with that uniqueId from the same sender, earlier; otherwise it is held (906) with the reason,
+and a release passes it once the original is there. SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import hl7  # type: ignore[import-untyped]
+import pytest
+from sqlalchemy import Engine
+
+from mssgate.documents.limits import DocumentLimits
+from mssgate.queue import DocumentQueue, QueueState, release
+from tests.outbound.test_withdrawal import OLD_ID, cancellation, read
+from tests.queue.helpers import RIS_A, RIS_B, SENDER, add_consumer, deliver
+from tests.smtp.test_outbound_gateway import mdm
+
+OTHER = "dr.copie@cabinet.mssante.fr"
+
+
+def original() -> bytes:
+    return cancellation(read(mdm(event="MDM^T02^MDM_T02")))[1]
+
+
+def withdrawal() -> bytes:
+    return cancellation(read(mdm(event="MDM^T04^MDM_T02")))[1]
+
+
+def test_the_documents_sender_withdraws_it(engine: Engine, queue: DocumentQueue) -> None:
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    [first] = deliver(queue, original(), delivery="Q1")
+    [withdrawn] = deliver(queue, withdrawal(), delivery="Q2")
+    assert queue.entry(withdrawn).record.document.withdrawn
+    leases = queue.lease(consumer, max_documents=10)
+    assert [lease.document.id for lease in leases] == [first, withdrawn]
+    blob = queue.hl7(consumer, withdrawn)
+    message = hl7.parse(blob.data.decode("utf-8").replace("\n", "\r"))
+    assert str(message.segment("MSH")[9]) == "MDM^T04^MDM_T02"
+    # Who withdrew it travels with the T04 (PRT SB), as it did with the document.
+    [sb] = [p for p in message.segments("PRT") if str(p[4]).startswith("SB")]
+    assert SENDER in str(sb)
+
+
+@pytest.mark.parametrize(
+    ("first_sender", "first_mailbox", "why"),
+    [
+        (OTHER, RIS_A, "another sender's document"),
+        (SENDER, RIS_B, "sent to another mailbox"),
+        (None, None, "never seen"),
+    ],
+)
+def test_a_withdrawal_not_from_the_documents_sender_is_held(
+    engine: Engine,
+    queue: DocumentQueue,
+    first_sender: str | None,
+    first_mailbox: str | None,
+    why: str,
+) -> None:
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    queued: list[str] = []
+    if first_sender is not None and first_mailbox is not None:
+        queued = deliver(
+            queue, original(), sender=first_sender, mailbox=first_mailbox, delivery="Q1"
+        )
+    ids = deliver(queue, withdrawal(), delivery="Q2")
+    assert ids and all(queue.quarantine.get(x).code == 906 for x in ids), why
+    [held] = ids
+    entry = queue.quarantine.get(held)
+    assert OLD_ID in entry.reason and SENDER in entry.reason
+    assert entry.document is not None and entry.document.withdrawn
+    leased = queue.lease(consumer, max_documents=10)
+    assert all(not lease.document.document.withdrawn for lease in leased)
+    assert [lease.document.id for lease in leased] == (queued if first_mailbox == RIS_A else [])
+
+
+def test_a_held_withdrawal_is_released_once_its_original_came(
+    engine: Engine, queue: DocumentQueue
+) -> None:
+    add_consumer(engine, "ris-a", RIS_A)
+    [held] = deliver(queue, withdrawal(), delivery="Q2")
+    with pytest.raises(Exception, match=OLD_ID):
+        release(queue, held, limits=DocumentLimits(), allow_test_oids=True, actor="test")
+    deliver(queue, original(), delivery="Q1")
+    [queued] = release(queue, held, limits=DocumentLimits(), allow_test_oids=True, actor="test")
+    entry = queue.entry(queued)
+    assert entry.record.document.withdrawn and entry.state is QueueState.READY
