@@ -258,8 +258,9 @@ class Outbound:
         return self.zams.listed(outbound_id)
 
     def status_changed(self, outbound_id: str) -> None:
-        """Any change of a copy's status (a DSN, a delivery) calls this after its commit:
-        the ZAMs it warrants become items of kind `ack` (a crash before: the sweeper's)."""
+        """For a change of a copy's status made outside `materialise`'s transaction, after
+        its commit: the ZAMs it warrants become items of kind `ack`. The spool's deliveries
+        call nothing (the sweeper's); a read receipt and a DSN make theirs in line."""
         self.zams.status_changed(outbound_id)
 
     def _routes(self, submission: Submission) -> list[tuple[str, Route]]:
