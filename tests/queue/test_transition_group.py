@@ -8,10 +8,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, event, insert, select, update
 
 from mssgate import audit
 from mssgate.db.schema import audit as audit_table
@@ -220,3 +221,33 @@ def test_a_transition_failing_after_its_writes_leaves_nothing(
     assert states == [QueueState.DONE, QueueState.LEASED, QueueState.DONE]
     assert ("queue.ack", ids[1]) not in _actions(engine, ids)
     assert audit.verify(engine).ok
+
+
+def test_a_lease_scans_for_lapsed_leases_at_most_once_a_second(
+    engine: Engine, tmp_path: Any
+) -> None:
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    now = [datetime.now(UTC)]
+    queue = DocumentQueue(engine, data_dir=tmp_path, clock=lambda: now[0])
+    [doc_id] = fill(queue, 1)
+    scans: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # The expiry scan is the only statement that compares lease_expires_at with <=.
+        if "lease_expires_at <=" in statement:
+            scans.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        [first] = queue.lease(consumer, lease_seconds=1)
+        now[0] += timedelta(seconds=0.5)
+        assert queue.lease(consumer) == []
+        assert queue.lease(consumer) == []
+        assert len(scans) == 1  # the first lease only
+        now[0] += timedelta(seconds=1)  # the lease lapsed, and a second went by
+        [again] = queue.lease(consumer, lease_seconds=30)
+        assert len(scans) == 2
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert again.document.id == doc_id and again.lease_id != first.lease_id
+    assert ("queue.expire", doc_id) in _actions(engine, [doc_id])
