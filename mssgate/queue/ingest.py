@@ -24,7 +24,7 @@ from mssgate.identifiers import normalize_address
 from mssgate.queue.backend import storable
 from mssgate.queue.mdn import receipt_headers, receipt_recipient
 from mssgate.queue.service import DocumentQueue, NewDocument
-from mssgate.queue.withdrawal import withdrawal_refusal
+from mssgate.queue.withdrawal import replacement_refusal, withdrawal_refusal
 
 
 @dataclass
@@ -144,11 +144,19 @@ def ingest(
 def _withdrawal_checked(
     service: DocumentQueue, outcome: Accepted | Quarantined, *, mailbox: str, sender: str
 ) -> Accepted | Quarantined:
-    """A withdrawal not from the withdrawn document's sender, held (906) instead of queued:
-    the RIS would take it for its sender's MDM^T04 (mssgate.queue.withdrawal)."""
-    if not isinstance(outcome, Accepted) or not outcome.record.document.withdrawn:
+    """A withdrawal not from the withdrawn document's sender, held (906) instead of queued;
+    a replacement not from the replaced document's sender, queued as a new document with a
+    note: the RIS would take either for its sender's T04 or T10 (mssgate.queue.withdrawal)."""
+    if not isinstance(outcome, Accepted):
         return outcome
     record = outcome.record
+    if not record.document.withdrawn:
+        note = replacement_refusal(service.engine, record, mailbox=mailbox, sender=sender)
+        if note is None:
+            return outcome
+        document = record.document.model_copy(update={"replaces": None})
+        changed = record.model_copy(update={"document": document, "notes": (*record.notes, note)})
+        return outcome.model_copy(update={"record": changed})
     reason = withdrawal_refusal(service.engine, record, mailbox=mailbox, sender=sender)
     if reason is None:
         return outcome

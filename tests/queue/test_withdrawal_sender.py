@@ -1,4 +1,5 @@
-"""A withdrawal is honoured (MDM^T04 for the RIS) only from whoever sent the document.
+"""A withdrawal is honoured (MDM^T04 for the RIS) only from whoever sent the document; a
+replacement (MDM^T10) likewise, else it goes as a new document (T02) with a note.
 
 Any practitioner can mail an IHE_XDM.ZIP whose entry is Deprecated: without a check, someone
 who was only copied on a report (or never saw it) could make a RIS withdraw it from the
@@ -14,8 +15,9 @@ import pytest
 from sqlalchemy import Engine
 
 from mssgate.documents.limits import DocumentLimits
+from mssgate.documents.samples import CdaSpec, make_cda
 from mssgate.queue import DocumentQueue, QueueState, release
-from tests.outbound.test_withdrawal import OLD_ID, cancellation, read
+from tests.outbound.test_withdrawal import NEW_ID, OLD_ID, cancellation, read
 from tests.queue.helpers import RIS_A, RIS_B, SENDER, add_consumer, deliver
 from tests.smtp.test_outbound_gateway import mdm
 
@@ -88,3 +90,33 @@ def test_a_held_withdrawal_is_released_once_its_original_came(
     [queued] = release(queue, held, limits=DocumentLimits(), allow_test_oids=True, actor="test")
     entry = queue.entry(queued)
     assert entry.record.document.withdrawn and entry.state is QueueState.READY
+
+
+def replacement() -> bytes:
+    cda = make_cda(CdaSpec(doc_root=NEW_ID, version=2, replaces=OLD_ID))
+    return cancellation(read(mdm(event="MDM^T10^MDM_T02", cda=cda)))[1]
+
+
+def trigger(queue: DocumentQueue, consumer: object, doc_id: str) -> str:
+    blob = queue.hl7(consumer, doc_id)  # type: ignore[arg-type]
+    return str(hl7.parse(blob.data.decode("utf-8")).segment("MSH")[9])
+
+
+@pytest.mark.parametrize("replacer", [SENDER, OTHER])
+def test_a_replacement_supersedes_only_its_senders_document(
+    engine: Engine, queue: DocumentQueue, replacer: str
+) -> None:
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    deliver(queue, original(), delivery="Q1")
+    [new] = deliver(queue, replacement(), sender=replacer, delivery="Q2")
+    record = queue.entry(new).record
+    if replacer == SENDER:
+        assert record.document.replaces == OLD_ID
+        assert trigger(queue, consumer, new) == "MDM^T10^MDM_T02"
+        assert not any(OLD_ID in note for note in record.notes)
+    else:
+        # Delivered all the same, as a document of its own: nothing of SENDER's superseded.
+        assert record.document.replaces is None
+        assert trigger(queue, consumer, new) == "MDM^T02^MDM_T02"
+        [note] = [n for n in record.notes if OLD_ID in n]
+        assert OTHER in note and SENDER in note
