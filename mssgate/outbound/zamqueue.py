@@ -167,9 +167,16 @@ class ZamQueue:
         if produced is None:
             return 0
         consumer_id, items = produced
+        # Only the missing ones are inserted: re-inserting one a lease or an ack is updating
+        # waits on its unique key for that transaction, which waits for the audit head this
+        # one took at its first insert (a deadlock on PostgreSQL). Under the lock above, no
+        # other maker is inserting: what is recorded now is all there is.
+        recorded = self._recorded(conn, outbound_id)
         now = self._now()
         made = 0
         for z in items:
+            if z.control_id in recorded:
+                continue
             created = self._backend.insert_ignore(
                 conn,
                 outbound_acks,

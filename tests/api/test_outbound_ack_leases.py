@@ -11,7 +11,7 @@ import asyncio
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -330,3 +330,93 @@ def test_an_operator_sees_zams_piling_up_unacknowledged_in_the_metrics(sending: 
     gauges = _gauges(s)
     assert gauges[("mssgate_outbound_acks", "ready")] == 1
     assert gauges[("mssgate_outbound_acks", "done")] == 1
+
+
+def test_making_zams_never_waits_for_a_consumer_taking_one_already_made(
+    sending: Sending,
+) -> None:
+    """PostgreSQL: a lease or an ack updates its item, then takes the audit head; a maker of
+    the message's ZAMs that inserted one item (and so holds the head) and then inserted one
+    already recorded waited on the unique key for that lease to end: a deadlock (seen with
+    sweepers, leases, acks and read receipts at once). Only the missing ZAMs are inserted."""
+    if sending.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: no row locks to wait on")
+    s = sending
+    outbound_id = s.submit("ZQ-6", RIS_B, READER)
+    _deliver(s.spool, READER)
+    [taken] = s.lease_acks()
+    _deliver(s.spool, RIS_B)
+    # A consumer's transaction on the item already made, not committed yet.
+    with s.engine.connect() as leaser:
+        leaser.execute(
+            outbound_acks.update()
+            .where(outbound_acks.c.id == taken["ack"]["id"])
+            .values(state="done")
+        )
+        with ThreadPoolExecutor(1) as pool:
+            making = pool.submit(ZamQueue(s.engine, facility="x").sweep)
+            try:
+                assert making.result(timeout=10) == 1
+            finally:
+                leaser.rollback()
+    with s.engine.connect() as conn:
+        ids = conn.execute(select(outbound_acks.c.id).order_by(outbound_acks.c.seq)).scalars()
+        assert list(ids) == [taken["ack"]["id"], f"{outbound_id}-2-Z02"]
+
+
+def test_sweepers_leases_acks_and_read_receipts_at_once_each_zam_once(sending: Sending) -> None:
+    """Two sweepers, two consumers' loops leasing and acking, and read receipts (whose ZAMs
+    are made in their own transaction) with /acks reads, all at once: no error (on
+    PostgreSQL no deadlock), every ZAM recorded once and leased by the RIS."""
+    s = sending
+    ids = [s.submit(f"ZQ-S{i}", RIS_B, READER) for i in range(8)]
+    for item in s.spool.due(route="local", limit=1000):
+        s.spool.delivered(item)
+    copies = [(i, _copy_message_id(s, i, RIS_B), _copy_message_id(s, i, READER)) for i in ids]
+    errors: list[BaseException] = []
+    leased: list[str] = []
+    stop = threading.Event()
+    sweeper = ZamQueue(s.engine, facility=s.config.server.hostname)
+
+    def sweep() -> None:
+        while not stop.is_set():
+            sweeper.sweep()
+
+    def lease_and_ack() -> None:
+        while not stop.is_set():
+            for lease in s.lease_acks(max=5, lease_seconds=60):
+                leased.append(lease["ack"]["id"])
+                done = s.api.post(
+                    f"/v1/acks/{lease['ack']['id']}/ack", json={"lease_id": lease["lease_id"]}
+                )
+                assert done.status_code == 200, done.text
+
+    def guarded(work: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+
+        return run
+
+    threads = [threading.Thread(target=guarded(w)) for w in (sweep, sweep, lease_and_ack)]
+    threads.append(threading.Thread(target=guarded(lease_and_ack)))
+    for t in threads:
+        t.start()
+    try:
+        for outbound_id, to_b, to_reader in copies:
+            s.outbound.observe(RIS_A, mdn(to_b, sender=RIS_B, to=RIS_A))
+            s.outbound.observe(RIS_A, mdn(to_reader, sender=READER, to=RIS_A))
+            assert s.api.get(f"/v1/outbound/{outbound_id}/acks").status_code == 200
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    leased += [x["ack"]["id"] for x in s.lease_acks(max=100)]
+    assert not errors, errors
+    with s.engine.connect() as conn:
+        recorded = conn.execute(select(outbound_acks.c.id)).scalars().all()
+    assert len(recorded) == len(ids) * 4  # per copy: reception and reading
+    assert sorted(leased) == sorted(recorded)
