@@ -10,8 +10,9 @@ A withdrawal (MDM^T04, ORU^R01 OBX-11 D) carries the withdrawn CDA itself (the g
 RIS send its last version), its DocumentEntry `status` Deprecated and an XDS metadata update
 (ITI-57) association UpdateAvailabilityStatus, Approved to Deprecated, from the submission set
 to that entry: a registry or an integrating LPS reads which document, by its uniqueId, is
-withdrawn; the text body and the Subject say it to the practitioner reading the mail. No PDF
-travels with it: a readable copy attached to a withdrawal would be taken for a document.
+withdrawn; the text body and the Subject say it to the practitioner reading the mail. Its PDF,
+when the RIS sends it, is a second Deprecated entry (`<uniqueId>.PDF`, as the report sent it)
+inside the archive only: no readable copy beside it, which would be taken for a document.
 """
 
 from __future__ import annotations
@@ -180,14 +181,17 @@ def metadata(submission: Submission, entries: list[tuple[str, bytes, str]], now:
 
 
 def _attached_pdf(submission: Submission) -> bytes | None:
+    """The PDF beside the archive, for a reader: none with a withdrawal (a readable copy
+    would be taken for the document)."""
     return None if submission.action == "delete" else submission.pdf
 
 
 def xdm_archive(submission: Submission, now: datetime, *, sender: str) -> bytes:
     entries = [("DOC0001.XML", submission.cda, "text/xml")]
-    pdf = _attached_pdf(submission)
-    if pdf is not None:
-        entries.append(("DOC0002.PDF", pdf, "application/pdf"))
+    # A withdrawal's PDF stays inside, Deprecated like the CDA: the report went as two
+    # entries (`<id>` and `<id>.PDF`), and a receiver must be told to withdraw both.
+    if submission.pdf is not None:
+        entries.append(("DOC0002.PDF", submission.pdf, "application/pdf"))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         tree = "\n".join(f"  IHE_XDM/{SUBSET}/{name}" for name, _, _ in entries)

@@ -126,19 +126,23 @@ def test_a_withdrawal_sends_the_deprecated_entry_and_its_status_update() -> None
     metadata = contents.get("IHE_XDM/SUBSET01/METADATA.XML")
     assert metadata is not None
     root = etree.fromstring(metadata.data)
-    # The withdrawn CDA only: no readable copy of it travels as a new attachment.
-    [entry] = root.iter("{*}ExtrinsicObject")
-    assert entry.get("status") == STATUS_DEPRECATED
-    ids = {e.get("value") for e in entry.iter("{*}ExternalIdentifier")}
-    assert OLD_ID in ids
-    [association] = root.iter("{*}Association")
-    assert association.get("associationType") == ASSOCIATION_STATUS
-    assert association.get("targetObject") == entry.get("id")
-    slots = {s.get("name"): s.findtext("{*}ValueList/{*}Value") for s in association}
-    assert slots["NewStatus"] == STATUS_DEPRECATED
-    assert str(slots["OriginalStatus"]).endswith(":Approved")
+    # The CDA and its PDF, each Deprecated with its status update: the report went as both.
+    entries = list(root.iter("{*}ExtrinsicObject"))
+    associations = list(root.iter("{*}Association"))
+    assert len(entries) == len(associations) == 2
+    uniques = (OLD_ID, f"{OLD_ID}.PDF")
+    for entry, association, unique in zip(entries, associations, uniques, strict=True):
+        assert entry.get("status") == STATUS_DEPRECATED
+        ids = {e.get("value") for e in entry.iter("{*}ExternalIdentifier")}
+        assert unique in ids
+        assert association.get("associationType") == ASSOCIATION_STATUS
+        assert association.get("targetObject") == entry.get("id")
+        slots = {s.get("name"): s.findtext("{*}ValueList/{*}Value") for s in association}
+        assert slots["NewStatus"] == STATUS_DEPRECATED
+        assert str(slots["OriginalStatus"]).endswith(":Approved")
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert str(message["Subject"]).startswith("XDM/1.0/DDM+Annulation : ")
+    # No readable copy beside the archive: it would be taken for a document.
     names = [p.get_filename() for p in message.iter_attachments()]
     assert names == ["IHE_XDM.ZIP"]
     body = message.get_body(("plain",))

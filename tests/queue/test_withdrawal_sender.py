@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine
 
 from mssgate.documents.limits import DocumentLimits
-from mssgate.documents.samples import CdaSpec, make_cda
+from mssgate.documents.samples import CdaSpec, make_cda, make_pdf
 from mssgate.queue import DocumentQueue, QueueState, release
 from tests.outbound.test_withdrawal import NEW_ID, OLD_ID, cancellation, read
 from tests.queue.helpers import RIS_A, RIS_B, SENDER, add_consumer, deliver
@@ -120,3 +120,19 @@ def test_a_replacement_supersedes_only_its_senders_document(
         assert trigger(queue, consumer, new) == "MDM^T02^MDM_T02"
         [note] = [n for n in record.notes if OLD_ID in n]
         assert OTHER in note and SENDER in note
+
+
+def test_a_withdrawal_withdraws_the_reports_pdf_too(engine: Engine, queue: DocumentQueue) -> None:
+    """The report went as the CDA and its PDF (uniqueId `<id>.PDF`), two entries for the RIS:
+    a withdrawal that named the CDA only left the readable PDF of it in the record."""
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    pdf = make_pdf(["Compte rendu PAT-TROIS"])
+    sent = cancellation(read(mdm(event="MDM^T02^MDM_T02", pdf=pdf)))[1]
+    firsts = deliver(queue, sent, delivery="Q1")
+    ids = {queue.entry(x).record.document.unique_id for x in firsts}
+    assert ids == {OLD_ID, f"{OLD_ID}.PDF"}
+    gone = cancellation(read(mdm(event="MDM^T04^MDM_T02", pdf=pdf)))[1]
+    withdrawals = deliver(queue, gone, delivery="Q2")
+    records = [queue.entry(x).record for x in withdrawals]
+    assert {r.document.unique_id for r in records if r.document.withdrawn} == ids
+    assert {trigger(queue, consumer, x) for x in withdrawals} == {"MDM^T04^MDM_T02"}
