@@ -65,7 +65,7 @@ class _Policy:
     require_birthplace: bool
     # The PDFs read for this message, by SHA-256: the same PDF embedded in an N1 and
     # attached beside it as its companion (or carried twice) is parsed once.
-    pdf_reads: dict[bytes, PdfInfo | DocumentError] = field(default_factory=dict)
+    pdf_reads: dict[bytes, PdfInfo | DocumentError] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
