@@ -45,13 +45,12 @@ from mssgate.db.tx import write
 from mssgate.directory.models import Consumer
 from mssgate.directory.timeutil import aware
 from mssgate.errors import MssgateError, NotFound, ValidationFailed
-from mssgate.logs import event
 from mssgate.outbound import hl7in
 from mssgate.outbound.store import OutboundStore
 from mssgate.outbound.zam import Zam, zam_items
 from mssgate.queue.backend import Backend, backend_for
 from mssgate.queue.service import LeaseLost, QueueSettings
-from mssgate.supervisor import PassHealth
+from mssgate.supervisor import PassHealth, run_in_passes
 
 log = logging.getLogger("mssgate.outbound")
 
@@ -376,20 +375,15 @@ class ZamQueue:
 
 
 async def sweep_forever(zams: ZamQueue, interval: float, health: PassHealth | None = None) -> None:
-    """The supervised sweeper of `serve`: ZAMs owed and not made in line (a crash between a
-    copy's change and its ZAM, a delivery or DSN, which call no hook) are made here."""
-    while True:
-        try:
-            # A full batch: more are owed (a backlog, as after revision 0020).
-            while await asyncio.to_thread(zams.sweep) >= SWEEP_BATCH:
-                pass
-        except (MssgateError, SQLAlchemyError, OSError) as exc:
-            # The database may be away for a while: the next pass tries again.
-            event(log, "outbound.zam_sweep_failed", level=logging.ERROR,
-                  error=f"{type(exc).__name__}: {exc}")  # fmt: skip
-            if health is not None:
-                health.failed(type(exc).__name__)
-        else:
-            if health is not None:
-                health.succeeded()
-        await asyncio.sleep(interval)
+    """The supervised sweeper of `serve`: the ZAMs of the spool's deliveries (which call no
+    hook) and of a change a crash cut from its ZAM are made here, every `interval` s. A pass
+    that fails on the database is logged (`outbound.zam_sweep.pass_failed`), told to
+    `health` and tried again; anything else is a bug, for the supervisor."""
+
+    async def one_pass() -> int:
+        # A full batch: more are owed (a backlog, as after revision 0020): again at once.
+        return int(await asyncio.to_thread(zams.sweep) >= SWEEP_BATCH)
+
+    await run_in_passes("outbound.zam_sweep", one_pass, wake=asyncio.Event(),
+                        poll_seconds=interval, health=health or PassHealth(),
+                        transient=(MssgateError, SQLAlchemyError, OSError), logger=log)  # fmt: skip
