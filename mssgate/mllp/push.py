@@ -32,6 +32,7 @@ from mssgate.directory.models import Consumer
 from mssgate.errors import MssgateError
 from mssgate.logs import event
 from mssgate.mllp import framing
+from mssgate.mllp.listener import envelope_of
 from mssgate.mllp.target import parse_push_url
 from mssgate.outbound import hl7in
 from mssgate.queue.models import QueueState
@@ -50,14 +51,20 @@ class Refused(Exception):
     """The RIS did not take the document: its ACK said AE/AR, or none came."""
 
 
-def ack_outcome(text: str) -> tuple[str, str]:
-    """(MSA-1, what the ACK says of it) of an HL7 ACK; Refused when it is none."""
+def ack_outcome(text: str, expected: str | None = None) -> tuple[str, str]:
+    """(MSA-1, what the ACK says of it) of an HL7 ACK; Refused when it is none, or when its
+    MSA-2 is not `expected` (the MSH-10 sent)."""
     try:
         message = hl7in.parse_er7(text.encode("utf-8"))
         msa = message.segment("MSA")
     except (hl7in.Rejection, KeyError, IndexError, UnicodeEncodeError):
         raise Refused("the answer is not an HL7 ACK") from None
     code = hl7in.value(msa, 1)
+    # An AA naming another message (a stale answer, a RIS mixing up its connections) says
+    # nothing of this one: acking on it could drop a document the RIS never took.
+    acked = hl7in.value(msa, 2)
+    if expected is not None and acked != expected:
+        raise Refused(f"the RIS acknowledged another message (MSA-2 {acked[:80]!r})")
     words = [hl7in.value(msa, 3)]
     with contextlib.suppress(KeyError):
         words += [hl7in.value(err, 8) or hl7in.value(err, 3, 2) for err in message.segments("ERR")]
@@ -214,7 +221,7 @@ class MllpPush:
             answer = await asyncio.wait_for(
                 self._read_ack(reader), self._hl7.push_ack_timeout_seconds
             )
-            code, words = ack_outcome(answer)
+            code, words = ack_outcome(answer, expected=envelope_of(blob.data).control_id)
             if code != "AA":
                 raise Refused(f"the RIS answered {code or 'no MSA-1'}: {words}".rstrip(": "))
         except (Refused, OSError, ssl.SSLError, TimeoutError) as exc:

@@ -3,6 +3,7 @@ oversized frame's first 4 KiB, say), and what a pushed-to RIS answered."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -40,6 +41,10 @@ def test_any_answer_of_a_ris_is_an_outcome_or_refused(text: str) -> None:
 def test_ack_outcomes() -> None:
     msh = "MSH|^~\\&|RIS|C|MSSGATE|GW|20240116||ACK^T02^ACK|A1|P|2.6"
     assert ack_outcome(f"{msh}\rMSA|AA|DOC1") == ("AA", "")
+    assert ack_outcome(f"{msh}\rMSA|AA|DOC1", expected="DOC1") == ("AA", "")
+    for other in ("DOC2", ""):  # an ACK of another message is no answer to this one
+        with pytest.raises(Refused, match="another message"):
+            ack_outcome(f"{msh}\rMSA|AA|{other}", expected="DOC1")
     code, words = ack_outcome(f"{msh}\rMSA|AE|DOC1|bad INS\rERR||PID^1^3|102^x^HL70357|E||||why")
     assert code == "AE" and words == "bad INS; why"
     for bad in ("", "hello", msh):  # no MSH, no MSA

@@ -38,6 +38,8 @@ class Ris:
     script: Script
     received: list[str] = field(default_factory=list)
     port: int = 0
+    # The MSH-10 its ACK's MSA-2 names (the n-th frame carrying one): by default that one.
+    acks_for: Callable[[str, int], str] = lambda control, seen: control
 
     def serve(self, cert: Path, key: Path, client_ca: Path) -> Callable[[], None]:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -60,7 +62,9 @@ class Ris:
                     self.received.append(control)
                     code = self.script(control, seen)
                     if code is not None:
-                        writer.writemessage(message.create_ack(code))  # type: ignore[attr-defined]
+                        ack = message.create_ack(code)
+                        ack.segment("MSA")[2] = self.acks_for(control, seen)
+                        writer.writemessage(ack)  # type: ignore[attr-defined]
                         await writer.drain()  # type: ignore[attr-defined]
             except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
                 pass
@@ -130,9 +134,15 @@ def setup(
 
 
 def start_ris(
-    tmp: Path, gateway: Gateway, script: Script, port: int = 0
+    tmp: Path,
+    gateway: Gateway,
+    script: Script,
+    port: int = 0,
+    acks_for: Callable[[str, int], str] | None = None,
 ) -> tuple[Ris, Callable[[], None]]:
     ris = Ris(script, port=port)
+    if acks_for is not None:
+        ris.acks_for = acks_for
     stop = ris.serve(tmp / "ris.crt.pem", tmp / "ris.key.pem", gateway.ca)
     return ris, stop
 
@@ -180,6 +190,30 @@ def test_a_document_is_acked_once_the_ris_answers_aa_after_ae_silence_or_ar(
     assert {queue.entry(i).last_code for i in ids} == {906}
     gateway.wait_event("mllp.push_refused", document_id=ids[0])
     assert len([e for e in gateway.events() if e.get("event") == "mllp.pushed"]) == 3
+
+
+def test_an_aa_for_another_message_acks_nothing(
+    cli: Cli, setup: tuple[Gateway, Engine, Path]
+) -> None:
+    """An AA whose MSA-2 is not the MSH-10 sent (a RIS mixing up its connections, a stale
+    answer) says nothing of this document: it is sent again, not marked done unread."""
+    gateway, engine, tmp = setup
+    ids = queued(engine, gateway.data, 1)
+
+    def acks_for(control: str, seen: int) -> str:
+        return "SOMETHING-ELSE" if seen == 0 else control
+
+    ris, stop = start_ris(tmp, gateway, lambda control, seen: "AA", acks_for=acks_for)
+    try:
+        cli.ok("consumer", "add", "ris", "--mailbox", RIS, "--push",
+               f"mllp://localhost:{ris.port}", "--push-ca", str(tmp / "ris-ca.pem"))  # fmt: skip
+        gateway.start()
+        wait_done(engine, ids)
+    finally:
+        stop()
+    assert ris.received == [ids[0], ids[0]]
+    entry = DocumentQueue(engine).entry(ids[0])
+    assert entry.attempts == 2 and "SOMETHING-ELSE" in (entry.last_reason or "")
 
 
 def test_a_ris_down_costs_no_attempt_and_nothing_is_lost_when_the_gateway_is_killed(
