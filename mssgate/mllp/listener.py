@@ -19,9 +19,11 @@ import contextlib
 import hashlib
 import logging
 import ssl
+from collections.abc import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from mssgate import metrics
 from mssgate.api.limits import Slots
 from mssgate.config import Config
 from mssgate.directory.consumers import Consumers, TokenRefused
@@ -48,6 +50,19 @@ def peer_sha256(writer: asyncio.StreamWriter) -> str | None:
     return hashlib.sha256(der).hexdigest() if der else None
 
 
+class _BeforeTls(asyncio.Protocol):
+    """A connection accepted, before its TLS handshake: nothing is read (so no ClientHello
+    can be lost to a buffer) until start_tls takes the transport over."""
+
+    def __init__(self, on_connected: Callable[[asyncio.Transport], None]) -> None:
+        self._on_connected = on_connected
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        self._on_connected(transport)
+
+
 def envelope_of(body: bytes) -> Envelope:
     """The MSH fields an ACK echoes, read from whatever of the message there is."""
     head = body.split(b"\r", 1)[0]
@@ -69,6 +84,8 @@ class MllpListener:
         # As the API's: each submission holds its body and several times it while signing.
         self._slots = Slots()
         self._open: set[asyncio.Task[None]] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._ssl: ssl.SSLContext | None = None
         self.server: asyncio.Server | None = None
 
     def context(self) -> ssl.SSLContext:
@@ -82,13 +99,14 @@ class MllpListener:
 
     async def start(self) -> int:
         hl7 = self._config.hl7
+        self._ssl = self.context()
         try:
-            # TLS by the server itself: upgrading each accepted connection in its handler
-            # (to log a failed handshake) lost a ClientHello that had already been read into
-            # the stream's buffer. A handshake that fails is closed by asyncio, unlogged.
-            self.server = await asyncio.start_server(
-                self._accept, host=hl7.bind, port=hl7.port, ssl=self.context(),
-                ssl_handshake_timeout=self._timeout, reuse_address=True,
+            # Plain TCP, TLS started per connection (`_handshake`): a server given ssl= closes
+            # a failed handshake itself and logs nothing, leaving the operator of a RIS that
+            # cannot connect with nothing to go on.
+            self.server = await asyncio.get_running_loop().create_server(
+                lambda: _BeforeTls(self._handshake), host=hl7.bind, port=hl7.port,
+                reuse_address=True,
             )  # fmt: skip
         except OSError as exc:
             raise bind_failed("HL7 MLLP", hl7.bind, hl7.port, "hl7.port", exc) from None
@@ -99,14 +117,44 @@ class MllpListener:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-        for task in list(self._open):
+        tasks = [*self._handshakes, *self._open]
+        for task in tasks:
             task.cancel()
-        for task in list(self._open):
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 5)
+
+    def _handshake(self, transport: asyncio.Transport) -> None:
+        task = asyncio.get_running_loop().create_task(self._start_tls(transport))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _start_tls(self, transport: asyncio.Transport) -> None:
+        assert self._ssl is not None
+        loop = asyncio.get_running_loop()
+        peer = str(transport.get_extra_info("peername"))
+        reader = asyncio.StreamReader(limit=2 * READ_CHUNK, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            tls = await loop.start_tls(
+                transport, protocol, self._ssl, server_side=True,
+                ssl_handshake_timeout=self._timeout,
+            )  # fmt: skip
+        except (ssl.SSLError, OSError) as exc:  # start_tls has closed the transport
+            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+            event(log, "mllp.handshake_failed", level=logging.WARNING, peer=peer,
+                  reason=str(reason)[:200])  # fmt: skip
+            return
+        if tls is None:  # the peer went away as the handshake ended
+            return
+        metrics.tls_session("hl7", tls.get_extra_info("ssl_object").version())
+        writer = asyncio.StreamWriter(tls, protocol, reader, loop)
+        # A session now: max_connections counts it, not the handshakes.
+        self._handshakes.discard(asyncio.current_task())
+        await self._accept(reader, writer)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -196,7 +244,7 @@ class MllpListener:
             text = "too many submissions in progress; send it again shortly"
             return self._refusal(body, INTERNAL_ERROR, text)
         try:
-            answer = await asyncio.to_thread(self._outbound.submit, consumer, body)
+            answer = await asyncio.to_thread(self._outbound.submit, consumer, body, channel="mllp")
         except StorageError as exc:
             event(log, "mllp.not_stored", level=logging.ERROR, consumer=consumer.name,
                   error=str(exc)[:300])  # fmt: skip

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Literal
 
 import hl7  # type: ignore[import-untyped]
 
@@ -48,7 +49,13 @@ from mssgate.spool import Spool, new_queue_id
 from mssgate.spool.store import Route
 
 log = logging.getLogger("mssgate.outbound")
-LISTENER = "api"
+# How the RIS handed the message over (POST /v1/outbound, or the [hl7] MLLP listener): the
+# spool's listener and the copies' trace say which, for whoever follows a message back.
+Channel = Literal["api", "mllp"]
+_CHANNEL_TRACE: dict[Channel, tuple[str, str]] = {
+    "api": ("HL7 v2 over HTTPS", "HTTPS"),
+    "mllp": ("HL7 v2 over MLLP", "MLLP"),
+}
 # A submission recorded this long ago with a copy still not in the spool was cut short by a
 # crash: a repeat of its MSH-10 spools what is missing. Spooling takes well under a second.
 RESUME_AFTER = timedelta(seconds=60)
@@ -95,6 +102,7 @@ class _Prepared:
     xdm: bytes
     mss_fields: dict[str, str]
     now: datetime
+    channel: Channel = "api"
 
 
 class Outbound:
@@ -134,16 +142,16 @@ class Outbound:
             clock=clock,
         )
 
-    def submit(self, consumer: Consumer, body: bytes) -> Answer:
+    def submit(self, consumer: Consumer, body: bytes, *, channel: Channel = "api") -> Answer:
         try:
             message = hl7in.parse_er7(body)
             envelope = hl7in.envelope_of(message)
             stored = self._store.find(consumer.id, envelope.control_id)
             if stored is not None:
-                return self._repeat(consumer, message, stored)
+                return self._repeat(consumer, message, stored, channel)
             submission = hl7in.read_submission(message, self._rules)
             routes = self._routes(submission)
-            return self._send(consumer, submission, routes)
+            return self._send(consumer, submission, routes, channel)
         except Rejection as exc:
             event(log, "outbound.refused", consumer=consumer.name, ack=exc.ack_code,
                   codes=[p.code for p in exc.problems])  # fmt: skip
@@ -151,7 +159,9 @@ class Outbound:
                             problems=exc.problems)  # fmt: skip
             return Answer(exc.status, ack)
 
-    def _repeat(self, consumer: Consumer, message: hl7.Message, stored: Stored) -> Answer:
+    def _repeat(
+        self, consumer: Consumer, message: hl7.Message, stored: Stored, channel: Channel
+    ) -> Answer:
         """The same MSH-10 again: the first answer, once every copy is in the spool.
 
         A copy recorded but not spooled is either being spooled now (by the first request,
@@ -175,18 +185,18 @@ class Outbound:
                 # list without them) under this MSH-10 would send that instead, or lose them.
                 text = "this MSH-10 was first submitted with another document or recipients"
                 raise refuse(OTHER, "MSH", 10, text, submission.envelope)
-            prepared = self._prepare(submission, consumer.mailbox, self._clock())
+            prepared = self._prepare(submission, consumer.mailbox, self._clock(), channel)
             for recipient, route in routes:
                 copy = _Copy(recipient, route, new_queue_id(), wanted[recipient].message_id)
                 # The row first: a crash before the spool leaves it missing, resumed again.
                 self._store.respooled(stored.id, copy.recipient, copy.queue_id)
-                self._accept(copy, self._content(prepared, copy), consumer.mailbox)
+                self._accept(copy, self._content(prepared, copy), prepared)
             event(log, "outbound.resumed", outbound_id=stored.id, recipients=len(routes))
             self._on_spooled()
         event(log, "outbound.repeated", outbound_id=stored.id, consumer=consumer.name)
         return Answer(202, stored.ack, stored.id)
 
-    def _accept(self, copy: _Copy, content: bytes, sender: str) -> None:
+    def _accept(self, copy: _Copy, content: bytes, prepared: _Prepared) -> None:
         # A relayed copy asks its peer for DSNs (RFC 3461): the success one turns it
         # `delivered` and gives the RIS its ACK_RECEPTION_MSS; ENVID is the copy's spool id,
         # which the DSN echoes (docs/relay.md, "DSN").
@@ -197,8 +207,9 @@ class Outbound:
             else None
         )  # fmt: skip
         self._spool.accept(
-            queue_id=copy.queue_id, content=content, listener=LISTENER, sender=sender,
-            identity=sender, peer=None, recipients=[(copy.recipient, copy.route)],
+            queue_id=copy.queue_id, content=content, listener=prepared.channel,
+            sender=prepared.sender, identity=prepared.sender, peer=None,
+            recipients=[(copy.recipient, copy.route)],
             dsn=MessageDsn(ret="HDRS", envid=copy.queue_id) if rcpt_dsn else None,
             rcpt_dsn=rcpt_dsn,
         )  # fmt: skip
@@ -289,7 +300,9 @@ class Outbound:
                 raise refuse(OTHER, "PRT", 15, text, env)
         return routes
 
-    def _prepare(self, submission: Submission, sender: str, now: datetime) -> _Prepared:
+    def _prepare(
+        self, submission: Submission, sender: str, now: datetime, channel: Channel
+    ) -> _Prepared:
         """The signing key, the archive and the MSSanté fields every copy shares."""
         env = submission.envelope
         try:
@@ -302,7 +315,7 @@ class Outbound:
             raise refuse(OTHER, "MSH", None, text, env, ack="AR", status=503)
         xdm = xdm_archive(submission, now, sender=sender)
         mss_fields = self._mss_fields(submission, sender, xdm, now)
-        return _Prepared(submission, sender, key, xdm, mss_fields, now)
+        return _Prepared(submission, sender, key, xdm, mss_fields, now, channel)
 
     def _content(self, prepared: _Prepared, copy: _Copy) -> bytes:
         """The signed copy to `copy.recipient`, as it goes to the spool."""
@@ -313,7 +326,7 @@ class Outbound:
         )  # fmt: skip
         signed = sign_message(unsigned, key=prepared.key.key, cert=prepared.key.cert)
         del unsigned
-        content = self._trace(copy.queue_id, copy.recipient, prepared.now)
+        content = self._trace(copy.queue_id, copy.recipient, prepared.now, prepared.channel)
         content += strip_return_path(signed)
         del signed
         if copy.route == "relay":
@@ -321,12 +334,16 @@ class Outbound:
         return content
 
     def _send(
-        self, consumer: Consumer, submission: Submission, routes: list[tuple[str, Route]]
+        self,
+        consumer: Consumer,
+        submission: Submission,
+        routes: list[tuple[str, Route]],
+        channel: Channel,
     ) -> Answer:
         env = submission.envelope
         sender = consumer.mailbox
         now = self._clock()
-        prepared = self._prepare(submission, sender, now)
+        prepared = self._prepare(submission, sender, now, channel)
         copies = [_Copy(r, route, new_queue_id(), _new_message_id(sender)) for r, route in routes]
         outbound_id = new_queue_id()
         ack = build_ack("AA", env, facility=self._hostname)
@@ -343,7 +360,7 @@ class Outbound:
         spooled = 0
         try:
             for copy in copies:
-                self._accept(copy, self._content(prepared, copy), sender)
+                self._accept(copy, self._content(prepared, copy), prepared)
                 spooled += 1
         except (StorageError, OSError) as exc:
             if spooled == 0:
@@ -390,10 +407,11 @@ class Outbound:
             text = "the CDA's code cannot be written in X-MSS-CODECDA"
             raise refuse(OTHER, "OBX", 5, text, submission.envelope) from None
 
-    def _trace(self, queue_id: str, recipient: str, now: datetime) -> bytes:
+    def _trace(self, queue_id: str, recipient: str, now: datetime, channel: Channel) -> bytes:
+        how, protocol = _CHANNEL_TRACE[channel]
         return (
-            f"Received: from api (HL7 v2 over HTTPS)\r\n"
-            f"\tby {self._hostname} (mssgate) with HTTPS\r\n"
+            f"Received: from {channel} ({how})\r\n"
+            f"\tby {self._hostname} (mssgate) with {protocol}\r\n"
             f"\tid {queue_id}\r\n\tfor <{recipient}>; {format_datetime(now)}\r\n"
         ).encode("ascii", "replace")
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -245,3 +246,42 @@ def test_oversize_garbage_unfinished_frames_and_silence(
     assert msa(ack) == ("AR", "DB-AWAY") and "207" in str(ack.segment("ERR"))
     gateway.wait_event("mllp.failed", consumer="ris-a")
     assert not [e for e in gateway.events() if e.get("event") == "outbound.accepted"]
+
+
+def test_pipelined_and_split_frames_failed_handshakes_and_the_trace(
+    live: tuple[Gateway, dict[str, tuple[Path, Path]]],
+) -> None:
+    gateway, certs = live
+    ctx = tls(gateway, *certs["ris-a"])
+    # Three frames in one write: three ACKs, in the order sent.
+    raw = Raw(gateway, ctx)
+    raw.sock.sendall(b"".join(VT + m + FS + CR for m in (b"one", mdm("PIPE-1"), b"three")))
+    acks = [raw.answer() for _ in range(3)]
+    assert [msa(a)[0] for a in acks] == ["AR", "AA", "AR"] and msa(acks[1])[1] == "PIPE-1"
+    # A frame cut in many TLS records (and TCP segments) is read whole.
+    whole = VT + mdm("SPLIT-1") + FS + CR
+    for at in range(0, len(whole), 700):
+        raw.sock.sendall(whole[at : at + 700])
+    assert msa(raw.answer()) == ("AA", "SPLIT-1")
+    raw.close()
+    # What was sent over MLLP says so in its trace (not "HTTPS").
+    [first, *_] = gateway.wait_delivered(ALICE, 2)
+    trace = first.read_bytes().split(b"\r\n\r\n", 1)[0]
+    assert b"HL7 v2 over MLLP" in trace and b"HTTPS" not in trace
+    # A client without a certificate, or speaking plain TCP: the handshake fails, and the
+    # operator sees who and why.
+    assert refused(gateway, tls(gateway, None, None))
+    with socket.create_connection(("127.0.0.1", gateway.ports["hl7"]), timeout=20) as plain:
+        plain.sendall(VT + b"MSH|^~\\&|" + FS + CR)
+        with contextlib.suppress(OSError):
+            plain.recv(100)
+    deadline = time.monotonic() + 10
+    while len(handshakes := failed_handshakes(gateway)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(handshakes) == 2, handshakes
+    assert all(str(e["peer"]).startswith("('127.0.0.1'") for e in handshakes)
+    assert "CERTIFICATE" in str(handshakes[0]["reason"]).upper()
+
+
+def failed_handshakes(gateway: Gateway) -> list[dict[str, object]]:
+    return [e for e in gateway.events() if e.get("event") == "mllp.handshake_failed"]
