@@ -44,6 +44,18 @@ from mssgate.mailstore import DeliveryFailed
 from mssgate.mailstore.lmtp import LmtpStore
 from mssgate.pki import load_certificate
 from mssgate.returnpath import spooled_sender
+from mssgate.smtp.dsnparams import (
+    MAIL_KEYS,
+    RCPT_KEYS,
+    DsnSyntaxError,
+    MessageDsn,
+    RecipientDsn,
+    dsn_mail_options,
+    dsn_rcpt_options,
+    parse_mail,
+    parse_rcpt,
+)
+from mssgate.smtp.protocol import dsn_params
 from mssgate.spool import Spool, new_queue_id
 from mssgate.tls import client_context, server_context
 
@@ -207,7 +219,8 @@ class NodeHandOff:
         self._lock = threading.Lock()
 
     def hand_over(self, address: str, recipient: str, message: bytes, *, queue_id: str,
-                  sender: str) -> None:  # fmt: skip
+                  sender: str, dsn: MessageDsn | None = None,
+                  rcpt_dsn: RecipientDsn | None = None) -> None:  # fmt: skip
         try:
             _host, port = parse_lmtp_target(address)
             if port is None:
@@ -220,7 +233,8 @@ class NodeHandOff:
             failed_at = self._unreachable.get(address)
         if failed_at is not None and time.monotonic() - failed_at < UNREACHABLE_SECONDS:
             raise DeliveryFailed(f"the home node {address} was unreachable moments ago")
-        link = _NodeLmtp(address, ctx=self._ctx, own=self._own, timeout=self._timeout)
+        link = _NodeLmtp(address, ctx=self._ctx, own=self._own, timeout=self._timeout,
+                         dsn=dsn, rcpt_dsn=rcpt_dsn)  # fmt: skip
         try:
             link.deliver(recipient, message, delivery_id=queue_id, sender=sender)
         finally:
@@ -234,10 +248,14 @@ class NodeHandOff:
 class _NodeLmtp(LmtpStore):
     """One hand-over's connection to one node."""
 
-    def __init__(self, address: str, *, ctx: ssl.SSLContext, own: bytes, timeout: float) -> None:
+    def __init__(self, address: str, *, ctx: ssl.SSLContext, own: bytes, timeout: float,
+                 dsn: MessageDsn | None = None,
+                 rcpt_dsn: RecipientDsn | None = None) -> None:  # fmt: skip
         super().__init__(address, timeout=timeout)
         self._ctx = ctx
         self._own = own
+        self._dsn = dsn or MessageDsn()
+        self._rcpt_dsn = rcpt_dsn or RecipientDsn()
         self.connect_failed = False
         self._handover_id = ""
 
@@ -251,7 +269,14 @@ class _NodeLmtp(LmtpStore):
         # once (mssgate.handovers). A node without the command (an older version) answers
         # 5xx: the hand-over goes on as before, without that protection.
         client.docmd("XHANDOVER", self._handover_id)
-        LmtpStore._envelope(client, sender, recipient)
+        # The DSN parameters go to a home node that reads them (DSN in its LHLO reply); an
+        # older one would refuse them (555), so it gets none, as before.
+        mail: list[str] = []
+        rcpt: list[str] = []
+        if client.has_extn("dsn"):
+            mail = dsn_mail_options(self._dsn)
+            rcpt = dsn_rcpt_options(self._rcpt_dsn)
+        LmtpStore._envelope(client, sender, recipient, mail_options=mail, rcpt_options=rcpt)
 
     def _connect(self) -> smtplib.SMTP:
         assert self._port is not None  # checked by NodeHandOff.hand_over
@@ -273,6 +298,9 @@ class _NodeLmtp(LmtpStore):
 _HANDOVER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Set on a connection by XHANDOVER, for its next transaction.
 _HANDOVER = "_mssgate_handover"
+# Set on an envelope by MAIL and RCPT: the RFC 3461 parameters handed over with it.
+_DSN = "_mssgate_dsn"
+_RCPT_DSN = "_mssgate_rcpt_dsn"
 
 
 class _Handler:
@@ -286,6 +314,12 @@ class _Handler:
         # Hand-overs being taken now: a resend arriving while the first is still being
         # spooled waits for it, then finds it taken.
         self._taking: dict[tuple[str, str], asyncio.Task[str]] = {}
+
+    async def handle_EHLO(self, server: LMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:  # fmt: skip
+        # DSN: the sending node passes the parameters of what it hands over (NodeLmtp).
+        session.host_name = hostname
+        return [*responses[:-1], "250-DSN", responses[-1]]
 
     async def handle_RCPT(self, server: LMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:  # fmt: skip
@@ -357,10 +391,13 @@ class _Handler:
         if isinstance(peer, tuple):
             peer = peer[0]
         try:
+            rcpt_dsn: RecipientDsn = getattr(envelope, _RCPT_DSN, RecipientDsn())
             await asyncio.to_thread(
                 self._spool.accept, queue_id=queue_id, content=content, listener="node",
                 sender=spooled_sender(envelope.mail_from), identity=None, peer=str(peer)[:64],
                 recipients=[(envelope.rcpt_tos[0], "local")],
+                dsn=getattr(envelope, _DSN, None),
+                rcpt_dsn={envelope.rcpt_tos[0]: rcpt_dsn},
             )  # fmt: skip
         except (MssgateError, SQLAlchemyError, OSError) as exc:
             event(log, "node.accept_failed", level=logging.ERROR,
@@ -459,6 +496,32 @@ async def start_node_listener(
             open_links -= 1
             super().connection_lost(error)
 
+        async def smtp_MAIL(self, arg: str | None) -> None:
+            try:
+                arg, params = dsn_params(self, arg, "FROM:", MAIL_KEYS)
+                dsn = parse_mail(params)
+            except DsnSyntaxError as exc:
+                await self.push(f"501 5.5.4 {exc}")
+                return
+            had_sender = self.envelope is not None and bool(self.envelope.mail_from)
+            await super().smtp_MAIL(arg)
+            if not had_sender and self.envelope is not None and self.envelope.mail_from:
+                setattr(self.envelope, _DSN, dsn)
+
+        async def smtp_RCPT(self, arg: str | None) -> None:
+            try:
+                arg, params = dsn_params(self, arg, "TO:", RCPT_KEYS)
+                dsn = parse_rcpt(params)
+            except DsnSyntaxError as exc:
+                await self.push(f"501 5.5.4 {exc}")
+                return
+            envelope = self.envelope
+            before = len(envelope.rcpt_tos) if envelope is not None else 0
+            await super().smtp_RCPT(arg)
+            # One recipient per transaction (handle_RCPT): its parameters are the envelope's.
+            if envelope is not None and len(envelope.rcpt_tos) > before:
+                setattr(envelope, _RCPT_DSN, dsn)
+
         async def smtp_XIMAP(self, arg: str | None) -> None:
             """`XIMAP <user> <client ip>`: another node's IMAP front door authenticated `user`
             and relays the session here, where the mailbox lives (`NodeImap`, the client).
@@ -513,8 +576,10 @@ class CrossNodeDelivery:
         return None if home is None else home.address
 
     def hand_over(self, address: str, recipient: str, message: bytes, *, queue_id: str,
-                  sender: str) -> None:  # fmt: skip
-        self._handoff.hand_over(address, recipient, message, queue_id=queue_id, sender=sender)
+                  sender: str, dsn: MessageDsn | None = None,
+                  rcpt_dsn: RecipientDsn | None = None) -> None:  # fmt: skip
+        self._handoff.hand_over(address, recipient, message, queue_id=queue_id, sender=sender,
+                                dsn=dsn, rcpt_dsn=rcpt_dsn)  # fmt: skip
 
     def taken_elsewhere(self, queue_id: str, recipient: str) -> bool:
         return self._handovers.taken(queue_id, recipient) is not None

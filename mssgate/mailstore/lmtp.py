@@ -8,6 +8,7 @@ The mailbox, with its special-use folders, is created by the first delivery.
 from __future__ import annotations
 
 import smtplib
+from collections.abc import Sequence
 from pathlib import Path
 
 from mssgate.config import DeliveryConfig, parse_lmtp_target
@@ -66,13 +67,20 @@ class LmtpStore:
         return smtplib.LMTP(self._host, self._port, timeout=self._timeout)
 
     @staticmethod
-    def _envelope(client: smtplib.SMTP, sender: str, recipient: str) -> None:
+    def _envelope(
+        client: smtplib.SMTP,
+        sender: str,
+        recipient: str,
+        *,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
+    ) -> None:
         client.ehlo_or_helo_if_needed()  # LHLO, for smtplib.LMTP
         # The real envelope sender: with MAIL FROM:<> every message read as a bounce.
-        code, text = client.mail(sender)
+        code, text = client.mail(sender, mail_options)
         if code != 250:
             _refused(code, text)
-        code, text = client.rcpt(recipient)
+        code, text = client.rcpt(recipient, rcpt_options)
         if code != 250:
             _refused(code, text)
 

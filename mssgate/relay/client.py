@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from mssgate.config import RelayConfig
-from mssgate.smtp.dsnparams import MessageDsn, RecipientDsn, encode_xtext
+from mssgate.smtp.dsnparams import MessageDsn, RecipientDsn, dsn_mail_options, dsn_rcpt_options
 
 # RFC 5321 4.5.3.1.5 caps a reply line at 512 octets; leave room for sloppy servers but
 # never let a hostile one make us buffer without end.
@@ -301,11 +301,7 @@ class SmtpSession:
                 raise SessionFailed("8-bit message and the peer lacks 8BITMIME", status="5.6.3")
             params += " BODY=8BITMIME"
         if peer_dsn:
-            # Values are decoded in the spool: encoded here, nothing in them can end the line.
-            if dsn.ret:
-                params += f" RET={dsn.ret}"
-            if dsn.envid:
-                params += f" ENVID={encode_xtext(dsn.envid)}"
+            params += "".join(f" {o}" for o in dsn_mail_options(dsn))
         reply = await self._command(f"MAIL FROM:<{sender}>{params}", "mail", self._timeouts.command)
         if reply.code != 250:
             raise _from_reply(reply, "mail")
@@ -316,12 +312,8 @@ class SmtpSession:
             except SessionFailed as exc:
                 decided[rcpt] = exc.outcome(rcpt, self.remote_mta)
                 continue
-            wanted = rcpt_dsn.get(rcpt, RecipientDsn())
-            extra = ""
-            if peer_dsn and wanted.notify is not None:
-                extra += f" NOTIFY={wanted.notify_text()}"
-            if peer_dsn and wanted.orcpt is not None:
-                extra += f" ORCPT={wanted.orcpt_text()}"
+            wanted = rcpt_dsn.get(rcpt, RecipientDsn()) if peer_dsn else RecipientDsn()
+            extra = "".join(f" {o}" for o in dsn_rcpt_options(wanted))
             reply = await self._command(f"RCPT TO:<{rcpt}>{extra}", "rcpt", self._timeouts.rcpt)
             if reply.code in (250, 251):
                 accepted.append(rcpt)

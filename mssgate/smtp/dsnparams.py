@@ -156,6 +156,23 @@ def parse_rcpt(params: dict[str, str]) -> RecipientDsn:
     )
 
 
+def dsn_mail_options(dsn: MessageDsn) -> list[str]:
+    """MAIL FROM's RET and ENVID for a peer or a node that offers DSN. Values are kept decoded
+    and encoded here: nothing in them can end the parameter or the line."""
+    options = [f"RET={dsn.ret}"] if dsn.ret else []
+    if dsn.envid:
+        options.append(f"ENVID={encode_xtext(dsn.envid)}")
+    return options
+
+
+def dsn_rcpt_options(dsn: RecipientDsn) -> list[str]:
+    """RCPT TO's NOTIFY and ORCPT, likewise."""
+    options = [f"NOTIFY={dsn.notify_text()}"] if dsn.notify is not None else []
+    if dsn.orcpt is not None:
+        options.append(f"ORCPT={dsn.orcpt_text()}")
+    return options
+
+
 def stored_rcpt(notify: str | None, orcpt: str | None) -> RecipientDsn:
     """A recipient's parameters as the spool keeps them (what `notify_text`/`orcpt_text`
     wrote); a row that no longer parses counts as none given."""

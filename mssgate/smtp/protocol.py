@@ -453,22 +453,7 @@ class GatewaySMTP(SMTP):
     def _dsn_params(
         self, arg: str | None, keyword: str, keys: frozenset[str]
     ) -> tuple[str | None, dict[str, str]]:
-        """`arg` without its DSN parameters, and those parameters (values as sent: aiosmtpd
-        upper-cases what it parses, and ENVID/ORCPT are case-sensitive). Raises
-        DsnSyntaxError. Left to aiosmtpd when the line is not one it would read."""
-        if arg is None or self.session is None or not self.session.extended_smtp:
-            return arg, {}
-        rest = self._strip_command_keyword(keyword, arg)
-        if rest is None:
-            return arg, {}
-        address, params = self._getaddr(rest)
-        if address is None or not params:
-            return arg, {}
-        ours, others = split_params(params.split(), keys)
-        if not ours:
-            return arg, {}
-        head = arg[: len(arg) - len(params)].rstrip()
-        return " ".join([head, *others]), ours
+        return dsn_params(self, arg, keyword, keys)
 
     async def _dsn_syntax_error(self, exc: DsnSyntaxError) -> None:
         self._protocol_error("DSN parameter", self._command_line or b"", detail=str(exc))
@@ -691,3 +676,25 @@ class GatewaySMTP(SMTP):
 
 async def _none() -> None:
     return None
+
+
+def dsn_params(
+    server: SMTP, arg: str | None, keyword: str, keys: frozenset[str]
+) -> tuple[str | None, dict[str, str]]:
+    """`arg` of `server`'s MAIL or RCPT without its DSN parameters, and those parameters
+    (values as sent: aiosmtpd upper-cases what it parses, and ENVID/ORCPT are case-sensitive).
+    Raises DsnSyntaxError. Left to aiosmtpd when the line is not one it would read. Also the
+    node link's (mssgate.nodelink), which carries them to a mailbox's home node."""
+    if arg is None or server.session is None or not server.session.extended_smtp:
+        return arg, {}
+    rest = server._strip_command_keyword(keyword, arg)
+    if rest is None:
+        return arg, {}
+    address, params = server._getaddr(rest)
+    if address is None or not params:
+        return arg, {}
+    ours, others = split_params(params.split(), keys)
+    if not ours:
+        return arg, {}
+    head = arg[: len(arg) - len(params)].rstrip()
+    return " ".join([head, *others]), ours

@@ -22,6 +22,7 @@ from mssgate.logs import event
 from mssgate.mailstore import DeliveryFailed, MailStore
 from mssgate.relay.dsn import RecipientReport, build_dsn
 from mssgate.smtp.body import MemoryBudget
+from mssgate.smtp.dsnparams import MessageDsn, RecipientDsn
 from mssgate.spool.store import MessageEnvelope, PendingDelivery, Spool
 from mssgate.supervisor import PassHealth, run_in_passes
 
@@ -76,8 +77,20 @@ class CrossNode(Protocol):
         """The home node's address (host:port), or None to deliver here."""
         ...
 
-    def hand_over(self, address: str, recipient: str, message: bytes, *, queue_id: str,
-                  sender: str) -> None: ...  # fmt: skip
+    def hand_over(
+        self,
+        address: str,
+        recipient: str,
+        message: bytes,
+        *,
+        queue_id: str,
+        sender: str,
+        dsn: MessageDsn | None = None,
+        rcpt_dsn: RecipientDsn | None = None,
+    ) -> None:
+        """`dsn`, `rcpt_dsn`: the RFC 3461 parameters the entry came with; the home node
+        delivers, so it is the one to send the DSNs they ask for."""
+        ...
 
     def taken_elsewhere(self, queue_id: str, recipient: str) -> bool:
         """Whether a node took an earlier hand-over of this entry (mssgate.handovers)."""
@@ -265,13 +278,17 @@ class DeliveryWorker:
         try:
             # Unsealed, without a document job: the home node's own delivery does both.
             self._cross.hand_over(address, item.recipient, content, queue_id=item.spool_id,
-                                  sender=envelope.sender)  # fmt: skip
+                                  sender=envelope.sender, dsn=envelope.dsn,
+                                  rcpt_dsn=item.dsn)  # fmt: skip
         except DeliveryFailed as exc:
             expired = self._give_up_after is not None and (
                 now() - envelope.received_at > self._give_up_after
             )
             permanent = exc.permanent or expired
             delay = retry_delay(item.attempts, self._config)
+            if permanent:
+                # As a local refusal does, before the failure is committed (at least once).
+                self._report(item, envelope, _failure(item, str(exc)))
             self._spool.attempt_failed(item, error=f"hand-over to {address}: {exc}",
                                        permanent=permanent, retry_in=delay)  # fmt: skip
             metrics.delivery(item.route, "failed" if permanent else "deferred")
