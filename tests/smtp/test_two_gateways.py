@@ -20,8 +20,18 @@ DR_B = f"dr.b@{PEER_DOMAIN}"
 
 
 @pytest.fixture
-def pair(cli: Cli, gateway_setup: Gateway, tmp_path: Path) -> Iterator[tuple[Gateway, Gateway]]:
+def a_env() -> dict[str, str]:
+    """Settings of gateway A beyond the pair's own; a module overrides this fixture (IMAP on,
+    for one)."""
+    return {}
+
+
+@pytest.fixture
+def pair(
+    cli: Cli, gateway_setup: Gateway, tmp_path: Path, a_env: dict[str, str]
+) -> Iterator[tuple[Gateway, Gateway]]:
     a = gateway_setup
+    a.env.update(a_env)
     b_data = tmp_path / "b"
     cli.ok("init", "--data", str(b_data), "--domain", PEER_DOMAIN)
     b_cfg = ["--config", str(b_data / "mssgate.toml")]
