@@ -448,7 +448,8 @@ async def run_gateway(config: Config) -> int:
         mllp: MllpListener | None = None
         hl7_port = 0
         if config.hl7.enabled:
-            mllp = MllpListener(config, directory.consumers, outbound)
+            slots = api.app.state.outbound_slots  # one bound on submissions, API and MLLP
+            mllp = MllpListener(config, directory.consumers, outbound, slots)
             hl7_port = await mllp.start()
             assert mllp.server is not None
             listening["hl7"] = mllp.server

@@ -73,7 +73,13 @@ def envelope_of(body: bytes) -> Envelope:
 
 
 class MllpListener:
-    def __init__(self, config: Config, consumers: Consumers, outbound: Outbound) -> None:
+    def __init__(
+        self,
+        config: Config,
+        consumers: Consumers,
+        outbound: Outbound,
+        slots: Slots | None = None,
+    ) -> None:
         self._config = config
         self._consumers = consumers
         self._outbound = outbound
@@ -81,8 +87,9 @@ class MllpListener:
         self._max_size = hl7.max_message_size or config.smtp.max_message_size
         self._timeout = hl7.read_timeout_seconds
         self._facility = config.server.hostname
-        # As the API's: each submission holds its body and several times it while signing.
-        self._slots = Slots()
+        # Each submission holds its body and several times it while signing: `serve` gives
+        # the API's slots, so that the node's bound is one whichever way the RIS sends.
+        self._slots = slots or Slots()
         self._open: set[asyncio.Task[None]] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
         self._ssl: ssl.SSLContext | None = None

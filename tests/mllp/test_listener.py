@@ -285,3 +285,34 @@ def test_pipelined_and_split_frames_failed_handshakes_and_the_trace(
 
 def failed_handshakes(gateway: Gateway) -> list[dict[str, object]]:
     return [e for e in gateway.events() if e.get("event") == "mllp.handshake_failed"]
+
+
+def test_mllp_and_the_api_share_the_submission_slots(
+    cli: Cli, live: tuple[Gateway, dict[str, tuple[Path, Path]]]
+) -> None:
+    """Each submission holds several times its size while signing: the bound on them is one
+    for the node, not one per way in (MLLP beside the API would double it)."""
+    gateway, certs = live
+    token = cli.ok("consumer", "add", "ris-c", "--mailbox", BOB, "--json").json()["token"]
+    head = (
+        "POST /v1/outbound HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/hl7-v2\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n"
+    ).encode()
+    with contextlib.ExitStack() as open_:
+        holders = []
+        for _ in range(4):  # the API's submissions waiting for their bodies hold every slot
+            sock = socket.create_connection(("127.0.0.1", gateway.ports["api"]), timeout=20)
+            holder = tls(gateway, None, None).wrap_socket(sock, server_hostname="localhost")
+            open_.enter_context(holder)
+            holder.sendall(head)
+            holders.append(holder)
+        time.sleep(3)
+        raw = Raw(gateway, tls(gateway, *certs["ris-a"]))
+        open_.callback(raw.close)
+        raw.sock.sendall(VT + mdm("SHARED-1") + FS + CR)
+        raw.sock.settimeout(3)
+        with pytest.raises(TimeoutError):
+            raw.sock.recv(1)
+        holders[0].close()  # a slot freed: the MLLP submission goes on
+        raw.sock.settimeout(20)
+        assert msa(raw.answer()) == ("AA", "SHARED-1")
