@@ -46,6 +46,7 @@ from mssgate.queue.models import Blob, Lease, QueueEntry, QueueState, Receipt
 from mssgate.queue.quarantine import QuarantineStore
 from mssgate.queue.statements import QueueStatements
 from mssgate.queue.transitions import TransitionGroup
+from mssgate.queue.withdrawal import unique_id_key
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ HL7_MEDIA_TYPE = "x-application/hl7-v2+er7; charset=utf-8"
 RECEIPT_RETRY = timedelta(seconds=60)
 # How often a lease looks for its mailbox's lapsed leases (serve's reaper covers all of them).
 EXPIRY_SCAN_INTERVAL = timedelta(seconds=1)
+# Mailboxes whose last scan time is kept before those older than the interval are forgotten.
+EXPIRY_SCAN_MEMORY = 1024
 
 
 class LeaseLost(Conflict):
@@ -312,6 +315,7 @@ class DocumentQueue:
                     "attempts": 0,
                     "updated_at": now,
                     "message_ref": ref,
+                    "unique_id_sha256": unique_id_key(stored),
                 },
             )
             if not created:
@@ -380,13 +384,21 @@ class DocumentQueue:
                 receipts += self._receipt(conn, row, "error", row.last_code or 906, now)
         return len(rows), receipts
 
-    def _expire_due(self, conn: Connection, now: datetime, mailbox: str) -> list[_PendingReceipt]:
-        """Expires the mailbox's lapsed leases, at most once per EXPIRY_SCAN_INTERVAL: a
-        scan in every lease cost as much as the lease itself. A lease lapsed since the last
-        scan waits for the next one (or serve's reaper), under a second more."""
+    def _scan_due(self, now: datetime, mailbox: str) -> bool:
+        """Whether a lease should look for the mailbox's lapsed leases now: at most once per
+        EXPIRY_SCAN_INTERVAL, as a scan in every lease cost as much as the lease itself."""
         last = self._expiry_scanned.get(mailbox)
-        if last is not None and last <= now < last + EXPIRY_SCAN_INTERVAL:
-            return []
+        return last is None or not last <= now < last + EXPIRY_SCAN_INTERVAL
+
+    def _expire_scan(self, conn: Connection, now: datetime, mailbox: str) -> list[_PendingReceipt]:
+        if len(self._expiry_scanned) >= EXPIRY_SCAN_MEMORY:
+            # A scan older than the interval counts as none: forgetting it changes nothing,
+            # and the map stays the size of the mailboxes leased from in the last second.
+            self._expiry_scanned = {
+                box: at
+                for box, at in self._expiry_scanned.items()
+                if at <= now < at + EXPIRY_SCAN_INTERVAL
+            }
         self._expiry_scanned[mailbox] = now
         return self._expire(conn, now, mailbox)[1]
 
@@ -414,11 +426,17 @@ class DocumentQueue:
         leases: list[Lease] = []
         with write(self._engine) as conn:
             now = self._now()
-            receipts = self._expire_due(conn, now, holder.mailbox)
+            scanned = self._scan_due(now, holder.mailbox)
+            receipts = self._expire_scan(conn, now, holder.mailbox) if scanned else []
             expires = now + timedelta(seconds=seconds)
-            candidates = conn.execute(
-                self._statements.claim_ready, {"mailbox": holder.mailbox, "limit": max_documents}
-            ).all()
+            claim = {"mailbox": holder.mailbox, "limit": max_documents}
+            candidates = conn.execute(self._statements.claim_ready, claim).all()
+            if not scanned and len(candidates) < max_documents:
+                # Fewer ready than asked: a lease lapsed since the last scan is owed now, not
+                # in a second (the MLLP push, which sees it waiting, would ask again at once,
+                # a connection to the RIS each time, until the next scan).
+                receipts = self._expire_scan(conn, now, holder.mailbox)
+                candidates = conn.execute(self._statements.claim_ready, claim).all()
             for row in candidates:
                 lease_id = _new_id()
                 changed = conn.execute(

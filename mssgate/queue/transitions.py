@@ -10,7 +10,10 @@ only when its own change is committed, with its own result or exception.
 
 A transition that raises is rolled back to its savepoint alone (and its audit entries
 dropped); the others commit. If the group itself fails (the audit write, the commit), each
-transition that had succeeded runs again alone, so one bad row cannot fail its neighbours.
+transition that had succeeded runs again alone, so one bad row cannot fail its neighbours;
+if its transaction could not even be opened (no connection, no write slot), each caller gets
+that error at once. A caller is never left waiting: one whose transition a leader could not
+run (the leader interrupted) is told its change was not committed.
 Leadership passes on after one group, so no caller serves others for ever.
 """
 
@@ -25,6 +28,7 @@ from sqlalchemy import Engine
 
 from mssgate import audit
 from mssgate.db.tx import in_write, savepoint, write
+from mssgate.errors import StorageError
 
 T = TypeVar("T")
 
@@ -69,6 +73,15 @@ class TransitionGroup:
             try:
                 self._commit(group)
             finally:
+                # Whatever stopped this leader (an interruption in another caller's
+                # transition), no caller of its group may wait for ever: each not answered
+                # is told its change was not committed.
+                for other in group:
+                    if not other.done:
+                        other.error = StorageError(
+                            "interrupted before this change was committed; try again"
+                        )
+                        other.done = True
                 with self._cond:
                     self._leading = False
                     self._cond.notify_all()
@@ -80,8 +93,10 @@ class TransitionGroup:
         if len(group) == 1:
             self._alone(group[0])
             return
+        opened = False
         try:
             with write(self._engine) as conn, audit.batched(conn) as pending:
+                opened = True
                 for job in group:
                     held = len(pending)
                     try:
@@ -90,9 +105,13 @@ class TransitionGroup:
                     except Exception as exc:
                         del pending[held:]
                         job.error = exc
-        except Exception:
+        except Exception as exc:
             for job in group:
-                if job.error is None:
+                if not opened:
+                    # No connection or no write slot: nothing of theirs ran, and each alone
+                    # would wait as long again, one after another.
+                    job.error = exc
+                elif job.error is None:
                     self._alone(job)
                 job.done = True
             return
