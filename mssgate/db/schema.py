@@ -288,6 +288,11 @@ queue_documents = Table(
     # The message the document came in (stored_messages); NULL before revision 0008 and for
     # a mailbox stored encrypted, whose MDM keeps its e-mail inside its own ciphertext.
     Column("message_ref", String(64)),
+    # SHA-256 of the document's uniqueId (a hostile id of any length in a fixed-size key);
+    # NULL for a withdrawal and without a uniqueId: who sent the mailbox the document a
+    # withdrawal or replacement names (mssgate.queue.withdrawal, revision 0021).
+    Column("unique_id_sha256", String(64)),
+    Index("ix_queue_documents_unique_id", "mailbox", "unique_id_sha256"),
 )
 
 queue_contents = Table(

@@ -14,21 +14,35 @@ RIS supersedes the earlier document with it): from anyone else it goes as a new 
 
 from __future__ import annotations
 
-import json
+import hashlib
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Select, select
 
 from mssgate.db.schema import queue_documents
 from mssgate.documents.record import DocumentRecord
 
-_LIKE_ESCAPE = "\\"
+
+def unique_id_key(record: DocumentRecord) -> str | None:
+    """What queue_documents.unique_id_sha256 holds for `record`: the hash of its uniqueId
+    (fixed-size, whatever the sender put there), or None for a withdrawal, which is never
+    the document another withdrawal or a replacement names, and without a uniqueId."""
+    document = record.document
+    if not document.unique_id or document.withdrawn:
+        return None
+    return _key(document.unique_id)
 
 
-def _like_fragment(text: str) -> str:
-    """`text` matched literally inside a LIKE pattern."""
-    for char in (_LIKE_ESCAPE, "%", "_"):
-        text = text.replace(char, _LIKE_ESCAPE + char)
-    return text
+def _key(unique_id: str) -> str:
+    return hashlib.sha256(unique_id.encode("utf-8")).hexdigest()
+
+
+def senders_query(unique_id: str, mailbox: str) -> Select[tuple[str]]:
+    """Who sent `mailbox` the document `unique_id`: on the index (mailbox, unique_id_sha256),
+    a few rows whatever the size of the mailbox's queue."""
+    return select(queue_documents.c.sender).where(
+        queue_documents.c.mailbox == mailbox,
+        queue_documents.c.unique_id_sha256 == _key(unique_id),
+    )
 
 
 def _same_sender(a: str, b: str) -> bool:
@@ -38,25 +52,11 @@ def _same_sender(a: str, b: str) -> bool:
 def _sent_by(engine: Engine, unique_id: str, *, mailbox: str, sender: str) -> set[str] | None:
     """None when `sender` sent `mailbox` the document `unique_id` (not a withdrawal of it);
     else whoever else did (empty: nobody)."""
-    # The record column holds the DocumentRecord's JSON: the LIKE (the id as a JSON string)
-    # narrows the mailbox's entries to those naming it; each is then read whole (the id
-    # may be another's `replaces`).
-    pattern = "%" + _like_fragment(json.dumps(unique_id, ensure_ascii=False)) + "%"
-    query = select(queue_documents.c.sender, queue_documents.c.record).where(
-        queue_documents.c.mailbox == mailbox,
-        queue_documents.c.record.like(pattern, escape=_LIKE_ESCAPE),
-    )
     with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    others: set[str] = set()
-    for row in rows:
-        earlier = DocumentRecord.model_validate_json(row.record).document
-        if earlier.unique_id != unique_id or earlier.withdrawn:
-            continue
-        if _same_sender(str(row.sender), sender):
-            return None
-        others.add(str(row.sender))
-    return others
+        senders = {str(s) for s in conn.execute(senders_query(unique_id, mailbox)).scalars()}
+    if any(_same_sender(s, sender) for s in senders):
+        return None
+    return senders
 
 
 def _not_sent(unique_id: str, sender: str, others: set[str]) -> str:

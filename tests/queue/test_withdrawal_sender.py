@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.samples import CdaSpec, make_cda, make_pdf
 from mssgate.queue import DocumentQueue, QueueState, release
+from mssgate.queue.withdrawal import senders_query
 from tests.outbound.test_withdrawal import NEW_ID, OLD_ID, cancellation, read
 from tests.queue.helpers import RIS_A, RIS_B, SENDER, add_consumer, deliver
 from tests.smtp.test_outbound_gateway import mdm
@@ -136,3 +137,15 @@ def test_a_withdrawal_withdraws_the_reports_pdf_too(engine: Engine, queue: Docum
     records = [queue.entry(x).record for x in withdrawals]
     assert {r.document.unique_id for r in records if r.document.withdrawn} == ids
     assert {trigger(queue, consumer, x) for x in withdrawals} == {"MDM^T04^MDM_T02"}
+
+
+def test_the_sender_check_reads_the_unique_id_index(sqlite_engine: Engine) -> None:
+    """The check runs on every withdrawal and replacement: on the (mailbox, uniqueId) index,
+    not a scan of the mailbox's entries matching the id as text in their JSON records (0.23 s
+    at 100k entries)."""
+    query = senders_query(OLD_ID, RIS_A).compile(
+        sqlite_engine, compile_kwargs={"literal_binds": True}
+    )
+    with sqlite_engine.connect() as conn:
+        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
+    assert "USING INDEX ix_queue_documents_unique_id (mailbox=? AND unique_id_sha256=?)" in plan
