@@ -42,6 +42,11 @@ log = logging.getLogger("mssgate.mllp")
 READ_CHUNK = 64 * 1024
 # HL7 table 0357: the receiving application failed for a reason that is not the message's.
 INTERNAL_ERROR = 207
+# TLS handshakes in progress at once. Each holds a descriptor for up to read_timeout_seconds
+# before anyone is known: past this, a connection is closed at once, so that a flood of
+# silent connections costs MLLP clients a retry rather than the process every descriptor
+# (its other listeners with it).
+MAX_HANDSHAKES = 64
 
 
 def peer_sha256(writer: asyncio.StreamWriter) -> str | None:
@@ -135,6 +140,12 @@ class MllpListener:
                 await asyncio.wait_for(self.server.wait_closed(), 5)
 
     def _handshake(self, transport: asyncio.Transport) -> None:
+        if len(self._handshakes) >= MAX_HANDSHAKES:
+            event(log, "mllp.refused", level=logging.WARNING,
+                  peer=str(transport.get_extra_info("peername")),
+                  reason="too many TLS handshakes in progress")  # fmt: skip
+            transport.abort()
+            return
         task = asyncio.get_running_loop().create_task(self._start_tls(transport))
         self._handshakes.add(task)
         task.add_done_callback(self._handshakes.discard)

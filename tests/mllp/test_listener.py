@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from mssgate.config import load_config
 from mssgate.db import open_engine
+from mssgate.mllp.listener import MAX_HANDSHAKES
 from mssgate.pki import (
     issue_client_cert,
     load_certificate,
@@ -316,3 +317,22 @@ def test_mllp_and_the_api_share_the_submission_slots(
         holders[0].close()  # a slot freed: the MLLP submission goes on
         raw.sock.settimeout(20)
         assert msa(raw.answer()) == ("AA", "SHARED-1")
+
+
+def test_tls_handshakes_in_progress_are_bounded(
+    live: tuple[Gateway, dict[str, tuple[Path, Path]]],
+) -> None:
+    """Connections that never say hello cost a descriptor each for read_timeout_seconds: past
+    MAX_HANDSHAKES the next is closed at once, so that a flood cannot take every descriptor
+    of the process (its SMTP, IMAP and API listeners with it)."""
+    gateway, _ = live
+    with contextlib.ExitStack() as open_:
+        for _ in range(MAX_HANDSHAKES):
+            sock = socket.create_connection(("127.0.0.1", gateway.ports["hl7"]), timeout=20)
+            open_.enter_context(sock)
+        time.sleep(0.5)
+        extra = open_.enter_context(socket.create_connection(("127.0.0.1", gateway.ports["hl7"])))
+        extra.settimeout(1.5)  # the listener's handshake timeout here is 3 s
+        with contextlib.suppress(ConnectionResetError):
+            assert extra.recv(1) == b""
+    gateway.wait_event("mllp.refused", reason="too many TLS handshakes in progress")
