@@ -183,12 +183,24 @@ def bounce(ctx: typer.Context, queue_id: QueueId, force: Force = False) -> None:
         content = spool.read(queue_id)
     except Exception:  # the headers are a courtesy: the DSN goes without them
         content = b""
+    # RFC 3461: only the recipients whose NOTIFY asks for failures (or gave none) are reported.
     failures = [
         RecipientFailure(
-            r, "5.0.0", explanation="returned to the sender by the gateway's administrator"
+            r,
+            "5.0.0",
+            explanation="returned to the sender by the gateway's administrator",
+            original_recipient=aside.dsn[r].orcpt_text() if r in aside.dsn else None,
         )
         for r in aside.recipients
+        if r not in aside.dsn or aside.dsn[r].wants_failure
     ]
+    if not failures:
+        spool.withdraw(aside, actor=who, action="spool.bounce", detail={"dsn": None})
+        say(
+            f"bounced {queue_id}: no DSN (NOTIFY asks for none),"
+            f" {_undelivered(aside.recipients, aside.documents)}"
+        )
+        return
     dsn = build_dsn(
         content,
         reporting_mta=config.server.hostname,
@@ -198,6 +210,7 @@ def bounce(ctx: typer.Context, queue_id: QueueId, force: Force = False) -> None:
         envelope_sender=envelope.sender,
         date=now(),
         mss_nil=config.policy.mss_nil,
+        envid=aside.envelope.envid,
     )
     notice = bounces.prepare(dsn, envelope.sender)
     if notice is None:  # the trust list changed since the check above

@@ -121,6 +121,8 @@ class SetAside:
     envelope: MessageEnvelope
     recipients: list[str]
     documents: list[str]
+    # Each recipient's RFC 3461 NOTIFY/ORCPT: a bounce reports only whom NOTIFY asks for.
+    dsn: dict[str, RecipientDsn] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -499,10 +501,15 @@ class Spool:
             )
         return SetAside(
             envelope=MessageEnvelope(
-                id=message.id, sender=message.sender, received_at=aware(message.received_at)
+                id=message.id,
+                sender=message.sender,
+                received_at=aware(message.received_at),
+                ret=message.dsn_ret,
+                envid=message.dsn_envid,
             ),
             recipients=[r.recipient for r in recipients],
             documents=[j.mailbox for j in jobs],
+            dsn={r.recipient: stored_rcpt(r.dsn_notify, r.dsn_orcpt) for r in recipients},
         )
 
     def withdraw(
