@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import load_pem_x509_certificates
 
 from mssgate.cli.context import State, emit_json, emit_table, say, state
+from mssgate.cli.durations import parse_duration
 from mssgate.directory import Directory
 from mssgate.errors import NotFound, PKIError, UsageFailed, ValidationFailed
 from mssgate.mllp.target import parse_push_url
@@ -179,6 +180,38 @@ def remove(ctx: typer.Context, name: str) -> None:
     can be given to a new consumer; the audit keeps both apart by id."""
     removed = state(ctx).directory().consumers.remove(name)
     say(f"removed consumer {removed.name} (id {removed.id}, {removed.mailbox})")
+
+
+@app.command("token")
+def token(
+    ctx: typer.Context,
+    name: str,
+    grace: Annotated[
+        str,
+        typer.Option(
+            "--grace",
+            metavar="DURATION",
+            help="How long the old token keeps working: 0 (refused at once), 90s, 30m,"
+            " 12h, up to 7d.",
+        ),
+    ] = "0",
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Give NAME a new API token, printed once, keeping its id and so its outbound messages,
+    acknowledgements, leases and MLLP certificate; the old token works for --grace more."""
+    rotated = state(ctx).directory().consumers.rotate_token(name, parse_duration(grace, "--grace"))
+    until = rotated.old_token_until
+    if json_out:
+        emit_json({"name": rotated.consumer.name, "id": rotated.consumer.id,
+                   "token": rotated.token,
+                   "old_token_until": until.isoformat() if until else None})  # fmt: skip
+        return
+    say(f"consumer {rotated.consumer.name} (id {rotated.consumer.id}) has a new token")
+    say(f"token (shown once, keep it secret): {rotated.token}")
+    if until is None:
+        say("the old token is refused from now on")
+    else:
+        say(f"the old token works until {until:%Y-%m-%d %H:%M:%S} UTC, then is refused")
 
 
 @app.command("set")

@@ -121,7 +121,12 @@ consumers = Table(
     # mllp://host:port its mailbox's queue is pushed to, and the CA (PEM) checking that server.
     Column("push_url", String(300)),
     Column("push_ca", Text),
+    # The token `consumer token` replaced, still accepted until previous_token_until (its
+    # grace, so that a RIS switches without downtime); then refused, and dropped at the next.
+    Column("previous_token_sha256", String(64)),
+    Column("previous_token_until", DateTime(timezone=True)),
     UniqueConstraint("mllp_cert_sha256", name="uq_consumers_mllp_cert"),
+    Index("ix_consumers_previous_token", "previous_token_sha256", unique=True),
 )
 
 audit = Table(

@@ -7,11 +7,12 @@ import hmac
 import json
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, delete, func, select, update
+from sqlalchemy import Connection, Engine, Row, and_, delete, func, or_, select, update
 
 from mssgate import audit
 from mssgate.db.schema import audit as audit_table
@@ -24,6 +25,9 @@ from mssgate.identifiers import normalize_address
 
 TOKEN_PREFIX = "mssg_"  # noqa: S105 (a public prefix that makes leaked tokens greppable)
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+# How long `consumer token --grace` may keep a replaced token working: long enough for a RIS
+# team to deploy its new token, short enough that a forgotten one does not linger.
+MAX_TOKEN_GRACE = timedelta(days=7)
 
 
 # The API's answer to a token it refuses: the same text for an unknown, revoked or orphaned
@@ -31,6 +35,16 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 INVALID_TOKEN = "a valid consumer token is required"  # noqa: S105 (a message, not a secret)
 MAILBOX_SUSPENDED = "the consumer's mailbox is suspended"
 UNBOUND_CERTIFICATE = "this certificate is not bound to an active consumer (consumer cert)"
+
+
+@dataclass(frozen=True)
+class Rotated:
+    """A consumer's new token (shown once) and until when the one it replaced still works
+    (None: refused already)."""
+
+    consumer: Consumer
+    token: str
+    old_token_until: datetime | None
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,9 @@ def _consumer(row: Row[Any]) -> Consumer:
         revoked_at=aware(row.revoked_at) if row.revoked_at is not None else None,
         mllp_cert_sha256=row.mllp_cert_sha256,
         push_url=row.push_url,
+        old_token_until=(
+            aware(row.previous_token_until) if row.previous_token_until is not None else None
+        ),
     )
 
 
@@ -88,10 +105,16 @@ def _next_id(conn: Connection) -> int:
     return int(highest) + 1
 
 
+def _new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
 class Consumers:
-    def __init__(self, engine: Engine, actor: str) -> None:
+    def __init__(self, engine: Engine, actor: str, *, clock: Callable[[], datetime] = now) -> None:
         self._engine = engine
         self._actor = actor
+        # What ends a replaced token's grace; every node reads it at every request.
+        self._clock = clock
 
     def check_name(self, name: str) -> None:
         """Refuses what `add` would refuse for the name, before a caller does anything else
@@ -115,7 +138,7 @@ class Consumers:
                 f"invalid consumer name {name!r}: lower-case letters, digits, . _ - (max 64)"
             )
         box = normalize_address(mailbox)
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = _new_token()
         with write(self._engine) as conn:
             _one_at_a_time(conn)
             same_name = conn.execute(select(consumers).where(consumers.c.name == name)).first()
@@ -204,10 +227,42 @@ class Consumers:
             )
         return _consumer(row)
 
+    def rotate_token(self, name: str, grace: timedelta = timedelta(0)) -> Rotated:
+        """Gives the active consumer `name` a new token, shown once and stored hashed, under
+        the same id: its outbound messages, ZAM items, leases and MLLP certificate stay its
+        own. The token it had keeps working for `grace` (0: refused from the next request
+        on), then is refused. A token still in an earlier rotation's grace is refused at once:
+        a consumer has two tokens at most."""
+        if not timedelta(0) <= grace <= MAX_TOKEN_GRACE:
+            raise ValidationFailed("the grace of the old token is 0 to 7 days")
+        token = _new_token()
+        with write(self._engine) as conn:
+            row = self._active_row(conn, name)
+            at = self._clock()
+            until = at + grace if grace > timedelta(0) else None
+            ended = row.previous_token_until is not None and aware(row.previous_token_until) > at
+            conn.execute(
+                update(consumers)
+                .where(consumers.c.id == row.id)
+                .values(
+                    token_sha256=token_digest(token),
+                    previous_token_sha256=row.token_sha256 if until is not None else None,
+                    previous_token_until=until,
+                )
+            )
+            # Neither token nor digest: the audit is readable by whoever reads the logs.
+            audit.append(conn, actor=self._actor, action="consumer.token", subject=name,
+                         detail={"id": row.id, "grace_seconds": int(grace.total_seconds()),
+                                 "old_token_until": until.isoformat() if until else None,
+                                 "ended_earlier_grace": ended})  # fmt: skip
+            row = conn.execute(select(consumers).where(consumers.c.id == row.id)).one()
+        return Rotated(_consumer(row), token, until)
+
     def authenticate(self, token: str) -> Consumer | TokenRefused:
-        """The consumer holding this token, if it is not revoked and its mailbox is hosted
-        and active; else why not. A suspended mailbox's consumer comes back with the mailbox;
-        a removed mailbox's consumers were revoked with it (Professionals.remove)."""
+        """The consumer holding this token (or the one `rotate_token` replaced, within its
+        grace), if it is not revoked and its mailbox is hosted and active; else why not. A
+        suspended mailbox's consumer comes back with the mailbox; a removed mailbox's
+        consumers were revoked with it (Professionals.remove)."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return TokenRefused(INVALID_TOKEN)
         digest = token_digest(token)
@@ -215,19 +270,34 @@ class Consumers:
         query = (
             select(consumers, professionals.c.state.label("mailbox_state"))
             .outerjoin(professionals, mailbox)
-            .where(consumers.c.token_sha256 == digest)
+            .where(
+                or_(consumers.c.token_sha256 == digest, consumers.c.previous_token_sha256 == digest)
+            )
         )
         with self._engine.connect() as conn:
             row = conn.execute(query).first()
         # The lookup is by digest (an index hit leaks nothing useful); compare again in
         # constant time so that no future change of the query turns it into an oracle.
-        if row is None or not hmac.compare_digest(row.token_sha256, digest):
+        if row is None or not (
+            hmac.compare_digest(row.token_sha256, digest) or self._in_grace(row, digest)
+        ):
             return TokenRefused(INVALID_TOKEN)
         if row.revoked_at is not None or row.mailbox_state is None:
             return TokenRefused(INVALID_TOKEN)
         if row.mailbox_state != AccountState.ACTIVE.value:
             return TokenRefused(MAILBOX_SUSPENDED)
         return _consumer(row)
+
+    def _in_grace(self, row: Row[Any], digest: str) -> bool:
+        """The replaced token, before its grace ends. The clock is read here, at every
+        request, on every node: nothing caches a token past its end."""
+        previous, until = row.previous_token_sha256, row.previous_token_until
+        return (
+            previous is not None
+            and until is not None
+            and hmac.compare_digest(previous, digest)
+            and self._clock() < aware(until)
+        )
 
     def bind_certificate(self, name: str, sha256: str) -> Consumer:
         """The client certificate (its SHA-256) the consumer's MLLP connections present; the

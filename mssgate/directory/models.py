@@ -252,6 +252,9 @@ class Consumer(BaseModel):
     # MLLP (mssgate.mllp): its client certificate's SHA-256, where its queue is pushed.
     mllp_cert_sha256: str | None = None
     push_url: str | None = None
+    # Until when the token `consumer token` replaced was (or is) still accepted; None: never
+    # rotated, or rotated without grace.
+    old_token_until: datetime | None = None
 
     @property
     def active(self) -> bool:
