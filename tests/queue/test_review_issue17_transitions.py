@@ -28,7 +28,12 @@ from mssgate.db.tx import write
 from mssgate.queue import DocumentQueue, QueueState, service
 from mssgate.queue.transitions import TransitionGroup
 from tests.queue.helpers import DOMAIN, RIS_A, RIS_B, add_consumer, add_mailboxes, fill
-from tests.queue.test_transition_group import _acks, _grouped, _leased
+from tests.queue.test_transition_group import (
+    _acks,
+    _group_write_fails_once,
+    _grouped,
+    _leased,
+)
 
 
 def test_a_lease_short_of_documents_offers_one_lapsed_since_the_last_scan(
@@ -98,16 +103,8 @@ def test_a_transition_raising_a_base_exception_leaves_no_caller_waiting(
     engine: Engine, queue: DocumentQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     consumer, ids, leases = _leased(engine, queue, 3)
-    real = audit.chain.append_many
-    calls: list[int] = []
-
-    def failing_once(conn: Any, new: list[audit.NewEntry]) -> None:
-        # The group's audit write fails once: its transitions then run again one by one.
-        calls.append(len(new))
-        if len(calls) == 1:
-            raise RuntimeError("the group's write failed")
-        real(conn, new)
-
+    # The group's write fails: its transitions then run again one by one.
+    _group_write_fails_once(monkeypatch)
     runs: list[int] = []
 
     def stopping() -> None:
@@ -116,7 +113,6 @@ def test_a_transition_raising_a_base_exception_leaves_no_caller_waiting(
         if len(runs) > 1:
             raise _Stop
 
-    monkeypatch.setattr(audit.chain, "append_many", failing_once)
     acks = _acks(queue, consumer, leases)
     rest: list[Callable[[], Any]] = [acks[1], stopping, acks[2]]
     outcome: list[list[Future[Any]]] = []

@@ -104,23 +104,29 @@ def test_a_group_commits_each_transition_and_chains_its_entries(
     assert seqs == list(range(1, len(seqs) + 1))
 
 
-def test_a_failing_group_runs_each_transition_again_alone(
-    engine: Engine, queue: DocumentQueue, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    consumer, ids, leases = _leased(engine, queue, 3)
-    group = queue._transitions
+def _group_write_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The group's audit write fails once (as a dropped connection would); alone, each
+    transition writes its entry with `append` and never comes here. Returns the batch sizes
+    seen."""
     real = audit.chain.append_many
     calls: list[int] = []
 
     def failing_once(conn: Any, new: list[audit.NewEntry]) -> None:
-        # The group's audit write fails once (as a dropped connection would); alone, each
-        # transition writes its entry with `append` and never comes here.
         calls.append(len(new))
         if len(calls) == 1:
             raise RuntimeError("the group's write failed")
         real(conn, new)
 
     monkeypatch.setattr(audit.chain, "append_many", failing_once)
+    return calls
+
+
+def test_a_failing_group_runs_each_transition_again_alone(
+    engine: Engine, queue: DocumentQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer, ids, leases = _leased(engine, queue, 3)
+    group = queue._transitions
+    calls = _group_write_fails_once(monkeypatch)
     acks = _acks(queue, consumer, leases)
     futures = _grouped(group, acks[0], acks[1:])
     assert calls == [2]
