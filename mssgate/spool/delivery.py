@@ -234,8 +234,14 @@ class DeliveryWorker:
             )
             return
         if item.dsn.wants_success:
-            # Before the delivery is committed, as for a failure (at least once).
-            self._report(item, envelope, _success(item))
+            # The message is in the mailbox now: a success DSN that cannot be spooled is
+            # logged, never a reason to deliver again (the mail store does not deduplicate:
+            # each pass wrote another copy while the entry stayed due). As the relay's.
+            try:
+                self._report(item, envelope, _success(item))
+            except Exception as exc:  # whatever building, signing or spooling it raised
+                event(log, "delivery.dsn_failed", level=logging.ERROR, queue_id=item.spool_id,
+                      action="delivered", error=f"{type(exc).__name__}: {exc}"[:300])  # fmt: skip
         wants = self._documents is not None and self._documents.wants(item.recipient)
         self._spool.delivered(item, documents=wants)
         if wants and self._documents is not None:
