@@ -27,6 +27,7 @@ _SUBJECT_RE: Final = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _CODE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def x_mss_codecda(codes: Iterable[str]) -> str | None:
@@ -92,10 +93,19 @@ def with_ddm_subject(record: DocumentRecord) -> DocumentRecord:
 def build_ddm_subject(
     title: str, family: str, given: str, birth_date: str, *, error_code: int | None = None
 ) -> str:
-    """The subject line for a machine-integrable message (or its error MDN)."""
+    """The subject line for a machine-integrable message (or its error MDN), on one line
+    whatever the names hold: a CDA's <family> may be pretty-printed over several lines, and a
+    line break in a header value is refused by the email package (or, written out, would
+    start another header field)."""
     year, month, day = birth_date.split("-")[:3]
-    subject = f"{DDM_PREFIX}{' '.join(title.split())} {family.upper()} {given.upper()} "
+    family, given = _one_line(family).upper(), _one_line(given).upper()
+    subject = f"{DDM_PREFIX}{_one_line(title)} {family} {given} "
     subject += f"{day}/{month}/{year}"
     if error_code is not None:
         subject = f"{KO_PREFIX}[{error_code}] {subject}"
     return subject
+
+
+def _one_line(text: str) -> str:
+    """Control characters and runs of whitespace (line breaks of every kind) as one space."""
+    return " ".join(_CONTROL.sub(" ", text).split())
