@@ -13,6 +13,7 @@ from cryptography.x509 import load_pem_x509_certificates
 from mssgate.cli.context import State, emit_json, emit_table, say, state
 from mssgate.cli.durations import parse_duration
 from mssgate.directory import Directory
+from mssgate.directory.consumers import MAX_TOKEN_GRACE
 from mssgate.errors import NotFound, PKIError, UsageFailed, ValidationFailed
 from mssgate.mllp.target import parse_push_url
 from mssgate.pki import issue_client_cert, load_certificate, load_private_key
@@ -199,7 +200,10 @@ def token(
 ) -> None:
     """Give NAME a new API token, printed once, keeping its id and so its outbound messages,
     acknowledgements, leases and MLLP certificate; the old token works for --grace more."""
-    rotated = state(ctx).directory().consumers.rotate_token(name, parse_duration(grace, "--grace"))
+    keep_old = parse_duration(grace, "--grace")
+    if keep_old > MAX_TOKEN_GRACE:
+        raise UsageFailed(f"invalid --grace {grace!r}: at most 7d")
+    rotated = state(ctx).directory().consumers.rotate_token(name, keep_old)
     until = rotated.old_token_until
     if json_out:
         emit_json({"name": rotated.consumer.name, "id": rotated.consumer.id,
