@@ -60,10 +60,14 @@ def upgrade() -> None:
         ).all()
         if not rows:
             return
-        for seq, record in rows:
-            key = _key(record)
-            if key is not None:
-                conn.execute(_docs.update().where(_docs.c.seq == seq).values(unique_id_sha256=key))
+        keys = [{"at": seq, "key": key} for seq, record in rows if (key := _key(record))]
+        if keys:
+            conn.execute(
+                _docs.update()
+                .where(_docs.c.seq == sa.bindparam("at"))
+                .values(unique_id_sha256=sa.bindparam("key")),
+                keys,
+            )
         last = rows[-1].seq
 
 
