@@ -49,6 +49,7 @@ from mssgate.outbound import hl7in
 from mssgate.outbound.store import OutboundStore
 from mssgate.outbound.zam import Zam, zam_items
 from mssgate.queue.backend import Backend, backend_for
+from mssgate.queue.scans import ScanTimes
 from mssgate.queue.service import LeaseLost, QueueSettings
 from mssgate.supervisor import PassHealth, run_in_passes
 
@@ -119,6 +120,7 @@ class ZamQueue:
         self._facility = facility
         self.settings = settings or QueueSettings()
         self._clock = clock
+        self._expiry_scans = ScanTimes()
 
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
@@ -286,18 +288,23 @@ class ZamQueue:
         self.sweep(consumer_id=consumer.id)
         leases: list[AckLease] = []
         a = outbound_acks.c
+        claim = self._backend.claim(
+            select(outbound_acks)
+            .where(a.consumer_id == consumer.id, a.state == "ready")
+            .order_by(a.seq)
+            .limit(max_items)
+        )
         with write(self._engine) as conn:
             now = self._now()
-            self._expire(conn, consumer, now)
+            # Lapsed leases looked for at most once a second, or when short (queue/scans.py).
+            scanned = self._expiry_scans.due(consumer.id, now)
+            if scanned:
+                self._expire(conn, consumer, now)
             expires = now + timedelta(seconds=seconds)
-            candidates = conn.execute(
-                self._backend.claim(
-                    select(outbound_acks)
-                    .where(a.consumer_id == consumer.id, a.state == "ready")
-                    .order_by(a.seq)
-                    .limit(max_items)
-                )
-            ).all()
+            candidates = conn.execute(claim).all()
+            if not scanned and len(candidates) < max_items:
+                self._expire(conn, consumer, now)
+                candidates = conn.execute(claim).all()
             for row in candidates:
                 lease_id = secrets.token_hex(16)
                 changed = conn.execute(
@@ -316,6 +323,7 @@ class ZamQueue:
         return leases
 
     def _expire(self, conn: Connection, consumer: Consumer, now: datetime) -> None:
+        self._expiry_scans.mark(consumer.id, now)
         a = outbound_acks.c
         rows = conn.execute(
             self._backend.claim(

@@ -31,6 +31,7 @@ from mssgate.directory.timeutil import aware
 from mssgate.documents.record import DocumentRecord
 from mssgate.errors import Conflict, NotFound, StorageError, ValidationFailed
 from mssgate.logs import event
+from mssgate.queue import scans
 from mssgate.queue.backend import Backend, backend_for, storable
 from mssgate.queue.crypto import AtRestCipher
 from mssgate.queue.hl7mdm import MdmEnvelope, build_mdm
@@ -56,9 +57,7 @@ HL7_MEDIA_TYPE = "x-application/hl7-v2+er7; charset=utf-8"
 # A pending receipt older than this was not handed over in line: the outbox drain sends it.
 RECEIPT_RETRY = timedelta(seconds=60)
 # How often a lease looks for its mailbox's lapsed leases (serve's reaper covers all of them).
-EXPIRY_SCAN_INTERVAL = timedelta(seconds=1)
-# Mailboxes whose last scan time is kept before those older than the interval are forgotten.
-EXPIRY_SCAN_MEMORY = 1024
+EXPIRY_SCAN_INTERVAL = scans.INTERVAL
 
 
 class LeaseLost(Conflict):
@@ -154,7 +153,7 @@ class DocumentQueue:
         self.quarantine = QuarantineStore(engine, clock=self._now)
         self._transitions = TransitionGroup(engine)
         self._statements = QueueStatements.for_backend(self._backend)
-        self._expiry_scanned: dict[str, datetime] = {}
+        self._expiry_scans = scans.ScanTimes(interval=EXPIRY_SCAN_INTERVAL)
 
     @classmethod
     def from_config(
@@ -384,22 +383,8 @@ class DocumentQueue:
                 receipts += self._receipt(conn, row, "error", row.last_code or 906, now)
         return len(rows), receipts
 
-    def _scan_due(self, now: datetime, mailbox: str) -> bool:
-        """Whether a lease should look for the mailbox's lapsed leases now: at most once per
-        EXPIRY_SCAN_INTERVAL, as a scan in every lease cost as much as the lease itself."""
-        last = self._expiry_scanned.get(mailbox)
-        return last is None or not last <= now < last + EXPIRY_SCAN_INTERVAL
-
     def _expire_scan(self, conn: Connection, now: datetime, mailbox: str) -> list[_PendingReceipt]:
-        if len(self._expiry_scanned) >= EXPIRY_SCAN_MEMORY:
-            # A scan older than the interval counts as none: forgetting it changes nothing,
-            # and the map stays the size of the mailboxes leased from in the last second.
-            self._expiry_scanned = {
-                box: at
-                for box, at in self._expiry_scanned.items()
-                if at <= now < at + EXPIRY_SCAN_INTERVAL
-            }
-        self._expiry_scanned[mailbox] = now
+        self._expiry_scans.mark(mailbox, now)
         return self._expire(conn, now, mailbox)[1]
 
     def lease(
@@ -426,15 +411,13 @@ class DocumentQueue:
         leases: list[Lease] = []
         with write(self._engine) as conn:
             now = self._now()
-            scanned = self._scan_due(now, holder.mailbox)
+            scanned = self._expiry_scans.due(holder.mailbox, now)
             receipts = self._expire_scan(conn, now, holder.mailbox) if scanned else []
             expires = now + timedelta(seconds=seconds)
             claim = {"mailbox": holder.mailbox, "limit": max_documents}
             candidates = conn.execute(self._statements.claim_ready, claim).all()
             if not scanned and len(candidates) < max_documents:
-                # Fewer ready than asked: a lease lapsed since the last scan is owed now, not
-                # in a second (the MLLP push, which sees it waiting, would ask again at once,
-                # a connection to the RIS each time, until the next scan).
+                # Fewer ready than asked: a lease lapsed since the last scan is owed now.
                 receipts = self._expire_scan(conn, now, holder.mailbox)
                 candidates = conn.execute(self._statements.claim_ready, claim).all()
             for row in candidates:

@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event, insert
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
 
 from mssgate import audit
+from mssgate.db.schema import outbound_acks, outbound_messages
 from mssgate.db.tx import write
-from mssgate.queue import DocumentQueue, QueueState, service
+from mssgate.outbound.zamqueue import ZamQueue
+from mssgate.queue import DocumentQueue, QueueState
+from mssgate.queue.scans import ScanTimes
 from mssgate.queue.transitions import TransitionGroup
 from tests.queue.helpers import DOMAIN, RIS_A, RIS_B, add_consumer, add_mailboxes, fill
 from tests.queue.test_transition_group import (
@@ -139,13 +142,68 @@ def test_the_expiry_scan_times_kept_are_those_of_the_last_second(
 ) -> None:
     # One consumer per mailbox: a gateway hosting many would keep one time per mailbox ever
     # leased from, for as long as it runs.
-    monkeypatch.setattr(service, "EXPIRY_SCAN_MEMORY", 2)
     add_mailboxes(engine, RIS_C)
     now = [datetime.now(UTC)]
     queue = DocumentQueue(engine, data_dir=tmp_path, clock=lambda: now[0])
+    queue._expiry_scans = ScanTimes(memory=2)
     for n, mailbox in enumerate((RIS_A, RIS_B, RIS_C)):
         consumer, _ = add_consumer(engine, f"ris-{n}", mailbox)
         fill(queue, 1, mailbox=mailbox, start=n)
         assert len(queue.lease(consumer)) == 1
         now[0] += timedelta(seconds=2)
-    assert list(queue._expiry_scanned) == [RIS_C]
+    assert queue._expiry_scans.keys() == [RIS_C]
+
+
+def _zams(engine: Engine, consumer_id: int, count: int, at: datetime) -> list[str]:
+    """`count` ZAMs ready for the consumer (as `materialise` records them)."""
+    ids = [f"{'A' * 32}-{n}-Z02" for n in range(count)]
+    with write(engine) as conn:
+        conn.execute(
+            insert(outbound_messages).values(
+                id="b" * 32, consumer_id=consumer_id, control_id="C1", event="T02",
+                sender=RIS_A, submitted_at=at, ack="MSH|^~\\&|RIS|HOP|GW|HOP",
+            )
+        )  # fmt: skip
+        for n, zam_id in enumerate(ids):
+            conn.execute(
+                insert(outbound_acks).values(
+                    id=zam_id, outbound_id="b" * 32, consumer_id=consumer_id, position=n,
+                    trigger="Z02", recipient=f"dr{n}@{DOMAIN}", accepted=True, er7="MSH|",
+                    created_at=at, state="ready", attempts=0, updated_at=at,
+                )
+            )  # fmt: skip
+    return ids
+
+
+def test_a_zam_lease_scans_for_lapsed_leases_at_most_once_a_second_unless_short(
+    engine: Engine,
+) -> None:
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    now = [datetime.now(UTC)]
+    zams = ZamQueue(engine, facility=DOMAIN, clock=lambda: now[0])
+    first_id, *others = _zams(engine, consumer.id, 3, now[0])
+    scans: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "outbound_acks.lease_expires_at <=" in statement:
+            scans.append(statement)
+
+    def leased(**options: int) -> list[str]:
+        return [lease.ack.id for lease in zams.lease(consumer, **options)]
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert leased(lease_seconds=1) == [first_id]
+        now[0] += timedelta(seconds=0.5)
+        assert leased(lease_seconds=30) == others[:1]
+        assert leased(lease_seconds=30) == others[1:]
+        assert len(scans) == 1  # the first lease only
+        now[0] += timedelta(seconds=0.7)  # the first lapsed, 0.2 s ago; the scan was 1.2 s ago
+        assert leased(lease_seconds=30) == [first_id]
+        assert len(scans) == 2
+        now[0] += timedelta(seconds=0.5)
+        # Short: nothing ready, so it scans though it did 0.5 s ago (nothing lapsed).
+        assert leased() == []
+        assert len(scans) == 3
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
