@@ -112,20 +112,26 @@ def test_old_token_works_during_its_grace_then_is_refused(
     assert fifth.startswith("mssg_") and lines[2] == "the old token is refused from now on"
     with _client(base, ca, fourth) as d, _client(base, ca, fifth) as e:
         assert _leases(d) == 401 and _leases(e) == 200
+    # `consumer revoke` ends a token in its grace too, at once.
+    sixth = cli.ok("consumer", "token", "ris-a", "--grace", "1h", "--json").json()["token"]
+    with _client(base, ca, fifth) as e, _client(base, ca, sixth) as f:
+        assert _leases(e) == 200 and _leases(f) == 200
+        cli.ok("consumer", "revoke", "ris-a")
+        assert _leases(e) == 401 and _leases(f) == 401
 
-    listed = cli.ok("consumer", "list", "--json").json()
-    assert [(c["id"], c["name"], c["old_token_until"]) for c in listed] == [
-        (consumer.id, "ris-a", None)
-    ]
+    [listed] = cli.ok("consumer", "list", "--json").json()
+    assert (listed["id"], listed["name"]) == (consumer.id, "ris-a")
+    assert listed["old_token_until"] is not None and listed["revoked_at"] is not None
     trail = cli.ok("audit", "--action", "consumer.token", "--json").json()
-    assert [e["actor"].startswith("cli:") for e in trail] == [True] * 4
-    assert [e["subject"] for e in trail] == ["ris-a"] * 4
-    assert [e["detail"]["id"] for e in trail] == [consumer.id] * 4
-    assert [e["detail"]["grace_seconds"] for e in trail] == [7200, 1800, 3600, 0]
-    assert [e["detail"]["ended_earlier_grace"] for e in trail] == [False, True, True, True]
+    assert [e["actor"].startswith("cli:") for e in trail] == [True] * 5
+    assert [e["subject"] for e in trail] == ["ris-a"] * 5
+    assert [e["detail"]["id"] for e in trail] == [consumer.id] * 5
+    assert [e["detail"]["grace_seconds"] for e in trail] == [7200, 1800, 3600, 0, 3600]
+    ended = [e["detail"]["ended_earlier_grace"] for e in trail]
+    assert ended == [False, True, True, True, False]
     assert trail[0]["detail"]["old_token_until"] == rotated["old_token_until"]
     everything = cli.ok("audit", "--json").out
-    for token in (first, second, third, fourth, fifth):
+    for token in (first, second, third, fourth, fifth, sixth):
         assert token not in everything and token_digest(token) not in everything
 
 
