@@ -219,12 +219,18 @@ class Outbound:
             return None
         return self._store.status(consumer.id, outbound_id)
 
-    def observe(self, mailbox: str, content: bytes) -> None:
-        """A message delivered to an application mailbox: a read receipt (MDN) for one of
-        its copies marks that copy read, a DSN from the recipient's domain marks it
-        delivered or failed (mssgate.outbound.receipts)."""
+    def observe(self, mailbox: str, content: bytes, sender: str = "") -> None:
+        """A message delivered to an application mailbox, and its envelope sender: a read
+        receipt (MDN) for one of its copies marks that copy read, a DSN from the recipient's
+        domain marks it delivered or failed (mssgate.outbound.receipts)."""
         report = delivery_report(content)
         if report is not None:
+            if sender:
+                # A DSN goes out with the null reverse path (RFC 3461 6.2): one with a sender
+                # is someone's message shaped like one (a practitioner of the recipient's
+                # domain whose operator let the From: through), never its mail system's.
+                event(log, "outbound.dsn_ignored", reason="a DSN's reverse path is null")
+                return
             self._observe_dsn(mailbox, report)
             return
         receipt = read_receipt(content)
