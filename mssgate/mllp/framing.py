@@ -10,6 +10,7 @@ of a frame unfinished at the end of the stream are left for the caller to report
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 VT = b"\x0b"
@@ -113,7 +114,11 @@ class Decoder:
         return events
 
 
+_MARK = re.compile(b"[\x0b\x1c]")
+
+
 def _first(data: bytes, at: int, end: int) -> int:
-    """Where the next FS or VT is (`end` when neither is)."""
-    found = [i for i in (data.find(FS, at), data.find(VT, at)) if i >= 0]
-    return min(found) if found else end
+    """Where the next FS or VT is (`end` when neither is). One scan up to it: a find of each
+    from `at` rescanned the rest of the read for every one of 64 KiB of <VT>."""
+    found = _MARK.search(data, at)
+    return found.start() if found else end

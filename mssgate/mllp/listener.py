@@ -68,6 +68,18 @@ class _BeforeTls(asyncio.Protocol):
         self._on_connected(transport)
 
 
+def _log_dropped(items: list[framing.Event], peer: str, consumer: str) -> None:
+    """One line per read and kind: a line per piece would let 64 KiB of <VT> write 65,536."""
+    outside = sum(i.size for i in items if isinstance(i, framing.Garbage))
+    cut = [i.size for i in items if isinstance(i, framing.Restarted)]
+    if outside:
+        event(log, "mllp.dropped", level=logging.WARNING, peer=peer, consumer=consumer,
+              bytes=outside, what="bytes outside a frame")  # fmt: skip
+    if cut:
+        event(log, "mllp.dropped", level=logging.WARNING, peer=peer, consumer=consumer,
+              bytes=sum(cut), frames=len(cut), what="frames cut by a new <VT>")  # fmt: skip
+
+
 def envelope_of(body: bytes) -> Envelope:
     """The MSH fields an ACK echoes, read from whatever of the message there is."""
     head = body.split(b"\r", 1)[0]
@@ -98,6 +110,7 @@ class MllpListener:
         self._open: set[asyncio.Task[None]] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
         self._ssl: ssl.SSLContext | None = None
+        self._logs_handshakes = False
         self.server: asyncio.Server | None = None
 
     def context(self) -> ssl.SSLContext:
@@ -112,18 +125,31 @@ class MllpListener:
     async def start(self) -> int:
         hl7 = self._config.hl7
         self._ssl = self.context()
+        loop = asyncio.get_running_loop()
+        # asyncio's own loop: plain TCP, TLS started per connection (`_handshake`), so that a
+        # failed handshake is logged (a server given ssl= closes it itself, saying nothing,
+        # and the operator of a RIS that cannot connect has nothing to go on). uvloop reads
+        # the ClientHello into the plain protocol before start_tls can take over (pausing
+        # in connection_made does not hold it): there the server does TLS, unlogged.
+        self._logs_handshakes = isinstance(loop, asyncio.BaseEventLoop) and (
+            type(loop).__module__.startswith("asyncio")
+        )
         try:
-            # Plain TCP, TLS started per connection (`_handshake`): a server given ssl= closes
-            # a failed handshake itself and logs nothing, leaving the operator of a RIS that
-            # cannot connect with nothing to go on.
-            self.server = await asyncio.get_running_loop().create_server(
-                lambda: _BeforeTls(self._handshake), host=hl7.bind, port=hl7.port,
-                reuse_address=True,
-            )  # fmt: skip
+            if self._logs_handshakes:
+                self.server = await loop.create_server(
+                    lambda: _BeforeTls(self._handshake), host=hl7.bind, port=hl7.port,
+                    reuse_address=True,
+                )  # fmt: skip
+            else:
+                self.server = await asyncio.start_server(
+                    self._accept, host=hl7.bind, port=hl7.port, ssl=self._ssl,
+                    ssl_handshake_timeout=self._timeout, reuse_address=True,
+                )  # fmt: skip
         except OSError as exc:
             raise bind_failed("HL7 MLLP", hl7.bind, hl7.port, "hl7.port", exc) from None
         port = int(self.server.sockets[0].getsockname()[1])
-        event(log, "mllp.listening", port=port, max_message_size=self._max_size)
+        event(log, "mllp.listening", port=port, max_message_size=self._max_size,
+              handshake_failures_logged=self._logs_handshakes)  # fmt: skip
         return port
 
     async def stop(self) -> None:
@@ -228,12 +254,10 @@ class MllpListener:
                 else:
                     event(log, "mllp.closed", peer=peer, consumer=consumer.name, reason="eof")
                 return
-            for item in decoder.feed(data):
+            items = decoder.feed(data)
+            _log_dropped(items, peer, consumer.name)
+            for item in items:
                 if isinstance(item, framing.Garbage | framing.Restarted):
-                    what = "bytes outside a frame" if isinstance(item, framing.Garbage) else (
-                        "a frame cut by a new <VT>")  # fmt: skip
-                    event(log, "mllp.dropped", level=logging.WARNING, peer=peer,
-                          consumer=consumer.name, bytes=item.size, what=what)  # fmt: skip
                     continue
                 if isinstance(item, framing.Oversize):
                     text = f"the message exceeds {self._max_size} bytes (hl7.max_message_size)"
