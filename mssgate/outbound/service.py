@@ -229,7 +229,7 @@ class Outbound:
                 # A DSN goes out with the null reverse path (RFC 3461 6.2): one with a sender
                 # is someone's message shaped like one (a practitioner of the recipient's
                 # domain whose operator let the From: through), never its mail system's.
-                event(log, "outbound.dsn_ignored", reason="a DSN's reverse path is null")
+                event(log, "outbound.dsn_ignored", reason="a DSN comes with the null reverse path")
                 return
             self._observe_dsn(mailbox, report)
             return
