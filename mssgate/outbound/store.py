@@ -276,7 +276,7 @@ class OutboundStore:
     ) -> Row[Any] | None:
         """The copy to `recipient` sent from `mailbox` that `which` names, its message
         locked (its outbound_id), or None."""
-        row = conn.execute(
+        query = (
             select(outbound_recipients.c.outbound_id)
             .select_from(
                 outbound_recipients.join(
@@ -289,10 +289,15 @@ class OutboundStore:
                 outbound_recipients.c.recipient == recipient,
                 outbound_messages.c.sender == mailbox,
             )
-        ).first()
-        if row is not None:
-            self._lock_message(conn, str(row.outbound_id))
-        return row
+        )
+        row = conn.execute(query).first()
+        if row is None:
+            return None
+        self._lock_message(conn, str(row.outbound_id))
+        # Read again under the lock: `which` may say "not decided yet" (no DSN, not read),
+        # and another DSN or receipt may have decided it while this one waited for the lock
+        # (PostgreSQL reads what was committed before the wait): the first decides.
+        return conn.execute(query).first()
 
     def _lock_message(self, conn: Connection, outbound_id: str) -> None:
         # The message's row before its copies': the order the makers of its ZAMs lock in

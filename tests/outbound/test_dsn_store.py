@@ -65,3 +65,37 @@ def test_the_first_dsn_decides(store: OutboundStore) -> None:
     assert status is not None
     [r] = status.recipients
     assert (r.status, r.code, r.detail, r.reply_code) == ("failed", "5.2.2", detail, 550)
+
+
+def test_the_first_dsn_decides_when_two_arrive_at_once(store: OutboundStore) -> None:
+    """Two DSNs for one copy at once (a success and a failure, or one delivered twice): the
+    second read the copy undecided before the first's lock, waited for it, then overwrote its
+    decision (PostgreSQL, read committed). Here the first holds the message's lock while the
+    second looks for the copy."""
+    import threading
+    import time
+
+    from sqlalchemy import update
+
+    from mssgate.db.schema import outbound_recipients
+    from mssgate.db.tx import write
+
+    second: list[str | None] = []
+    worker = threading.Thread(
+        target=lambda: second.append(
+            mark(store, action="failed", status="5.2.2", detail="552 5.2.2 mailbox full")
+        )
+    )
+    with write(store._engine) as conn:
+        store._lock_message(conn, "0A")
+        worker.start()
+        time.sleep(0.5)  # the second finds the copy undecided, then waits for this lock
+        conn.execute(
+            update(outbound_recipients)
+            .where(outbound_recipients.c.outbound_id == "0A")
+            .values(dsn_action="delivered", dsn_status="2.0.0", dsn_at=AT)
+        )
+    worker.join(10)
+    assert second == [None]
+    status = store.status(1, "0A")
+    assert status is not None and status.recipients[0].status == "delivered"
