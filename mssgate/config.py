@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from mssgate.errors import ConfigError
+from mssgate.routing.model import RuleSpec
 
 CONFIG_ENV = "MSSGATE_CONFIG"
 DEFAULT_CONFIG_NAME = "mssgate.toml"
@@ -242,6 +243,25 @@ class DocumentsConfig(_Section):
     poll_seconds: float = Field(5.0, gt=0)
 
 
+class RoutingConfig(_Section):
+    """Routing rules (`[[routing.rule]]`, beside those `mssgate route add` stores) and the
+    budget of a rule's XPath over one CDA (docs/operator-guide.md, "Routing rules")."""
+
+    rule: tuple[RuleSpec, ...] = ()
+    # An XPath runs in a document worker process killed past this; over it, or over the
+    # nodes, the document is held with the reason.
+    xpath_seconds: float = Field(2.0, gt=0, le=300)
+    xpath_max_nodes: int = Field(200_000, ge=1, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RoutingConfig:
+        names = [r.name for r in self.rule]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"routing.rule: the name {twice[0]!r} is given twice")
+        return self
+
+
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
@@ -433,6 +453,7 @@ class Config(BaseSettings):
     relay: RelayConfig = RelayConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     documents: DocumentsConfig = DocumentsConfig()
+    routing: RoutingConfig = RoutingConfig()
     database: DatabaseConfig = DatabaseConfig()
     tls: TlsConfig = TlsConfig()
     policy: PolicyConfig = PolicyConfig()

@@ -108,7 +108,7 @@ class DocumentWorker:
                   level=logging.WARNING, queue_id=job.spool_id, reason=outcome.reason)  # fmt: skip
         else:
             result = outcome.result
-        self._feed.ingest(job.spool_id, job.mailbox, content, result)
+        self._feed.ingest(job.spool_id, job.mailbox, content, result, pool=self._pool)
         self._spool.settle(job.spool_id, first=lambda conn: self._jobs.mark_done(conn, job))
         self.processed += 1
 

@@ -23,6 +23,7 @@ from mssgate.config import Config
 from mssgate.directory import Directory
 from mssgate.dkim import dkim_sign
 from mssgate.documents import DocumentLimits, PipelineResult
+from mssgate.documents.isolation import PipelinePool
 from mssgate.errors import ValidationFailed
 from mssgate.headers import read_headers
 from mssgate.identifiers import normalize_address
@@ -33,6 +34,7 @@ from mssgate.pki.keys import same_key
 from mssgate.queue.crypto import EncryptionError
 from mssgate.queue.ingest import ingest
 from mssgate.queue.service import DocumentQueue
+from mssgate.routing.router import Router
 from mssgate.smime import sign_message
 from mssgate.spool import PendingDelivery, Spool, new_queue_id
 from mssgate.spool.store import Notice, Route
@@ -60,6 +62,8 @@ class DocumentFeed:
         self._limits = DocumentLimits.from_config(config.documents)
         self._allow_test = config.policy.allow_test_ins
         self._require_birthplace = config.policy.require_birthplace
+        # Routing rules (configuration and database), read again at each ingest.
+        self._router = Router.from_config(config, queue.engine)
 
     def wants(self, mailbox: str) -> bool:
         """Whether a RIS consumes `mailbox`: only then do its messages go through the
@@ -81,8 +85,16 @@ class DocumentFeed:
             self.ingest(item.spool_id, item.recipient, content)
 
     def ingest(
-        self, spool_id: str, mailbox: str, content: bytes, result: PipelineResult | None = None
+        self,
+        spool_id: str,
+        mailbox: str,
+        content: bytes,
+        result: PipelineResult | None = None,
+        *,
+        pool: PipelinePool | None = None,
     ) -> None:
+        """`pool`: the worker processes a routing rule's XPath runs in, under its budget
+        (serve's document worker); without one it runs here, bounded in nodes only."""
         envelope = self._spool.envelope(spool_id)
         headers = read_headers(content)
         report = ingest(
@@ -98,6 +110,7 @@ class DocumentFeed:
             allow_test_oids=self._allow_test,
             require_birthplace=self._require_birthplace,
             result=result,
+            router=self._router.with_pool(pool),
         )
         if self._on_message is not None:
             self._on_message(mailbox, content, envelope.sender)
@@ -113,6 +126,7 @@ class DocumentFeed:
             duplicates=len(report.duplicates),
             quarantined=len(report.held),
             replayed=len(report.replayed),
+            copies=len(report.copies),
         )
 
 

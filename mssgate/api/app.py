@@ -61,6 +61,11 @@ LeaseKind = Annotated[
     Query(description="document (the default: documents only) or ack "
           "(business acknowledgements of the consumer's outbound messages)"),
 ]  # fmt: skip
+LeaseTag = Annotated[
+    str | None,
+    Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+          description="Only documents a routing rule tagged with this label (`tag` action)"),
+]  # fmt: skip
 ORIGINAL_TYPE_HEADER = "X-Original-Content-Type"
 HL7_MEDIA_TYPES = frozenset({"application/hl7-v2", "x-application/hl7-v2+er7"})
 
@@ -149,14 +154,17 @@ def create_app(
         consumer: CurrentConsumer,
         body: LeaseRequest | None = None,
         kind: LeaseKind = None,
+        tag: LeaseTag = None,
     ) -> LeaseResponse | AckLeaseResponse:
         wanted = body or LeaseRequest()
         if kind == "ack":
+            if tag is not None:
+                raise ApiProblem(400, "tag filters documents, not kind=ack items")
             return _lease_acks(request, consumer, wanted)
         if kind not in (None, "document"):
             raise ApiProblem(400, "kind must be document (the default) or ack")
         leases = _queue(request).lease(
-            consumer, max_documents=wanted.max, lease_seconds=wanted.lease_seconds
+            consumer, max_documents=wanted.max, lease_seconds=wanted.lease_seconds, tag=tag
         )
         # Ids and the consumer's name only: the record itself names the patient.
         for x in leases:

@@ -68,6 +68,11 @@ COMMANDS: dict[str, Entry] = {
     "quarantine": Entry(
         "quarantine_cmds", "app", "Documents held for an operator (codes 903-906)."
     ),
+    "route": Entry(
+        "route_cmds",
+        "app",
+        "Routing rules: copy, tag or hold received documents by what they are.",
+    ),
 }
 
 

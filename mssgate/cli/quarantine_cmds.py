@@ -21,6 +21,7 @@ from mssgate.documents.record import PipelineResult
 from mssgate.documents.signed import process_signed_message
 from mssgate.errors import Conflict
 from mssgate.queue import DocumentQueue, QuarantineEntry, release
+from mssgate.routing.router import Router
 from mssgate.server_policy import DocumentPolicy, newest_policy
 
 app = typer.Typer(help="Documents held for an operator (codes 903-906).", no_args_is_help=True)
@@ -103,6 +104,8 @@ def release_(ctx: typer.Context, held_id: str) -> None:
             held_id,
             actor=actor(),
             pipeline=lambda message: _isolated(message, policy.documents, arguments),
+            # Tags and copies as at ingest; a rule's hold no longer holds what is released.
+            router=Router.from_config(st.config(), st.engine(), holds=False),
             **arguments,  # type: ignore[arg-type]
         )
     except Conflict as exc:

@@ -535,3 +535,32 @@ outbound_acks = Table(
     Index("ix_outbound_acks_claim", "consumer_id", "state", "seq"),
     Index("ix_outbound_acks_outbound", "outbound_id", "position", "trigger"),
 )
+
+# Routing rules written with `mssgate route add` (mssgate.routing.store); the configuration's
+# `[[routing.rule]]` are not stored. `rule` is the rule's JSON (match, actions); `position`
+# its order (lower first, then by name). Read at each ingest, so a change applies to the next
+# message on every node without a restart (revision 0023).
+routing_rules = Table(
+    "routing_rules",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("rule", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# The labels routing rules put on queued documents (`tag`), one row each, so that a consumer
+# leases only the documents with one (POST /v1/leases?tag=...); the record shows them too.
+queue_document_tags = Table(
+    "queue_document_tags",
+    metadata,
+    Column(
+        "document_id",
+        String(32),
+        ForeignKey("queue_documents.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("tag", String(64), primary_key=True),
+)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from mssgate.documents.record import PipelineResult
 from mssgate.errors import StorageError
@@ -40,6 +40,7 @@ log = logging.getLogger("mssgate.documents.isolation")
 
 # A job: a module-level function (pickled by reference) run on the message's bytes.
 PipelineFunction = Callable[..., PipelineResult]
+_T = TypeVar("_T")
 
 # A worker that has not said it is ready after this long is broken (imports hanging).
 _START_SECONDS: Final = 60.0
@@ -48,8 +49,8 @@ _PR_SET_PDEATHSIG: Final = 1
 
 
 @dataclass(frozen=True)
-class Finished:
-    result: PipelineResult
+class Finished(Generic[_T]):
+    result: _T
     seconds: float
 
 
@@ -153,7 +154,8 @@ def _child(conn: Connection, memory_bytes: int | None, parent: int) -> None:
         _job_context.clear()
         _job_context.update(context)
         try:
-            answer: tuple[str, Any] = ("ok", function(Path(path).read_bytes(), **kwargs))
+            data = path if isinstance(path, bytes) else Path(path).read_bytes()
+            answer: tuple[str, Any] = ("ok", function(data, **kwargs))
         except Exception as exc:  # the parent holds the message with this reason
             answer = ("error", f"{type(exc).__name__}: {exc}"[:300])
         finally:
@@ -216,14 +218,16 @@ class PipelinePool:
 
     def run(
         self,
-        function: PipelineFunction,
-        path: Path,
+        function: Callable[..., _T],
+        path: Path | bytes,
         budget_seconds: float,
         *,
         log_context: dict[str, str] | None = None,
         **kwargs: Any,
-    ) -> Finished | Failed:
-        """`log_context`: fields added to whatever the job logs (e.g. {"queue_id": ...})."""
+    ) -> Finished[_T] | Failed:
+        """`path`: the file the worker reads (a spool file), or the bytes themselves when
+        they are small and in no file (a routing rule's CDA: mssgate.routing.probe).
+        `log_context`: fields added to whatever the job logs (e.g. {"queue_id": ...})."""
         worker = self._take()
         if not worker.wait_ready():
             # The gateway's trouble (an import failing, a memory cap too low), never the
@@ -233,7 +237,8 @@ class PipelinePool:
         try:
             started = time.monotonic()
             try:
-                worker.conn.send((function, str(path), kwargs, log_context or {}))
+                sent = path if isinstance(path, bytes) else str(path)
+                worker.conn.send((function, sent, kwargs, log_context or {}))
             except OSError as exc:
                 raise _Broken("the document worker process died") from exc
             if not worker.conn.poll(budget_seconds):

@@ -122,6 +122,11 @@ class DocumentRecord(BaseModel):
         description="What did not stop the document but a reader should know (truncated text, "
         "rejected INS candidates, a subject off the convention)",
     )
+    tags: tuple[str, ...] = Field(
+        default=(),
+        description="Labels routing rules put on this entry (`tag`), for the consumer's "
+        "POST /v1/leases?tag=; empty without rules",
+    )
     sha256: str
     size: int
     content_type: str

@@ -12,12 +12,19 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from mssgate import metrics
 from mssgate.documents.errors import QuarantineCode
 from mssgate.documents.headers import with_ddm_subject
 from mssgate.documents.limits import DocumentLimits
-from mssgate.documents.record import Accepted, PipelineResult, Quarantined, quarantine
+from mssgate.documents.record import (
+    Accepted,
+    DocumentRecord,
+    PipelineResult,
+    Quarantined,
+    quarantine,
+)
 from mssgate.documents.signed import process_signed_message
 from mssgate.errors import Conflict
 from mssgate.identifiers import normalize_address
@@ -25,6 +32,10 @@ from mssgate.queue.backend import storable
 from mssgate.queue.mdn import receipt_headers, receipt_recipient
 from mssgate.queue.service import DocumentQueue, NewDocument
 from mssgate.queue.withdrawal import replacement_refusal, withdrawal_refusal
+
+if TYPE_CHECKING:
+    from mssgate.routing.engine import Plan
+    from mssgate.routing.router import Router
 
 
 @dataclass
@@ -36,6 +47,8 @@ class IngestReport:
     # `duplicate_of`), and the ones an earlier run of this same delivery queued already.
     duplicates: list[str] = field(default_factory=list)
     replayed: list[str] = field(default_factory=list)
+    # Copies routing rules made for other mailboxes (mssgate.routing), and who holds them.
+    copies: list[str] = field(default_factory=list)
 
     @property
     def ids(self) -> list[str]:
@@ -57,9 +70,11 @@ def ingest(
     actor: str = "queue",
     require_birthplace: bool = True,
     result: PipelineResult | None = None,
+    router: Router | None = None,
 ) -> IngestReport:
     """`result`: the pipeline's outcome when it ran already (in a worker process, see
-    mssgate.documents_worker); else it runs here."""
+    mssgate.documents_worker); else it runs here. `router`: the routing rules applied to
+    each accepted document (none: each goes to `mailbox` only, as before rules existed)."""
     box = normalize_address(mailbox)
     if delivery is None:
         # No spool entry to name (a direct call): the bytes themselves, so that the same
@@ -80,8 +95,14 @@ def ingest(
     report = IngestReport()
     keys = service.encryption_keys(box)
     sealed_message: bytes | None = None
+    rules = router.rules() if router is not None else []
     for found in result.outcomes:
         outcome = _withdrawal_checked(service, found, mailbox=box, sender=sender)
+        plan: Plan | None = None
+        if rules and router is not None and isinstance(outcome, Accepted):
+            plan = router.plan(rules, outcome, mailbox=box, sender=sender)
+            if plan.hold is not None:
+                outcome = _held_by_rule(outcome, plan.hold)
         if isinstance(outcome, Accepted):
             record = outcome.record.model_copy(
                 update={
@@ -93,6 +114,8 @@ def ingest(
                 }
             )
             record = with_ddm_subject(record)
+            if plan is not None and plan.tags:
+                record = record.model_copy(update={"tags": tuple(plan.tags)})
             doc_id, created = service.enqueue(
                 NewDocument(
                     record=record,
@@ -113,6 +136,14 @@ def ingest(
                 # Counted once: a replayed delivery finds the row and adds nothing.
                 metrics.document(record.document.format, "queued")
             report.queued.append(doc_id)
+            if plan is not None and plan.routed:
+                assert router is not None
+                copies = _copies(service, found, record, plan, raw=raw, headers=headers,
+                                 delivery=delivery, actor=actor)  # fmt: skip
+                report.copies.extend(i for i, _ in copies.values())
+                if created or any(made for _, made in copies.values()):
+                    ids = {box: i for box, (i, _) in copies.items()}
+                    router_trace(router, plan, subject=doc_id, mailbox=box, copies=ids, actor=actor)
         else:
             sealed: tuple[bytes, bytes] | None = None
             if keys:
@@ -136,9 +167,85 @@ def ingest(
             if created:
                 kind = outcome.document.format if outcome.document is not None else "unknown"
                 metrics.document(kind, "quarantined")
+                if plan is not None and router is not None:
+                    router_trace(router, plan, subject=held_id, mailbox=box, copies={}, actor=actor)
             report.held.append(held_id)
             report.held_outcomes.append(outcome)
     return report
+
+
+def _held_by_rule(outcome: Accepted, reason: str) -> Quarantined:
+    record = outcome.record
+    return quarantine(
+        QuarantineCode.OTHER,
+        reason,
+        outcome.content,
+        content_type=record.content_type,
+        origin=record.origin,
+        document=record.document,
+    )
+
+
+def _copies(
+    service: DocumentQueue,
+    found: Accepted | Quarantined,
+    record: DocumentRecord,
+    plan: Plan,
+    *,
+    raw: bytes,
+    headers: str,
+    delivery: str,
+    actor: str,
+) -> dict[str, tuple[str, bool]]:
+    """The copies a plan asks for, each its own entry in its mailbox's queue: (id, created)
+    by mailbox. A copy is the addressee's document: no read receipt goes back for it (the
+    sender wrote to the addressee, not to the copy's mailbox), and a withdrawal or a
+    replacement is checked against what that mailbox received, as for its own mail."""
+    made: dict[str, tuple[str, bool]] = {}
+    found_notes = found.record.notes if isinstance(found, Accepted) else ()
+    for target in plan.copies:
+        checked = _withdrawal_checked(service, found, mailbox=target, sender=record.sender or "")
+        if not isinstance(checked, Accepted):
+            keys = service.encryption_keys(target)
+            sealed = None
+            if keys:  # as the addressee's held entries: readable with its RIS's key only
+                cipher = service.cipher()
+                sealed = (cipher.encrypt(checked.content, keys), cipher.seal_message(raw, keys))
+            held_id, created = service.quarantine.hold(
+                checked,
+                message=raw,
+                mailbox=target,
+                sender=record.sender or "",
+                message_id=record.message_id,
+                subject=record.subject,
+                received_at=record.received_at or datetime.now().astimezone(),
+                actor=actor,
+                sealed=sealed,
+            )
+            made[target] = (held_id, created)
+            continue
+        # As the addressee's entry, but with what the check for this mailbox said.
+        copy = record.model_copy(
+            update={
+                "mailbox": target,
+                "document": checked.record.document,
+                "notes": (*record.notes, *checked.record.notes[len(found_notes) :]),
+            }
+        )
+        made[target] = service.enqueue(
+            NewDocument(record=copy, content=checked.content, email=raw, headers=headers,
+                        receipt_to=None, delivery=delivery),
+            actor=actor,
+        )  # fmt: skip
+    return made
+
+
+def router_trace(
+    router: Router, plan: Plan, *, subject: str, mailbox: str, copies: dict[str, str], actor: str
+) -> None:
+    from mssgate.routing.router import trace
+
+    trace(router.store.engine, plan, subject=subject, mailbox=mailbox, copies=copies, actor=actor)
 
 
 def _withdrawal_checked(
@@ -213,13 +320,15 @@ def release(
     actor: str,
     require_birthplace: bool = True,
     pipeline: Callable[[bytes], PipelineResult] | None = None,
+    router: Router | None = None,
 ) -> list[str]:
     """Runs the pipeline again over the message a document was held from, with the current
     settings; the documents that now pass are queued. Returns their ids.
 
     `pipeline` runs it elsewhere (a worker process under the message's budget: the CLI);
     it raises Conflict when it gives no result. Raises Conflict, leaving the document held,
-    when it fails again.
+    when it fails again. `router`: the routing rules, applied again (tags, copies); give one
+    built with `holds=False`, or a rule's hold would keep holding what the operator released.
     """
     store = service.quarantine
     entry = store.get(held_id)
@@ -247,6 +356,7 @@ def release(
         actor=actor,
         require_birthplace=require_birthplace,
         result=result,
+        router=router,
     )
     for outcome in report.held_outcomes:
         if outcome.origin == entry.origin and outcome.sha256 == entry.sha256:

@@ -25,7 +25,13 @@ from sqlalchemy import Connection, Engine, Row, func, or_, select, update
 
 from mssgate import __version__, audit
 from mssgate.config import Config, QueueConfig
-from mssgate.db.schema import consumers, queue_contents, queue_documents, receipts_outbox
+from mssgate.db.schema import (
+    consumers,
+    queue_contents,
+    queue_document_tags,
+    queue_documents,
+    receipts_outbox,
+)
 from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware
 from mssgate.documents.record import DocumentRecord
@@ -328,6 +334,13 @@ class DocumentQueue:
                     document_id=doc_id, content=content, hl7=hl7_bytes, hl7_email_at=email_at
                 )
             )
+            if record.tags:
+                # Rows of their own, so that a lease can ask for one (?tag=); the record
+                # shows them too.
+                conn.execute(
+                    queue_document_tags.insert(),
+                    [{"document_id": doc_id, "tag": tag} for tag in record.tags],
+                )
             audit.append(
                 conn,
                 actor=actor,
@@ -339,6 +352,7 @@ class DocumentQueue:
                     "format": record.document.format,
                     "encrypted": bool(keys),
                     "duplicate_of": duplicate_of,
+                    **({"tags": list(record.tags)} if record.tags else {}),
                 },
             )
         if duplicate_of is not None:
@@ -388,18 +402,24 @@ class DocumentQueue:
         return self._expire(conn, now, mailbox)[1]
 
     def lease(
-        self, holder: Holder, *, max_documents: int = 1, lease_seconds: int | None = None
+        self,
+        holder: Holder,
+        *,
+        max_documents: int = 1,
+        lease_seconds: int | None = None,
+        tag: str | None = None,
     ) -> list[Lease]:
-        """Leases the mailbox's oldest ready documents (committed with whatever transitions
-        other consumers make meanwhile: mssgate.queue.transitions)."""
+        """Leases the mailbox's oldest ready documents, only those a routing rule tagged
+        `tag` when given (committed with whatever transitions other consumers make
+        meanwhile: mssgate.queue.transitions)."""
         leases, receipts = self._transitions.run(
-            lambda: self._lease_tx(holder, max_documents, lease_seconds)
+            lambda: self._lease_tx(holder, max_documents, lease_seconds, tag)
         )
         self._hand_over(receipts)
         return leases
 
     def _lease_tx(
-        self, holder: Holder, max_documents: int, lease_seconds: int | None
+        self, holder: Holder, max_documents: int, lease_seconds: int | None, tag: str | None
     ) -> tuple[list[Lease], list[_PendingReceipt]]:
         if not 1 <= max_documents <= self.settings.max_lease_batch:
             raise ValidationFailed(f"max must be between 1 and {self.settings.max_lease_batch}")
@@ -414,12 +434,16 @@ class DocumentQueue:
             scanned = self._expiry_scans.due(holder.mailbox, now)
             receipts = self._expire_scan(conn, now, holder.mailbox) if scanned else []
             expires = now + timedelta(seconds=seconds)
-            claim = {"mailbox": holder.mailbox, "limit": max_documents}
-            candidates = conn.execute(self._statements.claim_ready, claim).all()
+            claim: dict[str, object] = {"mailbox": holder.mailbox, "limit": max_documents}
+            statement = self._statements.claim_ready
+            if tag is not None:
+                claim["tag"] = tag
+                statement = self._statements.claim_ready_tagged
+            candidates = conn.execute(statement, claim).all()
             if not scanned and len(candidates) < max_documents:
                 # Fewer ready than asked: a lease lapsed since the last scan is owed now.
                 receipts = self._expire_scan(conn, now, holder.mailbox)
-                candidates = conn.execute(self._statements.claim_ready, claim).all()
+                candidates = conn.execute(statement, claim).all()
             for row in candidates:
                 lease_id = _new_id()
                 changed = conn.execute(

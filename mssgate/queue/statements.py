@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Update, bindparam, select, update
+from sqlalchemy import Select, Update, bindparam, exists, select, update
 
-from mssgate.db.schema import queue_documents
+from mssgate.db.schema import queue_document_tags, queue_documents
 from mssgate.queue.backend import Backend
 from mssgate.queue.models import QueueState
 
@@ -23,6 +23,8 @@ _q = queue_documents.c
 class QueueStatements:
     # Params: mailbox, limit.
     claim_ready: Select[Any]
+    # Params: mailbox, limit, tag (the documents a routing rule tagged so).
+    claim_ready_tagged: Select[Any]
     # Params: doc_id, new_lease_id, consumer, expires, now.
     take_lease: Update
     # Params: doc_id.
@@ -36,6 +38,21 @@ class QueueStatements:
             claim_ready=backend.claim(
                 select(queue_documents)
                 .where(_q.mailbox == bindparam("mailbox"), _q.state == QueueState.READY.value)
+                .order_by(_q.seq)
+                .limit(bindparam("limit"))
+            ),
+            claim_ready_tagged=backend.claim(
+                select(queue_documents)
+                .where(
+                    _q.mailbox == bindparam("mailbox"),
+                    _q.state == QueueState.READY.value,
+                    exists()
+                    .where(
+                        queue_document_tags.c.document_id == _q.id,
+                        queue_document_tags.c.tag == bindparam("tag"),
+                    )
+                    .correlate(queue_documents),
+                )
                 .order_by(_q.seq)
                 .limit(bindparam("limit"))
             ),

@@ -1,0 +1,314 @@
+"""`mssgate route ...`: routing rules stored in the database, and a dry run of all of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mssgate.cli.context import actor, emit_json, emit_table, say, state
+from mssgate.errors import NotFound, UsageFailed, ValidationFailed
+from mssgate.routing.model import Rule, match_items, parse_action, parse_match
+from mssgate.routing.store import RuleStore, StoredRule, validated
+
+app = typer.Typer(
+    help="Routing rules: copy, tag or hold received documents by what they are.",
+    no_args_is_help=True,
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _store(ctx: typer.Context) -> RuleStore:
+    st = state(ctx)
+    return RuleStore(st.engine(), st.config().routing.rule)
+
+
+def _shown(found: StoredRule) -> dict[str, Any]:
+    rule = found.rule
+    return {
+        "name": rule.name,
+        "order": rule.order,
+        "enabled": rule.enabled,
+        "source": found.source,
+        "match": match_items(rule.match),
+        "actions": [a.text() for a in rule.actions],
+    }
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    name: str,
+    match: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--match",
+            help="FIELD=VALUE[,VALUE...] (any value); several --match must all hold. Fields: "
+            "mailbox, domain, sender, sender-domain, format, code, template-id, "
+            "service-event, practice-setting, confidentiality, departement, xpath.",
+        ),
+    ] = None,
+    copy_to: Annotated[
+        list[str] | None,
+        typer.Option("--copy-to", help="Queue a copy for this mailbox's RIS too."),
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Label the entry.")] = None,
+    hold: Annotated[
+        str | None, typer.Option("--hold", help="Quarantine the document with this reason.")
+    ] = None,
+    stop: Annotated[bool, typer.Option("--stop", help="No further rules.")] = False,
+    order: Annotated[int, typer.Option("--order", help="Lower runs first.")] = 100,
+    disabled: Annotated[bool, typer.Option("--disabled", help="Stored, not applied.")] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace the stored rule of this name.")
+    ] = False,
+) -> None:
+    """Add a routing rule; the running gateway applies it to the next message it ingests."""
+    try:
+        actions = [parse_action(f"copy-to {a}") for a in copy_to or ()]
+        actions += [parse_action(f"tag {t}") for t in tag or ()]
+        if hold is not None:
+            actions.append(parse_action(f"hold {hold}"))
+        if stop:
+            actions.append(parse_action("stop"))
+        parsed = parse_match(match or [])
+    except ValidationFailed:
+        raise
+    except ValueError as exc:
+        raise UsageFailed(_one_line(exc)) from None
+    if not actions:
+        raise UsageFailed("a rule needs an action: --copy-to, --tag, --hold or --stop")
+    try:
+        rule = validated(
+            {
+                "name": name,
+                "order": order,
+                "enabled": not disabled,
+                "match": parsed,
+                "actions": actions,
+            }
+        )
+    except ValidationFailed as exc:
+        raise UsageFailed(str(exc)) from None
+    _store(ctx).add(rule, actor=actor(), replace=replace)
+    say(f"routing rule {rule.name} {'replaced' if replace else 'added'}")
+
+
+def _one_line(exc: ValueError) -> str:
+    from pydantic import ValidationError
+
+    from mssgate.errors import describe_validation
+
+    if isinstance(exc, ValidationError):
+        return describe_validation(exc)
+    return str(exc).splitlines()[0]
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """List the routing rules in the order they run (configuration and database)."""
+    rules = [_shown(r) for r in _store(ctx).all()]
+    if json_out:
+        emit_json({"rules": rules})
+        return
+    emit_table(
+        "Routing rules",
+        ["name", "order", "enabled", "source", "match", "actions"],
+        [
+            (
+                r["name"],
+                r["order"],
+                "yes" if r["enabled"] else "no",
+                r["source"],
+                " ".join(r["match"]) or "(every document)",
+                "; ".join(r["actions"]),
+            )
+            for r in rules
+        ],
+        ids=("name",),
+    )
+
+
+@app.command("show")
+def show(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
+    """Show one routing rule."""
+    shown = _shown(_store(ctx).get(name))
+    if json_out:
+        emit_json(shown)
+        return
+    say(f"{'name':>8}: {shown['name']}")
+    say(f"{'order':>8}: {shown['order']}")
+    say(f"{'enabled':>8}: {'yes' if shown['enabled'] else 'no'}")
+    say(f"{'source':>8}: {shown['source']}")
+    for item in shown["match"] or ["(every document)"]:
+        say(f"{'match':>8}: {item}")
+    for action in shown["actions"]:
+        say(f"{'action':>8}: {action}")
+
+
+@app.command("remove")
+def remove(ctx: typer.Context, name: str) -> None:
+    """Remove a stored routing rule (one of the configuration file's stays: edit the file)."""
+    _store(ctx).remove(name, actor=actor())
+    say(f"routing rule {name} removed")
+
+
+@dataclass(frozen=True)
+class _Holder:
+    name: str
+    mailbox: str
+
+
+@app.command("test")
+def test(
+    ctx: typer.Context,
+    source: Annotated[
+        str, typer.Argument(help="A message file (.eml), or the ID of a queued document.")
+    ],
+    mailbox: Annotated[
+        str | None,
+        typer.Option("--mailbox", help="The recipient (default: the message's first To)."),
+    ] = None,
+    sender: Annotated[
+        str | None,
+        typer.Option("--sender", help="The envelope sender (default: the message's From)."),
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Show which rules match each document of a message and what they would do, doing
+    none of it."""
+    from mssgate.documents.isolation import Failed, PipelinePool
+    from mssgate.documents.limits import DocumentLimits
+    from mssgate.documents.record import Accepted, PipelineResult
+    from mssgate.documents.signed import process_signed_message
+    from mssgate.routing.engine import explain
+    from mssgate.routing.router import Router
+    from mssgate.server_policy import DocumentPolicy, newest_policy
+
+    st = state(ctx)
+    config, engine = st.config(), st.engine()
+    published = newest_policy(engine)
+    policy = published.policy if published is not None else DocumentPolicy.of(config)
+    pool = PipelinePool(1, memory_bytes=policy.documents.worker_memory_bytes)
+    pool.start()
+    try:
+        router = Router.from_config(config, engine, pool=pool)
+        path = Path(source)
+        outcomes: list[Any]
+        if path.is_file():
+            raw = path.read_bytes()
+            box, who = _envelope(raw, mailbox, sender)
+            # As serve runs it: in a worker process, under the message's budgets.
+            ran = pool.run(
+                process_signed_message,
+                raw,
+                policy.documents.time_budget_seconds,
+                limits=DocumentLimits.from_config(policy.documents),
+                allow_test_oids=policy.allow_test_ins,
+                require_birthplace=policy.require_birthplace,
+            )
+            result: PipelineResult = (
+                ran.result if not isinstance(ran, Failed) else _failed(raw, ran.reason)
+            )
+            outcomes = list(result.outcomes)
+        else:
+            outcomes, box, who = _stored(ctx, source)
+            box, who = mailbox or box, sender or who
+        rules = router.rules()
+        report: list[dict[str, Any]] = []
+        for index, outcome in enumerate(outcomes, 1):
+            entry: dict[str, Any] = {
+                "document": index,
+                "origin": outcome.origin
+                if not isinstance(outcome, Accepted)
+                else outcome.record.origin,
+            }
+            if not isinstance(outcome, Accepted):
+                entry["pipeline"] = f"held ({int(outcome.code)}): {outcome.reason}"
+                report.append(entry)
+                continue
+            plan = router.plan(rules, outcome, mailbox=box, sender=who)
+            doc = outcome.record.document
+            entry["format"] = doc.format
+            entry["code"] = doc.type_code
+            entry["rules"] = [{"name": r.name, "outcome": what} for r, what in explain(rules, plan)]
+            if plan.hold is not None:
+                entry["result"] = f"held: {plan.hold}"
+            else:
+                entry["result"] = f"queued for {box}"
+                entry["tags"] = list(plan.tags)
+                entry["copies"] = list(plan.copies)
+            report.append(entry)
+    finally:
+        pool.stop()
+    if json_out:
+        emit_json({"mailbox": box, "sender": who, "documents": report, "rules": len(rules)})
+        return
+    say(f"message to {box} from {who}: {len(report)} document(s), {len(rules)} rule(s)")
+    for entry in report:
+        say(f"document {entry['document']} ({entry['origin']})")
+        if "pipeline" in entry:
+            say(f"  pipeline: {entry['pipeline']} (no rule applies)")
+            continue
+        say(f"  format {entry['format']}, code {entry['code'] or '-'}")
+        for rule in entry["rules"]:
+            say(f"  rule {rule['name']}: {rule['outcome']}")
+        extra = ""
+        if entry.get("tags"):
+            extra += f", tags {', '.join(entry['tags'])}"
+        if entry.get("copies"):
+            extra += f", copies to {', '.join(entry['copies'])}"
+        say(f"  => {entry['result']}{extra}")
+
+
+def _envelope(raw: bytes, mailbox: str | None, sender: str | None) -> tuple[str, str]:
+    from email.utils import getaddresses
+
+    from mssgate.headers import read_headers
+    from mssgate.identifiers import normalize_address
+
+    headers = read_headers(raw)
+
+    def first(name: str) -> str | None:
+        found = getaddresses([str(v) for v in headers.get_all(name) or []])
+        return found[0][1] if found and found[0][1] else None
+
+    box, who = mailbox or first("To"), sender or first("From")
+    if box is None or who is None:
+        raise UsageFailed("the message names no To or From: give --mailbox and --sender")
+    return normalize_address(box), normalize_address(who)
+
+
+def _failed(raw: bytes, reason: str) -> Any:
+    from mssgate.documents.errors import QuarantineCode
+    from mssgate.documents.pipeline import hold_message
+
+    return hold_message(raw, QuarantineCode.OTHER, reason)
+
+
+def _stored(ctx: typer.Context, given: str) -> tuple[list[Any], str, str]:
+    """A queued document as the rules see it: its record and bytes (ciphertext, for a RIS
+    that registered a key: the rules that read the CDA then cannot be decided)."""
+    from mssgate.db.ids import resolve_id
+    from mssgate.db.schema import queue_documents
+    from mssgate.documents.record import Accepted
+    from mssgate.queue import DocumentQueue
+
+    st = state(ctx)
+    try:
+        doc_id = resolve_id(st.engine(), queue_documents.c.id, given, what="queued document")
+    except NotFound:
+        raise NotFound(f"{given!r} is neither a file nor a queued document") from None
+    queue = DocumentQueue.from_config(st.config(), st.engine())
+    entry = queue.entry(doc_id)
+    blob, _ = queue.content(_Holder("cli", entry.mailbox), doc_id)
+    # The rules the entry got are not applied again: its tags are the test's own.
+    record = entry.record.model_copy(update={"tags": ()})
+    content = b"" if blob.encrypted else blob.data
+    return [Accepted(record=record, content=content)], entry.mailbox, entry.sender
+
+
+__all__ = ["Rule", "app"]

@@ -1,0 +1,131 @@
+"""The routing step of ingest: the rules of the moment, the CDA probed when a rule needs it
+(in a killable worker under its budget), the plan per document, and its trace (one audit
+entry and one log line per matching rule, with the rule's name).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+
+from mssgate import audit
+from mssgate.db.tx import write
+from mssgate.documents.limits import DocumentLimits
+from mssgate.documents.record import Accepted
+from mssgate.logs import event
+from mssgate.routing.engine import CDA_FORMATS, Plan, Subject, evaluate, needs_cda
+from mssgate.routing.model import Rule
+from mssgate.routing.probe import CdaFacts, probe_cda
+from mssgate.routing.store import RuleStore
+
+if TYPE_CHECKING:
+    from mssgate.config import Config
+    from mssgate.documents.isolation import PipelinePool
+
+log = logging.getLogger("mssgate.routing")
+
+
+class Router:
+    """`pool`: the document worker processes an XPath runs in, killed past `xpath_seconds`;
+    without one (tests, tools) the probe runs in this thread with only the node budget.
+    `holds=False`: an operator's release, which `hold` actions no longer stop."""
+
+    def __init__(
+        self,
+        store: RuleStore,
+        *,
+        limits: DocumentLimits,
+        xpath_seconds: float = 2.0,
+        xpath_max_nodes: int = 200_000,
+        pool: PipelinePool | None = None,
+        holds: bool = True,
+    ) -> None:
+        self.store = store
+        self._limits = limits
+        self._seconds = xpath_seconds
+        self._max_nodes = xpath_max_nodes
+        self._pool = pool
+        self.holds = holds
+
+    @classmethod
+    def from_config(
+        cls, config: Config, engine: Engine, *, pool: PipelinePool | None = None, holds: bool = True
+    ) -> Router:
+        return cls(
+            RuleStore(engine, config.routing.rule),
+            limits=DocumentLimits.from_config(config.documents),
+            xpath_seconds=config.routing.xpath_seconds,
+            xpath_max_nodes=config.routing.xpath_max_nodes,
+            pool=pool,
+            holds=holds,
+        )
+
+    def with_pool(self, pool: PipelinePool | None) -> Router:
+        return Router(self.store, limits=self._limits, xpath_seconds=self._seconds,
+                      xpath_max_nodes=self._max_nodes, pool=pool, holds=self.holds)  # fmt: skip
+
+    def rules(self) -> list[Rule]:
+        return self.store.rules()
+
+    def plan(self, rules: list[Rule], outcome: Accepted, *, mailbox: str, sender: str) -> Plan:
+        record = outcome.record
+        needed, xpaths = needs_cda(rules)
+        facts = None
+        if needed and record.document.format in CDA_FORMATS:
+            facts = self.probe(outcome.content, xpaths)
+        subject = Subject(mailbox=mailbox, sender=sender, record=record, facts=facts)
+        return evaluate(rules, subject, holds=self.holds)
+
+    def probe(self, data: bytes, xpaths: tuple[str, ...]) -> CdaFacts:
+        if self._pool is None:
+            return probe_cda(data, xpaths=xpaths, max_nodes=self._max_nodes, limits=self._limits)
+        from mssgate.documents.isolation import Failed
+
+        outcome = self._pool.run(probe_cda, data, self._seconds, xpaths=xpaths,
+                                 max_nodes=self._max_nodes, limits=self._limits)  # fmt: skip
+        if isinstance(outcome, Failed):
+            reason = (
+                f"the CDA's routing XPath ran over its budget of {self._seconds:g} s"
+                if outcome.timed_out
+                else outcome.reason
+            )
+            return CdaFacts(failure=reason)
+        return outcome.result
+
+
+def trace(
+    engine: Engine,
+    plan: Plan,
+    *,
+    subject: str,
+    mailbox: str,
+    copies: Mapping[str, str],
+    actor: str,
+) -> None:
+    """One audit entry and one log line per matching rule. `subject`: the queue entry (or
+    the quarantine entry, when held); `copies`: the copies' entries by mailbox."""
+    with write(engine) as conn:
+        for decision in plan.decisions:
+            detail: dict[str, object] = {
+                "rule": decision.rule,
+                "actions": list(decision.actions),
+                "mailbox": mailbox,
+            }
+            made = {
+                a.partition(" ")[2]: copies[a.partition(" ")[2]]
+                for a in decision.actions
+                if a.startswith("copy-to ") and a.partition(" ")[2] in copies
+            }
+            if made:
+                detail["copies"] = made
+            if plan.held_by == decision.rule:
+                detail["held"] = True
+            audit.append(conn, actor=actor, action="routing.decision", subject=subject,
+                         detail=detail)  # fmt: skip
+    for decision in plan.decisions:
+        # Rule names, actions and ids only: no patient data in a log line.
+        event(log, "routing.decision", rule=decision.rule, entry=subject, mailbox=mailbox,
+              actions=list(decision.actions), held=plan.held_by == decision.rule)  # fmt: skip
