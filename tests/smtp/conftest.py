@@ -199,6 +199,13 @@ def gateway_setup(cli: Cli, datadir: Path, peer_pki: dict[str, Path]) -> Gateway
 
 
 @pytest.fixture
+def a_env() -> dict[str, str]:
+    """Settings of gateway A in the two-gateway pair (tests/smtp/test_two_gateways.py) beyond
+    its own; a module overrides this fixture (IMAP on, for one)."""
+    return {}
+
+
+@pytest.fixture
 def gateway(gateway_setup: Gateway) -> Iterator[Gateway]:
     gateway_setup.start()
     yield gateway_setup

@@ -17,7 +17,7 @@ from mssgate.documents.samples import OID_NIR, PAT_TROIS, CdaSpec, make_cda
 from tests.conftest import Cli
 from tests.smtp.conftest import ALICE, BOB, PEER_DOMAIN, Gateway
 from tests.smtp.test_outbound_gateway import mdm, mdn
-from tests.smtp.test_two_gateways import DR_B, a_env, pair  # noqa: F401  (the fixtures)
+from tests.smtp.test_two_gateways import DR_B, pair  # noqa: F401  (the fixture)
 
 NOBODY = "nobody@hopital-a.test"
 

@@ -20,13 +20,6 @@ DR_B = f"dr.b@{PEER_DOMAIN}"
 
 
 @pytest.fixture
-def a_env() -> dict[str, str]:
-    """Settings of gateway A beyond the pair's own; a module overrides this fixture (IMAP on,
-    for one)."""
-    return {}
-
-
-@pytest.fixture
 def pair(
     cli: Cli, gateway_setup: Gateway, tmp_path: Path, a_env: dict[str, str]
 ) -> Iterator[tuple[Gateway, Gateway]]:
