@@ -80,6 +80,14 @@ def _log_dropped(items: list[framing.Event], peer: str, consumer: str) -> None:
               bytes=sum(cut), frames=len(cut), what="frames cut by a new <VT>")  # fmt: skip
 
 
+_STORAGE_ERRORS = (MssgateError, SQLAlchemyError, OSError)
+
+
+def _log_failed(peer: str, consumer: str | None, during: str, exc: BaseException) -> None:
+    event(log, "mllp.failed", level=logging.ERROR, peer=peer, consumer=consumer, during=during,
+          error=f"{type(exc).__name__}: {exc}"[:300])  # fmt: skip
+
+
 def envelope_of(body: bytes) -> Envelope:
     """The MSH fields an ACK echoes, read from whatever of the message there is."""
     head = body.split(b"\r", 1)[0]
@@ -214,6 +222,8 @@ class MllpListener:
             await self._session(reader, writer, peer)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             event(log, "mllp.closed", peer=peer, reason=f"{type(exc).__name__}: {exc}"[:200])
+        except (MssgateError, SQLAlchemyError) as exc:  # the first lookup: no frame to answer
+            _log_failed(peer, None, "certificate lookup", exc)
         finally:
             self._open.discard(task)
             writer.close()
@@ -266,7 +276,14 @@ class MllpListener:
                     await self._answer(writer, self._refusal(item.head, OTHER, text))
                     return  # the rest of it is not read
                 # Looked up again: a certificate re-issued or a consumer revoked since.
-                current = await self._consumer(sha256, peer)
+                try:
+                    current = await self._consumer(sha256, peer)
+                except _STORAGE_ERRORS as exc:
+                    # As under a submission: the RIS is told to send it again, not cut off.
+                    _log_failed(peer, consumer.name, "certificate lookup", exc)
+                    text = "the gateway failed; send it again"
+                    await self._answer(writer, self._refusal(item.body, INTERNAL_ERROR, text))
+                    return
                 if current is None:
                     text = "this certificate is not bound to an active consumer any more"
                     await self._answer(writer, self._refusal(item.body, OTHER, text))

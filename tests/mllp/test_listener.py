@@ -246,6 +246,23 @@ def test_oversize_garbage_unfinished_frames_and_silence(
         engine.dispose()
     assert msa(ack) == ("AR", "DB-AWAY") and "207" in str(ack.segment("ERR"))
     gateway.wait_event("mllp.failed", consumer="ris-a")
+    # The database failing as a frame's certificate is looked up again: AR 207 as well.
+    raw = Raw(gateway, ctx)
+    raw.sock.sendall(VT + b"hello" + FS + CR)
+    assert msa(raw.answer())[0] == "AR"  # connected: the first lookup is done
+    engine = open_engine(load_config(gateway.data / "mssgate.toml").database_url)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE consumers RENAME TO consumers_away"))
+    try:
+        raw.sock.sendall(VT + mdm("DB-AWAY-2") + FS + CR)
+        ack = raw.answer()
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE consumers_away RENAME TO consumers"))
+        engine.dispose()
+        raw.close()
+    assert msa(ack) == ("AR", "DB-AWAY-2") and "207" in str(ack.segment("ERR"))
+    gateway.wait_event("mllp.failed", during="certificate lookup", consumer="ris-a")
     assert not [e for e in gateway.events() if e.get("event") == "outbound.accepted"]
 
 
