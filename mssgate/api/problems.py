@@ -13,6 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mssgate.errors import Conflict, MssgateError, NotFound, StorageError, ValidationFailed
@@ -143,6 +145,15 @@ def install(app: FastAPI) -> None:
         return problem_response(status, str(exc), instance=request.url.path)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, OperationalError | PoolTimeout):
+            # A deadlock or serialisation failure (PostgreSQL), a busy SQLite file, a pool
+            # exhausted or a lost connection: the database rolled the request back, so the
+            # client may send it again; a 500 would tell it the request itself is at fault.
+            log.warning("database unavailable on %s: %s", request.url.path, _first_line(exc))
+            return problem_response(
+                503, "the database is busy; send the request again",
+                instance=request.url.path, headers={"Retry-After": "1"},
+            )  # fmt: skip
         log.exception("unexpected error on %s", request.url.path)
         return problem_response(500, "internal error", instance=request.url.path)
 
@@ -162,3 +173,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
