@@ -202,7 +202,6 @@ class MllpListener:
             return
         if tls is None:  # the peer went away as the handshake ended
             return
-        metrics.tls_session("hl7", tls.get_extra_info("ssl_object").version())
         writer = asyncio.StreamWriter(tls, protocol, reader, loop)
         # A session now: max_connections counts it, not the handshakes.
         self._handshakes.discard(asyncio.current_task())
@@ -241,6 +240,8 @@ class MllpListener:
     async def _session(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
     ) -> None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        metrics.tls_session("hl7", ssl_object.version() if ssl_object is not None else None)
         sha256 = peer_sha256(writer)
         if sha256 is None:  # CERT_REQUIRED makes this unreachable; never serve without one
             event(log, "mllp.refused", level=logging.WARNING, peer=peer, reason="no certificate")

@@ -30,6 +30,7 @@ from mssgate.pki import (
 )
 from tests.conftest import Cli
 from tests.smtp.conftest import ALICE, BOB, Gateway, gateway_setup, peer_pki  # noqa: F401
+from tests.smtp.test_metrics_serve import scrape
 from tests.smtp.test_outbound_gateway import mdm
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\r"
@@ -281,6 +282,8 @@ def test_pipelined_and_split_frames_failed_handshakes_and_the_trace(
     for at in range(0, len(whole), 700):
         raw.sock.sendall(whole[at : at + 700])
     assert msa(raw.answer()) == ("AA", "SPLIT-1")
+    sessions = scrape(gateway).get('mssgate_tls_sessions_total{listener="hl7",version="TLSv1.3"}')
+    assert sessions is not None and sessions >= 1
     # Noise is one line per read, however many pieces it is in (a <VT> each: 5,000 frames
     # cut by the next one), never one per piece.
     raw.sock.sendall(VT * 5000 + b"x\r" * 5000 + VT + b"hello" + FS + CR)
