@@ -1,0 +1,144 @@
+"""The rule model and the CLI's match expressions (issue 16): what an operator types is
+parsed to the same rule whatever wrote it, and anything else is one readable error."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mssgate.routing.model import (
+    FORMATS,
+    Match,
+    RuleSpec,
+    match_items,
+    parse_action,
+    parse_match,
+)
+from mssgate.routing.probe import departement_of
+from tests.conftest import Cli
+
+_value = st.text(
+    alphabet=string.ascii_letters + string.digits + ".-_:@", min_size=1, max_size=30
+).filter(lambda v: v.strip() == v)
+_departements = st.sampled_from(["01", "2A", "2B", "75", "95", "971", "976", "988"])
+
+
+@st.composite
+def matches(draw: st.DrawFn) -> Match:
+    fields = {
+        "code": draw(st.lists(_value, max_size=3)),
+        "template_id": draw(st.lists(_value, max_size=3)),
+        "format": draw(st.lists(st.sampled_from(FORMATS), max_size=2)),
+        "departement": draw(st.lists(_departements, max_size=2)),
+        "sender_domain": [v.lower() for v in draw(st.lists(_value, max_size=2))],
+    }
+    if draw(st.booleans()):
+        fields["xpath"] = "/cda:ClinicalDocument/cda:code[@code='18748-4' or @code=\"x,y\"]"
+    return Match.model_validate(fields)
+
+
+@given(matches())
+def test_match_items_parse_back_to_the_same_match(match: Match) -> None:
+    assert parse_match(match_items(match)) == match
+
+
+@given(st.lists(st.text(max_size=80), max_size=4))
+def test_any_text_parses_or_is_refused_with_a_value_error(items: list[str]) -> None:
+    try:
+        parsed = parse_match(items)
+    except ValueError as exc:
+        assert str(exc)
+    else:
+        assert isinstance(parsed, Match)
+
+
+@given(st.text(max_size=120))
+def test_any_action_text_parses_or_is_refused(text: str) -> None:
+    try:
+        action = parse_action(text)
+    except ValueError:
+        return
+    assert parse_action(action.text()) == action
+
+
+@given(st.text(alphabet=string.digits + " AB", max_size=7))
+def test_departement_of_any_postal_text(text: str) -> None:
+    found = departement_of(text)
+    assert found is None or Match(departement=(found,)).departement == (found,)
+
+
+@pytest.mark.parametrize(
+    ("postal", "departement"),
+    [("75007", "75"), ("20000", "2A"), ("20167", "2A"), ("20200", "2B"), ("20600", "2B"),
+     ("97400", "974"), ("98800", "988"), ("01000", "01"), ("750075", None), ("7500", None),
+     ("00100", None), ("7500A", None), (None, None)],
+)  # fmt: skip
+def test_departement_of(postal: str | None, departement: str | None) -> None:
+    assert departement_of(postal) == departement
+
+
+def test_a_rule_in_toml_reads_as_on_the_command_line() -> None:
+    spec = RuleSpec.model_validate(
+        {"name": "a", "match": {"format": "CDA-N3", "departement": ["2a", "75"]},
+         "actions": ["copy-to Archive@Hopital.test", "tag x", "stop"]}
+    )  # fmt: skip
+    assert spec.match == parse_match(["format=cda-n3", "departement=2A,75"])
+    assert [a.text() for a in spec.actions] == ["copy-to archive@hopital.test", "tag x", "stop"]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--match", "colour=blue", "--tag", "x"], "unknown field 'colour'"),
+        (["--match", "format=docx", "--tag", "x"], "format 'docx' is none of"),
+        (["--match", "departement=20", "--tag", "x"], "département '20' is not one"),
+        (["--match", "xpath=//[", "--tag", "x"], "XPath does not compile"),
+        (["--match", "code", "--tag", "x"], "expected FIELD=VALUE"),
+        (["--match", "code=a,,b", "--tag", "x"], "an empty value"),
+        (["--match", "code=1"], "a rule needs an action"),
+        (["--tag", "has space"], "tag: 1 to 64"),
+        (["--copy-to", "not-an-address"], "copy-to"),
+    ],
+)
+def test_a_bad_rule_is_one_line_and_exit_2(
+    cli: Cli, datadir: Path, args: list[str], said: str
+) -> None:
+    result = cli("route", "add", "r1", *args)
+    assert result.code == 2, result.err
+    assert said in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert "Traceback" not in result.err
+    assert json.loads(cli.ok("route", "list", "--json").out) == {"rules": []}
+
+
+def test_bad_name_and_crud(cli: Cli, datadir: Path) -> None:
+    assert cli("route", "add", "-bad", "--tag", "x").code == 2
+    cli.ok("route", "add", "r1", "--match", "code=18748-4", "--tag", "x", "--order", "7")
+    again = cli("route", "add", "r1", "--tag", "y")
+    assert again.code == 1 and "exists (--replace" in again.err
+    shown = json.loads(cli.ok("route", "show", "r1", "--json").out)
+    assert shown == {"name": "r1", "order": 7, "enabled": True, "source": "database",
+                     "match": ["code=18748-4"], "actions": ["tag x"]}  # fmt: skip
+    assert "match: code=18748-4" in cli.ok("route", "show", "r1").out
+    assert "r1" in cli.ok("route", "list").out
+    cli.ok("route", "remove", "r1")
+    missing = cli("route", "remove", "r1")
+    assert missing.code == 1 and missing.err.strip() == "mssgate: error: no routing rule 'r1'"
+
+
+def test_config_rules_are_listed_and_not_changed_by_the_cli(cli: Cli, datadir: Path) -> None:
+    config = datadir / "mssgate.toml"
+    config.write_text(
+        config.read_text()
+        + '\n[[routing.rule]]\nname = "from-file"\norder = 1\n'
+        + 'match = { format = "pdf" }\nactions = ["tag pdf"]\n'
+    )
+    [rule] = json.loads(cli.ok("route", "list", "--json").out)["rules"]
+    assert rule["source"] == "config" and rule["match"] == ["format=pdf"]
+    assert "configuration file" in cli("route", "remove", "from-file").err
+    assert "configuration file" in cli("route", "add", "from-file", "--tag", "x").err
