@@ -82,3 +82,46 @@ def test_a_success_dsn_that_cannot_be_spooled_does_not_deliver_again(
     assert dovecot.saved == 1
     assert spool.recipient_state(queue_id, BOB).state == "delivered"
     assert any("delivery.dsn_failed" in r.getMessage() for r in caplog.records)
+
+
+class _Refusing(_Dovecot):
+    async def handle_DATA(self, server: LMTP, session: Session, envelope: Envelope) -> str:
+        return "550 5.1.1 no such mailbox"
+
+
+def test_a_ris_copy_refused_here_gets_no_dsn_but_a_practitioners_does(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    """A RIS's copy (listener api or mllp) that local delivery gives up on reaches the RIS as
+    its status and ZAM; a DSN to its application mailbox said it again, as mail. A
+    practitioner's message refused the same way still gets its DSN."""
+    spool = Spool(sqlite_engine, tmp_path / "spool")
+    ids = {}
+    for listener in ("api", "mllp", "submission"):
+        ids[listener] = new_queue_id()
+        spool.accept(
+            queue_id=ids[listener], content=b"From: <ris@hopital-a.test>\r\n\r\nx\r\n",
+            listener=listener, sender="ris@hopital-a.test", identity="ris@hopital-a.test",
+            peer=None, recipients=[(BOB, "local")],
+        )  # fmt: skip
+    reports: list[tuple[bytes, str]] = []
+    port = _free_port()
+    server = _Lmtp(_Refusing(), hostname="127.0.0.1", port=port)
+    server.start()
+    try:
+        worker = DeliveryWorker(
+            spool,
+            LmtpStore(f"127.0.0.1:{port}"),
+            poll_seconds=0,
+            notifications=Notifications(
+                on_dsn=lambda dsn, to: reports.append((dsn, to)), hostname="a.test"
+            ),
+        )
+        asyncio.run(worker.run_once())
+    finally:
+        server.stop()
+    assert {q: spool.recipient_state(q, BOB).state for q in ids.values()} == dict.fromkeys(
+        ids.values(), "failed"
+    )
+    [(dsn, to)] = reports
+    assert to == "ris@hopital-a.test" and b"Action: failed" in dsn

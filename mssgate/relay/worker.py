@@ -365,7 +365,7 @@ class RelayWorker:
                     retry_in=retry.total_seconds(),
                     error=o.reply,
                 )
-        if relayed and envelope.sender:
+        if relayed and envelope.sender and not envelope.reported_to_its_ris:
             await self._report_success(envelope, content, relayed)
         if failed:
             await self._fail(envelope, content, [i for i, _ in failed], [f for _, f in failed])
@@ -426,6 +426,8 @@ class RelayWorker:
             for i, f in zip(items, failures, strict=True)
         ]
         reported = [f for i, f in zip(items, failures, strict=True) if i.dsn.wants_failure]
+        if envelope.reported_to_its_ris:
+            reported = []
         if envelope.sender and reported:
             dsn = build_dsn(
                 content or b"",
@@ -464,8 +466,13 @@ class RelayWorker:
                 log, "relay.dsn", queue_id=envelope.id, to=envelope.sender, recipients=len(reported)
             )
         elif envelope.sender:
+            reason = (
+                "a RIS's copy: its status and ZAM say it"
+                if envelope.reported_to_its_ris
+                else "NOTIFY asks for no failure report"
+            )
             event(log, "relay.dsn_suppressed", queue_id=envelope.id, recipients=len(failures),
-                  reason="NOTIFY asks for no failure report")  # fmt: skip
+                  reason=reason)  # fmt: skip
         else:
             # RFC 5321 4.5.5: a message with a null sender (itself a DSN or a receipt) is
             # never answered by another DSN; the failure is logged and audited only.

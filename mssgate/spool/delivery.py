@@ -258,10 +258,12 @@ class DeliveryWorker:
         a peer receiving it expects to speak for that recipient. Raises what spooling it
         raised: the delivery's outcome is then not committed, and comes back."""
         wanted = item.dsn.wants_failure if report.action == "failed" else item.dsn.wants_success
+        reason = "NOTIFY asks for no failure report"
+        if envelope.reported_to_its_ris:
+            wanted, reason = False, "a RIS's copy: its status and ZAM say it"  # as the relay
         if self._notify is None or not envelope.sender or not wanted:
             if report.action == "failed" and envelope.sender and self._notify is not None:
-                event(log, "delivery.dsn_suppressed", queue_id=item.spool_id,
-                      reason="NOTIFY asks for no failure report")  # fmt: skip
+                event(log, "delivery.dsn_suppressed", queue_id=item.spool_id, reason=reason)
             return
         dsn = build_dsn(
             self._spool.read(item.spool_id),

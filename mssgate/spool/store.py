@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, Connection, Engine, and_, func, literal, select, update
@@ -97,10 +97,22 @@ class MessageEnvelope(BaseModel):
     # RFC 3461 RET and ENVID (decoded) of MAIL FROM.
     ret: str | None = None
     envid: str | None = None
+    listener: str | None = None
 
     @property
     def dsn(self) -> MessageDsn:
         return MessageDsn(ret=self.ret, envid=self.envid)
+
+    @property
+    def reported_to_its_ris(self) -> bool:
+        """A copy a RIS sent (mssgate.outbound): what this gateway learns of it (relayed,
+        refused, failed here) reaches the RIS as the copy's status and ZAM. A DSN of ours
+        to its application mailbox would say it again, one per copy, as mail."""
+        return self.listener in OUTBOUND_LISTENERS
+
+
+# The listeners a RIS's copies are spooled under (mssgate.outbound.service.Channel).
+OUTBOUND_LISTENERS: Final = frozenset({"api", "mllp"})
 
 
 # `spool delete|bounce` counts a delivery falling due this soon as due now: a worker whose
@@ -631,6 +643,7 @@ class Spool:
                     spool_messages.c.received_at,
                     spool_messages.c.dsn_ret,
                     spool_messages.c.dsn_envid,
+                    spool_messages.c.listener,
                 ).where(spool_messages.c.id == queue_id)
             ).first()
         if row is None:
@@ -641,6 +654,7 @@ class Spool:
             received_at=aware(row.received_at),
             ret=row.dsn_ret,
             envid=row.dsn_envid,
+            listener=row.listener,
         )
 
     def recipient_state(self, spool_id: str, recipient: str) -> RecipientState:

@@ -59,10 +59,12 @@ class DsnPeer(PeerGateway):
         return protocol
 
 
-def submit(world: World, notify: str, *, envid: str | None = "Copy+1 x") -> str:
+def submit(
+    world: World, notify: str, *, envid: str | None = "Copy+1 x", listener: str = "submission"
+) -> str:
     queue_id = new_queue_id()
     world.spool.accept(
-        queue_id=queue_id, content=message(), listener="api", sender=ALICE, identity=ALICE,
+        queue_id=queue_id, content=message(), listener=listener, sender=ALICE, identity=ALICE,
         peer=None, recipients=[(DR_B, "relay")], dsn=MessageDsn(ret="HDRS", envid=envid),
         rcpt_dsn={DR_B: RecipientDsn(parse_notify(notify), ("rfc822", "Dr.B+x@clinique-b.test"))},
     )  # fmt: skip
@@ -117,3 +119,31 @@ def test_notify_never_suppresses_the_failure_dsn_and_failure_keeps_it(world: Wor
         run(world, peer)
         assert world.state(queue_id) == "failed"
         assert len(world.dsns) == reports, notify
+
+
+def test_a_ris_copy_gets_no_dsn_from_this_gateway(world: World) -> None:
+    """A copy a RIS sent (mssgate.outbound: listener api or mllp) asks NOTIFY=SUCCESS,FAILURE
+    for the peer's reports; what this gateway knows (relayed to a peer without DSN, refused)
+    reaches the RIS as the copy's status and its ZAM. Before: a `relayed` DSN, or a failure
+    DSN, per copy went to the application mailbox (signed, delivered, run through the
+    document pipeline) for nothing: 50 recipients, 50 DSNs."""
+    for listener in ("api", "mllp"):
+        world.dsns.clear()
+        relayed = submit(world, "SUCCESS,FAILURE", listener=listener)
+        run(world, world.peer())
+        assert world.state(relayed) == "delivered"
+        refused = submit(world, "SUCCESS,FAILURE", listener=listener)
+        peer = world.peer()
+        peer.handler.rcpt_replies[DR_B] = "550 5.1.1 no such user"
+        run(world, peer)
+        assert world.state(refused) == "failed"
+        assert world.dsns == [], listener
+
+
+def test_the_outbound_channels_are_the_listeners_without_dsn() -> None:
+    from typing import get_args
+
+    from mssgate.outbound.service import Channel
+    from mssgate.spool.store import OUTBOUND_LISTENERS
+
+    assert set(get_args(Channel)) == OUTBOUND_LISTENERS
