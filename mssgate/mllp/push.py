@@ -26,7 +26,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from mssgate.config import Config
-from mssgate.db.schema import queue_documents
+from mssgate.db.schema import consumers, queue_documents
 from mssgate.directory import Directory
 from mssgate.directory.models import Consumer
 from mssgate.errors import MssgateError
@@ -45,6 +45,10 @@ log = logging.getLogger("mssgate.mllp.push")
 NACK_CODE = 906
 MAX_ACK_BYTES = 1 << 20
 _DB_ERRORS = (MssgateError, SQLAlchemyError, OSError)
+SEALED = (
+    "another consumer of its mailbox has an OpenPGP key: the documents are stored encrypted"
+    " for it, and only the API hands them over"
+)
 
 
 class Refused(Exception):
@@ -137,8 +141,19 @@ class MllpPush:
         context = self._context(ca_pem)
         event(log, "mllp.push_started", consumer=consumer.name, to=str(target))
         failures = 0
+        blocked = False
         while True:
             try:
+                if await asyncio.to_thread(self._sealed, consumer.mailbox):
+                    # Each lease counts an attempt and a sealed document can only be nacked:
+                    # pushing would send them dead, error MDN and all, one by one.
+                    if not blocked:
+                        event(log, "mllp.push_blocked", level=logging.WARNING,
+                              consumer=consumer.name, reason=SEALED)  # fmt: skip
+                    blocked = True
+                    await asyncio.sleep(self._hl7.push_poll_seconds)
+                    continue
+                blocked = False
                 waiting = await asyncio.to_thread(self._waiting, consumer.mailbox)
                 failed = await self._session(consumer, target.host, target.port, context)
             except _DB_ERRORS as exc:
@@ -153,6 +168,21 @@ class MllpPush:
                 failures = 0
                 if not waiting:
                     await asyncio.sleep(self._hl7.push_poll_seconds)
+
+    def _sealed(self, mailbox: str) -> bool:
+        """Whether the mailbox's documents are stored encrypted (a consumer of it has an
+        OpenPGP key), which only the API can hand over."""
+        query = (
+            select(consumers.c.id)
+            .where(
+                consumers.c.mailbox == mailbox,
+                consumers.c.revoked_at.is_(None),
+                consumers.c.pgp_key.is_not(None),
+            )
+            .limit(1)
+        )
+        with self._queue.engine.connect() as conn:
+            return conn.execute(query).first() is not None
 
     def _waiting(self, mailbox: str) -> bool:
         """Whether the mailbox has a document to lease: ready, or leased past its lease."""

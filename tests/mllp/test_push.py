@@ -23,6 +23,7 @@ from mssgate.db import open_engine
 from mssgate.pki import create_dev_ca, issue_server_cert, write_certificate, write_private_key
 from mssgate.queue import DocumentQueue, QueueState
 from tests.conftest import DOMAIN, PG_URL, Cli
+from tests.queue.gpgkeys import key_pair
 from tests.queue.helpers import cda, deliver, mail
 from tests.smtp.conftest import Gateway, free_env
 
@@ -214,6 +215,33 @@ def test_an_aa_for_another_message_acks_nothing(
     assert ris.received == [ids[0], ids[0]]
     entry = DocumentQueue(engine).entry(ids[0])
     assert entry.attempts == 2 and "SOMETHING-ELSE" in (entry.last_reason or "")
+
+
+def test_a_mailbox_sealed_for_an_openpgp_key_is_not_pushed(
+    cli: Cli, setup: tuple[Gateway, Engine, Path]
+) -> None:
+    """Its documents are stored encrypted for the other consumer: leased and refused one by
+    one, each would go dead (error MDN to its sender) instead of waiting for that consumer."""
+    gateway, engine, tmp = setup
+    with key_pair(f"RIS <{RIS}>") as keys:
+        (tmp / "ris.pub.asc").write_text(keys.public)
+        cli.ok(
+            "consumer", "add", "ris-pgp", "--mailbox", RIS, "--pgp-key", str(tmp / "ris.pub.asc")
+        )
+        ids = queued(engine, gateway.data, 1)
+    gateway.env["MSSGATE_QUEUE__MAX_ATTEMPTS"] = "1"
+    ris, stop = start_ris(tmp, gateway, lambda control, seen: "AA")
+    try:
+        cli.ok("consumer", "add", "ris", "--mailbox", RIS, "--push",
+               f"mllp://localhost:{ris.port}", "--push-ca", str(tmp / "ris-ca.pem"))  # fmt: skip
+        gateway.start()
+        gateway.wait_event("mllp.push_started", consumer="ris")
+        time.sleep(3)  # several polls
+    finally:
+        stop()
+    entry = DocumentQueue(engine).entry(ids[0])
+    assert ris.received == [] and entry.state is QueueState.READY and entry.attempts == 0
+    gateway.wait_event("mllp.push_blocked", consumer="ris")
 
 
 def test_a_ris_down_costs_no_attempt_and_nothing_is_lost_when_the_gateway_is_killed(
