@@ -30,7 +30,7 @@ _departements = st.sampled_from(["01", "2A", "2B", "75", "95", "971", "976", "98
 
 @st.composite
 def matches(draw: st.DrawFn) -> Match:
-    fields = {
+    fields: dict[str, object] = {
         "code": draw(st.lists(_value, max_size=3)),
         "template_id": draw(st.lists(_value, max_size=3)),
         "format": draw(st.lists(st.sampled_from(FORMATS), max_size=2)),
@@ -142,3 +142,30 @@ def test_config_rules_are_listed_and_not_changed_by_the_cli(cli: Cli, datadir: P
     assert rule["source"] == "config" and rule["match"] == ["format=pdf"]
     assert "configuration file" in cli("route", "remove", "from-file").err
     assert "configuration file" in cli("route", "add", "from-file", "--tag", "x").err
+
+
+def test_route_test_a_queued_document(cli: Cli, datadir: Path) -> None:
+    from mssgate.config import load_config
+    from mssgate.db import open_engine, upgrade
+    from mssgate.queue import DocumentQueue
+    from tests.queue.helpers import RIS_A, RIS_B, SENDER, add_mailboxes, cda, deliver, mail
+
+    config = load_config(datadir / "mssgate.toml")
+    engine = open_engine(config.database_url)
+    upgrade(engine)
+    add_mailboxes(engine, RIS_A)
+    [queued] = deliver(DocumentQueue.from_config(config, engine), mail([cda(1)]))
+    engine.dispose()
+    cli.ok("route", "add", "n3", "--match", "format=cda-n3", "--match",
+           "xpath=//cda:section", "--copy-to", RIS_B)  # fmt: skip
+    cli.ok("route", "add", "pdf", "--match", "format=pdf", "--tag", "pdf")
+    shown = json.loads(cli.ok("route", "test", queued[:8], "--json").out)
+    assert (shown["mailbox"], shown["sender"]) == (RIS_A, SENDER)
+    [document] = shown["documents"]
+    assert document["rules"] == [
+        {"name": "n3", "outcome": f"matches: copy-to {RIS_B}"},
+        {"name": "pdf", "outcome": "no match"},
+    ]
+    assert document["copies"] == [RIS_B]
+    missing = cli("route", "test", "nothing-like-this")
+    assert missing.code == 1 and "neither a file nor a queued document" in missing.err
