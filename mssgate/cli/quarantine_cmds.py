@@ -21,6 +21,7 @@ from mssgate.documents.record import PipelineResult
 from mssgate.documents.signed import process_signed_message
 from mssgate.errors import Conflict
 from mssgate.queue import DocumentQueue, QuarantineEntry, release
+from mssgate.routing.engine import needs_cda
 from mssgate.routing.router import Router
 from mssgate.server_policy import DocumentPolicy, newest_policy
 
@@ -98,18 +99,28 @@ def release_(ctx: typer.Context, held_id: str) -> None:
         "allow_test_oids": policy.allow_test_ins,
         "require_birthplace": policy.require_birthplace,
     }
+    # Tags and copies as at ingest; a rule's hold no longer holds what is released. A rule
+    # that reads the CDA does so in a worker process under its budget, as in serve.
+    router = Router.from_config(st.config(), st.engine(), holds=False)
+    pool = None
+    if needs_cda(router.rules())[0]:
+        pool = PipelinePool(1, memory_bytes=policy.documents.worker_memory_bytes)
+        pool.start()
+        router = router.with_pool(pool)
     try:
         queued = release(
             _queue(ctx),
             held_id,
             actor=actor(),
             pipeline=lambda message: _isolated(message, policy.documents, arguments),
-            # Tags and copies as at ingest; a rule's hold no longer holds what is released.
-            router=Router.from_config(st.config(), st.engine(), holds=False),
+            router=router,
             **arguments,  # type: ignore[arg-type]
         )
     except Conflict as exc:
         raise Conflict(f"{exc} ({whose})") from None
+    finally:
+        if pool is not None:
+            pool.stop()
     say(f"released {held_id} {whose}: queued {', '.join(queued) if queued else 'nothing new'}")
 
 

@@ -169,3 +169,39 @@ def test_route_test_a_queued_document(cli: Cli, datadir: Path) -> None:
     assert document["copies"] == [RIS_B]
     missing = cli("route", "test", "nothing-like-this")
     assert missing.code == 1 and "neither a file nor a queued document" in missing.err
+
+
+def test_quarantine_release_applies_rules_but_not_their_hold(cli: Cli, datadir: Path) -> None:
+    from datetime import UTC, datetime
+
+    from mssgate.config import load_config
+    from mssgate.db import open_engine, upgrade
+    from mssgate.documents.limits import DocumentLimits
+    from mssgate.queue import DocumentQueue
+    from mssgate.queue.ingest import ingest
+    from mssgate.routing.router import Router
+    from tests.queue.helpers import RIS_A, RIS_B, SENDER, add_mailboxes, cda, mail
+
+    cli.ok("route", "add", "look", "--order", "1", "--match", "xpath=//cda:section",
+           "--copy-to", RIS_B, "--tag", "seen")  # fmt: skip
+    cli.ok("route", "add", "hold", "--order", "2", "--hold", "read first")
+    toml = datadir / "mssgate.toml"
+    toml.write_text(toml.read_text().replace("[policy]", "[policy]\nallow_test_ins = true", 1))
+    config = load_config(datadir / "mssgate.toml")
+    engine = open_engine(config.database_url)
+    upgrade(engine)
+    add_mailboxes(engine, RIS_A, RIS_B)
+    queue = DocumentQueue.from_config(config, engine)
+    report = ingest(
+        queue, mail([cda(1)]), mailbox=RIS_A, sender=SENDER, message_id=None, subject=None,
+        received_at=datetime.now(UTC), limits=DocumentLimits(), allow_test_oids=True,
+        router=Router.from_config(config, engine),
+    )  # fmt: skip
+    [held] = report.held
+    assert queue.entries() == []
+    out = cli.ok("quarantine", "release", held).out
+    assert "queued" in out
+    [addressed] = queue.entries(mailbox=RIS_A)
+    [copy] = queue.entries(mailbox=RIS_B)
+    assert addressed.record.tags == copy.record.tags == ("seen",)
+    engine.dispose()
