@@ -4,10 +4,15 @@ One run, one mailbox of N messages of ~10 KB delivered over LMTP, two paths meas
 the same client (imaplib) and the same commands:
   - front door: IMAPS to `python -m mssgate.imap` (our TLS, our LOGIN, relay to `imap -u`);
   - direct: Dovecot's `imap -u USER` on a pipe (imaplib.IMAP4_stream), no TLS, no relay.
+  - socat TLS: socat (C, OpenSSL) terminating TLS with the gateway's certificate in front of
+    the same `imap -u`: the floor any TLS front door can reach (client-side TLS included).
 Timed: SELECT + FETCH 1:* ENVELOPE, and UID FETCH 1:* BODY.PEEK[]; the median of --rounds.
-The ratio is the front door's cost (TLS included) over Dovecot alone.
+The front door runs once per event loop in --loops (server.event_loop), all at once on the
+same Dovecot; each round times every path in turn.
+The ratios are each path's time over Dovecot alone, and the front door's over socat's.
 
 Usage: .venv/bin/python bench/bench_imap.py [--messages 2000] [--size 10240] [--rounds 3]
+       [--loops uvloop,asyncio]
 A benchmark, not a test: it prints figures and asserts nothing about them.
 """
 
@@ -21,6 +26,7 @@ import os
 import platform
 import shlex
 import signal
+import socket
 import ssl
 import statistics
 import subprocess
@@ -71,23 +77,64 @@ def setup(top: Path) -> Path:
     return data
 
 
-def start_runner(data: Path) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
-    status = data / "status.json"
+def start_runner(
+    data: Path, loop: str, extra: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+    status = data / f"status-{loop}.json"
+    status.unlink(missing_ok=True)
     env = {
         **os.environ,
         "MSSGATE_IMAP__PORT": "0",
         "MSSGATE_IMAP__IMAPS_PORT": "0",
+        "MSSGATE_SERVER__EVENT_LOOP": loop,
+        **(extra or {}),
     }
-    log = (data / "runner.log").open("wb")
+    log = (data / f"runner-{loop}.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mssgate.imap", str(status)], env=env, stdout=log, stderr=log
     )
     deadline = time.monotonic() + 60
     while not status.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"runner failed: {(data / 'runner.log').read_text()[-2000:]}")
+            raise SystemExit(f"runner failed: {(data / f'runner-{loop}.log').read_text()[-2000:]}")
         time.sleep(0.05)
     return proc, json.loads(status.read_text())
+
+
+def stop_runner(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_socat(data: Path, command: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    """The TLS floor: socat (C, OpenSSL) terminating TLS in front of the same `imap -u`,
+    with the gateway's certificate: what any TLS front door costs, with no Python in it."""
+    port = free_port()
+    certs = data / "certs"
+    listen = (
+        f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,"
+        f"cert={certs / 'server.crt.pem'},key={certs / 'server.key.pem'}"
+    )
+    proc = subprocess.Popen(
+        ["socat", "-b", "262144", listen, "EXEC:" + shlex.join(command) + ",pipes"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        if time.monotonic() > deadline:
+            raise SystemExit("socat did not listen")
+        time.sleep(0.05)
 
 
 def timed(client: imaplib.IMAP4, messages: int) -> tuple[float, float, int]:
@@ -106,16 +153,23 @@ def timed(client: imaplib.IMAP4, messages: int) -> tuple[float, float, int]:
 
 
 def measure(
-    connect: Callable[[], imaplib.IMAP4], messages: int, rounds: int
-) -> tuple[float, float, int]:
-    envs, bodies, size = [], [], 0
+    paths: dict[str, Callable[[], imaplib.IMAP4]], messages: int, rounds: int
+) -> dict[str, tuple[float, float, int]]:
+    """Each round runs every path once, in turn: a machine busier for a while slows all of
+    them alike rather than the one measured then."""
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in paths}
+    sizes: dict[str, int] = {}
     for _ in range(rounds):
-        client = connect()
-        envelope, body, size = timed(client, messages)
-        client.logout()
-        envs.append(envelope)
-        bodies.append(body)
-    return statistics.median(envs), statistics.median(bodies), size
+        for name, connect in paths.items():
+            client = connect()
+            envelope, body, sizes[name] = timed(client, messages)
+            client.logout()
+            times[name][0].append(envelope)
+            times[name][1].append(body)
+    return {
+        name: (statistics.median(envs), statistics.median(bodies), sizes[name])
+        for name, (envs, bodies) in times.items()
+    }
 
 
 def main() -> None:
@@ -123,55 +177,112 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--size", type=int, default=10240)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--loops",
+        default="uvloop,asyncio",
+        help="event loops to run a front door on (server.event_loop), one runner each",
+    )
     args = parser.parse_args()
+    loops = [name.strip() for name in args.loops.split(",") if name.strip()]
     top = Path(tempfile.mkdtemp(prefix="mssgate-bench-imap-"))
     top.chmod(0o711)  # as root, Dovecot's mail uid must traverse it
     data = setup(top)
-    proc, status = start_runner(data)
+    ctx = ssl.create_default_context(cafile=data / "certs" / "ca.crt.pem")
+    conf = data / "dovecot" / "dovecot.conf"
+    imap_command = [str(IMAP_BINARY), "-c", str(conf), "-u", USER]
+    # imaplib runs it through the shell; Dovecot logs to stderr, kept off the report.
+    command = shlex.join(imap_command) + " 2>/dev/null"
+
+    def direct() -> imaplib.IMAP4:
+        return imaplib.IMAP4_stream(command)
+
+    runners: list[subprocess.Popen[bytes]] = []
+    socat: subprocess.Popen[bytes] | None = None
     try:
-        store = LmtpStore(Path(str(status["lmtp"])))
+        # The first runner starts the private Dovecot; the others use it as an existing one
+        # (docs/imap.md), so every front door serves the same mailbox at the same time.
+        proc, status = start_runner(data, loops[0])
+        runners.append(proc)
+        statuses = {loops[0]: status}
+        lmtp = str(status["lmtp"])
+        for loop in loops[1:]:
+            extra = {
+                "MSSGATE_IMAP__DOVECOT_CONFIG": str(conf),
+                "MSSGATE_IMAP__LMTP_TARGET": lmtp,
+            }
+            proc, statuses[loop] = start_runner(data, loop, extra)
+            runners.append(proc)
+        store = LmtpStore(Path(lmtp))
         started = time.perf_counter()
         for n in range(args.messages):
             store.deliver(USER, make_message(n, args.size), delivery_id=str(n), sender=USER)
         delivery = time.perf_counter() - started
-        ports = status["ports"]
-        assert isinstance(ports, dict)
-        ctx = ssl.create_default_context(cafile=data / "certs" / "ca.crt.pem")
+        socat, socat_port = start_socat(data, imap_command)
 
-        def front_door() -> imaplib.IMAP4:
-            client = imaplib.IMAP4_SSL("127.0.0.1", ports["imaps"], ssl_context=ctx)
-            client.login(USER, PASSWORD)
-            return client
+        def front_door(port: int) -> Callable[[], imaplib.IMAP4]:
+            def connect() -> imaplib.IMAP4:
+                client = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx)
+                client.login(USER, PASSWORD)
+                return client
 
-        conf = data / "dovecot" / "dovecot.conf"
-        # imaplib runs it through the shell; Dovecot logs to stderr, kept off the report.
-        command = shlex.join([str(IMAP_BINARY), "-c", str(conf), "-u", USER]) + " 2>/dev/null"
+            return connect
 
-        def direct() -> imaplib.IMAP4:
-            return imaplib.IMAP4_stream(command)
+        def tls_floor() -> imaplib.IMAP4:
+            return imaplib.IMAP4_SSL("127.0.0.1", socat_port, ssl_context=ctx)
 
-        # Warm both (index files, page cache) before timing either.
-        measure(direct, args.messages, 1)
-        fd = measure(front_door, args.messages, args.rounds)
-        dv = measure(direct, args.messages, args.rounds)
+        paths: dict[str, Callable[[], imaplib.IMAP4]] = {"dovecot": direct}
+        for loop, status in statuses.items():
+            ports = status["ports"]
+            assert isinstance(ports, dict)
+            paths[f"front/{loop}"] = front_door(int(ports["imaps"]))
+        paths["socat TLS"] = tls_floor
+        # Warm the mailbox (index files, page cache) and every path before timing any.
+        measure(paths, args.messages, 1)
+        results = measure(paths, args.messages, args.rounds)
+        ciphers = {name: cipher_of(connect) for name, connect in paths.items()}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    mib = fd[2] / 2**20
+        if socat is not None:
+            socat.terminate()
+            socat.wait(timeout=10)
+        for proc in reversed(runners):
+            stop_runner(proc)
+    size = results["dovecot"][2]
+    mib = size / 2**20
     print(f"# bench_imap: {args.messages} messages x {args.size} B, median of {args.rounds}")
     print(
         f"# {platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, {platform.platform()}"
     )
     print(f"LMTP delivery: {delivery:.2f} s ({args.messages / delivery:.0f} msg/s)")
-    print(f"{'path':<12} {'FETCH ENVELOPE':>15} {'UID FETCH BODY[]':>17} {'MiB/s':>7}")
-    for name, (env, body, _) in (("front door", fd), ("dovecot", dv)):
-        print(f"{name:<12} {env:>14.3f}s {body:>16.3f}s {mib / body:>7.1f}")
+    print(f"{'path':<16} {'FETCH ENVELOPE':>15} {'UID FETCH BODY[]':>17} {'MiB/s':>7}  TLS")
+    for name, (env, body, got) in results.items():
+        assert got == size, (name, got, size)  # every path read the same bytes
+        print(
+            f"{name:<16} {env:>14.3f}s {body:>16.3f}s {mib / body:>7.1f}  {ciphers.get(name, '-')}"
+        )
+    dv, floor = results["dovecot"], results["socat TLS"]
     print(
-        f"ratio (front door / dovecot): ENVELOPE {fd[0] / dv[0]:.2f}x, "
-        f"BODY.PEEK[] {fd[1] / dv[1]:.2f}x"
+        f"ratio socat TLS / dovecot (the floor of any TLS front door): "
+        f"ENVELOPE {floor[0] / dv[0]:.2f}x, BODY.PEEK[] {floor[1] / dv[1]:.2f}x"
     )
+    for loop in loops:
+        fd = results[f"front/{loop}"]
+        print(
+            f"ratio front/{loop} / dovecot: ENVELOPE {fd[0] / dv[0]:.2f}x, "
+            f"BODY.PEEK[] {fd[1] / dv[1]:.2f}x; / socat TLS: BODY.PEEK[] {fd[1] / floor[1]:.2f}x"
+        )
     subprocess.run(["rm", "-rf", str(top)], check=False)
+
+
+def cipher_of(connect: Callable[[], imaplib.IMAP4]) -> str:
+    client = connect()
+    try:
+        sock = client.socket()
+        if isinstance(sock, ssl.SSLSocket):
+            return f"{sock.version()} {(sock.cipher() or ('?',))[0]}"
+        return "-"
+    finally:
+        client.logout()
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ class ServerConfig(_Section):
     hostname: str = "localhost"
     domain: str = "localhost"
     data_dir: Path = Path("var")
+    # The event loop of `serve` and its listeners (mssgate/eventloop.py): the standard
+    # library's, or "uvloop" (faster relay; the MLLP listener then logs no failed handshake).
+    event_loop: Literal["uvloop", "asyncio"] = "asyncio"
 
 
 class SmtpConfig(_Section):

@@ -18,6 +18,7 @@ from typing import cast
 from aiosmtpd.lmtp import LMTP
 from sqlalchemy.exc import SQLAlchemyError
 
+from mssgate.childpipes import PipedChild, spawn
 from mssgate.config import parse_lmtp_target
 from mssgate.dovecot.logpump import pump
 from mssgate.dovecot.supervisor import _die_with_parent
@@ -125,14 +126,19 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:400]
 
 
+# What asyncio's own subprocess streams used: the relay reads in chunks, and this bounds
+# only a line read by readline/readuntil (dsync-server's stderr, read by the log pump).
+_DSYNC_LIMIT = 64 * 1024
+
+
 class _DsyncServer:
     """This node's `doveadm dsync-server -u <user>` as a byte stream (BackendSession)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, logs: asyncio.Task[None]) -> None:
-        assert proc.stdin is not None and proc.stdout is not None
-        self._proc = proc
-        self._stdin = proc.stdin
-        self._stdout = proc.stdout
+    def __init__(self, child: PipedChild, logs: asyncio.Task[None]) -> None:
+        self._child = child
+        self._proc = child.proc
+        self._stdin = child.stdin
+        self._stdout = child.stdout
         self._logs = logs
 
     @property
@@ -159,6 +165,7 @@ class _DsyncServer:
             await self._proc.wait()
         with contextlib.suppress(asyncio.CancelledError):
             await self._logs
+        self._child.close()
 
 
 async def serve_dsync(server: LMTP, arg: str | None, *, homes: Homes, own: bytes,
@@ -183,19 +190,18 @@ async def serve_dsync(server: LMTP, arg: str | None, *, homes: Homes, own: bytes
         await server.push("550 5.1.1 no mailbox of this installation")
         return
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *doveadm.argv("dsync-server", "-u", user),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        # Real pipes on either event loop (mssgate/childpipes.py), as for IMAP sessions.
+        child = await spawn(
+            doveadm.argv("dsync-server", "-u", user),
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            limit=_DSYNC_LIMIT,
             preexec_fn=_die_with_parent,  # dies with this node, as its Dovecot does
         )
     except OSError as exc:
         await server.push(f"451 4.3.0 cannot start dsync-server: {exc.strerror}")
         return
-    assert proc.stderr is not None
-    session = _DsyncServer(proc, asyncio.create_task(pump(proc.stderr, source="dsync-server")))
+    proc = child.proc
+    session = _DsyncServer(child, asyncio.create_task(pump(child.stderr, source="dsync-server")))
     # As for XIMAP: what follows is dsync's stream, never LMTP with a node's authority.
     setattr(server, _SPENT, True)
     try:

@@ -13,17 +13,16 @@ could not be opened (dsync then fails and the move says why).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from pathlib import Path
 
 from mssgate.config import parse_lmtp_target
 from mssgate.imap.backend import BackendUnavailable
+from mssgate.imap.relay import CHUNK, carry, sender
 
 # The opening (TLS, greeting, LHLO, XDSYNC and the target's dsync-server start) is bounded;
 # the stream itself is bounded by doveadm's own stalled-I/O timeout (-T).
 OPEN_SECONDS = 30.0
-CHUNK = 64 * 1024
 EXIT_UNAVAILABLE = 75
 
 
@@ -58,26 +57,10 @@ async def _carry(address: str, user: str, cert: Path, key: Path, ca: Path) -> in
     )
     stdout = asyncio.StreamWriter(out_transport, out_protocol, None, loop)
 
-    async def up() -> None:
-        while data := await stdin.read(CHUNK):
-            writer.write(data)
-            await writer.drain()
-
-    async def down() -> None:
-        while data := await reader.read(CHUNK):
-            stdout.write(data)
-            await stdout.drain()
-
-    tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
     try:
         # Either end closing ends the stream: dsync's own protocol says whether it finished.
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await carry(stdin, sender(stdout), reader, sender(writer))
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, OSError, ConnectionError):
-                await task
         writer.close()
         stdout.close()
     return 0

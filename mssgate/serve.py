@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from mssgate import eventloop
 from mssgate.api.server import ApiServer, start_api
 from mssgate.config import Config
 from mssgate.db import open_engine, upgrade
@@ -512,7 +513,7 @@ def serve(config: Config) -> int:
     warnings.filterwarnings("ignore", "Session.login_data is deprecated", DeprecationWarning)
     tune_malloc()  # before any worker thread exists: arenas are made per thread
     try:
-        return asyncio.run(run_gateway(config))
+        return eventloop.run(run_gateway(config), config.server.event_loop)
     except KeyboardInterrupt:  # a second Ctrl-C during the drain
         print("interrupted", file=sys.stderr)
         return 130

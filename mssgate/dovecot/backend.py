@@ -13,6 +13,7 @@ import logging
 import re
 from pathlib import Path
 
+from mssgate.childpipes import PipedChild, spawn
 from mssgate.dovecot.logpump import pump
 from mssgate.imap.backend import BackendUnavailable
 from mssgate.logs import event
@@ -26,13 +27,11 @@ _STREAM_LIMIT = 64 * 1024
 
 
 class DovecotSession:
-    def __init__(
-        self, proc: asyncio.subprocess.Process, capabilities: str, logs: asyncio.Task[None]
-    ) -> None:
-        assert proc.stdout is not None and proc.stdin is not None
-        self._proc = proc
-        self._stdin = proc.stdin
-        self._stdout = proc.stdout
+    def __init__(self, child: PipedChild, capabilities: str, logs: asyncio.Task[None]) -> None:
+        self._child = child
+        self._proc = child.proc
+        self._stdin = child.stdin
+        self._stdout = child.stdout
         self._logs = logs
         self._capabilities = capabilities
 
@@ -64,6 +63,7 @@ class DovecotSession:
             await self._proc.wait()
         with contextlib.suppress(asyncio.CancelledError):
             await self._logs
+        self._child.close()
 
 
 class DovecotBackend:
@@ -97,40 +97,34 @@ class DovecotBackend:
         # Dovecot reads the client's addresses from IP/LOCAL_IP for its logs and plugins.
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "IP": peer_ip, "LOCAL_IP": local_ip}
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.command(user),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                limit=_STREAM_LIMIT,
-            )
+            child = await spawn(self.command(user), env=env, limit=_STREAM_LIMIT)
         except OSError as exc:
             program = self.command(user)[0]
             raise BackendUnavailable(f"cannot start {program}: {exc.strerror}") from exc
-        assert proc.stdout is not None and proc.stderr is not None
-        logs = asyncio.create_task(pump(proc.stderr, source="imap"), name="dovecot-imap-log")
+        proc = child.proc
+        logs = asyncio.create_task(pump(child.stderr, source="imap"), name="dovecot-imap-log")
         try:
             try:
-                line = await asyncio.wait_for(proc.stdout.readline(), self._greeting_timeout)
+                line = await asyncio.wait_for(child.stdout.readline(), self._greeting_timeout)
             except (TimeoutError, ValueError, OSError):
                 line = b""
         except BaseException:
             # Cancelled while the engine starts (the client went away, the node link closed,
             # serve stopping): nobody will ever close this session, so the process goes now.
-            await asyncio.shield(_end(proc, logs))
+            await asyncio.shield(_end(child, logs))
             raise
         match = _GREETING.match(line)
         if match is None:
-            await _end(proc, logs)
+            await _end(child, logs)
             event(log, "dovecot.session_failed", level=logging.WARNING, code=proc.returncode)
             raise BackendUnavailable("the mailbox engine refused the session")
-        return DovecotSession(proc, match.group(1).decode("ascii"), logs)
+        return DovecotSession(child, match.group(1).decode("ascii"), logs)
 
 
-async def _end(proc: asyncio.subprocess.Process, logs: asyncio.Task[None]) -> None:
+async def _end(child: PipedChild, logs: asyncio.Task[None]) -> None:
     with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    await proc.wait()
+        child.proc.kill()
+    await child.proc.wait()
     with contextlib.suppress(asyncio.CancelledError):
         await logs
+    child.close()

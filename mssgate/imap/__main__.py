@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from mssgate import eventloop
 from mssgate.config import load_config
 from mssgate.db import open_engine
 from mssgate.directory import Directory
@@ -76,6 +77,6 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m mssgate.imap STATUS_FILE")
     try:
-        sys.exit(asyncio.run(main(Path(sys.argv[1]))))
+        sys.exit(eventloop.run(main(Path(sys.argv[1])), load_config().server.event_loop))
     except MssgateError as exc:
         sys.exit(f"error: {exc}")

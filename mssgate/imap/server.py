@@ -9,6 +9,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from mssgate import eventloop
 from mssgate.authn import DirectoryAuthenticator
 from mssgate.bearer import from_config as bearer_from_config
 from mssgate.config import Config
@@ -141,5 +142,5 @@ async def start_imap(
                 started.close()
             setting = "imap.imaps_port" if ctx is not None else "imap.port"
             raise bind_failed(f"IMAP ({listener})", imap.bind, port, setting, exc) from None
-    event(log, "imap.started", ports=service.ports)
+    event(log, "imap.started", ports=service.ports, loop=eventloop.running())
     return service

@@ -53,6 +53,12 @@ class Closed(Exception):
     """The conversation is over (client gone, limit hit, logout): unwind quietly."""
 
 
+# Refused literals: the connection is cut, not closed the TLS way (`PreauthSession.run`).
+_LITERAL_TOO_BIG = "literal too big"
+_ID_LITERAL_TOO_BIG = "ID literal too big"
+_CUT = frozenset({_LITERAL_TOO_BIG, _ID_LITERAL_TOO_BIG})
+
+
 class PreauthSession:
     def __init__(
         self,
@@ -186,7 +192,7 @@ class PreauthSession:
                     await self._send(f"{tag} BAD {idcmd.LITERAL_TOO_BIG}")
                 event(log, "imap.reject", listener=self._listener, peer=self.peer_ip,
                       reason="literal_too_big", size=literal.size)  # fmt: skip
-                raise Closed("ID literal too big")
+                raise Closed(_ID_LITERAL_TOO_BIG)
             if literal.size > budget:
                 # Refused before '+': a synchronizing client never sends it, and whatever a
                 # non-synchronizing one sends dies with the connection, unread.
@@ -194,7 +200,7 @@ class PreauthSession:
                     await self._send(f"{tag} BAD Literal too big before login")
                 event(log, "imap.reject", listener=self._listener, peer=self.peer_ip,
                       reason="literal_too_big", size=literal.size)  # fmt: skip
-                raise Closed("literal too big")
+                raise Closed(_LITERAL_TOO_BIG)
             if literal.synchronizing:
                 await self._send("+ Ready for literal data")
             try:
@@ -214,7 +220,13 @@ class PreauthSession:
             identity = await self._preauth()
             if identity is not None:
                 await self._hand_off(*identity)
-        except (Closed, OSError, ConnectionError, ssl.SSLError):
+        except Closed as closed:
+            if str(closed) in _CUT:
+                # The client may be sending a literal it did not wait for: those bytes die
+                # with the connection, unread. A TLS close would wait for the client's
+                # close_notify, reading (to discard) all that comes first: uvloop's does.
+                self._writer.transport.abort()
+        except (OSError, ConnectionError, ssl.SSLError):
             pass
 
     async def _preauth(self) -> tuple[str, Command] | None:

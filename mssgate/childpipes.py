@@ -1,0 +1,108 @@
+"""Child processes spoken to over real pipes, on either event loop.
+
+uvloop (libuv) gives a child socketpairs for its standard streams where asyncio gives pipes.
+Dovecot's `imap` takes a socket on its stdin for inetd and refuses to serve ("imap binary
+must not be started from inetd"), so the pipes are made here and handed to the loop. Owning
+them also lets the pipe the relay reads from be larger than the kernel's 64 KiB default:
+the engine writes further ahead and both sides wake up less often.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+# F_SETPIPE_SZ (Linux): the pipe's capacity. 1 MiB is the default pipe-max-size; a smaller
+# grant (an unprivileged user past pipe-user-pages-soft) leaves the default, still correct.
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+PIPE_SIZE = 1 << 20
+
+
+@dataclass
+class PipedChild:
+    proc: asyncio.subprocess.Process
+    stdin: asyncio.StreamWriter
+    stdout: asyncio.StreamReader
+    stderr: asyncio.StreamReader
+    readers: tuple[asyncio.BaseTransport, ...]
+
+    def close(self) -> None:
+        """Closes our ends (idempotent). uvloop leaves a pipe open at EOF, asyncio does not:
+        each owner closes them once the child is done with."""
+        self.stdin.close()
+        for transport in self.readers:
+            transport.close()
+
+
+def _grow(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+
+
+async def spawn(
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    limit: int,
+    preexec_fn: Callable[[], object] | None = None,
+) -> PipedChild:
+    """Starts `argv` with three pipes; raises OSError when it cannot be started."""
+    loop = asyncio.get_running_loop()
+    ours: list[int] = []
+    theirs: list[int] = []
+    try:
+        for _ in range(3):
+            r, w = os.pipe()  # both ends close-on-exec: the child gets its dup2'd copies
+            ours.append(r)
+            theirs.append(w)
+        # stdin: the child reads the first pipe's read end, we write its write end.
+        ours[0], theirs[0] = theirs[0], ours[0]
+        _grow(ours[1])
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=theirs[0],
+            stdout=theirs[1],
+            stderr=theirs[2],
+            env=env,
+            preexec_fn=preexec_fn,
+        )
+    except BaseException:
+        for fd in ours:
+            os.close(fd)
+        raise
+    finally:
+        for fd in theirs:
+            os.close(fd)
+    # Each end in a file object at once: whatever fails below closes them with the child.
+    stdin_file = os.fdopen(ours[0], "wb", buffering=0)
+    stdout_file = os.fdopen(ours[1], "rb", buffering=0)
+    stderr_file = os.fdopen(ours[2], "rb", buffering=0)
+    try:
+        stdout, out_transport = await _reader(loop, stdout_file, limit)
+        stderr, err_transport = await _reader(loop, stderr_file, limit)
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, stdin_file
+        )
+    except BaseException:
+        for file in (stdin_file, stdout_file, stderr_file):
+            file.close()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
+    stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+    return PipedChild(proc, stdin, stdout, stderr, (out_transport, err_transport))
+
+
+async def _reader(
+    loop: asyncio.AbstractEventLoop, file: BinaryIO, limit: int
+) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader, loop=loop), file
+    )
+    return reader, transport
