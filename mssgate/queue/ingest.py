@@ -102,7 +102,7 @@ def ingest(
         if rules and router is not None and isinstance(outcome, Accepted):
             plan = router.plan(rules, outcome, mailbox=box, sender=sender)
             if plan.hold is not None:
-                outcome = _held_by_rule(outcome, plan.hold)
+                outcome = _held_after_all(outcome, plan.hold)
         if isinstance(outcome, Accepted):
             record = outcome.record.model_copy(
                 update={
@@ -174,7 +174,8 @@ def ingest(
     return report
 
 
-def _held_by_rule(outcome: Accepted, reason: str) -> Quarantined:
+def _held_after_all(outcome: Accepted, reason: str) -> Quarantined:
+    """An accepted document held after all (906), by a routing rule or a withdrawal check."""
     record = outcome.record
     return quarantine(
         QuarantineCode.OTHER,
@@ -267,14 +268,7 @@ def _withdrawal_checked(
     reason = withdrawal_refusal(service.engine, record, mailbox=mailbox, sender=sender)
     if reason is None:
         return outcome
-    return quarantine(
-        QuarantineCode.OTHER,
-        reason,
-        outcome.content,
-        content_type=record.content_type,
-        origin=record.origin,
-        document=record.document,
-    )
+    return _held_after_all(outcome, reason)
 
 
 def ingest_message(

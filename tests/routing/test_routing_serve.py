@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import DOMAIN, Cli
+from tests.queue.test_resend_gateway import _wait_ingested as _ingested
 from tests.queue.test_resend_gateway import report_mail
 from tests.smtp.conftest import ALICE, PASSWORD, Gateway, free_env
 
@@ -63,16 +64,6 @@ def _send(gateway: Gateway, n: int) -> None:
     client.quit()
 
 
-def _ingested(gateway: Gateway, count: int, timeout: float = 30) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [e for e in gateway.events() if e.get("event") == "documents.ingested"]
-        if len(found) >= count:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"fewer than {count} documents.ingested events")
-
-
 def _held(cli: Cli) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = json.loads(cli.ok("quarantine", "list", "--json").out)
     return rows
@@ -111,7 +102,7 @@ def test_rules_added_by_the_cli_apply_to_the_next_message(
                "--tag", "never")  # fmt: skip
         started = time.monotonic()
         _send(server, 3)
-        _ingested(server, 3, timeout=60)
+        _ingested(server, 3)
         assert time.monotonic() - started < 30
         [held] = _held(cli)
         assert held["reason"] == (
