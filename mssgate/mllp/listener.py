@@ -251,11 +251,19 @@ class MllpListener:
             return
         event(log, "mllp.connected", peer=peer, consumer=consumer.name)
         decoder = framing.Decoder(self._max_size)
+        loop = asyncio.get_running_loop()
+        # Each read waits read_timeout at most, and the whole frame twice that: a byte now and
+        # then (CRs between frames, a frame never ended) would hold the connection for ever.
+        frame_by = loop.time() + 2 * self._timeout
         while True:
+            left = frame_by - loop.time()
             try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), self._timeout)
+                if left <= 0:
+                    raise TimeoutError
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), min(self._timeout, left))
             except TimeoutError:
-                event(log, "mllp.timeout", peer=peer, consumer=consumer.name,
+                reason = "silent" if left > self._timeout else "no complete frame in time"
+                event(log, "mllp.timeout", peer=peer, consumer=consumer.name, reason=reason,
                       unfinished_bytes=decoder.pending)  # fmt: skip
                 return
             if not data:
@@ -290,6 +298,7 @@ class MllpListener:
                     await self._answer(writer, self._refusal(item.body, OTHER, text))
                     return
                 await self._answer(writer, await self._submit(current, item.body))
+                frame_by = loop.time() + 2 * self._timeout
 
     async def _answer(self, writer: asyncio.StreamWriter, ack: str) -> None:
         writer.write(framing.frame(ack.encode("utf-8")))

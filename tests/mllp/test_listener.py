@@ -367,3 +367,36 @@ def test_tls_handshakes_in_progress_are_bounded(
         with contextlib.suppress(ConnectionResetError):
             assert extra.recv(1) == b""
     gateway.wait_event("mllp.refused", reason="too many TLS handshakes in progress")
+
+
+def test_a_trickle_that_never_ends_a_frame_is_closed(
+    live: tuple[Gateway, dict[str, tuple[Path, Path]]],
+) -> None:
+    """A byte every few seconds (inside a frame, or CRs between frames) never lets a read
+    time out: without a bound on the whole, one client holds a connection (of
+    max_connections) for ever. A frame must end within 2 x read_timeout_seconds (3 s here)
+    of the connection or of the previous answer."""
+    gateway, certs = live
+    ctx = tls(gateway, *certs["ris-a"])
+    for trickle in (b"\r", b"M"):
+        raw = Raw(gateway, ctx)
+        if trickle == b"M":
+            raw.sock.sendall(VT)
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 15 and not closed:
+            try:
+                raw.sock.sendall(trickle)
+            except OSError:
+                closed = True
+                break
+            raw.sock.settimeout(1)
+            try:
+                closed = raw.sock.recv(100) == b""
+            except TimeoutError:
+                pass
+            except (ConnectionError, ssl.SSLError):
+                closed = True
+        raw.close()
+        assert closed and time.monotonic() - started < 10
+    gateway.wait_event("mllp.timeout", consumer="ris-a", reason="no complete frame in time")
