@@ -93,8 +93,19 @@ def add(
         )
     except ValidationFailed as exc:
         raise UsageFailed(str(exc)) from None
+    directory = state(ctx).directory()
+    unconsumed = []
+    for target in (a.value for a in rule.actions if a.kind == "copy-to"):
+        assert target is not None
+        if directory.professionals.find(target) is None:
+            raise NotFound(f"copy-to {target}: no mailbox of this gateway (directory add)")
+        if not any(c.mailbox == target and c.active for c in directory.consumers.list()):
+            unconsumed.append(target)
     _store(ctx).add(rule, actor=actor(), replace=replace)
     say(f"routing rule {rule.name} {'replaced' if replace else 'added'}")
+    for target in unconsumed:
+        # Not refused: the consumer may come next; its copies wait in the queue till then.
+        say(f"note: no RIS consumes {target} yet: its copies wait in its queue")
 
 
 def _one_line(exc: ValueError) -> str:

@@ -153,7 +153,7 @@ def test_route_test_a_queued_document(cli: Cli, datadir: Path) -> None:
     config = load_config(datadir / "mssgate.toml")
     engine = open_engine(config.database_url)
     upgrade(engine)
-    add_mailboxes(engine, RIS_A)
+    add_mailboxes(engine, RIS_A, RIS_B)
     [queued] = deliver(DocumentQueue.from_config(config, engine), mail([cda(1)]))
     engine.dispose()
     cli.ok("route", "add", "n3", "--match", "format=cda-n3", "--match",
@@ -182,9 +182,6 @@ def test_quarantine_release_applies_rules_but_not_their_hold(cli: Cli, datadir: 
     from mssgate.routing.router import Router
     from tests.queue.helpers import RIS_A, RIS_B, SENDER, add_mailboxes, cda, mail
 
-    cli.ok("route", "add", "look", "--order", "1", "--match", "xpath=//cda:section",
-           "--copy-to", RIS_B, "--tag", "seen")  # fmt: skip
-    cli.ok("route", "add", "hold", "--order", "2", "--hold", "read first")
     toml = datadir / "mssgate.toml"
     toml.write_text(toml.read_text().replace("[policy]", "[policy]\nallow_test_ins = true", 1))
     config = load_config(datadir / "mssgate.toml")
@@ -192,6 +189,9 @@ def test_quarantine_release_applies_rules_but_not_their_hold(cli: Cli, datadir: 
     upgrade(engine)
     add_mailboxes(engine, RIS_A, RIS_B)
     queue = DocumentQueue.from_config(config, engine)
+    cli.ok("route", "add", "look", "--order", "1", "--match", "xpath=//cda:section",
+           "--copy-to", RIS_B, "--tag", "seen")  # fmt: skip
+    cli.ok("route", "add", "hold", "--order", "2", "--hold", "read first")
     report = ingest(
         queue, mail([cda(1)]), mailbox=RIS_A, sender=SENDER, message_id=None, subject=None,
         received_at=datetime.now(UTC), limits=DocumentLimits(), allow_test_oids=True,
@@ -205,3 +205,16 @@ def test_quarantine_release_applies_rules_but_not_their_hold(cli: Cli, datadir: 
     [copy] = queue.entries(mailbox=RIS_B)
     assert addressed.record.tags == copy.record.tags == ("seen",)
     engine.dispose()
+
+
+def test_copy_to_needs_a_mailbox_of_this_gateway(cli: Cli, datadir: Path) -> None:
+    from tests.conftest import DOMAIN
+
+    absent = cli("route", "add", "r", "--copy-to", f"nobody@{DOMAIN}")
+    assert absent.code == 1
+    assert absent.err.strip() == (
+        f"mssgate: error: copy-to nobody@{DOMAIN}: no mailbox of this gateway (directory add)"
+    )
+    cli.ok("directory", "add", f"archive@{DOMAIN}", "--name", "Archive", "--kind", "application")
+    added = cli.ok("route", "add", "r", "--copy-to", f"archive@{DOMAIN}").out
+    assert f"note: no RIS consumes archive@{DOMAIN} yet" in added
