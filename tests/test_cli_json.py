@@ -13,6 +13,8 @@ from typing import Any
 from mssgate.config import load_config
 from mssgate.db import open_engine, upgrade
 from mssgate.queue import DocumentQueue
+from mssgate.routing.model import Rule, parse_action, parse_match
+from mssgate.routing.store import RuleStore
 from mssgate.spool import Spool, new_queue_id
 from tests.conftest import DOMAIN, REPO, Cli
 from tests.documents.factory import CdaSpec, make_cda
@@ -66,6 +68,10 @@ def test_json_output_matches_the_operator_guide(cli: Cli, datadir: Path, tmp_pat
     add_mailboxes(engine, RIS_A)
     [ready] = deliver(queue, mail([cda(1)]))
     [held] = deliver(queue, mail([make_cda(CdaSpec(include_ins=False))]))
+    RuleStore(engine).add(
+        Rule(name="imaging", match=parse_match(["code=18748-4"]), actions=(parse_action("tag x"),)),
+        actor="test",
+    )
     Spool(engine, datadir / "spool").accept(
         queue_id=new_queue_id(), content=b"Subject: x\r\n\r\nx\r\n", listener="submission",
         sender=mailbox, identity=mailbox, peer="127.0.0.1", recipients=[(RIS_A, "local")],
@@ -93,6 +99,9 @@ def test_json_output_matches_the_operator_guide(cli: Cli, datadir: Path, tmp_pat
         "queue show": ["queue", "show", ready],
         "quarantine list": ["quarantine", "list"],
         "quarantine show": ["quarantine", "show", held],
+        "route list": ["route", "list"],
+        "route show": ["route", "show", "imaging"],
+        "route test": ["route", "test", ready],
     }
     docs = documented()
     # Needs two serving nodes: tests/smtp/test_nodes_move.py checks its keys against the guide.

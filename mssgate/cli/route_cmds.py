@@ -231,18 +231,18 @@ def test(
         rules = router.rules()
         report: list[dict[str, Any]] = []
         for index, outcome in enumerate(outcomes, 1):
-            entry: dict[str, Any] = {
-                "document": index,
-                "origin": outcome.origin
-                if not isinstance(outcome, Accepted)
-                else outcome.record.origin,
-            }
+            # Every key in every entry (null when it does not apply): a stable shape.
+            entry: dict[str, Any] = dict.fromkeys(
+                ("pipeline", "format", "code", "result"), None
+            ) | {"document": index, "rules": [], "tags": [], "copies": []}
             if not isinstance(outcome, Accepted):
+                entry["origin"] = outcome.origin
                 entry["pipeline"] = f"held ({int(outcome.code)}): {outcome.reason}"
                 report.append(entry)
                 continue
             plan = router.plan(rules, outcome, mailbox=box, sender=who)
             doc = outcome.record.document
+            entry["origin"] = outcome.record.origin
             entry["format"] = doc.format
             entry["code"] = doc.type_code
             entry["rules"] = [{"name": r.name, "outcome": what} for r, what in explain(rules, plan)]
@@ -261,16 +261,16 @@ def test(
     say(f"message to {box} from {who}: {len(report)} document(s), {len(rules)} rule(s)")
     for entry in report:
         say(f"document {entry['document']} ({entry['origin']})")
-        if "pipeline" in entry:
+        if entry["pipeline"] is not None:
             say(f"  pipeline: {entry['pipeline']} (no rule applies)")
             continue
         say(f"  format {entry['format']}, code {entry['code'] or '-'}")
         for rule in entry["rules"]:
             say(f"  rule {rule['name']}: {rule['outcome']}")
         extra = ""
-        if entry.get("tags"):
+        if entry["tags"]:
             extra += f", tags {', '.join(entry['tags'])}"
-        if entry.get("copies"):
+        if entry["copies"]:
             extra += f", copies to {', '.join(entry['copies'])}"
         say(f"  => {entry['result']}{extra}")
 
