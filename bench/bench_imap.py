@@ -5,14 +5,16 @@ the same client (imaplib) and the same commands:
   - front door: IMAPS to `python -m mssgate.imap` (our TLS, our LOGIN, relay to `imap -u`);
   - direct: Dovecot's `imap -u USER` on a pipe (imaplib.IMAP4_stream), no TLS, no relay.
   - socat TLS: socat (C, OpenSSL) terminating TLS with the gateway's certificate in front of
-    the same `imap -u`: the floor any TLS front door can reach (client-side TLS included).
+    the same `imap -u`: a TLS front door with no Python in it (client-side TLS included).
 Timed: SELECT + FETCH 1:* ENVELOPE, and UID FETCH 1:* BODY.PEEK[]; the median of --rounds.
 The front door runs once per event loop in --loops (server.event_loop), all at once on the
 same Dovecot; each round times every path in turn.
 The ratios are each path's time over Dovecot alone, and the front door's over socat's.
 
 Usage: .venv/bin/python bench/bench_imap.py [--messages 2000] [--size 10240] [--rounds 3]
-       [--loops uvloop,asyncio]
+       [--loops uvloop,asyncio] [--baseline DIR]
+`--baseline DIR` adds an older tree's front door (`git archive COMMIT mssgate | tar -x -C
+DIR`), on the same Dovecot and in the same rounds: before and after in one run.
 A benchmark, not a test: it prints figures and asserts nothing about them.
 """
 
@@ -78,17 +80,22 @@ def setup(top: Path) -> Path:
 
 
 def start_runner(
-    data: Path, loop: str, extra: dict[str, str] | None = None
+    data: Path, loop: str, extra: dict[str, str] | None = None, tree: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+    """`python -m mssgate.imap` on `loop`; from an older tree (`--baseline`) with that tree's
+    default loop, as it may know no `server.event_loop`."""
     status = data / f"status-{loop}.json"
     status.unlink(missing_ok=True)
     env = {
         **os.environ,
         "MSSGATE_IMAP__PORT": "0",
         "MSSGATE_IMAP__IMAPS_PORT": "0",
-        "MSSGATE_SERVER__EVENT_LOOP": loop,
         **(extra or {}),
     }
+    if tree is None:
+        env["MSSGATE_SERVER__EVENT_LOOP"] = loop
+    else:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
     log = (data / f"runner-{loop}.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mssgate.imap", str(status)], env=env, stdout=log, stderr=log
@@ -114,8 +121,8 @@ def free_port() -> int:
 
 
 def start_socat(data: Path, command: list[str]) -> tuple[subprocess.Popen[bytes], int]:
-    """The TLS floor: socat (C, OpenSSL) terminating TLS in front of the same `imap -u`,
-    with the gateway's certificate: what any TLS front door costs, with no Python in it."""
+    """A TLS front door in C: socat (OpenSSL) terminating TLS in front of the same `imap -u`,
+    with the gateway's certificate."""
     port = free_port()
     certs = data / "certs"
     listen = (
@@ -166,10 +173,15 @@ def measure(
             client.logout()
             times[name][0].append(envelope)
             times[name][1].append(body)
+    spreads.update({name: (min(bodies), max(bodies)) for name, (_, bodies) in times.items()})
     return {
         name: (statistics.median(envs), statistics.median(bodies), sizes[name])
         for name, (envs, bodies) in times.items()
     }
+
+
+# BODY.PEEK[] min and max of the last measure(), by path: printed beside the medians.
+spreads: dict[str, tuple[float, float]] = {}
 
 
 def main() -> None:
@@ -181,6 +193,12 @@ def main() -> None:
         "--loops",
         default="uvloop,asyncio",
         help="event loops to run a front door on (server.event_loop), one runner each",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="an older tree holding mssgate/ (git archive COMMIT mssgate | tar -x -C DIR): "
+        "its front door is measured too, on the same Dovecot, in the same rounds",
     )
     args = parser.parse_args()
     loops = [name.strip() for name in args.loops.split(",") if name.strip()]
@@ -205,12 +223,14 @@ def main() -> None:
         runners.append(proc)
         statuses = {loops[0]: status}
         lmtp = str(status["lmtp"])
+        extra = {"MSSGATE_IMAP__DOVECOT_CONFIG": str(conf), "MSSGATE_IMAP__LMTP_TARGET": lmtp}
         for loop in loops[1:]:
-            extra = {
-                "MSSGATE_IMAP__DOVECOT_CONFIG": str(conf),
-                "MSSGATE_IMAP__LMTP_TARGET": lmtp,
-            }
             proc, statuses[loop] = start_runner(data, loop, extra)
+            runners.append(proc)
+        if args.baseline is not None:
+            proc, statuses["baseline"] = start_runner(
+                data, "baseline", extra, tree=args.baseline.resolve()
+            )
             runners.append(proc)
         store = LmtpStore(Path(lmtp))
         started = time.perf_counter()
@@ -254,18 +274,23 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, {platform.platform()}"
     )
     print(f"LMTP delivery: {delivery:.2f} s ({args.messages / delivery:.0f} msg/s)")
-    print(f"{'path':<16} {'FETCH ENVELOPE':>15} {'UID FETCH BODY[]':>17} {'MiB/s':>7}  TLS")
+    print(
+        f"{'path':<16} {'FETCH ENVELOPE':>15} {'UID FETCH BODY[]':>17} {'min..max':>13} "
+        f"{'MiB/s':>7}  TLS"
+    )
     for name, (env, body, got) in results.items():
         assert got == size, (name, got, size)  # every path read the same bytes
+        low, high = spreads[name]
         print(
-            f"{name:<16} {env:>14.3f}s {body:>16.3f}s {mib / body:>7.1f}  {ciphers.get(name, '-')}"
+            f"{name:<16} {env:>14.3f}s {body:>16.3f}s {low:>6.3f}..{high:.3f} "
+            f"{mib / body:>7.1f}  {ciphers.get(name, '-')}"
         )
     dv, floor = results["dovecot"], results["socat TLS"]
     print(
-        f"ratio socat TLS / dovecot (the floor of any TLS front door): "
+        f"ratio socat TLS / dovecot (a TLS front door in C): "
         f"ENVELOPE {floor[0] / dv[0]:.2f}x, BODY.PEEK[] {floor[1] / dv[1]:.2f}x"
     )
-    for loop in loops:
+    for loop in [*loops, *(["baseline"] if args.baseline is not None else [])]:
         fd = results[f"front/{loop}"]
         print(
             f"ratio front/{loop} / dovecot: ENVELOPE {fd[0] / dv[0]:.2f}x, "
