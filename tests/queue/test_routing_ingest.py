@@ -193,3 +193,20 @@ def test_release_applies_the_rules_without_their_hold(queue: DocumentQueue, engi
     [queued] = release(queue, held_id, limits=DocumentLimits(), allow_test_oids=True,
                        actor="test", router=releasing)  # fmt: skip
     assert queue.entry(queued).record.tags == ("seen",)
+
+
+def test_config_and_stored_rules_run_in_one_order(queue: DocumentQueue, engine: Engine) -> None:
+    from mssgate.routing.model import RuleSpec
+
+    from_file = RuleSpec.model_validate(
+        {"name": "shared", "order": 50, "match": {"format": "cda-n3"}, "actions": ["tag file"]}
+    )
+    store = RuleStore(engine, [from_file])
+    store.add(_rule("early", [], "tag db-early", order=10), actor="test")
+    store.add(_rule("late", [], "tag db-late", order=90), actor="test")
+    assert [(s.rule.name, s.source) for s in store.all()] == [
+        ("early", "database"), ("shared", "config"), ("late", "database"),
+    ]  # fmt: skip
+    router = Router(store, limits=DocumentLimits())
+    report = _ingest(queue, mail([cda(1)]), router)
+    assert queue.entry(report.queued[0]).record.tags == ("db-early", "file", "db-late")
