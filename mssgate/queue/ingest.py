@@ -138,8 +138,10 @@ def ingest(
             report.queued.append(doc_id)
             if plan is not None and plan.routed:
                 assert router is not None
+                # What ingest added to the record (the subject's note), which every copy gets.
+                added = record.notes[len(outcome.record.notes) :]
                 copies = _copies(service, found, record, plan, raw=raw, headers=headers,
-                                 delivery=delivery, actor=actor)  # fmt: skip
+                                 delivery=delivery, actor=actor, added=added)  # fmt: skip
                 report.copies.extend(i for i, _ in copies.values())
                 if created or any(made for _, made in copies.values()):
                     ids = {box: i for box, (i, _) in copies.items()}
@@ -197,13 +199,13 @@ def _copies(
     headers: str,
     delivery: str,
     actor: str,
+    added: tuple[str, ...],
 ) -> dict[str, tuple[str, bool]]:
     """The copies a plan asks for, each its own entry in its mailbox's queue: (id, created)
     by mailbox. A copy is the addressee's document: no read receipt goes back for it (the
     sender wrote to the addressee, not to the copy's mailbox), and a withdrawal or a
     replacement is checked against what that mailbox received, as for its own mail."""
     made: dict[str, tuple[str, bool]] = {}
-    found_notes = found.record.notes if isinstance(found, Accepted) else ()
     for target in plan.copies:
         checked = _withdrawal_checked(service, found, mailbox=target, sender=record.sender or "")
         if not isinstance(checked, Accepted):
@@ -225,12 +227,13 @@ def _copies(
             )
             made[target] = (held_id, created)
             continue
-        # As the addressee's entry, but with what the check for this mailbox said.
+        # As the addressee's entry, but with what the check for this mailbox said (a
+        # replacement of a document this mailbox never got is no replacement here).
         copy = record.model_copy(
             update={
                 "mailbox": target,
                 "document": checked.record.document,
-                "notes": (*record.notes, *checked.record.notes[len(found_notes) :]),
+                "notes": (*checked.record.notes, *added),
             }
         )
         made[target] = service.enqueue(

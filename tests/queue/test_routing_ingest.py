@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import pytest
 from lxml import etree
 from sqlalchemy import Engine, select
 
@@ -210,3 +211,24 @@ def test_config_and_stored_rules_run_in_one_order(queue: DocumentQueue, engine: 
     router = Router(store, limits=DocumentLimits())
     report = _ingest(queue, mail([cda(1)]), router)
     assert queue.entry(report.queued[0]).record.tags == ("db-early", "file", "db-late")
+
+
+@pytest.mark.parametrize("got_original", [RIS_A, RIS_B])
+def test_a_copy_of_a_replacement_is_checked_for_the_copys_mailbox(
+    queue: DocumentQueue, engine: Engine, got_original: str
+) -> None:
+    from tests.outbound.test_withdrawal import OLD_ID
+    from tests.queue.helpers import deliver
+    from tests.queue.test_withdrawal_sender import original, replacement
+
+    deliver(queue, original(), mailbox=got_original, delivery="Q1")
+    router = _router(engine, _rule("copy", [], f"copy-to {RIS_B}"))
+    new = _ingest(queue, replacement(), router, n="Q2").queued[0]
+    [copy] = [e for e in queue.entries(mailbox=RIS_B) if e.record.document.version == 2]
+    for record, got in ((queue.entry(new).record, RIS_A), (copy.record, RIS_B)):
+        # A T10 only where the mailbox got what it replaces; elsewhere a note says why not.
+        noted = any(OLD_ID in note for note in record.notes)
+        if got == got_original:
+            assert record.document.replaces == OLD_ID and not noted
+        else:
+            assert record.document.replaces is None and noted
