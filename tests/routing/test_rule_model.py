@@ -218,3 +218,34 @@ def test_copy_to_needs_a_mailbox_of_this_gateway(cli: Cli, datadir: Path) -> Non
     cli.ok("directory", "add", f"archive@{DOMAIN}", "--name", "Archive", "--kind", "application")
     added = cli.ok("route", "add", "r", "--copy-to", f"archive@{DOMAIN}").out
     assert f"note: no RIS consumes archive@{DOMAIN} yet" in added
+
+
+@given(st.binary(max_size=400) | st.text(max_size=400).map(lambda t: f"<a>{t}</a>".encode()))
+def test_the_probe_answers_any_bytes_with_facts_or_a_failure(data: bytes) -> None:
+    from mssgate.documents.limits import DocumentLimits
+    from mssgate.routing.probe import probe_cda
+
+    facts = probe_cda(data, xpaths=("//cda:code",), max_nodes=50, limits=DocumentLimits())
+    assert facts.failure is not None or facts.xpaths == {"//cda:code": False}
+
+
+def test_the_probe_reads_the_d2lm_form_header() -> None:
+    from mssgate.documents.limits import DocumentLimits
+    from mssgate.routing.probe import probe_cda
+    from tests.conftest import REPO
+
+    form = REPO.parent / "shared/fixtures/ansforge/TestContenuCDA-3-0/CANCER-D2LM-FIN_2022.01.xml"
+    if not form.exists():
+        pytest.skip("../shared/fixtures not present")
+    facts = probe_cda(
+        form.read_bytes(),
+        xpaths=("//cda:templateId[@root='1.2.250.1.213.1.1.1.27']",),
+        max_nodes=200_000,
+        limits=DocumentLimits(),
+    )
+    assert facts.failure is None
+    assert "1.2.250.1.213.1.1.1.27" in facts.template_ids
+    assert facts.service_events == ("QEQK004",)
+    assert facts.practice_settings == ("DEPISTAGE",)
+    assert facts.departement == "75"
+    assert facts.xpaths == {"//cda:templateId[@root='1.2.250.1.213.1.1.1.27']": True}
