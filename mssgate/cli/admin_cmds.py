@@ -8,10 +8,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from mssgate.cli.context import actor, emit_json, say, state
-from mssgate.config import DEFAULT_CONFIG_NAME, NODE_NAME, config_from_mapping, render_config
+from mssgate.config import (
+    DEFAULT_CONFIG_NAME,
+    NODE_NAME,
+    Config,
+    config_from_mapping,
+    render_config,
+)
 from mssgate.db import open_engine, upgrade
 from mssgate.db.migrate import current_revision, head_revision
 from mssgate.directory import Directory
@@ -298,6 +304,7 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
             engine = open_engine(cfg.database_url)
             try:
                 record("signing keys held", *escrow_status(engine, kek_path(cfg)))
+                record("routing rules", *_routing_status(engine, cfg))
             finally:
                 engine.dispose()
     except Exception as exc:  # any driver failure is a failed check, not a crash
@@ -317,6 +324,19 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
     failed = [r for r in results if not r["ok"]]
     if failed:
         raise CheckFailed(f"{len(failed)} check(s) failed: {failed[0]['check']}")
+
+
+def _routing_status(engine: Engine, cfg: Config) -> tuple[bool, str]:
+    """The rules serve would apply: each copy-to must name a mailbox of this gateway (a rule
+    of the file is not checked by `route add`)."""
+    from mssgate.routing.store import RuleStore, unknown_copy_targets
+
+    rules = RuleStore(engine, cfg.routing.rule).rules()
+    unknown = unknown_copy_targets(engine, rules)
+    if unknown:
+        rule, target = unknown[0]
+        return False, f"rule {rule}: copy-to {target} is no mailbox of this gateway"
+    return True, f"{len(rules)} rule(s), {len(cfg.routing.rule)} of them in the file"
 
 
 def _dovecot_places(data_dir: Path) -> str:

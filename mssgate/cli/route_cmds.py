@@ -11,7 +11,7 @@ import typer
 from mssgate.cli.context import actor, emit_json, emit_table, say, state
 from mssgate.errors import NotFound, UsageFailed, ValidationFailed
 from mssgate.routing.model import Rule, match_items, parse_action, parse_match
-from mssgate.routing.store import RuleStore, StoredRule, validated
+from mssgate.routing.store import RuleStore, StoredRule, unknown_copy_targets, validated
 
 app = typer.Typer(
     help="Routing rules: copy, tag or hold received documents by what they are.",
@@ -94,13 +94,10 @@ def add(
     except ValidationFailed as exc:
         raise UsageFailed(str(exc)) from None
     directory = state(ctx).directory()
-    unconsumed = []
-    for target in (a.value for a in rule.actions if a.kind == "copy-to"):
-        assert target is not None
-        if directory.professionals.find(target) is None:
-            raise NotFound(f"copy-to {target}: no mailbox of this gateway (directory add)")
-        if not any(c.mailbox == target and c.active for c in directory.consumers.list()):
-            unconsumed.append(target)
+    for _, unknown in unknown_copy_targets(state(ctx).engine(), [rule]):
+        raise NotFound(f"copy-to {unknown}: no mailbox of this gateway (directory add)")
+    active = {c.mailbox for c in directory.consumers.list() if c.active}
+    unconsumed = [a.value for a in rule.actions if a.kind == "copy-to" and a.value not in active]
     _store(ctx).add(rule, actor=actor(), replace=replace)
     say(f"routing rule {rule.name} {'replaced' if replace else 'added'}")
     for target in unconsumed:

@@ -118,3 +118,19 @@ def validated(data: object) -> Rule:
         return Rule.model_validate(data)
     except ValidationError as exc:
         raise ValidationFailed(describe_validation(exc)) from None
+
+
+def unknown_copy_targets(engine: Engine, rules: Sequence[Rule]) -> list[tuple[str, str]]:
+    """(rule, mailbox) for each `copy-to` naming no mailbox of this gateway: its copies
+    would wait in a queue no consumer can be given."""
+    from mssgate.directory import Directory
+
+    professionals = Directory(engine, actor="routing").professionals
+    return [
+        (rule.name, action.value)
+        for rule in rules
+        for action in rule.actions
+        if action.kind == "copy-to"
+        and action.value is not None
+        and ((found := professionals.find(action.value)) is None or not found.local)
+    ]

@@ -249,3 +249,23 @@ def test_the_probe_reads_the_d2lm_form_header() -> None:
     assert facts.practice_settings == ("DEPISTAGE",)
     assert facts.departement == "75"
     assert facts.xpaths == {"//cda:templateId[@root='1.2.250.1.213.1.1.1.27']": True}
+
+
+def test_check_names_a_file_rule_copying_to_no_mailbox(cli: Cli, datadir: Path) -> None:
+    from tests.conftest import DOMAIN
+
+    config = datadir / "mssgate.toml"
+    config.write_text(
+        config.read_text()
+        + f'\n[[routing.rule]]\nname = "lost"\nactions = ["copy-to nobody@{DOMAIN}"]\n'
+    )
+    result = cli("check", "--json")
+    checks = {c["check"]: c for c in json.loads(result.out)["checks"]}
+    assert checks["routing rules"] == {
+        "check": "routing rules", "ok": False,
+        "detail": f"rule lost: copy-to nobody@{DOMAIN} is no mailbox of this gateway",
+    }  # fmt: skip
+    assert result.code == 1
+    cli.ok("directory", "add", f"nobody@{DOMAIN}", "--name", "N", "--kind", "application")
+    checks = {c["check"]: c for c in json.loads(cli.ok("check", "--json").out)["checks"]}
+    assert checks["routing rules"]["detail"] == "1 rule(s), 1 of them in the file"
