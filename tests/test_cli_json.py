@@ -86,6 +86,7 @@ def test_json_output_matches_the_operator_guide(cli: Cli, datadir: Path, tmp_pat
         "cert list": ["cert", "list", mailbox],
         "consumer add": ["consumer", "add", "ris", "--mailbox", mailbox],
         "consumer cert": ["consumer", "cert", "ris", "--out", str(tmp_path / "ris")],
+        "consumer token": ["consumer", "token", "ris", "--grace", "1h"],
         "consumer list": ["consumer", "list"],
         "admin token": ["admin", "token"],
         "domain import-trust-list": ["domain", "import-trust-list", str(xml), "--allow-unsigned"],
