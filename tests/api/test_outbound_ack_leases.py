@@ -245,7 +245,8 @@ def test_a_change_whose_zam_was_not_made_in_line_is_made_by_the_sweeper_once(
 def test_the_lease_kinds_are_published(sending: Sending, tmp_path: Path) -> None:
     schema = sending.api.get("/openapi.json").json()
     parameters = schema["paths"]["/v1/leases"]["post"]["parameters"]
-    assert [p["name"] for p in parameters] == ["kind"]
+    # kind (document or ack) and tag (issue 16's routing labels).
+    assert [p["name"] for p in parameters] == ["kind", "tag"]
     for path in ("/v1/acks/{ack_id}", "/v1/acks/{ack_id}/content", "/v1/acks/{ack_id}/ack"):
         assert path in schema["paths"]
 
