@@ -248,11 +248,12 @@ class DocumentsConfig(_Section):
 
 class RoutingConfig(_Section):
     """Routing rules (`[[routing.rule]]`, beside those `mssgate route add` stores) and the
-    budget of a rule's XPath over one CDA (docs/operator-guide.md, "Routing rules")."""
+    budget of the rules' XPaths over one message's CDAs (docs/operator-guide.md, "Routing
+    rules")."""
 
     rule: tuple[RuleSpec, ...] = ()
-    # An XPath runs in a document worker process killed past this; over it, or over the
-    # nodes, the document is held with the reason.
+    # XPaths run in a document worker process killed past this, one budget for a message's
+    # CDAs (a sender chooses how many); over it, or over the nodes, the document is held.
     xpath_seconds: float = Field(2.0, gt=0, le=300)
     xpath_max_nodes: int = Field(200_000, ge=1, le=10_000_000)
 

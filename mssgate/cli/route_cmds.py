@@ -226,6 +226,7 @@ def test(
             outcomes, box, who = _stored(ctx, source)
             box, who = mailbox or box, sender or who
         rules = router.rules()
+        budget = router.budget()  # one per message, as at ingest
         report: list[dict[str, Any]] = []
         for index, outcome in enumerate(outcomes, 1):
             # Every key in every entry (null when it does not apply): a stable shape.
@@ -237,7 +238,7 @@ def test(
                 entry["pipeline"] = f"held ({int(outcome.code)}): {outcome.reason}"
                 report.append(entry)
                 continue
-            plan = router.plan(rules, outcome, mailbox=box, sender=who)
+            plan = router.plan(rules, outcome, mailbox=box, sender=who, budget=budget)
             doc = outcome.record.document
             entry["origin"] = outcome.record.origin
             entry["format"] = doc.format

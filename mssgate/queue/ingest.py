@@ -96,11 +96,12 @@ def ingest(
     keys = service.encryption_keys(box)
     sealed_message: bytes | None = None
     rules = router.rules() if router is not None else []
+    budget = router.budget() if router is not None else None
     for found in result.outcomes:
         outcome = _withdrawal_checked(service, found, mailbox=box, sender=sender)
         plan: Plan | None = None
         if rules and router is not None and isinstance(outcome, Accepted):
-            plan = router.plan(rules, outcome, mailbox=box, sender=sender)
+            plan = router.plan(rules, outcome, mailbox=box, sender=sender, budget=budget)
             if plan.hold is not None:
                 outcome = _held_after_all(outcome, plan.hold)
         if isinstance(outcome, Accepted):

@@ -6,6 +6,7 @@ entry and one log line per matching rule, with the rule's name).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -70,30 +71,67 @@ class Router:
     def rules(self) -> list[Rule]:
         return self.store.rules()
 
-    def plan(self, rules: list[Rule], outcome: Accepted, *, mailbox: str, sender: str) -> Plan:
+    def budget(self) -> MessageBudget:
+        """The time the probes of one message's CDAs share (`xpath_seconds`)."""
+        return MessageBudget(self._seconds)
+
+    def plan(
+        self,
+        rules: list[Rule],
+        outcome: Accepted,
+        *,
+        mailbox: str,
+        sender: str,
+        budget: MessageBudget | None = None,
+    ) -> Plan:
+        """`budget`: the message's (Router.budget), shared by its documents; without one,
+        this document has a budget of its own."""
         record = outcome.record
         needed, xpaths = needs_cda(rules)
         facts = None
         if needed and record.document.format in CDA_FORMATS:
-            facts = self.probe(outcome.content, xpaths)
+            facts = self.probe(outcome.content, xpaths, budget or self.budget())
         subject = Subject(mailbox=mailbox, sender=sender, record=record, facts=facts)
         return evaluate(rules, subject, holds=self.holds)
 
-    def probe(self, data: bytes, xpaths: tuple[str, ...]) -> CdaFacts:
+    def probe(self, data: bytes, xpaths: tuple[str, ...], budget: MessageBudget) -> CdaFacts:
+        # A sender decides how many CDAs a message carries: with a budget per CDA, one
+        # message of many slow ones killed a worker and waited a budget for each.
+        if budget.left <= 0:
+            return CdaFacts(
+                failure=f"this message's routing budget of {self._seconds:g} s was spent"
+                " on its other documents"
+            )
         if self._pool is None:
-            return probe_cda(data, xpaths=xpaths, max_nodes=self._max_nodes, limits=self._limits)
+            started = time.monotonic()
+            try:
+                return probe_cda(data, xpaths=xpaths, max_nodes=self._max_nodes,
+                                 limits=self._limits)  # fmt: skip
+            finally:
+                budget.left -= time.monotonic() - started
         from mssgate.documents.isolation import Failed
 
-        outcome = self._pool.run(probe_cda, data, self._seconds, xpaths=xpaths,
+        outcome = self._pool.run(probe_cda, data, budget.left, xpaths=xpaths,
                                  max_nodes=self._max_nodes, limits=self._limits)  # fmt: skip
         if isinstance(outcome, Failed):
+            # The worker is gone (killed past the budget, or dead): none is spent on the
+            # message's other CDAs, which are held too.
+            budget.left = 0.0
             reason = (
                 f"the CDA's routing XPath ran over its budget of {self._seconds:g} s"
                 if outcome.timed_out
                 else outcome.reason
             )
             return CdaFacts(failure=reason)
+        budget.left -= outcome.seconds
         return outcome.result
+
+
+class MessageBudget:
+    """Seconds left for the routing probes of one message's CDAs."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
 
 
 def trace(
