@@ -235,6 +235,12 @@ def _header(root: etree._Element) -> CdaHeader:
     )
 
 
+def read_header(root: etree._Element) -> CdaHeader:
+    """The header of a parsed ClinicalDocument, for the readers of one volet (D2LM) that
+    walk its body themselves: the same checks as `parse_cda` (one patient, an id, a code)."""
+    return _header(root)
+
+
 def _roles_reason(roles: list[etree._Element]) -> str:
     """A recordTarget of several patientRole, or a patientRole of several patient: counted
     and described by issuer like `_patients_reason`, never by value."""
