@@ -15,7 +15,7 @@ from lxml import etree
 
 from mssgate.documents import d2lm
 from mssgate.documents.cda import OID_RPPS
-from mssgate.documents.samples import HL7, PAT_TROIS, Patient
+from mssgate.documents.samples import HL7, PAT_TROIS, Patient, _h, _sub
 
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 _CODES = {
@@ -61,19 +61,6 @@ class D2lmSpec:
     l2_right: str | None = None
     l2_left: str | None = None
     doc_root: str = "1.2.250.1.999.1.1.27.1"
-
-
-def _h(tag: str) -> str:
-    return f"{{{HL7}}}{tag}"
-
-
-def _sub(
-    parent: etree._Element, tag: str, text: str | None = None, **attrib: str
-) -> etree._Element:
-    element = etree.SubElement(parent, _h(tag), attrib)
-    if text is not None:
-        element.text = text
-    return element
 
 
 def _person(entity: etree._Element, person: str, reader: Reader) -> None:
