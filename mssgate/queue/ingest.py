@@ -71,10 +71,13 @@ def ingest(
     require_birthplace: bool = True,
     result: PipelineResult | None = None,
     router: Router | None = None,
+    released: tuple[str, str] | None = None,
 ) -> IngestReport:
     """`result`: the pipeline's outcome when it ran already (in a worker process, see
     mssgate.documents_worker); else it runs here. `router`: the routing rules applied to
-    each accepted document (none: each goes to `mailbox` only, as before rules existed)."""
+    each accepted document (none: each goes to `mailbox` only, as before rules existed).
+    `released`: (origin, sha256) of the one document an operator released, the only one
+    whose rules' holds are passed over (the message's others are held as at first)."""
     box = normalize_address(mailbox)
     if delivery is None:
         # No spool entry to name (a direct call): the bytes themselves, so that the same
@@ -101,7 +104,11 @@ def ingest(
         outcome = _withdrawal_checked(service, found, mailbox=box, sender=sender)
         plan: Plan | None = None
         if rules and router is not None and isinstance(outcome, Accepted):
-            plan = router.plan(rules, outcome, mailbox=box, sender=sender, budget=budget)
+            holds = None
+            if released is not None:
+                holds = released != (outcome.record.origin, outcome.record.sha256)
+            plan = router.plan(rules, outcome, mailbox=box, sender=sender, budget=budget,
+                               holds=holds)  # fmt: skip
             if plan.hold is not None:
                 outcome = _held_after_all(outcome, plan.hold)
         if isinstance(outcome, Accepted):
@@ -325,8 +332,9 @@ def release(
 
     `pipeline` runs it elsewhere (a worker process under the message's budget: the CLI);
     it raises Conflict when it gives no result. Raises Conflict, leaving the document held,
-    when it fails again. `router`: the routing rules, applied again (tags, copies); give one
-    built with `holds=False`, or a rule's hold would keep holding what the operator released.
+    when it fails again. `router`: the routing rules, applied again (tags, copies); their
+    holds are passed over for the released document only: the message's other documents a
+    rule held stay held until released themselves.
     """
     store = service.quarantine
     entry = store.get(held_id)
@@ -355,6 +363,7 @@ def release(
         require_birthplace=require_birthplace,
         result=result,
         router=router,
+        released=(entry.origin, entry.sha256),
     )
     for outcome in report.held_outcomes:
         if outcome.origin == entry.origin and outcome.sha256 == entry.sha256:

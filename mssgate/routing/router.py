@@ -83,16 +83,17 @@ class Router:
         mailbox: str,
         sender: str,
         budget: MessageBudget | None = None,
+        holds: bool | None = None,
     ) -> Plan:
         """`budget`: the message's (Router.budget), shared by its documents; without one,
-        this document has a budget of its own."""
+        this document has a budget of its own. `holds`: this document's, over the router's."""
         record = outcome.record
         needed, xpaths = needs_cda(rules)
         facts = None
         if needed and record.document.format in CDA_FORMATS:
             facts = self.probe(outcome.content, xpaths, budget or self.budget())
         subject = Subject(mailbox=mailbox, sender=sender, record=record, facts=facts)
-        return evaluate(rules, subject, holds=self.holds)
+        return evaluate(rules, subject, holds=self.holds if holds is None else holds)
 
     def probe(self, data: bytes, xpaths: tuple[str, ...], budget: MessageBudget) -> CdaFacts:
         # A sender decides how many CDAs a message carries: with a budget per CDA, one
