@@ -19,10 +19,18 @@ from mssgate.documents.d2lm import (
     form_kind,
     read_d2lm,
 )
-from mssgate.documents.d2lm_samples import GP, L1_READER, L2_READER, D2lmSpec, make_d2lm
+from mssgate.documents.d2lm_samples import (
+    GP,
+    L1_READER,
+    L2_READER,
+    D2lmSpec,
+    Reader,
+    make_d2lm,
+)
 from mssgate.documents.errors import DocumentError, XmlError
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.samples import CORSE, make_cda
+from mssgate.routing.probe import departement_of
 from tests.documents.conftest import ANSFORGE, requires_shared
 
 LIMITS = DocumentLimits()
@@ -344,3 +352,26 @@ def test_any_bytes_give_a_form_none_or_a_document_error(noise: bytes, at: int) -
 
 def test_ta_asip_is_the_code_system_of_every_result() -> None:
     assert TA_ASIP == "1.2.250.1.213.1.1.4.322"
+
+
+NAMES = st.text(
+    st.characters(codec="utf-8", categories=("L", "Nd", "Zs", "Pd")), min_size=1, max_size=40
+).filter(lambda s: s.strip())
+READERS: st.SearchStrategy[Reader] = st.builds(
+    lambda rpps, family, given: replace(L1_READER, rpps=rpps, family=family, given=given),
+    st.from_regex(r"[0-9]{9,12}", fullmatch=True),
+    NAMES,
+    NAMES,
+)
+
+
+@given(READERS, READERS, st.from_regex(r"[0-9]{5}", fullmatch=True))
+def test_generated_header_round_trip(l1: Reader, gp: Reader, postal: str) -> None:
+    form = read(make_d2lm(D2lmSpec(l1_reader=l1, gp=gp, postal_code=postal)))
+    for read_back, written in ((form.l1_reader, l1), (form.gp, gp)):
+        assert read_back is not None
+        assert read_back.rpps == written.rpps
+        # Whitespace is folded as CDA text is (runs of blanks to one space, ends trimmed).
+        assert read_back.family == " ".join(written.family.split())
+        assert read_back.given == " ".join(written.given.split())
+    assert (form.postal_code, form.departement) == (postal, departement_of(postal))
