@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from sqlalchemy import Engine, delete, select
+from sqlalchemy.exc import IntegrityError
 
 from mssgate import audit
 from mssgate.db.schema import routing_rules
@@ -83,9 +84,21 @@ class RuleStore:
                 "updated_at": now,
             }
             if existing is None:
-                conn.execute(
-                    routing_rules.insert().values(name=rule.name, created_at=now, **values)
-                )
+                try:
+                    conn.execute(
+                        routing_rules.insert().values(name=rule.name, created_at=now, **values)
+                    )
+                except IntegrityError:
+                    # Added on another node since the read above (PostgreSQL: we waited on
+                    # its key): the same answer as had it been there, not an internal error.
+                    raise Conflict(
+                        f"routing rule {rule.name!r} exists"
+                        + (
+                            " (added meanwhile: run again)"
+                            if replace
+                            else " (--replace to change it)"
+                        )
+                    ) from None
             else:
                 conn.execute(
                     routing_rules.update().where(routing_rules.c.name == rule.name).values(values)
