@@ -57,6 +57,11 @@ class Closed(Exception):
 _LITERAL_TOO_BIG = "literal too big"
 _ID_LITERAL_TOO_BIG = "ID literal too big"
 _CUT = frozenset({_LITERAL_TOO_BIG, _ID_LITERAL_TOO_BIG})
+# The reasons `_bye` gives: the connection lingers, then is cut if the client goes on.
+_REFUSED = frozenset(
+    {"line_too_long", "malformed", "idle_timeout", "too_many_commands", "starttls_injection"}
+)
+LINGER_SECONDS = 1.0
 
 
 class PreauthSession:
@@ -226,8 +231,24 @@ class PreauthSession:
                 # with the connection, unread. A TLS close would wait for the client's
                 # close_notify, reading (to discard) all that comes first: uvloop's does.
                 self._writer.transport.abort()
+            elif str(closed) in _REFUSED:
+                await self._linger()
         except (OSError, ConnectionError, ssl.SSLError):
             pass
+
+    async def _linger(self) -> None:
+        """After a `BYE`: drops what the client is still sending, at most one command's worth
+        within LINGER_SECONDS, so that a client writing its command whole reads our answer;
+        one still sending past that is cut rather than read on by the TLS close."""
+        left = self._limits.max_command + idcmd.MAX_WIRE
+        try:
+            async with asyncio.timeout(LINGER_SECONDS):
+                while left > 0 and (data := await self._reader.read(min(left, 65536))):
+                    left -= len(data)
+        except (TimeoutError, OSError, ConnectionError, ssl.SSLError):
+            return
+        if left <= 0:
+            self._writer.transport.abort()
 
     async def _preauth(self) -> tuple[str, Command] | None:
         for _ in range(self._limits.max_commands):

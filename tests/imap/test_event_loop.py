@@ -109,3 +109,41 @@ def test_uvloop_missing_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ConfigError, match=re.escape('server.event_loop = "asyncio"')):
         eventloop.run(main(), "uvloop")
     assert eventloop.run(main(), "asyncio") == "asyncio"
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_refused_clients_read_the_answer_and_cannot_go_on_sending(
+    imap_setup: ImapGateway, loop: str
+) -> None:
+    """A TLS close reads, to discard, what the client sends before its own close (uvloop's
+    for up to 30 s): refusals must not turn into an endless sink on either loop."""
+    from tests.imap.test_preauth_hardening import Raw
+
+    imap_setup.start(MSSGATE_SERVER__EVENT_LOOP=loop)
+    try:
+        # A long line sent whole: the client then reads the BYE, and the connection ends.
+        raw = Raw(imap_setup)
+        raw.line()
+        raw.send(b"a LOGIN " + b"x" * 40_000 + b" y\r\n")
+        assert raw.line() == b"* BYE Command line too long"
+        assert raw.closed()
+        raw.close()
+        # A line without end: cut once it is past one command's worth.
+        raw = Raw(imap_setup)
+        raw.line()
+        with pytest.raises(OSError):
+            for _ in range(200):
+                raw.send(b"a" * 65536)
+            raise AssertionError("13 MB line read")
+        raw.close()
+        # A non-synchronizing literal refused: cut at once.
+        raw = Raw(imap_setup)
+        raw.line()
+        with pytest.raises(OSError):
+            raw.send(b"b LOGIN {52428800+}\r\n")
+            for _ in range(800):
+                raw.send(b"x" * 65536)
+            raise AssertionError("50 MB literal read")
+        raw.close()
+    finally:
+        imap_setup.stop()
