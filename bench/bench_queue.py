@@ -14,7 +14,8 @@ bearer token of the same consumer. Every cell runs in a fresh process on a fresh
 commit: `git archive REV | tar -x -C DIR`), alternating with this tree's in every round, so
 that before and after are measured in one run. Printed: the median rate with min..max over
 the rounds, CPU milliseconds per lease+ack (this process's; with `https`, the server's and the
-clients' apart; PostgreSQL's own CPU is not counted), and after/before ratios.
+clients' apart; PostgreSQL's own CPU is not counted), with `direct` the statements, BEGINs,
+COMMITs and pings per lease+ack (on PostgreSQL, its round trips), and after/before ratios.
 
 PostgreSQL runs when --postgres or MSSGATE_TEST_POSTGRES_URL names a server. A benchmark,
 not a test: it prints, never asserts; figures vary with the machine and its load.
@@ -81,9 +82,10 @@ def _engine(db: str) -> Iterator[Any]:
     admin = create_engine(sqlalchemy_url(db))
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = create_engine(
-        sqlalchemy_url(db), connect_args={"options": f"-csearch_path={schema}"}, pool_size=8
-    )
+    # open_engine, as serve opens it (its pool options are part of what is measured), on a
+    # schema of its own: libpq's `options` in the URL sets the search path.
+    sep = "&" if "?" in db else "?"
+    engine = open_engine(f"{db}{sep}options=-csearch_path%3D{schema}")
     try:
         yield engine
     finally:
@@ -151,11 +153,52 @@ def _child_direct(db: str, documents: int, consumers: int) -> dict[str, float]:
                     done += 1
             return done
 
+        trips = _RoundTrips(engine)
         cpu, started = time.process_time(), time.perf_counter()
         with ThreadPoolExecutor(max_workers=consumers) as pool:
             total = sum(pool.map(drain, range(consumers)))
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {"rate": total / wall, "cpu_ms": cpu / total * 1000, "done": total}
+        trips.stop()
+    return {
+        "rate": total / wall,
+        "cpu_ms": cpu / total * 1000,
+        "trips": trips.count / total,
+        "done": total,
+    }
+
+
+class _RoundTrips:
+    """Counts what the database is asked, as SQLAlchemy sees it: every statement (SAVEPOINT and
+    RELEASE included), every BEGIN, COMMIT and ROLLBACK, and a pre-ping per checkout when the
+    pool pings. On PostgreSQL each is a round trip (psycopg sends BEGIN on its own before a
+    transaction's first statement); on SQLite they are calls into the library, not trips.
+    The empty leases that end each consumer's loop are counted too (four per cell)."""
+
+    def __init__(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        self.count = 0
+        self._lock = threading.Lock()
+        self._hooks: list[tuple[Any, str]] = [
+            (engine, "before_cursor_execute"),
+            (engine, "begin"),
+            (engine, "commit"),
+            (engine, "rollback"),
+        ]
+        if getattr(engine.pool, "_pre_ping", False):
+            self._hooks.append((engine.pool, "checkout"))
+        for target, name in self._hooks:
+            event.listen(target, name, self._one)
+
+    def _one(self, *_: Any, **__: Any) -> None:
+        with self._lock:
+            self.count += 1
+
+    def stop(self) -> None:
+        from sqlalchemy import event
+
+        for target, name in self._hooks:
+            event.remove(target, name, self._one)
 
 
 def _child_server(db: str, data: Path) -> None:
@@ -342,6 +385,8 @@ def main() -> None:
                     extra = (
                         f", clients {got['client_cpu_ms']:.2f} ms" if "client_cpu_ms" in got else ""
                     )
+                    if "trips" in got:
+                        extra += f", {got['trips']:.1f} round trips"
                     print(
                         f"round {round_no} {mode:<6} {db_name:<10} {label:<6} "
                         f"{got['rate']:7.1f} lease+ack/s, CPU {got['cpu_ms']:.2f} ms{extra}"
@@ -362,7 +407,10 @@ def main() -> None:
                 client = (
                     f" + clients {_cell(values, 'client_cpu_ms')[0]:.2f}" if mode == "https" else ""
                 )
-                row.append(f"{label} {median:.0f} ({low:.0f}..{high:.0f}), CPU {cpu:.2f}{client}")
+                trips = f", {_cell(values, 'trips')[0]:.1f} trips" if mode == "direct" else ""
+                row.append(
+                    f"{label} {median:.0f} ({low:.0f}..{high:.0f}), CPU {cpu:.2f}{client}{trips}"
+                )
             if len(trees) == 2:
                 before = _cell(results[(mode, db_name, "before")], "rate")[0]
                 after = _cell(results[(mode, db_name, "after")], "rate")[0]

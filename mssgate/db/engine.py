@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 
 from mssgate.errors import StorageError
 
@@ -29,6 +30,38 @@ def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
+
+
+# A pooled PostgreSQL connection is tried before use only when it sat idle this long: a
+# dropped connection (a server restart, a network cut) is found then and replaced, and the
+# caller never sees it. SQLAlchemy's pool_pre_ping tried every checkout: one round trip more
+# per transaction (a lease, an ack), for connections that answered a moment before (issue 17).
+# One that drops while busy fails its transaction, which SQLAlchemy reports as a disconnect
+# (every older pooled connection is then replaced), as the pre-ping could not prevent either.
+IDLE_PING_SECONDS = 5.0
+RECYCLE_SECONDS = 1800
+_IDLE_SINCE = "mssgate.idle_since"
+
+
+def _idle_since(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    since = record.info.get(_IDLE_SINCE)
+    if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+        return  # new, or used a moment ago
+    try:
+        # Outside any transaction (autocommit), as SQLAlchemy's own pre-ping does.
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        try:
+            dbapi_connection.execute("SELECT 1")
+        finally:
+            dbapi_connection.autocommit = autocommit
+    except Exception as exc:
+        # The pool discards this connection and checks out another (a new one if need be).
+        raise DisconnectionError(f"pooled connection dropped: {exc}") from exc
 
 
 def open_engine(url: str) -> Engine:
@@ -52,5 +85,9 @@ def open_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if backend == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True)
+        # Recycled before an idle-connection timeout (a firewall's, PgBouncer's) cuts them.
+        engine = create_engine(parsed, pool_recycle=RECYCLE_SECONDS)
+        event.listen(engine.pool, "checkin", _idle_since)
+        event.listen(engine.pool, "checkout", _ping_if_idle)
+        return engine
     raise StorageError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")

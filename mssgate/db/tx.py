@@ -104,6 +104,17 @@ def savepoint(conn: Connection) -> Iterator[None]:
     """A part of the current write transaction that may fail alone (one queue transition of a
     group, mssgate.queue.transitions): rolled back to its start if the block raises, and the
     exception goes on; kept, to commit with the transaction, otherwise."""
+    if conn.dialect.name == "postgresql":
+        # Never released: COMMIT releases every savepoint anyway, and a RELEASE is one round
+        # trip per transition of a group (issue 17). Savepoints of one name nest; ROLLBACK TO
+        # goes back to the newest, undoing this block's work only.
+        conn.exec_driver_sql("SAVEPOINT mssgate_part")
+        try:
+            yield
+        except BaseException:
+            conn.exec_driver_sql("ROLLBACK TO SAVEPOINT mssgate_part")
+            raise
+        return
     nested = conn.begin_nested()
     try:
         yield

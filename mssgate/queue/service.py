@@ -434,11 +434,29 @@ class DocumentQueue:
             scanned = self._expiry_scans.due(holder.mailbox, now)
             receipts = self._expire_scan(conn, now, holder.mailbox) if scanned else []
             expires = now + timedelta(seconds=seconds)
-            claim: dict[str, object] = {"mailbox": holder.mailbox, "limit": max_documents}
+            claim: dict[str, Any] = {"mailbox": holder.mailbox, "limit": max_documents}
             statement = self._statements.claim_ready
             if tag is not None:
                 claim["tag"] = tag
                 statement = self._statements.claim_ready_tagged
+            if self._statements.lease_ready is not None:
+                leased = self._lease_at_once(conn, holder, claim, expires, now)
+                if not scanned and len(leased) < max_documents:
+                    # Fewer ready than asked: a lease lapsed since the last scan is owed now.
+                    receipts = self._expire_scan(conn, now, holder.mailbox)
+                    claim["limit"] = max_documents - len(leased)
+                    leased += self._lease_at_once(conn, holder, claim, expires, now)
+                for row, lease_id in leased:
+                    audit.append(
+                        conn,
+                        actor=f"consumer:{holder.name}",
+                        action="queue.lease",
+                        subject=row.id,
+                        detail={"attempt": row.attempts, "seconds": seconds},
+                    )
+                    record = self._record(row, QueueState.LEASED)
+                    leases.append(Lease(lease_id=lease_id, expires_at=expires, document=record))
+                return leases, receipts
             candidates = conn.execute(statement, claim).all()
             if not scanned and len(candidates) < max_documents:
                 # Fewer ready than asked: a lease lapsed since the last scan is owed now.
@@ -469,6 +487,32 @@ class DocumentQueue:
                 leases.append(Lease(lease_id=lease_id, expires_at=expires, document=record))
         return leases, receipts
 
+    def _lease_at_once(
+        self,
+        conn: Connection,
+        holder: Holder,
+        claim: dict[str, Any],
+        expires: datetime,
+        now: datetime,
+    ) -> list[tuple[Row[Any], str]]:
+        """PostgreSQL: claims and leases the documents in one statement; returns the rows as
+        leased (attempts counted) with their lease ids, in seq order."""
+        params = {
+            "in_mailbox": claim["mailbox"],
+            "limit": claim["limit"],
+            "lease_ids": [_new_id() for _ in range(claim["limit"])],
+            "consumer": holder.name,
+            "expires": expires,
+            "now": now,
+        }
+        statement = self._statements.lease_ready
+        if "tag" in claim:
+            params["in_tag"] = claim["tag"]
+            statement = self._statements.lease_ready_tagged
+        assert statement is not None
+        rows = conn.execute(statement, params).all()
+        return [(row, row.lease_id) for row in sorted(rows, key=lambda r: r.seq)]
+
     def _held_row(self, conn: Connection, holder: Holder, document_id: str) -> Row[Any]:
         row = conn.execute(self._statements.lock_document, {"doc_id": document_id}).first()
         # Another mailbox's document answers exactly like a missing one: no existence leak.
@@ -488,11 +532,24 @@ class DocumentQueue:
     def _ack_tx(self, holder: Holder, document_id: str, lease_id: str) -> list[_PendingReceipt]:
         with write(self._engine) as conn:
             now = self._now()
-            row = self._held_row(conn, holder, document_id)
-            if row.state == QueueState.DONE.value and row.lease_id == lease_id:
-                return []  # a retried ack (the client lost our first answer)
-            self._check_lease(row, lease_id, now)
-            conn.execute(self._statements.mark_done, {"doc_id": document_id, "now": now})
+            # The lease still held (the usual case) is checked and acked by one statement;
+            # otherwise the row, read and locked, says what the ack gets instead.
+            row = conn.execute(
+                self._statements.ack_held,
+                {
+                    "doc_id": document_id,
+                    "holder_mailbox": holder.mailbox,
+                    "held_lease": lease_id,
+                    "now": now,
+                },
+            ).first()
+            if row is None:
+                row = self._held_row(conn, holder, document_id)
+                if row.state == QueueState.DONE.value and row.lease_id == lease_id:
+                    return []  # a retried ack (the client lost our first answer)
+                self._check_lease(row, lease_id, now)
+                # Held after all (a clock between the two reads): acked as before.
+                conn.execute(self._statements.mark_done, {"doc_id": document_id, "now": now})
             audit.append(
                 conn,
                 actor=f"consumer:{holder.name}",

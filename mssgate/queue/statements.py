@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Update, bindparam, exists, select, update
+from sqlalchemy import Select, Text, Update, bindparam, cast, exists, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.sql.elements import Grouping
 
 from mssgate.db.schema import queue_document_tags, queue_documents
 from mssgate.queue.backend import Backend
@@ -31,31 +34,51 @@ class QueueStatements:
     lock_document: Select[Any]
     # Params: doc_id, now.
     mark_done: Update
+    # Params: doc_id, holder_mailbox, held_lease, now. The ack of a lease still held, in one
+    # statement; no row back means the lease or the document is not what the ack says, and
+    # the caller reads the row to say which.
+    ack_held: ReturningUpdate[Any]
+    # PostgreSQL only (None on SQLite): claim_ready and take_lease in one statement, one round
+    # trip for the whole batch. Params: in_mailbox, limit, in_tag (tagged), lease_ids (one per
+    # document, in seq order), consumer, expires, now. Rows come back in no order. (An UPDATE
+    # reserves its columns' names for bound parameters: hence in_mailbox.)
+    lease_ready: ReturningUpdate[Any] | None
+    lease_ready_tagged: ReturningUpdate[Any] | None
 
     @classmethod
     def for_backend(cls, backend: Backend) -> QueueStatements:
+        ready = _q.mailbox == bindparam("mailbox"), _q.state == QueueState.READY.value
+        tagged = (
+            exists()
+            .where(
+                queue_document_tags.c.document_id == _q.id,
+                queue_document_tags.c.tag == bindparam("tag"),
+            )
+            .correlate(queue_documents)
+        )
+        postgres = backend.name == "postgresql"
         return cls(
             claim_ready=backend.claim(
-                select(queue_documents)
-                .where(_q.mailbox == bindparam("mailbox"), _q.state == QueueState.READY.value)
-                .order_by(_q.seq)
-                .limit(bindparam("limit"))
+                select(queue_documents).where(*ready).order_by(_q.seq).limit(bindparam("limit"))
             ),
             claim_ready_tagged=backend.claim(
                 select(queue_documents)
-                .where(
-                    _q.mailbox == bindparam("mailbox"),
-                    _q.state == QueueState.READY.value,
-                    exists()
-                    .where(
-                        queue_document_tags.c.document_id == _q.id,
-                        queue_document_tags.c.tag == bindparam("tag"),
-                    )
-                    .correlate(queue_documents),
-                )
+                .where(*ready, tagged)
                 .order_by(_q.seq)
                 .limit(bindparam("limit"))
             ),
+            lease_ready=_lease_ready(backend, False) if postgres else None,
+            lease_ready_tagged=_lease_ready(backend, True) if postgres else None,
+            ack_held=update(queue_documents)
+            .where(
+                _q.id == bindparam("doc_id"),
+                _q.mailbox == bindparam("holder_mailbox"),
+                _q.state == QueueState.LEASED.value,
+                _q.lease_id == bindparam("held_lease"),
+                _q.lease_expires_at > bindparam("now"),
+            )
+            .values(state=QueueState.DONE.value, lease_expires_at=None, updated_at=bindparam("now"))
+            .returning(*queue_documents.c),
             take_lease=update(queue_documents)
             .where(_q.id == bindparam("doc_id"), _q.state == QueueState.READY.value)
             .values(
@@ -73,3 +96,40 @@ class QueueStatements:
                 state=QueueState.DONE.value, lease_expires_at=None, updated_at=bindparam("now")
             ),
         )
+
+
+def _lease_ready(backend: Backend, tagged: bool) -> ReturningUpdate[Any]:
+    candidates = select(_q.id, _q.seq).where(
+        _q.mailbox == bindparam("in_mailbox"), _q.state == QueueState.READY.value
+    )
+    if tagged:
+        candidates = candidates.where(
+            exists()
+            .where(
+                queue_document_tags.c.document_id == _q.id,
+                queue_document_tags.c.tag == bindparam("in_tag"),
+            )
+            .correlate(queue_documents)
+        )
+    # The candidates are locked (SKIP LOCKED: another leaser's are passed over) in a CTE, then
+    # numbered in seq order in a second one (PostgreSQL refuses a window function beside FOR
+    # UPDATE) so that each takes its own lease id, made in Python by the secrets module.
+    picked = backend.claim(candidates.order_by(_q.seq).limit(bindparam("limit"))).cte("picked")
+    numbered = select(picked.c.id, func.row_number().over(order_by=picked.c.seq).label("n")).cte(
+        "numbered"
+    )
+    # Grouped: PostgreSQL subscripts a parenthesised CAST only.
+    lease_ids = Grouping(cast(bindparam("lease_ids", type_=ARRAY(Text)), ARRAY(Text)))
+    return (
+        update(queue_documents)
+        .where(_q.id == numbered.c.id)
+        .values(
+            state=QueueState.LEASED.value,
+            attempts=_q.attempts + 1,
+            lease_id=lease_ids[numbered.c.n],
+            lease_consumer=bindparam("consumer"),
+            lease_expires_at=bindparam("expires"),
+            updated_at=bindparam("now"),
+        )
+        .returning(*queue_documents.c)
+    )
