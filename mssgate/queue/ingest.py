@@ -76,8 +76,9 @@ def ingest(
     """`result`: the pipeline's outcome when it ran already (in a worker process, see
     mssgate.documents_worker); else it runs here. `router`: the routing rules applied to
     each accepted document (none: each goes to `mailbox` only, as before rules existed).
-    `released`: (origin, sha256) of the one document an operator released, the only one
-    whose rules' holds are passed over (the message's others are held as at first)."""
+    `released`: (origin, sha256) of the quarantine entry an operator released: when it is
+    one document of the message, only it is ingested (the others were queued, copied or
+    held at ingest); else (the message held whole) all are; the rules' holds passed over."""
     box = normalize_address(mailbox)
     if delivery is None:
         # No spool entry to name (a direct call): the bytes themselves, so that the same
@@ -99,14 +100,21 @@ def ingest(
     keys = service.encryption_keys(box)
     sealed_message: bytes | None = None
     rules = router.rules() if router is not None else []
+    if released is not None and all(_identity(o) != released for o in result.outcomes):
+        released_one = None  # an entry of the whole message (or a package): all of it goes
+    else:
+        released_one = released
     budget = router.budget() if router is not None else None
     for found in result.outcomes:
+        if released_one is not None and _identity(found) != released_one:
+            # The message's other documents were queued (and copied) or held at ingest;
+            # each held one has its own release.
+            continue
         outcome = _withdrawal_checked(service, found, mailbox=box, sender=sender)
         plan: Plan | None = None
         if rules and router is not None and isinstance(outcome, Accepted):
-            holds = None
-            if released is not None:
-                holds = released != (outcome.record.origin, outcome.record.sha256)
+            # What is released is no longer held by a rule: the operator has looked at it.
+            holds = False if released is not None else None
             plan = router.plan(rules, outcome, mailbox=box, sender=sender, budget=budget,
                                holds=holds)  # fmt: skip
             if plan.hold is not None:
@@ -182,6 +190,13 @@ def ingest(
             report.held.append(held_id)
             report.held_outcomes.append(outcome)
     return report
+
+
+def _identity(outcome: Accepted | Quarantined) -> tuple[str, str]:
+    """(origin, sha256): the same document of a message, whatever became of it."""
+    if isinstance(outcome, Accepted):
+        return outcome.record.origin, outcome.record.sha256
+    return outcome.origin, outcome.sha256
 
 
 def _held_after_all(outcome: Accepted, reason: str) -> Quarantined:
@@ -328,13 +343,13 @@ def release(
     router: Router | None = None,
 ) -> list[str]:
     """Runs the pipeline again over the message a document was held from, with the current
-    settings; the documents that now pass are queued. Returns their ids.
+    settings; the document is queued if it now passes (the message's others are left as
+    ingest left them: queued, copied, or held for their own release). Returns its id.
 
     `pipeline` runs it elsewhere (a worker process under the message's budget: the CLI);
     it raises Conflict when it gives no result. Raises Conflict, leaving the document held,
     when it fails again. `router`: the routing rules, applied again (tags, copies); their
-    holds are passed over for the released document only: the message's other documents a
-    rule held stay held until released themselves.
+    holds are passed over for the released document.
     """
     store = service.quarantine
     entry = store.get(held_id)

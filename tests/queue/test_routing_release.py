@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from mssgate.documents.limits import DocumentLimits
 from mssgate.queue import DocumentQueue
 from mssgate.queue.ingest import ingest, release
-from mssgate.routing.model import Rule, parse_action
+from mssgate.routing.model import Rule, parse_action, parse_match
 from mssgate.routing.router import Router
 from mssgate.routing.store import RuleStore
 from tests.queue.helpers import RIS_A, RIS_B, SENDER, cda, mail
@@ -41,3 +41,50 @@ def test_a_release_passes_over_the_hold_of_the_released_document_only(
     assert queue.quarantine.get(second).state == "held"
     [copy] = queue.entries(mailbox=RIS_B)
     assert copy.record.origin == queue.quarantine.get(first).origin
+
+
+def test_a_release_queues_and_copies_nothing_of_the_documents_it_did_not_release(
+    queue: DocumentQueue, engine: Engine
+) -> None:
+    store = RuleStore(engine)
+    store.add(Rule(name="copy", order=1, actions=(parse_action("copy-to " + RIS_B),)),
+              actor="test")  # fmt: skip
+    second_only = "xpath=//cda:ClinicalDocument/cda:id[@root='1.2.250.1.999.1.1.45.2']"
+    store.add(Rule(name="look", order=2, match=parse_match([second_only]),
+                   actions=(parse_action("hold a human looks first"),)), actor="test")  # fmt: skip
+    router = Router(store, limits=DocumentLimits())
+    report = ingest(
+        queue, mail([cda(1), cda(2)]), delivery="spool-1", mailbox=RIS_A, sender=SENDER,
+        message_id=None, subject=None, received_at=datetime.now(UTC),
+        limits=DocumentLimits(), allow_test_oids=True, router=router,
+    )  # fmt: skip
+    [held] = report.held
+    assert len(report.queued) == 1 and len(queue.entries(mailbox=RIS_B)) == 1
+    releasing = Router(store, limits=DocumentLimits(), holds=False)
+    [queued] = release(queue, held, limits=DocumentLimits(), allow_test_oids=True,
+                       actor="test", router=releasing)  # fmt: skip
+    # The first document was queued and copied at ingest: the release of the second gives
+    # neither queue it again (each RIS got it twice before, marked duplicate_of).
+    assert len(queue.entries(mailbox=RIS_A)) == 2
+    assert len(queue.entries(mailbox=RIS_B)) == 2
+    assert queue.entry(queued).record.origin == queue.quarantine.get(held).origin
+
+
+def test_a_message_held_whole_is_released_whole(queue: DocumentQueue, engine: Engine) -> None:
+    from mssgate.documents.errors import QuarantineCode
+    from mssgate.documents.pipeline import hold_message
+
+    store = RuleStore(engine)
+    store.add(Rule(name="copy", actions=(parse_action("copy-to " + RIS_B),)), actor="test")
+    raw = mail([cda(1), cda(2)])
+    report = ingest(
+        queue, raw, delivery="spool-1", mailbox=RIS_A, sender=SENDER, message_id=None,
+        subject=None, received_at=datetime.now(UTC), limits=DocumentLimits(),
+        allow_test_oids=True, result=hold_message(raw, QuarantineCode.OTHER, "over budget"),
+        router=Router(store, limits=DocumentLimits()),
+    )  # fmt: skip
+    [held] = report.held
+    releasing = Router(store, limits=DocumentLimits(), holds=False)
+    queued = release(queue, held, limits=DocumentLimits(), allow_test_oids=True,
+                     actor="test", router=releasing)  # fmt: skip
+    assert len(queued) == 2 and len(queue.entries(mailbox=RIS_B)) == 2
