@@ -10,12 +10,23 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from mssgate.documents.limits import DocumentLimits
+from mssgate.documents.record import PipelineResult
 from mssgate.queue import DocumentQueue
-from mssgate.queue.ingest import ingest, release
+from mssgate.queue.ingest import IngestReport, ingest, release
 from mssgate.routing.model import Rule, parse_action, parse_match
 from mssgate.routing.router import Router
 from mssgate.routing.store import RuleStore
 from tests.queue.helpers import RIS_A, RIS_B, SENDER, cda, mail
+
+
+def _ingest(
+    queue: DocumentQueue, raw: bytes, router: Router, result: PipelineResult | None = None
+) -> IngestReport:
+    return ingest(
+        queue, raw, delivery="spool-1", mailbox=RIS_A, sender=SENDER, message_id=None,
+        subject=None, received_at=datetime.now(UTC), limits=DocumentLimits(),
+        allow_test_oids=True, result=result, router=router,
+    )  # fmt: skip
 
 
 def test_a_release_passes_over_the_hold_of_the_released_document_only(
@@ -26,11 +37,7 @@ def test_a_release_passes_over_the_hold_of_the_released_document_only(
                                          parse_action("hold a human looks first"))),
               actor="test")  # fmt: skip
     router = Router(store, limits=DocumentLimits())
-    report = ingest(
-        queue, mail([cda(1), cda(2)]), delivery="spool-1", mailbox=RIS_A, sender=SENDER,
-        message_id=None, subject=None, received_at=datetime.now(UTC),
-        limits=DocumentLimits(), allow_test_oids=True, router=router,
-    )  # fmt: skip
+    report = _ingest(queue, mail([cda(1), cda(2)]), router)
     first, second = report.held
     releasing = Router(store, limits=DocumentLimits(), holds=False)
     queued = release(queue, first, limits=DocumentLimits(), allow_test_oids=True,
@@ -53,11 +60,7 @@ def test_a_release_queues_and_copies_nothing_of_the_documents_it_did_not_release
     store.add(Rule(name="look", order=2, match=parse_match([second_only]),
                    actions=(parse_action("hold a human looks first"),)), actor="test")  # fmt: skip
     router = Router(store, limits=DocumentLimits())
-    report = ingest(
-        queue, mail([cda(1), cda(2)]), delivery="spool-1", mailbox=RIS_A, sender=SENDER,
-        message_id=None, subject=None, received_at=datetime.now(UTC),
-        limits=DocumentLimits(), allow_test_oids=True, router=router,
-    )  # fmt: skip
+    report = _ingest(queue, mail([cda(1), cda(2)]), router)
     [held] = report.held
     assert len(report.queued) == 1 and len(queue.entries(mailbox=RIS_B)) == 1
     releasing = Router(store, limits=DocumentLimits(), holds=False)
@@ -77,12 +80,8 @@ def test_a_message_held_whole_is_released_whole(queue: DocumentQueue, engine: En
     store = RuleStore(engine)
     store.add(Rule(name="copy", actions=(parse_action("copy-to " + RIS_B),)), actor="test")
     raw = mail([cda(1), cda(2)])
-    report = ingest(
-        queue, raw, delivery="spool-1", mailbox=RIS_A, sender=SENDER, message_id=None,
-        subject=None, received_at=datetime.now(UTC), limits=DocumentLimits(),
-        allow_test_oids=True, result=hold_message(raw, QuarantineCode.OTHER, "over budget"),
-        router=Router(store, limits=DocumentLimits()),
-    )  # fmt: skip
+    held_whole = hold_message(raw, QuarantineCode.OTHER, "over budget")
+    report = _ingest(queue, raw, Router(store, limits=DocumentLimits()), result=held_whole)
     [held] = report.held
     releasing = Router(store, limits=DocumentLimits(), holds=False)
     queued = release(queue, held, limits=DocumentLimits(), allow_test_oids=True,
