@@ -250,7 +250,8 @@ def _direct(tree: Path, db: str, documents: int, consumers: int) -> dict[str, fl
     out, _ = proc.communicate(timeout=1800)
     if proc.returncode:
         raise SystemExit(f"the direct cell failed ({tree}, {db})")
-    return json.loads(out.strip().splitlines()[-1])
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 def _https(tree: Path, db: str, documents: int, consumers: int) -> dict[str, float]:
