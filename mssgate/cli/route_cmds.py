@@ -118,7 +118,7 @@ def _one_line(exc: ValueError) -> str:
 @app.command("list")
 def list_(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """List the routing rules in the order they run (configuration and database)."""
-    rules = [_shown(r) for r in _store(ctx).all()]
+    rules = [_shown(r) for r in _store(ctx).listing()]
     if json_out:
         emit_json({"rules": rules})
         return
@@ -160,8 +160,10 @@ def show(ctx: typer.Context, name: str, json_out: JsonFlag = False) -> None:
 @app.command("remove")
 def remove(ctx: typer.Context, name: str) -> None:
     """Remove a stored routing rule (one of the configuration file's stays: edit the file)."""
-    _store(ctx).remove(name, actor=actor())
-    say(f"routing rule {name} removed")
+    if _store(ctx).remove(name, actor=actor()):
+        say(f"stored routing rule {name} removed (the configuration file's rule {name} stays)")
+    else:
+        say(f"stored routing rule {name} removed")
 
 
 @dataclass(frozen=True)

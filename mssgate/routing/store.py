@@ -21,7 +21,7 @@ from mssgate.db.tx import write
 from mssgate.errors import Conflict, NotFound, ValidationFailed
 from mssgate.routing.model import Rule
 
-Source = Literal["config", "database"]
+Source = Literal["config", "database", "database (shadowed)"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,13 @@ class RuleStore:
         found += [StoredRule(r, "database") for r in self.stored() if r.name not in names]
         by_name = {s.rule.name: s for s in found}
         return [by_name[r.name] for r in ordered([s.rule for s in found])]
+
+    def listing(self) -> list[StoredRule]:
+        """`all()`, then the stored rules a file rule of the same name shadows: they do not
+        run, but an operator must see them (they run again once the file's rule is gone)."""
+        names = {r.name for r in self._config}
+        shadowed = [StoredRule(r, "database (shadowed)") for r in self.stored() if r.name in names]
+        return self.all() + shadowed
 
     def rules(self) -> list[Rule]:
         return [s.rule for s in self.all()]
@@ -111,14 +118,20 @@ class RuleStore:
                 detail=rule.model_dump(mode="json", exclude_defaults=True),
             )
 
-    def remove(self, name: str, *, actor: str) -> None:
-        if any(r.name == name for r in self._config):
-            raise Conflict(f"routing rule {name!r} is in the configuration file: remove it there")
+    def remove(self, name: str, *, actor: str) -> bool:
+        """Removes the stored rule `name`, shadowed by a file rule or not; True when a file
+        rule of that name remains (and runs)."""
+        in_file = any(r.name == name for r in self._config)
         with write(self._engine) as conn:
             gone = conn.execute(delete(routing_rules).where(routing_rules.c.name == name)).rowcount
             if gone != 1:
+                if in_file:
+                    raise Conflict(
+                        f"routing rule {name!r} is in the configuration file: remove it there"
+                    )
                 raise NotFound(f"no routing rule {name!r}")
             audit.append(conn, actor=actor, action="routing.rule_remove", subject=name)
+        return in_file
 
 
 def validated(data: object) -> Rule:

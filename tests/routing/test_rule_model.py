@@ -144,6 +144,29 @@ def test_config_rules_are_listed_and_not_changed_by_the_cli(cli: Cli, datadir: P
     assert "configuration file" in cli("route", "add", "from-file", "--tag", "x").err
 
 
+def test_a_stored_rule_a_file_rule_shadows_is_shown_and_removable(cli: Cli, datadir: Path) -> None:
+    """A rule added with the CLI, then one of the same name written into the file: the file's
+    runs; the stored one must not stay hidden, to come back unseen when the file's goes."""
+    cli.ok("route", "add", "twin", "--match", "format=pdf", "--tag", "stored")
+    config = datadir / "mssgate.toml"
+    config.write_text(
+        config.read_text()
+        + '\n[[routing.rule]]\nname = "twin"\norder = 1\n'
+        + 'match = { format = "pdf" }\nactions = ["tag from-file"]\n'
+    )
+    rules = json.loads(cli.ok("route", "list", "--json").out)["rules"]
+    assert [(r["name"], r["source"]) for r in rules] == [
+        ("twin", "config"),
+        ("twin", "database (shadowed)"),
+    ]
+    assert "shadowed" in cli.ok("route", "list").out
+    removed = cli.ok("route", "remove", "twin")
+    assert "stored" in removed.out
+    [left] = json.loads(cli.ok("route", "list", "--json").out)["rules"]
+    assert left["source"] == "config"
+    assert "configuration file" in cli("route", "remove", "twin").err
+
+
 def test_route_test_a_queued_document(cli: Cli, datadir: Path) -> None:
     from mssgate.config import load_config
     from mssgate.db import open_engine, upgrade
