@@ -446,6 +446,8 @@ class DocumentQueue:
                     receipts = self._expire_scan(conn, now, holder.mailbox)
                     claim["limit"] = max_documents - len(leased)
                     leased += self._lease_at_once(conn, holder, claim, expires, now)
+                    # A lapsed lease given back is older than what the first pass took.
+                    leased.sort(key=lambda taken: taken[0].seq)
                 for row, lease_id in leased:
                     audit.append(
                         conn,

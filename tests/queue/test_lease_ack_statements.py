@@ -5,6 +5,8 @@ writes the audit entries and the head's hash in one."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +14,7 @@ from sqlalchemy import Engine, event
 
 from mssgate import audit
 from mssgate.errors import NotFound
-from mssgate.queue import DocumentQueue, LeaseLost, QueueState
+from mssgate.queue import DocumentQueue, LeaseLost, QueueState, scans
 from tests.queue.helpers import RIS_A, RIS_B, add_consumer, fill
 from tests.queue.test_transition_group import _acks, _grouped, _leased
 
@@ -115,4 +117,24 @@ def test_a_failing_transition_between_two_others_of_a_group_undoes_only_itself(
     assert states == [QueueState.DONE, QueueState.DONE, QueueState.LEASED, QueueState.DONE]
     acked = [e.subject for e in audit.entries(engine, action="queue.ack")]
     assert acked == [ids[0], ids[1], ids[3]]
+    assert audit.verify(engine).ok
+
+
+def test_a_lease_short_of_documents_takes_a_lapsed_one_in_arrival_order(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # The lease finds two of the three it asks for, scans, and takes the lapsed one too: the
+    # answer is still oldest first, whichever pass took each.
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    now = [datetime.now(UTC)]
+    queue = DocumentQueue(engine, data_dir=tmp_path, clock=lambda: now[0])
+    queue._expiry_scans = scans.ScanTimes(interval=timedelta(minutes=1))  # no scan is due
+    ids = fill(queue, 3)
+    [first] = queue.lease(consumer, lease_seconds=1)
+    now[0] += timedelta(seconds=2)
+    leases = queue.lease(consumer, max_documents=3, lease_seconds=30)
+    assert [x.document.id for x in leases] == ids
+    assert leases[0].lease_id != first.lease_id
+    leased = [e.subject for e in audit.entries(engine, action="queue.lease")]
+    assert leased == [ids[0], *ids]
     assert audit.verify(engine).ok
