@@ -88,6 +88,11 @@ class DovecotSupervisor:
         self._proc: asyncio.subprocess.Process | None = None
         self._logs: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # A restart in progress (prepare, spawn), shielded from the cancellation of run():
+        # stop() waits for it, else a restart under way when serve stopped (Dovecot died
+        # first: make run's SIGTERM to the process group) spawned a Dovecot, and made its
+        # runtime folder, after stop() had cleaned up.
+        self._restart: asyncio.Task[None] | None = None
         self._started_at = 0.0
         self.restarts = 0
         if self._external:
@@ -286,17 +291,25 @@ class DovecotSupervisor:
             if self._stopping.is_set():
                 return
             backoff = min(backoff * 2, _BACKOFF_MAX)
+            self._restart = asyncio.create_task(self._respawn(), name="dovecot-restart")
             try:
-                binary = await asyncio.to_thread(self._prepare)
-                await self._spawn(binary)
+                await asyncio.shield(self._restart)
             except (MssgateError, OSError) as exc:
                 event(log, "dovecot.restart_failed", level=logging.ERROR, error=str(exc))
                 continue
             self.restarts += 1
             event(log, "dovecot.restarted", pid=self.pid, restarts=self.restarts)
 
+    async def _respawn(self) -> None:
+        binary = await asyncio.to_thread(self._prepare)
+        await self._spawn(binary)
+
     async def stop(self) -> None:
         self._stopping.set()
+        restart = self._restart
+        if restart is not None and not restart.done():
+            with contextlib.suppress(Exception):  # its failure was the watcher's to log
+                await restart
         proc = self._proc
         if proc is not None and proc.returncode is None:
             proc.terminate()

@@ -84,3 +84,47 @@ def test_dovecot_cancelled_during_its_start_is_stopped(imap_datadir: Path) -> No
     finally:
         for pid in _dovecot_pids_for(conf):
             os.kill(pid, 9)
+
+
+def test_stop_during_a_restart_leaves_no_dovecot_and_no_runtime_folder(
+    imap_datadir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """make run's SIGTERM reaches Dovecot and serve at once: Dovecot dies first, its watcher
+    starts a restart, and serve stops (cancelling the watcher, then stop()) while the restart
+    is still preparing. The restart must not spawn a Dovecot, nor leave its runtime folder,
+    after stop() returned (clean-clone CI: /run/mssgate/<key> was left behind)."""
+    config = load_config(imap_datadir / "mssgate.toml")
+    supervisor = DovecotSupervisor(config, data_dir=imap_datadir)
+    conf = imap_datadir / "dovecot" / "dovecot.conf"
+    preparing = supervisor._prepare
+    entered = asyncio.Event()
+
+    def slow_prepare() -> Path:
+        # The restart's first step made slow, as a loaded machine makes it: the stop lands
+        # inside it. The real preparation then runs (it writes the runtime folder).
+        loop.call_soon_threadsafe(entered.set)
+        time.sleep(1.0)
+        return preparing()
+
+    async def scenario() -> None:
+        nonlocal loop
+        loop = asyncio.get_running_loop()
+        await supervisor.start()
+        watcher = asyncio.create_task(supervisor.run())
+        monkeypatch.setattr(supervisor, "_prepare", slow_prepare)
+        assert supervisor.pid is not None
+        os.kill(supervisor.pid, 15)
+        await asyncio.wait_for(entered.wait(), 30)
+        watcher.cancel()  # serve's task supervisor stops its tasks first
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
+        await supervisor.stop()
+
+    loop: asyncio.AbstractEventLoop
+    try:
+        asyncio.run(scenario())
+        assert not supervisor.layout.base_dir.exists(), "runtime folder left after stop"
+        assert _dovecot_pids_for(conf) == [], "a Dovecot spawned after stop"
+    finally:
+        for pid in _dovecot_pids_for(conf):
+            os.kill(pid, 9)
