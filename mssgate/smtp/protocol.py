@@ -450,11 +450,6 @@ class GatewaySMTP(SMTP):
         return await super()._call_handler_hook(command, *args)
 
     # ---------------------------------------------------------------- commands
-    def _dsn_params(
-        self, arg: str | None, keyword: str, keys: frozenset[str]
-    ) -> tuple[str | None, dict[str, str]]:
-        return dsn_params(self, arg, keyword, keys)
-
     async def _dsn_syntax_error(self, exc: DsnSyntaxError) -> None:
         self._protocol_error("DSN parameter", self._command_line or b"", detail=str(exc))
         await self.push(f"501 5.5.4 {exc}")
@@ -463,7 +458,7 @@ class GatewaySMTP(SMTP):
         self.busy = True
         try:
             try:
-                arg, params = self._dsn_params(arg, "FROM:", MAIL_KEYS)
+                arg, params = dsn_params(self, arg, "FROM:", MAIL_KEYS)
                 dsn = parse_mail(params)
             except DsnSyntaxError as exc:
                 await self._dsn_syntax_error(exc)
@@ -493,7 +488,7 @@ class GatewaySMTP(SMTP):
                 await self.reply(reply)
                 return
         try:
-            arg, params = self._dsn_params(arg, "TO:", RCPT_KEYS)
+            arg, params = dsn_params(self, arg, "TO:", RCPT_KEYS)
             dsn = parse_rcpt(params)
         except DsnSyntaxError as exc:
             await self._dsn_syntax_error(exc)
