@@ -274,12 +274,6 @@ class Outbound:
         self.zams.status_changed(outbound_id)
         return self.zams.listed(outbound_id)
 
-    def status_changed(self, outbound_id: str) -> None:
-        """For a change of a copy's status made outside `materialise`'s transaction, after
-        its commit: the ZAMs it warrants become items of kind `ack`. The spool's deliveries
-        call nothing (the sweeper's); a read receipt and a DSN make theirs in line."""
-        self.zams.status_changed(outbound_id)
-
     def _routes(self, submission: Submission) -> list[tuple[str, Route]]:
         """Each recipient's route, checked as RCPT checks a practitioner's: a local mailbox
         must exist and be active, a peer's domain be trusted (and its encryption policy
