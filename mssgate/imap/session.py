@@ -19,7 +19,7 @@ import ssl
 from base64 import b64decode, b64encode
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from mssgate import metrics, sasl
 from mssgate.bearer import BearerAuthenticator, BearerUnavailable
@@ -49,18 +49,19 @@ class Limits:
     max_commands: int
 
 
+# How a closed conversation ends (`PreauthSession.run`): "close" quietly; "linger" after a
+# `BYE`, then cut if the client goes on; "cut" at once (a refused literal).
+Ending = Literal["close", "linger", "cut"]
+
+
 class Closed(Exception):
     """The conversation is over (client gone, limit hit, logout): unwind quietly."""
 
+    def __init__(self, reason: str, *, then: Ending = "close") -> None:
+        super().__init__(reason)
+        self.then = then
 
-# Refused literals: the connection is cut, not closed the TLS way (`PreauthSession.run`).
-_LITERAL_TOO_BIG = "literal too big"
-_ID_LITERAL_TOO_BIG = "ID literal too big"
-_CUT = frozenset({_LITERAL_TOO_BIG, _ID_LITERAL_TOO_BIG})
-# The reasons `_bye` gives: the connection lingers, then is cut if the client goes on.
-_REFUSED = frozenset(
-    {"line_too_long", "malformed", "idle_timeout", "too_many_commands", "starttls_injection"}
-)
+
 LINGER_SECONDS = 1.0
 
 
@@ -134,7 +135,7 @@ class PreauthSession:
         event(log, "imap.reject", listener=self._listener, peer=self.peer_ip, reason=reason)
         with contextlib.suppress(OSError, ConnectionError):
             await self._send(f"* BYE {text}")
-        return Closed(reason)
+        return Closed(reason, then="linger")
 
     async def _line(self, budget: int, *, id_budget: int = 0) -> bytes:
         """One line of at most `budget` bytes, or `id_budget` when it opens an ID command.
@@ -197,7 +198,7 @@ class PreauthSession:
                     await self._send(f"{tag} BAD {idcmd.LITERAL_TOO_BIG}")
                 event(log, "imap.reject", listener=self._listener, peer=self.peer_ip,
                       reason="literal_too_big", size=literal.size)  # fmt: skip
-                raise Closed(_ID_LITERAL_TOO_BIG)
+                raise Closed("ID literal too big", then="cut")
             if literal.size > budget:
                 # Refused before '+': a synchronizing client never sends it, and whatever a
                 # non-synchronizing one sends dies with the connection, unread.
@@ -205,7 +206,7 @@ class PreauthSession:
                     await self._send(f"{tag} BAD Literal too big before login")
                 event(log, "imap.reject", listener=self._listener, peer=self.peer_ip,
                       reason="literal_too_big", size=literal.size)  # fmt: skip
-                raise Closed(_LITERAL_TOO_BIG)
+                raise Closed("literal too big", then="cut")
             if literal.synchronizing:
                 await self._send("+ Ready for literal data")
             try:
@@ -226,12 +227,12 @@ class PreauthSession:
             if identity is not None:
                 await self._hand_off(*identity)
         except Closed as closed:
-            if str(closed) in _CUT:
+            if closed.then == "cut":
                 # The client may be sending a literal it did not wait for: those bytes die
                 # with the connection, unread. A TLS close would wait for the client's
                 # close_notify, reading (to discard) all that comes first: uvloop's does.
                 self._writer.transport.abort()
-            elif str(closed) in _REFUSED:
+            elif closed.then == "linger":
                 await self._linger()
         except (OSError, ConnectionError, ssl.SSLError):
             pass
