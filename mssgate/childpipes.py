@@ -41,7 +41,6 @@ async def spawn(
     preexec_fn: Callable[[], object] | None = None,
 ) -> PipedChild:
     """Starts `argv` with three pipes; raises OSError when it cannot be started."""
-    loop = asyncio.get_running_loop()
     ours: list[int] = []
     theirs: list[int] = []
     try:
@@ -71,26 +70,32 @@ async def spawn(
     stdout_file = os.fdopen(ours[1], "rb", buffering=0)
     stderr_file = os.fdopen(ours[2], "rb", buffering=0)
     try:
-        stdout, out_transport = await _reader(loop, stdout_file, limit)
-        stderr, err_transport = await _reader(loop, stderr_file, limit)
-        transport, protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, stdin_file
-        )
+        stdout, out_transport = await read_pipe(stdout_file, limit)
+        stderr, err_transport = await read_pipe(stderr_file, limit)
+        stdin = await write_pipe(stdin_file)
     except BaseException:
         for file in (stdin_file, stdout_file, stderr_file):
             file.close()
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         raise
-    stdin = asyncio.StreamWriter(transport, protocol, None, loop)
     return PipedChild(proc, stdin, stdout, stderr, (out_transport, err_transport))
 
 
-async def _reader(
-    loop: asyncio.AbstractEventLoop, file: BinaryIO, limit: int
+async def read_pipe(
+    file: BinaryIO, limit: int
 ) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    """A stream reading the pipe `file`, and its transport (closing it closes the file)."""
+    loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader, loop=loop), file
     )
     return reader, transport
+
+
+async def write_pipe(file: BinaryIO) -> asyncio.StreamWriter:
+    """A stream writing the pipe `file`, with flow control (`drain`)."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, file)
+    return asyncio.StreamWriter(transport, protocol, None, loop)

@@ -16,6 +16,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from mssgate.childpipes import read_pipe, write_pipe
 from mssgate.config import parse_lmtp_target
 from mssgate.imap.backend import BackendUnavailable
 from mssgate.imap.relay import CHUNK, carry, sender
@@ -49,13 +50,8 @@ async def _carry(address: str, user: str, cert: Path, key: Path, ca: Path) -> in
         await _expect(reader, 250)
 
     await asyncio.wait_for(opening(), OPEN_SECONDS)
-    loop = asyncio.get_running_loop()
-    stdin = asyncio.StreamReader(limit=CHUNK)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin.buffer)
-    out_transport, out_protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, sys.stdout.buffer
-    )
-    stdout = asyncio.StreamWriter(out_transport, out_protocol, None, loop)
+    stdin, _ = await read_pipe(sys.stdin.buffer, CHUNK)
+    stdout = await write_pipe(sys.stdout.buffer)
 
     try:
         # Either end closing ends the stream: dsync's own protocol says whether it finished.
