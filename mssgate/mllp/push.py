@@ -154,8 +154,11 @@ class MllpPush:
                     await asyncio.sleep(self._hl7.push_poll_seconds)
                     continue
                 blocked = False
+                # Nothing to send opens no connection (a RIS down costs no warning then).
                 waiting = await asyncio.to_thread(self._waiting, consumer.mailbox)
-                failed = await self._session(consumer, target.host, target.port, context)
+                failed = waiting and await self._session(
+                    consumer, target.host, target.port, context
+                )
             except _DB_ERRORS as exc:
                 event(log, "mllp.push_db_failed", level=logging.ERROR, consumer=consumer.name,
                       error=f"{type(exc).__name__}: {exc}"[:300])  # fmt: skip
@@ -206,8 +209,6 @@ class MllpPush:
         self, consumer: Consumer, host: str, port: int, context: ssl.SSLContext
     ) -> bool:
         """Sends what the mailbox has, on one connection; True when something failed."""
-        if not await asyncio.to_thread(self._waiting, consumer.mailbox):
-            return False
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port, ssl=context, server_hostname=host),
