@@ -97,8 +97,7 @@ def ingest(
     headers = receipt_headers(raw).decode("utf-8", "replace")
     receipt_to = receipt_recipient(raw, sender)
     report = IngestReport()
-    keys = service.encryption_keys(box)
-    sealed_message: bytes | None = None
+    holding = _Holds(service, raw, actor=actor)
     rules = router.rules() if router is not None else []
     if released is not None and all(_identity(o) != released for o in result.outcomes):
         released_one = None  # an entry of the whole message (or a package): all of it goes
@@ -156,31 +155,20 @@ def ingest(
                 assert router is not None
                 # What ingest added to the record (the subject's note), which every copy gets.
                 added = record.notes[len(outcome.record.notes) :]
-                copies = _copies(service, found, record, plan, raw=raw, headers=headers,
+                copies = _copies(service, holding, found, record, plan, raw=raw, headers=headers,
                                  delivery=delivery, actor=actor, added=added)  # fmt: skip
                 report.copies.extend(i for i, _ in copies.values())
                 if created or any(made for _, made in copies.values()):
                     ids = {box: i for box, (i, _) in copies.items()}
                     router_trace(router, plan, subject=doc_id, mailbox=box, copies=ids, actor=actor)
         else:
-            sealed: tuple[bytes, bytes] | None = None
-            if keys:
-                # Held for an operator, but the RIS asked that its mail be kept encrypted:
-                # the bytes are stored like its mailbox copy, readable with its key only.
-                cipher = service.cipher()
-                if sealed_message is None:
-                    sealed_message = cipher.seal_message(raw, keys)
-                sealed = (cipher.encrypt(outcome.content, keys), sealed_message)
-            held_id, created = service.quarantine.hold(
+            held_id, created = holding.hold(
                 outcome,
-                message=raw,
                 mailbox=box,
                 sender=sender,
                 message_id=message_id,
                 subject=subject,
                 received_at=received_at,
-                actor=actor,
-                sealed=sealed,
             )
             if created:
                 kind = outcome.document.format if outcome.document is not None else "unknown"
@@ -190,6 +178,49 @@ def ingest(
             report.held.append(held_id)
             report.held_outcomes.append(outcome)
     return report
+
+
+class _Holds:
+    """Holds one message's documents for an operator, the addressee's and its copies'. For a
+    mailbox whose RIS asked that its mail be kept encrypted, the bytes are stored like its
+    mailbox copy, readable with its key only; the whole message is sealed once per mailbox,
+    however many of its documents are held there."""
+
+    def __init__(self, service: DocumentQueue, raw: bytes, *, actor: str) -> None:
+        self._service = service
+        self._raw = raw
+        self._actor = actor
+        self._sealed: dict[str, tuple[list[str], bytes | None]] = {}
+
+    def hold(
+        self,
+        outcome: Quarantined,
+        *,
+        mailbox: str,
+        sender: str,
+        message_id: str | None,
+        subject: str | None,
+        received_at: datetime,
+    ) -> tuple[str, bool]:
+        if mailbox not in self._sealed:
+            keys = self._service.encryption_keys(mailbox)
+            message = self._service.cipher().seal_message(self._raw, keys) if keys else None
+            self._sealed[mailbox] = (keys, message)
+        keys, message = self._sealed[mailbox]
+        sealed = None
+        if message is not None:
+            sealed = (self._service.cipher().encrypt(outcome.content, keys), message)
+        return self._service.quarantine.hold(
+            outcome,
+            message=self._raw,
+            mailbox=mailbox,
+            sender=sender,
+            message_id=message_id,
+            subject=subject,
+            received_at=received_at,
+            actor=self._actor,
+            sealed=sealed,
+        )
 
 
 def _identity(outcome: Accepted | Quarantined) -> tuple[str, str]:
@@ -214,6 +245,7 @@ def _held_after_all(outcome: Accepted, reason: str) -> Quarantined:
 
 def _copies(
     service: DocumentQueue,
+    holding: _Holds,
     found: Accepted | Quarantined,
     record: DocumentRecord,
     plan: Plan,
@@ -232,23 +264,14 @@ def _copies(
     for target in plan.copies:
         checked = _withdrawal_checked(service, found, mailbox=target, sender=record.sender or "")
         if not isinstance(checked, Accepted):
-            keys = service.encryption_keys(target)
-            sealed = None
-            if keys:  # as the addressee's held entries: readable with its RIS's key only
-                cipher = service.cipher()
-                sealed = (cipher.encrypt(checked.content, keys), cipher.seal_message(raw, keys))
-            held_id, created = service.quarantine.hold(
+            made[target] = holding.hold(
                 checked,
-                message=raw,
                 mailbox=target,
                 sender=record.sender or "",
                 message_id=record.message_id,
                 subject=record.subject,
                 received_at=record.received_at or datetime.now().astimezone(),
-                actor=actor,
-                sealed=sealed,
             )
-            made[target] = (held_id, created)
             continue
         # As the addressee's entry, but with what the check for this mailbox said (a
         # replacement of a document this mailbox never got is no replacement here).

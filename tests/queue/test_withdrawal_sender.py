@@ -149,3 +149,34 @@ def test_the_sender_check_reads_the_unique_id_index(sqlite_engine: Engine) -> No
     with sqlite_engine.connect() as conn:
         plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
     assert "USING INDEX ix_queue_documents_unique_id (mailbox=? AND unique_id_sha256=?)" in plan
+
+
+def test_held_copies_seal_their_message_once(
+    engine: Engine, queue: DocumentQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A withdrawal copied by a rule to a mailbox that never got the original is held there,
+    sealed for that mailbox's RIS key; sealing is the whole message's OpenPGP encryption, so a
+    message of many such documents must seal it once, not once per document (it did)."""
+    from tests.queue.gpgkeys import key_pair
+    from tests.queue.test_routing_ingest import _ingest, _router, _rule
+
+    pdf = make_pdf(["Compte rendu PAT-TROIS"])
+    deliver(queue, cancellation(read(mdm(event="MDM^T02^MDM_T02", pdf=pdf)))[1], delivery="Q1")
+    with key_pair("RIS B <ris-b@hopital-b.test>") as keys:
+        add_consumer(engine, "ris-b", RIS_B, pgp_key=keys.public)
+        cipher = queue.cipher()
+        seal = cipher.seal_message
+        sealed: list[bytes] = []
+
+        def counted(message: bytes, recipients: list[str]) -> bytes:
+            sealed.append(message)
+            return seal(message, recipients)
+
+        monkeypatch.setattr(cipher, "seal_message", counted)
+        router = _router(engine, _rule("copy", [], f"copy-to {RIS_B}"))
+        gone = cancellation(read(mdm(event="MDM^T04^MDM_T02", pdf=pdf)))[1]
+        report = _ingest(queue, gone, router, n="Q2")
+        assert len(report.queued) == 2 and len(report.copies) == 2
+        held = [queue.quarantine.get(x) for x in report.copies]
+        assert all(e.encrypted and e.mailbox == RIS_B and e.code == 906 for e in held)
+        assert len(sealed) == 1
