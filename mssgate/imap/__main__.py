@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from mssgate import eventloop
-from mssgate.config import load_config
+from mssgate.config import Config, load_config
 from mssgate.db import open_engine
 from mssgate.directory import Directory
 from mssgate.dovecot import DovecotSupervisor
@@ -26,8 +26,7 @@ from mssgate.passwords import configure as configure_passwords
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
 
 
-async def main(status: Path) -> int:
-    config = load_config()
+async def main(status: Path, config: Config) -> int:
     configure_passwords(config.auth)
     engine = open_engine(config.database_url)
     directory = Directory(engine, actor="imap")
@@ -77,6 +76,7 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m mssgate.imap STATUS_FILE")
     try:
-        sys.exit(eventloop.run(main(Path(sys.argv[1])), load_config().server.event_loop))
+        config = load_config()
+        sys.exit(eventloop.run(main(Path(sys.argv[1]), config), config.server.event_loop))
     except MssgateError as exc:
         sys.exit(f"error: {exc}")
