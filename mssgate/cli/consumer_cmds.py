@@ -230,9 +230,7 @@ def set_(
     if no_push == (push is not None):
         raise UsageFailed("give either --push mllp://host:port or --no-push")
     directory = state(ctx).directory()
-    current = next((c for c in directory.consumers.list() if c.name == name and c.active), None)
-    if current is None:
-        raise NotFound(f"no active consumer {name!r}")
+    current = directory.consumers.active(name)
     url, pem = _push_settings(push, push_ca, has_pgp_key=current.has_pgp_key)
     changed = directory.consumers.set_push(name, url, pem)
     if changed.push_url is None:
@@ -261,8 +259,8 @@ def cert(
     bind a certificate issued elsewhere (its CA must be in [tls] ca)."""
     st = state(ctx)
     directory = st.directory()
-    if not any(c.name == name and c.active for c in directory.consumers.list()):
-        raise NotFound(f"no active consumer {name!r}")
+    # Before any file is written: an unknown name leaves nothing behind.
+    directory.consumers.active(name)
     if existing is not None:
         data = _read_small(existing, MAX_CA_BYTES, PEM_CERTIFICATE, "a PEM certificate")
         leaf = _certificates(existing, data)[0]

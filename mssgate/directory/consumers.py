@@ -357,6 +357,11 @@ class Consumers:
             ).all()
         return [(_consumer(r), r.push_ca) for r in rows]
 
+    def active(self, name: str) -> Consumer:
+        """The consumer `name`, not revoked; NotFound otherwise."""
+        with self._engine.connect() as conn:
+            return _consumer(self._active_row(conn, name))
+
     def _active_row(self, conn: Connection, name: str) -> Row[Any]:
         row = conn.execute(
             select(consumers).where(consumers.c.name == name, consumers.c.revoked_at.is_(None))

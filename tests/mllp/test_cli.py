@@ -56,6 +56,8 @@ def test_consumer_push_and_cert_commands(cli: Cli, datadir: Path, tmp_path: Path
     assert cli("consumer", "set", "ris").code == 2
     assert cli("consumer", "set", "ris", "--no-push", "--push", "mllp://a:1").code == 2
     assert cli("consumer", "set", "nobody", "--no-push").code == 1
+    missing = cli("consumer", "cert", "nobody", "--out", str(tmp_path / "n"))
+    assert missing.code == 1 and "nobody" in missing.err and not (tmp_path / "n").exists()
     cli.ok("consumer", "set", "ris", "--no-push")
     [row] = cli.ok("consumer", "list", "--json").json()
     assert row["push_url"] is None and row["mllp_cert_sha256"] is None
