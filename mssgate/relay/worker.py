@@ -375,6 +375,19 @@ class RelayWorker:
     ) -> None:
         """A success DSN (Action relayed): the deliveries are committed already, so a DSN
         that cannot be spooled is logged, not retried (the sender asked; nothing is lost)."""
+        try:
+            await self._send_dsn(envelope, content, reports)
+        except Exception as exc:  # whatever the sink raised
+            event(log, "relay.dsn_failed", level=logging.ERROR, queue_id=envelope.id,
+                  action="relayed", error=f"{exc.__class__.__name__}: {exc}")  # fmt: skip
+            return
+        event(log, "relay.dsn", queue_id=envelope.id, to=envelope.sender,
+              recipients=len(reports), action="relayed")  # fmt: skip
+
+    async def _send_dsn(
+        self, envelope: MessageEnvelope, content: bytes, reports: list[RecipientFailure]
+    ) -> None:
+        """The DSN of `reports` to the envelope's sender, handed to the sink (which raises)."""
         dsn = build_dsn(
             content,
             reporting_mta=self._hostname,
@@ -386,14 +399,7 @@ class RelayWorker:
             mss_nil=self._mss_nil,
             envid=envelope.envid,
         )
-        try:
-            await asyncio.to_thread(self._on_dsn, dsn, envelope.sender)
-        except Exception as exc:  # whatever the sink raised
-            event(log, "relay.dsn_failed", level=logging.ERROR, queue_id=envelope.id,
-                  action="relayed", error=f"{exc.__class__.__name__}: {exc}")  # fmt: skip
-            return
-        event(log, "relay.dsn", queue_id=envelope.id, to=envelope.sender,
-              recipients=len(reports), action="relayed")  # fmt: skip
+        await asyncio.to_thread(self._on_dsn, dsn, envelope.sender)
 
     async def _expire(
         self,
@@ -429,19 +435,8 @@ class RelayWorker:
         if envelope.reported_to_its_ris:
             reported = []
         if envelope.sender and reported:
-            dsn = build_dsn(
-                content or b"",
-                reporting_mta=self._hostname,
-                failures=reported,
-                envid=envelope.envid,
-                postmaster=await asyncio.to_thread(self._postmaster_for, envelope.sender),
-                arrival=envelope.received_at,
-                envelope_sender=envelope.sender,
-                date=self._clock(),
-                mss_nil=self._mss_nil,
-            )
             try:
-                await asyncio.to_thread(self._on_dsn, dsn, envelope.sender)
+                await self._send_dsn(envelope, content or b"", reported)
             except Exception as exc:  # whatever the sink raised: see below
                 # No durable DSN, so no final failure: the whole unit comes back later and
                 # ends the same way, this time with its DSN.
