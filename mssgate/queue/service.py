@@ -435,85 +435,70 @@ class DocumentQueue:
             receipts = self._expire_scan(conn, now, holder.mailbox) if scanned else []
             expires = now + timedelta(seconds=seconds)
             claim: dict[str, Any] = {"mailbox": holder.mailbox, "limit": max_documents}
-            statement = self._statements.claim_ready
             if tag is not None:
                 claim["tag"] = tag
-                statement = self._statements.claim_ready_tagged
-            if self._statements.lease_ready is not None:
-                leased = self._lease_at_once(conn, holder, claim, expires, now)
-                if not scanned and len(leased) < max_documents:
-                    # Fewer ready than asked: a lease lapsed since the last scan is owed now.
-                    receipts = self._expire_scan(conn, now, holder.mailbox)
-                    claim["limit"] = max_documents - len(leased)
-                    leased += self._lease_at_once(conn, holder, claim, expires, now)
-                    # A lapsed lease given back is older than what the first pass took.
-                    leased.sort(key=lambda taken: taken[0].seq)
-                for row, lease_id in leased:
-                    audit.append(
-                        conn,
-                        actor=f"consumer:{holder.name}",
-                        action="queue.lease",
-                        subject=row.id,
-                        detail={"attempt": row.attempts, "seconds": seconds},
-                    )
-                    record = self._record(row, QueueState.LEASED)
-                    leases.append(Lease(lease_id=lease_id, expires_at=expires, document=record))
-                return leases, receipts
-            candidates = conn.execute(statement, claim).all()
-            if not scanned and len(candidates) < max_documents:
+            leased = self._take(conn, holder, claim, expires, now)
+            if not scanned and len(leased) < max_documents:
                 # Fewer ready than asked: a lease lapsed since the last scan is owed now.
                 receipts = self._expire_scan(conn, now, holder.mailbox)
-                candidates = conn.execute(statement, claim).all()
-            for row in candidates:
-                lease_id = _new_id()
-                changed = conn.execute(
-                    self._statements.take_lease,
-                    {
-                        "doc_id": row.id,
-                        "new_lease_id": lease_id,
-                        "consumer": holder.name,
-                        "expires": expires,
-                        "now": now,
-                    },
-                )
-                if changed.rowcount != 1:
-                    continue
+                claim["limit"] = max_documents - len(leased)
+                leased += self._take(conn, holder, claim, expires, now)
+                # A lapsed lease given back is older than what the first pass took.
+                leased.sort(key=lambda row: row.seq)
+            for row in leased:
                 audit.append(
                     conn,
                     actor=f"consumer:{holder.name}",
                     action="queue.lease",
                     subject=row.id,
-                    detail={"attempt": row.attempts + 1, "seconds": seconds},
+                    detail={"attempt": row.attempts, "seconds": seconds},
                 )
                 record = self._record(row, QueueState.LEASED)
-                leases.append(Lease(lease_id=lease_id, expires_at=expires, document=record))
+                leases.append(Lease(lease_id=row.lease_id, expires_at=expires, document=record))
         return leases, receipts
 
-    def _lease_at_once(
+    def _take(
         self,
         conn: Connection,
         holder: Holder,
         claim: dict[str, Any],
         expires: datetime,
         now: datetime,
-    ) -> list[tuple[Row[Any], str]]:
-        """PostgreSQL: claims and leases the documents in one statement; returns the rows as
-        leased (attempts counted) with their lease ids, in seq order."""
-        params = {
-            "in_mailbox": claim["mailbox"],
-            "limit": claim["limit"],
-            "lease_ids": [_new_id() for _ in range(claim["limit"])],
-            "consumer": holder.name,
-            "expires": expires,
-            "now": now,
-        }
-        statement = self._statements.lease_ready
-        if "tag" in claim:
-            params["in_tag"] = claim["tag"]
-            statement = self._statements.lease_ready_tagged
-        assert statement is not None
-        rows = conn.execute(statement, params).all()
-        return [(row, row.lease_id) for row in sorted(rows, key=lambda r: r.seq)]
+    ) -> list[Row[Any]]:
+        """Claims and leases up to `claim["limit"]` ready documents (only those tagged
+        `claim["tag"]` when given); returns their rows as leased (attempts counted, lease
+        ids), in seq order. PostgreSQL does it in one statement, SQLite one per document."""
+        statements = self._statements
+        if statements.lease_ready is not None and statements.lease_ready_tagged is not None:
+            params = {
+                "in_mailbox": claim["mailbox"],
+                "limit": claim["limit"],
+                "lease_ids": [_new_id() for _ in range(claim["limit"])],
+                "consumer": holder.name,
+                "expires": expires,
+                "now": now,
+            }
+            statement = statements.lease_ready
+            if "tag" in claim:
+                params["in_tag"] = claim["tag"]
+                statement = statements.lease_ready_tagged
+            return sorted(conn.execute(statement, params).all(), key=lambda row: row.seq)
+        claim_ready = statements.claim_ready_tagged if "tag" in claim else statements.claim_ready
+        taken = []
+        for candidate in conn.execute(claim_ready, claim).all():
+            row = conn.execute(
+                statements.take_lease,
+                {
+                    "doc_id": candidate.id,
+                    "new_lease_id": _new_id(),
+                    "consumer": holder.name,
+                    "expires": expires,
+                    "now": now,
+                },
+            ).first()
+            if row is not None:  # still ready: the UPDATE checks again
+                taken.append(row)
+        return taken
 
     def _held_row(self, conn: Connection, holder: Holder, document_id: str) -> Row[Any]:
         row = conn.execute(self._statements.lock_document, {"doc_id": document_id}).first()

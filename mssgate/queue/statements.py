@@ -28,8 +28,9 @@ class QueueStatements:
     claim_ready: Select[Any]
     # Params: mailbox, limit, tag (the documents a routing rule tagged so).
     claim_ready_tagged: Select[Any]
-    # Params: doc_id, new_lease_id, consumer, expires, now.
-    take_lease: Update
+    # Params: doc_id, new_lease_id, consumer, expires, now. The row as leased, or none when
+    # the document was taken meanwhile.
+    take_lease: ReturningUpdate[Any]
     # Params: doc_id.
     lock_document: Select[Any]
     # Params: doc_id, now.
@@ -88,7 +89,8 @@ class QueueStatements:
                 lease_consumer=bindparam("consumer"),
                 lease_expires_at=bindparam("expires"),
                 updated_at=bindparam("now"),
-            ),
+            )
+            .returning(*queue_documents.c),
             lock_document=backend.lock(select(queue_documents).where(_q.id == bindparam("doc_id"))),
             mark_done=update(queue_documents)
             .where(_q.id == bindparam("doc_id"))
