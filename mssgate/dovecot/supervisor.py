@@ -92,7 +92,7 @@ class DovecotSupervisor:
         # stop() waits for it, else a restart under way when serve stopped (Dovecot died
         # first: make run's SIGTERM to the process group) spawned a Dovecot, and made its
         # runtime folder, after stop() had cleaned up.
-        self._restart: asyncio.Task[None] | None = None
+        self._restart: asyncio.Task[bool] | None = None
         self._started_at = 0.0
         self.restarts = 0
         if self._external:
@@ -292,23 +292,27 @@ class DovecotSupervisor:
                 return
             backoff = min(backoff * 2, _BACKOFF_MAX)
             self._restart = asyncio.create_task(self._respawn(), name="dovecot-restart")
-            try:
-                await asyncio.shield(self._restart)
-            except (MssgateError, OSError) as exc:
-                event(log, "dovecot.restart_failed", level=logging.ERROR, error=str(exc))
+            if not await asyncio.shield(self._restart):
                 continue
             self.restarts += 1
             event(log, "dovecot.restarted", pid=self.pid, restarts=self.restarts)
 
-    async def _respawn(self) -> None:
-        binary = await asyncio.to_thread(self._prepare)
-        await self._spawn(binary)
+    async def _respawn(self) -> bool:
+        """False when the restart failed, logged here: the watcher may have been cancelled
+        while it ran (serve stopping), and nobody else would say so."""
+        try:
+            binary = await asyncio.to_thread(self._prepare)
+            await self._spawn(binary)
+        except (MssgateError, OSError) as exc:
+            event(log, "dovecot.restart_failed", level=logging.ERROR, error=str(exc))
+            return False
+        return True
 
     async def stop(self) -> None:
         self._stopping.set()
         restart = self._restart
         if restart is not None and not restart.done():
-            with contextlib.suppress(Exception):  # its failure was the watcher's to log
+            with contextlib.suppress(Exception):  # an unexpected one ends the watcher
                 await restart
         proc = self._proc
         if proc is not None and proc.returncode is None:

@@ -128,3 +128,46 @@ def test_stop_during_a_restart_leaves_no_dovecot_and_no_runtime_folder(
     finally:
         for pid in _dovecot_pids_for(conf):
             os.kill(pid, 9)
+
+
+def test_a_restart_that_fails_while_serve_stops_is_logged(
+    imap_datadir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher is cancelled while its restart runs on (serve stopping): a restart that
+    then fails has nobody else to say so."""
+    from mssgate.dovecot.supervisor import DovecotError
+
+    config = load_config(imap_datadir / "mssgate.toml")
+    supervisor = DovecotSupervisor(config, data_dir=imap_datadir)
+    conf = imap_datadir / "dovecot" / "dovecot.conf"
+    entered = asyncio.Event()
+
+    def failing_prepare() -> Path:
+        loop.call_soon_threadsafe(entered.set)
+        time.sleep(0.5)
+        raise DovecotError("the binary went away")
+
+    async def scenario() -> None:
+        nonlocal loop
+        loop = asyncio.get_running_loop()
+        await supervisor.start()
+        watcher = asyncio.create_task(supervisor.run())
+        monkeypatch.setattr(supervisor, "_prepare", failing_prepare)
+        assert supervisor.pid is not None
+        os.kill(supervisor.pid, 15)
+        await asyncio.wait_for(entered.wait(), 30)
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
+        await supervisor.stop()
+
+    loop: asyncio.AbstractEventLoop
+    caplog.set_level("INFO", logger="mssgate")
+    try:
+        asyncio.run(scenario())
+        failed = [r for r in caplog.records if r.getMessage() == "dovecot.restart_failed"]
+        assert len(failed) == 1, "a failed restart went unsaid"
+        assert failed[0].__dict__["fields"]["error"] == "the binary went away"
+    finally:
+        for pid in _dovecot_pids_for(conf):
+            os.kill(pid, 9)
