@@ -196,33 +196,18 @@ class OutboundStore:
         """Records a read receipt for the copy `message_id` sent from `mailbox` to `reader`;
         the outbound id, or None when no such copy exists (or it was read already). `then`
         runs in the same transaction with the outbound id (its ZAMs: a crash loses neither)."""
-        with write(self._engine) as conn:
-            row = self._copy(
-                conn,
-                mailbox,
-                reader,
+        return self._decide(
+            mailbox,
+            reader,
+            [
                 outbound_recipients.c.message_id == message_id,
                 outbound_recipients.c.read_at.is_(None),
-            )
-            if row is None:
-                return None
-            conn.execute(
-                update(outbound_recipients)
-                .where(
-                    outbound_recipients.c.outbound_id == row.outbound_id,
-                    outbound_recipients.c.recipient == reader,
-                )
-                .values(read_at=at, disposition=disposition)
-            )
-            audit.append(
-                conn,
-                actor="outbound",
-                action="outbound.read",
-                subject=row.outbound_id,
-                detail={"disposition": disposition[:100]},
-            )
-            then(conn, str(row.outbound_id))
-        return str(row.outbound_id)
+            ],
+            {"read_at": at, "disposition": disposition},
+            "outbound.read",
+            {"disposition": disposition[:100]},
+            then,
+        )
 
     def mark_delivery(
         self,
@@ -247,10 +232,30 @@ class OutboundStore:
             which = outbound_recipients.c.message_id == message_id
         else:
             return None
+        return self._decide(
+            mailbox,
+            recipient,
+            [which, outbound_recipients.c.dsn_action.is_(None)],
+            {"dsn_action": action, "dsn_status": status, "dsn_detail": detail, "dsn_at": at},
+            f"outbound.{action}",
+            {"status": status, "by": "dsn"},
+            then,
+        )
+
+    def _decide(
+        self,
+        mailbox: str,
+        recipient: str,
+        which: list[ColumnElement[bool]],
+        values: dict[str, object],
+        action: str,
+        detail: dict[str, str],
+        then: Callable[[Connection, str], object],
+    ) -> str | None:
+        """Sets `values` on the copy `which` names, audited as `action`, then `then`, in one
+        transaction; the outbound id, or None when `which` names no copy (mark_read)."""
         with write(self._engine) as conn:
-            row = self._copy(
-                conn, mailbox, recipient, which, outbound_recipients.c.dsn_action.is_(None)
-            )
+            row = self._copy(conn, mailbox, recipient, *which)
             if row is None:
                 return None
             conn.execute(
@@ -259,15 +264,10 @@ class OutboundStore:
                     outbound_recipients.c.outbound_id == row.outbound_id,
                     outbound_recipients.c.recipient == recipient,
                 )
-                .values(dsn_action=action, dsn_status=status, dsn_detail=detail, dsn_at=at)
+                .values(**values)
             )
-            audit.append(
-                conn,
-                actor="outbound",
-                action=f"outbound.{action}",
-                subject=row.outbound_id,
-                detail={"status": status, "by": "dsn"},
-            )
+            audit.append(conn, actor="outbound", action=action, subject=row.outbound_id,
+                         detail=detail)  # fmt: skip
             then(conn, str(row.outbound_id))
         return str(row.outbound_id)
 
