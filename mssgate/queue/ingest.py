@@ -12,7 +12,6 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from mssgate import metrics
 from mssgate.documents.errors import QuarantineCode
@@ -32,10 +31,8 @@ from mssgate.queue.backend import storable
 from mssgate.queue.mdn import receipt_headers, receipt_recipient
 from mssgate.queue.service import DocumentQueue, NewDocument
 from mssgate.queue.withdrawal import replacement_refusal, withdrawal_refusal
-
-if TYPE_CHECKING:
-    from mssgate.routing.engine import Plan
-    from mssgate.routing.router import Router
+from mssgate.routing.engine import Plan
+from mssgate.routing.router import Router, trace
 
 
 @dataclass
@@ -160,7 +157,8 @@ def ingest(
                 report.copies.extend(i for i, _ in copies.values())
                 if created or any(made for _, made in copies.values()):
                     ids = {box: i for box, (i, _) in copies.items()}
-                    router_trace(router, plan, subject=doc_id, mailbox=box, copies=ids, actor=actor)
+                    trace(router.store.engine, plan, subject=doc_id, mailbox=box, copies=ids,
+                          actor=actor)  # fmt: skip
         else:
             held_id, created = holding.hold(
                 outcome,
@@ -174,7 +172,8 @@ def ingest(
                 kind = outcome.document.format if outcome.document is not None else "unknown"
                 metrics.document(kind, "quarantined")
                 if plan is not None and router is not None:
-                    router_trace(router, plan, subject=held_id, mailbox=box, copies={}, actor=actor)
+                    trace(router.store.engine, plan, subject=held_id, mailbox=box, copies={},
+                          actor=actor)  # fmt: skip
             report.held.append(held_id)
             report.held_outcomes.append(outcome)
     return report
@@ -288,14 +287,6 @@ def _copies(
             actor=actor,
         )  # fmt: skip
     return made
-
-
-def router_trace(
-    router: Router, plan: Plan, *, subject: str, mailbox: str, copies: dict[str, str], actor: str
-) -> None:
-    from mssgate.routing.router import trace
-
-    trace(router.store.engine, plan, subject=subject, mailbox=mailbox, copies=copies, actor=actor)
 
 
 def _withdrawal_checked(
