@@ -130,11 +130,3 @@ def zam_items(
                        control_id=control_id, **common)  # type: ignore[arg-type]  # fmt: skip
             out.append(Zam(control_id, "Z03", n, r.address, True, er7))
     return out
-
-
-def acknowledgements(
-    status: OutboundStatus, *, original_control_id: str, facility: str, ris: tuple[str, str]
-) -> list[str]:
-    """The ER7 of `zam_items`."""
-    items = zam_items(status, original_control_id=original_control_id, facility=facility, ris=ris)
-    return [z.er7 for z in items]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import hl7  # type: ignore[import-untyped]
 
 from mssgate.outbound.store import OutboundStatus, RecipientStatus
-from mssgate.outbound.zam import acknowledgements, smtp_error_code
+from mssgate.outbound.zam import smtp_error_code, zam_items
 
 AT = datetime(2026, 12, 4, 16, 0, tzinfo=UTC)
 
@@ -24,10 +24,11 @@ def test_failure_read_and_reception() -> None:
             RecipientStatus(address="c@peer.test", status="queued"),
         ],
     )  # fmt: skip
-    made = acknowledgements(
-        status, original_control_id="CTL-9", facility="gw.test", ris=("RIS", "C")
-    )
-    zams = [hl7.parse(z) for z in made]
+    made = zam_items(status, original_control_id="CTL-9", facility="gw.test", ris=("RIS", "C"))
+    assert [(z.trigger, z.position, z.accepted) for z in made] == [
+        ("Z02", 1, False), ("Z02", 2, True), ("Z03", 2, True)
+    ]  # fmt: skip
+    zams = [hl7.parse(z.er7) for z in made]
     assert [str(z.segment("MSH")[9]) for z in zams] == [
         "ZAM^Z02^ZAM_Z01", "ZAM^Z02^ZAM_Z01", "ZAM^Z03^ZAM_Z01"
     ]  # fmt: skip
@@ -63,7 +64,8 @@ def test_a_peers_failure_text_cannot_add_a_segment_or_break_a_frame() -> None:
         recipients=[RecipientStatus(address="a@peer.test", status="failed", code="5.1.1",
                                     detail=text, reply_code=550, changed_at=AT)],
     )  # fmt: skip
-    [zam] = acknowledgements(status, original_control_id="C", facility="gw", ris=("R", "C"))
+    [item] = zam_items(status, original_control_id="C", facility="gw", ris=("R", "C"))
+    zam = item.er7
     body = zam.rstrip("\r")
     assert not any(ord(c) < 32 and c != "\r" for c in body)
     assert "\u2028" not in body
