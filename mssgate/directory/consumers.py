@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, delete, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    and_,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from mssgate import audit
 from mssgate.db.schema import audit as audit_table
@@ -103,6 +114,20 @@ def _next_id(conn: Connection) -> int:
         if isinstance(given, int):
             highest = max(highest, given)
     return int(highest) + 1
+
+
+# A consumer's mailbox, hosted here: the join every lookup of a usable consumer makes.
+_HOSTED = and_(professionals.c.address == consumers.c.mailbox, professionals.c.local)
+
+
+def _on_terms(row: Row[Any], refused: str) -> Consumer | TokenRefused:
+    """The consumer of `row` (read with its mailbox's state) if it is not revoked and its
+    mailbox is hosted and active; else `refused`, or MAILBOX_SUSPENDED."""
+    if row.revoked_at is not None or row.mailbox_state is None:
+        return TokenRefused(refused)
+    if row.mailbox_state != AccountState.ACTIVE.value:
+        return TokenRefused(MAILBOX_SUSPENDED)
+    return _consumer(row)
 
 
 def _new_token() -> str:
@@ -266,27 +291,26 @@ class Consumers:
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return TokenRefused(INVALID_TOKEN)
         digest = token_digest(token)
-        mailbox = and_(professionals.c.address == consumers.c.mailbox, professionals.c.local)
-        query = (
-            select(consumers, professionals.c.state.label("mailbox_state"))
-            .outerjoin(professionals, mailbox)
-            .where(
-                or_(consumers.c.token_sha256 == digest, consumers.c.previous_token_sha256 == digest)
-            )
+        row = self._with_mailbox(
+            or_(consumers.c.token_sha256 == digest, consumers.c.previous_token_sha256 == digest)
         )
-        with self._engine.connect() as conn:
-            row = conn.execute(query).first()
         # The lookup is by digest (an index hit leaks nothing useful); compare again in
         # constant time so that no future change of the query turns it into an oracle.
         if row is None or not (
             hmac.compare_digest(row.token_sha256, digest) or self._in_grace(row, digest)
         ):
             return TokenRefused(INVALID_TOKEN)
-        if row.revoked_at is not None or row.mailbox_state is None:
-            return TokenRefused(INVALID_TOKEN)
-        if row.mailbox_state != AccountState.ACTIVE.value:
-            return TokenRefused(MAILBOX_SUSPENDED)
-        return _consumer(row)
+        return _on_terms(row, INVALID_TOKEN)
+
+    def _with_mailbox(self, which: ColumnElement[bool]) -> Row[Any] | None:
+        """The consumer `which` names, with its mailbox's state (None: not hosted here)."""
+        query = (
+            select(consumers, professionals.c.state.label("mailbox_state"))
+            .outerjoin(professionals, _HOSTED)
+            .where(which)
+        )
+        with self._engine.connect() as conn:
+            return conn.execute(query).first()
 
     def _in_grace(self, row: Row[Any], digest: str) -> bool:
         """The replaced token, before its grace ends. The clock is read here, at every
@@ -343,11 +367,10 @@ class Consumers:
     def pushed(self) -> Sequence[tuple[Consumer, str | None]]:
         """Consumers whose queue is pushed, each with its server's CA (PEM) if set: on the
         terms of a token (`authenticate`), not revoked and their mailbox hosted and active."""
-        mailbox = and_(professionals.c.address == consumers.c.mailbox, professionals.c.local)
         with self._engine.connect() as conn:
             rows = conn.execute(
                 select(consumers)
-                .join(professionals, mailbox)
+                .join(professionals, _HOSTED)
                 .where(
                     consumers.c.push_url.is_not(None),
                     consumers.c.revoked_at.is_(None),
@@ -373,19 +396,10 @@ class Consumers:
     def by_certificate(self, sha256: str) -> Consumer | TokenRefused:
         """The consumer an MLLP client certificate is bound to, on the same terms as a
         token (`authenticate`): not revoked, its mailbox hosted and active."""
-        mailbox = and_(professionals.c.address == consumers.c.mailbox, professionals.c.local)
-        query = (
-            select(consumers, professionals.c.state.label("mailbox_state"))
-            .outerjoin(professionals, mailbox)
-            .where(consumers.c.mllp_cert_sha256 == sha256.lower())
-        )
-        with self._engine.connect() as conn:
-            row = conn.execute(query).first()
-        if row is None or row.revoked_at is not None or row.mailbox_state is None:
+        row = self._with_mailbox(consumers.c.mllp_cert_sha256 == sha256.lower())
+        if row is None:
             return TokenRefused(UNBOUND_CERTIFICATE)
-        if row.mailbox_state != AccountState.ACTIVE.value:
-            return TokenRefused(MAILBOX_SUSPENDED)
-        return _consumer(row)
+        return _on_terms(row, UNBOUND_CERTIFICATE)
 
     def by_token(self, token: str) -> Consumer | None:
         """The consumer this token may act as now, or None (see `authenticate`)."""
