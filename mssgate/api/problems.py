@@ -7,6 +7,7 @@ carry patient data or paths) or from fixed texts; anything unexpected becomes a 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -145,7 +146,7 @@ def install(app: FastAPI) -> None:
         return problem_response(status, str(exc), instance=request.url.path)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, OperationalError | PoolTimeout):
+        if _busy(exc):
             # A deadlock or serialisation failure (PostgreSQL), a busy SQLite file, a pool
             # exhausted or a lost connection: the database rolled the request back, so the
             # client may send it again; a 500 would tell it the request itself is at fault.
@@ -173,6 +174,25 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+# SQLite raises OperationalError for a missing table, a read-only, full or corrupt file too:
+# only SQLITE_BUSY and SQLITE_LOCKED (primary codes, the low byte of the extended ones) are
+# a writer in the way, which a retry gets past.
+_SQLITE_BUSY = frozenset({5, 6})
+
+
+def _busy(exc: Exception) -> bool:
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    if isinstance(exc.orig, sqlite3.Error):
+        return (exc.orig.sqlite_errorcode & 0xFF) in _SQLITE_BUSY
+    # psycopg's OperationalError: lost or refused connections, deadlocks, serialisation
+    # failures, lock and statement timeouts, an administrator's shutdown; a missing table
+    # and other faults of the schema or statement are ProgrammingError.
+    return True
 
 
 def _first_line(exc: Exception) -> str:

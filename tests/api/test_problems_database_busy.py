@@ -103,3 +103,21 @@ def test_any_other_error_is_still_a_bare_500() -> None:
     response = _answer(RuntimeError("boom /var/lib/secret"))
     assert response.status_code == 500
     assert "secret" not in response.text
+
+
+def test_a_sqlite_error_that_retrying_cannot_mend_is_a_500(tmp_path: Path) -> None:
+    # A missing table (migrations not run), a read-only or corrupt file: SQLite raises these
+    # as OperationalError too, but a client sent back to retry them would retry for ever,
+    # and the operator would see one warning line instead of the error.
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT * FROM no_such_table"))
+    except OperationalError as exc:
+        error = exc
+    finally:
+        engine.dispose()
+    response = _answer(error)
+    assert response.status_code == 500
+    assert "Retry-After" not in response.headers
+    assert "no_such_table" not in response.text
