@@ -564,3 +564,23 @@ queue_document_tags = Table(
     ),
     Column("tag", String(64), primary_key=True),
 )
+
+# Each message this gateway accepted for a patient's mailbox (`<INS>@patient.mssante.fr`):
+# its Message-ID, the patient's INS and the professional mailbox that sent it, written in the
+# spool's acceptance transaction (mssgate.patients.conversations). A patient's reply must
+# name one of these ids sent to the same INS by the mailbox it answers; the pair's latest
+# row says whether the professional ended the conversation (X-MSS-MES: FIN) (revision 0024).
+patient_messages = Table(
+    "patient_messages",
+    metadata,
+    # Order of acceptance: the pair's latest message decides whether it is ended.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(255), nullable=False),
+    Column("ins", String(15), nullable=False),
+    Column("mailbox", String(254), nullable=False),
+    Column("spool_id", String(32), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=False),
+    Column("ends_conversation", Boolean, nullable=False),
+    Index("ix_patient_messages_reply", "ins", "message_id"),
+    Index("ix_patient_messages_pair", "ins", "mailbox", "seq"),
+)

@@ -38,6 +38,7 @@ from mssgate.outbound.hl7in import OTHER, Rejection, Rules, Submission, refuse
 from mssgate.outbound.receipts import DeliveryReport, delivery_report, may_report, read_receipt
 from mssgate.outbound.store import NewRecipient, OutboundStatus, OutboundStore, Stored
 from mssgate.outbound.zamqueue import ZamQueue
+from mssgate.patients.conversations import PatientMessage, patient_ins
 from mssgate.queue.service import QueueSettings
 from mssgate.returnpath import strip_return_path
 from mssgate.smime import sign_message
@@ -206,12 +207,20 @@ class Outbound:
             if copy.route == "relay"
             else None
         )  # fmt: skip
+        # A copy for a patient's mailbox (DESTMSSANTEPAT) starts a conversation from the
+        # application mailbox: recorded with the copy, so that the patient's reply is taken.
+        ins = patient_ins(copy.recipient, self._config.policy.patient_domain)
+        patients = (
+            []
+            if ins is None
+            else [PatientMessage(copy.message_id, ins, prepared.sender, ends_conversation=False)]
+        )
         self._spool.accept(
             queue_id=copy.queue_id, content=content, listener=prepared.channel,
             sender=prepared.sender, identity=prepared.sender, peer=None,
             recipients=[(copy.recipient, copy.route)],
             dsn=MessageDsn(ret="HDRS", envid=copy.queue_id) if rcpt_dsn else None,
-            rcpt_dsn=rcpt_dsn,
+            rcpt_dsn=rcpt_dsn, patients=patients,
         )  # fmt: skip
 
     def status(self, consumer: Consumer, outbound_id: str) -> OutboundStatus | None:

@@ -24,7 +24,7 @@ from mssgate import audit, metrics
 from mssgate.authresults import TlsInfo, authentication_results_field, remove_own_results
 from mssgate.db.tx import write
 from mssgate.directory import Directory
-from mssgate.directory.models import AccountState
+from mssgate.directory.models import AccountState, MailboxKind
 from mssgate.dkim import DkimResult, dkim_sign, dkim_verify
 from mssgate.documents import mss_headers
 from mssgate.documents.limits import DocumentLimits
@@ -34,6 +34,8 @@ from mssgate.headers import read_headers, sole_address
 from mssgate.identifiers import normalize_address
 from mssgate.ins import is_patient_mailbox_local_part
 from mssgate.logs import event
+from mssgate.patients import conversations, msgids
+from mssgate.patients.conversations import PatientMessage, Refusal
 from mssgate.returnpath import spooled_sender, strip_return_path
 from mssgate.smime import SignatureVerdict, verify_signed_message
 from mssgate.smime.crlfiles import CrlFiles
@@ -366,10 +368,22 @@ class SmtpPolicy:
             refusal, why = await asyncio.to_thread(self._peer_author, server, envelope, headers)
             if refusal is not None:
                 return await self._reject(server, "DATA", refusal, check="peer-author", **why)
+            # A patient's message: headers are needed, hence here (after DATA), before anything
+            # is spooled; the peer's certificate was bound to the author's domain just above.
+            refused = await asyncio.to_thread(self._patient_reply, envelope, headers)
+            if refused is not None:
+                return await self._reject(server, "DATA", refused, check="patient-conversation")
         if self.listener.for_clients and (
             identity is None or _author(headers.get_all("From") or []) != identity
         ):
             return await self._reject(server, "DATA", replies.FROM_NOT_IDENTITY)
+        patients: list[PatientMessage] = []
+        if identity is not None:
+            patients, refused = await asyncio.to_thread(
+                self._to_patients, envelope, headers, identity
+            )
+            if refused is not None:
+                return await self._reject(server, "DATA", refused, check="patient-conversation")
         content = remove_own_results(content, self._hostname)
         signing = await self._sign_for_user(server, content, identity)
         if signing.reply is not None:
@@ -457,7 +471,8 @@ class SmtpPolicy:
             (r, "local" if r.rsplit("@", 1)[1] in locals_ else "relay") for r in envelope.rcpt_tos
         ]
         if identity is not None and any(route == "relay" for _, route in recipients):
-            message = await asyncio.to_thread(self._outgoing, message, identity)
+            ends = any(p.ends_conversation for p in patients)
+            message = await asyncio.to_thread(self._outgoing, message, identity, ends)
         try:
             await asyncio.to_thread(
                 self._spool.accept,
@@ -470,6 +485,7 @@ class SmtpPolicy:
                 recipients=recipients,
                 dsn=envelope.dsn if isinstance(envelope, GatewayEnvelope) else None,
                 rcpt_dsn=envelope.rcpt_dsn if isinstance(envelope, GatewayEnvelope) else None,
+                patients=patients,
             )
         except (StorageError, OSError) as exc:
             event(log, "smtp.spool_failed", level=logging.ERROR, listener=self.listener.value,
@@ -562,21 +578,78 @@ class SmtpPolicy:
         # The whole bundle given to `domain trust --ca`: roots and intermediates alike.
         return x509.load_pem_x509_certificates(pem.encode()), None, None
 
-    def _outgoing(self, message: bytes, identity: str) -> bytes:
+    def _outgoing(self, message: bytes, identity: str, ends_conversation: bool = False) -> bytes:
         """What leaves for another operator: the MSSanté headers, then the DKIM signature
         over them. X-MSS-CODECDA and X-MSS-INS describe the CDA documents of an XDM (read
         from the message itself, never from the client's own X-MSS fields, which are
         replaced); X-MSS-NIL goes on every message; X-MSS-MES (the patient's "no reply")
-        passes through untouched."""
+        passes through untouched, except that a message to a patient that ends the
+        conversation carries it as one `X-MSS-MES: FIN`, however the client wrote it (what
+        we recorded is what the patient's operator reads)."""
         result = process_signed_message(
             message, limits=_HEADER_LIMITS, allow_test_oids=self._trust.allow_test_ins
         )
         fields = {"X-MSS-NIL": self._trust.mss_nil, **mss_headers(result)}
+        ours = _OUR_MSS_FIELDS
+        if ends_conversation:
+            fields["X-MSS-MES"] = conversations.END_VALUE
+            ours = ours | {"x-mss-mes"}
         head, separator, body = split_head_body(message)
-        kept = [f for f in header_fields(head) if f.name not in _OUR_MSS_FIELDS]
+        kept = [f for f in header_fields(head) if f.name not in ours]
         added = "".join(f"{name}: {value}\r\n" for name, value in fields.items()).encode()
         message = added + join_fields(kept) + separator + body
         return self._dkim_sign(message, identity)
+
+    def _patient_reply(self, envelope: Envelope, headers: Any) -> Reply | None:
+        """A message from the patient domain (MTA listener): None to accept it, else the
+        refusal. A patient may only reply within a conversation a professional started and
+        has not ended (mssgate.patients.conversations). The patient operator's own notices
+        (null sender, an author that is not an INS: a DSN) are not patients' messages."""
+        domain = self._trust.patient_domain
+        author = _author(headers.get_all("From") or [])
+        sender = envelope.mail_from
+        null_sender = sender in (None, "", "<>")
+        if author is None or not conversations.at_patient_domain(author, domain):
+            return None  # _peer_author bound the envelope sender's domain to the author's
+        ins = conversations.patient_ins(author, domain)
+        if ins is None:
+            return None if null_sender else _patient_refused(Refusal.AUTHOR_NOT_PATIENT)
+        if not null_sender and _normal_or_none(sender or "") != author:
+            return _patient_refused(Refusal.SENDER_NOT_AUTHOR)
+        refusal = conversations.reply_refusal(
+            self._directory.engine,
+            ins=ins,
+            recipients=list(envelope.rcpt_tos),
+            in_reply_to=[str(v) for v in headers.get_all("In-Reply-To") or []],
+            references=[str(v) for v in headers.get_all("References") or []],
+        )
+        return None if refusal is None else _patient_refused(refusal)
+
+    def _to_patients(
+        self, envelope: Envelope, headers: Any, identity: str
+    ) -> tuple[list[PatientMessage], Reply | None]:
+        """A practitioner's (or application's) message: what to record for its patient
+        recipients, or why it may not go to them. Only a professional mailbox hosted here,
+        active, starts a conversation with a patient."""
+        domain = self._trust.patient_domain
+        if not any(conversations.patient_ins(r, domain) for r in envelope.rcpt_tos):
+            return [], None
+        found = self._directory.professionals.find(identity)
+        if (
+            found is None
+            or not found.local
+            or found.state is not AccountState.ACTIVE
+            or found.kind not in (MailboxKind.PER, MailboxKind.ORG, MailboxKind.APP)
+        ):
+            return [], _patient_refused(Refusal.NOT_A_PROFESSIONAL)
+        records, refusal = conversations.outgoing(
+            recipients=list(envelope.rcpt_tos),
+            sender=identity,
+            message_id=msgids.message_id([str(v) for v in headers.get_all("Message-ID") or []]),
+            mes_values=[str(v) for v in headers.get_all("X-MSS-MES") or []],
+            patient_domain=domain,
+        )
+        return records, None if refusal is None else _patient_refused(refusal)
 
     def _dkim_sign(self, message: bytes, identity: str) -> bytes:
         if self._trust.dkim_key_pem is None:
@@ -605,6 +678,11 @@ class SmtpPolicy:
             f"\tby {self._hostname} (mssgate) with {proto}{tls}\r\n"
             f"\tid {queue_id}{single}; {when}\r\n"
         ).encode("ascii", "replace")
+
+
+def _patient_refused(refusal: Refusal) -> Reply:
+    malformed = refusal in (Refusal.MESSAGE_ID_REQUIRED, Refusal.BAD_END_VALUE)
+    return replies.patient_refused(refusal.value, malformed=malformed)
 
 
 def _no_dns(_name: str) -> bytes | None:

@@ -149,6 +149,12 @@ ENCRYPTED_MIXED_RECIPIENTS = Reply(
 )
 
 
+def patient_refused(reason: str, *, malformed: bool = False) -> Reply:
+    """A message to or from a patient's mailbox that the conversation rules refuse (5.7.1),
+    or whose fields for them cannot be read (5.6.0) (mssgate.patients.conversations)."""
+    return Reply(550, "5.6.0" if malformed else "5.7.1", f"Message refused: {reason}")
+
+
 def sender_ok(queue_id: str) -> Reply:
     return Reply(250, "2.1.0", f"Sender OK, queue id {queue_id}")
 

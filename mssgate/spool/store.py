@@ -36,6 +36,8 @@ from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, StorageError
 from mssgate.fsutil import ensure_dir, fsync_dir, write_new_durably
+from mssgate.patients import conversations
+from mssgate.patients.conversations import PatientMessage
 from mssgate.smtp.dsnparams import MessageDsn, RecipientDsn, stored_rcpt
 from mssgate.spool.groupcommit import GroupCommitter
 from mssgate.spool.jobs import add_document_job, release_document_jobs
@@ -172,6 +174,7 @@ class _Acceptance:
     recipients: tuple[tuple[str, Route], ...]
     dsn: MessageDsn = field(default_factory=MessageDsn)
     rcpt_dsn: tuple[tuple[str, RecipientDsn], ...] = ()
+    patients: tuple[PatientMessage, ...] = ()
 
 
 class Spool:
@@ -205,9 +208,12 @@ class Spool:
         recipients: Sequence[tuple[str, Route]],
         dsn: MessageDsn | None = None,
         rcpt_dsn: Mapping[str, RecipientDsn] | None = None,
+        patients: Sequence[PatientMessage] = (),
     ) -> None:
         """Makes the message durable. Returns only when a 250 may be sent. `dsn` and
-        `rcpt_dsn` (by recipient): the RFC 3461 parameters it came with, kept with it."""
+        `rcpt_dsn` (by recipient): the RFC 3461 parameters it came with, kept with it.
+        `patients`: the message's records as one sent to patients' mailboxes, committed with
+        it (a patient's reply is accepted only if it refers to one)."""
         path = self.path(queue_id)
         try:
             write_new_durably(path, content)
@@ -229,6 +235,7 @@ class Spool:
             recipients=tuple(recipients),
             dsn=dsn or MessageDsn(),
             rcpt_dsn=tuple((rcpt_dsn or {}).items()),
+            patients=tuple(patients),
         )
         try:
             self._committer.commit(acceptance)
@@ -299,6 +306,8 @@ class Spool:
                 for a in group
             ],
         )
+        for a in group:
+            conversations.record(conn, spool_id=a.queue_id, at=a.stamp, messages=a.patients)
 
     def read(self, queue_id: str) -> bytes:
         try:
