@@ -1,0 +1,560 @@
+"""The GP's copy of an L2 result: a CANCER-D2LM interpretation form (FIN) with the second
+reader's identity removed.
+
+The screening rules ask that the L2 reader stay anonymous towards the woman and her doctors
+(screening.md), while the CRCDC and the L1 radiologist keep the original. The reader is
+the form's L2 `author` (mssgate.documents.d2lm); its identity is its RPPS/ADELI id (in every
+written form: `8`+RPPS, bare RPPS, `0`+ADELI, bare ADELI), its names and its `mailto:`
+addresses. Replaced (docs/security-model.md, "L2 reader anonymity", lists the same):
+
+- every role that is the reader (the L2 `author`, and anywhere outside `recordTarget` an
+  assignedAuthor, assignedEntity, associatedEntity, participantRole, relatedEntity or
+  intendedRecipient with one of its ids, or with its family and given names and no other
+  RPPS): ids -> one `<id nullFlavor="MSK"/>`, addresses -> `<addr nullFlavor="MSK"/>`,
+  telecoms -> `<telecom nullFlavor="MSK"/>`, the person -> name "Lecteur L2 — CRCDC", the
+  organisation -> id MSK and name "CRCDC" (its `standardIndustryClassCode` kept); its
+  `code` (the profession) kept, anything else dropped;
+- any other `id` carrying the reader's number and any `telecom` with its address -> MSK;
+- in text (narrative blocks, titles, ST values, organisation names) and `displayName`/`value`
+  attributes outside `recordTarget` and other people's structured names: the reader's name
+  (family alone, or with the given name or a title) -> "Lecteur L2 — CRCDC", the number and
+  the address -> "(masqué)". Base64 content (attached images, PDF) is not read.
+
+An altered document is a new document: the copy gets a new id and setId (OIDs `2.25.<uuid>`
+derived from the original's, so the same original always gives the same copy, on any node),
+the original's versionNumber, and `relatedDocument typeCode="XFRM"` naming the original (CDA
+R2: a transformation of its parent). A RPLC/APND of the original is kept, its parent mapped to
+that parent's copy. Comments and processing instructions are not carried over (the hardened
+parser drops them).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from lxml import etree
+
+from mssgate.documents.cda import OID_RPPS
+from mssgate.documents.d2lm import Practitioner, form_of
+from mssgate.documents.errors import CdaError, LimitExceeded
+from mssgate.documents.imaging import HL7_NS
+from mssgate.documents.limits import DocumentLimits
+from mssgate.documents.xml import local_name, parse_xml
+
+PLACEHOLDER: Final = "Lecteur L2 — CRCDC"
+PLACEHOLDER_ORG: Final = "CRCDC"
+MASKED_TEXT: Final = "(masqué)"
+# HL7 NullFlavor MSK: "there is information on this item available but it has not been
+# provided by the sender due to security, privacy or other reasons".
+MSK: Final = "MSK"
+XFRM: Final = "XFRM"
+# Fixed namespace of the copies' ids (uuid5): stable across nodes and releases.
+_COPY_NAMESPACE: Final = uuid.UUID("6f0c1e1a-5d2b-4c1e-9a51-0d2c4f6a7b10")
+_ROLES: Final = frozenset(
+    {
+        "assignedAuthor",
+        "assignedEntity",
+        "associatedEntity",
+        "participantRole",
+        "relatedEntity",
+        "intendedRecipient",
+    }
+)
+_PERSONS: Final = frozenset(
+    {"assignedPerson", "associatedPerson", "relatedPerson", "informationRecipient",
+     "playingEntity", "guardianPerson"}
+)  # fmt: skip
+_ORGANISATIONS: Final = frozenset(
+    {"representedOrganization", "scopingOrganization", "receivedOrganization"}
+)
+_KEPT_IN_ROLE: Final = frozenset({"realmCode", "typeId", "templateId", "code"})
+_TITLES: Final = r"(?:dr|docteur|pr|professeur|mme|madame|mlle|m|monsieur)\.?"
+# The ClinicalDocument children a relatedDocument comes before (CDA R2 sequence).
+_AFTER_RELATED: Final = ("authorization", "componentOf", "component")
+
+
+class AnonymisationError(CdaError):
+    """The form cannot be anonymised safely (no L2 reader to tell, or a trace left)."""
+
+
+@dataclass(frozen=True)
+class Anonymised:
+    data: bytes
+    # XDS uniqueId of the copy, and of the original it transforms.
+    document_id: str
+    original_id: str
+    masked_roles: int
+    masked_ids: int
+    masked_telecoms: int
+    text_replacements: int
+
+
+@dataclass(frozen=True)
+class _Identity:
+    numbers: frozenset[str]
+    pairs: frozenset[tuple[str, str]]
+    emails: frozenset[str]
+    family: str | None
+    given: str | None
+
+
+def anonymise_l2_reader(data: bytes, limits: DocumentLimits) -> Anonymised:
+    """The bytes of a copy of a FIN form without its L2 reader's identity (module docstring).
+    Raises `AnonymisationError` when the form is no FIN or names no L2 reader, and the
+    parser's `DocumentError`s for what it refuses."""
+    root = parse_xml(data, limits, what="CDA")
+    if root.tag != f"{{{HL7_NS}}}ClinicalDocument":
+        raise AnonymisationError("not a CDA R2 ClinicalDocument")
+    form = form_of(root)
+    if form is None or form.kind != "FIN":
+        raise AnonymisationError("not a CANCER-D2LM interpretation form (FIN)")
+    reader = form.l2_reader
+    if reader is None or (reader.rpps is None and reader.family is None):
+        raise AnonymisationError(
+            "the form names no L2 reader distinct from L1: whose identity to remove is unknown"
+        )
+    authors = [a for a in root.iterfind(_h("author/assignedAuthor")) if _is_l2(a, reader)]
+    if not authors:
+        raise AnonymisationError("the L2 reader's author entry was not found")
+    identity = _identity(reader, authors)
+    counts = {"roles": 0, "ids": 0, "telecoms": 0, "text": 0}
+    patient = root.find(_h("recordTarget"))
+    for role in [e for e in _outside(root, patient) if local_name(e) in _ROLES]:
+        if role in authors or _is_reader_role(role, identity):
+            _mask_role(role)
+            counts["roles"] += 1
+    for element in _outside(root, patient):
+        name = local_name(element)
+        if name == "id" and _carries_number(element, identity):
+            _null(element, "root", "extension", "assigningAuthorityName", "displayable")
+            counts["ids"] += 1
+        elif name == "telecom" and _mailto(element.get("value")) in identity.emails:
+            _null(element, "value", "use")
+            counts["telecoms"] += 1
+    counts["text"] = _scrub_text(root, patient, _pattern(identity))
+    original_id = _renumber(root)
+    _check_no_trace(root, patient, identity)
+    out = bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+    if len(out) > limits.max_xml_bytes:
+        raise LimitExceeded(f"the anonymised CDA is larger than {limits.max_xml_bytes} bytes")
+    new_id = root.find(_h("id"))
+    assert new_id is not None  # _renumber wrote it
+    return Anonymised(
+        data=out,
+        document_id=new_id.get("root") or "",
+        original_id=original_id,
+        masked_roles=counts["roles"],
+        masked_ids=counts["ids"],
+        masked_telecoms=counts["telecoms"],
+        text_replacements=counts["text"],
+    )
+
+
+# -- who the reader is ---------------------------------------------------------------
+
+
+def _h(path: str) -> str:
+    return "/".join(f"{{{HL7_NS}}}{step}" for step in path.split("/"))
+
+
+def number_forms(value: str) -> frozenset[str]:
+    """An RPPS/ADELI as documents write it: `8`+RPPS (IdNat) or the bare 11 digits, `0`+ADELI
+    or the bare 9 digits; anything else as written."""
+    value = value.strip()
+    forms = {value}
+    if value.isascii() and value.isdigit():
+        if (len(value) == 12 and value[0] == "8") or (len(value) == 10 and value[0] == "0"):
+            forms.add(value[1:])
+        elif len(value) == 11:
+            forms.add("8" + value)
+        elif len(value) == 9:
+            forms.add("0" + value)
+    return frozenset(f for f in forms if f)
+
+
+def _fold(value: str) -> str:
+    return " ".join(value.split()).casefold()
+
+
+def _person_name(role: etree._Element) -> tuple[str | None, str | None]:
+    for child in role:
+        if local_name(child) in _PERSONS:
+            name = child.find(_h("name"))
+            if name is None:
+                return None, None
+            family = name.find(_h("family"))
+            given = name.find(_h("given"))
+            return (
+                _fold(_text(family)) if family is not None else None,
+                _fold(_text(given)) if given is not None else None,
+            )
+    return None, None
+
+
+def _text(element: etree._Element) -> str:
+    return "".join(t for t in element.itertext() if isinstance(t, str))
+
+
+def _elements(root: etree._Element) -> Iterator[etree._Element]:
+    # The hardened parser drops comments and PIs; checked all the same, as their tag is no str.
+    for element in root.iter():
+        tag: object = element.tag
+        if isinstance(tag, str):
+            yield element
+
+
+def _rpps_ids(role: etree._Element) -> list[str]:
+    return [
+        (i.get("extension") or "").strip()
+        for i in role.iterfind(_h("id"))
+        if i.get("root") == OID_RPPS and (i.get("extension") or "").strip()
+    ]
+
+
+def _is_l2(author: etree._Element, reader: Practitioner) -> bool:
+    ids = _rpps_ids(author)
+    if reader.rpps is not None:
+        return reader.rpps in ids
+    family, given = _person_name(author)
+    return not ids and family == _fold(reader.family or "") and given == _fold(reader.given or "")
+
+
+def _identity(reader: Practitioner, authors: list[etree._Element]) -> _Identity:
+    numbers: set[str] = set(number_forms(reader.rpps)) if reader.rpps else set()
+    pairs: set[tuple[str, str]] = set()
+    emails: set[str] = {reader.email.casefold()} if reader.email else set()
+    for author in authors:
+        for ident in author.iterfind(_h("id")):
+            root, extension = ident.get("root") or "", (ident.get("extension") or "").strip()
+            if extension:
+                pairs.add((root, extension))
+                if root == OID_RPPS:
+                    numbers |= number_forms(extension)
+        for telecom in author.iterfind(_h("telecom")):
+            if (address := _mailto(telecom.get("value"))) is not None:
+                emails.add(address)
+    return _Identity(
+        numbers=frozenset(numbers),
+        pairs=frozenset(pairs),
+        emails=frozenset(emails),
+        family=_fold(reader.family) if reader.family else None,
+        given=_fold(reader.given) if reader.given else None,
+    )
+
+
+def _mailto(value: str | None) -> str | None:
+    value = (value or "").strip()
+    if value[:7].lower() != "mailto:" or len(value) == 7:
+        return None
+    return value[7:].strip().casefold()
+
+
+def _is_reader_role(role: etree._Element, identity: _Identity) -> bool:
+    ids = _rpps_ids(role)
+    if any(number in identity.numbers for number in ids):
+        return True
+    for ident in role.iterfind(_h("id")):
+        pair = (ident.get("root") or "", (ident.get("extension") or "").strip())
+        if pair in identity.pairs:
+            return True
+    if ids or identity.family is None:
+        return False  # another practitioner's RPPS: a namesake, not the reader
+    family, given = _person_name(role)
+    return family == identity.family and (identity.given is None or given == identity.given)
+
+
+def _carries_number(ident: etree._Element, identity: _Identity) -> bool:
+    extension = (ident.get("extension") or "").strip()
+    return bool(extension) and (
+        extension in identity.numbers or (ident.get("root") or "", extension) in identity.pairs
+    )
+
+
+# -- replacing -------------------------------------------------------------------------
+
+
+def _outside(root: etree._Element, excluded: etree._Element | None) -> Iterator[etree._Element]:
+    """Every element but those of `excluded`'s subtree (the patient's, kept as it is)."""
+    skip = set(excluded.iter()) if excluded is not None else set()
+    for element in _elements(root):
+        if element not in skip:
+            yield element
+
+
+def _null(element: etree._Element, *attributes: str) -> None:
+    for attribute in attributes:
+        if attribute in element.attrib:
+            del element.attrib[attribute]
+    for child in list(element):
+        element.remove(child)
+    element.text = None
+    element.set("nullFlavor", MSK)
+
+
+def _new(tag: str, text: str | None = None, **attrib: str) -> etree._Element:
+    element = etree.Element(_h(tag), attrib)
+    element.text = text
+    return element
+
+
+def _mask_role(role: etree._Element) -> None:
+    """The role rebuilt in CDA order: kept infrastructure and code, then one masked id,
+    address and telecom (as many as it had, at most one), the placeholder person and
+    organisation. Whatever else it carried is dropped: nothing unread goes out."""
+    children = list(role)
+    kept = [c for c in children if local_name(c) in _KEPT_IN_ROLE and local_name(c) != "code"]
+    code = next((c for c in children if local_name(c) == "code"), None)
+    had = {local_name(c) for c in children}
+    person = next((c for c in children if local_name(c) in _PERSONS), None)
+    organisation = next((c for c in children if local_name(c) in _ORGANISATIONS), None)
+    for child in children:
+        role.remove(child)
+    for child in kept:
+        role.append(child)
+    role.append(_new("id", nullFlavor=MSK))
+    if code is not None:
+        role.append(code)
+    if "addr" in had:
+        role.append(_new("addr", nullFlavor=MSK))
+    if "telecom" in had:
+        role.append(_new("telecom", nullFlavor=MSK))
+    if person is not None:
+        _empty(person)  # its attributes (classCode, determinerCode) name no one
+        name = etree.SubElement(person, _h("name"))
+        etree.SubElement(name, _h("family")).text = PLACEHOLDER
+        role.append(person)
+    if organisation is not None:
+        setting = organisation.find(_h("standardIndustryClassCode"))
+        _empty(organisation)
+        organisation.append(_new("id", nullFlavor=MSK))
+        organisation.append(_new("name", PLACEHOLDER_ORG))
+        if setting is not None:
+            organisation.append(setting)  # the practice setting (DEPISTAGE) names no one
+        role.append(organisation)
+
+
+def _empty(element: etree._Element) -> None:
+    for child in list(element):
+        element.remove(child)
+    element.text = None
+
+
+def _letters(value: str) -> str:
+    """A regex for `value` matching it with or without accents and case, and any run of
+    white space for its spaces (narrative wraps lines)."""
+    parts: list[str] = []
+    for char in value:
+        if char.isspace():
+            if not parts or parts[-1] != r"\s+":
+                parts.append(r"\s+")
+            continue
+        base = unicodedata.normalize("NFKD", char)[0]
+        variants = {char, base} | _ACCENTED.get(base.casefold(), set())
+        parts.append("[" + "".join(re.escape(v) for v in sorted(variants)) + "]")
+    return "".join(parts)
+
+
+def _accented() -> dict[str, set[str]]:
+    table: dict[str, set[str]] = {}
+    for code in range(0xC0, 0x250):
+        char = chr(code)
+        base = unicodedata.normalize("NFKD", char)[0]
+        if base != char and base.isascii() and base.isalpha():
+            table.setdefault(base.casefold(), set()).update({char, char.upper(), char.lower()})
+    return table
+
+
+_ACCENTED: Final = _accented()
+
+
+def _pattern(identity: _Identity) -> re.Pattern[str] | None:
+    names: list[str] = []
+    if identity.family:
+        family = _letters(identity.family)
+        if identity.given:
+            given = _letters(identity.given)
+            names += [rf"{given}\s+{family}", rf"{family}\s+{given}"]
+        names.append(family)
+    alternatives: list[str] = []
+    if names:
+        alternatives.append(rf"(?P<name>(?<!\w)(?:{_TITLES}\s+)?(?:{'|'.join(names)})(?!\w))")
+    numbers = sorted(identity.numbers, key=len, reverse=True)
+    if numbers:
+        alternatives.append(rf"(?<![0-9])(?:{'|'.join(re.escape(n) for n in numbers)})(?![0-9])")
+    alternatives += [re.escape(e) for e in sorted(identity.emails)]
+    if not alternatives:
+        return None
+    return re.compile("|".join(alternatives), re.IGNORECASE)
+
+
+def _scrub_text(
+    root: etree._Element, patient: etree._Element | None, pattern: re.Pattern[str] | None
+) -> int:
+    if pattern is None:
+        return 0
+    count = 0
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return PLACEHOLDER if match.lastgroup == "name" else MASKED_TEXT
+
+    for element in _readable(root, patient):
+        if element.text:
+            element.text = pattern.sub(replace, element.text)
+        for attribute in ("displayName", "value"):
+            value = element.get(attribute)
+            if value and not _is_pointer(element, attribute):
+                element.set(attribute, pattern.sub(replace, value))
+    for element in _outside(root, patient):
+        if element.tail and element.getparent() is not None:
+            element.tail = pattern.sub(replace, element.tail)
+    return count
+
+
+def _is_pointer(element: etree._Element, attribute: str) -> bool:
+    # `reference/@value` points at a narrative ID; `telecom/@value` and `id` are handled
+    # whole above (a partial rewrite would leave a broken address).
+    return attribute == "value" and local_name(element) in ("reference", "telecom", "id")
+
+
+def _readable(root: etree._Element, patient: etree._Element | None) -> Iterator[etree._Element]:
+    """Elements whose own text is free text: not the patient's, not another person's
+    structured name (a namesake keeps it), not base64 content."""
+    skip: set[etree._Element] = set(patient.iter()) if patient is not None else set()
+    for element in _elements(root):
+        if element in skip:
+            continue
+        parent = element.getparent()
+        named = (
+            local_name(element) == "name"
+            and parent is not None
+            and (local_name(parent) in _PERSONS)
+        )
+        if named or (element.get("representation") or "").upper() == "B64":
+            skip.update(element.iter())
+            continue
+        yield element
+
+
+def _check_no_trace(
+    root: etree._Element, patient: etree._Element | None, identity: _Identity
+) -> None:
+    """Fail closed: the reader's number or address anywhere outside the patient's and
+    base64 content means a place this module does not know: no copy goes out."""
+    numbers = [n for n in identity.numbers if len(n) >= 5]
+    probes = [re.compile(rf"(?<![0-9]){re.escape(n)}(?![0-9])") for n in numbers]
+    emails = list(identity.emails)
+    for element in _readable_all(root, patient):
+        values = [element.text or "", element.tail or "", *element.attrib.values()]
+        for value in values:
+            folded = value.casefold()
+            if any(p.search(value) for p in probes) or any(e in folded for e in emails):
+                raise AnonymisationError(
+                    f"the L2 reader's identifier is still in <{local_name(element)}>"
+                )
+
+
+def _readable_all(root: etree._Element, patient: etree._Element | None) -> Iterator[etree._Element]:
+    skip: set[etree._Element] = set(patient.iter()) if patient is not None else set()
+    for element in _elements(root):
+        if element in skip:
+            continue
+        if (element.get("representation") or "").upper() == "B64":
+            skip.update(element.iter())
+            continue
+        yield element
+
+
+# -- the copy's identity ---------------------------------------------------------------
+
+
+def copy_oid(original: str) -> str:
+    """The copy's id for an original id (`root^extension`): an OID under 2.25 (ITU-T X.667,
+    a UUID as an OID), uuid5 of the original's, so every node derives the same one."""
+    return f"2.25.{uuid.uuid5(_COPY_NAMESPACE, 'd2lm-anon ' + original).int}"
+
+
+def _ii(element: etree._Element | None) -> str | None:
+    if element is None or not element.get("root"):
+        return None
+    extension = (element.get("extension") or "").strip()
+    root = element.get("root") or ""
+    return f"{root}^{extension}" if extension else root
+
+
+def _set_ii(element: etree._Element, root: str) -> None:
+    for attribute in ("extension", "assigningAuthorityName", "displayable", "nullFlavor"):
+        if attribute in element.attrib:
+            del element.attrib[attribute]
+    element.set("root", root)
+
+
+def _renumber(root: etree._Element) -> str:
+    """New id and setId, the relatedDocuments rewritten; the original's id returned."""
+    id_element = root.find(_h("id"))
+    original = _ii(id_element)
+    if id_element is None or original is None:
+        raise AnonymisationError("the form has no document id")
+    set_element = root.find(_h("setId"))
+    version = root.find(_h("versionNumber"))
+    parent = _new("parentDocument")
+    parent.append(_copy_of(id_element, "id"))
+    if set_element is not None and _ii(set_element) is not None:
+        parent.append(_copy_of(set_element, "setId"))
+    if version is not None and version.get("value"):
+        parent.append(_new("versionNumber", value=version.get("value") or ""))
+    related: list[etree._Element] = []
+    for old in root.findall(_h("relatedDocument")):
+        root.remove(old)
+        kind = old.get("typeCode")
+        old_parent = old.find(_h("parentDocument"))
+        if kind in ("RPLC", "APND") and old_parent is not None and not related:
+            mapped = _mapped(kind, old_parent)
+            if mapped is not None:
+                related.append(mapped)
+    xfrm = _new("relatedDocument", typeCode=XFRM)
+    xfrm.append(parent)
+    related.append(xfrm)
+    _set_ii(id_element, copy_oid(original))
+    if set_element is not None and (set_value := _ii(set_element)) is not None:
+        _set_ii(set_element, copy_oid("set " + set_value))
+    anchor = next(
+        (c for c in root if local_name(c) in _AFTER_RELATED),
+        None,
+    )
+    for element in related:
+        if anchor is not None:
+            anchor.addprevious(element)
+        else:
+            root.append(element)
+    return original
+
+
+def _copy_of(element: etree._Element, tag: str) -> etree._Element:
+    copy = _new(tag)
+    for attribute in ("root", "extension"):
+        if element.get(attribute):
+            copy.set(attribute, element.get(attribute) or "")
+    return copy
+
+
+def _mapped(kind: str, old_parent: etree._Element) -> etree._Element | None:
+    """The original's RPLC/APND, pointing at its parent's copy (the GP had that copy)."""
+    related = _new("relatedDocument", typeCode=kind)
+    parent = etree.SubElement(related, _h("parentDocument"))
+    for tag, prefix in (("id", ""), ("setId", "set ")):
+        value = _ii(old_parent.find(_h(tag)))
+        if value is not None:
+            parent.append(_new(tag, root=copy_oid(prefix + value)))
+        elif tag == "id":
+            return None
+    version = old_parent.find(_h("versionNumber"))
+    if version is not None and version.get("value"):
+        parent.append(_new("versionNumber", value=version.get("value") or ""))
+    return related
