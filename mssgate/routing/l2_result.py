@@ -147,6 +147,11 @@ def _gp(
     if anonymisation_error is not None:
         problems.append(f"no GP copy: the L2 reader could not be removed ({anonymisation_error})")
         return None
+    reader = form.l2_reader.email if form.l2_reader is not None else None
+    if reader is not None and _normal(reader) is not None and _normal(reader) in taken:
+        # A forward names its original sender (headers and note): the reader's own address.
+        problems.append("no GP copy: the result was sent from the L2 reader's own mailbox")
+        return None
     return Recipient(role="gp", address=address, source=source, via="forward", anonymised=True)
 
 

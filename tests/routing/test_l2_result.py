@@ -154,6 +154,20 @@ def test_never_back_to_a_crcdc_nor_twice_to_one_mailbox() -> None:
     assert plan is not None and plan.hold is not None and "is a CRCDC's" in plan.hold
 
 
+def test_a_result_sent_from_the_readers_own_mailbox_goes_to_l1_only() -> None:
+    """The forward names its original sender: the GP would read the reader's address."""
+    reader = Reader(L2_READER.rpps, L2_READER.family, L2_READER.given, "l2@crcdc-idf.mssante.fr")
+    plan = route_l2_result(
+        form(D2lmSpec(l2_reader=reader, l2_right="ACR1", l2_left="ACR1")),
+        sender="L2@crcdc-idf.mssante.fr",
+        crcdc={CRCDC, "l2@crcdc-idf.mssante.fr"},
+        hosted=lambda a: False,
+        directory=lambda rpps: [],
+    )
+    assert plan is not None and [r.role for r in plan.recipients] == ["l1"]
+    assert plan.problems == ("no GP copy: the result was sent from the L2 reader's own mailbox",)
+
+
 def test_a_hostile_mailto_is_no_address() -> None:
     bad = Reader(L1_READER.rpps, "BOILEAU", "Charles", "x@y@z\r\nBcc: a@b")
     plan = route(form(D2lmSpec(l1_reader=bad, l2_right="ACR1", l2_left="ACR1")),
