@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,7 +31,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from mssgate.errors import ConfigError
+from mssgate.errors import ConfigError, ValidationFailed
 from mssgate.routing.model import RuleSpec
 
 CONFIG_ENV = "MSSGATE_CONFIG"
@@ -256,6 +263,23 @@ class RoutingConfig(_Section):
     # CDAs (a sender chooses how many); over it, or over the nodes, the document is held.
     xpath_seconds: float = Field(2.0, gt=0, le=300)
     xpath_max_nodes: int = Field(200_000, ge=1, le=10_000_000)
+    # The application mailbox a `forward` action sends from (signed with its key, like a RIS's
+    # outbound message) unless the action names one; and at most this many forwards per
+    # received message, whose sender decides how many documents it carries.
+    forward_from: str | None = Field(None, max_length=254)
+    max_forwards: int = Field(10, ge=0, le=1000)
+
+    @field_validator("forward_from")
+    @classmethod
+    def _forward_from(cls, value: str | None) -> str | None:
+        from mssgate.identifiers import normalize_address
+
+        if value is None:
+            return None
+        try:
+            return normalize_address(value)
+        except ValidationFailed as exc:
+            raise ValueError(f"routing.forward_from: {exc}") from None
 
     @model_validator(mode="after")
     def _unique(self) -> RoutingConfig:

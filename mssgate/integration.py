@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from email.utils import getaddresses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -39,6 +39,9 @@ from mssgate.smime import sign_message
 from mssgate.spool import PendingDelivery, Spool, new_queue_id
 from mssgate.spool.store import Notice, Route
 
+if TYPE_CHECKING:
+    from mssgate.outbound.forward import Forwarder
+
 log = logging.getLogger("mssgate.integration")
 
 
@@ -51,6 +54,7 @@ class DocumentFeed:
         config: Config,
         *,
         on_message: Callable[[str, bytes, str], None] | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         # Shown every message delivered to a consumed mailbox, after its documents are
         # queued, with its envelope sender: the read receipts and delivery reports of what
@@ -64,6 +68,8 @@ class DocumentFeed:
         self._require_birthplace = config.policy.require_birthplace
         # Routing rules (configuration and database), read again at each ingest.
         self._router = Router.from_config(config, queue.engine)
+        # Sends the rules' forwards (mssgate.outbound.forward); without one they are held.
+        self._forwarder = forwarder
 
     def wants(self, mailbox: str) -> bool:
         """Whether a RIS consumes `mailbox`: only then do its messages go through the
@@ -111,6 +117,7 @@ class DocumentFeed:
             require_birthplace=self._require_birthplace,
             result=result,
             router=self._router.with_pool(pool),
+            forwarder=self._forwarder,
         )
         if self._on_message is not None:
             self._on_message(mailbox, content, envelope.sender)
@@ -127,6 +134,7 @@ class DocumentFeed:
             quarantined=len(report.held),
             replayed=len(report.replayed),
             copies=len(report.copies),
+            forwards=len(report.forwards),
         )
 
 

@@ -62,6 +62,7 @@ from mssgate.nodelink import (
     start_node_listener,
 )
 from mssgate.nodes import Heartbeat, Nodes
+from mssgate.outbound.forward import Forwarder
 from mssgate.outbound.service import Outbound
 from mssgate.outbound.zamqueue import sweep_forever
 from mssgate.passwords import configure as configure_passwords
@@ -259,7 +260,14 @@ async def run_gateway(config: Config) -> int:
         documents = DocumentWorker(
             DocumentJobs(engine, node=node.name),
             spool,
-            DocumentFeed(queue, spool, directory, config, on_message=outbound.observe),
+            DocumentFeed(
+                queue,
+                spool,
+                directory,
+                config,
+                on_message=outbound.observe,
+                forwarder=Forwarder(outbound, forward_from=config.routing.forward_from),
+            ),
             pipeline_pool,
             config=config.documents,
         )

@@ -6,7 +6,7 @@ import sys
 import tempfile
 from datetime import UTC
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from sqlalchemy import Engine
@@ -24,6 +24,9 @@ from mssgate.queue import DocumentQueue, QuarantineEntry, release
 from mssgate.routing.engine import needs_cda
 from mssgate.routing.router import Router
 from mssgate.server_policy import DocumentPolicy, newest_policy
+
+if TYPE_CHECKING:
+    from mssgate.outbound.forward import Forwarder
 
 app = typer.Typer(help="Documents held for an operator (codes 903-906).", no_args_is_help=True)
 
@@ -114,6 +117,7 @@ def release_(ctx: typer.Context, held_id: str) -> None:
             actor=actor(),
             pipeline=lambda message: _isolated(message, policy.documents, arguments),
             router=router,
+            forwarder=_forwarder(ctx),
             **arguments,  # type: ignore[arg-type]
         )
     except Conflict as exc:
@@ -122,6 +126,21 @@ def release_(ctx: typer.Context, held_id: str) -> None:
         if pool is not None:
             pool.stop()
     say(f"released {held_id} {whose}: queued {', '.join(queued) if queued else 'nothing new'}")
+
+
+def _forwarder(ctx: typer.Context) -> Forwarder:
+    """The rules' forwards of a released document, spooled as serve spools them: in this
+    data folder's spool, under this node, whose serve sends them at its next poll."""
+    from mssgate.outbound.forward import Forwarder
+    from mssgate.outbound.service import Outbound
+    from mssgate.spool import Spool
+
+    st = state(ctx)
+    config = st.config()
+    spool = Spool(st.engine(), config.server.data_dir / "spool", node=config.node.name)
+    dkim = config.dkim.key.read_bytes() if config.dkim.key and config.dkim.key.exists() else None
+    outbound = Outbound(config, st.directory(), spool, dkim_key=dkim)
+    return Forwarder(outbound, forward_from=config.routing.forward_from)
 
 
 def _policy(config: Config, engine: Engine) -> tuple[DocumentPolicy, str]:

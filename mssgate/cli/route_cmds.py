@@ -55,11 +55,27 @@ def add(
         list[str] | None,
         typer.Option("--copy-to", help="Queue a copy for this mailbox's RIS too."),
     ] = None,
+    forward: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--forward",
+            help="ADDRESS [from APP-MAILBOX]: send the CDA on as a new signed message "
+            "(from [routing] forward_from unless given).",
+        ),
+    ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Label the entry.")] = None,
     hold: Annotated[
         str | None, typer.Option("--hold", help="Quarantine the document with this reason.")
     ] = None,
     stop: Annotated[bool, typer.Option("--stop", help="No further rules.")] = False,
+    action: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--action",
+            help="An action as [[routing.rule]] writes it: 'copy-to ADDRESS', "
+            "'forward ADDRESS [from APP]', 'tag LABEL', 'hold REASON', 'stop'.",
+        ),
+    ] = None,
     order: Annotated[int, typer.Option("--order", help="Lower runs first.")] = 100,
     disabled: Annotated[bool, typer.Option("--disabled", help="Stored, not applied.")] = False,
     replace: Annotated[
@@ -69,18 +85,22 @@ def add(
     """Add a routing rule; the running gateway applies it to the next message it ingests."""
     try:
         actions = [parse_action(f"copy-to {a}") for a in copy_to or ()]
+        actions += [parse_action(f"forward {f}") for f in forward or ()]
         actions += [parse_action(f"tag {t}") for t in tag or ()]
         if hold is not None:
             actions.append(parse_action(f"hold {hold}"))
         if stop:
             actions.append(parse_action("stop"))
+        actions += [parse_action(a) for a in action or ()]
         parsed = parse_match(match or [])
     except ValidationFailed:
         raise
     except ValueError as exc:
         raise UsageFailed(_one_line(exc)) from None
     if not actions:
-        raise UsageFailed("a rule needs an action: --copy-to, --tag, --hold or --stop")
+        raise UsageFailed(
+            "a rule needs an action: --copy-to, --forward, --tag, --hold, --stop or --action"
+        )
     try:
         rule = validated(
             {
@@ -96,6 +116,10 @@ def add(
     directory = state(ctx).directory()
     for _, unknown in unknown_copy_targets(state(ctx).engine(), [rule]):
         raise NotFound(f"copy-to {unknown}: no mailbox of this gateway (directory add)")
+    from mssgate.outbound.forward import forward_issues
+
+    for _, to, problem in forward_issues(state(ctx).config(), directory, [rule]):
+        raise UsageFailed(f"forward {to}: {problem}")
     active = {c.mailbox for c in directory.consumers.list() if c.active}
     unconsumed = [a.value for a in rule.actions if a.kind == "copy-to" and a.value not in active]
     _store(ctx).add(rule, actor=actor(), replace=replace)
@@ -229,18 +253,37 @@ def test(
             box, who = mailbox or box, sender or who
         rules = router.rules()
         budget = router.budget()  # one per message, as at ingest
+        from mssgate.outbound.forward import forward_issues
+
+        unsendable = {
+            (name, to): problem
+            for name, to, problem in forward_issues(config, st.directory(), rules)
+        }
+        forward_from = config.routing.forward_from
         report: list[dict[str, Any]] = []
         for index, outcome in enumerate(outcomes, 1):
             # Every key in every entry (null when it does not apply): a stable shape.
             entry: dict[str, Any] = dict.fromkeys(
                 ("pipeline", "format", "code", "result"), None
-            ) | {"document": index, "rules": [], "tags": [], "copies": []}
+            ) | {"document": index, "rules": [], "tags": [], "copies": [], "forwards": []}
             if not isinstance(outcome, Accepted):
                 entry["origin"] = outcome.origin
                 entry["pipeline"] = f"held ({int(outcome.code)}): {outcome.reason}"
                 report.append(entry)
                 continue
             plan = router.plan(rules, outcome, mailbox=box, sender=who, budget=budget)
+            for forward in plan.forwards:
+                # As ingest would: a forward that cannot be sent holds the document.
+                problem = unsendable.get((forward.rule, forward.to))
+                if problem is not None:
+                    plan.hold = (
+                        f"routing rule {forward.rule!r} cannot forward to {forward.to}: {problem}"
+                    )
+                    plan.held_by = forward.rule
+                    break
+            if plan.hold is not None:
+                plan.copies.clear()
+                plan.forwards.clear()
             doc = outcome.record.document
             entry["origin"] = outcome.record.origin
             entry["format"] = doc.format
@@ -252,6 +295,10 @@ def test(
                 entry["result"] = f"queued for {box}"
                 entry["tags"] = list(plan.tags)
                 entry["copies"] = list(plan.copies)
+                entry["forwards"] = [
+                    {"rule": f.rule, "to": f.to, "from": f.sender or forward_from}
+                    for f in plan.forwards
+                ]
             report.append(entry)
     finally:
         pool.stop()
@@ -273,6 +320,11 @@ def test(
         if entry["copies"]:
             extra += f", copies to {', '.join(entry['copies'])}"
         say(f"  => {entry['result']}{extra}")
+        for forward in entry["forwards"]:
+            say(
+                f"  => would forward to {forward['to']} as a new message signed by"
+                f" {forward['from']} (rule {forward['rule']})"
+            )
 
 
 def _envelope(raw: bytes, mailbox: str | None, sender: str | None) -> tuple[str, str]:

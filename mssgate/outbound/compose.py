@@ -246,8 +246,10 @@ def build_message(
     mss_fields: dict[str, str],
     now: datetime,
     xdm: bytes,
+    note: str | None = None,
 ) -> bytes:
-    """The unsigned message to `recipient` (signed by the caller with `sender`'s key)."""
+    """The unsigned message to `recipient` (signed by the caller with `sender`'s key).
+    `note`: a paragraph before the text (what a routing rule's forward is)."""
     message = EmailMessage()
     message["From"] = sender
     message["To"] = recipient
@@ -259,7 +261,8 @@ def build_message(
         message["Reply-To"] = submission.reply_to
     for name, text in mss_fields.items():
         message[name] = text
-    message.set_content(_text(submission, sender))
+    text = _text(submission, sender)
+    message.set_content(f"{note}\n{text}" if note else text)
     message.add_attachment(xdm, maintype="application", subtype="zip",
                            filename=XDM_ATTACHMENT_NAME)  # fmt: skip
     pdf = _attached_pdf(submission)

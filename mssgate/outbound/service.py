@@ -52,10 +52,12 @@ from mssgate.spool.store import Route
 log = logging.getLogger("mssgate.outbound")
 # How the RIS handed the message over (POST /v1/outbound, or the [hl7] MLLP listener): the
 # spool's listener and the copies' trace say which, for whoever follows a message back.
-Channel = Literal["api", "mllp"]
+# A routing rule's forward (mssgate.outbound.forward) is made by the gateway itself.
+Channel = Literal["api", "mllp", "routing"]
 _CHANNEL_TRACE: dict[Channel, tuple[str, str]] = {
     "api": ("HL7 v2 over HTTPS", "HTTPS"),
     "mllp": ("HL7 v2 over MLLP", "MLLP"),
+    "routing": ("a routing rule's forward", "LOCAL"),
 }
 # A submission recorded this long ago with a copy still not in the spool was cut short by a
 # crash: a repeat of its MSH-10 spools what is missing. Spooling takes well under a second.
@@ -104,6 +106,9 @@ class _Prepared:
     mss_fields: dict[str, str]
     now: datetime
     channel: Channel = "api"
+    # A paragraph before the text, and headers beside the MSSanté fields (a forward's).
+    note: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class Outbound:
@@ -330,8 +335,9 @@ class Outbound:
         """The signed copy to `copy.recipient`, as it goes to the spool."""
         unsigned = build_message(
             prepared.submission, sender=prepared.sender, recipient=copy.recipient,
-            message_id=copy.message_id, mss_fields=prepared.mss_fields, now=prepared.now,
-            xdm=prepared.xdm,
+            message_id=copy.message_id,
+            mss_fields={**prepared.mss_fields, **dict(prepared.headers)},
+            now=prepared.now, xdm=prepared.xdm, note=prepared.note,
         )  # fmt: skip
         signed = sign_message(unsigned, key=prepared.key.key, cert=prepared.key.cert)
         del unsigned

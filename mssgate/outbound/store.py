@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import (
@@ -34,6 +34,9 @@ from mssgate.db.tx import write
 from mssgate.directory.timeutil import aware
 
 Status = Literal["queued", "sent", "delivered", "failed", "read"]
+# The consumer_id of the messages routing rules forward (mssgate.outbound.forward): no
+# consumer sent them (consumers' ids start at 1), so none sees their status or ZAMs.
+FORWARDS: Final = 0
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 # The reply code: the relay records "<enhanced> <reply>" ("5.1.1 550 5.1.1 No such user").
 _BASIC = re.compile(r"(?<![.\d])([245]\d\d)(?![.\d])")
@@ -144,9 +147,12 @@ class OutboundStore:
         submitted_at: datetime,
         ack: str,
         recipients: list[NewRecipient],
+        actor: str | None = None,
+        zams: bool = True,
     ) -> Stored | None:
         """Claims the (consumer, MSH-10) pair; None when it was taken (the caller answers with
-        the stored submission, and spools nothing)."""
+        the stored submission, and spools nothing). `zams=False`: no consumer awaits ZAMs
+        for it (a routing rule's forward), none is ever owed."""
         try:
             with write(self._engine) as conn:
                 conn.execute(
@@ -160,13 +166,13 @@ class OutboundStore:
                     conn.execute(
                         insert(outbound_recipients).values(
                             outbound_id=outbound_id, recipient=r.address, spool_id=r.spool_id,
-                            message_id=r.message_id,
+                            message_id=r.message_id, reception_zam=not zams,
                         )
                     )  # fmt: skip
                 # Ids only: the recipients' addresses may name the patient (INS@patient).
                 audit.append(
                     conn,
-                    actor=f"consumer:{consumer_name}",
+                    actor=actor or f"consumer:{consumer_name}",
                     action="outbound.submitted",
                     subject=outbound_id,
                     detail={"event": event, "recipients": len(recipients)},
@@ -174,6 +180,30 @@ class OutboundStore:
         except IntegrityError:
             return None
         return Stored(outbound_id, ack, submitted_at)
+
+    def forwarded(
+        self, consumer_id: int, *, unique_id: str, event: str, recipient: str
+    ) -> str | None:
+        """The id of a message of `consumer_id` that sent this document (uniqueId, event) to
+        `recipient` already, or None."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(outbound_messages.c.id)
+                .select_from(
+                    outbound_messages.join(
+                        outbound_recipients,
+                        outbound_recipients.c.outbound_id == outbound_messages.c.id,
+                    )
+                )
+                .where(
+                    outbound_messages.c.consumer_id == consumer_id,
+                    outbound_messages.c.unique_id == unique_id,
+                    outbound_messages.c.event == event,
+                    outbound_recipients.c.recipient == recipient,
+                )
+                .limit(1)
+            ).first()
+        return None if row is None else str(row.id)
 
     def forget(self, outbound_id: str) -> None:
         """Removes a submission whose spooling failed: the RIS's retry submits it anew."""

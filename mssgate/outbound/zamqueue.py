@@ -46,7 +46,7 @@ from mssgate.directory.models import Consumer
 from mssgate.directory.timeutil import aware
 from mssgate.errors import MssgateError, NotFound, ValidationFailed
 from mssgate.outbound import hl7in
-from mssgate.outbound.store import OutboundStore
+from mssgate.outbound.store import FORWARDS, OutboundStore
 from mssgate.outbound.zam import Zam, zam_items
 from mssgate.queue.backend import Backend, backend_for
 from mssgate.queue.scans import ScanTimes
@@ -136,8 +136,10 @@ class ZamQueue:
                 outbound_messages.c.ack,
             ).where(outbound_messages.c.id == outbound_id)
         ).first()
+        if head is None or head.consumer_id == FORWARDS:
+            return None  # a routing rule's forward: no RIS sent it, none awaits its ZAMs
         status = self._store.status_in(conn, outbound_id)
-        if head is None or status is None:
+        if status is None:
             return None
         # The RIS's application and facility, as the ACK answered them (its MSH-5 and -6).
         msh = hl7.parse(head.ack).segment("MSH")

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from mssgate import metrics
 from mssgate.documents.errors import QuarantineCode
@@ -34,6 +35,9 @@ from mssgate.queue.withdrawal import replacement_refusal, withdrawal_refusal
 from mssgate.routing.engine import Plan
 from mssgate.routing.router import Router, trace
 
+if TYPE_CHECKING:
+    from mssgate.outbound.forward import Forwarder, Ready
+
 
 @dataclass
 class IngestReport:
@@ -46,6 +50,8 @@ class IngestReport:
     replayed: list[str] = field(default_factory=list)
     # Copies routing rules made for other mailboxes (mssgate.routing), and who holds them.
     copies: list[str] = field(default_factory=list)
+    # The outbound ids of the forwards routing rules sent (mssgate.outbound.forward).
+    forwards: list[str] = field(default_factory=list)
 
     @property
     def ids(self) -> list[str]:
@@ -69,13 +75,15 @@ def ingest(
     result: PipelineResult | None = None,
     router: Router | None = None,
     released: tuple[str, str] | None = None,
+    forwarder: Forwarder | None = None,
 ) -> IngestReport:
     """`result`: the pipeline's outcome when it ran already (in a worker process, see
     mssgate.documents_worker); else it runs here. `router`: the routing rules applied to
     each accepted document (none: each goes to `mailbox` only, as before rules existed).
     `released`: (origin, sha256) of the quarantine entry an operator released: when it is
     one document of the message, only it is ingested (the others were queued, copied or
-    held at ingest); else (the message held whole) all are; the rules' holds passed over."""
+    held at ingest); else (the message held whole) all are; the rules' holds passed over.
+    `forwarder`: sends the rules' forwards (none: a document a rule forwards is held)."""
     box = normalize_address(mailbox)
     if delivery is None:
         # No spool entry to name (a direct call): the bytes themselves, so that the same
@@ -115,6 +123,16 @@ def ingest(
                                holds=holds)  # fmt: skip
             if plan.hold is not None:
                 outcome = _held_after_all(outcome, plan.hold)
+        ready: list[Ready] = []
+        if plan is not None and plan.forwards and isinstance(outcome, Accepted):
+            # Before the queue entry: a forward that cannot be sent holds the document
+            # (naming the rule) rather than queue it as if it had gone.
+            checked = _forwards(forwarder, plan, outcome, mailbox=box, sender=sender,
+                                message_id=message_id, delivery=delivery)  # fmt: skip
+            if isinstance(checked, str):
+                outcome = _held_after_all(outcome, checked)
+            else:
+                ready = checked
         if isinstance(outcome, Accepted):
             record = outcome.record.model_copy(
                 update={
@@ -155,10 +173,15 @@ def ingest(
                 copies = _copies(service, holding, found, record, plan, raw=raw, headers=headers,
                                  delivery=delivery, actor=actor, added=added)  # fmt: skip
                 report.copies.extend(i for i, _ in copies.values())
+                # After the entry: a crash before this replays the delivery, which finds the
+                # entry and the forward's record, and spools only what is missing.
+                assert forwarder is not None or not ready
+                forwards = {r.forward.to: forwarder.send(r) for r in ready} if forwarder else {}
+                report.forwards.extend(forwards.values())
                 if created or any(made for _, made in copies.values()):
                     ids = {box: i for box, (i, _) in copies.items()}
                     trace(router.store.engine, plan, subject=doc_id, mailbox=box, copies=ids,
-                          actor=actor)  # fmt: skip
+                          actor=actor, forwards=forwards)  # fmt: skip
         else:
             held_id, created = holding.hold(
                 outcome,
@@ -220,6 +243,35 @@ class _Holds:
             actor=self._actor,
             sealed=sealed,
         )
+
+
+def _forwards(
+    forwarder: Forwarder | None,
+    plan: Plan,
+    outcome: Accepted,
+    *,
+    mailbox: str,
+    sender: str,
+    message_id: str | None,
+    delivery: str,
+) -> list[Ready] | str:
+    """Each forward of the plan checked and built, or the reason the document is held (the
+    first that cannot be sent; the plan then holds it, with no copy nor forward)."""
+    ready: list[Ready] = []
+    for forward in plan.forwards:
+        if forwarder is None:
+            found: Ready | str = "this process sends no forwards"
+        else:
+            found = forwarder.prepare(forward, outcome, mailbox=mailbox, sender=sender,
+                                      message_id=message_id, delivery=delivery)  # fmt: skip
+        if isinstance(found, str):
+            reason = f"routing rule {forward.rule!r} cannot forward to {forward.to}: {found}"
+            plan.hold, plan.held_by = reason[:480], forward.rule
+            plan.copies.clear()
+            plan.forwards.clear()
+            return plan.hold
+        ready.append(found)
+    return ready
 
 
 def _identity(outcome: Accepted | Quarantined) -> tuple[str, str]:
@@ -355,6 +407,7 @@ def release(
     require_birthplace: bool = True,
     pipeline: Callable[[bytes], PipelineResult] | None = None,
     router: Router | None = None,
+    forwarder: Forwarder | None = None,
 ) -> list[str]:
     """Runs the pipeline again over the message a document was held from, with the current
     settings; the document is queued if it now passes (the message's others are left as
@@ -393,6 +446,7 @@ def release(
         result=result,
         router=router,
         released=(entry.origin, entry.sha256),
+        forwarder=forwarder,
     )
     for outcome in report.held_outcomes:
         if outcome.origin == entry.origin and outcome.sha256 == entry.sha256:

@@ -1,9 +1,11 @@
 """Rules against one document: which match, and what they decide (pure; no I/O).
 
-Rules run in order (then by name). A matching rule adds its tags and copies; `hold` holds
-the document (with no copy: a held document goes nowhere until an operator releases it) and
-ends the run; `stop` ends it. A rule whose match needs the CDA when the CDA could not be
-probed within its budget cannot be decided: the document is held, naming the rule.
+Rules run in order (then by name). A matching rule adds its tags, copies and forwards; `hold`
+holds the document (with no copy nor forward: a held document goes nowhere until an operator
+releases it) and ends the run; `stop` ends it. A forward is of a CDA only, never to the
+document's sender or to the mailbox it came to (a loop). A rule whose match needs the CDA
+when the CDA could not be probed within its budget cannot be decided: the document is held,
+naming the rule.
 """
 
 from __future__ import annotations
@@ -37,11 +39,21 @@ class Decision:
     actions: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Forward:
+    """A new message to `to`, sent by `sender` (None: `[routing] forward_from`)."""
+
+    rule: str
+    to: str
+    sender: str | None = None
+
+
 @dataclass
 class Plan:
     decisions: list[Decision] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     copies: list[str] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
     hold: str | None = None  # the reason, naming the rule
     held_by: str | None = None
 
@@ -124,6 +136,14 @@ def evaluate(rules: Sequence[Rule], subject: Subject, *, holds: bool = True) -> 
                     continue  # its own queue has the document already
                 if action.value not in plan.copies:
                     plan.copies.append(action.value)
+            elif action.kind == "forward":
+                refusal = _forward_refusal(action.forward_parts()[0], subject)
+                if refusal is not None:
+                    done.append(f"{action.text()} ({refusal})")
+                    continue
+                to, sender = action.forward_parts()
+                if all(f.to != to for f in plan.forwards):
+                    plan.forwards.append(Forward(rule.name, to, sender))
             elif action.kind == "hold":
                 if not holds:
                     continue
@@ -138,7 +158,20 @@ def evaluate(rules: Sequence[Rule], subject: Subject, *, holds: bool = True) -> 
             break
     if plan.hold is not None:
         plan.copies.clear()
+        plan.forwards.clear()
     return plan
+
+
+def _forward_refusal(to: str, subject: Subject) -> str | None:
+    """Why a forward of this document is not made: only a CDA travels (the outbound path
+    sends a CDA in its XDM archive); never back to its sender or its own mailbox (a loop)."""
+    if subject.record.document.format not in CDA_FORMATS:
+        return "not done: only a CDA is forwarded"
+    if to == subject.sender.lower():
+        return "refused: the document's own sender (a loop)"
+    if to == subject.mailbox.lower():
+        return "refused: the mailbox it came to (a loop)"
+    return None
 
 
 def needs_cda(rules: Sequence[Rule]) -> tuple[bool, tuple[str, ...]]:

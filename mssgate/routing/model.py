@@ -132,7 +132,8 @@ def compile_xpath(expression: str) -> object:
         raise ValueError(f"XPath does not compile: {exc}") from None
 
 
-ActionKind = Literal["copy-to", "tag", "hold", "stop"]
+ActionKind = Literal["copy-to", "forward", "tag", "hold", "stop"]
+ACTION_KINDS: Final = ("copy-to", "forward", "tag", "hold", "stop")
 
 
 class Action(BaseModel):
@@ -157,6 +158,8 @@ class Action(BaseModel):
             except ValidationFailed as exc:
                 raise ValueError(f"copy-to: {exc}") from None
             object.__setattr__(self, "value", address)
+        elif self.kind == "forward":
+            object.__setattr__(self, "value", _forward_value(self.value))
         elif self.kind == "tag" and not _TAG.fullmatch(self.value):
             raise ValueError(
                 "tag: 1 to 64 letters, digits, '.', '_', ':' or '-',"
@@ -168,6 +171,26 @@ class Action(BaseModel):
 
     def text(self) -> str:
         return self.kind if self.value is None else f"{self.kind} {self.value}"
+
+    def forward_parts(self) -> tuple[str, str | None]:
+        """(recipient, sending mailbox or None for `[routing] forward_from`) of a forward."""
+        assert self.kind == "forward" and self.value is not None
+        to, _, sender = self.value.partition(" from ")
+        return to, sender or None
+
+
+def _forward_value(value: str) -> str:
+    """`ADDRESS` or `ADDRESS from APP@DOMAIN`, both addresses normalised; ValueError else."""
+    from mssgate.identifiers import normalize_address
+
+    to, sep, sender = value.strip().partition(" from ")
+    try:
+        target = normalize_address(to.strip())
+        if not sep:
+            return target
+        return f"{target} from {normalize_address(sender.strip())}"
+    except ValidationFailed as exc:
+        raise ValueError(f"forward: {exc} (forward ADDRESS [from APP-MAILBOX])") from None
 
 
 class Rule(BaseModel):
@@ -187,6 +210,19 @@ class Rule(BaseModel):
                 "name: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
         return value
+
+    @model_validator(mode="after")
+    def _no_forward_loop(self) -> Rule:
+        # A rule that only matches what X sent and forwards it to X forwards every document
+        # back where it came from: refused here, not found at the first message.
+        for action in self.actions:
+            if action.kind == "forward":
+                to, _ = action.forward_parts()
+                if self.match.sender and set(self.match.sender) <= {to}:
+                    raise ValueError(f"forward {to}: the rule only matches what {to} sent (a loop)")
+                if self.match.mailbox and set(self.match.mailbox) <= {to}:
+                    raise ValueError(f"forward {to}: the rule only matches mail to {to} (a loop)")
+        return self
 
     @field_validator("actions", mode="before")
     @classmethod
@@ -212,13 +248,12 @@ class RuleSpec(Rule):
 
 
 def parse_action(text: str) -> Action:
-    """`copy-to ADDRESS`, `tag LABEL`, `hold REASON...`, `stop`; ValueError otherwise."""
+    """`copy-to ADDRESS`, `forward ADDRESS [from APP-MAILBOX]`, `tag LABEL`, `hold
+    REASON...`, `stop`; ValueError otherwise."""
     kind, _, value = text.strip().partition(" ")
     kind = kind.lower()
-    if kind == "forward":
-        raise ValueError("forward is not built yet: use copy-to a mailbox a RIS consumes")
-    if kind not in ("copy-to", "tag", "hold", "stop"):
-        raise ValueError(f"action {kind!r} is none of copy-to, tag, hold, stop")
+    if kind not in ACTION_KINDS:
+        raise ValueError(f"action {kind!r} is none of {', '.join(ACTION_KINDS)}")
     return Action.model_validate({"kind": kind, "value": value.strip() or None})
 
 

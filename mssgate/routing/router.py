@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -17,7 +17,7 @@ from mssgate.db.tx import write
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.record import Accepted
 from mssgate.logs import event
-from mssgate.routing.engine import CDA_FORMATS, Plan, Subject, evaluate, needs_cda
+from mssgate.routing.engine import CDA_FORMATS, Decision, Plan, Subject, evaluate, needs_cda
 from mssgate.routing.model import Rule
 from mssgate.routing.probe import CdaFacts, probe_cda
 from mssgate.routing.store import RuleStore
@@ -43,8 +43,10 @@ class Router:
         xpath_max_nodes: int = 200_000,
         pool: PipelinePool | None = None,
         holds: bool = True,
+        max_forwards: int = 10,
     ) -> None:
         self.store = store
+        self._max_forwards = max_forwards
         self._limits = limits
         self._seconds = xpath_seconds
         self._max_nodes = xpath_max_nodes
@@ -62,18 +64,21 @@ class Router:
             xpath_max_nodes=config.routing.xpath_max_nodes,
             pool=pool,
             holds=holds,
+            max_forwards=config.routing.max_forwards,
         )
 
     def with_pool(self, pool: PipelinePool | None) -> Router:
         return Router(self.store, limits=self._limits, xpath_seconds=self._seconds,
-                      xpath_max_nodes=self._max_nodes, pool=pool, holds=self.holds)  # fmt: skip
+                      xpath_max_nodes=self._max_nodes, pool=pool, holds=self.holds,
+                      max_forwards=self._max_forwards)  # fmt: skip
 
     def rules(self) -> list[Rule]:
         return self.store.rules()
 
     def budget(self) -> MessageBudget:
-        """The time the probes of one message's CDAs share (`xpath_seconds`)."""
-        return MessageBudget(self._seconds)
+        """The time the probes of one message's CDAs share (`xpath_seconds`), and its
+        forwards (`max_forwards`)."""
+        return MessageBudget(self._seconds, self._max_forwards)
 
     def plan(
         self,
@@ -93,7 +98,24 @@ class Router:
         if needed and record.document.format in CDA_FORMATS:
             facts = self.probe(outcome.content, xpaths, budget or self.budget())
         subject = Subject(mailbox=mailbox, sender=sender, record=record, facts=facts)
-        return evaluate(rules, subject, holds=self.holds if holds is None else holds)
+        plan = evaluate(rules, subject, holds=self.holds if holds is None else holds)
+        if plan.forwards:
+            budget = budget or self.budget()
+            if len(plan.forwards) > budget.forwards_left:
+                # A sender decides how many documents a message carries: each forward is a
+                # signed message out of this gateway, so their number per message is bounded.
+                rule = plan.forwards[budget.forwards_left].rule
+                plan.hold = (
+                    f"routing rule {rule!r} would forward more than {self._max_forwards}"
+                    " documents of this message ([routing] max_forwards)"
+                )
+                plan.held_by = rule
+                plan.copies.clear()
+                plan.forwards.clear()
+                budget.forwards_left = 0
+            else:
+                budget.forwards_left -= len(plan.forwards)
+        return plan
 
     def probe(self, data: bytes, xpaths: tuple[str, ...], budget: MessageBudget) -> CdaFacts:
         # A sender decides how many CDAs a message carries: with a budget per CDA, one
@@ -129,10 +151,11 @@ class Router:
 
 
 class MessageBudget:
-    """Seconds left for the routing probes of one message's CDAs."""
+    """Seconds left for the routing probes of one message's CDAs, and forwards left."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, forwards: int = 10) -> None:
         self.left = seconds
+        self.forwards_left = forwards
 
 
 def trace(
@@ -143,9 +166,12 @@ def trace(
     mailbox: str,
     copies: Mapping[str, str],
     actor: str,
+    forwards: Mapping[str, str] | None = None,
 ) -> None:
     """One audit entry and one log line per matching rule. `subject`: the queue entry (or
-    the quarantine entry, when held); `copies`: the copies' entries by mailbox."""
+    the quarantine entry, when held); `copies`: the copies' entries by mailbox; `forwards`:
+    the forwards' outbound ids by recipient."""
+    forwards = forwards or {}
     with write(engine) as conn:
         for decision in plan.decisions:
             detail: dict[str, object] = {
@@ -160,11 +186,29 @@ def trace(
             }
             if made:
                 detail["copies"] = made
+            sent = _forwarded(decision, forwards)
+            if sent:
+                detail["forwards"] = sent
             if plan.held_by == decision.rule:
                 detail["held"] = True
             audit.append(conn, actor=actor, action="routing.decision", subject=subject,
                          detail=detail)  # fmt: skip
     for decision in plan.decisions:
         # Rule names, actions and ids only: no patient data in a log line.
+        fields: dict[str, Any] = {"actions": list(decision.actions),
+                                  "held": plan.held_by == decision.rule}  # fmt: skip
+        sent = _forwarded(decision, forwards)
+        if sent:
+            fields["forwards"] = sent  # outbound ids by recipient (a practitioner's address)
         event(log, "routing.decision", rule=decision.rule, entry=subject, mailbox=mailbox,
-              actions=list(decision.actions), held=plan.held_by == decision.rule)  # fmt: skip
+              **fields)  # fmt: skip
+
+
+def _forwarded(decision: Decision, forwards: Mapping[str, str]) -> dict[str, str]:
+    """The outbound ids of the forwards this rule's decision made, by recipient."""
+    made: dict[str, str] = {}
+    for action in decision.actions:
+        words = action.split()
+        if len(words) >= 2 and words[0] == "forward" and words[1] in forwards:
+            made[words[1]] = forwards[words[1]]
+    return made
