@@ -45,6 +45,7 @@ from mssgate.db.schema import (
     spool_recipients,
 )
 from mssgate.directory.timeutil import aware
+from mssgate.screening.cases import overdue_counts
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +325,8 @@ class DatabaseCollector:
             oldest_ack = conn.execute(
                 select(func.min(outbound_acks.c.created_at)).where(outbound_acks.c.state == "ready")
             ).scalar()
+            # Second readings (L2) still open past the warning and the 15-day deadline.
+            screening = overdue_counts(conn, now.date())
             # Several nodes: each one's heartbeat and the entries only it can deliver.
             node_rows = conn.execute(select(nodes.c.name, nodes.c.heartbeat_at)).all()
             # Heartbeats are stamped with the database's clock (mssgate.nodes): read so.
@@ -402,7 +405,16 @@ class DatabaseCollector:
         for name, beat in node_rows:
             silence.add_metric([str(name)], -1.0 if beat is None else _age(beat_clock, beat))
             held_by.add_metric([str(name)], int(by_node.get(name, 0)))
+        overdue = GaugeMetricFamily(
+            "mssgate_screening_cases_overdue",
+            "Screening second readings (L2) sent to a CRCDC and still open more than `days`"
+            " days after the mammogram (the result is due within 15).",
+            labels=["days"],
+        )
+        for days, count in sorted(screening.items()):
+            overdue.add_metric([str(days)], count)
         return [
+            overdue,
             silence,
             held_by,
             depth,

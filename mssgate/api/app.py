@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from sqlalchemy import Engine
 
 from mssgate import __version__
-from mssgate.api import admin, autoconfig, operations, problems
+from mssgate.api import admin, autoconfig, operations, problems, screening
 from mssgate.api.auth import CurrentConsumer
 from mssgate.api.limits import BodyLimit, Slots
 from mssgate.api.problems import ApiProblem, Problem, responses
@@ -329,6 +329,7 @@ def create_app(
 
     app.include_router(operations.router)
     app.include_router(autoconfig.router)
+    app.include_router(screening.router)
     if config.admin.enabled:
         admin.install(app, config, engine, health=health, tasks=tasks)
     _publish_problem_schema(app)

@@ -73,6 +73,11 @@ COMMANDS: dict[str, Entry] = {
         "app",
         "Routing rules: copy, tag or hold received documents by what they are.",
     ),
+    "screening": Entry(
+        "screening_cmds",
+        "app",
+        "Breast-cancer screening second readings (L2) sent to a CRCDC, and their deadline.",
+    ),
 }
 
 

@@ -11,6 +11,7 @@ import typer
 from mssgate.cli.context import actor, emit_json, emit_table, say, state
 from mssgate.errors import NotFound, UsageFailed, ValidationFailed
 from mssgate.routing.model import Rule, match_items, parse_action, parse_match
+from mssgate.routing.preset import is_preset
 from mssgate.routing.store import RuleStore, StoredRule, unknown_copy_targets, validated
 
 app = typer.Typer(
@@ -48,7 +49,8 @@ def add(
             "--match",
             help="FIELD=VALUE[,VALUE...] (any value); several --match must all hold. Fields: "
             "mailbox, domain, sender, sender-domain, format, code, template-id, "
-            "service-event, practice-setting, confidentiality, departement, xpath.",
+            "service-event, practice-setting, confidentiality, departement, d2lm "
+            "(fin, fidd, l2-eligible, not-l2, l2-read), xpath.",
         ),
     ] = None,
     copy_to: Annotated[
@@ -142,7 +144,11 @@ def _one_line(exc: ValueError) -> str:
 @app.command("list")
 def list_(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """List the routing rules in the order they run (configuration and database)."""
-    rules = [_shown(r) for r in _store(ctx).listing()]
+    # Which rules `route preset d2lm` wrote (it replaces them all when run again).
+    rules = [
+        _shown(r) | {"preset": "d2lm" if is_preset(r.rule.name) else None}
+        for r in _store(ctx).listing()
+    ]
     if json_out:
         emit_json({"rules": rules})
         return
@@ -266,6 +272,7 @@ def test(
             entry: dict[str, Any] = dict.fromkeys(
                 ("pipeline", "format", "code", "result"), None
             ) | {"document": index, "rules": [], "tags": [], "copies": [], "forwards": []}
+            entry["d2lm"] = []  # the `d2lm` match's values, and why not L2
             if not isinstance(outcome, Accepted):
                 entry["origin"] = outcome.origin
                 entry["pipeline"] = f"held ({int(outcome.code)}): {outcome.reason}"
@@ -288,6 +295,7 @@ def test(
             entry["origin"] = outcome.record.origin
             entry["format"] = doc.format
             entry["code"] = doc.type_code
+            entry["d2lm"] = _d2lm(router, plan, outcome, budget)
             entry["rules"] = [{"name": r.name, "outcome": what} for r, what in explain(rules, plan)]
             if plan.hold is not None:
                 entry["result"] = f"held: {plan.hold}"
@@ -312,6 +320,8 @@ def test(
             say(f"  pipeline: {entry['pipeline']} (no rule applies)")
             continue
         say(f"  format {entry['format']}, code {entry['code'] or '-'}")
+        if entry["d2lm"]:
+            say(f"  d2lm: {', '.join(entry['d2lm'])}")
         for rule in entry["rules"]:
             say(f"  rule {rule['name']}: {rule['outcome']}")
         extra = ""
@@ -373,5 +383,23 @@ def _stored(ctx: typer.Context, given: str) -> tuple[list[Any], str, str]:
     content = b"" if blob.encrypted else blob.data
     return [Accepted(record=record, content=content)], entry.mailbox, entry.sender
 
+
+def _d2lm(router: Any, plan: Any, outcome: Any, budget: Any) -> list[str]:
+    """The `d2lm` match's values for a document, and why a form is not sent to L2; the CDA
+    probed here when no rule needed it (the operator asks what a form is)."""
+    from mssgate.documents.d2lm import decide_l2
+    from mssgate.routing.engine import CDA_FORMATS
+
+    facts = plan.facts
+    if facts is None and outcome.record.document.format in CDA_FORMATS:
+        facts = router.probe(outcome.content, (), budget)
+    if facts is None or facts.d2lm is None:
+        return []
+    return [*facts.d2lm_labels, *decide_l2(facts.d2lm).reasons]
+
+
+from mssgate.cli.preset_cmds import app as _preset_app  # noqa: E402  (after the commands)
+
+app.add_typer(_preset_app, name="preset")
 
 __all__ = ["Rule", "app"]

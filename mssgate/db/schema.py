@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -583,4 +584,40 @@ patient_messages = Table(
     Column("ends_conversation", Boolean, nullable=False),
     Index("ix_patient_messages_reply", "ins", "message_id"),
     Index("ix_patient_messages_pair", "ins", "mailbox", "seq"),
+)
+
+# The second readings (L2) of breast-cancer screening under way (mssgate.screening): one row
+# per CANCER-D2LM interpretation form the d2lm preset sent to a CRCDC, closed when the CRCDC
+# sends the L2 result for the same form (same setId, or a relatedDocument naming it). Only
+# what the deadline and the L2 result's routing need; the form itself stays in the queue
+# (revision 0025).
+screening_cases = Table(
+    "screening_cases",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # The mailbox the L1 form came to (whose consumer sees the case), and its queue entry.
+    Column("mailbox", String(254), nullable=False),
+    Column("queue_document_id", String(32), nullable=False),
+    Column("document_id", String(200), nullable=False),
+    Column("set_id", String(200)),
+    Column("ins", String(64)),
+    Column("ins_oid", String(64)),
+    # The mammogram's date (the form's; the day it was received when the form gives none).
+    Column("exam_date", Date, nullable=False),
+    Column("exam_date_known", Boolean, nullable=False),
+    Column("departement", String(3)),
+    Column("crcdc", String(254), nullable=False),
+    Column("l1_rpps", String(200)),
+    Column("l1_email", String(200)),
+    Column("gp_rpps", String(200)),
+    Column("gp_email", String(200)),
+    Column("state", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("closed_at", DateTime(timezone=True)),
+    # The L2 result that closed it: its queue entry and its CDA id.
+    Column("result_queue_document_id", String(32)),
+    Column("result_document_id", String(200)),
+    UniqueConstraint("mailbox", "document_id", name="uq_screening_cases_form"),
+    Index("ix_screening_cases_open", "state", "exam_date"),
+    Index("ix_screening_cases_set", "crcdc", "set_id"),
 )

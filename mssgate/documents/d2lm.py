@@ -23,11 +23,11 @@ from lxml import etree
 from pydantic import BaseModel, ConfigDict
 
 from mssgate.documents.cda import OID_RPPS, format_identifier, read_header
+from mssgate.documents.departement import departement_of
 from mssgate.documents.errors import CdaError
 from mssgate.documents.imaging import HL7_NS
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.xml import parse_xml
-from mssgate.routing.probe import departement_of
 
 TEMPLATE_FIN: Final = "1.2.250.1.213.1.1.1.27"
 TEMPLATE_FIDD: Final = "1.2.250.1.213.1.1.1.28"

@@ -34,6 +34,7 @@ from mssgate.queue.service import DocumentQueue, NewDocument
 from mssgate.queue.withdrawal import replacement_refusal, withdrawal_refusal
 from mssgate.routing.engine import Plan
 from mssgate.routing.router import Router, trace
+from mssgate.screening.track import track
 
 if TYPE_CHECKING:
     from mssgate.outbound.forward import Forwarder, Ready
@@ -173,6 +174,11 @@ def ingest(
                 copies = _copies(service, holding, found, record, plan, raw=raw, headers=headers,
                                  delivery=delivery, actor=actor, added=added)  # fmt: skip
                 report.copies.extend(i for i, _ in copies.values())
+                # A CANCER-D2LM form sent to L2 opens a screening case, an L2 result closes
+                # it (again on a replay: both are idempotent). The relatedDocument as sent.
+                replaces = found.record.document.replaces if isinstance(found, Accepted) else None
+                track(router.store.engine, plan, record, queue_document_id=doc_id, mailbox=box,
+                      sender=sender, replaces=replaces, actor=actor)  # fmt: skip
                 # After the entry: a crash before this replays the delivery, which finds the
                 # entry and the forward's record, and spools only what is missing.
                 assert forwarder is not None or not ready

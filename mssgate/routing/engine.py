@@ -56,6 +56,9 @@ class Plan:
     forwards: list[Forward] = field(default_factory=list)
     hold: str | None = None  # the reason, naming the rule
     held_by: str | None = None
+    # What the probe read (None: no rule needed the CDA), for what follows the routing
+    # (mssgate.screening tracks the CANCER-D2LM forms sent to L2).
+    facts: CdaFacts | None = None
 
     @property
     def routed(self) -> bool:
@@ -95,6 +98,7 @@ def matches(match: Match, subject: Subject) -> bool:
         and _any(match.service_event, facts.service_events)
         and _any(match.practice_setting, facts.practice_settings)
         and _any(match.departement, [facts.departement])
+        and _any(match.d2lm, facts.d2lm_labels)
         and (match.xpath is None or facts.xpaths.get(match.xpath, False))
     )
 
@@ -110,7 +114,7 @@ def ordered(rules: Sequence[Rule]) -> list[Rule]:
 def evaluate(rules: Sequence[Rule], subject: Subject, *, holds: bool = True) -> Plan:
     """The plan for one document. `holds=False` (an operator's release) passes over `hold`
     actions and undecidable rules: the operator has looked at the document."""
-    plan = Plan()
+    plan = Plan(facts=subject.facts)
     for rule in ordered(rules):
         if not rule.enabled:
             continue
@@ -147,7 +151,8 @@ def evaluate(rules: Sequence[Rule], subject: Subject, *, holds: bool = True) -> 
             elif action.kind == "hold":
                 if not holds:
                     continue
-                plan.hold = f"held by routing rule {rule.name!r}: {action.value}"[:480]
+                reason = _placed(action.value or "", subject.facts)
+                plan.hold = f"held by routing rule {rule.name!r}: {reason}"[:480]
                 plan.held_by = rule.name
                 stop = True
             elif action.kind == "stop":
@@ -172,6 +177,15 @@ def _forward_refusal(to: str, subject: Subject) -> str | None:
     if to == subject.mailbox.lower():
         return "refused: the mailbox it came to (a loop)"
     return None
+
+
+def _placed(reason: str, facts: CdaFacts | None) -> str:
+    """A hold's reason with `{departement}` replaced by the document's: one rule that holds
+    what no other rule took can say which département lacked one (the d2lm preset)."""
+    if "{departement}" not in reason:
+        return reason
+    found = facts.departement if facts is not None else None
+    return reason.replace("{departement}", found or "unknown (no French postal code)")
 
 
 def needs_cda(rules: Sequence[Rule]) -> tuple[bool, tuple[str, ...]]:

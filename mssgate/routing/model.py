@@ -34,10 +34,12 @@ Value = Annotated[str, Field(min_length=1, max_length=_MAX_VALUE)]
 Values = Annotated[tuple[Value, ...], Field(max_length=_MAX_VALUES)]
 
 # Compared without case: addresses and domains, formats; codes the documents write upper.
-_LOWER: Final = frozenset({"mailbox", "domain", "sender", "sender_domain", "format"})
+_LOWER: Final = frozenset({"mailbox", "domain", "sender", "sender_domain", "format", "d2lm"})
 _UPPER: Final = frozenset({"confidentiality", "departement"})
 # Match fields whose values are read from the CDA itself (mssgate.routing.probe).
-CDA_FIELDS: Final = ("template_id", "service_event", "practice_setting", "departement")
+CDA_FIELDS: Final = ("template_id", "service_event", "practice_setting", "departement", "d2lm")
+# The `d2lm` values (mssgate.routing.probe.d2lm_labels computes them).
+D2LM_VALUES: Final = ("fin", "fidd", "l2-eligible", "not-l2", "l2-read")
 
 
 class Match(BaseModel):
@@ -57,6 +59,11 @@ class Match(BaseModel):
     practice_setting: Values = Field((), description="standardIndustryClassCode of the header")
     confidentiality: Values = Field((), description="A confidentiality code (N, R, V...)")
     departement: Values = Field((), description="The patient's département (postal code)")
+    d2lm: Values = Field(
+        (),
+        description="A CANCER-D2LM form: fin, fidd, l2-eligible (ACR 1 or 2 both breasts), "
+        "not-l2, l2-read (its L2 section has a result)",
+    )
     xpath: str | None = Field(
         None,
         min_length=1,
@@ -96,6 +103,14 @@ class Match(BaseModel):
         bad = [v for v in values if v not in FORMATS]
         if bad:
             raise ValueError(f"format {bad[0]!r} is none of {', '.join(FORMATS)}")
+        return values
+
+    @field_validator("d2lm")
+    @classmethod
+    def _d2lm(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [v for v in values if v not in D2LM_VALUES]
+        if bad:
+            raise ValueError(f"d2lm {bad[0]!r} is none of {', '.join(D2LM_VALUES)}")
         return values
 
     @field_validator("departement")

@@ -1,5 +1,6 @@
 """What the rules read from a CDA beyond the document record: templateIds, serviceEvent
-codes, practice setting, the patient's département, and the rules' XPaths.
+codes, practice setting, the patient's département, the CANCER-D2LM form (the `d2lm`
+match), and the rules' XPaths.
 
 `probe_cda` runs where a hostile document can be cut short: in a document worker process
 under `[routing] xpath_seconds` (mssgate.documents.isolation), killed past it. An XPath is
@@ -15,7 +16,11 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict
 
+from mssgate.documents.d2lm import D2lmForm, decide_l2
+from mssgate.documents.departement import departement_of
 from mssgate.documents.limits import DocumentLimits
+
+__all__ = ["CdaFacts", "d2lm_labels", "departement_of", "probe_cda"]
 
 _HEADER_TEMPLATES: Final = "/cda:ClinicalDocument/cda:templateId/@root"
 _SERVICE_EVENTS: Final = "/cda:ClinicalDocument/cda:documentationOf/cda:serviceEvent/cda:code/@code"
@@ -39,28 +44,29 @@ class CdaFacts(BaseModel):
     service_events: tuple[str, ...] = ()
     practice_settings: tuple[str, ...] = ()
     departement: str | None = None
+    # The CANCER-D2LM form (mssgate.documents.d2lm) when the CDA is one.
+    d2lm: D2lmForm | None = None
     xpaths: dict[str, bool] = {}
     # Set when the document could not be probed within its bounds: the rules that need it
     # cannot be decided, and the document is held with this reason.
     failure: str | None = None
 
+    @property
+    def d2lm_labels(self) -> tuple[str, ...]:
+        return d2lm_labels(self.d2lm)
 
-def departement_of(postal_code: str | None) -> str | None:
-    """The département of a French postal code: its first two digits; Corsica (20) by range,
-    2A below 20200, 2B from it; overseas (97x, 98x) its first three. None when it is no
-    French postal code."""
-    if postal_code is None:
-        return None
-    code = postal_code.strip().replace(" ", "")
-    if len(code) != 5 or not code.isascii() or not code.isdigit():
-        return None
-    if code.startswith(("97", "98")):
-        return code[:3]
-    if code.startswith("20"):
-        return "2A" if int(code) < 20200 else "2B"
-    if code.startswith("00"):
-        return None
-    return code[:2]
+
+def d2lm_labels(form: D2lmForm | None) -> tuple[str, ...]:
+    """The `d2lm` match's values (routing.model.D2LM_VALUES) for a form, so that no rule has
+    to tell the forms apart by their LOINC 18748-4, every imaging report's: `fin` or
+    `fidd`; `l2-eligible` (decide_l2: ACR 1 or 2 for both breasts, final L1 side) or
+    `not-l2`; `l2-read` when the L2 section carries a result. None for any other document."""
+    if form is None:
+        return ()
+    labels = [form.kind.lower(), "l2-eligible" if decide_l2(form).eligible else "not-l2"]
+    if form.right.l2 is not None or form.left.l2 is not None:
+        labels.append("l2-read")
+    return tuple(labels)
 
 
 def probe_cda(
@@ -69,6 +75,7 @@ def probe_cda(
     """The facts of one CDA (bytes the pipeline already accepted), for the rules' matches."""
     from lxml import etree
 
+    from mssgate.documents.d2lm import form_of
     from mssgate.documents.errors import DocumentError
     from mssgate.documents.xml import parse_xml
     from mssgate.routing.model import XPATH_NAMESPACES, compile_xpath
@@ -92,6 +99,10 @@ def probe_cda(
         return tuple(v for v in values if v)
 
     postal = strings(_POSTAL)
+    try:
+        form = form_of(root)
+    except DocumentError as exc:
+        return CdaFacts(failure=f"the CANCER-D2LM form cannot be read: {exc}")
     results: dict[str, bool] = {}
     for expression in xpaths:
         try:
@@ -110,6 +121,7 @@ def probe_cda(
         service_events=strings(_SERVICE_EVENTS),
         practice_settings=strings(_PRACTICE),
         departement=departement_of(postal[0]) if postal else None,
+        d2lm=form,
         xpaths=results,
     )
 

@@ -1,0 +1,255 @@
+"""The `screening_cases` table: open a case, close it with its L2 result, list the open ones
+and those past the deadline.
+
+The deadline is the rule's: a negative result reaches the woman within 15 days of the
+mammogram (arrêté du 29 septembre 2006, annexe III B; ../shared/design/screening.md). A case
+is *overdue* when it is still open more than 15 days after the exam date, and *due soon*
+(the warning) more than 10 days after. Dates are compared as calendar dates of `as_of`
+(UTC unless given), which tests and the CLI set instead of waiting.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Engine, func, or_, select
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+
+from mssgate import audit
+from mssgate.db.schema import screening_cases
+from mssgate.db.tx import write
+
+State = Literal["sent-to-l2", "l2-result-received"]
+OPEN: Final = "sent-to-l2"
+RESULT_RECEIVED: Final = "l2-result-received"
+WARNING_DAYS: Final = 10
+OVERDUE_DAYS: Final = 15
+MAX_LIST: Final = 1000
+Due = Literal["ok", "due-soon", "overdue", "closed"]
+
+
+class Case(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    mailbox: str
+    queue_document_id: str
+    document_id: str
+    set_id: str | None
+    ins: str | None
+    ins_oid: str | None
+    exam_date: date
+    exam_date_known: bool
+    departement: str | None
+    crcdc: str
+    l1_rpps: str | None
+    l1_email: str | None
+    gp_rpps: str | None
+    gp_email: str | None
+    state: State
+    created_at: datetime
+    closed_at: datetime | None
+    result_queue_document_id: str | None
+    result_document_id: str | None
+
+    def days(self, as_of: date) -> int:
+        """Days from the mammogram to `as_of`."""
+        return (as_of - self.exam_date).days
+
+    def due(self, as_of: date) -> Due:
+        if self.state != OPEN:
+            return "closed"
+        days = self.days(as_of)
+        if days > OVERDUE_DAYS:
+            return "overdue"
+        if days > WARNING_DAYS:
+            return "due-soon"
+        return "ok"
+
+
+@dataclass(frozen=True)
+class NewCase:
+    """An L1 interpretation form sent to L2 (mssgate.screening.track fills it)."""
+
+    mailbox: str
+    queue_document_id: str
+    document_id: str
+    set_id: str | None
+    ins: str | None
+    ins_oid: str | None
+    exam_date: date
+    exam_date_known: bool
+    departement: str | None
+    crcdc: str
+    l1_rpps: str | None
+    l1_email: str | None
+    gp_rpps: str | None
+    gp_email: str | None
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+class ScreeningCases:
+    def __init__(self, engine: Engine, *, today: Callable[[], date] = _today) -> None:
+        self._engine = engine
+        self._today = today
+
+    def today(self) -> date:
+        return self._today()
+
+    def open(self, new: NewCase, *, actor: str) -> tuple[str, bool]:
+        """(id, created): the case of this form at this mailbox, made once whatever replays
+        the delivery (a second ingest of the same form finds it)."""
+        c = screening_cases.c
+        key = (c.mailbox == new.mailbox) & (c.document_id == new.document_id)
+        case_id = secrets.token_hex(16)
+        try:
+            with write(self._engine) as conn:
+                found = conn.execute(select(c.id).where(key)).scalar()
+                if found is not None:
+                    return str(found), False
+                conn.execute(
+                    screening_cases.insert().values(
+                        id=case_id, state=OPEN, created_at=datetime.now(UTC), **vars(new)
+                    )
+                )
+                # Ids only in the audit: the case row holds the patient's INS.
+                audit.append(conn, actor=actor, action="screening.case_open", subject=case_id,
+                             detail={"mailbox": new.mailbox, "crcdc": new.crcdc,
+                                     "queue_document_id": new.queue_document_id,
+                                     "departement": new.departement})  # fmt: skip
+        except IntegrityError:
+            # Opened meanwhile by another node ingesting the same delivery (PostgreSQL).
+            with self._engine.connect() as conn:
+                return str(conn.execute(select(c.id).where(key)).scalar_one()), False
+        return case_id, True
+
+    def result(
+        self,
+        *,
+        crcdc: str,
+        set_id: str | None,
+        replaces: str | None,
+        document_id: str,
+        queue_document_id: str,
+        actor: str,
+    ) -> list[str]:
+        """Closes the open cases this L2 result from `crcdc` answers: the same setId (the
+        CRCDC completes the L2 section of the same form), or a relatedDocument naming the
+        form's id. Returns their ids (none: a result for no case sent from here)."""
+        c = screening_cases.c
+        lineage = [c.set_id == set_id] if set_id else []
+        if replaces:
+            lineage.append(c.document_id == replaces)
+        if not lineage:
+            return []
+        with write(self._engine) as conn:
+            ids = [
+                str(i)
+                for i in conn.execute(
+                    select(c.id).where(c.crcdc == crcdc, c.state == OPEN, or_(*lineage))
+                ).scalars()
+            ]
+            if not ids:
+                return []
+            conn.execute(
+                screening_cases.update()
+                .where(c.id.in_(ids))
+                .values(
+                    state=RESULT_RECEIVED,
+                    closed_at=datetime.now(UTC),
+                    result_queue_document_id=queue_document_id,
+                    result_document_id=document_id,
+                )
+            )
+            detail = {"crcdc": crcdc, "queue_document_id": queue_document_id}
+            for case_id in ids:
+                audit.append(conn, actor=actor, action="screening.l2_result", subject=case_id,
+                             detail=detail)  # fmt: skip
+        return ids
+
+    def get(self, case_id: str) -> Case | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(screening_cases).where(screening_cases.c.id == case_id))
+            found = row.first()
+        return _case(found) if found is not None else None
+
+    def for_result(self, queue_document_id: str) -> list[Case]:
+        """The cases an L2 result (its queue entry) closed: for routing the result to the
+        L1 radiologist and the GP (their RPPS and addresses are on the case)."""
+        c = screening_cases.c
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(screening_cases).where(c.result_queue_document_id == queue_document_id)
+            ).all()
+        return [_case(r) for r in rows]
+
+    def list(
+        self,
+        *,
+        mailbox: str | None = None,
+        past_days: int | None = None,
+        as_of: date | None = None,
+        include_closed: bool = False,
+        limit: int = MAX_LIST,
+    ) -> list[Case]:
+        """Open cases (all cases with `include_closed`), oldest exam first; `past_days`:
+        only the open ones more than that many days after their exam at `as_of`."""
+        c = screening_cases.c
+        query = select(screening_cases).order_by(c.exam_date, c.created_at, c.id)
+        if not include_closed or past_days is not None:
+            query = query.where(c.state == OPEN)
+        if past_days is not None:
+            day = as_of or self._today()
+            query = query.where(c.exam_date < day - timedelta(days=past_days))
+        if mailbox is not None:
+            query = query.where(c.mailbox == mailbox)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query.limit(max(1, min(limit, MAX_LIST)))).all()
+        return [_case(r) for r in rows]
+
+    def overdue_counts(self, as_of: date | None = None) -> dict[int, int]:
+        """{10: open cases past 10 days, 15: past 15} at `as_of` (the metric's gauge)."""
+        day = as_of or self._today()
+        with self._engine.connect() as conn:
+            return overdue_counts(conn, day)
+
+
+def overdue_counts(conn: Any, day: date) -> dict[int, int]:
+    c = screening_cases.c
+    counts: dict[int, int] = {}
+    for days in (WARNING_DAYS, OVERDUE_DAYS):
+        counts[days] = int(
+            conn.execute(
+                select(func.count()).where(
+                    c.state == OPEN, c.exam_date < day - timedelta(days=days)
+                )
+            ).scalar_one()
+        )
+    return counts
+
+
+def _case(row: Row[Any]) -> Case:
+    from mssgate.directory.timeutil import aware
+
+    values = dict(row._mapping)
+    values["created_at"] = aware(values["created_at"])
+    if values["closed_at"] is not None:
+        values["closed_at"] = aware(values["closed_at"])
+    return Case.model_validate(values)
+
+
+def shown(case: Case, as_of: date) -> dict[str, Any]:
+    """A case as the CLI's --json and the API answer it."""
+    return case.model_dump(mode="json") | {
+        "days_since_exam": case.days(as_of),
+        "due": case.due(as_of),
+    }
