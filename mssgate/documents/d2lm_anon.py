@@ -14,7 +14,8 @@ addresses. Replaced (docs/security-model.md, "L2 reader anonymity", lists the sa
   telecoms -> `<telecom nullFlavor="MSK"/>`, the person -> name "Lecteur L2 — CRCDC", the
   organisation -> id MSK and name "CRCDC" (its `standardIndustryClassCode` kept); its
   `code` (the profession) kept, anything else dropped;
-- any other `id` carrying the reader's number and any `telecom` with its address -> MSK;
+- any other `id` (or II value) carrying the reader's number, any `telecom` with its
+  address -> MSK;
 - in text (narrative blocks, titles, ST values, organisation names) and `displayName`/`value`
   attributes outside `recordTarget` and other people's structured names: the reader's name
   (family alone, or with the given name or a title) -> "Lecteur L2 — CRCDC", the number and
@@ -130,7 +131,8 @@ def anonymise_l2_reader(data: bytes, limits: DocumentLimits) -> Anonymised:
             counts["roles"] += 1
     for element in _outside(root, patient):
         name = local_name(element)
-        if name == "id" and _carries_number(element, identity):
+        # An id, or an II value (xsi:type="II"), naming the reader by number.
+        if element.get("extension") is not None and _carries_number(element, identity):
             _null(element, "root", "extension", "assigningAuthorityName", "displayable")
             counts["ids"] += 1
         elif name == "telecom" and _mailto(element.get("value")) in identity.emails:

@@ -163,8 +163,8 @@ def test_our_pipeline_reads_the_anonymised_copy() -> None:
 
 def _ans_with_l2_everywhere() -> bytes:
     """The ANS FIN where the L2 reader is also the legal authenticator, a section author, a
-    participant reached by its address only, the author of an entry (by an 8-prefixed
-    RPPS) and named in the L2 section's narrative."""
+    participant reached by its address only, an entry's id and II value (0-prefixed ADELI),
+    and named in the L2 section's narrative."""
     root = etree.fromstring(ans())
     rpps, family, given_name, email = ANS_L2
     legal = one(root, "/h:ClinicalDocument/h:legalAuthenticator/h:assignedEntity")
@@ -184,6 +184,10 @@ def _ans_with_l2_everywhere() -> bytes:
     etree.SubElement(participant, h("telecom"), value=f"MAILTO:{email.upper()}")
     entry = one(l2, ".//h:procedure[h:code/@code='MED-022']")
     etree.SubElement(entry, h("id"), root="1.2.3.4", extension=rpps)
+    observation = etree.SubElement(etree.SubElement(l2, h("entry")), h("observation"))
+    etree.SubElement(observation, h("code"), code="X-LECTEUR", codeSystem="1.2.3")
+    value = etree.SubElement(observation, h("value"), root="1.2.3.5", extension="0" + rpps)
+    value.set("{http://www.w3.org/2001/XMLSchema-instance}type", "II")
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
 
 
@@ -195,7 +199,7 @@ def test_the_l2_reader_is_found_wherever_the_form_names_it() -> None:
     for trace in (rpps, email, family, given_name):
         assert re.search(rf"(?i)(?<![0-9a-z]){re.escape(trace)}", copy.data.decode()) is None
     assert copy.masked_roles == 3  # the author, the legal authenticator, the section author
-    assert copy.masked_ids == 1  # the entry's id
+    assert copy.masked_ids == 2  # the entry's id, the II value
     assert copy.masked_telecoms == 1  # the gynaecologist's extra address
     root = etree.fromstring(copy.data)
     legal = one(root, "/h:ClinicalDocument/h:legalAuthenticator/h:assignedEntity")

@@ -7,12 +7,14 @@ conversation the practitioner started and has not ended (X-MSS-MES: FIN)."""
 from __future__ import annotations
 
 import asyncio
+import email
 import smtplib
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from aiosmtpd.smtp import SMTP
 
@@ -21,6 +23,7 @@ from mssgate.tls import server_context
 from tests.conftest import Cli
 from tests.relay.conftest import PeerHandler, Received
 from tests.smtp.conftest import ALICE, BOB, Gateway
+from tests.smtp.test_outbound_gateway import mdm
 
 PATIENT_DOMAIN = "patient.mssante.fr"
 INS = "279035121518989"
@@ -133,6 +136,7 @@ def world(
     cli.ok("domain", "trust", PATIENT_DOMAIN, "--relay", f"127.0.0.1:{operator.port}",
            "--ca", str(patient_pki["ca"]))  # fmt: skip
     gateway_setup.env["MSSGATE_RELAY__POLL_SECONDS"] = "0.2"
+    gateway_setup.env["MSSGATE_POLICY__ALLOW_TEST_INS"] = "true"  # the RIS's MDM: test OID
     gateway_setup.start()
     yield gateway_setup, operator
     gateway_setup.stop()
@@ -236,3 +240,30 @@ def test_the_patient_operators_own_notices_and_forged_senders(
     code, text = operator.send(gateway, reply(author=robot), sender=robot)
     assert code == 550 and b"not a patient mailbox" in text
     gateway.wait_delivered(ALICE, 1)
+
+
+def test_a_ris_copy_to_the_patient_starts_a_conversation_with_its_application_mailbox(
+    cli: Cli, world: tuple[Gateway, PatientOperator]
+) -> None:
+    gateway, operator = world
+    # Bob's mailbox is a RIS's: its copy for the patient (DESTMSSANTEPAT) starts the
+    # conversation as a practitioner's message does, and the patient's reply is delivered to
+    # the application mailbox as any message is.
+    token = cli.ok("consumer", "add", "ris-a", "--mailbox", BOB, "--json").json()["token"]
+    base = f"https://127.0.0.1:{gateway.ports['api']}"
+    with httpx.Client(base_url=base, verify=gateway.client_context(), timeout=60,
+                      headers={"Authorization": f"Bearer {token}"}) as api:  # fmt: skip
+        body = mdm("PAT-1", recipients=(), flags=(("DESTMSSANTEPAT", "Y"),))
+        response = api.post("/v1/outbound", content=body,
+                            headers={"Content-Type": "application/hl7-v2"})  # fmt: skip
+    assert response.status_code == 202, response.text
+    [sent] = operator.wait_received(1)
+    assert sent.rcpt_tos == [PATIENT]
+    message_id = email.message_from_bytes(sent.content)["Message-ID"]
+    assert message_id and message_id.endswith(f"@{BOB.split('@')[1]}>")
+    assert operator.send(gateway, reply(to=BOB, In_Reply_To=message_id), to=BOB)[0] == 250
+    [delivered] = gateway.wait_delivered(BOB, 1)
+    assert b"Merci docteur." in delivered.read_bytes()
+    # Alice never wrote to this patient.
+    code, text = operator.send(gateway, reply(In_Reply_To=message_id))
+    assert code == 550 and b"another professional" in text

@@ -1,0 +1,212 @@
+"""Where an L2 result goes: the decision (pure), and the directory look-up it is given.
+
+An L2 result is a CANCER-D2LM interpretation form (FIN) sent BY a configured CRCDC mailbox
+(issue 16: the direction is told by the sender; the d2lm preset's `d2lm-from-crcdc` rule
+tags it `d2lm-l2-result`). It goes to:
+
+- the L1 radiologist, the original (the CRCDC's own copy is the one it sent): the L1
+  author's `mailto:` telecom in the form, else the directory's one mailbox for the L1 RPPS,
+  else the mailbox the L1 submission came to (its screening case); `copy-to` when that
+  mailbox is hosted here, else `forward` (a new signed MSSanté message);
+- the GP named in the form (participant `PCP`), the copy without the L2 reader
+  (mssgate.documents.d2lm_anon): the GP's `mailto:` in the form, else the directory's one
+  mailbox for the GP's RPPS; always a `forward` of the transformed bytes (a `copy-to` would
+  hand the original to the GP's queue).
+
+Nothing is guessed: no L1 mailbox holds the document (an operator finds where it goes); a GP
+without a mailbox, or a copy that could not be made, is a problem said in the audit and the
+document's tags, and the L1 delivery goes on (the 15-day deadline runs). Never back to a
+CRCDC (a loop), never the same mailbox twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Engine, select
+
+from mssgate.db.schema import professionals
+from mssgate.documents.d2lm import D2lmForm, Practitioner
+from mssgate.documents.d2lm_anon import number_forms
+from mssgate.errors import ValidationFailed
+from mssgate.identifiers import normalize_address
+
+Role = Literal["l1", "gp"]
+Source = Literal["form", "directory", "case"]
+Via = Literal["copy-to", "forward"]
+TAG_NO_GP: Final = "d2lm-l2-result-no-gp"
+# Several mailboxes for one RPPS are listed in the reason up to this many.
+_SHOWN: Final = 3
+
+
+class Recipient(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    role: Role
+    address: str
+    source: Source
+    via: Via
+    # True: the copy without the L2 reader is sent, not the original.
+    anonymised: bool
+
+
+class L2ResultRouting(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    recipients: tuple[Recipient, ...] = ()
+    # Set: the document is held with this reason and goes nowhere.
+    hold: str | None = None
+    # What was not done, and why (audited, and tagged TAG_NO_GP when the GP got nothing).
+    problems: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+
+def is_l2_result(form: D2lmForm | None, sender: str, crcdc: Collection[str]) -> bool:
+    """An interpretation form sent by one of the CRCDC mailboxes (addresses lower case)."""
+    return form is not None and form.kind == "FIN" and sender.strip().lower() in crcdc
+
+
+def route_l2_result(
+    form: D2lmForm,
+    *,
+    sender: str,
+    crcdc: Collection[str],
+    hosted: Callable[[str], bool],
+    directory: Callable[[str], Sequence[str]],
+    case_mailbox: str | None = None,
+    anonymisation_error: str | None = None,
+) -> L2ResultRouting | None:
+    """The recipients of an L2 result, or None when the form is no L2 result (module
+    docstring). `crcdc`: the CRCDC addresses (lower case); `hosted(address)`: a mailbox of
+    this gateway; `directory(rpps)`: the active mailboxes of that practitioner;
+    `case_mailbox`: where the L1 submission came to; `anonymisation_error`: why the GP's copy
+    could not be made (mssgate.documents.d2lm_anon.AnonymisationError), None when it was."""
+    if not is_l2_result(form, sender, crcdc):
+        return None
+    problems: list[str] = []
+    taken = set(crcdc) | {sender.strip().lower()}
+    l1_found = _address(form.l1_reader, "the L1 radiologist", directory, problems)
+    if l1_found is None and case_mailbox is not None:
+        case_address = _normal(case_mailbox)
+        l1_found = (case_address, "case") if case_address is not None else None
+    if l1_found is not None and l1_found[0] in taken:
+        problems.append(f"the L1 radiologist's mailbox {l1_found[0]} is a CRCDC's: not sent back")
+        l1_found = None
+    if l1_found is None:
+        return L2ResultRouting(
+            hold="L2 result: no mailbox found for the L1 radiologist ("
+            + "; ".join(problems or ["the form names no L1 reader"])
+            + "): an operator sends it on",
+            problems=tuple(problems),
+        )
+    l1_address, l1_source = l1_found
+    recipients = [
+        Recipient(
+            role="l1",
+            address=l1_address,
+            source=l1_source,
+            via="copy-to" if hosted(l1_address) else "forward",
+            anonymised=False,
+        )
+    ]
+    gp = _gp(form, l1_address, taken, directory, anonymisation_error, problems)
+    if gp is not None:
+        recipients.append(gp)
+    tags = () if gp is not None else (TAG_NO_GP,)
+    return L2ResultRouting(recipients=tuple(recipients), problems=tuple(problems), tags=tags)
+
+
+def _gp(
+    form: D2lmForm,
+    l1_address: str,
+    taken: set[str],
+    directory: Callable[[str], Sequence[str]],
+    anonymisation_error: str | None,
+    problems: list[str],
+) -> Recipient | None:
+    if form.gp is None:
+        problems.append("the form names no GP (participant PCP): no GP copy")
+        return None
+    same_person = (
+        form.l1_reader is not None
+        and form.gp.rpps is not None
+        and (form.gp.rpps in number_forms(form.l1_reader.rpps or ""))
+    )
+    found = _address(form.gp, "the GP", directory, problems)
+    if found is None:
+        return None
+    address, source = found
+    if same_person or address == l1_address:
+        problems.append("the GP is the L1 radiologist: the original only")
+        return None
+    if address in taken:
+        problems.append(f"the GP's mailbox {address} is a CRCDC's: not sent back")
+        return None
+    if anonymisation_error is not None:
+        problems.append(f"no GP copy: the L2 reader could not be removed ({anonymisation_error})")
+        return None
+    reader = form.l2_reader.email if form.l2_reader is not None else None
+    if reader is not None and _normal(reader) is not None and _normal(reader) in taken:
+        # A forward names its original sender (headers and note): the reader's own address.
+        problems.append("no GP copy: the result was sent from the L2 reader's own mailbox")
+        return None
+    return Recipient(role="gp", address=address, source=source, via="forward", anonymised=True)
+
+
+def _normal(address: str) -> str | None:
+    try:
+        return normalize_address(address)
+    except ValidationFailed:
+        return None
+
+
+def _address(
+    who: Practitioner | None,
+    role: str,
+    directory: Callable[[str], Sequence[str]],
+    problems: list[str],
+) -> tuple[str, Source] | None:
+    """The practitioner's mailbox: the form's `mailto:`, else the directory's only one."""
+    if who is None:
+        problems.append(f"the form names no {role.removeprefix('the ')}")
+        return None
+    if who.email is not None:
+        address = _normal(who.email)
+        if address is not None:
+            return address, "form"
+        problems.append(f"{role}'s mailto: in the form is no address")
+    if who.rpps is None:
+        problems.append(f"{role} has no RPPS to look up")
+        return None
+    found = sorted({a for a in (_normal(x) for x in directory(who.rpps)) if a})
+    if len(found) == 1:
+        return found[0], "directory"
+    if not found:
+        problems.append(f"{role}'s RPPS {who.rpps} has no mailbox in the directory")
+    else:
+        shown = ", ".join(found[:_SHOWN]) + (", ..." if len(found) > _SHOWN else "")
+        problems.append(f"{role}'s RPPS {who.rpps} has {len(found)} mailboxes ({shown})")
+    return None
+
+
+def directory_lookup(engine: Engine) -> Callable[[str], list[str]]:
+    """`directory(rpps)` over the professionals table: the active person mailboxes (hosted
+    or correspondents from the Annuaire) whose national id is that number, in any of its
+    written forms (`8`+RPPS as the directory keeps it, bare; `0`+ADELI, bare)."""
+
+    def lookup(number: str) -> list[str]:
+        forms = sorted(number_forms(number))
+        query = (
+            select(professionals.c.address)
+            .where(professionals.c.idnat.in_(forms))
+            .where(professionals.c.kind == "PER")
+            .where(professionals.c.state == "active")
+            .order_by(professionals.c.address)
+            .limit(10)
+        )
+        with engine.connect() as conn:
+            return [row.address for row in conn.execute(query)]
+
+    return lookup
