@@ -57,6 +57,13 @@ def d2lm(
         rules = preset.d2lm_rules(preset.parse_crcdc(crcdc), hosted=hosted)
     except ValidationFailed as exc:
         raise UsageFailed(str(exc)) from None
+    forwards = [r for r in rules if any(a.kind == "forward" for a in r.actions)]
+    if forwards:
+        # As `route add --forward`: refused now rather than hold every form at run time.
+        from mssgate.outbound.forward import forward_problems
+
+        for _, problem in forward_problems(config, directory, forwards):
+            raise UsageFailed(f"a CRCDC outside this gateway is forwarded to: {problem}")
     replaced = preset.install(engine, rules, actor=actor(), config_rules=config.routing.rule)
     if json_out:
         emit_json({"rules": [r.name for r in rules], "replaced": replaced,

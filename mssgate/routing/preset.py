@@ -8,8 +8,9 @@ In the order they run (after the operator's rules of the default order 100):
   never sent to L2 again). mssgate.screening closes its case.
 - `d2lm-l2-DEPT`, one per département: an interpretation form eligible for L2 (decide_l2:
   the final L1-side classification is ACR 1 or 2 for both breasts) of a woman living in
-  DEPT goes to its CRCDC's mailbox (`copy-to`, a mailbox hosted here); the addressed RIS
-  keeps its own entry. Tagged `d2lm-l2`.
+  DEPT goes to its CRCDC: `copy-to` when the CRCDC's mailbox is hosted here, else `forward`
+  (a new signed MSSanté message, [routing] forward_from); the addressed RIS keeps its own
+  entry. Tagged `d2lm-l2`.
 - `d2lm-no-crcdc`: an eligible form of a département without a CRCDC is held, the reason
   naming the département.
 - `d2lm-not-l2`: any other form (ACR 0/3/4/5, a deferred work-up form, anything unreadable)
@@ -79,7 +80,7 @@ def parse_crcdc(items: Sequence[str]) -> dict[str, str]:
 
 def d2lm_rules(crcdc: Mapping[str, str], *, hosted: Callable[[str], bool]) -> list[Rule]:
     """The preset's rules for {département: CRCDC address}; `hosted(address)`: whether the
-    address is a mailbox of this gateway (a `copy-to`)."""
+    address is a mailbox of this gateway (a `copy-to`) rather than elsewhere (a `forward`)."""
     addresses = tuple(sorted(set(crcdc.values())))
 
     def rule(name: str, order: int, match: dict[str, object], actions: list[str]) -> Rule:
@@ -103,13 +104,8 @@ def d2lm_rules(crcdc: Mapping[str, str], *, hosted: Callable[[str], bool]) -> li
     ]  # fmt: skip
     for dept in sorted(crcdc, key=_dept_key):
         address = crcdc[dept]
-        if not hosted(address):
-            # Copies to a mailbox not hosted here would wait in a queue nobody leases.
-            raise ValidationFailed(
-                f"--crcdc {dept}={address}: no mailbox of this gateway (directory add); a"
-                " CRCDC elsewhere needs the forward action"
-            )
-        send = f"copy-to {address}"
+        # A copy to a mailbox not hosted here would wait in a queue nobody leases.
+        send = f"copy-to {address}" if hosted(address) else f"forward {address}"
         rules.append(
             rule(f"{L2_RULE_PREFIX}{dept}", ORDER + 10,
                  {"d2lm": ("l2-eligible",), "departement": (dept,)},

@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, false, func, or_, select
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -145,24 +145,14 @@ class ScreeningCases:
         """Closes the open cases this L2 result from `crcdc` answers: the same setId (the
         CRCDC completes the L2 section of the same form), or a relatedDocument naming the
         form's id. Returns their ids (none: a result for no case sent from here)."""
-        c = screening_cases.c
-        lineage = [c.set_id == set_id] if set_id else []
-        if replaces:
-            lineage.append(c.document_id == replaces)
-        if not lineage:
-            return []
         with write(self._engine) as conn:
-            ids = [
-                str(i)
-                for i in conn.execute(
-                    select(c.id).where(c.crcdc == crcdc, c.state == OPEN, or_(*lineage))
-                ).scalars()
-            ]
+            answered = _answered(crcdc, set_id, replaces, screening_cases.c.id)
+            ids = [str(i) for i in conn.execute(answered).scalars()]
             if not ids:
                 return []
             conn.execute(
                 screening_cases.update()
-                .where(c.id.in_(ids))
+                .where(screening_cases.c.id.in_(ids))
                 .values(
                     state=RESULT_RECEIVED,
                     closed_at=datetime.now(UTC),
@@ -175,6 +165,13 @@ class ScreeningCases:
                 audit.append(conn, actor=actor, action="screening.l2_result", subject=case_id,
                              detail=detail)  # fmt: skip
         return ids
+
+    def answered_by(self, *, crcdc: str, set_id: str | None, replaces: str | None) -> list[Case]:
+        """The open cases an L2 result from `crcdc` would close (`result`'s test, read only):
+        for routing the result before it is queued (the L1 submission's mailbox)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(_answered(crcdc, set_id, replaces, screening_cases)).all()
+        return [_case(r) for r in rows]
 
     def get(self, case_id: str) -> Case | None:
         with self._engine.connect() as conn:
@@ -221,6 +218,17 @@ class ScreeningCases:
         day = as_of or self._today()
         with self._engine.connect() as conn:
             return overdue_counts(conn, day)
+
+
+def _answered(crcdc: str, set_id: str | None, replaces: str | None, *columns: Any) -> Any:
+    """SELECT `columns` of the open cases of `crcdc` of the same form: its setId, or the
+    form id a relatedDocument names (none when the result gives neither)."""
+    c = screening_cases.c
+    lineage = [c.set_id == set_id] if set_id else []
+    if replaces:
+        lineage.append(c.document_id == replaces)
+    query = select(*columns).where(c.crcdc == crcdc.lower(), c.state == OPEN)
+    return query.where(or_(*lineage) if lineage else false())
 
 
 def overdue_counts(conn: Any, day: date) -> dict[int, int]:

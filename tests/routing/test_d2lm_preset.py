@@ -23,7 +23,7 @@ from mssgate.documents.d2lm_samples import D2lmSpec, make_d2lm
 from mssgate.queue import DocumentQueue
 from mssgate.queue.ingest import IngestReport
 from tests.conftest import Cli, shared_fixture
-from tests.queue.helpers import DOMAIN, RIS_A, SENDER, add_mailboxes, mail
+from tests.queue.helpers import DOMAIN, RIS_A, RIS_B, SENDER, add_mailboxes, mail
 
 IDF = f"crcdc-idf@{DOMAIN}"
 CORSE = f"crcdc-corse@{DOMAIN}"
@@ -284,12 +284,18 @@ def test_bad_preset_arguments_are_one_line(site: Site, args: tuple[str, ...], er
     assert error in result.err and len(result.err.strip().splitlines()) == 1
 
 
-def test_a_crcdc_outside_this_gateway_is_refused(site: Site) -> None:
+def test_a_crcdc_outside_this_gateway_is_forwarded_to(site: Site) -> None:
     outside = "secretariat@crcdc-bretagne.mssante.fr"
     refused = site.cli("route", "preset", "d2lm", "--crcdc", f"35={outside}")
-    assert refused.code == 2 and "no mailbox of this gateway" in refused.err
+    # No application mailbox to send from: refused now, not at the first form.
+    assert refused.code == 2 and "forward_from" in refused.err
     kept = json.loads(site.cli.ok("route", "preset", "d2lm", "--list", "--json").out)
     assert kept["crcdc"][0]["departement"] == "2A"  # the preset stored before is unchanged
+    from mssgate.routing.preset import d2lm_rules
+
+    rules = d2lm_rules({"35": outside, "75": IDF}, hosted=lambda a: a == IDF)
+    sends = {r.name: r.actions[0].text() for r in rules if r.name.startswith("d2lm-l2-")}
+    assert sends == {"d2lm-l2-35": f"forward {outside}", "d2lm-l2-75": f"copy-to {IDF}"}
 
 
 def test_route_test_says_what_a_form_is(site: Site, tmp_path: Path) -> None:
@@ -323,3 +329,40 @@ def test_the_ans_examples_are_not_sent_to_l2(
 
     facts = probe_cda(data, xpaths=(), max_nodes=200_000, limits=DocumentLimits())
     assert facts.d2lm_labels == labels
+
+
+def test_a_form_forwarded_to_a_crcdc_elsewhere_opens_a_case_there(sqlite_engine: Engine) -> None:
+    from mssgate.documents.d2lm import form_of
+    from mssgate.documents.limits import DocumentLimits
+    from mssgate.documents.record import Accepted
+    from mssgate.documents.signed import process_signed_message
+    from mssgate.routing.engine import Decision, Plan
+    from mssgate.routing.probe import CdaFacts
+    from mssgate.screening.cases import ScreeningCases
+    from mssgate.screening.track import track
+
+    outside = "secretariat@crcdc-bretagne.mssante.fr"
+    data = form(15, postal_code="35000")
+    parsed = form_of(etree.fromstring(data))
+    [accepted] = process_signed_message(mail([data]), limits=DocumentLimits(),
+                                        allow_test_oids=True).outcomes  # fmt: skip
+    assert isinstance(accepted, Accepted)
+    record = accepted.record.model_copy(update={"received_at": datetime.now(UTC)})
+
+    def plan(*decisions: Decision) -> Plan:
+        return Plan(decisions=list(decisions), facts=CdaFacts(d2lm=parsed))
+
+    sent = plan(Decision("d2lm-l2-35", (f"forward {outside}", "tag d2lm-l2", "stop")))
+    track(sqlite_engine, sent, record, queue_document_id="q1", mailbox=RIS_A, sender=SENDER,
+          replaces=None, actor="test")  # fmt: skip
+    # A forward the engine refused (a loop) was not sent: no case.
+    refused = plan(Decision("d2lm-l2-35", (f"forward {outside} (refused: a loop)",)))
+    track(sqlite_engine, refused, record, queue_document_id="q2", mailbox=RIS_B, sender=SENDER,
+          replaces=None, actor="test")  # fmt: skip
+    cases = ScreeningCases(sqlite_engine)
+    [case] = cases.list()
+    assert (case.crcdc, case.departement, case.mailbox) == (outside, "35", RIS_A)
+    [found] = cases.answered_by(crcdc=outside.upper(), set_id=None, replaces=case.document_id)
+    assert found.id == case.id
+    assert cases.answered_by(crcdc=outside, set_id=None, replaces=None) == []
+    assert cases.answered_by(crcdc=IDF, set_id=case.set_id, replaces=None) == []
