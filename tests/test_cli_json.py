@@ -103,6 +103,8 @@ def test_json_output_matches_the_operator_guide(cli: Cli, datadir: Path, tmp_pat
         "route list": ["route", "list"],
         "route show": ["route", "show", "imaging"],
         "route test": ["route", "test", ready],
+        "route preset d2lm": ["route", "preset", "d2lm", "--list"],
+        "screening list": ["screening", "list"],
     }
     docs = documented()
     # Needs two serving nodes: tests/smtp/test_nodes_move.py checks its keys against the guide.
