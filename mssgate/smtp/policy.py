@@ -372,7 +372,9 @@ class SmtpPolicy:
             # is spooled; the peer's certificate was bound to the author's domain just above.
             refused = await asyncio.to_thread(self._patient_reply, envelope, headers)
             if refused is not None:
-                return await self._reject(server, "DATA", refused, check="patient-conversation")
+                return await self._reject(
+                    server, "DATA", refused, check="patient-conversation", reason=refused.text
+                )
         if self.listener.for_clients and (
             identity is None or _author(headers.get_all("From") or []) != identity
         ):
@@ -383,7 +385,9 @@ class SmtpPolicy:
                 self._to_patients, envelope, headers, identity
             )
             if refused is not None:
-                return await self._reject(server, "DATA", refused, check="patient-conversation")
+                return await self._reject(
+                    server, "DATA", refused, check="patient-conversation", reason=refused.text
+                )
         content = remove_own_results(content, self._hostname)
         signing = await self._sign_for_user(server, content, identity)
         if signing.reply is not None:

@@ -197,6 +197,8 @@ def test_a_conversation_started_replied_to_and_ended(
             b"5.7.1 Message refused: the professional ended this conversation",
         )
     assert len(gateway.mailbox(ALICE)) == 2 and gateway.mailbox(BOB) == []
+    ended = "Message refused: the professional ended this conversation"
+    gateway.wait_event("smtp.reject", check="patient-conversation", reason=ended)
 
     # A new message from the practitioner starts the conversation again.
     assert submit(gateway, to_patient("<m3@hopital-a.test>"))[0] == 250
