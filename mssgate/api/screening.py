@@ -5,18 +5,31 @@ admin token`)."""
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel
 
 from mssgate.api.auth import bearer
 from mssgate.api.problems import ApiProblem
 from mssgate.directory.admin_token import AdminToken
 from mssgate.directory.consumers import INVALID_TOKEN, Consumers, TokenRefused
-from mssgate.screening.cases import MAX_LIST, OVERDUE_DAYS, WARNING_DAYS, ScreeningCases, shown
+from mssgate.screening.cases import (
+    MAX_LIST,
+    OVERDUE_DAYS,
+    WARNING_DAYS,
+    CaseView,
+    ScreeningCases,
+    view,
+)
 
 router = APIRouter(tags=["screening"])
+
+
+class ScreeningList(BaseModel):
+    as_of: date
+    cases: list[CaseView]
 
 
 def _scope(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
@@ -35,6 +48,7 @@ def _scope(request: Request, credentials: HTTPAuthorizationCredentials | None) -
 @router.get(
     "/v1/screening",
     summary="Screening second readings (L2) sent to a CRCDC: open cases, oldest exam first",
+    response_model=ScreeningList,
     responses={401: {"description": "No valid consumer or admin token"}},
 )
 def screening(
@@ -51,11 +65,11 @@ def screening(
         date | None, Query(description="The day to count from (default today, UTC)")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = MAX_LIST,
-) -> dict[str, Any]:
+) -> ScreeningList:
     mailbox = _scope(request, credentials)
     cases = ScreeningCases(request.app.state.engine)
     day = as_of or cases.today()
     past = OVERDUE_DAYS if overdue else WARNING_DAYS if due_soon else None
     found = cases.list(mailbox=mailbox, past_days=past, as_of=day,
                        include_closed=include_closed, limit=limit)  # fmt: skip
-    return {"as_of": day.isoformat(), "cases": [shown(c, day) for c in found]}
+    return ScreeningList(as_of=day, cases=[view(c, day) for c in found])

@@ -75,7 +75,7 @@ def list_(
                 c.id,
                 c.exam_date.isoformat() + ("" if c.exam_date_known else " (received)"),
                 c.days(day),
-                c.due(day),
+                c.due_at(day),
                 c.departement or "-",
                 c.crcdc,
                 c.mailbox,

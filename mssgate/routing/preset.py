@@ -27,6 +27,7 @@ from typing import Final
 
 from pydantic import ValidationError
 from sqlalchemy import Engine, delete
+from sqlalchemy.exc import IntegrityError
 
 from mssgate import audit
 from mssgate.db.schema import routing_rules
@@ -154,6 +155,15 @@ def install(
             " the names d2lm-..., rename it there"
         )
     now = datetime.now(UTC)
+    try:
+        return _replace(engine, rules, actor=actor, now=now)
+    except IntegrityError:
+        # Another operator or node stored the preset meanwhile (PostgreSQL: our DELETE did
+        # not see its new rows, our INSERT then waited on their keys).
+        raise Conflict("the d2lm preset was changed meanwhile: run the command again") from None
+
+
+def _replace(engine: Engine, rules: Sequence[Rule], *, actor: str, now: datetime) -> int:
     with write(engine) as conn:
         gone = conn.execute(
             delete(routing_rules).where(routing_rules.c.name.like(f"{PREFIX}%"))

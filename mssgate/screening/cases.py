@@ -62,7 +62,7 @@ class Case(BaseModel):
         """Days from the mammogram to `as_of`."""
         return (as_of - self.exam_date).days
 
-    def due(self, as_of: date) -> Due:
+    def due_at(self, as_of: date) -> Due:
         if self.state != OPEN:
             return "closed"
         days = self.days(as_of)
@@ -255,9 +255,16 @@ def _case(row: Row[Any]) -> Case:
     return Case.model_validate(values)
 
 
+class CaseView(Case):
+    """A case as the CLI's --json and GET /v1/screening show it, counted at a day."""
+
+    days_since_exam: int
+    due: Due
+
+
+def view(case: Case, as_of: date) -> CaseView:
+    return CaseView(**dict(case), days_since_exam=case.days(as_of), due=case.due_at(as_of))
+
+
 def shown(case: Case, as_of: date) -> dict[str, Any]:
-    """A case as the CLI's --json and the API answer it."""
-    return case.model_dump(mode="json") | {
-        "days_since_exam": case.days(as_of),
-        "due": case.due(as_of),
-    }
+    return view(case, as_of).model_dump(mode="json")

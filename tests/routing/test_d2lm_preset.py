@@ -366,3 +366,12 @@ def test_a_form_forwarded_to_a_crcdc_elsewhere_opens_a_case_there(sqlite_engine:
     assert found.id == case.id
     assert cases.answered_by(crcdc=outside, set_id=None, replaces=None) == []
     assert cases.answered_by(crcdc=IDF, set_id=case.set_id, replaces=None) == []
+
+
+def test_a_bad_d2lm_value_is_one_line(site: Site) -> None:
+    bad = site.cli("route", "add", "r", "--match", "d2lm=acr1", "--tag", "x")
+    assert bad.code == 2
+    assert "d2lm 'acr1' is none of fin, fidd, l2-eligible, not-l2, l2-read" in bad.err
+    site.cli.ok("route", "add", "r", "--match", "d2lm=FIN,l2-read", "--tag", "x")
+    shown = json.loads(site.cli.ok("route", "show", "r", "--json").out)
+    assert shown["match"] == ["d2lm=fin,l2-read"]
