@@ -327,8 +327,8 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
 
 
 def _routing_status(engine: Engine, cfg: Config) -> tuple[bool, str]:
-    """The rules serve would apply: each copy-to must name a mailbox of this gateway (a rule
-    of the file is not checked by `route add`)."""
+    """The rules serve would apply: each copy-to must name a mailbox of this gateway, each
+    forward be sendable (a rule of the file is not checked by `route add`)."""
     from mssgate.routing.store import RuleStore, unknown_copy_targets
 
     rules = RuleStore(engine, cfg.routing.rule).rules()
@@ -336,6 +336,13 @@ def _routing_status(engine: Engine, cfg: Config) -> tuple[bool, str]:
     if unknown:
         rule, target = unknown[0]
         return False, f"rule {rule}: copy-to {target} is no mailbox of this gateway"
+    from mssgate.directory import Directory
+    from mssgate.outbound.forward import forward_problems
+
+    # A forward that could not be sent holds every document its rule matches.
+    unsendable = forward_problems(cfg, Directory(engine, actor="check"), rules)
+    if unsendable:
+        return False, unsendable[0][1]
     return True, f"{len(rules)} rule(s), {len(cfg.routing.rule)} of them in the file"
 
 

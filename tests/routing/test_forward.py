@@ -295,3 +295,26 @@ def test_cli_route_add_forward_is_validated(cli: Cli, datadir: Path, tmp_path: P
         f"=> held: routing rule 'f' cannot forward to {RIS_B}: {RIS_A} is not an active"
         " application mailbox"
     ) in out
+
+
+def test_check_names_a_file_rule_whose_forward_cannot_be_sent(cli: Cli, datadir: Path) -> None:
+    """A rule of the file is not checked by `route add`: `mssgate check` says it, as serve
+    would hold every document it matches."""
+    config = datadir / "mssgate.toml"
+    config.write_text(
+        config.read_text()
+        + f'\n[routing]\nforward_from = "{FWD}"\n'
+        + f'\n[[routing.rule]]\nname = "out"\nactions = ["forward {RIS_B}"]\n'
+    )
+    cli.ok("directory", "add", RIS_B, "--name", "RIS B", "--kind", "application")
+    result = cli("check", "--json")
+    checks = {c["check"]: c for c in json.loads(result.out)["checks"]}
+    assert checks["routing rules"] == {
+        "check": "routing rules", "ok": False,
+        "detail": f"rule out: forward {RIS_B}: {FWD} is no mailbox of this gateway",
+    }  # fmt: skip
+    assert result.code == 1
+    cli.ok("directory", "add", FWD, "--name", "Routeur", "--kind", "application")
+    cli.ok("consumer", "add", "routeur", "--mailbox", FWD)
+    checks = {c["check"]: c for c in json.loads(cli.ok("check", "--json").out)["checks"]}
+    assert checks["routing rules"]["ok"] is True
