@@ -471,6 +471,8 @@ outbound_messages = Table(
     # The ACK answered the first time, answered again to a repeat.
     Column("ack", Text, nullable=False),
     UniqueConstraint("consumer_id", "control_id", name="uq_outbound_consumer_control"),
+    # A forward's "sent this document to this address already?" (revision 0026).
+    Index("ix_outbound_messages_unique_id", "consumer_id", "unique_id"),
 )
 
 # One per recipient: the spool entry carrying its copy (its state is the status) and the

@@ -78,11 +78,14 @@ class Setup:
         return [e.reason for e in self.queue.quarantine.entries()]
 
 
-@pytest.fixture
-def setup(datadir: Path) -> Setup:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def setup(request: pytest.FixtureRequest, datadir: Path) -> Setup:
     config = load_config(datadir / "mssgate.toml")
-    engine = open_engine(config.database_url)
-    upgrade(engine)
+    if request.param == "sqlite":
+        engine = open_engine(config.database_url)
+        upgrade(engine)
+    else:
+        engine = request.getfixturevalue("pg_engine")
     add_mailboxes(engine, RIS_A, RIS_B, FWD)
     ensure_mailbox_key(config, FWD, common_name="Routeur")
     return Setup(config, engine)
