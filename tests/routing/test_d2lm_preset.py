@@ -16,6 +16,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 from sqlalchemy import Engine
 
@@ -375,3 +377,40 @@ def test_a_bad_d2lm_value_is_one_line(site: Site) -> None:
     site.cli.ok("route", "add", "r", "--match", "d2lm=FIN,l2-read", "--tag", "x")
     shown = json.loads(site.cli.ok("route", "show", "r", "--json").out)
     assert shown["match"] == ["d2lm=fin,l2-read"]
+
+
+_L1 = st.sampled_from([None, "ACR1", "ACR2", "abnormal"])
+_ACR = st.sampled_from([None, "ACR1", "ACR2", "ACR3", "ACR4", "ACR5"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["FIN", "FIDD"]), _L1, _L1, _ACR, _ACR, _ACR)
+def test_the_probe_labels_follow_decide_l2(
+    kind: str, l1_right: str | None, l1_left: str | None, workup_right: str | None,
+    workup_left: str | None, l2: str | None,
+) -> None:  # fmt: skip
+    """The rules see what decide_l2 says, through the probe (the worker's answer)."""
+    from mssgate.documents.d2lm import decide_l2, form_of
+    from mssgate.documents.limits import DocumentLimits
+    from mssgate.routing.probe import probe_cda
+
+    data = form(16, kind=kind, l1_right=l1_right, l1_left=l1_left, workup_right=workup_right,
+                workup_left=workup_left, l2_right=l2, l2_left=l2)  # fmt: skip
+    labels = probe_cda(data, xpaths=(), max_nodes=200_000, limits=DocumentLimits()).d2lm_labels
+    parsed = form_of(etree.fromstring(data))
+    assert parsed is not None
+    assert labels[0] == kind.lower()
+    assert ("l2-eligible" in labels) == decide_l2(parsed).eligible != ("not-l2" in labels)
+    assert ("l2-eligible" in labels) <= (kind == "FIN")
+    assert ("l2-read" in labels) == (kind == "FIN" and l2 is not None)
+
+
+def test_a_d2lm_match_in_the_configuration_file(site: Site) -> None:
+    toml = site.config_path
+    toml.write_text(
+        toml.read_text()
+        + '\n[[routing.rule]]\nname = "screening-archive"\norder = 10\n'
+        + 'match = { d2lm = "fin" }\nactions = ["tag screening"]\n'
+    )
+    site.ingest(form(17, l1_left="abnormal"))
+    assert site.tags() == [("screening", "d2lm-not-l2")]
