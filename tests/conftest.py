@@ -6,10 +6,15 @@ codes and error lines are the real ones; a few tests also run the installed scri
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import io
 import json
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,10 +23,14 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, text, update
 
+from mssgate import passwords
 from mssgate.cli import run
+from mssgate.config import AuthConfig
 from mssgate.db import open_engine, sqlalchemy_url, upgrade
+from mssgate.db.schema import nodes
+from mssgate.db.tx import write
 
 # -- run length of property and fuzz tests ---------------------------------------------------
 # "ci" (the default) is bounded and derandomized: the suite's time stays flat and a red run is
@@ -44,6 +53,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fuzz: a fuzz target, run on a clock by bench/fuzz.py (docs/reliability.md)"
     )
+    # pytest-xdist's own marker, named here too so that --strict-markers accepts it in a run
+    # without the plugin (tests that share a machine-wide resource run on one worker).
+    config.addinivalue_line("markers", "xdist_group(name): run on one worker with its group")
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,25 +121,102 @@ class Cli:
         return result
 
 
+# Argon2id cost of the passwords the tests' CLI hashes (`directory add --password-stdin` in
+# most gateway fixtures). The production cost (64 MiB, 3 passes, 4 lanes: ~0.2 s of both cores
+# per hash) made three accounts per gateway test cost more than the test itself, and these
+# tests are about logins, not the hash's cost. Each hash records its parameters, so gateways
+# started by the tests (which drop MSSGATE_* and keep the default cost) verify these hashes as
+# they were made. The default cost itself is tested in tests/test_login_cache.py (which sets
+# its own cost where it runs the CLI).
+TEST_ARGON2 = {
+    "MSSGATE_AUTH__ARGON2_MEMORY_KIB": "8",
+    "MSSGATE_AUTH__ARGON2_TIME_COST": "1",
+    "MSSGATE_AUTH__ARGON2_PARALLELISM": "1",
+}
+
+
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
     monkeypatch.setenv("COLUMNS", "200")  # rich tables must not truncate what tests read
     for key in list(os.environ):
         if key.startswith("MSSGATE_") and key != "MSSGATE_TEST_POSTGRES_URL":
             monkeypatch.delenv(key)
-    return Cli(capsys, monkeypatch)
+    for key, value in TEST_ARGON2.items():
+        monkeypatch.setenv(key, value)
+    yield Cli(capsys, monkeypatch)
+    # The CLI set the process's hashing cost (mssgate.passwords.configure) from the test's
+    # environment: the next test starts from the default, as a fresh process would.
+    passwords.configure(AuthConfig())
 
 
 DOMAIN = "hopital-a.test"
 
 
+@pytest.fixture(scope="session")
+def datadir_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `mssgate init` per test process, copied by `datadir` for each test.
+
+    `init` costs 0.3 s to 1 s (two RSA-2048 keys, the migrations, fsyncs) and more than 500
+    tests start from the same data folder. A copy is the same folder: the files with their
+    modes (keys 0600, folder 0700), the database with its rows and audit chain. Tests then
+    share the dev CA's and the server's keys, which no test relies on being unique (a test
+    that needs a second gateway or CA makes its own with `init` or `create_dev_ca`), and
+    every test still gets its own folder and database to change as it likes."""
+    data = tmp_path_factory.mktemp("datadir-template") / "data"
+    with pytest.MonkeyPatch.context() as patch:
+        for key in list(os.environ):
+            if key.startswith("MSSGATE_") and key != "MSSGATE_TEST_POSTGRES_URL":
+                patch.delenv(key)
+        code = run(["init", "--data", str(data), "--domain", DOMAIN])
+    assert code == 0, f"mssgate init exited {code}"
+    return data
+
+
+def copy_datadir(template: Path, data: Path) -> None:
+    """`template` copied to `data`, with the two places `init` wrote its own path in: the
+    configuration's server.data_dir and the node's row (`serve` refuses a folder that another
+    node's row names)."""
+    shutil.copytree(template, data, symlinks=True)
+    config = data / "mssgate.toml"
+    text_before = config.read_text(encoding="utf-8")
+    quoted = f'data_dir = "{template}"'
+    assert text_before.count(quoted) == 1, text_before
+    config.write_text(text_before.replace(quoted, f'data_dir = "{data}"'), encoding="utf-8")
+    engine = open_engine(f"sqlite:///{data / 'mssgate.db'}")
+    try:
+        with write(engine) as conn:
+            moved = conn.execute(
+                update(nodes).where(nodes.c.data_dir == str(template)).values(data_dir=str(data))
+            )
+            assert moved.rowcount == 1
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
-def datadir(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """An initialised data folder, selected through $MSSGATE_CONFIG."""
+def datadir(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, datadir_template: Path
+) -> Iterator[Path]:
+    """An initialised data folder (`mssgate init --domain hopital-a.test`, copied from the
+    session's template), selected through $MSSGATE_CONFIG."""
     data = tmp_path / "data"
-    cli.ok("init", "--data", str(data), "--domain", DOMAIN)
+    copy_datadir(datadir_template, data)
     monkeypatch.setenv("MSSGATE_CONFIG", str(data / "mssgate.toml"))
     yield data
+
+
+@contextlib.contextmanager
+def install_lock(target: Path) -> Iterator[None]:
+    """Held while a test installs a tool into `target` on first use (npm ci, a venv): test
+    processes running side by side (pytest-xdist) install it once, the others wait and
+    find it there. The lock file is outside `target`, which the install may remove."""
+    digest = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"mssgate-tests-install-{digest}.lock", "wb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # Said by every test that skips for want of ../shared/fixtures (README, "The tests").

@@ -16,6 +16,10 @@ import pytest
 from mssgate.dovecot.paths import STATE_ROOT, instance_key, runtime_dir
 from tests.conftest import REPO
 
+# The default ports are one machine-wide resource: under pytest-xdist these tests run on one
+# worker, one after the other, with the README tour's (which holds the same ports).
+pytestmark = pytest.mark.xdist_group("default-ports")
+
 DEFAULT_PORTS = {
     "submission": 10587,
     "smtps": 10465,

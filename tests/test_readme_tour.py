@@ -32,6 +32,10 @@ import pytest
 
 from tests.conftest import REPO
 
+# The tour holds the default ports (`make run`'s) while it runs: under pytest-xdist it runs on
+# one worker with tests/test_make_run.py, never beside it.
+pytestmark = pytest.mark.xdist_group("default-ports")
+
 README = REPO / "README.md"
 TOUR_DATA = "/tmp/gw"
 TOUR_BASE = 20000

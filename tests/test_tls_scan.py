@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DOMAIN, REPO, Cli
+from tests.conftest import DOMAIN, REPO, Cli, install_lock
 from tests.smtp.conftest import Gateway, free_env
 
 SSLYZE_VENV = REPO / ".venv-sslyze"
@@ -37,13 +37,14 @@ ALLOWED_TLS12 = {
 @pytest.fixture(scope="module")
 def sslyze() -> Path:
     binary = SSLYZE_VENV / "bin" / "sslyze"
-    if not binary.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(SSLYZE_VENV)], check=True)
-        subprocess.run(
-            [SSLYZE_VENV / "bin" / "pip", "install", "--quiet", "sslyze>=6.3,<7"],
-            check=True,
-            timeout=600,
-        )
+    with install_lock(SSLYZE_VENV):  # one install when test processes run side by side
+        if not binary.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(SSLYZE_VENV)], check=True)
+            subprocess.run(
+                [SSLYZE_VENV / "bin" / "pip", "install", "--quiet", "sslyze>=6.3,<7"],
+                check=True,
+                timeout=600,
+            )
     return binary
 
 

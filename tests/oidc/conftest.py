@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from mssgate.pki import create_dev_ca, issue_server_cert, write_certificate, write_private_key
+from tests.conftest import install_lock
 
 HERE = Path(__file__).resolve().parent
 AUDIENCE = "https://mssgate.test/"
@@ -74,13 +75,14 @@ class OidcProvider:
 def _install() -> None:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("Node.js is not installed (apt-get install nodejs npm): no OpenID provider")
-    if not (HERE / "node_modules" / "oidc-provider").is_dir():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--silent"],
-            cwd=HERE,
-            check=True,
-            timeout=600,
-        )
+    with install_lock(HERE / "node_modules"):  # one npm ci when test processes run side by side
+        if not (HERE / "node_modules" / "oidc-provider").is_dir():
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--silent"],
+                cwd=HERE,
+                check=True,
+                timeout=600,
+            )
 
 
 @pytest.fixture(scope="module")
