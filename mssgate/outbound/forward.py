@@ -76,6 +76,9 @@ class Forwarder:
     ) -> Ready | str:
         """The forward ready to send, or why it cannot be (the document is then held)."""
         out = self._out
+        problem = _patient_problem(out._config.policy.patient_domain, forward.to)
+        if problem is not None:
+            return problem
         author = forward.sender or self._from
         if author is None:
             return (
@@ -207,6 +210,19 @@ def _header(value: str) -> str:
     return cleaned[:_MAX_HEADER]
 
 
+def _patient_problem(patient_domain: str, to: str) -> str | None:
+    # A rule's address is fixed: every document it matches, whoever its patient, would reach
+    # that one patient (and start a conversation in the sending mailbox's name). The
+    # patient's copy is the RIS's, addressed from the document's own INS (hl7in refuses a
+    # PRT recipient at the patient domain for the same reason).
+    if to.rpartition("@")[2].lower() != patient_domain.lower():
+        return None
+    return (
+        "a patient's mailbox is never a forward's recipient (the patient's copy is the"
+        " RIS's DESTMSSANTEPAT one, for the document's own INS)"
+    )
+
+
 def _sender_problem(directory: Directory, author: str) -> str | None:
     found = directory.professionals.find(author)
     if found is None or not found.local:
@@ -231,8 +247,8 @@ def forward_issues(
 ) -> list[tuple[str, str, str]]:
     """(rule, recipient, what is wrong) for each forward that could not be sent as things stand:
     no sending mailbox, one that is not an active application mailbox of this gateway or
-    has no signing key, a recipient neither hosted here nor of a trusted peer. At run time
-    the same causes hold the document, naming the rule."""
+    has no signing key, a recipient neither hosted here nor of a trusted peer, a patient's
+    mailbox. At run time the same causes hold the document, naming the rule."""
     keys = mailbox_keys_dir(config)
     local = directory.domains.local_names()
     problems: list[tuple[str, str, str]] = []
@@ -242,13 +258,13 @@ def forward_issues(
                 continue
             to, via = action.forward_parts()
             author = via or config.routing.forward_from
-            problem: str | None
-            if author is None:
+            problem = _patient_problem(config.policy.patient_domain, to)
+            if problem is None and author is None:
                 problem = (
                     "no mailbox to send from: set [routing] forward_from, or write"
                     " 'forward ADDRESS from APP-MAILBOX'"
                 )
-            else:
+            elif problem is None and author is not None:
                 problem = _sender_problem(directory, author)
                 if problem is None:
                     try:
