@@ -26,7 +26,7 @@ import pytest
 from mssgate.dovecot import find_dovecot
 from mssgate.dovecot.backend import IMAP_BINARY
 from mssgate.mailstore import LmtpStore
-from tests.conftest import DOMAIN, Cli
+from tests.conftest import DOMAIN, Cli, copy_datadir
 
 PASSWORD = "a long enough password"
 ALICE = f"alice@{DOMAIN}"
@@ -165,15 +165,17 @@ def runner_env(data: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def imap_datadir(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Like `datadir`, but outside pytest's 0700 temporary tree: as root, Dovecot's mail uid
-    must traverse every parent of the mail folder (and a short path keeps unix socket
-    names under their 108-byte limit)."""
+def imap_datadir(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, datadir_template: Path
+) -> Iterator[Path]:
+    """Like `datadir` (a copy of the session's `mssgate init`), but outside pytest's 0700
+    temporary tree: as root, Dovecot's mail uid must traverse every parent of the mail
+    folder (and a short path keeps unix socket names under their 108-byte limit)."""
     require_dovecot()
     top = Path(tempfile.mkdtemp(prefix="mssgate-imap-"))
     top.chmod(0o711)
     data = top / "data"
-    cli.ok("init", "--data", str(data), "--domain", DOMAIN)
+    copy_datadir(datadir_template, data)
     monkeypatch.setenv("MSSGATE_CONFIG", str(data / "mssgate.toml"))
     yield data
     shutil.rmtree(top, ignore_errors=True)
