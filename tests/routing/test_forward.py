@@ -137,7 +137,9 @@ def test_a_forward_is_a_signed_message_our_pipeline_reads_back(setup: Setup) -> 
     assert got.ins.value == sent.ins.value and got.ins.oid == OID_NIR
     assert got.document.unique_id == sent.document.unique_id
     assert got.document.format == sent.document.format == "cda-n3"
-    assert got.imaging == sent.imaging  # the KOS/WADO pointers travel inside the CDA
+    # The image pointers (accession, study UID, WADO) travel inside the CDA, never pixels.
+    assert got.imaging and got.imaging == sent.imaging
+    assert got.dicom_catalog and got.dicom_catalog == sent.dicom_catalog
     # One audit entry for the decision, naming the rule and the forward's outbound id.
     with setup.engine.connect() as conn:
         rows = conn.execute(
@@ -147,6 +149,26 @@ def test_a_forward_is_a_signed_message_our_pipeline_reads_back(setup: Setup) -> 
     assert detail["rule"] == "to-b"
     assert detail["forwards"] == {RIS_B: outbound_id}
     assert detail["actions"] == [f"forward {RIS_B}", "tag sent-on"]
+
+
+def test_a_forward_owes_no_zam_to_any_consumer(setup: Setup) -> None:
+    """No RIS sent it: once delivered, the sweeper owes no ZAM for it and none is made."""
+    from sqlalchemy import update
+
+    from mssgate.db.schema import outbound_acks, spool_recipients
+    from mssgate.db.tx import write
+    from mssgate.outbound.zamqueue import ZamQueue
+
+    [outbound_id] = setup.run(report(cda(30), n=30), rule("to-b", f"forward {RIS_B}")).forwards
+    with write(setup.engine) as conn:
+        conn.execute(update(spool_recipients).values(state="delivered"))
+    zams = ZamQueue(setup.engine, facility="test")
+    assert zams.due() == []
+    assert zams.status_changed(outbound_id) == 0
+    with write(setup.engine) as conn:
+        assert zams.materialise(conn, outbound_id) == 0
+    with setup.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(outbound_acks)).scalar() == 0
 
 
 def test_a_replay_sends_nothing_twice_and_a_crash_is_completed(
