@@ -33,6 +33,7 @@ from mssgate.queue.mdn import receipt_headers, receipt_recipient
 from mssgate.queue.service import DocumentQueue, NewDocument
 from mssgate.queue.withdrawal import replacement_refusal, withdrawal_refusal
 from mssgate.routing.engine import Plan
+from mssgate.routing.l2_result import forward_dropped
 from mssgate.routing.router import Router, trace
 from mssgate.screening.track import track
 
@@ -264,12 +265,17 @@ def _forwards(
     """Each forward of the plan checked and built, or the reason the document is held (the
     first that cannot be sent; the plan then holds it, with no copy nor forward)."""
     ready: list[Ready] = []
-    for forward in plan.forwards:
+    for forward in list(plan.forwards):
         if forwarder is None:
             found: Ready | str = "this process sends no forwards"
         else:
-            found = forwarder.prepare(forward, outcome, mailbox=mailbox, sender=sender,
+            # A forward may send other bytes (an L2 result's copy for the GP).
+            sent = forward.outcome if forward.outcome is not None else outcome
+            found = forwarder.prepare(forward, sent, mailbox=mailbox, sender=sender,
                                       message_id=message_id, delivery=delivery)  # fmt: skip
+        if isinstance(found, str) and forward.optional:
+            forward_dropped(plan, forward, found)
+            continue
         if isinstance(found, str):
             reason = f"routing rule {forward.rule!r} cannot forward to {forward.to}: {found}"
             plan.hold, plan.held_by = reason[:480], forward.rule

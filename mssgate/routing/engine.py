@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mssgate.documents.record import DocumentRecord
+from mssgate.documents.record import Accepted, DocumentRecord
 from mssgate.routing.model import Match, Rule
 from mssgate.routing.probe import CdaFacts
 
@@ -41,11 +41,16 @@ class Decision:
 
 @dataclass(frozen=True)
 class Forward:
-    """A new message to `to`, sent by `sender` (None: `[routing] forward_from`)."""
+    """A new message to `to`, sent by `sender` (None: `[routing] forward_from`). `outcome`:
+    the document to send instead of the one routed (the GP's copy of an L2 result without
+    its L2 reader, mssgate.routing.l2_result)."""
 
     rule: str
     to: str
     sender: str | None = None
+    outcome: Accepted | None = None
+    # Optional: one that cannot be sent is said, not a hold of the document.
+    optional: bool = False
 
 
 @dataclass

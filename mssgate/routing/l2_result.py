@@ -4,14 +4,16 @@ An L2 result is a CANCER-D2LM interpretation form (FIN) sent BY a configured CRC
 (issue 16: the direction is told by the sender; the d2lm preset's `d2lm-from-crcdc` rule
 tags it `d2lm-l2-result`). It goes to:
 
-- the L1 radiologist, the original (the CRCDC's own copy is the one it sent): the L1
-  author's `mailto:` telecom in the form, else the directory's one mailbox for the L1 RPPS,
-  else the mailbox the L1 submission came to (its screening case); `copy-to` when that
-  mailbox is hosted here, else `forward` (a new signed MSSanté message);
+- the L1 radiologist, the original (the CRCDC's own copy is the one it sent): the mailbox
+  the L1 submission came to (its screening case: the practice's RIS, where this gateway saw
+  the form), else the L1 author's `mailto:` telecom in the form, else the directory's one
+  mailbox for the L1 RPPS; nothing more when the result came to that mailbox, else
+  `copy-to` when it is hosted here, else `forward` (a new signed MSSanté message);
 - the GP named in the form (participant `PCP`), the copy without the L2 reader
   (mssgate.documents.d2lm_anon): the GP's `mailto:` in the form, else the directory's one
   mailbox for the GP's RPPS; always a `forward` of the transformed bytes (a `copy-to` would
-  hand the original to the GP's queue).
+  hand the original to the GP's queue), and an optional one: when it cannot be sent (no
+  `forward_from`, no key) the L1 delivery is not held for it, the decision says why.
 
 Nothing is guessed: no L1 mailbox holds the document (an operator finds where it goes); a GP
 without a mailbox, or a copy that could not be made, is a problem said in the audit and the
@@ -21,6 +23,7 @@ CRCDC (a loop), never the same mailbox twice.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Collection, Sequence
 from typing import Final, Literal
 
@@ -29,9 +32,16 @@ from sqlalchemy import Engine, select
 
 from mssgate.db.schema import professionals
 from mssgate.documents.d2lm import D2lmForm, Practitioner
-from mssgate.documents.d2lm_anon import number_forms
+from mssgate.documents.d2lm_anon import anonymise_l2_reader, number_forms
+from mssgate.documents.errors import DocumentError
+from mssgate.documents.limits import DocumentLimits
+from mssgate.documents.record import Accepted
 from mssgate.errors import ValidationFailed
 from mssgate.identifiers import normalize_address
+from mssgate.routing.engine import Decision, Forward, Plan
+from mssgate.routing.model import Rule
+from mssgate.routing.preset import RESULT_RULE
+from mssgate.screening.cases import ScreeningCases
 
 Role = Literal["l1", "gp"]
 Source = Literal["form", "directory", "case"]
@@ -87,10 +97,10 @@ def route_l2_result(
         return None
     problems: list[str] = []
     taken = set(crcdc) | {sender.strip().lower()}
-    l1_found = _address(form.l1_reader, "the L1 radiologist", directory, problems)
-    if l1_found is None and case_mailbox is not None:
-        case_address = _normal(case_mailbox)
-        l1_found = (case_address, "case") if case_address is not None else None
+    case_address = _normal(case_mailbox) if case_mailbox is not None else None
+    l1_found: tuple[str, Source] | None = (case_address, "case") if case_address else None
+    if l1_found is None:
+        l1_found = _address(form.l1_reader, "the L1 radiologist", directory, problems)
     if l1_found is not None and l1_found[0] in taken:
         problems.append(f"the L1 radiologist's mailbox {l1_found[0]} is a CRCDC's: not sent back")
         l1_found = None
@@ -210,3 +220,121 @@ def directory_lookup(engine: Engine) -> Callable[[str], list[str]]:
             return [row.address for row in conn.execute(query)]
 
     return lookup
+
+
+# -- in the routing of one document ----------------------------------------------------
+
+
+def extend_plan(
+    plan: Plan,
+    outcome: Accepted,
+    *,
+    mailbox: str,
+    sender: str,
+    rules: Sequence[Rule],
+    engine: Engine,
+    limits: DocumentLimits,
+    holds: bool = True,
+) -> None:
+    """When the d2lm preset's `d2lm-from-crcdc` rule matched (an L2 result), its deliveries
+    added to `plan`, under that rule's decision: a `copy-to` or `forward` of the original to
+    the L1 radiologist, a `forward` of the copy without the L2 reader to the GP
+    (`Forward.outcome`), or a hold when no L1 mailbox is found (`holds=False`, an operator's
+    release: the GP's copy only). The mailbox the result came to has it already."""
+    index = next((i for i, d in enumerate(plan.decisions) if d.rule == RESULT_RULE), None)
+    form = plan.facts.d2lm if plan.facts is not None else None
+    if index is None or plan.hold is not None or form is None:
+        return
+    rule = next((r for r in rules if r.name == RESULT_RULE), None)
+    crcdc = set(rule.match.sender) if rule is not None else set()
+    anonymised: Accepted | None = None
+    error: str | None = None
+    try:
+        anonymised = _anonymised(outcome, limits)
+    except DocumentError as exc:
+        error = str(exc)
+    routing = route_l2_result(
+        form,
+        sender=sender,
+        crcdc=crcdc,
+        hosted=hosted_lookup(engine),
+        directory=directory_lookup(engine),
+        case_mailbox=_case_mailbox(engine, sender, form, outcome),
+        anonymisation_error=error,
+    )
+    if routing is None:
+        return
+    actions: list[str] = []
+    if routing.hold is not None and holds:
+        plan.hold, plan.held_by = routing.hold[:480], RESULT_RULE
+        plan.copies.clear()
+        plan.forwards.clear()
+        actions.append(f"hold {routing.hold}")
+    for recipient in routing.recipients if plan.hold is None else ():
+        to = recipient.address
+        if to == mailbox.lower():
+            actions.append(f"{recipient.role}: {to} (the mailbox it came to)")
+        elif recipient.via == "copy-to":
+            if to not in plan.copies:
+                plan.copies.append(to)
+            actions.append(f"copy-to {to}")
+        elif all(f.to != to for f in plan.forwards):
+            copy = anonymised if recipient.anonymised else None
+            plan.forwards.append(Forward(RESULT_RULE, to, outcome=copy, optional=copy is not None))
+            actions.append(f"forward {to}" + (" (without the L2 reader)" if copy else ""))
+    actions.extend(f"not done: {problem}" for problem in routing.problems)
+    plan.tags.extend(t for t in routing.tags if t not in plan.tags)
+    decided = plan.decisions[index]
+    plan.decisions[index] = Decision(decided.rule, decided.actions + tuple(actions))
+
+
+def _anonymised(outcome: Accepted, limits: DocumentLimits) -> Accepted:
+    """The document as the GP gets it: the copy's bytes, sha256, size and ids."""
+    copy = anonymise_l2_reader(outcome.content, limits)
+    record = outcome.record
+    document = record.document.model_copy(update={"unique_id": copy.document_id, "replaces": None})
+    record = record.model_copy(
+        update={
+            "document": document,
+            "sha256": hashlib.sha256(copy.data).hexdigest(),
+            "size": len(copy.data),
+        }
+    )
+    return outcome.model_copy(update={"content": copy.data, "record": record})
+
+
+def _case_mailbox(engine: Engine, sender: str, form: D2lmForm, outcome: Accepted) -> str | None:
+    """The mailbox the L1 submission came to, from its open screening case (one only), of
+    the same woman: a lineage naming another woman's form sends nothing to her practice."""
+    cases = ScreeningCases(engine).answered_by(
+        crcdc=sender.strip().lower(),
+        set_id=outcome.record.document.set_id or form.set_id,
+        replaces=outcome.record.document.replaces,
+    )
+    mailboxes = {case.mailbox for case in cases if case.ins == form.ins}
+    return mailboxes.pop() if len(mailboxes) == 1 else None
+
+
+def hosted_lookup(engine: Engine) -> Callable[[str], bool]:
+    """`hosted(address)`: an active mailbox of this gateway (not a correspondent)."""
+
+    def hosted(address: str) -> bool:
+        c = professionals.c
+        query = select(c.address).where(
+            c.address == address.lower(), c.local.is_(True), c.state == "active"
+        )
+        with engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+    return hosted
+
+
+def forward_dropped(plan: Plan, forward: Forward, reason: str) -> None:
+    """An optional forward (the GP's copy) that could not be sent: said in its rule's
+    decision (audit, log) instead of holding the document."""
+    plan.forwards.remove(forward)
+    for i, decided in enumerate(plan.decisions):
+        if decided.rule == forward.rule:
+            actions = tuple(a for a in decided.actions if not a.startswith(f"forward {forward.to}"))
+            note = f"not done: forward {forward.to} ({reason})"[:480]
+            plan.decisions[i] = Decision(decided.rule, (*actions, note))

@@ -18,6 +18,7 @@ from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.record import Accepted
 from mssgate.logs import event
 from mssgate.routing.engine import CDA_FORMATS, Decision, Plan, Subject, evaluate, needs_cda
+from mssgate.routing.l2_result import extend_plan
 from mssgate.routing.model import Rule
 from mssgate.routing.probe import CdaFacts, probe_cda
 from mssgate.routing.store import RuleStore
@@ -98,7 +99,11 @@ class Router:
         if needed and record.document.format in CDA_FORMATS:
             facts = self.probe(outcome.content, xpaths, budget or self.budget())
         subject = Subject(mailbox=mailbox, sender=sender, record=record, facts=facts)
-        plan = evaluate(rules, subject, holds=self.holds if holds is None else holds)
+        holding = self.holds if holds is None else holds
+        plan = evaluate(rules, subject, holds=holding)
+        # An L2 result from a CRCDC (the d2lm preset): its L1 and GP deliveries.
+        extend_plan(plan, outcome, mailbox=mailbox, sender=sender, rules=rules,
+                    engine=self.store.engine, limits=self._limits, holds=holding)  # fmt: skip
         if plan.forwards:
             budget = budget or self.budget()
             if len(plan.forwards) > budget.forwards_left:

@@ -110,7 +110,7 @@ def test_no_l1_mailbox_holds_the_result_and_says_why() -> None:
     plan = route(form(D2lmSpec(l1_reader=l1, l2_right="ACR1", l2_left="ACR1")), directory=two)
     assert plan is not None and plan.hold is not None
     assert "has 2 mailboxes (a@cabinet.test, b@cabinet.test)" in plan.hold
-    # The case's mailbox (where the L1 submission came to) is the last resort.
+    # The case's mailbox (where the L1 submission came to) needs no look-up.
     plan = route(
         form(D2lmSpec(l1_reader=l1, l2_right="ACR1", l2_left="ACR1")),
         directory=two,
@@ -121,6 +121,19 @@ def test_no_l1_mailbox_holds_the_result_and_says_why() -> None:
     assert plan.recipients[0] == Recipient(
         role="l1", address="ris@cabinet.test", source="case", via="copy-to", anonymised=False
     )
+
+
+def test_the_l1_submissions_mailbox_comes_before_the_forms_address() -> None:
+    """Where this gateway saw the L1 form (its screening case) is the practice's RIS."""
+    plan = route(form(), case_mailbox="ris@cabinet.test", hosted=("ris@cabinet.test",))
+    assert plan is not None
+    assert [(r.role, r.address, r.source, r.via) for r in plan.recipients] == [
+        ("l1", "ris@cabinet.test", "case", "copy-to"),
+        ("gp", GP.email, "form", "forward"),
+    ]
+    # A case's mailbox that is no address is passed over.
+    plan = route(form(), case_mailbox="not an address")
+    assert plan is not None and plan.recipients[0].source == "form"
 
 
 def test_a_gp_without_mailbox_or_copy_is_said_and_l1_still_gets_it() -> None:
