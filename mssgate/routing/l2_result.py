@@ -240,7 +240,8 @@ def extend_plan(
     added to `plan`, under that rule's decision: a `copy-to` or `forward` of the original to
     the L1 radiologist, a `forward` of the copy without the L2 reader to the GP
     (`Forward.outcome`), or a hold when no L1 mailbox is found (`holds=False`, an operator's
-    release: the GP's copy only). The mailbox the result came to has it already."""
+    release: queued at its mailbox only, the operator sends it on). The mailbox the result
+    came to has it already."""
     index = next((i for i, d in enumerate(plan.decisions) if d.rule == RESULT_RULE), None)
     form = plan.facts.d2lm if plan.facts is not None else None
     if index is None or plan.hold is not None or form is None:

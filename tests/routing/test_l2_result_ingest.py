@@ -34,7 +34,7 @@ from mssgate.documents.signed import process_signed_message
 from mssgate.outbound.forward import Forwarder
 from mssgate.outbound.service import Outbound
 from mssgate.queue import DocumentQueue
-from mssgate.queue.ingest import IngestReport, ingest
+from mssgate.queue.ingest import IngestReport, ingest, release
 from mssgate.routing.l2_result import TAG_NO_GP
 from mssgate.routing.preset import RESULT_RULE, TAG_RESULT, d2lm_rules
 from mssgate.routing.router import Router
@@ -236,6 +236,16 @@ def test_no_l1_mailbox_holds_the_result_naming_why(site: Site) -> None:
     [held] = site.queue.quarantine.entries()
     assert held.reason.startswith("L2 result: no mailbox found for the L1 radiologist")
     assert site.sent_to(GP_BOX) == []
+    # An operator releases it: queued at the mailbox it came to, sent nowhere else.
+    rules = d2lm_rules({"75": CRCDC}, hosted=lambda address: True)
+    [queued] = release(
+        site.queue, held.id, limits=LIMITS, allow_test_oids=False, actor="operator",
+        router=Router(RuleStore(site.engine, rules), limits=LIMITS),
+        forwarder=Forwarder(site.outbound, forward_from=FWD),
+    )  # fmt: skip
+    assert [e.id for e in site.queue.entries(mailbox=RIS_A)] == [queued]
+    assert site.sent_to(GP_BOX) == []
+    assert [e.state for e in site.queue.quarantine.entries()] == ["released"]
 
 
 def test_a_gp_without_mailbox_is_tagged(site: Site) -> None:
