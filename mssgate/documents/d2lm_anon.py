@@ -292,9 +292,7 @@ def _null(element: etree._Element, *attributes: str) -> None:
     for attribute in attributes:
         if attribute in element.attrib:
             del element.attrib[attribute]
-    for child in list(element):
-        element.remove(child)
-    element.text = None
+    _empty(element)
     element.set("nullFlavor", MSK)
 
 
@@ -425,18 +423,21 @@ def _is_pointer(element: etree._Element, attribute: str) -> bool:
     return attribute == "value" and local_name(element) in ("reference", "telecom", "id")
 
 
-def _readable(root: etree._Element, patient: etree._Element | None) -> Iterator[etree._Element]:
-    """Elements whose own text is free text: not the patient's, not another person's
-    structured name (a namesake keeps it), not base64 content."""
+def _readable(
+    root: etree._Element, patient: etree._Element | None, *, names: bool = False
+) -> Iterator[etree._Element]:
+    """Elements whose own text is free text: not the patient's, not base64 content, and
+    not another person's structured name (a namesake keeps it) unless `names`."""
     skip: set[etree._Element] = set(patient.iter()) if patient is not None else set()
     for element in _elements(root):
         if element in skip:
             continue
         parent = element.getparent()
         named = (
-            local_name(element) == "name"
+            not names
+            and local_name(element) == "name"
             and parent is not None
-            and (local_name(parent) in _PERSONS)
+            and local_name(parent) in _PERSONS
         )
         if named or (element.get("representation") or "").upper() == "B64":
             skip.update(element.iter())
@@ -452,7 +453,7 @@ def _check_no_trace(
     numbers = [n for n in identity.numbers if len(n) >= 5]
     probes = [re.compile(rf"(?<![0-9]){re.escape(n)}(?![0-9])") for n in numbers]
     emails = list(identity.emails)
-    for element in _readable_all(root, patient):
+    for element in _readable(root, patient, names=True):
         values = [element.text or "", element.tail or "", *element.attrib.values()]
         for value in values:
             folded = value.casefold()
@@ -460,17 +461,6 @@ def _check_no_trace(
                 raise AnonymisationError(
                     f"the L2 reader's identifier is still in <{local_name(element)}>"
                 )
-
-
-def _readable_all(root: etree._Element, patient: etree._Element | None) -> Iterator[etree._Element]:
-    skip: set[etree._Element] = set(patient.iter()) if patient is not None else set()
-    for element in _elements(root):
-        if element in skip:
-            continue
-        if (element.get("representation") or "").upper() == "B64":
-            skip.update(element.iter())
-            continue
-        yield element
 
 
 # -- the copy's identity ---------------------------------------------------------------
