@@ -42,6 +42,7 @@ from mssgate.routing.store import RuleStore
 from mssgate.screening.cases import ScreeningCases
 from mssgate.smime.mailbox_keys import ensure_mailbox_key
 from mssgate.spool import Spool
+from tests.conftest import Cli
 from tests.queue.helpers import DOMAIN, RIS_A, RIS_B, SENDER, add_mailboxes, mail
 
 FWD = f"routeur@{DOMAIN}"
@@ -255,3 +256,19 @@ def test_a_gp_without_mailbox_is_tagged(site: Site) -> None:
     assert back.held == [] and back.forwards == []
     [entry] = [e for e in site.queue.entries(mailbox=RIS_A) if e.id == back.queued[0]]
     assert entry.record.tags == (TAG_RESULT, TAG_NO_GP)
+
+
+def test_route_test_says_where_an_l2_result_goes(cli: Cli, datadir: Path, tmp_path: Path) -> None:
+    config = load_config(datadir / "mssgate.toml")
+    engine = open_engine(config.database_url)
+    upgrade(engine)
+    add_mailboxes(engine, RIS_A, GP_BOX, FWD, CRCDC)
+    engine.dispose()
+    cli.ok("route", "preset", "d2lm", "--crcdc", f"75={CRCDC}")
+    eml = tmp_path / "result.eml"
+    eml.write_bytes(mail([l2_result(7)], sender=CRCDC, to=RIS_A))
+    text = cli.ok("route", "test", str(eml)).out
+    assert (
+        f"rule {RESULT_RULE}: matches: tag {TAG_RESULT}, stop,"
+        f" forward {L1_READER.email}, forward {GP_BOX} (without the L2 reader)"
+    ) in text
