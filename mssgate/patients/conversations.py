@@ -137,6 +137,25 @@ def record(
         )
 
 
+@dataclass(frozen=True)
+class PatientReply:
+    """A patient's message as the check reads it: the INS, our recipients, and the ids it
+    refers to (bounded, mssgate.patients.msgids.referenced)."""
+
+    ins: str
+    recipients: tuple[str, ...]
+    ids: tuple[str, ...]
+
+
+class ConversationRefused(Exception):
+    """Raised in a patient's message's acceptance transaction when the conversation it
+    replies in ended (or never was) since its DATA check: nothing of it is committed."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.value)
+        self.refusal = refusal
+
+
 def reply_refusal(
     engine: Engine,
     *,
@@ -148,27 +167,44 @@ def reply_refusal(
     """Whether a message from patient `ins` to `recipients` (our mailboxes) may be accepted:
     None, or the reason it may not. Every recipient must be in an open conversation with
     that patient that the message refers to (one DATA reply answers for all of them)."""
-    ids = referenced(in_reply_to, references)
+    reply = PatientReply(ins, tuple(recipients), tuple(referenced(in_reply_to, references)))
     with engine.connect() as conn:
-        known: set[str] = set()
-        if ids:
-            known = set(
-                conn.scalars(
-                    select(patient_messages.c.mailbox).where(
-                        patient_messages.c.ins == ins, patient_messages.c.message_id.in_(ids)
-                    )
+        return refusal_on(conn, reply)
+
+
+def check_in_acceptance(conn: Connection, reply: PatientReply | None) -> None:
+    """The check again, in the acceptance transaction of the patient's message (the spool's):
+    a FIN accepted while the message was between its DATA check and its commit (signature,
+    DKIM, the spool's wait) ends the conversation for it too. Raises ConversationRefused."""
+    if reply is None:
+        return
+    refusal = refusal_on(conn, reply)
+    if refusal is not None:
+        raise ConversationRefused(refusal)
+
+
+def refusal_on(conn: Connection, reply: PatientReply) -> Refusal | None:
+    """reply_refusal on the caller's connection (and transaction)."""
+    ins, recipients, ids = reply.ins, reply.recipients, list(reply.ids)
+    known: set[str] = set()
+    if ids:
+        known = set(
+            conn.scalars(
+                select(patient_messages.c.mailbox).where(
+                    patient_messages.c.ins == ins, patient_messages.c.message_id.in_(ids)
                 )
             )
-        for mailbox in recipients:
-            if mailbox not in known:
-                return Refusal.OTHER_PROFESSIONAL if known else Refusal.NO_CONVERSATION
-        for mailbox in recipients:
-            latest = conn.scalar(
-                select(patient_messages.c.ends_conversation)
-                .where(patient_messages.c.ins == ins, patient_messages.c.mailbox == mailbox)
-                .order_by(patient_messages.c.seq.desc())
-                .limit(1)
-            )
-            if latest:
-                return Refusal.ENDED
+        )
+    for mailbox in recipients:
+        if mailbox not in known:
+            return Refusal.OTHER_PROFESSIONAL if known else Refusal.NO_CONVERSATION
+    for mailbox in recipients:
+        latest = conn.scalar(
+            select(patient_messages.c.ends_conversation)
+            .where(patient_messages.c.ins == ins, patient_messages.c.mailbox == mailbox)
+            .order_by(patient_messages.c.seq.desc())
+            .limit(1)
+        )
+        if latest:
+            return Refusal.ENDED
     return None

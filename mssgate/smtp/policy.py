@@ -35,7 +35,12 @@ from mssgate.identifiers import normalize_address
 from mssgate.ins import is_patient_mailbox_local_part
 from mssgate.logs import event
 from mssgate.patients import conversations, msgids
-from mssgate.patients.conversations import PatientMessage, Refusal
+from mssgate.patients.conversations import (
+    ConversationRefused,
+    PatientMessage,
+    PatientReply,
+    Refusal,
+)
 from mssgate.returnpath import spooled_sender, strip_return_path
 from mssgate.smime import SignatureVerdict, verify_signed_message
 from mssgate.smime.crlfiles import CrlFiles
@@ -364,13 +369,15 @@ class SmtpPolicy:
         if headers.defects:
             return await self._reject(server, "DATA", replies.MALFORMED_HEADERS)
         identity = _identity(session)
+        patient_reply: PatientReply | None = None
         if not self.listener.for_clients:
             refusal, why = await asyncio.to_thread(self._peer_author, server, envelope, headers)
             if refusal is not None:
                 return await self._reject(server, "DATA", refusal, check="peer-author", **why)
             # A patient's message: headers are needed, hence here (after DATA), before anything
             # is spooled; the peer's certificate was bound to the author's domain just above.
-            refused = await asyncio.to_thread(self._patient_reply, envelope, headers)
+            # Checked again in the spool's transaction (a FIN accepted meanwhile ends it).
+            refused, patient_reply = await asyncio.to_thread(self._patient_reply, envelope, headers)
             if refused is not None:
                 return await self._reject(
                     server, "DATA", refused, check="patient-conversation", reason=refused.text
@@ -490,6 +497,12 @@ class SmtpPolicy:
                 dsn=envelope.dsn if isinstance(envelope, GatewayEnvelope) else None,
                 rcpt_dsn=envelope.rcpt_dsn if isinstance(envelope, GatewayEnvelope) else None,
                 patients=patients,
+                patient_reply=patient_reply,
+            )
+        except ConversationRefused as exc:
+            refused = _patient_refused(exc.refusal)
+            return await self._reject(
+                server, "DATA", refused, check="patient-conversation", reason=refused.text
             )
         except (StorageError, OSError) as exc:
             event(log, "smtp.spool_failed", level=logging.ERROR, listener=self.listener.value,
@@ -604,30 +617,38 @@ class SmtpPolicy:
         message = added + join_fields(kept) + separator + body
         return self._dkim_sign(message, identity)
 
-    def _patient_reply(self, envelope: Envelope, headers: Any) -> Reply | None:
-        """A message from the patient domain (MTA listener): None to accept it, else the
-        refusal. A patient may only reply within a conversation a professional started and
-        has not ended (mssgate.patients.conversations). The patient operator's own notices
-        (null sender, an author that is not an INS: a DSN) are not patients' messages."""
+    def _patient_reply(
+        self, envelope: Envelope, headers: Any
+    ) -> tuple[Reply | None, PatientReply | None]:
+        """A message from the patient domain (MTA listener): (None, the reply to check again
+        at the spool's commit) to accept it, else (the refusal, None). A patient may only
+        reply within a conversation a professional started and has not ended
+        (mssgate.patients.conversations). The patient operator's own notices (null sender,
+        an author that is not an INS: a DSN) are not patients' messages."""
         domain = self._trust.patient_domain
         author = _author(headers.get_all("From") or [])
         sender = envelope.mail_from
         null_sender = sender in (None, "", "<>")
         if author is None or not conversations.at_patient_domain(author, domain):
-            return None  # _peer_author bound the envelope sender's domain to the author's
+            return None, None  # _peer_author bound the envelope sender's domain to the author's
         ins = conversations.patient_ins(author, domain)
         if ins is None:
-            return None if null_sender else _patient_refused(Refusal.AUTHOR_NOT_PATIENT)
+            return (None if null_sender else _patient_refused(Refusal.AUTHOR_NOT_PATIENT)), None
         if not null_sender and _normal_or_none(sender or "") != author:
-            return _patient_refused(Refusal.SENDER_NOT_AUTHOR)
-        refusal = conversations.reply_refusal(
-            self._directory.engine,
-            ins=ins,
-            recipients=list(envelope.rcpt_tos),
-            in_reply_to=[str(v) for v in headers.get_all("In-Reply-To") or []],
-            references=[str(v) for v in headers.get_all("References") or []],
+            return _patient_refused(Refusal.SENDER_NOT_AUTHOR), None
+        reply = PatientReply(
+            ins,
+            tuple(envelope.rcpt_tos),
+            tuple(
+                msgids.referenced(
+                    [str(v) for v in headers.get_all("In-Reply-To") or []],
+                    [str(v) for v in headers.get_all("References") or []],
+                )
+            ),
         )
-        return None if refusal is None else _patient_refused(refusal)
+        with self._directory.engine.connect() as conn:
+            refusal = conversations.refusal_on(conn, reply)
+        return (None, reply) if refusal is None else (_patient_refused(refusal), None)
 
     def _to_patients(
         self, envelope: Envelope, headers: Any, identity: str

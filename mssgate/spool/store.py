@@ -37,7 +37,7 @@ from mssgate.directory.timeutil import aware, now
 from mssgate.errors import Conflict, NotFound, StorageError
 from mssgate.fsutil import ensure_dir, fsync_dir, write_new_durably
 from mssgate.patients import conversations
-from mssgate.patients.conversations import PatientMessage
+from mssgate.patients.conversations import ConversationRefused, PatientMessage, PatientReply
 from mssgate.smtp.dsnparams import MessageDsn, RecipientDsn, stored_rcpt
 from mssgate.spool.groupcommit import GroupCommitter
 from mssgate.spool.jobs import add_document_job, release_document_jobs
@@ -175,6 +175,7 @@ class _Acceptance:
     dsn: MessageDsn = field(default_factory=MessageDsn)
     rcpt_dsn: tuple[tuple[str, RecipientDsn], ...] = ()
     patients: tuple[PatientMessage, ...] = ()
+    patient_reply: PatientReply | None = None
 
 
 class Spool:
@@ -209,11 +210,14 @@ class Spool:
         dsn: MessageDsn | None = None,
         rcpt_dsn: Mapping[str, RecipientDsn] | None = None,
         patients: Sequence[PatientMessage] = (),
+        patient_reply: PatientReply | None = None,
     ) -> None:
         """Makes the message durable. Returns only when a 250 may be sent. `dsn` and
         `rcpt_dsn` (by recipient): the RFC 3461 parameters it came with, kept with it.
         `patients`: the message's records as one sent to patients' mailboxes, committed with
-        it (a patient's reply is accepted only if it refers to one)."""
+        it (a patient's reply is accepted only if it refers to one). `patient_reply`: a
+        patient's message, whose conversation is checked again in this transaction (raises
+        ConversationRefused, nothing kept, when it ended since the DATA check)."""
         path = self.path(queue_id)
         try:
             write_new_durably(path, content)
@@ -236,9 +240,13 @@ class Spool:
             dsn=dsn or MessageDsn(),
             rcpt_dsn=tuple((rcpt_dsn or {}).items()),
             patients=tuple(patients),
+            patient_reply=patient_reply,
         )
         try:
             self._committer.commit(acceptance)
+        except ConversationRefused:
+            path.unlink(missing_ok=True)
+            raise
         except Exception as exc:
             path.unlink(missing_ok=True)
             raise StorageError(f"spool commit failed: {exc.__class__.__name__}") from exc
@@ -249,6 +257,10 @@ class Spool:
             self._insert_rows(conn, group)
 
     def _insert_rows(self, conn: Connection, group: Sequence[_Acceptance]) -> None:
+        # First, before any row: a refused reply fails the group's transaction, and the
+        # committer then commits the others one by one (groupcommit).
+        for a in group:
+            conversations.check_in_acceptance(conn, a.patient_reply)
         conn.execute(
             spool_messages.insert(),
             [
