@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from enum import Enum
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -93,6 +94,15 @@ class NewCase:
     gp_email: str | None
 
 
+class _AnyPatient(Enum):
+    ANY = "any"
+
+
+# answered_by without an INS: the cases of the lineage whoever their patient (a caller that
+# has not read the result's INS yet).
+ANY_PATIENT: Final = _AnyPatient.ANY
+
+
 def _today() -> date:
     return datetime.now(UTC).date()
 
@@ -138,15 +148,18 @@ class ScreeningCases:
         crcdc: str,
         set_id: str | None,
         replaces: str | None,
+        ins: str | None,
         document_id: str,
         queue_document_id: str,
         actor: str,
     ) -> list[str]:
         """Closes the open cases this L2 result from `crcdc` answers: the same setId (the
         CRCDC completes the L2 section of the same form), or a relatedDocument naming the
-        form's id. Returns their ids (none: a result for no case sent from here)."""
+        form's id, of the same patient (`ins`: the result's; a lineage naming another
+        woman's form, by mistake or on purpose, does not close her case). Returns their ids
+        (none: a result for no case sent from here)."""
         with write(self._engine) as conn:
-            answered = _answered(crcdc, set_id, replaces, screening_cases.c.id)
+            answered = _answered(crcdc, set_id, replaces, ins, screening_cases.c.id)
             ids = [str(i) for i in conn.execute(answered).scalars()]
             if not ids:
                 return []
@@ -166,11 +179,18 @@ class ScreeningCases:
                              detail=detail)  # fmt: skip
         return ids
 
-    def answered_by(self, *, crcdc: str, set_id: str | None, replaces: str | None) -> list[Case]:
+    def answered_by(
+        self,
+        *,
+        crcdc: str,
+        set_id: str | None,
+        replaces: str | None,
+        ins: str | _AnyPatient | None = ANY_PATIENT,
+    ) -> list[Case]:
         """The open cases an L2 result from `crcdc` would close (`result`'s test, read only):
         for routing the result before it is queued (the L1 submission's mailbox)."""
         with self._engine.connect() as conn:
-            rows = conn.execute(_answered(crcdc, set_id, replaces, screening_cases)).all()
+            rows = conn.execute(_answered(crcdc, set_id, replaces, ins, screening_cases)).all()
         return [_case(r) for r in rows]
 
     def get(self, case_id: str) -> Case | None:
@@ -220,14 +240,23 @@ class ScreeningCases:
             return overdue_counts(conn, day)
 
 
-def _answered(crcdc: str, set_id: str | None, replaces: str | None, *columns: Any) -> Any:
+def _answered(
+    crcdc: str,
+    set_id: str | None,
+    replaces: str | None,
+    ins: str | _AnyPatient | None,
+    *columns: Any,
+) -> Any:
     """SELECT `columns` of the open cases of `crcdc` of the same form: its setId, or the
-    form id a relatedDocument names (none when the result gives neither)."""
+    form id a relatedDocument names (none when the result gives neither), and of the
+    patient `ins` (a case without INS only for a result without one)."""
     c = screening_cases.c
     lineage = [c.set_id == set_id] if set_id else []
     if replaces:
         lineage.append(c.document_id == replaces)
     query = select(*columns).where(c.crcdc == crcdc.lower(), c.state == OPEN)
+    if ins is not ANY_PATIENT:
+        query = query.where(c.ins.is_(None) if ins is None else c.ins == ins)
     return query.where(or_(*lineage) if lineage else false())
 
 

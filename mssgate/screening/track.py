@@ -9,6 +9,7 @@ form id) and closing only touches open cases, so a replayed delivery changes not
 from __future__ import annotations
 
 import logging
+from datetime import date, timedelta
 
 from sqlalchemy import Engine
 
@@ -41,10 +42,17 @@ def track(
     document = record.document
     rules = [d.rule for d in plan.decisions]
     if RESULT_RULE in rules:
+        if form.right.l2 is None and form.left.l2 is None:
+            # A form the CRCDC sent back without an L2 result (films to redo, a question):
+            # the second reading is still owed, its case stays open and counted.
+            event(log, "screening.l2_result", entry=queue_document_id, cases=[],
+                  reason="no L2 result in the form")  # fmt: skip
+            return
         closed = cases.result(
             crcdc=sender.lower(),
             set_id=document.set_id,
             replaces=replaces,
+            ins=form.ins,
             document_id=document.unique_id or queue_document_id,
             queue_document_id=queue_document_id,
             actor=actor,
@@ -57,10 +65,10 @@ def track(
         crcdc = _sent_to(decision.actions)
         if crcdc is None:
             continue
-        received = record.received_at
-        exam = form.exam_date or (received.date() if received is not None else None)
-        if exam is None:
+        received = record.received_at.date() if record.received_at is not None else None
+        if received is None:
             continue  # never: ingest stamps every record it queues
+        exam = _believed(form.exam_date, received)
         new = NewCase(
             mailbox=mailbox,
             queue_document_id=queue_document_id,
@@ -69,7 +77,7 @@ def track(
             ins=form.ins,
             ins_oid=form.ins_oid,
             exam_date=exam,
-            exam_date_known=form.exam_date is not None,
+            exam_date_known=exam == form.exam_date,
             departement=form.departement,
             crcdc=crcdc,
             l1_rpps=form.l1_reader.rpps if form.l1_reader else None,
@@ -82,6 +90,16 @@ def track(
             event(log, "screening.case_open", case=case_id, entry=queue_document_id,
                   crcdc=crcdc, departement=form.departement)  # fmt: skip
         return
+
+
+def _believed(exam: date | None, received: date) -> date:
+    """The day the deadline counts from: the form's exam date, unless it has none or one
+    after the form arrived (a typo such as 2099 would keep the case out of the overdue count
+    for ever); then the day received. The day after is believed: a form dated in Paris
+    before midnight UTC."""
+    if exam is None or exam > received + timedelta(days=1):
+        return received
+    return exam
 
 
 def _sent_to(actions: tuple[str, ...]) -> str | None:

@@ -17,6 +17,7 @@ from mssgate.errors import Conflict
 from mssgate.screening.cases import NewCase, ScreeningCases
 
 CRCDC = "crcdc-idf@hopital-a.test"
+INS = "279035121518989"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -28,7 +29,7 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
 def new(n: int, exam: date, *, mailbox: str = "ris@hopital-a.test") -> NewCase:
     return NewCase(
         mailbox=mailbox, queue_document_id=f"q{n}", document_id=f"1.2.250.1.999.{n}",
-        set_id=f"1.2.250.1.999.{n}.0", ins="279035121518989", ins_oid="1.2.250.1.213.1.4.10",
+        set_id=f"1.2.250.1.999.{n}.0", ins=INS, ins_oid="1.2.250.1.213.1.4.10",
         exam_date=exam, exam_date_known=True, departement="75", crcdc=CRCDC, l1_rpps="801234567897",
         l1_email=None, gp_rpps=None, gp_email=None,
     )  # fmt: skip
@@ -51,9 +52,9 @@ def test_cases_open_close_and_count_by_the_day_given(engine: Engine) -> None:
         "q1", "q1"]  # fmt: skip
     assert cases.list(mailbox="ris-b@hopital-a.test")[0].id == other
     # Another CRCDC's form of the same setId closes nothing; the right one closes both.
-    assert cases.result(crcdc="crcdc-pdl@x.fr", set_id="1.2.250.1.999.1.0", replaces=None,
+    assert cases.result(crcdc="crcdc-pdl@x.fr", set_id="1.2.250.1.999.1.0", replaces=None, ins=INS,
                         document_id="r", queue_document_id="qr", actor="t") == []  # fmt: skip
-    closed = cases.result(crcdc=CRCDC.upper(), set_id="1.2.250.1.999.1.0", replaces=None,
+    closed = cases.result(crcdc=CRCDC.upper(), set_id="1.2.250.1.999.1.0", replaces=None, ins=INS,
                           document_id="r1", queue_document_id="qr1", actor="t")  # fmt: skip
     assert sorted(closed) == sorted([first, other])
     assert [c.queue_document_id for c in cases.list()] == ["q2"]
