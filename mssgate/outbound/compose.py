@@ -205,8 +205,20 @@ def xdm_archive(submission: Submission, now: datetime, *, sender: str) -> bytes:
     return buffer.getvalue()
 
 
+def inert(text: str) -> str:
+    """`text` as a header value the email package parses: `=?` opens an RFC 2047 encoded word,
+    which it decodes, CRLF included, so that a title or address written by someone else (a
+    routing rule forwards any sender's CDA) would add header fields, or a body, to the
+    message our mailbox signs. `=_` reads the same to a person and decodes to nothing."""
+    return text.replace("=?", "=_")
+
+
 def subject(submission: Submission) -> str:
     """`XDM/1.0/DDM+<title> <NAME> <first name> <dd/mm/yyyy>` (the form our parser reads)."""
+    return inert(_subject(submission))
+
+
+def _subject(submission: Submission) -> str:
     header = submission.document.header
     traits = header.traits
     title = header.title or "Document"

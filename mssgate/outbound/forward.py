@@ -25,6 +25,7 @@ from mssgate.documents.errors import DocumentError
 from mssgate.documents.record import Accepted
 from mssgate.errors import PKIError
 from mssgate.logs import event
+from mssgate.outbound.compose import inert
 from mssgate.outbound.hl7in import Action as SubmissionAction
 from mssgate.outbound.hl7in import Author, Envelope, Event, Rejection, Submission
 from mssgate.outbound.service import Outbound, _Copy, _new_message_id, _Prepared
@@ -205,9 +206,11 @@ class Forwarder:
 
 
 def _header(value: str) -> str:
-    """A value another party wrote, fit for one header line: printable ASCII, bounded."""
+    """A value another party wrote, fit for one header line: printable ASCII, no encoded
+    word (the Message-ID was decoded once already when read: a second layer would be
+    decoded again, CRLF included, when the forward is built), bounded."""
     cleaned = "".join(c if " " <= c <= "~" else "?" for c in value)
-    return cleaned[:_MAX_HEADER]
+    return inert(cleaned)[:_MAX_HEADER]
 
 
 def _patient_problem(patient_domain: str, to: str) -> str | None:

@@ -1,0 +1,167 @@
+"""Hostile review of the routing `forward` action (issue 16 section 1): what a sender
+controls must not reach the forward's headers, nor borrow the authority of the application
+mailbox that signs it; two runs at once (two nodes replaying one delivery, two mailboxes of
+one message) spool one copy. Runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import email
+from dataclasses import replace
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from mssgate.config import Config, load_config
+from mssgate.db import open_engine, upgrade
+from mssgate.db.schema import outbound_messages, spool_messages
+from mssgate.directory import Directory
+from mssgate.documents.limits import DocumentLimits
+from mssgate.documents.samples import OID_NIR, PAT_TROIS, CdaSpec, make_cda
+from mssgate.documents.signed import process_signed_message
+from mssgate.outbound.forward import Forwarder
+from mssgate.outbound.service import Outbound
+from mssgate.queue import DocumentQueue
+from mssgate.queue.ingest import IngestReport, ingest
+from mssgate.routing.model import Rule, parse_action
+from mssgate.routing.router import Router
+from mssgate.routing.store import RuleStore
+from mssgate.smime.mailbox_keys import ensure_mailbox_key
+from mssgate.spool import Spool
+from tests.queue.helpers import DOMAIN, RIS_A, RIS_B, SENDER, add_mailboxes
+
+FWD = f"routeur@{DOMAIN}"
+RIS_C = f"ris-c@{DOMAIN}"
+OTHER = "intrus@clinique.mssante.fr"
+PATIENT = replace(PAT_TROIS, oid=OID_NIR)
+FORWARD = Rule(name="to-b", actions=(parse_action(f"forward {RIS_B}"),))
+
+
+class Node:
+    """One gateway node: its spool folder, its outbound path and forwarder."""
+
+    def __init__(self, config: Config, engine: Engine, spool_dir: Path) -> None:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(engine, spool_dir)
+        self.outbound = Outbound(config, Directory(engine, actor="test"), self.spool)
+        self.forwarder = Forwarder(self.outbound, forward_from=FWD)
+
+
+class Setup:
+    def __init__(self, config: Config, engine: Engine) -> None:
+        self.config, self.engine = config, engine
+        self.node = Node(config, engine, config.server.data_dir / "spool")
+        self.queue = DocumentQueue.from_config(config, engine)
+
+    def run(
+        self,
+        raw: bytes,
+        *,
+        delivery: str = "d1",
+        mailbox: str = RIS_A,
+        sender: str = SENDER,
+        message_id: str = "<orig-1@hopital.mssante.fr>",
+        node: Node | None = None,
+    ) -> IngestReport:
+        router = Router(RuleStore(self.engine, [FORWARD]), limits=DocumentLimits())
+        return ingest(
+            self.queue, raw, delivery=delivery, mailbox=mailbox, sender=sender,
+            message_id=message_id, subject=None, received_at=datetime.now(UTC),
+            limits=DocumentLimits(), allow_test_oids=False, router=router,
+            forwarder=(node or self.node).forwarder,
+        )  # fmt: skip
+
+    def spooled(self) -> list[str]:
+        """Every spool entry's id, whatever node's folder holds it."""
+        with self.engine.connect() as conn:
+            return [str(i) for i in conn.execute(select(spool_messages.c.id)).scalars()]
+
+    def recorded(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(select(func.count()).select_from(outbound_messages)).scalar_one()
+            )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def setup(request: pytest.FixtureRequest, datadir: Path) -> Setup:
+    config = load_config(datadir / "mssgate.toml")
+    if request.param == "sqlite":
+        engine = open_engine(config.database_url)
+        upgrade(engine)
+    else:
+        engine = request.getfixturevalue("pg_engine")
+    add_mailboxes(engine, RIS_A, RIS_B, RIS_C, FWD)
+    ensure_mailbox_key(config, FWD, common_name="Routeur")
+    return Setup(config, engine)
+
+
+def cda(n: int, *, replaces: str | None = None) -> bytes:
+    spec = CdaSpec(patient=PATIENT, doc_root=f"1.2.250.1.999.1.1.77.{n}", replaces=replaces)
+    return make_cda(spec)
+
+
+def report(document: bytes, *, n: int = 1, sender: str = SENDER) -> bytes:
+    message = EmailMessage()
+    message["From"], message["To"] = sender, RIS_A
+    message["Subject"] = "XDM/1.0/DDM+CR d'imagerie médicale PAT-TROIS DOMINIQUE 28/03/1979"
+    message["Message-ID"] = f"<orig-{n}@hopital.mssante.fr>"
+    message.set_content("Compte rendu ci-joint.")
+    message.add_attachment(document, maintype="text", subtype="xml", filename="doc.xml")
+    return message.as_bytes()
+
+
+def _b64_word(text: str) -> str:
+    return "=?utf-8?b?" + base64.b64encode(text.encode()).decode() + "?="
+
+
+def test_an_encoded_word_in_the_original_message_id_injects_no_header(setup: Setup) -> None:
+    """integration reads the Message-ID with the SMTP policy, which decodes one layer of RFC
+    2047: a second layer reached the forward's X-MSSGATE-Original-Message-ID as an encoded
+    word, which the stdlib decoded again when the forward was built, CRLF included: the
+    sender wrote headers (and a body) into a message signed by our application mailbox."""
+    injected = "<x@y>\r\nBcc: intrus@clinique.mssante.fr\r\nReply-To: intrus@clinique.mssante.fr"
+    injected += "\r\n\r\nCorps choisi par l'expéditeur"
+    done = setup.run(report(cda(1)), message_id=_b64_word(injected))
+    assert len(done.forwards) == 1
+    [entry] = list(setup.node.spool.entries())
+    content = setup.node.spool.read(entry.id)
+    head = email.message_from_bytes(content)
+    assert head.get_content_type() == "multipart/signed"
+    [signed] = [p for p in head.walk() if p.get_content_type() == "multipart/mixed"]
+    assert signed["Bcc"] is None and signed["Reply-To"] is None
+    assert head["Bcc"] is None and head["Reply-To"] is None
+    assert "\n" not in str(signed["X-MSSGATE-Original-Message-ID"])
+    assert b"Corps choisi" not in content
+    # The forward is still the document, read back by a receiving pipeline.
+    back = process_signed_message(content, limits=DocumentLimits(), allow_test_oids=False)
+    assert not back.quarantined and len(back.accepted) == 1
+
+
+def test_an_encoded_word_in_the_envelope_sender_injects_no_header(setup: Setup) -> None:
+    sender = _b64_word("a\r\nBcc: intrus@clinique.mssante.fr") + "@hopital.mssante.fr"
+    done = setup.run(report(cda(2)), sender=sender)
+    assert len(done.forwards) == 1
+    [entry] = list(setup.node.spool.entries())
+    head = email.message_from_bytes(setup.node.spool.read(entry.id))
+    [signed] = [p for p in head.walk() if p.get_content_type() == "multipart/mixed"]
+    assert signed["Bcc"] is None and head["Bcc"] is None
+    assert "\n" not in str(signed["X-MSSGATE-Original-Sender"])
+
+
+def test_an_encoded_word_in_the_cda_title_injects_no_header(setup: Setup) -> None:
+    """The forward's Subject is written from the CDA's title (DDM convention): a sender's
+    title holding an encoded word with a CRLF was decoded by the stdlib into a Reply-To of
+    the sender's choosing, in the message our application mailbox signs."""
+    title = _b64_word("CR\r\nReply-To: intrus@clinique.mssante.fr")
+    spec = CdaSpec(patient=PATIENT, doc_root="1.2.250.1.999.1.1.77.9", title=title)
+    done = setup.run(report(make_cda(spec), n=9))
+    assert len(done.forwards) == 1
+    [entry] = list(setup.node.spool.entries())
+    head = email.message_from_bytes(setup.node.spool.read(entry.id))
+    [signed] = [p for p in head.walk() if p.get_content_type() == "multipart/mixed"]
+    assert signed["Reply-To"] is None and head["Reply-To"] is None
+    assert "\n" not in str(signed["Subject"])
