@@ -72,6 +72,11 @@ def d2lm(
     say(f"d2lm preset: {len(rules)} rule(s) stored (replacing {replaced})")
     for dept, (address, how) in preset.crcdc_of(rules).items():
         say(f"  {dept:>3} -> {address} ({how})")
+    active = {c.mailbox for c in directory.consumers.list() if c.active}
+    for address in sorted({a for a, how in preset.crcdc_of(rules).values() if how == "copy-to"}):
+        if address not in active:
+            # As `route add --copy-to`: a CRCDC read with a mail client never sees the forms.
+            say(f"note: no RIS consumes {address} yet: its copies wait in its queue")
 
 
 def _crcdc(found: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:

@@ -96,3 +96,15 @@ def test_a_result_closes_only_cases_of_its_patient(engine: Engine) -> None:
     assert cases.result(**lineage, ins="277076322082910", **done) == []
     assert cases.result(**lineage, ins=None, **done) == [second]
     assert cases.result(**lineage, ins=INS, **done) == [first]
+
+
+def test_the_preset_says_a_crcdc_mailbox_no_ris_consumes(site: Site) -> None:
+    from tests.queue.helpers import add_consumer
+
+    # A CRCDC hosted here but read with a mail client: its copies wait in a queue no RIS
+    # leases, its cases go overdue unread. Said as `route add --copy-to` says it.
+    out = site.cli.ok("route", "preset", "d2lm", "--crcdc", f"75={IDF}").out
+    assert f"note: no RIS consumes {IDF} yet: its copies wait in its queue" in out
+    add_consumer(site.engine, "crcdc-ris", IDF)
+    out = site.cli.ok("route", "preset", "d2lm", "--crcdc", f"75={IDF}").out
+    assert "note:" not in out
