@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from mssgate.config import Config
 from mssgate.directory import Directory
 from mssgate.directory.models import AccountState, MailboxKind
-from mssgate.documents.cda import parse_cda
+from mssgate.documents.cda import format_identifier, parse_cda
 from mssgate.documents.errors import DocumentError
 from mssgate.documents.record import Accepted
 from mssgate.errors import PKIError
@@ -187,6 +187,16 @@ class Forwarder:
         action: SubmissionAction
         if record.document.withdrawn:
             event_type, action = "MDM^T04", "delete"
+        elif header.replaces and not record.document.replaces:
+            # Ingest found that its sender did not send here the document it replaces (it
+            # goes to the RIS as a new one, with a note). The CDA still says RPLC, and at the
+            # recipient every forward has one sender, our mailbox: there it would replace
+            # the document a forward brought from someone else.
+            return (
+                f"its CDA replaces document {format_identifier(header.replaces[0])}, which its"
+                " sender did not send here: forwarded, it would replace it at the recipient"
+                " in our mailbox's name"
+            )[:300]
         elif header.replaces:
             event_type, action = "MDM^T10", "replace"
         else:

@@ -165,3 +165,25 @@ def test_an_encoded_word_in_the_cda_title_injects_no_header(setup: Setup) -> Non
     [signed] = [p for p in head.walk() if p.get_content_type() == "multipart/mixed"]
     assert signed["Reply-To"] is None and head["Reply-To"] is None
     assert "\n" not in str(signed["Subject"])
+
+
+def test_a_replacement_refused_here_is_not_forwarded_as_our_replacement(setup: Setup) -> None:
+    """Whatever the rule forwards leaves signed by one application mailbox: at the recipient
+    every forwarded document has that one sender, so a replacement (its CDA's relatedDocument
+    RPLC) another sender mailed here, which this gateway refused as a replacement (queued as
+    a new document with a note), would be taken there as the replacement of the genuine
+    document the rule forwarded before. It is held, naming the rule; the genuine sender's
+    replacement is forwarded."""
+    original = cda(3)
+    setup.run(report(original, n=3))
+    assert len(setup.spooled()) == 1
+    replaced = "1.2.250.1.999.1.1.77.3"
+    forged = setup.run(report(cda(4, replaces=replaced), n=4, sender=OTHER), delivery="d2",
+                       sender=OTHER)  # fmt: skip
+    assert forged.forwards == [] and forged.queued == [] and len(forged.held) == 1
+    [entry] = [e for e in setup.queue.quarantine.entries() if e.id in forged.held]
+    assert entry.reason.startswith(f"routing rule 'to-b' cannot forward to {RIS_B}:")
+    assert "replaces" in entry.reason
+    assert len(setup.spooled()) == 1
+    genuine = setup.run(report(cda(5, replaces=replaced), n=5), delivery="d3")
+    assert len(genuine.forwards) == 1 and len(setup.spooled()) == 2
