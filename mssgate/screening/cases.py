@@ -160,19 +160,26 @@ class ScreeningCases:
         (none: a result for no case sent from here)."""
         with write(self._engine) as conn:
             answered = _answered(crcdc, set_id, replaces, ins, screening_cases.c.id)
-            ids = [str(i) for i in conn.execute(answered).scalars()]
-            if not ids:
+            found = [str(i) for i in conn.execute(answered).scalars()]
+            if not found:
                 return []
-            conn.execute(
-                screening_cases.update()
-                .where(screening_cases.c.id.in_(ids))
-                .values(
-                    state=RESULT_RECEIVED,
-                    closed_at=datetime.now(UTC),
-                    result_queue_document_id=queue_document_id,
-                    result_document_id=document_id,
-                )
-            )
+            # Open again in the UPDATE: on PostgreSQL another node's result may have closed a
+            # case since our SELECT (we waited on its row); that one is not ours to close.
+            c = screening_cases.c
+            ids = [
+                str(i)
+                for i in conn.execute(
+                    screening_cases.update()
+                    .where(c.id.in_(found), c.state == OPEN)
+                    .values(
+                        state=RESULT_RECEIVED,
+                        closed_at=datetime.now(UTC),
+                        result_queue_document_id=queue_document_id,
+                        result_document_id=document_id,
+                    )
+                    .returning(c.id)
+                ).scalars()
+            ]
             detail = {"crcdc": crcdc, "queue_document_id": queue_document_id}
             for case_id in ids:
                 audit.append(conn, actor=actor, action="screening.l2_result", subject=case_id,

@@ -5,6 +5,7 @@ CLI (tests/routing/test_d2lm_preset.py's site)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime
@@ -12,6 +13,7 @@ from datetime import UTC, date, datetime
 import pytest
 from sqlalchemy import Engine
 
+from mssgate.db.schema import screening_cases
 from mssgate.documents.samples import NESSI
 from mssgate.screening.cases import ScreeningCases
 from tests.queue.helpers import DOMAIN, RIS_A, SENDER, mail
@@ -108,3 +110,27 @@ def test_the_preset_says_a_crcdc_mailbox_no_ris_consumes(site: Site) -> None:
     add_consumer(site.engine, "crcdc-ris", IDF)
     out = site.cli.ok("route", "preset", "d2lm", "--crcdc", f"75={IDF}").out
     assert "note:" not in out
+
+
+@pytest.mark.postgres
+def test_two_results_at_once_one_closes_the_case(pg_engine: Engine) -> None:
+    cases = ScreeningCases(pg_engine)
+    case_id, _ = cases.open(new(5, date(2026, 1, 1)), actor="t")
+    found: list[list[str]] = []
+    with pg_engine.connect() as first:
+        # Another node's result closing the case, not yet committed: ours read it open and
+        # waits on its row; it must not close it a second time over the first's result.
+        c = screening_cases.c
+        first.execute(screening_cases.update().where(c.id == case_id).values(
+            state="l2-result-received", result_queue_document_id="q-first"))  # fmt: skip
+        worker = threading.Thread(target=lambda: found.append(cases.result(
+            crcdc=CRCDC, set_id="1.2.250.1.999.5.0", replaces=None, ins=INS, document_id="r",
+            queue_document_id="q-second", actor="t")))  # fmt: skip
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive(), "the second result should wait on the first's row"
+        first.commit()
+    worker.join(10)
+    assert found == [[]]
+    closed = cases.get(case_id)
+    assert closed is not None and closed.result_queue_document_id == "q-first"
