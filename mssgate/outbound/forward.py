@@ -5,9 +5,11 @@ S/MIME signature of the sending mailbox's key, DKIM and DSN requests on the rela
 
 Two steps, around the queue entry: `prepare` (before it: a forward that cannot be sent holds
 the document, with the rule's name) and `send` (after it). Both run inside ingest, whose
-delivery upstream is at-least-once; the forward is recorded under a key of the delivery,
-the mailbox, the document and the recipient, so a replay finds it and spools only a copy a
-crash kept out of the spool: at least once, never twice for one delivery.
+delivery upstream is at-least-once; the forward is recorded under a key of the document
+(uniqueId, event) and the recipient, unique in the database, so a replay, a resend, or
+another mailbox's delivery of the same document (run at the same time on this node or
+another) finds it, and spools only a copy a crash kept out of the spool, under the spool id
+it was recorded with: two runs at once cannot both spool it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from mssgate.directory.models import AccountState, MailboxKind
 from mssgate.documents.cda import format_identifier, parse_cda
 from mssgate.documents.errors import DocumentError
 from mssgate.documents.record import Accepted
-from mssgate.errors import PKIError
+from mssgate.errors import PKIError, StorageError
 from mssgate.logs import event
 from mssgate.outbound.compose import inert
 from mssgate.outbound.hl7in import Action as SubmissionAction
@@ -90,12 +92,16 @@ class Forwarder:
         if problem is not None:
             return problem
         record = outcome.record
-        key = "\0".join((delivery, mailbox, record.origin, record.sha256, forward.to))
-        control_id = "FWD-" + hashlib.sha256(key.encode()).hexdigest()[:40]
-        submission = self._submission(outcome, forward.to, control_id)
+        submission = self._submission(outcome, forward.to, "")
         if isinstance(submission, str):
             return submission
         unique_id = submission.unique_id
+        # The record's key: its unique (consumer, MSH-10) pair is what makes "not twice to
+        # one address" hold for two deliveries run at once (checking, then recording, let
+        # both send).
+        key = "\0".join(("forward", unique_id or record.sha256, submission.event, forward.to))
+        control_id = "FWD-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+        submission = replace(submission, envelope=Envelope(control_id=control_id))
         existing = out._store.find(FORWARDS, control_id)
         if existing is None and unique_id is not None:
             earlier = out._store.forwarded(
@@ -151,7 +157,7 @@ class Forwarder:
             if stored is not None:
                 # The row first: a crash before the spool leaves it unspooled, and the
                 # delivery's replay spools it (below).
-                out._accept(copy, out._content(prepared, copy), prepared)
+                self._spool(copy, prepared)
                 event(log, "routing.forwarded", outbound_id=outbound_id,
                       rule=ready.forward.rule, route=ready.route)  # fmt: skip
                 out._on_spooled()
@@ -159,14 +165,28 @@ class Forwarder:
             # Recorded meanwhile (the same delivery on another node): as a replay.
             stored = out._store.find(FORWARDS, ready.control_id)
             assert stored is not None
+        resumed = False
         for missing in out._store.unspooled(stored.id):
-            copy = _Copy(missing.address, ready.route, new_queue_id(), missing.message_id)
-            out._store.respooled(stored.id, copy.recipient, copy.queue_id)
-            out._accept(copy, out._content(prepared, copy), prepared)
+            # Under the spool id it was recorded with: the run that recorded it may still be
+            # spooling it (another node, a release run twice, a job taken over), and of two
+            # runs spooling one id one fails (its file or row exists), never both succeed.
+            copy = _Copy(missing.address, ready.route, missing.spool_id, missing.message_id)
+            self._spool(copy, prepared)
             event(log, "routing.forward_resumed", outbound_id=stored.id,
                   rule=ready.forward.rule)  # fmt: skip
             out._on_spooled()
+            resumed = True
+        if not resumed:
+            event(log, "routing.forward_repeat", outbound_id=stored.id,
+                  rule=ready.forward.rule)  # fmt: skip
         return stored.id
+
+    def _spool(self, copy: _Copy, prepared: _Prepared) -> None:
+        try:
+            self._out._accept(copy, self._out._content(prepared, copy), prepared)
+        except FileExistsError as exc:
+            # This node's other run is spooling it: this one's delivery is tried again.
+            raise StorageError(f"forward {copy.queue_id} is being spooled by another run") from exc
 
     def _submission(self, outcome: Accepted, to: str, control_id: str) -> Submission | str:
         """The document as the outbound path sends a RIS's: its CDA read again (the

@@ -75,6 +75,7 @@ class Stored:
 class Unspooled:
     address: str
     message_id: str
+    spool_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,11 @@ class OutboundStore:
         """The copies of a submission whose spool entry does not exist (yet)."""
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(outbound_recipients.c.recipient, outbound_recipients.c.message_id)
+                select(
+                    outbound_recipients.c.recipient,
+                    outbound_recipients.c.message_id,
+                    outbound_recipients.c.spool_id,
+                )
                 .select_from(
                     outbound_recipients.outerjoin(
                         spool_messages, spool_messages.c.id == outbound_recipients.c.spool_id
@@ -121,7 +126,7 @@ class OutboundStore:
                     spool_messages.c.id.is_(None),
                 )
             ).all()
-        return [Unspooled(r.recipient, r.message_id) for r in rows]
+        return [Unspooled(r.recipient, r.message_id, r.spool_id) for r in rows]
 
     def respooled(self, outbound_id: str, recipient: str, spool_id: str) -> None:
         with write(self._engine) as conn:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import base64
 import email
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -22,6 +25,7 @@ from mssgate.directory import Directory
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.samples import OID_NIR, PAT_TROIS, CdaSpec, make_cda
 from mssgate.documents.signed import process_signed_message
+from mssgate.errors import StorageError
 from mssgate.outbound.forward import Forwarder
 from mssgate.outbound.service import Outbound
 from mssgate.queue import DocumentQueue
@@ -187,3 +191,79 @@ def test_a_replacement_refused_here_is_not_forwarded_as_our_replacement(setup: S
     assert len(setup.spooled()) == 1
     genuine = setup.run(report(cda(5, replaces=replaced), n=5), delivery="d3")
     assert len(genuine.forwards) == 1 and len(setup.spooled()) == 2
+
+
+def _blocking(
+    target: Any, name: str
+) -> tuple[threading.Event, threading.Event, Callable[[], None]]:
+    """Makes `target.name` wait, at its first call, until released: (reached, release, undo)."""
+    real = getattr(target, name)
+    reached, release = threading.Event(), threading.Event()
+    calls = [0]
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            reached.set()
+            assert release.wait(30)
+        return real(*args, **kwargs)
+
+    setattr(target, name, wrapper)
+    return reached, release, lambda: setattr(target, name, real)
+
+
+def _in_thread(work: Callable[[], object]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # reported to the test, whatever it is
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
+
+
+def test_two_nodes_replaying_one_delivery_spool_one_forward(setup: Setup, tmp_path: Path) -> None:
+    """Node 1 recorded the forward and is signing it; node 2 runs the same delivery (a job
+    taken over, a release run twice): it found the record and its copy not in the spool yet,
+    and spooled a second one under a new id. A copy keeps its recorded spool id: one of
+    the two spools it, the other fails (and its job is tried again)."""
+    other = Node(setup.config, setup.engine, tmp_path / "node2-spool")
+    raw = report(cda(6), n=6)
+    reached, release, undo = _blocking(setup.node.spool, "accept")
+    thread, errors = _in_thread(lambda: setup.run(raw))
+    try:
+        assert reached.wait(30)
+        second = setup.run(raw, node=other)
+    finally:
+        release.set()
+        thread.join(30)
+        undo()
+    assert len(second.forwards) == 1
+    assert len(setup.spooled()) == 1 and setup.recorded() == 1
+    assert all(isinstance(e, StorageError) for e in errors)
+    # The first node's job, tried again, finds it spooled.
+    assert setup.run(raw).forwards == second.forwards
+    assert len(setup.spooled()) == 1
+
+
+def test_two_mailboxes_of_one_message_at_once_forward_the_document_once(setup: Setup) -> None:
+    """One message to two mailboxes a domain rule covers: two jobs, run side by side. Each
+    asked 'was this document forwarded to this address?' before either recorded its forward,
+    and each sent it. The forward is recorded under the document and address: one wins."""
+    raw = report(cda(7), n=7)
+    reached, release, undo = _blocking(setup.node.outbound._store, "record")
+    thread, errors = _in_thread(lambda: setup.run(raw, mailbox=RIS_A, delivery="s1"))
+    try:
+        assert reached.wait(30)
+        second = setup.run(raw, mailbox=RIS_C, delivery="s1")
+    finally:
+        release.set()
+        thread.join(30)
+        undo()
+    assert errors == []
+    assert len(second.forwards) == 1
+    assert len(setup.spooled()) == 1 and setup.recorded() == 1
