@@ -24,9 +24,11 @@ addresses. Replaced (docs/security-model.md, "L2 reader anonymity", lists the sa
 An altered document is a new document: the copy gets a new id and setId (OIDs `2.25.<uuid>`
 derived from the original's, so the same original always gives the same copy, on any node),
 the original's versionNumber, and `relatedDocument typeCode="XFRM"` naming the original (CDA
-R2: a transformation of its parent). A RPLC/APND of the original is kept, its parent mapped to
-that parent's copy. Comments and processing instructions are not carried over (the hardened
-parser drops them).
+R2: a transformation of its parent), and no other relatedDocument: an RPLC/APND of the
+original names a document the GP never got from us, and the copy is forwarded in the
+gateway's name, which never replaces a document at a recipient (mssgate.outbound.forward
+refuses it). Comments and processing instructions are not carried over (the hardened parser
+drops them).
 """
 
 from __future__ import annotations
@@ -488,7 +490,8 @@ def _set_ii(element: etree._Element, root: str) -> None:
 
 
 def _renumber(root: etree._Element) -> str:
-    """New id and setId, the relatedDocuments rewritten; the original's id returned."""
+    """New id and setId, one relatedDocument XFRM naming the original (any other one
+    dropped); the original's id returned."""
     id_element = root.find(_h("id"))
     original = _ii(id_element)
     if id_element is None or original is None:
@@ -501,18 +504,10 @@ def _renumber(root: etree._Element) -> str:
         parent.append(_copy_of(set_element, "setId"))
     if version is not None and version.get("value"):
         parent.append(_new("versionNumber", value=version.get("value") or ""))
-    related: list[etree._Element] = []
     for old in root.findall(_h("relatedDocument")):
         root.remove(old)
-        kind = old.get("typeCode")
-        old_parent = old.find(_h("parentDocument"))
-        if kind in ("RPLC", "APND") and old_parent is not None and not related:
-            mapped = _mapped(kind, old_parent)
-            if mapped is not None:
-                related.append(mapped)
     xfrm = _new("relatedDocument", typeCode=XFRM)
     xfrm.append(parent)
-    related.append(xfrm)
     _set_ii(id_element, copy_oid(original))
     if set_element is not None and (set_value := _ii(set_element)) is not None:
         _set_ii(set_element, copy_oid("set " + set_value))
@@ -520,11 +515,10 @@ def _renumber(root: etree._Element) -> str:
         (c for c in root if local_name(c) in _AFTER_RELATED),
         None,
     )
-    for element in related:
-        if anchor is not None:
-            anchor.addprevious(element)
-        else:
-            root.append(element)
+    if anchor is not None:
+        anchor.addprevious(xfrm)
+    else:
+        root.append(xfrm)
     return original
 
 
@@ -534,19 +528,3 @@ def _copy_of(element: etree._Element, tag: str) -> etree._Element:
         if element.get(attribute):
             copy.set(attribute, element.get(attribute) or "")
     return copy
-
-
-def _mapped(kind: str, old_parent: etree._Element) -> etree._Element | None:
-    """The original's RPLC/APND, pointing at its parent's copy (the GP had that copy)."""
-    related = _new("relatedDocument", typeCode=kind)
-    parent = etree.SubElement(related, _h("parentDocument"))
-    for tag, prefix in (("id", ""), ("setId", "set ")):
-        value = _ii(old_parent.find(_h(tag)))
-        if value is not None:
-            parent.append(_new(tag, root=copy_oid(prefix + value)))
-        elif tag == "id":
-            return None
-    version = old_parent.find(_h("versionNumber"))
-    if version is not None and version.get("value"):
-        parent.append(_new("versionNumber", value=version.get("value") or ""))
-    return related

@@ -145,6 +145,22 @@ def test_ans_copy_is_a_new_document_that_names_its_original() -> None:
     assert anonymise_l2_reader(original, LIMITS).data == copy.data
 
 
+def test_the_copy_replaces_nothing() -> None:
+    """An L2 result replacing the L1 form (RPLC): the copy names its original (XFRM) only; it
+    is forwarded in the gateway's name, which replaces no document at the GP."""
+    root = tree(make_d2lm(D2lmSpec(l2_right="ACR1", l2_left="ACR1")))
+    related = etree.Element(h("relatedDocument"), typeCode="RPLC")
+    etree.SubElement(etree.SubElement(related, h("parentDocument")), h("id"), root="1.2.3.4.1")
+    one(root, "/h:ClinicalDocument/h:component").addprevious(related)
+    data = bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+    assert parse_cda(data, LIMITS).header.replaces != ()
+    copy = anonymise_l2_reader(data, LIMITS)
+    copied = tree(copy.data)
+    assert [r.get("typeCode") for r in copied.iterfind(h("relatedDocument"))] == ["XFRM"]
+    assert parse_cda(copy.data, LIMITS).header.replaces == ()
+    assert b"1.2.3.4.1" not in copy.data
+
+
 @requires_shared
 def test_our_pipeline_reads_the_anonymised_copy() -> None:
     original, copy = ans(), anonymise_l2_reader(ans(), LIMITS)
