@@ -257,10 +257,6 @@ class Spool:
             self._insert_rows(conn, group)
 
     def _insert_rows(self, conn: Connection, group: Sequence[_Acceptance]) -> None:
-        # First, before any row: a refused reply fails the group's transaction, and the
-        # committer then commits the others one by one (groupcommit).
-        for a in group:
-            conversations.check_in_acceptance(conn, a.patient_reply)
         conn.execute(
             spool_messages.insert(),
             [
@@ -320,6 +316,11 @@ class Spool:
         )
         for a in group:
             conversations.record(conn, spool_id=a.queue_id, at=a.stamp, messages=a.patients)
+        # Last, so that a FIN committed in this very group counts: a refused reply fails the
+        # group's transaction, and the committer then commits each one alone, in the order
+        # they came (groupcommit): a reply that came before the FIN is taken, one after not.
+        for a in group:
+            conversations.check_in_acceptance(conn, a.patient_reply)
 
     def read(self, queue_id: str) -> bytes:
         try:
