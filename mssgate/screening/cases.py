@@ -10,6 +10,7 @@ is *overdue* when it is still open more than 15 days after the exam date, and *d
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,6 +104,16 @@ class _AnyPatient(Enum):
 ANY_PATIENT: Final = _AnyPatient.ANY
 
 
+def _fit(value: str | None, size: int = 200) -> str | None:
+    """An id as stored and compared: the columns hold 200 characters (64 for the INS and its
+    OID), and a sender writes ids of any length (an OID root has no limit); a longer one is
+    kept as its digest, the same for the form and its result. PostgreSQL would refuse the
+    row after the form was queued and copied, and every replay of the delivery again."""
+    if value is None or len(value) <= size:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[: size - 7]
+
+
 def _today() -> date:
     return datetime.now(UTC).date()
 
@@ -119,7 +130,13 @@ class ScreeningCases:
         """(id, created): the case of this form at this mailbox, made once whatever replays
         the delivery (a second ingest of the same form finds it)."""
         c = screening_cases.c
-        key = (c.mailbox == new.mailbox) & (c.document_id == new.document_id)
+        values = vars(new) | {
+            "document_id": _fit(new.document_id),
+            "set_id": _fit(new.set_id),
+            "ins": _fit(new.ins, 64),
+            "ins_oid": _fit(new.ins_oid, 64),
+        }
+        key = (c.mailbox == new.mailbox) & (c.document_id == values["document_id"])
         case_id = secrets.token_hex(16)
         try:
             with write(self._engine) as conn:
@@ -128,7 +145,7 @@ class ScreeningCases:
                     return str(found), False
                 conn.execute(
                     screening_cases.insert().values(
-                        id=case_id, state=OPEN, created_at=datetime.now(UTC), **vars(new)
+                        id=case_id, state=OPEN, created_at=datetime.now(UTC), **values
                     )
                 )
                 # Ids only in the audit: the case row holds the patient's INS.
@@ -175,7 +192,7 @@ class ScreeningCases:
                         state=RESULT_RECEIVED,
                         closed_at=datetime.now(UTC),
                         result_queue_document_id=queue_document_id,
-                        result_document_id=document_id,
+                        result_document_id=_fit(document_id),
                     )
                     .returning(c.id)
                 ).scalars()
@@ -258,12 +275,12 @@ def _answered(
     form id a relatedDocument names (none when the result gives neither), and of the
     patient `ins` (a case without INS only for a result without one)."""
     c = screening_cases.c
-    lineage = [c.set_id == set_id] if set_id else []
+    lineage = [c.set_id == _fit(set_id)] if set_id else []
     if replaces:
-        lineage.append(c.document_id == replaces)
+        lineage.append(c.document_id == _fit(replaces))
     query = select(*columns).where(c.crcdc == crcdc.lower(), c.state == OPEN)
     if ins is not ANY_PATIENT:
-        query = query.where(c.ins.is_(None) if ins is None else c.ins == ins)
+        query = query.where(c.ins.is_(None) if ins is None else c.ins == _fit(ins, 64))
     return query.where(or_(*lineage) if lineage else false())
 
 

@@ -134,3 +134,36 @@ def test_two_results_at_once_one_closes_the_case(pg_engine: Engine) -> None:
     assert found == [[]]
     closed = cases.get(case_id)
     assert closed is not None and closed.result_queue_document_id == "q-first"
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_form_with_long_ids_opens_its_case(
+    db: str, sqlite_engine: Engine, request: pytest.FixtureRequest
+) -> None:
+    from mssgate.documents.d2lm_samples import D2lmSpec, make_d2lm
+    from mssgate.documents.limits import DocumentLimits
+    from mssgate.queue import DocumentQueue
+    from mssgate.queue.ingest import ingest
+    from mssgate.routing.preset import d2lm_rules
+    from mssgate.routing.router import Router
+    from mssgate.routing.store import RuleStore
+    from tests.queue.helpers import add_mailboxes
+
+    engine = sqlite_engine if db == "sqlite" else request.getfixturevalue("pg_engine")
+    add_mailboxes(engine, RIS_A, IDF)
+    # A sender chooses its ids' lengths: an OID root of 300 characters is still an OID.
+    root = "1.2.250.1.999." + "7" * 300
+    raw = mail([make_d2lm(D2lmSpec(doc_root=root))], n=1)
+    router = Router(RuleStore(engine, d2lm_rules({"75": IDF}, hosted=lambda _: True)),
+                    limits=DocumentLimits())  # fmt: skip
+    queue = DocumentQueue(engine)
+    for _ in range(2):  # a replay as well
+        report = ingest(queue, raw, delivery="d1", mailbox=RIS_A, sender=SENDER, message_id=None,
+                        subject=None, received_at=datetime.now(UTC), limits=DocumentLimits(),
+                        allow_test_oids=True, router=router)  # fmt: skip
+        assert len(report.queued) == 1 and report.held == []
+    [case] = ScreeningCases(engine).list()
+    # Its result finds it by either lineage (the long ids are kept as their digests).
+    for lineage in ({"set_id": root + ".0", "replaces": None}, {"set_id": None, "replaces": root}):
+        [found] = ScreeningCases(engine).answered_by(crcdc=IDF, ins=case.ins, **lineage)
+        assert found.id == case.id
