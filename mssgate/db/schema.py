@@ -470,6 +470,8 @@ outbound_messages = Table(
     Column("submitted_at", DateTime(timezone=True), nullable=False),
     # The ACK answered the first time, answered again to a repeat.
     Column("ack", Text, nullable=False),
+    # A routing rule's forward: the envelope sender of the document it forwarded (0027).
+    Column("origin_sender", Text),
     UniqueConstraint("consumer_id", "control_id", name="uq_outbound_consumer_control"),
     # A forward's "sent this document to this address already?" (revision 0026).
     Index("ix_outbound_messages_unique_id", "consumer_id", "unique_id"),

@@ -57,6 +57,8 @@ class Ready:
     route: Route = "relay"
     existing: Stored | None = None
     repeat_of: str | None = None
+    # The envelope sender of the document forwarded, recorded with the forward.
+    origin_sender: str | None = None
 
 
 class Forwarder:
@@ -102,6 +104,9 @@ class Forwarder:
         key = "\0".join(("forward", unique_id or record.sha256, submission.event, forward.to))
         control_id = "FWD-" + hashlib.sha256(key.encode()).hexdigest()[:40]
         submission = replace(submission, envelope=Envelope(control_id=control_id))
+        refused = self._authority(submission, record.document.replaces, forward.to, sender)
+        if refused is not None:
+            return refused
         existing = out._store.find(FORWARDS, control_id)
         if existing is None and unique_id is not None:
             earlier = out._store.forwarded(
@@ -131,7 +136,32 @@ class Forwarder:
         )
         prepared = replace(prepared, note=note, headers=tuple(headers.items()))
         return Ready(forward, author, control_id, unique_id, submission.event, prepared, route,
-                     existing)  # fmt: skip
+                     existing, origin_sender=sender)  # fmt: skip
+
+    def _authority(
+        self, submission: Submission, replaces: str | None, to: str, sender: str
+    ) -> str | None:
+        """Why a withdrawal or a replacement may not be forwarded to `to`: at the recipient
+        every forward has one sender, our mailbox, so one of the document a forward brought
+        there for someone else would withdraw or replace it in our name (ingest checked only
+        that its sender sent this mailbox a document with that uniqueId, which anyone can
+        copy)."""
+        if submission.event == "MDM^T04":
+            target, what = submission.unique_id, "a withdrawal"
+        elif submission.event == "MDM^T10":
+            target, what = replaces, "a replacement"
+        else:
+            return None
+        if target is None:
+            return None
+        senders = self._out._store.origin_senders(FORWARDS, unique_id=target, recipient=to)
+        mine = sender.strip().lower()
+        if all(s is not None and s.strip().lower() == mine for s in senders):
+            return None
+        return (
+            f"{what} of document {target}, which a forward brought to {to} for another sender"
+            " (or one unknown): it would act there in our mailbox's name"
+        )[:300]
 
     def send(self, ready: Ready) -> str:
         """Spools the forward (or what of it a crash kept out of the spool); its outbound
@@ -153,6 +183,7 @@ class Forwarder:
                 unique_id=ready.unique_id, submitted_at=prepared.now, ack="",
                 recipients=[NewRecipient(to, copy.queue_id, copy.message_id)],
                 actor=f"routing:{ready.forward.rule}", zams=False,
+                origin_sender=ready.origin_sender,
             )  # fmt: skip
             if stored is not None:
                 # The row first: a crash before the spool leaves it unspooled, and the

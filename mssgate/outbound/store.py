@@ -154,17 +154,19 @@ class OutboundStore:
         recipients: list[NewRecipient],
         actor: str | None = None,
         zams: bool = True,
+        origin_sender: str | None = None,
     ) -> Stored | None:
         """Claims the (consumer, MSH-10) pair; None when it was taken (the caller answers with
         the stored submission, and spools nothing). `zams=False`: no consumer awaits ZAMs
-        for it (a routing rule's forward), none is ever owed."""
+        for it (a routing rule's forward), none is ever owed. `origin_sender`: a forward's,
+        the envelope sender of the document it forwards."""
         try:
             with write(self._engine) as conn:
                 conn.execute(
                     insert(outbound_messages).values(
                         id=outbound_id, consumer_id=consumer_id, control_id=control_id,
                         event=event, sender=sender, unique_id=unique_id,
-                        submitted_at=submitted_at, ack=ack,
+                        submitted_at=submitted_at, ack=ack, origin_sender=origin_sender,
                     )
                 )  # fmt: skip
                 for r in recipients:
@@ -209,6 +211,30 @@ class OutboundStore:
                 .limit(1)
             ).first()
         return None if row is None else str(row.id)
+
+    def origin_senders(
+        self, consumer_id: int, *, unique_id: str, recipient: str
+    ) -> list[str | None]:
+        """For whom the messages of `consumer_id` that brought the document `unique_id` to
+        `recipient` (not withdrawals of it) were sent: their `origin_sender` (None: unknown,
+        recorded before revision 0027)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(outbound_messages.c.origin_sender)
+                .select_from(
+                    outbound_messages.join(
+                        outbound_recipients,
+                        outbound_recipients.c.outbound_id == outbound_messages.c.id,
+                    )
+                )
+                .where(
+                    outbound_messages.c.consumer_id == consumer_id,
+                    outbound_messages.c.unique_id == unique_id,
+                    outbound_messages.c.event != "MDM^T04",
+                    outbound_recipients.c.recipient == recipient,
+                )
+            ).all()
+        return [r.origin_sender for r in rows]
 
     def forget(self, outbound_id: str) -> None:
         """Removes a submission whose spooling failed: the RIS's retry submits it anew."""

@@ -267,3 +267,25 @@ def test_two_mailboxes_of_one_message_at_once_forward_the_document_once(setup: S
     assert errors == []
     assert len(second.forwards) == 1
     assert len(setup.spooled()) == 1 and setup.recorded() == 1
+
+
+def test_a_copy_of_a_uniqueid_gives_no_authority_over_the_forwarded_original(setup: Setup) -> None:
+    """Ingest lets whoever sent a mailbox a document with a uniqueId replace (or withdraw)
+    it there: a uniqueId is no secret. Another sender mailing a copy of the genuine report's
+    uniqueId to a mailbox the rule also covers, then its replacement, got the replacement
+    forwarded, signed by the same mailbox as the genuine report it replaced at the
+    recipient. Held now, naming the rule; the genuine sender's replacement goes."""
+    genuine = cda(20)
+    assert len(setup.run(report(genuine, n=20)).forwards) == 1
+    # The same uniqueId from another sender, to RIS_C: a repeat, nothing sent.
+    setup.run(report(genuine, n=21, sender=OTHER), mailbox=RIS_C, sender=OTHER, delivery="o1")
+    assert len(setup.spooled()) == 1
+    replaced = "1.2.250.1.999.1.1.77.20"
+    forged = setup.run(report(cda(21, replaces=replaced), n=22, sender=OTHER), mailbox=RIS_C,
+                       sender=OTHER, delivery="o2")  # fmt: skip
+    assert forged.forwards == [] and len(forged.held) == 1
+    [entry] = [e for e in setup.queue.quarantine.entries() if e.id in forged.held]
+    assert entry.reason.startswith(f"routing rule 'to-b' cannot forward to {RIS_B}: a replacement")
+    assert len(setup.spooled()) == 1
+    assert len(setup.run(report(cda(22, replaces=replaced), n=23), delivery="g2").forwards) == 1
+    assert len(setup.spooled()) == 2
