@@ -114,6 +114,15 @@ def _fit(value: str | None, size: int = 200) -> str | None:
     return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[: size - 7]
 
 
+def _days_before(day: date, days: int) -> date:
+    """`days` before `day`; the first day there is when that is before it (`--as-of
+    0001-01-05`, `?as_of=`: an OverflowError, answered as an internal error, before)."""
+    try:
+        return day - timedelta(days=days)
+    except OverflowError:
+        return date.min
+
+
 def _today() -> date:
     return datetime.now(UTC).date()
 
@@ -250,7 +259,7 @@ class ScreeningCases:
             query = query.where(c.state == OPEN)
         if past_days is not None:
             day = as_of or self._today()
-            query = query.where(c.exam_date < day - timedelta(days=past_days))
+            query = query.where(c.exam_date < _days_before(day, past_days))
         if mailbox is not None:
             query = query.where(c.mailbox == mailbox)
         with self._engine.connect() as conn:
@@ -290,9 +299,7 @@ def overdue_counts(conn: Any, day: date) -> dict[int, int]:
     for days in (WARNING_DAYS, OVERDUE_DAYS):
         counts[days] = int(
             conn.execute(
-                select(func.count()).where(
-                    c.state == OPEN, c.exam_date < day - timedelta(days=days)
-                )
+                select(func.count()).where(c.state == OPEN, c.exam_date < _days_before(day, days))
             ).scalar_one()
         )
     return counts

@@ -167,3 +167,16 @@ def test_a_form_with_long_ids_opens_its_case(
     for lineage in ({"set_id": root + ".0", "replaces": None}, {"set_id": None, "replaces": root}):
         [found] = ScreeningCases(engine).answered_by(crcdc=IDF, ins=case.ins, **lineage)
         assert found.id == case.id
+
+
+def test_a_day_at_the_edge_of_the_calendar_is_counted_not_a_crash(site: Site) -> None:
+    site.ingest(form(45))
+    for flag in ("--overdue", "--due-soon"):
+        result = site.cli("screening", "list", flag, "--as-of", "0001-01-05")
+        assert result.code == 0, result.err
+        assert "Traceback" not in result.err
+    [case] = site.cases("--as-of", "0001-01-05")
+    assert case["due"] == "ok"
+    [late] = site.cases("--overdue", "--as-of", "9999-12-31")
+    assert late["due"] == "overdue"
+    assert ScreeningCases(site.engine).overdue_counts(date(1, 1, 1)) == {10: 0, 15: 0}
