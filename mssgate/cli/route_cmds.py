@@ -224,6 +224,7 @@ def test(
     from mssgate.documents.limits import DocumentLimits
     from mssgate.documents.record import Accepted, PipelineResult
     from mssgate.documents.signed import process_signed_message
+    from mssgate.queue.ingest import routing_sender
     from mssgate.routing.engine import explain
     from mssgate.routing.router import Router
     from mssgate.server_policy import DocumentPolicy, newest_policy
@@ -241,6 +242,7 @@ def test(
         if path.is_file():
             raw = path.read_bytes()
             box, who = _envelope(raw, mailbox, sender)
+            who = routing_sender(raw, who)  # what ingest routes by (the From: when it differs)
             # As serve runs it: in a worker process, under the message's budgets.
             ran = pool.run(
                 process_signed_message,

@@ -104,7 +104,7 @@ def ingest(
     subject = storable(subject or result.subject)
     headers = receipt_headers(raw).decode("utf-8", "replace")
     receipt_to = receipt_recipient(raw, sender)
-    routing_sender = _routing_sender(raw, sender)
+    route_sender = routing_sender(raw, sender)
     report = IngestReport()
     holding = _Holds(service, raw, actor=actor)
     rules = router.rules() if router is not None else []
@@ -123,7 +123,7 @@ def ingest(
         if rules and router is not None and isinstance(outcome, Accepted):
             # What is released is no longer held by a rule: the operator has looked at it.
             holds = False if released is not None else None
-            plan = router.plan(rules, outcome, mailbox=box, sender=routing_sender,
+            plan = router.plan(rules, outcome, mailbox=box, sender=route_sender,
                                budget=budget, holds=holds)  # fmt: skip
             if plan.hold is not None:
                 outcome = _held_after_all(outcome, plan.hold)
@@ -181,7 +181,7 @@ def ingest(
                 # it (again on a replay: both are idempotent). The relatedDocument as sent.
                 replaces = found.record.document.replaces if isinstance(found, Accepted) else None
                 track(router.store.engine, plan, record, queue_document_id=doc_id, mailbox=box,
-                      sender=routing_sender, replaces=replaces, actor=actor)  # fmt: skip
+                      sender=route_sender, replaces=replaces, actor=actor)  # fmt: skip
                 # After the entry: a crash before this replays the delivery, which finds the
                 # entry and the forward's record, and spools only what is missing.
                 assert forwarder is not None or not ready
@@ -211,7 +211,7 @@ def ingest(
     return report
 
 
-def _routing_sender(raw: bytes, sender: str) -> str:
+def routing_sender(raw: bytes, sender: str) -> str:
     """The sender routing rules match (and the d2lm preset tells an L2 result by): the
     envelope sender, unless the From: names another address, then the From:. A peer's MAIL
     FROM is checked for its domain only (the operator's certificate), its From: against the

@@ -5,10 +5,12 @@ CLI (tests/routing/test_d2lm_preset.py's site)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -180,3 +182,15 @@ def test_a_day_at_the_edge_of_the_calendar_is_counted_not_a_crash(site: Site) ->
     [late] = site.cases("--overdue", "--as-of", "9999-12-31")
     assert late["due"] == "overdue"
     assert ScreeningCases(site.engine).overdue_counts(date(1, 1, 1)) == {10: 0, 15: 0}
+
+
+def test_route_test_tells_the_direction_as_ingest_does(site: Site, tmp_path: Path) -> None:
+    eml = tmp_path / "result.eml"
+    eml.write_bytes(mail([l2_result(46)], n=460, sender=f"secretariat@{DOMAIN}"))
+    shown = json.loads(site.cli.ok("route", "test", str(eml), "--sender", IDF, "--json").out)
+    assert shown["sender"] == f"secretariat@{DOMAIN}"
+    [document] = shown["documents"]
+    assert "d2lm-l2-result" not in document["tags"]
+    eml.write_bytes(mail([l2_result(46)], n=461, sender=IDF))
+    shown = json.loads(site.cli.ok("route", "test", str(eml), "--sender", IDF, "--json").out)
+    assert shown["documents"][0]["tags"][0] == "d2lm-l2-result"
