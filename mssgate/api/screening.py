@@ -1,6 +1,6 @@
 """`GET /v1/screening`: the second readings (L2) under way, for a RIS (its mailbox's cases,
 with its consumer token) or the operator (every case, with the admin token of `mssgate
-admin token`)."""
+admin token`, while the admin console is on)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,10 @@ def _scope(request: Request, credentials: HTTPAuthorizationCredentials | None) -
     found = consumers.authenticate(credentials.credentials)
     if not isinstance(found, TokenRefused):
         return found.mailbox
-    if AdminToken(request.app.state.engine, actor="api").check(credentials.credentials):
+    # The console's token, for the operator, while the console is on: off, the admin token
+    # opens nothing in the RIS API (docs/operator-guide.md, the admin console).
+    admin = request.app.state.config.admin.enabled
+    if admin and AdminToken(request.app.state.engine, actor="api").check(credentials.credentials):
         return None
     raise ApiProblem(401, found.reason, headers={"WWW-Authenticate": 'Bearer realm="mssgate"'})
 
