@@ -9,16 +9,18 @@ addresses. Replaced (docs/security-model.md, "L2 reader anonymity", lists the sa
 
 - every role that is the reader (the L2 `author`, and anywhere outside `recordTarget` an
   assignedAuthor, assignedEntity, associatedEntity, participantRole, relatedEntity or
-  intendedRecipient with one of its ids, or with its family and given names and no other
-  RPPS): ids -> one `<id nullFlavor="MSK"/>`, addresses -> `<addr nullFlavor="MSK"/>`,
-  telecoms -> `<telecom nullFlavor="MSK"/>`, the person -> name "Lecteur L2 — CRCDC", the
-  organisation -> id MSK and name "CRCDC" (its `standardIndustryClassCode` kept); its
-  `code` (the profession) kept, anything else dropped;
+  intendedRecipient with one of its ids, or with no RPPS and its family name (given name,
+  initial or none; or a word of a name written as one string)): ids -> one
+  `<id nullFlavor="MSK"/>`, addresses -> `<addr nullFlavor="MSK"/>`, telecoms ->
+  `<telecom nullFlavor="MSK"/>`, the person -> name "Lecteur L2 — CRCDC", the organisation
+  -> id MSK and name "CRCDC" (its `standardIndustryClassCode` kept); its `code` (the
+  profession) kept, anything else dropped;
 - any other `id` (or II value) carrying the reader's number, any `telecom` with its
   address -> MSK;
 - in text (narrative blocks, titles, ST values, organisation names) and `displayName`/`value`
-  attributes outside `recordTarget` and other people's structured names: the reader's name
-  (family alone, or with the given name or a title) -> "Lecteur L2 — CRCDC", the number and
+  attributes outside `recordTarget` and the structured names of other people known by
+  their RPPS: the reader's name (family alone, or with the given name or a title; accents,
+  case and a compound name's separators either way) -> "Lecteur L2 — CRCDC", the number and
   the address -> "(masqué)". Base64 content (attached images, PDF) is not read.
 
 An altered document is a new document: the copy gets a new id and setId (OIDs `2.25.<uuid>`
@@ -76,6 +78,9 @@ _ORGANISATIONS: Final = frozenset(
     {"representedOrganization", "scopingOrganization", "receivedOrganization"}
 )
 _KEPT_IN_ROLE: Final = frozenset({"realmCode", "typeId", "templateId", "code"})
+# What separates the parts of a compound name, written one way or another (or not at all).
+_SEPARATORS: Final = "-\u2010\u2011\u2012\u2013\u2014'\u2019\u02bc."
+_SEPARATED: Final = r"[\s\-\u2010-\u2014'\u2019\u02bc.]*"
 _TITLES: Final = r"(?:dr|docteur|pr|professeur|mme|madame|mlle|m|monsieur)\.?"
 # The ClinicalDocument children a relatedDocument comes before (CDA R2 sequence).
 _AFTER_RELATED: Final = ("authorization", "componentOf", "component")
@@ -185,19 +190,23 @@ def _fold(value: str) -> str:
     return " ".join(value.split()).casefold()
 
 
-def _person_name(role: etree._Element) -> tuple[str | None, str | None]:
+def _name_of(role: etree._Element) -> etree._Element | None:
     for child in role:
         if local_name(child) in _PERSONS:
-            name = child.find(_h("name"))
-            if name is None:
-                return None, None
-            family = name.find(_h("family"))
-            given = name.find(_h("given"))
-            return (
-                _fold(_text(family)) if family is not None else None,
-                _fold(_text(given)) if given is not None else None,
-            )
-    return None, None
+            return child.find(_h("name"))
+    return None
+
+
+def _person_name(role: etree._Element) -> tuple[str | None, str | None]:
+    name = _name_of(role)
+    if name is None:
+        return None, None
+    family = name.find(_h("family"))
+    given = name.find(_h("given"))
+    return (
+        _fold(_text(family)) if family is not None else None,
+        _fold(_text(given)) if given is not None else None,
+    )
 
 
 def _text(element: etree._Element) -> str:
@@ -269,7 +278,19 @@ def _is_reader_role(role: etree._Element, identity: _Identity) -> bool:
     if ids or identity.family is None:
         return False  # another practitioner's RPPS: a namesake, not the reader
     family, given = _person_name(role)
-    return family == identity.family and (identity.given is None or given == identity.given)
+    if family is None:
+        # A name written as one string ("Dr Alain ROY"): the family name as a word of it.
+        name = _name_of(role)
+        words = _fold(_text(name)) if name is not None else ""
+        return re.search(rf"(?<!\w){_letters(identity.family)}(?!\w)", words) is not None
+    # Without an RPPS nothing tells a namesake: a given name left out, or an initial, is not
+    # another person (anonymity first).
+    return family == identity.family and (
+        identity.given is None
+        or given is None
+        or given == identity.given
+        or (given.rstrip(".") == identity.given[:1] and len(given.rstrip(".")) == 1)
+    )
 
 
 def _carries_number(ident: etree._Element, identity: _Identity) -> bool:
@@ -350,10 +371,11 @@ def _letters(value: str) -> str:
     """A regex for `value` matching it with or without accents and case, and any run of
     white space for its spaces (narrative wraps lines)."""
     parts: list[str] = []
-    for char in value:
-        if char.isspace():
-            if not parts or parts[-1] != r"\s+":
-                parts.append(r"\s+")
+    for char in unicodedata.normalize("NFC", value):
+        if char.isspace() or char in _SEPARATORS:
+            # "ROY-MARTIN", "Roy Martin", "D'Artagnan" (or with U+2019), "DARTAGNAN": one name.
+            if not parts or parts[-1] != _SEPARATED:
+                parts.append(_SEPARATED)
             continue
         base = unicodedata.normalize("NFKD", char)[0]
         variants = {char, base} | _ACCENTED.get(base.casefold(), set())
@@ -406,16 +428,23 @@ def _scrub_text(
         count += 1
         return PLACEHOLDER if match.lastgroup == "name" else MASKED_TEXT
 
+    def scrub(value: str) -> str:
+        # Read composed (NFC): a name typed with combining accents is the same name. Text
+        # without the reader is kept as it was written.
+        composed = unicodedata.normalize("NFC", value)
+        done = pattern.sub(replace, composed)
+        return done if done != composed else value
+
     for element in _readable(root, patient):
         if element.text:
-            element.text = pattern.sub(replace, element.text)
+            element.text = scrub(element.text)
         for attribute in ("displayName", "value"):
             value = element.get(attribute)
             if value and not _is_pointer(element, attribute):
-                element.set(attribute, pattern.sub(replace, value))
+                element.set(attribute, scrub(value))
     for element in _outside(root, patient):
         if element.tail and element.getparent() is not None:
-            element.tail = pattern.sub(replace, element.tail)
+            element.tail = scrub(element.tail)
     return count
 
 
@@ -435,11 +464,16 @@ def _readable(
         if element in skip:
             continue
         parent = element.getparent()
+        role = parent.getparent() if parent is not None else None
+        # Another person's name is theirs when their RPPS says who they are (a namesake);
+        # without one, the reader's name in it goes like any text.
         named = (
             not names
             and local_name(element) == "name"
             and parent is not None
             and local_name(parent) in _PERSONS
+            and role is not None
+            and bool(_rpps_ids(role))
         )
         if named or (element.get("representation") or "").upper() == "B64":
             skip.update(element.iter())

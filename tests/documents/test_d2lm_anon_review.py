@@ -1,0 +1,89 @@
+"""Hostile review of the GP's copy of an L2 result (issue 16 section 2): the L2 reader
+written where a CRCDC's software may write it, in shapes the first version did not read."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from lxml import etree
+
+from mssgate.documents.d2lm_anon import PLACEHOLDER, anonymise_l2_reader
+from mssgate.documents.d2lm_samples import D2lmSpec, Reader, make_d2lm
+from mssgate.documents.limits import DocumentLimits
+
+LIMITS = DocumentLimits()
+H = "urn:hl7-org:v3"
+NS = {"h": H}
+L2_SECTION = "//h:section[h:templateId/@root='1.2.250.1.213.1.1.2.174']"
+
+
+def h(path: str) -> str:
+    return "/".join(f"{{{H}}}{step}" for step in path.split("/"))
+
+
+def form(reader: Reader) -> etree._Element:
+    return etree.fromstring(make_d2lm(D2lmSpec(l2_reader=reader, l2_right="ACR1", l2_left="ACR1")))
+
+
+def section(root: etree._Element) -> etree._Element:
+    found = root.xpath(L2_SECTION, namespaces=NS)
+    assert isinstance(found, list) and len(found) == 1
+    [element] = found
+    assert isinstance(element, etree._Element)
+    return element
+
+
+def copy_text(root: etree._Element) -> str:
+    data = anonymise_l2_reader(bytes(etree.tostring(root, encoding="UTF-8")), LIMITS).data
+    return unicodedata.normalize("NFC", data.decode()).casefold()
+
+
+def _section_author(root: etree._Element, *, ident: dict[str, str]) -> etree._Element:
+    author = etree.Element(h("author"))
+    etree.SubElement(author, h("time"), value="20210729")
+    assigned = etree.SubElement(author, h("assignedAuthor"))
+    etree.SubElement(assigned, h("id"), ident)
+    section(root).find(h("title")).addnext(author)  # type: ignore[union-attr]
+    return assigned
+
+
+def test_a_reader_without_rpps_and_an_unstructured_name_is_masked() -> None:
+    """A section author the CRCDC's software names by its own id and a name written as one
+    string: no RPPS tells a namesake, so the name is the reader's and goes."""
+    reader = Reader("810000000123", "ROY", "Alain", "alain.roy@mssante.fr")
+    root = form(reader)
+    assigned = _section_author(root, ident={"root": "1.2.250.1.999.1", "extension": "LECT-7"})
+    person = etree.SubElement(assigned, h("assignedPerson"))
+    etree.SubElement(person, h("name")).text = "Dr Alain ROY"
+    assert "roy" not in copy_text(root)
+
+
+def test_a_reader_named_by_family_name_only_is_masked() -> None:
+    """An informant with the reader's family name and a title, no given name, no RPPS."""
+    reader = Reader("810000000123", "ROY", "Alain")
+    root = form(reader)
+    informant = etree.Element(h("informant"))
+    entity = etree.SubElement(informant, h("assignedEntity"))
+    etree.SubElement(entity, h("id"), nullFlavor="UNK")
+    etree.SubElement(entity, h("telecom"), value="tel:+33140000007")
+    name = etree.SubElement(etree.SubElement(entity, h("assignedPerson")), h("name"))
+    etree.SubElement(name, h("prefix")).text = "Dr"
+    etree.SubElement(name, h("family")).text = "Roy"
+    root.find(h("custodian")).addprevious(informant)  # type: ignore[union-attr]
+    text = copy_text(root)
+    assert "roy" not in text
+    assert "0000007" not in text  # the role went whole: its telephone too
+
+
+def test_the_reader_written_otherwise_in_the_narrative_is_masked() -> None:
+    """Hyphen for a space, a typographic apostrophe, decomposed accents (NFD): one name."""
+    reader = Reader("810000000123", "D'ARTAGNAN MONTÉGUT", "Hélène")
+    root = form(reader)
+    text = section(root).find(".//" + h("text"))
+    assert text is not None
+    nfd = unicodedata.normalize("NFD", "Hélène d\u2019Artagnan-Montégut")
+    text.text = f"Deuxième lecture : Dr {nfd}."
+    out = copy_text(root)
+    for trace in ("artagnan", "montégut", "hélène"):
+        assert trace not in out, trace
+    assert PLACEHOLDER.casefold() in out
