@@ -14,12 +14,13 @@ The rules (../shared/design/screening.md, "Patient mailboxes"; docs/security-mod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from mssgate import audit
 from mssgate.db.schema import patient_messages
@@ -105,6 +106,30 @@ def outgoing(
     return [PatientMessage(message_id, ins, sender, ends) for ins in unique], None
 
 
+def _pair_key(ins: str, mailbox: str) -> int:
+    """A stable signed 64-bit key of the conversation for pg_advisory_xact_lock (bigint key
+    space, apart from the (int, int) one mssgate.mailmove uses). Two pairs sharing a key only
+    wait for each other."""
+    digest = hashlib.blake2b(
+        f"mssgate.patient-conversation\0{ins.upper()}\0{mailbox.lower()}".encode(),
+        digest_size=8,
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_conversations(conn: Connection, pairs: Iterable[tuple[str, str]]) -> None:
+    """Takes the (INS, professional mailbox) conversations for the caller's transaction, until
+    it ends. PostgreSQL: a FIN recorded on one node and a reply checked on another, both
+    uncommitted, do not see each other's rows and both committed; the lock makes the second
+    wait for the first to commit, then read it (READ COMMITTED: each statement's snapshot is
+    taken when it starts). In key order, so two groups of several never wait on each other in
+    a cycle. SQLite has one writer already (mssgate.db.tx)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for key in sorted({_pair_key(ins, mailbox) for ins, mailbox in pairs}):
+        conn.execute(select(func.pg_advisory_xact_lock(key)))
+
+
 def record(
     conn: Connection, *, spool_id: str, at: datetime, messages: Sequence[PatientMessage]
 ) -> None:
@@ -112,6 +137,7 @@ def record(
     entry per conversation ended (the INS is in the row, not in the trail)."""
     if not messages:
         return
+    lock_conversations(conn, ((m.ins, m.mailbox) for m in messages))
     conn.execute(
         patient_messages.insert(),
         [
@@ -178,6 +204,7 @@ def check_in_acceptance(conn: Connection, reply: PatientReply | None) -> None:
     DKIM, the spool's wait) ends the conversation for it too. Raises ConversationRefused."""
     if reply is None:
         return
+    lock_conversations(conn, ((reply.ins, mailbox) for mailbox in reply.recipients))
     refusal = refusal_on(conn, reply)
     if refusal is not None:
         raise ConversationRefused(refusal)

@@ -257,6 +257,13 @@ class Spool:
             self._insert_rows(conn, group)
 
     def _insert_rows(self, conn: Connection, group: Sequence[_Acceptance]) -> None:
+        # The group's patient conversations first and at once, in key order: taken one
+        # acceptance after the other, two nodes' groups could wait on each other in a cycle.
+        conversations.lock_conversations(
+            conn,
+            [(m.ins, m.mailbox) for a in group for m in a.patients]
+            + [(r.ins, box) for a in group if (r := a.patient_reply) for box in r.recipients],
+        )
         conn.execute(
             spool_messages.insert(),
             [
