@@ -132,7 +132,8 @@ def ingest(
             # Before the queue entry: a forward that cannot be sent holds the document
             # (naming the rule) rather than queue it as if it had gone.
             checked = _forwards(forwarder, plan, outcome, mailbox=box, sender=sender,
-                                message_id=message_id, delivery=delivery)  # fmt: skip
+                                route_sender=route_sender, message_id=message_id,
+                                delivery=delivery)  # fmt: skip
             if isinstance(checked, str):
                 outcome = _held_after_all(outcome, checked)
             else:
@@ -275,6 +276,7 @@ def _forwards(
     *,
     mailbox: str,
     sender: str,
+    route_sender: str,
     message_id: str | None,
     delivery: str,
 ) -> list[Ready] | str:
@@ -285,10 +287,16 @@ def _forwards(
         if forwarder is None:
             found: Ready | str = "this process sends no forwards"
         else:
-            # A forward may send other bytes (an L2 result's copy for the GP).
-            sent = forward.outcome if forward.outcome is not None else outcome
-            found = forwarder.prepare(forward, sent, mailbox=mailbox, sender=sender,
-                                      message_id=message_id, delivery=delivery)  # fmt: skip
+            # A forward may send other bytes (an L2 result's copy for the GP, without the
+            # L2 reader). Such a copy names as its origin the sender the rules knew (the
+            # From:, signed), not the envelope sender or the Message-ID, which the sending
+            # software writes: the reader's own mailbox, its workstation's name.
+            copy = forward.outcome is not None
+            found = forwarder.prepare(
+                forward, forward.outcome or outcome, mailbox=mailbox,
+                sender=route_sender if copy else sender,
+                message_id=None if copy else message_id, delivery=delivery,
+            )  # fmt: skip
         if isinstance(found, str) and forward.optional:
             forward_dropped(plan, forward, found)
             continue

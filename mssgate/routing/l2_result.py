@@ -24,6 +24,7 @@ CRCDC (a loop), never the same mailbox twice.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Callable, Collection, Sequence
 from typing import Final, Literal
 
@@ -121,7 +122,7 @@ def route_l2_result(
             anonymised=False,
         )
     ]
-    gp = _gp(form, l1_address, taken, directory, anonymisation_error, problems)
+    gp = _gp(form, l1_address, taken, directory, anonymisation_error, problems, sender=sender)
     if gp is not None:
         recipients.append(gp)
     tags = () if gp is not None else (TAG_NO_GP,)
@@ -135,6 +136,8 @@ def _gp(
     directory: Callable[[str], Sequence[str]],
     anonymisation_error: str | None,
     problems: list[str],
+    *,
+    sender: str,
 ) -> Recipient | None:
     if form.gp is None:
         problems.append("the form names no GP (participant PCP): no GP copy")
@@ -162,7 +165,26 @@ def _gp(
         # A forward names its original sender (headers and note): the reader's own address.
         problems.append("no GP copy: the result was sent from the L2 reader's own mailbox")
         return None
+    if form.l2_reader is not None and _names_reader(sender, form.l2_reader):
+        # The same without a mailto in the form: the address itself says who read.
+        problems.append("no GP copy: the result was sent from a mailbox naming the L2 reader")
+        return None
     return Recipient(role="gp", address=address, source=source, via="forward", anonymised=True)
+
+
+def _letters(value: str) -> str:
+    """Letters and digits only, without accents, lower case: "Roy-Martin" -> "roymartin"."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    return "".join(c for c in decomposed if c.isascii() and c.isalnum()).lower()
+
+
+def _names_reader(sender: str, reader: Practitioner) -> bool:
+    """The sender's address names the L2 reader: its family name (3 letters or more) or one
+    of its numbers in the local part ("alain.roy@", "810000000123@")."""
+    local = _letters(sender.rpartition("@")[0])
+    family = _letters(reader.family or "")
+    numbers = number_forms(reader.rpps) if reader.rpps else frozenset()
+    return (len(family) >= 3 and family in local) or any(n in local for n in numbers)
 
 
 def _normal(address: str) -> str | None:
