@@ -130,6 +130,7 @@ def anonymise_l2_reader(data: bytes, limits: DocumentLimits) -> Anonymised:
     if not authors:
         raise AnonymisationError("the L2 reader's author entry was not found")
     identity = _identity(reader, authors)
+    _check_authors(root, form.l1_reader, authors, identity)
     counts = {"roles": 0, "ids": 0, "telecoms": 0, "text": 0}
     patient = root.find(_h("recordTarget"))
     for role in [e for e in _outside(root, patient) if local_name(e) in _ROLES]:
@@ -291,6 +292,34 @@ def _is_reader_role(role: etree._Element, identity: _Identity) -> bool:
         or given == identity.given
         or (given.rstrip(".") == identity.given[:1] and len(given.rstrip(".")) == 1)
     )
+
+
+def _check_authors(
+    root: etree._Element,
+    l1: Practitioner | None,
+    authors: list[etree._Element],
+    identity: _Identity,
+) -> None:
+    """The form's authors are told apart by the serviceEvent performer (the L1 reader), not
+    by their order, and are the two readers only: else which one the GP may see is a guess
+    (the L1 reader masked and the L2 one named), and no copy goes."""
+    l1_numbers = number_forms(l1.rpps) if l1 is not None and l1.rpps else frozenset()
+    performer = root.find(_h("documentationOf/serviceEvent/performer/assignedEntity"))
+    told = performer is not None and any(n in l1_numbers for n in _rpps_ids(performer))
+    if not told:
+        raise AnonymisationError(
+            "the serviceEvent performer does not name the L1 reader among the authors:"
+            " which author is L2 is unknown"
+        )
+    for author in root.iterfind(_h("author/assignedAuthor")):
+        if author in authors or _is_reader_role(author, identity):
+            continue
+        if any(n in l1_numbers for n in _rpps_ids(author)):
+            continue
+        if any(local_name(c) in _PERSONS for c in author):
+            raise AnonymisationError(
+                "an author other than the L1 and L2 readers: what the GP may see of it is unknown"
+            )
 
 
 def _carries_number(ident: etree._Element, identity: _Identity) -> bool:

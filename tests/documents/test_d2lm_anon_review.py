@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import unicodedata
 
+import pytest
 from lxml import etree
 
-from mssgate.documents.d2lm_anon import PLACEHOLDER, anonymise_l2_reader
+from mssgate.documents.d2lm_anon import PLACEHOLDER, AnonymisationError, anonymise_l2_reader
 from mssgate.documents.d2lm_samples import D2lmSpec, Reader, make_d2lm
 from mssgate.documents.limits import DocumentLimits
 
@@ -87,3 +88,45 @@ def test_the_reader_written_otherwise_in_the_narrative_is_masked() -> None:
     for trace in ("artagnan", "montégut", "hélène"):
         assert trace not in out, trace
     assert PLACEHOLDER.casefold() in out
+
+
+def _without_performer(root: etree._Element) -> None:
+    event = root.find(h("documentationOf/serviceEvent"))
+    assert event is not None
+    for performer in event.findall(h("performer")):
+        event.remove(performer)
+
+
+def test_authors_in_the_other_order_without_a_performer_give_no_copy() -> None:
+    """The L2 reader listed first and no serviceEvent performer to tell the L1 reader: which
+    author is L2 is a guess (the order), so no copy goes rather than one masking the L1
+    reader and naming the L2 one."""
+    reader = Reader("810000000123", "ROY", "Alain")
+    root = form(reader)
+    first, second = root.findall(h("author"))
+    first.addprevious(second)  # L2, then L1
+    _without_performer(root)
+    data = bytes(etree.tostring(root, encoding="UTF-8"))
+    try:
+        copy = anonymise_l2_reader(data, LIMITS)
+    except AnonymisationError as exc:
+        assert "L1" in str(exc)
+    else:
+        assert b"810000000123" not in copy.data, "the L2 reader went to the GP"
+
+
+def test_an_author_besides_the_two_readers_gives_no_copy() -> None:
+    """A third author with a person (a CRCDC physician validating the reading): who it is to
+    the GP is unknown, and nothing masks it; no copy rather than a guess."""
+    reader = Reader("810000000123", "ROY", "Alain")
+    root = form(reader)
+    last = root.findall(h("author"))[-1]
+    third = etree.Element(h("author"))
+    etree.SubElement(third, h("time"), value="20210729")
+    assigned = etree.SubElement(third, h("assignedAuthor"))
+    etree.SubElement(assigned, h("id"), root="1.2.250.1.71.4.2.1", extension="810000000999")
+    name = etree.SubElement(etree.SubElement(assigned, h("assignedPerson")), h("name"))
+    etree.SubElement(name, h("family")).text = "VALIDEUR"
+    last.addnext(third)
+    with pytest.raises(AnonymisationError, match="author"):
+        anonymise_l2_reader(bytes(etree.tostring(root, encoding="UTF-8")), LIMITS)
