@@ -146,9 +146,19 @@ def trust(
         str | None,
         typer.Option(
             "--operator-dn",
-            help="Subject DN (RFC 4514) the peer gateway's certificate must have.",
+            help=(
+                "Subject DN (RFC 4514) the peer gateway's certificate must have."
+                " Left out on an update, the stored one stays."
+            ),
         ),
     ] = None,
+    clear_operator_dn: Annotated[
+        bool,
+        typer.Option(
+            "--clear-operator-dn",
+            help="Remove the stored operator DN (any certificate of the CA may then speak).",
+        ),
+    ] = False,
     encryption: EncryptionOption = None,
     cipher: CipherOption = None,
 ) -> None:
@@ -159,7 +169,8 @@ def trust(
     as written). Left out on an update, the current setting stays.
 
     --ca: the peer's gateway certificate must chain to a root of this bundle (its other
-    certificates serve as intermediates). --operator-dn: its subject must also be this name.
+    certificates serve as intermediates). --operator-dn: its subject must also be this name
+    (kept on an update without it; --clear-operator-dn removes it).
     """
     policy = _encryption(encryption, allow_default=True) if encryption is not None else UNCHANGED
     chosen = _cipher(cipher) if cipher is not None else UNCHANGED
@@ -167,7 +178,15 @@ def trust(
         parse_relay(relay)
     except ValidationFailed as exc:
         raise UsageFailed(f"--relay: {exc}") from None
-    dn = _operator_dn(operator_dn) if operator_dn is not None else None
+    if operator_dn is not None and clear_operator_dn:
+        raise UsageFailed("give --operator-dn or --clear-operator-dn, not both")
+    dn = (
+        _operator_dn(operator_dn)
+        if operator_dn is not None
+        else None
+        if clear_operator_dn
+        else UNCHANGED
+    )
     ca_certs = load_certificates(ca) if ca is not None else None
     result = (
         state(ctx)
@@ -182,6 +201,10 @@ def trust(
         )
     )
     say(f"trusted {result.name} via {result.relay_host}:{result.relay_port}")
+    if dn is UNCHANGED and result.operator_dn:
+        # Said, since the DN used to be dropped by such a re-run: an operator relying on
+        # that to clear it learns it stayed.
+        say(f"operator DN kept: {result.operator_dn} (--clear-operator-dn removes it)")
 
 
 @app.command("set")

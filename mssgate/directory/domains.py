@@ -189,11 +189,15 @@ class Domains:
         *,
         relay: str,
         ca: x509.Certificate | Sequence[x509.Certificate] | None,
-        operator_dn: str | None = None,
+        operator_dn: str | _Unchanged | None = None,
         encryption: EncryptionPolicy | _Unchanged | None = UNCHANGED,
         cipher: Cipher | _Unchanged | None = UNCHANGED,
     ) -> Domain:
         """Adds or updates a peer operator's domain on the trust list.
+
+        `operator_dn` UNCHANGED keeps an update's stored DN (`domain trust` without
+        --operator-dn: dropping it silently let any certificate of the same CA speak for the
+        domain); None removes it.
 
         `encryption` and `cipher` left UNCHANGED keep what an update found (NULL for a new
         domain): the national trust-list import updates relays and must not reset them.
@@ -208,13 +212,15 @@ class Domains:
             "relay_host": host,
             "relay_port": port,
             "ca_pem": ca_pem,
-            "operator_dn": operator_dn,
             **_encryption_values(encryption, cipher),
         }
         with write(self._engine) as conn:
             row = conn.execute(select(domains).where(domains.c.name == key)).first()
             if row is not None and row.kind == "local":
                 raise Conflict(f"{key} is a local domain: it cannot also be a peer")
+            if isinstance(operator_dn, _Unchanged):
+                operator_dn = row.operator_dn if row is not None else None
+            values["operator_dn"] = operator_dn
             if row is None:
                 conn.execute(domains.insert().values(name=key, added_at=now(), **values))
             else:
