@@ -518,6 +518,14 @@ def _check_no_trace(
     numbers = [n for n in identity.numbers if len(n) >= 5]
     probes = [re.compile(rf"(?<![0-9]){re.escape(n)}(?![0-9])") for n in numbers]
     emails = list(identity.emails)
+    # The family name in an attribute no step rewrites (an XML ID, a reference to one,
+    # a styleCode): an underscore or a hyphen separates words there too.
+    family = identity.family if identity.family and len(identity.family) >= 3 else None
+    named = (
+        re.compile(rf"(?<![^\W_]){_letters(family)}(?![^\W_])", re.IGNORECASE)
+        if family is not None
+        else None
+    )
     for element in _readable(root, patient, names=True):
         values = [element.text or "", element.tail or "", *element.attrib.values()]
         for value in values:
@@ -526,6 +534,19 @@ def _check_no_trace(
                 raise AnonymisationError(
                     f"the L2 reader's identifier is still in <{local_name(element)}>"
                 )
+        if named is not None and any(
+            named.search(unicodedata.normalize("NFC", str(value)))
+            for attribute, value in element.attrib.items()
+            if not _is_whole(element, str(attribute))
+        ):
+            raise AnonymisationError(f"the L2 reader's name is still in <{local_name(element)}>")
+
+
+def _is_whole(element: etree._Element, attribute: str) -> bool:
+    # Values handled whole by their own step, or a namesake's: an address (a namesake's
+    # mailto may hold the name; the reader's is masked), an identifier (numbers checked).
+    name = local_name(element)
+    return (name == "telecom" and attribute == "value") or attribute in ("root", "extension")
 
 
 # -- the copy's identity ---------------------------------------------------------------

@@ -130,3 +130,31 @@ def test_an_author_besides_the_two_readers_gives_no_copy() -> None:
     last.addnext(third)
     with pytest.raises(AnonymisationError, match="author"):
         anonymise_l2_reader(bytes(etree.tostring(root, encoding="UTF-8")), LIMITS)
+
+
+def test_comments_instructions_and_cdata_carry_nothing_of_the_reader() -> None:
+    reader = Reader("810000000123", "ROY", "Alain", "alain.roy@mssante.fr")
+    data = make_d2lm(D2lmSpec(l2_reader=reader, l2_right="ACR1", l2_left="ACR1"))
+    marker = "INTERPRÉTATION DU DEUXIÈME LECTEUR".encode()
+    assert data.count(marker) == 1
+    data = data.replace(
+        marker,
+        marker + b"<!-- lu par ROY 810000000123 --><?lecteur ROY?>"
+        b"<![CDATA[ : Dr Alain ROY (alain.roy@mssante.fr)]]>",
+    )
+    out = anonymise_l2_reader(data, LIMITS).data.decode().casefold()
+    for trace in ("roy", "810000000123", "alain"):
+        assert trace not in out, trace
+
+
+def test_the_reader_s_name_in_an_id_or_its_reference_gives_no_copy() -> None:
+    """XML IDs and the references to them are not rewritten (a reference must still point
+    at its ID): the reader's name there is a place the copy does not clean, so none goes."""
+    reader = Reader("810000000123", "ROY", "Alain")
+    root = form(reader)
+    text = section(root).find(".//" + h("text"))
+    assert text is not None
+    content = etree.SubElement(text, h("content"), ID="lecture-roy")
+    content.text = "Lecture"
+    with pytest.raises(AnonymisationError, match="still in <content>"):
+        anonymise_l2_reader(bytes(etree.tostring(root, encoding="UTF-8")), LIMITS)
