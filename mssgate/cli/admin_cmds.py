@@ -258,8 +258,11 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
     cfg = st.config()  # a broken file fails here, with every bad key listed
     results: list[dict[str, object]] = []
 
-    def record(name: str, ok: bool, detail: str) -> None:
-        results.append({"check": name, "ok": ok, "detail": detail})
+    def record(name: str, ok: bool, detail: str, *, warning: bool = False) -> None:
+        # A warning is no failure (exit 0): a setting that works but is weaker than it seems.
+        results.append(
+            {"check": name, "ok": ok, "detail": detail} | ({"warning": True} if warning else {})
+        )
 
     record("configuration", True, "loaded")
     now = datetime.now(UTC)
@@ -305,6 +308,8 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
             try:
                 record("signing keys held", *escrow_status(engine, kek_path(cfg)))
                 record("routing rules", *_routing_status(engine, cfg))
+                detail, warning = _patient_domain_status(engine, cfg)
+                record("patient domain", True, detail, warning=warning)
             finally:
                 engine.dispose()
     except Exception as exc:  # any driver failure is a failed check, not a crash
@@ -320,7 +325,8 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
         emit_json({"ok": all(r["ok"] for r in results), "checks": results})
     else:
         for r in results:
-            say(f"{'ok  ' if r['ok'] else 'FAIL'} {r['check']}: {r['detail']}")
+            mark = "WARN" if r.get("warning") else "ok  " if r["ok"] else "FAIL"
+            say(f"{mark} {r['check']}: {r['detail']}")
     failed = [r for r in results if not r["ok"]]
     if failed:
         raise CheckFailed(f"{len(failed)} check(s) failed: {failed[0]['check']}")
@@ -344,6 +350,22 @@ def _routing_status(engine: Engine, cfg: Config) -> tuple[bool, str]:
     if unsendable:
         return False, unsendable[0][1]
     return True, f"{len(rules)} rule(s), {len(cfg.routing.rule)} of them in the file"
+
+
+def _patient_domain_status(engine: Engine, cfg: Config) -> tuple[str, bool]:
+    """The patient domain's trust entry, and whether to warn: trusted without an operator DN,
+    any certificate of its CA (every IGC-Santé gateway) may write as a patient."""
+    domain = cfg.policy.patient_domain
+    peer = Directory(engine, actor="check").domains.trusted_peer(domain)
+    if peer is None:
+        return f"{domain} not on the trust list (messages to patients are refused)", False
+    if not peer.operator_dn:
+        return (
+            f"{domain} is trusted without an operator DN: any gateway certificate of its CA"
+            f" may write as a patient (mssgate domain trust {domain} --relay ... --operator-dn"
+            " DN)"
+        ), True
+    return f"{domain} trusted, operator DN {peer.operator_dn}", False
 
 
 def _dovecot_places(data_dir: Path) -> str:
