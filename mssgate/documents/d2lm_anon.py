@@ -77,6 +77,11 @@ _PERSONS: Final = frozenset(
 _ORGANISATIONS: Final = frozenset(
     {"representedOrganization", "scopingOrganization", "receivedOrganization"}
 )
+# Every CDA R2 element that is an organisation (header and entries).
+_ALL_ORGS: Final = _ORGANISATIONS | frozenset(
+    {"representedCustodianOrganization", "serviceProviderOrganization",
+     "providerOrganization", "wholeOrganization", "manufacturerOrganization"}
+)  # fmt: skip
 _KEPT_IN_ROLE: Final = frozenset({"realmCode", "typeId", "templateId", "code"})
 # What separates the parts of a compound name, written one way or another (or not at all).
 _SEPARATORS: Final = "-\u2010\u2011\u2012\u2013\u2014'\u2019\u02bc."
@@ -131,11 +136,19 @@ def anonymise_l2_reader(data: bytes, limits: DocumentLimits) -> Anonymised:
         raise AnonymisationError("the L2 reader's author entry was not found")
     identity = _identity(reader, authors)
     _check_authors(root, form.l1_reader, authors, identity)
+    # The reader's own practice (its author entry's organisation), unless the L1 reader's
+    # too: wherever else it is named (the custodian...), it tells the GP where L2 was read.
+    l1 = [a for a in root.iterfind(_h("author/assignedAuthor")) if a not in authors]
+    practice = _organisation_ids(authors) - _organisation_ids(l1)
     counts = {"roles": 0, "ids": 0, "telecoms": 0, "text": 0}
     patient = root.find(_h("recordTarget"))
     for role in [e for e in _outside(root, patient) if local_name(e) in _ROLES]:
         if role in authors or _is_reader_role(role, identity):
             _mask_role(role)
+            counts["roles"] += 1
+    for organisation in [e for e in _outside(root, patient) if local_name(e) in _ALL_ORGS]:
+        if _pairs(organisation) & practice:
+            _mask_organisation(organisation)
             counts["roles"] += 1
     for element in _outside(root, patient):
         name = local_name(element)
@@ -381,13 +394,34 @@ def _mask_role(role: etree._Element) -> None:
         etree.SubElement(name, _h("family")).text = PLACEHOLDER
         role.append(person)
     if organisation is not None:
-        setting = organisation.find(_h("standardIndustryClassCode"))
-        _empty(organisation)
-        organisation.append(_new("id", nullFlavor=MSK))
-        organisation.append(_new("name", PLACEHOLDER_ORG))
-        if setting is not None:
-            organisation.append(setting)  # the practice setting (DEPISTAGE) names no one
+        _mask_organisation(organisation)
         role.append(organisation)
+
+
+def _mask_organisation(organisation: etree._Element) -> None:
+    setting = organisation.find(_h("standardIndustryClassCode"))
+    _empty(organisation)
+    organisation.append(_new("id", nullFlavor=MSK))
+    organisation.append(_new("name", PLACEHOLDER_ORG))
+    if setting is not None:
+        organisation.append(setting)  # the practice setting (DEPISTAGE) names no one
+
+
+def _pairs(organisation: etree._Element) -> set[tuple[str, str]]:
+    return {
+        (i.get("root") or "", (i.get("extension") or "").strip())
+        for i in organisation.iterfind(_h("id"))
+        if i.get("root") and (i.get("extension") or "").strip()
+    }
+
+
+def _organisation_ids(roles: list[etree._Element]) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for role in roles:
+        for child in role:
+            if local_name(child) in _ORGANISATIONS:
+                found |= _pairs(child)
+    return found
 
 
 def _empty(element: etree._Element) -> None:

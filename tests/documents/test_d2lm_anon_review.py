@@ -8,6 +8,7 @@ import unicodedata
 import pytest
 from lxml import etree
 
+from mssgate.documents.cda import parse_cda
 from mssgate.documents.d2lm_anon import PLACEHOLDER, AnonymisationError, anonymise_l2_reader
 from mssgate.documents.d2lm_samples import D2lmSpec, Reader, make_d2lm
 from mssgate.documents.limits import DocumentLimits
@@ -158,3 +159,44 @@ def test_the_reader_s_name_in_an_id_or_its_reference_gives_no_copy() -> None:
     content.text = "Lecture"
     with pytest.raises(AnonymisationError, match="still in <content>"):
         anonymise_l2_reader(bytes(etree.tostring(root, encoding="UTF-8")), LIMITS)
+
+
+def _organisation(parent: etree._Element, tag: str, extension: str, name: str) -> None:
+    organisation = etree.SubElement(parent, h(tag))
+    etree.SubElement(organisation, h("id"), root="1.2.250.1.71.4.2.2", extension=extension)
+    etree.SubElement(organisation, h("name")).text = name
+    etree.SubElement(organisation, h("telecom"), value="tel:+33100000042")
+
+
+def test_the_reader_s_practice_named_elsewhere_is_masked() -> None:
+    """The L2 author's organisation (the reader's own practice) is masked in its entry; the
+    same organisation as the custodian told the GP where the reader works."""
+    reader = Reader("810000000123", "ROY", "Alain")
+    root = form(reader)
+    l2 = root.findall(h("author/assignedAuthor"))[1]
+    _organisation(l2, "representedOrganization", "1750000042", "Cabinet du Petit Pont")
+    custodian = root.find(h("custodian/assignedCustodian"))
+    assert custodian is not None
+    for child in list(custodian):
+        custodian.remove(child)
+    _organisation(custodian, "representedCustodianOrganization", "1750000042",
+                  "Cabinet du Petit Pont")  # fmt: skip
+    data = bytes(etree.tostring(root, encoding="UTF-8"))
+    copy = anonymise_l2_reader(data, LIMITS)
+    text = copy.data.decode()
+    for trace in ("1750000042", "Petit Pont", "0000042"):
+        assert trace not in text, trace
+    assert parse_cda(copy.data, LIMITS).header.title == parse_cda(data, LIMITS).header.title
+
+
+def test_an_organisation_of_the_l1_reader_too_is_kept() -> None:
+    """Both readers of one practice (the ANS example): the L1 side names it, so it stays
+    where it is not the L2 author's own entry."""
+    reader = Reader("810000000123", "ROY", "Alain")
+    root = form(reader)
+    l1, l2 = root.findall(h("author/assignedAuthor"))
+    for author in (l1, l2):
+        _organisation(author, "representedOrganization", "1750000042", "Cabinet du Petit Pont")
+    copy = anonymise_l2_reader(bytes(etree.tostring(root, encoding="UTF-8")), LIMITS)
+    kept = etree.fromstring(copy.data).findall(h("author/assignedAuthor"))[0]
+    assert kept.findtext(h("representedOrganization/name")) == "Cabinet du Petit Pont"
