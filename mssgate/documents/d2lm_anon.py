@@ -574,6 +574,40 @@ def _check_no_trace(
             if not _is_whole(element, str(attribute))
         ):
             raise AnonymisationError(f"the L2 reader's name is still in <{local_name(element)}>")
+    _check_narrative(root, patient, identity)
+
+
+def _check_narrative(
+    root: etree._Element, patient: etree._Element | None, identity: _Identity
+) -> None:
+    """A narrative block as a person reads it, its elements' texts joined: a name no one
+    text held whole ("R<content>OY</content>", "<content>Dr Alain</content> ROY") was not
+    replaced, and is there. Every family name of the narrative was replaced, namesakes'
+    too, so any left is such a split."""
+    if identity.family is None:
+        return
+    family = _letters(identity.family)
+    probes = [rf"(?<!\w){family}(?!\w)"]
+    if identity.given:
+        given = _letters(identity.given)
+        placeholder = re.escape(PLACEHOLDER)
+        probes.append(rf"(?<!\w){given}\s*{placeholder}|{placeholder}\s*{given}(?!\w)")
+    found = re.compile("|".join(probes), re.IGNORECASE)
+    for element in _readable(root, patient):
+        parent = element.getparent()
+        if local_name(element) != "text" or parent is None or local_name(parent) != "section":
+            continue
+        joined = unicodedata.normalize("NFC", "".join(_strings(element)))
+        if found.search(joined):
+            raise AnonymisationError(
+                "the L2 reader's name is split across the narrative's elements"
+            )
+
+
+def _strings(element: etree._Element) -> Iterator[str]:
+    for text in element.itertext():
+        if isinstance(text, str):
+            yield text
 
 
 def _is_whole(element: etree._Element, attribute: str) -> bool:

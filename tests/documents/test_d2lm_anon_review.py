@@ -200,3 +200,44 @@ def test_an_organisation_of_the_l1_reader_too_is_kept() -> None:
     copy = anonymise_l2_reader(bytes(etree.tostring(root, encoding="UTF-8")), LIMITS)
     kept = etree.fromstring(copy.data).findall(h("author/assignedAuthor"))[0]
     assert kept.findtext(h("representedOrganization/name")) == "Cabinet du Petit Pont"
+
+
+def _narrative(root: etree._Element, *parts: tuple[str, str]) -> None:
+    """The L2 section's narrative as a paragraph of (tag, text) runs ("" for bare text)."""
+    text = section(root).find(".//" + h("text"))
+    assert text is not None
+    for child in list(text):
+        text.remove(child)
+    text.text = None
+    paragraph = etree.SubElement(text, h("paragraph"))
+    last: etree._Element | None = None
+    for tag, run in parts:
+        if tag:
+            last = etree.SubElement(paragraph, h(tag))
+            last.text = run
+        elif last is None:
+            paragraph.text = (paragraph.text or "") + run
+        else:
+            last.tail = (last.tail or "") + run
+
+
+def test_the_reader_s_name_split_across_the_narrative_s_elements_gives_no_copy() -> None:
+    """A name no one element holds whole (styled initials, given and family name in two
+    runs): each text is clean alone, the paragraph a person reads is not."""
+    reader = Reader("810000000123", "ROY", "Alain")
+    for parts in (
+        (("", "Lu par Dr R"), ("content", "OY"), ("", ".")),
+        (("content", "Dr Alain"), ("", " "), ("content", "ROY")),
+    ):
+        root = form(reader)
+        _narrative(root, *parts)
+        data = bytes(etree.tostring(root, encoding="UTF-8"))
+        try:
+            copy = anonymise_l2_reader(data, LIMITS)
+        except AnonymisationError as exc:
+            assert "narrative" in str(exc)
+            continue
+        words = etree.fromstring(copy.data).xpath(f"string({L2_SECTION}//*[local-name()='text'])",
+                                                  namespaces=NS)  # fmt: skip
+        assert isinstance(words, str)
+        assert "roy" not in words.casefold() and "alain" not in words.casefold(), words
