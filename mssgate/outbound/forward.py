@@ -57,7 +57,8 @@ class Ready:
     route: Route = "relay"
     existing: Stored | None = None
     repeat_of: str | None = None
-    # The envelope sender of the document forwarded, recorded with the forward.
+    # The sender of the document forwarded (ingest.routing_sender: the From: when it names
+    # another address than the envelope), recorded with the forward.
     origin_sender: str | None = None
 
 

@@ -118,7 +118,9 @@ def ingest(
             # The message's other documents were queued (and copied) or held at ingest;
             # each held one has its own release.
             continue
-        outcome = _withdrawal_checked(service, found, mailbox=box, sender=sender)
+        # Who may withdraw or replace, and whose the document is from now on: the sender
+        # the signature vouches for (a peer's MAIL FROM is checked for its domain only).
+        outcome = _withdrawal_checked(service, found, mailbox=box, sender=route_sender)
         plan: Plan | None = None
         if rules and router is not None and isinstance(outcome, Accepted):
             # What is released is no longer held by a rule: the operator has looked at it.
@@ -131,7 +133,7 @@ def ingest(
         if plan is not None and plan.forwards and isinstance(outcome, Accepted):
             # Before the queue entry: a forward that cannot be sent holds the document
             # (naming the rule) rather than queue it as if it had gone.
-            checked = _forwards(forwarder, plan, outcome, mailbox=box, sender=sender,
+            checked = _forwards(forwarder, plan, outcome, mailbox=box,
                                 route_sender=route_sender, message_id=message_id,
                                 delivery=delivery)  # fmt: skip
             if isinstance(checked, str):
@@ -144,7 +146,7 @@ def ingest(
                     "received_at": received_at,
                     "message_id": message_id,
                     "subject": subject,
-                    "sender": sender,
+                    "sender": route_sender,
                     "mailbox": box,
                 }
             )
@@ -176,7 +178,8 @@ def ingest(
                 # What ingest added to the record (the subject's note), which every copy gets.
                 added = record.notes[len(outcome.record.notes) :]
                 copies = _copies(service, holding, found, record, plan, raw=raw, headers=headers,
-                                 delivery=delivery, actor=actor, added=added)  # fmt: skip
+                                 sender=sender, delivery=delivery, actor=actor,
+                                 added=added)  # fmt: skip
                 report.copies.extend(i for i, _ in copies.values())
                 # A CANCER-D2LM form sent to L2 opens a screening case, an L2 result closes
                 # it (again on a replay: both are idempotent). The relatedDocument as sent.
@@ -213,11 +216,12 @@ def ingest(
 
 
 def routing_sender(raw: bytes, sender: str) -> str:
-    """The sender routing rules match (and the d2lm preset tells an L2 result by): the
-    envelope sender, unless the From: names another address, then the From:. A peer's MAIL
-    FROM is checked for its domain only (the operator's certificate), its From: against the
-    S/MIME signer: the CRCDC's address in MAIL FROM from someone else of its domain does not
-    make a form its L2 result."""
+    """The sender routing rules match (and the d2lm preset tells an L2 result by), and the
+    one recorded as the document's (who may later withdraw or replace it, whose a forward
+    carries): the envelope sender, unless the From: names another address, then the From:.
+    A peer's MAIL FROM is checked for its domain only (the operator's certificate), its
+    From: against the S/MIME signer: the CRCDC's address in MAIL FROM from someone else of
+    its domain does not make a form its L2 result, nor that sender's report its own."""
     author = sole_address(read_headers(raw).get_all("From") or [])
     try:
         found = normalize_address(author) if author else None
@@ -275,7 +279,6 @@ def _forwards(
     outcome: Accepted,
     *,
     mailbox: str,
-    sender: str,
     route_sender: str,
     message_id: str | None,
     delivery: str,
@@ -287,14 +290,14 @@ def _forwards(
         if forwarder is None:
             found: Ready | str = "this process sends no forwards"
         else:
-            # A forward may send other bytes (an L2 result's copy for the GP, without the
-            # L2 reader). Such a copy names as its origin the sender the rules knew (the
-            # From:, signed), not the envelope sender or the Message-ID, which the sending
-            # software writes: the reader's own mailbox, its workstation's name.
+            # A forward names (and records, for the withdrawals and replacements of what it
+            # brought) the sender the rules knew: the From:, signed, not the envelope sender
+            # (anyone of its domain). A forward of other bytes (an L2 result's copy for the
+            # GP, without the L2 reader) names no Message-ID either, which the sending
+            # software writes: the reader's workstation's name.
             copy = forward.outcome is not None
             found = forwarder.prepare(
-                forward, forward.outcome or outcome, mailbox=mailbox,
-                sender=route_sender if copy else sender,
+                forward, forward.outcome or outcome, mailbox=mailbox, sender=route_sender,
                 message_id=None if copy else message_id, delivery=delivery,
             )  # fmt: skip
         if isinstance(found, str) and forward.optional:
@@ -339,6 +342,7 @@ def _copies(
     *,
     raw: bytes,
     headers: str,
+    sender: str,
     delivery: str,
     actor: str,
     added: tuple[str, ...],
@@ -346,7 +350,9 @@ def _copies(
     """The copies a plan asks for, each its own entry in its mailbox's queue: (id, created)
     by mailbox. A copy is the addressee's document: no read receipt goes back for it (the
     sender wrote to the addressee, not to the copy's mailbox), and a withdrawal or a
-    replacement is checked against what that mailbox received, as for its own mail."""
+    replacement is checked against what that mailbox received, as for its own mail (by the
+    record's sender, the authenticated one). A held copy keeps the envelope `sender`, as the
+    addressee's held documents do: a release runs ingest again with it."""
     made: dict[str, tuple[str, bool]] = {}
     for target in plan.copies:
         checked = _withdrawal_checked(service, found, mailbox=target, sender=record.sender or "")
@@ -354,7 +360,7 @@ def _copies(
             made[target] = holding.hold(
                 checked,
                 mailbox=target,
-                sender=record.sender or "",
+                sender=sender,
                 message_id=record.message_id,
                 subject=record.subject,
                 received_at=record.received_at or datetime.now().astimezone(),

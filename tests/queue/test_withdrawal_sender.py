@@ -16,21 +16,33 @@ from sqlalchemy import Engine
 
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.samples import CdaSpec, make_cda, make_pdf
+from mssgate.outbound.compose import build_message, xdm_archive
+from mssgate.outbound.hl7in import Submission
 from mssgate.queue import DocumentQueue, QueueState, release
 from mssgate.queue.withdrawal import senders_query
-from tests.outbound.test_withdrawal import NEW_ID, OLD_ID, cancellation, read
+from tests.outbound.test_withdrawal import NEW_ID, NOW, OLD_ID, cancellation, read
 from tests.queue.helpers import RIS_A, RIS_B, SENDER, add_consumer, deliver
 from tests.smtp.test_outbound_gateway import mdm
 
 OTHER = "dr.copie@cabinet.mssante.fr"
+# SENDER's colleague: the same domain, so a peer's MAIL FROM (checked for its domain only)
+# may name SENDER while the From:, which the S/MIME signature is checked against, is this.
+COLLEAGUE = "secretariat@hopital.mssante.fr"
 
 
-def original() -> bytes:
-    return cancellation(read(mdm(event="MDM^T02^MDM_T02")))[1]
+def signed_by(submission: Submission, author: str) -> bytes:
+    """The message as `author`'s software writes it: its From: (and XDM author) `author`."""
+    xdm = xdm_archive(submission, NOW, sender=author)
+    return build_message(submission, sender=author, recipient=RIS_A, message_id="<t@test>",
+                         mss_fields={}, now=NOW, xdm=xdm)  # fmt: skip
 
 
-def withdrawal() -> bytes:
-    return cancellation(read(mdm(event="MDM^T04^MDM_T02")))[1]
+def original(author: str = SENDER) -> bytes:
+    return signed_by(read(mdm(event="MDM^T02^MDM_T02")), author)
+
+
+def withdrawal(author: str = SENDER) -> bytes:
+    return signed_by(read(mdm(event="MDM^T04^MDM_T02")), author)
 
 
 def test_the_documents_sender_withdraws_it(engine: Engine, queue: DocumentQueue) -> None:
@@ -67,7 +79,11 @@ def test_a_withdrawal_not_from_the_documents_sender_is_held(
     queued: list[str] = []
     if first_sender is not None and first_mailbox is not None:
         queued = deliver(
-            queue, original(), sender=first_sender, mailbox=first_mailbox, delivery="Q1"
+            queue,
+            original(first_sender),
+            sender=first_sender,
+            mailbox=first_mailbox,
+            delivery="Q1",
         )
     ids = deliver(queue, withdrawal(), delivery="Q2")
     assert ids and all(queue.quarantine.get(x).code == 906 for x in ids), why
@@ -93,9 +109,9 @@ def test_a_held_withdrawal_is_released_once_its_original_came(
     assert entry.record.document.withdrawn and entry.state is QueueState.READY
 
 
-def replacement() -> bytes:
+def replacement(author: str = SENDER) -> bytes:
     cda = make_cda(CdaSpec(doc_root=NEW_ID, version=2, replaces=OLD_ID))
-    return cancellation(read(mdm(event="MDM^T10^MDM_T02", cda=cda)))[1]
+    return signed_by(read(mdm(event="MDM^T10^MDM_T02", cda=cda)), author)
 
 
 def trigger(queue: DocumentQueue, consumer: object, doc_id: str) -> str:
@@ -109,7 +125,7 @@ def test_a_replacement_supersedes_only_its_senders_document(
 ) -> None:
     consumer, _ = add_consumer(engine, "ris-a", RIS_A)
     deliver(queue, original(), delivery="Q1")
-    [new] = deliver(queue, replacement(), sender=replacer, delivery="Q2")
+    [new] = deliver(queue, replacement(replacer), sender=replacer, delivery="Q2")
     record = queue.entry(new).record
     if replacer == SENDER:
         assert record.document.replaces == OLD_ID
@@ -121,6 +137,54 @@ def test_a_replacement_supersedes_only_its_senders_document(
         assert trigger(queue, consumer, new) == "MDM^T02^MDM_T02"
         [note] = [n for n in record.notes if OLD_ID in n]
         assert OTHER in note and SENDER in note
+
+
+def test_a_colleague_writing_mail_from_the_sender_withdraws_nothing(
+    engine: Engine, queue: DocumentQueue
+) -> None:
+    """A peer's MAIL FROM is checked for its domain only: anyone of SENDER's domain may write
+    MAIL FROM SENDER. Who withdraws is the From: the signature was checked against (as for
+    routing, mssgate.queue.ingest.routing_sender): the colleague's withdrawal of SENDER's
+    report was queued as T04 when only the envelope was compared."""
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    [first] = deliver(queue, original(), delivery="Q1")
+    ids = deliver(queue, withdrawal(COLLEAGUE), sender=SENDER, delivery="Q2")
+    assert ids and all(queue.quarantine.get(x).code == 906 for x in ids)
+    [held] = ids
+    reason = queue.quarantine.get(held).reason
+    assert COLLEAGUE in reason and OLD_ID in reason
+    # The owner's own withdrawal goes.
+    [withdrawn] = deliver(queue, withdrawal(), delivery="Q3")
+    assert queue.entry(withdrawn).record.document.withdrawn
+    assert [x.document.id for x in queue.lease(consumer, max_documents=10)] == [first, withdrawn]
+    assert trigger(queue, consumer, withdrawn) == "MDM^T04^MDM_T02"
+
+
+def test_a_colleague_writing_mail_from_the_sender_replaces_nothing(
+    engine: Engine, queue: DocumentQueue
+) -> None:
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    deliver(queue, original(), delivery="Q1")
+    [new] = deliver(queue, replacement(COLLEAGUE), sender=SENDER, delivery="Q2")
+    record = queue.entry(new).record
+    assert record.document.replaces is None
+    assert trigger(queue, consumer, new) == "MDM^T02^MDM_T02"
+    [note] = [n for n in record.notes if OLD_ID in n]
+    assert COLLEAGUE in note
+
+
+def test_a_document_is_recorded_as_its_authenticated_senders(
+    engine: Engine, queue: DocumentQueue
+) -> None:
+    """What is recorded as the sender (and later compared) is the From:, not the envelope: a
+    colleague's report sent MAIL FROM SENDER is the colleague's to withdraw, not SENDER's."""
+    add_consumer(engine, "ris-a", RIS_A)
+    [first] = deliver(queue, original(COLLEAGUE), sender=SENDER, delivery="Q1")
+    assert queue.entry(first).record.sender == COLLEAGUE
+    [held] = deliver(queue, withdrawal(), delivery="Q2")
+    assert queue.quarantine.get(held).code == 906
+    [withdrawn] = deliver(queue, withdrawal(COLLEAGUE), sender=COLLEAGUE, delivery="Q3")
+    assert queue.entry(withdrawn).record.document.withdrawn
 
 
 def test_a_withdrawal_withdraws_the_reports_pdf_too(engine: Engine, queue: DocumentQueue) -> None:

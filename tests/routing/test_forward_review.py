@@ -289,3 +289,34 @@ def test_a_copy_of_a_uniqueid_gives_no_authority_over_the_forwarded_original(set
     assert len(setup.spooled()) == 1
     assert len(setup.run(report(cda(22, replaces=replaced), n=23), delivery="g2").forwards) == 1
     assert len(setup.spooled()) == 2
+
+
+def test_a_forward_is_recorded_for_the_authenticated_sender(setup: Setup) -> None:
+    """A peer's MAIL FROM is checked for its domain only, the From: against the signer: a
+    colleague of SENDER's domain may write MAIL FROM SENDER. The forward recorded (and
+    named) the envelope sender, so a copy of the genuine report's uniqueId sent that way to
+    another mailbox the rule covers (the colleague's own there), then its replacement, went
+    out as SENDER's and replaced the genuine report at the recipient."""
+    colleague = "secretariat@hopital.mssante.fr"
+    genuine = cda(30)
+    assert len(setup.run(report(genuine, n=30)).forwards) == 1
+    setup.run(report(genuine, n=31, sender=colleague), mailbox=RIS_C, delivery="c1")
+    forged = setup.run(report(cda(31, replaces="1.2.250.1.999.1.1.77.30"), n=32,
+                              sender=colleague), mailbox=RIS_C, delivery="c2")  # fmt: skip
+    assert forged.forwards == [] and len(forged.held) == 1
+    [entry] = [e for e in setup.queue.quarantine.entries() if e.id in forged.held]
+    assert entry.reason.startswith(f"routing rule 'to-b' cannot forward to {RIS_B}: a replacement")
+    assert len(setup.spooled()) == 1
+    # The colleague's own document, sent MAIL FROM SENDER, goes out as the colleague's.
+    own = setup.run(report(cda(33), n=33, sender=colleague), delivery="c3")
+    [outbound_id] = own.forwards
+    with setup.engine.connect() as conn:
+        origin = conn.execute(
+            select(outbound_messages.c.origin_sender).where(outbound_messages.c.id == outbound_id)
+        ).scalar_one()
+    assert origin == colleague
+    named = set()
+    for spooled in setup.spooled():
+        head = email.message_from_bytes(setup.node.spool.read(spooled))
+        named.add(str(head["X-MSSGATE-Original-Sender"]))
+    assert named == {SENDER, colleague}
