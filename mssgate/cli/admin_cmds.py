@@ -308,6 +308,9 @@ def check(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
             try:
                 record("signing keys held", *escrow_status(engine, kek_path(cfg)))
                 record("routing rules", *_routing_status(engine, cfg))
+                unsigned = _unsigned_forwards(engine, cfg)
+                if unsigned is not None:
+                    record("unsigned forwards", True, unsigned, warning=True)
                 detail, warning = _patient_domain_status(engine, cfg)
                 record("patient domain", True, detail, warning=warning)
             finally:
@@ -350,6 +353,31 @@ def _routing_status(engine: Engine, cfg: Config) -> tuple[bool, str]:
     if unsendable:
         return False, unsendable[0][1]
     return True, f"{len(rules)} rule(s), {len(cfg.routing.rule)} of them in the file"
+
+
+def _unsigned_forwards(engine: Engine, cfg: Config) -> str | None:
+    """Why to warn, if so: signatures not required while a rule forwards. A forward is a new
+    message signed by our application mailbox, so unsigned mail, anyone's word, would go on
+    under that mailbox's signature."""
+    if cfg.policy.require_signature:
+        return None
+    from mssgate.routing.preset import RESULT_RULE
+    from mssgate.routing.store import RuleStore
+
+    rules = RuleStore(engine, cfg.routing.rule).rules()
+    # The d2lm preset's result rule forwards the GP's copy (and to the L1 reader elsewhere).
+    forwarding = [
+        r.name
+        for r in rules
+        if r.enabled and (r.name == RESULT_RULE or any(a.kind == "forward" for a in r.actions))
+    ]
+    if not forwarding:
+        return None
+    names = ", ".join(forwarding[:3]) + (" ..." if len(forwarding) > 3 else "")
+    return (
+        f"[policy] require_signature = false and rule {names} forwards: unsigned mail would"
+        " go out signed by our application mailbox (set require_signature = true)"
+    )
 
 
 def _patient_domain_status(engine: Engine, cfg: Config) -> tuple[str, bool]:
