@@ -327,12 +327,15 @@ def _anonymised(outcome: Accepted, limits: DocumentLimits) -> Accepted:
 
 
 def _case_mailbox(engine: Engine, sender: str, form: D2lmForm, outcome: Accepted) -> str | None:
-    """The mailbox the L1 submission came to, from its open screening case (one only), of
-    the same woman: a lineage naming another woman's form sends nothing to her practice."""
+    """The mailbox the L1 submission came to, from its screening case (one mailbox only), of
+    the same woman: a lineage naming another woman's form sends nothing to her practice.
+    A closed case too: this result's first delivery closed it before its forwards were
+    spooled, and a replay (or a resend) must find the same mailbox."""
     cases = ScreeningCases(engine).answered_by(
         crcdc=sender.strip().lower(),
         set_id=outcome.record.document.set_id or form.set_id,
         replaces=outcome.record.document.replaces,
+        include_closed=True,
     )
     mailboxes = {case.mailbox for case in cases if case.ins == form.ins}
     return mailboxes.pop() if len(mailboxes) == 1 else None

@@ -219,11 +219,17 @@ class ScreeningCases:
         set_id: str | None,
         replaces: str | None,
         ins: str | _AnyPatient | None = ANY_PATIENT,
+        include_closed: bool = False,
     ) -> list[Case]:
         """The open cases an L2 result from `crcdc` would close (`result`'s test, read only):
-        for routing the result before it is queued (the L1 submission's mailbox)."""
+        for routing the result before it is queued (the L1 submission's mailbox).
+        `include_closed`: the closed ones too (a replay or a resend of the result finds the
+        case its first delivery closed)."""
+        query = _answered(
+            crcdc, set_id, replaces, ins, screening_cases, open_only=not include_closed
+        )
         with self._engine.connect() as conn:
-            rows = conn.execute(_answered(crcdc, set_id, replaces, ins, screening_cases)).all()
+            rows = conn.execute(query).all()
         return [_case(r) for r in rows]
 
     def get(self, case_id: str) -> Case | None:
@@ -279,6 +285,7 @@ def _answered(
     replaces: str | None,
     ins: str | _AnyPatient | None,
     *columns: Any,
+    open_only: bool = True,
 ) -> Any:
     """SELECT `columns` of the open cases of `crcdc` of the same form: its setId, or the
     form id a relatedDocument names (none when the result gives neither), and of the
@@ -287,7 +294,9 @@ def _answered(
     lineage = [c.set_id == _fit(set_id)] if set_id else []
     if replaces:
         lineage.append(c.document_id == _fit(replaces))
-    query = select(*columns).where(c.crcdc == crcdc.lower(), c.state == OPEN)
+    query = select(*columns).where(c.crcdc == crcdc.lower())
+    if open_only:
+        query = query.where(c.state == OPEN)
     if ins is not ANY_PATIENT:
         query = query.where(c.ins.is_(None) if ins is None else c.ins == _fit(ins, 64))
     return query.where(or_(*lineage) if lineage else false())

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+import pytest
+
 from mssgate.documents.d2lm import read_d2lm
 from mssgate.documents.d2lm_samples import L2_READER, D2lmSpec, Reader, make_d2lm
 from mssgate.outbound.forward import Forwarder
@@ -75,3 +77,43 @@ def test_a_result_from_a_mailbox_named_after_the_reader_gets_no_gp_copy() -> Non
                            crcdc={"l2@crcdc-idf.mssante.fr"}, hosted=lambda a: False,
                            directory=lambda rpps: [])  # fmt: skip
     assert plan is not None and [r.role for r in plan.recipients] == ["l1", "gp"]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_replay_after_a_crash_still_sends_the_gp_copy_and_holds_nothing(
+    site: Site,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The process dies after the result's entry (its case closed) and the GP forward's
+    record, before the spool; the spool delivers it again. The replay must find the same
+    L1 mailbox (the case, closed by the first run) and spool the GP's copy once."""
+    site.ingest(l1_form(32), sender=SENDER)
+    raw = mail([l2_result(32)], n=320, sender=CRCDC, to=RIS_A)
+    rules = d2lm_rules({"75": CRCDC}, hosted=lambda address: True)
+
+    def run() -> IngestReport:
+        return ingest(
+            site.queue, raw, delivery="d-crash", mailbox=RIS_A, sender=CRCDC,
+            message_id="<m-crash@test>", subject=None, received_at=datetime.now(UTC),
+            limits=LIMITS, allow_test_oids=False,
+            router=Router(RuleStore(site.engine, rules), limits=LIMITS),
+            forwarder=Forwarder(site.outbound, forward_from=FWD),
+        )  # fmt: skip
+
+    def crash(**_: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(site.spool, "accept", crash)
+    with pytest.raises(Crash):
+        run()
+    monkeypatch.undo()
+    assert site.sent_to(GP_BOX) == []
+    again = run()
+    assert again.held == [] and len(again.forwards) == 1
+    assert len(site.sent_to(GP_BOX)) == 1
+    assert site.queue.quarantine.entries() == []
+    run()
+    assert len(site.sent_to(GP_BOX)) == 1
