@@ -26,11 +26,11 @@ addresses. Replaced (docs/security-model.md, "L2 reader anonymity", lists the sa
 An altered document is a new document: the copy gets a new id and setId (OIDs `2.25.<uuid>`
 derived from the original's, so the same original always gives the same copy, on any node),
 the original's versionNumber, and `relatedDocument typeCode="XFRM"` naming the original (CDA
-R2: a transformation of its parent), and no other relatedDocument: an RPLC/APND of the
-original names a document the GP never got from us, and the copy is forwarded in the
-gateway's name, which never replaces a document at a recipient (mssgate.outbound.forward
-refuses it). Comments and processing instructions are not carried over (the hardened parser
-drops them).
+R2: a transformation of its parent). An RPLC/APND of the original names a document the GP
+never got from us and is dropped (forwarded in the gateway's name, it would replace a
+document at the recipient: mssgate.outbound.forward refuses it), except with `replaces`:
+the sender's own earlier document, whose copy the new copy replaces. Comments and
+processing instructions are not carried over (the hardened parser drops them).
 """
 
 from __future__ import annotations
@@ -116,8 +116,12 @@ class _Identity:
     given: str | None
 
 
-def anonymise_l2_reader(data: bytes, limits: DocumentLimits) -> Anonymised:
+def anonymise_l2_reader(
+    data: bytes, limits: DocumentLimits, *, replaces: str | None = None
+) -> Anonymised:
     """The bytes of a copy of a FIN form without its L2 reader's identity (module docstring).
+    `replaces`: the uniqueId of a document of the same sender this one replaces (as ingest
+    checked it): the copy replaces that document's copy (RPLC of `copy_oid(replaces)`).
     Raises `AnonymisationError` when the form is no FIN or names no L2 reader, and the
     parser's `DocumentError`s for what it refuses."""
     root = parse_xml(data, limits, what="CDA")
@@ -160,7 +164,7 @@ def anonymise_l2_reader(data: bytes, limits: DocumentLimits) -> Anonymised:
             _null(element, "value", "use")
             counts["telecoms"] += 1
     counts["text"] = _scrub_text(root, patient, _pattern(identity))
-    original_id = _renumber(root)
+    original_id = _renumber(root, replaces)
     _check_no_trace(root, patient, identity)
     out = bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
     if len(out) > limits.max_xml_bytes:
@@ -641,9 +645,9 @@ def _set_ii(element: etree._Element, root: str) -> None:
     element.set("root", root)
 
 
-def _renumber(root: etree._Element) -> str:
-    """New id and setId, one relatedDocument XFRM naming the original (any other one
-    dropped); the original's id returned."""
+def _renumber(root: etree._Element, replaces: str | None = None) -> str:
+    """New id and setId, one relatedDocument XFRM naming the original, and an RPLC of the
+    copy of `replaces` when given (any other one dropped); the original's id returned."""
     id_element = root.find(_h("id"))
     original = _ii(id_element)
     if id_element is None or original is None:
@@ -667,10 +671,17 @@ def _renumber(root: etree._Element) -> str:
         (c for c in root if local_name(c) in _AFTER_RELATED),
         None,
     )
-    if anchor is not None:
-        anchor.addprevious(xfrm)
-    else:
-        root.append(xfrm)
+    related = [xfrm]
+    if replaces:
+        rplc = _new("relatedDocument", typeCode="RPLC")
+        etree.SubElement(etree.SubElement(rplc, _h("parentDocument")), _h("id"),
+                         root=copy_oid(replaces))  # fmt: skip
+        related.append(rplc)
+    for element in related:
+        if anchor is not None:
+            anchor.addprevious(element)
+        else:
+            root.append(element)
     return original
 
 

@@ -33,7 +33,7 @@ from sqlalchemy import Engine, select
 
 from mssgate.db.schema import professionals
 from mssgate.documents.d2lm import D2lmForm, Practitioner
-from mssgate.documents.d2lm_anon import anonymise_l2_reader, number_forms
+from mssgate.documents.d2lm_anon import anonymise_l2_reader, copy_oid, number_forms
 from mssgate.documents.errors import DocumentError
 from mssgate.documents.limits import DocumentLimits
 from mssgate.documents.record import Accepted
@@ -313,9 +313,18 @@ def extend_plan(
 
 def _anonymised(outcome: Accepted, limits: DocumentLimits) -> Accepted:
     """The document as the GP gets it: the copy's bytes, sha256, size and ids."""
-    copy = anonymise_l2_reader(outcome.content, limits)
     record = outcome.record
-    document = record.document.model_copy(update={"unique_id": copy.document_id, "replaces": None})
+    # A replacement of the sender's own document here (ingest checked it: the CRCDC's
+    # correction of its result) replaces the GP's copy of it; any other relatedDocument
+    # names a document the GP never got from us.
+    replaces = record.document.replaces
+    copy = anonymise_l2_reader(outcome.content, limits, replaces=replaces)
+    document = record.document.model_copy(
+        update={
+            "unique_id": copy.document_id,
+            "replaces": copy_oid(replaces) if replaces else None,
+        }
+    )
     record = record.model_copy(
         update={
             "document": document,

@@ -7,8 +7,10 @@ import re
 from datetime import UTC, datetime
 
 import pytest
+from lxml import etree
 
 from mssgate.documents.d2lm import read_d2lm
+from mssgate.documents.d2lm_anon import copy_oid
 from mssgate.documents.d2lm_samples import L2_READER, D2lmSpec, Reader, make_d2lm
 from mssgate.outbound.forward import Forwarder
 from mssgate.queue.ingest import IngestReport, ingest
@@ -23,6 +25,7 @@ from tests.routing.test_l2_result_ingest import (  # noqa: F401 (the fixture)
     GP_BOX,
     LIMITS,
     Site,
+    accepted,
     archive_files,
     l1_form,
     l2_result,
@@ -117,3 +120,33 @@ def test_a_replay_after_a_crash_still_sends_the_gp_copy_and_holds_nothing(
     assert site.queue.quarantine.entries() == []
     run()
     assert len(site.sent_to(GP_BOX)) == 1
+
+
+def correction(n: int) -> bytes:
+    """The CRCDC corrects its own result: version 3, RPLC naming its result (version 2)."""
+    root = etree.fromstring(l2_result(n))
+    h = "{urn:hl7-org:v3}"
+    original = f"1.2.250.1.999.27.{n}"
+    root.find(f"{h}id").set("root", original + ".3")  # type: ignore[union-attr]
+    root.find(f"{h}versionNumber").set("value", "3")  # type: ignore[union-attr]
+    [related] = root.findall(f"{h}relatedDocument")
+    related.find(f"{h}parentDocument/{h}id").set("root", original + ".2")  # type: ignore[union-attr]
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
+def test_the_crcdc_s_correction_replaces_the_gp_s_copy(site: Site) -> None:  # noqa: F811
+    """The CRCDC replaces its own L2 result (sent here): the GP's copy of the correction
+    replaces the GP's copy of the result, instead of a second result the GP cannot tell
+    from the first."""
+    site.ingest(l1_form(33), sender=SENDER)
+    first = site.ingest(l2_result(33), sender=CRCDC)
+    assert len(first.forwards) == 1
+    second = site.ingest(correction(33), sender=CRCDC)
+    assert second.held == [] and len(second.forwards) == 1
+    messages = site.sent_to(GP_BOX)
+    assert len(messages) == 2
+    got = [accepted(m).record.document for m in messages]
+    ids = {d.unique_id for d in got}
+    assert ids == {copy_oid("1.2.250.1.999.27.33.2"), copy_oid("1.2.250.1.999.27.33.3")}
+    [later] = [d for d in got if d.unique_id == copy_oid("1.2.250.1.999.27.33.3")]
+    assert later.replaces == copy_oid("1.2.250.1.999.27.33.2")
