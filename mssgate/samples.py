@@ -12,12 +12,20 @@ import io
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from mssgate.directory.annuaire import HEADER
-from mssgate.documents.samples import make_sample_cda, make_sample_xdm
+from mssgate.documents.d2lm_samples import D2lmSpec, make_d2lm
+from mssgate.documents.samples import (
+    PAT_TROIS,
+    EntrySpec,
+    make_sample_cda,
+    make_sample_xdm,
+    make_xdm,
+)
 from mssgate.errors import Conflict
 from mssgate.identifiers import luhn_check_digit
 from mssgate.pki.ca import create_dev_ca
@@ -81,6 +89,23 @@ def peer_ca_pem() -> bytes:
     return cert.public_bytes(Encoding.PEM)
 
 
+def d2lm_fin_eml() -> bytes:
+    """A first reader's CANCER-D2LM interpretation form (ACR 1 and 2: eligible for L2, a woman
+    of Paris, 75) in an IHE_XDM.ZIP, mailed to the tour's RIS mailbox: what `route test`
+    needs to show the d2lm preset at work (the operator has no form of their own before the
+    first one arrives). Unsigned: `route test` reads it as serve would once signed."""
+    form = make_d2lm(D2lmSpec(l2_reader=None))  # an L1 submission has no L2 reader yet
+    message = EmailMessage()
+    message["From"] = f"dr.martin@{LOCAL}"
+    message["To"] = f"imagerie@{LOCAL}"
+    message["Subject"] = "XDM/1.0/DDM+Fiche d'interprétation D2LM PAT-TROIS DOMINIQUE"
+    message["Message-ID"] = f"<d2lm-fin-0001@{LOCAL}>"
+    message.set_content("Fiche d'interprétation de mammographie de dépistage ci-jointe.")
+    xdm = make_xdm(PAT_TROIS, [EntrySpec("DOC0001.XML", form)])
+    message.add_attachment(xdm, maintype="application", subtype="zip", filename="IHE_XDM.ZIP")
+    return message.as_bytes()
+
+
 @dataclass(frozen=True)
 class Sample:
     file_name: str
@@ -104,6 +129,12 @@ SAMPLES = {
     ),
     "cda": Sample(
         "CR-IMG.xml", make_sample_cda, "CDA R2 imaging report (CR-IMG) of a test patient (test INS)"
+    ),
+    "d2lm": Sample(
+        "D2LM-FIN.eml",
+        d2lm_fin_eml,
+        "mail with a D2LM interpretation form eligible for L2, département 75, test INS "
+        "(route test)",
     ),
 }
 

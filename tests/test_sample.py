@@ -1,8 +1,9 @@
-"""`mssgate sample annuaire|peer-ca|xdm|cda --out DIR`: the README tour's files, made by the
+"""`mssgate sample annuaire|peer-ca|xdm|cda|d2lm --out DIR`: the README tour's files, made by the
 package itself (issue 18 item 2)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import zipfile
 from pathlib import Path
@@ -16,7 +17,7 @@ from tests.documents.factory import make_mail
 def test_each_sample_is_written_and_said(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "samples"
     names = {}
-    for kind in ("annuaire", "peer-ca", "xdm", "cda"):
+    for kind in ("annuaire", "peer-ca", "xdm", "cda", "d2lm"):
         result = cli.ok("sample", kind, "--out", str(out))
         [path] = [p for p in out.iterdir() if p.name not in names.values()]
         names[kind] = path.name
@@ -26,6 +27,7 @@ def test_each_sample_is_written_and_said(cli: Cli, tmp_path: Path) -> None:
         "peer-ca": "peer-ca.pem",
         "xdm": "IHE_XDM.ZIP",
         "cda": "CR-IMG.xml",
+        "d2lm": "D2LM-FIN.eml",
     }
     again = cli("sample", "cda", "--out", str(out))
     assert again.code == 1 and "exists already (use --force to overwrite)" in again.err
@@ -79,3 +81,23 @@ def test_the_documents_pass_a_test_deployments_pipeline(cli: Cli, tmp_path: Path
         # With the defaults (no test INS), held: 906, as the README says.
         [held] = process_message(raw).outcomes
         assert isinstance(held, Quarantined) and held.code == 906
+
+
+def test_the_d2lm_form_shows_the_preset_at_work_in_route_test(
+    cli: Cli, datadir: Path, tmp_path: Path
+) -> None:
+    """The operator guide tests the d2lm preset with `route test FILE.eml`: the sample is such
+    a file, an eligible form of département 75, routed to 75's CRCDC."""
+    toml = datadir / "mssgate.toml"
+    toml.write_text(toml.read_text().replace("[policy]", "[policy]\nallow_test_ins = true", 1))
+    for box in ("imagerie@hopital-a.test", "crcdc@hopital-a.test"):
+        cli.ok("directory", "add", box, "--name", box, "--kind", "organisation")
+    cli.ok("route", "preset", "d2lm", "--crcdc", "75=crcdc@hopital-a.test")
+    cli.ok("sample", "d2lm", "--out", str(tmp_path))
+    shown = json.loads(cli.ok("route", "test", str(tmp_path / "D2LM-FIN.eml"), "--json").out)
+    assert shown["mailbox"] == "imagerie@hopital-a.test"
+    [document] = shown["documents"]
+    assert document["result"] == "queued for imagerie@hopital-a.test", document
+    assert document["tags"] == ["d2lm-l2"] and document["copies"] == ["crcdc@hopital-a.test"]
+    matched = {r["name"] for r in document["rules"] if r["outcome"].startswith("matches")}
+    assert matched == {"d2lm-l2-75"}

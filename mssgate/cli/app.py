@@ -53,8 +53,8 @@ COMMANDS: dict[str, Entry] = {
         "sample_cmds",
         "sample",
         "Write a small fictitious sample: an Annuaire extract, a peer CA certificate, an IHE XDM "
-        "archive or a CDA (test patient, test INS: a deployment takes its documents only with "
-        "policy.allow_test_ins = true).",
+        "archive, a CDA or a mail with a D2LM screening form (test patient, test INS: a "
+        "deployment takes its documents only with policy.allow_test_ins = true).",
     ),
     "directory": Entry("directory_cmds", "app", "Mailboxes of the local domains."),
     "cert": Entry("cert_cmds", "app", "S/MIME certificates."),

@@ -20,7 +20,7 @@ def sample(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a small fictitious sample: an Annuaire extract, a peer CA certificate, an IHE XDM
-    archive or a CDA (test patient, test INS: a deployment takes its documents only with
-    policy.allow_test_ins = true)."""
+    archive, a CDA or a mail with a D2LM screening form (test patient, test INS: a deployment
+    takes its documents only with policy.allow_test_ins = true)."""
     path = write_sample(kind.value, out, force=force)
     say(f"wrote {path}: {SAMPLES[kind.value].what}")
