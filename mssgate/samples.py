@@ -9,9 +9,11 @@ domains).
 from __future__ import annotations
 
 import io
+import uuid
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -93,17 +95,23 @@ def d2lm_fin_eml() -> bytes:
     """A first reader's CANCER-D2LM interpretation form (ACR 1 and 2: eligible for L2, a woman
     of Paris, 75) in an IHE_XDM.ZIP, mailed to the tour's RIS mailbox: what `route test`
     needs to show the d2lm preset at work (the operator has no form of their own before the
-    first one arrives). Unsigned: `route test` reads it as serve would once signed."""
-    form = make_d2lm(D2lmSpec(l2_reader=None))  # an L1 submission has no L2 reader yet
+    first one arrives). Unsigned: the gateway signs it for a submitting user it holds a key
+    for. Lines end CRLF so that it can be submitted as it is (curl --upload-file); the exam is
+    today's, so that the screening case it opens counts from 0 days; each sample is a new
+    form (its own document id, a UUID OID), opening a case of its own."""
+    today = datetime.now(UTC).strftime("%Y%m%d")
+    unique = uuid.uuid4()
+    # An L1 submission has no L2 reader yet.
+    form = make_d2lm(D2lmSpec(l2_reader=None, exam_date=today, doc_root=f"2.25.{unique.int}"))
     message = EmailMessage()
     message["From"] = f"dr.martin@{LOCAL}"
     message["To"] = f"imagerie@{LOCAL}"
     message["Subject"] = "XDM/1.0/DDM+Fiche d'interprétation D2LM PAT-TROIS DOMINIQUE"
-    message["Message-ID"] = f"<d2lm-fin-0001@{LOCAL}>"
+    message["Message-ID"] = f"<d2lm-fin-{unique}@{LOCAL}>"
     message.set_content("Fiche d'interprétation de mammographie de dépistage ci-jointe.")
     xdm = make_xdm(PAT_TROIS, [EntrySpec("DOC0001.XML", form)])
     message.add_attachment(xdm, maintype="application", subtype="zip", filename="IHE_XDM.ZIP")
-    return message.as_bytes()
+    return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
 
 
 @dataclass(frozen=True)

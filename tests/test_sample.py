@@ -3,10 +3,15 @@ package itself (issue 18 item 2)."""
 
 from __future__ import annotations
 
+import email
+import email.policy
+import io
 import json
 import subprocess
 import zipfile
 from pathlib import Path
+
+from lxml import etree
 
 from mssgate.directory.annuaire import COLUMNS
 from mssgate.documents import Accepted, Quarantined, process_message
@@ -94,6 +99,9 @@ def test_the_d2lm_form_shows_the_preset_at_work_in_route_test(
         cli.ok("directory", "add", box, "--name", box, "--kind", "organisation")
     cli.ok("route", "preset", "d2lm", "--crcdc", "75=crcdc@hopital-a.test")
     cli.ok("sample", "d2lm", "--out", str(tmp_path))
+    raw = (tmp_path / "D2LM-FIN.eml").read_bytes()
+    # Submitted as it is (curl --upload-file): SMTP refuses a bare LF.
+    assert raw.count(b"\n") == raw.count(b"\r\n")
     shown = json.loads(cli.ok("route", "test", str(tmp_path / "D2LM-FIN.eml"), "--json").out)
     assert shown["mailbox"] == "imagerie@hopital-a.test"
     [document] = shown["documents"]
@@ -101,3 +109,20 @@ def test_the_d2lm_form_shows_the_preset_at_work_in_route_test(
     assert document["tags"] == ["d2lm-l2"] and document["copies"] == ["crcdc@hopital-a.test"]
     matched = {r["name"] for r in document["rules"] if r["outcome"].startswith("matches")}
     assert matched == {"d2lm-l2-75"}
+    # Each sample is a new form (a case of its own), not a resend of the last one.
+    cli.ok("sample", "d2lm", "--out", str(tmp_path), "--force")
+    again = (tmp_path / "D2LM-FIN.eml").read_bytes()
+    assert _form_id(again) != _form_id(raw)
+
+
+def _form_id(raw: bytes) -> str:
+    """The ClinicalDocument/id root of the form in the mail's IHE_XDM.ZIP."""
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    [part] = [p for p in message.walk() if p.get_filename() == "IHE_XDM.ZIP"]
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+        root = etree.fromstring(archive.read("IHE_XDM/SUBSET01/DOC0001.XML"))
+    found = root.find("{urn:hl7-org:v3}id")
+    assert found is not None
+    return str(found.get("root"))
