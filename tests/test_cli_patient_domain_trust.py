@@ -43,3 +43,11 @@ def test_operator_dn_and_its_clearing_together_are_a_usage_error(cli: Cli, datad
     [line] = result.err.strip().splitlines()
     assert "--operator-dn" in line and "--clear-operator-dn" in line
     assert _stored_dn(cli, PATIENTS) == DN
+
+
+def test_domain_list_shows_the_operator_dn(cli: Cli, datadir: Path) -> None:
+    """`mssgate check` says to give the DN; the table is where an operator checks it was kept
+    (it showed the CA only, the DN in --json alone)."""
+    cli.ok("domain", "trust", PATIENTS, "--relay", "mx1.test:25", "--operator-dn", DN)
+    table = cli.ok("domain", "list").out
+    assert "operator DN" in table and DN in table

@@ -299,6 +299,7 @@ def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
             "kind",
             "relay",
             "CA",
+            "operator DN",
             "encryption",
             "signature inside encryption",
             "sign for users",
@@ -309,6 +310,7 @@ def list_(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] 
                 d.kind.value,
                 f"{d.relay_host}:{d.relay_port}" if d.relay_host else None,
                 d.ca_subject,
+                d.operator_dn,  # the one subject a peer's gateway may present, if pinned
                 _policy_text(d, default),
                 _inner_text(d),
                 d.sign_for_users.value if d.sign_for_users is not None else None,
