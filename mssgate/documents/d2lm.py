@@ -23,7 +23,7 @@ from lxml import etree
 from pydantic import BaseModel, ConfigDict
 
 from mssgate.documents.cda import OID_RPPS, format_identifier, read_header
-from mssgate.documents.departement import departement_of
+from mssgate.documents.departement import departement_of, patient_postal_code
 from mssgate.documents.errors import CdaError
 from mssgate.documents.imaging import HL7_NS
 from mssgate.documents.limits import DocumentLimits
@@ -370,11 +370,7 @@ def _laterality(observation: etree._Element) -> Breast | None:
 
 
 def _postal_code(root: etree._Element, problems: list[str]) -> str | None:
-    for code in root.iterfind("h:recordTarget/h:patientRole/h:addr/h:postalCode", _NS):
-        value = _bounded(_text(code), "the patient's postal code", problems)
-        if value:
-            return value
-    return None
+    return _bounded(patient_postal_code(root), "the patient's postal code", problems)
 
 
 def _exam_date(

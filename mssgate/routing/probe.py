@@ -17,7 +17,7 @@ from typing import Final
 from pydantic import BaseModel, ConfigDict
 
 from mssgate.documents.d2lm import D2lmForm, decide_l2
-from mssgate.documents.departement import departement_of
+from mssgate.documents.departement import departement_of, patient_postal_code
 from mssgate.documents.limits import DocumentLimits
 
 __all__ = ["CdaFacts", "d2lm_labels", "departement_of", "probe_cda"]
@@ -28,9 +28,6 @@ _SERVICE_EVENTS: Final = "/cda:ClinicalDocument/cda:documentationOf/cda:serviceE
 _PRACTICE: Final = (
     "/cda:ClinicalDocument/cda:documentationOf/cda:serviceEvent/cda:performer"
     "/cda:assignedEntity/cda:representedOrganization/cda:standardIndustryClassCode/@code"
-)
-_POSTAL: Final = (
-    "/cda:ClinicalDocument/cda:recordTarget/cda:patientRole/cda:addr/cda:postalCode/text()"
 )
 _MAX_VALUES: Final = 50
 
@@ -98,7 +95,7 @@ def probe_cda(
         values = (str(v).strip() for v in found[:_MAX_VALUES])
         return tuple(v for v in values if v)
 
-    postal = strings(_POSTAL)
+    postal = patient_postal_code(root)
     try:
         form = form_of(root)
     except DocumentError as exc:
@@ -120,7 +117,7 @@ def probe_cda(
         template_ids=strings(_HEADER_TEMPLATES),
         service_events=strings(_SERVICE_EVENTS),
         practice_settings=strings(_PRACTICE),
-        departement=departement_of(postal[0]) if postal else None,
+        departement=departement_of(postal),
         d2lm=form,
         xpaths=results,
     )
