@@ -15,6 +15,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
+    Select,
     and_,
     delete,
     insert,
@@ -195,19 +196,8 @@ class OutboundStore:
         `recipient` already, or None."""
         with self._engine.connect() as conn:
             row = conn.execute(
-                select(outbound_messages.c.id)
-                .select_from(
-                    outbound_messages.join(
-                        outbound_recipients,
-                        outbound_recipients.c.outbound_id == outbound_messages.c.id,
-                    )
-                )
-                .where(
-                    outbound_messages.c.consumer_id == consumer_id,
-                    outbound_messages.c.unique_id == unique_id,
-                    outbound_messages.c.event == event,
-                    outbound_recipients.c.recipient == recipient,
-                )
+                _sent_to(outbound_messages.c.id, consumer_id, unique_id, recipient)
+                .where(outbound_messages.c.event == event)
                 .limit(1)
             ).first()
         return None if row is None else str(row.id)
@@ -220,19 +210,9 @@ class OutboundStore:
         recorded before revision 0027)."""
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(outbound_messages.c.origin_sender)
-                .select_from(
-                    outbound_messages.join(
-                        outbound_recipients,
-                        outbound_recipients.c.outbound_id == outbound_messages.c.id,
-                    )
-                )
-                .where(
-                    outbound_messages.c.consumer_id == consumer_id,
-                    outbound_messages.c.unique_id == unique_id,
-                    outbound_messages.c.event != "MDM^T04",
-                    outbound_recipients.c.recipient == recipient,
-                )
+                _sent_to(
+                    outbound_messages.c.origin_sender, consumer_id, unique_id, recipient
+                ).where(outbound_messages.c.event != "MDM^T04")
             ).all()
         return [r.origin_sender for r in rows]
 
@@ -436,6 +416,27 @@ class OutboundStore:
                 for r in rows
             ],
         )
+
+
+def _sent_to(
+    column: ColumnElement[Any], consumer_id: int, unique_id: str, recipient: str
+) -> Select[Any]:
+    """`column` of the messages of `consumer_id` about the document `unique_id` that have
+    `recipient` among their recipients (what a forward asks before sending again)."""
+    return (
+        select(column)
+        .select_from(
+            outbound_messages.join(
+                outbound_recipients,
+                outbound_recipients.c.outbound_id == outbound_messages.c.id,
+            )
+        )
+        .where(
+            outbound_messages.c.consumer_id == consumer_id,
+            outbound_messages.c.unique_id == unique_id,
+            outbound_recipients.c.recipient == recipient,
+        )
+    )
 
 
 def _from_dsn(
