@@ -326,7 +326,7 @@ class DatabaseCollector:
                 select(func.min(outbound_acks.c.created_at)).where(outbound_acks.c.state == "ready")
             ).scalar()
             # Second readings (L2) still open past the warning and the 15-day deadline.
-            screening = overdue_counts(conn, now.date())
+            screening = overdue_counts(conn, now)  # each woman's local date
             # Several nodes: each one's heartbeat and the entries only it can deliver.
             node_rows = conn.execute(select(nodes.c.name, nodes.c.heartbeat_at)).all()
             # Heartbeats are stamped with the database's clock (mssgate.nodes): read so.

@@ -23,6 +23,7 @@ from mssgate.screening.cases import (
     ScreeningCases,
     view,
 )
+from mssgate.screening.localday import local_date
 
 router = APIRouter(tags=["screening"])
 
@@ -65,14 +66,17 @@ def screening(
     ] = False,
     include_closed: Annotated[bool, Query(description="Closed cases too")] = False,
     as_of: Annotated[
-        date | None, Query(description="The day to count from (default today, UTC)")
+        date | None,
+        Query(description="The day to count from (default today, each woman's local date)"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = MAX_LIST,
 ) -> ScreeningList:
     mailbox = _scope(request, credentials)
     cases = ScreeningCases(request.app.state.engine)
-    day = as_of or cases.today()
+    day = as_of or cases.as_of()
     past = OVERDUE_DAYS if overdue else WARNING_DAYS if due_soon else None
     found = cases.list(mailbox=mailbox, past_days=past, as_of=day,
                        include_closed=include_closed, limit=limit)  # fmt: skip
-    return ScreeningList(as_of=day, cases=[view(c, day) for c in found])
+    # One date for the list: the one given, else metropolitan France's (each case has the
+    # day it counts to, `counted_on`: an overseas woman's may differ).
+    return ScreeningList(as_of=local_date(None, day), cases=[view(c, day) for c in found])

@@ -4,8 +4,9 @@ and those past the deadline.
 The deadline is the rule's: a negative result reaches the woman within 15 days of the
 mammogram (arrêté du 29 septembre 2006, annexe III B; ../shared/design/screening.md). A case
 is *overdue* when it is still open more than 15 days after the exam date, and *due soon*
-(the warning) more than 10 days after. Dates are compared as calendar dates of `as_of`
-(UTC unless given), which tests and the CLI set instead of waiting.
+(the warning) more than 10 days after. Days are counted to the woman's calendar day: today
+in the zone of her département (mssgate.screening.localday), unless a date is given
+(`as_of`, which tests and the CLI set instead of waiting).
 """
 
 from __future__ import annotations
@@ -26,10 +27,16 @@ from sqlalchemy.exc import IntegrityError
 from mssgate import audit
 from mssgate.db.schema import screening_cases
 from mssgate.db.tx import write
+from mssgate.errors import Conflict, NotFound, ValidationFailed
+from mssgate.screening.localday import AsOf, dates_by_zone, local_date
 
-State = Literal["sent-to-l2", "l2-result-received"]
+State = Literal["sent-to-l2", "l2-result-received", "closed-by-operator"]
 OPEN: Final = "sent-to-l2"
 RESULT_RECEIVED: Final = "l2-result-received"
+# Closed by hand (`mssgate screening close`): a result that will never match the case (the
+# woman's INS changed, the result came by post), told apart from a result received.
+CLOSED_BY_OPERATOR: Final = "closed-by-operator"
+MAX_REASON: Final = 500
 WARNING_DAYS: Final = 10
 OVERDUE_DAYS: Final = 15
 MAX_LIST: Final = 1000
@@ -60,11 +67,15 @@ class Case(BaseModel):
     result_queue_document_id: str | None
     result_document_id: str | None
 
-    def days(self, as_of: date) -> int:
-        """Days from the mammogram to `as_of`."""
-        return (as_of - self.exam_date).days
+    def local_day(self, as_of: AsOf) -> date:
+        """The day counted to: `as_of` when a date, else her local date at that instant."""
+        return local_date(self.departement, as_of)
 
-    def due_at(self, as_of: date) -> Due:
+    def days(self, as_of: AsOf) -> int:
+        """Days from the mammogram to `as_of` (her local date when an instant)."""
+        return (self.local_day(as_of) - self.exam_date).days
+
+    def due_at(self, as_of: AsOf) -> Due:
         if self.state != OPEN:
             return "closed"
         days = self.days(as_of)
@@ -123,17 +134,26 @@ def _days_before(day: date, days: int) -> date:
         return date.min
 
 
-def _today() -> date:
-    return datetime.now(UTC).date()
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 class ScreeningCases:
-    def __init__(self, engine: Engine, *, today: Callable[[], date] = _today) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        today: Callable[[], date] | None = None,
+        now: Callable[[], datetime] = _now,
+    ) -> None:
+        """`today`: one calendar day for every case (tests); else `now`, each case's own
+        local date at that instant."""
         self._engine = engine
         self._today = today
+        self._now = now
 
-    def today(self) -> date:
-        return self._today()
+    def as_of(self) -> AsOf:
+        return self._today() if self._today is not None else self._now()
 
     def open(self, new: NewCase, *, actor: str) -> tuple[str, bool]:
         """(id, created): the case of this form at this mailbox, made once whatever replays
@@ -253,7 +273,7 @@ class ScreeningCases:
         *,
         mailbox: str | None = None,
         past_days: int | None = None,
-        as_of: date | None = None,
+        as_of: AsOf | None = None,
         include_closed: bool = False,
         limit: int = MAX_LIST,
     ) -> list[Case]:
@@ -264,19 +284,46 @@ class ScreeningCases:
         if not include_closed or past_days is not None:
             query = query.where(c.state == OPEN)
         if past_days is not None:
-            day = as_of or self._today()
-            query = query.where(c.exam_date < _days_before(day, past_days))
+            query = query.where(_past(as_of or self.as_of(), past_days))
         if mailbox is not None:
             query = query.where(c.mailbox == mailbox)
         with self._engine.connect() as conn:
             rows = conn.execute(query.limit(max(1, min(limit, MAX_LIST)))).all()
         return [_case(r) for r in rows]
 
-    def overdue_counts(self, as_of: date | None = None) -> dict[int, int]:
+    def overdue_counts(self, as_of: AsOf | None = None) -> dict[int, int]:
         """{10: open cases past 10 days, 15: past 15} at `as_of` (the metric's gauge)."""
-        day = as_of or self._today()
+        day = as_of or self.as_of()
         with self._engine.connect() as conn:
             return overdue_counts(conn, day)
+
+    def close(self, case_id: str, *, reason: str, actor: str) -> Case:
+        """Closes an open case by hand, with the operator's reason (in the audit): one whose
+        L2 result will never match it. Refused for an unknown or already closed case."""
+        why = " ".join(reason.split())
+        if not why:
+            raise ValidationFailed("--reason: say why the case is closed")
+        if len(why) > MAX_REASON:
+            raise ValidationFailed(f"--reason: at most {MAX_REASON} characters")
+        c = screening_cases.c
+        with write(self._engine) as conn:
+            # The state in the UPDATE: a result (another node) closing it meanwhile wins.
+            done = conn.execute(
+                screening_cases.update()
+                .where(c.id == case_id, c.state == OPEN)
+                .values(state=CLOSED_BY_OPERATOR, closed_at=datetime.now(UTC))
+                .returning(c.id)
+            ).first()
+            if done is None:
+                found = conn.execute(select(c.state).where(c.id == case_id)).scalar()
+                if found is None:
+                    raise NotFound(f"no screening case {case_id[:64]!r}")
+                raise Conflict(f"screening case {case_id} is already closed ({found})")
+            audit.append(conn, actor=actor, action="screening.case_close", subject=case_id,
+                         detail={"reason": why})  # fmt: skip
+        closed = self.get(case_id)
+        assert closed is not None
+        return closed
 
 
 def _answered(
@@ -302,15 +349,31 @@ def _answered(
     return query.where(or_(*lineage) if lineage else false())
 
 
-def overdue_counts(conn: Any, day: date) -> dict[int, int]:
+def _past(as_of: AsOf, days: int) -> Any:
+    """The cases more than `days` after their exam at `as_of`: a date, the same day for
+    all; an instant, each woman's local date (a few dates: one per zone that differs)."""
+    c = screening_cases.c
+    if not isinstance(as_of, datetime):
+        return c.exam_date < _days_before(as_of, days)
+    metropolitan, overseas = dates_by_zone(as_of)
+    named = [d for departements in overseas.values() for d in departements]
+    clauses = [
+        c.departement.in_(departements) & (c.exam_date < _days_before(day, days))
+        for day, departements in overseas.items()
+    ]
+    elsewhere = c.departement.is_(None) | c.departement.not_in(named)
+    clauses.append(elsewhere & (c.exam_date < _days_before(metropolitan, days)))
+    return or_(*clauses)
+
+
+def overdue_counts(conn: Any, as_of: AsOf) -> dict[int, int]:
     c = screening_cases.c
     counts: dict[int, int] = {}
     for days in (WARNING_DAYS, OVERDUE_DAYS):
         counts[days] = int(
-            conn.execute(
-                select(func.count()).where(c.state == OPEN, c.exam_date < _days_before(day, days))
-            ).scalar_one()
-        )
+            conn.execute(select(func.count()).where(c.state == OPEN, _past(as_of, days)))
+            .scalar_one()
+        )  # fmt: skip
     return counts
 
 
@@ -327,13 +390,15 @@ def _case(row: Row[Any]) -> Case:
 class CaseView(Case):
     """A case as the CLI's --json and GET /v1/screening show it, counted at a day."""
 
+    counted_on: date
     days_since_exam: int
     due: Due
 
 
-def view(case: Case, as_of: date) -> CaseView:
-    return CaseView(**dict(case), days_since_exam=case.days(as_of), due=case.due_at(as_of))
+def view(case: Case, as_of: AsOf) -> CaseView:
+    return CaseView(**dict(case), counted_on=case.local_day(as_of),
+                    days_since_exam=case.days(as_of), due=case.due_at(as_of))  # fmt: skip
 
 
-def shown(case: Case, as_of: date) -> dict[str, Any]:
+def shown(case: Case, as_of: AsOf) -> dict[str, Any]:
     return view(case, as_of).model_dump(mode="json")
