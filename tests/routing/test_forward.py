@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from mssgate.config import Config, load_config
-from mssgate.db import open_engine, upgrade
+from mssgate.config import Config
 from mssgate.db.schema import audit, outbound_messages
 from mssgate.directory import Directory
 from mssgate.documents.limits import DocumentLimits
@@ -32,12 +31,11 @@ from mssgate.queue.ingest import IngestReport, ingest
 from mssgate.routing.model import Rule, parse_action
 from mssgate.routing.router import Router
 from mssgate.routing.store import RuleStore
-from mssgate.smime.mailbox_keys import ensure_mailbox_key
 from mssgate.spool import Spool
 from tests.conftest import Cli
-from tests.queue.helpers import RIS_A, RIS_B, SENDER, add_mailboxes
+from tests.queue.helpers import RIS_A, RIS_B, SENDER
+from tests.routing.forwarding import ENGINES, FWD, forwarding_gateway
 
-FWD = "routeur@hopital-a.test"
 PATIENT = replace(PAT_TROIS, oid=OID_NIR)  # the configuration takes no test INS
 
 
@@ -78,17 +76,9 @@ class Setup:
         return [e.reason for e in self.queue.quarantine.entries()]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=ENGINES)
 def setup(request: pytest.FixtureRequest, datadir: Path) -> Setup:
-    config = load_config(datadir / "mssgate.toml")
-    if request.param == "sqlite":
-        engine = open_engine(config.database_url)
-        upgrade(engine)
-    else:
-        engine = request.getfixturevalue("pg_engine")
-    add_mailboxes(engine, RIS_A, RIS_B, FWD)
-    ensure_mailbox_key(config, FWD, common_name="Routeur")
-    return Setup(config, engine)
+    return Setup(*forwarding_gateway(request, datadir, RIS_A, RIS_B))
 
 
 def report(*documents: bytes, n: int = 1) -> bytes:
@@ -337,6 +327,7 @@ def test_check_names_a_file_rule_whose_forward_cannot_be_sent(cli: Cli, datadir:
     assert checks["routing rules"] == {
         "check": "routing rules", "ok": False,
         "detail": f"rule out: forward {RIS_B}: {FWD} is no mailbox of this gateway",
+        "warning": False,
     }  # fmt: skip
     assert result.code == 1
     cli.ok("directory", "add", FWD, "--name", "Routeur", "--kind", "application")

@@ -287,6 +287,7 @@ def test_check_names_a_file_rule_copying_to_no_mailbox(cli: Cli, datadir: Path) 
     assert checks["routing rules"] == {
         "check": "routing rules", "ok": False,
         "detail": f"rule lost: copy-to nobody@{DOMAIN} is no mailbox of this gateway",
+        "warning": False,
     }  # fmt: skip
     assert result.code == 1
     cli.ok("directory", "add", f"nobody@{DOMAIN}", "--name", "N", "--kind", "application")
