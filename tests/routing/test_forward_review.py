@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from mssgate.config import Config, load_config
-from mssgate.db import open_engine, upgrade
+from mssgate.config import Config
 from mssgate.db.schema import outbound_messages, spool_messages
 from mssgate.directory import Directory
 from mssgate.documents.limits import DocumentLimits
@@ -33,11 +32,10 @@ from mssgate.queue.ingest import IngestReport, ingest
 from mssgate.routing.model import Rule, parse_action
 from mssgate.routing.router import Router
 from mssgate.routing.store import RuleStore
-from mssgate.smime.mailbox_keys import ensure_mailbox_key
 from mssgate.spool import Spool
-from tests.queue.helpers import DOMAIN, RIS_A, RIS_B, SENDER, add_mailboxes
+from tests.queue.helpers import DOMAIN, RIS_A, RIS_B, SENDER
+from tests.routing.forwarding import ENGINES, FWD, forwarding_gateway
 
-FWD = f"routeur@{DOMAIN}"
 RIS_C = f"ris-c@{DOMAIN}"
 OTHER = "intrus@clinique.mssante.fr"
 PATIENT = replace(PAT_TROIS, oid=OID_NIR)
@@ -90,17 +88,9 @@ class Setup:
             )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=ENGINES)
 def setup(request: pytest.FixtureRequest, datadir: Path) -> Setup:
-    config = load_config(datadir / "mssgate.toml")
-    if request.param == "sqlite":
-        engine = open_engine(config.database_url)
-        upgrade(engine)
-    else:
-        engine = request.getfixturevalue("pg_engine")
-    add_mailboxes(engine, RIS_A, RIS_B, RIS_C, FWD)
-    ensure_mailbox_key(config, FWD, common_name="Routeur")
-    return Setup(config, engine)
+    return Setup(*forwarding_gateway(request, datadir, RIS_A, RIS_B, RIS_C))
 
 
 def cda(n: int, *, replaces: str | None = None) -> bytes:

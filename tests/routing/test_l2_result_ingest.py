@@ -40,12 +40,11 @@ from mssgate.routing.preset import RESULT_RULE, TAG_RESULT, d2lm_rules
 from mssgate.routing.router import Router
 from mssgate.routing.store import RuleStore
 from mssgate.screening.cases import ScreeningCases
-from mssgate.smime.mailbox_keys import ensure_mailbox_key
 from mssgate.spool import Spool
 from tests.conftest import Cli
 from tests.queue.helpers import DOMAIN, RIS_A, RIS_B, SENDER, add_mailboxes, mail
+from tests.routing.forwarding import ENGINES, FWD, forwarding_gateway
 
-FWD = f"routeur@{DOMAIN}"
 GP_BOX = f"gp@{DOMAIN}"
 CRCDC = f"crcdc-idf@{DOMAIN}"  # hosted here: the L1 form is copied to its queue
 PATIENT = replace(PAT_TROIS, oid=OID_NIR)  # the configuration takes no test INS
@@ -92,16 +91,9 @@ class Site:
         return [d for d in found if d["rule"] == rule][-1]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=ENGINES)
 def site(request: pytest.FixtureRequest, datadir: Path) -> Site:
-    config = load_config(datadir / "mssgate.toml")
-    if request.param == "sqlite":
-        engine = open_engine(config.database_url)
-        upgrade(engine)
-    else:
-        engine = request.getfixturevalue("pg_engine")
-    add_mailboxes(engine, RIS_A, RIS_B, GP_BOX, FWD, CRCDC)
-    ensure_mailbox_key(config, FWD, common_name="Routeur")
+    config, engine = forwarding_gateway(request, datadir, RIS_A, RIS_B, GP_BOX, CRCDC)
     spool = Spool(engine, config.server.data_dir / "spool")
     outbound = Outbound(config, Directory(engine, actor="test"), spool)
     return Site(config, engine, DocumentQueue.from_config(config, engine), spool, outbound)
