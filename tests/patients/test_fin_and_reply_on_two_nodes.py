@@ -31,8 +31,9 @@ from mssgate.patients.conversations import (
     check_in_acceptance,
     record,
 )
-from mssgate.spool.store import Spool, _Acceptance, new_queue_id
+from mssgate.spool.store import Spool
 from tests.conftest import pg_engine_for
+from tests.patients.acceptances import acceptance, fin_acceptance
 from tests.patients.test_conversations import DR_X, DR_Y, INS, send
 
 pytestmark = pytest.mark.postgres
@@ -42,23 +43,6 @@ _WAIT_SECONDS = 30.0
 
 FIN = PatientMessage("<fin@h>", INS, DR_X, ends_conversation=True)
 REPLY = PatientReply(INS, (DR_X,), ("<open@h>",))
-
-
-def _acceptance(**kw: object) -> _Acceptance:
-    fields: dict[str, Any] = {
-        "queue_id": new_queue_id(), "stamp": datetime.now(UTC), "listener": "mta",
-        "sender": "", "identity": None, "peer": None, "size": 1,
-        "recipients": ((DR_X, "local"),),
-    }  # fmt: skip
-    fields.update(kw)
-    return _Acceptance(**fields)
-
-
-def _fin_acceptance() -> _Acceptance:
-    return _acceptance(
-        listener="submission", sender=DR_X, identity=DR_X,
-        recipients=((f"{INS.lower()}@patient.test", "relay"),), patients=(FIN,),
-    )  # fmt: skip
 
 
 def _waits_on_a_lock(engine: Engine, pid: int) -> bool:
@@ -134,7 +118,7 @@ def _spooled(engine: Engine) -> set[str]:
 
 def test_spool_a_reply_on_another_node_waits_for_the_fin_and_is_refused(nodes: Any) -> None:
     node_a, node_b = nodes
-    fin, reply = _fin_acceptance(), _acceptance(patient_reply=REPLY)
+    fin, reply = fin_acceptance(FIN.message_id), acceptance(patient_reply=REPLY)
     raised, _ = _interleave(
         node_a._engine, lambda conn: node_a._insert_rows(conn, [fin]),
         node_b._engine, lambda conn: node_b._insert_rows(conn, [reply]),
@@ -146,7 +130,7 @@ def test_spool_a_reply_on_another_node_waits_for_the_fin_and_is_refused(nodes: A
 
 def test_spool_a_fin_on_another_node_waits_for_the_reply(nodes: Any) -> None:
     node_a, node_b = nodes
-    fin, reply = _fin_acceptance(), _acceptance(patient_reply=REPLY)
+    fin, reply = fin_acceptance(FIN.message_id), acceptance(patient_reply=REPLY)
     raised, waited = _interleave(
         node_b._engine, lambda conn: node_b._insert_rows(conn, [reply]),
         node_a._engine, lambda conn: node_a._insert_rows(conn, [fin]),

@@ -6,9 +6,7 @@ tests/smtp/test_patient_fin_in_flight.py."""
 from __future__ import annotations
 
 from concurrent.futures import Future
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -16,11 +14,11 @@ from sqlalchemy import Engine, func, select
 from mssgate.db.schema import spool_messages
 from mssgate.patients.conversations import (
     ConversationRefused,
-    PatientMessage,
     PatientReply,
     Refusal,
 )
-from mssgate.spool.store import Spool, _Acceptance, new_queue_id
+from mssgate.spool.store import Spool, new_queue_id
+from tests.patients.acceptances import acceptance, fin_acceptance
 from tests.patients.test_conversations import DR_X, INS, engine, send
 
 __all__ = ["engine"]  # the SQLite/PostgreSQL fixture, used by its name
@@ -56,16 +54,6 @@ def test_the_acceptance_checks_the_conversation_again(engine: Engine, tmp_path: 
     assert len([p for p in (tmp_path / "spool").rglob("*") if p.is_file()]) == 3
 
 
-def _acceptance(**kw: object) -> _Acceptance:
-    fields: dict[str, Any] = {
-        "queue_id": new_queue_id(), "stamp": datetime.now(UTC), "listener": "mta",
-        "sender": "", "identity": None, "peer": None, "size": 1,
-        "recipients": ((DR_X, "local"),),
-    }  # fmt: skip
-    fields.update(kw)
-    return _Acceptance(**fields)
-
-
 @pytest.mark.parametrize("fin_first", [True, False])
 def test_a_fin_and_a_reply_committed_in_one_group_follow_their_order(
     engine: Engine, tmp_path: Path, fin_first: bool
@@ -75,12 +63,8 @@ def test_a_fin_and_a_reply_committed_in_one_group_follow_their_order(
     retries a failed group one acceptance at a time, in order)."""
     spool = Spool(engine, tmp_path / "spool")
     send(spool, DR_X, INS, "<g1@h>")
-    fin = _acceptance(
-        listener="submission", sender=DR_X, identity=DR_X,
-        recipients=((f"{INS.lower()}@patient.test", "relay"),),
-        patients=(PatientMessage("<g2@h>", INS, DR_X, ends_conversation=True),),
-    )  # fmt: skip
-    reply = _acceptance(patient_reply=PatientReply(INS, (DR_X,), ("<g1@h>",)))
+    fin = fin_acceptance("<g2@h>")
+    reply = acceptance(patient_reply=PatientReply(INS, (DR_X,), ("<g1@h>",)))
     done: dict[str, Future[None]] = {fin.queue_id: Future(), reply.queue_id: Future()}
     group = [fin, reply] if fin_first else [reply, fin]
     spool._committer._commit([(a, done[a.queue_id]) for a in group])
