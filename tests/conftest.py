@@ -138,6 +138,12 @@ TEST_ARGON2 = {
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
     monkeypatch.setenv("COLUMNS", "200")  # rich tables must not truncate what tests read
+    # The CLI's console read COLUMNS once, when mssgate.cli.context was first imported: in a
+    # test process where a test module imported it first (collection, under pytest-xdist),
+    # it kept 80 columns and wrapped the tables that tests read. Same width either way.
+    from mssgate.cli.context import stdout as console
+
+    monkeypatch.setattr(console, "_width", 200)
     for key in list(os.environ):
         if key.startswith("MSSGATE_") and key != "MSSGATE_TEST_POSTGRES_URL":
             monkeypatch.delenv(key)
