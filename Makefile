@@ -37,9 +37,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy mssgate
 
-# pytest exits 5 when it collected no test: make treats that as a failure, as it must.
+# pytest exits 5 when it collected no test: make treats that as a failure, as it must (it
+# does under pytest-xdist too). The tests run in PYTEST_WORKERS processes (pytest-xdist;
+# `make pytest PYTEST_WORKERS=0` runs them in one): most of a test's time is spent waiting on
+# the gateways, Dovecots and clients it starts, so twice the cores keeps the CPUs busy. Tests
+# sharing something machine-wide are in one xdist_group (docs/performance.md, "Test suite").
+# Bytecode is written even where the environment says not to (PYTHONDONTWRITEBYTECODE): every
+# gateway a test starts would otherwise compile mssgate from source again, ~1 s each.
+PYTEST_WORKERS ?= 4
 pytest: $(STAMP)
-	$(BIN)/python -m pytest
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint typecheck pytest
 
