@@ -26,9 +26,9 @@ from tests.routing.test_l2_result_ingest import (  # noqa: F401 (the fixture)
     LIMITS,
     Site,
     accepted,
-    archive_files,
     l1_form,
     l2_result,
+    readable,
     site,
 )
 
@@ -55,7 +55,7 @@ def test_the_reader_s_own_envelope_sender_is_not_named_to_the_gp(site: Site) -> 
     back = ingest_from(site, l2_result(31), envelope=L2_READER.email or "", author=CRCDC)
     assert back.held == [] and len(back.forwards) == 1
     [message] = site.sent_to(GP_BOX)
-    for text in (message, *archive_files(message)):
+    for text in readable(message):
         for trace in (L2_READER.email or "", L2_READER.family):
             assert re.search(re.escape(trace).encode(), text, re.IGNORECASE) is None, trace
     assert CRCDC.encode() in message  # the original sender the GP is told of
