@@ -69,17 +69,32 @@ async def spawn(
     stdin_file = os.fdopen(ours[0], "wb", buffering=0)
     stdout_file = os.fdopen(ours[1], "rb", buffering=0)
     stderr_file = os.fdopen(ours[2], "rb", buffering=0)
+    made: list[asyncio.BaseTransport] = []
     try:
         stdout, out_transport = await read_pipe(stdout_file, limit)
+        made.append(out_transport)
         stderr, err_transport = await read_pipe(stderr_file, limit)
+        made.append(err_transport)
         stdin = await write_pipe(stdin_file)
     except BaseException:
+        # Failed, or cancelled (a session's client gone while its engine starts): the child
+        # exists and nobody else holds it. A connected pipe's transport is closed (closing
+        # only its file would leave the fd watched by the loop), and the child is killed and
+        # waited for before this returns, neither alive nor a zombie afterwards.
+        for transport in made:
+            transport.close()
         for file in (stdin_file, stdout_file, stderr_file):
             file.close()
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        await _kill_and_reap(proc)
         raise
     return PipedChild(proc, stdin, stdout, stderr, (out_transport, err_transport))
+
+
+async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    # Shielded: a second cancellation ends our wait, not the reaping (SIGKILL is prompt).
+    await asyncio.shield(proc.wait())
 
 
 async def read_pipe(

@@ -9,6 +9,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -50,6 +51,51 @@ def test_a_session_cancelled_while_the_engine_starts_leaves_no_process(tmp_path:
             if _running(pid):
                 os.kill(pid, 9)
         return pid
+
+    asyncio.run(scenario())
+
+
+def test_a_session_cancelled_while_its_pipes_connect_leaves_no_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test above, made deterministic: under load its cancel could land after the child
+    was created but inside spawn, while the pipes were being handed to the loop; the child
+    was then sent SIGKILL and not waited for, and outlived the call (or stayed unreaped).
+    Here the stderr pipe's connection is held until the cancel lands in it; stdout's transport,
+    made already, must be closed too (pytest reports an unclosed one as an error)."""
+    from mssgate import childpipes
+
+    pid_file = tmp_path / "pid"
+    backend = DovecotBackend(
+        None, command=("/bin/sh", "-c", f"echo $$ > {pid_file}; exec sleep 300")
+    )
+    real_read_pipe = childpipes.read_pipe
+    calls = 0
+
+    async def held_read_pipe(file: BinaryIO, limit: int) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # stdout's pipe connected, stderr's not yet: the cancel lands here
+            await asyncio.sleep(3600)
+        return await real_read_pipe(file, limit)
+
+    monkeypatch.setattr(childpipes, "read_pipe", held_read_pipe)
+
+    async def scenario() -> None:
+        opening = asyncio.create_task(backend.open("x@h.test", peer_ip="192.0.2.1", local_ip="::1"))
+        while calls < 2 or not pid_file.exists() or not pid_file.read_text().strip():
+            await asyncio.sleep(0.01)
+        assert not opening.done()
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        pid = int(pid_file.read_text())
+        try:
+            # Killed and reaped before the cancelled call returned: not even a zombie.
+            assert not Path(f"/proc/{pid}").exists(), "the child outlived its cancelled spawn"
+        finally:
+            if _running(pid):
+                os.kill(pid, 9)
 
     asyncio.run(scenario())
 
