@@ -471,6 +471,12 @@ async def run_gateway(config: Config) -> int:
             ports["hl7"] = hl7_port
         if imap is not None:
             ports.update(imap.ports)
+        # Before serve.json says we are up: a SIGTERM sent as soon as it appears (a test, a
+        # script, systemd) found Python's default handler and killed serve undrained.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         status = run_dir / "serve.json"
         write_durably(
             status,
@@ -480,10 +486,6 @@ async def run_gateway(config: Config) -> int:
         )
         event(log, "serve.started", ports=ports, spool_orphans_removed=recovered)
         print(_banner(config, ports), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         event(log, "serve.stopping", open_sessions=len(sessions.open), busy=sessions.busy())
         for server in servers.values():
