@@ -7,6 +7,7 @@ Debian's nodejs and npm); without node the tests that need it are skipped, sayin
 from __future__ import annotations
 
 import json
+import select
 import shutil
 import ssl
 import subprocess
@@ -101,17 +102,30 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProv
                 "opaque_resource": OPAQUE_AUDIENCE}  # fmt: skip
     spec.write_text(json.dumps(document))
     log = (top / "provider.log").open("wb")
-    proc = subprocess.Popen(
-        ["node", str(HERE / "provider.mjs"), str(spec)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=log,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait(timeout=30)
-        raise RuntimeError(f"provider exited: {(top / 'provider.log').read_text()}")
+    # Node hung once at start-up (after its import, before listening: threads on a futex)
+    # and the fixture waited on readline for pytest-timeout's 300 s, leaving the process
+    # and its pipes behind. A start is now bounded, killed when late, and tried once more.
+    for attempt in (1, 2):
+        proc = subprocess.Popen(
+            ["node", str(HERE / "provider.mjs"), str(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+        assert proc.stdout is not None and proc.stdin is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else b""
+        if line:
+            break
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+        if attempt == 2:
+            log.close()
+            raise RuntimeError(
+                f"provider not ready in 60 s, twice: {(top / 'provider.log').read_text()}"
+            )
     try:
         yield OidcProvider(issuer=json.loads(line)["issuer"], ca=paths["ca"])
     finally:
