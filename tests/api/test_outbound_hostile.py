@@ -16,6 +16,7 @@ from mssgate.documents.samples import OID_NIR, PAT_TROIS, CdaSpec, make_cda
 from mssgate.outbound.service import RESUME_AFTER, Outbound
 from mssgate.smime.mailbox_keys import ensure_mailbox_key
 from mssgate.spool import Spool
+from tests.api.test_outbound_resume import no_one_spools_the_first
 from tests.queue.helpers import RIS_A, RIS_B, add_consumer, add_mailboxes
 from tests.smtp.test_outbound_gateway import mdm
 
@@ -69,6 +70,7 @@ def test_a_repeat_with_another_document_does_not_resume_the_first(
     with pytest.raises(Crash):
         outbound.submit(consumer, first)
     monkeypatch.undo()
+    no_one_spools_the_first(monkeypatch)
     now[0] += RESUME_AFTER + timedelta(seconds=1)
 
     other_cda = make_cda(CdaSpec(patient=patient, doc_root="1.2.250.1.999.1.1.45.9"))

@@ -4,6 +4,7 @@ request may still be spooling gets 503, not a 202 for copies that are not in the
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +15,9 @@ from mssgate.config import Config
 from mssgate.directory import Directory
 from mssgate.documents.samples import OID_NIR, PAT_TROIS, CdaSpec, make_cda
 from mssgate.errors import StorageError
+from mssgate.outbound import service
 from mssgate.outbound.service import RESUME_AFTER, Outbound
+from mssgate.outbound.store import Unspooled
 from mssgate.smime.mailbox_keys import ensure_mailbox_key
 from mssgate.spool import Spool
 from tests.queue.helpers import RIS_A, RIS_B, add_consumer, add_mailboxes
@@ -34,6 +37,18 @@ def either(request: pytest.FixtureRequest, gateway: tuple[Config, Engine]) -> tu
     pg: Engine = request.getfixturevalue("pg_engine")
     add_mailboxes(pg, RIS_A, RIS_B)
     return config, pg
+
+
+def no_one_spools_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a test whose first request crashed (after its monkeypatch.undo()).
+
+    A repeat waits up to 30 s of real time for the first request to spool its copies
+    (_REPEAT_WAIT_SECONDS). After a crash nothing will: each repeat here waited the whole
+    30 s for nothing, then answered as it does after a short wait (the branch after the wait
+    is the one under test; 150 s of the suite). The wait is still polled; that it finds the
+    copies a first request spools meanwhile is
+    test_a_repeat_while_the_first_is_spooling_waits_for_it's."""
+    monkeypatch.setattr(service, "_REPEAT_WAIT_SECONDS", 0.2)
 
 
 def test_a_crash_before_the_spool_is_resumed_by_the_repeat(
@@ -56,6 +71,7 @@ def test_a_crash_before_the_spool_is_resumed_by_the_repeat(
     with pytest.raises(Crash):
         outbound.submit(consumer, body)
     monkeypatch.undo()
+    no_one_spools_the_first(monkeypatch)
     assert list(spool.entries()) == []
 
     # Soon after: the first request may still be spooling; no 202 for a copy not spooled.
@@ -75,6 +91,67 @@ def test_a_crash_before_the_spool_is_resumed_by_the_repeat(
     again = outbound.submit(consumer, body)
     assert again.outbound_id == answer.outbound_id
     assert len(list(spool.entries())) == 1
+
+
+def test_a_repeat_while_the_first_is_spooling_waits_for_it(
+    either: tuple[Config, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repeat of an MSH-10 whose first request has recorded its copies and not yet
+    spooled them waits, and answers the first answer once they are spooled: no 503 (a RIS
+    would retry what is being sent), no second copy."""
+    config, engine = either
+    ensure_mailbox_key(config, RIS_A, common_name="RIS A")
+    consumer, _ = add_consumer(engine, "ris-a", RIS_A)
+    spool = Spool(engine, config.server.data_dir / "spool")
+    outbound = Outbound(config, Directory(engine, actor="test"), spool)
+    cda = make_cda(CdaSpec(patient=replace(PAT_TROIS, oid=OID_NIR)))
+    body = mdm("SLOW-1", recipients=(RIS_B,), cda=cda, oid=OID_NIR)
+
+    # The first request held between its record and the spool until the repeat has found
+    # its copy missing: the order is caused, not timed.
+    in_spool, repeat_looked = threading.Event(), threading.Event()
+    real_accept = spool.accept
+
+    def held_accept(**kwargs: object) -> None:
+        in_spool.set()
+        assert repeat_looked.wait(120), "the repeat never looked for the first's copies"
+        real_accept(**kwargs)  # type: ignore[arg-type]
+
+    store = outbound._store
+    real_unspooled = store.unspooled
+
+    def unspooled(outbound_id: str) -> list[Unspooled]:
+        missing = real_unspooled(outbound_id)
+        if missing:
+            repeat_looked.set()
+        return missing
+
+    monkeypatch.setattr(spool, "accept", held_accept)
+    monkeypatch.setattr(store, "unspooled", unspooled)
+    first: list[service.Answer] = []
+    errors: list[BaseException] = []
+
+    def submit_first() -> None:
+        try:
+            first.append(outbound.submit(consumer, body))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=submit_first)
+    thread.start()
+    try:
+        assert in_spool.wait(120), "the first request never reached the spool"
+        again = outbound.submit(consumer, body)
+    finally:
+        repeat_looked.set()
+        thread.join(120)
+    assert not thread.is_alive() and errors == []
+    [answer] = first
+    assert answer.status == 202 and "MSA|AA|SLOW-1" in answer.ack
+    assert again.status == 202 and again.outbound_id == answer.outbound_id
+    assert again.ack == answer.ack
+    [entry] = list(spool.entries())
+    assert [r["recipient"] for r in entry.recipients] == [RIS_B]
 
 
 def test_a_cda_whose_code_cannot_go_in_a_header_is_refused_not_a_500(
