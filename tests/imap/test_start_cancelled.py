@@ -144,10 +144,12 @@ def test_stop_during_a_restart_leaves_no_dovecot_and_no_runtime_folder(
     conf = imap_datadir / "dovecot" / "dovecot.conf"
     preparing = supervisor._prepare
     entered = asyncio.Event()
+    loop: asyncio.AbstractEventLoop | None = None
 
     def slow_prepare() -> Path:
         # The restart's first step made slow, as a loaded machine makes it: the stop lands
         # inside it. The real preparation then runs (it writes the runtime folder).
+        assert loop is not None
         loop.call_soon_threadsafe(entered.set)
         time.sleep(1.0)
         return preparing()
@@ -166,7 +168,6 @@ def test_stop_during_a_restart_leaves_no_dovecot_and_no_runtime_folder(
             await watcher
         await supervisor.stop()
 
-    loop: asyncio.AbstractEventLoop
     try:
         asyncio.run(scenario())
         assert not supervisor.layout.base_dir.exists(), "runtime folder left after stop"
@@ -187,8 +188,10 @@ def test_a_restart_that_fails_while_serve_stops_is_logged(
     supervisor = DovecotSupervisor(config, data_dir=imap_datadir)
     conf = imap_datadir / "dovecot" / "dovecot.conf"
     entered = asyncio.Event()
+    loop: asyncio.AbstractEventLoop | None = None
 
     def failing_prepare() -> Path:
+        assert loop is not None
         loop.call_soon_threadsafe(entered.set)
         time.sleep(0.5)
         raise DovecotError("the binary went away")
@@ -207,7 +210,6 @@ def test_a_restart_that_fails_while_serve_stops_is_logged(
             await watcher
         await supervisor.stop()
 
-    loop: asyncio.AbstractEventLoop
     caplog.set_level("INFO", logger="mssgate")
     try:
         asyncio.run(scenario())

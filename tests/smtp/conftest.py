@@ -228,7 +228,7 @@ class Raw:
 
     def reply(self) -> bytes:
         """One whole (possibly multi-line) reply."""
-        lines = []
+        lines: list[bytes] = []
         while True:
             while b"\r\n" not in self.buf:
                 chunk = self.sock.recv(65536)
