@@ -14,7 +14,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Annotated, Any, Literal, get_origin
 
 from pydantic import (
     BaseModel,
@@ -51,6 +51,16 @@ class ServerConfig(_Section):
     # The event loop of `serve` and its listeners (mssgate/eventloop.py): the standard
     # library's, or "uvloop" (faster relay; the MLLP listener then logs no failed handshake).
     event_loop: Literal["uvloop", "asyncio"] = "asyncio"
+    # SMTP acceptance processes (`serve --workers`): the parent and workers - 1 children on
+    # the same ports. 0 or "auto": one per core, as one process (one GIL) leaves the other
+    # cores idle under load.
+    workers: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = "auto"
+
+    @property
+    def acceptance_processes(self) -> int:
+        if self.workers == "auto" or self.workers == 0:
+            return max(1, os.cpu_count() or 1)
+        return int(self.workers)
 
 
 class SmtpConfig(_Section):

@@ -13,6 +13,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+PROCESS_FIELDS: dict[str, Any] = {}
 _SECRET_WORDS = ("password", "token", "secret", "authorization")
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
@@ -24,6 +25,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
+        # Which acceptance process wrote it (`serve --workers`): they share one stderr.
+        body.update(PROCESS_FIELDS)
         context = getattr(record, "context", None)
         if isinstance(context, dict):
             # What the record happened during (a document worker's message): a library's
@@ -50,7 +53,9 @@ def event(logger: logging.Logger, name: str, *, level: int = logging.INFO, **fie
     logger.log(level, name, extra={"fields": clean})
 
 
-def configure(level: int = logging.INFO) -> None:
+def configure(level: int = logging.INFO, *, worker: int | None = None) -> None:
+    if worker is not None:
+        PROCESS_FIELDS["worker"] = worker
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Final
 
@@ -31,6 +31,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.samples import Sample
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -70,6 +71,8 @@ __all__ = [
 ]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+# A counter sample: its name (…_total) and its labels, sorted.
+CounterKey = tuple[str, tuple[tuple[str, str], ...]]
 OTHER: Final = "other"
 
 # Tokens only: letters, digits and . _ - (no "@", no spaces), short. An address or a
@@ -105,6 +108,7 @@ class Metrics:
 
     def __init__(self, *, process: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._sources: list[Callable[[], Mapping[CounterKey, float]]] = []
         reg = self.registry
         self.smtp_messages = Counter(
             "mssgate_smtp_messages",
@@ -231,9 +235,38 @@ class Metrics:
     def auth_cache(self, outcome: str) -> None:
         self.auth_cache_lookups.labels(_token(outcome)).inc()
 
+    def add_counts(self, source: Callable[[], Mapping[CounterKey, float]]) -> None:
+        """Counters bumped in other processes (the acceptance children of `serve --workers`),
+        added into this one's at each scrape: one /metrics for the whole gateway."""
+        self._sources.append(source)
+
+    def counts(self) -> dict[CounterKey, float]:
+        """This process's counter samples, for a parent's `add_counts`."""
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for metric in self.registry.collect()
+            if metric.type == "counter"
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
+
     def collect(self) -> Iterator[Metric]:
         """So that a Metrics can itself be registered in a scrape registry."""
-        yield from self.registry.collect()
+        extra: dict[CounterKey, float] = {}
+        for source in self._sources:
+            for key, value in source().items():
+                extra[key] = extra.get(key, 0.0) + value
+        for metric in self.registry.collect():
+            if extra and metric.type == "counter":
+                samples = []
+                for sample in metric.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    samples.append(sample._replace(value=sample.value + extra.pop(key, 0.0)))
+                total = f"{metric.name}_total"
+                for key in [k for k in extra if k[0] == total]:
+                    samples.append(Sample(total, dict(key[1]), extra.pop(key)))
+                metric.samples = samples
+            yield metric
 
 
 def _age(now: datetime, oldest: datetime | None) -> float:

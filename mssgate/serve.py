@@ -17,7 +17,6 @@ import os
 import signal
 import ssl
 import sys
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from mssgate import eventloop
+from mssgate import eventloop, metrics
 from mssgate.api.server import ApiServer, start_api
 from mssgate.config import Config
 from mssgate.db import open_engine, upgrade
@@ -71,14 +70,14 @@ from mssgate.relay import RelayWorker
 from mssgate.relay.encryption import OutgoingEncryption
 from mssgate.server_policy import DocumentPolicy, publish_policy
 from mssgate.smime.pathcache import PATH_CACHE
-from mssgate.smtp import replies
 from mssgate.smtp.body import MemoryBudget
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
-from mssgate.smtp.server import Sessions, bound_port, start_smtp
+from mssgate.smtp.server import Sessions, bound_port, drain, start_smtp
 from mssgate.spool import Spool
 from mssgate.spool.delivery import DeliveryWorker, Notifications
 from mssgate.spool.jobs import DocumentJobs
 from mssgate.supervisor import PassHealth, Supervisor
+from mssgate.workers import AcceptanceWorkers
 
 log = logging.getLogger("mssgate.serve")
 
@@ -348,11 +347,17 @@ async def run_gateway(config: Config) -> int:
 
         smtp = config.smtp
         penalty = AuthPenalty.from_config(smtp)
+        # Held here for every acceptance process (mssgate.workers): never N limits.
+        smtp_limiter = ConnectionLimiter(smtp.max_connections_per_ip)
         # One for SMTP and IMAP: a login verified on one protocol serves the other.
         login_cache = LoginCache.from_config(config.auth)
+        processes = config.server.acceptance_processes
         servers = await start_smtp(
             config, directory, spool, sessions, on_accepted=accepted, penalty=penalty,
-            budget=budget, login_cache=login_cache,
+            budget=budget, login_cache=login_cache, limiter=smtp_limiter,
+            # Only with children: SO_REUSEPORT would let a second serve (another data
+            # folder, the same ports) share the ports silently instead of failing to bind.
+            reuse_port=processes > 1,
         )  # fmt: skip
         imap: ImapService | None = None
         # Every long-running task runs under it: none may end silently (mssgate.supervisor).
@@ -477,26 +482,38 @@ async def run_gateway(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        workers: AcceptanceWorkers | None = None
+        if processes > 1:
+            workers = AcceptanceWorkers(
+                config, processes - 1,
+                ports={listener: bound_port(s) for listener, s in servers.items()},
+                limiter=smtp_limiter, penalty=penalty, on_accepted=lambda: accepted(""),
+            )  # fmt: skip
+            # serve.json (below) says every acceptance process listens.
+            await workers.start()
+            metrics.default().add_counts(workers.counts)
+            supervisor.spawn("acceptance-workers", workers.run)
         status = run_dir / "serve.json"
         write_durably(
             status,
-            json.dumps({"pid": os.getpid(), "ports": ports}).encode(),
+            json.dumps(
+                {"pid": os.getpid(), "ports": ports, "workers": workers.pids if workers else []}
+            ).encode(),
             tmp_dir=run_dir,
             mode=0o644,
         )
-        event(log, "serve.started", ports=ports, spool_orphans_removed=recovered)
+        event(log, "serve.started", ports=ports, spool_orphans_removed=recovered,
+              workers=workers.pids if workers else [])  # fmt: skip
         print(_banner(config, ports), flush=True)
         await stop.wait()
         event(log, "serve.stopping", open_sessions=len(sessions.open), busy=sessions.busy())
-        for server in servers.values():
-            server.close()
-        deadline = time.monotonic() + config.smtp.drain_seconds
-        while sessions.busy() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        for session in list(sessions.open):
-            with contextlib.suppress(Exception):
-                await session.reply(replies.SHUTTING_DOWN)
-            session.close("shutting down")
+        # The children drain as this process does, at the same time.
+        stopped = (
+            asyncio.create_task(workers.stop(config.smtp.drain_seconds + 15))
+            if workers is not None
+            else None
+        )
+        await drain(servers, sessions, config.smtp.drain_seconds)
         if mllp is not None:
             await mllp.stop()
         await api.stop()
@@ -506,6 +523,8 @@ async def run_gateway(config: Config) -> int:
         pipeline_pool.stop()
         if dovecot is not None:
             await dovecot.stop()
+        if stopped is not None:
+            await stopped
         status.unlink(missing_ok=True)
         engine.dispose()
         # Every listener serve.started named (SMTP, API, IMAP...), not only the SMTP ones.

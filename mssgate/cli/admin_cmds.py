@@ -411,11 +411,33 @@ def _dovecot_places(data_dir: Path) -> str:
     return f"sockets in {runtime_dir(data_dir)}, mail in {mail}"
 
 
-def serve(ctx: typer.Context) -> None:
+def serve(
+    ctx: typer.Context,
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            "--workers",
+            help="SMTP acceptance processes on the same ports: a number, or 0 or auto for one"
+            " per core (default: server.workers, auto).",
+        ),
+    ] = None,
+) -> None:
     """Run every listener (SMTP submission, SMTPS, MTA) until SIGTERM."""
     from mssgate.serve import serve as run
 
-    code = run(state(ctx).config())
+    config = state(ctx).config()
+    if workers is not None:
+        count: int | str = workers.strip().lower()
+        if count != "auto":
+            try:
+                count = int(count)
+            except ValueError:
+                count = -1
+            if not 0 <= count <= 256:
+                raise UsageFailed(f"--workers must be auto or a number from 0 to 256: {workers!r}")
+        server = config.server.model_copy(update={"workers": count})
+        config = config.model_copy(update={"server": server})
+    code = run(config)
     if code:
         raise typer.Exit(code)
 

@@ -4,16 +4,21 @@ Every writer (spool, delivery, queue, quarantine, audit, directory, CLI) goes th
 every write transaction takes its locks in one order:
 
 1. the process's write lock (SQLite only): one writer thread at a time in this process;
-2. SQLite's own write lock, by `BEGIN IMMEDIATE`, before the transaction reads anything;
-3. (PostgreSQL) row locks, taken by the statements themselves.
+2. (SQLite in a file) the database's writer lock file, `<database>-writer`: one writer
+   process at a time (`serve --workers`: several acceptance processes, the CLI beside them);
+3. SQLite's own write lock, by `BEGIN IMMEDIATE`, before the transaction reads anything;
+4. (PostgreSQL) row locks, taken by the statements themselves.
 
 Why the order matters: SQLite admits one writer. When some transactions took SQLite's lock
 first (BEGIN IMMEDIATE) and the process lock later, while others took the process lock first
 and then waited for SQLite's, each side held what the other wanted; the second waited in
 SQLite's busy handler until `database is locked`. With one order there is no cycle, and a
 writer waits on a plain lock that wakes it as soon as the previous writer has committed,
-instead of sleeping in the busy handler. The busy handler still arbitrates between processes
-(the CLI beside `serve`), which is the only contention left for it.
+instead of sleeping in the busy handler. Between processes the lock file plays that part:
+a writer of another process blocks in flock(2), woken by the kernel when the holder commits,
+where SQLite's busy handler would sleep and retry (up to 100 ms a try) until its timeout, and
+fail with `database is locked` past it. The busy handler is left for writers that do not come
+through here (a migration), and for the readers' WAL checkpoints.
 
 A `write()` inside another `write()` on the same thread and engine joins the outer
 transaction (same connection, committed with it): opening a second SQLite connection there
@@ -22,6 +27,8 @@ would wait on the lock its own thread holds.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -37,9 +44,71 @@ from mssgate.errors import StorageError
 LOCK_WAIT_SECONDS = 60.0
 
 
+class _WriterFile:
+    """The lock file of one SQLite database, shared by every engine of this process on it.
+
+    flock(2) locks belong to an open file: two engines of one process holding their own
+    descriptors would exclude each other, and a thread writing through one engine inside
+    another engine's transaction would then wait on itself for ever. One descriptor per
+    database, held by one thread at a time (re-entered by that thread), avoids both.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.mutex = threading.Lock()
+        self.owner: int | None = None
+        self.depth = 0
+
+    def acquire(self, wait_seconds: float) -> None:
+        me = threading.get_ident()
+        if self.owner == me:
+            self.depth += 1
+            return
+        if not self.mutex.acquire(timeout=wait_seconds):
+            raise StorageError(f"database busy: no write slot within {wait_seconds:.0f} s")
+        try:
+            # Blocking: the kernel wakes us when the other process's writer commits.
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except BaseException:
+            self.mutex.release()
+            raise
+        self.owner, self.depth = me, 1
+
+    def __del__(self) -> None:
+        # Gone with the last engine on the database: a test run opens thousands of them.
+        os.close(self.fd)
+
+    def release(self) -> None:
+        self.depth -= 1
+        if self.depth:
+            return
+        self.owner = None
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self.mutex.release()
+
+
+_writer_files: weakref.WeakValueDictionary[str, _WriterFile] = weakref.WeakValueDictionary()
+_writer_files_guard = threading.Lock()
+
+
+def _writer_file(engine: Engine) -> _WriterFile | None:
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    path = os.path.realpath(database) + "-writer"
+    with _writer_files_guard:
+        found = _writer_files.get(path)
+        if found is None:
+            found = _WriterFile(path)
+            _writer_files[path] = found
+        return found
+
+
 class _EngineWriteState:
-    def __init__(self, sqlite: bool) -> None:
+    def __init__(self, engine: Engine) -> None:
+        sqlite = engine.dialect.name == "sqlite"
         self.lock: threading.Lock | None = threading.Lock() if sqlite else None
+        self.file = _writer_file(engine)
         self.local = threading.local()
 
 
@@ -51,7 +120,7 @@ def _state(engine: Engine) -> _EngineWriteState:
     with _states_guard:
         state = _states.get(engine)
         if state is None:
-            state = _EngineWriteState(engine.dialect.name == "sqlite")
+            state = _EngineWriteState(engine)
             _states[engine] = state
         return state
 
@@ -84,19 +153,31 @@ def write_on(conn: Connection, *, wait_seconds: float = LOCK_WAIT_SECONDS) -> It
     if lock is not None and not lock.acquire(timeout=wait_seconds):
         raise StorageError(f"database busy: no write slot within {wait_seconds:.0f} s")
     try:
-        with conn.begin():
-            if lock is not None:
-                # pysqlite would begin a deferred transaction at the first write, so a read
-                # before it could act on a snapshot that a writer of another process changes.
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            state.local.conn = conn
-            try:
+        if state.file is not None:
+            state.file.acquire(wait_seconds)
+        try:
+            with _transaction(conn, state, immediate=lock is not None):
                 yield
-            finally:
-                state.local.conn = None
+        finally:
+            if state.file is not None:
+                state.file.release()
     finally:
         if lock is not None:
             lock.release()
+
+
+@contextmanager
+def _transaction(conn: Connection, state: _EngineWriteState, *, immediate: bool) -> Iterator[None]:
+    with conn.begin():
+        if immediate:
+            # pysqlite would begin a deferred transaction at the first write, so a read
+            # before it could act on a snapshot that a writer of another process changes.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        state.local.conn = conn
+        try:
+            yield
+        finally:
+            state.local.conn = None
 
 
 @contextmanager

@@ -69,3 +69,14 @@ class AuthPenalty:
 
     def succeeded(self, ip: str) -> None:
         self._failures.pop(ip, None)
+
+    # What an SMTP session awaits: an acceptance child of `serve --workers` asks the parent,
+    # which holds the one penalty of every process (mssgate.workers.RemotePenalty).
+    async def wait_for(self, ip: str) -> float:
+        return self.delay_for(ip)
+
+    async def failure(self, ip: str) -> int:
+        return self.failed(ip)
+
+    async def success(self, ip: str) -> None:
+        self.succeeded(ip)

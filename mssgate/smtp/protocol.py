@@ -559,18 +559,18 @@ class GatewaySMTP(SMTP):
         self, mechanism: str, login: str, attempt: Callable[[], Awaitable[str | None]]
     ) -> AuthResult:
         assert self._auth is not None
-        delay = self._penalty.delay_for(self._peer_ip)
+        delay = await self._penalty.wait_for(self._peer_ip)
         if delay:
             await asyncio.sleep(delay)
         identity = await attempt()
         if identity is None:
-            failures = self._penalty.failed(self._peer_ip)
+            failures = await self._penalty.failure(self._peer_ip)
             # `delay` is the penalty this attempt waited: the log shows the penalty applied,
             # whatever the machine's load added to it.
             self._event("smtp.auth_failed", mechanism=mechanism, failures=failures, delay=delay)
             await self._auth.failed(login, mechanism, self._peer_ip)
             return AuthResult(success=False, handled=False)
-        self._penalty.succeeded(self._peer_ip)
+        await self._penalty.success(self._peer_ip)
         self._event("smtp.auth", mechanism=mechanism)
         return AuthResult(success=True, auth_data=identity)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +18,7 @@ from mssgate.logincache import LoginCache
 from mssgate.pki import load_certificates
 from mssgate.smime.crlfiles import CrlFiles
 from mssgate.smime.mailbox_keys import mailbox_keys_dir
+from mssgate.smtp import replies
 from mssgate.smtp.body import MemoryBudget
 from mssgate.smtp.encryption import EncryptionSettings
 from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
@@ -95,8 +98,16 @@ async def start_smtp(
     penalty: AuthPenalty | None = None,
     budget: MemoryBudget | None = None,
     login_cache: LoginCache | None = None,
+    limiter: ConnectionLimiter | None = None,
+    ports: dict[Listener, int] | None = None,
+    reuse_port: bool = False,
+    admission: Callable[[Callable[[], GatewaySMTP]], Callable[[], asyncio.Protocol]] | None = None,
 ) -> dict[Listener, asyncio.Server]:
-    """Starts the three listeners and returns them, by kind, once they accept connections."""
+    """Starts the three listeners and returns them, by kind, once they accept connections.
+
+    `serve --workers` (mssgate.workers): every acceptance process binds the same `ports` with
+    `reuse_port` (SO_REUSEPORT: the kernel spreads connections over them), and a child wraps
+    each connection in `admission`, which asks the parent's per-address limit first."""
     smtp = config.smtp
     assert config.tls.cert is not None and config.tls.key is not None
     assert config.tls.ca is not None
@@ -111,7 +122,7 @@ async def start_smtp(
         client_cas=[own_ca, *peer_cas],
         request_client_cert=True,
     )
-    limiter = ConnectionLimiter(smtp.max_connections_per_ip)
+    limiter = limiter or ConnectionLimiter(smtp.max_connections_per_ip)
     # One penalty per process, shared with IMAP: a guesser gains nothing by switching protocol.
     penalty = penalty or AuthPenalty.from_config(smtp)
     # Shared with IMAP by serve, like the penalty: one verification serves both protocols.
@@ -125,7 +136,7 @@ async def start_smtp(
     # Bearer tokens (Pro Santé Connect) when [oidc] is set; one verifier, one JWKS cache.
     bearer = bearer_from_config(directory, config.oidc)
 
-    def factory(listener: Listener) -> Callable[[], GatewaySMTP]:
+    def factory(listener: Listener) -> Callable[[], asyncio.Protocol]:
         policy = SmtpPolicy(
             listener=listener,
             directory=directory,
@@ -169,9 +180,9 @@ async def start_smtp(
             server.spill_threshold = smtp.spill_threshold
             return server
 
-        return make
+        return make if admission is None else admission(make)
 
-    ports = {
+    ports = ports or {
         Listener.SUBMISSION: smtp.submission_port,
         Listener.SMTPS: smtp.smtps_port,
         Listener.MTA: smtp.mta_port,
@@ -180,7 +191,11 @@ async def start_smtp(
     for listener, port in ports.items():
         try:
             servers[listener] = await loop.create_server(
-                factory(listener), host=smtp.bind, port=port, reuse_address=True
+                factory(listener),
+                host=smtp.bind,
+                port=port,
+                reuse_address=True,
+                reuse_port=reuse_port or None,
             )
         except OSError as exc:
             for started in servers.values():
@@ -188,6 +203,22 @@ async def start_smtp(
             setting = f"smtp.{listener.value}_port"
             raise bind_failed(f"SMTP {listener.value}", smtp.bind, port, setting, exc) from None
     return servers
+
+
+async def drain(
+    servers: dict[Listener, asyncio.Server], sessions: Sessions, drain_seconds: float
+) -> None:
+    """A graceful stop: no new connection; sessions in the middle of a transaction finish
+    within `drain_seconds`; the rest are told 421 and closed."""
+    for server in servers.values():
+        server.close()
+    deadline = time.monotonic() + drain_seconds
+    while sessions.busy() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    for session in list(sessions.open):
+        with contextlib.suppress(Exception):
+            await session.reply(replies.SHUTTING_DOWN)
+        session.close("shutting down")
 
 
 def bound_port(server: asyncio.Server) -> int:

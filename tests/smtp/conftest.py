@@ -175,6 +175,9 @@ def free_env(data: Path) -> dict[str, str]:
         MSSGATE_SMTP__SMTPS_PORT="0",
         MSSGATE_SMTP__MTA_PORT="0",
         MSSGATE_SMTP__DRAIN_SECONDS="10",
+        # One acceptance process: these tests start hundreds of gateways, and a child is one
+        # more Python to start each time; test_serve_workers.py runs two for real.
+        MSSGATE_SERVER__WORKERS="1",
         MSSGATE_API__PORT="0",
         # Local delivery as Maildir files named by queue id (tests read them); IMAP and its
         # Dovecot are tested in tests/imap and tests/smtp/test_imap_serve.py.

@@ -1,0 +1,223 @@
+"""`serve --workers 2`: SMTP acceptance in two processes on the same ports (mssgate.workers).
+
+Real processes, real sockets: the kernel (SO_REUSEPORT) picks the process of each
+connection, so the tests open enough connections that both processes get some (2 x 2^-n
+for n connections to all land on one), and check in the logs, by their `worker` field,
+that both did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import ssl
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.smtp.conftest import ALICE, BOB, PASSWORD, Gateway, Raw, message
+
+pytestmark = pytest.mark.xdist_group("serve_workers")
+
+
+def _workers_env(**extra: str) -> dict[str, str]:
+    return {"MSSGATE_SERVER__WORKERS": "2", **extra}
+
+
+@pytest.fixture
+def two(gateway_setup: Gateway) -> Iterator[Gateway]:
+    gateway_setup.start(extra_env=_workers_env())
+    yield gateway_setup
+    if gateway_setup.proc is not None and gateway_setup.proc.poll() is None:
+        gateway_setup.stop()
+
+
+def _worker_of(event: dict[str, object]) -> int:
+    value = event.get("worker", 0)
+    return int(value) if isinstance(value, int) else 0
+
+
+def _status(gateway: Gateway) -> dict[str, object]:
+    loaded: dict[str, object] = json.loads((gateway.data / "run" / "serve.json").read_text())
+    return loaded
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purpose (its parent, the test's dead serve, cannot reap it).
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait(condition: object, what: str, timeout: float = 30) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+def _send(gateway: Gateway, n: int, body: str = "Bonjour") -> None:
+    for i in range(n):
+        with gateway.login() as client:
+            client.sendmail(ALICE, [BOB], message(body=f"{body} {i}", Subject=f"m{i}"))
+
+
+def test_serve_json_lists_the_child_and_both_processes_accept(two: Gateway) -> None:
+    status = _status(two)
+    children = status["workers"]
+    assert isinstance(children, list) and len(children) == 1
+    [child] = children
+    assert isinstance(child, int) and _alive(child) and child != status["pid"]
+    _send(two, 16)
+    two.wait_delivered(BOB, 16)
+    accepted = [e for e in two.events() if e.get("event") == "smtp.accept"]
+    assert len(accepted) == 16
+    assert {_worker_of(e) for e in accepted} == {0, 1}, "both processes should accept"
+
+
+def test_a_message_a_child_accepts_wakes_the_parent_s_delivery(gateway_setup: Gateway) -> None:
+    """Delivery polls every hour here: a message accepted by the child is delivered only if
+    the child's `accepted` woke the parent's delivery worker."""
+    gateway_setup.start(
+        extra_env=_workers_env(
+            MSSGATE_DELIVERY__POLL_SECONDS="3600", MSSGATE_RELAY__POLL_SECONDS="3600"
+        )
+    )
+    try:
+        for i in range(24):
+            with gateway_setup.login() as client:
+                client.sendmail(ALICE, [BOB], message(body=f"wake {i}", Subject=f"w{i}"))
+            by_child = [
+                e for e in gateway_setup.events()
+                if e.get("event") == "smtp.accept" and _worker_of(e) == 1
+            ]  # fmt: skip
+            if by_child:
+                break
+        assert by_child, "no connection reached the child in 24"
+        gateway_setup.wait_delivered(BOB, i + 1)
+    finally:
+        gateway_setup.stop()
+
+
+def test_an_address_over_its_limit_is_refused_whichever_process_it_reaches(
+    gateway_setup: Gateway,
+) -> None:
+    gateway_setup.start(extra_env=_workers_env(MSSGATE_SMTP__MAX_CONNECTIONS_PER_IP="3"))
+    try:
+        port = gateway_setup.ports["submission"]
+        opened: list[Raw] = []
+        banners = []
+        for _ in range(16):
+            raw = Raw(port)
+            opened.append(raw)
+            banners.append(raw.reply())
+        admitted = [b for b in banners if b.startswith(b"220")]
+        refused = [b for b in banners if b.startswith(b"421")]
+        assert len(admitted) == 3 and len(refused) == 13, banners
+        events = gateway_setup.events()
+        refusals = [e for e in events if e.get("event") == "smtp.refused"]
+        assert {_worker_of(e) for e in refusals} == {0, 1}, "both processes should refuse"
+        # A slot given back by either process is free for the next connection.
+        for raw in opened:
+            raw.close()
+
+        def admitted_again() -> bool:
+            raw = Raw(port)
+            try:
+                return raw.reply().startswith(b"220")
+            finally:
+                raw.close()
+
+        _wait(admitted_again, "a connection admitted once the others closed")
+    finally:
+        gateway_setup.stop()
+
+
+def test_auth_failures_on_both_processes_add_up_to_one_penalty(gateway_setup: Gateway) -> None:
+    gateway_setup.start(
+        extra_env=_workers_env(
+            MSSGATE_SMTP__AUTH_FAILURES_BEFORE_DELAY="2",
+            MSSGATE_SMTP__AUTH_FAILURE_DELAY_MAX_SECONDS="0.05",
+        )
+    )
+    try:
+        for _ in range(12):
+            with (
+                gateway_setup.submission() as client,
+                pytest.raises(smtplib.SMTPAuthenticationError),
+            ):
+                client.login(ALICE, "not the password")  # tries two mechanisms
+        failures = [e for e in gateway_setup.events() if e.get("event") == "smtp.auth_failed"]
+        assert {_worker_of(e) for e in failures} == {0, 1}, "both processes should see some"
+        # One count for the address, whichever process took each attempt: 1, 2, 3... with
+        # no number twice (two counts would give two 1s).
+        counts = sorted(int(str(e["failures"])) for e in failures)
+        assert counts == list(range(1, len(failures) + 1)) and len(counts) >= 12
+        delayed = [e for e in failures if float(str(e["delay"])) > 0]
+        assert len(delayed) == len(failures) - 2, failures
+        with gateway_setup.submission() as client:
+            client.login(ALICE, PASSWORD)
+    finally:
+        gateway_setup.stop()
+
+
+def test_counters_of_the_child_appear_in_the_parent_s_metrics(two: Gateway) -> None:
+    _send(two, 12)
+    connects = [e for e in two.events() if e.get("event") == "smtp.connect"]
+    assert 1 in {_worker_of(e) for e in connects}, "no session reached the child"
+    url = f"https://127.0.0.1:{two.ports['api']}/metrics"
+    context = ssl.create_default_context(cafile=str(two.ca))
+    context.check_hostname = False
+    wanted = 'mssgate_smtp_messages_total{listener="submission",outcome="accepted"} 12.0'
+
+    def scraped() -> bool:
+        with urllib.request.urlopen(url, context=context, timeout=10) as answer:
+            return wanted in answer.read().decode()
+
+    _wait(scraped, wanted)
+
+
+def test_a_child_that_dies_is_logged_and_replaced(two: Gateway) -> None:
+    [child] = _status(two)["workers"]  # type: ignore[misc]
+    os.kill(child, signal.SIGKILL)
+    exited = two.wait_event("serve.worker_exited", timeout=30)
+    assert exited["pid"] == child
+    _wait(
+        lambda: (
+            [e["pid"] for e in two.events() if e.get("event") == "serve.worker_started"][-1]
+            != child
+        ),
+        "a new child",
+    )
+    _send(two, 6)
+    two.wait_delivered(BOB, 6)
+
+
+def test_sigterm_stops_every_child_before_serve_stopped(two: Gateway) -> None:
+    [child] = _status(two)["workers"]  # type: ignore[misc]
+    assert two.stop() == 0
+    assert not _alive(child)
+    events = [e.get("event") for e in two.events()]
+    assert "worker.stopped" in events and "serve.stopped" in events
+    assert events.index("worker.stopped") < events.index("serve.stopped")
+
+
+def test_no_child_outlives_a_killed_parent(two: Gateway) -> None:
+    [child] = _status(two)["workers"]  # type: ignore[misc]
+    assert two.proc is not None
+    two.proc.kill()
+    two.proc.wait()
+    _wait(lambda: not _alive(child), "the child gone after its parent's SIGKILL")
+    two.proc = None
