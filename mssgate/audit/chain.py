@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
 
+from mssgate.db.prepared import Prepared
 from mssgate.db.schema import audit, audit_head
 
 GENESIS = "0" * 64
@@ -67,25 +68,32 @@ def _digest(
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
-# Built once: building a statement cost several times executing it (issue 17's profile).
+# Built once: building a statement cost several times executing it, and executing it through
+# SQLAlchemy as much again (issue 17's profile): run on the driver's cursor (db.prepared).
 # Taking the head (its row lock, or SQLite's write lock) and reading it is one statement.
-_TAKE_HEAD = (
+_TAKE_HEAD = Prepared(
     update(audit_head)
     .where(audit_head.c.id == 1)
     .values(seq=audit_head.c.seq + bindparam("count"))
-    .returning(audit_head.c.seq, audit_head.c.hash)
+    .returning(audit_head.c.seq, audit_head.c.hash),
+    (audit_head.c.seq, audit_head.c.hash),
 )
-_SET_HEAD = update(audit_head).where(audit_head.c.id == 1).values(hash=bindparam("head_hash"))
-_INSERT = audit.insert()
+_SET_HEAD = Prepared(
+    update(audit_head).where(audit_head.c.id == 1).values(hash=bindparam("head_hash"))
+)
+_INSERT = Prepared(audit.insert())
 # PostgreSQL: the entries and the head's new hash in one statement, one round trip instead of
 # two (issue 17). The entries go as one array per column, so the statement's text is the same
 # for any number of entries and psycopg prepares it once per connection.
-_INSERT_SET_HEAD_PG = text(
-    "WITH entries AS (INSERT INTO audit (seq, at, actor, action, subject, detail, prev_hash, hash)"
-    " SELECT * FROM unnest(CAST(:seq AS integer[]), CAST(:at AS timestamptz[]),"
-    " CAST(:actor AS text[]), CAST(:action AS text[]), CAST(:subject AS text[]),"
-    " CAST(:detail AS text[]), CAST(:prev_hash AS text[]), CAST(:hash AS text[])))"
-    " UPDATE audit_head SET hash = :head_hash WHERE id = 1"
+_INSERT_SET_HEAD_PG = Prepared(
+    text(
+        "WITH entries AS (INSERT INTO audit"
+        " (seq, at, actor, action, subject, detail, prev_hash, hash)"
+        " SELECT * FROM unnest(CAST(:seq AS integer[]), CAST(:at AS timestamptz[]),"
+        " CAST(:actor AS text[]), CAST(:action AS text[]), CAST(:subject AS text[]),"
+        " CAST(:detail AS text[]), CAST(:prev_hash AS text[]), CAST(:hash AS text[])))"
+        " UPDATE audit_head SET hash = :head_hash WHERE id = 1"
+    )
 )
 _COLUMNS = ("seq", "at", "actor", "action", "subject", "detail", "prev_hash", "hash")
 
@@ -94,10 +102,10 @@ def _write(conn: Connection, rows: list[dict[str, Any]], head_hash: str) -> None
     """Inserts the entries and moves the head's hash to the last one's."""
     if conn.dialect.name == "postgresql":
         params: dict[str, Any] = {name: [row[name] for row in rows] for name in _COLUMNS}
-        conn.execute(_INSERT_SET_HEAD_PG, {**params, "head_hash": head_hash})
+        _INSERT_SET_HEAD_PG.rows(conn, {**params, "head_hash": head_hash})
         return
-    conn.execute(_INSERT, rows)
-    conn.execute(_SET_HEAD, {"head_hash": head_hash})
+    _INSERT.many(conn, rows)
+    _SET_HEAD.rows(conn, {"head_hash": head_hash})
 
 
 def append(
@@ -123,7 +131,7 @@ def append(
         )
         return 0
     # Taking the head's write lock first serialises appenders (see audit_head).
-    seq, prev = conn.execute(_TAKE_HEAD, {"count": 1}).one()
+    [(seq, prev)] = _TAKE_HEAD.rows(conn, {"count": 1})
     at = datetime.now(UTC)
     detail_text = json.dumps(dict(detail or {}), ensure_ascii=False, sort_keys=True)
     digest = _digest(seq, at, actor, action, subject, detail_text, prev)
@@ -188,7 +196,7 @@ def append_many(conn: Connection, new: list[NewEntry]) -> None:
     (the spool's group commit: one transaction for every message accepted meanwhile)."""
     if not new:
         return
-    last_seq, prev = conn.execute(_TAKE_HEAD, {"count": len(new)}).one()
+    [(last_seq, prev)] = _TAKE_HEAD.rows(conn, {"count": len(new)})
     seq = int(last_seq) - len(new) + 1
     rows = []
     for entry in new:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, Row, func, or_, select, update
+from sqlalchemy import Connection, Engine, func, or_, select, update
 
 from mssgate import __version__, audit
 from mssgate.config import Config, QueueConfig
@@ -464,7 +464,7 @@ class DocumentQueue:
         claim: dict[str, Any],
         expires: datetime,
         now: datetime,
-    ) -> list[Row[Any]]:
+    ) -> list[Any]:
         """Claims and leases up to `claim["limit"]` ready documents (only those tagged
         `claim["tag"]` when given); returns their rows as leased (attempts counted, lease
         ids), in seq order. PostgreSQL does it in one statement, SQLite one per document."""
@@ -482,12 +482,12 @@ class DocumentQueue:
             if "tag" in claim:
                 params["in_tag"] = claim["tag"]
                 statement = statements.lease_ready_tagged
-            return sorted(conn.execute(statement, params).all(), key=lambda row: row.seq)
+            return sorted(statement.rows(conn, params), key=lambda row: row.seq)
         claim_ready = statements.claim_ready_tagged if "tag" in claim else statements.claim_ready
         taken = []
-        for candidate in conn.execute(claim_ready, claim).all():
-            row = conn.execute(
-                statements.take_lease,
+        for candidate in claim_ready.rows(conn, claim):
+            row = statements.take_lease.first(
+                conn,
                 {
                     "doc_id": candidate.id,
                     "new_lease_id": _new_id(),
@@ -495,19 +495,19 @@ class DocumentQueue:
                     "expires": expires,
                     "now": now,
                 },
-            ).first()
+            )
             if row is not None:  # still ready: the UPDATE checks again
                 taken.append(row)
         return taken
 
-    def _held_row(self, conn: Connection, holder: Holder, document_id: str) -> Row[Any]:
-        row = conn.execute(self._statements.lock_document, {"doc_id": document_id}).first()
+    def _held_row(self, conn: Connection, holder: Holder, document_id: str) -> Any:
+        row = self._statements.lock_document.first(conn, {"doc_id": document_id})
         # Another mailbox's document answers exactly like a missing one: no existence leak.
         if row is None or row.mailbox != holder.mailbox:
             raise NotFound("no such document")
         return row
 
-    def _check_lease(self, row: Row[Any], lease_id: str, now: datetime) -> None:
+    def _check_lease(self, row: Any, lease_id: str, now: datetime) -> None:
         if row.state != QueueState.LEASED.value or row.lease_id != lease_id:
             raise LeaseLost("this lease is not held any more (expired or superseded)")
         if aware(row.lease_expires_at) <= now:
@@ -521,22 +521,22 @@ class DocumentQueue:
             now = self._now()
             # The lease still held (the usual case) is checked and acked by one statement;
             # otherwise the row, read and locked, says what the ack gets instead.
-            row = conn.execute(
-                self._statements.ack_held,
+            row = self._statements.ack_held.first(
+                conn,
                 {
                     "doc_id": document_id,
                     "holder_mailbox": holder.mailbox,
                     "held_lease": lease_id,
                     "now": now,
                 },
-            ).first()
+            )
             if row is None:
                 row = self._held_row(conn, holder, document_id)
                 if row.state == QueueState.DONE.value and row.lease_id == lease_id:
                     return []  # a retried ack (the client lost our first answer)
                 self._check_lease(row, lease_id, now)
                 # Held after all (a clock between the two reads): acked as before.
-                conn.execute(self._statements.mark_done, {"doc_id": document_id, "now": now})
+                self._statements.mark_done.rows(conn, {"doc_id": document_id, "now": now})
             audit.append(
                 conn,
                 actor=f"consumer:{holder.name}",
@@ -632,7 +632,7 @@ class DocumentQueue:
     def _receipt(
         self,
         conn: Connection,
-        row: Row[Any],
+        row: Any,
         outcome: Outcome,
         code: int | None,
         now: datetime,
@@ -757,13 +757,13 @@ class DocumentQueue:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _record(self, row: Row[Any], state: QueueState | None = None) -> DocumentRecord:
+    def _record(self, row: Any, state: QueueState | None = None) -> DocumentRecord:
         data = json.loads(row.record)
         data["state"] = (state or QueueState(row.state)).value
         data["duplicate_of"] = row.duplicate_of
         return DocumentRecord.model_validate(data)
 
-    def _entry(self, row: Row[Any]) -> QueueEntry:
+    def _entry(self, row: Any) -> QueueEntry:
         return QueueEntry(
             id=row.id,
             mailbox=row.mailbox,

@@ -1,8 +1,10 @@
 """The statements of a lease and an ack, built once per backend.
 
 Building a SQLAlchemy statement (coercing every clause, then its cache key) cost three to five
-times executing the built one (issue 17's profile: a third of a lease+ack's CPU). Values are
-bound parameters, named apart from the columns they set (SQLAlchemy reserves those names).
+times executing the built one (issue 17's profile: a third of a lease+ack's CPU); executing a
+built one through SQLAlchemy, half of what was left, so they run as `Prepared` statements on the
+driver's cursor (mssgate.db.prepared). Values are bound parameters, named apart from the columns
+they set (SQLAlchemy reserves those names). Every statement returns the whole row, or nothing.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Text, Update, bindparam, cast, exists, func, select, update
+from sqlalchemy import Text, bindparam, cast, exists, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.dml import ReturningUpdate
 from sqlalchemy.sql.elements import Grouping
 
+from mssgate.db.prepared import Prepared
 from mssgate.db.schema import queue_document_tags, queue_documents
 from mssgate.queue.backend import Backend
 from mssgate.queue.models import QueueState
@@ -25,26 +29,26 @@ _q = queue_documents.c
 @dataclass(frozen=True)
 class QueueStatements:
     # Params: mailbox, limit.
-    claim_ready: Select[Any]
+    claim_ready: Prepared
     # Params: mailbox, limit, tag (the documents a routing rule tagged so).
-    claim_ready_tagged: Select[Any]
+    claim_ready_tagged: Prepared
     # Params: doc_id, new_lease_id, consumer, expires, now. The row as leased, or none when
     # the document was taken meanwhile.
-    take_lease: ReturningUpdate[Any]
+    take_lease: Prepared
     # Params: doc_id.
-    lock_document: Select[Any]
+    lock_document: Prepared
     # Params: doc_id, now.
-    mark_done: Update
+    mark_done: Prepared
     # Params: doc_id, holder_mailbox, held_lease, now. The ack of a lease still held, in one
     # statement; no row back means the lease or the document is not what the ack says, and
     # the caller reads the row to say which.
-    ack_held: ReturningUpdate[Any]
+    ack_held: Prepared
     # PostgreSQL only (None on SQLite): claim_ready and take_lease in one statement, one round
     # trip for the whole batch. Params: in_mailbox, limit, in_tag (tagged), lease_ids (one per
     # document, in seq order), consumer, expires, now. Rows come back in no order. (An UPDATE
     # reserves its columns' names for bound parameters: hence in_mailbox.)
-    lease_ready: ReturningUpdate[Any] | None
-    lease_ready_tagged: ReturningUpdate[Any] | None
+    lease_ready: Prepared | None
+    lease_ready_tagged: Prepared | None
 
     @classmethod
     def for_backend(cls, backend: Backend) -> QueueStatements:
@@ -59,45 +63,64 @@ class QueueStatements:
         )
         postgres = backend.name == "postgresql"
         return cls(
-            claim_ready=backend.claim(
-                select(queue_documents).where(*ready).order_by(_q.seq).limit(bindparam("limit"))
+            claim_ready=_rows(
+                backend.claim(
+                    select(queue_documents).where(*ready).order_by(_q.seq).limit(bindparam("limit"))
+                )
             ),
-            claim_ready_tagged=backend.claim(
-                select(queue_documents)
-                .where(*ready, tagged)
-                .order_by(_q.seq)
-                .limit(bindparam("limit"))
+            claim_ready_tagged=_rows(
+                backend.claim(
+                    select(queue_documents)
+                    .where(*ready, tagged)
+                    .order_by(_q.seq)
+                    .limit(bindparam("limit"))
+                )
             ),
-            lease_ready=_lease_ready(backend, False) if postgres else None,
-            lease_ready_tagged=_lease_ready(backend, True) if postgres else None,
-            ack_held=update(queue_documents)
-            .where(
-                _q.id == bindparam("doc_id"),
-                _q.mailbox == bindparam("holder_mailbox"),
-                _q.state == QueueState.LEASED.value,
-                _q.lease_id == bindparam("held_lease"),
-                _q.lease_expires_at > bindparam("now"),
-            )
-            .values(state=QueueState.DONE.value, lease_expires_at=None, updated_at=bindparam("now"))
-            .returning(*queue_documents.c),
-            take_lease=update(queue_documents)
-            .where(_q.id == bindparam("doc_id"), _q.state == QueueState.READY.value)
-            .values(
-                state=QueueState.LEASED.value,
-                attempts=_q.attempts + 1,
-                lease_id=bindparam("new_lease_id"),
-                lease_consumer=bindparam("consumer"),
-                lease_expires_at=bindparam("expires"),
-                updated_at=bindparam("now"),
-            )
-            .returning(*queue_documents.c),
-            lock_document=backend.lock(select(queue_documents).where(_q.id == bindparam("doc_id"))),
-            mark_done=update(queue_documents)
-            .where(_q.id == bindparam("doc_id"))
-            .values(
-                state=QueueState.DONE.value, lease_expires_at=None, updated_at=bindparam("now")
+            lease_ready=_rows(_lease_ready(backend, False)) if postgres else None,
+            lease_ready_tagged=_rows(_lease_ready(backend, True)) if postgres else None,
+            ack_held=_rows(
+                update(queue_documents)
+                .where(
+                    _q.id == bindparam("doc_id"),
+                    _q.mailbox == bindparam("holder_mailbox"),
+                    _q.state == QueueState.LEASED.value,
+                    _q.lease_id == bindparam("held_lease"),
+                    _q.lease_expires_at > bindparam("now"),
+                )
+                .values(
+                    state=QueueState.DONE.value, lease_expires_at=None, updated_at=bindparam("now")
+                )
+                .returning(*queue_documents.c)
+            ),
+            take_lease=_rows(
+                update(queue_documents)
+                .where(_q.id == bindparam("doc_id"), _q.state == QueueState.READY.value)
+                .values(
+                    state=QueueState.LEASED.value,
+                    attempts=_q.attempts + 1,
+                    lease_id=bindparam("new_lease_id"),
+                    lease_consumer=bindparam("consumer"),
+                    lease_expires_at=bindparam("expires"),
+                    updated_at=bindparam("now"),
+                )
+                .returning(*queue_documents.c)
+            ),
+            lock_document=_rows(
+                backend.lock(select(queue_documents).where(_q.id == bindparam("doc_id")))
+            ),
+            mark_done=Prepared(
+                update(queue_documents)
+                .where(_q.id == bindparam("doc_id"))
+                .values(
+                    state=QueueState.DONE.value, lease_expires_at=None, updated_at=bindparam("now")
+                )
             ),
         )
+
+
+def _rows(statement: ClauseElement) -> Prepared:
+    """A statement that selects or returns the whole row, in the table's column order."""
+    return Prepared(statement, queue_documents.c)
 
 
 def _lease_ready(backend: Backend, tagged: bool) -> ReturningUpdate[Any]:

@@ -1,0 +1,79 @@
+"""mssgate.db.prepared: statements run on the driver's cursor must store, read and fail exactly
+as SQLAlchemy's own execution of the same statement does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, bindparam, select, update
+from sqlalchemy.exc import IntegrityError
+
+from mssgate.db.prepared import Prepared
+from mssgate.db.schema import audit
+from mssgate.db.tx import write
+
+_ENTRY = {
+    "actor": "test",
+    "action": "test.prepared",
+    "subject": "s",
+    "detail": "{}",
+    "prev_hash": "0" * 64,
+    "hash": "1" * 64,
+}
+
+
+def test_values_are_stored_and_read_as_sqlalchemy_stores_and_reads_them(engine: Engine) -> None:
+    at = datetime(2026, 12, 5, 3, 4, 5, 678901, tzinfo=UTC)
+    with write(engine) as conn:
+        Prepared(audit.insert()).many(conn, [{**_ENTRY, "seq": 900001, "at": at}])
+        conn.execute(audit.insert(), [{**_ENTRY, "seq": 900002, "at": at}])
+    with engine.connect() as conn:
+        # The same text (SQLite) or value, whichever way it was written.
+        by_sqlalchemy = conn.execute(
+            select(audit.c.seq, audit.c.at).where(audit.c.seq >= 900001).order_by(audit.c.seq)
+        ).all()
+        raw = conn.exec_driver_sql("SELECT at FROM audit WHERE seq >= 900001 ORDER BY seq").all()
+        read = Prepared(
+            select(audit.c.seq, audit.c.at).where(audit.c.seq >= 900001).order_by(audit.c.seq),
+            (audit.c.seq, audit.c.at),
+        ).rows(conn, {})
+    assert raw[0] == raw[1]
+    assert [tuple(row) for row in read] == [tuple(row) for row in by_sqlalchemy]
+    assert read[0].seq == 900001 and read[0].at.replace(tzinfo=UTC) == at
+    # A datetime bound in a comparison is compared as SQLAlchemy would (SQLite: as text).
+    later = Prepared(
+        select(audit.c.seq).where(audit.c.seq >= 900001, audit.c.at > bindparam("when")),
+        (audit.c.seq,),
+    )
+    with engine.connect() as conn:
+        assert later.rows(conn, {"when": at - timedelta(microseconds=1)}) != []
+        assert later.rows(conn, {"when": at}) == []
+
+
+def test_a_driver_error_is_sqlalchemys_and_the_transaction_rolls_back(engine: Engine) -> None:
+    insert = Prepared(audit.insert())
+    at = datetime.now(UTC)
+    with pytest.raises(IntegrityError), write(engine) as conn:
+        insert.many(conn, [{**_ENTRY, "seq": 900010, "at": at}])
+        insert.many(conn, [{**_ENTRY, "seq": 900010, "at": at}])
+    with engine.connect() as conn:
+        assert conn.execute(select(audit.c.seq).where(audit.c.seq == 900010)).all() == []
+
+
+def test_statement_listeners_see_prepared_statements(engine: Engine) -> None:
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def one(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        seen.append(statement)
+
+    statement = Prepared(update(audit).where(audit.c.seq == -1).values(actor="x"))
+    event.listen(engine, "before_cursor_execute", one)
+    try:
+        with write(engine) as conn:
+            statement.rows(conn, {})
+    finally:
+        event.remove(engine, "before_cursor_execute", one)
+    assert any(s.startswith("UPDATE audit SET actor") for s in seen)
