@@ -195,11 +195,26 @@ def machine_busy_seconds() -> float:
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU of a process and its threads so far (Linux /proc)."""
+    """User + system CPU so far of a process, its reaped children and its live descendants.
+
+    The gateway's pipeline workers are child processes: the serve process's own figure left
+    their CPU out (until this counted the tree, the gateway's column was the serve process
+    alone). A child is listed under the thread that started it, so every thread's list is read.
+    """
     if pid is None:
         return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except OSError:
+        return 0.0
+    own = sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick  # utime stime cutime cstime
+    return own + sum(cpu_seconds(child) for child in set(children))
 
 
 def free_port() -> int:
@@ -310,8 +325,9 @@ def main() -> None:
         bare_port = int(port_file.read_text())
         ca = str(certs / "ca.crt.pem")
         servers = [("gateway", gw_port, True), ("bare aiosmtpd", bare_port, True)]
-        # CPU per message is read for our two Python servers (one process each); Postfix
-        # spreads its work over several short-lived processes and is left out of that column.
+        # CPU per message is read for our two Python servers (each with its child processes:
+        # the gateway's pipeline workers); Postfix spreads its work over several short-lived
+        # processes and is left out of that column.
         pids: dict[str, int | None] = {"gateway": gw.pid, "bare aiosmtpd": bare.pid}
         postfix = None
         if shutil.which("postfix") and os.geteuid() == 0 and not args.no_postfix:

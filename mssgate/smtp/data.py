@@ -51,7 +51,11 @@ class DataParser:
         offset = len(self._partial)
         data = bytes(self._partial) + chunk if offset else chunk
         pos = 0
+        complete = data.rfind(b"\n") + 1  # the end of the chunk's last whole line
+        checked = 0  # up to there, a span was refused: line by line (each span scanned once)
         while True:
+            if pos >= checked and pos < complete and self._line_start and self.error is None:
+                pos, checked = self._span(data, pos, complete)
             nl = data.find(b"\n", pos)
             if nl < 0:
                 rest = data[pos:]
@@ -85,6 +89,34 @@ class DataParser:
                 self._fail(DataError.TOO_BIG)
             if self.error is None:
                 self.body.write(line)
+
+    def _span(self, data: bytes, pos: int, complete: int) -> tuple[int, int]:
+        """Takes at once the whole lines from `pos` up to the next one opening with a dot.
+
+        Line by line in Python, a 64 KB message cost about 1 ms of CPU: most lines are plain
+        and are taken here with a few C-speed scans; a span is taken only when each of its
+        lines would pass the checks below unchanged (CRLF only, no dot to unstuff, within
+        both limits), otherwise nothing is taken and the loop reads it line by line. Returns
+        where the line-by-line reading resumes and where the span examined ends.
+        """
+        if data[pos] == 0x2E:
+            return pos, pos + 1
+        dot = data.find(b"\n.", pos, complete)
+        end = complete if dot < 0 else dot + 1
+        span = data[pos:end]
+        # Split at each CRLF, a span of proper lines leaves pieces with no CR nor LF left, each
+        # a line without its CRLF (the length limit's measure). Joined, one memchr each.
+        lines = span.split(b"\r\n")
+        joined = b"".join(lines)
+        if b"\r" in joined or b"\n" in joined:
+            return pos, end  # a bare CR or LF: the line-by-line reading finds which line
+        if max(map(len, lines)) > self._max_line:
+            return pos, end
+        if self.size + len(span) > self._max_size:
+            return pos, end
+        self.size += len(span)
+        self.body.write(span)
+        return end, end
 
     def message(self) -> bytes:
         assert self.done and self.error is None
