@@ -6,12 +6,43 @@ line: for a 25 MB message that was 180 MB of peak memory to read a From field.
 
 from __future__ import annotations
 
+import functools
 from email.errors import InvalidHeaderDefect, MisplacedEnvelopeHeaderDefect
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import SMTP
 from email.utils import getaddresses
 from typing import Any
+
+# Header values longer than this are parsed on each access, as the stdlib does, rather than kept.
+_SHARED_HEADER_MAX_CHARS = 2048
+_REGISTRY = HeaderRegistry()
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_header(name: str, value: str) -> BaseHeader:
+    return _REGISTRY(name, value)
+
+
+class SharedHeaderRegistry(HeaderRegistry):
+    """The stdlib's header registry, with each parsed (name, value) kept and handed out again.
+
+    The modern policies parse a field again on every access: `get_content_type`,
+    `get_param` and `get_boundary` each access Content-Type, and the SMTP policy read From
+    three times per message (about 0.15 ms each, 64 KB signed run's profile). A parsed
+    header is immutable (a str with read-only attributes) and depends only on the name and
+    the value, so sharing it, within a message and across messages, changes no result.
+    """
+
+    def __call__(self, name: str, value: Any) -> BaseHeader:
+        if type(value) is str and len(value) <= _SHARED_HEADER_MAX_CHARS:
+            return _shared_header(name, value)
+        return super().__call__(name, value)
+
+
+# email.policy.SMTP in every respect but the registry above.
+_SMTP = SMTP.clone(header_factory=SharedHeaderRegistry())
 
 
 def header_block(message: bytes) -> bytes:
@@ -24,7 +55,7 @@ def header_block(message: bytes) -> bytes:
 
 def read_headers(message: bytes) -> Message:
     """The header fields of `message`, parsed with the SMTP policy (defects recorded)."""
-    parsed = BytesHeaderParser(policy=SMTP).parsebytes(header_block(message))
+    parsed = BytesHeaderParser(policy=_SMTP).parsebytes(header_block(message))
     envelope = parsed.get_unixfrom()
     if envelope is not None:
         # A first line `From ...` is an mbox envelope line to the stdlib, set aside without a

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import binascii
 import email.policy
-import functools
 import re
 from dataclasses import dataclass
-from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import Any
 
+from mssgate.headers import SharedHeaderRegistry
 from mssgate.smime.rawmime import canonical_crlf, split_head_body
 
 SIGNATURE_TYPES = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
@@ -26,8 +24,6 @@ PKCS7_MIME_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mim
 # A bound on what is decoded from base64 before parsing any ASN.1: signatures with a chain are a
 # few kilobytes, opaque messages carry the whole content.
 MAX_CMS_BYTES = 64 * 1024 * 1024
-# Header values longer than this are parsed on each access, as the stdlib does, rather than kept.
-_SHARED_HEADER_MAX_CHARS = 2048
 
 
 class NotSigned(Exception):
@@ -48,32 +44,8 @@ class SignedParts:
     detached_content: bytes | None
 
 
-_REGISTRY = HeaderRegistry()
-
-
-@functools.lru_cache(maxsize=256)
-def _shared_header(name: str, value: str) -> BaseHeader:
-    return _REGISTRY(name, value)
-
-
-class _SharedHeaderRegistry(HeaderRegistry):
-    """The stdlib's header registry, with each parsed (name, value) kept and handed out again.
-
-    `EmailMessage` parses a field again on every access, and `get_content_type`,
-    `get_param` and `get_boundary` each access Content-Type: reading one message's structure
-    parsed the same field half a dozen times. A parsed header is immutable (a str with
-    read-only attributes) and depends only on the name and the value, so sharing it changes no
-    result.
-    """
-
-    def __call__(self, name: str, value: Any) -> BaseHeader:
-        if type(value) is str and len(value) <= _SHARED_HEADER_MAX_CHARS:
-            return _shared_header(name, value)
-        return super().__call__(name, value)
-
-
 # email.policy.default in every respect but the registry above.
-_POLICY = email.policy.default.clone(header_factory=_SharedHeaderRegistry())
+_POLICY = email.policy.default.clone(header_factory=SharedHeaderRegistry())
 
 
 def parse_headers(raw: bytes) -> EmailMessage:
