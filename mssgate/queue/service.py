@@ -412,15 +412,24 @@ class DocumentQueue:
         """Leases the mailbox's oldest ready documents, only those a routing rule tagged
         `tag` when given (committed with whatever transitions other consumers make
         meanwhile: mssgate.queue.transitions)."""
-        leases, receipts = self._transitions.run(
+        rows, expires, receipts = self._transitions.run(
             lambda: self._lease_tx(holder, max_documents, lease_seconds, tag)
         )
         self._hand_over(receipts)
-        return leases
+        # The answer is made after the commit, by the caller's thread: not in the transaction
+        # that every transition of the group waits for (mssgate.queue.transitions).
+        return [
+            Lease(
+                lease_id=row.lease_id,
+                expires_at=expires,
+                document=self._record(row, QueueState.LEASED),
+            )
+            for row in rows
+        ]
 
     def _lease_tx(
         self, holder: Holder, max_documents: int, lease_seconds: int | None, tag: str | None
-    ) -> tuple[list[Lease], list[_PendingReceipt]]:
+    ) -> tuple[list[Any], datetime, list[_PendingReceipt]]:
         if not 1 <= max_documents <= self.settings.max_lease_batch:
             raise ValidationFailed(f"max must be between 1 and {self.settings.max_lease_batch}")
         seconds = lease_seconds or self.settings.visibility_timeout_seconds
@@ -428,7 +437,6 @@ class DocumentQueue:
             raise ValidationFailed(
                 f"lease_seconds must be between 1 and {self.settings.max_lease_seconds}"
             )
-        leases: list[Lease] = []
         with write(self._engine) as conn:
             now = self._now()
             scanned = self._expiry_scans.due(holder.mailbox, now)
@@ -453,9 +461,7 @@ class DocumentQueue:
                     subject=row.id,
                     detail={"attempt": row.attempts, "seconds": seconds},
                 )
-                record = self._record(row, QueueState.LEASED)
-                leases.append(Lease(lease_id=row.lease_id, expires_at=expires, document=record))
-        return leases, receipts
+        return leased, expires, receipts
 
     def _take(
         self,

@@ -3,13 +3,16 @@
 A lease or an ack is a few row changes and an audit entry; alone, each pays a whole commit
 (SQLite's WAL fsync; PostgreSQL's WAL flush) and takes the audit head row for the length of
 that commit, so concurrent consumers queued behind one another's commits. Here the first
-caller with no group running leads: it runs its own transition and every one queued
-meanwhile in one transaction, one savepoint each, with their audit entries written by one
-`audit.append_many` (the same chain, entry for entry), then commits once. Every caller returns
-only when its own change is committed, with its own result or exception.
+caller with no group running leads: it runs its own transition, every one queued meanwhile,
+and every one queued while those run, in one transaction, one savepoint each after the first,
+with their audit entries written by one `audit.append_many` (the same chain, entry for entry),
+then commits once. Every caller returns only when its own change is committed, with its own
+result or exception.
 
 A transition that raises is rolled back to its savepoint alone (and its audit entries
-dropped); the others commit. If the group itself fails (the audit write, the commit), each
+dropped); the others commit. The first has no savepoint (one round trip less on PostgreSQL):
+when it fails, the transaction, which holds nothing else, is rolled back and the others run
+in the next one. If the group itself fails (the audit write, the commit), each
 transition that had succeeded runs again alone, so one bad row cannot fail its neighbours;
 if its transaction could not even be opened (no connection, no write slot), each caller gets
 that error at once. A caller is never left waiting: one whose transition a leader could not
@@ -42,6 +45,10 @@ class _Job(Generic[T]):
     result: Any = None
     error: BaseException | None = None
     done: bool = False
+
+
+class _FirstFailed(Exception):
+    """The group's first transition failed: its transaction is rolled back (nothing else ran)."""
 
 
 class TransitionGroup:
@@ -90,38 +97,70 @@ class TransitionGroup:
         return job.result  # type: ignore[no-any-return]
 
     def _commit(self, group: list[_Job[Any]]) -> None:
-        if len(group) == 1:
-            self._alone(group[0])
-            return
+        start = 0
+        while start < len(group):
+            start = self._transaction(group, start)
+
+    def _transaction(self, group: list[_Job[Any]], start: int) -> int:
+        """Runs `group[start:]`, and every transition queued while they run, in one
+        transaction; returns where the next transaction starts: after the first job when it
+        failed (alone in the transaction then, its failure rolled the transaction back), else
+        the end. `group` grows in place: the caller answers every job in it that is not done
+        if this is interrupted."""
+        first = group[start]
         opened = False
         try:
             with write(self._engine) as conn, audit.batched(conn) as pending:
                 opened = True
-                for job in group:
-                    held = len(pending)
-                    try:
-                        with savepoint(conn):
-                            job.result = job.run()
-                    except Exception as exc:
-                        del pending[held:]
-                        job.error = exc
+                # No savepoint for the first: nothing else is in the transaction when it runs,
+                # so its failure rolls back the transaction (a savepoint is a round trip on
+                # PostgreSQL, the whole cost of grouping for a consumer alone).
+                try:
+                    first.result = first.run()
+                except Exception as exc:
+                    first.error = exc
+                    raise _FirstFailed from exc
+                ran = start + 1
+                while True:
+                    for job in group[ran:]:
+                        held = len(pending)
+                        try:
+                            with savepoint(conn):
+                                job.result = job.run()
+                        except Exception as exc:
+                            del pending[held:]
+                            job.error = exc
+                    ran = len(group)
+                    # Transitions queued while these ran join them: their callers would
+                    # otherwise wait for this commit, then pay one of their own.
+                    with self._cond:
+                        more = self._queue[: self._max_group - len(group)]
+                        del self._queue[: len(more)]
+                    if not more:
+                        break
+                    group.extend(more)
+        except _FirstFailed:
+            first.done = True
+            return start + 1
         except Exception as exc:
-            for job in group:
-                if not opened:
+            for job in group[start:]:
+                if not opened or len(group) - start == 1:
                     # No connection or no write slot: nothing of theirs ran, and each alone
-                    # would wait as long again, one after another.
+                    # would wait as long again, one after another. Or the transition was
+                    # alone already: its caller gets the error, as without a group.
                     job.error = exc
                 elif job.error is None:
                     self._alone(job)
                 job.done = True
-            return
+            return len(group)
         except BaseException as exc:
             # Interrupted (KeyboardInterrupt...): nothing committed; no waiter waits for ever.
-            for job in group:
+            for job in group[start:]:
                 job.error, job.done = exc, True
             raise
-        for job in group:
+        for job in group[start:]:
             job.done = True
+        return len(group)
 
     @staticmethod
     def _alone(job: _Job[Any]) -> None:

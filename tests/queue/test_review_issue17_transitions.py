@@ -29,7 +29,7 @@ from mssgate.db.tx import write
 from mssgate.outbound.zamqueue import ZamQueue
 from mssgate.queue import DocumentQueue, QueueState
 from mssgate.queue.scans import ScanTimes
-from mssgate.queue.transitions import TransitionGroup
+from mssgate.queue.transitions import TransitionGroup, _Job
 from tests.queue.helpers import DOMAIN, RIS_A, RIS_B, add_consumer, add_mailboxes, fill
 from tests.queue.test_transition_group import (
     _acks,
@@ -81,16 +81,17 @@ def test_a_group_that_cannot_open_its_transaction_fails_every_caller_at_once(
         ran.append(1)
         return 1
 
+    jobs: list[_Job[int]] = [_Job(transition) for _ in range(4)]
     taken = small.connect()
     try:
         started = time.monotonic()
-        futures = _grouped(group, lambda: 0, [transition] * 4)
+        group._commit(jobs)  # as a leader with these four queued does
         elapsed = time.monotonic() - started
     finally:
         taken.close()
         small.dispose()
     assert ran == []
-    assert all(isinstance(f.exception(), PoolTimeout) for f in futures)
+    assert all(job.done and isinstance(job.error, PoolTimeout) for job in jobs)
     # The group's one wait for a connection (1 s), not then one more for each of them alone.
     assert elapsed < 2.5, elapsed
 

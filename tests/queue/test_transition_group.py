@@ -26,8 +26,9 @@ from tests.queue.helpers import RIS_A, add_consumer, fill
 def _grouped(
     group: TransitionGroup, first: Callable[[], Any], rest: list[Callable[[], Any]]
 ) -> list[Future[Any]]:
-    """Runs `first` alone, holding it until every one of `rest` waits behind it: they then
-    run as one group. Returns the futures of `rest`, in order."""
+    """Runs `first`, holding it until every one of `rest` waits behind it: its transaction then
+    takes them in. Returns the futures of `rest`, in order (`first`'s outcome is not raised:
+    the thread that leads may be the one an interruption reaches)."""
     release = threading.Event()
 
     def held() -> Any:
@@ -45,7 +46,7 @@ def _grouped(
             while len(group._queue) < len(futures):
                 time.sleep(0.01)
         release.set()
-        lead.result(30)
+        lead.exception(30)
         for future in futures:
             future.exception(30)
     return futures
@@ -96,7 +97,9 @@ def test_a_group_commits_each_transition_and_chains_its_entries(
     assert isinstance(futures[1].exception(), LeaseLost)
     assert [f.exception() for f in (futures[0], futures[2], futures[3])] == [None] * 3
     assert all(queue.entry(i).state is QueueState.DONE for i in ids)
-    assert batches == [3]  # one transaction, one audit write, for the three
+    # One transaction, one audit write, for the four: the held first took in those queued
+    # while it ran.
+    assert batches == [4]
     assert _actions(engine, ids)[-4:] == [("queue.ack", i) for i in ids]
     report = audit.verify(engine)
     assert report.ok, report.problems
@@ -129,10 +132,53 @@ def test_a_failing_group_runs_each_transition_again_alone(
     calls = _group_write_fails_once(monkeypatch)
     acks = _acks(queue, consumer, leases)
     futures = _grouped(group, acks[0], acks[1:])
-    assert calls == [2]
+    assert calls == [3]
     assert [f.exception() for f in futures] == [None, None]
     assert all(queue.entry(i).state is QueueState.DONE for i in ids)
     assert [a for a, _ in _actions(engine, ids)].count("queue.ack") == 3
+    assert audit.verify(engine).ok
+
+
+def test_the_first_transition_failing_alone_fails_none_queued_behind_it(
+    engine: Engine, queue: DocumentQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first of a transaction runs without a savepoint (nothing else ran yet): its failure
+    rolls the transaction back, and those queued meanwhile run in the next one."""
+    consumer, ids, leases = _leased(engine, queue, 2)
+    batches = _record_batches(monkeypatch)
+
+    def broken_first() -> None:
+        queue._ack_tx(consumer, ids[0], leases[0].lease_id)
+        raise RuntimeError("failed after writing")
+
+    lead: list[BaseException | None] = []
+    release = threading.Event()
+
+    def held() -> None:
+        release.wait(30)
+        broken_first()
+
+    def run_held() -> None:
+        try:
+            queue._transitions.run(held)
+        except RuntimeError as exc:
+            lead.append(exc)
+
+    acks = _acks(queue, consumer, leases)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(run_held)
+        while not queue._transitions._leading:
+            time.sleep(0.01)
+        second = pool.submit(queue._transitions.run, acks[1])
+        while not queue._transitions._queue:
+            time.sleep(0.01)
+        release.set()
+        first.result(30)
+        assert second.exception(30) is None
+    assert len(lead) == 1 and isinstance(lead[0], RuntimeError)
+    assert batches == [1]  # the second's entry; the first's went with its transaction
+    assert [queue.entry(i).state for i in ids] == [QueueState.LEASED, QueueState.DONE]
+    assert ("queue.ack", ids[0]) not in _actions(engine, ids)
     assert audit.verify(engine).ok
 
 
@@ -222,7 +268,7 @@ def test_a_transition_failing_after_its_writes_leaves_nothing(
     acks = _acks(queue, consumer, leases)
     futures = _grouped(queue._transitions, acks[0], [broken, acks[2]])
     assert isinstance(futures[0].exception(), RuntimeError) and futures[1].exception() is None
-    assert batches == [1]
+    assert batches == [2]  # the first's and the third's entries, in one transaction
     states = [queue.entry(i).state for i in ids]
     assert states == [QueueState.DONE, QueueState.LEASED, QueueState.DONE]
     assert ("queue.ack", ids[1]) not in _actions(engine, ids)
