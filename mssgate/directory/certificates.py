@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Row, select
+from sqlalchemy import Connection, Engine, Row, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from mssgate import audit
@@ -68,6 +68,16 @@ def _record(row: Row[Any]) -> CertificateRecord:
     )
 
 
+# A mailbox's certificates, read per message (signer checks): built once (queue/statements.py
+# says why). Parameter: mailbox_address.
+_OF_MAILBOX = (
+    select(certificates, professionals.c.address)
+    .join(professionals, professionals.c.id == certificates.c.professional_id)
+    .where(professionals.c.address == bindparam("mailbox_address"))
+    .order_by(certificates.c.not_after)
+)
+
+
 class Certificates:
     def __init__(self, engine: Engine, actor: str) -> None:
         self._engine = engine
@@ -123,14 +133,6 @@ class Certificates:
         found = [c for c in self.list(key) if c.fingerprint_sha256 == info.fingerprint_sha256]
         return found[0]
 
-    def _query(self, address: str) -> Any:
-        return (
-            select(certificates, professionals.c.address)
-            .join(professionals, professionals.c.id == certificates.c.professional_id)
-            .where(professionals.c.address == address)
-            .order_by(certificates.c.not_after)
-        )
-
     def list(self, address: str) -> list[CertificateRecord]:
         key = normalize_address(address)
         with self._engine.connect() as conn:
@@ -139,7 +141,7 @@ class Certificates:
             ).first()
             if exists is None:
                 raise NotFound(f"no mailbox {address!r} in the directory")
-            return [_record(row) for row in conn.execute(self._query(key))]
+            return [_record(row) for row in conn.execute(_OF_MAILBOX, {"mailbox_address": key})]
 
     def encryption_certificate(self, address: str) -> x509.Certificate | None:
         """The certificate to encrypt to `address`, or None if it has no usable one.
@@ -177,5 +179,5 @@ class Certificates:
         """PEM of every certificate registered for the address (for signature checks)."""
         key = normalize_address(address)
         with self._engine.connect() as conn:
-            for row in conn.execute(self._query(key)):
+            for row in conn.execute(_OF_MAILBOX, {"mailbox_address": key}):
                 yield row.pem

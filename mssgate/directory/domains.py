@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Row, Select, delete, select
+from sqlalchemy import Engine, Row, Select, bindparam, delete, select
 
 from mssgate import audit
 from mssgate.db.schema import domain_signing, domains
@@ -135,6 +135,19 @@ def _with_signing() -> Select[Any]:
     return select(domains, domain_signing.c.sign_for_users).select_from(joined)
 
 
+# Read per message (RCPT, encryption, signer checks): built once, as building a statement
+# costs more than running it (queue/statements.py). Parameter: domain_name.
+_DOMAIN = _with_signing().where(domains.c.name == bindparam("domain_name"))
+_LOCAL_NAMES = select(domains.c.name).where(domains.c.kind == "local")
+_ENCRYPTION_SETTINGS = select(
+    domains.c.name,
+    domains.c.kind,
+    domains.c.encryption,
+    domains.c.cipher,
+    domains.c.signature_inside_encryption,
+)
+
+
 def _domain(row: Row[Any]) -> Domain:
     ca_subject = None
     if row.ca_pem:
@@ -163,7 +176,7 @@ class Domains:
 
     def _existing(self, name: str) -> Row[Any] | None:
         with self._engine.connect() as conn:
-            return conn.execute(_with_signing().where(domains.c.name == name)).first()
+            return conn.execute(_DOMAIN, {"domain_name": name}).first()
 
     def add_local(self, name: str, *, encryption: EncryptionPolicy | None = None) -> Domain:
         key = normalize_domain(name)
@@ -300,8 +313,7 @@ class Domains:
 
     def local_names(self) -> set[str]:
         with self._engine.connect() as conn:
-            rows = conn.execute(select(domains.c.name).where(domains.c.kind == "local"))
-            return {row.name for row in rows}
+            return {row.name for row in conn.execute(_LOCAL_NAMES)}
 
     def trusted_cas(self) -> dict[str, str | None]:
         """Every trusted peer domain with its CA (PEM), in one query: the MTA asks at each
@@ -330,13 +342,7 @@ class Domains:
 
     def encryption_settings(self) -> dict[str, EncryptionSetting]:
         """Every domain's stored encryption columns, in one query (asked per message)."""
-        query = select(
-            domains.c.name,
-            domains.c.kind,
-            domains.c.encryption,
-            domains.c.cipher,
-            domains.c.signature_inside_encryption,
-        )
+        query = _ENCRYPTION_SETTINGS
         with self._engine.connect() as conn:
             return {
                 row.name: EncryptionSetting(

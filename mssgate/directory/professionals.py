@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, delete, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mssgate import audit
@@ -52,6 +52,10 @@ def row_values(new: NewProfessional) -> dict[str, Any]:
         "profession_code": new.profession_code,
         "kind": new.kind.value,
     }
+
+
+# A mailbox's row, read per RCPT: built once (queue/statements.py says why). Parameter: address.
+_ROW = select(professionals).where(professionals.c.address == bindparam("mailbox_address"))
 
 
 class Professionals:
@@ -110,7 +114,7 @@ class Professionals:
         return to_professional(row)
 
     def _row(self, conn: Connection, address: str) -> Row[Any] | None:
-        return conn.execute(select(professionals).where(professionals.c.address == address)).first()
+        return conn.execute(_ROW, {"mailbox_address": address}).first()
 
     def find(self, address: str) -> Professional | None:
         try:

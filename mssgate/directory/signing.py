@@ -3,7 +3,7 @@ it holds for them (`domain set D --sign-for-users`; docs/smime.md, "Signed by th
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, bindparam, delete, select
 
 from mssgate import audit
 from mssgate.db.schema import domain_signing, domains
@@ -13,13 +13,16 @@ from mssgate.errors import NotFound, ValidationFailed
 from mssgate.identifiers import normalize_domain
 
 DEFAULT = SignForUsers.MISSING
+# Asked per message: built once (queue/statements.py says why). Parameter: domain_name.
+_SIGN_FOR_USERS = select(domain_signing.c.sign_for_users).where(
+    domain_signing.c.name == bindparam("domain_name")
+)
 
 
 def sign_for_users(engine: Engine, domain: str) -> SignForUsers:
     """The domain's setting (asked per message); the default when none is stored."""
-    query = select(domain_signing.c.sign_for_users).where(domain_signing.c.name == domain)
     with engine.connect() as conn:
-        value = conn.execute(query).scalar()
+        value = conn.execute(_SIGN_FOR_USERS, {"domain_name": domain}).scalar()
     return SignForUsers(value) if value else DEFAULT
 
 
