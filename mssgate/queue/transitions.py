@@ -4,15 +4,15 @@ A lease or an ack is a few row changes and an audit entry; alone, each pays a wh
 (SQLite's WAL fsync; PostgreSQL's WAL flush) and takes the audit head row for the length of
 that commit, so concurrent consumers queued behind one another's commits. Here the first
 caller with no group running leads: it runs its own transition, every one queued meanwhile,
-and every one queued while those run, in one transaction, one savepoint each after the first,
-with their audit entries written by one `audit.append_many` (the same chain, entry for entry),
-then commits once. Every caller returns only when its own change is committed, with its own
-result or exception.
+and every one queued while those run, in one transaction, with their audit entries written
+by one `audit.append_many` (the same chain, entry for entry), then commits once. Every caller
+returns only when its own change is committed, with its own result or exception.
 
-A transition that raises is rolled back to its savepoint alone (and its audit entries
-dropped); the others commit. The first has no savepoint (one round trip less on PostgreSQL):
-when it fails, the transaction, which holds nothing else, is rolled back and the others run
-in the next one. If the group itself fails (the audit write, the commit), each
+A transition that raises is rolled back alone (and its audit entries dropped); the others
+commit. Savepoints are taken only when needed (one is a round trip on PostgreSQL): when the
+first transition fails, the transaction, which holds nothing else, is rolled back and the
+others run in the next one; when a later one fails, the transaction is rolled back and run
+again with a savepoint per transition after the first. If the group itself fails (the audit write, the commit), each
 transition that had succeeded runs again alone, so one bad row cannot fail its neighbours;
 if its transaction could not even be opened (no connection, no write slot), each caller gets
 that error at once. A caller is never left waiting: one whose transition a leader could not
@@ -49,6 +49,10 @@ class _Job(Generic[T]):
 
 class _FirstFailed(Exception):
     """The group's first transition failed: its transaction is rolled back (nothing else ran)."""
+
+
+class _Careful(Exception):
+    """A transition other than the first failed in a transaction without savepoints."""
 
 
 class TransitionGroup:
@@ -97,16 +101,22 @@ class TransitionGroup:
         return job.result  # type: ignore[no-any-return]
 
     def _commit(self, group: list[_Job[Any]]) -> None:
-        start = 0
+        start, careful = 0, False
         while start < len(group):
-            start = self._transaction(group, start)
+            start, careful = self._transaction(group, start, careful)
 
-    def _transaction(self, group: list[_Job[Any]], start: int) -> int:
+    def _transaction(self, group: list[_Job[Any]], start: int, careful: bool) -> tuple[int, bool]:
         """Runs `group[start:]`, and every transition queued while they run, in one
-        transaction; returns where the next transaction starts: after the first job when it
-        failed (alone in the transaction then, its failure rolled the transaction back), else
-        the end. `group` grows in place: the caller answers every job in it that is not done
-        if this is interrupted."""
+        transaction; returns where the next transaction starts, and whether it must be
+        careful: after the first job when it failed (alone in the transaction then, its
+        failure rolled the transaction back); the same jobs again, carefully, when another
+        failed in a transaction that was not; else the end. `group` grows in place: the
+        caller answers every job in it that is not done if this is interrupted.
+
+        Not careful, the transitions after the first run without a savepoint each: one round
+        trip less per transition on PostgreSQL, and transitions seldom fail. When one does,
+        the transaction is rolled back and run again with a savepoint per transition, so
+        that the failure is rolled back alone."""
         first = group[start]
         opened = False
         try:
@@ -123,6 +133,12 @@ class TransitionGroup:
                 ran = start + 1
                 while True:
                     for job in group[ran:]:
+                        if not careful:
+                            try:
+                                job.result = job.run()
+                            except Exception as exc:
+                                raise _Careful from exc
+                            continue
                         held = len(pending)
                         try:
                             with savepoint(conn):
@@ -141,7 +157,12 @@ class TransitionGroup:
                     group.extend(more)
         except _FirstFailed:
             first.done = True
-            return start + 1
+            return start + 1, False
+        except _Careful:
+            # Rolled back, nothing of theirs committed: all run again, carefully.
+            for job in group[start:]:
+                job.result, job.error = None, None
+            return start, True
         except Exception as exc:
             for job in group[start:]:
                 if not opened or len(group) - start == 1:
@@ -152,7 +173,7 @@ class TransitionGroup:
                 elif job.error is None:
                     self._alone(job)
                 job.done = True
-            return len(group)
+            return len(group), False
         except BaseException as exc:
             # Interrupted (KeyboardInterrupt...): nothing committed; no waiter waits for ever.
             for job in group[start:]:
@@ -160,7 +181,7 @@ class TransitionGroup:
             raise
         for job in group[start:]:
             job.done = True
-        return len(group)
+        return len(group), False
 
     @staticmethod
     def _alone(job: _Job[Any]) -> None:

@@ -139,6 +139,39 @@ def test_a_failing_group_runs_each_transition_again_alone(
     assert audit.verify(engine).ok
 
 
+def _savepoints(engine: Engine) -> tuple[list[str], Callable[[], None]]:
+    seen: list[str] = []
+
+    def one(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith(("SAVEPOINT", "ROLLBACK TO")):
+            seen.append(statement.split()[0])
+
+    event.listen(engine, "before_cursor_execute", one)
+    return seen, lambda: event.remove(engine, "before_cursor_execute", one)
+
+
+def test_savepoints_are_taken_only_when_a_transition_fails(
+    engine: Engine, queue: DocumentQueue
+) -> None:
+    consumer, ids, leases = _leased(engine, queue, 6)
+    acks = _acks(queue, consumer, leases)
+    seen, stop = _savepoints(engine)
+    try:
+        futures = _grouped(queue._transitions, acks[0], acks[1:3])
+        assert [f.exception() for f in futures] == [None, None]
+        assert seen == []  # three transitions, one transaction, no savepoint
+        stale = lambda: queue._ack_tx(consumer, ids[3], "0" * 32)  # noqa: E731
+        futures = _grouped(queue._transitions, acks[3], [acks[4], stale, acks[5]])
+    finally:
+        stop()
+    assert isinstance(futures[1].exception(), LeaseLost)
+    assert [f.exception() for f in (futures[0], futures[2])] == [None, None]
+    # Run again carefully: a savepoint for each after the first, the stale ack's rolled back.
+    assert seen == ["SAVEPOINT", "SAVEPOINT", "ROLLBACK", "SAVEPOINT"]
+    assert all(queue.entry(i).state is QueueState.DONE for i in ids)
+    assert audit.verify(engine).ok
+
+
 def test_the_first_transition_failing_alone_fails_none_queued_behind_it(
     engine: Engine, queue: DocumentQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
