@@ -224,7 +224,7 @@ def free_port() -> int:
 
 
 def start_gateway(
-    data: Path, signed: bool, auth_cache_seconds: float | None = None
+    data: Path, signed: bool, auth_cache_seconds: float | None = None, workers: str = "1"
 ) -> tuple[subprocess.Popen, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSSGATE_")}
     env.update(
@@ -240,6 +240,8 @@ def start_gateway(
         # enqueue); otherwise the acceptance path alone, as Postfix's reference has it.
         MSSGATE_POLICY__REQUIRE_SIGNATURE="true" if signed else "false",
     )
+    # SMTP acceptance processes (serve --workers): its children are counted in its CPU.
+    env["MSSGATE_SERVER__WORKERS"] = workers
     if auth_cache_seconds is not None:
         # --no-reuse pays one login per message: 0 makes each one an Argon2id verification.
         env["MSSGATE_AUTH__CACHE_SECONDS"] = str(auth_cache_seconds)
@@ -307,12 +309,25 @@ def main() -> None:
     parser.add_argument(
         "--auth-cache-seconds", type=float, help="the gateway's [auth] cache_seconds (0: off)"
     )
+    parser.add_argument(
+        "--workers",
+        nargs="+",
+        default=["1"],
+        help="serve --workers of the gateway; several values: one gateway each, same run,"
+        " rounds alternating, and the ratio of each to the first",
+    )
     args = parser.parse_args()
     global PROCESSES
     PROCESSES = max(1, args.processes)
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "gw"
-        gw, gw_port = start_gateway(data, args.signed, args.auth_cache_seconds)
+        gateways = {}
+        cas: dict[str, str] = {}
+        for workers in args.workers:
+            name = "gateway" if len(args.workers) == 1 else f"gateway N={workers}"
+            data = Path(tmp) / f"gw-{workers}"
+            gateways[name] = start_gateway(data, args.signed, args.auth_cache_seconds, workers)
+            # Each gateway has its own dev CA (init made it); the others use the last one's.
+            cas[name] = str(data / "certs" / "ca.crt.pem")
         certs = data / "certs"
         port_file = Path(tmp) / "bare.port"
         bare = mp.Process(
@@ -324,11 +339,13 @@ def main() -> None:
             time.sleep(0.05)
         bare_port = int(port_file.read_text())
         ca = str(certs / "ca.crt.pem")
-        servers = [("gateway", gw_port, True), ("bare aiosmtpd", bare_port, True)]
+        servers = [(name, port, True) for name, (_, port) in gateways.items()]
+        servers.append(("bare aiosmtpd", bare_port, True))
         # CPU per message is read for our two Python servers (each with its child processes:
         # the gateway's pipeline workers); Postfix spreads its work over several short-lived
         # processes and is left out of that column.
-        pids: dict[str, int | None] = {"gateway": gw.pid, "bare aiosmtpd": bare.pid}
+        pids: dict[str, int | None] = {name: gw.pid for name, (gw, _) in gateways.items()}
+        pids["bare aiosmtpd"] = bare.pid
         postfix = None
         if shutil.which("postfix") and os.geteuid() == 0 and not args.no_postfix:
             sys.path.insert(0, str(Path(__file__).parent))
@@ -366,9 +383,15 @@ def main() -> None:
                         for name, port, login in servers:
                             before = cpu_seconds(pids.get(name))
                             result = load(
-                                port, ca, size, sessions, args.messages, not args.no_reuse, login
+                                port,
+                                cas.get(name, ca),
+                                size,
+                                sessions,
+                                args.messages,
+                                not args.no_reuse,
+                                login,
                             )
-                            if name == "gateway":
+                            if name.startswith("gateway"):
                                 time.sleep(0.5)  # its delivery worker finishes the last ones
                             spent = cpu_seconds(pids.get(name)) - before
                             result["cpu_ms"] = 1000 * spent / args.messages
@@ -391,19 +414,23 @@ def main() -> None:
                             f"| {rates[0]:.0f}..{rates[-1]:.0f} | {p50:.1f} | {p99:.1f} "
                             f"| {cpu} | {client:.2f} | {100 * busy:.0f}% |"
                         )
-                    for name in medians:
-                        if name != "gateway":
-                            ratio = medians["gateway"] / medians[name]
-                            print(
-                                f"| {size // 1024} KB | {sessions} | gateway / {name} | "
-                                f"{ratio:.2f} | | | | | | |"
-                            )
+                    first = next(iter(gateways))
+                    for ours in gateways:
+                        for name in medians:
+                            if not name.startswith("gateway") or (ours != first and name == first):
+                                ratio = medians[ours] / medians[name]
+                                print(
+                                    f"| {size // 1024} KB | {sessions} | {ours} / {name} | "
+                                    f"{ratio:.2f} | | | | | | |"
+                                )
         finally:
             if postfix is not None:
                 postfix.stop()
                 shutil.rmtree(postfix.root, ignore_errors=True)
-            gw.send_signal(signal.SIGTERM)
-            gw.wait(timeout=60)
+            for gw, _ in gateways.values():
+                gw.send_signal(signal.SIGTERM)
+            for gw, _ in gateways.values():
+                gw.wait(timeout=60)
             bare.terminate()
             bare.join()
 
