@@ -12,12 +12,12 @@ A transition that raises is rolled back alone (and its audit entries dropped); t
 commit. Savepoints are taken only when needed (one is a round trip on PostgreSQL): when the
 first transition fails, the transaction, which holds nothing else, is rolled back and the
 others run in the next one; when a later one fails, the transaction is rolled back and run
-again with a savepoint per transition after the first. If the group itself fails (the audit write, the commit), each
-transition that had succeeded runs again alone, so one bad row cannot fail its neighbours;
-if its transaction could not even be opened (no connection, no write slot), each caller gets
-that error at once. A caller is never left waiting: one whose transition a leader could not
-run (the leader interrupted) is told its change was not committed.
-Leadership passes on after one group, so no caller serves others for ever.
+again with a savepoint per transition after the first. If the group itself fails (the audit
+write, the commit), each transition that had succeeded runs again alone, so one bad row
+cannot fail its neighbours; if its transaction could not even be opened (no connection, no
+write slot), each caller gets that error at once. A caller is never left waiting: one whose
+transition a leader could not run (the leader interrupted) is told its change was not
+committed. Leadership passes on after one group, so no caller serves others for ever.
 """
 
 from __future__ import annotations
