@@ -273,7 +273,7 @@ def start_gateway(
         )
     if signed:
         global SIGNER
-        out = data.parent / "smime"
+        out = data.parent / f"smime-{data.name}"  # one per gateway (--workers 1 2)
         subprocess.run(
             [m, "cert", "issue", SENDER, "--out", str(out)],
             env=env,
@@ -317,17 +317,19 @@ def main() -> None:
         " rounds alternating, and the ratio of each to the first",
     )
     args = parser.parse_args()
-    global PROCESSES
+    global PROCESSES, SIGNER
     PROCESSES = max(1, args.processes)
     with tempfile.TemporaryDirectory() as tmp:
         gateways = {}
         cas: dict[str, str] = {}
+        signers: dict[str, tuple[Path, Path] | None] = {}
         for workers in args.workers:
             name = "gateway" if len(args.workers) == 1 else f"gateway N={workers}"
             data = Path(tmp) / f"gw-{workers}"
             gateways[name] = start_gateway(data, args.signed, args.auth_cache_seconds, workers)
             # Each gateway has its own dev CA (init made it); the others use the last one's.
             cas[name] = str(data / "certs" / "ca.crt.pem")
+            signers[name] = SIGNER  # --signed: a sender certificate of that gateway's CA
         certs = data / "certs"
         port_file = Path(tmp) / "bare.port"
         bare = mp.Process(
@@ -381,6 +383,7 @@ def main() -> None:
                     results: dict[str, list[dict]] = {name: [] for name, _, _ in servers}
                     for _ in range(args.rounds):
                         for name, port, login in servers:
+                            SIGNER = signers.get(name, SIGNER)
                             before = cpu_seconds(pids.get(name))
                             result = load(
                                 port,

@@ -247,7 +247,8 @@ class Metrics:
             for metric in self.registry.collect()
             if metric.type == "counter"
             for sample in metric.samples
-            if sample.name.endswith("_total")
+            # Ours only: the process collector's CPU and memory stay the parent's own.
+            if sample.name.startswith("mssgate_") and sample.name.endswith("_total")
         }
 
     def collect(self) -> Iterator[Metric]:

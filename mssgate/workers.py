@@ -155,6 +155,8 @@ class AcceptanceWorkers:
         finally:
             theirs.close()
         slot.process = process
+        if self._stopping:  # started again while serve began to stop: it stops at once
+            process.send_signal(signal.SIGTERM)
         assert process.stdin is not None
         # Pickled, not re-read: the child runs with exactly the parent's settings (the file
         # may have changed since, and --workers or the environment changed them).
@@ -240,28 +242,34 @@ class AcceptanceWorkers:
 
     async def run(self) -> None:
         """Watches the children (a task of serve's supervisor): one that exits is logged and
-        started again."""
+        started again. Never returns: the supervisor would count that as a crash; stop()
+        ends the watch and the supervisor's stop cancels this task."""
         await asyncio.gather(*(self._watch(slot) for slot in self._slots))
+        await asyncio.get_running_loop().create_future()
 
     async def _watch(self, slot: _Slot) -> None:
         pause = RESTART_SECONDS
         while True:
-            assert slot.process is not None
-            started = time.monotonic()
-            code = await slot.process.wait()
-            if slot.channel is not None:
-                await slot.channel
-            self._retire(slot)
-            if self._stopping:
-                return
-            event(log, "serve.worker_exited", level=logging.ERROR, worker=slot.number,
-                  pid=slot.process.pid, exit_code=code)  # fmt: skip
-            pause = RESTART_SECONDS if time.monotonic() - started > 60 else pause
+            if slot.process is not None:
+                started = time.monotonic()
+                code = await slot.process.wait()
+                if slot.channel is not None:
+                    await slot.channel
+                self._retire(slot)
+                if self._stopping:
+                    return
+                event(log, "serve.worker_exited", level=logging.ERROR, worker=slot.number,
+                      pid=slot.process.pid, exit_code=code)  # fmt: skip
+                if time.monotonic() - started > 60:
+                    pause = RESTART_SECONDS  # it ran a while: a fresh failure, not a loop
             await asyncio.sleep(pause)
             pause = min(pause * 2, RESTART_MAX_SECONDS)
+            if self._stopping:
+                return
             try:
                 await self._spawn(slot)
             except (MssgateError, OSError) as exc:
+                slot.process = None  # tried again after the next pause
                 event(log, "serve.worker_restart_failed", level=logging.ERROR,
                       worker=slot.number, error=str(exc))  # fmt: skip
 
@@ -282,6 +290,10 @@ class AcceptanceWorkers:
                     process.kill()
                 await process.wait()
         for slot in self._slots:
+            if slot.process is not None and slot.process not in running:
+                # Started again by the watch while this began: it got its SIGTERM there.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(slot.process.wait(), timeout)
             if slot.channel is not None:
                 with contextlib.suppress(Exception):
                     await slot.channel

@@ -212,6 +212,8 @@ def test_sigterm_stops_every_child_before_serve_stopped(two: Gateway) -> None:
     events = [e.get("event") for e in two.events()]
     assert "worker.stopped" in events and "serve.stopped" in events
     assert events.index("worker.stopped") < events.index("serve.stopped")
+    # The watch of the children ends with the stop, not as a crashed task.
+    assert "task.crashed" not in events and "serve.worker_exited" not in events
 
 
 def test_no_child_outlives_a_killed_parent(two: Gateway) -> None:
