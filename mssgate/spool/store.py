@@ -28,7 +28,17 @@ from pathlib import Path
 from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import ColumnElement, Connection, Engine, and_, func, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    func,
+    literal,
+    select,
+    update,
+)
 
 from mssgate import audit
 from mssgate.db.schema import spool_documents, spool_messages, spool_recipients
@@ -43,6 +53,40 @@ from mssgate.spool.groupcommit import GroupCommitter
 from mssgate.spool.jobs import add_document_job, release_document_jobs
 
 Route = Literal["local", "relay"]
+# The statements of a delivery's end, built once (queue/statements.py says why). Bound
+# parameters are named apart from the columns (SQLAlchemy reserves those names).
+_LOCK_MESSAGE = (
+    select(spool_messages.c.id)
+    .where(spool_messages.c.id == bindparam("spool_id_"))
+    .with_for_update(key_share=True)
+)
+_DELIVERED = (
+    update(spool_recipients)
+    .where(
+        spool_recipients.c.spool_id == bindparam("spool_id_"),
+        spool_recipients.c.recipient == bindparam("recipient_"),
+    )
+    .values(state="delivered", attempts=bindparam("attempts_"), updated_at=bindparam("stamp_"))
+)
+# What the message still waits for, one statement: its deliveries pending or held (a held
+# one keeps the message and its file until released) and its document jobs not done (the
+# pipeline reads the spool file too).
+_WAITING = select(
+    select(func.count())
+    .select_from(spool_recipients)
+    .where(
+        spool_recipients.c.spool_id == bindparam("spool_id_"),
+        spool_recipients.c.state.in_(("pending", "held")),
+    )
+    .scalar_subquery()
+    + select(func.count())
+    .select_from(spool_documents)
+    .where(spool_documents.c.spool_id == bindparam("spool_id_"), spool_documents.c.state != "done")
+    .scalar_subquery()
+)
+_MARK_DONE = (
+    update(spool_messages).where(spool_messages.c.id == bindparam("spool_id_")).values(state="done")
+)
 _QUEUE_ID = re.compile(r"[0-9A-Z]{12,32}")
 # The process out of descriptors or memory (a flood of connections, say): the gateway's
 # footing, not the message's. Its delivery stays due rather than being held.
@@ -391,13 +435,17 @@ class Spool:
         with write(self._engine) as conn:
             self._lock_message(conn, item.spool_id)
             conn.execute(
-                update(spool_recipients)
-                .where(self._recipient(item.spool_id, item.recipient))  # type: ignore[arg-type]
-                .values(state="delivered", attempts=item.attempts + 1, updated_at=now())
+                _DELIVERED,
+                {
+                    "spool_id_": item.spool_id,
+                    "recipient_": item.recipient,
+                    "attempts_": item.attempts + 1,
+                    "stamp_": now(),
+                },
             )
             if documents:
                 add_document_job(conn, item.spool_id, item.recipient)
-            done = self._mark_done_if_complete(conn, item.spool_id)
+            done = self._mark_done_if_complete(conn, item.spool_id, locked=True)
         if done:
             self._unlink(item.spool_id)
 
@@ -712,7 +760,7 @@ class Spool:
         with write(self._engine) as conn:
             self._lock_message(conn, spool_id)  # first, as in a delivery (lock order)
             first(conn)
-            done = self._mark_done_if_complete(conn, spool_id)
+            done = self._mark_done_if_complete(conn, spool_id, locked=True)
         if done:
             self._unlink(spool_id)
 
@@ -730,36 +778,17 @@ class Spool:
         # Taken first in the transaction, and FOR NO KEY UPDATE: a document job's insert
         # holds KEY SHARE on this row (its foreign key), which FOR UPDATE would wait for;
         # two lanes each holding one and waiting for the other was a deadlock.
-        conn.execute(
-            select(spool_messages.c.id)
-            .where(spool_messages.c.id == spool_id)
-            .with_for_update(key_share=True)
-        )
+        conn.execute(_LOCK_MESSAGE, {"spool_id_": spool_id})
 
-    def _mark_done_if_complete(self, conn: Connection, spool_id: str) -> bool:
-        self._lock_message(conn, spool_id)
-        left = conn.execute(
-            select(func.count())
-            .select_from(spool_recipients)
-            .where(
-                spool_recipients.c.spool_id == spool_id,
-                # A held delivery keeps its message (and file) until it is released.
-                spool_recipients.c.state.in_(("pending", "held")),
-            )
-        ).scalar_one()
-        if left:
+    def _mark_done_if_complete(
+        self, conn: Connection, spool_id: str, *, locked: bool = False
+    ) -> bool:
+        """`locked`: this transaction took the message's lock already (_lock_message)."""
+        if not locked:
+            self._lock_message(conn, spool_id)
+        if conn.execute(_WAITING, {"spool_id_": spool_id}).scalar_one():
             return False
-        # The document pipeline reads the spool file too: the message waits for it.
-        jobs = conn.execute(
-            select(func.count())
-            .select_from(spool_documents)
-            .where(spool_documents.c.spool_id == spool_id, spool_documents.c.state != "done")
-        ).scalar_one()
-        if jobs:
-            return False
-        conn.execute(
-            update(spool_messages).where(spool_messages.c.id == spool_id).values(state="done")
-        )
+        conn.execute(_MARK_DONE, {"spool_id_": spool_id})
         return True
 
     def _unlink(self, spool_id: str) -> None:
