@@ -77,3 +77,25 @@ def test_statement_listeners_see_prepared_statements(engine: Engine) -> None:
     finally:
         event.remove(engine, "before_cursor_execute", one)
     assert any(s.startswith("UPDATE audit SET actor") for s in seen)
+
+
+@pytest.mark.postgres
+def test_a_dropped_connection_is_reported_as_a_disconnect_and_replaced(
+    pg_engine: Engine,
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    read = Prepared(select(audit.c.seq).limit(1), (audit.c.seq,))
+    with pg_engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with pg_engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            other.commit()
+        with pytest.raises(OperationalError) as failed:
+            read.rows(conn, {})
+        # As SQLAlchemy's own execution reports it: the pool drops that connection.
+        assert failed.value.connection_invalidated
+    with pg_engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+        read.rows(conn, {})
