@@ -74,7 +74,7 @@ class DocumentFeed:
     def wants(self, mailbox: str) -> bool:
         """Whether a RIS consumes `mailbox`: only then do its messages go through the
         pipeline."""
-        return any(c.mailbox == mailbox and c.active for c in self._directory.consumers.list())
+        return self._directory.consumers.consumes(mailbox)
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The keyword arguments of `process_signed_message` (for a worker process)."""

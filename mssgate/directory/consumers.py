@@ -18,6 +18,7 @@ from sqlalchemy import (
     Engine,
     Row,
     and_,
+    bindparam,
     delete,
     func,
     or_,
@@ -134,6 +135,15 @@ def _new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+# Asked per delivery (does a RIS consume this mailbox?): one row or none, built once
+# (queue/statements.py says why). Parameter: mailbox_.
+_CONSUMES = (
+    select(consumers.c.id)
+    .where(consumers.c.mailbox == bindparam("mailbox_"), consumers.c.revoked_at.is_(None))
+    .limit(1)
+)
+
+
 class Consumers:
     def __init__(self, engine: Engine, actor: str, *, clock: Callable[[], datetime] = now) -> None:
         self._engine = engine
@@ -207,6 +217,11 @@ class Consumers:
             )
             row = conn.execute(select(consumers).where(consumers.c.name == name)).one()
         return _consumer(row), token
+
+    def consumes(self, mailbox: str) -> bool:
+        """Whether a consumer not revoked takes the documents of `mailbox`."""
+        with self._engine.connect() as conn:
+            return conn.execute(_CONSUMES, {"mailbox_": mailbox}).first() is not None
 
     def list(self) -> list[Consumer]:
         with self._engine.connect() as conn:
