@@ -83,7 +83,9 @@ log = logging.getLogger("mssgate.serve")
 
 
 @contextlib.contextmanager
-def data_dir_lock(run_dir: Path) -> Iterator[None]:
+def data_dir_lock(run_dir: Path) -> Iterator[int]:
+    """Yields the lock's descriptor: the acceptance children inherit it (mssgate.workers), so
+    that the folder stays locked while any process of this serve runs on it."""
     path = run_dir / "serve.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -96,7 +98,7 @@ def data_dir_lock(run_dir: Path) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
+        yield fd
     finally:
         os.close(fd)
 
@@ -198,7 +200,7 @@ async def run_gateway(config: Config) -> int:
     data = config.server.data_dir
     run_dir = ensure_dir(data / "run")
     configure_passwords(config.auth)
-    with data_dir_lock(run_dir):
+    with data_dir_lock(run_dir) as folder_lock:
         engine = open_engine(config.database_url)
         upgrade(engine)
         # Before any listener: a release from the CLI applies this server's policy.
@@ -488,6 +490,7 @@ async def run_gateway(config: Config) -> int:
                 config, processes - 1,
                 ports={listener: bound_port(s) for listener, s in servers.items()},
                 limiter=smtp_limiter, penalty=penalty, on_accepted=lambda: accepted(""),
+                folder_lock=folder_lock,
             )  # fmt: skip
             # serve.json (below) says every acceptance process listens.
             await workers.start()

@@ -67,6 +67,11 @@ METRICS_SECONDS = 1.0
 # A child that dies is started again after this long, doubled while it keeps dying at once.
 RESTART_SECONDS = 1.0
 RESTART_MAX_SECONDS = 30.0
+# The parent pings each child this often; one silent this long (stopped, its loop stuck) is
+# killed and replaced: alive, it would keep its SO_REUSEPORT socket, and the kernel would go
+# on giving it its share of the connections, never answered.
+PING_SECONDS = 2.0
+UNRESPONSIVE_SECONDS = 10.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -98,6 +103,7 @@ class _Slot:
     held: dict[str, int] = field(default_factory=dict)
     counts: dict[CounterKey, float] = field(default_factory=dict)
     channel: asyncio.Task[None] | None = None
+    last_pong: float = 0.0
 
 
 class AcceptanceWorkers:
@@ -112,8 +118,15 @@ class AcceptanceWorkers:
         limiter: ConnectionLimiter,
         penalty: AuthPenalty,
         on_accepted: Callable[[], None],
+        folder_lock: int | None = None,
     ) -> None:
         self._config = config
+        # serve's flock on run/serve.lock, inherited by every child: a lock belongs to the
+        # open file, so the folder stays locked until the last process holding it exits. A
+        # serve killed -9 leaves children draining (committing acceptances) for up to
+        # smtp.drain_seconds; a new serve started meanwhile would recover the spool under
+        # them (remove a message file whose row a child is about to commit).
+        self._folder_lock = folder_lock
         self._ports = {listener.value: port for listener, port in ports.items()}
         self._limiter = limiter
         self._penalty = penalty
@@ -150,7 +163,8 @@ class AcceptanceWorkers:
                 str(theirs.fileno()),
                 str(os.getpid()),
                 stdin=asyncio.subprocess.PIPE,
-                pass_fds=(theirs.fileno(),),
+                pass_fds=(theirs.fileno(),)
+                + (() if self._folder_lock is None else (self._folder_lock,)),
             )
         finally:
             theirs.close()
@@ -178,6 +192,7 @@ class AcceptanceWorkers:
         finally:
             if not exited.done():
                 exited.cancel()
+        slot.last_pong = time.monotonic()
         if slot.listening not in done:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
@@ -225,6 +240,8 @@ class AcceptanceWorkers:
             self._penalty.succeeded(ip)
         elif op == "accepted":
             self._on_accepted()
+        elif op == "pong":
+            slot.last_pong = time.monotonic()
         elif op == "metrics":
             slot.counts = _read_counts(message["counts"])
         elif op == "listening" and slot.listening is not None and not slot.listening.done():
@@ -244,8 +261,26 @@ class AcceptanceWorkers:
         """Watches the children (a task of serve's supervisor): one that exits is logged and
         started again. Never returns: the supervisor would count that as a crash; stop()
         ends the watch and the supervisor's stop cancels this task."""
-        await asyncio.gather(*(self._watch(slot) for slot in self._slots))
+        await asyncio.gather(self._ping(), *(self._watch(slot) for slot in self._slots))
         await asyncio.get_running_loop().create_future()
+
+    async def _ping(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(PING_SECONDS)
+            now = time.monotonic()
+            for slot in self._slots:
+                process, writer = slot.process, slot.writer
+                if process is None or process.returncode is not None or writer is None:
+                    continue
+                if now - slot.last_pong > UNRESPONSIVE_SECONDS and not self._stopping:
+                    event(log, "serve.worker_unresponsive", level=logging.ERROR,
+                          worker=slot.number, pid=process.pid,
+                          silent_seconds=round(now - slot.last_pong, 1))  # fmt: skip
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()  # the watch logs its exit and starts another
+                    continue
+                if not writer.is_closing():
+                    writer.write(_encode({"op": "ping"}))
 
     async def _watch(self, slot: _Slot) -> None:
         pause = RESTART_SECONDS
@@ -330,6 +365,9 @@ class ParentLink:
         try:
             while line := await self._reader.readline():
                 message = json.loads(line)
+                if message.get("op") == "ping":
+                    self.send("pong")
+                    continue
                 answer = self._pending.pop(int(message["id"]), None)
                 if answer is not None and not answer.done():
                     answer.set_result(message)

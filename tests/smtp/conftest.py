@@ -43,7 +43,7 @@ class Gateway:
     def ca(self) -> Path:
         return self.data / "certs" / "ca.crt.pem"
 
-    def start(self, *, extra_env: dict[str, str] | None = None) -> None:
+    def start(self, *, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         status = self.data / "run" / "serve.json"
         status.unlink(missing_ok=True)
         self.log_path = self.data / f"serve-{time.monotonic_ns()}.log"
@@ -51,7 +51,11 @@ class Gateway:
         self.banner_path = self.log_path.with_suffix(".out")
         with self.log_path.open("wb") as log, self.banner_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                [MSSGATE, "serve"], env=env, stdout=out, stderr=log, stdin=subprocess.DEVNULL
+                [MSSGATE, "serve", *args],
+                env=env,
+                stdout=out,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

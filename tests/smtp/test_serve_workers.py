@@ -8,11 +8,14 @@ that both did.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import signal
 import smtplib
 import ssl
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.smtp.conftest import ALICE, BOB, PASSWORD, Gateway, Raw, message
+from tests.smtp.conftest import ALICE, BOB, MSSGATE, PASSWORD, Gateway, Raw, message
 
 pytestmark = pytest.mark.xdist_group("serve_workers")
 
@@ -31,7 +34,8 @@ def _workers_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def two(gateway_setup: Gateway) -> Iterator[Gateway]:
-    gateway_setup.start(extra_env=_workers_env())
+    # The option wins over the fixtures' MSSGATE_SERVER__WORKERS=1.
+    gateway_setup.start(args=("--workers", "2"))
     yield gateway_setup
     if gateway_setup.proc is not None and gateway_setup.proc.poll() is None:
         gateway_setup.stop()
@@ -223,3 +227,78 @@ def test_no_child_outlives_a_killed_parent(two: Gateway) -> None:
     two.proc.wait()
     _wait(lambda: not _alive(child), "the child gone after its parent's SIGKILL")
     two.proc = None
+
+
+@pytest.mark.parametrize("bad", ["-1", "many", "257"])
+def test_a_bad_workers_option_is_a_usage_error(gateway_setup: Gateway, bad: str) -> None:
+    done = subprocess.run(
+        [MSSGATE, "serve", "--workers", bad], env=gateway_setup.env, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "--workers must be auto or a number from 0 to 256" in done.stderr
+
+
+def test_a_hung_child_is_killed_and_replaced(two: Gateway) -> None:
+    """A stopped child keeps its SO_REUSEPORT socket, and the kernel its share of the
+    connections: the parent's pings find it silent, kill it and start another."""
+    [child] = _status(two)["workers"]  # type: ignore[misc]
+    os.kill(child, signal.SIGSTOP)
+    try:
+        two.wait_event("serve.worker_unresponsive", timeout=60, pid=child)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGCONT)
+    _wait(
+        lambda: (
+            [e["pid"] for e in two.events() if e.get("event") == "serve.worker_started"][-1]
+            != child
+        ),
+        "a new child",
+    )
+    port = two.ports["submission"]
+    for _ in range(16):  # every connection answered, whichever process the kernel picks
+        raw = Raw(port)
+        try:
+            assert raw.reply().startswith(b"220")
+        finally:
+            raw.close()
+
+
+def test_no_new_serve_on_the_folder_while_a_child_of_a_killed_serve_drains(
+    gateway_setup: Gateway,
+) -> None:
+    """Killed -9, serve leaves its child draining (committing acceptances) for up to
+    drain_seconds. A new serve would recover the spool under it (remove a message file whose
+    row the child is about to commit): the child holds the folder's lock until it exits."""
+    gateway_setup.start(extra_env=_workers_env(MSSGATE_SMTP__DRAIN_SECONDS="60"))
+    [child] = _status(gateway_setup)["workers"]  # type: ignore[misc]
+    port = gateway_setup.ports["smtps"]
+    busy: list[Raw] = []
+    token = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode())
+    try:
+        for _ in range(12):  # sessions in a transaction, some on the child
+            raw = Raw(port, tls=gateway_setup.client_context())
+            busy.append(raw)
+            assert raw.reply().startswith(b"220")
+            raw.cmd(b"EHLO client.test")
+            assert raw.cmd(b"AUTH PLAIN " + token).startswith(b"235")
+            assert raw.cmd(f"MAIL FROM:<{ALICE}>".encode()).startswith(b"250")
+        on_child = [
+            e for e in gateway_setup.events()
+            if e.get("event") == "smtp.connect" and _worker_of(e) == 1
+        ]  # fmt: skip
+        assert on_child, "no session reached the child in 12"
+        assert gateway_setup.proc is not None
+        gateway_setup.proc.kill()
+        gateway_setup.proc.wait()
+        gateway_setup.proc = None
+        assert _alive(child)  # draining its busy sessions
+        with pytest.raises(RuntimeError, match="another 'mssgate serve'"):
+            gateway_setup.start(extra_env=_workers_env())
+    finally:
+        for raw in busy:
+            raw.close()
+    _wait(lambda: not _alive(child), "the child gone once its sessions closed", timeout=90)
+    gateway_setup.start(extra_env=_workers_env())
+    gateway_setup.stop()
