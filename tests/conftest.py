@@ -58,6 +58,46 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): run on one worker with its group")
 
 
+# -- the longest tests first -----------------------------------------------------------------
+# pytest-xdist hands tests to its workers in collection order, a few at a time, as they finish
+# (--dist loadgroup; a group goes whole to one worker, the largest groups first). A long test
+# handed out last holds the run open while the other workers have nothing left to do; handed
+# out first, it runs beside the short ones. Longest first, as measured in a 4-worker run on a
+# 2-core machine (docs/performance.md, "Test suite"): 15-30 s each, most of them two gateways
+# or a gateway killed and started again. The `slow` marker puts a test here too. Only the
+# order changes; a test missing from this list is run as before, in its place.
+LONG_TESTS = (
+    "tests/smtp/test_nodes_load.py::",
+    "tests/smtp/test_nodes_move.py::",
+    "tests/test_tls_scan.py::",
+    "tests/smtp/test_nodes_imap.py::",
+    "tests/mllp/test_push.py::test_a_ris_down_costs_no_attempt_and_nothing_is_lost_when",
+    "tests/smtp/test_encryption_relay.py::",
+    "tests/smtp/test_load_with_ris.py::",
+    "tests/api/test_outbound_memory.py::",
+    "tests/smtp/test_imap_paths.py::",
+    "tests/documents/test_mime_fuzz.py::",
+    "tests/smtp/test_nodes_serve.py::",
+    "tests/smtp/test_supervision_review.py::test_running_out_of_file_descriptors",
+    "tests/queue/test_processes.py::",
+    "tests/imap/test_preauth_hardening.py::",
+    "tests/smtp/test_login_cache_serve.py::",
+    "tests/mllp/test_listener.py::test_a_trickle_that_never_ends_a_frame_is_closed",
+    "tests/test_demo.py::",
+    "tests/hostile/test_corpus.py::",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        for i, prefix in enumerate(LONG_TESTS):
+            if item.nodeid.startswith(prefix):
+                return i
+        return len(LONG_TESTS) if item.get_closest_marker("slow") else len(LONG_TESTS) + 1
+
+    items.sort(key=rank)  # stable: the order within each rank is collection's
+
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 
