@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from mssgate import metrics
 from mssgate.config import Config, SmtpConfig
@@ -424,8 +424,9 @@ class Admission(asyncio.Protocol):
         self._session = make()
         self._lost = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # uvloop's transports are no asyncio.Transport subclasses, yet have every method.
+        transport = cast(asyncio.Transport, base)
         transport.pause_reading()
         peer = transport.get_extra_info("peername")
         ip = str(peer[0]) if peer else "?"
@@ -478,6 +479,10 @@ def _die_with_parent(parent: int) -> None:
 async def run_child(
     config: Config, number: int, channel: socket.socket, ports: dict[str, int]
 ) -> int:
+    from mssgate.serve import _loop_error  # serve imports this module
+
+    # A failure in a callback (a connection's) logged as serve logs its own.
+    asyncio.get_running_loop().set_exception_handler(_loop_error)
     reader, writer = await asyncio.open_unix_connection(sock=channel)
     link = ParentLink(reader, writer)
     link_task = asyncio.create_task(link.run(), name="parent-link")

@@ -302,3 +302,20 @@ def test_no_new_serve_on_the_folder_while_a_child_of_a_killed_serve_drains(
     _wait(lambda: not _alive(child), "the child gone once its sessions closed", timeout=90)
     gateway_setup.start(extra_env=_workers_env())
     gateway_setup.stop()
+
+
+def test_the_child_runs_on_uvloop_too(gateway_setup: Gateway) -> None:
+    """uvloop's transports take the admission's pause and hand-over (set_protocol) too."""
+    pytest.importorskip("uvloop")
+    gateway_setup.start(extra_env=_workers_env(MSSGATE_SERVER__EVENT_LOOP="uvloop"))
+    try:
+        for i in range(24):
+            with gateway_setup.login() as client:
+                client.sendmail(ALICE, [BOB], message(body=f"uv {i}", Subject=f"u{i}"))
+            accepted = [e for e in gateway_setup.events() if e.get("event") == "smtp.accept"]
+            if 1 in {_worker_of(e) for e in accepted}:
+                break
+        assert 1 in {_worker_of(e) for e in accepted}, "no message reached the child in 24"
+        gateway_setup.wait_delivered(BOB, i + 1)
+    finally:
+        gateway_setup.stop()
