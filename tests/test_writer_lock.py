@@ -122,3 +122,18 @@ def test_a_write_transaction_holds_the_lock_file(sqlite_engine: Engine) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def test_an_unusable_lock_file_leaves_writes_to_sqlite_s_own_lock(tmp_path: Path) -> None:
+    """A lock file made by another user (the CLI run as root beside serve) cannot be opened:
+    writing goes on, arbitrated by SQLite's busy handler between processes, as before."""
+    database = tmp_path / "db.sqlite"
+    (tmp_path / "db.sqlite-writer").mkdir()  # os.open fails on it, as on another's 0600 file
+    engine = open_engine(f"sqlite:///{database}")
+    upgrade(engine)
+    with write(engine) as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT x FROM t").scalar_one() == 1
+    engine.dispose()

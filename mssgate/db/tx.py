@@ -28,6 +28,7 @@ would wait on the lock its own thread holds.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 import weakref
@@ -38,6 +39,8 @@ from sqlalchemy import Connection, Engine, text
 
 from mssgate.db.prepared import Prepared
 from mssgate.errors import StorageError
+
+log = logging.getLogger(__name__)
 
 # How long a writer waits for the process lock before it gives up. Long on purpose: a writer
 # that gives up turns into a 451 or a 503, and the longest transactions (an annuaire batch, a
@@ -55,6 +58,7 @@ class _WriterFile:
     """
 
     def __init__(self, path: str) -> None:
+        self.fd = -1  # __del__ runs even when the open below raises
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.mutex = threading.Lock()
         self.owner: int | None = None
@@ -77,7 +81,8 @@ class _WriterFile:
 
     def __del__(self) -> None:
         # Gone with the last engine on the database: a test run opens thousands of them.
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
 
     def release(self) -> None:
         self.depth -= 1
@@ -100,7 +105,14 @@ def _writer_file(engine: Engine) -> _WriterFile | None:
     with _writer_files_guard:
         found = _writer_files.get(path)
         if found is None:
-            found = _WriterFile(path)
+            try:
+                found = _WriterFile(path)
+            except OSError as exc:
+                # Made by another user (a CLI run as root, say) or a read-only folder: the
+                # writers of this process go without it, SQLite's busy handler between
+                # processes as before the lock file existed.
+                log.warning("SQLite writer lock file %s unusable: %s", path, exc.strerror)
+                return None
             _writer_files[path] = found
         return found
 
