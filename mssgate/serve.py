@@ -485,26 +485,33 @@ async def run_gateway(config: Config) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         workers: AcceptanceWorkers | None = None
+        status = run_dir / "serve.json"
+
+        def write_status() -> None:
+            write_durably(
+                status,
+                json.dumps(
+                    {"pid": os.getpid(), "ports": ports, "workers": workers.pids if workers else []}
+                ).encode(),
+                tmp_dir=run_dir,
+                mode=0o644,
+            )
+
         if processes > 1:
             workers = AcceptanceWorkers(
                 config, processes - 1,
                 ports={listener: bound_port(s) for listener, s in servers.items()},
                 limiter=smtp_limiter, penalty=penalty, on_accepted=lambda: accepted(""),
                 folder_lock=folder_lock,
+                # A restarted child has a new pid: serve.json stays true.
+                on_restarted=write_status,
             )  # fmt: skip
             # serve.json (below) says every acceptance process listens.
             await workers.start()
             metrics.default().add_counts(workers.counts)
             supervisor.spawn("acceptance-workers", workers.run)
-        status = run_dir / "serve.json"
-        write_durably(
-            status,
-            json.dumps(
-                {"pid": os.getpid(), "ports": ports, "workers": workers.pids if workers else []}
-            ).encode(),
-            tmp_dir=run_dir,
-            mode=0o644,
-        )
+            supervisor.check("acceptance-workers", workers.probe)
+        write_status()
         event(log, "serve.started", ports=ports, spool_orphans_removed=recovered,
               workers=workers.pids if workers else [])  # fmt: skip
         print(_banner(config, ports), flush=True)

@@ -71,6 +71,9 @@ RESTART_MAX_SECONDS = 30.0
 # killed and replaced: alive, it would keep its SO_REUSEPORT socket, and the kernel would go
 # on giving it its share of the connections, never answered.
 PING_SECONDS = 2.0
+# How long a child waits for the parent's answer (connection limit, AUTH penalty) before it
+# refuses; the parent answers at once unless its loop is stalled.
+ASK_SECONDS = 30.0
 UNRESPONSIVE_SECONDS = 10.0
 _PR_SET_PDEATHSIG = 1
 
@@ -119,8 +122,11 @@ class AcceptanceWorkers:
         penalty: AuthPenalty,
         on_accepted: Callable[[], None],
         folder_lock: int | None = None,
+        on_restarted: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
+        # serve rewrites run/serve.json with the new pids (scripts read them from it).
+        self._on_restarted = on_restarted
         # serve's flock on run/serve.lock, inherited by every child: a lock belongs to the
         # open file, so the folder stays locked until the last process holding it exits. A
         # serve killed -9 leaves children draining (committing acceptances) for up to
@@ -139,6 +145,17 @@ class AcceptanceWorkers:
     @property
     def pids(self) -> list[int]:
         return [s.process.pid for s in self._slots if s.process is not None]
+
+    def probe(self) -> str | None:
+        """For serve's supervisor (/healthz): None while every child runs, else which do not."""
+        if self._stopping:
+            return None
+        down = [
+            str(s.number)
+            for s in self._slots
+            if s.process is None or s.process.returncode is not None
+        ]
+        return f"acceptance worker(s) {', '.join(down)} not running" if down else None
 
     def counts(self) -> dict[CounterKey, float]:
         total = dict(self._retired)
@@ -208,7 +225,18 @@ class AcceptanceWorkers:
     ) -> None:
         try:
             while line := await reader.readline():
-                reply = self._handle(slot, json.loads(line))
+                try:
+                    message = json.loads(line)
+                    if not isinstance(message, dict):
+                        raise ValueError("not a JSON object")
+                    reply = self._handle(slot, message)
+                except Exception as exc:  # a child's bug must not end the parent's channel
+                    # Logged and skipped: a child that asked and got no answer fails closed
+                    # (its connection or AUTH is refused when its question times out).
+                    error = f"{type(exc).__name__}: {exc}"[:300]
+                    event(log, "serve.worker_message_invalid", level=logging.ERROR,
+                          worker=slot.number, error=error)  # fmt: skip
+                    continue
                 if reply is not None:
                     writer.write(_encode(reply))
         except (ConnectionError, ValueError) as exc:
@@ -265,9 +293,17 @@ class AcceptanceWorkers:
         await asyncio.get_running_loop().create_future()
 
     async def _ping(self) -> None:
+        tick = time.monotonic()
         while not self._stopping:
             await asyncio.sleep(PING_SECONDS)
             now = time.monotonic()
+            late = now - tick > 2 * PING_SECONDS
+            tick = now
+            if late:
+                # This loop stalled (a long callback, the machine swapping): the children's
+                # pongs may be waiting unread. Not their silence: counted again from now.
+                for slot in self._slots:
+                    slot.last_pong = max(slot.last_pong, now)
             for slot in self._slots:
                 process, writer = slot.process, slot.writer
                 if process is None or process.returncode is not None or writer is None:
@@ -303,6 +339,8 @@ class AcceptanceWorkers:
                 return
             try:
                 await self._spawn(slot)
+                if self._on_restarted is not None:
+                    self._on_restarted()
             except (MssgateError, OSError) as exc:
                 slot.process = None  # tried again after the next pause
                 event(log, "serve.worker_restart_failed", level=logging.ERROR,
@@ -356,10 +394,16 @@ class ParentLink:
         if self.gone.is_set():
             raise ConnectionError("serve (the parent process) is gone")
         self._next += 1
+        ident = self._next
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[self._next] = answer
-        self.send(op, id=self._next, **fields)
-        return await answer
+        self._pending[ident] = answer
+        self.send(op, id=ident, **fields)
+        try:
+            return await asyncio.wait_for(answer, ASK_SECONDS)
+        except TimeoutError:
+            # Closed, never open: no connection or AUTH goes unchecked for want of an answer.
+            self._pending.pop(ident, None)
+            raise ConnectionError(f"serve did not answer within {ASK_SECONDS:.0f} s") from None
 
     async def run(self) -> None:
         try:
@@ -437,8 +481,14 @@ class Admission(asyncio.Protocol):
     async def _admit(self, transport: asyncio.Transport, ip: str) -> None:
         try:
             ok = bool((await self._link.ask("admit", ip=ip))["ok"])
-        except ConnectionError:
-            ok = False  # the parent is gone: this child is stopping
+        except ConnectionError as exc:
+            # The parent is gone (this child is stopping) or did not answer: refused.
+            if not (self._lost or transport.is_closing()):
+                event(logging.getLogger("mssgate.smtp.protocol"), "smtp.refused",
+                      peer=ip, reason=str(exc))  # fmt: skip
+                transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
+                transport.close()
+            return
         if self._lost or transport.is_closing():
             if ok:
                 self._link.send("release", ip=ip)

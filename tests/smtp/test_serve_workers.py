@@ -205,8 +205,53 @@ def test_a_child_that_dies_is_logged_and_replaced(two: Gateway) -> None:
         ),
         "a new child",
     )
+    # serve.json names the child that runs now, not the dead one (scripts read it).
+    _wait(lambda: _status(two)["workers"] != [child], "serve.json rewritten")
+    [new] = _status(two)["workers"]  # type: ignore[misc]
+    assert _alive(new)
     _send(two, 6)
     two.wait_delivered(BOB, 6)
+
+
+def test_a_malformed_line_from_a_child_is_logged_and_the_channel_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A child's bug (a question without its id, a line that is no object) is logged by the
+    parent, which goes on answering that child's next questions."""
+    import asyncio
+    import socket
+
+    from mssgate.config import SmtpConfig
+    from mssgate.smtp.limits import AuthPenalty, ConnectionLimiter
+    from mssgate.workers import AcceptanceWorkers, _Slot
+
+    async def scenario() -> list[dict[str, object]]:
+        workers = AcceptanceWorkers(
+            None,  # type: ignore[arg-type]  # no child is started here
+            0,
+            ports={},
+            limiter=ConnectionLimiter(5),
+            penalty=AuthPenalty.from_config(SmtpConfig()),
+            on_accepted=lambda: None,
+        )
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        child_reader, child_writer = await asyncio.open_unix_connection(sock=theirs)
+        serving = asyncio.create_task(workers._serve(_Slot(1), reader, writer))
+        child_writer.write(
+            b'{"op": "admit"}\n[1, 2]\nnot json\n{"op": "admit", "id": 7, "ip": "192.0.2.1"}\n'
+        )
+        await child_writer.drain()
+        answer = json.loads(await asyncio.wait_for(child_reader.readline(), 10))
+        child_writer.close()
+        await asyncio.wait_for(serving, 10)
+        return [answer]
+
+    caplog.set_level("ERROR", logger="mssgate")
+    [answer] = asyncio.run(scenario())
+    assert answer == {"id": 7, "ok": True}
+    invalid = [r for r in caplog.records if "serve.worker_message_invalid" in r.getMessage()]
+    assert len(invalid) == 3, [r.getMessage() for r in caplog.records]
 
 
 def test_sigterm_stops_every_child_before_serve_stopped(two: Gateway) -> None:
