@@ -140,7 +140,11 @@ def _run(conn: Connection, compiled: _Compiled, sql: str, args: Any, *, many: bo
         return list(got)
     except conn.dialect.loaded_dbapi.Error as exc:
         disconnected = conn.dialect.is_disconnect(exc, driver, cursor)
-        if disconnected:
+        if disconnected and not conn.invalidated:
+            # As SQLAlchemy's own execution does: the pool's older connections went with the
+            # server too (a PostgreSQL restart), and are replaced at their next checkout
+            # instead of each failing one transaction.
+            conn.engine.pool._invalidate(conn.connection, exc)
             conn.invalidate(exc)
         raise DBAPIError.instance(
             sql,

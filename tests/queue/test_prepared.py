@@ -99,3 +99,31 @@ def test_a_dropped_connection_is_reported_as_a_disconnect_and_replaced(
     with pg_engine.connect() as conn:
         assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
         read.rows(conn, {})
+
+
+@pytest.mark.parametrize("how", ["sqlalchemy", "prepared"])
+def test_one_disconnect_replaces_every_older_pooled_connection(pg_engine: Engine, how: str) -> None:
+    """After a PostgreSQL restart every pooled connection is dead: the first statement to see
+    it invalidates the pool (as SQLAlchemy's own execution does), so the next checkout gets a
+    new connection instead of failing one more transaction per pooled connection."""
+    import os
+
+    import psycopg
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    read = Prepared(select(audit.c.seq).limit(1), (audit.c.seq,))
+    first, second = pg_engine.connect(), pg_engine.connect()
+    pids = [c.execute(text("SELECT pg_backend_pid()")).scalar_one() for c in (first, second)]
+    first.close()
+    second.close()  # both back in the pool, used a moment ago (no ping at checkout)
+    with psycopg.connect(os.environ["MSSGATE_TEST_POSTGRES_URL"], autocommit=True) as admin:
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pg_engine.connect() as conn, pytest.raises(OperationalError):
+        if how == "prepared":
+            read.rows(conn, {})
+        else:
+            conn.execute(select(audit.c.seq).limit(1)).all()
+    with pg_engine.connect() as conn:  # the other pooled connection died too: replaced
+        read.rows(conn, {})
