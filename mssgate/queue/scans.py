@@ -34,5 +34,10 @@ class ScanTimes:
             self._last = {k: at for k, at in self._last.items() if at <= now < at + self._interval}
         self._last[key] = now
 
+    def forget(self) -> None:
+        """Every scan counts as none: called when a transaction that may have held one was
+        rolled back. The next lease of each mailbox scans again (a scan twice costs a read)."""
+        self._last = {}
+
     def keys(self) -> list[Hashable]:
         return list(self._last)

@@ -156,7 +156,7 @@ class DocumentQueue:
         self._clock = clock
         self._mss_nil = mss_nil
         self.quarantine = QuarantineStore(engine, clock=self._now)
-        self._transitions = TransitionGroup(engine)
+        self._transitions = TransitionGroup(engine, on_rollback=lambda: self._expiry_scans.forget())
         self._statements = QueueStatements.for_backend(self._backend)
         self._expiry_scans = scans.ScanTimes(interval=EXPIRY_SCAN_INTERVAL)
 

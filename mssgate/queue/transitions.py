@@ -56,9 +56,18 @@ class _Careful(Exception):
 
 
 class TransitionGroup:
-    def __init__(self, engine: Engine, *, max_group: int = MAX_GROUP) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_group: int = MAX_GROUP,
+        on_rollback: Callable[[], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._max_group = max_group
+        # What the transitions noted in memory inside a transaction that was then rolled
+        # back (the queue's expiry scan times) is forgotten: a scan rolled back is owed.
+        self._on_rollback = on_rollback
         self._cond = threading.Condition()
         self._queue: list[_Job[Any]] = []
         self._leading = False
@@ -156,14 +165,17 @@ class TransitionGroup:
                         break
                     group.extend(more)
         except _FirstFailed:
+            self._rolled_back()
             first.done = True
             return start + 1, False
         except _Careful:
+            self._rolled_back()
             # Rolled back, nothing of theirs committed: all run again, carefully.
             for job in group[start:]:
                 job.result, job.error = None, None
             return start, True
         except Exception as exc:
+            self._rolled_back()
             for job in group[start:]:
                 if not opened or len(group) - start == 1:
                     # No connection or no write slot: nothing of theirs ran, and each alone
@@ -175,6 +187,7 @@ class TransitionGroup:
                 job.done = True
             return len(group), False
         except BaseException as exc:
+            self._rolled_back()
             # Interrupted (KeyboardInterrupt...): nothing committed; no waiter waits for ever.
             for job in group[start:]:
                 job.error, job.done = exc, True
@@ -183,10 +196,14 @@ class TransitionGroup:
             job.done = True
         return len(group), False
 
-    @staticmethod
-    def _alone(job: _Job[Any]) -> None:
+    def _rolled_back(self) -> None:
+        if self._on_rollback is not None:
+            self._on_rollback()
+
+    def _alone(self, job: _Job[Any]) -> None:
         try:
             job.result = job.run()
         except Exception as exc:
+            self._rolled_back()
             job.error = exc
         job.done = True
