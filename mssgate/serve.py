@@ -485,6 +485,7 @@ async def run_gateway(config: Config) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         workers: AcceptanceWorkers | None = None
+        start_error: MssgateError | None = None
         status = run_dir / "serve.json"
 
         def write_status() -> None:
@@ -507,14 +508,26 @@ async def run_gateway(config: Config) -> int:
                 on_restarted=write_status,
             )  # fmt: skip
             # serve.json (below) says every acceptance process listens.
-            await workers.start()
-            metrics.default().add_counts(workers.counts)
-            supervisor.spawn("acceptance-workers", workers.run)
-            supervisor.check("acceptance-workers", workers.probe)
-        write_status()
-        event(log, "serve.started", ports=ports, spool_orphans_removed=recovered,
-              workers=workers.pids if workers else [])  # fmt: skip
-        print(_banner(config, ports), flush=True)
+            try:
+                await workers.start()
+            except MssgateError as exc:
+                # Stopped the orderly way either way: Dovecot, its runtime folder, the
+                # pipeline's processes and the children that did start are not left behind.
+                # A SIGTERM meanwhile (make run's group signal reaches the children too) is
+                # a stop, not a failure.
+                start_error = None if stop.is_set() else exc
+                event(log, "serve.start_interrupted", level=logging.WARNING,
+                      reason="stop asked" if start_error is None else str(exc))  # fmt: skip
+                stop.set()
+            else:
+                metrics.default().add_counts(workers.counts)
+                supervisor.spawn("acceptance-workers", workers.run)
+                supervisor.check("acceptance-workers", workers.probe)
+        if not stop.is_set():
+            write_status()
+            event(log, "serve.started", ports=ports, spool_orphans_removed=recovered,
+                  workers=workers.pids if workers else [])  # fmt: skip
+            print(_banner(config, ports), flush=True)
         await stop.wait()
         event(log, "serve.stopping", open_sessions=len(sessions.open), busy=sessions.busy())
         # The children drain as this process does, at the same time.
@@ -539,6 +552,8 @@ async def run_gateway(config: Config) -> int:
         engine.dispose()
         # Every listener serve.started named (SMTP, API, IMAP...), not only the SMTP ones.
         event(log, "serve.stopped", listeners=list(ports))
+    if start_error is not None:
+        raise start_error
     return 0
 
 

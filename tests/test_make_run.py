@@ -67,7 +67,13 @@ def test_make_run_answers_on_every_port() -> None:
     )
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not all(answers(p) for p in ports.values()):
+        # run/serve.json is serve's readiness signal: the ports of the serve process answer
+        # before its acceptance children (serve --workers) have started, and a SIGTERM then
+        # is an orderly stop before the banner (tests/smtp/test_serve_workers.py).
+        ready = data / "run" / "serve.json"
+        while time.monotonic() < deadline and not (
+            ready.exists() and all(answers(p) for p in ports.values())
+        ):
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
             time.sleep(0.2)
         silent = [name for name, port in ports.items() if not answers(port)]

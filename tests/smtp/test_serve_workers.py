@@ -364,3 +364,64 @@ def test_the_child_runs_on_uvloop_too(gateway_setup: Gateway) -> None:
         gateway_setup.wait_delivered(BOB, i + 1)
     finally:
         gateway_setup.stop()
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().split(")")[-1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_sigterm_while_the_children_start_is_an_orderly_stop(
+    gateway_setup: Gateway, tmp_path: Path
+) -> None:
+    """make run's SIGTERM goes to the whole group: serve and a child still starting. The
+    child's start fails because of it; serve stops the orderly way (exit 0, serve.stopped,
+    no serve.json), not with an error that skips the clean-up of Dovecot and the rest."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    # The acceptance child (`python -c ... <n> <fd> <parent>`) is held at its start.
+    (hook / "sitecustomize.py").write_text(
+        "import sys, time\nif sys.argv[:1] == ['-c'] and len(sys.argv) == 4:\n    time.sleep(30)\n"
+    )
+    env = {
+        **gateway_setup.env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.Popen(
+        [MSSGATE, "serve", "--workers", "2"], env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        children: list[int] = []
+
+        def child_started() -> bool:
+            # A Python child of serve other than the pipeline's workers: the acceptance one.
+            for pid in _children_of(proc.pid):
+                with contextlib.suppress(FileNotFoundError):
+                    if "mssgate.workers" in Path(f"/proc/{pid}/cmdline").read_text():
+                        children.append(pid)
+                        return True
+            return False
+
+        _wait(child_started, "the acceptance child started", timeout=60)
+        os.kill(children[0], signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    names = [e.get("event") for e in events]
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "serve.start_interrupted" in names and "serve.stopped" in names
+    assert "serve.started" not in names
+    assert not (gateway_setup.data / "run" / "serve.json").exists()
