@@ -137,3 +137,41 @@ def test_an_unusable_lock_file_leaves_writes_to_sqlite_s_own_lock(tmp_path: Path
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT x FROM t").scalar_one() == 1
     engine.dispose()
+
+
+def test_a_writer_stopped_in_another_process_is_waited_for_within_the_bound(
+    sqlite_engine: Engine,
+) -> None:
+    """Another process holding the write lock and never committing (a CLI suspended with
+    Ctrl-Z inside its transaction) costs a writer here its bound, then a clear error: not a
+    thread blocked for ever with every writer queued behind it."""
+    import pytest
+
+    from mssgate.errors import StorageError
+
+    database = sqlite_engine.url.database
+    assert database is not None
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(
+            """
+            import fcntl, os, sys, time
+            fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            print("held", flush=True)
+            time.sleep(600)
+            """
+        ), os.path.realpath(database) + "-writer"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with (
+            pytest.raises(StorageError, match="another process held the write lock"),
+            write(sqlite_engine, wait_seconds=1),
+        ):
+            pass
+    finally:
+        holder.kill()
+        holder.communicate()
+    with write(sqlite_engine):  # the holder gone, its lock went with it
+        pass

@@ -15,10 +15,11 @@ and then waited for SQLite's, each side held what the other wanted; the second w
 SQLite's busy handler until `database is locked`. With one order there is no cycle, and a
 writer waits on a plain lock that wakes it as soon as the previous writer has committed,
 instead of sleeping in the busy handler. Between processes the lock file plays that part:
-a writer of another process blocks in flock(2), woken by the kernel when the holder commits,
-where SQLite's busy handler would sleep and retry (up to 100 ms a try) until its timeout, and
-fail with `database is locked` past it. The busy handler is left for writers that do not come
-through here (a migration), and for the readers' WAL checkpoints.
+a writer of another process tries flock(2) again every 0.5 to 5 ms until the holder commits
+(within the same 60-s bound as the process lock), where SQLite's busy handler would sleep and
+retry up to 100 ms a try, and fail with `database is locked` past its timeout. The busy
+handler is left for writers that do not come through here (a migration), and for the
+readers' WAL checkpoints.
 
 A `write()` inside another `write()` on the same thread and engine joins the outer
 transaction (same connection, committed with it): opening a second SQLite connection there
@@ -31,6 +32,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,15 +71,34 @@ class _WriterFile:
         if self.owner == me:
             self.depth += 1
             return
+        deadline = time.monotonic() + wait_seconds
         if not self.mutex.acquire(timeout=wait_seconds):
             raise StorageError(f"database busy: no write slot within {wait_seconds:.0f} s")
         try:
-            # Blocking: the kernel wakes us when the other process's writer commits.
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            self._lock_file(deadline, wait_seconds)
         except BaseException:
             self.mutex.release()
             raise
         self.owner, self.depth = me, 1
+
+    def _lock_file(self, deadline: float, wait_seconds: float) -> None:
+        # Not a blocking flock: it has no timeout, and a writer of another process that
+        # stopped inside its transaction (a CLI suspended with Ctrl-Z) would hold this thread,
+        # and every writer queued behind it, for ever. Tried again at short intervals (0.5 ms,
+        # doubling to 5 ms: the other writer's commit takes about a millisecond), until the
+        # same bound as the process lock.
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StorageError(
+                        f"database busy: another process held the write lock {wait_seconds:.0f} s"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.005)
 
     def __del__(self) -> None:
         # Gone with the last engine on the database: a test run opens thousands of them.
